@@ -1,0 +1,122 @@
+"""One error hierarchy; the API renders every one of them as the OpenAI error envelope.
+
+    HelyxError                      status  type
+    ├── InvalidRequest              400     invalid_request_error
+    ├── AuthenticationFailed        401     authentication_error
+    ├── InsufficientCredits         402     insufficient_quota
+    ├── PermissionDenied            403     permission_error
+    ├── NotFound                    404     not_found_error
+    │   └── ModelNotFound           404     not_found_error (code model_not_found / model_offline)
+    ├── MethodNotAllowed            405     invalid_request_error
+    ├── Conflict                    409     conflict_error
+    ├── PayloadTooLarge             413     invalid_request_error
+    ├── RateLimited                 429     rate_limit_error
+    ├── ServerError                 500     server_error
+    ├── ServiceUnavailable          503     server_error
+    └── UpstreamError               502     upstream_error
+        └── UpstreamTimeout         504     upstream_error
+
+`retryable` decides the `x-should-retry` header: the OpenAI SDK must not retry an error that a
+retry cannot mend. Provider adapters raise `UpstreamError` with `retryable` telling the shared
+retry loop whether another attempt may help (connection errors, 429, 5xx).
+"""
+
+from __future__ import annotations
+
+
+class HelyxError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+    retryable: bool = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def envelope(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+
+
+class InvalidRequest(HelyxError):
+    status, type, code, retryable = 400, "invalid_request_error", "invalid_request", False
+
+
+class AuthenticationFailed(HelyxError):
+    status, type, code, retryable = 401, "authentication_error", "invalid_api_key", False
+
+
+class InsufficientCredits(HelyxError):
+    status, type, code, retryable = 402, "insufficient_quota", "insufficient_quota", False
+
+
+class PermissionDenied(HelyxError):
+    status, type, code, retryable = 403, "permission_error", "plan_required", False
+
+
+class NotFound(HelyxError):
+    status, type, code, retryable = 404, "not_found_error", "not_found", False
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(HelyxError):
+    status, type, code, retryable = 405, "invalid_request_error", "method_not_allowed", False
+
+
+class Conflict(HelyxError):
+    status, type, code, retryable = 409, "conflict_error", "idempotency_conflict", False
+
+
+class PayloadTooLarge(HelyxError):
+    status, type, code, retryable = 413, "invalid_request_error", "payload_too_large", False
+
+
+class RateLimited(HelyxError):
+    status, type, code, retryable = 429, "rate_limit_error", "rate_limit_exceeded", True
+
+
+class ServerError(HelyxError):
+    status, type, code, retryable = 500, "server_error", "internal_error", True
+
+
+class ServiceUnavailable(HelyxError):
+    status, type, code, retryable = 503, "server_error", "service_unavailable", True
+
+
+class UpstreamError(HelyxError):
+    """The provider failed. `retryable` is for our own retry loop before the first byte."""
+
+    status, type, code = 502, "upstream_error", "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        upstream_status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retryable = retryable
+        self.upstream_status = upstream_status
+
+
+class UpstreamTimeout(UpstreamError):
+    status, code = 504, "upstream_timeout"
+
+    def __init__(self, message: str = "The provider did not answer in time") -> None:
+        super().__init__(message, retryable=True)

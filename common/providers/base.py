@@ -1,0 +1,128 @@
+"""The small interface every provider adapter implements.
+
+An adapter speaks one wire protocol. It is built with an injected `httpx.AsyncClient` (pooled,
+shared, with explicit timeouts), the upstream `base_url` and the provider key. It turns every
+vendor failure into `common.errors.UpstreamError` (or `UpstreamTimeout`) with `retryable` set
+for connection errors, 429 and 5xx, and `retryable=False` for everything else (an upstream 401
+or 403 means *our* provider key is wrong: the client sees a 502, never a 401).
+
+Adapters never retry, never bill and never touch the database: retries happen in
+`common.providers.retry`, billing in the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A validated chat request in OpenAI terms; `model` is the *upstream* model name.
+
+    `messages` are OpenAI chat messages: {"role": "system"|"user"|"assistant", "content": str or
+    a list of content parts such as {"type": "text", "text": ...} or
+    {"type": "image_url", "image_url": {"url": ...}}}.
+    """
+
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    user: str | None = None
+
+
+@dataclass(slots=True)
+class ChatResult:
+    content: str
+    finish_reason: str  # OpenAI terms: stop | length | content_filter | tool_calls
+    usage: Usage | None  # None when the upstream did not report usage
+    system_fingerprint: str | None = None
+
+
+@dataclass(slots=True)
+class ChatDelta:
+    """One streamed piece. The last piece of a stream has `finish_reason`; `usage` may come with
+    it or on a later, content-less delta (as OpenAI's include_usage chunk does)."""
+
+    content: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@runtime_checkable
+class ChatProvider(Protocol):
+    async def complete(self, request: ChatRequest) -> ChatResult: ...
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        """An async generator of deltas. Closing it (aclose) must close the upstream response."""
+        ...
+
+
+@dataclass(slots=True)
+class MediaFile:
+    data: bytes
+    content_type: str  # image/png, video/mp4, ...
+
+
+@dataclass(slots=True)
+class ImageRequest:
+    model: str  # upstream model
+    prompt: str
+    width: int
+    height: int
+    n: int = 1
+
+
+@dataclass(slots=True)
+class VideoRequest:
+    model: str  # upstream model
+    prompt: str
+    seconds: int
+    width: int
+    height: int
+
+
+ProgressCallback = Callable[[int], None]
+
+
+@runtime_checkable
+class ImageProvider(Protocol):
+    async def generate_images(self, request: ImageRequest) -> list[MediaFile]:
+        """Exactly `request.n` images, or an UpstreamError."""
+        ...
+
+
+@runtime_checkable
+class VideoProvider(Protocol):
+    async def generate_video(
+        self, request: VideoRequest, on_progress: ProgressCallback | None = None
+    ) -> MediaFile:
+        """One playable video; `on_progress(0..100)` may be called while the upstream works."""
+        ...
+
+
+@dataclass(slots=True)
+class ProviderConfig:
+    """What the catalog says about one provider."""
+
+    name: str
+    kind: str  # openai | anthropic | gemini | veo | simulated
+    base_url: str = ""
+    api_key_env: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
