@@ -1,0 +1,183 @@
+"""Simulated image and video providers: real, playable files drawn locally, no network.
+
+Everything is deterministic from the prompt (and size, and the image's index), so a test can
+compare bytes. `delay` seconds are spread over the work with `asyncio.sleep`, so a test can cancel
+or kill a job mid-way; the CPU work runs in a thread so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import math
+import random
+import textwrap
+from collections.abc import Sequence
+
+import av
+from PIL import Image, ImageDraw, ImageFont
+
+from common.errors import UpstreamError
+from common.providers.base import ImageRequest, MediaFile, ProgressCallback, VideoRequest
+
+FPS = 8  # low on purpose: a 4 s 1280x720 clip encodes in well under a second
+_CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+_Color = tuple[int, int, int]
+
+
+def _rng(prompt: str, width: int, height: int, index: int) -> random.Random:
+    digest = hashlib.sha256(f"{index}|{width}x{height}|{prompt}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _color(rng: random.Random) -> _Color:
+    return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except ImportError:  # Pillow built without FreeType: the small bitmap font still works
+        return ImageFont.load_default()
+
+
+def render_image(prompt: str, width: int, height: int, index: int = 0) -> Image.Image:
+    """A gradient, a few shapes and the prompt's text, all chosen by a hash of the inputs."""
+    rng = _rng(prompt, width, height, index)
+    mask = Image.linear_gradient("L").resize((width, height))
+    if rng.random() < 0.5:
+        mask = mask.transpose(Image.Transpose.ROTATE_90).resize((width, height))
+    image = Image.composite(Image.new("RGB", (width, height), _color(rng)),
+                            Image.new("RGB", (width, height), _color(rng)), mask)
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(3, 6)):
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        box = (x0, y0, x0 + rng.randint(1, max(1, width // 2)), y0 + rng.randint(1, max(1, height // 2)))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape(box, fill=_color(rng), outline=(255, 255, 255), width=max(1, min(width, height) // 200))
+    _draw_caption(draw, f"{prompt}  [simulated #{index + 1}]", width, height)
+    return image
+
+
+def _draw_caption(draw: ImageDraw.ImageDraw, text: str, width: int, height: int) -> None:
+    size = max(8, min(width, height) // 18)
+    font = _font(size)
+    lines = textwrap.wrap(text, width=max(8, int(width / (size * 0.6))))[:4]
+    if not lines:
+        return
+    margin = max(2, size // 3)
+    top = height - margin - len(lines) * (size + margin)
+    draw.rectangle((0, top - margin, width, height), fill=(0, 0, 0))
+    for row, line in enumerate(lines):
+        draw.text((margin, top + row * (size + margin)), line, fill=(255, 255, 255), font=font)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def render_png(prompt: str, width: int, height: int, index: int = 0) -> bytes:
+    return _png(render_image(prompt, width, height, index))
+
+
+class SimulatedImageProvider:
+    """PNG images of exactly the requested size; image i of n is seeded with i, so all differ."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+
+    async def generate_images(self, request: ImageRequest) -> list[MediaFile]:
+        if request.width < 1 or request.height < 1 or request.n < 1:
+            raise UpstreamError("Invalid image size or count", code="invalid_request")
+        files: list[MediaFile] = []
+        for index in range(request.n):
+            await asyncio.sleep(self.delay / request.n)
+            data = await asyncio.to_thread(render_png, request.prompt, request.width, request.height, index)
+            files.append(MediaFile(data=data, content_type="image/png"))
+        return files
+
+
+class _Mp4Writer:
+    """H.264 (or MPEG-4 Part 2 when PyAV lacks libx264) yuv420p in MP4, written to memory."""
+
+    def __init__(self, width: int, height: int, fps: int = FPS) -> None:
+        self._buffer = io.BytesIO()
+        self._container = av.open(self._buffer, mode="w", format="mp4")
+        stream = self._container.add_stream(_CODEC, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if _CODEC == "libx264":
+            stream.options = {"preset": "ultrafast", "crf": "28"}
+        else:
+            stream.bit_rate = 1_000_000
+        self._stream = stream
+        self._pts = 0
+
+    def write(self, images: Sequence[Image.Image]) -> None:
+        for image in images:
+            frame = av.VideoFrame.from_image(image)
+            frame.pts = self._pts
+            self._pts += 1
+            self._container.mux(self._stream.encode(frame))
+
+    def finish(self) -> bytes:
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+        return self._buffer.getvalue()
+
+
+class _FrameDrawer:
+    """Frame t: the prompt's still image with a ball moving on a prompt-seeded Lissajous path."""
+
+    def __init__(self, prompt: str, width: int, height: int, fps: int = FPS) -> None:
+        self._background = render_image(prompt, width, height)
+        rng = _rng(prompt, width, height, -1)
+        self._phase, self._color = rng.uniform(0, math.tau), _color(rng)
+        self._width, self._height, self._fps = width, height, fps
+
+    def frames(self, start: int, stop: int) -> list[Image.Image]:
+        return [self._frame(i) for i in range(start, stop)]
+
+    def _frame(self, i: int) -> Image.Image:
+        image = self._background.copy()
+        t = i / self._fps
+        radius = max(2, min(self._width, self._height) // 10)
+        cx = self._width / 2 + (self._width / 2 - radius) * math.sin(1.3 * t + self._phase)
+        cy = self._height / 2 + (self._height / 2 - radius) * math.sin(0.9 * t)
+        draw = ImageDraw.Draw(image)
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=self._color)
+        draw.text((4, 4), f"{t:5.2f}s", fill=(255, 255, 255), font=_font(max(8, radius // 2)))
+        return image
+
+
+class SimulatedVideoProvider:
+    """A real MP4 of exactly `seconds` x FPS frames at the requested (even) size."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+
+    async def generate_video(
+        self, request: VideoRequest, on_progress: ProgressCallback | None = None
+    ) -> MediaFile:
+        width, height, seconds = request.width, request.height, request.seconds
+        if seconds < 1 or width < 2 or height < 2 or width % 2 or height % 2:
+            raise UpstreamError(
+                f"Cannot encode {seconds} s at {width}x{height}: seconds must be >= 1 and the size even",
+                code="invalid_request",
+            )
+        drawer = await asyncio.to_thread(_FrameDrawer, request.prompt, width, height)
+        writer = await asyncio.to_thread(_Mp4Writer, width, height)
+        # One chunk per second of video: progress and the delay advance between chunks. If the
+        # task is cancelled mid-chunk, the writer is simply dropped (the thread still owns it).
+        for second in range(seconds):
+            if on_progress is not None:
+                on_progress(second * 100 // seconds)
+            await asyncio.sleep(self.delay / seconds)
+            frames = range(second * FPS, (second + 1) * FPS)
+            await asyncio.to_thread(lambda r=frames: writer.write(drawer.frames(r.start, r.stop)))
+        data = await asyncio.to_thread(writer.finish)
+        if on_progress is not None:
+            on_progress(100)
+        return MediaFile(data=data, content_type="video/mp4")
