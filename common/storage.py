@@ -1,0 +1,135 @@
+"""Where result files live: a small interface, and the local-disk implementation.
+
+Keys are relative, slash-separated paths such as `jobs/<job_id>/0.png`. The interface is narrow on
+purpose so that an object store can replace the local disk without touching callers. A missing key
+raises `FileNotFoundError` (from `open`, `iter_chunks` and `size`); a malformed key raises
+`InvalidStorageKey` before anything touches the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+DEFAULT_CHUNK_SIZE = 64 * 1024
+MAX_KEY_LENGTH = 1024
+
+
+class InvalidStorageKey(ValueError):
+    """The key is not a plain relative path (traversal, absolute, backslash, NUL, hidden part)."""
+
+
+@runtime_checkable
+class Storage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> int:
+        """Store `data` under `key`, replacing any previous object atomically; bytes written."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """A binary file object positioned at the start; the caller closes it."""
+        ...
+
+    def iter_chunks(self, key: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+        """The object's bytes in chunks, for streaming responses. Raises at call time if missing."""
+        ...
+
+    def size(self, key: str) -> int: ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing key is a no-op."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a safe relative path, else raise `InvalidStorageKey`.
+
+    Parts starting with a dot are refused too: that keeps temporary files and the URL-signing
+    key (`.signing-key`, stored in the same directory) out of reach of any key.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidStorageKey("storage key must be a non-empty string")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidStorageKey("storage key is too long")
+    if "\x00" in key or "\\" in key:
+        raise InvalidStorageKey("storage key must not contain NUL or backslashes")
+    if key.startswith("/"):
+        raise InvalidStorageKey("storage key must be relative")
+    for part in key.split("/"):
+        if not part or part.startswith("."):
+            raise InvalidStorageKey(f"storage key has an empty, '.', '..' or hidden part: {key!r}")
+    return key
+
+
+class LocalStorage(Storage):
+    """Files under one root directory; writes are atomic (temp file, fsync, rename)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = Path(os.path.realpath(self.root))
+
+    def path_for(self, key: str) -> Path:
+        """The file behind `key`; refuses a path that a symlink would lead out of the root."""
+        path = self.root / validate_key(key)
+        real = Path(os.path.realpath(path))
+        if real != self._real_root and self._real_root not in real.parents:
+            raise InvalidStorageKey(f"storage key leaves the storage root: {key!r}")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str) -> int:
+        # Local disk keeps no metadata: the caller records content_type next to the key.
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_directory(path.parent)
+        return len(data)
+
+    def open(self, key: str) -> BinaryIO:
+        return self.path_for(key).open("rb")
+
+    def iter_chunks(self, key: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        handle = self.open(key)  # opened now, so a missing key fails before a response starts
+        return _read_chunks(handle, chunk_size)
+
+    def size(self, key: str) -> int:
+        return self.path_for(key).stat().st_size
+
+    def delete(self, key: str) -> None:
+        self.path_for(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self.path_for(key).is_file()
+
+
+def _read_chunks(handle: BinaryIO, chunk_size: int) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(chunk_size):
+            yield chunk
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable; not every platform lets a directory be fsynced."""
+    with suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
