@@ -1,0 +1,60 @@
+"""FastAPI dependencies: services, the caller's principal (auth), the admin guard."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from api.services import Services
+from common import accounts, billing, clock
+from common.accounts import Principal
+from common.errors import AuthenticationFailed, NotFound
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def _authenticate(services: Services, presented: str | None) -> Principal:
+    now = clock.now().timestamp()
+    principal = accounts.authenticate(services.engine, presented, now=now)
+    billing.apply_daily_reset(services.engine, principal.account_id, principal.allowance_day,
+                              services.settings.timezone)
+    accounts.touch_key(services.engine, principal, now=now)
+    return principal
+
+
+async def get_principal(request: Request, services: ServicesDep) -> Principal:
+    principal = await run_in_threadpool(_authenticate, services, _bearer(request))
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def require_admin(request: Request, services: ServicesDep) -> None:
+    """The admin routes exist only when HELYX_ADMIN_TOKEN is set; the token is compared in
+    constant time. Without a configured token they answer 404, as if absent."""
+    configured = services.settings.admin_token
+    if configured is None or not configured.get_secret_value():
+        raise NotFound("Unknown route.", code="unknown_route")
+    presented = _bearer(request) or ""
+    if not hmac.compare_digest(presented.encode(), configured.get_secret_value().encode()):
+        raise AuthenticationFailed("Invalid admin token.", code="invalid_admin_token")

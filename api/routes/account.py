@@ -1,0 +1,80 @@
+"""The caller's own account: credits, usage, keys."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import PrincipalDep, ServicesDep
+from api.responses import json_response
+from common import accounts, clock, reports
+from common.money import to_micro
+
+router = APIRouter(prefix="/api/v1", tags=["account"])
+
+
+@router.get("/credits", summary="Plan, allowance, used today, remaining, top-up balance, next reset")
+async def get_credits(principal: PrincipalDep, services: ServicesDep) -> Any:
+    summary = await run_in_threadpool(
+        reports.credits_summary, services.engine, principal.account_id, services.settings.timezone
+    )
+    return json_response(summary)
+
+
+@router.get("/usage", summary="The account's ledger, newest first, paginated")
+async def get_usage(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    key_id: str | None = None,
+    since: Annotated[float | None, Query(description="unix seconds, inclusive")] = None,
+    until: Annotated[float | None, Query(description="unix seconds, exclusive")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    after: Annotated[int | None, Query(description="next_cursor of the previous page")] = None,
+) -> Any:
+    page = await run_in_threadpool(
+        lambda: reports.list_usage(services.engine, principal.account_id, key_id=key_id, since=since,
+                                   until=until, limit=limit, after=after)
+    )
+    return json_response(page)
+
+
+class KeyCreate(BaseModel):
+    name: str = Field(default="", max_length=100)
+    expires_at: float | None = Field(default=None, description="unix seconds; omit for no expiry")
+    daily_credit_cap: float | None = Field(default=None, gt=0, le=10**9)
+
+
+@router.get("/keys", summary="The account's API keys (never their secrets)")
+async def list_keys(principal: PrincipalDep, services: ServicesDep) -> Any:
+    keys = await run_in_threadpool(reports.list_keys, services.engine, principal.account_id)
+    return json_response({"object": "list", "data": keys})
+
+
+@router.post("/keys", status_code=201, summary="Create a key; its secret is shown only in this response")
+async def create_key(body: KeyCreate, principal: PrincipalDep, services: ServicesDep) -> Any:
+    def create() -> accounts.NewKey:
+        cap = to_micro(round(body.daily_credit_cap, 6)) if body.daily_credit_cap is not None else None
+        with services.engine.begin() as conn:
+            return accounts.create_key(conn, principal.account_id, name=body.name, now=clock.now().timestamp(),
+                                       expires_at=body.expires_at, daily_cap=cap)
+
+    key = await run_in_threadpool(create)
+    return json_response(
+        {"id": key.id, "object": "api_key", "key": key.secret, "name": key.name, "prefix": key.prefix,
+         "created_at": key.created_at, "expires_at": key.expires_at,
+         "daily_credit_cap": body.daily_credit_cap},
+        status=201,
+    )
+
+
+@router.delete("/keys/{key_id}", summary="Revoke a key; it fails on the very next request")
+async def revoke_key(key_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
+    def revoke() -> None:
+        with services.engine.begin() as conn:
+            accounts.revoke_key(conn, key_id, now=clock.now().timestamp(), account_id=principal.account_id)
+
+    await run_in_threadpool(revoke)
+    return json_response({"id": key_id, "object": "api_key", "revoked": True})

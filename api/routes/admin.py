@@ -1,0 +1,75 @@
+"""Operator routes behind HELYX_ADMIN_TOKEN: accounts, plans, credit grants."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ServicesDep, require_admin
+from api.responses import json_response
+from common import accounts, billing, clock, ledger, reports
+from common.money import to_micro
+from common.plans import PLANS
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+Plan = Annotated[str, Field(pattern="^(" + "|".join(PLANS) + ")$")]
+
+
+class AccountCreate(BaseModel):
+    email: str = Field(min_length=3, max_length=320)
+    plan: Plan = "free"
+
+
+class PlanSet(BaseModel):
+    plan: Plan
+
+
+class CreditGrant(BaseModel):
+    amount: float = Field(gt=0, le=10**9, description="credits, up to 6 decimals")
+    reference: str | None = Field(default=None, max_length=200, description="makes the grant idempotent")
+
+
+@router.post("/accounts", status_code=201, summary="Create an account with a first API key")
+async def create_account(body: AccountCreate, services: ServicesDep) -> Any:
+    def create() -> tuple[str, accounts.NewKey]:
+        with services.engine.begin() as conn:
+            return accounts.create_account(conn, body.email, body.plan,
+                                           day=billing.today(services.settings.timezone),
+                                           now=clock.now().timestamp())
+
+    account_id, key = await run_in_threadpool(create)
+    return json_response({"account_id": account_id, "api_key": key.secret, "key_id": key.id}, status=201)
+
+
+@router.get("/accounts", summary="List accounts")
+async def list_accounts(
+    services: ServicesDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: str | None = None
+) -> Any:
+    return json_response(await run_in_threadpool(reports.list_accounts, services.engine, limit=limit, after=after))
+
+
+@router.post("/accounts/{account_id}/plan", summary="Change an account's plan now")
+async def set_plan(account_id: str, body: PlanSet, services: ServicesDep) -> Any:
+    def change() -> None:
+        with services.engine.begin() as conn:
+            ledger.change_plan(conn, account_id, body.plan, billing.today(services.settings.timezone),
+                               now=clock.now().timestamp())
+
+    await run_in_threadpool(change)
+    return json_response(reports.credits_summary(services.engine, account_id, services.settings.timezone))
+
+
+@router.post("/accounts/{account_id}/credits", summary="Grant top-up credits")
+async def grant_credits(account_id: str, body: CreditGrant, services: ServicesDep) -> Any:
+    def grant() -> bool:
+        with services.engine.begin() as conn:
+            return ledger.grant(conn, account_id, to_micro(round(body.amount, 6)), now=clock.now().timestamp(),
+                                reference=body.reference)
+
+    applied = await run_in_threadpool(grant)
+    summary = reports.credits_summary(services.engine, account_id, services.settings.timezone)
+    return json_response({**summary, "granted": applied})

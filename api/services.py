@@ -1,0 +1,23 @@
+"""What the API process builds once and hands to routes: settings, engine, clients, catalog."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine
+
+from common.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.extras[name]
+        except KeyError:
+            raise AttributeError(name) from None

@@ -1,0 +1,83 @@
+"""The operator commands: accounts, keys, credits, plans, usage. Each prints JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from sqlalchemy import Engine
+
+from common import accounts, billing, clock, ledger, reports
+from common.db import get_engine
+from common.errors import InvalidRequest
+from common.migrate import upgrade
+from common.money import to_micro
+from common.settings import get_settings
+
+
+def _engine() -> Engine:
+    engine = get_engine(get_settings().database_url)
+    upgrade(engine)
+    return engine
+
+
+def _print(payload: Any) -> None:
+    print(json.dumps(payload, indent=2))
+
+
+def account_create(args: argparse.Namespace) -> int:
+    engine, tz = _engine(), get_settings().timezone
+    with engine.begin() as conn:
+        account_id, key = accounts.create_account(conn, args.email, args.plan, day=billing.today(tz),
+                                                  now=clock.now().timestamp())
+    _print({"account_id": account_id, "api_key": key.secret, "key_id": key.id, "plan": args.plan})
+    return 0
+
+
+def key_create(args: argparse.Namespace) -> int:
+    cap = _micro(args.daily_cap, "--daily-cap") if args.daily_cap is not None else None
+    with _engine().begin() as conn:
+        key = accounts.create_key(conn, args.account_id, name=args.name, now=clock.now().timestamp(), daily_cap=cap)
+    _print({"key_id": key.id, "api_key": key.secret, "account_id": args.account_id, "name": key.name})
+    return 0
+
+
+def key_revoke(args: argparse.Namespace) -> int:
+    with _engine().begin() as conn:
+        accounts.revoke_key(conn, args.key_id, now=clock.now().timestamp())
+    _print({"key_id": args.key_id, "revoked": True})
+    return 0
+
+
+def credits_grant(args: argparse.Namespace) -> int:
+    engine = _engine()
+    with engine.begin() as conn:
+        applied = ledger.grant(conn, args.account_id, _micro(args.amount, "AMOUNT"), now=clock.now().timestamp(),
+                               reference=args.reference)
+    _print({**reports.credits_summary(engine, args.account_id, get_settings().timezone), "granted": applied})
+    return 0
+
+
+def plan_set(args: argparse.Namespace) -> int:
+    engine, tz = _engine(), get_settings().timezone
+    with engine.begin() as conn:
+        ledger.change_plan(conn, args.account_id, args.plan, billing.today(tz), now=clock.now().timestamp())
+    _print(reports.credits_summary(engine, args.account_id, tz))
+    return 0
+
+
+def usage(args: argparse.Namespace) -> int:
+    engine, tz = _engine(), get_settings().timezone
+    _print({"credits": reports.credits_summary(engine, args.account_id, tz),
+            "ledger": reports.list_usage(engine, args.account_id, limit=args.limit)})
+    return 0
+
+
+def _micro(amount: float, name: str) -> int:
+    if amount <= 0:
+        raise InvalidRequest(f"{name} must be a positive number of credits.", param=name)
+    try:
+        return to_micro(round(amount, 6))
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param=name) from None

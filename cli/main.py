@@ -1,0 +1,92 @@
+"""`helyx`: the command line (SPEC §5).
+
+    helyx serve [--demo] [--host H] [--port P]     the API (self-contained without HELYX_REDIS_URL)
+    helyx worker [--processes N] [--threads N]     Dramatiq workers for the media queues
+    helyx migrate                                  bring the database schema up to date
+    helyx account create EMAIL --plan PLAN         prints {"account_id", "api_key", ...}
+    helyx key create ACCOUNT_ID [--name N]         prints the new key
+    helyx key revoke KEY_ID
+    helyx credits grant ACCOUNT_ID AMOUNT [--reference R]
+    helyx plan set ACCOUNT_ID PLAN
+    helyx usage ACCOUNT_ID [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cli import admin_commands, run_commands
+from common.errors import HelyxError
+from common.plans import PLANS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="helyx", description="Helyx: an OpenAI-compatible AI API gateway.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the API (and, self-contained, the workers)")
+    serve.add_argument("--host", help="bind address (default HELYX_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default HELYX_PORT or 8000)")
+    serve.add_argument("--workers", type=int, help="uvicorn worker processes (production shape only)")
+    serve.add_argument("--demo", action="store_true", help="create a demo account and print a fresh key")
+    serve.set_defaults(func=run_commands.serve)
+
+    worker = sub.add_parser("worker", help="run the Dramatiq workers for media jobs")
+    worker.add_argument("--processes", type=int, help="worker processes (default HELYX_WORKER_PROCESSES)")
+    worker.add_argument("--threads", type=int, help="threads per process (default HELYX_WORKER_THREADS)")
+    worker.set_defaults(func=run_commands.worker)
+
+    migrate = sub.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(func=run_commands.migrate)
+
+    account = sub.add_parser("account", help="manage accounts").add_subparsers(dest="action", required=True)
+    create = account.add_parser("create", help="create an account and its first key")
+    create.add_argument("email")
+    create.add_argument("--plan", choices=PLANS, default="free")
+    create.set_defaults(func=admin_commands.account_create)
+
+    key = sub.add_parser("key", help="manage API keys").add_subparsers(dest="action", required=True)
+    key_create = key.add_parser("create", help="create a key for an account")
+    key_create.add_argument("account_id")
+    key_create.add_argument("--name", default="")
+    key_create.add_argument("--daily-cap", type=float, help="daily credit cap for this key")
+    key_create.set_defaults(func=admin_commands.key_create)
+    key_revoke = key.add_parser("revoke", help="revoke a key")
+    key_revoke.add_argument("key_id")
+    key_revoke.set_defaults(func=admin_commands.key_revoke)
+
+    credits = sub.add_parser("credits", help="manage credits").add_subparsers(dest="action", required=True)
+    grant = credits.add_parser("grant", help="grant top-up credits")
+    grant.add_argument("account_id")
+    grant.add_argument("amount", type=float)
+    grant.add_argument("--reference", help="idempotency reference: a repeated grant is a no-op")
+    grant.set_defaults(func=admin_commands.credits_grant)
+
+    plan = sub.add_parser("plan", help="manage plans").add_subparsers(dest="action", required=True)
+    plan_set = plan.add_parser("set", help="change an account's plan now")
+    plan_set.add_argument("account_id")
+    plan_set.add_argument("plan", choices=PLANS)
+    plan_set.set_defaults(func=admin_commands.plan_set)
+
+    usage = sub.add_parser("usage", help="show an account's credits and recent ledger")
+    usage.add_argument("account_id")
+    usage.add_argument("--limit", type=int, default=20)
+    usage.set_defaults(func=admin_commands.usage)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HelyxError as exc:
+        print(f"helyx: error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

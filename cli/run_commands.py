@@ -1,0 +1,89 @@
+"""`helyx serve`, `helyx worker`, `helyx migrate`: the process entry points.
+
+Both servers migrate the database before they start (an advisory lock on PostgreSQL makes
+concurrent starts take turns), so a fresh database needs no separate step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from common import accounts, billing, clock
+from common.db import get_engine
+from common.migrate import upgrade
+from common.settings import get_settings
+
+log = logging.getLogger("helyx")
+
+DEMO_EMAIL = "demo@helyx.local"
+
+
+def migrate(_: argparse.Namespace) -> int:
+    upgrade(get_engine(get_settings().database_url))
+    print("database is up to date")
+    return 0
+
+
+def _demo_key(host: str, port: int) -> None:
+    """Create (once) the demo account on the Pro plan and print a fresh key for it."""
+    settings = get_settings()
+    engine = get_engine(settings.database_url)
+    from sqlalchemy import text
+
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        row = conn.execute(text("SELECT id FROM accounts WHERE email = :e"), {"e": DEMO_EMAIL}).first()
+        if row is None:
+            account_id, key = accounts.create_account(conn, DEMO_EMAIL, "pro", day=billing.today(settings.timezone),
+                                                      now=now)
+        else:
+            account_id = row[0]
+            key = accounts.create_key(conn, account_id, name="demo", now=now)
+    base_url = f"http://{host}:{port}/api/v1"
+    print(json.dumps({"account_id": account_id, "api_key": key.secret, "base_url": base_url}, indent=2))
+    print(f"\nTry:\n  curl -H 'Authorization: Bearer {key.secret}' {base_url}/credits\n", flush=True)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    logging.basicConfig(level=settings.log_level, format="%(message)s")
+    upgrade(get_engine(settings.database_url))
+    if args.demo:
+        _demo_key(host, port)
+    workers = args.workers or settings.web_workers
+    if settings.self_contained:
+        if workers > 1:
+            print("helyx: the self-contained mode runs one process; set HELYX_REDIS_URL for more", file=sys.stderr)
+            return 2
+        _start_embedded_workers()
+        uvicorn.run("api.main:app", host=host, port=port, timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+                    log_level="warning")
+        return 0
+    uvicorn.run("api.main:app", host=host, port=port, workers=workers,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), log_level="warning")
+    return 0
+
+
+def _start_embedded_workers() -> None:
+    """Self-contained mode: the media workers run as threads of this process."""
+    try:
+        from workers import embedded
+    except ImportError:  # the media-jobs issue brings them
+        return
+    embedded.start()
+
+
+def worker(args: argparse.Namespace) -> int:
+    try:
+        from workers import runner
+    except ImportError:
+        print("helyx worker: media workers are not part of this build yet", file=sys.stderr)
+        return 2
+    return runner.run(processes=args.processes, threads=args.threads)

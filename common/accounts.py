@@ -1,0 +1,140 @@
+"""Accounts and API keys: creation, revocation, and turning a presented key into its account.
+
+Authentication reads the key and its account in one query, every request, with no cache: a
+revoked key fails on the very next request in every process. `last_used_at` is written at most
+once a minute per key, so it costs nothing on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, text
+
+from common import keys
+from common.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
+from common.ids import new_id
+from common.plans import daily_allowance_micro, is_plan
+
+LAST_USED_RESOLUTION = 60.0
+
+_AUTH = text(
+    "SELECT k.id, k.account_id, k.expires_at, k.revoked_at, k.daily_cap, k.last_used_at, k.prefix,"
+    " a.plan, a.allowance_day FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = :h"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the key and its account, as of this request."""
+
+    key_id: str
+    account_id: str
+    plan: str
+    key_prefix: str
+    daily_cap: int | None
+    allowance_day: str
+    last_used_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    id: str
+    secret: str  # shown once, never stored
+    prefix: str
+    name: str
+    created_at: float
+    expires_at: float | None
+    daily_cap: int | None
+
+
+def create_account(conn: Connection, email: str, plan: str, *, day: str, now: float) -> tuple[str, NewKey]:
+    """A new account with today's full allowance and a first key."""
+    email = email.strip()
+    if "@" not in email or len(email) > 320:
+        raise InvalidRequest(f"{email!r} is not an email address.", param="email")
+    if not is_plan(plan):
+        raise InvalidRequest(f"Unknown plan {plan!r}: use free, plus, pro or ultra.", param="plan")
+    if conn.execute(text("SELECT 1 FROM accounts WHERE email = :e"), {"e": email}).first():
+        raise Conflict(f"An account with email {email} exists already.", code="account_exists")
+    account_id = new_id("acct")
+    allowance = daily_allowance_micro(plan)
+    conn.execute(
+        text(
+            "INSERT INTO accounts (id, email, plan, allowance, topup, held, allowance_day, created_at)"
+            " VALUES (:id, :email, :plan, :allowance, 0, 0, :day, :now)"
+        ),
+        {"id": account_id, "email": email, "plan": plan, "allowance": allowance, "day": day, "now": now},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO ledger_entries (account_id, kind, amount, held_delta, reference, description, created_at)"
+            " VALUES (:aid, 'reset', :amt, 0, :ref, 'opening allowance', :now)"
+        ),
+        {"aid": account_id, "amt": allowance, "ref": f"reset:{account_id}:{day}", "now": now},
+    )
+    return account_id, create_key(conn, account_id, name="default", now=now)
+
+
+def create_key(
+    conn: Connection, account_id: str, *, name: str = "", now: float, expires_at: float | None = None,
+    daily_cap: int | None = None,
+) -> NewKey:
+    if conn.execute(text("SELECT 1 FROM accounts WHERE id = :a"), {"a": account_id}).first() is None:
+        raise NotFound(f"No account {account_id}", code="account_not_found")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidRequest("expires_at must be in the future.", param="expires_at")
+    if daily_cap is not None and daily_cap <= 0:
+        raise InvalidRequest("daily_credit_cap must be positive.", param="daily_credit_cap")
+    secret = keys.generate_key()
+    key = NewKey(new_id("key"), secret, keys.display_prefix(secret), name, now, expires_at, daily_cap)
+    conn.execute(
+        text(
+            "INSERT INTO api_keys (id, account_id, name, key_hash, prefix, created_at, expires_at, daily_cap,"
+            " cap_used, cap_day) VALUES (:id, :aid, :name, :hash, :prefix, :now, :exp, :cap, 0, '')"
+        ),
+        {"id": key.id, "aid": account_id, "name": name, "hash": keys.hash_key(secret), "prefix": key.prefix,
+         "now": now, "exp": expires_at, "cap": daily_cap},
+    )
+    return key
+
+
+def revoke_key(conn: Connection, key_id: str, *, now: float, account_id: str | None = None) -> None:
+    """Revoke a key (an account may revoke only its own). Revoking twice is harmless."""
+    query = "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, :now) WHERE id = :kid"
+    params: dict[str, object] = {"kid": key_id, "now": now}
+    if account_id is not None:
+        query += " AND account_id = :aid"
+        params["aid"] = account_id
+    if conn.execute(text(query), params).rowcount != 1:
+        raise NotFound(f"No API key {key_id}", code="key_not_found")
+
+
+def authenticate(engine: Engine, presented: str | None, *, now: float) -> Principal:
+    """The principal for a presented `hx-` key, or AuthenticationFailed.
+
+    A malformed key (wrong shape or checksum) is refused before any database query."""
+    if not presented:
+        raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer hx-...'.", code="missing_api_key")
+    if not keys.is_well_formed(presented):
+        raise AuthenticationFailed("Invalid API key.")
+    with engine.connect() as conn:
+        row = conn.execute(_AUTH, {"h": keys.hash_key(presented)}).first()
+    if row is None:
+        raise AuthenticationFailed("Invalid API key.")
+    key_id, account_id, expires_at, revoked_at, daily_cap, last_used, prefix, plan, day = row
+    if revoked_at is not None:
+        raise AuthenticationFailed("This API key has been revoked.", code="revoked_api_key")
+    if expires_at is not None and expires_at <= now:
+        raise AuthenticationFailed("This API key has expired.", code="expired_api_key")
+    return Principal(key_id, account_id, plan, prefix, daily_cap, day, last_used)
+
+
+def touch_key(engine: Engine, principal: Principal, *, now: float) -> None:
+    """Record use, at most once per LAST_USED_RESOLUTION seconds per key."""
+    if principal.last_used_at is not None and now - principal.last_used_at < LAST_USED_RESOLUTION:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE api_keys SET last_used_at = :now WHERE id = :kid"), {"now": now, "kid": principal.key_id}
+        )

@@ -1,0 +1,85 @@
+"""Billing around the ledger for both processes: the billing day, reservations with the daily
+reset applied first, settlement, and the hold sweeper.
+
+Each function runs its own short transaction(s) on the given engine; the ledger verbs inside
+stay the single place where balances change.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Engine
+
+from common import clock, ledger
+from common.errors import InsufficientCredits
+from common.money import to_credits
+
+log = logging.getLogger(__name__)
+
+
+def today(tz: str) -> str:
+    return clock.billing_day(tz).isoformat()
+
+
+def resets_at(tz: str) -> str:
+    return clock.next_reset(tz).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def apply_daily_reset(engine: Engine, account_id: str, known_day: str, tz: str) -> None:
+    """Run the daily reset when the account's allowance belongs to an earlier billing day."""
+    day = today(tz)
+    if known_day >= day:
+        return
+    with engine.begin() as conn:
+        ledger.ensure_today(conn, account_id, day, now=clock.now().timestamp())
+
+
+def reserve(
+    engine: Engine, *, account_id: str, key_id: str | None, amount: int, purpose: str, ttl: float, tz: str,
+    capped: bool = False,
+) -> str:
+    """A hold for `amount` micro-credits; InsufficientCredits says what is left and when it resets."""
+    try:
+        with engine.begin() as conn:
+            return ledger.reserve(
+                conn, account_id=account_id, key_id=key_id, amount=amount, purpose=purpose,
+                now=clock.now().timestamp(), ttl=ttl, cap_day=today(tz) if capped else None,
+            )
+    except InsufficientCredits as exc:
+        raise InsufficientCredits(
+            f"{exc.message} The daily allowance resets at {resets_at(tz)}.", code=exc.code
+        ) from None
+
+
+def available(engine: Engine, account_id: str) -> int:
+    with engine.connect() as conn:
+        return ledger.balance(conn, account_id).available
+
+
+def settle(engine: Engine, hold_id: str, charge: int, description: str = "") -> ledger.Settlement:
+    with engine.begin() as conn:
+        return ledger.settle(conn, hold_id, charge, now=clock.now().timestamp(), description=description)
+
+
+def release(engine: Engine, hold_id: str) -> ledger.Settlement:
+    with engine.begin() as conn:
+        return ledger.release(conn, hold_id, now=clock.now().timestamp())
+
+
+def expire_holds(engine: Engine) -> int:
+    """Release every open hold past its expiry; returns how many. Safe to run anywhere, any time."""
+    now = clock.now().timestamp()
+    with engine.connect() as conn:
+        hold_ids = ledger.open_expired_holds(conn, now)
+    released = 0
+    for hold_id in hold_ids:
+        with engine.begin() as conn:
+            released += ledger.release(conn, hold_id, now=now, expired=True).applied
+    if released:
+        log.warning("released %d expired holds", released)
+    return released
+
+
+def describe_credits(micro: int) -> int | float:
+    return to_credits(micro)

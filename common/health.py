@@ -1,0 +1,28 @@
+"""Readiness checks: the database answers; the broker (Redis) answers when configured."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, text
+
+from common.settings import Settings
+
+
+def check(settings: Settings, engine: Engine) -> dict[str, str]:
+    results: dict[str, str] = {}
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        results["database"] = "ok"
+    except Exception as exc:
+        results["database"] = f"error: {type(exc).__name__}"
+    if settings.redis_url:
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1).ping()
+            results["broker"] = "ok"
+        except Exception as exc:
+            results["broker"] = f"error: {type(exc).__name__}"
+    else:
+        results["broker"] = "ok"  # in-process broker
+    return results

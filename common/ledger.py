@@ -1,0 +1,258 @@
+"""The ledger: the only code that changes a balance.
+
+Model. An account's balance is `allowance + topup` (micro-credits): what is left of today's
+allowance plus purchased credits. `held` is the sum of its open holds; `available = balance -
+held`. Every change is one conditional UPDATE that cannot overdraw plus one append-only
+`ledger_entries` row with a unique `reference`:
+
+    reserve   UPDATE ... WHERE allowance + topup - held >= amount    amount 0,   held_delta +h
+    settle    charge = min(charge, hold); allowance first, then topup  amount -c,  held_delta -h
+    release   / expire                                                amount 0,   held_delta -h
+    grant     topup += x                                              amount +x
+    reset     allowance := the plan's daily allowance (once a day)    amount new-old
+    plan      allowance adjusted by the change in daily allowance     amount new-old
+
+Invariants (checked by tests/common/test_ledger_model.py and the PostgreSQL tests):
+    balance == sum(entries.amount); held == sum(entries.held_delta) == sum(open holds);
+    available >= 0 (also a CHECK constraint); a hold resolves exactly once (status guard plus
+    the unique reference `resolve:<hold>`); one reset per account and billing day
+    (reference `reset:<account>:<day>`).
+
+Every verb takes a Connection inside the caller's transaction, so a job's state change and its
+settlement commit together. A verb that finds its work already done is a no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+from common.errors import InsufficientCredits, InvalidRequest, NotFound
+from common.ids import new_id
+from common.plans import daily_allowance_micro, is_plan
+
+_CAP_RESERVE = text(
+    "UPDATE api_keys SET cap_used = (CASE WHEN cap_day = :day THEN cap_used ELSE 0 END) + :amt,"
+    " cap_day = :day WHERE id = :kid"
+    " AND (CASE WHEN cap_day = :day THEN cap_used ELSE 0 END) + :amt <= daily_cap"
+)
+_ACCOUNT_RESERVE = text(
+    "UPDATE accounts SET held = held + :amt WHERE id = :aid AND allowance + topup - held >= :amt"
+)
+_INSERT_HOLD = text(
+    "INSERT INTO holds (id, account_id, key_id, amount, status, purpose, key_cap_day, created_at, expires_at)"
+    " VALUES (:id, :aid, :kid, :amt, 'open', :purpose, :cap_day, :now, :expires)"
+)
+_INSERT_ENTRY = text(
+    "INSERT INTO ledger_entries (account_id, key_id, kind, amount, held_delta, reference, hold_id,"
+    " description, created_at) VALUES (:aid, :kid, :kind, :amount, :held_delta, :ref, :hid, :desc, :now)"
+)
+_RESOLVE_HOLD = text(
+    "UPDATE holds SET status = :status, charged = CASE WHEN :charge < amount THEN :charge ELSE amount END,"
+    " resolved_at = :now WHERE id = :hid AND status = 'open'"
+    " RETURNING account_id, key_id, amount, charged, key_cap_day"
+)
+_ACCOUNT_SETTLE = text(
+    "UPDATE accounts SET"
+    " topup = CASE WHEN allowance >= :c THEN topup ELSE topup - (:c - allowance) END,"
+    " allowance = CASE WHEN allowance >= :c THEN allowance - :c ELSE 0 END,"
+    " held = held - :h WHERE id = :aid RETURNING allowance, topup, held"
+)
+_CAP_GIVE_BACK = text(
+    "UPDATE api_keys SET cap_used = CASE WHEN cap_used >= :amt THEN cap_used - :amt ELSE 0 END"
+    " WHERE id = :kid AND cap_day = :day"
+)
+_SNAPSHOT = text("SELECT plan, allowance, topup, held, allowance_day FROM accounts WHERE id = :aid")
+_LOCKED_SNAPSHOT = text(
+    "SELECT plan, allowance, topup, held, allowance_day FROM accounts WHERE id = :aid FOR UPDATE"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    plan: str
+    allowance: int
+    topup: int
+    held: int
+    allowance_day: str
+
+    @property
+    def available(self) -> int:
+        return self.allowance + self.topup - self.held
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    hold_id: str
+    charged: int  # what this hold cost in the end (0 for a release)
+    available: int | None  # the account's available balance right after; None if already resolved
+    applied: bool  # False when the hold had already been resolved (a retried call)
+
+
+def balance(conn: Connection, account_id: str, *, lock: bool = False) -> Balance:
+    """The account's current numbers. `lock` takes a row lock (PostgreSQL) for read-modify-write."""
+    stmt = _LOCKED_SNAPSHOT if lock and conn.dialect.name == "postgresql" else _SNAPSHOT
+    row = conn.execute(stmt, {"aid": account_id}).first()
+    if row is None:
+        raise NotFound(f"No account {account_id}", code="account_not_found")
+    return Balance(*row)
+
+
+def reserve(
+    conn: Connection,
+    *,
+    account_id: str,
+    key_id: str | None,
+    amount: int,
+    purpose: str,
+    now: float,
+    ttl: float,
+    cap_day: str | None = None,
+) -> str:
+    """Hold `amount` micro-credits; returns the hold id or raises InsufficientCredits.
+
+    `cap_day` (the billing day) is given when the key has a daily credit cap: the hold then also
+    counts against the cap. On failure nothing is written (the caller's transaction rolls back).
+    """
+    if amount <= 0:
+        raise ValueError("a hold must be positive")
+    capped = cap_day is not None and key_id is not None
+    if capped and conn.execute(_CAP_RESERVE, {"kid": key_id, "day": cap_day, "amt": amount}).rowcount != 1:
+        raise InsufficientCredits("This API key has reached its daily credit cap.", code="key_daily_cap_reached")
+    if conn.execute(_ACCOUNT_RESERVE, {"aid": account_id, "amt": amount}).rowcount != 1:
+        raise _insufficient(balance(conn, account_id), amount)
+    hold_id = new_id("hold")
+    conn.execute(
+        _INSERT_HOLD,
+        {"id": hold_id, "aid": account_id, "kid": key_id, "amt": amount, "purpose": purpose,
+         "cap_day": cap_day, "now": now, "expires": now + ttl},
+    )
+    _entry(conn, account_id, key_id, "reserve", 0, amount, f"reserve:{hold_id}", hold_id, purpose, now)
+    return hold_id
+
+
+def settle(conn: Connection, hold_id: str, charge: int, *, now: float, description: str = "") -> Settlement:
+    """Charge at most the hold and release the rest. A second call for the same hold is a no-op."""
+    return _resolve(conn, hold_id, max(0, charge), "settled", "settle", now, description)
+
+
+def release(conn: Connection, hold_id: str, *, now: float, expired: bool = False) -> Settlement:
+    """Give the whole hold back (a failed or refunded call, or an expired hold). Idempotent."""
+    status, kind = ("expired", "expire") if expired else ("released", "release")
+    return _resolve(conn, hold_id, 0, status, kind, now, "")
+
+
+def _resolve(
+    conn: Connection, hold_id: str, charge: int, status: str, kind: str, now: float, description: str
+) -> Settlement:
+    row = conn.execute(_RESOLVE_HOLD, {"hid": hold_id, "status": status, "charge": charge, "now": now}).first()
+    if row is None:
+        existing = conn.execute(text("SELECT charged FROM holds WHERE id = :hid"), {"hid": hold_id}).first()
+        if existing is None:
+            raise NotFound(f"No hold {hold_id}", code="hold_not_found")
+        return Settlement(hold_id, int(existing[0] or 0), None, applied=False)
+    account_id, key_id, amount, charged, cap_day = row
+    allowance, topup, held = conn.execute(
+        _ACCOUNT_SETTLE, {"aid": account_id, "c": charged, "h": amount}
+    ).one()
+    _entry(conn, account_id, key_id, kind, -charged, -amount, f"resolve:{hold_id}", hold_id, description, now)
+    if cap_day is not None and key_id is not None and amount > charged:
+        conn.execute(_CAP_GIVE_BACK, {"kid": key_id, "day": cap_day, "amt": amount - charged})
+    return Settlement(hold_id, charged, allowance + topup - held, applied=True)
+
+
+def grant(
+    conn: Connection, account_id: str, amount: int, *, now: float, reference: str | None = None,
+    description: str = "grant",
+) -> bool:
+    """Add top-up credits. With a `reference`, a repeated grant is a no-op (returns False)."""
+    if amount <= 0:
+        raise InvalidRequest("A grant must be a positive amount of credits.", param="amount")
+    ref = f"grant:{reference}" if reference else f"grant:{new_id('g')}"
+    if reference and _entry_exists(conn, ref):
+        return False
+    updated = conn.execute(
+        text("UPDATE accounts SET topup = topup + :amt WHERE id = :aid"), {"aid": account_id, "amt": amount}
+    ).rowcount
+    if updated != 1:
+        raise NotFound(f"No account {account_id}", code="account_not_found")
+    _entry(conn, account_id, None, "grant", amount, 0, ref, None, description, now)
+    return True
+
+
+def ensure_today(conn: Connection, account_id: str, day: str, *, now: float) -> bool:
+    """The daily reset: once per account and billing day. Returns True when it reset.
+
+    The new allowance is the plan's daily allowance, or more when open holds from before the
+    boundary need it to keep `available >= 0` (holds are short-lived; this is an edge case)."""
+    current = balance(conn, account_id, lock=True)
+    if current.allowance_day >= day:
+        return False
+    new_allowance = max(daily_allowance_micro(current.plan), current.held - current.topup)
+    return _set_allowance(conn, account_id, current, new_allowance, day, "reset", f"reset:{account_id}:{day}", now)
+
+
+def change_plan(conn: Connection, account_id: str, plan: str, day: str, *, now: float) -> Balance:
+    """Switch plan now: today's allowance moves by the difference of the daily allowances."""
+    if not is_plan(plan):
+        raise InvalidRequest(f"Unknown plan {plan!r}: use free, plus, pro or ultra.", param="plan")
+    ensure_today(conn, account_id, day, now=now)
+    current = balance(conn, account_id, lock=True)
+    used = max(0, daily_allowance_micro(current.plan) - current.allowance)
+    new_allowance = max(0, daily_allowance_micro(plan) - used, current.held - current.topup)
+    conn.execute(text("UPDATE accounts SET plan = :plan WHERE id = :aid"), {"plan": plan, "aid": account_id})
+    _set_allowance(conn, account_id, current, new_allowance, day, "plan", f"plan:{new_id('p')}", now,
+                   description=f"{current.plan} -> {plan}")
+    return balance(conn, account_id)
+
+
+def _set_allowance(
+    conn: Connection, account_id: str, current: Balance, new_allowance: int, day: str, kind: str, ref: str,
+    now: float, description: str = "",
+) -> bool:
+    updated = conn.execute(
+        text(
+            "UPDATE accounts SET allowance = :new, allowance_day = :day"
+            " WHERE id = :aid AND allowance = :old AND allowance_day = :old_day"
+        ),
+        {"new": new_allowance, "day": day, "aid": account_id, "old": current.allowance,
+         "old_day": current.allowance_day},
+    ).rowcount
+    if updated != 1:
+        return False  # someone else changed it first; their entry covers it
+    _entry(conn, account_id, None, kind, new_allowance - current.allowance, 0, ref, None, description, now)
+    return True
+
+
+def open_expired_holds(conn: Connection, now: float, limit: int = 500) -> list[str]:
+    rows = conn.execute(
+        text("SELECT id FROM holds WHERE status = 'open' AND expires_at < :now ORDER BY expires_at LIMIT :n"),
+        {"now": now, "n": limit},
+    )
+    return [r[0] for r in rows]
+
+
+def _entry_exists(conn: Connection, reference: str) -> bool:
+    found = conn.execute(text("SELECT 1 FROM ledger_entries WHERE reference = :r"), {"r": reference})
+    return found.first() is not None
+
+
+def _entry(
+    conn: Connection, account_id: str, key_id: str | None, kind: str, amount: int, held_delta: int, ref: str,
+    hold_id: str | None, description: str, now: float,
+) -> None:
+    conn.execute(
+        _INSERT_ENTRY,
+        {"aid": account_id, "kid": key_id, "kind": kind, "amount": amount, "held_delta": held_delta,
+         "ref": ref, "hid": hold_id, "desc": description, "now": now},
+    )
+
+
+def _insufficient(current: Balance, wanted: int) -> InsufficientCredits:
+    from common.money import to_credits
+
+    return InsufficientCredits(
+        f"Insufficient credits: this request needs {to_credits(wanted)} credits but "
+        f"{to_credits(max(0, current.available))} are available.",
+    )

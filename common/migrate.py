@@ -1,0 +1,56 @@
+"""Schema migrations (Alembic), run by `helyx serve` / `helyx worker` at start and by `helyx migrate`.
+
+Several processes may start at once (the Procfile's web and worker): on PostgreSQL an advisory
+lock makes them take turns, and the second finds nothing to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, text
+
+_LOCK_ID = 0x48454C5958  # "HELYX"
+_SCRIPTS = Path(__file__).with_name("migrations")
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_SCRIPTS))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the database to the newest schema."""
+    config = _config()
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _LOCK_ID})
+            conn.commit()
+        try:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+            conn.commit()
+        finally:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _LOCK_ID})
+                conn.commit()
+
+
+def is_current(engine: Engine) -> bool:
+    """True when the database is at the newest revision."""
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision() == head
+
+
+def autogenerate(engine: Engine, message: str) -> None:
+    """For developers: write a new revision from the difference between models and database."""
+    config = _config()
+    with engine.connect() as conn:
+        config.attributes["connection"] = conn
+        command.revision(config, message=message, autogenerate=True)

@@ -1,0 +1,159 @@
+"""The tables. The database is the truth: accounts, keys, holds, ledger, generations, jobs, files.
+
+Conventions: money columns are BIGINT micro-credits (common.money); times are float seconds since
+the epoch (UTC), which compare the same way on SQLite and PostgreSQL; billing days are ISO date
+strings ('2026-11-22') in the configured zone. Ids are prefixed random strings.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def _money(default: int = 0, nullable: bool = False) -> Column:  # type: ignore[type-arg]
+    return Column(BigInteger, nullable=nullable, default=default if not nullable else None)
+
+
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint("allowance >= 0", name="ck_accounts_allowance"),
+        CheckConstraint("topup >= 0", name="ck_accounts_topup"),
+        CheckConstraint("held >= 0", name="ck_accounts_held"),
+        CheckConstraint("allowance + topup - held >= 0", name="ck_accounts_available"),
+    )
+
+    id: str = Field(primary_key=True)
+    email: str = Field(unique=True, index=True)
+    plan: str
+    allowance: int = Field(sa_column=_money())  # what is left of today's allowance
+    topup: int = Field(sa_column=_money())  # purchased credits, never expire
+    held: int = Field(sa_column=_money())  # sum of open holds
+    allowance_day: str  # the billing day `allowance` belongs to
+    created_at: float
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True)
+    account_id: str = Field(foreign_key="accounts.id", index=True)
+    name: str = ""
+    key_hash: str = Field(unique=True)  # sha256 hex of the full secret
+    prefix: str  # display only, e.g. "hx-AbCdEf12"
+    created_at: float
+    last_used_at: float | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    daily_cap: int | None = Field(default=None, sa_column=_money(nullable=True))
+    cap_used: int = Field(default=0, sa_column=_money())
+    cap_day: str = ""
+
+
+class Hold(SQLModel, table=True):
+    """A reservation. Resolves exactly once: settled, released or expired."""
+
+    __tablename__ = "holds"
+    __table_args__ = (Index("ix_holds_status_expires", "status", "expires_at"),)
+
+    id: str = Field(primary_key=True)
+    account_id: str = Field(foreign_key="accounts.id", index=True)
+    key_id: str | None = None
+    amount: int = Field(sa_column=_money())
+    charged: int | None = Field(default=None, sa_column=_money(nullable=True))
+    status: str = "open"  # open | settled | released | expired
+    purpose: str = ""  # e.g. "chat:chatcmpl-..." or "job:job_..."
+    key_cap_day: str | None = None  # set when the hold counted against a key's daily cap
+    created_at: float
+    expires_at: float
+    resolved_at: float | None = None
+
+
+class LedgerEntry(SQLModel, table=True):
+    """Append-only. sum(amount) == account balance; sum(held_delta) == account.held."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (Index("ix_ledger_account_created", "account_id", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: str = Field(foreign_key="accounts.id")
+    key_id: str | None = Field(default=None, index=True)
+    kind: str  # reserve | settle | release | expire | grant | reset | plan
+    amount: int = Field(sa_column=_money())
+    held_delta: int = Field(sa_column=_money())
+    reference: str = Field(unique=True)
+    hold_id: str | None = None
+    description: str = ""
+    created_at: float
+
+
+class Generation(SQLModel, table=True):
+    """One chat completion, streamed or not, including cancelled streams."""
+
+    __tablename__ = "generations"
+
+    id: str = Field(primary_key=True)
+    account_id: str = Field(index=True)
+    key_id: str
+    model: str
+    stream: bool = False
+    status: str  # succeeded | failed | cancelled
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    credits: int = Field(default=0, sa_column=_money())
+    usage_estimated: bool = False
+    latency_ms: int = 0
+    error_code: str | None = None
+    created_at: float
+
+
+class Job(SQLModel, table=True):
+    """A media job; its row is the truth, the broker only dispatches its id."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("account_id", "idempotency_key", name="uq_jobs_idempotency"),
+        Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
+        Index("ix_jobs_account_created", "account_id", "created_at"),
+    )
+
+    id: str = Field(primary_key=True)
+    account_id: str = Field(foreign_key="accounts.id")
+    key_id: str
+    type: str  # image | video
+    model: str
+    params: str = Field(sa_column=Column(Text, nullable=False))  # JSON
+    status: str = "queued"  # queued | running | succeeded | failed | canceled
+    progress: int = 0
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    hold_id: str
+    price: int = Field(sa_column=_money())
+    charged: int = Field(default=0, sa_column=_money())
+    error_code: str | None = None
+    error_message: str | None = None
+    result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON list of file ids
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    webhook_url: str | None = None
+    webhook_status: str | None = None  # pending | delivered | failed
+    created_at: float
+    enqueued_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+
+
+class StoredFile(SQLModel, table=True):
+    __tablename__ = "files"
+
+    id: str = Field(primary_key=True)
+    account_id: str = Field(index=True)
+    job_id: str = Field(index=True)
+    storage_key: str
+    content_type: str
+    bytes: int
+    created_at: float
+    expires_at: float = Field(index=True)

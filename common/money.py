@@ -1,0 +1,28 @@
+"""Exact credit arithmetic. Balances are integers of micro-credits; no float is ever summed.
+
+One credit is 1,000,000 micro-credits, so a rate of 0.04 credits per token is exactly 40,000
+micro-credits per token. Credits are shown to users as JSON numbers with up to six decimals.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+MICRO = 1_000_000
+
+
+def to_micro(credits: Decimal | int | str) -> int:
+    """Credits to micro-credits; refuses values finer than one micro-credit."""
+    value = Decimal(str(credits)) * MICRO
+    if value != value.to_integral_value():
+        raise ValueError(f"{credits} credits is finer than one micro-credit")
+    return int(value)
+
+
+def to_credits(micro: int) -> int | float:
+    """Micro-credits to a JSON number: an int when whole, else a float rounded to 6 places.
+
+    Only for display: the float is made once from the exact integer, never accumulated."""
+    if micro % MICRO == 0:
+        return micro // MICRO
+    return float(Decimal(micro) / MICRO)

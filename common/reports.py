@@ -1,0 +1,127 @@
+"""Read-only views for the API and the CLI: credits, usage, keys, accounts. No writes here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from common import billing, ledger
+from common.errors import InvalidRequest
+from common.money import to_credits
+from common.plans import daily_allowance_micro
+
+
+def credits_summary(engine: Engine, account_id: str, tz: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        bal = ledger.balance(conn, account_id)
+    daily = daily_allowance_micro(bal.plan)
+    current_day = bal.allowance_day >= billing.today(tz)
+    allowance_left = bal.allowance if current_day else daily
+    return {
+        "object": "credits",
+        "account_id": account_id,
+        "plan": bal.plan,
+        "daily_allowance": to_credits(daily),
+        "used_today": to_credits(max(0, daily - allowance_left)),
+        "allowance_remaining": to_credits(allowance_left),
+        "topup_balance": to_credits(bal.topup),
+        "held": to_credits(bal.held),
+        "remaining": to_credits(max(0, allowance_left + bal.topup - bal.held)),
+        "resets_at": billing.resets_at(tz),
+    }
+
+
+def _entry_view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "ledger.entry",
+        "kind": row.kind,
+        "credits": to_credits(row.amount),
+        "held": to_credits(row.held_delta),
+        "key_id": row.key_id,
+        "reference": row.reference,
+        "description": row.description,
+        "created_at": row.created_at,
+    }
+
+
+def list_usage(
+    engine: Engine, account_id: str, *, key_id: str | None = None, since: float | None = None,
+    until: float | None = None, limit: int = 50, after: int | None = None,
+) -> dict[str, Any]:
+    """Newest first; `after` is the `next_cursor` of the previous page."""
+    if not 1 <= limit <= 500:
+        raise InvalidRequest("limit must be between 1 and 500.", param="limit")
+    clauses = ["account_id = :aid"]
+    params: dict[str, Any] = {"aid": account_id, "n": limit + 1}
+    for clause, name, value in (
+        ("key_id = :kid", "kid", key_id), ("created_at >= :since", "since", since),
+        ("created_at < :until", "until", until), ("id < :after", "after", after),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params[name] = value
+    query = (
+        "SELECT id, kind, amount, held_delta, key_id, reference, description, created_at FROM ledger_entries"
+        f" WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT :n"
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(text(query), params).all()
+    page = rows[:limit]
+    has_more = len(rows) > limit
+    return {
+        "object": "list",
+        "data": [_entry_view(r) for r in page],
+        "has_more": has_more,
+        "next_cursor": page[-1].id if has_more and page else None,
+    }
+
+
+def key_view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "api_key",
+        "name": row.name,
+        "prefix": row.prefix,
+        "created_at": row.created_at,
+        "last_used_at": row.last_used_at,
+        "expires_at": row.expires_at,
+        "revoked_at": row.revoked_at,
+        "daily_credit_cap": to_credits(row.daily_cap) if row.daily_cap is not None else None,
+    }
+
+
+def list_keys(engine: Engine, account_id: str) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, name, prefix, created_at, last_used_at, expires_at, revoked_at, daily_cap"
+                " FROM api_keys WHERE account_id = :aid ORDER BY created_at"
+            ),
+            {"aid": account_id},
+        ).all()
+    return [key_view(r) for r in rows]
+
+
+def list_accounts(engine: Engine, *, limit: int = 100, after: str | None = None) -> dict[str, Any]:
+    if not 1 <= limit <= 1000:
+        raise InvalidRequest("limit must be between 1 and 1000.", param="limit")
+    query = "SELECT id, email, plan, allowance, topup, held, created_at FROM accounts"
+    params: dict[str, Any] = {"n": limit + 1}
+    if after:
+        query += " WHERE id > :after"
+        params["after"] = after
+    with engine.connect() as conn:
+        rows = conn.execute(text(query + " ORDER BY id LIMIT :n"), params).all()
+    page = rows[:limit]
+    return {
+        "object": "list",
+        "data": [
+            {"id": r.id, "email": r.email, "plan": r.plan, "allowance_remaining": to_credits(r.allowance),
+             "topup_balance": to_credits(r.topup), "held": to_credits(r.held), "created_at": r.created_at}
+            for r in page
+        ],
+        "has_more": len(rows) > limit,
+        "next_cursor": page[-1].id if len(rows) > limit and page else None,
+    }

@@ -1,0 +1,131 @@
+"""Shared fixtures: settings on a temporary SQLite file, real PostgreSQL and Redis (skipped locally
+when absent, failing under CI=true), the app with a TestClient, and account helpers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
+
+from common import accounts, billing, clock
+from common.db import make_engine, normalize_url
+from common.migrate import upgrade
+from common.settings import Settings
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get("HELYX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_TEST_URL = os.environ.get("HELYX_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def service_unavailable(what: str, exc: Exception) -> None:
+    """Dramatiq's rule: a missing service skips locally but fails in CI."""
+    if CI:
+        raise RuntimeError(f"{what} is required in CI but unreachable: {exc}") from exc
+    pytest.skip(f"{what} unreachable: {exc}")
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": f"sqlite:///{tmp_path / 'helyx.db'}",
+        "storage_dir": tmp_path / "files",
+        "admin_token": ADMIN_TOKEN,
+        "simulated_job_seconds": 0.0,
+        "upstream_backoff_seconds": 0.01,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated."""
+    name = f"helyx_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        service_unavailable("PostgreSQL", exc)
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    url = f"{base}/{name}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url, pool_size=40)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE accounts, api_keys, holds, ledger_entries, generations, jobs, files CASCADE"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2)
+        client.flushdb()
+    except Exception as exc:  # noqa: BLE001
+        service_unavailable("Redis", exc)
+    return REDIS_TEST_URL
+
+
+@dataclass
+class TestAccount:
+    __test__ = False
+    account_id: str
+    key_id: str
+    api_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def create_test_account(engine: Engine, plan: str = "free", tz: str = "Asia/Karachi") -> TestAccount:
+    with engine.begin() as conn:
+        account_id, key = accounts.create_account(
+            conn, f"{uuid.uuid4().hex[:12]}@example.com", plan, day=billing.today(tz), now=clock.now().timestamp()
+        )
+    return TestAccount(account_id, key.id, key.secret)
+
+
+@pytest.fixture
+def app_client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
+    from api.app import create_app
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def account(engine: Engine) -> TestAccount:
+    return create_test_account(engine, "free")
