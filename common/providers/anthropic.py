@@ -1,0 +1,177 @@
+"""Adapter for Anthropic's Messages API.
+
+- `base_url` is the host root, as in Anthropic's SDK ("https://api.anthropic.com"); the adapter
+  POSTs to `{base_url}/v1/messages`. A base_url that already ends in "/v1" is accepted too.
+- System messages, wherever they are, become the top-level `system` (joined by blank lines);
+  consecutive messages of one role are merged, as Anthropic requires user/assistant alternation.
+- Temperature: OpenAI's range is 0–2, Anthropic's 0–1. We clamp to 1 rather than halve: the
+  values callers actually send (0, 0.2, 0.7, 1) then mean the same on both sides.
+- Current Claude models refuse `temperature` and `top_p` together. `top_p` 1 (or unset) is a
+  no-op and is not sent; a caller who narrows top_p below 1 asked for nucleus sampling, so then
+  top_p is sent instead of temperature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from common.errors import UpstreamError
+from common.providers.base import ChatDelta, ChatRequest, ChatResult, Usage
+from common.providers.http import (
+    iter_sse,
+    parse_json,
+    raise_for_status,
+    upstream_errors,
+    vendor_message,
+)
+from common.providers.messages import (
+    content_parts,
+    merge_turns,
+    message_text,
+    parse_data_url,
+    part_image_url,
+    part_text,
+    role_of,
+)
+
+PROVIDER = "anthropic"
+API_VERSION = "2023-06-01"
+FINISH_REASONS = {
+    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop", "max_tokens": "length",
+    "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter",
+}
+# Error types a new attempt may mend (https://docs.anthropic.com/en/api/errors).
+_RETRYABLE_ERRORS = {"api_error", "overloaded_error", "rate_limit_error", "timeout_error"}
+
+
+class AnthropicProvider:
+    def __init__(self, client: httpx.AsyncClient, base_url: str, api_key: str | None) -> None:
+        self._client = client
+        root = base_url.rstrip("/")
+        self._url = root + ("/messages" if root.endswith("/v1") else "/v1/messages")
+        self._api_key = api_key
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"anthropic-version": API_VERSION}
+        if self._api_key:
+            headers["x-api-key"] = self._api_key
+        return headers
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        with upstream_errors(PROVIDER):
+            response = await self._client.post(self._url, json=build_body(request, stream=False),
+                                               headers=self._headers())
+            await raise_for_status(response, PROVIDER, self._api_key)
+            data = parse_json(response.content, PROVIDER)
+        if not isinstance(data, dict):
+            raise UpstreamError(f"The upstream provider ({PROVIDER}) sent an unexpected body")
+        if data.get("type") == "error":
+            raise self._event_error(data)
+        text = "".join(block.get("text", "") for block in data.get("content") or []
+                       if block.get("type") == "text")
+        return ChatResult(content=text, finish_reason=_finish(data.get("stop_reason")),
+                          usage=_usage(data.get("usage")))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        prompt_tokens: int | None = None
+        completion_tokens = 0
+        finish_reason: str | None = None
+        with upstream_errors(PROVIDER):
+            async with self._client.stream("POST", self._url, json=build_body(request, stream=True),
+                                           headers=self._headers()) as response:
+                await raise_for_status(response, PROVIDER, self._api_key)
+                async for event in iter_sse(response):
+                    data = parse_json(event.data, PROVIDER)
+                    if not isinstance(data, dict):
+                        continue
+                    kind = data.get("type", event.event)
+                    if kind == "error":
+                        raise self._event_error(data)
+                    if kind == "message_start":
+                        usage = (data.get("message") or {}).get("usage") or {}
+                        if usage.get("input_tokens") is not None:
+                            prompt_tokens = _prompt_tokens(usage)
+                        completion_tokens = int(usage.get("output_tokens") or 0)
+                    elif kind == "content_block_delta":
+                        delta = data.get("delta") or {}
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            yield ChatDelta(content=delta["text"])
+                    elif kind == "message_delta":
+                        finish_reason = _finish((data.get("delta") or {}).get("stop_reason"))
+                        usage = data.get("usage") or {}
+                        # message_delta counts are cumulative, so the latest one wins.
+                        completion_tokens = int(usage.get("output_tokens") or completion_tokens)
+                        if usage.get("input_tokens") is not None:
+                            prompt_tokens = _prompt_tokens(usage)
+                    elif kind == "message_stop":
+                        break
+        if finish_reason is None:
+            raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
+                                retryable=True)
+        usage = None if prompt_tokens is None else Usage(prompt_tokens, completion_tokens)
+        yield ChatDelta(finish_reason=finish_reason, usage=usage)
+
+    def _event_error(self, data: dict[str, Any]) -> UpstreamError:
+        """An `error` event (mid-stream) or error body: {"type": "error", "error": {type, message}}."""
+        error = data.get("error") or {}
+        message = vendor_message(str(error.get("message") or "").encode(), self._api_key)
+        return UpstreamError(f"The upstream provider ({PROVIDER}) failed: {message}",
+                             retryable=error.get("type") in _RETRYABLE_ERRORS)
+
+
+def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+    """The Messages API body for an OpenAI-shaped request."""
+    system = "\n\n".join(message_text(m, "\n") for m in request.messages if role_of(m) == "system")
+    turns = merge_turns((role_of(m), _blocks(m)) for m in request.messages if role_of(m) != "system")
+    body: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": [{"role": role, "content": blocks} for role, blocks in turns],
+    }
+    if system:
+        body["system"] = system
+    if request.stop:
+        body["stop_sequences"] = list(request.stop)
+    if request.top_p is not None and request.top_p < 1:
+        body["top_p"] = request.top_p
+    elif request.temperature is not None:
+        body["temperature"] = min(max(request.temperature, 0.0), 1.0)
+    if request.user:
+        body["metadata"] = {"user_id": request.user}
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """Anthropic content blocks for one message; empty text is dropped (Anthropic rejects it)."""
+    blocks: list[dict[str, Any]] = []
+    for part in content_parts(message):
+        text = part_text(part)
+        if text:
+            blocks.append({"type": "text", "text": text})
+        elif (url := part_image_url(part)) is not None:
+            inline = parse_data_url(url)
+            source = ({"type": "base64", "media_type": inline[0], "data": inline[1]} if inline
+                      else {"type": "url", "url": url})
+            blocks.append({"type": "image", "source": source})
+    return blocks
+
+
+def _finish(stop_reason: str | None) -> str:
+    return FINISH_REASONS.get(stop_reason or "", "stop")
+
+
+def _prompt_tokens(usage: dict[str, Any]) -> int:
+    """Anthropic reports cached prompt tokens apart from input_tokens; all of them were read."""
+    return sum(int(usage.get(key) or 0) for key in
+               ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+
+
+def _usage(data: Any) -> Usage | None:
+    if not isinstance(data, dict) or data.get("input_tokens") is None:
+        return None
+    return Usage(_prompt_tokens(data), int(data.get("output_tokens") or 0))

@@ -1,0 +1,165 @@
+"""Adapter for the Gemini API's generateContent (chat only; images live in their own adapter).
+
+- `base_url` includes the API version ("https://generativelanguage.googleapis.com/v1beta"); the
+  adapter POSTs to `{base_url}/models/{model}:generateContent` and, for streams,
+  `:streamGenerateContent?alt=sse`, with the key in the `x-goog-api-key` header (never the URL).
+- System messages become `systemInstruction`; user/assistant become user/model turns, merged so
+  they alternate. Images: data: URLs go inline (`inlineData`), http(s) URLs as `fileData` (the
+  Gemini API fetches public and signed URLs itself).
+- Penalties are sent only when non-zero: several Gemini models reject the fields outright.
+- Thinking models report `thoughtsTokenCount` apart from `candidatesTokenCount`; both are
+  output the vendor bills, so both count as completion tokens.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from common.errors import UpstreamError
+from common.providers.base import ChatDelta, ChatRequest, ChatResult, Usage
+from common.providers.http import (
+    iter_sse,
+    parse_json,
+    raise_for_status,
+    status_error,
+    upstream_errors,
+    vendor_message,
+)
+from common.providers.messages import (
+    content_parts,
+    merge_turns,
+    message_text,
+    parse_data_url,
+    part_image_url,
+    part_text,
+    role_of,
+)
+
+PROVIDER = "gemini"
+
+
+class GeminiChatProvider:
+    def __init__(self, client: httpx.AsyncClient, base_url: str, api_key: str | None) -> None:
+        self._client = client
+        self._base = base_url.rstrip("/")
+        self._api_key = api_key
+
+    def _url(self, model: str, method: str) -> str:
+        return f"{self._base}/models/{model.removeprefix('models/')}:{method}"
+
+    def _headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self._api_key} if self._api_key else {}
+
+    async def _check(self, response: httpx.Response) -> None:
+        # Google answers a bad API key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID.
+        if response.status_code == 400 and b"API_KEY_INVALID" in await response.aread():
+            raise status_error(401, response.content, response.headers, PROVIDER, self._api_key)
+        await raise_for_status(response, PROVIDER, self._api_key)
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        with upstream_errors(PROVIDER):
+            response = await self._client.post(self._url(request.model, "generateContent"),
+                                               json=build_body(request), headers=self._headers())
+            await self._check(response)
+            data = parse_json(response.content, PROVIDER)
+        content, finish_reason = self._read_chunk(data)
+        return ChatResult(content=content, finish_reason=finish_reason or "stop",
+                          usage=_usage(data.get("usageMetadata")))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        finish_reason: str | None = None
+        usage: Usage | None = None
+        url = self._url(request.model, "streamGenerateContent")
+        with upstream_errors(PROVIDER):
+            async with self._client.stream("POST", url, params={"alt": "sse"}, json=build_body(request),
+                                           headers=self._headers()) as response:
+                await self._check(response)
+                async for event in iter_sse(response):
+                    data = parse_json(event.data, PROVIDER)
+                    content, finish = self._read_chunk(data)
+                    finish_reason = finish or finish_reason
+                    usage = _usage(data.get("usageMetadata")) or usage  # cumulative: last wins
+                    if content:
+                        yield ChatDelta(content=content)
+        # Gemini has no end-of-stream marker: a stream is complete once a finishReason came.
+        if finish_reason is None:
+            raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
+                                retryable=True)
+        yield ChatDelta(finish_reason=finish_reason, usage=usage)
+
+    def _read_chunk(self, data: Any) -> tuple[str, str | None]:
+        """(text, finish reason in OpenAI terms or None) of one GenerateContentResponse."""
+        if not isinstance(data, dict):
+            raise UpstreamError(f"The upstream provider ({PROVIDER}) sent an unexpected body")
+        if data.get("error"):
+            message = vendor_message(str((data["error"] or {}).get("message", "")).encode(),
+                                     self._api_key)
+            raise UpstreamError(f"The upstream provider ({PROVIDER}) failed: {message}", retryable=True)
+        candidates = data.get("candidates") or []
+        if not candidates:
+            blocked = (data.get("promptFeedback") or {}).get("blockReason")
+            return "", "content_filter" if blocked else None
+        candidate = candidates[0]
+        parts = (candidate.get("content") or {}).get("parts") or []
+        text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
+        return text, _finish(candidate.get("finishReason"))
+
+
+def build_body(request: ChatRequest) -> dict[str, Any]:
+    """The generateContent body for an OpenAI-shaped request."""
+    system = "\n\n".join(message_text(m, "\n") for m in request.messages if role_of(m) == "system")
+    turns = merge_turns(("model" if role_of(m) == "assistant" else "user", _parts(m))
+                        for m in request.messages if role_of(m) != "system")
+    config: dict[str, Any] = {"maxOutputTokens": request.max_tokens}
+    if request.temperature is not None:
+        config["temperature"] = request.temperature
+    if request.top_p is not None:
+        config["topP"] = request.top_p
+    if request.stop:
+        config["stopSequences"] = list(request.stop)
+    if request.presence_penalty:
+        config["presencePenalty"] = request.presence_penalty
+    if request.frequency_penalty:
+        config["frequencyPenalty"] = request.frequency_penalty
+    body: dict[str, Any] = {
+        "contents": [{"role": role, "parts": parts} for role, parts in turns],
+        "generationConfig": config,
+    }
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": system}]}
+    return body
+
+
+def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for part in content_parts(message):
+        text = part_text(part)
+        if text:
+            parts.append({"text": text})
+        elif (url := part_image_url(part)) is not None:
+            inline = parse_data_url(url)
+            if inline:
+                parts.append({"inlineData": {"mimeType": inline[0], "data": inline[1]}})
+            else:
+                mime = mimetypes.guess_type(url.split("?", 1)[0])[0] or "image/jpeg"
+                parts.append({"fileData": {"mimeType": mime, "fileUri": url}})
+    return parts
+
+
+def _finish(reason: str | None) -> str | None:
+    """STOP → stop, MAX_TOKENS → length; every other reason (SAFETY, RECITATION, BLOCKLIST,
+    PROHIBITED_CONTENT, SPII, OTHER, ...) means the vendor withheld output: content_filter."""
+    if not reason or reason == "FINISH_REASON_UNSPECIFIED":
+        return None
+    return {"STOP": "stop", "MAX_TOKENS": "length"}.get(reason, "content_filter")
+
+
+def _usage(data: Any) -> Usage | None:
+    if not isinstance(data, dict) or data.get("promptTokenCount") is None:
+        return None
+    completion = int(data.get("candidatesTokenCount") or 0) + int(data.get("thoughtsTokenCount") or 0)
+    return Usage(int(data["promptTokenCount"]), completion)

@@ -1,0 +1,188 @@
+"""The pooled HTTP client and the one place where HTTP failures become our errors.
+
+Every adapter talks to its vendor through `build_http_client`'s client and maps failures with
+`upstream_errors(...)` (transport exceptions) and `raise_for_status(...)` (HTTP statuses):
+
+    connect error / connect timeout     UpstreamError  retryable  code upstream_unreachable
+    read / write / pool timeout         UpstreamTimeout (retryable, 504)
+    connection broken mid-response      UpstreamError  retryable
+    408, 409, 429, 5xx                  UpstreamHTTPError retryable, with the upstream Retry-After
+    401, 403                            UpstreamError  not retryable, code upstream_auth
+    other 4xx                           UpstreamError  not retryable
+
+The vendor's own error message is quoted (trimmed, with the provider key masked) except for
+401/403, whose vendor text often echoes a fragment of the key and is no use to our client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from common.errors import UpstreamError, UpstreamTimeout
+
+_MAX_VENDOR_MESSAGE = 500
+
+
+class UpstreamHTTPError(UpstreamError):
+    """An upstream error status; `retry_after` is the upstream's Retry-After in seconds, if any."""
+
+    def __init__(self, message: str, *, retryable: bool, upstream_status: int,
+                 code: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, retryable=retryable, upstream_status=upstream_status, code=code)
+        self.retry_after = retry_after
+
+
+def build_http_client(connect_timeout: float, read_timeout: float,
+                      max_connections: int = 200) -> httpx.AsyncClient:
+    """The one shared client: explicit timeouts, a bounded pool, no proxies from the environment.
+
+    `read_timeout` bounds the wait for each chunk (so also the gap between streamed chunks) and
+    the wait for a free pooled connection.
+    """
+    timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
+                            pool=read_timeout)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                          keepalive_expiry=30.0)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False, follow_redirects=False,
+                             headers={"user-agent": "helyx-gateway"})
+
+
+class upstream_errors:  # lower-case: used like a function, `with upstream_errors("openai"):`
+    """Turns httpx transport exceptions raised inside the block into UpstreamError."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if isinstance(exc, httpx.HTTPError):
+            raise transport_error(exc, self.provider) from exc
+        return False
+
+
+def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+        return UpstreamError(f"Could not connect to the upstream provider ({provider})",
+                             retryable=True, code="upstream_unreachable")
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"The upstream provider ({provider}) did not answer in time")
+    if isinstance(exc, httpx.TransportError):
+        return UpstreamError(f"The connection to the upstream provider ({provider}) broke "
+                             f"({type(exc).__name__})", retryable=True)
+    return UpstreamError(f"Unusable response from the upstream provider ({provider}) "
+                         f"({type(exc).__name__})")
+
+
+async def raise_for_status(response: httpx.Response, provider: str, api_key: str | None) -> None:
+    """Raise the mapped UpstreamError if `response` is an error status (reads its body)."""
+    if response.status_code < 400:
+        return
+    body = await response.aread()
+    raise status_error(response.status_code, body, response.headers, provider, api_key)
+
+
+def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, str], provider: str,
+                 api_key: str | None) -> UpstreamHTTPError:
+    if status in (401, 403):
+        return UpstreamHTTPError(
+            f"The upstream provider ({provider}) rejected the gateway's provider credentials "
+            f"(HTTP {status}); the gateway operator must fix the provider key",
+            retryable=False, upstream_status=status, code="upstream_auth")
+    retryable = status in (408, 409, 429) or status >= 500
+    message = f"The upstream provider ({provider}) answered HTTP {status}"
+    vendor = vendor_message(body, api_key)
+    if vendor:
+        message += f": {vendor}"
+    code = "upstream_rate_limited" if status == 429 else None
+    return UpstreamHTTPError(message, retryable=retryable, upstream_status=status, code=code,
+                             retry_after=retry_after_seconds(headers) if retryable else None)
+
+
+def vendor_message(body: bytes, api_key: str | None) -> str:
+    """The message of a vendor error body ({"error": {"message": ...}} for OpenAI, Anthropic and
+    Gemini alike; Gemini sometimes wraps it in a list), else the trimmed text; key masked."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, list) and data:
+        data = data[0]
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            text = error["message"]
+        elif isinstance(error, str):
+            text = error
+    if api_key:
+        text = text.replace(api_key, "***")
+    text = " ".join(text.split())
+    return text[:_MAX_VENDOR_MESSAGE]
+
+
+def retry_after_seconds(headers: httpx.Headers | dict[str, str]) -> float | None:
+    """Retry-After (seconds or an HTTP date) or OpenAI's retry-after-ms, as seconds."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if (ms := lowered.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_json(raw: str | bytes, provider: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise UpstreamError(f"The upstream provider ({provider}) sent malformed JSON") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    event: str | None
+    data: str
+
+
+async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
+    """Server-sent events from a streaming response (the `event:` and `data:` fields)."""
+    event: str | None = None
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield SSEEvent(event, "\n".join(data))
+            event, data = None, []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+    if data:
+        yield SSEEvent(event, "\n".join(data))

@@ -1,0 +1,94 @@
+"""Reading OpenAI chat messages: the helpers every adapter (and the token estimator) shares.
+
+A message's `content` is a string, None, or a list of parts ({"type": "text", "text": ...},
+{"type": "image_url", "image_url": {"url": ...}}, ...). These helpers normalise that once so the
+adapters only translate.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from common.errors import InvalidRequest
+
+T = TypeVar("T")
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),(?P<data>.*)$", re.DOTALL)
+
+
+def content_parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The message's content as a list of part dicts (a plain string becomes one text part)."""
+    content = message.get("content")
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append({"type": "text", "text": part})
+        elif isinstance(part, dict):
+            parts.append(part)
+    return parts
+
+
+def part_text(part: dict[str, Any]) -> str | None:
+    """The text of a text part, or None for any other kind of part."""
+    if part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+        return part["text"]
+    return None
+
+
+def part_image_url(part: dict[str, Any]) -> str | None:
+    """The URL of an image_url part (object or bare-string form), or None."""
+    if part.get("type") != "image_url":
+        return None
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    return url if isinstance(url, str) else None
+
+
+def message_texts(message: dict[str, Any]) -> list[str]:
+    return [text for part in content_parts(message) if (text := part_text(part)) is not None]
+
+
+def message_text(message: dict[str, Any], separator: str = "") -> str:
+    return separator.join(message_texts(message))
+
+
+def role_of(message: dict[str, Any]) -> str:
+    """system | user | assistant; OpenAI's newer `developer` role counts as system."""
+    role = message.get("role")
+    if role in ("system", "developer"):
+        return "system"
+    return "assistant" if role == "assistant" else "user"
+
+
+def parse_data_url(url: str) -> tuple[str, str] | None:
+    """(media type, base64 data) for a base64 `data:` URL; None for any other URL.
+
+    Raises InvalidRequest for a data URL that is not base64 (vendors accept only base64 bytes).
+    """
+    if not url.startswith("data:"):
+        return None
+    match = _DATA_URL.match(url)
+    if match is None or ";base64" not in (match.group("params") or ""):
+        raise InvalidRequest("Image data URLs must be base64 encoded (data:image/png;base64,...)",
+                             param="messages")
+    return match.group("mime") or "image/png", match.group("data")
+
+
+def merge_turns(turns: Iterable[tuple[str, list[T]]]) -> list[tuple[str, list[T]]]:
+    """Join consecutive turns of the same role (Anthropic and Gemini require alternation);
+    turns with nothing in them are dropped."""
+    merged: list[tuple[str, list[T]]] = []
+    for role, items in turns:
+        if not items:
+            continue
+        if merged and merged[-1][0] == role:
+            merged[-1][1].extend(items)
+        else:
+            merged.append((role, list(items)))
+    return merged

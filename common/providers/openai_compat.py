@@ -1,0 +1,117 @@
+"""Adapter for OpenAI's Chat Completions wire format, spoken by OpenAI and most other vendors.
+
+`base_url` ends with the API version, as in OpenAI's SDK ("https://api.openai.com/v1"); the
+adapter POSTs to `{base_url}/chat/completions`. A stream asks for `include_usage`, so its last
+chunk (with empty `choices`) carries the usage; an upstream that ignores the option yields a
+stream without usage and the caller estimates it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from common.errors import UpstreamError
+from common.providers.base import ChatDelta, ChatRequest, ChatResult, Usage
+from common.providers.http import (
+    iter_sse,
+    parse_json,
+    raise_for_status,
+    upstream_errors,
+    vendor_message,
+)
+
+PROVIDER = "openai-compatible"
+_OPTIONAL = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty", "user")
+
+
+class OpenAICompatProvider:
+    def __init__(self, client: httpx.AsyncClient, base_url: str, api_key: str | None) -> None:
+        self._client = client
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._api_key = api_key
+
+    def _headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def _body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": request.model, "messages": request.messages,
+                                "max_tokens": request.max_tokens}
+        for name in _OPTIONAL:
+            value = getattr(request, name)
+            if value is not None:
+                body[name] = value
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        with upstream_errors(PROVIDER):
+            response = await self._client.post(self._url, json=self._body(request, False),
+                                               headers=self._headers())
+            await raise_for_status(response, PROVIDER, self._api_key)
+            data = parse_json(response.content, PROVIDER)
+        _raise_if_error(data, self._api_key)
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not choices:
+            raise UpstreamError(f"The upstream provider ({PROVIDER}) answered without choices")
+        choice = choices[0]
+        return ChatResult(
+            content=(choice.get("message") or {}).get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=_usage(data.get("usage")),
+            system_fingerprint=data.get("system_fingerprint"),
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
+        finished = False
+        with upstream_errors(PROVIDER):
+            async with self._client.stream("POST", self._url, json=self._body(request, True),
+                                           headers=self._headers()) as response:
+                await raise_for_status(response, PROVIDER, self._api_key)
+                async for event in iter_sse(response):
+                    if event.data.strip() == "[DONE]":
+                        return
+                    delta = _chunk_delta(parse_json(event.data, PROVIDER), self._api_key)
+                    if delta is not None:
+                        finished = finished or delta.finish_reason is not None
+                        yield delta
+        if not finished:
+            raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
+                                retryable=True)
+
+
+def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
+    """The delta one stream chunk carries, or None for a chunk with nothing for us (role-only)."""
+    _raise_if_error(chunk, api_key)
+    if not isinstance(chunk, dict):
+        return None
+    content, finish_reason = "", None
+    choices = chunk.get("choices") or []
+    if choices:
+        choice = choices[0]
+        content = (choice.get("delta") or {}).get("content") or ""
+        finish_reason = choice.get("finish_reason")
+    usage = _usage(chunk.get("usage"))
+    if not content and finish_reason is None and usage is None:
+        return None
+    return ChatDelta(content=content, finish_reason=finish_reason, usage=usage)
+
+
+def _raise_if_error(data: Any, api_key: str | None) -> None:
+    """OpenAI-compatible upstreams report a failure inside a 200 (often mid-stream) as
+    {"error": {...}}."""
+    if isinstance(data, dict) and data.get("error"):
+        message = vendor_message(json.dumps(data).encode(), api_key)
+        raise UpstreamError(f"The upstream provider ({PROVIDER}) failed: {message}", retryable=True)
+
+
+def _usage(data: Any) -> Usage | None:
+    if not isinstance(data, dict) or data.get("prompt_tokens") is None:
+        return None
+    return Usage(prompt_tokens=int(data["prompt_tokens"]),
+                 completion_tokens=int(data.get("completion_tokens") or 0))
