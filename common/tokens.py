@@ -1,0 +1,54 @@
+"""Token estimates that need no tokenizer download, for reserving credits before a call.
+
+`estimate_prompt_tokens` is an UPPER BOUND for text: every byte-pair-encoding token covers at
+least one UTF-8 byte, so a text never has more tokens than bytes. On top of the text it allows
+4 tokens per message (role and separators; OpenAI uses 3–4) and 3 to prime the reply, and a
+fixed 1,600 per image part: the most OpenAI (high detail, 85 + 170 × 8 tiles = 1,445) or
+Anthropic (images scaled to ~1.15 megapixels, ~1,600 tokens) charge for one image. Gemini tiles
+very large images and may count more; the caller caps the charge at the reservation.
+
+`estimate_completion_tokens` is for a stream that ended without upstream usage (cut off, or an
+upstream that ignores include_usage): ceil(UTF-8 bytes / 3) + 1. English averages about four
+bytes per token, so this estimate is deliberately generous, yet bounded by the bytes sent.
+
+The simulated provider's counts never exceed these estimates (see common.providers.simulated).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from common.providers.messages import content_parts, part_image_url, part_text
+
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_REPLY = 3
+TOKENS_PER_IMAGE = 1600
+
+
+def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """An upper bound of the prompt tokens any of our chat upstreams will report for `messages`."""
+    total = TOKENS_PER_REPLY
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        if isinstance(message.get("name"), str):
+            total += _bytes(message["name"])
+        for part in content_parts(message):
+            text = part_text(part)
+            if text is not None:
+                total += _bytes(text)
+            elif part_image_url(part) is not None:
+                total += TOKENS_PER_IMAGE
+            else:  # a part kind we do not know: its JSON bytes bound whatever the vendor counts
+                total += _bytes(json.dumps(part, ensure_ascii=False))
+    return total
+
+
+def estimate_completion_tokens(text: str) -> int:
+    """A generous estimate of the tokens in generated `text`: ceil(UTF-8 bytes / 3) + 1."""
+    return math.ceil(_bytes(text) / 3) + 1
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode("utf-8"))
