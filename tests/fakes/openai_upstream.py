@@ -1,0 +1,111 @@
+"""A fake OpenAI Chat Completions upstream: POST /v1/chat/completions, plain and SSE.
+
+Fast by default (a fixed short answer, no delay), so benchmarks can stand it in for a vendor:
+
+    python -m tests.fakes.openai_upstream --port 9100     # base_url http://127.0.0.1:9100/v1
+
+Mid-stream failures: `error_after_chunks` sends an OpenAI error object as a data event (as
+OpenAI-compatible servers do), `drop_after_chunks` aborts the connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.fakes.upstream import Behaviour, DroppedConnection, FakeUpstream, TrackedStream, running
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 429: "rate_limit_error"}
+
+
+def build_app(fake: FakeUpstream) -> Starlette:
+    async def chat_completions(request: Request) -> Response:
+        body, failure = await fake.receive_request(request)
+        if failure is not None:
+            error = {"message": fake.behaviour.error_message,
+                     "type": _ERROR_TYPES.get(failure, "server_error"), "param": None, "code": None}
+            return JSONResponse({"error": error}, failure, headers=fake.error_headers())
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return TrackedStream(fake, _stream(fake.behaviour, body["model"], include_usage))
+        return JSONResponse(_completion(fake.behaviour, body["model"]))
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])
+
+
+def _usage(b: Behaviour) -> dict[str, int]:
+    return {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
+            "total_tokens": b.prompt_tokens + b.completion_tokens}
+
+
+def _completion(b: Behaviour, model: str) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+        "model": model, "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": b.answer},
+                     "logprobs": None, "finish_reason": b.finish or "stop"}],
+    }
+    if not b.omit_usage:
+        data["usage"] = _usage(b)
+    return data
+
+
+def _event(data: dict[str, Any] | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+async def _stream(b: Behaviour, model: str, include_usage: bool) -> AsyncGenerator[bytes, None]:
+    base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model, "system_fingerprint": "fp_fake"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _event({**base, "choices": [choice]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    for sent, piece in enumerate(b.pieces()):
+        if sent == b.error_after_chunks:
+            yield _event({"error": {"message": b.error_message, "type": "server_error"}})
+            return
+        if sent == b.drop_after_chunks:
+            raise DroppedConnection
+        if b.chunk_delay:
+            await asyncio.sleep(b.chunk_delay)
+        yield chunk({"content": piece})
+    yield chunk({}, b.finish or "stop")
+    if include_usage and not b.omit_usage:
+        yield _event({**base, "choices": [], "usage": _usage(b)})
+    yield _event("[DONE]")
+
+
+@contextmanager
+def run(behaviour: Behaviour | None = None) -> Iterator[FakeUpstream]:
+    """Serve the fake on a free port; `fake.base_url` ends in /v1, as OpenAI's does."""
+    with running(build_app, "/v1", behaviour) as fake:
+        yield fake
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="A fast fake OpenAI-compatible upstream")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args()
+    uvicorn.run(build_app(FakeUpstream()), host=args.host, port=args.port, log_level="warning",
+                access_log=False)
+
+
+if __name__ == "__main__":
+    main()

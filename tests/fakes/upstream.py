@@ -1,0 +1,153 @@
+"""What the fake upstreams share: the knobs a test turns, and what the fake saw.
+
+A test sets knobs on `fake.behaviour` (a plain mutable dataclass, read on every request) and
+asserts on `fake.requests` / `fake.last_request` and the stream counters:
+
+    with openai_upstream.run(Behaviour(fail_first=2, fail_status=429, retry_after="1")) as fake:
+        provider = OpenAICompatProvider(client, fake.base_url, "sk-test")
+        fake.behaviour.chunk_delay = 0.05          # knobs may change between requests
+        ... fake.last_request.json["messages"] ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from tests.fakes.server import serve
+
+
+@dataclass
+class Behaviour:
+    answer: str = "Hello! How can I help you today?"
+    chunks: list[str] | None = None  # streamed pieces; default: the answer split into words
+    finish: str | None = None  # the vendor's finish reason; None: its normal "done" value
+    prompt_tokens: int = 12
+    completion_tokens: int = 9
+    thoughts_tokens: int = 0  # Gemini only: thoughtsTokenCount
+    omit_usage: bool = False  # answer without any usage / token counts
+    fail_first: int = 0  # the first K requests fail with fail_status ...
+    fail_status: int = 500
+    retry_after: str | None = None  # ... carrying this Retry-After header
+    error_message: str = "The fake upstream failed"
+    error_reason: str | None = None  # Gemini only: ErrorInfo reason, e.g. API_KEY_INVALID
+    error_after_chunks: int | None = None  # stream: a vendor error event after N content chunks
+    drop_after_chunks: int | None = None  # stream: drop the connection after N content chunks
+    hang: float = 0.0  # seconds to wait before answering (until the client gives up)
+    chunk_delay: float = 0.0  # seconds before each streamed chunk
+
+    def pieces(self) -> list[str]:
+        return self.chunks if self.chunks is not None else re.findall(r"\S+\s*|\s+", self.answer)
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    json: Any
+
+
+@dataclass
+class FakeUpstream:
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    base_url: str = ""
+    requests: deque[Recorded] = field(default_factory=lambda: deque(maxlen=1000))
+    request_count: int = 0
+    streams_opened: int = 0
+    streams_closed: int = 0
+    streams_completed: int = 0  # closed after sending everything (not cut by the client or a drop)
+
+    @property
+    def last_request(self) -> Recorded:
+        return self.requests[-1]
+
+    async def receive_request(self, request: Request) -> tuple[Any, int | None]:
+        """Record the request; returns its JSON and the error status to answer with, if any."""
+        self.request_count += 1
+        body = await request.body()
+        data = await request.json() if body else None
+        self.requests.append(Recorded(request.method, request.url.path, dict(request.query_params),
+                                      {k.lower(): v for k, v in request.headers.items()}, data))
+        if self.behaviour.hang:
+            await _sleep_unless_disconnected(request, self.behaviour.hang)
+        failing = self.request_count <= self.behaviour.fail_first
+        return data, self.behaviour.fail_status if failing else None
+
+    def error_headers(self) -> dict[str, str]:
+        return {"retry-after": self.behaviour.retry_after} if self.behaviour.retry_after else {}
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Poll `predicate` (the fake runs in another thread) until true or the timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate():
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+
+class TrackedStream(StreamingResponse):
+    """A streamed response that counts opened/closed/completed streams and stops producing as
+    soon as the client disconnects (Starlette's StreamingResponse would leave the generator
+    suspended, so a cut stream would not be counted promptly)."""
+
+    def __init__(self, fake: FakeUpstream, body: AsyncGenerator[bytes, None],
+                 media_type: str = "text/event-stream") -> None:
+        super().__init__(body, media_type=media_type, headers={"cache-control": "no-cache"})
+        self.fake = fake
+        self.body_generator = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.fake.streams_opened += 1
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
+                await send({"type": "http.response.start", "status": self.status_code,
+                            "headers": self.raw_headers})
+                async for chunk in self.body_iterator:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await anyio.sleep(0)  # a checkpoint, so a disconnect stops even a delay-free stream
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                self.fake.streams_completed += 1
+                group.cancel_scope.cancel()
+        finally:
+            await self.body_generator.aclose()
+            self.fake.streams_closed += 1
+
+
+class DroppedConnection(Exception):
+    """Raised by a fake's stream to make uvicorn abort the connection mid-response."""
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _sleep_unless_disconnected(request: Request, seconds: float) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline and not await request.is_disconnected():
+        await asyncio.sleep(0.02)
+
+
+@contextmanager
+def running(build_app: Callable[[FakeUpstream], Starlette], prefix: str,
+            behaviour: Behaviour | None) -> Iterator[FakeUpstream]:
+    fake = FakeUpstream(behaviour or Behaviour())
+    with serve(build_app(fake)) as url:
+        fake.base_url = url + prefix
+        yield fake
