@@ -1,0 +1,143 @@
+"""The SSRF guard for user-supplied URLs (webhooks): only http(s) to public addresses.
+
+`check_url` parses with httpx (the same parser that later sends the request, so the two cannot
+disagree about the host), resolves the host, and refuses the URL when ANY resolved address is
+not public: loopback, RFC 1918, CGNAT, link-local (cloud metadata at 169.254.169.254), ULA,
+unspecified, multicast, reserved and documentation ranges, and IPv6 forms that embed such an IPv4
+address (mapped, 6to4, Teredo, NAT64). Well-known internal names are refused before any lookup.
+Resolution happens again right before each delivery; the caller then connects to the vetted
+address itself, so a DNS answer that changes in between (rebinding) cannot redirect it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+
+from common.errors import InvalidRequest
+
+Resolver = Callable[..., Sequence[tuple[Any, ...]]]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+BLOCKED_NAMES = frozenset({"localhost", "metadata", "metadata.google.internal", "metadata.goog"})
+BLOCKED_SUFFIXES = (".localhost", ".internal", ".local", ".home.arpa")
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class WebhookURLRefused(InvalidRequest):
+    """The webhook URL is malformed, not http(s), or points at a non-public address."""
+
+    code = "invalid_webhook_url"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="webhook_url")
+
+
+class WebhookHostUnresolved(WebhookURLRefused):
+    """The host did not resolve. At submission a refusal; during delivery a retryable failure."""
+
+
+def check_url(url: str, allow_private: bool, resolver: Resolver = socket.getaddrinfo) -> list[str]:
+    """Validate `url` and return the host's resolved IP addresses (deduplicated, in order).
+
+    With `allow_private` only the scheme and the URL's shape are checked (for local development
+    and tests). Raises `WebhookURLRefused` (or its subclass `WebhookHostUnresolved`).
+    """
+    parsed = parse_url(url)
+    host = parsed.raw_host.decode("ascii").rstrip(".").lower()
+    if not allow_private and _is_blocked_name(host):
+        raise WebhookURLRefused(f"webhook_url host {host!r} is internal")
+    addresses = _resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80), resolver)
+    if not allow_private:
+        for address in addresses:
+            if not is_public_address(address):
+                raise WebhookURLRefused(f"webhook_url resolves to a non-public address ({address})")
+    return [str(address) for address in addresses]
+
+
+def parse_url(url: str) -> httpx.URL:
+    """The URL parsed as httpx will send it, or `WebhookURLRefused` for anything odd."""
+    if not isinstance(url, str) or not url or len(url) > 2048:
+        raise WebhookURLRefused("webhook_url must be a URL of at most 2048 characters")
+    if "\\" in url or any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise WebhookURLRefused("webhook_url contains whitespace, control characters or backslashes")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+        raise WebhookURLRefused(f"webhook_url is not a valid URL: {exc}") from exc
+    if parsed.scheme not in ALLOWED_SCHEMES:
+        raise WebhookURLRefused("webhook_url must use http or https")
+    if not parsed.raw_host:
+        raise WebhookURLRefused("webhook_url has no host")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise WebhookURLRefused("webhook_url has an invalid port")
+    return parsed
+
+
+def is_public_address(address: IPAddress) -> bool:
+    """True only for globally routable unicast addresses, looking inside IPv6 embeddings."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return is_public_address(embedded)
+    if address in _CGNAT:
+        return False
+    flags = (
+        address.is_loopback,
+        address.is_private,
+        address.is_link_local,
+        address.is_unspecified,
+        address.is_multicast,
+        address.is_reserved,
+        isinstance(address, ipaddress.IPv6Address) and address.is_site_local,
+    )
+    return address.is_global and not any(flags)
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _is_blocked_name(host: str) -> bool:
+    return host in BLOCKED_NAMES or host.endswith(BLOCKED_SUFFIXES)
+
+
+def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
+    literal = _parse_ip(host)
+    if literal is not None:
+        return [literal]
+    try:
+        infos = resolver(host, port, 0, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        raise WebhookHostUnresolved(f"webhook_url host {host!r} does not resolve") from exc
+    addresses: list[IPAddress] = []
+    for info in infos:
+        address = _parse_ip(str(info[4][0]))
+        if address is None:
+            raise WebhookURLRefused(f"webhook_url host {host!r} resolved to an unusable address")
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise WebhookHostUnresolved(f"webhook_url host {host!r} does not resolve")
+    return addresses
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone id
+    except ValueError:
+        return None
