@@ -1,0 +1,153 @@
+"""Deliver one signed webhook (Standard Webhooks headers), with retries and the SSRF guard.
+
+Every attempt re-runs the SSRF check and connects to an address that check just vetted: the
+request goes to `scheme://<vetted-ip>:port/...` with the original `Host` header and, for https,
+the original name as TLS SNI (httpx's `sni_hostname` extension), so the certificate is still
+verified against the name. Retries rotate through the vetted addresses.
+Redirects are never followed: a 3xx is a failure that no retry mends (the spec's advice is to fix
+the URL). Retried: connection errors, timeouts, 408, 429 and 5xx, with exponential backoff
+(a `Retry-After` in seconds is honoured up to `MAX_DELAY_SECONDS`). Anything else stops.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from common.ssrf import Resolver, WebhookHostUnresolved, WebhookURLRefused, check_url, parse_url
+from common.webhook_signing import sign
+
+MAX_DELAY_SECONDS = 60.0
+USER_AGENT = "Helyx-Webhooks/1"
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    ok: bool
+    attempts: int  # tries made, DNS and connection failures included; 0 if refused before the first
+    status: int | None  # the last HTTP status received, if any
+    error: str | None
+    webhook_id: str
+
+
+def new_webhook_id() -> str:
+    return "msg_" + secrets.token_hex(16)
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    """Compact JSON: the exact bytes that are signed and sent."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def deliver(
+    url: str,
+    payload: dict[str, Any],
+    *,
+    secret: bytes | str,
+    allow_private: bool,
+    timeout: float,
+    max_attempts: int,
+    backoff: float = 1.0,
+    client: httpx.Client | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    webhook_id: str | None = None,
+    resolver: Resolver = socket.getaddrinfo,
+    clock: Callable[[], float] = time.time,
+) -> DeliveryResult:
+    """POST `payload` to `url` until a 2xx, a final failure, or `max_attempts` tries.
+
+    `webhook_id` stays the same on every attempt (receivers deduplicate on it); pass a stable id,
+    e.g. derived from the job, so that a delivery resumed after a restart keeps it too. Each
+    attempt gets a fresh `webhook-timestamp` and signature. Delivery failures are reported in the
+    result, never raised; only a malformed `secret`, `webhook_id` or `max_attempts` raises `ValueError`.
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    msg_id = webhook_id or new_webhook_id()
+    body = encode_payload(payload)
+    sign(secret, msg_id, 0, body)  # fail fast on a malformed secret or id, before any request
+    owned = client is None
+    http = client or httpx.Client(trust_env=False, follow_redirects=False)
+    attempts, status, error = 0, None, None
+    try:
+        for attempt in range(1, max_attempts + 1):
+            try:
+                addresses = check_url(url, allow_private, resolver)
+            except WebhookHostUnresolved as exc:
+                attempts, status, error = attempt, None, exc.message
+                retry_after = None
+            except WebhookURLRefused as exc:
+                return DeliveryResult(False, attempts, status, exc.message, msg_id)
+            else:
+                attempts = attempt
+                address = addresses[(attempt - 1) % len(addresses)]
+                timestamp = int(clock())
+                headers = _headers(msg_id, timestamp, sign(secret, msg_id, timestamp, body))
+                status, error, retry_after = _attempt(http, url, address, body, headers, timeout)
+                if status is not None and 200 <= status < 300:
+                    return DeliveryResult(True, attempts, status, None, msg_id)
+                if status is not None and not _retryable(status):
+                    return DeliveryResult(False, attempts, status, error, msg_id)
+            if attempt < max_attempts:
+                sleep(_delay(backoff, attempt, retry_after))
+        return DeliveryResult(False, attempts, status, error, msg_id)
+    finally:
+        if owned:
+            http.close()
+
+
+def _attempt(
+    http: httpx.Client, url: str, address: str, body: bytes, headers: dict[str, str], timeout: float
+) -> tuple[int | None, str | None, float | None]:
+    """One POST to the pinned address: (status, error, retry_after). The body is never read."""
+    original = parse_url(url)
+    pinned = original.copy_with(host=address)
+    headers = {**headers, "host": original.netloc.decode("ascii")}
+    extensions = {"sni_hostname": original.raw_host.decode("ascii")} if original.scheme == "https" else {}
+    try:
+        request = http.build_request(
+            "POST", pinned, content=body, headers=headers, timeout=timeout, extensions=extensions
+        )
+        response = http.send(request, stream=True, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}", None
+    try:
+        status = response.status_code
+        error = None if 200 <= status < 300 else f"HTTP {status}"
+        return status, error, _retry_after(response.headers.get("retry-after"))
+    finally:
+        response.close()
+
+
+def _headers(msg_id: str, timestamp: int, signature: str) -> dict[str, str]:
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None or not value.strip().isdigit():
+        return None  # the HTTP-date form is rare for webhooks; fall back to our own backoff
+    return float(value.strip())
+
+
+def _delay(backoff: float, attempt: int, retry_after: float | None) -> float:
+    delay = backoff * 2 ** (attempt - 1)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, MAX_DELAY_SECONDS)
