@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import av
+import pytest
+from PIL import Image
+
+from common.errors import UpstreamError
+from common.providers.base import ImageProvider, ImageRequest, VideoProvider, VideoRequest
+from common.providers.simulated_media import FPS, SimulatedImageProvider, SimulatedVideoProvider
+
+pytestmark = pytest.mark.anyio
+
+
+def _image(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_the_simulated_providers_implement_the_interfaces() -> None:
+    assert isinstance(SimulatedImageProvider(), ImageProvider)
+    assert isinstance(SimulatedVideoProvider(), VideoProvider)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1024, 1024), (1792, 1024), (333, 77), (1, 1)])
+async def test_an_image_is_a_png_of_exactly_the_requested_size(width: int, height: int) -> None:
+    files = await SimulatedImageProvider().generate_images(ImageRequest("sim", "a fox", width, height))
+    assert len(files) == 1
+    assert files[0].content_type == "image/png"
+    assert files[0].data.startswith(b"\x89PNG\r\n\x1a\n")
+    image = _image(files[0].data)
+    assert image.format == "PNG"
+    assert image.size == (width, height)
+
+
+async def test_the_same_prompt_and_size_give_identical_bytes() -> None:
+    provider = SimulatedImageProvider()
+    first = await provider.generate_images(ImageRequest("sim", "a lighthouse at night", 256, 128, n=2))
+    second = await provider.generate_images(ImageRequest("sim", "a lighthouse at night", 256, 128, n=2))
+    assert [f.data for f in first] == [f.data for f in second]
+
+
+async def test_a_different_prompt_gives_a_different_image() -> None:
+    provider = SimulatedImageProvider()
+    (a,) = await provider.generate_images(ImageRequest("sim", "a lighthouse at night", 256, 128))
+    (b,) = await provider.generate_images(ImageRequest("sim", "a lighthouse at noon", 256, 128))
+    assert a.data != b.data
+
+
+async def test_n_images_are_all_different() -> None:
+    files = await SimulatedImageProvider().generate_images(ImageRequest("sim", "clouds", 128, 128, n=4))
+    assert len(files) == 4
+    assert len({f.data for f in files}) == 4
+    assert len({_image(f.data).tobytes() for f in files}) == 4  # the pixels differ, not just metadata
+
+
+async def test_the_image_delay_is_spent_and_can_be_cancelled() -> None:
+    provider = SimulatedImageProvider(delay=0.3)
+    started = time.monotonic()
+    await provider.generate_images(ImageRequest("sim", "slow", 32, 32, n=2))
+    assert time.monotonic() - started >= 0.3
+    task = asyncio.ensure_future(SimulatedImageProvider(delay=30).generate_images(ImageRequest("sim", "x", 8, 8)))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def _probe(data: bytes) -> tuple[float, int, int, int, str]:
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(video=0))
+        assert container.duration is not None
+        return container.duration / av.time_base, frames, stream.width, stream.height, stream.codec_context.name
+
+
+@pytest.mark.parametrize(("seconds", "width", "height"), [(4, 1280, 720), (2, 720, 1280), (1, 64, 36)])
+async def test_a_video_is_a_playable_mp4_of_the_requested_length_and_size(
+    seconds: int, width: int, height: int
+) -> None:
+    video = await SimulatedVideoProvider().generate_video(VideoRequest("sim", "waves", seconds, width, height))
+    assert video.content_type == "video/mp4"
+    assert video.data[4:8] == b"ftyp"
+    duration, frames, w, h, codec = _probe(video.data)
+    assert (w, h) == (width, height)
+    assert codec in ("h264", "mpeg4")
+    assert abs(duration - seconds) <= 1 / FPS
+    assert abs(frames - seconds * FPS) <= 1
+
+
+async def test_video_frames_are_deterministic_from_the_prompt() -> None:
+    provider = SimulatedVideoProvider()
+    a = await provider.generate_video(VideoRequest("sim", "a calm sea", 1, 128, 72))
+    b = await provider.generate_video(VideoRequest("sim", "a calm sea", 1, 128, 72))
+    c = await provider.generate_video(VideoRequest("sim", "a stormy sea", 1, 128, 72))
+
+    def first_frame(data: bytes) -> bytes:
+        with av.open(io.BytesIO(data)) as container:
+            return next(container.decode(video=0)).to_image().tobytes()
+
+    assert first_frame(a.data) == first_frame(b.data)
+    assert first_frame(a.data) != first_frame(c.data)
+
+
+async def test_video_progress_rises_to_100() -> None:
+    seen: list[int] = []
+    await SimulatedVideoProvider().generate_video(VideoRequest("sim", "p", 4, 64, 36), on_progress=seen.append)
+    assert seen[-1] == 100
+    assert seen == sorted(seen)
+    assert len(seen) >= 4
+    assert all(0 <= p <= 100 for p in seen)
+
+
+async def test_a_video_job_can_be_cancelled_mid_way() -> None:
+    seen: list[int] = []
+    provider = SimulatedVideoProvider(delay=20)
+    task = asyncio.ensure_future(provider.generate_video(VideoRequest("sim", "p", 4, 64, 36), seen.append))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert 100 not in seen
+
+
+async def test_the_encode_does_not_block_the_event_loop() -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    tick_task = asyncio.ensure_future(ticker())
+    started = time.monotonic()
+    await SimulatedVideoProvider().generate_video(VideoRequest("sim", "busy", 4, 1280, 720))
+    elapsed = time.monotonic() - started
+    tick_task.cancel()
+    assert elapsed < 5  # about 0.3 s on two cores; generous for a loaded CI box
+    assert ticks >= elapsed / 0.01 * 0.3  # the loop kept turning while frames were encoded
+
+
+@pytest.mark.parametrize(("seconds", "width", "height"), [(0, 64, 36), (2, 65, 36), (2, 64, 37)])
+async def test_an_impossible_video_is_refused(seconds: int, width: int, height: int) -> None:
+    with pytest.raises(UpstreamError) as caught:
+        await SimulatedVideoProvider().generate_video(VideoRequest("sim", "p", seconds, width, height))
+    assert caught.value.retryable is False
