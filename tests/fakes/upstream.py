@@ -70,6 +70,12 @@ class FakeUpstream:
     streams_closed: int = 0
     streams_completed: int = 0  # closed after sending everything (not cut by the client or a drop)
 
+    def reset(self, behaviour: Behaviour | None = None) -> None:
+        """Fresh knobs and counters (for a fake shared by several tests)."""
+        self.behaviour = behaviour or Behaviour()
+        self.requests.clear()
+        self.request_count = self.streams_opened = self.streams_closed = self.streams_completed = 0
+
     @property
     def last_request(self) -> Recorded:
         return self.requests[-1]

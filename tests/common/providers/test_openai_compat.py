@@ -1,0 +1,115 @@
+"""OpenAICompatProvider against the fake OpenAI upstream over real HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from common.errors import UpstreamError
+from common.providers.base import ChatProvider, Usage
+from common.providers.openai_compat import OpenAICompatProvider
+from tests.common.providers.helpers import API_KEY, chat_request, collect, text_of
+from tests.fakes import Behaviour, FakeUpstream
+
+pytestmark = pytest.mark.anyio
+
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": [{"type": "text", "text": "Describe"},
+                                 {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}]},
+]
+
+
+def test_it_implements_the_chat_provider_protocol() -> None:
+    assert isinstance(OpenAICompatProvider(httpx.AsyncClient(), "http://x", None), ChatProvider)
+
+
+async def test_a_plain_answer_is_read_with_usage_and_fingerprint(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    result = await OpenAICompatProvider(client, openai_fake.base_url, API_KEY).complete(chat_request())
+    assert result.content == "Hello! How can I help you today?"
+    assert result.finish_reason == "stop"
+    assert result.usage == Usage(prompt_tokens=12, completion_tokens=9)
+    assert result.system_fingerprint == "fp_fake"
+
+
+async def test_the_request_forwards_every_set_field_and_the_bearer_key(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    request = chat_request(model="gpt-4o", messages=MESSAGES, max_tokens=99, temperature=1.3,
+                           top_p=0.9, stop=["END"], presence_penalty=0.5, frequency_penalty=-0.5,
+                           user="u-1")
+    await OpenAICompatProvider(client, openai_fake.base_url + "/", API_KEY).complete(request)
+    sent = openai_fake.last_request
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["authorization"] == f"Bearer {API_KEY}"
+    assert sent.json == {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 99, "temperature": 1.3,
+                         "top_p": 0.9, "stop": ["END"], "presence_penalty": 0.5,
+                         "frequency_penalty": -0.5, "user": "u-1"}
+
+
+async def test_unset_fields_and_a_missing_key_are_left_out(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    await OpenAICompatProvider(client, openai_fake.base_url, None).complete(chat_request())
+    sent = openai_fake.last_request
+    assert "authorization" not in sent.headers
+    assert set(sent.json) == {"model", "messages", "max_tokens"}
+
+
+async def test_a_stream_yields_the_content_then_the_finish_then_the_usage(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    deltas, error = await collect(OpenAICompatProvider(client, openai_fake.base_url, API_KEY),
+                                  chat_request())
+    assert error is None
+    assert text_of(deltas) == "Hello! How can I help you today?"
+    assert len([d for d in deltas if d.content]) == 7
+    assert [d.finish_reason for d in deltas if d.finish_reason] == ["stop"]
+    assert deltas[-1].usage == Usage(12, 9)
+    assert all(d.usage is None for d in deltas[:-1])
+    sent = openai_fake.last_request.json
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+
+
+async def test_a_length_finish_is_passed_through(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    openai_fake.behaviour = Behaviour(finish="length")
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
+    assert (await provider.complete(chat_request())).finish_reason == "length"
+    deltas, _ = await collect(provider, chat_request())
+    assert [d.finish_reason for d in deltas if d.finish_reason] == ["length"]
+
+
+async def test_an_error_object_mid_stream_raises_after_the_earlier_deltas(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    openai_fake.behaviour = Behaviour(chunks=["a", "b", "c"], error_after_chunks=2,
+                                      error_message="The server had an error")
+    deltas, error = await collect(OpenAICompatProvider(client, openai_fake.base_url, API_KEY),
+                                  chat_request())
+    assert text_of(deltas) == "ab"
+    assert isinstance(error, UpstreamError)
+    assert "The server had an error" in error.message
+
+
+async def test_an_answer_without_choices_is_an_upstream_error() -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"choices": []}))
+    async with httpx.AsyncClient(transport=transport) as mock_client:
+        with pytest.raises(UpstreamError):
+            await OpenAICompatProvider(mock_client, "http://up.test/v1", None).complete(chat_request())
+
+
+async def test_a_stream_that_ends_without_finish_or_done_is_an_error() -> None:
+    body = b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}\n\n'
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, content=body, headers={"content-type": "text/event-stream"}))
+    async with httpx.AsyncClient(transport=transport) as mock_client:
+        deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None),
+                                      chat_request())
+    assert text_of(deltas) == "Hi"
+    assert isinstance(error, UpstreamError)
+    assert error.retryable is True
