@@ -2,27 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.routes import account, admin, health
+from api.routes import account, admin, chat, generations, health, models
 from api.services import Services
+from common import billing
+from common.catalog import load_catalog
 from common.db import get_engine
+from common.providers.http import build_http_client
+from common.providers.registry import Providers
+from common.ratelimit import RateLimiter
 from common.settings import Settings, get_settings
+
+log = logging.getLogger("helyx.api")
+SWEEP_INTERVAL_SECONDS = 30.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     services = Services(settings=settings, engine=get_engine(settings.database_url))
+    services.extras["catalog"] = load_catalog(settings)
+    services.extras["limiter"] = RateLimiter(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        http = build_http_client(settings.upstream_connect_timeout, settings.upstream_read_timeout)
+        services.extras["providers"] = Providers(services.catalog, settings, http)
+        sweeper = asyncio.create_task(_sweep_holds(services))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await http.aclose()
 
     app = FastAPI(
         title="Helyx",
@@ -32,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (health, account, admin):
+    for module in (health, account, admin, models, chat, generations):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
@@ -40,3 +63,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=["x-request-id"])
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+async def _sweep_holds(services: Services) -> None:
+    """Release holds that outlived their TTL (a crashed process's reservations)."""
+    while True:
+        try:
+            await run_in_threadpool(billing.expire_holds, services.engine)
+        except Exception:
+            log.exception("hold sweep failed")
+        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)

@@ -63,8 +63,8 @@ def serve(args: argparse.Namespace) -> int:
             print("helyx: the self-contained mode runs one process; set HELYX_REDIS_URL for more", file=sys.stderr)
             return 2
         _start_embedded_workers()
-        uvicorn.run("api.main:app", host=host, port=port, timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-                    log_level="warning")
+        grace = int(settings.shutdown_grace_seconds)
+        uvicorn.run("api.main:app", host=host, port=port, timeout_graceful_shutdown=grace, log_level="warning")
         return 0
     uvicorn.run("api.main:app", host=host, port=port, workers=workers,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), log_level="warning")

@@ -50,8 +50,6 @@ class Settings(BaseSettings):
     # Billing
     hold_ttl_seconds: int = 900
     default_max_tokens: int = 2048
-    video_price_credits: int = 2000
-    image_price_credits: int = 200
 
     # Rate limits: requests per minute per key, by plan
     rate_limit_free: int = 20

@@ -1,0 +1,206 @@
+"""A chat completion from request to response (SPEC §3, §4): validate, plan gate, reserve, call
+the provider (retried only before the first byte), settle, answer — plain or streamed."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from api.responses import json_response
+from api.schemas.chat import ChatCompletionRequest
+from api.services import Services
+from api.sse import SSE_DONE, EventStreamResponse, sse_data
+from common import chat_billing, clock
+from common.accounts import Principal
+from common.catalog import ModelEntry
+from common.chat_billing import Outcome, Reservation
+from common.errors import HelyxError, InvalidRequest, UpstreamError
+from common.providers.base import ChatDelta, ChatProvider, ChatRequest, Usage
+from common.providers.retry import call_with_retries, open_stream_with_retries
+from common.providers.simulated import SYSTEM_FINGERPRINT
+from common.tokens import estimate_prompt_tokens
+
+
+@dataclass
+class ChatCall:
+    """Everything one call needs once it has been priced and reserved."""
+
+    services: Services
+    principal: Principal
+    entry: ModelEntry
+    provider: ChatProvider
+    request: ChatRequest
+    reservation: Reservation
+    id: str
+    created: int
+    started: float
+    fingerprint: str | None
+    headers: dict[str, str]
+
+    async def finish(self, outcome: Outcome, stream: bool) -> Any:
+        return await run_in_threadpool(
+            chat_billing.finish_chat, self.services.engine, self.principal, self.entry, self.reservation, outcome,
+            stream=stream, started=self.started,
+        )
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
+        return sse_data({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.entry.id,
+            "system_fingerprint": self.fingerprint,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        })
+
+
+async def create_completion(services: Services, principal: Principal, body: ChatCompletionRequest) -> Response:
+    settings = services.settings
+    messages = body.message_dicts()
+    _check_limits(messages, settings.max_messages, settings.max_message_chars)
+    decision = await services.limiter.hit(principal.key_id, principal.plan)
+    entry = services.catalog.resolve(body.model, principal.plan, settings, kind="chat")
+    prompt_estimate = estimate_prompt_tokens(messages)
+    call_id = "chatcmpl-" + secrets.token_hex(12)
+    started = clock.now().timestamp()
+    reservation = await run_in_threadpool(
+        lambda: chat_billing.reserve_chat(
+            services.engine, principal, entry, prompt_estimate=prompt_estimate,
+            max_tokens=body.requested_max_tokens, default_max_tokens=settings.default_max_tokens,
+            purpose=f"chat:{call_id}", ttl=settings.hold_ttl_seconds, tz=settings.timezone,
+        )
+    )
+    call = ChatCall(
+        services, principal, entry, services.providers.chat(entry),
+        ChatRequest(model=entry.upstream_model, messages=messages, max_tokens=reservation.max_tokens,
+                    temperature=body.temperature, top_p=body.top_p, stop=body.stop,
+                    presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                    user=body.user),
+        reservation, call_id, int(started), started,
+        SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, decision.headers(),
+    )
+    return await (_stream(call) if body.stream else _complete(call))
+
+
+async def _complete(call: ChatCall) -> Response:
+    settings = call.services.settings
+    try:
+        result = await call_with_retries(lambda: call.provider.complete(call.request),
+                                         retries=settings.upstream_retries, backoff=settings.upstream_backoff_seconds)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await call.finish(Outcome(call.id, "failed", None, error_code=_code(exc)), stream=False)
+        raise
+    usage, estimated = result.usage, False
+    if usage is None:
+        usage, estimated = chat_billing.estimated_usage(call.request.messages, result.content), True
+    settlement = await call.finish(Outcome(call.id, "succeeded", usage, usage_estimated=estimated), stream=False)
+    return json_response({
+        "id": call.id, "object": "chat.completion", "created": call.created, "model": call.entry.id,
+        "system_fingerprint": result.system_fingerprint or call.fingerprint,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.content, "refusal": None},
+                     "logprobs": None, "finish_reason": result.finish_reason}],
+        "usage": _usage(usage),
+        "helyx": {**chat_billing.helyx_block(settlement), "generation_id": call.id},
+    }, headers=call.headers)
+
+
+async def _stream(call: ChatCall) -> Response:
+    settings = call.services.settings
+    try:
+        first, stream = await open_stream_with_retries(
+            lambda: call.provider.stream(call.request), retries=settings.upstream_retries,
+            backoff=settings.upstream_backoff_seconds,
+        )
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await call.finish(Outcome(call.id, "failed", None, error_code=_code(exc)), stream=True)
+        raise
+    return EventStreamResponse(_events(call, first, stream), headers=call.headers)
+
+
+async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDelta]) -> AsyncIterator[bytes]:
+    """Pass chunks on as they arrive; settle exactly once however the stream ends."""
+    produced: list[str] = []
+    usage: Usage | None = None
+    outcome: Outcome | None = None
+    try:
+        delta: ChatDelta | None = first
+        role_sent = False
+        error: UpstreamError | None = None
+        try:
+            while delta is not None:
+                produced.append(delta.content)
+                usage = delta.usage or usage
+                if delta.content or delta.finish_reason or not role_sent:
+                    payload: dict[str, Any] = {"content": delta.content} if delta.content or role_sent else {}
+                    if not role_sent:
+                        payload = {"role": "assistant", "content": delta.content}
+                        role_sent = True
+                    yield call.chunk(payload, delta.finish_reason)
+                delta = await anext(stream, None)
+        except UpstreamError as exc:
+            error = exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _aclose(stream)
+        outcome = _stream_outcome(call, "interrupted" if error else "succeeded", usage, produced,
+                                  error.code if error else None)
+        settlement = await call.finish(outcome, stream=True)
+        if error is not None:
+            yield sse_data({"error": {"message": f"The upstream provider failed mid-stream: {error.message}",
+                                      "type": error.type, "code": error.code, "param": None},
+                            "helyx": chat_billing.helyx_block(settlement)})
+            return
+        yield sse_data({
+            "id": call.id, "object": "chat.completion.chunk", "created": call.created, "model": call.entry.id,
+            "system_fingerprint": call.fingerprint, "choices": [], "usage": _usage(outcome.usage),
+            "helyx": {**chat_billing.helyx_block(settlement), "generation_id": call.id},
+        })
+        yield SSE_DONE
+    finally:
+        if outcome is None:  # the client went away (or we were cancelled): charge what was produced
+            with anyio.CancelScope(shield=True):
+                await _aclose(stream)
+                await call.finish(_stream_outcome(call, "cancelled", usage, produced, "client_disconnected"), True)
+
+
+def _stream_outcome(call: ChatCall, status: str, usage: Usage | None, produced: list[str], code: str | None) -> Outcome:
+    if usage is not None:
+        return Outcome(call.id, status, usage, error_code=code)
+    estimate = chat_billing.estimated_usage(call.request.messages, "".join(produced))
+    return Outcome(call.id, status, estimate, usage_estimated=True, error_code=code)
+
+
+async def _aclose(stream: AsyncIterator[ChatDelta]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
+def _usage(usage: Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def _code(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, HelyxError) else type(exc).__name__
+
+
+def _check_limits(messages: list[dict[str, Any]], max_messages: int, max_chars: int) -> None:
+    if len(messages) > max_messages:
+        raise InvalidRequest(f"At most {max_messages} messages per request.", param="messages")
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        size = len(content) if isinstance(content, str) else sum(len(str(p)) for p in content or [])
+        if size > max_chars:
+            raise InvalidRequest(f"Message {index} is longer than {max_chars} characters.",
+                                 param=f"messages.{index}.content")
+

@@ -1,0 +1,163 @@
+"""The model catalog: which models exist, what they cost, who may use them, who serves them.
+
+The built-in `catalog.toml` ships with the package; `HELYX_CATALOG` names a TOML file that
+extends it field by field (`mode = "extend"`, the default) or replaces it (`mode = "replace"`).
+Rates are Decimal credits (per token for chat, per image, per video) and become exact integers
+of micro-credits here, once.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from common.errors import ModelNotFound, PermissionDenied
+from common.money import to_micro
+from common.plans import PLANS, plan_allows
+from common.providers.base import ProviderConfig
+from common.settings import Settings
+
+KINDS = ("chat", "image", "video")
+PROVIDER_KINDS = ("openai", "anthropic", "gemini", "veo", "simulated")
+UNITS = {"chat": "token", "image": "image", "video": "video"}
+
+
+class CatalogError(ValueError):
+    """The catalog file is malformed; the message says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    id: str
+    name: str
+    description: str
+    kind: str
+    rate: Decimal  # credits per unit
+    rate_micro: int  # micro-credits per unit
+    min_plan: str
+    provider: str
+    upstream_model: str
+
+    @property
+    def unit(self) -> str:
+        return UNITS[self.kind]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: dict[str, ModelEntry]
+    providers: dict[str, ProviderConfig]
+
+    def get(self, model_id: str) -> ModelEntry:
+        entry = self.models.get(model_id)
+        if entry is None:
+            raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+        return entry
+
+    def provider_for(self, entry: ModelEntry) -> ProviderConfig:
+        return self.providers[entry.provider]
+
+    def is_configured(self, entry: ModelEntry, settings: Settings) -> bool:
+        """A real upstream can be called: the provider is simulated or its key is set."""
+        provider = self.provider_for(entry)
+        return provider.kind == "simulated" or settings.provider_secret(provider.api_key_env) is not None
+
+    def is_available(self, entry: ModelEntry, settings: Settings) -> bool:
+        return settings.simulation_on or self.is_configured(entry, settings)
+
+    def resolve(self, model_id: str, plan: str, settings: Settings, kind: str | None = None) -> ModelEntry:
+        """The entry for a request: exists, of the right kind, available, and allowed for the plan."""
+        entry = self.get(model_id)
+        if kind is not None and entry.kind != kind:
+            raise ModelNotFound(
+                f"The model '{model_id}' is a {entry.kind} model and cannot be used here.",
+                param="model", code="model_not_supported",
+            )
+        if not self.is_available(entry, settings):
+            raise ModelNotFound(
+                f"The model '{model_id}' is temporarily offline.", param="model", code="model_offline"
+            )
+        if not plan_allows(plan, entry.min_plan):
+            raise PermissionDenied(
+                f"The model '{model_id}' needs the {entry.min_plan.capitalize()} plan or higher; "
+                f"this account is on {plan.capitalize()}.", param="model",
+            )
+        return entry
+
+
+def load_catalog(settings: Settings) -> Catalog:
+    raw = _read_builtin()
+    if settings.catalog is not None:
+        raw = merge(raw, _read_file(settings.catalog))
+    return build(raw)
+
+
+def _read_builtin() -> dict[str, Any]:
+    return tomllib.loads(resources.files("common").joinpath("catalog.toml").read_text("utf-8"))
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"HELYX_CATALOG {path}: {exc}") from exc
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`: replace mode drops base; extend merges each table's fields."""
+    if override.get("mode", "extend") == "replace":
+        return override
+    merged: dict[str, Any] = {"models": {}, "providers": {}}
+    for section in ("models", "providers"):
+        for name, fields in base.get(section, {}).items():
+            merged[section][name] = dict(fields)
+        for name, fields in override.get(section, {}).items():
+            merged[section].setdefault(name, {}).update(fields)
+    return merged
+
+
+def build(raw: dict[str, Any]) -> Catalog:
+    providers = {name: _provider(name, fields) for name, fields in raw.get("providers", {}).items()}
+    providers.setdefault("simulated", ProviderConfig(name="simulated", kind="simulated"))
+    models = {model_id: _model(model_id, fields, providers) for model_id, fields in raw.get("models", {}).items()}
+    return Catalog(models=models, providers=providers)
+
+
+def _provider(name: str, fields: dict[str, Any]) -> ProviderConfig:
+    kind = fields.get("kind")
+    if kind not in PROVIDER_KINDS:
+        raise CatalogError(f"provider {name}: kind must be one of {', '.join(PROVIDER_KINDS)}")
+    extra = {k: v for k, v in fields.items() if k not in ("kind", "base_url", "api_key_env")}
+    return ProviderConfig(name=name, kind=kind, base_url=str(fields.get("base_url", "")).rstrip("/"),
+                          api_key_env=fields.get("api_key_env"), extra=extra)
+
+
+def _model(model_id: str, fields: dict[str, Any], providers: dict[str, ProviderConfig]) -> ModelEntry:
+    def need(field: str) -> Any:
+        if field not in fields:
+            raise CatalogError(f"model {model_id}: missing {field}")
+        return fields[field]
+
+    kind, min_plan, provider = need("kind"), fields.get("min_plan", "free"), need("provider")
+    if kind not in KINDS:
+        raise CatalogError(f"model {model_id}: kind must be one of {', '.join(KINDS)}")
+    if min_plan not in PLANS:
+        raise CatalogError(f"model {model_id}: min_plan must be one of {', '.join(PLANS)}")
+    if provider not in providers:
+        raise CatalogError(f"model {model_id}: unknown provider {provider}")
+    try:
+        rate = Decimal(str(need("rate")))
+        rate_micro = to_micro(rate)
+    except (InvalidOperation, ValueError) as exc:
+        raise CatalogError(f"model {model_id}: rate {fields.get('rate')!r} is not a credit amount") from exc
+    if rate_micro <= 0:
+        raise CatalogError(f"model {model_id}: rate must be positive")
+    return ModelEntry(
+        id=model_id, name=fields.get("name", model_id), description=fields.get("description", ""), kind=kind,
+        rate=rate, rate_micro=rate_micro, min_plan=min_plan, provider=provider,
+        upstream_model=fields.get("upstream_model", model_id),
+    )

@@ -1,0 +1,122 @@
+"""Pricing a chat request before the call and settling it after (SPEC §3).
+
+Before: hold `(prompt estimate + max_tokens) × rate`, where the prompt estimate is an upper
+bound (common.tokens). When the caller did not set max_tokens and the balance cannot cover the
+default, max_tokens shrinks to what the balance affords; when even one completion token cannot
+be covered, or the caller's own max_tokens cannot, the answer is 402 saying how many tokens the
+balance affords.
+
+After: charge `(prompt_tokens + completion_tokens) × rate` from the provider's usage (the
+ledger never charges more than the hold) and record the generation in the same transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, text
+
+from common import billing, clock, ledger
+from common.accounts import Principal
+from common.catalog import ModelEntry
+from common.errors import InsufficientCredits
+from common.money import to_credits
+from common.providers.base import Usage
+from common.providers.messages import message_text
+from common.tokens import estimate_completion_tokens
+
+_INSERT_GENERATION = text(
+    "INSERT INTO generations (id, account_id, key_id, model, stream, status, prompt_tokens, completion_tokens,"
+    " credits, usage_estimated, latency_ms, error_code, created_at) VALUES (:id, :aid, :kid, :model, :stream,"
+    " :status, :pt, :ct, :credits, :est, :lat, :err, :created)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    hold_id: str
+    max_tokens: int
+    prompt_estimate: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a call ended, for settlement and the generation record."""
+
+    generation_id: str
+    status: str  # succeeded | failed | cancelled
+    usage: Usage | None
+    usage_estimated: bool = False
+    error_code: str | None = None
+
+
+def reserve_chat(
+    engine: Engine, principal: Principal, entry: ModelEntry, *, prompt_estimate: int, max_tokens: int | None,
+    default_max_tokens: int, purpose: str, ttl: float, tz: str,
+) -> Reservation:
+    """Hold credits for the call; shrinks an unset max_tokens to what the balance affords."""
+    wanted = max_tokens if max_tokens is not None else default_max_tokens
+    capped = principal.daily_cap is not None
+
+    def hold(tokens: int) -> str:
+        return billing.reserve(
+            engine, account_id=principal.account_id, key_id=principal.key_id,
+            amount=(prompt_estimate + tokens) * entry.rate_micro, purpose=purpose, ttl=ttl, tz=tz, capped=capped,
+        )
+
+    try:
+        return Reservation(hold(wanted), wanted, prompt_estimate)
+    except InsufficientCredits as exc:
+        if exc.code == "key_daily_cap_reached":
+            raise
+        affordable = billing.available(engine, principal.account_id) // entry.rate_micro - prompt_estimate
+        if max_tokens is not None or affordable < 1:
+            raise _explain(exc, affordable, max_tokens, prompt_estimate) from None
+    return Reservation(hold(affordable), affordable, prompt_estimate)
+
+
+def _explain(exc: InsufficientCredits, affordable: int, asked: int | None, prompt: int) -> InsufficientCredits:
+    if affordable < 1:
+        detail = f"The balance cannot cover this prompt (up to {prompt} tokens)."
+    else:
+        detail = f"The balance affords at most max_tokens={affordable} for this prompt, not {asked}."
+    return InsufficientCredits(f"{detail} {exc.message}", code=exc.code, param="max_tokens" if asked else None)
+
+
+def estimated_usage(messages: list[dict[str, object]], produced: str) -> Usage:
+    """Usage for a call whose upstream reported none (a cut stream): the same generous rule for
+    the prompt and the text produced so far, bounded later by the hold."""
+    prompt = sum(estimate_completion_tokens(message_text(m)) + 4 for m in messages)  # type: ignore[arg-type]
+    return Usage(prompt, estimate_completion_tokens(produced) if produced else 0)
+
+
+def finish_chat(
+    engine: Engine, principal: Principal, entry: ModelEntry, reservation: Reservation, outcome: Outcome, *,
+    stream: bool, started: float,
+) -> ledger.Settlement:
+    """Settle (or release) the hold and record the generation, in one transaction."""
+    usage = outcome.usage
+    charge = usage.total_tokens * entry.rate_micro if usage and outcome.status != "failed" else 0
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        if charge:
+            description = f"{entry.id} {usage.prompt_tokens}+{usage.completion_tokens} tokens"  # type: ignore[union-attr]
+            settlement = ledger.settle(conn, reservation.hold_id, charge, now=now, description=description)
+        else:
+            settlement = ledger.release(conn, reservation.hold_id, now=now)
+        conn.execute(_INSERT_GENERATION, {
+            "id": outcome.generation_id, "aid": principal.account_id, "kid": principal.key_id, "model": entry.id,
+            "stream": stream, "status": outcome.status, "pt": usage.prompt_tokens if usage else 0,
+            "ct": usage.completion_tokens if usage else 0, "credits": settlement.charged,
+            "est": outcome.usage_estimated, "lat": int((now - started) * 1000), "err": outcome.error_code,
+            "created": started,
+        })
+    return settlement
+
+
+def helyx_block(settlement: ledger.Settlement) -> dict[str, int | float]:
+    return {
+        "credits_charged": to_credits(settlement.charged),
+        "credits_remaining": to_credits(max(0, settlement.available or 0)),
+    }
+

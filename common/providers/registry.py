@@ -1,0 +1,61 @@
+"""Which adapter serves a catalog model: the real one when its provider has a key, otherwise
+the simulated one when simulation is on (the catalog has already refused offline models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from common.catalog import Catalog, ModelEntry
+from common.providers.anthropic import AnthropicProvider
+from common.providers.base import ChatProvider, ImageProvider, VideoProvider
+from common.providers.gemini import GeminiChatProvider
+from common.providers.gemini_image import GeminiImageProvider
+from common.providers.openai_compat import OpenAICompatProvider
+from common.providers.simulated import SimulatedChatProvider
+from common.providers.simulated_media import SimulatedImageProvider, SimulatedVideoProvider
+from common.providers.veo import VeoVideoProvider
+from common.settings import Settings
+
+_CHAT = {"openai": OpenAICompatProvider, "anthropic": AnthropicProvider, "gemini": GeminiChatProvider}
+_IMAGE = {"gemini": GeminiImageProvider}
+_VIDEO = {"veo": VeoVideoProvider}
+
+
+class Providers:
+    """Adapters built on first use and kept; all share one pooled HTTP client."""
+
+    def __init__(self, catalog: Catalog, settings: Settings, http: httpx.AsyncClient) -> None:
+        self._catalog = catalog
+        self._settings = settings
+        self._http = http
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    def is_simulated(self, entry: ModelEntry) -> bool:
+        return not self._catalog.is_configured(entry, self._settings) or self._provider_kind(entry) == "simulated"
+
+    def chat(self, entry: ModelEntry) -> ChatProvider:
+        return self._get("chat", entry, _CHAT, lambda: SimulatedChatProvider(self._settings.simulated_chat_delay))
+
+    def image(self, entry: ModelEntry) -> ImageProvider:
+        return self._get("image", entry, _IMAGE, lambda: SimulatedImageProvider(self._settings.simulated_job_seconds))
+
+    def video(self, entry: ModelEntry) -> VideoProvider:
+        return self._get("video", entry, _VIDEO, lambda: SimulatedVideoProvider(self._settings.simulated_job_seconds))
+
+    def _provider_kind(self, entry: ModelEntry) -> str:
+        return self._catalog.provider_for(entry).kind
+
+    def _get(self, role: str, entry: ModelEntry, classes: dict[str, Any], simulated: Any) -> Any:
+        key = (role, entry.provider)
+        if key not in self._cache:
+            config = self._catalog.provider_for(entry)
+            if self.is_simulated(entry):
+                self._cache[key] = simulated()
+            elif config.kind not in classes:
+                raise ValueError(f"provider {config.name} ({config.kind}) cannot serve {role} models")
+            else:
+                secret = self._settings.provider_secret(config.api_key_env)
+                self._cache[key] = classes[config.kind](self._http, config.base_url, secret, **config.extra)
+        return self._cache[key]

@@ -1,0 +1,69 @@
+"""Per-key request rate limits by plan, through the `limits` library.
+
+With `HELYX_REDIS_URL` the counters live in Redis and are shared by every API process; without
+it they live in this process. The strategy is a sliding-window counter: close to a true moving
+window at the cost of a fixed one. A Redis that does not answer within a second makes the
+request fail with 503 rather than pass unlimited.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+from common.errors import RateLimited, ServiceUnavailable
+from common.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    limit: int
+    remaining: int
+    reset_seconds: float
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-requests": str(self.limit),
+            "x-ratelimit-remaining-requests": str(self.remaining),
+            "x-ratelimit-reset-requests": f"{max(0.0, self.reset_seconds):.3f}s",
+        }
+
+
+class RateLimiter:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        storage: Storage
+        if settings.redis_url:
+            storage = RedisStorage(
+                "async+" + settings.redis_url, implementation="redispy", key_prefix="helyx-rl",
+                socket_timeout=1.0, socket_connect_timeout=1.0,
+            )
+        else:
+            storage = MemoryStorage()
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._items = {
+            plan: RateLimitItemPerMinute(settings.rate_limit_for(plan)) for plan in ("free", "plus", "pro", "ultra")
+        }
+
+    async def hit(self, key_id: str, plan: str) -> RateDecision:
+        """Count one request for `key_id`; RateLimited (with Retry-After) when over the plan's rate."""
+        item = self._items[plan]
+        try:
+            allowed = await self._limiter.hit(item, key_id)
+            stats = await self._limiter.get_window_stats(item, key_id)
+        except Exception as exc:
+            raise ServiceUnavailable("Rate limiting is unavailable; try again shortly.") from exc
+        decision = RateDecision(item.amount, max(0, stats.remaining), stats.reset_time - time.time())
+        if not allowed:
+            retry_after = max(1, math.ceil(decision.reset_seconds))
+            raise RateLimited(
+                f"Rate limit reached: {item.amount} requests per minute on the {plan} plan. "
+                f"Retry in {retry_after} s.",
+                headers={**decision.headers(), "retry-after": str(retry_after)},
+            )
+        return decision
