@@ -1,0 +1,120 @@
+"""Fixtures for the chat path: a Helyx app per test served over a real socket, the vendors' fake
+upstreams (one server per module, fresh knobs per test), and no real provider key in sight."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.catalog import load_catalog
+from common.db import get_engine
+from common.migrate import upgrade
+from tests.api.chat.helpers import Gateway, serve_app
+from tests.conftest import make_settings
+from tests.fakes import FakeUpstream, anthropic_upstream, gemini_upstream, openai_upstream
+
+GatewayFactory = Callable[..., Gateway]
+
+# Generous unless a test is about rate limits, so a test's own requests never trip them.
+_DEFAULTS: dict[str, Any] = {"rate_limit_free": 10_000, "rate_limit_plus": 10_000,
+                             "rate_limit_pro": 10_000, "rate_limit_ultra": 10_000}
+
+
+@pytest.fixture(autouse=True)
+def _no_real_provider_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Never call a real vendor: every key the built-in catalog names is unset for the test."""
+    for provider in load_catalog(make_settings(tmp_path)).providers.values():
+        if provider.api_key_env:
+            monkeypatch.delenv(provider.api_key_env, raising=False)
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
+    """`make_gateway(**settings)` starts a Helyx app (lifespan on) on 127.0.0.1. Gateways of one
+    test share its SQLite database unless `database_url` says otherwise."""
+    with ExitStack() as stack:
+        engines = []
+
+        def make(**overrides: Any) -> Gateway:
+            settings = make_settings(tmp_path, **{**_DEFAULTS, **overrides})
+            engine = get_engine(settings.database_url)  # the app's own engine (one per URL and process)
+            upgrade(engine)
+            engines.append(engine)
+            from api.app import create_app
+
+            url = stack.enter_context(serve_app(create_app(settings)))
+            return Gateway(settings, engine, url)
+
+        yield make
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.fixture
+def gateway(make_gateway: GatewayFactory) -> Gateway:
+    """The self-contained gateway: SQLite, every chat model simulated."""
+    return make_gateway()
+
+
+@pytest.fixture(scope="module")
+def _openai_server() -> Iterator[FakeUpstream]:
+    with openai_upstream.run() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def _anthropic_server() -> Iterator[FakeUpstream]:
+    with anthropic_upstream.run() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def _gemini_server() -> Iterator[FakeUpstream]:
+    with gemini_upstream.run() as fake:
+        yield fake
+
+
+@pytest.fixture
+def openai_fake(_openai_server: FakeUpstream) -> FakeUpstream:
+    _openai_server.reset()
+    return _openai_server
+
+
+@pytest.fixture
+def anthropic_fake(_anthropic_server: FakeUpstream) -> FakeUpstream:
+    _anthropic_server.reset()
+    return _anthropic_server
+
+
+@pytest.fixture
+def gemini_fake(_gemini_server: FakeUpstream) -> FakeUpstream:
+    _gemini_server.reset()
+    return _gemini_server
+
+
+PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY"}
+FAKE_PROVIDER_KEY = "sk-fake-provider-key-0123456789"
+
+
+@pytest.fixture
+def upstream_gateway(make_gateway: GatewayFactory, tmp_path: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> Callable[..., Gateway]:
+    """`upstream_gateway(openai=fake, anthropic=fake, ..., **settings)`: a gateway whose named
+    providers point at the fakes (HELYX_CATALOG extends the built-in one) with their keys set."""
+
+    def make(**kwargs: Any) -> Gateway:
+        toml = []
+        for provider, env in PROVIDER_KEYS.items():
+            fake = kwargs.pop(provider, None)
+            if fake is not None:
+                toml.append(f'[providers.{provider}]\nbase_url = "{fake.base_url}"\n')
+                monkeypatch.setenv(env, FAKE_PROVIDER_KEY)
+        path = tmp_path / "catalog.toml"
+        path.write_text("\n".join(toml), "utf-8")
+        return make_gateway(catalog=path, **kwargs)
+
+    return make
