@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.routes import account, admin, chat, generations, health, models
+from api.routes import account, admin, chat, files, generations, health, images, jobs, models, videos, webhooks
 from api.services import Services
 from common import billing
 from common.catalog import load_catalog
@@ -23,6 +23,8 @@ from common.providers.http import build_http_client
 from common.providers.registry import Providers
 from common.ratelimit import RateLimiter
 from common.settings import Settings, get_settings
+from common.signing import load_or_create_secret
+from common.storage import LocalStorage
 
 log = logging.getLogger("helyx.api")
 SWEEP_INTERVAL_SECONDS = 30.0
@@ -33,6 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     services = Services(settings=settings, engine=get_engine(settings.database_url))
     services.extras["catalog"] = load_catalog(settings)
     services.extras["limiter"] = RateLimiter(settings)
+    services.extras["storage"] = LocalStorage(settings.storage_dir)
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+    services.extras["signing_secret"] = load_or_create_secret(secret, settings.storage_dir)
+    services.extras["enqueue"] = _enqueuer()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (health, account, admin, models, chat, generations):
+    for module in (health, account, admin, models, chat, generations, images, videos, jobs, files, webhooks):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
@@ -73,3 +79,10 @@ async def _sweep_holds(services: Services) -> None:
         except Exception:
             log.exception("hold sweep failed")
         await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+
+
+def _enqueuer():  # type: ignore[no-untyped-def]
+    """The API only sends: it imports the actor handles (and so the one broker set-up)."""
+    from workers.actors import enqueue
+
+    return enqueue

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
 
     # Serving
     host: str = "127.0.0.1"
+    public_url: str | None = Field(default=None, description="Absolute base URL for links in webhooks")
     port: int = 8000
     web_workers: int = 1
     shutdown_grace_seconds: float = 30.0
@@ -70,6 +71,8 @@ class Settings(BaseSettings):
     job_max_retries: int = 3
     job_retry_backoff_ms: int = 1000
     job_lease_seconds: float = 20.0
+    sweep_interval_seconds: float = 5.0
+    stale_queued_seconds: float = 30.0
     results_ttl_days: int = 7
     signed_url_ttl_seconds: int = 3600
     worker_processes: int = 2
@@ -83,6 +86,7 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     webhook_timeout_seconds: float = 10.0
     webhook_max_attempts: int = 5
+    webhook_backoff_seconds: float = 1.0
 
     # Logs
     log_prompts: bool = False

@@ -1,0 +1,75 @@
+"""Media job submission and reading, shared by /images, /videos and /jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from api.services import Services
+from common import billing
+from common.accounts import Principal
+from common.errors import InvalidRequest
+from common.jobs.submit import submit_job
+from common.jobs.views import JobRecord, Linker, load_job
+from common.ssrf import check_url
+
+log = logging.getLogger("helyx.api")
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def linker(services: Services, request: Request) -> Linker:
+    base = services.settings.public_url or str(request.base_url).rstrip("/")
+    return Linker(base, services.signing_secret, services.settings.signed_url_ttl_seconds)
+
+
+async def submit(
+    services: Services, principal: Principal, request: Request, *, job_type: str, model: str,
+    params: dict[str, Any], units: int, webhook_url: str | None,
+) -> str:
+    """Validate, gate, reserve, write the job and enqueue it; returns the job id."""
+    settings = services.settings
+    await services.limiter.hit(principal.key_id, principal.plan)
+    entry = services.catalog.resolve(model, principal.plan, settings, kind=job_type)
+    if webhook_url:
+        await run_in_threadpool(check_url, webhook_url, settings.webhook_allow_private)
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
+    submission = await run_in_threadpool(
+        lambda: submit_job(services.engine, principal, job_type=job_type, model=entry.id, params=params,
+                           price=entry.rate_micro * units, tz=settings.timezone,
+                           idempotency_key=idempotency_key, webhook_url=webhook_url)
+    )
+    if submission.created:
+        try:
+            services.enqueue(submission.job_id, job_type)
+        except Exception:
+            log.exception("enqueue of %s failed; the sweeper will retry it", submission.job_id)
+    return submission.job_id
+
+
+async def read(services: Services, principal: Principal, job_id: str, job_type: str | None = None
+               ) -> tuple[JobRecord, int]:
+    """The job and the account's available credits."""
+    def load() -> tuple[JobRecord, int]:
+        record = load_job(services.engine, principal.account_id, job_id, job_type)
+        return record, billing.available(services.engine, principal.account_id)
+
+    return await run_in_threadpool(load)
+
+
+async def wait_for(services: Services, principal: Principal, job_id: str, timeout: float) -> tuple[JobRecord, int]:
+    """Poll the job row until it finishes or `timeout` passes (a short, growing interval)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.005
+    while True:
+        record, remaining = await read(services, principal, job_id)
+        if record.row["status"] in TERMINAL or loop.time() >= deadline:
+            return record, remaining
+        await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+        delay = min(delay * 2, 0.1)

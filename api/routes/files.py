@@ -1,0 +1,31 @@
+"""GET /api/v1/files/{id}/content: a stored result, by signed URL (no header) or with the key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
+
+from api.deps import ServicesDep, get_principal
+from common import clock
+from common.errors import NotFound
+from common.jobs.views import find_file
+from common.signing import verify_file_signature
+
+router = APIRouter(prefix="/api/v1", tags=["files"])
+
+
+@router.get("/files/{file_id}/content", summary="A stored result file; signed URLs need no Authorization")
+async def file_content(file_id: str, request: Request, services: ServicesDep,
+                       expires: str | None = None, signature: str | None = None) -> Any:
+    signed = signature is not None and verify_file_signature(
+        file_id, expires, signature, services.signing_secret, int(clock.now().timestamp()))
+    stored = await run_in_threadpool(find_file, services.engine, file_id)
+    if not signed:
+        principal = await get_principal(request, services)
+        if principal.account_id != stored["account_id"]:
+            raise NotFound(f"No file {file_id}", code="file_not_found", param="id")
+    return StreamingResponse(services.storage.iter_chunks(stored["storage_key"]), media_type=stored["content_type"],
+                             headers={"content-length": str(stored["bytes"]), "cache-control": "private, max-age=300"})

@@ -1,0 +1,42 @@
+"""POST /api/v1/images/generations: an image job, answered when done (or 202 at once)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from api import job_flow
+from api.deps import PrincipalDep, ServicesDep
+from api.responses import json_response
+from api.schemas.media import ImageGenerationRequest, parse_size
+from common.errors import UpstreamError
+from common.jobs.views import images_response, job_view
+
+router = APIRouter(prefix="/api/v1", tags=["images"])
+
+
+@router.post("/images/generations", summary="Generate images (waits; `Prefer: respond-async` answers 202 at once)")
+async def generate_images(body: ImageGenerationRequest, request: Request, principal: PrincipalDep,
+                          services: ServicesDep) -> Any:
+    width, height = parse_size(body.size)
+    job_id = await job_flow.submit(
+        services, principal, request, job_type="image", model=body.model, units=body.n,
+        params={"prompt": body.prompt, "n": body.n, "width": width, "height": height,
+                "response_format": body.response_format},
+        webhook_url=body.webhook_url,
+    )
+    links = job_flow.linker(services, request)
+    if "respond-async" in request.headers.get("prefer", "").lower():
+        record, remaining = await job_flow.read(services, principal, job_id)
+        return json_response(job_view(record, links, remaining), status=202)
+    record, remaining = await job_flow.wait_for(services, principal, job_id, services.settings.image_wait_seconds)
+    status = record.row["status"]
+    if status == "succeeded":
+        return json_response(await run_in_threadpool(
+            images_response, record, links, services.storage, body.response_format, remaining))
+    if status in ("failed", "canceled"):
+        raise UpstreamError(f"The image job {job_id} failed and was refunded: {record.row['error_message']}",
+                            code=record.row["error_code"] or "upstream_error")
+    return json_response(job_view(record, links, remaining), status=202)  # still running: poll /jobs/{id}

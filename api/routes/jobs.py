@@ -1,0 +1,44 @@
+"""GET /api/v1/jobs, GET /api/v1/jobs/{id}, POST /api/v1/jobs/{id}/cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from api import job_flow
+from api.deps import PrincipalDep, ServicesDep
+from api.responses import json_response
+from common.jobs.lifecycle import cancel
+from common.jobs.views import job_view, list_jobs
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+
+@router.get("/jobs", summary="The account's media jobs, newest first")
+async def get_jobs(
+    request: Request, principal: PrincipalDep, services: ServicesDep,
+    type: Literal["image", "video"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> Any:
+    records, has_more = await run_in_threadpool(
+        lambda: list_jobs(services.engine, principal.account_id, job_type=type, limit=limit, after=after))
+    links = job_flow.linker(services, request)
+    data = [job_view(r, links) for r in records]
+    return json_response({"object": "list", "data": data, "has_more": has_more,
+                          "last_id": data[-1]["id"] if data else None})
+
+
+@router.get("/jobs/{job_id}", summary="One job: status, progress, result files, error")
+async def get_job(job_id: str, request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
+    record, remaining = await job_flow.read(services, principal, job_id)
+    return json_response(job_view(record, job_flow.linker(services, request), remaining))
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel an unfinished job: full refund")
+async def cancel_job(job_id: str, request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
+    await run_in_threadpool(cancel, services.engine, principal.account_id, job_id)
+    record, remaining = await job_flow.read(services, principal, job_id)
+    return json_response(job_view(record, job_flow.linker(services, request), remaining))

@@ -1,0 +1,112 @@
+"""The OpenAI Videos API over vo3 jobs: create (multipart or JSON), list, retrieve, content, delete."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response, StreamingResponse
+
+from api import job_flow
+from api.deps import PrincipalDep, ServicesDep
+from api.responses import json_response
+from api.schemas.media import VideoCreateRequest
+from common.errors import Conflict, InvalidRequest, NotFound
+from common.jobs.lifecycle import cancel
+from common.jobs.recovery import forget_files
+from common.jobs.views import list_jobs, video_view
+
+router = APIRouter(prefix="/api/v1", tags=["videos"])
+POLL_AFTER_MS = "2000"
+
+_BODY_DOC = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": VideoCreateRequest.model_json_schema()},
+    "multipart/form-data": {"schema": VideoCreateRequest.model_json_schema()},
+}}}
+
+
+async def _parse(request: Request) -> VideoCreateRequest:
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            form = await request.form()
+            data: Any = {k: v for k, v in form.items() if isinstance(v, str)}
+        else:
+            data = await request.json()
+    except ValueError:
+        raise InvalidRequest("The request body is not valid JSON or form data.", code="invalid_json") from None
+    try:
+        return VideoCreateRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _headers(view: dict[str, Any]) -> dict[str, str]:
+    return {"openai-poll-after-ms": POLL_AFTER_MS} if view["status"] in ("queued", "in_progress") else {}
+
+
+@router.post("/videos", summary="Create a video (multipart/form-data or JSON)", openapi_extra=_BODY_DOC)
+async def create_video(request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
+    body = await _parse(request)
+    width, height = (int(x) for x in body.size.split("x"))
+    job_id = await job_flow.submit(
+        services, principal, request, job_type="video", model=body.model, units=1,
+        params={"prompt": body.prompt, "seconds": int(body.seconds), "width": width, "height": height},
+        webhook_url=body.webhook_url,
+    )
+    record, remaining = await job_flow.read(services, principal, job_id)
+    view = video_view(record, remaining)
+    return json_response(view, headers=_headers(view))
+
+
+@router.get("/videos", summary="List videos")
+async def get_videos(
+    principal: PrincipalDep, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None, order: Literal["asc", "desc"] = "desc",
+) -> Any:
+    records, has_more = await run_in_threadpool(
+        lambda: list_jobs(services.engine, principal.account_id, job_type="video", limit=limit, after=after,
+                          order=order))
+    data = [video_view(r) for r in records]
+    return json_response({"object": "list", "data": data, "has_more": has_more,
+                          "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+
+
+@router.get("/videos/{video_id}", summary="Retrieve a video; unfinished ones set openai-poll-after-ms")
+async def get_video(video_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
+    record, remaining = await job_flow.read(services, principal, video_id, "video")
+    view = video_view(record, remaining)
+    return json_response(view, headers=_headers(view))
+
+
+@router.get("/videos/{video_id}/content", summary="Download the MP4")
+async def get_video_content(
+    video_id: str, principal: PrincipalDep, services: ServicesDep,
+    variant: Literal["video", "thumbnail", "spritesheet"] = "video",
+) -> Response:
+    record, _ = await job_flow.read(services, principal, video_id, "video")
+    if record.row["status"] != "succeeded" or not record.files:
+        raise NotFound(f"Video {video_id} has no content yet (status {record.row['status']}).",
+                       code="video_not_ready", param="id")
+    if variant != "video":
+        raise NotFound(f"No {variant} for video {video_id}; only the video itself is stored.", param="variant")
+    stored = record.files[0]
+    return StreamingResponse(services.storage.iter_chunks(stored["storage_key"]), media_type=stored["content_type"],
+                             headers={"content-length": str(stored["bytes"]),
+                                      "content-disposition": f'attachment; filename="{video_id}.mp4"'})
+
+
+@router.delete("/videos/{video_id}", summary="Delete a video (an unfinished one is canceled and refunded)")
+async def delete_video(video_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
+    record, _ = await job_flow.read(services, principal, video_id, "video")
+    if record.row["status"] in ("queued", "running"):
+        with contextlib.suppress(Conflict):  # it finished meanwhile: delete its files below
+            await run_in_threadpool(cancel, services.engine, principal.account_id, video_id)
+    for stored in record.files:
+        await run_in_threadpool(services.storage.delete, stored["storage_key"])
+    await run_in_threadpool(forget_files, services.engine, [f["id"] for f in record.files])
+    return json_response({"id": video_id, "object": "video.deleted", "deleted": True})

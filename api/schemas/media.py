@@ -1,0 +1,57 @@
+"""Image and video request bodies (OpenAI shapes; unknown fields ignored)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
+VIDEO_SIZES = ("1280x720", "720x1280", "1792x1024", "1024x1792")
+VIDEO_SECONDS = ("4", "8", "12")
+
+
+def parse_size(size: str, *, low: int = 64, high: int = 2048) -> tuple[int, int]:
+    match = _SIZE.match(size)
+    if not match:
+        raise ValueError("size must look like 1024x1024")
+    width, height = int(match[1]), int(match[2])
+    if not (low <= width <= high and low <= height <= high):
+        raise ValueError(f"width and height must be between {low} and {high}")
+    if width % 2 or height % 2:
+        raise ValueError("width and height must be even")
+    return width, height
+
+
+class ImageGenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(default="nano-banana-pro", min_length=1, max_length=200)
+    prompt: str = Field(min_length=1, max_length=32_000)
+    n: int = Field(default=1, ge=1, le=4)
+    size: str = "1024x1024"
+    response_format: Literal["url", "b64_json"] = "url"
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    user: str | None = Field(default=None, max_length=256)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size("1024x1024" if value == "auto" else value)
+        return "1024x1024" if value == "auto" else value
+
+
+class VideoCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(default="vo3", min_length=1, max_length=200)
+    prompt: str = Field(min_length=1, max_length=32_000)
+    seconds: Literal["4", "8", "12"] = "4"
+    size: Literal["1280x720", "720x1280", "1792x1024", "1024x1792"] = "1280x720"
+    webhook_url: str | None = Field(default=None, max_length=2048)
+
+    @field_validator("seconds", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value

@@ -1,0 +1,174 @@
+"""A job's state changes. Each is one conditional UPDATE on the job row, so a lost, repeated or
+late message can neither run a job twice at once nor settle it twice:
+
+    queued ──claim──▶ running ──succeed──▶ succeeded   (hold settled at the price)
+      ▲                 │ ├────fail──────▶ failed      (hold released: full refund)
+      └──requeue────────┘ └──(lease lost)─ another worker reclaims after the lease expires
+    queued/running ──cancel──▶ canceled                (hold released: full refund)
+
+A running job holds a lease (`lease_owner`, `lease_until`) that its worker renews; a worker
+that died stops renewing and the sweeper hands the job back to the queue. Every transition out
+of `running` requires the caller to still own the lease, and the money moves in the same
+transaction as the state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from common import clock, ledger
+from common.errors import Conflict, NotFound
+
+_CLAIM = text(
+    "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = :owner, lease_until = :until,"
+    " started_at = COALESCE(started_at, :now)"
+    " WHERE id = :id AND (status = 'queued' OR (status = 'running' AND lease_until < :now))"
+    " RETURNING account_id, type, model, params, attempts, hold_id, price"
+)
+_RUNNING_FOR_ACCOUNT = text(
+    "SELECT COUNT(*) FROM jobs WHERE account_id = :aid AND status = 'running' AND lease_until >= :now"
+)
+_OWNED = "id = :id AND status = 'running' AND lease_owner = :owner"
+
+
+class AccountBusy(Exception):
+    """The account already runs as many jobs as its plan allows: the job stays queued."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: str
+    account_id: str
+    type: str
+    model: str
+    params: dict[str, Any]
+    attempts: int
+    hold_id: str
+    price: int
+
+
+def job_account(engine: Engine, job_id: str) -> tuple[str, str, str] | None:
+    """(account_id, status, plan) of a job, or None when it does not exist."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT j.account_id, j.status, a.plan FROM jobs j JOIN accounts a ON a.id = j.account_id"
+                 " WHERE j.id = :id"), {"id": job_id}
+        ).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float, running_cap: int | None) -> ClaimedJob | None:
+    """Take the job for `owner`, or None if it is not runnable (done, canceled, leased by a live
+    worker). AccountBusy when the account already runs `running_cap` jobs (it stays queued)."""
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        if running_cap is not None:
+            current = conn.execute(text("SELECT account_id, status, lease_until FROM jobs WHERE id = :id"),
+                                   {"id": job_id}).first()
+            runnable = current is not None and (
+                current.status == "queued" or (current.status == "running" and current.lease_until < now))
+            if not runnable:
+                return None
+            account = current.account_id  # type: ignore[union-attr]
+            _lock_account(conn, account)
+            if conn.execute(_RUNNING_FOR_ACCOUNT, {"aid": account, "now": now}).scalar_one() >= running_cap:
+                raise AccountBusy(account)
+        row = conn.execute(_CLAIM, {"id": job_id, "owner": owner, "until": now + lease_seconds, "now": now}).first()
+    if row is None:
+        return None
+    return ClaimedJob(job_id, row.account_id, row.type, row.model, json.loads(row.params), row.attempts,
+                      row.hold_id, row.price)
+
+
+def _lock_account(conn: Connection, account_id: str) -> None:
+    """Serialize claims of one account's jobs (PostgreSQL; SQLite's BEGIN IMMEDIATE already does)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT 1 FROM accounts WHERE id = :aid FOR UPDATE"), {"aid": account_id})
+
+
+def renew(engine: Engine, job_id: str, owner: str, lease_seconds: float, progress: int | None = None) -> bool:
+    """Extend the lease (and record progress); False when the job is no longer ours (canceled,
+    or reclaimed after our lease lapsed): the worker must then stop."""
+    now = clock.now().timestamp()
+    sets = "lease_until = :until" + (", progress = :progress" if progress is not None else "")
+    with engine.begin() as conn:
+        updated = conn.execute(text(f"UPDATE jobs SET {sets} WHERE {_OWNED}"),
+                               {"id": job_id, "owner": owner, "until": now + lease_seconds,
+                                "progress": progress}).rowcount
+    return updated == 1
+
+
+def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, Any]], ttl_seconds: float) -> bool:
+    """Record the result files and settle the price, once. False when the job was no longer ours
+    (nothing is written then; the caller removes the files it stored)."""
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        updated = conn.execute(
+            text(f"UPDATE jobs SET status = 'succeeded', progress = 100, finished_at = :now, charged = price,"
+                 f" expires_at = :exp, result = :result, lease_owner = NULL, lease_until = NULL WHERE {_OWNED}"),
+            {"id": job.id, "owner": owner, "now": now, "exp": now + ttl_seconds,
+             "result": json.dumps([f["id"] for f in files])},
+        ).rowcount
+        if updated != 1:
+            return False  # nothing was written
+        for f in files:
+            conn.execute(
+                text("INSERT INTO files (id, account_id, job_id, storage_key, content_type, bytes, created_at,"
+                     " expires_at) VALUES (:id, :aid, :jid, :key, :ctype, :bytes, :now, :exp)"),
+                {"id": f["id"], "aid": job.account_id, "jid": job.id, "key": f["storage_key"],
+                 "ctype": f["content_type"], "bytes": f["bytes"], "now": now, "exp": now + ttl_seconds},
+            )
+        ledger.settle(conn, job.hold_id, job.price, now=now, description=f"{job.type} {job.model} job {job.id}")
+    return True
+
+
+def requeue(engine: Engine, job_id: str, owner: str, error_code: str, message: str) -> bool:
+    """Give a job back to the queue after a transient failure (attempts keeps counting)."""
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        return conn.execute(
+            text(f"UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now,"
+                 f" error_code = :code, error_message = :msg WHERE {_OWNED}"),
+            {"id": job_id, "owner": owner, "now": now, "code": error_code, "msg": message[:1000]},
+        ).rowcount == 1
+
+
+def fail(engine: Engine, job: ClaimedJob, owner: str, error_code: str, message: str) -> bool:
+    """Final failure: status failed and a full refund, once."""
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        updated = conn.execute(
+            text(f"UPDATE jobs SET status = 'failed', finished_at = :now, error_code = :code, error_message = :msg,"
+                 f" lease_owner = NULL, lease_until = NULL WHERE {_OWNED}"),
+            {"id": job.id, "owner": owner, "now": now, "code": error_code, "msg": message[:1000]},
+        ).rowcount
+        if updated != 1:
+            return False  # nothing was written
+        ledger.release(conn, job.hold_id, now=now)
+    return True
+
+
+def cancel(engine: Engine, account_id: str, job_id: str) -> None:
+    """Cancel a job that has not finished: full refund. A running job's worker notices at its next
+    lease renewal and stops; its late result is discarded. Finished jobs: 409."""
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        row = conn.execute(
+            text("UPDATE jobs SET status = 'canceled', finished_at = :now, error_code = 'canceled',"
+                 " error_message = 'Canceled by the user.', lease_owner = NULL, lease_until = NULL"
+                 " WHERE id = :id AND account_id = :aid AND status IN ('queued', 'running') RETURNING hold_id"),
+            {"id": job_id, "aid": account_id, "now": now},
+        ).first()
+        if row is not None:
+            ledger.release(conn, row.hold_id, now=now)
+            return
+        status = conn.execute(text("SELECT status FROM jobs WHERE id = :id AND account_id = :aid"),
+                              {"id": job_id, "aid": account_id}).scalar()
+    if status is None:
+        raise NotFound(f"No job {job_id}", code="job_not_found", param="id")
+    if status != "canceled":
+        raise Conflict(f"Job {job_id} has already finished ({status}).", code="job_finished")

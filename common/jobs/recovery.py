@@ -1,0 +1,61 @@
+"""What the sweeper finds: queued jobs nobody picked up, running jobs whose worker died, and
+expired results. Every process that runs workers sweeps; all of it is safe to run concurrently
+because the job transitions themselves are conditional."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, text
+
+from common import clock
+
+
+def stale_queued(engine: Engine, older_than: float, limit: int = 500) -> list[str]:
+    """Queued jobs whose message may be lost; their enqueued_at is bumped so the next sweep waits."""
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        rows = conn.execute(
+            text("SELECT id FROM jobs WHERE status = 'queued' AND enqueued_at < :cutoff ORDER BY enqueued_at"
+                 " LIMIT :n"), {"cutoff": now - older_than, "n": limit},
+        ).all()
+        ids = [r[0] for r in rows]
+        for job_id in ids:
+            conn.execute(text("UPDATE jobs SET enqueued_at = :now WHERE id = :id AND status = 'queued'"),
+                         {"now": now, "id": job_id})
+    return ids
+
+
+def expired_leases(engine: Engine, limit: int = 500) -> list[str]:
+    """Running jobs whose worker stopped renewing the lease (crashed or killed)."""
+    now = clock.now().timestamp()
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id FROM jobs WHERE status = 'running' AND lease_until < :now LIMIT :n"),
+            {"now": now, "n": limit},
+        ).all()
+    return [r[0] for r in rows]
+
+
+def requeue_all_unfinished(engine: Engine) -> list[str]:
+    """Self-contained start-up: this process is the only worker, so whatever was running when it
+    stopped is runnable again. Returns every unfinished job id, to enqueue."""
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL,"
+                          " enqueued_at = :now WHERE status = 'running'"), {"now": now})
+        rows = conn.execute(text("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at")).all()
+    return [r[0] for r in rows]
+
+
+def expired_files(engine: Engine, limit: int = 500) -> list[tuple[str, str]]:
+    """(file id, storage key) of results past their expiry."""
+    now = clock.now().timestamp()
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, storage_key FROM files WHERE expires_at < :now LIMIT :n"),
+                            {"now": now, "n": limit}).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def forget_files(engine: Engine, file_ids: list[str]) -> None:
+    with engine.begin() as conn:
+        for file_id in file_ids:
+            conn.execute(text("DELETE FROM files WHERE id = :id"), {"id": file_id})

@@ -1,0 +1,107 @@
+"""Submitting a media job: reserve the flat charge and write the job row in ONE transaction.
+
+The row is the truth. The broker message (sent after commit) only says "look at job X"; if the
+send is lost, the sweeper re-enqueues queued jobs that nobody picked up (common.jobs.recovery),
+so there is no window in which a committed job is never run.
+
+Idempotency: (account, Idempotency-Key) is unique. The same key with the same body within 24 h
+returns the first job (charged once); a different body is 409. Two concurrent submissions with
+one key race on the unique constraint: the loser's transaction, hold included, rolls back and it
+returns the winner's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import IntegrityError
+
+from common import billing, clock, ledger
+from common.accounts import Principal
+from common.errors import Conflict, InsufficientCredits
+from common.ids import new_id
+
+IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
+JOB_HOLD_TTL_SECONDS = 7 * 24 * 3600  # a job's hold is resolved by the job; this is a last resort
+
+_INSERT_JOB = text(
+    "INSERT INTO jobs (id, account_id, key_id, type, model, params, status, progress, attempts, hold_id, price,"
+    " charged, idempotency_key, request_hash, webhook_url, created_at, enqueued_at)"
+    " VALUES (:id, :aid, :kid, :type, :model, :params, 'queued', 0, 0, :hold, :price, 0, :idem, :hash, :hook,"
+    " :now, :now)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    job_id: str
+    created: bool  # False when an idempotent replay returned an earlier job
+
+
+def request_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def submit_job(
+    engine: Engine, principal: Principal, *, job_type: str, model: str, params: dict[str, Any], price: int,
+    tz: str, idempotency_key: str | None = None, webhook_url: str | None = None,
+) -> Submission:
+    body_hash = request_hash({"type": job_type, "model": model, "params": params, "webhook_url": webhook_url})
+    if idempotency_key:
+        replay = _replay(engine, principal.account_id, idempotency_key, body_hash)
+        if replay:
+            return replay
+    job_id = new_id("job")
+    now = clock.now().timestamp()
+    try:
+        with engine.begin() as conn:
+            hold_id = _reserve(conn, principal, price, job_id, now, tz)
+            conn.execute(_INSERT_JOB, {
+                "id": job_id, "aid": principal.account_id, "kid": principal.key_id, "type": job_type,
+                "model": model, "params": json.dumps(params), "hold": hold_id, "price": price,
+                "idem": idempotency_key, "hash": body_hash, "hook": webhook_url, "now": now,
+            })
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        replay = _replay(engine, principal.account_id, idempotency_key, body_hash)
+        if replay is None:
+            raise
+        return replay
+    return Submission(job_id, created=True)
+
+
+def _reserve(conn: Connection, principal: Principal, price: int, job_id: str, now: float, tz: str) -> str:
+    try:
+        return ledger.reserve(
+            conn, account_id=principal.account_id, key_id=principal.key_id, amount=price, purpose=f"job:{job_id}",
+            now=now, ttl=JOB_HOLD_TTL_SECONDS,
+            cap_day=billing.today(tz) if principal.daily_cap is not None else None,
+        )
+    except InsufficientCredits as exc:
+        raise InsufficientCredits(f"{exc.message} The daily allowance resets at {billing.resets_at(tz)}.",
+                                  code=exc.code) from None
+
+
+def _replay(engine: Engine, account_id: str, key: str, body_hash: str) -> Submission | None:
+    """The earlier job for this key, a 409 for a different body, or None (and an expired key
+    released for reuse)."""
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        row = conn.execute(
+            text("SELECT id, request_hash, created_at FROM jobs WHERE account_id = :aid AND idempotency_key = :k"),
+            {"aid": account_id, "k": key},
+        ).first()
+        if row is None:
+            return None
+        if now - row.created_at > IDEMPOTENCY_WINDOW_SECONDS:
+            conn.execute(text("UPDATE jobs SET idempotency_key = NULL WHERE id = :id"), {"id": row.id})
+            return None
+    if row.request_hash != body_hash:
+        raise Conflict("This Idempotency-Key was already used with a different request body.",
+                       code="idempotency_key_reused")
+    return Submission(row.id, created=False)

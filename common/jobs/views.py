@@ -1,0 +1,147 @@
+"""Jobs as users see them: the generic job object, the OpenAI video object, the images response.
+
+Result URLs are signed and expire (common.signing), so they open in an <img> or <video> tag
+without an Authorization header.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from common import clock
+from common.errors import NotFound
+from common.money import to_credits
+from common.signing import sign_file_url
+from common.storage import Storage
+
+VIDEO_STATUS = {"queued": "queued", "running": "in_progress", "succeeded": "completed", "failed": "failed",
+                "canceled": "failed"}
+JOB_TYPES = {"image": "image", "video": "video"}
+
+
+@dataclass(frozen=True)
+class Linker:
+    """Makes signed file URLs: absolute when a base URL is known."""
+
+    base_url: str  # e.g. "http://127.0.0.1:8000" or "" for relative URLs
+    secret: bytes
+    ttl_seconds: int
+
+    def url(self, file_id: str) -> str:
+        expires = int(clock.now().timestamp()) + self.ttl_seconds
+        return self.base_url.rstrip("/") + sign_file_url("/api/v1", file_id, expires, self.secret)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    row: dict[str, Any]
+    files: list[dict[str, Any]]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return json.loads(self.row["params"])  # type: ignore[no-any-return]
+
+
+def load_job(engine: Engine, account_id: str, job_id: str, job_type: str | None = None) -> JobRecord:
+    """The job with its files; another account's job (or one of another type) is 404."""
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM jobs WHERE id = :id AND account_id = :aid"),
+                           {"id": job_id, "aid": account_id}).mappings().first()
+        if row is None or (job_type is not None and row["type"] != job_type):
+            raise NotFound(f"No {job_type or 'job'} with id {job_id}.", code=f"{job_type or 'job'}_not_found",
+                           param="id")
+        files = conn.execute(text("SELECT * FROM files WHERE job_id = :id ORDER BY id"), {"id": job_id}).mappings()
+        ordered = {f["id"]: dict(f) for f in files}
+    result_ids = json.loads(row["result"]) if row["result"] else []
+    return JobRecord(dict(row), [ordered[i] for i in result_ids if i in ordered])
+
+
+def list_jobs(engine: Engine, account_id: str, *, job_type: str | None, limit: int, after: str | None,
+              order: str = "desc") -> tuple[list[JobRecord], bool]:
+    """A page of the account's jobs, newest first (or oldest first), after the job id `after`."""
+    direction, compare = ("DESC", "<") if order == "desc" else ("ASC", ">")
+    clauses, params = ["account_id = :aid"], {"aid": account_id, "n": limit + 1}
+    if job_type:
+        clauses.append("type = :type")
+        params["type"] = job_type
+    with engine.connect() as conn:
+        if after:
+            pivot = conn.execute(text("SELECT created_at FROM jobs WHERE id = :id AND account_id = :aid"),
+                                 {"id": after, "aid": account_id}).scalar()
+            if pivot is not None:
+                clauses.append(f"(created_at {compare} :pivot OR (created_at = :pivot AND id {compare} :after))")
+                params.update(pivot=pivot, after=after)
+        rows = conn.execute(text(f"SELECT id FROM jobs WHERE {' AND '.join(clauses)}"
+                                 f" ORDER BY created_at {direction}, id {direction} LIMIT :n"), params).all()
+    records = [load_job(engine, account_id, r[0]) for r in rows[:limit]]
+    return records, len(rows) > limit
+
+
+def job_view(record: JobRecord, linker: Linker, remaining: int | None = None) -> dict[str, Any]:
+    row = record.row
+    error = {"code": row["error_code"], "message": row["error_message"]} if row["status"] in (
+        "failed", "canceled") else None
+    helyx: dict[str, Any] = {"job_id": row["id"], "credits_charged": to_credits(row["charged"]),
+                             "credits_reserved": to_credits(row["price"])}
+    if remaining is not None:
+        helyx["credits_remaining"] = to_credits(max(0, remaining))
+    return {
+        "id": row["id"], "object": "job", "type": row["type"], "model": row["model"], "status": row["status"],
+        "progress": row["progress"], "attempts": row["attempts"], "params": record.params,
+        "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
+        "expires_at": row["expires_at"],
+        "result": {"files": [_file_view(f, linker) for f in record.files]} if row["status"] == "succeeded" else None,
+        "error": error, "helyx": helyx,
+    }
+
+
+def _file_view(f: dict[str, Any], linker: Linker) -> dict[str, Any]:
+    return {"id": f["id"], "url": linker.url(f["id"]), "content_type": f["content_type"], "bytes": f["bytes"]}
+
+
+def video_view(record: JobRecord, remaining: int | None = None) -> dict[str, Any]:
+    row, params = record.row, record.params
+    status = VIDEO_STATUS[row["status"]]
+    error = None
+    if status == "failed":
+        error = {"code": row["error_code"] or "failed", "message": row["error_message"] or "The video failed."}
+    helyx: dict[str, Any] = {"job_id": row["id"], "credits_charged": to_credits(row["charged"])}
+    if remaining is not None:
+        helyx["credits_remaining"] = to_credits(max(0, remaining))
+    return {
+        "id": row["id"], "object": "video", "model": row["model"], "status": status,
+        "progress": row["progress"] if status != "completed" else 100,
+        "created_at": int(row["created_at"]),
+        "completed_at": int(row["finished_at"]) if status == "completed" and row["finished_at"] else None,
+        "expires_at": int(row["expires_at"]) if row["expires_at"] else None,
+        "seconds": str(params["seconds"]), "size": f"{params['width']}x{params['height']}",
+        "prompt": params.get("prompt"), "remixed_from_video_id": None, "error": error, "helyx": helyx,
+    }
+
+
+def images_response(record: JobRecord, linker: Linker, storage: Storage, response_format: str,
+                    remaining: int | None) -> dict[str, Any]:
+    """The OpenAI images response for a finished image job."""
+    data = []
+    for f in record.files:
+        if response_format == "b64_json":
+            data.append({"b64_json": base64.b64encode(b"".join(storage.iter_chunks(f["storage_key"]))).decode()})
+        else:
+            data.append({"url": linker.url(f["id"])})
+    helyx: dict[str, Any] = {"job_id": record.row["id"], "credits_charged": to_credits(record.row["charged"])}
+    if remaining is not None:
+        helyx["credits_remaining"] = to_credits(max(0, remaining))
+    return {"created": int(record.row["created_at"]), "data": data, "helyx": helyx}
+
+
+def find_file(engine: Engine, file_id: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM files WHERE id = :id"), {"id": file_id}).mappings().first()
+    if row is None or row["expires_at"] < clock.now().timestamp():
+        raise NotFound(f"No file {file_id}", code="file_not_found", param="id")
+    return dict(row)

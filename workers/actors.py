@@ -1,0 +1,35 @@
+"""The actors: thin, each takes a job id and looks at the row (the truth) before acting."""
+
+from __future__ import annotations
+
+import dramatiq
+
+from workers.broker import broker
+from workers.execute import run_job
+from workers.notify import send_webhook
+
+# A backstop above the per-type limits enforced inside run_job (settings *_job_time_limit).
+_HARD_LIMIT_MS = 2 * 3600 * 1000
+
+
+@dramatiq.actor(broker=broker, queue_name="webhooks", max_retries=0, time_limit=_HARD_LIMIT_MS)
+def deliver_webhook(job_id: str) -> None:
+    send_webhook(job_id)
+
+
+@dramatiq.actor(broker=broker, queue_name="images", max_retries=0, time_limit=_HARD_LIMIT_MS)
+def run_image_job(job_id: str) -> None:
+    run_job(job_id, requeue=run_image_job.send_with_options, notify=deliver_webhook.send)
+
+
+@dramatiq.actor(broker=broker, queue_name="videos", max_retries=0, time_limit=_HARD_LIMIT_MS)
+def run_video_job(job_id: str) -> None:
+    run_job(job_id, requeue=run_video_job.send_with_options, notify=deliver_webhook.send)
+
+
+ACTOR_FOR_TYPE = {"image": run_image_job, "video": run_video_job}
+
+
+def enqueue(job_id: str, job_type: str, delay_ms: int | None = None) -> None:
+    """Dispatch a job id to its queue (the row must be committed first)."""
+    ACTOR_FOR_TYPE[job_type].send_with_options(args=(job_id,), delay=delay_ms)

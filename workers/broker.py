@@ -1,0 +1,29 @@
+"""The broker, set up in this one place before any actor is declared.
+
+With HELYX_REDIS_URL: Dramatiq's Redis broker, shared by the API (which only sends) and the
+`helyx worker` processes. Without it (the self-contained mode, and unit tests): a StubBroker,
+consumed by worker threads inside `helyx serve`.
+
+Dramatiq's own retries are off (max_retries=0 on every actor): a job's attempts live in its row
+(common.jobs.lifecycle), so a redelivered or duplicated message can never run a job twice.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from common.settings import get_settings
+
+
+def build_broker(redis_url: str | None) -> dramatiq.Broker:
+    if redis_url:
+        # Our own lease sweeper reclaims a dead worker's jobs within seconds; Dramatiq's
+        # heartbeat requeue (after heartbeat_timeout) only brings back duplicate messages.
+        return RedisBroker(url=redis_url, heartbeat_timeout=30_000, maintenance_chance=100)
+    return StubBroker()
+
+
+broker = build_broker(get_settings().redis_url)
+dramatiq.set_broker(broker)

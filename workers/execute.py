@@ -1,0 +1,164 @@
+"""Running one media job: claim the row, call the provider under a time limit while renewing the
+lease, store the files, then settle (success) or refund (final failure) — exactly once.
+
+Retries are counted in the row: a transient provider error (connection, 429, 5xx) puts the job
+back in the queue with exponential backoff until `job_max_retries`; a permanent error or the time
+limit fails it at once with a full refund. A job whose lease we lost (canceled meanwhile, or
+reclaimed after we stalled) is abandoned without touching money: its new owner, or the cancel,
+has already decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from common.catalog import load_catalog
+from common.errors import UpstreamError
+from common.ids import new_id
+from common.jobs import lifecycle
+from common.jobs.lifecycle import AccountBusy, ClaimedJob
+from common.providers.base import ImageRequest, MediaFile, VideoRequest
+from common.providers.http import build_http_client
+from common.providers.registry import Providers
+from workers import context
+
+log = logging.getLogger("helyx.worker")
+BUSY_RETRY_MS = 1000
+Requeue = Callable[..., Any]
+Notify = Callable[[str], Any]
+
+
+class LeaseLost(Exception):
+    """The job is no longer ours: stop without touching it."""
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
+    settings = context.settings()
+    engine = context.engine()
+    owner = _owner()
+    found = lifecycle.job_account(engine, job_id)
+    if found is None:
+        return
+    try:
+        job = lifecycle.claim(engine, job_id, owner, settings.job_lease_seconds, settings.running_jobs_for(found[2]))
+    except AccountBusy:
+        requeue(args=(job_id,), delay=BUSY_RETRY_MS)
+        return
+    if job is None:
+        return  # finished, canceled, or running under a live lease elsewhere
+    log.info("job %s attempt %d started by %s", job.id, job.attempts, owner)
+    try:
+        media = asyncio.run(_produce(job, owner))
+    except LeaseLost:
+        log.warning("job %s: lease lost, abandoning", job.id)
+        return
+    except UpstreamError as exc:
+        _failed(job, owner, exc, requeue, notify)
+        return
+    except Exception as exc:
+        log.exception("job %s crashed", job.id)
+        _failed(job, owner, UpstreamError(f"Internal error: {type(exc).__name__}", retryable=True,
+                                          code="internal_error"), requeue, notify)
+        return
+    files = _store(job, media)
+    if lifecycle.succeed(engine, job, owner, files, settings.results_ttl_days * 86400):
+        log.info("job %s succeeded", job.id)
+        notify(job.id)
+    else:
+        for f in files:
+            context.storage().delete(f["storage_key"])
+
+
+def _failed(job: ClaimedJob, owner: str, exc: UpstreamError, requeue: Requeue, notify: Notify) -> None:
+    settings = context.settings()
+    engine = context.engine()
+    timed_out = exc.code == "job_time_limit"
+    if exc.retryable and not timed_out and job.attempts <= settings.job_max_retries:
+        if lifecycle.requeue(engine, job.id, owner, exc.code, exc.message):
+            delay = settings.job_retry_backoff_ms * 2 ** (job.attempts - 1)
+            log.warning("job %s attempt %d failed (%s), retrying in %d ms", job.id, job.attempts, exc.code, delay)
+            requeue(args=(job.id,), delay=delay)
+        return
+    if lifecycle.fail(engine, job, owner, exc.code, exc.message):
+        log.warning("job %s failed: %s", job.id, exc.message)
+        notify(job.id)
+
+
+async def _produce(job: ClaimedJob, owner: str) -> list[MediaFile]:
+    """Call the provider with a time limit, renewing the lease (and progress) meanwhile."""
+    settings = context.settings()
+    limit = settings.image_job_time_limit if job.type == "image" else settings.video_job_time_limit
+    progress = {"value": 0}
+    http = build_http_client(settings.upstream_connect_timeout, settings.upstream_read_timeout)
+    try:
+        providers = Providers(load_catalog_cached(), settings, http)
+        entry = load_catalog_cached().get(job.model)
+        work = asyncio.create_task(_call(providers, entry, job, progress))
+        heartbeat = asyncio.create_task(_heartbeat(job.id, owner, progress, work))
+        try:
+            return await asyncio.wait_for(work, timeout=limit)
+        except TimeoutError:
+            raise UpstreamError(f"The job exceeded its time limit of {limit:g} s.", code="job_time_limit") from None
+        except asyncio.CancelledError:
+            raise LeaseLost(job.id) from None
+        finally:
+            heartbeat.cancel()
+    finally:
+        await http.aclose()
+
+
+async def _call(providers: Providers, entry: Any, job: ClaimedJob, progress: dict[str, int]) -> list[MediaFile]:
+    p = job.params
+    if job.type == "image":
+        request = ImageRequest(entry.upstream_model, p["prompt"], p["width"], p["height"], p.get("n", 1))
+        return await providers.image(entry).generate_images(request)
+    video = VideoRequest(entry.upstream_model, p["prompt"], int(p["seconds"]), p["width"], p["height"])
+    return [await providers.video(entry).generate_video(video, lambda v: progress.__setitem__("value", v))]
+
+
+async def _heartbeat(job_id: str, owner: str, progress: dict[str, int], work: asyncio.Task[Any]) -> None:
+    lease = context.settings().job_lease_seconds
+    while True:
+        await asyncio.sleep(lease / 4)
+        alive = await asyncio.to_thread(lifecycle.renew, context.engine(), job_id, owner, lease, progress["value"])
+        if not alive:
+            work.cancel()
+            return
+
+
+def _store(job: ClaimedJob, media: list[MediaFile]) -> list[dict[str, Any]]:
+    files = []
+    for index, item in enumerate(media):
+        file_id = new_id("file")
+        key = f"{job.account_id}/{job.id}/{index}{_extension(item.content_type)}"
+        size = context.storage().put(key, item.data, item.content_type)
+        files.append({"id": file_id, "storage_key": key, "content_type": item.content_type, "bytes": size})
+    return files
+
+
+def _extension(content_type: str) -> str:
+    return {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4"}.get(
+        content_type, ".bin")
+
+
+_catalog_cache: dict[str, Any] = {}
+
+
+def load_catalog_cached() -> Any:
+    settings = context.settings()
+    key = f"{settings.catalog}"
+    if key not in _catalog_cache:
+        _catalog_cache[key] = load_catalog(settings)
+    return _catalog_cache[key]
+

@@ -1,0 +1,38 @@
+"""Webhook delivery for a finished job: signed (Standard Webhooks), retried with backoff, guarded
+against SSRF. The job row records the outcome; a delivery never changes the job or its money."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import text
+
+from common.jobs.views import Linker, job_view, load_job
+from common.webhook_secrets import account_webhook_secret
+from common.webhooks import deliver
+from workers import context
+
+log = logging.getLogger("helyx.webhooks")
+
+
+def send_webhook(job_id: str) -> None:
+    engine = context.engine()
+    settings = context.settings()
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT account_id, webhook_url, webhook_status, status FROM jobs WHERE id = :id"),
+                           {"id": job_id}).first()
+    if row is None or not row.webhook_url or row.webhook_status == "delivered":
+        return
+    record = load_job(engine, row.account_id, job_id)
+    linker = Linker(settings.public_url or "", context.signing_secret(), settings.signed_url_ttl_seconds)
+    payload = {"type": f"job.{record.row['status']}", "data": job_view(record, linker)}
+    result = deliver(
+        row.webhook_url, payload, secret=account_webhook_secret(context.signing_secret(), row.account_id),
+        allow_private=settings.webhook_allow_private, timeout=settings.webhook_timeout_seconds,
+        max_attempts=settings.webhook_max_attempts, backoff=settings.webhook_backoff_seconds,
+        webhook_id=f"msg_{job_id}",
+    )
+    status = "delivered" if result.ok else "failed"
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET webhook_status = :s WHERE id = :id"), {"s": status, "id": job_id})
+    log.info("webhook for job %s: %s after %d attempt(s)", job_id, status, result.attempts)

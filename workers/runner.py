@@ -1,0 +1,29 @@
+"""`helyx worker`: Dramatiq's own process supervisor over workers.actors (graceful on SIGTERM:
+each worker stops taking messages and finishes the ones it runs, within the shutdown timeout;
+a job cut off by a harder stop is reclaimed by the sweeper once its lease lapses)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from common.db import get_engine
+from common.migrate import upgrade
+from common.settings import get_settings
+
+
+def run(processes: int | None = None, threads: int | None = None) -> int:
+    settings = get_settings()
+    if not settings.redis_url:
+        print("helyx worker needs HELYX_REDIS_URL; in the self-contained mode `helyx serve` runs the workers",
+              file=sys.stderr)
+        return 2
+    upgrade(get_engine(settings.database_url))
+    argv = [
+        sys.executable, "-m", "dramatiq", "workers.actors", "workers.boot",
+        "--processes", str(processes or settings.worker_processes),
+        "--threads", str(threads or settings.worker_threads),
+        "--worker-shutdown-timeout", str(int(settings.shutdown_grace_seconds * 1000)),
+    ]
+    os.execv(sys.executable, argv)
+    return 0  # not reached

@@ -1,0 +1,65 @@
+"""The sweeper: a daemon thread in every process that runs workers. Every few seconds it
+re-enqueues queued jobs whose message may have been lost, jobs whose worker died (lease expired),
+releases expired holds and deletes expired result files. All of it is idempotent, so several
+processes sweeping at once is harmless."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import text
+
+from common import billing
+from common.jobs import recovery
+from workers import context
+
+log = logging.getLogger("helyx.sweeper")
+FILE_SWEEP_EVERY = 12  # sweeps
+
+
+def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True) -> dict[str, int]:
+    engine = context.engine()
+    settings = context.settings()
+    lost = recovery.stale_queued(engine, settings.stale_queued_seconds)
+    dead = recovery.expired_leases(engine)
+    for job_id in lost + dead:
+        enqueue(job_id, _job_type(job_id))
+    if dead:
+        log.warning("reclaiming %d job(s) whose worker stopped renewing its lease", len(dead))
+    released = billing.expire_holds(engine)
+    removed = _sweep_files() if sweep_files else 0
+    return {"requeued": len(lost), "reclaimed": len(dead), "holds_released": released, "files_removed": removed}
+
+
+def _job_type(job_id: str) -> str:
+    with context.engine().connect() as conn:
+        return str(conn.execute(text("SELECT type FROM jobs WHERE id = :id"), {"id": job_id}).scalar_one())
+
+
+def _sweep_files() -> int:
+    expired = recovery.expired_files(context.engine())
+    for _, key in expired:
+        context.storage().delete(key)
+    recovery.forget_files(context.engine(), [file_id for file_id, _ in expired])
+    return len(expired)
+
+
+def start(enqueue: Callable[[str, str], None]) -> threading.Thread:
+    interval = context.settings().sweep_interval_seconds
+
+    def loop() -> None:
+        count = 0
+        while True:
+            try:
+                sweep_once(enqueue, sweep_files=count % FILE_SWEEP_EVERY == 0)
+            except Exception:
+                log.exception("sweep failed")
+            count += 1
+            time.sleep(interval)
+
+    thread = threading.Thread(target=loop, name="helyx-sweeper", daemon=True)
+    thread.start()
+    return thread
