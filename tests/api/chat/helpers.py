@@ -18,7 +18,6 @@ import uvicorn
 from sqlalchemy import Engine, text
 
 from common import billing, clock, ledger
-from common.money import MICRO
 from common.settings import Settings
 from tests.conftest import TestAccount, create_test_account
 
@@ -161,9 +160,10 @@ def leave_available(engine: Engine, account_id: str, micro: int) -> None:
     assert books(engine, account_id).available == micro
 
 
-def grant(engine: Engine, account_id: str, credits: int) -> None:
+def grant(engine: Engine, account_id: str, micro: int) -> None:
+    """Add `micro` top-up micro-credits through the ledger."""
     with engine.begin() as conn:
-        ledger.grant(conn, account_id, credits * MICRO, now=clock.now().timestamp())
+        ledger.grant(conn, account_id, micro, now=clock.now().timestamp())
 
 
 def catalog_file(tmp_path: Path, body: str, name: str = "catalog.toml") -> Path:

@@ -1,0 +1,291 @@
+"""SPEC §3's billing rules on the chat path, against the fake OpenAI upstream: shrinking an unset
+max_tokens to the balance, 402 when even the prompt is unaffordable, charges capped by the hold,
+failed calls free, upstream failures mapped (401 → 502, timeout → 504), retries only before the
+first byte, and the generation record of every kind of call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from common.money import MICRO
+from common.tokens import estimate_prompt_tokens
+from tests.api.chat.helpers import (
+    Gateway,
+    assert_books_balance,
+    books,
+    generation_row,
+    grant,
+    hold_for,
+    leave_available,
+    wait_for,
+)
+from tests.fakes import Behaviour, FakeUpstream
+
+MESSAGES = [{"role": "user", "content": "Tell me about double-entry bookkeeping."}]
+PROMPT = estimate_prompt_tokens(MESSAGES)
+RATE = 200_000  # gpt-4o: 0.2 credits per token, in micro-credits
+USAGE = 12 + 9  # the fake's default prompt + completion tokens
+UpstreamGateway = Callable[..., Gateway]
+
+
+def chat(http: httpx.Client, **body: object) -> httpx.Response:
+    return http.post("/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES, **body})
+
+
+def micro(credits: float | int) -> int:
+    return int(Decimal(str(credits)) * MICRO)
+
+
+def sse_events(response: httpx.Response) -> list[dict[str, object] | str]:
+    events: list[dict[str, object] | str] = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line.removeprefix("data: ")
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def reserved_generation_ids(http: httpx.Client) -> list[str]:
+    """Every chat call's id, newest first, as the account's own ledger (GET /usage) shows it:
+    also the calls whose answer was an error."""
+    entries = http.get("/usage", params={"limit": 500}).json()["data"]
+    return [e["description"].removeprefix("chat:") for e in entries
+            if e["kind"] == "reserve" and e["description"].startswith("chat:")]
+
+
+@pytest.fixture
+def gw(upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream) -> Gateway:
+    return upstream_gateway(openai=openai_fake, upstream_retries=2, upstream_backoff_seconds=0.01)
+
+
+# --- reservation ---------------------------------------------------------------------------------
+
+
+def test_an_unset_max_tokens_shrinks_to_the_largest_the_balance_affords(gw: Gateway, openai_fake: FakeUpstream) -> None:
+    account = gw.account()
+    leave_available(gw.engine, account.account_id, (PROMPT + 500) * RATE + RATE - 1)
+    with gw.http(account) as http:
+        response = chat(http)
+    assert response.status_code == 200, response.text
+    assert openai_fake.last_request.json["max_tokens"] == 500
+    hold = hold_for(gw.engine, response.json()["id"])
+    assert hold["amount"] == (PROMPT + 500) * RATE
+    assert hold["charged"] == USAGE * RATE == micro(response.json()["helyx"]["credits_charged"])
+    assert_books_balance(gw.engine, account.account_id)
+
+
+def test_with_a_full_balance_an_unset_max_tokens_is_the_default(gw: Gateway, openai_fake: FakeUpstream) -> None:
+    account = gw.account()
+    with gw.http(account) as http:
+        assert chat(http).status_code == 200
+        assert chat(http, max_completion_tokens=77).status_code == 200
+    first, second = list(openai_fake.requests)
+    assert first.json["max_tokens"] == gw.settings.default_max_tokens
+    assert second.json["max_tokens"] == 77
+
+
+def test_when_even_the_prompt_is_unaffordable_it_is_402_and_no_upstream_is_called(
+    gw: Gateway, openai_fake: FakeUpstream,
+) -> None:
+    account = gw.account()
+    leave_available(gw.engine, account.account_id, (PROMPT + 1) * RATE - 1)
+    before = assert_books_balance(gw.engine, account.account_id)
+    with gw.http(account) as http:
+        response = chat(http)
+    assert response.status_code == 402
+    error = response.json()["error"]
+    assert error["type"] == "insufficient_quota"
+    assert "cannot cover this prompt" in error["message"] and "resets at" in error["message"]
+    assert response.headers["x-should-retry"] == "false"
+    assert openai_fake.request_count == 0
+    assert assert_books_balance(gw.engine, account.account_id) == before
+
+    grant(gw.engine, account.account_id, 1)  # one micro-credit more: exactly one completion token fits
+    with gw.http(account) as http:
+        response = chat(http)
+    assert response.status_code == 200
+    assert openai_fake.last_request.json["max_tokens"] == 1
+    assert hold_for(gw.engine, response.json()["id"])["amount"] == (PROMPT + 1) * RATE
+    assert assert_books_balance(gw.engine, account.account_id).available == (PROMPT + 1 - USAGE) * RATE
+
+
+def test_the_charge_never_exceeds_the_hold_even_when_the_upstream_reports_more(
+    gw: Gateway, openai_fake: FakeUpstream,
+) -> None:
+    openai_fake.behaviour.prompt_tokens, openai_fake.behaviour.completion_tokens = 5_000, 3_000
+    account = gw.account()
+    before = books(gw.engine, account.account_id)
+    with gw.http(account) as http:
+        response = chat(http, max_tokens=10)
+    assert response.status_code == 200
+    hold = hold_for(gw.engine, response.json()["id"])
+    assert hold["amount"] == (PROMPT + 10) * RATE
+    assert hold["charged"] == hold["amount"] == micro(response.json()["helyx"]["credits_charged"])
+    after = assert_books_balance(gw.engine, account.account_id)
+    assert before.balance - after.balance == hold["amount"]
+
+
+# --- upstream failures ---------------------------------------------------------------------------
+
+
+def test_a_call_that_fails_after_every_retry_costs_nothing_and_is_502(gw: Gateway, openai_fake: FakeUpstream) -> None:
+    openai_fake.behaviour = Behaviour(fail_first=100, fail_status=500)
+    account = gw.account()
+    before = books(gw.engine, account.account_id)
+    with gw.http(account) as http:
+        response = chat(http)
+        generation_id = reserved_generation_ids(http)[0]
+        record = http.get(f"/generations/{generation_id}").json()
+    assert response.status_code == 502
+    assert response.json()["error"]["type"] == "upstream_error"
+    assert openai_fake.request_count == 1 + 2  # the first attempt and two retries
+    after = assert_books_balance(gw.engine, account.account_id)
+    assert after.balance == before.balance and after.entries == before.entries + 2  # reserve, release
+    assert hold_for(gw.engine, generation_id)["status"] == "released"
+    assert record["status"] == "failed" and record["credits_charged"] == 0
+    assert record["error_code"] == "upstream_error"
+
+
+def test_an_upstream_401_is_a_502_upstream_auth_never_a_401_and_is_not_retried(
+    gw: Gateway, openai_fake: FakeUpstream,
+) -> None:
+    openai_fake.behaviour = Behaviour(fail_first=100, fail_status=401, error_message="bad key sk-fake-provider")
+    account = gw.account()
+    before = books(gw.engine, account.account_id)
+    with gw.http(account) as http:
+        response = chat(http)
+        streamed = chat(http, stream=True)
+    for r in (response, streamed):
+        assert r.status_code == 502
+        assert r.json()["error"]["code"] == "upstream_auth"
+        assert r.json()["error"]["type"] == "upstream_error"
+        assert "sk-fake" not in r.text
+        assert r.headers["x-should-retry"] == "false"
+    assert openai_fake.request_count == 2
+    after = assert_books_balance(gw.engine, account.account_id)
+    assert after.balance == before.balance
+
+
+def test_an_upstream_that_does_not_answer_in_time_is_a_504(
+    upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream,
+) -> None:
+    gw = upstream_gateway(openai=openai_fake, upstream_read_timeout=0.3, upstream_retries=1)
+    openai_fake.behaviour = Behaviour(hang=3.0)
+    account = gw.account()
+    before = books(gw.engine, account.account_id)
+    with gw.http(account) as http:
+        response = chat(http)
+    assert response.status_code == 504
+    assert response.json()["error"] == {
+        "message": response.json()["error"]["message"], "type": "upstream_error", "code": "upstream_timeout",
+        "param": None}
+    assert openai_fake.request_count == 2  # a timeout is retried once here
+    assert assert_books_balance(gw.engine, account.account_id).balance == before.balance
+
+
+def test_two_upstream_500s_then_an_answer_is_200_charged_once(gw: Gateway, openai_fake: FakeUpstream) -> None:
+    openai_fake.behaviour = Behaviour(fail_first=2, fail_status=500)
+    account = gw.account()
+    before = books(gw.engine, account.account_id)
+    with gw.http(account) as http:
+        response = chat(http)
+    assert response.status_code == 200
+    assert openai_fake.request_count == 3
+    after = assert_books_balance(gw.engine, account.account_id)
+    assert after.entries == before.entries + 2  # one reserve, one settle
+    assert before.balance - after.balance == USAGE * RATE
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_stream_is_retried_while_opening_it(gw: Gateway, openai_fake: FakeUpstream, status: int) -> None:
+    openai_fake.behaviour = Behaviour(fail_first=2, fail_status=status)
+    account = gw.account()
+    before = books(gw.engine, account.account_id)
+    with gw.http(account) as http, http.stream("POST", "/chat/completions", json={
+        "model": "gpt-4o", "messages": MESSAGES, "stream": True}) as response:
+        events = sse_events(response)
+    assert response.status_code == 200 and events[-1] == "[DONE]"
+    assert openai_fake.request_count == 3
+    after = assert_books_balance(gw.engine, account.account_id)
+    assert before.balance - after.balance == USAGE * RATE
+
+
+@pytest.mark.parametrize("failure", ["error_after_chunks", "drop_after_chunks"])
+def test_a_stream_that_fails_after_its_first_byte_is_not_retried(
+    gw: Gateway, openai_fake: FakeUpstream, failure: str,
+) -> None:
+    openai_fake.behaviour = Behaviour(**{failure: 3})
+    account = gw.account()
+    with gw.http(account) as http, http.stream("POST", "/chat/completions", json={
+        "model": "gpt-4o", "messages": MESSAGES, "stream": True}) as response:
+        events = sse_events(response)
+    assert response.status_code == 200
+    assert openai_fake.request_count == 1
+    assert "[DONE]" not in events
+    last = events[-1]
+    assert isinstance(last, dict) and last["error"]["type"] == "upstream_error"
+    content = "".join(e["choices"][0]["delta"].get("content") or "" for e in events
+                      if isinstance(e, dict) and e.get("choices"))
+    assert content == "".join(Behaviour().pieces()[:3])
+    assert_books_balance(gw.engine, account.account_id)
+
+
+# --- generation records --------------------------------------------------------------------------
+
+
+def test_generations_record_plain_streamed_failed_and_cancelled_calls(gw: Gateway, openai_fake: FakeUpstream) -> None:
+    account = gw.account()
+    with gw.http(account) as http:
+        plain = chat(http).json()
+        with http.stream("POST", "/chat/completions", json={
+                "model": "gpt-4o", "messages": MESSAGES, "stream": True}) as response:
+            streamed_id = next(e for e in sse_events(response) if isinstance(e, dict))["id"]
+        openai_fake.behaviour = Behaviour(fail_first=100, fail_status=400, error_message="no such thing")
+        assert chat(http).status_code == 502
+        failed_id = reserved_generation_ids(http)[0]
+
+        openai_fake.behaviour = Behaviour(chunks=["word "] * 200, chunk_delay=0.02)
+        with http.stream("POST", "/chat/completions", json={
+                "model": "gpt-4o", "messages": MESSAGES, "stream": True}) as response:
+            lines = response.iter_lines()
+            first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+            for _ in range(6):
+                next(lines)
+        cancelled_id = first["id"]  # leaving the block closed the connection mid-stream
+        wait_for(lambda: generation_row(gw.engine, cancelled_id))
+
+        records = {g: http.get(f"/generations/{g}").json()
+                   for g in (plain["id"], streamed_id, failed_id, cancelled_id)}
+
+    p, s, f, c = (records[g] for g in (plain["id"], streamed_id, failed_id, cancelled_id))
+    assert p["object"] == "generation" and p["model"] == "gpt-4o" and p["key_id"] == account.key_id
+    assert (p["status"], p["stream"]) == ("succeeded", False)
+    assert p["usage"] == {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21, "estimated": False}
+    assert micro(p["credits_charged"]) == USAGE * RATE == micro(plain["helyx"]["credits_charged"])
+    assert p["latency_ms"] >= 0
+    assert (s["status"], s["stream"], s["usage"]["total_tokens"]) == ("succeeded", True, 21)
+    assert (f["status"], f["credits_charged"], f["usage"]["total_tokens"]) == ("failed", 0, 0)
+    assert (c["status"], c["stream"], c["error_code"]) == ("cancelled", True, "client_disconnected")
+    assert c["usage"]["estimated"] is True
+    assert 0 < micro(c["credits_charged"]) < hold_for(gw.engine, cancelled_id)["amount"]
+    assert_books_balance(gw.engine, account.account_id)
+
+
+def test_another_accounts_generation_is_404(gw: Gateway) -> None:
+    owner, stranger = gw.account(), gw.account()
+    with gw.http(owner) as http:
+        generation_id = chat(http).json()["id"]
+        assert http.get(f"/generations/{generation_id}").status_code == 200
+    with gw.http(stranger) as http:
+        foreign = http.get(f"/generations/{generation_id}")
+        unknown = http.get("/generations/chatcmpl-000000000000000000000000")
+    for response in (foreign, unknown):  # a foreign id looks exactly like an unknown one
+        assert response.status_code == 404
+        error = response.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == ("not_found_error", "generation_not_found", "id")
+    assert owner.account_id not in foreign.text
