@@ -53,18 +53,37 @@ class BodyLimitMiddleware:
             await _send_413(send, self.max_bytes)
             return
         seen = 0
+        exceeded = started = replaced = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    # rendered as 413 by the app's error handler, like any HelyxError
+                    exceeded = True
                     raise PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes.")
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            # Whoever reads the body may wrap our exception in its own error (FastAPI turns any
+            # failure while reading a body into "400 There was an error parsing the body"), so once
+            # the limit is passed, the response is our 413 whatever the app renders.
+            nonlocal started, replaced
+            if message["type"] == "http.response.start":
+                if exceeded and not started:
+                    replaced = True
+                    await _send_413(send, self.max_bytes)
+                started = True
+            if not replaced:
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not (exceeded and not started):
+                raise
+            await _send_413(send, self.max_bytes)
 
 
 async def _send_413(send: Send, limit: int) -> None:
