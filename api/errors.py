@@ -76,11 +76,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette runs this handler in ServerErrorMiddleware, outside every user middleware,
+        # so the request id middleware never sees this response: add the header here.
+        request_id = getattr(request.state, "request_id", None)
+        headers = {"x-request-id": request_id} if request_id else None
         if _is_database_down(exc):
             log.error("database unavailable on %s: %s", request.url.path, exc)
-            return error_response(ServiceUnavailable("The service is temporarily unavailable, try again."))
+            return error_response(ServiceUnavailable("The service is temporarily unavailable, try again.",
+                                                     headers=headers))
         log.exception("unhandled error on %s", request.url.path)
-        return error_response(ServerError("Internal server error."))
+        return error_response(ServerError("Internal server error.", headers=headers))
 
 
 def _is_database_down(exc: Exception) -> bool:
