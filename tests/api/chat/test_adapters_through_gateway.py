@@ -1,0 +1,144 @@
+"""Each real adapter (OpenAI-compatible, Anthropic, Gemini) through the whole gateway against its
+vendor's fake upstream: plain and streamed answers charged exactly from the upstream's usage, an
+answer without usage charged by the estimate (and said so), and a failure mid-stream charged only
+for what was produced."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+
+import openai
+import pytest
+
+from common.chat_billing import estimated_usage
+from common.money import MICRO
+from tests.api.chat.conftest import FAKE_PROVIDER_KEY
+from tests.api.chat.helpers import Gateway, assert_books_balance, books, generation_row, hold_for
+from tests.fakes import Behaviour, FakeUpstream
+
+MESSAGES = [{"role": "system", "content": "Answer in one line."}, {"role": "user", "content": "Say hello."}]
+ANSWER = "Hello there, this is the fake upstream answering in several words."
+UpstreamGateway = Callable[..., Gateway]
+Adapter = tuple[Gateway, FakeUpstream, str, int]  # gateway, its fake upstream, model, rate
+KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
+
+# adapter -> (model routed to it by the built-in catalog, its rate in micro-credits per token)
+ADAPTERS = {"openai": ("gpt-4o", 200_000), "anthropic": ("claude-3-5-sonnet", 600_000),
+            "gemini": ("gemini-1-5-pro", 200_000)}
+
+
+@pytest.fixture(params=list(ADAPTERS))
+def adapter(request: pytest.FixtureRequest, upstream_gateway: UpstreamGateway) -> Adapter:
+    fake: FakeUpstream = request.getfixturevalue(f"{request.param}_fake")
+    fake.behaviour = Behaviour(answer=ANSWER, prompt_tokens=17, completion_tokens=6)
+    gateway = upstream_gateway(**{request.param: fake})
+    model, rate = ADAPTERS[request.param]
+    return gateway, fake, model, rate
+
+
+def micro(credits: float | int) -> int:
+    return int(Decimal(str(credits)) * MICRO)
+
+
+def test_a_plain_answer_is_charged_from_the_upstreams_usage(adapter: Adapter) -> None:
+    gateway, fake, model, rate = adapter
+    account = gateway.account()
+    before = books(gateway.engine, account.account_id)
+    with gateway.sdk(account) as client:
+        completion = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=50)
+
+    assert fake.request_count == 1
+    sent_key = {k: v for k, v in fake.last_request.headers.items() if k in KEY_HEADERS}
+    assert len(sent_key) == 1 and next(iter(sent_key.values())).endswith(FAKE_PROVIDER_KEY)
+    assert completion.model == model and completion.choices[0].message.content == ANSWER
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (17, 6)
+    assert completion.system_fingerprint != "helyx-simulated"
+    charge = 23 * rate
+    assert micro(completion.model_extra["helyx"]["credits_charged"]) == charge
+    after = assert_books_balance(gateway.engine, account.account_id)
+    assert before.balance - after.balance == charge
+    assert not generation_row(gateway.engine, completion.id)["usage_estimated"]
+
+
+def test_a_streamed_answer_is_charged_from_the_upstreams_usage(adapter: Adapter) -> None:
+    gateway, fake, model, rate = adapter
+    account = gateway.account()
+    before = books(gateway.engine, account.account_id)
+    with gateway.sdk(account) as client:
+        chunks = list(client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=50, stream=True,
+                                                     stream_options={"include_usage": True}))
+
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    last = chunks[-1]
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (17, 6)
+    charge = 23 * rate
+    assert micro(last.model_extra["helyx"]["credits_charged"]) == charge
+    after = assert_books_balance(gateway.engine, account.account_id)
+    assert before.balance - after.balance == charge
+    assert fake.streams_completed == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_an_answer_without_usage_is_charged_by_the_estimate_and_says_so(
+    adapter: Adapter, stream: bool,
+) -> None:
+    gateway, fake, model, rate = adapter
+    fake.behaviour.omit_usage = True
+    account = gateway.account()
+    before = books(gateway.engine, account.account_id)
+    with gateway.sdk(account) as client:
+        if stream:
+            chunks = list(client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=50, stream=True))
+            generation_id, usage, helyx = chunks[0].id, chunks[-1].usage, chunks[-1].model_extra["helyx"]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            completion = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=50)
+            generation_id, usage, helyx = completion.id, completion.usage, completion.model_extra["helyx"]
+            text = completion.choices[0].message.content
+        record = client.get(f"/generations/{generation_id}", cast_to=object)
+
+    assert text == ANSWER
+    estimate = estimated_usage(MESSAGES, ANSWER)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (estimate.prompt_tokens, estimate.completion_tokens)
+    assert record["usage"]["estimated"] is True and record["status"] == "succeeded"
+    hold = hold_for(gateway.engine, generation_id)
+    charge = min(estimate.total_tokens * rate, hold["amount"])
+    assert hold["charged"] == charge == micro(helyx["credits_charged"]) == micro(record["credits_charged"])
+    after = assert_books_balance(gateway.engine, account.account_id)
+    assert before.balance - after.balance == charge
+
+
+def test_an_upstream_error_mid_stream_ends_the_stream_with_an_error_and_charges_what_was_produced(
+    adapter: Adapter,
+) -> None:
+    gateway, fake, model, rate = adapter
+    fake.behaviour.error_after_chunks = 3
+    account = gateway.account()
+    before = books(gateway.engine, account.account_id)
+    received: list[str] = []
+    with gateway.sdk(account) as client:
+        stream = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=500, stream=True,
+                                                stream_options={"include_usage": True})
+        with pytest.raises(openai.APIError) as caught:
+            for chunk in stream:
+                received.append(chunk.id)
+                if chunk.choices:
+                    received.append(chunk.choices[0].delta.content or "")
+
+    generation_id = received[0]
+    produced = "".join(Behaviour(answer=ANSWER).pieces()[:3])
+    assert "".join(received[1::2]) == produced
+    assert caught.value.type == "upstream_error"
+    assert "mid-stream" in caught.value.message
+    assert fake.request_count == 1  # never retried once output had reached the client
+    record = generation_row(gateway.engine, generation_id)
+    assert record["status"] == "interrupted" and record["usage_estimated"]
+    hold = hold_for(gateway.engine, generation_id)
+    estimate = estimated_usage(MESSAGES, produced)
+    assert hold["status"] == "settled"
+    assert hold["charged"] == estimate.total_tokens * rate
+    assert 0 < hold["charged"] < hold["amount"]
+    after = assert_books_balance(gateway.engine, account.account_id)  # no hold left open
+    assert before.balance - after.balance == hold["charged"]
