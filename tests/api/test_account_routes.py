@@ -1,0 +1,289 @@
+"""The caller's own account over HTTP: /credits, /usage, /keys (SPEC §4), and the health routes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+
+from common import accounts, billing, clock, ledger
+from common.money import MICRO
+from tests.conftest import TestAccount, create_test_account
+
+NOON = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+def charge(engine: Engine, account_id: str, key_id: str | None, credits: int) -> None:
+    hold_id = billing.reserve(engine, account_id=account_id, key_id=key_id, amount=credits * MICRO, purpose="t",
+                              ttl=60, tz="Asia/Karachi")
+    billing.settle(engine, hold_id, credits * MICRO)
+
+
+def key_ids(engine: Engine, account_id: str) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(text("SELECT id FROM api_keys WHERE account_id = :a ORDER BY created_at"),
+                                 {"a": account_id}).scalars())
+
+
+# ---------------------------------------------------------------- /credits
+
+
+def test_credits_of_a_fresh_free_account(app_client: TestClient, engine: Engine) -> None:
+    with clock.frozen(NOON):
+        account = create_test_account(engine, "free")
+        response = app_client.get("/api/v1/credits", headers=account.headers)
+    assert response.status_code == 200
+    assert response.json() == {
+        "object": "credits",
+        "account_id": account.account_id,
+        "plan": "free",
+        "daily_allowance": 1000,
+        "used_today": 0,
+        "allowance_remaining": 1000,
+        "topup_balance": 0,
+        "held": 0,
+        "remaining": 1000,
+        "resets_at": "2026-03-10T19:00:00Z",
+    }
+
+
+def test_credits_after_spending_granting_and_holding(app_client: TestClient, engine: Engine) -> None:
+    with clock.frozen(datetime(2026, 3, 10, 20, 0, tzinfo=UTC)):  # already 2026-03-11 in Karachi
+        account = create_test_account(engine, "plus")
+        with engine.begin() as conn:
+            ledger.grant(conn, account.account_id, 25 * MICRO + 500_000, now=clock.now().timestamp())
+        charge(engine, account.account_id, account.key_id, 1200)
+        billing.reserve(engine, account_id=account.account_id, key_id=None, amount=300 * MICRO, purpose="t",
+                        ttl=60, tz="Asia/Karachi")
+        body = app_client.get("/api/v1/credits", headers=account.headers).json()
+    assert (body["plan"], body["daily_allowance"], body["used_today"], body["allowance_remaining"]) == (
+        "plus", 5000, 1200, 3800)
+    assert (body["topup_balance"], body["held"], body["remaining"]) == (25.5, 300, 3525.5)
+    assert body["resets_at"] == "2026-03-11T19:00:00Z"
+
+
+# ---------------------------------------------------------------- /usage
+
+
+@pytest.fixture
+def busy_account(engine: Engine) -> tuple[TestAccount, str, list[float]]:
+    """An account with entries from two keys and grants, one second apart; returns the second key and
+    the times at which each batch was written."""
+    account = create_test_account(engine, "plus")
+    with engine.begin() as conn:
+        second_key = accounts.create_key(conn, account.account_id, name="second", now=NOON.timestamp()).id
+    times = []
+    with clock.frozen(NOON) as advance:
+        for i in range(4):
+            advance(timedelta(seconds=10))
+            times.append(clock.now().timestamp())
+            charge(engine, account.account_id, account.key_id, 10 + i)  # reserve + settle: 2 entries
+            charge(engine, account.account_id, second_key, 1)
+            with engine.begin() as conn:
+                ledger.grant(conn, account.account_id, MICRO, now=clock.now().timestamp())
+    return account, second_key, times
+
+
+def all_pages(client: TestClient, headers: dict[str, str], query: str, limit: int) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(100):
+        url = f"/api/v1/usage?limit={limit}{query}" + (f"&after={cursor}" if cursor is not None else "")
+        page = client.get(url, headers=headers).json()
+        assert page["object"] == "list"
+        assert len(page["data"]) <= limit
+        items += page["data"]
+        if not page["has_more"]:
+            assert page["next_cursor"] is None
+            return items
+        assert len(page["data"]) == limit
+        cursor = page["next_cursor"]
+        assert cursor == page["data"][-1]["id"]
+    raise AssertionError("pagination never ended")
+
+
+def test_usage_pages_through_every_entry_newest_first(
+    app_client: TestClient, engine: Engine, busy_account: tuple[TestAccount, str, list[float]]
+) -> None:
+    account, _, _ = busy_account
+    with engine.connect() as conn:
+        expected = list(conn.execute(text("SELECT id FROM ledger_entries WHERE account_id = :a ORDER BY id DESC"),
+                                     {"a": account.account_id}).scalars())
+    assert len(expected) == 1 + 4 * 5
+
+    first = app_client.get("/api/v1/usage?limit=3", headers=account.headers).json()
+    assert (len(first["data"]), first["has_more"]) == (3, True)
+    assert first["data"][0]["id"] == expected[0]
+
+    items = all_pages(app_client, account.headers, "", 3)
+    assert [i["id"] for i in items] == expected
+    assert sum(i["credits"] for i in items) == 5000 - (10 + 11 + 12 + 13) - 4 + 4  # the balance
+    assert items[-1]["kind"] == "reset"
+    assert {i["kind"] for i in items} == {"reset", "reserve", "settle", "grant"}
+    default = app_client.get("/api/v1/usage", headers=account.headers).json()
+    assert (len(default["data"]), default["has_more"]) == (21, False)
+
+
+def test_usage_filters_by_key_and_time(
+    app_client: TestClient, busy_account: tuple[TestAccount, str, list[float]]
+) -> None:
+    account, second_key, times = busy_account
+    mine = all_pages(app_client, account.headers, f"&key_id={account.key_id}", 2)
+    assert len(mine) == 8 and {i["key_id"] for i in mine} == {account.key_id}
+    theirs = all_pages(app_client, account.headers, f"&key_id={second_key}", 50)
+    assert len(theirs) == 8 and {i["key_id"] for i in theirs} == {second_key}
+
+    window = all_pages(app_client, account.headers, f"&since={times[1]}&until={times[3]}", 2)
+    assert len(window) == 10  # batches 2 and 3: since is inclusive, until exclusive
+    assert all(times[1] <= i["created_at"] < times[3] for i in window)
+
+    both = all_pages(app_client, account.headers, f"&key_id={second_key}&since={times[3]}", 50)
+    assert len(both) == 2
+
+
+def test_usage_never_shows_another_account(
+    app_client: TestClient, engine: Engine, busy_account: tuple[TestAccount, str, list[float]]
+) -> None:
+    account, _, _ = busy_account
+    other = create_test_account(engine, "free")
+    page = app_client.get(f"/api/v1/usage?key_id={account.key_id}", headers=other.headers).json()
+    assert page["data"] == []
+    page = app_client.get("/api/v1/usage", headers=other.headers).json()
+    assert [i["kind"] for i in page["data"]] == ["reset"]
+
+
+# ---------------------------------------------------------------- /keys
+
+
+def test_create_list_use_and_delete_a_key(app_client: TestClient, engine: Engine, account: TestAccount) -> None:
+    created = app_client.post("/api/v1/keys", json={"name": "ci"}, headers=account.headers)
+    assert created.status_code == 201
+    body = created.json()
+    secret = body["key"]
+    assert secret.startswith("hx-") and body["prefix"] == secret[:11] and body["name"] == "ci"
+    new_headers = {"Authorization": f"Bearer {secret}"}
+
+    listed = app_client.get("/api/v1/keys", headers=account.headers)
+    assert listed.status_code == 200
+    assert secret not in listed.text and secret[11:] not in listed.text  # the secret is shown only once
+    views = {k["id"]: k for k in listed.json()["data"]}
+    assert set(views) == {account.key_id, body["id"]}
+    assert views[body["id"]]["prefix"] == body["prefix"]
+    assert views[body["id"]]["revoked_at"] is None
+
+    assert app_client.get("/api/v1/credits", headers=new_headers).status_code == 200
+    deleted = app_client.delete(f"/api/v1/keys/{body['id']}", headers=account.headers)
+    assert (deleted.status_code, deleted.json()["revoked"]) == (200, True)
+    refused = app_client.get("/api/v1/credits", headers=new_headers)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (401, "revoked_api_key")
+    assert app_client.get("/api/v1/credits", headers=account.headers).status_code == 200
+    after = {k["id"]: k for k in app_client.get("/api/v1/keys", headers=account.headers).json()["data"]}
+    assert after[body["id"]]["revoked_at"] is not None
+
+
+def test_a_key_can_delete_itself_and_fails_on_the_very_next_request(app_client: TestClient,
+                                                                    account: TestAccount) -> None:
+    assert app_client.delete(f"/api/v1/keys/{account.key_id}", headers=account.headers).status_code == 200
+    assert app_client.get("/api/v1/keys", headers=account.headers).status_code == 401
+
+
+def test_another_accounts_key_is_404_and_stays_valid(app_client: TestClient, engine: Engine,
+                                                     account: TestAccount) -> None:
+    other = create_test_account(engine, "free")
+    response = app_client.delete(f"/api/v1/keys/{other.key_id}", headers=account.headers)
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+    assert app_client.get("/api/v1/credits", headers=other.headers).status_code == 200
+    assert app_client.delete("/api/v1/keys/key_nonexistent", headers=account.headers).status_code == 404
+    listed = app_client.get("/api/v1/keys", headers=account.headers).json()["data"]
+    assert other.key_id not in {k["id"] for k in listed}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": 7},
+        {"name": "x" * 101},
+        {"expires_at": "never"},
+        {"daily_credit_cap": 0},
+        {"daily_credit_cap": -5},
+        {"daily_credit_cap": 0.0000001},  # below one micro-credit
+        {"daily_credit_cap": 10**10},
+    ],
+)
+def test_bad_key_input_is_400_and_creates_nothing(app_client: TestClient, engine: Engine, account: TestAccount,
+                                                  body: dict[str, Any]) -> None:
+    response = app_client.post("/api/v1/keys", json=body, headers=account.headers)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] in body
+    assert key_ids(engine, account.account_id) == [account.key_id]
+
+
+def test_an_expiry_in_the_past_is_400_and_creates_nothing(app_client: TestClient, engine: Engine,
+                                                         account: TestAccount) -> None:
+    with clock.frozen(NOON):
+        response = app_client.post("/api/v1/keys", json={"expires_at": NOON.timestamp()}, headers=account.headers)
+    assert (response.status_code, response.json()["error"]["param"]) == (400, "expires_at")
+    assert key_ids(engine, account.account_id) == [account.key_id]
+
+
+def test_key_expiry_round_trips_and_is_enforced(app_client: TestClient, account: TestAccount) -> None:
+    with clock.frozen(NOON) as advance:
+        expires = NOON.timestamp() + 3600
+        body = app_client.post("/api/v1/keys", json={"name": "temp", "expires_at": expires},
+                               headers=account.headers).json()
+        assert body["expires_at"] == expires
+        listed = {k["id"]: k for k in app_client.get("/api/v1/keys", headers=account.headers).json()["data"]}
+        assert listed[body["id"]]["expires_at"] == expires
+        headers = {"Authorization": f"Bearer {body['key']}"}
+        advance(timedelta(seconds=3599))
+        assert app_client.get("/api/v1/credits", headers=headers).status_code == 200
+        advance(timedelta(seconds=1))
+        refused = app_client.get("/api/v1/credits", headers=headers)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (401, "expired_api_key")
+
+
+def test_daily_credit_cap_round_trips_exactly(app_client: TestClient, engine: Engine, account: TestAccount) -> None:
+    body = app_client.post("/api/v1/keys", json={"name": "capped", "daily_credit_cap": 12.345678},
+                           headers=account.headers).json()
+    assert body["daily_credit_cap"] == 12.345678
+    listed = {k["id"]: k for k in app_client.get("/api/v1/keys", headers=account.headers).json()["data"]}
+    assert listed[body["id"]]["daily_credit_cap"] == 12.345678
+    assert listed[account.key_id]["daily_credit_cap"] is None
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT daily_cap FROM api_keys WHERE id = :k"), {"k": body["id"]}).scalar_one()
+    assert stored == 12_345_678
+
+
+# ---------------------------------------------------------------- health
+
+
+def test_healthz_and_readyz(app_client: TestClient) -> None:
+    assert app_client.get("/healthz").json() == {"status": "ok"}
+    ready = app_client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+
+
+def test_readyz_is_503_when_the_database_cannot_be_opened(app_client: TestClient, tmp_path: Path) -> None:
+    from common.db import make_engine
+
+    (tmp_path / "a-directory.db").mkdir()
+    broken = make_engine(f"sqlite:///{tmp_path / 'a-directory.db'}")
+    services = app_client.app.state.services  # type: ignore[attr-defined]
+    healthy, services.engine = services.engine, broken
+    try:
+        assert app_client.get("/healthz").status_code == 200  # alive, though not ready
+        ready = app_client.get("/readyz")
+    finally:
+        services.engine = healthy
+        broken.dispose()
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "unavailable"
+    assert ready.json()["checks"]["database"].startswith("error")
+    assert app_client.get("/readyz").status_code == 200
