@@ -1,0 +1,406 @@
+"""The media routes over HTTP (TestClient) with a real dramatiq.Worker on the StubBroker: images,
+videos, jobs, signed file URLs, validation that leaves no trace, plan gates and Idempotency-Key."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import av
+import pytest
+from PIL import Image
+
+from common import clock
+from common.signing import sign_file_url
+from tests.api.chat.helpers import assert_books_balance, books
+from tests.api.media.conftest import Media
+from tests.conftest import TestAccount
+from tests.workers.helpers import IMAGE_PRICE, VIDEO_PRICE
+
+IMAGES = "/api/v1/images/generations"
+ASYNC = {"Prefer": "respond-async"}
+VIDEO_STATUSES = {"queued", "in_progress", "completed", "failed"}
+
+
+def png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    assert image.format == "PNG"
+    return image
+
+
+def mp4_facts(data: bytes) -> tuple[int, int, int, float]:
+    """(width, height, frames, seconds) of an MP4, by decoding every frame with PyAV."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = list(container.decode(stream))
+        seconds = float(frames[-1].pts * stream.time_base + (stream.time_base * (frames[1].pts - frames[0].pts)))
+        return frames[0].width, frames[0].height, len(frames), seconds
+
+
+def error_of(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "code", "param"}, body
+    return body["error"]  # type: ignore[no-any-return]
+
+
+def poll_job(media: Media, account: TestAccount, job_id: str, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        view = media.client.get(f"/api/v1/jobs/{job_id}", headers=account.headers).json()
+        if view["status"] in ("succeeded", "failed", "canceled"):
+            return view  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, view
+        time.sleep(0.02)
+
+
+def poll_video(media: Media, account: TestAccount, video_id: str, timeout: float = 20.0
+               ) -> tuple[dict[str, Any], list[str]]:
+    """Retrieve until completed or failed; every answer's status and poll header are checked."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        response = media.client.get(f"/api/v1/videos/{video_id}", headers=account.headers)
+        assert response.status_code == 200, response.text
+        view = response.json()
+        assert view["status"] in VIDEO_STATUSES, view
+        unfinished = view["status"] in ("queued", "in_progress")
+        assert ("openai-poll-after-ms" in response.headers) == unfinished, (view, response.headers)
+        if unfinished:
+            assert int(response.headers["openai-poll-after-ms"]) > 0
+        seen.append(view["status"])
+        if not unfinished:
+            return view, seen
+        assert time.monotonic() < deadline, view
+        time.sleep(0.05)
+
+
+# --- images ----------------------------------------------------------------------------------------
+
+
+def test_an_image_request_waits_for_the_job_and_answers_the_openai_images_shape(media: Media) -> None:
+    account = media.account()
+    response = media.client.post(IMAGES, headers=account.headers,
+                                 json={"model": "nano-banana-pro", "prompt": "a lighthouse", "size": "256x256"})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"created", "data", "helyx"}
+    assert abs(body["created"] - clock.now().timestamp()) < 60
+    [item] = body["data"]
+    assert set(item) == {"url"}
+    helyx = body["helyx"]
+    assert helyx["job_id"].startswith("job_")
+    assert helyx["credits_charged"] == 200 and helyx["credits_remaining"] == 800
+    credits = media.client.get("/api/v1/credits", headers=account.headers).json()
+    assert credits["remaining"] == 800
+    row = media.jobs.job(helyx["job_id"])
+    assert row["status"] == "succeeded" and row["charged"] == IMAGE_PRICE
+
+    opened = media.client.get(item["url"])  # no Authorization header at all
+    assert opened.status_code == 200, opened.text
+    assert opened.headers["content-type"] == "image/png"
+    assert png(opened.content).size == (256, 256)
+    assert_books_balance(media.engine, account.account_id)
+
+
+def test_b64_json_returns_the_stored_png_inline(media: Media) -> None:
+    account = media.account()
+    response = media.client.post(IMAGES, headers=account.headers,
+                                 json={"prompt": "a lighthouse", "size": "320x192", "response_format": "b64_json"})
+
+    assert response.status_code == 200, response.text
+    [item] = response.json()["data"]
+    assert set(item) == {"b64_json"}
+    data = base64.b64decode(item["b64_json"], validate=True)
+    assert png(data).size == (320, 192)
+    [stored] = media.jobs.files(response.json()["helyx"]["job_id"])
+    assert (media.settings.storage_dir / stored["storage_key"]).read_bytes() == data
+
+
+def test_n_2_returns_two_different_images_and_charges_400(media: Media) -> None:
+    account = media.account()
+    before = books(media.engine, account.account_id)
+    response = media.client.post(IMAGES, headers=account.headers,
+                                 json={"prompt": "twin towers of toast", "size": "256x256", "n": 2})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["helyx"]["credits_charged"] == 400 and body["helyx"]["credits_remaining"] == 600
+    contents = [media.client.get(item["url"]).content for item in body["data"]]
+    assert len(contents) == 2 and contents[0] != contents[1]
+    assert all(png(c).size == (256, 256) for c in contents)
+    after = assert_books_balance(media.engine, account.account_id)
+    assert before.balance - after.balance == 2 * IMAGE_PRICE
+
+
+def test_prefer_respond_async_answers_202_with_the_job_which_jobs_then_shows_finished(
+        make_media: Callable[..., Media]) -> None:
+    media = make_media(simulated_job_seconds=0.5)
+    account = media.account()
+    response = media.client.post(IMAGES, headers={**account.headers, **ASYNC},
+                                 json={"prompt": "a slow sunrise", "size": "256x256"})
+
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["object"] == "job" and job["type"] == "image" and job["model"] == "nano-banana-pro"
+    assert job["status"] in ("queued", "running") and job["result"] is None and job["error"] is None
+    assert job["helyx"]["job_id"] == job["id"] and job["helyx"]["credits_charged"] == 0
+    assert job["helyx"]["credits_remaining"] == 800  # the 200 are held
+
+    done = poll_job(media, account, job["id"])
+    assert done["status"] == "succeeded" and done["progress"] == 100
+    assert done["helyx"]["credits_charged"] == 200
+    [file] = done["result"]["files"]
+    assert file["content_type"] == "image/png" and file["bytes"] > 0
+    assert png(media.client.get(file["url"]).content).size == (256, 256)
+    listed = media.client.get("/api/v1/jobs", headers=account.headers).json()
+    assert listed["object"] == "list" and [j["id"] for j in listed["data"]] == [job["id"]]
+    assert listed["data"][0]["status"] == "succeeded"
+    assert_books_balance(media.engine, account.account_id)
+
+
+def test_another_accounts_job_and_file_are_404_never_403(media: Media) -> None:
+    owner, stranger = media.account(), media.account()
+    job_id = media.client.post(IMAGES, headers=owner.headers,
+                               json={"prompt": "mine", "size": "256x256"}).json()["helyx"]["job_id"]
+    file_id = media.client.get(f"/api/v1/jobs/{job_id}", headers=owner.headers).json()["result"]["files"][0]["id"]
+
+    for method, path in [("GET", f"/api/v1/jobs/{job_id}"), ("POST", f"/api/v1/jobs/{job_id}/cancel"),
+                         ("GET", f"/api/v1/files/{file_id}/content"), ("GET", f"/api/v1/videos/{job_id}"),
+                         ("DELETE", f"/api/v1/videos/{job_id}")]:
+        error = error_of(media.client.request(method, path, headers=stranger.headers), 404)
+        assert error["type"] == "not_found_error"
+    assert media.client.get("/api/v1/jobs", headers=stranger.headers).json()["data"] == []
+    # an image job is not a video, even for its owner
+    assert error_of(media.client.get(f"/api/v1/videos/{job_id}", headers=owner.headers), 404)
+    assert media.client.get(f"/api/v1/files/{file_id}/content", headers=owner.headers).status_code == 200
+    assert media.jobs.job(job_id)["status"] == "succeeded"
+
+
+def test_a_tampered_or_expired_signature_needs_the_owners_key(media: Media) -> None:
+    owner, stranger = media.account(), media.account()
+    first = media.client.post(IMAGES, headers=owner.headers, json={"prompt": "one", "size": "256x256"}).json()
+    second = media.client.post(IMAGES, headers=owner.headers, json={"prompt": "two", "size": "256x256"}).json()
+    url, other_url = first["data"][0]["url"], second["data"][0]["url"]
+    assert media.client.get(url).status_code == 200
+
+    path, query = url.split("?", 1)
+    signature = query.split("signature=", 1)[1]
+    flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
+    tampered = f"{path}?{query.replace(signature, flipped)}"
+    error = error_of(media.client.get(tampered), 401)
+    assert error["type"] == "authentication_error"
+    assert media.client.get(tampered, headers=owner.headers).status_code == 200
+    error_of(media.client.get(tampered, headers=stranger.headers), 404)
+    # a valid signature for another file
+    other_path = other_url.split("?", 1)[0]
+    error_of(media.client.get(f"{other_path}?{query}"), 401)
+    # an expired one: the URL handed out stops working after its TTL ...
+    with clock.frozen(clock.now() + timedelta(seconds=media.settings.signed_url_ttl_seconds + 1)):
+        error_of(media.client.get(url), 401)
+    # ... and a correctly signed URL whose time has passed is refused
+    file_id = path.split("/files/", 1)[1].split("/", 1)[0]
+    secret = media.client.app.state.services.signing_secret  # type: ignore[attr-defined]
+    stale = sign_file_url("/api/v1", file_id, int(clock.now().timestamp()) - 1, secret)
+    error_of(media.client.get(stale), 401)
+    assert media.client.get(stale, headers=owner.headers).status_code == 200
+
+
+# --- videos ----------------------------------------------------------------------------------------
+
+
+def test_a_video_created_as_json_polls_to_completed_and_its_content_is_an_mp4_of_the_right_size(
+        make_media: Callable[..., Media]) -> None:
+    media = make_media(simulated_job_seconds=0.8)
+    account = media.account("plus")
+    before = books(media.engine, account.account_id)
+    response = media.client.post("/api/v1/videos", headers=account.headers,
+                                 json={"model": "vo3", "prompt": "a paper boat", "seconds": "4", "size": "1280x720"})
+
+    assert response.status_code == 200, response.text
+    video = response.json()
+    assert video["object"] == "video" and video["model"] == "vo3"
+    assert video["status"] in ("queued", "in_progress")
+    assert video["seconds"] == "4" and video["size"] == "1280x720" and video["error"] is None
+    assert int(response.headers["openai-poll-after-ms"]) > 0
+    assert video["helyx"]["job_id"] == video["id"]
+
+    done, seen = poll_video(media, account, video["id"])
+    assert "in_progress" in seen
+    assert done["status"] == "completed" and done["progress"] == 100 and done["error"] is None
+    assert done["completed_at"] >= done["created_at"] and done["expires_at"] > done["completed_at"]
+    assert done["helyx"]["credits_charged"] == 2000
+
+    content = media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers)
+    assert content.status_code == 200 and content.headers["content-type"] == "video/mp4"
+    width, height, frames, seconds = mp4_facts(content.content)
+    assert (width, height) == (1280, 720)
+    assert frames == 32 and seconds == pytest.approx(4.0, abs=0.01)
+    after = assert_books_balance(media.engine, account.account_id)
+    assert before.balance - after.balance == VIDEO_PRICE
+
+
+def test_a_video_created_as_multipart_form_data_like_the_sdk_sends_it(media: Media) -> None:
+    account = media.account("plus")
+    form = [("prompt", (None, "a tall ship")), ("model", (None, "vo3")), ("seconds", (None, "4")),
+            ("size", (None, "720x1280"))]
+    response = media.client.post("/api/v1/videos", headers=account.headers, files=form)
+
+    assert response.request.headers["content-type"].startswith("multipart/form-data")
+    assert response.status_code == 200, response.text
+    assert response.json()["size"] == "720x1280" and response.json()["seconds"] == "4"
+    done, _ = poll_video(media, account, response.json()["id"])
+    assert done["status"] == "completed"
+    content = media.client.get(f"/api/v1/videos/{done['id']}/content", headers=account.headers)
+    assert mp4_facts(content.content)[:3] == (720, 1280, 32)
+
+
+def test_a_canceled_video_shows_as_failed_with_error_code_canceled_and_is_refunded(
+        make_media: Callable[..., Media]) -> None:
+    media = make_media(simulated_job_seconds=5.0)
+    account = media.account("plus")
+    before = books(media.engine, account.account_id)
+    video = media.client.post("/api/v1/videos", headers=account.headers,
+                              json={"model": "vo3", "prompt": "never mind"}).json()
+
+    canceled = media.client.post(f"/api/v1/jobs/{video['id']}/cancel", headers=account.headers)
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    view, _ = poll_video(media, account, video["id"])
+    assert view["status"] == "failed" and view["error"]["code"] == "canceled"
+    listed = media.client.get("/api/v1/videos", headers=account.headers).json()
+    assert [v["status"] for v in listed["data"]] == ["failed"]
+    error_of(media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers), 404)
+    after = assert_books_balance(media.engine, account.account_id)
+    assert after.balance == before.balance and after.available == before.available
+
+
+def test_delete_removes_a_finished_videos_content_and_cancels_an_unfinished_one_with_a_refund(
+        make_media: Callable[..., Media]) -> None:
+    media = make_media(simulated_job_seconds=0.2)
+    account = media.account("plus")
+    video = media.client.post("/api/v1/videos", headers=account.headers, json={"prompt": "keep"}).json()
+    done, _ = poll_video(media, account, video["id"])
+    assert done["status"] == "completed"
+    assert media.jobs.stored_keys()
+
+    deleted = media.client.delete(f"/api/v1/videos/{video['id']}", headers=account.headers)
+    assert deleted.status_code == 200
+    assert deleted.json() == {"id": video["id"], "object": "video.deleted", "deleted": True}
+    error_of(media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers), 404)
+    assert media.jobs.files(video["id"]) == [] and media.jobs.stored_keys() == []
+    assert media.jobs.job(video["id"])["charged"] == VIDEO_PRICE  # delivered, so still paid for
+
+    before = books(media.engine, account.account_id)
+    pending = media.client.post("/api/v1/videos", headers=account.headers, json={"prompt": "drop"}).json()
+    assert pending["status"] in ("queued", "in_progress")  # removed before it can finish
+    assert media.client.delete(f"/api/v1/videos/{pending['id']}", headers=account.headers).status_code == 200
+    row = media.jobs.wait(pending["id"])
+    assert row["status"] == "canceled" and row["charged"] == 0
+    after = assert_books_balance(media.engine, account.account_id)
+    assert after.balance == before.balance
+
+
+# --- refusals that leave no trace -----------------------------------------------------------------
+
+
+def test_vo3_on_the_free_plan_is_403_and_nothing_is_reserved(media: Media) -> None:
+    account = media.account("free")
+    before, counts = books(media.engine, account.account_id), media.counts(account)
+    error = error_of(media.client.post("/api/v1/videos", headers=account.headers,
+                                       json={"model": "vo3", "prompt": "a boat"}), 403)
+    assert error["type"] == "permission_error" and error["param"] == "model"
+    assert books(media.engine, account.account_id) == before and media.counts(account) == counts
+
+
+BAD_IMAGES = [
+    ({"prompt": "x", "n": 5}, "n"),
+    ({"prompt": "x", "n": 0}, "n"),
+    ({"prompt": "x", "size": "13x7"}, "size"),
+    ({"size": "256x256"}, "prompt"),
+    ({"prompt": "x", "response_format": "gif"}, "response_format"),
+    ({"prompt": "x", "webhook_url": "ftp://example.com/hook"}, "webhook_url"),
+    ({"prompt": "x", "webhook_url": "not a url"}, "webhook_url"),
+    ({"prompt": "x", "webhook_url": "http://127.0.0.1:8080/hook"}, "webhook_url"),
+    ({"prompt": "x", "webhook_url": "http://169.254.169.254/latest/meta-data/"}, "webhook_url"),
+    ({"prompt": "x", "webhook_url": "http://10.0.0.7/hook"}, "webhook_url"),
+    ({"prompt": "x", "webhook_url": "http://[::1]/hook"}, "webhook_url"),
+    ({"prompt": "x", "webhook_url": "http://localhost/hook"}, "webhook_url"),
+    ({"prompt": "x", "webhook_url": "http://metadata.google.internal/computeMetadata/v1/"}, "webhook_url"),
+]
+BAD_VIDEOS = [
+    ({"prompt": "x", "seconds": "5"}, "seconds"),
+    ({"prompt": "x", "size": "13x7"}, "size"),
+    ({"model": "vo3"}, "prompt"),
+    ({"prompt": "x", "webhook_url": "http://192.168.1.1/hook"}, "webhook_url"),
+]
+
+
+def test_bad_input_is_a_400_envelope_and_leaves_no_job_no_hold_and_no_ledger_entry(media: Media) -> None:
+    account = media.account("plus")
+    before = books(media.engine, account.account_id)
+    cases = [(IMAGES, b, p) for b, p in BAD_IMAGES] + [("/api/v1/videos", b, p) for b, p in BAD_VIDEOS]
+    for path, body, param in cases:
+        response = media.client.post(path, headers=account.headers, json=body)
+
+        error = error_of(response, 400)
+        assert error["type"] == "invalid_request_error" and error["param"] == param, (body, error)
+        assert response.headers["x-should-retry"] == "false", body
+        assert media.counts(account) == (0, 0, 1), body  # only the opening allowance's entry
+        assert books(media.engine, account.account_id) == before, body
+
+
+def test_bad_multipart_input_is_a_400_too(media: Media) -> None:
+    account = media.account("plus")
+    response = media.client.post("/api/v1/videos", headers=account.headers,
+                                 files=[("prompt", (None, "x")), ("seconds", (None, "5"))])
+    assert error_of(response, 400)["param"] == "seconds"
+    assert media.counts(account) == (0, 0, 1)
+
+
+# --- Idempotency-Key ------------------------------------------------------------------------------
+
+
+def test_the_same_idempotency_key_and_body_is_the_same_job_charged_once(media: Media) -> None:
+    account = media.account()
+    headers = {**account.headers, **ASYNC, "Idempotency-Key": "order-42"}
+    body = {"prompt": "a single kite", "size": "256x256"}
+    first = media.client.post(IMAGES, headers=headers, json=body)
+    second = media.client.post(IMAGES, headers=headers, json=body)
+
+    assert first.status_code == second.status_code == 202
+    assert first.json()["id"] == second.json()["id"]
+    poll_job(media, account, first.json()["id"])
+    third = media.client.post(IMAGES, headers=headers, json=body)  # after it finished, too
+    assert third.json()["id"] == first.json()["id"] and third.json()["status"] == "succeeded"
+    assert media.counts(account)[:2] == (1, 1)
+    after = assert_books_balance(media.engine, account.account_id)
+    assert after.balance == 800_000_000
+
+    other = media.client.post(IMAGES, headers=headers, json={**body, "prompt": "two kites"})
+    error = error_of(other, 409)
+    assert error["type"] == "conflict_error" and other.headers["x-should-retry"] == "false"
+    assert media.counts(account)[:2] == (1, 1)
+    assert books(media.engine, account.account_id) == after
+
+
+def test_twenty_concurrent_duplicates_make_one_job(media: Media) -> None:
+    account = media.account()
+    headers = {**account.headers, **ASYNC, "Idempotency-Key": "burst-1"}
+    body = {"prompt": "a burst", "size": "256x256"}
+
+    with ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(lambda _: media.client.post(IMAGES, headers=headers, json=body), range(20)))
+
+    assert [r.status_code for r in responses] == [202] * 20, [r.text for r in responses if r.status_code != 202]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert media.counts(account)[:2] == (1, 1)
+    poll_job(media, account, responses[0].json()["id"])
+    after = assert_books_balance(media.engine, account.account_id)
+    assert after.balance == 800_000_000
