@@ -73,7 +73,8 @@ class Gateway:
         headers = {}
         if key is not None:
             headers["Authorization"] = f"Bearer {key.api_key if isinstance(key, TestAccount) else key}"
-        return httpx.Client(base_url=self.api, headers=headers, timeout=timeout, trust_env=False)
+        return httpx.Client(base_url=self.api, headers=headers, timeout=timeout, trust_env=False,
+                            verify=False)  # plain http on 127.0.0.1: no certificate store to load
 
 
 # --- the books ---------------------------------------------------------------------------------
