@@ -1,0 +1,221 @@
+"""Operator routes behind HELYX_ADMIN_TOKEN: accounts, plans, grants (SPEC §4, §6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+
+from common import billing
+from common.money import MICRO
+from tests.common.test_ledger import assert_books_balance
+from tests.conftest import ADMIN_TOKEN, TestAccount, make_settings
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def count(engine: Engine, table: str, where: str = "1 = 1", **params: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT COUNT(*) FROM {table} WHERE {where}"), params).scalar_one())
+
+
+def create(client: TestClient, email: str, plan: str | None = None) -> dict[str, Any]:
+    body = {"email": email} if plan is None else {"email": email, "plan": plan}
+    response = client.post("/admin/accounts", json=body, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- the guard
+
+
+ROUTES = [("get", "/admin/accounts"), ("post", "/admin/accounts"), ("post", "/admin/accounts/acct_x/plan"),
+          ("post", "/admin/accounts/acct_x/credits")]
+BAD_CREDENTIALS = [{}, {"Authorization": "Bearer wrong-token"}, {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
+                   {"Authorization": f"Bearer {ADMIN_TOKEN[:-1]}"}, {"Authorization": ADMIN_TOKEN},
+                   {"Authorization": f"Basic {ADMIN_TOKEN}"}]
+
+
+def test_admin_routes_need_the_token(app_client: TestClient, engine: Engine) -> None:
+    for method, path in ROUTES:
+        for headers in BAD_CREDENTIALS:
+            kwargs: dict[str, Any] = {"json": {"email": "x@example.com", "plan": "pro", "amount": 5}} \
+                if method == "post" else {}
+            response = getattr(app_client, method)(path, headers=headers, **kwargs)
+            assert response.status_code == 401, (method, path, headers)
+            assert response.json()["error"]["type"] == "authentication_error"
+            assert response.headers["x-should-retry"] == "false"
+    assert count(engine, "accounts") == 0
+
+
+def test_a_user_api_key_is_not_an_admin_token(app_client: TestClient, account: TestAccount) -> None:
+    assert app_client.get("/admin/accounts", headers=account.headers).status_code == 401
+
+
+def test_without_a_configured_token_the_admin_routes_do_not_exist(tmp_path: Path) -> None:
+    from api.app import create_app
+    from common.db import make_engine
+    from common.migrate import upgrade
+
+    settings = make_settings(tmp_path, admin_token=None)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    try:
+        with TestClient(create_app(settings)) as client:
+            for headers in ({}, ADMIN, {"Authorization": "Bearer "}):
+                listed = client.get("/admin/accounts", headers=headers)
+                created = client.post("/admin/accounts", json={"email": "a@example.com"}, headers=headers)
+                for response in (listed, created):
+                    assert response.status_code == 404
+                    assert response.json()["error"]["type"] == "not_found_error"
+        assert count(engine, "accounts") == 0
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------- accounts
+
+
+def test_create_an_account_whose_key_works(app_client: TestClient, engine: Engine) -> None:
+    body = create(app_client, "new@example.com", "plus")
+    assert body["account_id"].startswith("acct_") and body["api_key"].startswith("hx-")
+    credits = app_client.get("/api/v1/credits", headers={"Authorization": f"Bearer {body['api_key']}"})
+    assert credits.status_code == 200
+    assert (credits.json()["account_id"], credits.json()["plan"], credits.json()["remaining"]) == (
+        body["account_id"], "plus", 5000)
+    assert count(engine, "api_keys", "id = :k AND account_id = :a", k=body["key_id"], a=body["account_id"]) == 1
+
+
+def test_plan_defaults_to_free(app_client: TestClient) -> None:
+    body = create(app_client, "default@example.com")
+    credits = app_client.get("/api/v1/credits", headers={"Authorization": f"Bearer {body['api_key']}"}).json()
+    assert (credits["plan"], credits["daily_allowance"]) == ("free", 1000)
+
+
+def test_duplicate_email_is_409_and_creates_nothing(app_client: TestClient, engine: Engine) -> None:
+    create(app_client, "twice@example.com")
+    response = app_client.post("/admin/accounts", json={"email": "twice@example.com", "plan": "pro"}, headers=ADMIN)
+    assert response.status_code == 409
+    assert response.json()["error"]["type"] == "conflict_error"
+    assert response.headers["x-should-retry"] == "false"
+    assert count(engine, "accounts") == 1 and count(engine, "api_keys") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"email": "a@example.com", "plan": "gold"}, "plan"),
+        ({"email": "a@example.com", "plan": "FREE"}, "plan"),
+        ({"email": "a@example.com", "plan": None}, "plan"),
+        ({"email": "not-an-email", "plan": "free"}, "email"),
+        ({"email": "", "plan": "free"}, "email"),
+        ({"plan": "free"}, "email"),
+        ({"email": 12345, "plan": "free"}, "email"),
+    ],
+)
+def test_bad_account_input_is_400_with_param_and_creates_nothing(
+    app_client: TestClient, engine: Engine, body: dict[str, Any], param: str
+) -> None:
+    response = app_client.post("/admin/accounts", json=body, headers=ADMIN)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert count(engine, "accounts") == 0
+    assert count(engine, "ledger_entries") == 0
+
+
+def test_list_accounts_pages_through_every_account(app_client: TestClient) -> None:
+    created = {create(app_client, f"user{i}@example.com", "free")["account_id"] for i in range(7)}
+    seen: list[str] = []
+    after = None
+    for _ in range(10):
+        query = "limit=3" + (f"&after={after}" if after else "")
+        page = app_client.get(f"/admin/accounts?{query}", headers=ADMIN).json()
+        assert len(page["data"]) <= 3
+        seen += [a["id"] for a in page["data"]]
+        if not page["has_more"]:
+            assert page["next_cursor"] is None
+            break
+        after = page["next_cursor"]
+        assert after == page["data"][-1]["id"]
+    assert seen == sorted(created)
+    first = app_client.get("/admin/accounts?limit=1", headers=ADMIN).json()["data"][0]
+    assert set(first) >= {"id", "email", "plan", "allowance_remaining", "topup_balance", "held", "created_at"}
+    for bad in ("limit=0", "limit=1001", "limit=x"):
+        response = app_client.get(f"/admin/accounts?{bad}", headers=ADMIN)
+        assert (response.status_code, response.json()["error"]["param"]) == (400, "limit")
+
+
+# ---------------------------------------------------------------- plans
+
+
+def test_set_plan_changes_today_allowance(app_client: TestClient, engine: Engine) -> None:
+    body = create(app_client, "upgrade@example.com", "free")
+    hold_id = billing.reserve(engine, account_id=body["account_id"], key_id=None, amount=250 * MICRO, purpose="t",
+                              ttl=60, tz="Asia/Karachi")
+    billing.settle(engine, hold_id, 250 * MICRO)
+    response = app_client.post(f"/admin/accounts/{body['account_id']}/plan", json={"plan": "pro"}, headers=ADMIN)
+    assert response.status_code == 200
+    summary = response.json()
+    assert (summary["plan"], summary["daily_allowance"], summary["used_today"], summary["remaining"]) == (
+        "pro", 10_000, 250, 9_750)
+    user = app_client.get("/api/v1/credits", headers={"Authorization": f"Bearer {body['api_key']}"}).json()
+    assert (user["plan"], user["remaining"]) == ("pro", 9_750)
+    with engine.connect() as conn:
+        assert_books_balance(conn)
+
+
+def test_set_plan_refuses_bad_input_and_unknown_accounts(app_client: TestClient, engine: Engine) -> None:
+    body = create(app_client, "stay@example.com", "plus")
+    entries = count(engine, "ledger_entries")
+    for payload in ({"plan": "platinum"}, {}, {"plan": 3}):
+        response = app_client.post(f"/admin/accounts/{body['account_id']}/plan", json=payload, headers=ADMIN)
+        assert (response.status_code, response.json()["error"]["param"]) == (400, "plan")
+    missing = app_client.post("/admin/accounts/acct_missing/plan", json={"plan": "pro"}, headers=ADMIN)
+    assert missing.status_code == 404
+    assert count(engine, "ledger_entries") == entries
+    assert count(engine, "accounts", "plan = 'plus'") == 1
+
+
+# ---------------------------------------------------------------- grants
+
+
+def test_grant_credits_is_idempotent_with_a_reference(app_client: TestClient, engine: Engine) -> None:
+    body = create(app_client, "grant@example.com")
+    url = f"/admin/accounts/{body['account_id']}/credits"
+    first = app_client.post(url, json={"amount": 12.5, "reference": "invoice-7"}, headers=ADMIN)
+    again = app_client.post(url, json={"amount": 12.5, "reference": "invoice-7"}, headers=ADMIN)
+    assert (first.status_code, first.json()["granted"], first.json()["topup_balance"]) == (200, True, 12.5)
+    assert (again.status_code, again.json()["granted"], again.json()["topup_balance"]) == (200, False, 12.5)
+    plain = app_client.post(url, json={"amount": 0.000001}, headers=ADMIN).json()
+    assert (plain["granted"], plain["topup_balance"]) == (True, 12.500001)
+    assert count(engine, "ledger_entries", "kind = 'grant'") == 2
+    with engine.connect() as conn:
+        topup = conn.execute(text("SELECT topup FROM accounts WHERE id = :a"), {"a": body["account_id"]}).scalar_one()
+        assert_books_balance(conn)
+    assert topup == 12_500_001
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"amount": 0}, {"amount": -5}, {"amount": "lots"}, {"amount": None}, {}, {"amount": 10**10},
+     {"amount": 0.0000001}, {"amount": 5, "reference": "r" * 201}],
+)
+def test_bad_grants_are_400_and_write_no_ledger_entry(app_client: TestClient, engine: Engine,
+                                                      payload: dict[str, Any]) -> None:
+    body = create(app_client, "nogrant@example.com")
+    entries = count(engine, "ledger_entries")
+    response = app_client.post(f"/admin/accounts/{body['account_id']}/credits", json=payload, headers=ADMIN)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] in ("amount", "reference")
+    assert count(engine, "ledger_entries") == entries
+    assert count(engine, "accounts", "topup = 0") == 1
+
+
+def test_grant_to_an_unknown_account_is_404(app_client: TestClient, engine: Engine) -> None:
+    response = app_client.post("/admin/accounts/acct_missing/credits", json={"amount": 5}, headers=ADMIN)
+    assert response.status_code == 404
+    assert count(engine, "ledger_entries") == 0
