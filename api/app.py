@@ -10,15 +10,31 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import REGISTRY
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.routes import account, admin, chat, files, generations, health, images, jobs, models, videos, webhooks
+from api.observability import ObservabilityMiddleware
+from api.routes import (
+    account,
+    admin,
+    chat,
+    files,
+    generations,
+    health,
+    images,
+    jobs,
+    metrics,
+    models,
+    videos,
+    webhooks,
+)
 from api.services import Services
 from common import billing
 from common.catalog import load_catalog
 from common.db import get_engine
+from common.metrics import DatabaseCollector
 from common.providers.http import build_http_client
 from common.providers.registry import Providers
 from common.ratelimit import RateLimiter
@@ -61,13 +77,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
-    for module in (health, account, admin, models, chat, generations, images, videos, jobs, files, webhooks):
+    for module in (health, metrics, account, admin, models, chat, generations, images, videos, jobs, files, webhooks):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id"])
+    app.add_middleware(ObservabilityMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    _register_collector(services)
     return app
 
 
@@ -86,3 +104,33 @@ def _enqueuer():  # type: ignore[no-untyped-def]
     from workers.actors import enqueue
 
     return enqueue
+
+
+_collector: DatabaseCollector | None = None
+
+
+def _register_collector(services: Services) -> None:
+    """One database collector per process (tests build many apps)."""
+    global _collector
+    if _collector is not None:
+        REGISTRY.unregister(_collector)
+    _collector = DatabaseCollector(services.engine, _queue_depth_reader(services.settings))
+    REGISTRY.register(_collector)
+
+
+def _queue_depth_reader(settings: Settings):  # type: ignore[no-untyped-def]
+    from workers.broker import broker
+
+    def depth() -> dict[str, int]:
+        return {name: queue_size(broker, name) for name in ("images", "videos", "webhooks")}
+
+    return depth
+
+
+def queue_size(broker, name: str) -> int:  # type: ignore[no-untyped-def]
+    """Waiting messages (not yet delivered) in a Dramatiq queue, Redis or in-process."""
+    queues = getattr(broker, "queues", {})
+    if hasattr(broker, "client"):
+        return int(broker.client.llen(f"{broker.namespace}:{name}"))
+    queue = queues.get(name)
+    return queue.qsize() if queue is not None else 0

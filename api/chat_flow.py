@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ from common.accounts import Principal
 from common.catalog import ModelEntry
 from common.chat_billing import Outcome, Reservation
 from common.errors import HelyxError, InvalidRequest, UpstreamError
+from common.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
+from common.money import MICRO
 from common.providers.base import ChatDelta, ChatProvider, ChatRequest, Usage
 from common.providers.retry import call_with_retries, open_stream_with_retries
 from common.providers.simulated import SYSTEM_FINGERPRINT
@@ -43,12 +46,26 @@ class ChatCall:
     started: float
     fingerprint: str | None
     headers: dict[str, str]
+    log_fields: dict[str, Any]
 
     async def finish(self, outcome: Outcome, stream: bool) -> Any:
-        return await run_in_threadpool(
+        settlement = await run_in_threadpool(
             chat_billing.finish_chat, self.services.engine, self.principal, self.entry, self.reservation, outcome,
             stream=stream, started=self.started,
         )
+        usage = outcome.usage
+        self.log_fields.update(
+            model=self.entry.id, generation_id=self.id, outcome=outcome.status, credits=settlement.charged / MICRO,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
+        return settlement
+
+    def upstream_done(self, since: float, kind: str, error: BaseException | None = None) -> None:
+        provider = self.entry.provider
+        UPSTREAM_LATENCY.labels(provider, kind).observe(time.perf_counter() - since)
+        if error is not None:
+            UPSTREAM_ERRORS.labels(provider, _code(error)).inc()
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
         return sse_data({
@@ -58,7 +75,8 @@ class ChatCall:
         })
 
 
-async def create_completion(services: Services, principal: Principal, body: ChatCompletionRequest) -> Response:
+async def create_completion(services: Services, principal: Principal, body: ChatCompletionRequest,
+                            log_fields: dict[str, Any]) -> Response:
     settings = services.settings
     messages = body.message_dicts()
     _check_limits(messages, settings.max_messages, settings.max_message_chars)
@@ -81,17 +99,20 @@ async def create_completion(services: Services, principal: Principal, body: Chat
                     presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                     user=body.user),
         reservation, call_id, int(started), started,
-        SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, decision.headers(),
+        SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, decision.headers(), log_fields,
     )
     return await (_stream(call) if body.stream else _complete(call))
 
 
 async def _complete(call: ChatCall) -> Response:
     settings = call.services.settings
+    since = time.perf_counter()
     try:
         result = await call_with_retries(lambda: call.provider.complete(call.request),
                                          retries=settings.upstream_retries, backoff=settings.upstream_backoff_seconds)
+        call.upstream_done(since, "complete")
     except BaseException as exc:
+        call.upstream_done(since, "complete", exc)
         with anyio.CancelScope(shield=True):
             await call.finish(Outcome(call.id, "failed", None, error_code=_code(exc)), stream=False)
         raise
@@ -111,12 +132,15 @@ async def _complete(call: ChatCall) -> Response:
 
 async def _stream(call: ChatCall) -> Response:
     settings = call.services.settings
+    since = time.perf_counter()
     try:
         first, stream = await open_stream_with_retries(
             lambda: call.provider.stream(call.request), retries=settings.upstream_retries,
             backoff=settings.upstream_backoff_seconds,
         )
+        call.upstream_done(since, "stream_first_chunk")
     except BaseException as exc:
+        call.upstream_done(since, "stream_first_chunk", exc)
         with anyio.CancelScope(shield=True):
             await call.finish(Outcome(call.id, "failed", None, error_code=_code(exc)), stream=True)
         raise

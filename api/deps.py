@@ -43,6 +43,9 @@ def _authenticate(services: Services, presented: str | None) -> Principal:
 async def get_principal(request: Request, services: ServicesDep) -> Principal:
     principal = await run_in_threadpool(_authenticate, services, _bearer(request))
     request.state.principal = principal
+    fields = getattr(request.state, "log", None)
+    if fields is not None:
+        fields.update(account_id=principal.account_id, key_prefix=principal.key_prefix)
     return principal
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-from common import accounts, billing, clock
+from common import accounts, billing, clock, logs
 from common.db import get_engine
 from common.migrate import upgrade
 from common.settings import get_settings
@@ -53,7 +53,7 @@ def serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
-    logging.basicConfig(level=settings.log_level, format="%(message)s")
+    logs.configure(settings.log_level)
     upgrade(get_engine(settings.database_url))
     if args.demo:
         _demo_key(host, port)

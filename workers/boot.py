@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dramatiq
 
+from common import logs
+from common.settings import get_settings
 from workers import sweeper
 from workers.actors import enqueue
 from workers.broker import broker
@@ -14,4 +16,5 @@ class SweeperMiddleware(dramatiq.Middleware):
         sweeper.start(enqueue)
 
 
+logs.configure(get_settings().log_level)
 broker.add_middleware(SweeperMiddleware())

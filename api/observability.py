@@ -1,0 +1,54 @@
+"""Per-request metrics and one JSON log line per request (pure ASGI, measured to the last byte,
+so a stream is logged when it ends, with its tokens and credits).
+
+Handlers add fields for the line to `request.state.log` (a dict): account, key prefix, model,
+tokens, credits. Never a full key; never a prompt unless HELYX_LOG_PROMPTS is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.metrics import LATENCY, REQUESTS
+
+log = logging.getLogger("helyx.request")
+_SKIP = frozenset({"/metrics", "/healthz", "/readyz"})
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        fields: dict[str, object] = {}
+        state["log"] = fields
+        status = 500
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            REQUESTS.labels(template, method, str(status)).inc()
+            LATENCY.labels(template, method).observe(elapsed)
+            if template not in _SKIP:
+                log.info("request", extra={
+                    "request_id": state.get("request_id"), "method": method, "route": template,
+                    "status": status, "latency_ms": round(elapsed * 1000, 2), **fields,
+                })

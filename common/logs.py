@@ -1,0 +1,32 @@
+"""Structured logs: one JSON object per line (python-json-logger), for every process.
+
+Request lines come from api.observability; job transitions from workers.execute. A full `hx-`
+key never reaches a log: authentication logs only the display prefix, and prompts are logged only
+when HELYX_LOG_PROMPTS is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+_configured = False
+
+
+def configure(level: str = "INFO") -> None:
+    """JSON lines on stderr for the root logger (idempotent)."""
+    global _configured
+    if _configured:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter("{asctime}{levelname}{name}{message}", style="{",
+                                       rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                                       json_ensure_ascii=False))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("alembic", "uvicorn.access", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _configured = True

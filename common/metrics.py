@@ -1,0 +1,69 @@
+"""Prometheus metrics (prometheus_client).
+
+Per-process instruments (request counts and latency, upstream latency and errors) live in the
+process that observes them; with several uvicorn workers set PROMETHEUS_MULTIPROC_DIR (the
+library's own variable) to aggregate them. Money and job figures are read from the database at
+scrape time, so every process reports the same truth: credits charged and refunded by model,
+jobs by state, open holds; the queue depth comes from the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, text
+
+from common.money import MICRO
+
+REQUESTS = Counter("helyx_http_requests_total", "HTTP requests", ["route", "method", "status"])
+LATENCY = Histogram(
+    "helyx_http_request_duration_seconds", "HTTP request latency (to the last body byte)", ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+UPSTREAM_LATENCY = Histogram(
+    "helyx_upstream_request_duration_seconds", "Provider call latency (to the full answer or first chunk)",
+    ["provider", "kind"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+UPSTREAM_ERRORS = Counter("helyx_upstream_errors_total", "Provider call failures", ["provider", "code"])
+
+
+class DatabaseCollector(Collector):
+    """Gauges computed from the database (and broker) when Prometheus scrapes."""
+
+    def __init__(self, engine: Engine, queue_depth: Any = None) -> None:
+        self._engine = engine
+        self._queue_depth = queue_depth
+
+    def collect(self) -> Iterator[Metric]:
+        charged = CounterMetricFamily("helyx_credits_charged", "Credits charged, by model", labels=["model", "kind"])
+        refunded = CounterMetricFamily("helyx_credits_refunded", "Credits refunded by failed or canceled jobs",
+                                       labels=["model"])
+        jobs = GaugeMetricFamily("helyx_jobs", "Media jobs by state", labels=["type", "state"])
+        holds = GaugeMetricFamily("helyx_open_holds", "Open credit reservations")
+        held = GaugeMetricFamily("helyx_open_holds_credits", "Credits held by open reservations")
+        with self._engine.connect() as conn:
+            for model, total in conn.execute(text("SELECT model, COALESCE(SUM(credits), 0) FROM generations"
+                                                  " GROUP BY model")):
+                charged.add_metric([model, "chat"], total / MICRO)
+            for model, kind, total, refund in conn.execute(text(
+                "SELECT model, type, COALESCE(SUM(charged), 0), COALESCE(SUM(CASE WHEN status IN"
+                " ('failed', 'canceled') THEN price ELSE 0 END), 0) FROM jobs GROUP BY model, type")):
+                charged.add_metric([model, kind], total / MICRO)
+                refunded.add_metric([model], refund / MICRO)
+            by_state = text("SELECT type, status, COUNT(*) FROM jobs GROUP BY type, status")
+            for kind, state, count in conn.execute(by_state):
+                jobs.add_metric([kind, state], count)
+            count, amount = conn.execute(text("SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM holds"
+                                              " WHERE status = 'open'")).one()
+        holds.add_metric([], count)
+        held.add_metric([], amount / MICRO)
+        yield from (charged, refunded, jobs, holds, held)
+        if self._queue_depth is not None:
+            depth = GaugeMetricFamily("helyx_queue_depth", "Messages waiting in the job queues", labels=["queue"])
+            for queue, size in self._queue_depth().items():
+                depth.add_metric([queue], size)
+            yield depth
