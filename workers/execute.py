@@ -57,11 +57,11 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
         return
     if job is None:
         return  # finished, canceled, or running under a live lease elsewhere
-    log.info("job %s attempt %d started by %s", job.id, job.attempts, owner)
+    _transition(job, "running", owner=owner)
     try:
         media = asyncio.run(_produce(job, owner))
     except LeaseLost:
-        log.warning("job %s: lease lost, abandoning", job.id)
+        _transition(job, "abandoned", reason="lease lost (canceled or reclaimed)")
         return
     except UpstreamError as exc:
         _failed(job, owner, exc, requeue, notify)
@@ -73,11 +73,18 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
         return
     files = _store(job, media)
     if lifecycle.succeed(engine, job, owner, files, settings.results_ttl_days * 86400):
-        log.info("job %s succeeded", job.id)
+        _transition(job, "succeeded", files=len(files))
         notify(job.id)
     else:
         for f in files:
             context.storage().delete(f["storage_key"])
+
+
+def _transition(job: ClaimedJob, to: str, **fields: Any) -> None:
+    """One structured log line per job state change."""
+    level = logging.WARNING if to in ("failed", "abandoned") else logging.INFO
+    log.log(level, "job transition", extra={"job_id": job.id, "account_id": job.account_id, "type": job.type,
+                                            "model": job.model, "attempt": job.attempts, "to": to, **fields})
 
 
 def _failed(job: ClaimedJob, owner: str, exc: UpstreamError, requeue: Requeue, notify: Notify) -> None:
@@ -87,11 +94,11 @@ def _failed(job: ClaimedJob, owner: str, exc: UpstreamError, requeue: Requeue, n
     if exc.retryable and not timed_out and job.attempts <= settings.job_max_retries:
         if lifecycle.requeue(engine, job.id, owner, exc.code, exc.message):
             delay = settings.job_retry_backoff_ms * 2 ** (job.attempts - 1)
-            log.warning("job %s attempt %d failed (%s), retrying in %d ms", job.id, job.attempts, exc.code, delay)
+            _transition(job, "queued", error_code=exc.code, retry_in_ms=delay)
             requeue(args=(job.id,), delay=delay)
         return
     if lifecycle.fail(engine, job, owner, exc.code, exc.message):
-        log.warning("job %s failed: %s", job.id, exc.message)
+        _transition(job, "failed", error_code=exc.code, error=exc.message)
         notify(job.id)
 
 
