@@ -1,0 +1,191 @@
+"""Real Helyx processes for the integration tests: `helyx serve`, `helyx worker` and uvicorn, each
+started as a subprocess in its own session (so a kill reaches its children too), with an explicit
+environment, on a free port of 127.0.0.1, and always killed at teardown.
+
+    with Processes(tmp_path) as procs:
+        api = procs.serve(env)                 # waits for /readyz
+        worker = procs.worker(env)             # `helyx worker --processes 1 --threads 4`
+        worker.kill()                          # SIGKILL to its whole process group
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+HELYX = str(VENV_BIN / "helyx")
+REPO = Path(__file__).resolve().parents[2]
+# Provider keys the built-in catalog names: never inherited, so every model is simulated.
+_PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "PERPLEXITY_API_KEY", "XAI_API_KEY",
+                  "MOONSHOT_API_KEY", "DASHSCOPE_API_KEY", "ZHIPU_API_KEY", "MINIMAX_API_KEY", "GROQ_API_KEY",
+                  "MISTRAL_API_KEY")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(**helyx: object) -> dict[str, str]:
+    """The parent's environment without any HELYX_* or provider key, plus the given HELYX_ values
+    (keyword `database_url` becomes HELYX_DATABASE_URL)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELYX_") and k not in _PROVIDER_KEYS}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({f"HELYX_{k.upper()}": str(v) for k, v in helyx.items() if v is not None})
+    return env
+
+
+@dataclass
+class Proc:
+    """One started process (the leader of its own process group)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int | None = None
+    stopped: bool = field(default=False)
+
+    @property
+    def url(self) -> str:
+        assert self.port is not None, f"{self.name} has no port"
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api(self) -> str:
+        return self.url + "/api/v1"
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self, tail: int = 4000) -> str:
+        try:
+            return self.log_path.read_text("utf-8", "replace")[-tail:]
+        except OSError:
+            return ""
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, sig)
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the process and everything it started; wait until it is gone."""
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
+        self.stopped = True
+
+    def terminate(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (a graceful stop); SIGKILL whatever is left after `timeout`. The exit code."""
+        self.signal_group(signal.SIGTERM)
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.signal_group(signal.SIGKILL)  # stragglers of the group (dramatiq's children)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+        self.stopped = True
+        return code
+
+
+class Processes:
+    """Starts processes and kills every one of them when the block ends, whatever happened."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.started: list[Proc] = []
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for proc in self.started:
+            if not proc.stopped or proc.alive():
+                proc.kill()
+
+    def start(self, name: str, argv: list[str], env: Mapping[str, str], port: int | None = None) -> Proc:
+        log_path = self.workdir / f"{name}-{len(self.started)}.log"
+        with open(log_path, "wb") as log:
+            # cwd is a scratch dir, so no stray .env file is read; start_new_session makes the
+            # child a group leader, so kill() reaches dramatiq's worker processes as well.
+            popen = subprocess.Popen(argv, env=dict(env), cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = Proc(name, popen, log_path, port)
+        self.started.append(proc)
+        return proc
+
+    def serve(self, env: Mapping[str, str], *, ready_timeout: float = 40.0, port: int | None = None) -> Proc:
+        """`helyx serve` on 127.0.0.1:<free port>, returned once /readyz answers 200."""
+        port = port or free_port()
+        proc = self.start("serve", [HELYX, "serve", "--host", "127.0.0.1", "--port", str(port)], env, port)
+        wait_ready(proc, ready_timeout)
+        return proc
+
+    def uvicorn(self, env: Mapping[str, str], *, ready_timeout: float = 40.0) -> Proc:
+        """`uvicorn api.main:app` (the Procfile's web line) after `helyx migrate`."""
+        subprocess.run([HELYX, "migrate"], env=dict(env), cwd=self.workdir, check=True, timeout=60,
+                       stdout=subprocess.DEVNULL)
+        port = free_port()
+        argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
+                "--no-access-log", "--timeout-graceful-shutdown", "2"]
+        proc = self.start("uvicorn", argv, env, port)
+        wait_ready(proc, ready_timeout)
+        return proc
+
+    def worker(self, env: Mapping[str, str], *, processes: int = 1, threads: int = 4) -> Proc:
+        """`helyx worker` (dramatiq over workers.actors); needs HELYX_REDIS_URL in `env`."""
+        argv = [HELYX, "worker", "--processes", str(processes), "--threads", str(threads)]
+        return self.start("worker", argv, env)
+
+
+def wait_ready(proc: Proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise AssertionError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log()}")
+            try:
+                response = client.get(proc.url + "/readyz")
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            time.sleep(0.1)
+    raise AssertionError(f"{proc.name} not ready within {timeout} s ({last}):\n{proc.log()}")
+
+
+def wait_dramatiq_workers(redis_url: str, count: int, timeout: float = 40.0, namespace: str = "dramatiq") -> None:
+    """Until `count` Dramatiq broker instances have fetched from Redis (their heartbeats), i.e. the
+    worker processes are up and consuming."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if client.zcard(f"{namespace}:__heartbeats__") >= count:
+                return
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise AssertionError(f"{count} dramatiq worker(s) did not start within {timeout} s")
