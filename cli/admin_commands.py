@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 from sqlalchemy import Engine
@@ -74,9 +75,14 @@ def usage(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_CREDITS = 10**9  # as in the admin API: larger amounts overflow the BIGINT micro-credit columns
+
+
 def _micro(amount: float, name: str) -> int:
-    if amount <= 0:
+    if not math.isfinite(amount) or amount <= 0:
         raise InvalidRequest(f"{name} must be a positive number of credits.", param=name)
+    if amount > MAX_CREDITS:
+        raise InvalidRequest(f"{name} must be at most {MAX_CREDITS:,} credits.", param=name)
     try:
         return to_micro(round(amount, 6))
     except ValueError as exc:
