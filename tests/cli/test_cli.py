@@ -1,0 +1,185 @@
+"""`helyx` operator commands in-process (SPEC §5): each prints JSON; bad input exits non-zero with a
+clear message on stderr and changes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from cli.main import main
+from common import accounts, keys
+from common.db import dispose_engines, make_engine
+from common.errors import AuthenticationFailed
+from common.migrate import upgrade
+from common.settings import reset_settings_cache
+
+TABLES = ("accounts", "api_keys", "ledger_entries", "holds")
+
+
+@pytest.fixture
+def cli_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """HELYX_DATABASE_URL on a fresh SQLite file; yields an engine of our own on the same file."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("HELYX_DATABASE_URL", url)
+    monkeypatch.delenv("HELYX_REDIS_URL", raising=False)
+    monkeypatch.setenv("HELYX_TIMEZONE", "Asia/Karachi")
+    reset_settings_cache()
+    engine = make_engine(url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+    dispose_engines()
+    reset_settings_cache()
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Any:
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # argparse: --help, bad arguments
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def ok_json(result: tuple[int, str, str]) -> dict[str, Any]:
+    code, out, err = result
+    assert code == 0, err
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    with engine.connect() as conn:
+        return {t: [tuple(r) for r in conn.execute(text(f"SELECT * FROM {t} ORDER BY 1"))] for t in TABLES}
+
+
+@pytest.fixture
+def created(cli_db: Engine, run: Any) -> dict[str, Any]:
+    return ok_json(run("account", "create", "ops@example.com", "--plan", "plus"))
+
+
+# ---------------------------------------------------------------- the commands
+
+
+def test_account_create_prints_an_account_and_a_working_key(cli_db: Engine, created: dict[str, Any]) -> None:
+    assert created["account_id"].startswith("acct_")
+    assert keys.is_well_formed(created["api_key"])
+    assert created["plan"] == "plus"
+    principal = accounts.authenticate(cli_db, created["api_key"], now=0.0)
+    assert (principal.account_id, principal.key_id, principal.plan) == (
+        created["account_id"], created["key_id"], "plus")
+
+
+def test_account_create_defaults_to_free(cli_db: Engine, run: Any) -> None:
+    body = ok_json(run("account", "create", "free@example.com"))
+    with cli_db.connect() as conn:
+        plan = conn.execute(text("SELECT plan FROM accounts WHERE id = :a"), {"a": body["account_id"]}).scalar()
+    assert plan == "free"
+
+
+def test_key_create_and_revoke(cli_db: Engine, run: Any, created: dict[str, Any]) -> None:
+    key = ok_json(run("key", "create", created["account_id"], "--name", "deploy", "--daily-cap", "50.5"))
+    assert (key["account_id"], key["name"]) == (created["account_id"], "deploy")
+    assert accounts.authenticate(cli_db, key["api_key"], now=0.0).key_id == key["key_id"]
+    with cli_db.connect() as conn:
+        assert conn.execute(text("SELECT daily_cap FROM api_keys WHERE id = :k"),
+                            {"k": key["key_id"]}).scalar() == 50_500_000
+
+    assert ok_json(run("key", "revoke", key["key_id"])) == {"key_id": key["key_id"], "revoked": True}
+    with pytest.raises(AuthenticationFailed) as caught:
+        accounts.authenticate(cli_db, key["api_key"], now=0.0)
+    assert caught.value.code == "revoked_api_key"
+    assert accounts.authenticate(cli_db, created["api_key"], now=0.0)  # the other key is untouched
+
+
+def test_credits_grant_with_and_without_a_reference(cli_db: Engine, run: Any, created: dict[str, Any]) -> None:
+    first = ok_json(run("credits", "grant", created["account_id"], "25.5", "--reference", "inv-1"))
+    assert (first["granted"], first["topup_balance"]) == (True, 25.5)
+    again = ok_json(run("credits", "grant", created["account_id"], "25.5", "--reference", "inv-1"))
+    assert (again["granted"], again["topup_balance"]) == (False, 25.5)
+    plain = ok_json(run("credits", "grant", created["account_id"], "0.000001"))
+    assert (plain["granted"], plain["topup_balance"]) == (True, 25.500001)
+    with cli_db.connect() as conn:
+        grants = conn.execute(text("SELECT amount FROM ledger_entries WHERE kind = 'grant' ORDER BY id")).scalars()
+        assert list(grants) == [25_500_000, 1]
+
+
+def test_plan_set(cli_db: Engine, run: Any, created: dict[str, Any]) -> None:
+    body = ok_json(run("plan", "set", created["account_id"], "ultra"))
+    assert (body["plan"], body["daily_allowance"], body["allowance_remaining"]) == ("ultra", 25_000, 25_000)
+    with cli_db.connect() as conn:
+        assert conn.execute(text("SELECT plan FROM accounts")).scalar() == "ultra"
+
+
+def test_usage(run: Any, created: dict[str, Any]) -> None:
+    ok_json(run("credits", "grant", created["account_id"], "3"))
+    body = ok_json(run("usage", created["account_id"], "--limit", "1"))
+    assert (body["credits"]["account_id"], body["credits"]["topup_balance"]) == (created["account_id"], 3)
+    assert [e["kind"] for e in body["ledger"]["data"]] == ["grant"]
+    assert body["ledger"]["has_more"] is True
+    full = ok_json(run("usage", created["account_id"]))
+    assert [e["kind"] for e in full["ledger"]["data"]] == ["grant", "reset"]
+
+
+# ---------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["serve"], ["worker"], ["migrate"], ["account"], ["account", "create"], ["key"], ["key", "create"],
+     ["key", "revoke"], ["credits"], ["credits", "grant"], ["plan"], ["plan", "set"], ["usage"]],
+)
+def test_help_on_every_command_exits_0(run: Any, command: list[str]) -> None:
+    code, out, err = run(*command, "--help")
+    assert code == 0, err
+    assert out.startswith("usage: helyx")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["account", "create", "x@example.com", "--plan", "gold"], "invalid choice: 'gold'"),
+        (["account", "create", "not-an-email"], "is not an email address"),
+        (["account", "create", "ops@example.com"], "exists already"),
+        (["plan", "set", "{account}", "gold"], "invalid choice: 'gold'"),
+        (["plan", "set", "acct_missing", "pro"], "No account acct_missing"),
+        (["credits", "grant", "{account}", "-5"], "must be a positive"),
+        (["credits", "grant", "{account}", "0"], "must be a positive"),
+        (["credits", "grant", "{account}", "lots"], "invalid float value: 'lots'"),
+        (["credits", "grant", "{account}", "0.0000001"], "must be a positive"),
+        (["credits", "grant", "{account}", "nan"], "AMOUNT"),
+        (["credits", "grant", "{account}", "inf"], "AMOUNT"),
+        (["credits", "grant", "{account}", "1e30"], "AMOUNT"),
+        (["credits", "grant", "acct_missing", "5"], "No account acct_missing"),
+        (["key", "create", "acct_missing"], "No account acct_missing"),
+        (["key", "create", "{account}", "--daily-cap", "-1"], "--daily-cap must be a positive"),
+        (["key", "create", "{account}", "--daily-cap", "inf"], "--daily-cap"),
+        (["key", "revoke", "key_missing"], "No API key key_missing"),
+        (["usage", "acct_missing"], "No account acct_missing"),
+        (["usage", "{account}", "--limit", "0"], "limit must be between"),
+        (["credits", "grant", "{account}"], "the following arguments are required: amount"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_arguments_exit_non_zero_with_a_message_and_change_nothing(
+    cli_db: Engine, run: Any, created: dict[str, Any], argv: list[str], message: str
+) -> None:
+    before = snapshot(cli_db)
+    code, out, err = run(*[a.replace("{account}", created["account_id"]) for a in argv])
+    assert code != 0
+    assert message in err, err
+    assert "Traceback" not in err
+    assert out == ""
+    assert snapshot(cli_db) == before
