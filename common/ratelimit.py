@@ -4,6 +4,10 @@ With `HELYX_REDIS_URL` the counters live in Redis and are shared by every API pr
 it they live in this process. The strategy is a sliding-window counter: close to a true moving
 window at the cost of a fixed one. A Redis that does not answer within a second makes the
 request fail with 503 rather than pass unlimited.
+
+The Redis connections are a blocking pool: a burst of more concurrent requests than the pool
+holds waits (up to that same second) for a free connection, rather than failing at once as
+redis-py's default pool does when its 100 connections are in use.
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ import math
 import time
 from dataclasses import dataclass
 
+import redis.asyncio
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from common.errors import RateLimited, ServiceUnavailable
 from common.settings import Settings
+
+REDIS_TIMEOUT_SECONDS = 1.0
+REDIS_POOL_SIZE = 100  # connections per API process; more concurrent requests queue for one
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +47,12 @@ class RateLimiter:
         self._settings = settings
         storage: Storage
         if settings.redis_url:
-            storage = RedisStorage(
-                "async+" + settings.redis_url, implementation="redispy", key_prefix="helyx-rl",
-                socket_timeout=1.0, socket_connect_timeout=1.0,
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_TIMEOUT_SECONDS,
+                socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
+            storage = RedisStorage("async+" + settings.redis_url, implementation="redispy", key_prefix="helyx-rl",
+                                   connection_pool=pool)
         else:
             storage = MemoryStorage()
         self._limiter = SlidingWindowCounterRateLimiter(storage)
