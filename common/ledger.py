@@ -153,12 +153,14 @@ def _resolve(
             raise NotFound(f"No hold {hold_id}", code="hold_not_found")
         return Settlement(hold_id, int(existing[0] or 0), None, applied=False)
     account_id, key_id, amount, charged, cap_day = row
+    # The key row before the account row, the order reserve takes them in: the opposite order
+    # deadlocks on PostgreSQL when a capped key reserves and settles concurrently.
+    if cap_day is not None and key_id is not None and amount > charged:
+        conn.execute(_CAP_GIVE_BACK, {"kid": key_id, "day": cap_day, "amt": amount - charged})
     allowance, topup, held = conn.execute(
         _ACCOUNT_SETTLE, {"aid": account_id, "c": charged, "h": amount}
     ).one()
     _entry(conn, account_id, key_id, kind, -charged, -amount, f"resolve:{hold_id}", hold_id, description, now)
-    if cap_day is not None and key_id is not None and amount > charged:
-        conn.execute(_CAP_GIVE_BACK, {"kid": key_id, "day": cap_day, "amt": amount - charged})
     return Settlement(hold_id, charged, allowance + topup - held, applied=True)
 
 
