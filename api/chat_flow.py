@@ -144,7 +144,11 @@ async def _stream(call: ChatCall) -> Response:
         with anyio.CancelScope(shield=True):
             await call.finish(Outcome(call.id, "failed", None, error_code=_code(exc)), stream=True)
         raise
-    return EventStreamResponse(_events(call, first, stream), headers=call.headers)
+    async def abandoned() -> None:
+        await _aclose(stream)
+        await call.finish(_stream_outcome(call, "cancelled", first.usage, [first.content], "client_disconnected"), True)
+
+    return EventStreamResponse(_events(call, first, stream), headers=call.headers, on_unstarted=abandoned)
 
 
 async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDelta]) -> AsyncIterator[bytes]:

@@ -4,10 +4,12 @@ When the client disconnects, the body generator is cancelled at its current awai
 `finally` can close the upstream request and settle the hold at once. A generator that is parked
 at a `yield` instead (the client stopped reading, so `send` was blocked) is not reached by that
 cancellation: the response closes it itself once streaming ends, rather than leave its `finally`
-to the garbage collector."""
+to the garbage collector. One that never started (the client left before the first chunk) runs
+the caller's `on_unstarted` instead."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -26,8 +28,12 @@ SSE_DONE = b"data: [DONE]\n\n"
 class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
-    def __init__(self, content: Any, headers: dict[str, str] | None = None) -> None:
-        super().__init__(content, headers={"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})})
+    def __init__(self, content: AsyncGenerator[bytes, None], headers: dict[str, str] | None = None,
+                 on_unstarted: Callable[[], Awaitable[None]] | None = None) -> None:
+        self._generator = _Tracked(content)
+        super().__init__(self._generator,
+                         headers={"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})})
+        self._on_unstarted = on_unstarted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -41,7 +47,28 @@ class EventStreamResponse(StreamingResponse):
                 await self.listen_for_disconnect(receive)
                 group.cancel_scope.cancel()
         finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:  # a no-op for a generator that finished or already closed
-                with anyio.CancelScope(shield=True):
-                    await aclose()
+            # A client gone before the first chunk was pulled: the generator's own cleanup will
+            # never run, so run the caller's instead (close the upstream, settle the hold).
+            unstarted = not self._generator.started
+            with anyio.CancelScope(shield=True):
+                await self._generator.aclose()  # a no-op for a generator that finished or already closed
+                if unstarted and self._on_unstarted is not None:
+                    await self._on_unstarted()
+
+
+class _Tracked:
+    """An async iterator over a generator that remembers whether it was ever pulled."""
+
+    def __init__(self, generator: AsyncGenerator[bytes, None]) -> None:
+        self._generator = generator
+        self.started = False
+
+    def __aiter__(self) -> _Tracked:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.started = True
+        return await self._generator.__anext__()
+
+    async def aclose(self) -> None:
+        await self._generator.aclose()

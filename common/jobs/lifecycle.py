@@ -122,7 +122,10 @@ def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, A
                 {"id": f["id"], "aid": job.account_id, "jid": job.id, "key": f["storage_key"],
                  "ctype": f["content_type"], "bytes": f["bytes"], "now": now, "exp": now + ttl_seconds},
             )
-        ledger.settle(conn, job.hold_id, job.price, now=now, description=f"{job.type} {job.model} job {job.id}")
+        settlement = ledger.settle(conn, job.hold_id, job.price, now=now,
+                                   description=f"{job.type} {job.model} job {job.id}")
+        if settlement.charged != job.price:  # the hold had lapsed (a job queued for days): record the truth
+            conn.execute(text("UPDATE jobs SET charged = :c WHERE id = :id"), {"c": settlement.charged, "id": job.id})
     return True
 
 
