@@ -21,7 +21,10 @@ def build_broker(redis_url: str | None) -> dramatiq.Broker:
     if redis_url:
         # Our own lease sweeper reclaims a dead worker's jobs within seconds; Dramatiq's
         # heartbeat requeue (after heartbeat_timeout) only brings back duplicate messages.
-        return RedisBroker(url=redis_url, heartbeat_timeout=30_000, maintenance_chance=100)
+        # Socket timeouts: a paused or unreachable Redis fails a send in seconds (the row stays
+        # queued and the sweeper re-sends it) instead of hanging a request forever.
+        return RedisBroker(url=redis_url, heartbeat_timeout=30_000, maintenance_chance=100,
+                           socket_timeout=5, socket_connect_timeout=5)
     return StubBroker()
 
 

@@ -129,6 +129,13 @@ def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, A
     return True
 
 
+def has_result(engine: Engine, job_id: str, file_ids: list[str]) -> bool:
+    """True when the job succeeded with exactly these files (our own earlier commit)."""
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT status, result FROM jobs WHERE id = :id"), {"id": job_id}).first()
+    return row is not None and row.status == "succeeded" and json.loads(row.result or "[]") == file_ids
+
+
 def requeue(engine: Engine, job_id: str, owner: str, error_code: str, message: str) -> bool:
     """Give a job back to the queue after a transient failure (attempts keeps counting)."""
     now = clock.now().timestamp()
