@@ -82,6 +82,7 @@ async def create_completion(services: Services, principal: Principal, body: Chat
     _check_limits(messages, settings.max_messages, settings.max_message_chars)
     decision = await services.limiter.hit(principal.key_id, principal.plan)
     entry = services.catalog.resolve(body.model, principal.plan, settings, kind="chat")
+    provider = services.providers.chat(entry)  # before reserving: a provider that cannot be built holds nothing
     prompt_estimate = estimate_prompt_tokens(messages)
     call_id = "chatcmpl-" + secrets.token_hex(12)
     started = clock.now().timestamp()
@@ -93,7 +94,7 @@ async def create_completion(services: Services, principal: Principal, body: Chat
         )
     )
     call = ChatCall(
-        services, principal, entry, services.providers.chat(entry),
+        services, principal, entry, provider,
         ChatRequest(model=entry.upstream_model, messages=messages, max_tokens=reservation.max_tokens,
                     temperature=body.temperature, top_p=body.top_p, stop=body.stop,
                     presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
