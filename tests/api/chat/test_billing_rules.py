@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -289,3 +290,21 @@ def test_another_accounts_generation_is_404(gw: Gateway) -> None:
         error = response.json()["error"]
         assert (error["type"], error["code"], error["param"]) == ("not_found_error", "generation_not_found", "id")
     assert owner.account_id not in foreign.text
+
+
+def test_a_chat_model_whose_provider_cannot_serve_chat_fails_without_holding_credits(
+    make_gateway: Callable[..., Gateway], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A catalog mistake (a chat model on the video provider) is a 500, but must not leave the
+    account's credits held until the sweeper's TTL."""
+    catalog = tmp_path / "misrouted.toml"
+    catalog.write_text('[models.misrouted]\nkind = "chat"\nrate = "1"\nprovider = "veo"\n', "utf-8")
+    monkeypatch.setenv("GEMINI_API_KEY", "sk-fake")
+    gw = make_gateway(catalog=catalog)
+    account = gw.account()
+    before = assert_books_balance(gw.engine, account.account_id)
+    with gw.http(account) as http:
+        response = http.post("/chat/completions", json={"model": "misrouted", "messages": MESSAGES})
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"
+    assert assert_books_balance(gw.engine, account.account_id) == before  # nothing held, nothing written
