@@ -80,7 +80,18 @@ async def create_completion(services: Services, principal: Principal, body: Chat
     settings = services.settings
     messages = body.message_dicts()
     _check_limits(messages, settings.max_messages, settings.max_message_chars)
-    decision = await services.limiter.hit(principal.key_id, principal.plan)
+    rate_headers = (await services.limiter.hit(principal.key_id, principal.plan)).headers()
+    try:
+        return await _counted(services, principal, body, messages, rate_headers, log_fields)
+    except HelyxError as exc:  # a refusal of a counted request still says what the key has left
+        exc.headers = {**rate_headers, **exc.headers}
+        raise
+
+
+async def _counted(services: Services, principal: Principal, body: ChatCompletionRequest,
+                   messages: list[dict[str, Any]], rate_headers: dict[str, str],
+                   log_fields: dict[str, Any]) -> Response:
+    settings = services.settings
     entry = services.catalog.resolve(body.model, principal.plan, settings, kind="chat")
     provider = services.providers.chat(entry)  # before reserving: a provider that cannot be built holds nothing
     prompt_estimate = estimate_prompt_tokens(messages)
@@ -100,7 +111,7 @@ async def create_completion(services: Services, principal: Principal, body: Chat
                     presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                     user=body.user),
         reservation, call_id, int(started), started,
-        SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, decision.headers(), log_fields,
+        SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, rate_headers, log_fields,
     )
     return await (_stream(call) if body.stream else _complete(call))
 
