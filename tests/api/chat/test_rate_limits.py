@@ -80,3 +80,23 @@ def test_a_rate_limit_store_that_does_not_answer_fails_closed_with_503(make_gate
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "server_error"
     assert assert_books_balance(gateway.engine, account.account_id) == before
+
+
+def test_every_answer_the_limiter_counted_carries_the_rate_limit_headers(make_gateway: GatewayFactory) -> None:
+    """SPEC §2: rate-limited routes carry x-ratelimit-*: so do their refusals after the count
+    (unknown model, plan gate, insufficient credits), or the client cannot see what it has left."""
+    gateway = make_gateway(rate_limit_free=10)
+    account = gateway.account()
+    with gateway.http(account) as http:
+        answers = [
+            http.post("/chat/completions", json=BODY),
+            http.post("/chat/completions", json={**BODY, "model": "no-such-model"}),
+            http.post("/chat/completions", json={**BODY, "model": "claude-4.7"}),
+            http.post("/chat/completions", json={**BODY, "max_tokens": 4096, "messages": [
+                {"role": "user", "content": "x" * 150_000}]}),
+        ]
+    assert [r.status_code for r in answers] == [200, 404, 403, 402]
+    for left, response in zip(range(9, 5, -1), answers, strict=True):
+        assert response.headers["x-ratelimit-limit-requests"] == "10", response.status_code
+        assert response.headers["x-ratelimit-remaining-requests"] == str(left), response.status_code
+        assert response.headers["x-ratelimit-reset-requests"].endswith("s")
