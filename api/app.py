@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import REGISTRY
 from starlette.concurrency import run_in_threadpool
 
-from api import errors
+from api import errors, openapi
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.observability import ObservabilityMiddleware
 from api.routes import (
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     errors.install(app)
+    openapi.install(app)
     for module in (health, metrics, account, admin, models, chat, generations, images, videos, jobs, files, webhooks):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -9,6 +9,7 @@ jobs by state, open holds; the queue depth comes from the broker.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,8 +17,11 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from common.money import MICRO
+
+log = logging.getLogger(__name__)
 
 REQUESTS = Counter("helyx_http_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -38,7 +42,39 @@ class DatabaseCollector(Collector):
         self._engine = engine
         self._queue_depth = queue_depth
 
+    def describe(self) -> Iterator[Metric]:
+        """Names only, so registering touches no database."""
+        return self._families()
+
     def collect(self) -> Iterator[Metric]:
+        try:
+            families = list(self._read())
+        except SQLAlchemyError as exc:  # a scrape during a database outage reports what it can
+            log.warning("metrics: database unavailable (%s)", type(exc).__name__)
+            families = []
+        yield from families
+        if self._queue_depth is not None:
+            try:
+                sizes = self._queue_depth()
+            except Exception as exc:  # noqa: BLE001 - the broker being down must not break /metrics
+                log.warning("metrics: broker unavailable (%s)", type(exc).__name__)
+                return
+            depth = GaugeMetricFamily("helyx_queue_depth", "Messages waiting in the job queues", labels=["queue"])
+            for queue, size in sizes.items():
+                depth.add_metric([queue], size)
+            yield depth
+
+    def _families(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("helyx_credits_charged", "Credits charged, by model", labels=["model", "kind"])
+        yield CounterMetricFamily("helyx_credits_refunded", "Credits refunded by failed or canceled jobs",
+                                  labels=["model"])
+        yield GaugeMetricFamily("helyx_jobs", "Media jobs by state", labels=["type", "state"])
+        yield GaugeMetricFamily("helyx_open_holds", "Open credit reservations")
+        yield GaugeMetricFamily("helyx_open_holds_credits", "Credits held by open reservations")
+        if self._queue_depth is not None:
+            yield GaugeMetricFamily("helyx_queue_depth", "Messages waiting in the job queues", labels=["queue"])
+
+    def _read(self) -> Iterator[Metric]:
         charged = CounterMetricFamily("helyx_credits_charged", "Credits charged, by model", labels=["model", "kind"])
         refunded = CounterMetricFamily("helyx_credits_refunded", "Credits refunded by failed or canceled jobs",
                                        labels=["model"])
@@ -62,8 +98,3 @@ class DatabaseCollector(Collector):
         holds.add_metric([], count)
         held.add_metric([], amount / MICRO)
         yield from (charged, refunded, jobs, holds, held)
-        if self._queue_depth is not None:
-            depth = GaugeMetricFamily("helyx_queue_depth", "Messages waiting in the job queues", labels=["queue"])
-            for queue, size in self._queue_depth().items():
-                depth.add_metric([queue], size)
-            yield depth

@@ -10,13 +10,15 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
+from api.schemas.responses import CreditsView, KeyCreated, KeyList, KeyRevoked, UsagePage, doc
 from common import accounts, clock, reports
 from common.money import to_micro
 
 router = APIRouter(prefix="/api/v1", tags=["account"])
 
 
-@router.get("/credits", summary="Plan, allowance, used today, remaining, top-up balance, next reset")
+@router.get("/credits", summary="Plan, allowance, used today, remaining, top-up balance, next reset",
+            responses=doc(CreditsView, 401))
 async def get_credits(principal: PrincipalDep, services: ServicesDep) -> Any:
     summary = await run_in_threadpool(
         reports.credits_summary, services.engine, principal.account_id, services.settings.timezone
@@ -24,7 +26,7 @@ async def get_credits(principal: PrincipalDep, services: ServicesDep) -> Any:
     return json_response(summary)
 
 
-@router.get("/usage", summary="The account's ledger, newest first, paginated")
+@router.get("/usage", summary="The account's ledger, newest first, paginated", responses=doc(UsagePage, 401))
 async def get_usage(
     principal: PrincipalDep,
     services: ServicesDep,
@@ -47,13 +49,14 @@ class KeyCreate(BaseModel):
     daily_credit_cap: float | None = Field(default=None, gt=0, le=10**9)
 
 
-@router.get("/keys", summary="The account's API keys (never their secrets)")
+@router.get("/keys", summary="The account's API keys (never their secrets)", responses=doc(KeyList, 401))
 async def list_keys(principal: PrincipalDep, services: ServicesDep) -> Any:
     keys = await run_in_threadpool(reports.list_keys, services.engine, principal.account_id)
     return json_response({"object": "list", "data": keys})
 
 
-@router.post("/keys", status_code=201, summary="Create a key; its secret is shown only in this response")
+@router.post("/keys", status_code=201, summary="Create a key; its secret is shown only in this response",
+             responses=doc(KeyCreated, 401, status=201))
 async def create_key(body: KeyCreate, principal: PrincipalDep, services: ServicesDep) -> Any:
     def create() -> accounts.NewKey:
         cap = to_micro(round(body.daily_credit_cap, 6)) if body.daily_credit_cap is not None else None
@@ -70,7 +73,8 @@ async def create_key(body: KeyCreate, principal: PrincipalDep, services: Service
     )
 
 
-@router.delete("/keys/{key_id}", summary="Revoke a key; it fails on the very next request")
+@router.delete("/keys/{key_id}", summary="Revoke a key; it fails on the very next request",
+               responses=doc(KeyRevoked, 401, 404))
 async def revoke_key(key_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
     def revoke() -> None:
         with services.engine.begin() as conn:

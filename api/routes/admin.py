@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ServicesDep, require_admin
 from api.responses import json_response
+from api.schemas.responses import AccountCreated, AccountList, CreditsView, GrantResult, doc
 from common import accounts, billing, clock, ledger, reports
 from common.money import to_micro
 from common.plans import PLANS
@@ -33,7 +34,8 @@ class CreditGrant(BaseModel):
     reference: str | None = Field(default=None, max_length=200, description="makes the grant idempotent")
 
 
-@router.post("/accounts", status_code=201, summary="Create an account with a first API key")
+@router.post("/accounts", status_code=201, summary="Create an account with a first API key",
+             responses=doc(AccountCreated, 401, 404, 409, status=201))
 async def create_account(body: AccountCreate, services: ServicesDep) -> Any:
     def create() -> tuple[str, accounts.NewKey]:
         with services.engine.begin() as conn:
@@ -45,14 +47,15 @@ async def create_account(body: AccountCreate, services: ServicesDep) -> Any:
     return json_response({"account_id": account_id, "api_key": key.secret, "key_id": key.id}, status=201)
 
 
-@router.get("/accounts", summary="List accounts")
+@router.get("/accounts", summary="List accounts", responses=doc(AccountList, 401, 404))
 async def list_accounts(
     services: ServicesDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: str | None = None
 ) -> Any:
     return json_response(await run_in_threadpool(reports.list_accounts, services.engine, limit=limit, after=after))
 
 
-@router.post("/accounts/{account_id}/plan", summary="Change an account's plan now")
+@router.post("/accounts/{account_id}/plan", summary="Change an account's plan now",
+             responses=doc(CreditsView, 401, 404))
 async def set_plan(account_id: str, body: PlanSet, services: ServicesDep) -> Any:
     def change() -> None:
         with services.engine.begin() as conn:
@@ -63,7 +66,7 @@ async def set_plan(account_id: str, body: PlanSet, services: ServicesDep) -> Any
     return json_response(reports.credits_summary(services.engine, account_id, services.settings.timezone))
 
 
-@router.post("/accounts/{account_id}/credits", summary="Grant top-up credits")
+@router.post("/accounts/{account_id}/credits", summary="Grant top-up credits", responses=doc(GrantResult, 401, 404))
 async def grant_credits(account_id: str, body: CreditGrant, services: ServicesDep) -> Any:
     def grant() -> bool:
         with services.engine.begin() as conn:

@@ -8,11 +8,15 @@ from starlette.responses import Response
 from api.chat_flow import create_completion
 from api.deps import PrincipalDep, ServicesDep
 from api.schemas.chat import ChatCompletionRequest
+from api.schemas.responses import ChatCompletion, doc
 
 router = APIRouter(prefix="/api/v1", tags=["chat"])
+_CHAT_RESPONSES = doc(ChatCompletion, 401, 402, 403, 404, 429, 502, 503, 504)
+_CHAT_RESPONSES[200]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
-@router.post("/chat/completions", summary="Create a chat completion (OpenAI shape; SSE with stream=true)")
+@router.post("/chat/completions", summary="Create a chat completion (OpenAI shape; SSE with stream=true)",
+             responses=_CHAT_RESPONSES)
 async def chat_completions(body: ChatCompletionRequest, request: Request, principal: PrincipalDep,
                            services: ServicesDep) -> Response:
     return await create_completion(services, principal, body, getattr(request.state, "log", {}))

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from api.deps import ServicesDep, get_principal
+from api.schemas.responses import doc
 from common import clock
 from common.errors import NotFound
 from common.jobs.views import find_file
@@ -17,7 +18,8 @@ from common.signing import verify_file_signature
 router = APIRouter(prefix="/api/v1", tags=["files"])
 
 
-@router.get("/files/{file_id}/content", summary="A stored result file; signed URLs need no Authorization")
+@router.get("/files/{file_id}/content", summary="A stored result file; signed URLs need no Authorization",
+            responses=doc(None, 401, 404, content_type="application/octet-stream"), response_class=StreamingResponse)
 async def file_content(file_id: str, request: Request, services: ServicesDep,
                        expires: str | None = None, signature: str | None = None) -> Any:
     signed = signature is not None and verify_file_signature(

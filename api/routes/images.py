@@ -11,13 +11,17 @@ from api import job_flow
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
 from api.schemas.media import ImageGenerationRequest, parse_size
+from api.schemas.responses import ImagesResponse, JobView, doc
 from common.errors import UpstreamError
 from common.jobs.views import images_response, job_view
 
 router = APIRouter(prefix="/api/v1", tags=["images"])
+_IMAGE_RESPONSES = {**doc(ImagesResponse, 401, 402, 403, 404, 409, 429, 502, 503),
+                    202: {"model": JobView, "description": "Accepted: the job, still running"}}
 
 
-@router.post("/images/generations", summary="Generate images (waits; `Prefer: respond-async` answers 202 at once)")
+@router.post("/images/generations", summary="Generate images (waits; `Prefer: respond-async` answers 202 at once)",
+             responses=_IMAGE_RESPONSES)
 async def generate_images(body: ImageGenerationRequest, request: Request, principal: PrincipalDep,
                           services: ServicesDep) -> Any:
     width, height = parse_size(body.size)

@@ -10,13 +10,14 @@ from starlette.concurrency import run_in_threadpool
 from api import job_flow
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
+from api.schemas.responses import JobList, JobView, doc
 from common.jobs.lifecycle import cancel
 from common.jobs.views import job_view, list_jobs
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 
-@router.get("/jobs", summary="The account's media jobs, newest first")
+@router.get("/jobs", summary="The account's media jobs, newest first", responses=doc(JobList, 401))
 async def get_jobs(
     request: Request, principal: PrincipalDep, services: ServicesDep,
     type: Literal["image", "video"] | None = None,
@@ -31,13 +32,15 @@ async def get_jobs(
                           "last_id": data[-1]["id"] if data else None})
 
 
-@router.get("/jobs/{job_id}", summary="One job: status, progress, result files, error")
+@router.get("/jobs/{job_id}", summary="One job: status, progress, result files, error",
+            responses=doc(JobView, 401, 404))
 async def get_job(job_id: str, request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
     record, remaining = await job_flow.read(services, principal, job_id)
     return json_response(job_view(record, job_flow.linker(services, request), remaining))
 
 
-@router.post("/jobs/{job_id}/cancel", summary="Cancel an unfinished job: full refund")
+@router.post("/jobs/{job_id}/cancel", summary="Cancel an unfinished job: full refund",
+             responses=doc(JobView, 401, 404, 409))
 async def cancel_job(job_id: str, request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
     await run_in_threadpool(cancel, services.engine, principal.account_id, job_id)
     record, remaining = await job_flow.read(services, principal, job_id)

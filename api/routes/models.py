@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
+from api.schemas.responses import ModelList, ModelView, doc
 from common.catalog import ModelEntry
 from common.settings import Settings
 
@@ -29,12 +30,13 @@ def model_view(entry: ModelEntry, services: Any) -> dict[str, Any]:
     }
 
 
-@router.get("/models", summary="Every model: pricing, kind, minimum plan, availability")
+@router.get("/models", summary="Every model: pricing, kind, minimum plan, availability",
+            responses=doc(ModelList, 401))
 async def list_models(_: PrincipalDep, services: ServicesDep) -> Any:
     data = [model_view(e, services) for e in services.catalog.models.values()]
     return json_response({"object": "list", "data": data})
 
 
-@router.get("/models/{model_id:path}", summary="One model")
+@router.get("/models/{model_id:path}", summary="One model", responses=doc(ModelView, 401, 404))
 async def get_model(model_id: str, _: PrincipalDep, services: ServicesDep) -> Any:
     return json_response(model_view(services.catalog.get(model_id), services))

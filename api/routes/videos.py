@@ -15,6 +15,7 @@ from api import job_flow
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
 from api.schemas.media import VideoCreateRequest
+from api.schemas.responses import VideoDeleted, VideoList, VideoView, doc
 from common.errors import Conflict, InvalidRequest, NotFound
 from common.jobs.lifecycle import cancel
 from common.jobs.recovery import forget_files
@@ -49,7 +50,8 @@ def _headers(view: dict[str, Any]) -> dict[str, str]:
     return {"openai-poll-after-ms": POLL_AFTER_MS} if view["status"] in ("queued", "in_progress") else {}
 
 
-@router.post("/videos", summary="Create a video (multipart/form-data or JSON)", openapi_extra=_BODY_DOC)
+@router.post("/videos", summary="Create a video (multipart/form-data or JSON)", openapi_extra=_BODY_DOC,
+             responses=doc(VideoView, 401, 402, 403, 404, 409, 429, 503))
 async def create_video(request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
     body = await _parse(request)
     width, height = (int(x) for x in body.size.split("x"))
@@ -63,7 +65,7 @@ async def create_video(request: Request, principal: PrincipalDep, services: Serv
     return json_response(view, headers=_headers(view))
 
 
-@router.get("/videos", summary="List videos")
+@router.get("/videos", summary="List videos", responses=doc(VideoList, 401))
 async def get_videos(
     principal: PrincipalDep, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None, order: Literal["asc", "desc"] = "desc",
@@ -76,14 +78,16 @@ async def get_videos(
                           "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
 
-@router.get("/videos/{video_id}", summary="Retrieve a video; unfinished ones set openai-poll-after-ms")
+@router.get("/videos/{video_id}", summary="Retrieve a video; unfinished ones set openai-poll-after-ms",
+            responses=doc(VideoView, 401, 404))
 async def get_video(video_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
     record, remaining = await job_flow.read(services, principal, video_id, "video")
     view = video_view(record, remaining)
     return json_response(view, headers=_headers(view))
 
 
-@router.get("/videos/{video_id}/content", summary="Download the MP4")
+@router.get("/videos/{video_id}/content", summary="Download the MP4",
+            responses=doc(None, 401, 404, content_type="video/mp4"), response_class=StreamingResponse)
 async def get_video_content(
     video_id: str, principal: PrincipalDep, services: ServicesDep,
     variant: Literal["video", "thumbnail", "spritesheet"] = "video",
@@ -100,7 +104,8 @@ async def get_video_content(
                                       "content-disposition": f'attachment; filename="{video_id}.mp4"'})
 
 
-@router.delete("/videos/{video_id}", summary="Delete a video (an unfinished one is canceled and refunded)")
+@router.delete("/videos/{video_id}", summary="Delete a video (an unfinished one is canceled and refunded)",
+               responses=doc(VideoDeleted, 401, 404))
 async def delete_video(video_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
     record, _ = await job_flow.read(services, principal, video_id, "video")
     if record.row["status"] in ("queued", "running"):
