@@ -13,11 +13,9 @@ import pytest
 from common.catalog import load_catalog
 from common.db import get_engine
 from common.migrate import upgrade
-from tests.api.chat.helpers import Gateway, serve_app
+from tests.api.chat.helpers import FAKE_PROVIDER_KEY, Gateway, GatewayFactory, serve_app
 from tests.conftest import make_settings
 from tests.fakes import FakeUpstream, anthropic_upstream, gemini_upstream, openai_upstream
-
-GatewayFactory = Callable[..., Gateway]
 
 # Generous unless a test is about rate limits, so a test's own requests never trip them.
 _DEFAULTS: dict[str, Any] = {"rate_limit_free": 10_000, "rate_limit_plus": 10_000,
@@ -97,7 +95,6 @@ def gemini_fake(_gemini_server: FakeUpstream) -> FakeUpstream:
 
 
 PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY"}
-FAKE_PROVIDER_KEY = "sk-fake-provider-key-0123456789"
 
 
 @pytest.fixture

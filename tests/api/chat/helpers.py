@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,8 @@ from sqlalchemy import Engine, text
 from common import billing, clock, ledger
 from common.settings import Settings
 from tests.conftest import TestAccount, create_test_account
+
+FAKE_PROVIDER_KEY = "sk-fake-provider-key-0123456789"  # what the gateway sends to a fake upstream
 
 
 @contextmanager
@@ -75,6 +77,9 @@ class Gateway:
             headers["Authorization"] = f"Bearer {key.api_key if isinstance(key, TestAccount) else key}"
         return httpx.Client(base_url=self.api, headers=headers, timeout=timeout, trust_env=False,
                             verify=False)  # plain http on 127.0.0.1: no certificate store to load
+
+
+GatewayFactory = Callable[..., Gateway]  # the make_gateway fixture: make_gateway(**settings)
 
 
 # --- the books ---------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ import pytest
 
 from common.chat_billing import estimated_usage
 from common.money import MICRO
-from tests.api.chat.conftest import FAKE_PROVIDER_KEY
-from tests.api.chat.helpers import Gateway, assert_books_balance, books, generation_row, hold_for
+from tests.api.chat.helpers import FAKE_PROVIDER_KEY, Gateway, assert_books_balance, books, generation_row, hold_for
 from tests.fakes import Behaviour, FakeUpstream
 
 MESSAGES = [{"role": "system", "content": "Answer in one line."}, {"role": "user", "content": "Say hello."}]

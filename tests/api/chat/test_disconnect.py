@@ -21,8 +21,15 @@ from api.sse import EventStreamResponse
 from common.db import get_engine
 from common.migrate import upgrade
 from common.money import MICRO
-from tests.api.chat.conftest import GatewayFactory
-from tests.api.chat.helpers import Gateway, assert_books_balance, books, generation_row, hold_for, wait_for
+from tests.api.chat.helpers import (
+    Gateway,
+    GatewayFactory,
+    assert_books_balance,
+    books,
+    generation_row,
+    hold_for,
+    wait_for,
+)
 from tests.conftest import TestAccount, create_test_account, make_settings
 from tests.fakes import Behaviour, FakeUpstream
 

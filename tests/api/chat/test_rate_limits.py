@@ -7,8 +7,7 @@ import httpx
 import pytest
 
 from common.settings import Settings
-from tests.api.chat.conftest import GatewayFactory
-from tests.api.chat.helpers import Gateway, assert_books_balance
+from tests.api.chat.helpers import Gateway, GatewayFactory, assert_books_balance
 from tests.conftest import TestAccount
 
 BODY = {"model": "helyx-3.5", "messages": [{"role": "user", "content": "ping"}], "max_tokens": 5}

@@ -11,8 +11,7 @@ import pytest
 from common import keys
 from common.money import MICRO
 from common.tokens import estimate_prompt_tokens
-from tests.api.chat.conftest import GatewayFactory
-from tests.api.chat.helpers import Gateway, assert_books_balance, books, hold_for, leave_available
+from tests.api.chat.helpers import Gateway, GatewayFactory, assert_books_balance, books, hold_for, leave_available
 from tests.conftest import TestAccount
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a ledger?"}]
