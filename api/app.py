@@ -93,11 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _sweep_holds(services: Services) -> None:
     """Release holds that outlived their TTL (a crashed process's reservations)."""
     while True:
+        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
         try:
             await run_in_threadpool(billing.expire_holds, services.engine)
         except Exception:
             log.exception("hold sweep failed")
-        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
 
 
 def _enqueuer():  # type: ignore[no-untyped-def]
