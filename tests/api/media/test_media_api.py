@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from common import clock
+from common.jobs import submit
 from common.signing import sign_file_url
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.api.media.conftest import Media
@@ -390,10 +392,24 @@ def test_the_same_idempotency_key_and_body_is_the_same_job_charged_once(media: M
     assert books(media.engine, account.account_id) == after
 
 
-def test_twenty_concurrent_duplicates_make_one_job(media: Media) -> None:
+def test_twenty_concurrent_duplicates_make_one_job(media: Media, monkeypatch: pytest.MonkeyPatch) -> None:
     account = media.account()
     headers = {**account.headers, **ASYNC, "Idempotency-Key": "burst-1"}
     body = {"prompt": "a burst", "size": "256x256"}
+    # Force the race: every request passes the "key not used yet" check before any of them inserts,
+    # so 19 of them must lose on the unique constraint and answer with the winner's job.
+    barrier = threading.Barrier(20, timeout=10)
+    first_look = submit._replay
+    waited: set[int] = set()
+
+    def replay_then_wait(*args: Any) -> Any:
+        found = first_look(*args)
+        if threading.get_ident() not in waited:
+            waited.add(threading.get_ident())
+            barrier.wait()
+        return found
+
+    monkeypatch.setattr(submit, "_replay", replay_then_wait)
 
     with ThreadPoolExecutor(20) as pool:
         responses = list(pool.map(lambda _: media.client.post(IMAGES, headers=headers, json=body), range(20)))
