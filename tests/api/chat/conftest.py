@@ -3,6 +3,7 @@ upstreams (one server per module, fresh knobs per test), and no real provider ke
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from common.catalog import load_catalog
-from common.db import get_engine
+from common.db import get_engine, make_engine
 from common.migrate import upgrade
 from tests.api.chat.helpers import FAKE_PROVIDER_KEY, Gateway, GatewayFactory, serve_app
 from tests.conftest import make_settings
@@ -30,8 +31,18 @@ def _no_real_provider_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
             monkeypatch.delenv(provider.api_key_env, raising=False)
 
 
+@pytest.fixture(scope="session")
+def _migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database, made once; each test starts from a copy of it."""
+    settings = make_settings(tmp_path_factory.mktemp("chat-template"))
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    engine.dispose()
+    return Path(settings.database_url.removeprefix("sqlite:///"))
+
+
 @pytest.fixture
-def make_gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
+def make_gateway(tmp_path: Path, _migrated_sqlite: Path) -> Iterator[GatewayFactory]:
     """`make_gateway(**settings)` starts a Helyx app (lifespan on) on 127.0.0.1. Gateways of one
     test share its SQLite database unless `database_url` says otherwise."""
     with ExitStack() as stack:
@@ -39,8 +50,12 @@ def make_gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
 
         def make(**overrides: Any) -> Gateway:
             settings = make_settings(tmp_path, **{**_DEFAULTS, **overrides})
+            database = Path(settings.database_url.removeprefix("sqlite:///"))
+            if settings.is_sqlite and not database.exists():
+                shutil.copyfile(_migrated_sqlite, database)
             engine = get_engine(settings.database_url)  # the app's own engine (one per URL and process)
-            upgrade(engine)
+            if not settings.is_sqlite:
+                upgrade(engine)
             engines.append(engine)
             from api.app import create_app
 

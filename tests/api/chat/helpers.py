@@ -69,7 +69,9 @@ class Gateway:
 
     def sdk(self, key: TestAccount | str, *, max_retries: int = 0, timeout: float = 15.0) -> openai.OpenAI:
         api_key = key.api_key if isinstance(key, TestAccount) else key
-        return openai.OpenAI(base_url=self.api, api_key=api_key, max_retries=max_retries, timeout=timeout)
+        http_client = openai.DefaultHttpx2Client(verify=False)  # plain http on 127.0.0.1: no certificates to load
+        return openai.OpenAI(base_url=self.api, api_key=api_key, max_retries=max_retries, timeout=timeout,
+                             http_client=http_client)
 
     def http(self, key: TestAccount | str | None = None, timeout: float = 15.0) -> httpx.Client:
         headers = {}
