@@ -23,7 +23,9 @@ from tests.common.test_ledger import assert_books_balance
 from tests.conftest import TestAccount, create_test_account, make_settings
 
 PKT = "Asia/Karachi"
-MIDNIGHT_PKT = datetime(2026, 3, 10, 19, 0, tzinfo=UTC)  # 2026-03-11 00:00 in Karachi
+# Frozen times lie in the future: a hold sweeper that reads the real clock never expires the
+# holds these tests make.
+MIDNIGHT_PKT = datetime(2031, 3, 10, 19, 0, tzinfo=UTC)  # 2031-03-11 00:00 in Karachi
 
 
 def resets(engine: Engine, account_id: str) -> list[tuple[str, int]]:
@@ -72,37 +74,37 @@ def test_midnight_pkt_resets_the_allowance_exactly_once(app_client: TestClient, 
         account = create_test_account(engine, "free")
         with engine.begin() as conn:
             ledger.grant(conn, account.account_id, 50 * MICRO, now=clock.now().timestamp())
-        assert charge(engine, account, 300) == 300 * MICRO  # at 18:59:59 UTC: lands on 2026-03-10
+        assert charge(engine, account, 300) == 300 * MICRO  # at 18:59:59 UTC: lands on 2031-03-10
         assert entry_time(engine, account.account_id, "settle") == [(MIDNIGHT_PKT - timedelta(seconds=1)).timestamp()]
 
         before = app_client.get("/api/v1/credits", headers=account.headers).json()
         assert (before["used_today"], before["allowance_remaining"], before["topup_balance"]) == (300, 700, 50)
-        assert before["resets_at"] == "2026-03-10T19:00:00Z"
-        assert resets(engine, account.account_id) == [(f"reset:{account.account_id}:2026-03-10", 1000 * MICRO)]
+        assert before["resets_at"] == "2031-03-10T19:00:00Z"
+        assert resets(engine, account.account_id) == [(f"reset:{account.account_id}:2031-03-10", 1000 * MICRO)]
 
         advance(timedelta(seconds=1))  # 19:00:00 UTC exactly: a new day in Karachi
         api = [lambda: app_client.get("/api/v1/credits", headers=account.headers) for _ in range(8)]
-        direct = [lambda: billing.apply_daily_reset(engine, account.account_id, "2026-03-10", PKT)
+        direct = [lambda: billing.apply_daily_reset(engine, account.account_id, "2031-03-10", PKT)
                   for _ in range(4)]
         results = all_at_once(api + direct)
 
         assert [r.status_code for r in results[:8]] == [200] * 8
         assert resets(engine, account.account_id) == [
-            (f"reset:{account.account_id}:2026-03-10", 1000 * MICRO),
-            (f"reset:{account.account_id}:2026-03-11", 300 * MICRO),
+            (f"reset:{account.account_id}:2031-03-10", 1000 * MICRO),
+            (f"reset:{account.account_id}:2031-03-11", 300 * MICRO),
         ]
         with engine.connect() as conn:
             after = ledger.balance(conn, account.account_id)
         assert (after.allowance, after.topup, after.held, after.allowance_day) == (
-            1000 * MICRO, 50 * MICRO, 0, "2026-03-11")
+            1000 * MICRO, 50 * MICRO, 0, "2031-03-11")
 
         now = app_client.get("/api/v1/credits", headers=account.headers).json()
         assert (now["used_today"], now["allowance_remaining"], now["topup_balance"], now["remaining"]) == (
             0, 1000, 50, 1050)
-        assert now["resets_at"] == "2026-03-11T19:00:00Z"
+        assert now["resets_at"] == "2031-03-11T19:00:00Z"
 
         advance(timedelta(seconds=5))
-        assert charge(engine, account, 100) == 100 * MICRO  # lands on 2026-03-11
+        assert charge(engine, account, 100) == 100 * MICRO  # lands on 2031-03-11
         later = app_client.get("/api/v1/credits", headers=account.headers).json()
         assert (later["used_today"], later["allowance_remaining"], later["topup_balance"]) == (100, 900, 50)
         assert len(resets(engine, account.account_id)) == 2
@@ -114,7 +116,7 @@ def test_nothing_resets_a_second_before_midnight(app_client: TestClient, engine:
         charge(engine, account, 400)
         advance(timedelta(hours=23) - timedelta(microseconds=1))  # 18:59:59.999999 UTC
         assert app_client.get("/api/v1/credits", headers=account.headers).json()["allowance_remaining"] == 600
-        billing.apply_daily_reset(engine, account.account_id, "2026-03-09", PKT)
+        billing.apply_daily_reset(engine, account.account_id, "2031-03-09", PKT)
         assert len(resets(engine, account.account_id)) == 1
 
 
@@ -125,7 +127,7 @@ def test_a_hold_open_across_midnight_is_charged_to_the_day_it_settles(engine: En
         hold_id = billing.reserve(engine, account_id=account.account_id, key_id=account.key_id,
                                   amount=100 * MICRO, purpose="test", ttl=900, tz=PKT)
         advance(timedelta(seconds=2))
-        billing.apply_daily_reset(engine, account.account_id, "2026-03-10", PKT)
+        billing.apply_daily_reset(engine, account.account_id, "2031-03-10", PKT)
         assert billing.settle(engine, hold_id, 60 * MICRO).available == 940 * MICRO
         with engine.connect() as conn:
             assert ledger.balance(conn, account.account_id).allowance == 940 * MICRO
@@ -134,8 +136,8 @@ def test_a_hold_open_across_midnight_is_charged_to_the_day_it_settles(engine: En
 @pytest.mark.parametrize(
     ("zone", "boundary"),
     [
-        ("UTC", datetime(2026, 3, 11, 0, 0, tzinfo=UTC)),
-        ("Asia/Kolkata", datetime(2026, 3, 10, 18, 30, tzinfo=UTC)),  # a half-hour zone
+        ("UTC", datetime(2031, 3, 11, 0, 0, tzinfo=UTC)),
+        ("Asia/Kolkata", datetime(2031, 3, 10, 18, 30, tzinfo=UTC)),  # a half-hour zone
     ],
 )
 def test_the_zone_is_configurable_and_moves_the_boundary(
