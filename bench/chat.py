@@ -1,0 +1,435 @@
+"""Chat completions in the production shape: gateway vs. direct-to-upstream, side by side.
+
+    .venv/bin/python -m bench.chat                          # 1 then 2 uvicorn workers, profile on 1
+    .venv/bin/python -m bench.chat --workers 1 --rounds 5 --no-profile
+
+Processes (all on 127.0.0.1, all killed at the end): the fast fake OpenAI upstream
+(tests/fakes/openai_upstream, its own uvicorn process), the gateway (`uvicorn api.main:app`,
+1 then 2 workers, as the Procfile runs it) on PostgreSQL (database helyx_bench_chat, made afresh)
+and Redis db 13 (flushed), model gpt-4o pointed at the fake through HELYX_CATALOG, rate limits
+raised out of the way, HELYX_SIMULATE=0; an ultra account made with `helyx account create` and
+`helyx credits grant`.
+
+Measured, gateway and direct in the same run, interleaved block by block:
+  * c=1 latency: `--block` sequential requests per target per round, `--rounds` rounds
+    (raw-socket keep-alive client in its own process: bench/_load.py);
+  * streaming time to the first body byte (the first SSE event) at c=1;
+  * throughput at c=64: wrk (or bench/_load.py's asyncio client when wrk is absent),
+    alternating direct and gateway, `--load-rounds` times `--load-seconds`;
+  * peak RSS (VmHWM) and CPU of every gateway process;
+  * wall-time attribution per phase at c=1 (bench/_timed_app.py), and a py-spy profile of one
+    worker at c=64 (GIL-holding samples, grouped by request phase and by library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench import _procs
+from bench._procs import Proc
+
+DB = "helyx_bench_chat"
+MESSAGES = [{"role": "user", "content": "Hello! Say something short."}]
+
+
+def _raw(port: int, path: str, body: dict[str, Any], key: str) -> str:
+    data = json.dumps(body, separators=(",", ":"))
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n{data}")
+
+
+class Stack:
+    """The fake upstream, the database, the account; gateways come and go."""
+
+    def __init__(self) -> None:
+        self.db_url = _procs.fresh_pg_database(DB)
+        _procs.flush_redis()
+        self.fake_port = _procs.free_port()
+        self.fake = Proc("fake-upstream", [_procs.PYTHON, "-m", "tests.fakes.openai_upstream", "--port",
+                                           str(self.fake_port)], _procs.helyx_env())
+        _procs.wait_http(self.fake_port, "/v1/chat/completions", proc=self.fake)
+        catalog = _procs.WORKDIR / "catalog.toml"
+        catalog.write_text(f'[providers.openai]\nbase_url = "http://127.0.0.1:{self.fake_port}/v1"\n')
+        big = "1000000000"
+        self.env = _procs.helyx_env(
+            HELYX_DATABASE_URL=self.db_url, HELYX_REDIS_URL=_procs.REDIS_URL, HELYX_CATALOG=str(catalog),
+            HELYX_SIMULATE="0", OPENAI_API_KEY="sk-bench-not-a-real-key",
+            HELYX_STORAGE_DIR=str(_procs.WORKDIR / "files"),
+            HELYX_SECRET_KEY="bench-" + "0" * 58, HELYX_LOG_LEVEL="WARNING",
+            HELYX_RATE_LIMIT_FREE=big, HELYX_RATE_LIMIT_PLUS=big, HELYX_RATE_LIMIT_PRO=big, HELYX_RATE_LIMIT_ULTRA=big,
+        )
+        subprocess.run([_procs.HELYX, "migrate"], env=self.env, cwd=_procs.ROOT, check=True, capture_output=True)
+        made = _procs.run_json([_procs.HELYX, "account", "create", "chat@bench.local", "--plan", "ultra"], self.env)
+        self.account_id, self.key = made["account_id"], made["api_key"]
+        _procs.run_json([_procs.HELYX, "credits", "grant", self.account_id, "100000000"], self.env)
+        self.many_keys = self._more_accounts(63)
+        self.gateway: Proc | None = None
+        self.gateway_port = 0
+        self.app = "api.main:app"
+
+    def _more_accounts(self, n: int) -> list[str]:
+        """`n` more ultra accounts (in-process, faster than n CLI runs): with the CLI's account, the
+        c=64 'many accounts' load gives each connection its own account (no hot ledger row)."""
+        from common import accounts, billing, clock, ledger
+        from common.db import make_engine
+
+        engine = make_engine(self.db_url)
+        now, keys = clock.now().timestamp(), [self.key]
+        with engine.begin() as conn:
+            for i in range(n):
+                account_id, key = accounts.create_account(conn, f"chat{i}@bench.local", "ultra",
+                                                          day=billing.today("Asia/Karachi"), now=now)
+                ledger.grant(conn, account_id, 10**14, now=now)
+                keys.append(key.secret)
+        engine.dispose()
+        return keys
+
+    def start_gateway(self, workers: int, app: str | None = None) -> None:
+        self.stop_gateway()
+        app = app or self.app
+        self.gateway_port = _procs.free_port()
+        self.gateway = Proc(f"gateway-{workers}w", [
+            str(_procs.VENV_BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(self.gateway_port),
+            "--workers", str(workers), "--no-access-log", "--log-level", "warning",
+        ], self.env)
+        _procs.wait_http(self.gateway_port, "/healthz", proc=self.gateway)
+        if workers > 1:  # every worker up, not just the first
+            deadline = time.monotonic() + 60
+            while len(self.worker_pids()) < workers and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(2)
+
+    def worker_pids(self) -> list[int]:
+        assert self.gateway is not None
+        kids = [p for p in _procs.children(self.gateway.pid) if "multiprocessing" in _procs.cmdline(p)
+                or "spawn_main" in _procs.cmdline(p)]
+        return kids or [self.gateway.pid]
+
+    def stop_gateway(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
+
+    def targets(self, stream: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": "gpt-4o", "messages": MESSAGES}
+        if stream:
+            body["stream"] = True
+        return {
+            "direct": {"port": self.fake_port, "raw": _raw(self.fake_port, "/v1/chat/completions", body, "sk-x")},
+            "gateway": {"port": self.gateway_port,
+                        "raw": _raw(self.gateway_port, "/api/v1/chat/completions", body, self.key)},
+        }
+
+    def stop(self) -> None:
+        self.stop_gateway()
+        self.fake.stop()
+        _procs.drop_pg_database(DB)
+
+
+def run_load(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
+    path = _procs.WORKDIR / f"load-{mode}.json"
+    path.write_text(json.dumps(spec))
+    out = subprocess.run([_procs.PYTHON, "-m", "bench._load", mode, str(path)], cwd=_procs.ROOT,
+                         capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def sequential(stack: Stack, rounds: int, block: int, stream: bool) -> dict[str, Any]:
+    return run_load("seq", {"targets": stack.targets(stream), "rounds": rounds, "block": block, "warmup": 200,
+                            "expect": "[DONE]" if stream else "", "max_seconds": 400})
+
+
+# --- c=64 -------------------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _wrk(port: int, raw: str, connections: int, seconds: float, keys: list[str] | None = None) -> dict[str, Any]:
+    head, _, body = raw.partition("\r\n\r\n")
+    path = head.split(" ")[1]
+    lines = ['wrk.method = "POST"', f"wrk.path = {json.dumps(path)}", f"wrk.body = {json.dumps(body)}"]
+    for header in head.split("\r\n")[1:]:
+        name, _, value = header.partition(": ")
+        if name.lower() not in ("host", "content-length"):
+            lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
+    if keys:  # rotate the API key per request: requests spread over all the accounts
+        lines += ["keys = {" + ", ".join(json.dumps(k) for k in keys) + "}", "n = 0",
+                  "request = function()", "  n = n + 1",
+                  '  wrk.headers["Authorization"] = "Bearer " .. keys[(n % #keys) + 1]',
+                  "  return wrk.format()", "end"]
+    script = _procs.WORKDIR / f"wrk-{port}.lua"
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script),
+                          f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=seconds + 60)
+    text = out.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    pcts = {p: float(v) * _UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)}
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    total = re.search(r"(\d+) requests in", text)
+    return {"rps": rps, "p50": pcts.get("50"), "p99": pcts.get("99"), "non_200": int(bad.group(1)) if bad else 0,
+            "requests": int(total.group(1)) if total else 0, "tool": "wrk"}
+
+
+def throughput(stack: Stack, target: str, connections: int, seconds: float) -> dict[str, Any]:
+    """target: direct | gateway (one hot account) | gateway-many (64 accounts)."""
+    many = target == "gateway-many"
+    t = stack.targets()["gateway" if many else target]
+    if shutil.which("wrk"):
+        return _wrk(t["port"], t["raw"], connections, seconds, stack.many_keys if many else None)
+    targets = stack.targets()
+    if many:
+        targets["gateway-many"] = {"port": t["port"], "raws": [t["raw"].replace(stack.key, k) for k in stack.many_keys]}
+    res = run_load("conc", {"targets": targets, "target": target, "connections": connections,
+                            "seconds": seconds})
+    res["p50"] = res["p50"] * 1e3 if res["p50"] else None
+    res["p99"] = res["p99"] * 1e3 if res["p99"] else None
+    res["tool"] = "python"
+    return res
+
+
+# --- profile ----------------------------------------------------------------------------------
+
+PHASES = [  # (label, pattern in "function (file:line)"); the deepest matching frame decides
+    ("auth: key query + reset + touch", r"^_authenticate \(.*api/deps\.py"),
+    ("reserve (ledger)", r"^reserve_chat \("),
+    ("settle + generation insert", r"^finish_chat \("),
+    ("hold sweeper", r"^(_sweep_holds|expire_holds) \("),
+    ("rate limit (limits + redis)", r"common/ratelimit\.py"),
+    ("upstream call (adapter + httpx)", r"common/providers/|/httpx/|/httpcore/"),
+    ("chat flow own code", r"api/chat_flow\.py|common/chat_billing\.py|common/tokens\.py"),
+    ("FastAPI deps, body parse, validation", r"fastapi/dependencies/|fastapi/routing\.py|/pydantic"),
+    ("response JSON + SSE", r"api/responses\.py|api/sse\.py|orjson"),
+    ("errors/middleware (own)", r"api/middleware\.py|api/errors\.py"),
+    ("starlette routing/responses", r"/starlette/"),
+    ("uvicorn HTTP protocol", r"/uvicorn/|httptools"),
+    ("threadpool handoff (anyio)", r"/anyio/|concurrent/futures|threading\.py"),
+    ("event loop (asyncio/uvloop)", r"asyncio/|uvloop"),
+]
+LIBS = [("psycopg (driver)", r"/psycopg/"), ("SQLAlchemy", r"/sqlalchemy/"),
+        ("httpx/httpcore/h11", r"/httpx/|/httpcore/|/h11/"),
+        ("redis-py + limits", r"/redis/|/limits/"), ("pydantic", r"/pydantic"), ("FastAPI", r"/fastapi/"),
+        ("starlette", r"/starlette/"), ("uvicorn", r"/uvicorn/|httptools"), ("anyio", r"/anyio/"),
+        ("asyncio/uvloop", r"asyncio/|uvloop"), ("Helyx code (api/, common/)", r"/work/main/(api|common)/"),
+        ("json/orjson", r"json"), ("threading/queue/stdlib", r"\.py")]
+
+
+def profile(pid: int, seconds: float, out: Path) -> Path | None:
+    spy = _procs.VENV_BIN / "py-spy"
+    if not spy.exists():
+        print("  (py-spy not installed in the venv: no profile)")
+        return None
+    for _ in range(3):  # py-spy sometimes fails to attach on the first try
+        res = subprocess.run([str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+                              "--gil", "--format", "raw", "--output", str(out), "--nonblocking"],
+                             capture_output=True, text=True, timeout=seconds + 60)
+        if res.returncode == 0 and out.exists():
+            return out
+        time.sleep(1)
+    print(f"  (py-spy failed: {res.stderr[-500:]})")
+    return None
+
+
+def summarize_profile(path: Path) -> tuple[list[list[Any]], list[list[Any]], int]:
+    phases: Counter[str] = Counter()
+    libs: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        phase = "other"
+        for frame in reversed(frames):
+            hit = next((label for label, pat in PHASES if re.search(pat, frame)), None)
+            if hit:
+                phase = hit
+                break
+        phases[phase] += n
+        leaf = frames[-1] if frames else ""
+        libs[next((label for label, pat in LIBS if re.search(pat, leaf)), "C/other")] += n
+    return ([[k, v, v / total * 100] for k, v in phases.most_common()],
+            [[k, v, v / total * 100] for k, v in libs.most_common()], total)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+def c1_rows(res: dict[str, Any], workers: int, key: str, label: str, block: int) -> list[list[Any]]:
+    d, g = res["direct"][key], res["gateway"][key]
+    rounds_d = [d[i:i + block] for i in range(0, len(d), block)]
+    rounds_g = [g[i:i + block] for i in range(0, len(g), block)]
+    per_round_added = [(_procs.pct(rg, 50) - _procs.pct(rd, 50)) * 1e3
+                       for rd, rg in zip(rounds_d, rounds_g, strict=False)]
+    dp50, dp99 = _procs.pct(d, 50) * 1e3, _procs.pct(d, 99) * 1e3
+    gp50, gp99 = _procs.pct(g, 50) * 1e3, _procs.pct(g, 99) * 1e3
+    return [[f"{workers}", label, len(g), dp50, gp50, gp50 - dp50, _procs.median(per_round_added),
+             dp99, gp99, gp99 - dp99, gp50 / dp50, res["gateway"]["errors"]]]
+
+
+def run(args: argparse.Namespace) -> None:
+    stack = Stack()
+    stack.app = args.app
+    if args.extra_path:
+        stack.env["PYTHONPATH"] = args.extra_path
+    c1, stream_rows, load_rows, mem_rows, tables = [], [], [], [], []
+    try:
+        for workers in args.workers:
+            stack.start_gateway(workers)
+            print(f"## gateway with {workers} worker(s) on :{stack.gateway_port}, fake on :{stack.fake_port}",
+                  flush=True)
+            res = sequential(stack, args.rounds, args.block, stream=False)
+            c1 += c1_rows(res, workers, "total", "plain, total", args.block)
+            sres = sequential(stack, max(1, args.rounds // 2), args.block, stream=True)
+            stream_rows += c1_rows(sres, workers, "ttfb", "stream, first byte", args.block)
+            stream_rows += c1_rows(sres, workers, "total", "stream, total", args.block)
+            print(f"  c=1 done: gateway p50 {_procs.pct(res['gateway']['total'], 50) * 1e3:.2f} ms, "
+                  f"direct p50 {_procs.pct(res['direct']['total'], 50) * 1e3:.2f} ms; "
+                  f"errors {res['gateway']['errors']} {res['gateway']['sample'][:200]}", flush=True)
+            order = ("direct", "gateway-many", "gateway")
+            runs: dict[str, list[dict[str, Any]]] = {t: [] for t in order}
+            for _ in range(args.load_rounds):
+                for target in order:
+                    pids = stack.worker_pids() if target != "direct" else [stack.fake.pid]
+                    before = {p: _procs.cpu_seconds(p) for p in pids}
+                    machine = _procs.machine_cpu()
+                    r = throughput(stack, target, args.connections, args.load_seconds)
+                    r["cpu"] = {p: (_procs.cpu_seconds(p) - before[p]) / args.load_seconds for p in pids}
+                    r["machine"] = _procs.busy_percent(machine, _procs.machine_cpu())
+                    runs[target].append(r)
+                    print(f"  c={args.connections} {target:12} {r['rps']:8.0f} req/s p50 {r['p50']} ms "
+                          f"non-200 {r['non_200']} cpu {[round(v * 100) for v in r['cpu'].values()]}% "
+                          f"machine {r['machine']:.0f}% busy", flush=True)
+            labels = {"direct": "direct to the fake", "gateway-many": "gateway, 64 accounts",
+                      "gateway": "gateway, 1 hot account"}
+            for target in order:
+                rs = runs[target]
+                rates = [r["rps"] for r in rs]
+                cpus = [sum(r["cpu"].values()) for r in rs]
+                load_rows.append([workers, labels[target], rs[0]["tool"], _procs.median(rates), min(rates), max(rates),
+                                  _procs.median(rates) / (workers if target != "direct" else 1),
+                                  _procs.median([r["p50"] for r in rs]), _procs.median([r["p99"] for r in rs]),
+                                  _procs.median(cpus) * 100,
+                                  _procs.median([sum(r["cpu"].values()) * args.load_seconds
+                                                 / max(1, r["requests"]) * 1e3 for r in rs]),
+                                  _procs.median([r["machine"] for r in rs]),
+                                  sum(r["non_200"] for r in rs)])
+            d = _procs.median([r["rps"] for r in runs["direct"]])
+            for target in ("gateway-many", "gateway"):
+                g = _procs.median([r["rps"] for r in runs[target]])
+                load_rows.append([workers, f"ratio {labels[target]} / direct", "", g / d, *[""] * 9])
+            if workers == args.workers[0] and args.profile:
+                tables += profile_phase(stack, args)
+            for pid in [stack.gateway.pid, *stack.worker_pids()] if stack.gateway else []:  # type: ignore[union-attr]
+                rss, hwm = _procs.memory_mb(pid)
+                role = "uvicorn master" if pid == stack.gateway.pid and workers > 1 else "uvicorn worker"  # type: ignore[union-attr]
+                mem_rows.append([workers, role, pid, rss, hwm])
+            rss, hwm = _procs.memory_mb(stack.fake.pid)
+            mem_rows.append([workers, "fake upstream", stack.fake.pid, rss, hwm])
+            stack.stop_gateway()
+        if args.attribution:
+            tables.append(attribution(stack, args))
+    finally:
+        stack.stop()
+    out = [f"# bench.chat: {_procs.machine_note()}; app {args.app}",
+           _procs.table("c=1, non-streaming: latency in ms (gateway vs direct to the fake, same run)",
+                        ["workers", "what", "n", "direct p50", "gateway p50", "added p50",
+                         "added p50 (median of rounds)",
+                         "direct p99", "gateway p99", "added p99", "ratio p50", "errors"], c1),
+           _procs.table("c=1, streaming: ms to the first SSE byte and to the end",
+                        ["workers", "what", "n", "direct p50", "gateway p50", "added p50",
+                         "added p50 (median of rounds)",
+                         "direct p99", "gateway p99", "added p99", "ratio p50", "errors"], stream_rows),
+           _procs.table(f"c={args.connections}, non-streaming: throughput ({args.load_rounds} x "
+                        f"{args.load_seconds:g} s "
+                        "each, alternating; median)",
+                        ["workers", "target", "tool", "req/s", "min", "max", "req/s per process", "p50 ms", "p99 ms",
+                         "CPU % (its processes)", "CPU ms/request", "machine busy %", "non-200"], load_rows),
+           _procs.table("peak RSS (VmHWM) after the runs, MB", ["workers", "process", "pid", "RSS now", "peak RSS"],
+                        mem_rows, 1),
+           *tables]
+    if args.output:
+        Path(args.output).write_text("\n".join(out) + "\n")
+
+
+def profile_phase(stack: Stack, args: argparse.Namespace) -> list[str]:
+    pid = stack.worker_pids()[0]
+    print(f"  profiling worker {pid} under c={args.connections} for {args.profile_seconds:g} s", flush=True)
+    out = _procs.WORKDIR / "chat-profile.txt"
+    spy = subprocess.Popen([_procs.PYTHON, "-c", "from bench.chat import profile; from pathlib import Path; "
+                            f"profile({pid}, {args.profile_seconds}, Path({str(out)!r}))"], cwd=_procs.ROOT)
+    time.sleep(1)
+    before = _procs.cpu_seconds(pid)
+    r = throughput(stack, "gateway-many", args.connections, args.profile_seconds)
+    cpu = (_procs.cpu_seconds(pid) - before)
+    spy.wait(timeout=args.profile_seconds + 90)
+    if not out.exists():
+        return []
+    phases, libs, total = summarize_profile(out)
+    per_req_us = cpu / max(1, r["requests"]) * 1e6
+    if args.keep_profile:
+        shutil.copy(out, args.keep_profile)
+    return [
+        _procs.table(f"py-spy, 1 worker at c={args.connections}, 64 accounts ({r['rps']:.0f} req/s while sampled): "
+                     "GIL-holding "
+                     f"samples by request phase ({total} samples; worker CPU {per_req_us:.0f} us per request)",
+                     ["phase (deepest matching frame)", "samples", "% of GIL time", "~us per request"],
+                     [[p, n, pc, pc / 100 * per_req_us] for p, n, pc in phases], 1),
+        _procs.table("the same samples by library of the innermost Python frame",
+                     ["library", "samples", "%", "~us per request"],
+                     [[p, n, pc, pc / 100 * per_req_us] for p, n, pc in libs], 1),
+    ]
+
+
+def attribution(stack: Stack, args: argparse.Namespace) -> str:
+    stack.start_gateway(1, app="bench._timed_app:app")
+    port = stack.gateway_port
+    run_load("seq", {"targets": {"gateway": stack.targets()["gateway"]}, "rounds": 1, "block": 10, "warmup": 200})
+    subprocess.run(["curl", "-s", "-X", "DELETE", f"http://127.0.0.1:{port}/bench/timings"], capture_output=True)
+    res = run_load("seq", {"targets": stack.targets(), "rounds": args.rounds, "block": args.block, "warmup": 50})
+    timings = json.loads(subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/bench/timings"],
+                                        capture_output=True, text=True).stdout)
+    stack.stop_gateway()
+    direct = _procs.pct(res["direct"]["total"], 50) * 1e3
+    client = _procs.pct(res["gateway"]["total"], 50) * 1e3
+    ordered = sorted(timings.items(), key=lambda kv: -kv[1]["mean_ms"])
+    rows: list[list[Any]] = [[k, v["n"], v["p50_ms"], v["mean_ms"]] for k, v in ordered]
+    rows.append(["(client-side total, gateway)", len(res["gateway"]["total"]), client, ""])
+    rows.append(["(client-side total, direct to the fake)", len(res["direct"]["total"]), direct, ""])
+    return _procs.table("c=1 wall time by phase inside one gateway worker (bench/_timed_app.py timers), ms",
+                        ["phase", "n", "p50 ms", "mean ms"], rows, 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=10, help="c=1 rounds (each: a block per target)")
+    parser.add_argument("--block", type=int, default=200, help="c=1 requests per target per round")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--load-seconds", type=float, default=8.0)
+    parser.add_argument("--load-rounds", type=int, default=3)
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--profile-seconds", type=float, default=12.0)
+    parser.add_argument("--keep-profile", help="copy py-spy's raw (collapsed) stacks here")
+    parser.add_argument("--attribution", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--app", default="api.main:app", help="the ASGI app uvicorn serves (a prototype variant: "
+                        "bench._aiohttp_app:app)")
+    parser.add_argument("--extra-path", help="PYTHONPATH for the gateway (packages a prototype needs)")
+    parser.add_argument("--output", help="also write the tables (Markdown) to this file")
+    args = parser.parse_args()
+    _procs.install_signal_handlers()
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
