@@ -220,11 +220,14 @@ def test_a_worker_killed_mid_job_loses_nothing_and_every_job_is_charged_once(e2e
     killed_at = time.monotonic()
 
     rows = e2e.wait(ids, timeout=90)
+    took = time.monotonic() - killed_at
     for row in rows:
         e2e.assert_paid_once(row["id"])
     for job_id in victims_jobs:  # they were taken over after the lease lapsed
         assert e2e.job(job_id)["attempts"] >= 2
-    assert time.monotonic() - killed_at < 90
+    # lease (4 s) + sweep (1 s) + the job (3 s): the sweeper's reclaim, well before Dramatiq's own
+    # 30 s heartbeat requeue would have brought the dead worker's messages back
+    assert took < 25, took
     after = assert_books_balance(e2e.engine, account.account_id)  # sum of entries == balance, no open hold
     assert before.balance - after.balance == 8 * IMAGE_PRICE
 

@@ -115,13 +115,13 @@ def test_an_image_request_waits_for_the_job_and_answers_the_openai_images_shape(
 def test_b64_json_returns_the_stored_png_inline(media: Media) -> None:
     account = media.account()
     response = media.client.post(IMAGES, headers=account.headers,
-                                 json={"prompt": "a lighthouse", "size": "320x192", "response_format": "b64_json"})
+                                 json={"prompt": "a lighthouse", "size": "512x512", "response_format": "b64_json"})
 
     assert response.status_code == 200, response.text
     [item] = response.json()["data"]
     assert set(item) == {"b64_json"}
     data = base64.b64decode(item["b64_json"], validate=True)
-    assert png(data).size == (320, 192)
+    assert png(data).size == (512, 512)
     [stored] = media.jobs.files(response.json()["helyx"]["job_id"])
     assert (media.settings.storage_dir / stored["storage_key"]).read_bytes() == data
 
