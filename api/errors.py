@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from api.responses import json_response
 from common.errors import (
@@ -71,8 +72,11 @@ def install(app: FastAPI) -> None:
         return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
-        return error_response(http_error(exc))
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        error = http_error(exc)
+        if exc.status_code == 405:
+            error.headers["allow"] = ", ".join(sorted(_allowed_methods(request)))
+        return error_response(error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -86,6 +90,16 @@ def install(app: FastAPI) -> None:
                                                      headers=headers))
         log.exception("unhandled error on %s", request.url.path)
         return error_response(ServerError("Internal server error.", headers=headers))
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """Every method any route serves at this path (Starlette's own Allow names one route's only)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return methods
 
 
 def _is_database_down(exc: Exception) -> bool:

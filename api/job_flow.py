@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -15,7 +16,7 @@ from common.accounts import Principal
 from common.errors import InvalidRequest
 from common.jobs.submit import submit_job
 from common.jobs.views import JobRecord, Linker, load_job
-from common.ssrf import check_url
+from common.ssrf import WebhookHostUnresolved, check_url
 
 log = logging.getLogger("helyx.api")
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -35,7 +36,8 @@ async def submit(
     await services.limiter.hit(principal.key_id, principal.plan)
     entry = services.catalog.resolve(model, principal.plan, settings, kind=job_type)
     if webhook_url:
-        await run_in_threadpool(check_url, webhook_url, settings.webhook_allow_private)
+        with contextlib.suppress(WebhookHostUnresolved):  # may resolve later: checked before every delivery
+            await run_in_threadpool(check_url, webhook_url, settings.webhook_allow_private)
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")

@@ -16,10 +16,12 @@ from common.jobs.views import find_file
 from common.signing import verify_file_signature
 
 router = APIRouter(prefix="/api/v1", tags=["files"])
+_FILE_RESPONSES = doc(None, 401, 404, content_type="image/png")
+_FILE_RESPONSES[200]["content"].update({t: {} for t in ("image/jpeg", "image/webp", "video/mp4")})
 
 
 @router.get("/files/{file_id}/content", summary="A stored result file; signed URLs need no Authorization",
-            responses=doc(None, 401, 404, content_type="application/octet-stream"), response_class=StreamingResponse)
+            responses=_FILE_RESPONSES, response_class=StreamingResponse)
 async def file_content(file_id: str, request: Request, services: ServicesDep,
                        expires: str | None = None, signature: str | None = None) -> Any:
     signed = signature is not None and verify_file_signature(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text"]
-    text: str
+    text: str = Field(max_length=200_000)
 
 
 class ImageURL(BaseModel):
@@ -28,25 +28,45 @@ class ImagePart(BaseModel):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class ChatMessage(BaseModel):
+MAX_MESSAGES = 256
+MAX_CONTENT_CHARS = 200_000
+Content = Annotated[str, Field(max_length=MAX_CONTENT_CHARS)]
+
+
+class _Message(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
     name: str | None = Field(default=None, max_length=64)
 
-    @model_validator(mode="after")
-    def _content_required(self) -> ChatMessage:
-        if self.content is None and self.role != "assistant":
-            raise ValueError(f"a {self.role} message needs content")
-        return self
-
     def as_dict(self) -> dict[str, Any]:
-        role = "system" if self.role == "developer" else self.role
-        data: dict[str, Any] = {"role": role, "content": self.content if isinstance(self.content, str | None)
-                                else [p.model_dump(exclude_none=True) for p in self.content]}
+        role = getattr(self, "role")  # noqa: B009 - every subclass declares it
+        content = getattr(self, "content")  # noqa: B009
+        data: dict[str, Any] = {
+            "role": "system" if role == "developer" else role,
+            "content": content if isinstance(content, str | None) else [p.model_dump(exclude_none=True)
+                                                                       for p in content],
+        }
         if self.name:
             data["name"] = self.name
         return data
+
+
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]
+    content: Content | list[TextPart]
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: Content | list[ContentPart]
+
+
+class AssistantMessage(_Message):
+    role: Literal["assistant"]
+    content: Content | list[TextPart] | None = None
+
+
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+StopSequence = Annotated[str, Field(min_length=1)]
 
 
 class StreamOptions(BaseModel):
@@ -58,14 +78,14 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=200)
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=1.0, ge=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: StopSequence | Annotated[list[StopSequence], Field(max_length=4)] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = Field(default=None, max_length=256)

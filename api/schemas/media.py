@@ -30,15 +30,16 @@ class ImageGenerationRequest(BaseModel):
     model: str = Field(default="nano-banana-pro", min_length=1, max_length=200)
     prompt: str = Field(min_length=1, max_length=32_000)
     n: int = Field(default=1, ge=1, le=4)
-    size: str = "1024x1024"
+    size: Literal["256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792",
+                  "auto"] = "1024x1024"
     response_format: Literal["url", "b64_json"] = "url"
-    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://",
+                                    description="http(s) URL; private and loopback targets are refused")
     user: str | None = Field(default=None, max_length=256)
 
     @field_validator("size")
     @classmethod
     def _size(cls, value: str) -> str:
-        parse_size("1024x1024" if value == "auto" else value)
         return "1024x1024" if value == "auto" else value
 
 
@@ -49,7 +50,8 @@ class VideoCreateRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=32_000)
     seconds: Literal["4", "8", "12"] = "4"
     size: Literal["1280x720", "720x1280", "1792x1024", "1024x1792"] = "1280x720"
-    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://",
+                                    description="http(s) URL; private and loopback targets are refused")
 
     @field_validator("seconds", mode="before")
     @classmethod
