@@ -29,6 +29,12 @@ _CLAIM = text(
     " WHERE id = :id AND (status = 'queued' OR (status = 'running' AND lease_until < :now))"
     " RETURNING account_id, type, model, params, attempts, hold_id, price"
 )
+# A job that must wait for a free slot: queued again (a dead worker's lapsed lease included), with
+# enqueued_at now, because the caller re-sends its message.
+_WAIT_FOR_SLOT = text(
+    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now"
+    " WHERE id = :id AND (status = 'queued' OR (status = 'running' AND lease_until < :now))"
+)
 _RUNNING_FOR_ACCOUNT = text(
     "SELECT COUNT(*) FROM jobs WHERE account_id = :aid AND status = 'running' AND lease_until >= :now"
 )
@@ -63,8 +69,11 @@ def job_account(engine: Engine, job_id: str) -> tuple[str, str, str] | None:
 
 def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float, running_cap: int | None) -> ClaimedJob | None:
     """Take the job for `owner`, or None if it is not runnable (done, canceled, leased by a live
-    worker). AccountBusy when the account already runs `running_cap` jobs (it stays queued)."""
+    worker). AccountBusy when the account already runs `running_cap` jobs: the job is then queued
+    with `enqueued_at` now, since the caller sends its message again (otherwise the sweeper would
+    take a waiting job for lost, or for a dead worker's, and add a message copy on every sweep)."""
     now = clock.now().timestamp()
+    busy: str | None = None
     with engine.begin() as conn:
         if running_cap is not None:
             current = conn.execute(text("SELECT account_id, status, lease_until FROM jobs WHERE id = :id"),
@@ -76,8 +85,12 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float, running
             account = current.account_id  # type: ignore[union-attr]
             _lock_account(conn, account)
             if conn.execute(_RUNNING_FOR_ACCOUNT, {"aid": account, "now": now}).scalar_one() >= running_cap:
-                raise AccountBusy(account)
-        row = conn.execute(_CLAIM, {"id": job_id, "owner": owner, "until": now + lease_seconds, "now": now}).first()
+                conn.execute(_WAIT_FOR_SLOT, {"id": job_id, "now": now})
+                busy = account
+        row = None if busy else conn.execute(
+            _CLAIM, {"id": job_id, "owner": owner, "until": now + lease_seconds, "now": now}).first()
+    if busy is not None:
+        raise AccountBusy(busy)
     if row is None:
         return None
     return ClaimedJob(job_id, row.account_id, row.type, row.model, json.loads(row.params), row.attempts,

@@ -416,3 +416,59 @@ def test_the_running_jobs_cap_keeps_extra_jobs_queued_never_rejected_and_all_of_
         assert jobs.kinds(job_id) == ["reserve", "settle"]
     after = assert_books_balance(jobs.engine, account.account_id)
     assert before.balance - after.balance == 5 * IMAGE_PRICE and after.available == 0
+
+
+@pytest.mark.parametrize("waiting", ["queued", "reclaimable"])
+def test_a_job_waiting_for_a_free_slot_keeps_one_message_not_a_growing_swarm(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch, waiting: str) -> None:
+    """While its account is at the running cap, a job's message comes back every BUSY_RETRY_MS. The
+    sweeper must not take the waiting job for lost (stale queued, or a dead worker's lapsed lease)
+    and add another copy on every sweep: the copies would multiply for as long as the job waits."""
+    gate = threading.Event()
+
+    async def gated(call: int, request: ImageRequest) -> list[MediaFile]:
+        if request.prompt == "first":
+            for _ in range(1000):  # at most 10 s
+                if gate.is_set():
+                    break
+                await asyncio.sleep(0.01)
+        return pngs(request)
+
+    provider = ScriptedImages(gated).install(monkeypatch)
+    monkeypatch.setattr(execute, "BUSY_RETRY_MS", 50)
+    claims: dict[str, int] = {}
+    real_claim = lifecycle.claim
+
+    def counting_claim(engine: Any, job_id: str, *args: Any) -> Any:
+        claims[job_id] = claims.get(job_id, 0) + 1
+        return real_claim(engine, job_id, *args)
+
+    monkeypatch.setattr(lifecycle, "claim", counting_claim)
+    jobs = make_jobs(threads=4, jobs_running_free=1, stale_queued_seconds=0.1, job_lease_seconds=2)
+    account = jobs.account("free")
+    first = jobs.submit(account, prompt="first")
+    assert provider.started.wait(5)
+    if waiting == "queued":
+        second = jobs.submit(account, prompt="second")
+    else:  # a worker took it and died: its lease has lapsed
+        second = jobs.submit(account, prompt="second", enqueue=False)
+        assert real_claim(jobs.engine, second, "dead-worker", 0.05, None) is not None
+        time.sleep(0.1)
+        jobs.send(second)
+
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # a busy sweeper, as in a process with a short interval
+            sweeper.sweep_once(enqueue, sweep_files=False)
+            time.sleep(0.05)
+        assert jobs.job(first)["status"] == "running" and jobs.job(second)["status"] != "succeeded"
+    finally:
+        gate.set()
+    jobs.wait(first), jobs.wait(second)
+    jobs.join()
+
+    # one copy coming back every 50 ms for 1.5 s is ~30 claims; a swarm grows quadratically
+    assert claims[second] <= 60, claims[second]
+    for job_id in (first, second):
+        assert jobs.job(job_id)["status"] == "succeeded" and jobs.kinds(job_id) == ["reserve", "settle"]
+    assert_books_balance(jobs.engine, account.account_id)
