@@ -4,6 +4,8 @@ client's own cost is a few tens of microseconds per request and the same for eve
     python -m bench._load seq  SPEC.json   sequential requests, targets interleaved block by block
     python -m bench._load conc SPEC.json   N concurrent connections for S seconds (the fallback when
                                            wrk is not installed), asyncio + uvloop when available
+    python -m bench._load submit SPEC.json  job submissions over N threads (bench/jobs.py)
+    python -m bench._load light SPEC.json   one job at a time, polled until done (bench/jobs.py)
 
 SPEC.json: {"targets": {name: {"port": int, "raw": str (the whole request, latin-1)}}, ...}.
 Prints one JSON object on stdout. Bounded by count and time; talks to 127.0.0.1 only.
@@ -182,6 +184,10 @@ def main() -> None:
         spec = json.load(f)
     if mode == "seq":
         result = sequential(spec)
+    elif mode == "submit":
+        result = submit(spec)
+    elif mode == "light":
+        result = poll_until_done(spec)
     else:
         try:
             import uvloop
@@ -191,6 +197,70 @@ def main() -> None:
             pass
         result = asyncio.run(_concurrent(spec))
     json.dump(result, sys.stdout)
+
+
+
+def submit(spec: dict[str, Any]) -> dict[str, Any]:
+    """`count` POSTs spread over `connections` threads, each on its own keep-alive connection; returns
+    per request (send time, answer time, status, job id) with times on this host's wall clock."""
+    import threading
+
+    raw = spec["raw"].encode("latin-1")
+    results: list[tuple[float, float, int, str]] = []
+    lock = threading.Lock()
+    left = [spec["count"]]
+    deadline = time.monotonic() + spec.get("max_seconds", 300)
+
+    def worker() -> None:
+        conn = Conn(spec["port"])
+        while time.monotonic() < deadline:
+            with lock:
+                if left[0] <= 0:
+                    break
+                left[0] -= 1
+            sent = time.time()
+            status, _, _, body = conn.request(raw)
+            job_id = json.loads(body).get("id", "") if status in (200, 202) else body[:200].decode(errors="replace")
+            with lock:
+                results.append((sent, time.time(), status, job_id))
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(spec["connections"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"results": results}
+
+
+def poll_until_done(spec: dict[str, Any]) -> dict[str, Any]:
+    """Light load: submit one job, poll GET /jobs/{id} every `interval` s until it is terminal, repeat.
+    Returns per job (POST sent, 202 received, first poll that saw it terminal, status, id, polls)."""
+    submit_raw = spec["submit_raw"].encode("latin-1")
+    conn = Conn(spec["port"])
+    out = []
+    deadline = time.monotonic() + spec.get("max_seconds", 120)
+    for _ in range(spec["count"]):
+        if time.monotonic() > deadline:
+            break
+        t0 = time.time()
+        _, _, _, body = conn.request(submit_raw)
+        t1 = time.time()
+        job_id = json.loads(body)["id"]
+        poll = spec["poll_raw"].replace("JOB_ID", job_id).encode("latin-1")
+        polls, final = 0, ""
+        until = time.monotonic() + 30
+        while time.monotonic() < until:
+            _, _, _, body = conn.request(poll)
+            polls += 1
+            final = json.loads(body)["status"]
+            if final in ("succeeded", "failed", "canceled"):
+                break
+            time.sleep(spec.get("interval", 0.002))
+        out.append((t0, t1, time.time(), final, job_id, polls))
+        time.sleep(spec.get("gap", 0.05))
+    conn.close()
+    return {"jobs": out}
 
 
 if __name__ == "__main__":

@@ -156,8 +156,10 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 def _wrk(port: int, raw: str, connections: int, seconds: float, keys: list[str] | None = None) -> dict[str, Any]:
     head, _, body = raw.partition("\r\n\r\n")
-    path = head.split(" ")[1]
-    lines = ['wrk.method = "POST"', f"wrk.path = {json.dumps(path)}", f"wrk.body = {json.dumps(body)}"]
+    method, path = head.split(" ")[:2]
+    lines = [f"wrk.method = {json.dumps(method)}", f"wrk.path = {json.dumps(path)}"]
+    if body:
+        lines.append(f"wrk.body = {json.dumps(body)}")
     for header in head.split("\r\n")[1:]:
         name, _, value = header.partition(": ")
         if name.lower() not in ("host", "content-length"):

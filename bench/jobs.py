@@ -1,0 +1,309 @@
+"""Media jobs end to end: image jobs on the simulated provider at zero delay, through real
+`helyx worker` processes (Dramatiq on Redis db 13) on PostgreSQL (database helyx_bench_jobs).
+
+    .venv/bin/python -m bench.jobs                      # 1,000 jobs, 256x256, 2 worker processes
+    .venv/bin/python -m bench.jobs --jobs 300 --no-profile
+
+Set-up: HELYX_SIMULATE=1, HELYX_SIMULATED_JOB_SECONDS=0, images of `--size` (default 256x256),
+an ultra account (`helyx account create` + `helyx credits grant`), HELYX_JOBS_RUNNING_ULTRA raised
+to 10,000 so the per-account running cap never throttles the benchmark, rate limits raised; the
+API is `uvicorn api.main:app` (`--web-workers`, default 1), the workers `helyx worker --processes 2`
+(8 threads each, the default).
+
+Measured:
+  * burst: `--jobs` submissions with `Prefer: respond-async` over `--submitters` connections;
+    submissions/s, jobs/s end to end (first created_at to last finished_at, from the job rows),
+    submit->succeeded p50/p99 (finished_at - created_at, the server's own clocks);
+  * light load: one job at a time, polled with GET /jobs/{id} every 2 ms: server-side and
+    client-observed submit->succeeded;
+  * GET /jobs/{id} requests/s at c=64 (wrk), beside GET /healthz (the framework's floor);
+  * peak RSS of every worker process; optionally a py-spy profile of one worker process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench import _procs
+from bench._procs import Proc
+from bench.chat import PHASES, _wrk, run_load
+
+DB = "helyx_bench_jobs"
+
+
+class Stack:
+    def __init__(self, web_workers: int, worker_processes: int, worker_threads: int) -> None:
+        self.db_url = _procs.fresh_pg_database(DB)
+        _procs.flush_redis()
+        big = "1000000000"
+        self.env = _procs.helyx_env(
+            HELYX_DATABASE_URL=self.db_url, HELYX_REDIS_URL=_procs.REDIS_URL, HELYX_SIMULATE="1",
+            HELYX_SIMULATED_JOB_SECONDS="0", HELYX_STORAGE_DIR=str(_procs.WORKDIR / "files"),
+            HELYX_SECRET_KEY="bench-" + "0" * 58, HELYX_LOG_LEVEL="WARNING", HELYX_JOBS_RUNNING_ULTRA="10000",
+            HELYX_RATE_LIMIT_FREE=big, HELYX_RATE_LIMIT_PLUS=big, HELYX_RATE_LIMIT_PRO=big, HELYX_RATE_LIMIT_ULTRA=big,
+        )
+        subprocess.run([_procs.HELYX, "migrate"], env=self.env, cwd=_procs.ROOT, check=True, capture_output=True)
+        made = _procs.run_json([_procs.HELYX, "account", "create", "jobs@bench.local", "--plan", "ultra"], self.env)
+        self.account_id, self.key = made["account_id"], made["api_key"]
+        _procs.run_json([_procs.HELYX, "credits", "grant", self.account_id, "100000000"], self.env)
+        self.port = _procs.free_port()
+        self.api = Proc("jobs-api", [str(_procs.VENV_BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1",
+                                     "--port", str(self.port), "--workers", str(web_workers), "--no-access-log",
+                                     "--log-level", "warning"], self.env)
+        self.workers = Proc("helyx-worker", [_procs.HELYX, "worker", "--processes", str(worker_processes),
+                                             "--threads", str(worker_threads)], self.env)
+        _procs.wait_http(self.port, "/healthz", proc=self.api)
+        deadline = time.monotonic() + 60
+        while len(self.worker_pids()) < worker_processes and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def worker_pids(self) -> list[int]:
+        return [p for p in _procs.children(self.workers.pid) if "dramatiq" in _procs.cmdline(p)
+                or "multiprocessing" in _procs.cmdline(p)]
+
+    def raw_submit(self, size: str) -> str:
+        body = json.dumps({"model": "nano-banana-pro", "prompt": "a lighthouse at dawn", "size": size})
+        return (f"POST /api/v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                f"Authorization: Bearer {self.key}\r\nContent-Type: application/json\r\nPrefer: respond-async\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}")
+
+    def raw_get(self, path: str) -> str:
+        return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nAuthorization: Bearer {self.key}\r\n\r\n"
+
+    def rows(self, ids: list[str]) -> list[tuple[str, str, float, float | None, float | None]]:
+        import psycopg
+
+        with psycopg.connect(self.db_url) as conn:
+            return conn.execute("SELECT id, status, created_at, started_at, finished_at FROM jobs WHERE id = ANY(%s)",
+                                (ids,)).fetchall()
+
+    def wait_done(self, ids: list[str], timeout: float) -> float:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                left = conn.execute("SELECT COUNT(*) FROM jobs WHERE id = ANY(%s) AND status IN ('queued', 'running')",
+                                    (ids,)).fetchone()[0]  # type: ignore[index]
+                if left == 0:
+                    return time.time()
+                time.sleep(0.05)
+        raise TimeoutError(f"{left} job(s) still unfinished after {timeout:g} s")
+
+    def stop(self) -> None:
+        self.workers.stop(timeout=15)
+        self.api.stop()
+        _procs.drop_pg_database(DB)
+
+
+WORKER_PHASES = [
+    ("render PNG (simulated provider)", r"^(render_png|render_image|_png|_draw_caption) \("),
+    ("claim (account lock, running count, UPDATE)", r"^claim \(.*common/jobs/lifecycle"),
+    ("job_account query", r"^job_account \("),
+    ("succeed (job row + file row + settle)", r"^succeed \(.*common/jobs/lifecycle"),
+    ("store the file", r"^_store \(|common/storage\.py"),
+    ("lease heartbeat", r"^_heartbeat \("),
+    ("per-job asyncio.run + httpx client + providers", r"^_produce \(|^build_http_client|asyncio/runners|/httpx/"),
+    ("webhook actor / notify", r"workers/notify\.py|deliver_webhook"),
+    ("sweeper thread", r"workers/sweeper\.py|common/jobs/recovery\.py"),
+    ("dramatiq (consume, ack, middleware)", r"/dramatiq/"),
+    ("redis-py", r"/redis/"),
+]
+
+
+def profile_worker(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([str(_procs.VENV_BIN / "py-spy"), "record", "--pid", str(pid), "--duration",
+                             str(int(seconds)), "--rate", "200", "--format", "raw", "--output", str(out),
+                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize(path: Path, phases_spec: list[tuple[str, str]] = WORKER_PHASES) -> list[list[Any]]:
+    phases: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        phase = "other"
+        for frame in reversed(stack.split(";")):
+            hit = next((label for label, pat in phases_spec if re.search(pat, frame)), None)
+            if hit:
+                phase = hit
+                break
+        phases[phase] += int(count)
+    return [[k, v, v / total * 100] for k, v in phases.most_common()]
+
+
+def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list[str]]:
+    out = _procs.WORKDIR / "jobs-worker-profile.txt"
+    spy = None
+    if args.profile and (_procs.VENV_BIN / "py-spy").exists() and stack.worker_pids():
+        spy = profile_worker(stack.worker_pids()[0], args.profile_seconds, out)
+    before = {p: _procs.cpu_seconds(p) for p in [stack.api.pid, *_procs.children(stack.api.pid), *stack.worker_pids()]}
+    machine = _procs.machine_cpu()
+    t0 = time.time()
+    res = run_load("submit", {"port": stack.port, "raw": stack.raw_submit(args.size), "count": args.jobs,
+                              "connections": args.submitters, "max_seconds": 300})["results"]
+    t_submitted = time.time()
+    ids = [r[3] for r in res if r[2] == 202]
+    refused = [r for r in res if r[2] != 202]
+    done_at = stack.wait_done(ids, args.timeout)
+    busy = _procs.busy_percent(machine, _procs.machine_cpu())
+    cpu = {p: _procs.cpu_seconds(p) - c for p, c in before.items()}
+    rows = stack.rows(ids)
+    lat = [(f - c) * 1e3 for _, s, c, _, f in rows if s == "succeeded" and f]
+    queue_wait = [(st - c) * 1e3 for _, s, c, st, f in rows if s == "succeeded" and st]
+    statuses = Counter(r[1] for r in rows)
+    first, last = min(r[2] for r in rows), max(r[4] or 0 for r in rows)
+    api_cpu = sum(v for p, v in cpu.items() if p not in stack.worker_pids())
+    worker_cpu = sum(v for p, v in cpu.items() if p in stack.worker_pids())
+    table = [
+        ["jobs submitted (202) / refused", f"{len(ids)} / {len(refused)}"],
+        ["statuses", dict(statuses)],
+        ["submissions/s (client, 202s)", len(ids) / (t_submitted - t0)],
+        ["submit p50 / p99 ms (client: POST -> 202)",
+         f"{_procs.pct([(r[1] - r[0]) * 1e3 for r in res], 50):.1f} / "
+         f"{_procs.pct([(r[1] - r[0]) * 1e3 for r in res], 99):.1f}"],
+        ["jobs/s end to end (first created -> last finished)", len(lat) / (last - first)],
+        ["jobs/s, client view (first POST -> all seen done)", len(lat) / (done_at - t0)],
+        ["submit->succeeded p50 ms (row: finished - created)", _procs.pct(lat, 50)],
+        ["submit->succeeded p99 ms", _procs.pct(lat, 99)],
+        ["  of which queued (started - created) p50 / p99 ms",
+         f"{_procs.pct(queue_wait, 50):.1f} / {_procs.pct(queue_wait, 99):.1f}"],
+        ["API CPU ms per job (all uvicorn processes)", api_cpu / max(1, len(lat)) * 1e3],
+        ["workers CPU ms per job (all worker processes)", worker_cpu / max(1, len(lat)) * 1e3],
+        ["machine busy % during the burst", busy],
+    ]
+    tables = []
+    if spy is not None:
+        spy.wait(timeout=args.profile_seconds + 60)
+        if out.exists():
+            tables.append(_procs.table(f"py-spy, one worker process during the burst (active samples, all threads; "
+                                       f"{args.profile_seconds:g} s)", ["phase", "samples", "%"], summarize(out), 1))
+            if args.keep_profile:
+                Path(args.keep_profile).write_text(out.read_text())
+    if refused:
+        print(f"  refused: {refused[:3]}")
+    return table, tables
+
+
+def light(stack: Stack, args: argparse.Namespace) -> list[list[Any]]:
+    res = run_load("light", {"port": stack.port, "submit_raw": stack.raw_submit(args.size),
+                             "poll_raw": stack.raw_get("/api/v1/jobs/JOB_ID"), "count": args.light_jobs,
+                             "interval": 0.002, "gap": 0.05, "max_seconds": 120})["jobs"]
+    rows = {r[0]: r for r in stack.rows([j[4] for j in res])}
+    server = [(rows[j[4]][4] - rows[j[4]][2]) * 1e3 for j in res if rows[j[4]][1] == "succeeded"]
+    client = [(j[2] - j[0]) * 1e3 for j in res if j[3] == "succeeded"]
+    submit = [(j[1] - j[0]) * 1e3 for j in res]
+    return [
+        [f"light load ({len(res)} jobs, one at a time)", "p50", "p99"],
+        ["POST -> 202 ms (client)", _procs.pct(submit, 50), _procs.pct(submit, 99)],
+        ["submit->succeeded ms (row: finished - created)", _procs.pct(server, 50), _procs.pct(server, 99)],
+        ["submit->succeeded ms (client: POST sent -> poll saw it)", _procs.pct(client, 50), _procs.pct(client, 99)],
+    ]
+
+
+API_PHASES = [
+    ("load_job (job + files queries)", r"^load_job \("),
+    ("available (balance query)", r"^available \(.*common/billing"),
+    ("job_view + signed URLs", r"^(job_view|_file_view|url|sign_file_url) \("),
+    *PHASES,
+]
+
+
+def profile_api(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([str(_procs.VENV_BIN / "py-spy"), "record", "--pid", str(pid), "--duration",
+                             str(int(seconds)), "--rate", "200", "--gil", "--format", "raw", "--output", str(out),
+                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def polls(stack: Stack, args: argparse.Namespace, job_id: str) -> list[list[Any]]:
+    rows = []
+    targets = {"GET /api/v1/jobs/{id} (succeeded, 1 file)": stack.raw_get(f"/api/v1/jobs/{job_id}"),
+               "GET /healthz (framework floor)": stack.raw_get("/healthz")}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
+    pids = [stack.api.pid, *_procs.children(stack.api.pid)]
+    for round_ in range(args.load_rounds):
+        for name, raw in targets.items():
+            spy = None
+            if round_ == 0 and name.startswith("GET /api") and args.profile and len(pids) == 1:
+                spy = profile_api(pids[0], args.load_seconds - 1, _procs.WORKDIR / "jobs-api-profile.txt")
+            before = sum(_procs.cpu_seconds(p) for p in pids)
+            r = _wrk(stack.port, raw, args.connections, args.load_seconds)
+            r["cpu_ms"] = (sum(_procs.cpu_seconds(p) for p in pids) - before) / max(1, r["requests"]) * 1e3
+            runs[name].append(r)
+            if spy is not None:
+                spy.wait(timeout=60)
+            print(f"  {name:45} {r['rps']:8.0f} req/s  non-200 {r['non_200']}", flush=True)
+    for name, rs in runs.items():
+        rates = [r["rps"] for r in rs]
+        rows.append([name, _procs.median(rates), min(rates), max(rates), _procs.median([r["p50"] for r in rs]),
+                     _procs.median([r["p99"] for r in rs]), _procs.median([r["cpu_ms"] for r in rs]),
+                     sum(r["non_200"] for r in rs)])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--size", default="256x256")
+    parser.add_argument("--submitters", type=int, default=16, help="concurrent submitting connections")
+    parser.add_argument("--light-jobs", type=int, default=50)
+    parser.add_argument("--web-workers", type=int, default=1)
+    parser.add_argument("--worker-processes", type=int, default=2)
+    parser.add_argument("--worker-threads", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--load-seconds", type=float, default=8.0)
+    parser.add_argument("--load-rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=300.0, help="for the burst to finish")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("--keep-profile")
+    parser.add_argument("--output", help="also write the tables (Markdown) to this file")
+    args = parser.parse_args()
+    _procs.install_signal_handlers()
+    note = _procs.machine_note()
+    print(f"# bench.jobs: {note}", flush=True)
+    stack = Stack(args.web_workers, args.worker_processes, args.worker_threads)
+    tables = []
+    try:
+        warm = run_load("light", {"port": stack.port, "submit_raw": stack.raw_submit(args.size),
+                                  "poll_raw": stack.raw_get("/api/v1/jobs/JOB_ID"), "count": 5, "interval": 0.01,
+                                  "gap": 0.0})["jobs"]
+        burst_rows, profile_tables = burst(stack, args)
+        light_rows = light(stack, args)
+        poll_rows = polls(stack, args, warm[0][4])
+        mem = [[("dramatiq worker" if p in stack.worker_pids() else "uvicorn"), p, *_procs.memory_mb(p)]
+               for p in [*stack.worker_pids(), stack.api.pid, *_procs.children(stack.api.pid)]]
+        mem.append(["helyx worker (dramatiq supervisor)", stack.workers.pid, *_procs.memory_mb(stack.workers.pid)])
+    finally:
+        stack.stop()
+    tables.append(_procs.table(f"burst: {args.jobs} image jobs ({args.size}), {args.submitters} submitters, "
+                               f"{args.worker_processes} worker processes x {args.worker_threads} threads, "
+                               f"{args.web_workers} API process(es)", ["measure", "value"], burst_rows))
+    tables += profile_tables
+    tables.append(_procs.table("light load", light_rows[0], light_rows[1:]))
+    tables.append(_procs.table(f"polling at c={args.connections} (wrk, {args.load_rounds} x {args.load_seconds:g} s, "
+                               "alternating; median)",
+                               ["request", "req/s", "min", "max", "p50 ms", "p99 ms", "API CPU ms/request",
+                                "non-200"], poll_rows))
+    api_profile = _procs.WORKDIR / "jobs-api-profile.txt"
+    if api_profile.exists():
+        tables.append(_procs.table("py-spy, the API process under GET /jobs/{id} at c=64 (GIL-holding samples)",
+                                   ["phase (deepest matching frame)", "samples", "%"],
+                                   summarize(api_profile, API_PHASES), 1))
+    tables.append(_procs.table("memory, MB", ["process", "pid", "RSS now", "peak RSS (VmHWM)"], mem, 1))
+    if args.output:
+        Path(args.output).write_text(f"# bench.jobs: {note}\n" + "\n".join(tables) + "\n")
+
+
+if __name__ == "__main__":
+    main()
