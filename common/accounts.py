@@ -7,6 +7,7 @@ once a minute per key, so it costs nothing on the hot path.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
@@ -82,8 +83,9 @@ def create_key(
 ) -> NewKey:
     if conn.execute(text("SELECT 1 FROM accounts WHERE id = :a"), {"a": account_id}).first() is None:
         raise NotFound(f"No account {account_id}", code="account_not_found")
-    if expires_at is not None and expires_at <= now:
-        raise InvalidRequest("expires_at must be in the future.", param="expires_at")
+    # NaN compares false with every time: such a key would never expire.
+    if expires_at is not None and (not math.isfinite(expires_at) or expires_at <= now):
+        raise InvalidRequest("expires_at must be a time in the future (unix seconds).", param="expires_at")
     if daily_cap is not None and daily_cap <= 0:
         raise InvalidRequest("daily_credit_cap must be positive.", param="daily_credit_cap")
     secret = keys.generate_key()
