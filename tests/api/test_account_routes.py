@@ -232,6 +232,18 @@ def test_an_expiry_in_the_past_is_400_and_creates_nothing(app_client: TestClient
     assert key_ids(engine, account.account_id) == [account.key_id]
 
 
+@pytest.mark.parametrize("raw", [b'{"expires_at": NaN}', b'{"expires_at": Infinity}', b'{"expires_at": -Infinity}'])
+def test_an_expiry_that_is_not_a_finite_time_is_400_and_creates_nothing(
+    app_client: TestClient, engine: Engine, account: TestAccount, raw: bytes
+) -> None:
+    """Python's JSON parser lets NaN and Infinity through; a NaN expiry compares false with every
+    time, so the key would never expire while its owner asked for an expiring key."""
+    response = app_client.post("/api/v1/keys", content=raw,
+                               headers={**account.headers, "content-type": "application/json"})
+    assert (response.status_code, response.json()["error"]["param"]) == (400, "expires_at")
+    assert key_ids(engine, account.account_id) == [account.key_id]
+
+
 def test_key_expiry_round_trips_and_is_enforced(app_client: TestClient, account: TestAccount) -> None:
     with clock.frozen(NOON) as advance:
         expires = NOON.timestamp() + 3600
