@@ -1,6 +1,7 @@
 """Real Helyx processes for the integration tests: `helyx serve`, `helyx worker` and uvicorn, each
 started as a subprocess in its own session (so a kill reaches its children too), with an explicit
-environment, on a free port of 127.0.0.1, and always killed at teardown.
+environment, on a free port of 127.0.0.1, killed at teardown, and in any case after MAX_SECONDS or
+as soon as the test run that started it is gone.
 
     with Processes(tmp_path) as procs:
         api = procs.serve(env)                 # waits for /readyz
@@ -26,11 +27,29 @@ import httpx
 
 VENV_BIN = Path(sys.executable).parent
 HELYX = str(VENV_BIN / "helyx")
-REPO = Path(__file__).resolve().parents[2]
 # Provider keys the built-in catalog names: never inherited, so every model is simulated.
 _PROVIDER_KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "PERPLEXITY_API_KEY", "XAI_API_KEY",
                   "MOONSHOT_API_KEY", "DASHSCOPE_API_KEY", "ZHIPU_API_KEY", "MINIMAX_API_KEY", "GROQ_API_KEY",
                   "MISTRAL_API_KEY")
+
+
+# Each process runs under this watchdog, the leader of its own process group: it lets SIGTERM reach
+# the command directly (one signal, so a graceful stop stays graceful), passes on the exit code,
+# and SIGKILLs the whole group when the time limit passes or pytest itself is gone (the watchdog is
+# re-parented), so nothing started here outlives the test run, whatever happens to it.
+_WATCHDOG = """
+import os, signal, subprocess, sys, time
+limit, parent = float(sys.argv[1]), int(sys.argv[2])
+signal.signal(signal.SIGTERM, lambda *_: None)
+child = subprocess.Popen(sys.argv[3:])
+deadline = time.monotonic() + limit
+while child.poll() is None:
+    if time.monotonic() > deadline or os.getppid() != parent:
+        os.killpg(0, signal.SIGKILL)
+    time.sleep(0.2)
+sys.exit(child.returncode if child.returncode >= 0 else 128 - child.returncode)
+"""
+MAX_SECONDS = 600.0
 
 
 def free_port() -> int:
@@ -104,8 +123,9 @@ class Proc:
 class Processes:
     """Starts processes and kills every one of them when the block ends, whatever happened."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, max_seconds: float = MAX_SECONDS) -> None:
         self.workdir = workdir
+        self.max_seconds = max_seconds
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.started: list[Proc] = []
 
@@ -126,7 +146,8 @@ class Processes:
         with open(log_path, "wb") as log:
             # cwd is a scratch dir, so no stray .env file is read; start_new_session makes the
             # child a group leader, so kill() reaches dramatiq's worker processes as well.
-            popen = subprocess.Popen(argv, env=dict(env), cwd=self.workdir, stdin=subprocess.DEVNULL,
+            watched = [sys.executable, "-c", _WATCHDOG, str(self.max_seconds), str(os.getpid()), *argv]
+            popen = subprocess.Popen(watched, env=dict(env), cwd=self.workdir, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         proc = Proc(name, popen, log_path, port)
         self.started.append(proc)
