@@ -31,10 +31,10 @@ async def get_usage(
     principal: PrincipalDep,
     services: ServicesDep,
     key_id: str | None = None,
-    since: Annotated[float | None, Query(description="unix seconds, inclusive")] = None,
-    until: Annotated[float | None, Query(description="unix seconds, exclusive")] = None,
+    since: Annotated[float | None, Query(ge=0, le=1e11, description="unix seconds, inclusive")] = None,
+    until: Annotated[float | None, Query(ge=0, le=1e11, description="unix seconds, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    after: Annotated[int | None, Query(description="next_cursor of the previous page")] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**62, description="next_cursor of the previous page")] = None,
 ) -> Any:
     page = await run_in_threadpool(
         lambda: reports.list_usage(services.engine, principal.account_id, key_id=key_id, since=since,

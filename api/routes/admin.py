@@ -63,7 +63,8 @@ async def set_plan(account_id: str, body: PlanSet, services: ServicesDep) -> Any
                                now=clock.now().timestamp())
 
     await run_in_threadpool(change)
-    return json_response(reports.credits_summary(services.engine, account_id, services.settings.timezone))
+    return json_response(await run_in_threadpool(reports.credits_summary, services.engine, account_id,
+                                                 services.settings.timezone))
 
 
 @router.post("/accounts/{account_id}/credits", summary="Grant top-up credits", responses=doc(GrantResult, 401, 404))
@@ -74,5 +75,5 @@ async def grant_credits(account_id: str, body: CreditGrant, services: ServicesDe
                                 reference=body.reference)
 
     applied = await run_in_threadpool(grant)
-    summary = reports.credits_summary(services.engine, account_id, services.settings.timezone)
+    summary = await run_in_threadpool(reports.credits_summary, services.engine, account_id, services.settings.timezone)
     return json_response({**summary, "granted": applied})

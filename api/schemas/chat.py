@@ -8,19 +8,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
     text: str = Field(max_length=200_000)
 
 
 class ImageURL(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
     url: str = Field(min_length=1)
     detail: Literal["auto", "low", "high"] | None = None
 
 
 class ImagePart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -34,7 +34,7 @@ Content = Annotated[str, Field(max_length=MAX_CONTENT_CHARS)]
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
     name: str | None = Field(default=None, max_length=64)
 
     def as_dict(self) -> dict[str, Any]:
@@ -70,7 +70,7 @@ StopSequence = Annotated[str, Field(min_length=1)]
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
 
 
