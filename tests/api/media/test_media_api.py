@@ -17,7 +17,9 @@ import pytest
 from PIL import Image
 
 from common import clock
+from common.errors import UpstreamError
 from common.jobs import submit
+from common.providers import registry
 from common.signing import sign_file_url
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.api.media.conftest import Media
@@ -213,6 +215,59 @@ def test_a_tampered_or_expired_signature_needs_the_owners_key(media: Media) -> N
     stale = sign_file_url("/api/v1", file_id, int(clock.now().timestamp()) - 1, secret)
     error_of(media.client.get(stale), 401)
     assert media.client.get(stale, headers=owner.headers).status_code == 200
+
+
+def test_an_image_job_that_fails_is_a_502_and_costs_nothing(media: Media, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken:
+        calls = 0
+
+        async def generate_images(self, request: Any) -> Any:
+            Broken.calls += 1
+            raise UpstreamError("the provider is down", retryable=True, upstream_status=503)
+
+    monkeypatch.setattr(registry, "SimulatedImageProvider", lambda delay: Broken())
+    account = media.account()
+    before = books(media.engine, account.account_id)
+    response = media.client.post(IMAGES, headers=account.headers, json={"prompt": "nothing", "size": "256x256"})
+
+    error = error_of(response, 502)
+    assert error["type"] == "upstream_error"
+    assert Broken.calls == media.settings.job_max_retries + 1
+    after = assert_books_balance(media.engine, account.account_id)
+    assert after.balance == before.balance and after.available == before.available
+
+
+def test_an_image_still_running_when_the_wait_ends_answers_202_with_the_job(
+        make_media: Callable[..., Media]) -> None:
+    media = make_media(simulated_job_seconds=1.0, image_wait_seconds=0.2)
+    account = media.account()
+    response = media.client.post(IMAGES, headers=account.headers, json={"prompt": "patience", "size": "256x256"})
+
+    assert response.status_code == 202, response.text
+    assert response.json()["object"] == "job" and response.json()["status"] in ("queued", "running")
+    assert poll_job(media, account, response.json()["id"])["status"] == "succeeded"
+
+
+def test_cancel_of_a_finished_job_is_409_and_a_second_cancel_refunds_nothing_more(
+        make_media: Callable[..., Media]) -> None:
+    media = make_media(simulated_job_seconds=0.5)
+    account = media.account()
+    finished = media.client.post(IMAGES, headers=account.headers, json={"prompt": "done", "size": "256x256"})
+    finished_id = finished.json()["helyx"]["job_id"]
+    error = error_of(media.client.post(f"/api/v1/jobs/{finished_id}/cancel", headers=account.headers), 409)
+    assert error["type"] == "conflict_error"
+    assert media.jobs.job(finished_id)["status"] == "succeeded"
+
+    pending = media.client.post(IMAGES, headers={**account.headers, **ASYNC},
+                                json={"prompt": "undo", "size": "256x256"}).json()
+    for _ in range(2):
+        again = media.client.post(f"/api/v1/jobs/{pending['id']}/cancel", headers=account.headers)
+        assert again.status_code == 200 and again.json()["status"] == "canceled"
+    media.jobs.join()
+    assert media.jobs.kinds(pending["id"]) == ["reserve", "release"]
+    assert media.jobs.kinds(finished_id) == ["reserve", "settle"]
+    after = assert_books_balance(media.engine, account.account_id)
+    assert after.balance == 800_000_000
 
 
 # --- videos ----------------------------------------------------------------------------------------
