@@ -9,7 +9,8 @@ late message can neither run a job twice at once nor settle it twice:
 A running job holds a lease (`lease_owner`, `lease_until`) that its worker renews; a worker
 that died stops renewing and the sweeper hands the job back to the queue. Every transition out
 of `running` requires the caller to still own the lease, and the money moves in the same
-transaction as the state.
+transaction as the state. On PostgreSQL every transition that touches both locks the account row
+before the job row (one lock order, no deadlocks).
 """
 
 from __future__ import annotations
@@ -98,7 +99,11 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float, running
 
 
 def _lock_account(conn: Connection, account_id: str) -> None:
-    """Serialize claims of one account's jobs (PostgreSQL; SQLite's BEGIN IMMEDIATE already does)."""
+    """Serialize claims of one account's jobs (PostgreSQL; SQLite's BEGIN IMMEDIATE already does).
+
+    Every transition that moves money (succeed, fail, cancel) takes this lock first too, so all of
+    them lock the account row before the job row: a claim waiting for the account's running slot
+    and a cancel or late finish of the same job then queue up instead of deadlocking."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT 1 FROM accounts WHERE id = :aid FOR UPDATE"), {"aid": account_id})
 
@@ -120,6 +125,7 @@ def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, A
     (nothing is written then; the caller removes the files it stored)."""
     now = clock.now().timestamp()
     with engine.begin() as conn:
+        _lock_account(conn, job.account_id)
         updated = conn.execute(
             text(f"UPDATE jobs SET status = 'succeeded', progress = 100, finished_at = :now, charged = price,"
                  f" expires_at = :exp, result = :result, lease_owner = NULL, lease_until = NULL WHERE {_OWNED}"),
@@ -164,6 +170,7 @@ def fail(engine: Engine, job: ClaimedJob, owner: str, error_code: str, message: 
     """Final failure: status failed and a full refund, once."""
     now = clock.now().timestamp()
     with engine.begin() as conn:
+        _lock_account(conn, job.account_id)
         updated = conn.execute(
             text(f"UPDATE jobs SET status = 'failed', finished_at = :now, error_code = :code, error_message = :msg,"
                  f" lease_owner = NULL, lease_until = NULL WHERE {_OWNED}"),
@@ -180,6 +187,7 @@ def cancel(engine: Engine, account_id: str, job_id: str) -> None:
     lease renewal and stops; its late result is discarded. Finished jobs: 409."""
     now = clock.now().timestamp()
     with engine.begin() as conn:
+        _lock_account(conn, account_id)
         row = conn.execute(
             text("UPDATE jobs SET status = 'canceled', finished_at = :now, error_code = 'canceled',"
                  " error_message = 'Canceled by the user.', lease_owner = NULL, lease_until = NULL"

@@ -1,0 +1,101 @@
+"""Job transitions racing each other on real PostgreSQL (skipped locally without it, failing in CI):
+a claim that waits for the account's running slot and a cancel or a late finish of the same job
+must serialize, never deadlock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from common import accounts, clock, ledger
+from common.jobs import lifecycle
+from common.jobs.submit import submit_job
+from tests.api.chat.helpers import assert_books_balance
+from tests.conftest import TestAccount, create_test_account
+
+pytestmark = pytest.mark.postgres
+PRICE = 200_000_000
+
+
+def _job(engine: Engine, account: TestAccount) -> str:
+    principal = accounts.authenticate(engine, account.api_key, now=clock.now().timestamp())
+    return submit_job(engine, principal, job_type="image", model="nano-banana-pro", price=PRICE, tz="Asia/Karachi",
+                      params={"prompt": "race", "n": 1, "width": 256, "height": 256}).job_id
+
+
+def _kinds(engine: Engine, job_id: str) -> list[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT e.kind FROM ledger_entries e JOIN holds h ON h.id = e.hold_id"
+                                 " WHERE h.purpose = :p ORDER BY e.id"), {"p": f"job:{job_id}"})
+        return [r[0] for r in rows]
+
+
+def _race(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
+    """Run `first`, then `second` 0.15 s later, each in its own thread; their results or errors."""
+    results: list[Any] = [None, None]
+
+    def run(index: int, fn: Callable[[], Any], delay: float) -> None:
+        time.sleep(delay)
+        try:
+            results[index] = fn()
+        except Exception as exc:  # noqa: BLE001 (the error is the result under test)
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(0, first, 0.0)), threading.Thread(target=run, args=(1, second, 0.15))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert not any(t.is_alive() for t in threads)
+    return results[0], results[1]
+
+
+def _slow_ledger(monkeypatch: pytest.MonkeyPatch, verb: str) -> None:
+    """The ledger verb waits 0.5 s first, holding what its transaction has locked so far."""
+    real = getattr(ledger, verb)
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, verb, slow)
+
+
+def test_a_cancel_racing_a_capped_claim_of_the_same_job_does_not_deadlock(
+        pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    account = create_test_account(pg_engine, "pro")
+    job_id = _job(pg_engine, account)
+    _slow_ledger(monkeypatch, "release")
+
+    canceled, claimed = _race(lambda: lifecycle.cancel(pg_engine, account.account_id, job_id),
+                              lambda: lifecycle.claim(pg_engine, job_id, "worker-1", 10, 4))
+
+    assert not isinstance(canceled, Exception), canceled
+    assert claimed is None, claimed  # the job was canceled first: nothing to run
+    with pg_engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM jobs WHERE id = :j"), {"j": job_id}).scalar() == "canceled"
+    assert _kinds(pg_engine, job_id) == ["reserve", "release"]
+    assert_books_balance(pg_engine, account.account_id)
+
+
+def test_a_late_finish_racing_a_reclaim_of_the_same_job_does_not_deadlock(
+        pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    account = create_test_account(pg_engine, "pro")
+    job_id = _job(pg_engine, account)
+    stalled = lifecycle.claim(pg_engine, job_id, "stalled-worker", 0.05, 4)
+    assert stalled is not None
+    time.sleep(0.1)  # its lease lapses, but it still finishes
+    _slow_ledger(monkeypatch, "settle")
+
+    finished, reclaimed = _race(lambda: lifecycle.succeed(pg_engine, stalled, "stalled-worker", [], 3600),
+                                lambda: lifecycle.claim(pg_engine, job_id, "worker-2", 10, 4))
+
+    assert finished is True, finished  # it still held the job: its result counts
+    assert reclaimed is None, reclaimed  # and there is nothing left to reclaim
+    assert _kinds(pg_engine, job_id) == ["reserve", "settle"]
+    assert_books_balance(pg_engine, account.account_id)
