@@ -74,6 +74,7 @@ def _timed_threadpool(original: Any) -> Any:
             return await original(inner)
         finally:
             _add("threadpool hops", _perf() - t0 - box[0])
+            _add("#count threadpool hops", 1.0)
     return run
 
 
@@ -85,6 +86,30 @@ chat_billing.finish_chat = _timed_sync("settle + generation insert", chat_billin
 RateLimiter.hit = _timed_async("rate limit (Redis)", RateLimiter.hit)  # type: ignore[method-assign]
 OpenAICompatProvider.complete = _timed_async(  # type: ignore[method-assign]
     "upstream call (httpx + fake)", OpenAICompatProvider.complete)
+
+
+
+def _counting(name: str, func: Any) -> Any:
+    """Count calls per request (a psycopg wait is one round trip to PostgreSQL)."""
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _add(name, 1.0)
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def _counting_async(name: str, func: Any) -> Any:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _add(name, 1.0)
+        return await func(*args, **kwargs)
+    return wrapper
+
+
+import psycopg  # noqa: E402
+from redis.asyncio.connection import AbstractConnection  # noqa: E402
+
+psycopg.Connection.wait = _counting("#count PostgreSQL round trips", psycopg.Connection.wait)  # type: ignore
+AbstractConnection.send_packed_command = _counting_async(  # type: ignore[method-assign]
+    "#count Redis commands sent", AbstractConnection.send_packed_command)
 
 from api.main import app as _inner  # noqa: E402 - after the patches
 
@@ -108,7 +133,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             _samples["total (ASGI app)"].append(total)
             for name, seconds in current.items():
                 _samples[name].append(seconds)
-            _samples["other (routing, validation, JSON, middleware)"].append(total - sum(current.values()))
+            _samples["other (routing, validation, JSON, middleware)"].append(
+                total - sum(v for k, v in current.items() if not k.startswith("#")))
 
 
 async def _report(scope: Scope, send: Send) -> None:

@@ -201,27 +201,47 @@ def throughput(stack: Stack, target: str, connections: int, seconds: float) -> d
 
 # --- profile ----------------------------------------------------------------------------------
 
-PHASES = [  # (label, pattern in "function (file:line)"); the deepest matching frame decides
-    ("auth: key query + reset + touch", r"^_authenticate \(.*api/deps\.py"),
-    ("reserve (ledger)", r"^reserve_chat \("),
+# A sample's phase: the deepest ANCHOR on its stack (a Helyx function that owns the work), else the
+# deepest GENERIC frame (framework layers), else "other". Paths are rooted (see _rooted).
+ANCHORS = [
+    ("auth: key query + reset + touch", r"^(_authenticate|get_principal|_bearer) \(/api/deps\.py"),
+    ("reserve (ledger)", r"^reserve_chat[ .]"),
     ("settle + generation insert", r"^finish_chat \("),
     ("hold sweeper", r"^(_sweep_holds|expire_holds) \("),
-    ("rate limit (limits + redis)", r"common/ratelimit\.py"),
-    ("upstream call (adapter + httpx)", r"common/providers/|/httpx/|/httpcore/"),
-    ("chat flow own code", r"api/chat_flow\.py|common/chat_billing\.py|common/tokens\.py"),
-    ("FastAPI deps, body parse, validation", r"fastapi/dependencies/|fastapi/routing\.py|/pydantic"),
-    ("response JSON + SSE", r"api/responses\.py|api/sse\.py|orjson"),
-    ("errors/middleware (own)", r"api/middleware\.py|api/errors\.py"),
-    ("starlette routing/responses", r"/starlette/"),
-    ("uvicorn HTTP protocol", r"/uvicorn/|httptools"),
-    ("threadpool handoff (anyio)", r"/anyio/|concurrent/futures|threading\.py"),
-    ("event loop (asyncio/uvloop)", r"asyncio/|uvloop"),
+    ("rate limit (limits + redis)", r"/common/ratelimit\.py"),
+    ("upstream call (adapter + httpx)", r"/common/providers/"),
+    ("response JSON + SSE", r"/api/responses\.py|/api/sse\.py"),
+    ("chat flow own code", r"/api/chat_flow\.py|/common/chat_billing\.py|/common/tokens\.py|/api/schemas/"),
 ]
+GENERIC = [
+    ("upstream call (adapter + httpx)", r"/httpcore/|/httpx/|/h11/"),  # a stack the sampler cut short
+    ("DB work, stack cut short by the sampler", r"/psycopg/|/sqlalchemy/"),
+    ("FastAPI deps, body parse, validation", r"/fastapi/dependencies/|/fastapi/routing\.py|/pydantic|/fastapi/_"),
+    ("errors/middleware/metrics (own)", r"/api/middleware\.py|/api/errors\.py|/api/observability\.py|/prometheus"),
+    ("starlette routing/responses", r"/starlette/"),
+    ("threadpool handoff (anyio)", r"/anyio/to_thread|run_sync_in_worker_thread|WorkerThread|^run_in_threadpool|"
+                                   r"/threading\.py|/queue\.py|/concurrent/futures"),
+    ("uvicorn HTTP protocol", r"/uvicorn/|httptools"),
+    ("event loop (asyncio/uvloop)", r"/asyncio/|uvloop"),
+]
+PHASES = ANCHORS + GENERIC
+
+
+def classify(frames: list[str], anchors: list[tuple[str, str]] = ANCHORS,
+             generic: list[tuple[str, str]] = GENERIC) -> str:
+    for patterns in (anchors, generic):
+        for frame in reversed(frames):
+            hit = next((label for label, pat in patterns if re.search(pat, frame)), None)
+            if hit:
+                return hit
+    return "other"
+
+
 LIBS = [("psycopg (driver)", r"/psycopg/"), ("SQLAlchemy", r"/sqlalchemy/"),
         ("httpx/httpcore/h11", r"/httpx/|/httpcore/|/h11/"),
         ("redis-py + limits", r"/redis/|/limits/"), ("pydantic", r"/pydantic"), ("FastAPI", r"/fastapi/"),
         ("starlette", r"/starlette/"), ("uvicorn", r"/uvicorn/|httptools"), ("anyio", r"/anyio/"),
-        ("asyncio/uvloop", r"asyncio/|uvloop"), ("Helyx code (api/, common/)", r"/work/main/(api|common)/"),
+        ("asyncio/uvloop", r"asyncio/|uvloop"), ("Helyx code (api/, common/)", r"\(/(api|common|workers)/"),
         ("json/orjson", r"json"), ("threading/queue/stdlib", r"\.py")]
 
 
@@ -241,6 +261,12 @@ def profile(pid: int, seconds: float, out: Path) -> Path | None:
     return None
 
 
+def _rooted(frame: str) -> str:
+    """py-spy prints paths relative to sys.path ("httpx/_client.py"): give them a leading slash, so
+    the patterns can anchor on directory names."""
+    return frame.replace(" (", " (/", 1)
+
+
 def summarize_profile(path: Path) -> tuple[list[list[Any]], list[list[Any]], int]:
     phases: Counter[str] = Counter()
     libs: Counter[str] = Counter()
@@ -251,14 +277,8 @@ def summarize_profile(path: Path) -> tuple[list[list[Any]], list[list[Any]], int
             continue
         n = int(count)
         total += n
-        frames = stack.split(";")
-        phase = "other"
-        for frame in reversed(frames):
-            hit = next((label for label, pat in PHASES if re.search(pat, frame)), None)
-            if hit:
-                phase = hit
-                break
-        phases[phase] += n
+        frames = [_rooted(f) for f in stack.split(";")]
+        phases[classify(frames)] += n
         leaf = frames[-1] if frames else ""
         libs[next((label for label, pat in LIBS if re.search(pat, leaf)), "C/other")] += n
     return ([[k, v, v / total * 100] for k, v in phases.most_common()],
@@ -290,7 +310,11 @@ def run(args: argparse.Namespace) -> None:
             stack.start_gateway(workers)
             print(f"## gateway with {workers} worker(s) on :{stack.gateway_port}, fake on :{stack.fake_port}",
                   flush=True)
+            cpu0 = sum(_procs.cpu_seconds(p) for p in stack.worker_pids())
             res = sequential(stack, args.rounds, args.block, stream=False)
+            c1_cpu = (sum(_procs.cpu_seconds(p) for p in stack.worker_pids()) - cpu0) / (
+                200 + args.rounds * (args.block + 1)) * 1e3
+            print(f"  c=1 gateway CPU per request: {c1_cpu:.2f} ms (all workers)", flush=True)
             c1 += c1_rows(res, workers, "total", "plain, total", args.block)
             sres = sequential(stack, max(1, args.rounds // 2), args.block, stream=True)
             stream_rows += c1_rows(sres, workers, "ttfb", "stream, first byte", args.block)
@@ -404,8 +428,10 @@ def attribution(stack: Stack, args: argparse.Namespace) -> str:
     stack.stop_gateway()
     direct = _procs.pct(res["direct"]["total"], 50) * 1e3
     client = _procs.pct(res["gateway"]["total"], 50) * 1e3
-    ordered = sorted(timings.items(), key=lambda kv: -kv[1]["mean_ms"])
-    rows: list[list[Any]] = [[k, v["n"], v["p50_ms"], v["mean_ms"]] for k, v in ordered]
+    ordered = sorted(timings.items(), key=lambda kv: (kv[0].startswith("#"), -kv[1]["mean_ms"]))
+    rows: list[list[Any]] = [[k, v["n"], v["p50_ms"], v["mean_ms"]] if not k.startswith("#") else
+                             [k[1:] + " per request", v["n"], v["p50_ms"] / 1e3, v["mean_ms"] / 1e3]
+                             for k, v in ordered]
     rows.append(["(client-side total, gateway)", len(res["gateway"]["total"]), client, ""])
     rows.append(["(client-side total, direct to the fake)", len(res["direct"]["total"]), direct, ""])
     return _procs.table("c=1 wall time by phase inside one gateway worker (bench/_timed_app.py timers), ms",

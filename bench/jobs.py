@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from typing import Any
 
 from bench import _procs
 from bench._procs import Proc
-from bench.chat import PHASES, _wrk, run_load
+from bench.chat import ANCHORS, GENERIC, _rooted, _wrk, classify, run_load
 
 DB = "helyx_bench_jobs"
 
@@ -110,7 +109,7 @@ WORKER_PHASES = [
     ("succeed (job row + file row + settle)", r"^succeed \(.*common/jobs/lifecycle"),
     ("store the file", r"^_store \(|common/storage\.py"),
     ("lease heartbeat", r"^_heartbeat \("),
-    ("per-job asyncio.run + httpx client + providers", r"^_produce \(|^build_http_client|asyncio/runners|/httpx/"),
+    ("per-job asyncio.run + httpx client + providers", r"^_produce \(|^build_http_client|/asyncio/runners|/httpx/"),
     ("webhook actor / notify", r"workers/notify\.py|deliver_webhook"),
     ("sweeper thread", r"workers/sweeper\.py|common/jobs/recovery\.py"),
     ("dramatiq (consume, ack, middleware)", r"/dramatiq/"),
@@ -124,7 +123,8 @@ def profile_worker(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
                              "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarize(path: Path, phases_spec: list[tuple[str, str]] = WORKER_PHASES) -> list[list[Any]]:
+def summarize(path: Path, anchors: list[tuple[str, str]] = WORKER_PHASES,
+              generic: list[tuple[str, str]] | None = None) -> list[list[Any]]:
     phases: Counter[str] = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
@@ -132,13 +132,7 @@ def summarize(path: Path, phases_spec: list[tuple[str, str]] = WORKER_PHASES) ->
         if not count.isdigit():
             continue
         total += int(count)
-        phase = "other"
-        for frame in reversed(stack.split(";")):
-            hit = next((label for label, pat in phases_spec if re.search(pat, frame)), None)
-            if hit:
-                phase = hit
-                break
-        phases[phase] += int(count)
+        phases[classify([_rooted(f) for f in stack.split(";")], anchors, generic or [])] += int(count)
     return [[k, v, v / total * 100] for k, v in phases.most_common()]
 
 
@@ -211,11 +205,13 @@ def light(stack: Stack, args: argparse.Namespace) -> list[list[Any]]:
     ]
 
 
-API_PHASES = [
+API_ANCHORS = [
     ("load_job (job + files queries)", r"^load_job \("),
-    ("available (balance query)", r"^available \(.*common/billing"),
+    ("available (balance query)", r"^available \(/common/billing"),
     ("job_view + signed URLs", r"^(job_view|_file_view|url|sign_file_url) \("),
-    *PHASES,
+    ("submit_job (reserve + job row)", r"^submit_job \("),
+    ("enqueue (Dramatiq -> Redis)", r"^enqueue \(/workers/|/dramatiq/"),
+    *ANCHORS,
 ]
 
 
@@ -299,7 +295,7 @@ def main() -> None:
     if api_profile.exists():
         tables.append(_procs.table("py-spy, the API process under GET /jobs/{id} at c=64 (GIL-holding samples)",
                                    ["phase (deepest matching frame)", "samples", "%"],
-                                   summarize(api_profile, API_PHASES), 1))
+                                   summarize(api_profile, API_ANCHORS, GENERIC), 1))
     tables.append(_procs.table("memory, MB", ["process", "pid", "RSS now", "peak RSS (VmHWM)"], mem, 1))
     if args.output:
         Path(args.output).write_text(f"# bench.jobs: {note}\n" + "\n".join(tables) + "\n")

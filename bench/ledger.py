@@ -189,7 +189,9 @@ def check_ledger(url: str) -> str:
 
 
 def bench_backend(label: str, url: str, seconds: float, repeats: int, with_processes: bool,
-                  variant: str = "billing") -> list[list[Any]]:
+                  variants: list[str]) -> list[list[Any]]:
+    """Every configuration x repeat runs each variant back to back (interleaved), so a change in the
+    machine's load hits all variants alike."""
     accounts = _setup(url, 16)
     hot = [accounts[0]]
     configs: list[tuple[str, str, int, int]] = [("many", "1 thread", 1, 1), ("many", "16 threads", 1, 16)]
@@ -201,22 +203,25 @@ def bench_backend(label: str, url: str, seconds: float, repeats: int, with_proce
     rows = []
     for shape, name, procs, threads in configs:
         pool = accounts if shape == "many" else hot
-        runs = []
+        runs: dict[str, list[Run]] = {v: [] for v in variants}
         for _ in range(repeats):
-            if procs == 1:
-                run = run_threads(url, pool, threads, time.time(), seconds, variant)
-            else:
-                run = run_processes(url, pool, procs, threads, seconds, variant)
-            runs.append(run)
-            print(f"  {label} {variant} {shape:7} {name:20} {run.pairs / run.wall:8.0f} pairs/s "
-                  f"p50 {_procs.pct(run.latencies, 50) * 1e3:.2f} ms errors {run.errors}", flush=True)
-        rates = [r.pairs / r.wall for r in runs]
-        best = sorted(runs, key=lambda r: r.pairs / r.wall)[len(runs) // 2]  # the median run
-        rows.append([label, variant, shape, name, _procs.median(rates), min(rates), max(rates),
-                     _procs.median([_procs.pct(r.latencies, 50) * 1e3 for r in runs]),
-                     _procs.median([_procs.pct(r.latencies, 99) * 1e3 for r in runs]),
-                     _procs.pct(best.reserve, 50) * 1e3, _procs.pct(best.settle, 50) * 1e3,
-                     best.cpu / max(1, best.pairs) * 1e3, sum(r.errors for r in runs)])
+            for variant in variants:
+                if procs == 1:
+                    run = run_threads(url, pool, threads, time.time(), seconds, variant)
+                else:
+                    run = run_processes(url, pool, procs, threads, seconds, variant)
+                runs[variant].append(run)
+                print(f"  {label} {variant:14} {shape:7} {name:20} {run.pairs / run.wall:8.0f} pairs/s "
+                      f"p50 {_procs.pct(run.latencies, 50) * 1e3:.2f} ms errors {run.errors}", flush=True)
+        for variant in variants:
+            vr = runs[variant]
+            rates = [r.pairs / r.wall for r in vr]
+            mid = sorted(vr, key=lambda r: r.pairs / r.wall)[len(vr) // 2]  # the median run
+            rows.append([label, variant, shape, name, _procs.median(rates), min(rates), max(rates),
+                         _procs.median([_procs.pct(r.latencies, 50) * 1e3 for r in vr]),
+                         _procs.median([_procs.pct(r.latencies, 99) * 1e3 for r in vr]),
+                         _procs.pct(mid.reserve, 50) * 1e3, _procs.pct(mid.settle, 50) * 1e3,
+                         mid.cpu / max(1, mid.pairs) * 1e3, sum(r.errors for r in vr)])
     print("  " + check_ledger(url), flush=True)
     return rows
 
@@ -238,17 +243,14 @@ def main() -> None:
     db = "helyx_bench_ledger"
     url = _procs.fresh_pg_database(db)
     try:
-        for variant in variants:
-            rows += bench_backend("PostgreSQL", url, args.seconds, args.repeats, not args.no_processes, variant)
-            url = _procs.fresh_pg_database(db)
+        rows += bench_backend("PostgreSQL", url, args.seconds, args.repeats, not args.no_processes, variants)
     finally:
         _procs.drop_pg_database(db)
     if not args.no_sqlite and "billing" in variants:
         path = _procs.WORKDIR / "ledger.db"
-        rows += bench_backend("SQLite", f"sqlite:///{path}", args.seconds, args.repeats, False)
+        rows += bench_backend("SQLite", f"sqlite:///{path}", args.seconds, args.repeats, False, ["billing"])
     _procs.table(
-        f"reserve+settle pairs (billing.reserve + billing.settle, 2 transactions), {args.repeats} x "
-        f"{args.seconds:g} s, median of runs",
+        f"reserve+settle pairs, {args.repeats} x {args.seconds:g} s per variant (interleaved), median of runs",
         ["backend", "verbs", "accounts", "workers", "pairs/s", "min", "max", "p50 ms", "p99 ms", "reserve p50",
          "settle p50", "client CPU ms/pair", "errors"], rows)
 
