@@ -53,7 +53,8 @@ def test_sigterm_lets_an_in_flight_stream_finish_and_settle(tmp_path: Path) -> N
     assert chunks[-1] == "[DONE]", chunks[-3:]
     final = json.loads(chunks[-2])
     assert final["usage"]["completion_tokens"] > 0 and final["helyx"]["credits_charged"] > 0
-    assert code in (0, -signal.SIGTERM), api.log()  # uvicorn re-raises the signal after its graceful exit
+    # uvicorn re-raises the signal after its graceful exit; the test watchdog wrapper reports it as 128+15
+    assert code in (0, -signal.SIGTERM, 128 + signal.SIGTERM), api.log()
     engine = create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
         status = conn.execute(text("SELECT status FROM generations")).scalar_one()
