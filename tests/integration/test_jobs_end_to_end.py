@@ -133,9 +133,9 @@ def stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
             rate_limit_free=100_000, rate_limit_plus=100_000, rate_limit_pro=100_000, rate_limit_ultra=100_000,
         )
         env[BROKEN_KEY_ENV] = "fake-google-key"
+        workers = [procs.worker(env, processes=1, threads=4) for _ in range(2)]  # they boot while the API does
         api = procs.serve(env)
-        built = Stack(procs, env, api, [], engine, REDIS_TEST_URL, broken)
-        built.ensure_workers(2)
+        built = Stack(procs, env, api, workers, engine, REDIS_TEST_URL, broken)
         wait_dramatiq_workers(REDIS_TEST_URL, 2)
         yield built
     engine.dispose()
