@@ -47,8 +47,8 @@ async def submit(
                            idempotency_key=idempotency_key, webhook_url=webhook_url)
     )
     if submission.created:
-        try:
-            services.enqueue(submission.job_id, job_type)
+        try:  # off the event loop: a send to an unanswering Redis blocks until the broker's socket timeout
+            await run_in_threadpool(services.enqueue, submission.job_id, job_type)
         except Exception:
             log.exception("enqueue of %s failed; the sweeper will retry it", submission.job_id)
     return submission.job_id
