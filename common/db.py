@@ -24,7 +24,7 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, pool_size: int = 20) -> Engine:
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
