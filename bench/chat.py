@@ -306,6 +306,13 @@ def run(args: argparse.Namespace) -> None:
         stack.env["PYTHONPATH"] = args.extra_path
     c1, stream_rows, load_rows, mem_rows, tables = [], [], [], [], []
     try:
+        if args.only_profile:
+            stack.start_gateway(1)
+            tables = profile_phase(stack, args) + profile_c1(stack, args)
+            if args.output:
+                Path(args.output).write_text(f"# bench.chat --only-profile: {_procs.machine_note()}; app {args.app}\n"
+                                             + "\n".join(tables) + "\n")
+            return
         for workers in args.workers:
             stack.start_gateway(workers)
             print(f"## gateway with {workers} worker(s) on :{stack.gateway_port}, fake on :{stack.fake_port}",
@@ -356,6 +363,7 @@ def run(args: argparse.Namespace) -> None:
                 load_rows.append([workers, f"ratio {labels[target]} / direct", "", g / d, *[""] * 9])
             if workers == args.workers[0] and args.profile:
                 tables += profile_phase(stack, args)
+                tables += profile_c1(stack, args)
             for pid in [stack.gateway.pid, *stack.worker_pids()] if stack.gateway else []:  # type: ignore[union-attr]
                 rss, hwm = _procs.memory_mb(pid)
                 role = "uvicorn master" if pid == stack.gateway.pid and workers > 1 else "uvicorn worker"  # type: ignore[union-attr]
@@ -388,6 +396,39 @@ def run(args: argparse.Namespace) -> None:
         Path(args.output).write_text("\n".join(out) + "\n")
 
 
+def profile_c1(stack: Stack, args: argparse.Namespace) -> list[str]:
+    """py-spy --gil on the worker during sequential (c=1) gateway requests: where a lone request's
+    CPU goes."""
+    pid = stack.worker_pids()[0]
+    out = _procs.WORKDIR / "chat-profile-c1.txt"
+    spy = subprocess.Popen([_procs.PYTHON, "-c", "from bench.chat import profile; from pathlib import Path; "
+                            f"profile({pid}, {args.profile_seconds}, Path({str(out)!r}))"], cwd=_procs.ROOT)
+    time.sleep(1)
+    before = _procs.cpu_seconds(pid)
+    t0 = time.monotonic()
+    res = run_load("seq", {"targets": {"gateway": stack.targets()["gateway"]}, "rounds": 1000, "block": 50,
+                           "warmup": 0, "max_seconds": args.profile_seconds - 1})
+    served = len(res["gateway"]["total"]) + res["gateway"]["errors"]
+    cpu = _procs.cpu_seconds(pid) - before
+    spy.wait(timeout=args.profile_seconds + 90)
+    if not out.exists():
+        return []
+    phases, libs, total = summarize_profile(out)
+    rounds = len(res["gateway"]["total"]) // 50 + 1
+    per_req_us = cpu / max(1, served + rounds) * 1e6
+    if args.keep_profile:
+        shutil.copy(out, str(args.keep_profile) + ".c1")
+    return [
+        _procs.table(f"py-spy --gil, 1 worker at c=1 ({served / (time.monotonic() - t0):.0f} req/s while sampled, "
+                     f"{total} samples; worker CPU {per_req_us:.0f} us per request)",
+                     ["phase (owning Helyx function, else framework layer)", "samples", "% of GIL time",
+                      "~us per request"], [[p, n, pc, pc / 100 * per_req_us] for p, n, pc in phases], 1),
+        _procs.table("the same samples by library of the innermost frame", ["library", "samples", "%",
+                                                                              "~us per request"],
+                     [[p, n, pc, pc / 100 * per_req_us] for p, n, pc in libs], 1),
+    ]
+
+
 def profile_phase(stack: Stack, args: argparse.Namespace) -> list[str]:
     pid = stack.worker_pids()[0]
     print(f"  profiling worker {pid} under c={args.connections} for {args.profile_seconds:g} s", flush=True)
@@ -406,8 +447,8 @@ def profile_phase(stack: Stack, args: argparse.Namespace) -> list[str]:
     if args.keep_profile:
         shutil.copy(out, args.keep_profile)
     return [
-        _procs.table(f"py-spy, 1 worker at c={args.connections}, 64 accounts ({r['rps']:.0f} req/s while sampled): "
-                     "GIL-holding "
+        _procs.table(f"py-spy --gil, 1 worker at c={args.connections}, 64 accounts ({r['rps']:.0f} req/s while "
+                     "sampled): GIL-holding "
                      f"samples by request phase ({total} samples; worker CPU {per_req_us:.0f} us per request)",
                      ["phase (deepest matching frame)", "samples", "% of GIL time", "~us per request"],
                      [[p, n, pc, pc / 100 * per_req_us] for p, n, pc in phases], 1),
@@ -448,6 +489,7 @@ def main() -> None:
     parser.add_argument("--load-rounds", type=int, default=3)
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--profile-seconds", type=float, default=12.0)
+    parser.add_argument("--only-profile", action="store_true", help="just the two py-spy profiles (c=64, c=1)")
     parser.add_argument("--keep-profile", help="copy py-spy's raw (collapsed) stacks here")
     parser.add_argument("--attribution", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--app", default="api.main:app", help="the ASGI app uvicorn serves (a prototype variant: "

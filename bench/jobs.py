@@ -76,18 +76,27 @@ class Stack:
     def raw_get(self, path: str) -> str:
         return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nAuthorization: Bearer {self.key}\r\n\r\n"
 
-    def rows(self, ids: list[str]) -> list[tuple[str, str, float, float | None, float | None]]:
+    def connect(self, autocommit: bool = False) -> Any:
+        """A psycopg connection, retried: the shared server may be out of connection slots a moment."""
         import psycopg
 
-        with psycopg.connect(self.db_url) as conn:
+        for attempt in range(30):
+            try:
+                return psycopg.connect(self.db_url, autocommit=autocommit)
+            except psycopg.OperationalError:
+                if attempt == 29:
+                    raise
+                time.sleep(1)
+        raise AssertionError("unreachable")
+
+    def rows(self, ids: list[str]) -> list[tuple[str, str, float, float | None, float | None]]:
+        with self.connect() as conn:
             return conn.execute("SELECT id, status, created_at, started_at, finished_at FROM jobs WHERE id = ANY(%s)",
                                 (ids,)).fetchall()
 
     def wait_done(self, ids: list[str], timeout: float) -> float:
-        import psycopg
-
         deadline = time.monotonic() + timeout
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
+        with self.connect(autocommit=True) as conn:
             while time.monotonic() < deadline:
                 left = conn.execute("SELECT COUNT(*) FROM jobs WHERE id = ANY(%s) AND status IN ('queued', 'running')",
                                     (ids,)).fetchone()[0]  # type: ignore[index]
@@ -275,18 +284,18 @@ def main() -> None:
                                   "poll_raw": stack.raw_get("/api/v1/jobs/JOB_ID"), "count": 5, "interval": 0.01,
                                   "gap": 0.0})["jobs"]
         burst_rows, profile_tables = burst(stack, args)
+        tables.append(_procs.table(f"burst: {args.jobs} image jobs ({args.size}), {args.submitters} submitters, "
+                                   f"{args.worker_processes} worker processes x {args.worker_threads} threads, "
+                                   f"{args.web_workers} API process(es)", ["measure", "value"], burst_rows))
+        tables += profile_tables
         light_rows = light(stack, args)
+        tables.append(_procs.table("light load", light_rows[0], light_rows[1:]))
         poll_rows = polls(stack, args, warm[0][4])
         mem = [[("dramatiq worker" if p in stack.worker_pids() else "uvicorn"), p, *_procs.memory_mb(p)]
                for p in [*stack.worker_pids(), stack.api.pid, *_procs.children(stack.api.pid)]]
         mem.append(["helyx worker (dramatiq supervisor)", stack.workers.pid, *_procs.memory_mb(stack.workers.pid)])
     finally:
         stack.stop()
-    tables.append(_procs.table(f"burst: {args.jobs} image jobs ({args.size}), {args.submitters} submitters, "
-                               f"{args.worker_processes} worker processes x {args.worker_threads} threads, "
-                               f"{args.web_workers} API process(es)", ["measure", "value"], burst_rows))
-    tables += profile_tables
-    tables.append(_procs.table("light load", light_rows[0], light_rows[1:]))
     tables.append(_procs.table(f"polling at c={args.connections} (wrk, {args.load_rounds} x {args.load_seconds:g} s, "
                                "alternating; median)",
                                ["request", "req/s", "min", "max", "p50 ms", "p99 ms", "API CPU ms/request",
