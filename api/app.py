@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     services.extras["storage"] = LocalStorage(settings.storage_dir)
     secret = settings.secret_key.get_secret_value() if settings.secret_key else None
     services.extras["signing_secret"] = load_or_create_secret(secret, settings.storage_dir)
-    services.extras["enqueue"] = _enqueuer()
+    services.extras["enqueue"], services.extras["notify"] = _enqueuer()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,9 +102,9 @@ async def _sweep_holds(services: Services) -> None:
 
 def _enqueuer():  # type: ignore[no-untyped-def]
     """The API only sends: it imports the actor handles (and so the one broker set-up)."""
-    from workers.actors import enqueue
+    from workers.actors import deliver_webhook, enqueue
 
-    return enqueue
+    return enqueue, deliver_webhook.send
 
 
 _collector: DatabaseCollector | None = None

@@ -75,3 +75,11 @@ async def wait_for(services: Services, principal: Principal, job_id: str, timeou
             return record, remaining
         await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
         delay = min(delay * 2, 0.1)
+
+
+async def notify(services: Services, job_id: str) -> None:
+    """Send a finished job's webhook (best effort: the workers' sweeper re-sends unsent ones)."""
+    try:
+        await run_in_threadpool(services.notify, job_id)
+    except Exception:
+        log.exception("webhook send for %s failed; the sweeper will retry it", job_id)

@@ -7,13 +7,13 @@ import dramatiq
 from common import logs
 from common.settings import get_settings
 from workers import sweeper
-from workers.actors import enqueue
+from workers.actors import deliver_webhook, enqueue
 from workers.broker import broker
 
 
 class SweeperMiddleware(dramatiq.Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        sweeper.start(enqueue)
+        sweeper.start(enqueue, deliver_webhook.send)
 
 
 logs.configure(get_settings().log_level)

@@ -11,7 +11,7 @@ import dramatiq
 
 from common.jobs import recovery
 from workers import context, sweeper
-from workers.actors import enqueue
+from workers.actors import deliver_webhook, enqueue
 from workers.broker import broker
 
 log = logging.getLogger("helyx.worker")
@@ -26,6 +26,6 @@ def start() -> dramatiq.Worker:
         log.warning("resuming %d unfinished job(s) from the last run", len(pending))
     worker = dramatiq.Worker(broker, worker_threads=settings.worker_threads, worker_timeout=100)
     worker.start()
-    sweeper.start(enqueue)
+    sweeper.start(enqueue, deliver_webhook.send)
     atexit.register(worker.stop, timeout=int(settings.shutdown_grace_seconds * 1000))
     return worker

@@ -157,6 +157,9 @@ async def _call(providers: Providers, entry: Any, job: ClaimedJob, progress: dic
 
 
 async def _heartbeat(job_id: str, owner: str, progress: dict[str, int], work: asyncio.Task[Any]) -> None:
+    """Renew the lease every quarter of it; stop the work once the job is no longer ours. A renewal
+    that fails because the database is unreachable (a restart) is tried again at the next beat:
+    the lease still runs meanwhile, so an outage shorter than it costs the job nothing."""
     lease = context.settings().job_lease_seconds
     while True:
         await asyncio.sleep(lease / 4)

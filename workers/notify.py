@@ -23,6 +23,9 @@ def send_webhook(job_id: str) -> None:
                            {"id": job_id}).first()
     if row is None or not row.webhook_url or row.webhook_status == "delivered":
         return
+    with engine.begin() as conn:  # marks it in hand, so the sweeper does not send it again meanwhile
+        conn.execute(text("UPDATE jobs SET webhook_status = 'pending' WHERE id = :id AND webhook_status IS NULL"),
+                     {"id": job_id})
     record = load_job(engine, row.account_id, job_id)
     linker = Linker(settings.public_url or "", context.signing_secret(), settings.signed_url_ttl_seconds)
     payload = {"type": f"job.{record.row['status']}", "data": job_view(record, linker)}

@@ -18,9 +18,11 @@ from workers import context
 
 log = logging.getLogger("helyx.sweeper")
 FILE_SWEEP_EVERY = 12  # sweeps
+WEBHOOK_GRACE_SECONDS = 60.0  # a finished job's own webhook send normally happens at once
 
 
-def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True) -> dict[str, int]:
+def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True,
+               notify: Callable[[str], object] | None = None) -> dict[str, int]:
     engine = context.engine()
     settings = context.settings()
     lost = recovery.stale_queued(engine, settings.stale_queued_seconds)
@@ -29,9 +31,13 @@ def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True) ->
         enqueue(job_id, _job_type(job_id))
     if dead:
         log.warning("reclaiming %d job(s) whose worker stopped renewing its lease", len(dead))
+    unsent = recovery.unsent_webhooks(engine, WEBHOOK_GRACE_SECONDS) if notify is not None else []
+    for job_id in unsent:
+        notify(job_id)
     released = billing.expire_holds(engine)
     removed = _sweep_files() if sweep_files else 0
-    return {"requeued": len(lost), "reclaimed": len(dead), "holds_released": released, "files_removed": removed}
+    return {"requeued": len(lost), "reclaimed": len(dead), "holds_released": released, "files_removed": removed,
+            "webhooks_resent": len(unsent)}
 
 
 def _job_type(job_id: str) -> str:
@@ -47,14 +53,14 @@ def _sweep_files() -> int:
     return len(expired)
 
 
-def start(enqueue: Callable[[str, str], None]) -> threading.Thread:
+def start(enqueue: Callable[[str, str], None], notify: Callable[[str], object] | None = None) -> threading.Thread:
     interval = context.settings().sweep_interval_seconds
 
     def loop() -> None:
         count = 0
         while True:
             try:
-                sweep_once(enqueue, sweep_files=count % FILE_SWEEP_EVERY == 0)
+                sweep_once(enqueue, sweep_files=count % FILE_SWEEP_EVERY == 0, notify=notify)
             except Exception:
                 log.exception("sweep failed")
             count += 1

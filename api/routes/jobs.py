@@ -44,4 +44,6 @@ async def get_job(job_id: str, request: Request, principal: PrincipalDep, servic
 async def cancel_job(job_id: str, request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
     await run_in_threadpool(cancel, services.engine, principal.account_id, job_id)
     record, remaining = await job_flow.read(services, principal, job_id)
+    if record.row["webhook_url"]:
+        await job_flow.notify(services, job_id)
     return json_response(job_view(record, job_flow.linker(services, request), remaining))

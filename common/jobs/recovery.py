@@ -46,6 +46,23 @@ def requeue_all_unfinished(engine: Engine) -> list[str]:
     return [r[0] for r in rows]
 
 
+def unsent_webhooks(engine: Engine, older_than: float, limit: int = 200) -> list[str]:
+    """Finished jobs whose webhook was never sent (the process died between the state change and
+    the send). They are marked pending here, so each is sent once more, not on every sweep."""
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        rows = conn.execute(
+            text("SELECT id FROM jobs WHERE webhook_url IS NOT NULL AND webhook_status IS NULL"
+                 " AND finished_at < :cutoff AND status IN ('succeeded', 'failed', 'canceled') LIMIT :n"),
+            {"cutoff": now - older_than, "n": limit},
+        ).all()
+        ids = [r[0] for r in rows]
+        for job_id in ids:
+            conn.execute(text("UPDATE jobs SET webhook_status = 'pending' WHERE id = :id AND webhook_status IS NULL"),
+                         {"id": job_id})
+    return ids
+
+
 def expired_files(engine: Engine, limit: int = 500) -> list[tuple[str, str]]:
     """(file id, storage key) of results past their expiry."""
     now = clock.now().timestamp()
