@@ -163,7 +163,12 @@ async def _heartbeat(job_id: str, owner: str, progress: dict[str, int], work: as
     lease = context.settings().job_lease_seconds
     while True:
         await asyncio.sleep(lease / 4)
-        alive = await asyncio.to_thread(lifecycle.renew, context.engine(), job_id, owner, lease, progress["value"])
+        try:
+            alive = await asyncio.to_thread(lifecycle.renew, context.engine(), job_id, owner, lease,
+                                            progress["value"])
+        except (OperationalError, InterfaceError, PoolTimeout) as exc:
+            log.warning("lease renewal of %s failed (%s); retrying", job_id, type(exc).__name__)
+            continue
         if not alive:
             work.cancel()
             return
