@@ -43,7 +43,6 @@ from common.signing import load_or_create_secret
 from common.storage import LocalStorage
 
 log = logging.getLogger("helyx.api")
-SWEEP_INTERVAL_SECONDS = 30.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -93,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def _sweep_holds(services: Services) -> None:
     """Release holds that outlived their TTL (a crashed process's reservations)."""
     while True:
-        await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+        await asyncio.sleep(services.settings.hold_sweep_interval_seconds)
         try:
             await run_in_threadpool(billing.expire_holds, services.engine)
         except Exception:

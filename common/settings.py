@@ -50,6 +50,7 @@ class Settings(BaseSettings):
 
     # Billing
     hold_ttl_seconds: int = 900
+    hold_sweep_interval_seconds: float = 30.0
     default_max_tokens: int = 2048
 
     # Rate limits: requests per minute per key, by plan

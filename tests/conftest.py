@@ -61,7 +61,8 @@ def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, migrated."""
     name = f"helyx_test_{uuid.uuid4().hex[:10]}"
     try:
-        admin = create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+        # pre-ping: the fault tests restart PostgreSQL; the final DROP must not use a dead connection
+        admin = create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # noqa: BLE001
