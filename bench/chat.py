@@ -204,11 +204,12 @@ def throughput(stack: Stack, target: str, connections: int, seconds: float) -> d
 # A sample's phase: the deepest ANCHOR on its stack (a Helyx function that owns the work), else the
 # deepest GENERIC frame (framework layers), else "other". Paths are rooted (see _rooted).
 ANCHORS = [
+    ("threadpool handoff (anyio)", r"^(run_in_threadpool|run_sync|run_sync_in_worker_thread) \("),
     ("auth: key query + reset + touch", r"^(_authenticate|get_principal|_bearer) \(/api/deps\.py"),
     ("reserve (ledger)", r"^reserve_chat[ .]"),
     ("settle + generation insert", r"^finish_chat \("),
     ("hold sweeper", r"^(_sweep_holds|expire_holds) \("),
-    ("rate limit (limits + redis)", r"/common/ratelimit\.py"),
+    ("rate limit (limits + redis)", r"/common/ratelimit\.py|/redis/|/limits/"),
     ("upstream call (adapter + httpx)", r"/common/providers/"),
     ("response JSON + SSE", r"/api/responses\.py|/api/sse\.py"),
     ("chat flow own code", r"/api/chat_flow\.py|/common/chat_billing\.py|/common/tokens\.py|/api/schemas/"),
@@ -489,6 +490,7 @@ def main() -> None:
     parser.add_argument("--load-rounds", type=int, default=3)
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--profile-seconds", type=float, default=12.0)
+    parser.add_argument("--summarize", metavar="RAW", help="print the tables of a kept py-spy raw profile and exit")
     parser.add_argument("--only-profile", action="store_true", help="just the two py-spy profiles (c=64, c=1)")
     parser.add_argument("--keep-profile", help="copy py-spy's raw (collapsed) stacks here")
     parser.add_argument("--attribution", action=argparse.BooleanOptionalAction, default=True)
@@ -497,6 +499,11 @@ def main() -> None:
     parser.add_argument("--extra-path", help="PYTHONPATH for the gateway (packages a prototype needs)")
     parser.add_argument("--output", help="also write the tables (Markdown) to this file")
     args = parser.parse_args()
+    if args.summarize:
+        phases, libs, total = summarize_profile(Path(args.summarize))
+        _procs.table(f"{args.summarize}: {total} samples by phase", ["phase", "samples", "%"], phases, 1)
+        _procs.table("by library of the innermost frame", ["library", "samples", "%"], libs, 1)
+        return
     _procs.install_signal_handlers()
     run(args)
 
