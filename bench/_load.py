@@ -244,8 +244,12 @@ def poll_until_done(spec: dict[str, Any]) -> dict[str, Any]:
         if time.monotonic() > deadline:
             break
         t0 = time.time()
-        _, _, _, body = conn.request(submit_raw)
+        status, _, _, body = conn.request(submit_raw)
         t1 = time.time()
+        if status != 202:  # refused (e.g. the shared database restarting): counted, not followed
+            out.append((t0, t1, time.time(), f"http {status}", "", 0))
+            time.sleep(spec.get("gap", 0.05))
+            continue
         job_id = json.loads(body)["id"]
         poll = spec["poll_raw"].replace("JOB_ID", job_id).encode("latin-1")
         polls, final = 0, ""

@@ -271,3 +271,35 @@ def busy_percent(before: tuple[float, float], after: tuple[float, float]) -> flo
     """Machine CPU busy between two machine_cpu() readings, in % of all cores."""
     total = after[1] - before[1]
     return (after[0] - before[0]) / total * 100 if total else float("nan")
+
+
+def wait_for_postgres(timeout: float = 120.0) -> None:
+    """Until PostgreSQL accepts a connection again (others' fault tests restart the shared server)."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(f"{PG_ADMIN_URL}/postgres", connect_timeout=3).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def retrying(what: str, func: Any, attempts: int = 3) -> Any:
+    """func() again (after PostgreSQL is back) when the shared server went away under it."""
+    import psycopg
+    import sqlalchemy.exc
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return func()
+        except (psycopg.OperationalError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError) as exc:
+            if attempt == attempts:
+                raise
+            print(f"  ({what}: PostgreSQL went away ({type(exc).__name__}); retrying after it is back)", flush=True)
+            time.sleep(2)
+            wait_for_postgres()
+    raise AssertionError("unreachable")

@@ -301,6 +301,7 @@ def c1_rows(res: dict[str, Any], workers: int, key: str, label: str, block: int)
 
 
 def run(args: argparse.Namespace) -> None:
+    _procs.wait_for_postgres()
     stack = Stack()
     stack.app = args.app
     if args.extra_path:

@@ -202,12 +202,14 @@ def light(stack: Stack, args: argparse.Namespace) -> list[list[Any]]:
     res = run_load("light", {"port": stack.port, "submit_raw": stack.raw_submit(args.size),
                              "poll_raw": stack.raw_get("/api/v1/jobs/JOB_ID"), "count": args.light_jobs,
                              "interval": 0.002, "gap": 0.05, "max_seconds": 120})["jobs"]
+    refused = [j for j in res if not j[4]]
+    res = [j for j in res if j[4]]
     rows = {r[0]: r for r in stack.rows([j[4] for j in res])}
     server = [(rows[j[4]][4] - rows[j[4]][2]) * 1e3 for j in res if rows[j[4]][1] == "succeeded"]
     client = [(j[2] - j[0]) * 1e3 for j in res if j[3] == "succeeded"]
     submit = [(j[1] - j[0]) * 1e3 for j in res]
     return [
-        [f"light load ({len(res)} jobs, one at a time)", "p50", "p99"],
+        [f"light load ({len(res)} jobs, one at a time; {len(refused)} refused)", "p50", "p99"],
         ["POST -> 202 ms (client)", _procs.pct(submit, 50), _procs.pct(submit, 99)],
         ["submit->succeeded ms (row: finished - created)", _procs.pct(server, 50), _procs.pct(server, 99)],
         ["submit->succeeded ms (client: POST sent -> poll saw it)", _procs.pct(client, 50), _procs.pct(client, 99)],
@@ -277,6 +279,7 @@ def main() -> None:
     _procs.install_signal_handlers()
     note = _procs.machine_note()
     print(f"# bench.jobs: {note}", flush=True)
+    _procs.wait_for_postgres()
     stack = Stack(args.web_workers, args.worker_processes, args.worker_threads)
     tables = []
     try:
@@ -290,7 +293,7 @@ def main() -> None:
         tables += profile_tables
         light_rows = light(stack, args)
         tables.append(_procs.table("light load", light_rows[0], light_rows[1:]))
-        poll_rows = polls(stack, args, warm[0][4])
+        poll_rows = polls(stack, args, next(j[4] for j in warm if j[4]))
         mem = [[("dramatiq worker" if p in stack.worker_pids() else "uvicorn"), p, *_procs.memory_mb(p)]
                for p in [*stack.worker_pids(), stack.api.pid, *_procs.children(stack.api.pid)]]
         mem.append(["helyx worker (dramatiq supervisor)", stack.workers.pid, *_procs.memory_mb(stack.workers.pid)])

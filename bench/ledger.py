@@ -192,7 +192,7 @@ def bench_backend(label: str, url: str, seconds: float, repeats: int, with_proce
                   variants: list[str]) -> list[list[Any]]:
     """Every configuration x repeat runs each variant back to back (interleaved), so a change in the
     machine's load hits all variants alike."""
-    accounts = _setup(url, 16)
+    accounts = _procs.retrying("setup", lambda: _setup(url, 16))
     hot = [accounts[0]]
     configs: list[tuple[str, str, int, int]] = [("many", "1 thread", 1, 1), ("many", "16 threads", 1, 16)]
     if with_processes:
@@ -206,10 +206,16 @@ def bench_backend(label: str, url: str, seconds: float, repeats: int, with_proce
         runs: dict[str, list[Run]] = {v: [] for v in variants}
         for _ in range(repeats):
             for variant in variants:
-                if procs == 1:
-                    run = run_threads(url, pool, threads, time.time(), seconds, variant)
-                else:
-                    run = run_processes(url, pool, procs, threads, seconds, variant)
+                def once(pool: list[tuple[str, str]] = pool, procs: int = procs, threads: int = threads,
+                         variant: str = variant) -> Run:
+                    if procs == 1:
+                        return run_threads(url, pool, threads, time.time(), seconds, variant)
+                    return run_processes(url, pool, procs, threads, seconds, variant)
+
+                run = _procs.retrying(f"{variant} {shape} {name}", once)
+                if run.errors > run.pairs:  # the server restarted mid-run: measure again
+                    _procs.wait_for_postgres()
+                    run = _procs.retrying(f"{variant} {shape} {name}", once)
                 runs[variant].append(run)
                 print(f"  {label} {variant:14} {shape:7} {name:20} {run.pairs / run.wall:8.0f} pairs/s "
                       f"p50 {_procs.pct(run.latencies, 50) * 1e3:.2f} ms errors {run.errors}", flush=True)
@@ -222,7 +228,7 @@ def bench_backend(label: str, url: str, seconds: float, repeats: int, with_proce
                          _procs.median([_procs.pct(r.latencies, 99) * 1e3 for r in vr]),
                          _procs.pct(mid.reserve, 50) * 1e3, _procs.pct(mid.settle, 50) * 1e3,
                          mid.cpu / max(1, mid.pairs) * 1e3, sum(r.errors for r in vr)])
-    print("  " + check_ledger(url), flush=True)
+    print("  " + _procs.retrying("ledger check", lambda: check_ledger(url)), flush=True)
     return rows
 
 
