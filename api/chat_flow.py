@@ -28,7 +28,10 @@ from common.money import MICRO
 from common.providers.base import ChatDelta, ChatProvider, ChatRequest, Usage
 from common.providers.retry import call_with_retries, open_stream_with_retries
 from common.providers.simulated import SYSTEM_FINGERPRINT
+from common.retrying import while_database_down
 from common.tokens import estimate_prompt_tokens
+
+SETTLE_PATIENCE_SECONDS = 15.0  # ride out a database restart rather than leave the hold to its TTL
 
 
 @dataclass
@@ -50,8 +53,10 @@ class ChatCall:
 
     async def finish(self, outcome: Outcome, stream: bool) -> Any:
         settlement = await run_in_threadpool(
-            chat_billing.finish_chat, self.services.engine, self.principal, self.entry, self.reservation, outcome,
-            stream=stream, started=self.started,
+            while_database_down,
+            lambda: chat_billing.finish_chat(self.services.engine, self.principal, self.entry, self.reservation,
+                                             outcome, stream=stream, started=self.started),
+            patience=SETTLE_PATIENCE_SECONDS,
         )
         usage = outcome.usage
         self.log_fields.update(

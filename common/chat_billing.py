@@ -28,7 +28,7 @@ from common.tokens import estimate_completion_tokens
 _INSERT_GENERATION = text(
     "INSERT INTO generations (id, account_id, key_id, model, stream, status, prompt_tokens, completion_tokens,"
     " credits, usage_estimated, latency_ms, error_code, created_at) VALUES (:id, :aid, :kid, :model, :stream,"
-    " :status, :pt, :ct, :credits, :est, :lat, :err, :created)"
+    " :status, :pt, :ct, :credits, :est, :lat, :err, :created) ON CONFLICT (id) DO NOTHING"
 )
 
 

@@ -15,13 +15,9 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
-
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from common.catalog import load_catalog
 from common.errors import UpstreamError
@@ -31,6 +27,7 @@ from common.jobs.lifecycle import AccountBusy, ClaimedJob
 from common.providers.base import ImageRequest, MediaFile, VideoRequest
 from common.providers.http import build_http_client
 from common.providers.registry import Providers
+from common.retrying import DATABASE_DOWN, while_database_down
 from workers import context
 
 log = logging.getLogger("helyx.worker")
@@ -76,7 +73,7 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
                                           code="internal_error"), requeue, notify)
         return
     files = _store(job, media)
-    if durable(lifecycle.succeed, engine, job, owner, files, settings.results_ttl_days * 86400) or (
+    if while_database_down(lifecycle.succeed, engine, job, owner, files, settings.results_ttl_days * 86400) or (
         lifecycle.has_result(engine, job.id, [f["id"] for f in files])  # committed before a lost reply
     ):
         _transition(job, "succeeded", files=len(files))
@@ -84,22 +81,6 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
     else:
         for f in files:
             context.storage().delete(f["storage_key"])
-
-
-def durable(fn: Callable[..., bool], *args: Any, patience: float = 60.0) -> bool:
-    """Run a job transition, retrying while the database is unreachable (a restart), so a finished
-    job is recorded instead of being run again after its lease lapses. Each transition is a
-    conditional update, so a retry after a commit whose reply was lost is a harmless False."""
-    delay, deadline = 0.25, time.monotonic() + patience
-    while True:
-        try:
-            return fn(*args)
-        except (OperationalError, InterfaceError, PoolTimeout) as exc:
-            if time.monotonic() >= deadline:
-                raise
-            log.warning("database unavailable during a job transition (%s); retrying", type(exc).__name__)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def _transition(job: ClaimedJob, to: str, **fields: Any) -> None:
@@ -114,12 +95,12 @@ def _failed(job: ClaimedJob, owner: str, exc: UpstreamError, requeue: Requeue, n
     engine = context.engine()
     timed_out = exc.code == "job_time_limit"
     if exc.retryable and not timed_out and job.attempts <= settings.job_max_retries:
-        if durable(lifecycle.requeue, engine, job.id, owner, exc.code, exc.message):
+        if while_database_down(lifecycle.requeue, engine, job.id, owner, exc.code, exc.message):
             delay = settings.job_retry_backoff_ms * 2 ** (job.attempts - 1)
             _transition(job, "queued", error_code=exc.code, retry_in_ms=delay)
             requeue(args=(job.id,), delay=delay)
         return
-    if durable(lifecycle.fail, engine, job, owner, exc.code, exc.message):
+    if while_database_down(lifecycle.fail, engine, job, owner, exc.code, exc.message):
         _transition(job, "failed", error_code=exc.code, error=exc.message)
         notify(job.id)
 
@@ -166,7 +147,7 @@ async def _heartbeat(job_id: str, owner: str, progress: dict[str, int], work: as
         try:
             alive = await asyncio.to_thread(lifecycle.renew, context.engine(), job_id, owner, lease,
                                             progress["value"])
-        except (OperationalError, InterfaceError, PoolTimeout) as exc:
+        except DATABASE_DOWN as exc:
             log.warning("lease renewal of %s failed (%s); retrying", job_id, type(exc).__name__)
             continue
         if not alive:

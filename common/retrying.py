@@ -1,0 +1,31 @@
+"""Riding out a short database outage (a restart or failover) for writes that must not be lost."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
+
+
+def while_database_down(fn: Callable[..., T], *args: object, patience: float = 60.0) -> T:
+    """`fn(*args)`, retried with backoff while the database is unreachable, for up to `patience`
+    seconds. Only for idempotent writes: a retry after a commit whose reply was lost must be a no-op
+    (our ledger verbs and job transitions are conditional updates, so it is)."""
+    delay, deadline = 0.25, time.monotonic() + patience
+    while True:
+        try:
+            return fn(*args)
+        except DATABASE_DOWN as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("database unavailable (%s); retrying %s", type(exc).__name__, getattr(fn, "__name__", fn))
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
