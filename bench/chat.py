@@ -366,7 +366,7 @@ def run(args: argparse.Namespace) -> None:
             if workers == args.workers[0] and args.profile:
                 tables += profile_phase(stack, args)
                 tables += profile_c1(stack, args)
-            for pid in [stack.gateway.pid, *stack.worker_pids()] if stack.gateway else []:  # type: ignore[union-attr]
+            for pid in dict.fromkeys([stack.gateway.pid, *stack.worker_pids()]) if stack.gateway else []:
                 rss, hwm = _procs.memory_mb(pid)
                 role = "uvicorn master" if pid == stack.gateway.pid and workers > 1 else "uvicorn worker"  # type: ignore[union-attr]
                 mem_rows.append([workers, role, pid, rss, hwm])
