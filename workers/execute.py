@@ -19,16 +19,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from common.catalog import load_catalog
 from common.errors import UpstreamError
 from common.ids import new_id
 from common.jobs import lifecycle
 from common.jobs.lifecycle import AccountBusy, ClaimedJob
 from common.providers.base import ImageRequest, MediaFile, VideoRequest
-from common.providers.http import build_http_client
 from common.providers.registry import Providers
 from common.retrying import DATABASE_DOWN, while_database_down
-from workers import context
+from workers import context, runtime
+from workers.runtime import ThreadRuntime, catalog
 
 log = logging.getLogger("helyx.worker")
 BUSY_RETRY_MS = 1000
@@ -60,7 +59,7 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
         return  # finished, canceled, or running under a live lease elsewhere
     _transition(job, "running", owner=owner)
     try:
-        media = asyncio.run(_produce(job, owner))
+        media = runtime.current().run(lambda rt: _produce(job, owner, rt))
     except LeaseLost:
         _transition(job, "abandoned", reason="lease lost (canceled or reclaimed)")
         return
@@ -105,27 +104,23 @@ def _failed(job: ClaimedJob, owner: str, exc: UpstreamError, requeue: Requeue, n
         notify(job.id)
 
 
-async def _produce(job: ClaimedJob, owner: str) -> list[MediaFile]:
+async def _produce(job: ClaimedJob, owner: str, runtime: ThreadRuntime) -> list[MediaFile]:
     """Call the provider with a time limit, renewing the lease (and progress) meanwhile."""
-    settings = context.settings()
+    settings = runtime.settings
     limit = settings.image_job_time_limit if job.type == "image" else settings.video_job_time_limit
     progress = {"value": 0}
-    http = build_http_client(settings.upstream_connect_timeout, settings.upstream_read_timeout)
+    providers = runtime.providers()
+    entry = catalog(settings).get(job.model)
+    work = asyncio.create_task(_call(providers, entry, job, progress))
+    heartbeat = asyncio.create_task(_heartbeat(job.id, owner, progress, work))
     try:
-        providers = Providers(load_catalog_cached(), settings, http)
-        entry = load_catalog_cached().get(job.model)
-        work = asyncio.create_task(_call(providers, entry, job, progress))
-        heartbeat = asyncio.create_task(_heartbeat(job.id, owner, progress, work))
-        try:
-            return await asyncio.wait_for(work, timeout=limit)
-        except TimeoutError:
-            raise UpstreamError(f"The job exceeded its time limit of {limit:g} s.", code="job_time_limit") from None
-        except asyncio.CancelledError:
-            raise LeaseLost(job.id) from None
-        finally:
-            heartbeat.cancel()
+        return await asyncio.wait_for(work, timeout=limit)
+    except TimeoutError:
+        raise UpstreamError(f"The job exceeded its time limit of {limit:g} s.", code="job_time_limit") from None
+    except asyncio.CancelledError:
+        raise LeaseLost(job.id) from None
     finally:
-        await http.aclose()
+        heartbeat.cancel()
 
 
 async def _call(providers: Providers, entry: Any, job: ClaimedJob, progress: dict[str, int]) -> list[MediaFile]:
@@ -168,15 +163,3 @@ def _store(job: ClaimedJob, media: list[MediaFile]) -> list[dict[str, Any]]:
 def _extension(content_type: str) -> str:
     return {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4"}.get(
         content_type, ".bin")
-
-
-_catalog_cache: dict[str, Any] = {}
-
-
-def load_catalog_cached() -> Any:
-    settings = context.settings()
-    key = f"{settings.catalog}"
-    if key not in _catalog_cache:
-        _catalog_cache[key] = load_catalog(settings)
-    return _catalog_cache[key]
-
