@@ -16,6 +16,7 @@ The vendor's own error message is quoted (trimmed, with the provider key masked)
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -41,18 +42,38 @@ class UpstreamHTTPError(UpstreamError):
 
 
 def build_http_client(connect_timeout: float, read_timeout: float,
-                      max_connections: int = 200) -> httpx.AsyncClient:
+                      max_connections: int = 200, shards: int = 16) -> httpx.AsyncClient:
     """The one shared client: explicit timeouts, a bounded pool, no proxies from the environment.
 
     `read_timeout` bounds the wait for each chunk (so also the gap between streamed chunks) and
-    the wait for a free pooled connection.
+    the wait for a free pooled connection. The pool is split into `shards` small pools used in
+    turn: httpcore scans every pooled connection on each request and response, so one pool of a
+    hundred busy connections costs several times the CPU of sixteen pools of a few (measured in
+    bench/upstream_client.py).
     """
     timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
                             pool=read_timeout)
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                          keepalive_expiry=30.0)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False, follow_redirects=False,
+    shards = max(1, min(shards, max_connections))
+    per_shard = max_connections // shards  # the shards together never exceed max_connections
+    limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard, keepalive_expiry=30.0)
+    transport = ShardedTransport([httpx.AsyncHTTPTransport(limits=limits, trust_env=False) for _ in range(shards)])
+    return httpx.AsyncClient(timeout=timeout, transport=transport, trust_env=False, follow_redirects=False,
                              headers={"user-agent": "helyx-gateway"})
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """Round-robin over several connection pools (see build_http_client)."""
+
+    def __init__(self, shards: list[httpx.AsyncHTTPTransport]) -> None:
+        self._shards = shards
+        self._next = itertools.cycle(shards)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await next(self._next).handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
 
 
 class upstream_errors:  # lower-case: used like a function, `with upstream_errors("openai"):`
