@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 
 from common import keys
+from common.db import reader
 from common.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from common.ids import new_id
 from common.plans import daily_allowance_micro, is_plan
@@ -120,7 +121,7 @@ def authenticate(engine: Engine, presented: str | None, *, now: float) -> Princi
         raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer hx-...'.", code="missing_api_key")
     if not keys.is_well_formed(presented):
         raise AuthenticationFailed("Invalid API key.")
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         row = conn.execute(_AUTH, {"h": keys.hash_key(presented)}).first()
     if row is None:
         raise AuthenticationFailed("Invalid API key.")

@@ -12,6 +12,7 @@ import logging
 from sqlalchemy import Engine
 
 from common import clock, ledger
+from common.db import reader
 from common.errors import InsufficientCredits
 from common.money import to_credits
 
@@ -53,7 +54,7 @@ def reserve(
 
 
 def available(engine: Engine, account_id: str) -> int:
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         return ledger.balance(conn, account_id).available
 
 

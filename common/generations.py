@@ -6,13 +6,14 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from common.db import reader
 from common.errors import NotFound
 from common.money import to_credits
 
 
 def get_generation(engine: Engine, account_id: str, generation_id: str) -> dict[str, Any]:
     """One generation of this account; another account's is 404, never 403."""
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         row = conn.execute(
             text("SELECT * FROM generations WHERE id = :id AND account_id = :aid"),
             {"id": generation_id, "aid": account_id},

@@ -7,13 +7,14 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from common import billing, ledger
+from common.db import reader
 from common.errors import InvalidRequest
 from common.money import to_credits
 from common.plans import daily_allowance_micro
 
 
 def credits_summary(engine: Engine, account_id: str, tz: str) -> dict[str, Any]:
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         bal = ledger.balance(conn, account_id)
     daily = daily_allowance_micro(bal.plan)
     current_day = bal.allowance_day >= billing.today(tz)
@@ -66,7 +67,7 @@ def list_usage(
         "SELECT id, kind, amount, held_delta, key_id, reference, description, created_at FROM ledger_entries"
         f" WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT :n"
     )
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         rows = conn.execute(text(query), params).all()
     page = rows[:limit]
     has_more = len(rows) > limit
@@ -93,7 +94,7 @@ def key_view(row: Any) -> dict[str, Any]:
 
 
 def list_keys(engine: Engine, account_id: str) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         rows = conn.execute(
             text(
                 "SELECT id, name, prefix, created_at, last_used_at, expires_at, revoked_at, daily_cap"
@@ -112,7 +113,7 @@ def list_accounts(engine: Engine, *, limit: int = 100, after: str | None = None)
     if after:
         query += " WHERE id > :after"
         params["after"] = after
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         rows = conn.execute(text(query + " ORDER BY id LIMIT :n"), params).all()
     page = rows[:limit]
     return {

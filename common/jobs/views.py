@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from common import clock
+from common.db import reader
 from common.errors import NotFound
 from common.money import to_credits
 from common.signing import sign_file_url
@@ -49,7 +50,7 @@ class JobRecord:
 
 def load_job(engine: Engine, account_id: str, job_id: str, job_type: str | None = None) -> JobRecord:
     """The job with its files; another account's job (or one of another type) is 404."""
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         row = conn.execute(text("SELECT * FROM jobs WHERE id = :id AND account_id = :aid"),
                            {"id": job_id, "aid": account_id}).mappings().first()
         if row is None or (job_type is not None and row["type"] != job_type):
@@ -69,7 +70,7 @@ def list_jobs(engine: Engine, account_id: str, *, job_type: str | None, limit: i
     if job_type:
         clauses.append("type = :type")
         params["type"] = job_type
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         if after:
             pivot = conn.execute(text("SELECT created_at FROM jobs WHERE id = :id AND account_id = :aid"),
                                  {"id": after, "aid": account_id}).scalar()
@@ -140,7 +141,7 @@ def images_response(record: JobRecord, linker: Linker, storage: Storage, respons
 
 
 def find_file(engine: Engine, file_id: str) -> dict[str, Any]:
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         row = conn.execute(text("SELECT * FROM files WHERE id = :id"), {"id": file_id}).mappings().first()
     if row is None or row["expires_at"] < clock.now().timestamp():
         raise NotFound(f"No file {file_id}", code="file_not_found", param="id")
