@@ -14,7 +14,6 @@ from common.providers.gemini import GeminiChatProvider
 from common.providers.gemini_image import GeminiImageProvider
 from common.providers.openai_compat import OpenAICompatProvider
 from common.providers.simulated import SimulatedChatProvider
-from common.providers.simulated_media import SimulatedImageProvider, SimulatedVideoProvider
 from common.providers.veo import VeoVideoProvider
 from common.settings import Settings
 
@@ -39,10 +38,12 @@ class Providers:
         return self._get("chat", entry, _CHAT, lambda: SimulatedChatProvider(self._settings.simulated_chat_delay))
 
     def image(self, entry: ModelEntry) -> ImageProvider:
-        return self._get("image", entry, _IMAGE, lambda: SimulatedImageProvider(self._settings.simulated_job_seconds))
+        return self._get("image", entry, _IMAGE, lambda: _simulated_media().SimulatedImageProvider(
+            self._settings.simulated_job_seconds))
 
     def video(self, entry: ModelEntry) -> VideoProvider:
-        return self._get("video", entry, _VIDEO, lambda: SimulatedVideoProvider(self._settings.simulated_job_seconds))
+        return self._get("video", entry, _VIDEO, lambda: _simulated_media().SimulatedVideoProvider(
+            self._settings.simulated_job_seconds))
 
     def _provider_kind(self, entry: ModelEntry) -> str:
         return self._catalog.provider_for(entry).kind
@@ -59,3 +60,11 @@ class Providers:
                 secret = self._settings.provider_secret(config.api_key_env)
                 self._cache[key] = classes[config.kind](self._http, config.base_url, secret, **config.extra)
         return self._cache[key]
+
+
+def _simulated_media() -> Any:
+    """Imported on first use: PyAV costs ~17 MB, and API processes of the production shape never
+    render media."""
+    from common.providers import simulated_media
+
+    return simulated_media
