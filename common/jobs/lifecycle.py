@@ -98,13 +98,16 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float, running
                       row.hold_id, row.price)
 
 
-def _lock_account(conn: Connection, account_id: str) -> None:
+def _lock_account(conn: Connection, account_id: str, job_id: str | None = None) -> None:
     """Serialize claims of one account's jobs (PostgreSQL; SQLite's BEGIN IMMEDIATE already does).
 
     Every transition that moves money (succeed, fail, cancel) takes this lock first too, so all of
     them lock the account row before the job row: a claim waiting for the account's running slot
     and a cancel or late finish of the same job then queue up instead of deadlocking."""
     if conn.dialect.name == "postgresql":
+        if job_id is not None:  # a refund gives the key's daily cap back: the ledger's order is key, then account
+            conn.execute(text("SELECT 1 FROM api_keys WHERE id = (SELECT key_id FROM jobs WHERE id = :jid) FOR UPDATE"),
+                         {"jid": job_id})
         conn.execute(text("SELECT 1 FROM accounts WHERE id = :aid FOR UPDATE"), {"aid": account_id})
 
 
@@ -170,7 +173,7 @@ def fail(engine: Engine, job: ClaimedJob, owner: str, error_code: str, message: 
     """Final failure: status failed and a full refund, once."""
     now = clock.now().timestamp()
     with engine.begin() as conn:
-        _lock_account(conn, job.account_id)
+        _lock_account(conn, job.account_id, job.id)
         updated = conn.execute(
             text(f"UPDATE jobs SET status = 'failed', finished_at = :now, error_code = :code, error_message = :msg,"
                  f" lease_owner = NULL, lease_until = NULL WHERE {_OWNED}"),
@@ -187,7 +190,7 @@ def cancel(engine: Engine, account_id: str, job_id: str) -> None:
     lease renewal and stops; its late result is discarded. Finished jobs: 409."""
     now = clock.now().timestamp()
     with engine.begin() as conn:
-        _lock_account(conn, account_id)
+        _lock_account(conn, account_id, job_id)
         row = conn.execute(
             text("UPDATE jobs SET status = 'canceled', finished_at = :now, error_code = 'canceled',"
                  " error_message = 'Canceled by the user.', lease_owner = NULL, lease_until = NULL"

@@ -1,0 +1,62 @@
+"""On PostgreSQL, refunding jobs of a capped key (cancel) while the same key reserves and settles
+never deadlocks: every path takes the key row before the account row."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import Engine, text
+
+from common import accounts, billing, clock
+from common.jobs import lifecycle
+from common.jobs.submit import submit_job
+from common.money import MICRO
+from tests.conftest import create_test_account
+
+TZ = "Asia/Karachi"
+
+
+def test_cancels_and_capped_reserves_on_one_key_race_without_deadlock(pg_engine: Engine) -> None:
+    account = create_test_account(pg_engine, "ultra")
+    with pg_engine.begin() as conn:
+        key = accounts.create_key(conn, account.account_id, name="capped", now=clock.now().timestamp(),
+                                  daily_cap=20_000 * MICRO)
+    principal = accounts.authenticate(pg_engine, key.secret, now=clock.now().timestamp())
+    jobs = [submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro",
+                       params={"prompt": f"p{i}", "n": 1, "width": 256, "height": 256}, price=10 * MICRO,
+                       tz=TZ).job_id for i in range(60)]
+    errors: list[BaseException] = []
+
+    def cancel_all() -> None:
+        try:
+            for job_id in jobs:
+                lifecycle.cancel(pg_engine, account.account_id, job_id)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    def reserve_and_settle() -> None:
+        try:
+            for _ in range(40):
+                hold = billing.reserve(pg_engine, account_id=account.account_id, key_id=key.id, amount=5 * MICRO,
+                                       purpose="race", ttl=60, tz=TZ, capped=True)
+                billing.settle(pg_engine, hold, 2 * MICRO)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=cancel_all)] + [threading.Thread(target=reserve_and_settle) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    assert errors == []
+    with pg_engine.connect() as conn:
+        balance = conn.execute(text("SELECT allowance + topup, held FROM accounts WHERE id = :a"),
+                               {"a": account.account_id}).one()
+        entries = conn.execute(text("SELECT SUM(amount), SUM(held_delta) FROM ledger_entries WHERE account_id = :a"),
+                               {"a": account.account_id}).one()
+        cap_used = conn.execute(text("SELECT cap_used FROM api_keys WHERE id = :k"), {"k": key.id}).scalar_one()
+        canceled = conn.execute(text("SELECT COUNT(*) FROM jobs WHERE status = 'canceled'")).scalar_one()
+    assert canceled == len(jobs)
+    assert (balance[0], balance[1]) == (entries[0], entries[1]) and balance[1] == 0
+    assert cap_used == 6 * 40 * 2 * MICRO  # refunds and unused hold parts were all given back
