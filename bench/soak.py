@@ -18,9 +18,10 @@ HELYX_SIMULATED_JOB_SECONDS=0.05, HELYX_SIMULATED_CHAT_DELAY=0.02 s per streamed
 lasts long enough to be cut mid-way). Rate limits are raised to 10^9 requests a minute for every
 plan, so they never interfere; the per-account running-job caps keep their defaults (1/2/4/8).
 
-Accounts (`--accounts`, default 20) come from the admin API: plans free, plus, pro, ultra, free in
-turn; every third account gets a large top-up grant, every third a small one (it crosses from the
-allowance into the top-up, then runs dry), the rest none (free ones run dry within seconds: 402).
+Accounts (`--accounts`, default 20) come from the admin API, plans free, plus, pro, ultra, free in
+turn. Half get a large top-up grant (scaled to the load, so they never run dry) and 4x the traffic;
+a quarter get 2,000 credits (they spend the allowance, cross into the top-up, then run dry); a
+quarter get nothing (they run dry on the allowance). Dry accounts answer 402, counted.
 
 Load: one asyncio loop sends at a FIXED rate (open loop: request i leaves at t0 + i/rate whatever
 the answers) to 127.0.0.1 only, each request for a random account (seeded, `--seed`):
@@ -44,10 +45,15 @@ waited on until no job is unfinished and no hold is open. Then checks (any failu
   * per record: a generation's credits == its hold's charge, a job's charged == its hold's charge
     (== price when succeeded, 0 otherwise), no hold without its record, no expired hold;
   * the credits_charged a client was shown == the generation's credits, for every answer;
-  * every cut stream has its generation row; idempotent twins name the same job.
+  * every cut stream has its generation row; idempotent twins name the same job;
+  * the shared PostgreSQL and Redis stayed up: a monitor PINGs Redis, watches redis-server's process
+    state (another session's fault test may SIGSTOP it) and PostgreSQL's connections (a restart);
+  * no Traceback/ERROR line in the processes' logs.
 Figures: requests by kind and status, latency p50/p99 per kind (client side, and job queue and run
-times from the job rows), achieved rate, jobs/s, scheduling lag of the client, and peak RSS
+times from the job rows), a timeline (per slice of the window: sent, 402, 5xx, p50/p99, in flight,
+RSS), achieved rate, jobs/s, scheduling lag of the client, PostgreSQL connections, and peak RSS
 (VmHWM) of every process started, children included (uvicorn's workers, Dramatiq's processes).
+Holds still open at the end are listed, with py-spy dumps of the API processes when py-spy exists.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ import secrets
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -131,6 +138,23 @@ class Account:
         return {"Authorization": f"Bearer {self.key}"}
 
 
+BIG_WEIGHT = 4  # a funded account gets this many times the traffic of one meant to run dry
+
+
+def funding(i: int, big_grant: int) -> int:
+    """Half the accounts are well funded, a quarter get a small grant (they cross from the
+    allowance into the top-up, then run dry), a quarter none (they run dry on the allowance)."""
+    return (big_grant, big_grant, 2_000, 0)[i % 4]
+
+
+def default_big_grant(args: argparse.Namespace) -> int:
+    """Enough that a well-funded account never runs dry: ~200 credits a request were spent in
+    practice (videos dominate), so 400 a request for its share of the traffic."""
+    weights = [BIG_WEIGHT if i % 4 < 2 else 1 for i in range(args.accounts)]
+    share = BIG_WEIGHT / sum(weights)
+    return max(10_000, int(args.rate * args.seconds * share * 400) // 1000 * 1000)
+
+
 def create_accounts(base: str, admin_token: str, count: int, big_grant: int) -> list[Account]:
     made = []
     auth = {"Authorization": f"Bearer {admin_token}"}
@@ -139,7 +163,7 @@ def create_accounts(base: str, admin_token: str, count: int, big_grant: int) -> 
             plan = PLANS[i % len(PLANS)]
             r = client.post("/admin/accounts", json={"email": f"soak{i}@soak.local", "plan": plan})
             r.raise_for_status()
-            grant = (big_grant, 2_000, 0)[i % 3]
+            grant = funding(i, big_grant)
             if grant:
                 client.post(f"/admin/accounts/{r.json()['account_id']}/credits",
                             json={"amount": grant, "reference": f"soak-{i}"}).raise_for_status()
@@ -182,6 +206,14 @@ def _status_kb(pid: int) -> dict[str, int]:
     return values
 
 
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
 def _cmd(pid: int, depth: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -215,19 +247,79 @@ class MemorySampler:
     def __init__(self, procs: Processes) -> None:
         self.procs = procs
         self.seen: dict[int, Mem] = {}
+        self.series: list[tuple[float, dict[str, int]]] = []  # (time, RSS kB by process group)
 
     def sample(self, mark_start: bool = False) -> None:
+        totals: Counter[str] = Counter()
         for proc in self.procs.started:
             root = proc.popen.pid
             for pid, depth in [(root, 0), *_descendants(root)]:
                 values = _status_kb(pid)
                 if not values:
                     continue
+                if depth:  # the watchdog is ours, not the product's
+                    totals["worker" if proc.name.startswith("worker") else proc.name] += values.get("VmRSS", 0)
                 mem = self.seen.setdefault(pid, Mem(f"{proc.name}: {'  ' * depth}{_cmd(pid, depth)}"))
                 mem.peak_kb = max(mem.peak_kb, values.get("VmHWM", 0))
                 mem.last_kb = values.get("VmRSS", 0)
                 if mark_start or not mem.start_kb:
                     mem.start_kb = mem.last_kb
+        self.series.append((time.perf_counter(), dict(totals)))
+
+
+class EnvMonitor:
+    """The shared services under the soak: Redis PING latency (a stall means Redis was frozen or
+    starved, e.g. by another session's fault test) and PostgreSQL connections (ours and all)."""
+
+    def __init__(self, db_url: str, redis_url: str, db_name: str) -> None:
+        self.db_url, self.redis_url, self.db_name = db_url, redis_url, db_name
+        self.ping_ms: list[float] = []
+        self.redis_failures = self.redis_frozen = 0
+        self.pg_failures: list[str] = []
+        self.pg_ours_peak = self.pg_all_peak = self.pg_max = 0
+
+    def run(self, stop: Any) -> None:
+        import psycopg
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        redis_pid = int(client.info("server")["process_id"])
+        conn: psycopg.Connection[Any] | None = None
+        while not stop.wait(1.0):
+            if _state(redis_pid) == "T":  # stopped: SIGSTOP from someone else's fault test
+                self.redis_frozen += 1
+            start = time.perf_counter()
+            try:
+                client.ping()
+                self.ping_ms.append((time.perf_counter() - start) * 1000)
+            except redis.RedisError:
+                self.redis_failures += 1
+            try:
+                conn = conn or psycopg.connect(self.db_url, autocommit=True, connect_timeout=5)
+                self.pg_max = int(conn.execute("SHOW max_connections").fetchone()[0])  # type: ignore[index]
+                ours, total = conn.execute(
+                    "SELECT COUNT(*) FILTER (WHERE datname = %s), COUNT(*) FROM pg_stat_activity",
+                    [self.db_name]).fetchone()  # type: ignore[misc]
+                self.pg_ours_peak, self.pg_all_peak = max(self.pg_ours_peak, ours), max(self.pg_all_peak, total)
+            except psycopg.Error as exc:
+                self.pg_failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+        client.close()
+        if conn is not None:
+            conn.close()
+
+    def rows(self) -> list[list[Any]]:
+        stalls = sum(1 for ms in self.ping_ms if ms > 1000) + self.redis_failures
+        return [
+            ["Redis PING p50 / max ms; stalls > 1 s or failed; samples with redis-server stopped (SIGSTOP)",
+             f"{pct(self.ping_ms, 50):.1f} / {max(self.ping_ms or [0]):.0f}; {stalls}; {self.redis_frozen}"],
+            ["PostgreSQL connections: peak ours / peak all / max_connections",
+             f"{self.pg_ours_peak} / {self.pg_all_peak} / {self.pg_max}"],
+            ["PostgreSQL errors seen by the monitor (e.g. a restart by another session)",
+             f"{len(self.pg_failures)} {self.pg_failures[:3]}"],
+        ]
 
 
 # --- the load ------------------------------------------------------------------------------------
@@ -258,10 +350,19 @@ class Stats:
     dropped: int = 0
     sent: int = 0
     done: int = 0
+    t0: float = 0.0
+    events: list[tuple[float, str, int | str, float]] = field(default_factory=list)  # start, kind, status, s
+    inflight: list[tuple[float, int]] = field(default_factory=list)
+
+    def client_error(self, kind: str, exc: Exception, start: float) -> None:
+        seconds = time.perf_counter() - start
+        self.record(kind, f"client:{type(exc).__name__}", seconds, f"after {seconds:.3f} s: {exc!r}")
 
     def record(self, kind: str, status: int | str, seconds: float, body: bytes | str = b"") -> None:
         self.status[(kind, status)] += 1
-        self.latency[kind].append(seconds)
+        self.events.append((time.perf_counter() - seconds, kind, status, seconds))
+        if isinstance(status, int):  # a client-side error has no latency worth mixing in
+            self.latency[kind].append(seconds)
         ok = {"poll": (200,), "cancel": (200, 409)}.get(kind, (200, 202, 402))
         if status not in ok and len(self.samples[(kind, status)]) < 3:
             text = body.decode(errors="replace") if isinstance(body, bytes) else body
@@ -274,6 +375,8 @@ class Load:
         self.client = client
         self.accounts = accounts
         self.stats = Stats()
+        big = max(a.grant for a in accounts)
+        self.account_weights = [BIG_WEIGHT if a.grant == big and big > 2_000 else 1 for a in accounts]
         self.pollers: set[asyncio.Task[None]] = set()
         self.inflight: set[asyncio.Task[None]] = set()
 
@@ -283,6 +386,7 @@ class Load:
         total = int(args.rate * args.seconds)
         weights = [args.mix_chat, args.mix_stream, args.mix_cut, args.mix_image, args.mix_video]
         t0 = loop.time()
+        self.stats.t0 = time.perf_counter()
         for i in range(total):
             wait = t0 + i / args.rate - loop.time()
             if wait > 0:
@@ -294,7 +398,8 @@ class Load:
                 continue
             rnd = random.Random(args.seed * 1_000_003 + i)
             kind = rnd.choices(SUBMISSIONS, weights)[0]
-            task = asyncio.create_task(self.one(i, kind, rnd.choice(self.accounts), rnd))
+            acct = rnd.choices(self.accounts, self.account_weights)[0]
+            task = asyncio.create_task(self.one(i, kind, acct, rnd))
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
             self.stats.sent += 1
@@ -312,6 +417,7 @@ class Load:
                 await asyncio.wait(list(group), timeout=left)
 
     async def one(self, i: int, kind: str, acct: Account, rnd: random.Random) -> None:
+        start = time.perf_counter()
         try:
             if kind in ("chat", "stream", "stream_cut"):
                 await self.chat(kind, acct, rnd)
@@ -320,7 +426,7 @@ class Load:
             else:
                 await self.image(i, acct, rnd)
         except httpx.HTTPError as exc:
-            self.stats.record(kind, f"client:{type(exc).__name__}", 0.0, repr(exc))
+            self.stats.client_error(kind, exc, start)
         finally:
             self.stats.done += 1
 
@@ -430,14 +536,14 @@ class Load:
                 r = await self.client.post(f"/api/v1/jobs/{job.id}/cancel", headers=job.account.auth)
                 self.stats.record("cancel", r.status_code, time.perf_counter() - start, r.content)
             except httpx.HTTPError as exc:
-                self.stats.record("cancel", f"client:{type(exc).__name__}", 0.0, repr(exc))
+                self.stats.client_error("cancel", exc, start)
         while time.perf_counter() < deadline:
             await asyncio.sleep(self.args.poll_interval)
             start = time.perf_counter()
             try:
                 r = await self.client.get(f"/api/v1/jobs/{job.id}", headers=job.account.auth)
             except httpx.HTTPError as exc:
-                self.stats.record("poll", f"client:{type(exc).__name__}", 0.0, repr(exc))
+                self.stats.client_error("poll", exc, start)
                 continue
             now = time.perf_counter()
             self.stats.record("poll", r.status_code, now - start, r.content)
@@ -493,6 +599,29 @@ _RECORD_CHECKS = {
     "unfinished jobs": "SELECT id FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'canceled')",
     "failed jobs": "SELECT id || ' ' || COALESCE(error_code, '') FROM jobs WHERE status = 'failed'",
 }
+
+
+def diagnose_open_holds(db_url: str, procs: Processes, workdir: Path) -> None:
+    """Holds still open after the wait: list them, and dump the API processes' Python stacks
+    (py-spy, when installed) next to the logs, to see whether a request is stuck or gone."""
+    import shutil
+    import subprocess
+
+    import psycopg
+
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT id, purpose, amount, created_at FROM holds WHERE status = 'open'").fetchall()
+    for hold_id, purpose, amount, created in rows:
+        print(f"  open hold {hold_id} {purpose} {amount / 1e6:g} credits, {time.time() - created:.0f} s old")
+    spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    if not os.path.exists(spy):
+        return
+    for proc in procs.started:
+        if proc.name == "api":
+            for pid, _ in _descendants(proc.popen.pid):
+                out = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+                (workdir / f"py-spy-{pid}.txt").write_text(out.stdout + out.stderr)
+    print(f"  py-spy dumps of the API processes in {workdir}")
 
 
 class Audit:
@@ -576,8 +705,29 @@ def table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
         print("| " + " | ".join(padded) + " |")
 
 
+def timeline(stats: Stats, window: float, mem: MemorySampler) -> None:
+    """Per slice of the window: what was sent then, how it was answered, and the processes' RSS,
+    to tell a steady state from a slow degradation (queues, leaks)."""
+    step = max(5.0, round(window / 12 / 5) * 5)
+    rows = []
+    for n in range(int(-(-window // step))):
+        lo, hi = stats.t0 + n * step, stats.t0 + (n + 1) * step
+        subs = [e for e in stats.events if lo <= e[0] < hi and e[1] in SUBMISSIONS]
+        ok = [e[3] for e in subs if e[2] in (200, 202)]
+        polls = [e[3] for e in stats.events if lo <= e[0] < hi and e[1] == "poll"]
+        inflight = [n for t, n in stats.inflight if lo <= t < hi] or [0]
+        rss = [r for t, r in mem.series if t < hi][-1:] or [{}]
+        rows.append([f"{n * step:.0f}-{(n + 1) * step:.0f}", len(subs), sum(1 for e in subs if e[2] == 402),
+                     sum(1 for e in subs if not isinstance(e[2], int) or e[2] >= 500),
+                     pct(ok, 50) * 1000, pct(ok, 99) * 1000, pct(polls, 99) * 1000, max(inflight),
+                     rss[0].get("api", 0) / 1024, rss[0].get("worker", 0) / 1024])
+    table("Timeline (by when a request was sent)", ["s", "sent", "402", "5xx/err", "2xx p50 ms", "2xx p99 ms",
+                                                    "poll p99 ms", "max in flight", "API RSS MB",
+                                                    "workers RSS MB"], rows)
+
+
 def report(args: argparse.Namespace, stats: Stats, window: float, facts: dict[str, Any], mem: MemorySampler,
-           cpu: float, load_avg: tuple[float, ...], accounts: list[Account]) -> None:
+           cpu: float, load_avg: tuple[float, ...], accounts: list[Account], env_monitor: EnvMonitor) -> None:
     kinds = sorted({k for k, _ in stats.status})
     statuses = sorted({s for _, s in stats.status}, key=str)
     table("Responses by kind and status", ["kind", *map(str, statuses), "total"],
@@ -589,6 +739,7 @@ def report(args: argparse.Namespace, stats: Stats, window: float, facts: dict[st
     by_type: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for job_type, wait, run, total in facts["job_times"]:
         by_type[job_type].append((wait, run, total))
+    timeline(stats, window, mem)
     table("Succeeded jobs, from the job rows (ms)", ["type", "count", "queued p50", "queued p99", "running p50",
                                                       "running p99", "created->finished p50", "p99"],
           [[t, len(v), *(pct([x[i] for x in v], p) * 1000 for i in range(3) for p in (50, 99))]
@@ -619,6 +770,7 @@ def report(args: argparse.Namespace, stats: Stats, window: float, facts: dict[st
         ["client CPU (s) / share of one core", f"{cpu:.1f} / {cpu / window * 100:.0f}%"],
         ["machine", f"{os.cpu_count()} CPUs, load average at start {load_avg[0]:.2f}, "
                     f"at end {os.getloadavg()[0]:.2f}"],
+        *env_monitor.rows(),
     ])
     by_id = {a.id: a for a in accounts}
     table("Accounts (credits)", ["account", "plan", "grant", "allowance", "topup", "held", "settled",
@@ -646,7 +798,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=50.0, help="submissions per second (fixed rate)")
     p.add_argument("--seconds", type=float, default=180.0, help="length of the load window")
     p.add_argument("--accounts", type=int, default=20)
-    p.add_argument("--big-grant", type=int, default=300_000, help="credits granted to every third account")
+    p.add_argument("--big-grant", type=int, help="credits granted to half the accounts (default: scaled to the load)")
     p.add_argument("--web-workers", type=int, default=2)
     p.add_argument("--worker-instances", type=int, default=2, help="`helyx worker` instances")
     p.add_argument("--worker-processes", type=int, default=1, help="--processes of each instance")
@@ -658,6 +810,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--job-deadline", type=float, default=300.0, help="a job unfinished after this fails")
     p.add_argument("--max-inflight", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--api-log-level", default="WARNING", help="INFO logs every request (slower, but evidence)")
     p.add_argument("--db", default="helyx_soak")
     p.add_argument("--redis-db", type=int, default=12)
     for kind, weight in (("chat", 45), ("stream", 25), ("cut", 8), ("image", 17), ("video", 5)):
@@ -665,20 +818,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def drive(args: argparse.Namespace, base: str, accounts: list[Account], mem: MemorySampler
-                ) -> tuple[Stats, float]:
-    limits = httpx.Limits(max_connections=args.max_inflight + 200, max_keepalive_connections=200)
+async def drive(args: argparse.Namespace, base: str, accounts: list[Account], mem: MemorySampler,
+                env_monitor: EnvMonitor) -> tuple[Stats, float]:
+    # Idle connections expire on the client before uvicorn's 5 s keep-alive timeout closes them, so a
+    # request never goes out on a connection the server is closing at that moment (a ReadError).
+    limits = httpx.Limits(max_connections=args.max_inflight + 200, max_keepalive_connections=200,
+                          keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(120, connect=10), limits=limits,
                                  trust_env=False) as client:
         load = Load(args, client, accounts)
 
         async def sample_memory() -> None:
             while True:
+                load.stats.inflight.append((time.perf_counter(), len(load.inflight)))
                 await asyncio.to_thread(mem.sample)
                 await asyncio.sleep(2)
 
         mem.sample(mark_start=True)
         sampler = asyncio.create_task(sample_memory())
+        stop = threading.Event()
+        watching = asyncio.create_task(asyncio.to_thread(env_monitor.run, stop))
         try:
             window = await load.run()
             print(f"load window over after {window:.1f} s; draining {len(load.inflight)} requests and "
@@ -686,6 +845,8 @@ async def drive(args: argparse.Namespace, base: str, accounts: list[Account], me
             await load.drain(args.job_deadline + 60)
         finally:
             sampler.cancel()
+            stop.set()
+            await watching
         return load.stats, window
 
 
@@ -724,23 +885,31 @@ def main(argv: list[str] | None = None) -> int:
                            stdout=subprocess.DEVNULL)
             port = free_port()
             api = procs.start("api", [HELYX, "serve", "--host", "127.0.0.1", "--port", str(port),
-                                      "--workers", str(args.web_workers)], env, port)
+                                      "--workers", str(args.web_workers)],
+                              {**env, "HELYX_LOG_LEVEL": args.api_log_level}, port)
             wait_ready(api, 60)
             for n in range(args.worker_instances):
                 procs.start(f"worker{n + 1}", [HELYX, "worker", "--processes", str(args.worker_processes),
                                                "--threads", str(args.worker_threads)], env)
             wait_dramatiq_workers(redis_url, args.worker_instances * args.worker_processes, timeout=60)
-            accounts = create_accounts(api.url, admin, args.accounts, args.big_grant)
+            accounts = create_accounts(api.url, admin, args.accounts, args.big_grant or default_big_grant(args))
         except Exception as exc:  # noqa: BLE001 - the stack did not come up: say why, exit 2
             print(f"soak: the stack did not start: {exc}", file=sys.stderr)
             return 2
         mem = MemorySampler(procs)
         cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
-        stats, window = asyncio.run(drive(args, api.url, accounts, mem))
+        env_monitor = EnvMonitor(db_url, redis_url, args.db)
+        stats, window = asyncio.run(drive(args, api.url, accounts, mem, env_monitor))
         cpu = sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu0
         unfinished, open_holds = wait_settled(db_url, 120)
         mem.sample()
+        if open_holds:
+            diagnose_open_holds(db_url, procs, workdir)
         print("\n## Checks\n")
+        audit.check(not env_monitor.pg_failures and not env_monitor.redis_frozen and not env_monitor.redis_failures,
+                    "the shared PostgreSQL and Redis stayed up (else another session's fault test spoilt the run)",
+                    f"PostgreSQL errors {env_monitor.pg_failures[:3]}, Redis stopped in {env_monitor.redis_frozen}"
+                    f" samples, {env_monitor.redis_failures} failed PINGs")
         audit.check(not [1 for (_, s), _n in stats.status.items() if isinstance(s, int) and s >= 500],
                     "no 5xx answer", {k: n for k, n in stats.status.items() if isinstance(k[1], int) and k[1] >= 500})
         unexpected = {f"{k} {s}": n for (k, s), n in stats.status.items() if (k, s) in stats.samples}
@@ -758,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
         facts = audit_database(db_url, stats, audit)
         trouble = log_trouble(procs)
         audit.check(not trouble, "no Traceback/ERROR line in the processes' logs", f"{len(trouble)}: {trouble[:5]}")
-        report(args, stats, window, facts, mem, cpu, load_avg, accounts)
+        report(args, stats, window, facts, mem, cpu, load_avg, accounts, env_monitor)
     print(f"\nsoak: {'FAILED: ' + '; '.join(audit.failures) if audit.failures else 'all checks passed'}"
           f" (logs in {workdir}, database {args.db} kept)")
     return 1 if audit.failures else 0
