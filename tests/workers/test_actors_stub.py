@@ -16,7 +16,7 @@ from PIL import Image
 
 from common.errors import UpstreamError
 from common.jobs import lifecycle
-from common.providers import registry
+from common.providers import simulated_media
 from common.providers.base import ImageRequest, MediaFile
 from common.providers.simulated_media import render_png
 from tests.api.chat.helpers import assert_books_balance, books
@@ -43,7 +43,7 @@ class ScriptedImages:
         self._lock = threading.Lock()
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> ScriptedImages:
-        monkeypatch.setattr(registry, "SimulatedImageProvider", lambda delay: self)
+        monkeypatch.setattr(simulated_media, "SimulatedImageProvider", lambda delay: self)
         return self
 
     async def generate_images(self, request: ImageRequest) -> list[MediaFile]:

@@ -19,7 +19,7 @@ from PIL import Image
 from common import clock
 from common.errors import UpstreamError
 from common.jobs import submit
-from common.providers import registry
+from common.providers import simulated_media
 from common.signing import sign_file_url
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.api.media.conftest import Media
@@ -225,7 +225,7 @@ def test_an_image_job_that_fails_is_a_502_and_costs_nothing(media: Media, monkey
             Broken.calls += 1
             raise UpstreamError("the provider is down", retryable=True, upstream_status=503)
 
-    monkeypatch.setattr(registry, "SimulatedImageProvider", lambda delay: Broken())
+    monkeypatch.setattr(simulated_media, "SimulatedImageProvider", lambda delay: Broken())
     account = media.account()
     before = books(media.engine, account.account_id)
     response = media.client.post(IMAGES, headers=account.headers, json={"prompt": "nothing", "size": "256x256"})
