@@ -359,6 +359,8 @@ class Stats:
         self.record(kind, f"client:{type(exc).__name__}", seconds, f"after {seconds:.3f} s: {exc!r}")
 
     def record(self, kind: str, status: int | str, seconds: float, body: bytes | str = b"") -> None:
+        if status == 402 and isinstance(body, bytes) and b'"insufficient_quota"' not in body:
+            status = "402 without insufficient_quota"  # the SPEC's type for a balance that cannot cover
         self.status[(kind, status)] += 1
         self.events.append((time.perf_counter() - seconds, kind, status, seconds))
         if isinstance(status, int):  # a client-side error has no latency worth mixing in
