@@ -136,7 +136,8 @@ async def _complete(call: ChatCall) -> Response:
     usage, estimated = result.usage, False
     if usage is None:
         usage, estimated = chat_billing.estimated_usage(call.request.messages, result.content), True
-    settlement = await call.finish(Outcome(call.id, "succeeded", usage, usage_estimated=estimated), stream=False)
+    with anyio.CancelScope(shield=True):
+        settlement = await call.finish(Outcome(call.id, "succeeded", usage, usage_estimated=estimated), stream=False)
     return json_response({
         "id": call.id, "object": "chat.completion", "created": call.created, "model": call.entry.id,
         "system_fingerprint": result.system_fingerprint or call.fingerprint,
@@ -195,7 +196,8 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
                 await _aclose(stream)
         outcome = _stream_outcome(call, "interrupted" if error else "succeeded", usage, produced,
                                   error.code if error else None)
-        settlement = await call.finish(outcome, stream=True)
+        with anyio.CancelScope(shield=True):  # a client leaving now must not skip the settlement
+            settlement = await call.finish(outcome, stream=True)
         if error is not None:
             yield sse_data({"error": {"message": f"The upstream provider failed mid-stream: {error.message}",
                                       "type": error.type, "code": error.code, "param": None},
