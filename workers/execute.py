@@ -76,7 +76,8 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
         lifecycle.has_result(engine, job.id, [f["id"] for f in files])  # committed before a lost reply
     ):
         _transition(job, "succeeded", files=len(files))
-        notify(job.id)
+        if job.webhook_url:
+            notify(job.id)
     else:
         for f in files:
             context.storage().delete(f["storage_key"])
@@ -101,7 +102,8 @@ def _failed(job: ClaimedJob, owner: str, exc: UpstreamError, requeue: Requeue, n
         return
     if while_database_down(lifecycle.fail, engine, job, owner, exc.code, exc.message):
         _transition(job, "failed", error_code=exc.code, error=exc.message)
-        notify(job.id)
+        if job.webhook_url:
+            notify(job.id)
 
 
 async def _produce(job: ClaimedJob, owner: str, runtime: ThreadRuntime) -> list[MediaFile]:

@@ -28,7 +28,7 @@ _CLAIM = text(
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = :owner, lease_until = :until,"
     " started_at = COALESCE(started_at, :now)"
     " WHERE id = :id AND (status = 'queued' OR (status = 'running' AND lease_until < :now))"
-    " RETURNING account_id, type, model, params, attempts, hold_id, price"
+    " RETURNING account_id, type, model, params, attempts, hold_id, price, webhook_url"
 )
 # A job that must wait for a free slot: queued again (a dead worker's lapsed lease included), with
 # enqueued_at now, because the caller re-sends its message.
@@ -56,6 +56,7 @@ class ClaimedJob:
     attempts: int
     hold_id: str
     price: int
+    webhook_url: str | None = None
 
 
 def job_account(engine: Engine, job_id: str) -> tuple[str, str, str] | None:
@@ -95,7 +96,7 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float, running
     if row is None:
         return None
     return ClaimedJob(job_id, row.account_id, row.type, row.model, json.loads(row.params), row.attempts,
-                      row.hold_id, row.price)
+                      row.hold_id, row.price, row.webhook_url)
 
 
 def _lock_account(conn: Connection, account_id: str, job_id: str | None = None) -> None:
