@@ -3,8 +3,6 @@ the ledger's books read straight from the database."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,12 +12,12 @@ from typing import Any
 
 import httpx
 import openai
-import uvicorn
 from sqlalchemy import Engine, text
 
 from common import billing, clock, ledger
 from common.settings import Settings
 from tests.conftest import TestAccount, create_test_account
+from tests.fakes.server import serve
 
 FAKE_PROVIDER_KEY = "sk-fake-provider-key-0123456789"  # what the gateway sends to a fake upstream
 
@@ -27,29 +25,9 @@ FAKE_PROVIDER_KEY = "sk-fake-provider-key-0123456789"  # what the gateway sends 
 @contextmanager
 def serve_app(app: Any, *, startup_timeout: float = 10.0) -> Iterator[str]:
     """Serve the Helyx app with uvicorn on 127.0.0.1 (a free port), lifespan included, for the
-    block; yields its root URL. (tests.fakes.server runs lifespan-less fakes.)"""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="critical", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=1, timeout_keep_alive=5, backlog=512)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"helyx-{port}")
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            raise RuntimeError("the Helyx app did not start")
-        time.sleep(0.005)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    block; yields its root URL."""
+    with serve(app, startup_timeout=startup_timeout, lifespan="on", backlog=512, name="helyx") as url:
+        yield url
 
 
 @dataclass
