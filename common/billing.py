@@ -11,8 +11,8 @@ import logging
 
 from sqlalchemy import Engine
 
-from common import clock, ledger
-from common.db import reader
+from common import clock, ledger, ledger_pg
+from common.db import is_postgres, reader
 from common.errors import InsufficientCredits
 from common.money import to_credits
 
@@ -40,8 +40,17 @@ def reserve(
     engine: Engine, *, account_id: str, key_id: str | None, amount: int, purpose: str, ttl: float, tz: str,
     capped: bool = False,
 ) -> str:
-    """A hold for `amount` micro-credits; InsufficientCredits says what is left and when it resets."""
+    """A hold for `amount` micro-credits; InsufficientCredits says what is left and when it resets.
+
+    On PostgreSQL an uncapped hold is one autocommit statement (common.ledger_pg)."""
     try:
+        if is_postgres(engine) and not capped:
+            with reader(engine).connect() as conn:
+                hold_id = ledger_pg.reserve(conn, account_id=account_id, key_id=key_id, amount=amount,
+                                            purpose=purpose, now=clock.now().timestamp(), ttl=ttl)
+                if hold_id is None:
+                    raise ledger.insufficient_error(ledger.balance(conn, account_id), amount)
+                return hold_id
         with engine.begin() as conn:
             return ledger.reserve(
                 conn, account_id=account_id, key_id=key_id, amount=amount, purpose=purpose,

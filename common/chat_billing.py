@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
-from common import billing, clock, ledger
+from common import billing, clock, ledger, ledger_pg
 from common.accounts import Principal
 from common.catalog import ModelEntry
+from common.db import is_postgres, reader
 from common.errors import InsufficientCredits
 from common.money import to_credits
 from common.providers.base import Usage
@@ -98,10 +99,23 @@ def finish_chat(
     usage = outcome.usage
     charge = usage.total_tokens * entry.rate_micro if usage and outcome.status != "failed" else 0
     now = clock.now().timestamp()
+    if is_postgres(engine):  # one statement in the common case (common.ledger_pg)
+        with reader(engine).connect() as conn:
+            settled = ledger_pg.resolve_with_generation(
+                conn, reservation.hold_id, charge, now=now, description=_description(entry, usage) if charge else "",
+                generation={
+                    "gid": outcome.generation_id, "gkid": principal.key_id, "model": entry.id, "stream": stream,
+                    "gstatus": outcome.status, "pt": usage.prompt_tokens if usage else 0,
+                    "ct": usage.completion_tokens if usage else 0, "est": outcome.usage_estimated,
+                    "lat": int((now - started) * 1000), "err": outcome.error_code, "created": started,
+                },
+            )
+        if settled is not None:
+            return settled
     with engine.begin() as conn:
         if charge:
-            description = f"{entry.id} {usage.prompt_tokens}+{usage.completion_tokens} tokens"  # type: ignore[union-attr]
-            settlement = ledger.settle(conn, reservation.hold_id, charge, now=now, description=description)
+            settlement = ledger.settle(conn, reservation.hold_id, charge, now=now,
+                                       description=_description(entry, usage))
         else:
             settlement = ledger.release(conn, reservation.hold_id, now=now)
         conn.execute(_INSERT_GENERATION, {
@@ -112,6 +126,10 @@ def finish_chat(
             "created": started,
         })
     return settlement
+
+
+def _description(entry: ModelEntry, usage: Usage | None) -> str:
+    return f"{entry.id} {usage.prompt_tokens}+{usage.completion_tokens} tokens" if usage else entry.id
 
 
 def helyx_block(settlement: ledger.Settlement) -> dict[str, int | float]:

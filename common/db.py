@@ -75,6 +75,10 @@ def reader(engine: Engine) -> Engine:
 _readers: dict[int, Engine] = {}
 
 
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
 def get_engine(url: str) -> Engine:
     """The process-wide engine for `url` (created on first use)."""
     engine = _engines.get(url)

@@ -121,7 +121,7 @@ def reserve(
     if capped and conn.execute(_CAP_RESERVE, {"kid": key_id, "day": cap_day, "amt": amount}).rowcount != 1:
         raise InsufficientCredits("This API key has reached its daily credit cap.", code="key_daily_cap_reached")
     if conn.execute(_ACCOUNT_RESERVE, {"aid": account_id, "amt": amount}).rowcount != 1:
-        raise _insufficient(balance(conn, account_id), amount)
+        raise insufficient_error(balance(conn, account_id), amount)
     hold_id = new_id("hold")
     conn.execute(
         _INSERT_HOLD,
@@ -254,7 +254,7 @@ def _entry(
     )
 
 
-def _insufficient(current: Balance, wanted: int) -> InsufficientCredits:
+def insufficient_error(current: Balance, wanted: int) -> InsufficientCredits:
     from common.money import to_credits
 
     return InsufficientCredits(
