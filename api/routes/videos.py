@@ -19,7 +19,7 @@ from api.schemas.responses import VideoDeleted, VideoList, VideoView, doc
 from common.errors import Conflict, InvalidRequest, NotFound
 from common.jobs.lifecycle import cancel
 from common.jobs.recovery import forget_files
-from common.jobs.views import list_jobs, video_view
+from common.jobs.views import JobRecord, list_jobs, video_view
 
 router = APIRouter(prefix="/api/v1", tags=["videos"])
 POLL_AFTER_MS = "2000"
@@ -44,6 +44,11 @@ async def _parse(request: Request) -> VideoCreateRequest:
         return VideoCreateRequest.model_validate(data)
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _not_gone(record: JobRecord, video_id: str) -> None:
+    if record.gone:
+        raise NotFound(f"Video {video_id} was deleted or has expired.", code="video_not_found", param="id")
 
 
 def _headers(view: dict[str, Any]) -> dict[str, str]:
@@ -73,7 +78,7 @@ async def get_videos(
     records, has_more = await run_in_threadpool(
         lambda: list_jobs(services.engine, principal.account_id, job_type="video", limit=limit, after=after,
                           order=order))
-    data = [video_view(r) for r in records]
+    data = [video_view(r) for r in records if not r.gone]
     return json_response({"object": "list", "data": data, "has_more": has_more,
                           "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
@@ -82,6 +87,7 @@ async def get_videos(
             responses=doc(VideoView, 401, 404))
 async def get_video(video_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
     record, remaining = await job_flow.read(services, principal, video_id, "video")
+    _not_gone(record, video_id)
     view = video_view(record, remaining)
     return json_response(view, headers=_headers(view))
 
@@ -108,6 +114,7 @@ async def get_video_content(
                responses=doc(VideoDeleted, 401, 404))
 async def delete_video(video_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
     record, _ = await job_flow.read(services, principal, video_id, "video")
+    _not_gone(record, video_id)
     if record.row["status"] in ("queued", "running"):
         with contextlib.suppress(Conflict):  # it finished meanwhile: delete its files below
             await run_in_threadpool(cancel, services.engine, principal.account_id, video_id)

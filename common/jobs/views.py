@@ -44,6 +44,11 @@ class JobRecord:
     files: list[dict[str, Any]]
 
     @property
+    def gone(self) -> bool:
+        """Succeeded, but its files were deleted (DELETE /videos/{id}) or swept after expiry."""
+        return self.row["status"] == "succeeded" and bool(self.row["result"]) and not self.files
+
+    @property
     def params(self) -> dict[str, Any]:
         return json.loads(self.row["params"])  # type: ignore[no-any-return]
 

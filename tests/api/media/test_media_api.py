@@ -353,6 +353,10 @@ def test_delete_removes_a_finished_videos_content_and_cancels_an_unfinished_one_
     error_of(media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers), 404)
     assert media.jobs.files(video["id"]) == [] and media.jobs.stored_keys() == []
     assert media.jobs.job(video["id"])["charged"] == VIDEO_PRICE  # delivered, so still paid for
+    error_of(media.client.get(f"/api/v1/videos/{video['id']}", headers=account.headers), 404)
+    error_of(media.client.delete(f"/api/v1/videos/{video['id']}", headers=account.headers), 404)
+    listed = media.client.get("/api/v1/videos", headers=account.headers).json()
+    assert video["id"] not in [v["id"] for v in listed["data"]]
 
     before = books(media.engine, account.account_id)
     pending = media.client.post("/api/v1/videos", headers=account.headers, json={"prompt": "drop"}).json()
