@@ -18,6 +18,8 @@ from common.db import make_engine, normalize_url
 from common.migrate import upgrade
 from common.settings import Settings
 
+pytest_plugins = ["tests.fakes.fixtures"]
+
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("HELYX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_TEST_URL = os.environ.get("HELYX_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")

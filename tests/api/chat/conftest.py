@@ -16,7 +16,6 @@ from common.db import get_engine, make_engine
 from common.migrate import upgrade
 from tests.api.chat.helpers import FAKE_PROVIDER_KEY, Gateway, GatewayFactory, serve_app
 from tests.conftest import make_settings
-from tests.fakes import FakeUpstream, anthropic_upstream, gemini_upstream, openai_upstream
 
 # Generous unless a test is about rate limits, so a test's own requests never trip them.
 _DEFAULTS: dict[str, Any] = {"rate_limit_free": 10_000, "rate_limit_plus": 10_000,
@@ -73,40 +72,6 @@ def gateway(make_gateway: GatewayFactory) -> Gateway:
     return make_gateway()
 
 
-@pytest.fixture(scope="module")
-def _openai_server() -> Iterator[FakeUpstream]:
-    with openai_upstream.run() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def _anthropic_server() -> Iterator[FakeUpstream]:
-    with anthropic_upstream.run() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
-def _gemini_server() -> Iterator[FakeUpstream]:
-    with gemini_upstream.run() as fake:
-        yield fake
-
-
-@pytest.fixture
-def openai_fake(_openai_server: FakeUpstream) -> FakeUpstream:
-    _openai_server.reset()
-    return _openai_server
-
-
-@pytest.fixture
-def anthropic_fake(_anthropic_server: FakeUpstream) -> FakeUpstream:
-    _anthropic_server.reset()
-    return _anthropic_server
-
-
-@pytest.fixture
-def gemini_fake(_gemini_server: FakeUpstream) -> FakeUpstream:
-    _gemini_server.reset()
-    return _gemini_server
 
 
 PROVIDER_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY"}
