@@ -106,6 +106,8 @@ def _is_database_down(exc: Exception) -> bool:
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    if isinstance(exc, PoolTimeout):
+    from common.pg_statements import UNREACHABLE
+
+    if isinstance(exc, (PoolTimeout, *UNREACHABLE)):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated or "connect" in str(exc).lower())

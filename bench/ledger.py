@@ -14,6 +14,7 @@ database `helyx_bench_ledger` (dropped and created afresh); SQLite in a temporar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import resource
 import threading
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import _procs
+from bench import _pgbench, _procs
 
 AMOUNT = 2_000_000  # micro-credits held (2 credits)
 CHARGE = 1_234_567  # charged at settlement (less than the hold: the rest is released)
@@ -59,35 +60,19 @@ def _setup(url: str, accounts_needed: int) -> list[tuple[str, str]]:
     return made
 
 
-def _verbs(engine: Any, variant: str) -> tuple[Any, Any]:
-    """(reserve, settle) callables for a variant: the real verbs, or the one-statement prototype."""
-    from common import billing, clock
+def _verbs(engine: Any) -> tuple[Any, Any]:
+    """(reserve, settle): the real verbs, as the API and the workers call them."""
+    from common import billing
 
-    if variant == "billing":
-        return (lambda aid, kid: billing.reserve(engine, account_id=aid, key_id=kid, amount=AMOUNT, purpose="bench",
-                                                 ttl=900, tz=TZ),
-                lambda hold: billing.settle(engine, hold, CHARGE, "bench"))
-    from bench import _ledger_cte as cte
-
-    target = engine.execution_options(isolation_level="AUTOCOMMIT") if variant == "cte-autocommit" else engine
-    opener = target.connect if variant == "cte-autocommit" else target.begin
-
-    def reserve(aid: str, kid: str) -> str:
-        with opener() as conn:
-            return cte.reserve(conn, account_id=aid, key_id=kid, amount=AMOUNT, purpose="bench",
-                               now=clock.now().timestamp(), ttl=900)
-
-    def settle(hold: str) -> Any:
-        with opener() as conn:
-            return cte.settle(conn, hold, CHARGE, now=clock.now().timestamp(), description="bench")
-
-    return reserve, settle
+    return (lambda aid, kid: billing.reserve(engine, account_id=aid, key_id=kid, amount=AMOUNT, purpose="bench",
+                                             ttl=900, tz=TZ),
+            lambda hold: billing.settle(engine, hold, CHARGE, "bench"))
 
 
 def _worker_loop(engine: Any, account: tuple[str, str], until: float, max_pairs: int, out: Run,
-                 lock: threading.Lock, variant: str) -> None:
+                 lock: threading.Lock) -> None:
     account_id, key_id = account
-    do_reserve, do_settle = _verbs(engine, variant)
+    do_reserve, do_settle = _verbs(engine)
     local = Run()
     perf = time.perf_counter
     while time.time() < until and local.pairs < max_pairs:
@@ -113,17 +98,20 @@ def _worker_loop(engine: Any, account: tuple[str, str], until: float, max_pairs:
 
 
 def run_threads(url: str, accounts: list[tuple[str, str]], threads: int, start: float, seconds: float,
-                variant: str = "billing", max_pairs: int = 10**9) -> Run:
+                max_pairs: int = 10**9) -> Run:
     """`threads` threads in this process, one engine; thread i uses accounts[i % len(accounts)]."""
-    from common.db import make_engine
+    from common import pg_statements
+    from common.db import is_postgres, make_engine
 
     engine = make_engine(url, pool_size=max(threads, 5))
-    with engine.connect():  # open one connection before the clock starts
-        pass
+    with contextlib.ExitStack() as stack:  # open the connections before the clock starts
+        stack.enter_context(engine.connect())
+        for _ in range(threads if is_postgres(engine) else 0):
+            stack.enter_context(pg_statements.connection(engine))
     out, lock = Run(), threading.Lock()
     until = start + seconds
     workers = [threading.Thread(target=_worker_loop,
-                                args=(engine, accounts[i % len(accounts)], until, max_pairs, out, lock, variant))
+                                args=(engine, accounts[i % len(accounts)], until, max_pairs, out, lock))
                for i in range(threads)]
     while time.time() < start:
         time.sleep(0.001)
@@ -144,18 +132,17 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _child(args: tuple[str, list[tuple[str, str]], int, float, float, str]) -> Run:
-    url, accounts, threads, start, seconds, variant = args
-    return run_threads(url, accounts, threads, start, seconds, variant)
+def _child(args: tuple[str, list[tuple[str, str]], int, float, float]) -> Run:
+    url, accounts, threads, start, seconds = args
+    return run_threads(url, accounts, threads, start, seconds)
 
 
-def run_processes(url: str, accounts: list[tuple[str, str]], processes: int, threads: int, seconds: float,
-                  variant: str = "billing") -> Run:
+def run_processes(url: str, accounts: list[tuple[str, str]], processes: int, threads: int, seconds: float) -> Run:
     ctx = multiprocessing.get_context("spawn")
     start = time.time() + 3.0  # time for the children to import and connect
     per = [accounts[p * threads:(p + 1) * threads] or accounts for p in range(processes)]
     with ctx.Pool(processes) as pool:
-        results = pool.map(_child, [(url, per[p], threads, start, seconds, variant) for p in range(processes)])
+        results = pool.map(_child, [(url, per[p], threads, start, seconds) for p in range(processes)])
     total = Run()
     for r in results:
         total.pairs += r.pairs
@@ -189,9 +176,9 @@ def check_ledger(url: str) -> str:
 
 
 def bench_backend(label: str, url: str, seconds: float, repeats: int, with_processes: bool,
-                  variants: list[str]) -> list[list[Any]]:
-    """Every configuration x repeat runs each variant back to back (interleaved), so a change in the
-    machine's load hits all variants alike."""
+                  with_pgbench: bool) -> list[list[Any]]:
+    """Every configuration x repeat runs Helyx's verbs and then, on PostgreSQL, pgbench with the
+    same statements (interleaved), so a change in the machine's load hits both alike."""
     accounts = _procs.retrying("setup", lambda: _setup(url, 16))
     hot = [accounts[0]]
     configs: list[tuple[str, str, int, int]] = [("many", "1 thread", 1, 1), ("many", "16 threads", 1, 16)]
@@ -203,31 +190,38 @@ def bench_backend(label: str, url: str, seconds: float, repeats: int, with_proce
     rows = []
     for shape, name, procs, threads in configs:
         pool = accounts if shape == "many" else hot
-        runs: dict[str, list[Run]] = {v: [] for v in variants}
+        runs: list[Run] = []
+        direct: list[tuple[float, float]] = []
         for _ in range(repeats):
-            for variant in variants:
-                def once(pool: list[tuple[str, str]] = pool, procs: int = procs, threads: int = threads,
-                         variant: str = variant) -> Run:
-                    if procs == 1:
-                        return run_threads(url, pool, threads, time.time(), seconds, variant)
-                    return run_processes(url, pool, procs, threads, seconds, variant)
+            def once(pool: list[tuple[str, str]] = pool, procs: int = procs, threads: int = threads) -> Run:
+                if procs == 1:
+                    return run_threads(url, pool, threads, time.time(), seconds)
+                return run_processes(url, pool, procs, threads, seconds)
 
-                run = _procs.retrying(f"{variant} {shape} {name}", once)
-                if run.errors > run.pairs:  # the server restarted mid-run: measure again
-                    _procs.wait_for_postgres()
-                    run = _procs.retrying(f"{variant} {shape} {name}", once)
-                runs[variant].append(run)
-                print(f"  {label} {variant:14} {shape:7} {name:20} {run.pairs / run.wall:8.0f} pairs/s "
-                      f"p50 {_procs.pct(run.latencies, 50) * 1e3:.2f} ms errors {run.errors}", flush=True)
-        for variant in variants:
-            vr = runs[variant]
-            rates = [r.pairs / r.wall for r in vr]
-            mid = sorted(vr, key=lambda r: r.pairs / r.wall)[len(vr) // 2]  # the median run
-            rows.append([label, variant, shape, name, _procs.median(rates), min(rates), max(rates),
-                         _procs.median([_procs.pct(r.latencies, 50) * 1e3 for r in vr]),
-                         _procs.median([_procs.pct(r.latencies, 99) * 1e3 for r in vr]),
-                         _procs.pct(mid.reserve, 50) * 1e3, _procs.pct(mid.settle, 50) * 1e3,
-                         mid.cpu / max(1, mid.pairs) * 1e3, sum(r.errors for r in vr)])
+            run = _procs.retrying(f"{shape} {name}", once)
+            if run.errors > run.pairs:  # the server restarted mid-run: measure again
+                _procs.wait_for_postgres()
+                run = _procs.retrying(f"{shape} {name}", once)
+            runs.append(run)
+            print(f"  {label} helyx   {shape:7} {name:20} {run.pairs / run.wall:8.0f} pairs/s "
+                  f"p50 {_procs.pct(run.latencies, 50) * 1e3:.2f} ms errors {run.errors}", flush=True)
+            if with_pgbench and procs == 1:
+                tps, mean = _procs.retrying(f"pgbench {shape} {name}", lambda pool=pool, threads=threads: _pgbench.run(
+                    url, [a for a, _ in pool], threads, seconds, AMOUNT, CHARGE))
+                direct.append((tps, mean))
+                print(f"  {label} pgbench {shape:7} {name:20} {tps:8.0f} pairs/s mean {mean:.2f} ms", flush=True)
+        rates = [r.pairs / r.wall for r in runs]
+        mid = sorted(runs, key=lambda r: r.pairs / r.wall)[len(runs) // 2]  # the median run
+        rows.append([label, "helyx (billing)", shape, name, _procs.median(rates), min(rates), max(rates),
+                     _procs.median([_procs.pct(r.latencies, 50) * 1e3 for r in runs]),
+                     _procs.median([_procs.pct(r.latencies, 99) * 1e3 for r in runs]),
+                     _procs.pct(mid.reserve, 50) * 1e3, _procs.pct(mid.settle, 50) * 1e3,
+                     mid.cpu / max(1, mid.pairs) * 1e3, sum(r.errors for r in runs), "-"])
+        if direct:
+            tps_values = [t for t, _ in direct]
+            ratio = _procs.median([r / t for r, t in zip(rates, tps_values, strict=True)])
+            rows.append([label, "pgbench (same SQL)", shape, name, _procs.median(tps_values), min(tps_values),
+                         max(tps_values), "-", "-", "-", "-", "-", 0, f"{ratio:.0%}"])
     print("  " + _procs.retrying("ledger check", lambda: check_ledger(url)), flush=True)
     return rows
 
@@ -238,27 +232,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="measurements per configuration (median shown)")
     parser.add_argument("--no-sqlite", action="store_true")
     parser.add_argument("--no-processes", action="store_true")
-    parser.add_argument("--variant", action="append", choices=["billing", "cte-tx", "cte-autocommit"],
-                        help="billing (default: the real verbs) and/or the one-statement prototype "
-                             "(bench/_ledger_cte.py, PostgreSQL only) in a transaction or under AUTOCOMMIT")
+    parser.add_argument("--no-pgbench", action="store_true", help="skip the pgbench reference")
     args = parser.parse_args()
-    variants = args.variant or ["billing"]
+    with_pgbench = not args.no_pgbench and _pgbench.available()
     _procs.install_signal_handlers()
     print(f"# bench.ledger: {_procs.machine_note()}; PostgreSQL {_procs.pg_settings()}", flush=True)
     rows = []
     db = "helyx_bench_ledger"
     url = _procs.fresh_pg_database(db)
     try:
-        rows += bench_backend("PostgreSQL", url, args.seconds, args.repeats, not args.no_processes, variants)
+        rows += bench_backend("PostgreSQL", url, args.seconds, args.repeats, not args.no_processes, with_pgbench)
     finally:
         _procs.drop_pg_database(db)
-    if not args.no_sqlite and "billing" in variants:
+    if not args.no_sqlite:
         path = _procs.WORKDIR / "ledger.db"
-        rows += bench_backend("SQLite", f"sqlite:///{path}", args.seconds, args.repeats, False, ["billing"])
+        rows += bench_backend("SQLite", f"sqlite:///{path}", args.seconds, args.repeats, False, False)
     _procs.table(
-        f"reserve+settle pairs, {args.repeats} x {args.seconds:g} s per variant (interleaved), median of runs",
-        ["backend", "verbs", "accounts", "workers", "pairs/s", "min", "max", "p50 ms", "p99 ms", "reserve p50",
-         "settle p50", "client CPU ms/pair", "errors"], rows)
+        f"reserve+settle pairs, {args.repeats} x {args.seconds:g} s each (Helyx and pgbench interleaved), median",
+        ["backend", "client", "accounts", "workers", "pairs/s", "min", "max", "p50 ms", "p99 ms", "reserve p50",
+         "settle p50", "client CPU ms/pair", "errors", "helyx / pgbench"], rows)
 
 
 if __name__ == "__main__":

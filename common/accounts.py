@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
 
-from common import keys
-from common.db import reader
+from common import keys, pg_statements
 from common.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from common.ids import new_id
 from common.plans import daily_allowance_micro, is_plan
@@ -121,8 +120,7 @@ def authenticate(engine: Engine, presented: str | None, *, now: float) -> Princi
         raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer hx-...'.", code="missing_api_key")
     if not keys.is_well_formed(presented):
         raise AuthenticationFailed("Invalid API key.")
-    with reader(engine).connect() as conn:
-        row = conn.execute(_AUTH, {"h": keys.hash_key(presented)}).first()
+    row = pg_statements.first_row(engine, _AUTH, {"h": keys.hash_key(presented)})
     if row is None:
         raise AuthenticationFailed("Invalid API key.")
     key_id, account_id, expires_at, revoked_at, daily_cap, last_used, prefix, plan, day = row

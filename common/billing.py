@@ -11,7 +11,7 @@ import logging
 
 from sqlalchemy import Engine
 
-from common import clock, ledger, ledger_pg
+from common import clock, ledger, ledger_pg, pg_statements
 from common.db import is_postgres, reader
 from common.errors import InsufficientCredits
 from common.money import to_credits
@@ -45,12 +45,13 @@ def reserve(
     On PostgreSQL an uncapped hold is one autocommit statement (common.ledger_pg)."""
     try:
         if is_postgres(engine) and not capped:
-            with reader(engine).connect() as conn:
-                hold_id = ledger_pg.reserve(conn, account_id=account_id, key_id=key_id, amount=amount,
+            with pg_statements.connection(engine) as pg:
+                hold_id = ledger_pg.reserve(pg, account_id=account_id, key_id=key_id, amount=amount,
                                             purpose=purpose, now=clock.now().timestamp(), ttl=ttl)
-                if hold_id is None:
+            if hold_id is None:
+                with reader(engine).connect() as conn:
                     raise ledger.insufficient_error(ledger.balance(conn, account_id), amount)
-                return hold_id
+            return hold_id
         with engine.begin() as conn:
             return ledger.reserve(
                 conn, account_id=account_id, key_id=key_id, amount=amount, purpose=purpose,
@@ -68,13 +69,28 @@ def available(engine: Engine, account_id: str) -> int:
 
 
 def settle(engine: Engine, hold_id: str, charge: int, description: str = "") -> ledger.Settlement:
-    with engine.begin() as conn:
-        return ledger.settle(conn, hold_id, charge, now=clock.now().timestamp(), description=description)
+    """Charge at most the hold and release the rest; a retried settle is a no-op."""
+    return _resolve(engine, hold_id, max(0, charge), "settle", description)
 
 
 def release(engine: Engine, hold_id: str) -> ledger.Settlement:
+    """Give the whole hold back; a retried release is a no-op."""
+    return _resolve(engine, hold_id, 0, "release", "")
+
+
+def _resolve(engine: Engine, hold_id: str, charge: int, kind: str, description: str) -> ledger.Settlement:
+    """On PostgreSQL an uncapped open hold resolves in one autocommit statement; a capped or an
+    already resolved one goes through the transactional verb, which handles both."""
+    now = clock.now().timestamp()
+    if is_postgres(engine):
+        with pg_statements.connection(engine) as pg:
+            done = ledger_pg.resolve(pg, hold_id, charge, now=now, description=description, kind=kind)
+        if done is not None:
+            return done
     with engine.begin() as conn:
-        return ledger.release(conn, hold_id, now=clock.now().timestamp())
+        if kind == "release":
+            return ledger.release(conn, hold_id, now=now)
+        return ledger.settle(conn, hold_id, charge, now=now, description=description)
 
 
 def expire_holds(engine: Engine) -> int:

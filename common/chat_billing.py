@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
 
-from common import billing, clock, ledger, ledger_pg
+from common import billing, clock, ledger, ledger_pg, pg_statements
 from common.accounts import Principal
 from common.catalog import ModelEntry
-from common.db import is_postgres, reader
+from common.db import is_postgres
 from common.errors import InsufficientCredits
 from common.money import to_credits
 from common.providers.base import Usage
@@ -100,9 +100,9 @@ def finish_chat(
     charge = usage.total_tokens * entry.rate_micro if usage and outcome.status != "failed" else 0
     now = clock.now().timestamp()
     if is_postgres(engine):  # one statement in the common case (common.ledger_pg)
-        with reader(engine).connect() as conn:
-            settled = ledger_pg.resolve_with_generation(
-                conn, reservation.hold_id, charge, now=now, description=_description(entry, usage) if charge else "",
+        with pg_statements.connection(engine) as pg:
+            settled = ledger_pg.resolve(
+                pg, reservation.hold_id, charge, now=now, description=_description(entry, usage) if charge else "",
                 generation={
                     "gid": outcome.generation_id, "gkid": principal.key_id, "model": entry.id, "stream": stream,
                     "gstatus": outcome.status, "pt": usage.prompt_tokens if usage else 0,

@@ -1,4 +1,4 @@
-"""The chat path's two ledger verbs as ONE PostgreSQL statement each, run in autocommit.
+"""The hot ledger verbs as ONE PostgreSQL statement each, run in autocommit (common.pg_statements).
 
 Same rows, same guards and same references as common.ledger (whose docstring states the model);
 only the packaging differs: a data-modifying CTE is atomic on its own, so a reservation costs one
@@ -18,23 +18,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, text
+import psycopg
 
 from common import ledger
 from common.ids import new_id
 
-_RESERVE = text(
-    "WITH a AS (UPDATE accounts SET held = held + :amt WHERE id = :aid AND allowance + topup - held >= :amt"
+_RESERVE = (
+    "WITH a AS (UPDATE accounts SET held = held + %(amt)s WHERE id = %(aid)s AND allowance + topup - held >= %(amt)s"
     " RETURNING id),"
     " h AS (INSERT INTO holds (id, account_id, key_id, amount, status, purpose, key_cap_day, created_at, expires_at)"
-    " SELECT :hid, a.id, :kid, :amt, 'open', :purpose, NULL, :now, :expires FROM a RETURNING id)"
+    " SELECT %(hid)s, a.id, %(kid)s, %(amt)s, 'open', %(purpose)s, NULL, %(now)s, %(expires)s FROM a RETURNING id)"
     " INSERT INTO ledger_entries (account_id, key_id, kind, amount, held_delta, reference, hold_id, description,"
-    " created_at) SELECT :aid, :kid, 'reserve', 0, :amt, :ref, h.id, :purpose, :now FROM h"
+    " created_at) SELECT %(aid)s, %(kid)s, 'reserve', 0, %(amt)s, %(ref)s, h.id, %(purpose)s, %(now)s FROM h"
 )
 
-_RESOLVE = text(
-    "WITH h AS (UPDATE holds SET status = :status, charged = LEAST(:charge, amount), resolved_at = :now"
-    " WHERE id = :hid AND status = 'open' AND key_cap_day IS NULL"
+_RESOLVE_HEAD = (
+    "WITH h AS (UPDATE holds SET status = %(status)s, charged = LEAST(%(charge)s, amount), resolved_at = %(now)s"
+    " WHERE id = %(hid)s AND status = 'open' AND key_cap_day IS NULL"
     " RETURNING account_id, key_id, amount, charged),"
     " a AS (UPDATE accounts SET"
     " topup = CASE WHEN accounts.allowance >= h.charged THEN accounts.topup"
@@ -43,18 +43,23 @@ _RESOLVE = text(
     " held = accounts.held - h.amount FROM h WHERE accounts.id = h.account_id"
     " RETURNING accounts.allowance + accounts.topup - accounts.held AS available),"
     " e AS (INSERT INTO ledger_entries (account_id, key_id, kind, amount, held_delta, reference, hold_id,"
-    " description, created_at) SELECT h.account_id, h.key_id, :kind, -h.charged, -h.amount, :ref, :hid, :desc,"
-    " :now FROM h),"
-    " g AS (INSERT INTO generations (id, account_id, key_id, model, stream, status, prompt_tokens,"
-    " completion_tokens, credits, usage_estimated, latency_ms, error_code, created_at)"
-    " SELECT :gid, h.account_id, :gkid, :model, :stream, :gstatus, :pt, :ct, h.charged, :est, :lat, :err, :created"
-    " FROM h ON CONFLICT (id) DO NOTHING)"
-    " SELECT h.charged, a.available FROM h, a"
+    " description, created_at) SELECT h.account_id, h.key_id, %(kind)s, -h.charged, -h.amount, %(ref)s, %(hid)s,"
+    " %(desc)s, %(now)s FROM h)"
 )
+_GENERATION = (
+    ", g AS (INSERT INTO generations (id, account_id, key_id, model, stream, status, prompt_tokens,"
+    " completion_tokens, credits, usage_estimated, latency_ms, error_code, created_at)"
+    " SELECT %(gid)s, h.account_id, %(gkid)s, %(model)s, %(stream)s, %(gstatus)s, %(pt)s, %(ct)s, h.charged,"
+    " %(est)s, %(lat)s, %(err)s, %(created)s FROM h ON CONFLICT (id) DO NOTHING)"
+)
+_RESOLVE_TAIL = " SELECT h.charged, a.available FROM h, a"
+_RESOLVE = _RESOLVE_HEAD + _RESOLVE_TAIL
+_RESOLVE_WITH_GENERATION = _RESOLVE_HEAD + _GENERATION + _RESOLVE_TAIL
 
 
 def reserve(
-    conn: Connection, *, account_id: str, key_id: str | None, amount: int, purpose: str, now: float, ttl: float,
+    conn: psycopg.Connection, *, account_id: str, key_id: str | None, amount: int, purpose: str, now: float,
+    ttl: float,
 ) -> str | None:
     """An uncapped hold in one statement; None when the balance cannot cover it (nothing written)."""
     if amount <= 0:
@@ -67,16 +72,19 @@ def reserve(
     return hold_id if written == 1 else None
 
 
-def resolve_with_generation(
-    conn: Connection, hold_id: str, charge: int, *, now: float, description: str, generation: dict[str, Any],
+def resolve(
+    conn: psycopg.Connection, hold_id: str, charge: int, *, now: float, description: str,
+    generation: dict[str, Any] | None = None, kind: str | None = None,
 ) -> ledger.Settlement | None:
-    """Settle (charge > 0) or release (charge 0) an uncapped open hold and record the generation,
-    in one statement; None when it did nothing (capped or already resolved hold)."""
-    status, kind = ("settled", "settle") if charge > 0 else ("released", "release")
-    row = conn.execute(_RESOLVE, {
+    """Settle or release an uncapped open hold, and record the generation when one is given, in
+    one statement; None when it did nothing (capped or already resolved hold). `kind` is "settle"
+    or "release", as common.ledger records them; by default, settle when there is a charge."""
+    kind = kind or ("settle" if charge > 0 else "release")
+    status = {"settle": "settled", "release": "released"}[kind]
+    row = conn.execute(_RESOLVE if generation is None else _RESOLVE_WITH_GENERATION, {
         "hid": hold_id, "status": status, "kind": kind, "charge": max(0, charge), "now": now,
-        "ref": f"resolve:{hold_id}", "desc": description, **generation,
-    }).first()
+        "ref": f"resolve:{hold_id}", "desc": description, **(generation or {}),
+    }).fetchone()
     if row is None:
         return None
     return ledger.Settlement(hold_id, int(row[0]), int(row[1]), applied=True)

@@ -10,9 +10,11 @@ from typing import TypeVar
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from common import pg_statements
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, *pg_statements.UNREACHABLE)
 
 
 def while_database_down(fn: Callable[..., T], *args: object, patience: float = 60.0) -> T:

@@ -1,0 +1,101 @@
+"""Autocommit psycopg connections for the hot single statements on PostgreSQL.
+
+The chat path's reserve and settle (common.ledger_pg) and the key lookup are one statement each;
+run through a SQLAlchemy Connection they cost about twice their own client CPU (isolation
+switching on every checkout, rollback on return, result wrapping). This is a second engine on the
+same database, in AUTOCOMMIT from the start and without the reset on return, whose pooled psycopg
+connections these statements use directly. psycopg prepares each statement on the server after
+its fifth use on a connection, so the steady state sends only parameters.
+
+One per engine and process, made on first use and disposed with the engine (`engine.dispose()`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from sqlalchemy import Engine, TextClause, create_engine, event
+
+from common.db import is_postgres, reader
+
+# What a statement run here raises when the database cannot be reached (see common.retrying).
+UNREACHABLE: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+
+_engines: weakref.WeakKeyDictionary[Engine, tuple[int, Engine]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+@contextmanager
+def connection(engine: Engine) -> Iterator[psycopg.Connection]:
+    """An autocommit psycopg connection to the engine's PostgreSQL database, back to the pool after.
+
+    A connection the database dropped is thrown away with every idle one (the server may have
+    restarted), as SQLAlchemy itself does on a disconnect."""
+    statements = _statements_engine(engine)
+    pooled = statements.raw_connection()
+    try:
+        yield pooled.driver_connection  # type: ignore[misc]
+    except UNREACHABLE:
+        pooled.invalidate()
+        statements.dispose()
+        raise
+    finally:
+        pooled.close()
+
+
+def first_row(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """The first row of a one-statement read: over these connections on PostgreSQL, the engine elsewhere."""
+    if not is_postgres(engine):
+        with reader(engine).connect() as conn:
+            row = conn.execute(statement, params).first()
+        return None if row is None else tuple(row)
+    with connection(engine) as conn:
+        return conn.execute(_psycopg_form(statement.text), params).fetchone()  # type: ignore[arg-type]
+
+
+def all_mappings(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every row of a one-statement read as a dict: as first_row, over these connections on PostgreSQL."""
+    if not is_postgres(engine):
+        with reader(engine).connect() as conn:
+            return [dict(row) for row in conn.execute(statement, params).mappings()]
+    with connection(engine) as conn, conn.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(_psycopg_form(statement.text), params).fetchall()  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=256)
+def _psycopg_form(sql: str) -> str:
+    """`:name` placeholders (SQLAlchemy's) as `%(name)s` (psycopg's); `::` casts left alone."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql.replace("%", "%%"))
+
+
+def _statements_engine(engine: Engine) -> Engine:
+    entry = _engines.get(engine)
+    if entry is not None and entry[0] == os.getpid():
+        return entry[1]
+    with _lock:
+        entry = _engines.get(engine)
+        if entry is None or entry[0] != os.getpid():
+            pool = engine.pool
+            size = pool.size() if hasattr(pool, "size") else 5
+            statements = create_engine(
+                engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, pool_size=size,
+                max_overflow=size, pool_recycle=1800, pool_timeout=10,
+            )
+            entry = _engines[engine] = (os.getpid(), statements)
+            event.listen(engine, "engine_disposed", _dispose_with)
+        return entry[1]
+
+
+def _dispose_with(engine: Engine) -> None:
+    entry = _engines.pop(engine, None)
+    if entry is not None and entry[0] == os.getpid():
+        entry[1].dispose()
