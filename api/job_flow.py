@@ -11,11 +11,10 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from api.services import Services
-from common import billing
 from common.accounts import Principal
 from common.errors import InvalidRequest
 from common.jobs.submit import submit_job
-from common.jobs.views import JobRecord, Linker, load_job
+from common.jobs.views import JobRecord, Linker, load_job_and_balance
 from common.ssrf import WebhookHostUnresolved, check_url
 
 log = logging.getLogger("helyx.api")
@@ -57,11 +56,7 @@ async def submit(
 async def read(services: Services, principal: Principal, job_id: str, job_type: str | None = None
                ) -> tuple[JobRecord, int]:
     """The job and the account's available credits."""
-    def load() -> tuple[JobRecord, int]:
-        record = load_job(services.engine, principal.account_id, job_id, job_type)
-        return record, billing.available(services.engine, principal.account_id)
-
-    return await run_in_threadpool(load)
+    return await run_in_threadpool(load_job_and_balance, services.engine, principal.account_id, job_id, job_type)
 
 
 async def wait_for(services: Services, principal: Principal, job_id: str, timeout: float) -> tuple[JobRecord, int]:

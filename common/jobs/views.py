@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from common import clock
+from common import clock, pg_statements
 from common.db import reader
 from common.errors import NotFound
 from common.money import to_credits
@@ -53,18 +53,32 @@ class JobRecord:
         return json.loads(self.row["params"])  # type: ignore[no-any-return]
 
 
+_JOB_WITH_BALANCE = text(
+    "SELECT j.*, a.allowance + a.topup - a.held AS account_available FROM jobs j JOIN accounts a ON a.id = j.account_id"
+    " WHERE j.id = :id AND j.account_id = :aid"
+)
+_FILES = text("SELECT * FROM files WHERE job_id = :id ORDER BY id")
+
+
 def load_job(engine: Engine, account_id: str, job_id: str, job_type: str | None = None) -> JobRecord:
     """The job with its files; another account's job (or one of another type) is 404."""
-    with reader(engine).connect() as conn:
-        row = conn.execute(text("SELECT * FROM jobs WHERE id = :id AND account_id = :aid"),
-                           {"id": job_id, "aid": account_id}).mappings().first()
-        if row is None or (job_type is not None and row["type"] != job_type):
-            raise NotFound(f"No {job_type or 'job'} with id {job_id}.", code=f"{job_type or 'job'}_not_found",
-                           param="id")
-        files = conn.execute(text("SELECT * FROM files WHERE job_id = :id ORDER BY id"), {"id": job_id}).mappings()
-        ordered = {f["id"]: dict(f) for f in files}
+    return load_job_and_balance(engine, account_id, job_id, job_type)[0]
+
+
+def load_job_and_balance(engine: Engine, account_id: str, job_id: str, job_type: str | None = None
+                         ) -> tuple[JobRecord, int]:
+    """The job with its files, and the account's available credits: one query for a job without
+    a result yet (what a poll mostly sees), two with one."""
+    found = pg_statements.all_mappings(engine, _JOB_WITH_BALANCE, {"id": job_id, "aid": account_id})
+    if not found or (job_type is not None and found[0]["type"] != job_type):
+        raise NotFound(f"No {job_type or 'job'} with id {job_id}.", code=f"{job_type or 'job'}_not_found",
+                       param="id")
+    row = found[0]
+    available = int(row.pop("account_available"))
     result_ids = json.loads(row["result"]) if row["result"] else []
-    return JobRecord(dict(row), [ordered[i] for i in result_ids if i in ordered])
+    files = pg_statements.all_mappings(engine, _FILES, {"id": job_id}) if result_ids else []
+    ordered = {f["id"]: f for f in files}
+    return JobRecord(row, [ordered[i] for i in result_ids if i in ordered]), available
 
 
 def list_jobs(engine: Engine, account_id: str, *, job_type: str | None, limit: int, after: str | None,
