@@ -86,9 +86,12 @@ def _statements_engine(engine: Engine) -> Engine:
         if entry is None or entry[0] != os.getpid():
             pool = engine.pool
             size = pool.size() if hasattr(pool, "size") else 5
+            # No overflow: a burst waits for one of `size` connections instead of opening (and,
+            # on return, closing) extra ones, a new PostgreSQL session per request. Nothing here
+            # holds one connection while asking for another, so waiting cannot deadlock.
             statements = create_engine(
                 engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, pool_size=size,
-                max_overflow=size, pool_recycle=1800, pool_timeout=10,
+                max_overflow=0, pool_recycle=1800, pool_timeout=10,
             )
             entry = _engines[engine] = (os.getpid(), statements)
             event.listen(engine, "engine_disposed", _dispose_with)
