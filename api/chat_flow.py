@@ -32,6 +32,7 @@ from common.retrying import while_database_down
 from common.tokens import estimate_prompt_tokens
 
 SETTLE_PATIENCE_SECONDS = 15.0  # ride out a database restart rather than leave the hold to its TTL
+SETTLE_RETRY_SECONDS = 0.1  # a client is waiting: notice the database's return at once (a refused connect is cheap)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class ChatCall:
             while_database_down,
             lambda: chat_billing.finish_chat(self.services.engine, self.principal, self.entry, self.reservation,
                                              outcome, stream=stream, started=self.started),
-            patience=SETTLE_PATIENCE_SECONDS,
+            patience=SETTLE_PATIENCE_SECONDS, max_delay=SETTLE_RETRY_SECONDS,
         )
         usage = outcome.usage
         self.log_fields.update(

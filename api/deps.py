@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -14,7 +15,8 @@ from common.accounts import Principal
 from common.errors import AuthenticationFailed, NotFound
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async on purpose: FastAPI runs a plain `def` dependency in the thread pool, a hop per request."""
     return request.app.state.services  # type: ignore[no-any-return]
 
 
@@ -40,16 +42,43 @@ def _authenticate(services: Services, presented: str | None) -> Principal:
     return principal
 
 
-async def get_principal(request: Request, services: ServicesDep) -> Principal:
-    principal = await run_in_threadpool(_authenticate, services, _bearer(request))
+def _remember(request: Request, principal: Principal) -> None:
     request.state.principal = principal
     fields = getattr(request.state, "log", None)
     if fields is not None:
         fields.update(account_id=principal.account_id, key_prefix=principal.key_prefix)
+
+
+async def get_principal(request: Request, services: ServicesDep) -> Principal:
+    principal = await run_in_threadpool(_authenticate, services, _bearer(request))
+    _remember(request, principal)
     return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The caller's key, checked by `authenticate()` inside the route's own trip to the thread
+    pool: the hot reads (job and video polls) then make one trip instead of two."""
+
+    request: Request
+    services: Services
+    token: str | None
+
+    def authenticate(self) -> Principal:
+        """In a worker thread: the same checks as PrincipalDep."""
+        principal = _authenticate(self.services, self.token)
+        _remember(self.request, principal)
+        return principal
+
+
+async def get_caller(request: Request, services: ServicesDep) -> Caller:
+    return Caller(request, services, _bearer(request))
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
 async def require_admin(request: Request, services: ServicesDep) -> None:

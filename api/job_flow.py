@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from api.deps import Caller
 from api.services import Services
 from common.accounts import Principal
 from common.errors import InvalidRequest
@@ -57,6 +58,15 @@ async def read(services: Services, principal: Principal, job_id: str, job_type: 
                ) -> tuple[JobRecord, int]:
     """The job and the account's available credits."""
     return await run_in_threadpool(load_job_and_balance, services.engine, principal.account_id, job_id, job_type)
+
+
+async def read_as(caller: Caller, job_id: str, job_type: str | None = None) -> tuple[JobRecord, int]:
+    """Authenticate and read the job in one trip to the thread pool (a poll's whole database work)."""
+    def work() -> tuple[JobRecord, int]:
+        principal = caller.authenticate()
+        return load_job_and_balance(caller.services.engine, principal.account_id, job_id, job_type)
+
+    return await run_in_threadpool(work)
 
 
 async def wait_for(services: Services, principal: Principal, job_id: str, timeout: float) -> tuple[JobRecord, int]:

@@ -17,11 +17,12 @@ T = TypeVar("T")
 DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, *pg_statements.UNREACHABLE)
 
 
-def while_database_down(fn: Callable[..., T], *args: object, patience: float = 60.0) -> T:
-    """`fn(*args)`, retried with backoff while the database is unreachable, for up to `patience`
-    seconds. Only for idempotent writes: a retry after a commit whose reply was lost must be a no-op
-    (our ledger verbs and job transitions are conditional updates, so it is)."""
-    delay, deadline = 0.25, time.monotonic() + patience
+def while_database_down(fn: Callable[..., T], *args: object, patience: float = 60.0, max_delay: float = 5.0) -> T:
+    """`fn(*args)`, retried with backoff (up to `max_delay` between tries) while the database is
+    unreachable, for up to `patience` seconds. Only for idempotent writes: a retry after a commit
+    whose reply was lost must be a no-op (our ledger verbs and job transitions are conditional
+    updates, so it is)."""
+    delay, deadline = min(0.25, max_delay), time.monotonic() + patience
     while True:
         try:
             return fn(*args)
@@ -30,4 +31,4 @@ def while_database_down(fn: Callable[..., T], *args: object, patience: float = 6
                 raise
             log.warning("database unavailable (%s); retrying %s", type(exc).__name__, getattr(fn, "__name__", fn))
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, max_delay)

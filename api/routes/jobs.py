@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api import job_flow
-from api.deps import PrincipalDep, ServicesDep
+from api.deps import CallerDep, PrincipalDep, ServicesDep
 from api.responses import json_response
 from api.schemas.responses import JobList, JobView, doc
 from common.jobs.lifecycle import cancel
@@ -34,9 +34,9 @@ async def get_jobs(
 
 @router.get("/jobs/{job_id}", summary="One job: status, progress, result files, error",
             responses=doc(JobView, 401, 404))
-async def get_job(job_id: str, request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
-    record, remaining = await job_flow.read(services, principal, job_id)
-    return json_response(job_view(record, job_flow.linker(services, request), remaining))
+async def get_job(job_id: str, request: Request, caller: CallerDep) -> Any:
+    record, remaining = await job_flow.read_as(caller, job_id)
+    return json_response(job_view(record, job_flow.linker(caller.services, request), remaining))
 
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel an unfinished job: full refund",

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from api import job_flow
-from api.deps import PrincipalDep, ServicesDep
+from api.deps import CallerDep, PrincipalDep, ServicesDep
 from api.responses import json_response
 from api.schemas.media import VideoCreateRequest
 from api.schemas.responses import VideoDeleted, VideoList, VideoView, doc
@@ -85,8 +85,8 @@ async def get_videos(
 
 @router.get("/videos/{video_id}", summary="Retrieve a video; unfinished ones set openai-poll-after-ms",
             responses=doc(VideoView, 401, 404))
-async def get_video(video_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
-    record, remaining = await job_flow.read(services, principal, video_id, "video")
+async def get_video(video_id: str, caller: CallerDep) -> Any:
+    record, remaining = await job_flow.read_as(caller, video_id, "video")
     _not_gone(record, video_id)
     view = video_view(record, remaining)
     return json_response(view, headers=_headers(view))
