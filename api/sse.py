@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -67,6 +68,11 @@ class _Tracked:
         return self
 
     async def __anext__(self) -> bytes:
+        if self.started:
+            # A send to a client that has gone returns at once, and an upstream whose bytes are
+            # already buffered never suspends either: without this checkpoint the disconnect
+            # listener would not run until the whole upstream stream had been read and billed.
+            await anyio.lowlevel.checkpoint()
         self.started = True
         return await self._generator.__anext__()
 

@@ -495,8 +495,7 @@ def main() -> None:
     parser.add_argument("--only-profile", action="store_true", help="just the two py-spy profiles (c=64, c=1)")
     parser.add_argument("--keep-profile", help="copy py-spy's raw (collapsed) stacks here")
     parser.add_argument("--attribution", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--app", default="api.main:app", help="the ASGI app uvicorn serves (a prototype variant: "
-                        "bench._aiohttp_app:app)")
+    parser.add_argument("--app", default="api.main:app", help="the ASGI app uvicorn serves")
     parser.add_argument("--extra-path", help="PYTHONPATH for the gateway (packages a prototype needs)")
     parser.add_argument("--output", help="also write the tables (Markdown) to this file")
     args = parser.parse_args()

@@ -1,14 +1,12 @@
 """The gateway's upstream HTTP client alone: requests/s and client CPU per request against the fake
 OpenAI upstream, at concurrency 1 and 64, for:
 
-  * httpx as Helyx builds it (common.providers.http.build_http_client: one pool of 200),
-  * the same, sharded over 16 clients of 8 connections (the quadratic pool scan cut down),
-  * httpx over an aiohttp transport (PyPI httpx-aiohttp; adapters unchanged), when importable,
-  * plain aiohttp, when importable.
+  * the client as Helyx builds it (common.providers.http.build_http_client: the httpx API the
+    adapters use, over aiohttp's connections through httpx-aiohttp),
+  * httpx with its own pool of 200 (what Helyx used before: httpcore's pool scan is quadratic),
+  * aiohttp alone (the floor for Python).
 
     .venv/bin/python -m bench.upstream_client [--seconds 4] [--repeats 3]
-    # optional contenders (not Helyx dependencies): pip install --target /tmp/bench-pkgs aiohttp httpx-aiohttp
-    BENCH_EXTRA_PATH=/tmp/bench-pkgs .venv/bin/python -m bench.upstream_client
 
 The client runs in this process on uvloop (as under uvicorn); the fake in its own process.
 """
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
 import sys
@@ -49,53 +46,33 @@ async def measure(post: Callable[[], Awaitable[Any]], conc: int, seconds: float)
 
 
 async def contenders(url: str) -> list[tuple[str, Callable[[], Any], Callable[[], Awaitable[None]]]]:
+    import aiohttp
     import httpx
 
     from common.providers.http import build_http_client
 
     made: list[tuple[str, Callable[[], Any], Callable[[], Awaitable[None]]]] = []
 
-    def plain() -> Any:
+    def helyx() -> Any:
         client = build_http_client(5, 120)
         return lambda: client.post(url, json=BODY), client.aclose
 
-    def sharded() -> Any:
-        clients = [build_http_client(5, 120, max_connections=8) for _ in range(16)]
-        turn = itertools.cycle(clients)
+    def httpx_pool() -> Any:
+        client = httpx.AsyncClient(timeout=httpx.Timeout(connect=5, read=120, write=120, pool=120), trust_env=False,
+                                   limits=httpx.Limits(max_connections=200, max_keepalive_connections=200))
+        return lambda: client.post(url, json=BODY), client.aclose
 
-        async def close() -> None:
-            for c in clients:
-                await c.aclose()
-        return lambda: next(turn).post(url, json=BODY), close
+    def native() -> Any:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
 
-    made.append(("httpx, one pool (Helyx today)", plain, None))  # type: ignore[arg-type]
-    made.append(("httpx, 16 clients x 8 conns", sharded, None))  # type: ignore[arg-type]
-    try:
-        import aiohttp
-        from httpx_aiohttp import AiohttpTransport
+        async def post() -> Any:
+            async with session.post(url, json=BODY) as response:
+                return json.loads(await response.read())
+        return post, session.close
 
-        def over_aiohttp() -> Any:
-            client = httpx.AsyncClient(
-                transport=AiohttpTransport(client=lambda: aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=200))),
-                timeout=httpx.Timeout(connect=5, read=120, write=120, pool=120), trust_env=False)
-            return lambda: client.post(url, json=BODY), client.aclose
-        made.append(("httpx over aiohttp transport", over_aiohttp, None))  # type: ignore[arg-type]
-    except ImportError:
-        print("  (httpx-aiohttp not importable: skipped)")
-    try:
-        import aiohttp
-
-        def native() -> Any:
-            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
-
-            async def post() -> Any:
-                async with session.post(url, json=BODY) as response:
-                    return json.loads(await response.read())
-            return post, session.close
-        made.append(("aiohttp", native, None))  # type: ignore[arg-type]
-    except ImportError:
-        print("  (aiohttp not importable: skipped)")
+    made.append(("Helyx (httpx API over aiohttp)", helyx, None))  # type: ignore[arg-type]
+    made.append(("httpx, its own pool of 200", httpx_pool, None))  # type: ignore[arg-type]
+    made.append(("aiohttp alone", native, None))  # type: ignore[arg-type]
     return made
 
 

@@ -17,7 +17,6 @@ The vendor's own error message is quoted (trimmed, with the provider key masked)
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import ssl
 import time
@@ -27,7 +26,9 @@ from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from common.errors import UpstreamError, UpstreamTimeout
 
@@ -43,48 +44,32 @@ class UpstreamHTTPError(UpstreamError):
         self.retry_after = retry_after
 
 
-def build_http_client(connect_timeout: float, read_timeout: float,
-                      max_connections: int = 200, shards: int = 16) -> httpx.AsyncClient:
+def build_http_client(connect_timeout: float, read_timeout: float, max_connections: int = 200) -> httpx.AsyncClient:
     """The one shared client: explicit timeouts, a bounded pool, no proxies from the environment.
 
     `read_timeout` bounds the wait for each chunk (so also the gap between streamed chunks) and
-    the wait for a free pooled connection. The pool is split into `shards` small pools used in
-    turn: httpcore scans every pooled connection on each request and response, so one pool of a
-    hundred busy connections costs several times the CPU of sixteen pools of a few (measured in
-    bench/upstream_client.py).
+    the wait for a free pooled connection. The adapters speak httpx; the connections are aiohttp's
+    (httpx-aiohttp's transport): httpcore's pool walks every pooled connection on each request and
+    response, and aiohttp's connector does the same work at a fraction of the CPU (measured in
+    bench/upstream_client.py). The session is made inside the first request's event loop.
     """
     timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
                             pool=read_timeout)
-    shards = max(1, min(shards, max_connections))
-    per_shard = max_connections // shards  # the shards together never exceed max_connections
-    limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard, keepalive_expiry=30.0)
-    transport = ShardedTransport([httpx.AsyncHTTPTransport(limits=limits, trust_env=False, verify=tls_context())
-                                  for _ in range(shards)])
+
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30.0, ssl=tls_context())
+        return aiohttp.ClientSession(connector=connector, trust_env=False)
+
+    transport = AiohttpTransport(client=session, trust_env=False, verify=tls_context())
     return httpx.AsyncClient(timeout=timeout, transport=transport, trust_env=False, follow_redirects=False,
                              headers={"user-agent": "helyx-gateway"})
 
 
 @functools.cache
 def tls_context() -> ssl.SSLContext:
-    """One verifying TLS context per process, shared by every client and shard: building one
-    loads the CA bundle (~20 ms of CPU), which a worker thread's first job used to pay sixteen
-    times. An SSLContext may be shared across threads and event loops."""
+    """One verifying TLS context per process, shared by every client: building one loads the CA
+    bundle (~20 ms of CPU and several MB). An SSLContext may be shared across threads and loops."""
     return httpx.create_ssl_context(trust_env=False)
-
-
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """Round-robin over several connection pools (see build_http_client)."""
-
-    def __init__(self, shards: list[httpx.AsyncHTTPTransport]) -> None:
-        self._shards = shards
-        self._next = itertools.cycle(shards)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await next(self._next).handle_async_request(request)
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
 
 
 class upstream_errors:  # lower-case: used like a function, `with upstream_errors("openai"):`
@@ -104,6 +89,9 @@ class upstream_errors:  # lower-case: used like a function, `with upstream_error
 
 
 def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:
+    if _broken_after_connect(exc):
+        return UpstreamError(f"The connection to the upstream provider ({provider}) broke "
+                             f"({type(exc.__cause__).__name__})", retryable=True)
     if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
         return UpstreamError(f"Could not connect to the upstream provider ({provider})",
                              retryable=True, code="upstream_unreachable")
@@ -114,6 +102,14 @@ def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:
                              f"({type(exc).__name__})", retryable=True)
     return UpstreamError(f"Unusable response from the upstream provider ({provider}) "
                          f"({type(exc).__name__})")
+
+
+def _broken_after_connect(exc: httpx.HTTPError) -> bool:
+    """httpx-aiohttp reports every aiohttp connection error as httpx.ConnectTimeout, a server
+    that hung up mid-response included; only a failure to connect is one."""
+    cause = exc.__cause__
+    return (isinstance(cause, aiohttp.ClientConnectionError)
+            and not isinstance(cause, aiohttp.ClientConnectorError | TimeoutError))
 
 
 async def raise_for_status(response: httpx.Response, provider: str, api_key: str | None) -> None:

@@ -27,8 +27,11 @@ async def test_the_client_has_explicit_timeouts_and_ignores_proxy_settings(
     async with build_http_client(connect_timeout=1.5, read_timeout=20.0, max_connections=7) as client:
         assert client.timeout == httpx.Timeout(connect=1.5, read=20.0, write=20.0, pool=20.0)
         assert client.trust_env is False
-        pools = [shard._pool for shard in client._transport._shards]  # type: ignore[attr-defined]
-        assert sum(pool._max_connections for pool in pools) == 7
+        session = client._transport.get_client()  # type: ignore[attr-defined]
+        try:
+            assert session.connector.limit == 7 and session.trust_env is False
+        finally:
+            await session.close()
 
 
 @pytest.mark.parametrize(("headers", "expected"), [
