@@ -41,17 +41,21 @@ async def submit(
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
-    submission = await run_in_threadpool(
-        lambda: submit_job(services.engine, principal, job_type=job_type, model=entry.id, params=params,
-                           price=entry.rate_micro * units, tz=settings.timezone,
-                           idempotency_key=idempotency_key, webhook_url=webhook_url)
-    )
-    if submission.created:
-        try:  # off the event loop: a send to an unanswering Redis blocks until the broker's socket timeout
-            await run_in_threadpool(services.enqueue, submission.job_id, job_type)
-        except Exception:
-            log.exception("enqueue of %s failed; the sweeper will retry it", submission.job_id)
-    return submission.job_id
+
+    def submit_and_enqueue() -> str:
+        """One trip to the thread pool: the job committed, then its message sent (off the event loop:
+        a send to an unanswering Redis blocks until the broker's socket timeout)."""
+        submission = submit_job(services.engine, principal, job_type=job_type, model=entry.id, params=params,
+                                price=entry.rate_micro * units, tz=settings.timezone,
+                                idempotency_key=idempotency_key, webhook_url=webhook_url)
+        if submission.created:
+            try:
+                services.enqueue(submission.job_id, job_type)
+            except Exception:
+                log.exception("enqueue of %s failed; the sweeper will retry it", submission.job_id)
+        return submission.job_id
+
+    return await run_in_threadpool(submit_and_enqueue)
 
 
 async def read(services: Services, principal: Principal, job_id: str, job_type: str | None = None

@@ -58,9 +58,12 @@ def reserve(
                 now=clock.now().timestamp(), ttl=ttl, cap_day=today(tz) if capped else None,
             )
     except InsufficientCredits as exc:
-        raise InsufficientCredits(
-            f"{exc.message} The daily allowance resets at {resets_at(tz)}.", code=exc.code
-        ) from None
+        raise with_reset_time(exc, tz) from None
+
+
+def with_reset_time(exc: InsufficientCredits, tz: str) -> InsufficientCredits:
+    """The refusal, saying when the daily allowance comes back."""
+    return InsufficientCredits(f"{exc.message} The daily allowance resets at {resets_at(tz)}.", code=exc.code)
 
 
 def available(engine: Engine, account_id: str) -> int:

@@ -23,14 +23,17 @@ import psycopg
 from common import ledger
 from common.ids import new_id
 
-_RESERVE = (
+_RESERVE_HEAD = (
     "WITH a AS (UPDATE accounts SET held = held + %(amt)s WHERE id = %(aid)s AND allowance + topup - held >= %(amt)s"
     " RETURNING id),"
     " h AS (INSERT INTO holds (id, account_id, key_id, amount, status, purpose, key_cap_day, created_at, expires_at)"
     " SELECT %(hid)s, a.id, %(kid)s, %(amt)s, 'open', %(purpose)s, NULL, %(now)s, %(expires)s FROM a RETURNING id)"
-    " INSERT INTO ledger_entries (account_id, key_id, kind, amount, held_delta, reference, hold_id, description,"
+)
+_RESERVE_ENTRY = (
+    "INSERT INTO ledger_entries (account_id, key_id, kind, amount, held_delta, reference, hold_id, description,"
     " created_at) SELECT %(aid)s, %(kid)s, 'reserve', 0, %(amt)s, %(ref)s, h.id, %(purpose)s, %(now)s FROM h"
 )
+_RESERVE = f"{_RESERVE_HEAD} {_RESERVE_ENTRY}"
 
 _RESOLVE_HEAD = (
     "WITH h AS (UPDATE holds SET status = %(status)s, charged = LEAST(%(charge)s, amount), resolved_at = %(now)s"
@@ -59,15 +62,20 @@ _RESOLVE_WITH_GENERATION = _RESOLVE_HEAD + _GENERATION + _RESOLVE_TAIL
 
 def reserve(
     conn: psycopg.Connection, *, account_id: str, key_id: str | None, amount: int, purpose: str, now: float,
-    ttl: float,
+    ttl: float, then_insert: str | None = None, then_params: dict[str, Any] | None = None,
 ) -> str | None:
-    """An uncapped hold in one statement; None when the balance cannot cover it (nothing written)."""
+    """An uncapped hold in one statement; None when the balance cannot cover it (nothing written).
+
+    `then_insert` is a row that must exist exactly when the hold does (a job): an
+    `INSERT ... SELECT ... FROM h` that runs in the same statement, `h.id` being the new hold's id;
+    if it fails (a unique key), nothing of the statement is written."""
     if amount <= 0:
         raise ValueError("a hold must be positive")
     hold_id = new_id("hold")
-    written = conn.execute(_RESERVE, {
+    sql = _RESERVE if then_insert is None else f"{_RESERVE_HEAD}, e AS ({_RESERVE_ENTRY}) {then_insert}"
+    written = conn.execute(sql, {
         "aid": account_id, "kid": key_id, "amt": amount, "hid": hold_id, "purpose": purpose, "now": now,
-        "expires": now + ttl, "ref": f"reserve:{hold_id}",
+        "expires": now + ttl, "ref": f"reserve:{hold_id}", **(then_params or {}),
     }).rowcount
     return hold_id if written == 1 else None
 

@@ -17,11 +17,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from common import billing, clock, ledger
+from common import billing, clock, ledger, ledger_pg, pg_statements
 from common.accounts import Principal
+from common.db import is_postgres, reader
 from common.errors import Conflict, InsufficientCredits
 from common.ids import new_id
 
@@ -33,6 +35,15 @@ _INSERT_JOB = text(
     " charged, idempotency_key, request_hash, webhook_url, created_at, enqueued_at)"
     " VALUES (:id, :aid, :kid, :type, :model, :params, 'queued', 0, 0, :hold, :price, 0, :idem, :hash, :hook,"
     " :now, :now)"
+)
+
+
+# The same row, written in the reservation's own statement on PostgreSQL (common.ledger_pg).
+_INSERT_JOB_FROM_HOLD = (
+    "INSERT INTO jobs (id, account_id, key_id, type, model, params, status, progress, attempts, hold_id, price,"
+    " charged, idempotency_key, request_hash, webhook_url, created_at, enqueued_at)"
+    " SELECT %(job_id)s, %(aid)s, %(kid)s, %(job_type)s, %(job_model)s, %(job_params)s, 'queued', 0, 0, h.id,"
+    " %(amt)s, 0, %(job_idem)s, %(job_hash)s, %(job_hook)s, %(now)s, %(now)s FROM h"
 )
 
 
@@ -58,14 +69,20 @@ def submit_job(
     job_id = new_id("job")
     now = clock.now().timestamp()
     try:
-        with engine.begin() as conn:
-            hold_id = _reserve(conn, principal, price, job_id, now, tz)
-            conn.execute(_INSERT_JOB, {
-                "id": job_id, "aid": principal.account_id, "kid": principal.key_id, "type": job_type,
-                "model": model, "params": json.dumps(params), "hold": hold_id, "price": price,
-                "idem": idempotency_key, "hash": body_hash, "hook": webhook_url, "now": now,
+        if is_postgres(engine) and principal.daily_cap is None:
+            _reserve_and_insert_in_one_statement(engine, principal, price, job_id, now, tz, {
+                "job_id": job_id, "job_type": job_type, "job_model": model, "job_params": json.dumps(params),
+                "job_idem": idempotency_key, "job_hash": body_hash, "job_hook": webhook_url,
             })
-    except IntegrityError:
+        else:
+            with engine.begin() as conn:
+                hold_id = _reserve(conn, principal, price, job_id, now, tz)
+                conn.execute(_INSERT_JOB, {
+                    "id": job_id, "aid": principal.account_id, "kid": principal.key_id, "type": job_type,
+                    "model": model, "params": json.dumps(params), "hold": hold_id, "price": price,
+                    "idem": idempotency_key, "hash": body_hash, "hook": webhook_url, "now": now,
+                })
+    except (IntegrityError, psycopg.IntegrityError):
         if not idempotency_key:
             raise
         replay = _replay(engine, principal.account_id, idempotency_key, body_hash)
@@ -83,8 +100,22 @@ def _reserve(conn: Connection, principal: Principal, price: int, job_id: str, no
             cap_day=billing.today(tz) if principal.daily_cap is not None else None,
         )
     except InsufficientCredits as exc:
-        raise InsufficientCredits(f"{exc.message} The daily allowance resets at {billing.resets_at(tz)}.",
-                                  code=exc.code) from None
+        raise billing.with_reset_time(exc, tz) from None
+
+
+def _reserve_and_insert_in_one_statement(
+    engine: Engine, principal: Principal, price: int, job_id: str, now: float, tz: str, job: dict[str, Any],
+) -> None:
+    """The hold, its ledger entry and the job row in one autocommit statement (PostgreSQL,
+    uncapped keys): nothing is written unless all of it is."""
+    with pg_statements.connection(engine) as pg:
+        hold_id = ledger_pg.reserve(pg, account_id=principal.account_id, key_id=principal.key_id, amount=price,
+                                    purpose=f"job:{job_id}", now=now, ttl=JOB_HOLD_TTL_SECONDS,
+                                    then_insert=_INSERT_JOB_FROM_HOLD, then_params=job)
+    if hold_id is None:
+        with reader(engine).connect() as conn:
+            refusal = ledger.insufficient_error(ledger.balance(conn, principal.account_id), price)
+        raise billing.with_reset_time(refusal, tz)
 
 
 def _replay(engine: Engine, account_id: str, key: str, body_hash: str) -> Submission | None:

@@ -127,6 +127,9 @@ class Outage:
 
     down_at: float = 0.0
     up_at: float = 0.0
+    # When the last refused attempt began: the server was surely down until then. It came back
+    # somewhere between that and up_at (the watcher polls, so up_at lags by up to one attempt).
+    last_refused_at: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -163,6 +166,7 @@ def _watch(admin_url: str, outage: Outage, watching: threading.Event) -> None:
     deadline = time.monotonic() + FAULT_DEADLINE_SECONDS
     while time.monotonic() < deadline:
         watching.set()
+        attempt = time.monotonic()
         try:
             with psycopg.connect(url, connect_timeout=1) as conn:
                 conn.execute("SELECT 1")
@@ -171,6 +175,7 @@ def _watch(admin_url: str, outage: Outage, watching: threading.Event) -> None:
                 return
         except psycopg.Error:
             outage.down_at = outage.down_at or time.monotonic()
+            outage.last_refused_at = attempt
         time.sleep(0.02)
 
 

@@ -1,0 +1,91 @@
+"""On PostgreSQL a job submission by an uncapped key is one statement (hold, ledger entry and job
+row): all of it is written or none of it, an Idempotency-Key replays the first job however many
+submit it at once, and a refusal writes nothing."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import Engine, text
+
+from common import accounts, clock, ledger
+from common.accounts import Principal
+from common.errors import Conflict, InsufficientCredits
+from common.jobs.submit import submit_job
+from common.money import MICRO
+from tests.api.chat.helpers import assert_books_balance, books
+from tests.conftest import TestAccount, create_test_account
+
+TZ = "Asia/Karachi"
+PARAMS = {"prompt": "a lighthouse", "n": 1, "width": 256, "height": 256}
+
+
+def _principal(engine: Engine, account: TestAccount) -> Principal:
+    return accounts.authenticate(engine, account.api_key, now=clock.now().timestamp())
+
+
+def _rows(engine: Engine, account_id: str) -> tuple[int, int, int]:
+    with engine.connect() as conn:
+        return conn.execute(text(
+            "SELECT (SELECT COUNT(*) FROM jobs WHERE account_id = :a),"
+            " (SELECT COUNT(*) FROM holds WHERE account_id = :a),"
+            " (SELECT COUNT(*) FROM ledger_entries WHERE account_id = :a AND kind = 'reserve')"), {"a": account_id}
+        ).one()  # type: ignore[return-value]
+
+
+def test_a_submission_writes_the_job_its_hold_and_its_entry_together(pg_engine: Engine) -> None:
+    account = create_test_account(pg_engine, "pro")
+    principal = _principal(pg_engine, account)
+    before = books(pg_engine, account.account_id)
+    job = submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro", params=PARAMS,
+                     price=40 * MICRO, tz=TZ)
+    with pg_engine.connect() as conn:
+        row = conn.execute(text("SELECT j.status, j.price, h.amount, h.status, h.purpose FROM jobs j"
+                                " JOIN holds h ON h.id = j.hold_id WHERE j.id = :id"), {"id": job.job_id}).one()
+    assert tuple(row) == ("queued", 40 * MICRO, 40 * MICRO, "open", f"job:{job.job_id}")
+    after = books(pg_engine, account.account_id)
+    assert after.held - before.held == 40 * MICRO and after.balance == before.balance
+    assert _rows(pg_engine, account.account_id) == (1, 1, 1)
+    assert_books_balance(pg_engine, account.account_id, open_holds=1)
+
+
+def test_a_refused_submission_writes_nothing(pg_engine: Engine) -> None:
+    account = create_test_account(pg_engine, "free")
+    principal = _principal(pg_engine, account)
+    with pytest.raises(InsufficientCredits) as refused:
+        submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro", params=PARAMS,
+                   price=10**9 * MICRO, tz=TZ)
+    assert "resets at" in refused.value.message
+    assert _rows(pg_engine, account.account_id) == (0, 0, 0)
+
+
+def test_one_idempotency_key_submitted_at_once_by_many_is_one_job_charged_once(pg_engine: Engine) -> None:
+    account = create_test_account(pg_engine, "ultra")
+    principal = _principal(pg_engine, account)
+    results: list[tuple[str, bool]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(12)
+
+    def submit() -> None:
+        try:
+            start.wait()
+            made = submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro", params=PARAMS,
+                              price=40 * MICRO, tz=TZ, idempotency_key="same-key")
+            results.append((made.job_id, made.created))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert len({job_id for job_id, _ in results}) == 1 and sum(created for _, created in results) == 1
+    assert _rows(pg_engine, account.account_id) == (1, 1, 1)
+    with pg_engine.connect() as conn:
+        assert ledger.balance(conn, account.account_id).held == 40 * MICRO
+    with pytest.raises(Conflict):  # the same key with another body
+        submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro", params={**PARAMS, "n": 2},
+                   price=80 * MICRO, tz=TZ, idempotency_key="same-key")
