@@ -25,5 +25,7 @@ def run(processes: int | None = None, threads: int | None = None) -> int:
         "--threads", str(threads or settings.worker_threads),
         "--worker-shutdown-timeout", str(int(settings.shutdown_grace_seconds * 1000)),
     ]
+    # Dramatiq reads this exact lowercase name when it is imported (dramatiq.worker.WORKER_TIMEOUT).
+    os.environ["dramatiq_worker_timeout"] = str(max(1, settings.worker_poll_ms))  # noqa: SIM112
     os.execv(sys.executable, argv)
     return 0  # not reached

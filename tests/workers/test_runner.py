@@ -1,0 +1,36 @@
+"""`helyx worker` hands over to Dramatiq's supervisor with our sizes and idle-poll pause."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from common.settings import Settings
+from workers import runner
+
+
+def test_the_worker_execs_dramatiq_with_its_sizes_and_poll_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:6379/15", worker_poll_ms=30, worker_processes=3,
+                        worker_threads=5)
+    calls: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(runner, "get_settings", lambda: settings)
+    monkeypatch.setattr(runner, "upgrade", lambda engine: None)
+    monkeypatch.setattr(runner, "get_engine", lambda url: object())
+    monkeypatch.setattr(runner.os, "execv", lambda path, argv: calls.append((path, argv)))
+    monkeypatch.setenv("dramatiq_worker_timeout", "unset")  # restored to absent after the test
+
+    runner.run()
+
+    (_, argv), = calls
+    assert argv[1:4] == ["-m", "dramatiq", "workers.actors"]
+    assert argv[argv.index("--processes") + 1] == "3" and argv[argv.index("--threads") + 1] == "5"
+    assert os.environ["dramatiq_worker_timeout"] == "30"  # noqa: SIM112 - Dramatiq's own lowercase name
+
+
+def test_without_redis_the_worker_explains_and_stops(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[Any]) -> None:
+    monkeypatch.setattr(runner, "get_settings", lambda: Settings(redis_url=None))
+    assert runner.run() == 2
+    assert "HELYX_REDIS_URL" in capsys.readouterr().err
