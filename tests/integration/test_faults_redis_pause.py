@@ -141,10 +141,13 @@ class HeldSubmission:
 
     @staticmethod
     def _waiting(engine: Engine) -> bool:
+        """The submission's reservation waits for our lock (the transactional verb's UPDATE, or the
+        one-statement form's CTE that starts with it)."""
         with engine.connect() as conn:
             return bool(conn.execute(text(
                 "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE 'UPDATE accounts SET held%'")).scalar())
+                " AND wait_event_type = 'Lock' AND (query LIKE 'UPDATE accounts SET held%'"
+                " OR query LIKE 'WITH a AS (UPDATE accounts SET held%')")).scalar())
 
     def _send(self, api: str) -> None:
         started = time.monotonic()
