@@ -53,11 +53,21 @@ class JobRecord:
         return json.loads(self.row["params"])  # type: ignore[no-any-return]
 
 
+# Columns named, not `*`: these run as server-side prepared statements (psycopg prepares a
+# repeated query), and PostgreSQL refuses a prepared `SELECT *` once a migration adds a column
+# ("cached plan must not change result type"), until the process restarts.
+_JOB_COLUMNS = (
+    "id, account_id, key_id, type, model, params, status, progress, attempts, lease_owner, lease_until, hold_id,"
+    " price, charged, error_code, error_message, result, idempotency_key, request_hash, webhook_url,"
+    " webhook_status, created_at, enqueued_at, started_at, finished_at, expires_at"
+)
+_FILE_COLUMNS = "id, account_id, job_id, storage_key, content_type, bytes, created_at, expires_at"
 _JOB_WITH_BALANCE = text(
-    "SELECT j.*, a.allowance + a.topup - a.held AS account_available FROM jobs j JOIN accounts a ON a.id = j.account_id"
+    "SELECT " + ", ".join(f"j.{c.strip()}" for c in _JOB_COLUMNS.split(","))
+    + ", a.allowance + a.topup - a.held AS account_available FROM jobs j JOIN accounts a ON a.id = j.account_id"
     " WHERE j.id = :id AND j.account_id = :aid"
 )
-_FILES = text("SELECT * FROM files WHERE job_id = :id ORDER BY id")
+_FILES = text(f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id = :id ORDER BY id")
 
 
 def load_job(engine: Engine, account_id: str, job_id: str, job_type: str | None = None) -> JobRecord:
