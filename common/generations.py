@@ -15,7 +15,8 @@ def get_generation(engine: Engine, account_id: str, generation_id: str) -> dict[
     """One generation of this account; another account's is 404, never 403."""
     with reader(engine).connect() as conn:
         row = conn.execute(
-            text("SELECT * FROM generations WHERE id = :id AND account_id = :aid"),
+            text("SELECT id, model, key_id, stream, status, prompt_tokens, completion_tokens, usage_estimated,"
+                 " credits, latency_ms, error_code, created_at FROM generations WHERE id = :id AND account_id = :aid"),
             {"id": generation_id, "aid": account_id},
         ).mappings().first()
     if row is None:

@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import httpx
+
 from common.catalog import Catalog, load_catalog
 from common.providers.http import build_http_client
 from common.providers.registry import Providers
@@ -24,14 +26,22 @@ class ThreadRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.runner = asyncio.Runner()
+        self._http: httpx.AsyncClient | None = None
         self._providers: Providers | None = None
 
     def providers(self) -> Providers:
         """Built inside this thread's loop on first use (the client binds to the loop)."""
         if self._providers is None:
-            http = build_http_client(self.settings.upstream_connect_timeout, self.settings.upstream_read_timeout)
-            self._providers = Providers(catalog(self.settings), self.settings, http)
+            self._http = build_http_client(self.settings.upstream_connect_timeout,
+                                           self.settings.upstream_read_timeout)
+            self._providers = Providers(catalog(self.settings), self.settings, self._http)
         return self._providers
+
+    def close(self) -> None:
+        """Close the HTTP client's connections inside the loop that owns them, then the loop."""
+        if self._http is not None:
+            self.runner.run(self._http.aclose())
+        self.runner.close()
 
     def run(self, make: Callable[[ThreadRuntime], Coroutine[Any, Any, T]]) -> T:
         return self.runner.run(make(self))
@@ -43,7 +53,7 @@ def current() -> ThreadRuntime:
     runtime: ThreadRuntime | None = getattr(_local, "runtime", None)
     if runtime is None or runtime.settings is not settings:
         if runtime is not None:
-            runtime.runner.close()
+            runtime.close()
         runtime = _local.runtime = ThreadRuntime(settings)
     return runtime
 

@@ -68,6 +68,7 @@ _JOB_WITH_BALANCE = text(
     " WHERE j.id = :id AND j.account_id = :aid"
 )
 _FILES = text(f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id = :id ORDER BY id")
+_FILE_BY_ID = text(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = :id")
 
 
 def load_job(engine: Engine, account_id: str, job_id: str, job_type: str | None = None) -> JobRecord:
@@ -171,7 +172,7 @@ def images_response(record: JobRecord, linker: Linker, storage: Storage, respons
 
 def find_file(engine: Engine, file_id: str) -> dict[str, Any]:
     with reader(engine).connect() as conn:
-        row = conn.execute(text("SELECT * FROM files WHERE id = :id"), {"id": file_id}).mappings().first()
+        row = conn.execute(_FILE_BY_ID, {"id": file_id}).mappings().first()
     if row is None or row["expires_at"] < clock.now().timestamp():
         raise NotFound(f"No file {file_id}", code="file_not_found", param="id")
     return dict(row)
