@@ -20,8 +20,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +274,64 @@ def wait_jobs(engine: Engine, job_ids: list[str], timeout: float,
             pending = [(r["id"], r["status"], r["attempts"]) for r in rows if r["status"] not in terminal]
             raise AssertionError(f"jobs unfinished after {timeout} s: {pending}")
         time.sleep(0.1)
+
+
+# --- Load during a fault ------------------------------------------------------------------------
+
+LOAD_CLIENT_TIMEOUT = 20.0  # far beyond what any answer may take: a hang shows as a long latency
+
+
+@dataclass
+class Call:
+    """One request made while a fault was injected, as the client saw it."""
+
+    kind: str
+    account: str
+    started: float
+    ended: float
+    status: int  # 0: a transport error (a timeout, a dropped connection)
+    body: Any = None
+    error: str = ""
+
+    @property
+    def took(self) -> float:
+        return self.ended - self.started
+
+
+@dataclass
+class Load:
+    """Requests sent at a fixed pace from several threads until `stop`, every one recorded."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    calls: list[Call] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, kind: str, api: str, account: Any, every: float,
+            send: Callable[[httpx.Client, int], httpx.Response], limit: int = 400) -> None:
+        """`send` every `every` seconds as `account` (a TestAccount); at most `limit` times, a bound on
+        the load whatever the timing."""
+        with httpx.Client(base_url=api, headers=account.headers, timeout=LOAD_CLIENT_TIMEOUT,
+                          trust_env=False) as http:
+            for i in range(limit):
+                if self.stop.is_set():
+                    return
+                self.record(kind, account.account_id, lambda i=i: send(http, i))
+                self.stop.wait(every)
+
+    def record(self, kind: str, account_id: str, request: Callable[[], httpx.Response]) -> Call:
+        started = time.monotonic()
+        try:
+            response = request()
+            call = Call(kind, account_id, started, time.monotonic(), response.status_code, _body(response))
+        except httpx.HTTPError as exc:
+            call = Call(kind, account_id, started, time.monotonic(), 0, error=repr(exc))
+        with self.lock:
+            self.calls.append(call)
+        return call
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text

@@ -11,11 +11,8 @@ database is back."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +22,13 @@ from sqlalchemy import Engine
 
 from common.db import make_engine
 from tests.api.chat.helpers import assert_books_balance, books
-from tests.conftest import PG_ADMIN_URL, TestAccount, create_test_account
+from tests.conftest import PG_ADMIN_URL, create_test_account
 from tests.fakes.gemini_image_upstream import FakeGeminiImageUpstream
 from tests.fakes.server import serve
 from tests.integration.faults import (
+    LOAD_CLIENT_TIMEOUT,
+    Call,
+    Load,
     assert_each_hold_resolved_once,
     assert_envelope,
     entries_by_hold,
@@ -51,44 +51,9 @@ FAST_JOBS, SLOW_JOBS = 6, 2
 IMAGE_PRICE = 200_000_000
 CHAT_HOLD_TTL = 4  # a chat whose settlement met the outage: its hold expires (free) after this
 SLOW_KEY_ENV = "HELYX_FAULTS_SLOW_IMAGE_KEY"  # read by the catalog, not a HELYX setting
-CLIENT_TIMEOUT = 20.0
+CLIENT_TIMEOUT = LOAD_CLIENT_TIMEOUT
 MAX_PROBE_SECONDS = 3.0  # a refusal during the outage comes fast
 RECOVERY_SECONDS = 3.0  # requests started this long after the start are all served
-
-
-@dataclass
-class Probe:
-    kind: str
-    started: float
-    ended: float
-    status: int
-    body: Any = None
-    error: str = ""
-
-
-@dataclass
-class Prober:
-    stop: threading.Event = field(default_factory=threading.Event)
-    probes: list[Probe] = field(default_factory=list)
-
-    def run(self, kind: str, api: str, account: TestAccount, every: float,
-            send: Callable[[httpx.Client, int], httpx.Response], limit: int = 400) -> None:
-        with httpx.Client(base_url=api, headers=account.headers, timeout=CLIENT_TIMEOUT, trust_env=False) as http:
-            for i in range(limit):
-                if self.stop.is_set():
-                    return
-                started = time.monotonic()
-                try:
-                    response = send(http, i)
-                    try:
-                        body = response.json()
-                    except ValueError:
-                        body = response.text
-                    probe = Probe(kind, started, time.monotonic(), response.status_code, body)
-                except httpx.HTTPError as exc:
-                    probe = Probe(kind, started, time.monotonic(), 0, error=repr(exc))
-                self.probes.append(probe)
-                self.stop.wait(every)
 
 
 def _chat(http: httpx.Client, i: int) -> httpx.Response:
@@ -105,7 +70,7 @@ def test_a_postgres_restart_mid_settlement_settles_every_job_once_and_answers_50
     jobs_account = create_test_account(engine, "ultra")  # 8 jobs may run at once
     chat_account = create_test_account(engine, "pro")
     before = {a.account_id: books(engine, a.account_id) for a in (jobs_account, chat_account)}
-    prober = Prober()
+    prober = Load()
     try:
         with serve(slow.app) as slow_url, Processes(tmp_path / "procs") as procs:
             catalog = tmp_path / "catalog.toml"
@@ -165,7 +130,7 @@ def test_a_postgres_restart_mid_settlement_settles_every_job_once_and_answers_50
             assert all(p.alive() for p in procs.started if p.name == "worker")
             slow_calls = slow.calls
 
-        _report(prober.probes, rows, down_at, up_at, down_wall, up_wall)
+        _report(prober.calls, rows, down_at, up_at, down_wall, up_wall)
 
         # Every job succeeded, ran once (no takeover after the outage), and was charged once.
         met_outage = [r for r in rows if r["finished_at"] > down_wall]
@@ -182,7 +147,7 @@ def test_a_postgres_restart_mid_settlement_settles_every_job_once_and_answers_50
         assert before[jobs_account.account_id].balance - jobs_after.balance == len(job_ids) * IMAGE_PRICE
 
         # Requests during the outage: 200, or a fast 503 in the envelope; never a 500 or a hang.
-        for probe in prober.probes:
+        for probe in prober.calls:
             assert probe.status in (200, 503), probe
             assert probe.ended - probe.started < MAX_PROBE_SECONDS, probe
             if probe.status == 503:
@@ -190,13 +155,13 @@ def test_a_postgres_restart_mid_settlement_settles_every_job_once_and_answers_50
                 assert (error["type"], error["code"]) == ("server_error", "service_unavailable"), probe
         # Within the outage for certain: the watcher saw it refuse after these ended (it came back at
         # some point before up_at, and a fast request can fit between the two).
-        during = [p for p in prober.probes if down_at + 0.5 <= p.started and p.ended <= surely_down_until]
+        during = [p for p in prober.calls if down_at + 0.5 <= p.started and p.ended <= surely_down_until]
         assert during and all(p.status == 503 for p in during), during
-        recovered = [p for p in prober.probes if p.started >= up_at + RECOVERY_SECONDS]
+        recovered = [p for p in prober.calls if p.started >= up_at + RECOVERY_SECONDS]
         assert recovered and all(p.status == 200 for p in recovered), [p for p in recovered if p.status != 200]
 
         # Chats: each 200 settled its hold at its charge; any other hold was given back in full.
-        served = {p.body["id"]: p for p in prober.probes if p.kind == "chat" and p.status == 200}
+        served = {p.body["id"]: p for p in prober.calls if p.kind == "chat" and p.status == 200}
         chat_holds = assert_each_hold_resolved_once(engine, chat_account.account_id)
         settled = {h["purpose"].removeprefix("chat:"): h for h in chat_holds if h["status"] == "settled"}
         assert settled.keys() == served.keys()
@@ -230,7 +195,7 @@ def _wait_all_running(engine: Engine, job_ids: list[str], timeout: float = 15.0)
         time.sleep(0.05)
 
 
-def _report(probes: list[Probe], rows: list[dict[str, Any]], down_at: float, up_at: float, down_wall: float,
+def _report(probes: list[Call], rows: list[dict[str, Any]], down_at: float, up_at: float, down_wall: float,
             up_wall: float) -> None:
     refused = [p for p in probes if p.status == 503]
     first_ok = min((p.ended for p in probes if p.started >= up_at and p.status == 200), default=up_at)

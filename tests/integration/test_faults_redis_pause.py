@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,9 @@ from common.db import make_engine
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.conftest import TestAccount, create_test_account
 from tests.integration.faults import (
+    LOAD_CLIENT_TIMEOUT,
+    Call,
+    Load,
     assert_each_hold_resolved_once,
     assert_envelope,
     entries_by_hold,
@@ -44,60 +45,13 @@ PAUSE_SECONDS = 10.0
 BEFORE_SECONDS, AFTER_SECONDS = 3.0, 6.0  # steady load around the pause
 CHAT_THREADS, IMAGE_THREADS = 3, 2
 CHAT_EVERY, IMAGE_EVERY = 0.05, 0.4  # seconds between one thread's requests
-MAX_PER_THREAD = 400  # a bound on the load whatever the timing
-CLIENT_TIMEOUT = 20.0  # far beyond what any answer may take: a hang shows as a long latency
+CLIENT_TIMEOUT = LOAD_CLIENT_TIMEOUT
 FAST_503_SECONDS = 3.0  # "fails fast": the limiter gives Redis one second; room for a loaded machine
 RECOVERY_SECONDS = 3.0  # after SIGCONT, requests started this much later must all succeed
 HEALTHZ_EVERY, HEALTHZ_MAX_SECONDS = 0.1, 1.0  # the liveness probe never waits on Redis
 BROKER_SEND_TIMEOUT = 5.0  # workers.broker: a send to an unanswering Redis fails after this
 LOCK_HELD_IN_PAUSE = 1.0
 IMAGE_PRICE = 200_000_000
-
-
-@dataclass
-class Call:
-    kind: str  # chat | image | held-image | healthz | readyz
-    account: str
-    started: float
-    ended: float
-    status: int  # 0: a transport error (a timeout, a dropped connection)
-    body: Any = None
-    error: str = ""
-
-    @property
-    def took(self) -> float:
-        return self.ended - self.started
-
-
-@dataclass
-class Load:
-    stop: threading.Event = field(default_factory=threading.Event)
-    calls: list[Call] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def run(self, kind: str, api: str, account: TestAccount, every: float,
-            send: Callable[[httpx.Client, int], httpx.Response]) -> None:
-        with httpx.Client(base_url=api, headers=account.headers, timeout=CLIENT_TIMEOUT, trust_env=False) as http:
-            for i in range(MAX_PER_THREAD):
-                if self.stop.is_set():
-                    return
-                started = time.monotonic()
-                try:
-                    response = send(http, i)
-                    call = Call(kind, account.account_id, started, time.monotonic(), response.status_code,
-                                _json(response))
-                except httpx.HTTPError as exc:
-                    call = Call(kind, account.account_id, started, time.monotonic(), 0, error=repr(exc))
-                with self.lock:
-                    self.calls.append(call)
-                self.stop.wait(every)
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text
 
 
 def _chat(http: httpx.Client, i: int) -> httpx.Response:
@@ -150,17 +104,9 @@ class HeldSubmission:
                 " OR query LIKE 'WITH a AS (UPDATE accounts SET held%')")).scalar())
 
     def _send(self, api: str) -> None:
-        started = time.monotonic()
         with httpx.Client(base_url=api, headers=self.account.headers, timeout=CLIENT_TIMEOUT,
                           trust_env=False) as http:
-            try:
-                response = _image(http, -1)
-                call = Call("held-image", self.account.account_id, started, time.monotonic(), response.status_code,
-                            _json(response))
-            except httpx.HTTPError as exc:
-                call = Call("held-image", self.account.account_id, started, time.monotonic(), 0, error=repr(exc))
-        with self.load.lock:
-            self.load.calls.append(call)
+            self.load.record("held-image", self.account.account_id, lambda: _image(http, -1))
 
     def release(self) -> None:
         if self.tx.is_active:
