@@ -29,12 +29,12 @@ import re
 import shutil
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench import _procs
 from bench._procs import Proc
+from bench._profile import summarize_profile
 
 DB = "helyx_bench_chat"
 MESSAGES = [{"role": "user", "content": "Hello! Say something short."}]
@@ -199,93 +199,6 @@ def throughput(stack: Stack, target: str, connections: int, seconds: float) -> d
     return res
 
 
-# --- profile ----------------------------------------------------------------------------------
-
-# A sample's phase: the deepest ANCHOR on its stack (a Helyx function that owns the work), else the
-# deepest GENERIC frame (framework layers), else "other". Paths are rooted (see _rooted).
-ANCHORS = [
-    ("threadpool handoff (anyio)", r"^(run_in_threadpool|run_sync|run_sync_in_worker_thread) \("),
-    ("auth: key query + reset + touch", r"^(_authenticate|get_principal|_bearer) \(/api/deps\.py"),
-    ("reserve (ledger)", r"^reserve_chat[ .]"),
-    ("settle + generation insert", r"^finish_chat \("),
-    ("hold sweeper", r"^(_sweep_holds|expire_holds) \("),
-    ("rate limit (limits + redis)", r"/common/ratelimit\.py|/redis/|/limits/"),
-    ("upstream call (adapter + httpx)", r"/common/providers/"),
-    ("response JSON + SSE", r"/api/responses\.py|/api/sse\.py"),
-    ("chat flow own code", r"/api/chat_flow\.py|/common/chat_billing\.py|/common/tokens\.py|/api/schemas/"),
-]
-GENERIC = [
-    ("upstream call (adapter + httpx)", r"/httpcore/|/httpx/|/h11/"),  # a stack the sampler cut short
-    ("DB work, stack cut short by the sampler", r"/psycopg/|/sqlalchemy/"),
-    ("FastAPI deps, body parse, validation", r"/fastapi/dependencies/|/fastapi/routing\.py|/pydantic|/fastapi/_"),
-    ("errors/middleware/metrics (own)", r"/api/middleware\.py|/api/errors\.py|/api/observability\.py|/prometheus"),
-    ("starlette routing/responses", r"/starlette/"),
-    ("threadpool handoff (anyio)", r"/anyio/to_thread|run_sync_in_worker_thread|WorkerThread|^run_in_threadpool|"
-                                   r"/threading\.py|/queue\.py|/concurrent/futures"),
-    ("uvicorn HTTP protocol", r"/uvicorn/|httptools"),
-    ("event loop (asyncio/uvloop)", r"/asyncio/|uvloop"),
-]
-PHASES = ANCHORS + GENERIC
-
-
-def classify(frames: list[str], anchors: list[tuple[str, str]] = ANCHORS,
-             generic: list[tuple[str, str]] = GENERIC) -> str:
-    for patterns in (anchors, generic):
-        for frame in reversed(frames):
-            hit = next((label for label, pat in patterns if re.search(pat, frame)), None)
-            if hit:
-                return hit
-    return "other"
-
-
-LIBS = [("psycopg (driver)", r"/psycopg/"), ("SQLAlchemy", r"/sqlalchemy/"),
-        ("httpx/httpcore/h11", r"/httpx/|/httpcore/|/h11/"),
-        ("redis-py + limits", r"/redis/|/limits/"), ("pydantic", r"/pydantic"), ("FastAPI", r"/fastapi/"),
-        ("starlette", r"/starlette/"), ("uvicorn", r"/uvicorn/|httptools"), ("anyio", r"/anyio/"),
-        ("asyncio/uvloop", r"asyncio/|uvloop"), ("Helyx code (api/, common/)", r"\(/(api|common|workers)/"),
-        ("json/orjson", r"json"), ("threading/queue/stdlib", r"\.py")]
-
-
-def profile(pid: int, seconds: float, out: Path) -> Path | None:
-    spy = _procs.VENV_BIN / "py-spy"
-    if not spy.exists():
-        print("  (py-spy not installed in the venv: no profile)")
-        return None
-    for _ in range(3):  # py-spy sometimes fails to attach on the first try
-        res = subprocess.run([str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-                              "--gil", "--format", "raw", "--output", str(out), "--nonblocking"],
-                             capture_output=True, text=True, timeout=seconds + 60)
-        if res.returncode == 0 and out.exists():
-            return out
-        time.sleep(1)
-    print(f"  (py-spy failed: {res.stderr[-500:]})")
-    return None
-
-
-def _rooted(frame: str) -> str:
-    """py-spy prints paths relative to sys.path ("httpx/_client.py"): give them a leading slash, so
-    the patterns can anchor on directory names."""
-    return frame.replace(" (", " (/", 1)
-
-
-def summarize_profile(path: Path) -> tuple[list[list[Any]], list[list[Any]], int]:
-    phases: Counter[str] = Counter()
-    libs: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
-        total += n
-        frames = [_rooted(f) for f in stack.split(";")]
-        phases[classify(frames)] += n
-        leaf = frames[-1] if frames else ""
-        libs[next((label for label, pat in LIBS if re.search(pat, leaf)), "C/other")] += n
-    return ([[k, v, v / total * 100] for k, v in phases.most_common()],
-            [[k, v, v / total * 100] for k, v in libs.most_common()], total)
-
-
 # --- the run ----------------------------------------------------------------------------------
 
 def c1_rows(res: dict[str, Any], workers: int, key: str, label: str, block: int) -> list[list[Any]]:
@@ -403,7 +316,7 @@ def profile_c1(stack: Stack, args: argparse.Namespace) -> list[str]:
     CPU goes."""
     pid = stack.worker_pids()[0]
     out = _procs.WORKDIR / "chat-profile-c1.txt"
-    spy = subprocess.Popen([_procs.PYTHON, "-c", "from bench.chat import profile; from pathlib import Path; "
+    spy = subprocess.Popen([_procs.PYTHON, "-c", "from bench._profile import profile; from pathlib import Path; "
                             f"profile({pid}, {args.profile_seconds}, Path({str(out)!r}))"], cwd=_procs.ROOT)
     time.sleep(1)
     before = _procs.cpu_seconds(pid)
@@ -435,7 +348,7 @@ def profile_phase(stack: Stack, args: argparse.Namespace) -> list[str]:
     pid = stack.worker_pids()[0]
     print(f"  profiling worker {pid} under c={args.connections} for {args.profile_seconds:g} s", flush=True)
     out = _procs.WORKDIR / "chat-profile.txt"
-    spy = subprocess.Popen([_procs.PYTHON, "-c", "from bench.chat import profile; from pathlib import Path; "
+    spy = subprocess.Popen([_procs.PYTHON, "-c", "from bench._profile import profile; from pathlib import Path; "
                             f"profile({pid}, {args.profile_seconds}, Path({str(out)!r}))"], cwd=_procs.ROOT)
     time.sleep(1)
     before = _procs.cpu_seconds(pid)

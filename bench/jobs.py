@@ -32,7 +32,8 @@ from typing import Any
 
 from bench import _procs
 from bench._procs import Proc
-from bench.chat import ANCHORS, GENERIC, _rooted, _wrk, classify, run_load
+from bench._profile import ANCHORS, GENERIC, classify, rooted
+from bench.chat import _wrk, run_load
 
 DB = "helyx_bench_jobs"
 
@@ -141,7 +142,7 @@ def summarize(path: Path, anchors: list[tuple[str, str]] = WORKER_PHASES,
         if not count.isdigit():
             continue
         total += int(count)
-        phases[classify([_rooted(f) for f in stack.split(";")], anchors, generic or [])] += int(count)
+        phases[classify([rooted(f) for f in stack.split(";")], anchors, generic or [])] += int(count)
     return [[k, v, v / total * 100] for k, v in phases.most_common()]
 
 
