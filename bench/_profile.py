@@ -80,7 +80,9 @@ def rooted(frame: str) -> str:
     return frame.replace(" (", " (/", 1)
 
 
-def summarize_profile(path: Path) -> tuple[list[list[Any]], list[list[Any]], int]:
+def summarize_profile(path: Path, anchors: list[tuple[str, str]] = ANCHORS,
+                      generic: list[tuple[str, str]] = GENERIC) -> tuple[list[list[Any]], list[list[Any]], int]:
+    """Samples by phase and by library (each row: name, samples, %), and the sample count."""
     phases: Counter[str] = Counter()
     libs: Counter[str] = Counter()
     total = 0
@@ -91,7 +93,7 @@ def summarize_profile(path: Path) -> tuple[list[list[Any]], list[list[Any]], int
         n = int(count)
         total += n
         frames = [rooted(f) for f in stack.split(";")]
-        phases[classify(frames)] += n
+        phases[classify(frames, anchors, generic)] += n
         leaf = frames[-1] if frames else ""
         libs[next((label for label, pat in LIBS if re.search(pat, leaf)), "C/other")] += n
     return ([[k, v, v / total * 100] for k, v in phases.most_common()],

@@ -32,7 +32,7 @@ from typing import Any
 
 from bench import _procs
 from bench._procs import Proc
-from bench._profile import ANCHORS, GENERIC, classify, rooted
+from bench._profile import ANCHORS, GENERIC, summarize_profile
 from bench.chat import _wrk, run_load
 
 DB = "helyx_bench_jobs"
@@ -135,15 +135,7 @@ def profile_worker(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
 
 def summarize(path: Path, anchors: list[tuple[str, str]] = WORKER_PHASES,
               generic: list[tuple[str, str]] | None = None) -> list[list[Any]]:
-    phases: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        total += int(count)
-        phases[classify([rooted(f) for f in stack.split(";")], anchors, generic or [])] += int(count)
-    return [[k, v, v / total * 100] for k, v in phases.most_common()]
+    return summarize_profile(path, anchors, generic or [])[0]
 
 
 def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list[str]]:
