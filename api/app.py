@@ -35,6 +35,7 @@ from common import billing
 from common.catalog import load_catalog
 from common.db import get_engine
 from common.metrics import DatabaseCollector
+from common.pg_async import AsyncStatements
 from common.providers.http import build_http_client
 from common.providers.registry import Providers
 from common.ratelimit import RateLimiter
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         http = build_http_client(settings.upstream_connect_timeout, settings.upstream_read_timeout)
         services.extras["providers"] = Providers(services.catalog, settings, http)
+        services.pg = AsyncStatements.for_engine(services.engine)  # bound to this event loop
         sweeper = asyncio.create_task(_sweep_holds(services))
         try:
             yield
@@ -67,6 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
             await http.aclose()
+            pg, services.pg = services.pg, None
+            if pg is not None:
+                await pg.close_idle()
 
     app = FastAPI(
         title="Helyx",

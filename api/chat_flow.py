@@ -23,12 +23,13 @@ from common.accounts import Principal
 from common.catalog import ModelEntry
 from common.chat_billing import Outcome, Reservation
 from common.errors import HelyxError, InvalidRequest, UpstreamError
+from common.ledger import Settlement
 from common.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
 from common.money import MICRO
 from common.providers.base import ChatDelta, ChatProvider, ChatRequest, Usage
 from common.providers.retry import call_with_retries, open_stream_with_retries
 from common.providers.simulated import SYSTEM_FINGERPRINT
-from common.retrying import while_database_down
+from common.retrying import while_database_down_async
 from common.tokens import estimate_prompt_tokens
 
 SETTLE_PATIENCE_SECONDS = 15.0  # ride out a database restart rather than leave the hold to its TTL
@@ -53,12 +54,8 @@ class ChatCall:
     log_fields: dict[str, Any]
 
     async def finish(self, outcome: Outcome, stream: bool) -> Any:
-        settlement = await run_in_threadpool(
-            while_database_down,
-            lambda: chat_billing.finish_chat(self.services.engine, self.principal, self.entry, self.reservation,
-                                             outcome, stream=stream, started=self.started),
-            patience=SETTLE_PATIENCE_SECONDS, max_delay=SETTLE_RETRY_SECONDS,
-        )
+        settlement = await while_database_down_async(lambda: self._settle(outcome, stream),
+                                                     patience=SETTLE_PATIENCE_SECONDS, max_delay=SETTLE_RETRY_SECONDS)
         usage = outcome.usage
         self.log_fields.update(
             model=self.entry.id, generation_id=self.id, outcome=outcome.status, credits=settlement.charged / MICRO,
@@ -66,6 +63,18 @@ class ChatCall:
             completion_tokens=usage.completion_tokens if usage else 0,
         )
         return settlement
+
+    async def _settle(self, outcome: Outcome, stream: bool) -> Settlement:
+        """One statement on the event loop in the common case; the transactional verbs otherwise."""
+        pg = self.services.pg
+        if pg is not None:
+            settled = await chat_billing.finish_chat_async(pg, self.principal, self.entry, self.reservation, outcome,
+                                                           stream=stream, started=self.started)
+            if settled is not None:
+                return settled
+        return await run_in_threadpool(lambda: chat_billing.finish_chat(
+            self.services.engine, self.principal, self.entry, self.reservation, outcome, stream=stream,
+            started=self.started))
 
     def upstream_done(self, since: float, kind: str, error: BaseException | None = None) -> None:
         provider = self.entry.provider
@@ -103,13 +112,21 @@ async def _counted(services: Services, principal: Principal, body: ChatCompletio
     prompt_estimate = estimate_prompt_tokens(messages)
     call_id = "chatcmpl-" + secrets.token_hex(12)
     started = clock.now().timestamp()
-    reservation = await run_in_threadpool(
-        lambda: chat_billing.reserve_chat(
-            services.engine, principal, entry, prompt_estimate=prompt_estimate,
-            max_tokens=body.requested_max_tokens, default_max_tokens=settings.default_max_tokens,
-            purpose=f"chat:{call_id}", ttl=settings.hold_ttl_seconds, tz=settings.timezone,
+    reservation = None
+    if services.pg is not None:  # the common case, on the event loop
+        reservation = await chat_billing.reserve_chat_async(
+            services.pg, principal, entry, prompt_estimate=prompt_estimate, max_tokens=body.requested_max_tokens,
+            default_max_tokens=settings.default_max_tokens, purpose=f"chat:{call_id}",
+            ttl=settings.hold_ttl_seconds,
         )
-    )
+    if reservation is None:  # SQLite, a capped key, or a balance short of the whole hold (shrink or 402)
+        reservation = await run_in_threadpool(
+            lambda: chat_billing.reserve_chat(
+                services.engine, principal, entry, prompt_estimate=prompt_estimate,
+                max_tokens=body.requested_max_tokens, default_max_tokens=settings.default_max_tokens,
+                purpose=f"chat:{call_id}", ttl=settings.hold_ttl_seconds, tz=settings.timezone,
+            )
+        )
     call = ChatCall(
         services, principal, entry, provider,
         ChatRequest(model=entry.upstream_model, messages=messages, max_tokens=reservation.max_tokens,

@@ -36,10 +36,15 @@ def _bearer(request: Request) -> str | None:
 def _authenticate(services: Services, presented: str | None) -> Principal:
     now = clock.now().timestamp()
     principal = accounts.authenticate(services.engine, presented, now=now)
+    _after_authentication(services, principal, now)
+    return principal
+
+
+def _after_authentication(services: Services, principal: Principal, now: float) -> None:
+    """The daily reset the account may be due, and the key's last use (once a minute)."""
     billing.apply_daily_reset(services.engine, principal.account_id, principal.allowance_day,
                               services.settings.timezone)
     accounts.touch_key(services.engine, principal, now=now)
-    return principal
 
 
 def _remember(request: Request, principal: Principal) -> None:
@@ -49,10 +54,23 @@ def _remember(request: Request, principal: Principal) -> None:
         fields.update(account_id=principal.account_id, key_prefix=principal.key_prefix)
 
 
-async def get_principal(request: Request, services: ServicesDep) -> Principal:
-    principal = await run_in_threadpool(_authenticate, services, _bearer(request))
+async def authenticate(request: Request, services: Services) -> Principal:
+    """The caller's principal. On PostgreSQL the key lookup runs on the event loop; only the
+    rare writes (a daily reset, the once-a-minute last use) take a trip to the thread pool."""
+    if services.pg is None:
+        principal = await run_in_threadpool(_authenticate, services, _bearer(request))
+    else:
+        now = clock.now().timestamp()
+        principal = await accounts.authenticate_async(services.pg, _bearer(request), now=now)
+        if billing.reset_due(principal.allowance_day, services.settings.timezone) or \
+                accounts.needs_touch(principal, now):
+            await run_in_threadpool(_after_authentication, services, principal, now)
     _remember(request, principal)
     return principal
+
+
+async def get_principal(request: Request, services: ServicesDep) -> Principal:
+    return await authenticate(request, services)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -61,7 +79,8 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 @dataclass(frozen=True, slots=True)
 class Caller:
     """The caller's key, checked by `authenticate()` inside the route's own trip to the thread
-    pool: the hot reads (job and video polls) then make one trip instead of two."""
+    pool: without the event loop's PostgreSQL (SQLite), the hot reads (job and video polls)
+    then make one trip instead of two."""
 
     request: Request
     services: Services

@@ -106,8 +106,9 @@ def _is_database_down(exc: Exception) -> bool:
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+    from common import pg_async
     from common.pg_statements import UNREACHABLE
 
-    if isinstance(exc, (PoolTimeout, *UNREACHABLE)):
+    if isinstance(exc, (PoolTimeout, pg_async.PoolTimeout, *UNREACHABLE)):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated or "connect" in str(exc).lower())

@@ -10,12 +10,12 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Caller
+from api.deps import Caller, authenticate
 from api.services import Services
 from common.accounts import Principal
 from common.errors import InvalidRequest
 from common.jobs.submit import submit_job
-from common.jobs.views import JobRecord, Linker, load_job_and_balance
+from common.jobs.views import JobRecord, Linker, load_job_and_balance, load_job_and_balance_async
 from common.ssrf import WebhookHostUnresolved, check_url
 
 log = logging.getLogger("helyx.api")
@@ -60,15 +60,23 @@ async def submit(
 
 async def read(services: Services, principal: Principal, job_id: str, job_type: str | None = None
                ) -> tuple[JobRecord, int]:
-    """The job and the account's available credits."""
+    """The job and the account's available credits (on the event loop with PostgreSQL)."""
+    if services.pg is not None:
+        return await load_job_and_balance_async(services.pg, principal.account_id, job_id, job_type)
     return await run_in_threadpool(load_job_and_balance, services.engine, principal.account_id, job_id, job_type)
 
 
 async def read_as(caller: Caller, job_id: str, job_type: str | None = None) -> tuple[JobRecord, int]:
-    """Authenticate and read the job in one trip to the thread pool (a poll's whole database work)."""
+    """Authenticate and read the job (a poll's whole database work): on the event loop with
+    PostgreSQL, else in one trip to the thread pool."""
+    services = caller.services
+    if services.pg is not None:
+        principal = await authenticate(caller.request, services)
+        return await load_job_and_balance_async(services.pg, principal.account_id, job_id, job_type)
+
     def work() -> tuple[JobRecord, int]:
         principal = caller.authenticate()
-        return load_job_and_balance(caller.services.engine, principal.account_id, job_id, job_type)
+        return load_job_and_balance(services.engine, principal.account_id, job_id, job_type)
 
     return await run_in_threadpool(work)
 

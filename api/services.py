@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from common.pg_async import AsyncStatements
 from common.settings import Settings
 
 
@@ -15,6 +16,7 @@ class Services:
     settings: Settings
     engine: Engine
     extras: dict[str, Any] = field(default_factory=dict)
+    pg: AsyncStatements | None = None  # PostgreSQL on the event loop, while the app runs (its lifespan)
 
     def __getattr__(self, name: str) -> Any:
         try:

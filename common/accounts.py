@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
 from common import keys, pg_statements
 from common.errors import AuthenticationFailed, Conflict, InvalidRequest, NotFound
 from common.ids import new_id
+from common.pg_async import AsyncStatements
 from common.plans import daily_allowance_micro, is_plan
 
 LAST_USED_RESOLUTION = 60.0
@@ -116,11 +118,25 @@ def authenticate(engine: Engine, presented: str | None, *, now: float) -> Princi
     """The principal for a presented `hx-` key, or AuthenticationFailed.
 
     A malformed key (wrong shape or checksum) is refused before any database query."""
+    params = _lookup(presented)
+    return _principal(pg_statements.first_row(engine, _AUTH, params), now)
+
+
+async def authenticate_async(pg: AsyncStatements, presented: str | None, *, now: float) -> Principal:
+    """`authenticate` on the API's event loop (PostgreSQL, common.pg_async)."""
+    params = _lookup(presented)
+    return _principal(await pg.first_row(_AUTH, params), now)
+
+
+def _lookup(presented: str | None) -> dict[str, str]:
     if not presented:
         raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer hx-...'.", code="missing_api_key")
     if not keys.is_well_formed(presented):
         raise AuthenticationFailed("Invalid API key.")
-    row = pg_statements.first_row(engine, _AUTH, {"h": keys.hash_key(presented)})
+    return {"h": keys.hash_key(presented)}
+
+
+def _principal(row: tuple[Any, ...] | None, now: float) -> Principal:
     if row is None:
         raise AuthenticationFailed("Invalid API key.")
     key_id, account_id, expires_at, revoked_at, daily_cap, last_used, prefix, plan, day = row
@@ -131,9 +147,14 @@ def authenticate(engine: Engine, presented: str | None, *, now: float) -> Princi
     return Principal(key_id, account_id, plan, prefix, daily_cap, day, last_used)
 
 
+def needs_touch(principal: Principal, now: float) -> bool:
+    """Whether this request should record the key's use (at most once per LAST_USED_RESOLUTION)."""
+    return principal.last_used_at is None or now - principal.last_used_at >= LAST_USED_RESOLUTION
+
+
 def touch_key(engine: Engine, principal: Principal, *, now: float) -> None:
     """Record use, at most once per LAST_USED_RESOLUTION seconds per key."""
-    if principal.last_used_at is not None and now - principal.last_used_at < LAST_USED_RESOLUTION:
+    if not needs_touch(principal, now):
         return
     with engine.begin() as conn:
         conn.execute(

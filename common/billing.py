@@ -27,11 +27,16 @@ def resets_at(tz: str) -> str:
     return clock.next_reset(tz).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def reset_due(known_day: str, tz: str) -> bool:
+    """Whether an allowance of `known_day` belongs to an earlier billing day than today's."""
+    return known_day < today(tz)
+
+
 def apply_daily_reset(engine: Engine, account_id: str, known_day: str, tz: str) -> None:
     """Run the daily reset when the account's allowance belongs to an earlier billing day."""
-    day = today(tz)
-    if known_day >= day:
+    if not reset_due(known_day, tz):
         return
+    day = today(tz)
     with engine.begin() as conn:
         ledger.ensure_today(conn, account_id, day, now=clock.now().timestamp())
 

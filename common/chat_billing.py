@@ -13,6 +13,7 @@ ledger never charges more than the hold) and record the generation in the same t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, text
 
@@ -22,14 +23,15 @@ from common.catalog import ModelEntry
 from common.db import is_postgres
 from common.errors import InsufficientCredits
 from common.money import to_credits
+from common.pg_async import AsyncStatements
 from common.providers.base import Usage
 from common.providers.messages import message_text
 from common.tokens import estimate_completion_tokens
 
 _INSERT_GENERATION = text(
     "INSERT INTO generations (id, account_id, key_id, model, stream, status, prompt_tokens, completion_tokens,"
-    " credits, usage_estimated, latency_ms, error_code, created_at) VALUES (:id, :aid, :kid, :model, :stream,"
-    " :status, :pt, :ct, :credits, :est, :lat, :err, :created) ON CONFLICT (id) DO NOTHING"
+    " credits, usage_estimated, latency_ms, error_code, created_at) VALUES (:gid, :aid, :gkid, :model, :stream,"
+    " :gstatus, :pt, :ct, :credits, :est, :lat, :err, :created) ON CONFLICT (id) DO NOTHING"
 )
 
 
@@ -91,25 +93,36 @@ def estimated_usage(messages: list[dict[str, object]], produced: str) -> Usage:
     return Usage(prompt, estimate_completion_tokens(produced) if produced else 0)
 
 
+async def reserve_chat_async(
+    pg: AsyncStatements, principal: Principal, entry: ModelEntry, *, prompt_estimate: int, max_tokens: int | None,
+    default_max_tokens: int, purpose: str, ttl: float,
+) -> Reservation | None:
+    """The common case on the API's event loop: an uncapped key whose balance covers the whole
+    hold, in one statement. None when that does not apply (a capped key) or the balance falls
+    short; reserve_chat then decides (a smaller max_tokens, or 402)."""
+    if principal.daily_cap is not None:
+        return None
+    wanted = max_tokens if max_tokens is not None else default_max_tokens
+    async with pg.connection() as conn:
+        hold_id = await ledger_pg.reserve_async(
+            conn, account_id=principal.account_id, key_id=principal.key_id,
+            amount=(prompt_estimate + wanted) * entry.rate_micro, purpose=purpose, now=clock.now().timestamp(), ttl=ttl,
+        )
+    return None if hold_id is None else Reservation(hold_id, wanted, prompt_estimate)
+
+
 def finish_chat(
     engine: Engine, principal: Principal, entry: ModelEntry, reservation: Reservation, outcome: Outcome, *,
     stream: bool, started: float,
 ) -> ledger.Settlement:
     """Settle (or release) the hold and record the generation, in one transaction."""
-    usage = outcome.usage
-    charge = usage.total_tokens * entry.rate_micro if usage and outcome.status != "failed" else 0
-    now = clock.now().timestamp()
+    usage, charge, now = outcome.usage, _charge(entry, outcome), clock.now().timestamp()
+    generation = _generation(principal, entry, outcome, stream, started, now)
     if is_postgres(engine):  # one statement in the common case (common.ledger_pg)
         with pg_statements.connection(engine) as pg:
-            settled = ledger_pg.resolve(
-                pg, reservation.hold_id, charge, now=now, description=_description(entry, usage) if charge else "",
-                generation={
-                    "gid": outcome.generation_id, "gkid": principal.key_id, "model": entry.id, "stream": stream,
-                    "gstatus": outcome.status, "pt": usage.prompt_tokens if usage else 0,
-                    "ct": usage.completion_tokens if usage else 0, "est": outcome.usage_estimated,
-                    "lat": int((now - started) * 1000), "err": outcome.error_code, "created": started,
-                },
-            )
+            settled = ledger_pg.resolve(pg, reservation.hold_id, charge, now=now,
+                                        description=_description(entry, usage) if charge else "",
+                                        generation=generation)
         if settled is not None:
             return settled
     with engine.begin() as conn:
@@ -118,14 +131,40 @@ def finish_chat(
                                        description=_description(entry, usage))
         else:
             settlement = ledger.release(conn, reservation.hold_id, now=now)
-        conn.execute(_INSERT_GENERATION, {
-            "id": outcome.generation_id, "aid": principal.account_id, "kid": principal.key_id, "model": entry.id,
-            "stream": stream, "status": outcome.status, "pt": usage.prompt_tokens if usage else 0,
-            "ct": usage.completion_tokens if usage else 0, "credits": settlement.charged,
-            "est": outcome.usage_estimated, "lat": int((now - started) * 1000), "err": outcome.error_code,
-            "created": started,
-        })
+        conn.execute(_INSERT_GENERATION, {**generation, "aid": principal.account_id, "credits": settlement.charged})
     return settlement
+
+
+async def finish_chat_async(
+    pg: AsyncStatements, principal: Principal, entry: ModelEntry, reservation: Reservation, outcome: Outcome, *,
+    stream: bool, started: float,
+) -> ledger.Settlement | None:
+    """finish_chat's one-statement case on the API's event loop; None when it did not apply (a
+    capped or an already resolved hold): finish_chat then runs the transactional verbs."""
+    charge, now = _charge(entry, outcome), clock.now().timestamp()
+    async with pg.connection() as conn:
+        return await ledger_pg.resolve_async(
+            conn, reservation.hold_id, charge, now=now,
+            description=_description(entry, outcome.usage) if charge else "",
+            generation=_generation(principal, entry, outcome, stream, started, now),
+        )
+
+
+def _charge(entry: ModelEntry, outcome: Outcome) -> int:
+    usage = outcome.usage
+    return usage.total_tokens * entry.rate_micro if usage and outcome.status != "failed" else 0
+
+
+def _generation(principal: Principal, entry: ModelEntry, outcome: Outcome, stream: bool, started: float,
+                now: float) -> dict[str, Any]:
+    """The generation record's columns, as ledger_pg.resolve writes them beside the settlement."""
+    usage = outcome.usage
+    return {
+        "gid": outcome.generation_id, "gkid": principal.key_id, "model": entry.id, "stream": stream,
+        "gstatus": outcome.status, "pt": usage.prompt_tokens if usage else 0,
+        "ct": usage.completion_tokens if usage else 0, "est": outcome.usage_estimated,
+        "lat": int((now - started) * 1000), "err": outcome.error_code, "created": started,
+    }
 
 
 def _description(entry: ModelEntry, usage: Usage | None) -> str:

@@ -69,15 +69,17 @@ def reserve(
     `then_insert` is a row that must exist exactly when the hold does (a job): an
     `INSERT ... SELECT ... FROM h` that runs in the same statement, `h.id` being the new hold's id;
     if it fails (a unique key), nothing of the statement is written."""
-    if amount <= 0:
-        raise ValueError("a hold must be positive")
-    hold_id = new_id("hold")
-    sql = _RESERVE if then_insert is None else f"{_RESERVE_HEAD}, e AS ({_RESERVE_ENTRY}) {then_insert}"
-    written = conn.execute(sql, {
-        "aid": account_id, "kid": key_id, "amt": amount, "hid": hold_id, "purpose": purpose, "now": now,
-        "expires": now + ttl, "ref": f"reserve:{hold_id}", **(then_params or {}),
-    }).rowcount
-    return hold_id if written == 1 else None
+    hold_id, sql, params = _reserve_statement(account_id, key_id, amount, purpose, now, ttl, then_insert, then_params)
+    return hold_id if conn.execute(sql, params).rowcount == 1 else None
+
+
+async def reserve_async(
+    conn: psycopg.AsyncConnection[Any], *, account_id: str, key_id: str | None, amount: int, purpose: str,
+    now: float, ttl: float,
+) -> str | None:
+    """`reserve` on an async connection (the API's event loop, common.pg_async)."""
+    hold_id, sql, params = _reserve_statement(account_id, key_id, amount, purpose, now, ttl, None, None)
+    return hold_id if (await conn.execute(sql, params)).rowcount == 1 else None
 
 
 def resolve(
@@ -87,12 +89,43 @@ def resolve(
     """Settle or release an uncapped open hold, and record the generation when one is given, in
     one statement; None when it did nothing (capped or already resolved hold). `kind` is "settle"
     or "release", as common.ledger records them; by default, settle when there is a charge."""
+    sql, params = _resolve_statement(hold_id, charge, now, description, generation, kind)
+    return _settlement(hold_id, conn.execute(sql, params).fetchone())
+
+
+async def resolve_async(
+    conn: psycopg.AsyncConnection[Any], hold_id: str, charge: int, *, now: float, description: str,
+    generation: dict[str, Any] | None = None, kind: str | None = None,
+) -> ledger.Settlement | None:
+    """`resolve` on an async connection (the API's event loop, common.pg_async)."""
+    sql, params = _resolve_statement(hold_id, charge, now, description, generation, kind)
+    return _settlement(hold_id, await (await conn.execute(sql, params)).fetchone())
+
+
+def _reserve_statement(
+    account_id: str, key_id: str | None, amount: int, purpose: str, now: float, ttl: float,
+    then_insert: str | None, then_params: dict[str, Any] | None,
+) -> tuple[str, str, dict[str, Any]]:
+    if amount <= 0:
+        raise ValueError("a hold must be positive")
+    hold_id = new_id("hold")
+    sql = _RESERVE if then_insert is None else f"{_RESERVE_HEAD}, e AS ({_RESERVE_ENTRY}) {then_insert}"
+    return hold_id, sql, {
+        "aid": account_id, "kid": key_id, "amt": amount, "hid": hold_id, "purpose": purpose, "now": now,
+        "expires": now + ttl, "ref": f"reserve:{hold_id}", **(then_params or {}),
+    }
+
+
+def _resolve_statement(
+    hold_id: str, charge: int, now: float, description: str, generation: dict[str, Any] | None, kind: str | None,
+) -> tuple[str, dict[str, Any]]:
     kind = kind or ("settle" if charge > 0 else "release")
     status = {"settle": "settled", "release": "released"}[kind]
-    row = conn.execute(_RESOLVE if generation is None else _RESOLVE_WITH_GENERATION, {
+    return _RESOLVE if generation is None else _RESOLVE_WITH_GENERATION, {
         "hid": hold_id, "status": status, "kind": kind, "charge": max(0, charge), "now": now,
         "ref": f"resolve:{hold_id}", "desc": description, **(generation or {}),
-    }).fetchone()
-    if row is None:
-        return None
-    return ledger.Settlement(hold_id, int(row[0]), int(row[1]), applied=True)
+    }
+
+
+def _settlement(hold_id: str, row: tuple[Any, ...] | None) -> ledger.Settlement | None:
+    return None if row is None else ledger.Settlement(hold_id, int(row[0]), int(row[1]), applied=True)

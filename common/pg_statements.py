@@ -59,7 +59,7 @@ def first_row(engine: Engine, statement: TextClause, params: Mapping[str, Any]) 
             row = conn.execute(statement, params).first()
         return None if row is None else tuple(row)
     with connection(engine) as conn:
-        return conn.execute(_psycopg_form(statement.text), params).fetchone()  # type: ignore[arg-type]
+        return conn.execute(psycopg_form(statement.text), params).fetchone()  # type: ignore[arg-type]
 
 
 def all_mappings(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -68,11 +68,11 @@ def all_mappings(engine: Engine, statement: TextClause, params: Mapping[str, Any
         with reader(engine).connect() as conn:
             return [dict(row) for row in conn.execute(statement, params).mappings()]
     with connection(engine) as conn, conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(_psycopg_form(statement.text), params).fetchall()  # type: ignore[arg-type]
+        return cursor.execute(psycopg_form(statement.text), params).fetchall()  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=256)
-def _psycopg_form(sql: str) -> str:
+def psycopg_form(sql: str) -> str:
     """`:name` placeholders (SQLAlchemy's) as `%(name)s` (psycopg's); `::` casts left alone."""
     return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql.replace("%", "%%"))
 

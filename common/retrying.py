@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from common import pg_statements
+from common import pg_async, pg_statements
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, *pg_statements.UNREACHABLE)
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, pg_async.PoolTimeout, *pg_statements.UNREACHABLE)
 
 
 def while_database_down(fn: Callable[..., T], *args: object, patience: float = 60.0, max_delay: float = 5.0) -> T:
@@ -31,4 +32,19 @@ def while_database_down(fn: Callable[..., T], *args: object, patience: float = 6
                 raise
             log.warning("database unavailable (%s); retrying %s", type(exc).__name__, getattr(fn, "__name__", fn))
             time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+async def while_database_down_async(fn: Callable[[], Awaitable[T]], *, patience: float = 60.0,
+                                    max_delay: float = 5.0) -> T:
+    """`while_database_down` for a coroutine on the event loop (common.pg_async)."""
+    delay, deadline = min(0.25, max_delay), time.monotonic() + patience
+    while True:
+        try:
+            return await fn()
+        except DATABASE_DOWN as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("database unavailable (%s); retrying %s", type(exc).__name__, getattr(fn, "__name__", fn))
+            await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)

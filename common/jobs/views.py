@@ -17,6 +17,7 @@ from common import clock, pg_statements
 from common.db import reader
 from common.errors import NotFound
 from common.money import to_credits
+from common.pg_async import AsyncStatements
 from common.signing import sign_file_url
 from common.storage import Storage
 
@@ -80,16 +81,36 @@ def load_job_and_balance(engine: Engine, account_id: str, job_id: str, job_type:
                          ) -> tuple[JobRecord, int]:
     """The job with its files, and the account's available credits: one query for a job without
     a result yet (what a poll mostly sees), two with one."""
-    found = pg_statements.all_mappings(engine, _JOB_WITH_BALANCE, {"id": job_id, "aid": account_id})
-    if not found or (job_type is not None and found[0]["type"] != job_type):
+    params = {"id": job_id, "aid": account_id}
+    row, available, result_ids = _found(pg_statements.all_mappings(engine, _JOB_WITH_BALANCE, params), job_id,
+                                        job_type)
+    files = pg_statements.all_mappings(engine, _FILES, {"id": job_id}) if result_ids else []
+    return _record(row, files, result_ids), available
+
+
+async def load_job_and_balance_async(pg: AsyncStatements, account_id: str, job_id: str, job_type: str | None = None
+                                     ) -> tuple[JobRecord, int]:
+    """`load_job_and_balance` on the API's event loop (PostgreSQL, common.pg_async)."""
+    params = {"id": job_id, "aid": account_id}
+    row, available, result_ids = _found(await pg.all_mappings(_JOB_WITH_BALANCE, params), job_id, job_type)
+    files = await pg.all_mappings(_FILES, {"id": job_id}) if result_ids else []
+    return _record(row, files, result_ids), available
+
+
+def _found(rows: list[dict[str, Any]], job_id: str, job_type: str | None) -> tuple[dict[str, Any], int, list[str]]:
+    """The job row (another account's, or one of another type, is 404), the account's available
+    credits, and the ids of its result files."""
+    if not rows or (job_type is not None and rows[0]["type"] != job_type):
         raise NotFound(f"No {job_type or 'job'} with id {job_id}.", code=f"{job_type or 'job'}_not_found",
                        param="id")
-    row = found[0]
+    row = rows[0]
     available = int(row.pop("account_available"))
-    result_ids = json.loads(row["result"]) if row["result"] else []
-    files = pg_statements.all_mappings(engine, _FILES, {"id": job_id}) if result_ids else []
+    return row, available, json.loads(row["result"]) if row["result"] else []
+
+
+def _record(row: dict[str, Any], files: list[dict[str, Any]], result_ids: list[str]) -> JobRecord:
     ordered = {f["id"]: f for f in files}
-    return JobRecord(row, [ordered[i] for i in result_ids if i in ordered]), available
+    return JobRecord(row, [ordered[i] for i in result_ids if i in ordered])
 
 
 def list_jobs(engine: Engine, account_id: str, *, job_type: str | None, limit: int, after: str | None,
