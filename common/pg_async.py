@@ -44,7 +44,7 @@ class PoolTimeout(Exception):
 
 class AsyncStatements:
     def __init__(self, conninfo: str, size: int, *, timeout: float = 10.0, recycle: float = 1800.0) -> None:
-        self._conninfo = conninfo
+        self.conninfo = conninfo
         self._slots = asyncio.Semaphore(size)
         self._idle: list[tuple[psycopg.AsyncConnection[Any], float]] = []  # (connection, opened at); LIFO
         self._timeout = timeout
@@ -84,6 +84,10 @@ class AsyncStatements:
         finally:
             self._slots.release()
 
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
     async def first_row(self, statement: TextClause, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         async with self.connection() as conn:
             cursor = await conn.execute(psycopg_form(statement.text), params)  # type: ignore[arg-type]
@@ -106,7 +110,7 @@ class AsyncStatements:
             if not conn.closed and now - opened < self._recycle:
                 return conn, opened
             await _close(conn)
-        conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
+        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True,
                                                      connect_timeout=CONNECT_TIMEOUT_SECONDS)
         return conn, now
 

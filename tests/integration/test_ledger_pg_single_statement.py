@@ -1,16 +1,77 @@
 """The one-statement PostgreSQL verbs (common.ledger_pg) move money exactly like the transactional
 verbs of common.ledger: the same random sequence runs through both (PostgreSQL and SQLite) and
-every step ends in the same numbers, with the ledger invariants holding throughout."""
+every step ends in the same numbers, with the ledger invariants holding throughout. The verbs run
+in both their forms: on the thread path's connections (common.pg_statements) and on the API's
+event loop (common.pg_async)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Iterator
+from typing import Any, Protocol
 
+import pytest
 from sqlalchemy import Engine, text
 
 from common import ledger, ledger_pg, pg_statements
 from common.money import MICRO
+from common.pg_async import AsyncStatements
 from tests.conftest import create_test_account
+
+
+class Verbs(Protocol):
+    def reserve(self, **kw: Any) -> str | None: ...
+    def resolve(self, hold_id: str, charge: int, **kw: Any) -> ledger.Settlement | None: ...
+
+
+class ThreadForm:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def reserve(self, **kw: Any) -> str | None:
+        with pg_statements.connection(self.engine) as pg:
+            return ledger_pg.reserve(pg, **kw)
+
+    def resolve(self, hold_id: str, charge: int, **kw: Any) -> ledger.Settlement | None:
+        with pg_statements.connection(self.engine) as pg:
+            return ledger_pg.resolve(pg, hold_id, charge, **kw)
+
+
+class LoopForm:
+    """The async verbs on one event loop that lives across the calls, as the API's does."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.runner = asyncio.Runner()
+        pg = AsyncStatements.for_engine(engine)
+        assert pg is not None
+        self.pg = pg
+
+    def reserve(self, **kw: Any) -> str | None:
+        async def run() -> str | None:
+            async with self.pg.connection() as conn:
+                return await ledger_pg.reserve_async(conn, **kw)
+        return self.runner.run(run())
+
+    def resolve(self, hold_id: str, charge: int, **kw: Any) -> ledger.Settlement | None:
+        async def run() -> ledger.Settlement | None:
+            async with self.pg.connection() as conn:
+                return await ledger_pg.resolve_async(conn, hold_id, charge, **kw)
+        return self.runner.run(run())
+
+    def close(self) -> None:
+        self.runner.run(self.pg.close_idle())
+        self.runner.close()
+
+
+@pytest.fixture(params=["thread", "loop"])
+def verbs(request: pytest.FixtureRequest, pg_engine: Engine) -> Iterator[Verbs]:
+    if request.param == "thread":
+        yield ThreadForm(pg_engine)
+        return
+    form = LoopForm(pg_engine)
+    yield form
+    form.close()
 
 
 def _numbers(engine: Engine, account_id: str) -> tuple[int, int, int, int, int, int]:
@@ -30,7 +91,7 @@ def _generation(i: int, key_id: str) -> dict[str, object]:
             "ct": 1, "est": False, "lat": 1, "err": None, "created": 1.0}
 
 
-def test_one_statement_verbs_match_the_transactional_ones(pg_engine: Engine, engine: Engine) -> None:
+def test_one_statement_verbs_match_the_transactional_ones(pg_engine: Engine, engine: Engine, verbs: Verbs) -> None:
     pg_account = create_test_account(pg_engine, "free")
     lite_account = create_test_account(engine, "free")
     for eng, acct in ((pg_engine, pg_account), (engine, lite_account)):
@@ -43,9 +104,8 @@ def test_one_statement_verbs_match_the_transactional_ones(pg_engine: Engine, eng
     for step in range(400):
         if not open_pg or rng.random() < 0.55:
             amount = rng.randint(1, 400) * MICRO // 4 + rng.randint(0, 999)
-            with pg_statements.connection(pg_engine) as pg:
-                pg_hold = ledger_pg.reserve(pg, account_id=pg_account.account_id, key_id=pg_account.key_id,
-                                            amount=amount, purpose="t", now=2.0, ttl=600)
+            pg_hold = verbs.reserve(account_id=pg_account.account_id, key_id=pg_account.key_id, amount=amount,
+                                    purpose="t", now=2.0, ttl=600)
             try:
                 with engine.begin() as conn:
                     lite_hold: str | None = ledger.reserve(conn, account_id=lite_account.account_id,
@@ -62,9 +122,8 @@ def test_one_statement_verbs_match_the_transactional_ones(pg_engine: Engine, eng
             pg_hold, lite_hold = open_pg.pop(index), open_lite.pop(index)
             charge = rng.choice([0, rng.randint(1, 3 * MICRO), 10**12])  # nothing, some, more than held
             record = _generation(step, pg_account.key_id) if step % 2 else None  # chat's form, then billing's
-            with pg_statements.connection(pg_engine) as pg:
-                settled = ledger_pg.resolve(pg, pg_hold, charge, now=3.0, description="d", generation=record)
-                again = ledger_pg.resolve(pg, pg_hold, charge, now=3.0, description="d", generation=record)
+            settled = verbs.resolve(pg_hold, charge, now=3.0, description="d", generation=record)
+            again = verbs.resolve(pg_hold, charge, now=3.0, description="d", generation=record)
             with engine.begin() as conn:
                 expected = (ledger.settle(conn, lite_hold, charge, now=3.0) if charge
                             else ledger.release(conn, lite_hold, now=3.0))
@@ -81,16 +140,14 @@ def test_one_statement_verbs_match_the_transactional_ones(pg_engine: Engine, eng
     assert recorded["count"] > 25
 
 
-def test_a_capped_hold_is_left_to_the_transactional_verb(pg_engine: Engine) -> None:
+def test_a_capped_hold_is_left_to_the_transactional_verb(pg_engine: Engine, verbs: Verbs) -> None:
     account = create_test_account(pg_engine, "free")
     with pg_engine.begin() as conn:
         conn.execute(text("UPDATE api_keys SET daily_cap = :c WHERE id = :k"), {"c": 100 * MICRO, "k": account.key_id})
         hold = ledger.reserve(conn, account_id=account.account_id, key_id=account.key_id, amount=10 * MICRO,
                               purpose="t", now=1.0, ttl=60, cap_day="2026-11-22")
-    with pg_statements.connection(pg_engine) as pg:
-        assert ledger_pg.resolve(pg, hold, MICRO, now=2.0, description="d",
-                                 generation=_generation(1, account.key_id)) is None
-        assert ledger_pg.resolve(pg, hold, MICRO, now=2.0, description="d") is None
+    assert verbs.resolve(hold, MICRO, now=2.0, description="d", generation=_generation(1, account.key_id)) is None
+    assert verbs.resolve(hold, MICRO, now=2.0, description="d") is None
     with pg_engine.begin() as conn:
         assert ledger.settle(conn, hold, MICRO, now=2.0).applied
     _numbers(pg_engine, account.account_id)

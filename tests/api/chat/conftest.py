@@ -58,12 +58,20 @@ def make_gateway(tmp_path: Path, _migrated_sqlite: Path) -> Iterator[GatewayFact
             engines.append(engine)
             from api.app import create_app
 
-            url = stack.enter_context(serve_app(create_app(settings)))
-            return Gateway(settings, engine, url)
+            app = create_app(settings)
+            url = stack.enter_context(serve_app(app))
+            return Gateway(settings, engine, url, app)
 
         yield make
     for engine in engines:
         engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Gateway settings for each database, for the tests of money paths that differ between them
+    (on PostgreSQL the key lookup, reserve and settle run on the event loop: common.pg_async)."""
+    return {"database_url": request.getfixturevalue("pg_url")} if request.param == "postgres" else {}
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ class Gateway:
     settings: Settings
     engine: Engine
     url: str  # root, e.g. http://127.0.0.1:PORT
+    app: Any = None  # the app object it serves (its services), when started in this process
 
     @property
     def api(self) -> str:

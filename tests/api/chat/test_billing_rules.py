@@ -60,8 +60,8 @@ def reserved_generation_ids(http: httpx.Client) -> list[str]:
 
 
 @pytest.fixture
-def gw(upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream) -> Gateway:
-    return upstream_gateway(openai=openai_fake, upstream_retries=2, upstream_backoff_seconds=0.01)
+def gw(upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream, database: dict[str, str]) -> Gateway:
+    return upstream_gateway(openai=openai_fake, upstream_retries=2, upstream_backoff_seconds=0.01, **database)
 
 
 # --- reservation ---------------------------------------------------------------------------------
@@ -131,6 +131,35 @@ def test_the_charge_never_exceeds_the_hold_even_when_the_upstream_reports_more(
     assert before.balance - after.balance == hold["amount"]
 
 
+def test_a_keys_daily_cap_bounds_its_chats_and_refuses_past_it(gw: Gateway) -> None:
+    """A capped key takes the transactional path (on PostgreSQL too): its holds count against the cap."""
+    account = gw.account()
+    hold = (PROMPT + 10) * RATE
+    with gw.http(account) as http:
+        created = http.post("/keys", json={"name": "capped", "daily_credit_cap": hold / MICRO})
+    assert created.status_code == 201, created.text
+    capped = created.json()["key"]
+    with httpx.Client(base_url=gw.api, headers={"Authorization": f"Bearer {capped}"}, trust_env=False) as http:
+        first = chat(http, max_tokens=10)
+        assert first.status_code == 200, first.text
+        before = books(gw.engine, account.account_id)
+        second = chat(http, max_tokens=10)
+    assert (second.status_code, second.json()["error"]["code"]) == (402, "key_daily_cap_reached")
+    assert hold_for(gw.engine, first.json()["id"])["charged"] == USAGE * RATE
+    assert assert_books_balance(gw.engine, account.account_id) == before
+
+
+def test_on_postgresql_the_money_statements_run_on_the_event_loop(gw: Gateway) -> None:
+    services = gw.app.state.services
+    account = gw.account()
+    with gw.http(account) as http:
+        assert chat(http, max_tokens=10).status_code == 200
+    if gw.settings.is_sqlite:
+        assert services.pg is None
+    else:  # the lookup, the hold and the settlement used the loop's pool, which kept its connection
+        assert services.pg is not None and services.pg.idle_count >= 1
+
+
 # --- upstream failures ---------------------------------------------------------------------------
 
 
@@ -173,9 +202,9 @@ def test_an_upstream_401_is_a_502_upstream_auth_never_a_401_and_is_not_retried(
 
 
 def test_an_upstream_that_does_not_answer_in_time_is_a_504(
-    upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream,
+    upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream, database: dict[str, str],
 ) -> None:
-    gw = upstream_gateway(openai=openai_fake, upstream_read_timeout=0.3, upstream_retries=1)
+    gw = upstream_gateway(openai=openai_fake, upstream_read_timeout=0.3, upstream_retries=1, **database)
     openai_fake.behaviour = Behaviour(hang=3.0)
     account = gw.account()
     before = books(gw.engine, account.account_id)

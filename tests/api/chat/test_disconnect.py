@@ -71,10 +71,10 @@ def assert_cancelled_and_settled(gw: Gateway, account: TestAccount, generation_i
 
 
 def test_a_client_leaving_mid_stream_is_charged_for_what_was_produced(
-    upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream,
+    upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream, database: dict[str, str],
 ) -> None:
     openai_fake.behaviour = Behaviour(chunks=[f"word{i} " for i in range(400)], chunk_delay=0.01)
-    gw = upstream_gateway(openai=openai_fake)
+    gw = upstream_gateway(openai=openai_fake, **database)
     account = gw.account()
     before = books(gw.engine, account.account_id)
 
@@ -100,11 +100,11 @@ def test_a_client_leaving_a_slow_simulated_stream_is_charged_for_what_was_produc
 
 
 def test_a_client_that_gives_up_before_the_first_token_leaves_no_open_hold(
-    upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream,
+    upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream, database: dict[str, str],
 ) -> None:
     """The client times out while the upstream is slow to start; the upstream then answers."""
     openai_fake.behaviour = Behaviour(hang=1.0, chunks=[f"word{i} " for i in range(400)], chunk_delay=0.01)
-    gw = upstream_gateway(openai=openai_fake)
+    gw = upstream_gateway(openai=openai_fake, **database)
     account = gw.account()
     before = books(gw.engine, account.account_id)
 
@@ -123,12 +123,12 @@ def test_a_client_that_gives_up_before_the_first_token_leaves_no_open_hold(
 
 
 def test_a_client_that_stops_reading_and_leaves_is_settled_at_once(
-    upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream,
+    upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream, database: dict[str, str],
 ) -> None:
     """A fast upstream and a client that stops reading: the gateway's writes back up (the body
     generator waits at a `yield`, not at the upstream) when the client hangs up."""
     openai_fake.behaviour = Behaviour(chunks=["x" * 16000 + " "] * 4000)
-    gw = upstream_gateway(openai=openai_fake)
+    gw = upstream_gateway(openai=openai_fake, **database)
     account = gw.account()
     before = books(gw.engine, account.account_id)
 
