@@ -17,9 +17,9 @@ from bench import _procs
 # deepest GENERIC frame (framework layers), else "other". Paths are rooted (see rooted).
 ANCHORS = [
     ("threadpool handoff (anyio)", r"^(run_in_threadpool|run_sync|run_sync_in_worker_thread) \("),
-    ("auth: key query + reset + touch", r"^(_authenticate|get_principal|_bearer) \(/api/deps\.py"),
-    ("reserve (ledger)", r"^reserve_chat[ .]"),
-    ("settle + generation insert", r"^finish_chat \("),
+    ("auth: key query + reset + touch", r"^(_authenticate|authenticate|get_principal|_bearer) \(/api/deps\.py"),
+    ("reserve (ledger)", r"^reserve_chat(_async)?[ .]"),
+    ("settle + generation insert", r"^(finish_chat|finish_chat_async|_settle) \("),
     ("hold sweeper", r"^(_sweep_holds|expire_holds) \("),
     ("rate limit (limits + redis)", r"/common/ratelimit\.py|/redis/|/limits/"),
     ("upstream call (adapter + httpx)", r"/common/providers/"),
@@ -28,7 +28,7 @@ ANCHORS = [
 ]
 GENERIC = [
     ("upstream call (adapter + httpx)", r"/httpcore/|/httpx/|/h11/"),  # a stack the sampler cut short
-    ("DB work, stack cut short by the sampler", r"/psycopg/|/sqlalchemy/"),
+    ("DB work, stack cut short by the sampler", r"/psycopg/|/sqlalchemy/|/common/pg_async\.py"),
     ("FastAPI deps, body parse, validation", r"/fastapi/dependencies/|/fastapi/routing\.py|/pydantic|/fastapi/_"),
     ("errors/middleware/metrics (own)", r"/api/middleware\.py|/api/errors\.py|/api/observability\.py|/prometheus"),
     ("starlette routing/responses", r"/starlette/"),
@@ -55,7 +55,9 @@ LIBS = [("psycopg (driver)", r"/psycopg/"), ("SQLAlchemy", r"/sqlalchemy/"),
         ("redis-py + limits", r"/redis/|/limits/"), ("pydantic", r"/pydantic"), ("FastAPI", r"/fastapi/"),
         ("starlette", r"/starlette/"), ("uvicorn", r"/uvicorn/|httptools"), ("anyio", r"/anyio/"),
         ("asyncio/uvloop", r"asyncio/|uvloop"), ("Helyx code (api/, common/)", r"\(/(api|common|workers)/"),
-        ("json/orjson", r"json"), ("threading/queue/stdlib", r"\.py")]
+        ("logging + python-json-logger", r"/logging/|/pythonjsonlogger/"),
+        ("prometheus_client", r"/prometheus_client/"), ("json/orjson", r"json"),
+        ("threading/queue/other stdlib", r"\.py")]
 
 
 def profile(pid: int, seconds: float, out: Path) -> Path | None:

@@ -4,12 +4,12 @@ attribution at concurrency 1 (never used in production):
     uvicorn bench._timed_app:app      GET /bench/timings -> per-phase medians; DELETE resets
 
 Per request (a context variable, so it also works under concurrency). Timed: the whole request
-(outermost ASGI wrapper), authentication (key query + daily reset +
-touch, inside the threadpool), the rate-limit call (Redis), the reservation and the
-settlement+generation insert (inside the threadpool), the upstream call (httpx), and every
-threadpool hop (time from the event loop's await to the thread starting and back, minus the
-work inside). `other` is the rest: routing, body parsing and validation, JSON rendering,
-middleware, uvicorn.
+(outermost ASGI wrapper), authentication (the key query: on the event loop with PostgreSQL,
+else with the daily reset and touch inside the threadpool), the rate-limit call (Redis), the
+reservation and the settlement+generation insert (on the event loop with PostgreSQL, else
+inside the threadpool), the upstream call (httpx), and every threadpool hop (time from the event
+loop's await to the thread starting and back, minus the work inside). `other` is the rest:
+routing, body parsing and validation, JSON rendering, middleware, uvicorn.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from api import chat_flow, deps
-from common import chat_billing
+from common import accounts, chat_billing
 from common.providers.openai_compat import OpenAICompatProvider
 from common.ratelimit import RateLimiter
 
@@ -83,6 +83,9 @@ deps.run_in_threadpool = _timed_threadpool(deps.run_in_threadpool)
 chat_flow.run_in_threadpool = _timed_threadpool(chat_flow.run_in_threadpool)
 chat_billing.reserve_chat = _timed_sync("reserve (ledger)", chat_billing.reserve_chat)
 chat_billing.finish_chat = _timed_sync("settle + generation insert", chat_billing.finish_chat)
+accounts.authenticate_async = _timed_async("auth (key query, reset check, touch)", accounts.authenticate_async)
+chat_billing.reserve_chat_async = _timed_async("reserve (ledger)", chat_billing.reserve_chat_async)
+chat_billing.finish_chat_async = _timed_async("settle + generation insert", chat_billing.finish_chat_async)
 RateLimiter.hit = _timed_async("rate limit (Redis)", RateLimiter.hit)  # type: ignore[method-assign]
 OpenAICompatProvider.complete = _timed_async(  # type: ignore[method-assign]
     "upstream call (httpx + fake)", OpenAICompatProvider.complete)
@@ -108,6 +111,8 @@ import psycopg  # noqa: E402
 from redis.asyncio.connection import AbstractConnection  # noqa: E402
 
 psycopg.Connection.wait = _counting("#count PostgreSQL round trips", psycopg.Connection.wait)  # type: ignore
+psycopg.AsyncConnection.wait = _counting_async(  # type: ignore[method-assign]
+    "#count PostgreSQL round trips", psycopg.AsyncConnection.wait)
 AbstractConnection.send_packed_command = _counting_async(  # type: ignore[method-assign]
     "#count Redis commands sent", AbstractConnection.send_packed_command)
 

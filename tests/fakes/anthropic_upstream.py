@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.upstream import Behaviour, DroppedConnection, FakeUpstream, TrackedStream, running
+from tests.fakes.upstream import Behaviour, FakeUpstream, TrackedStream, drop_connection, running
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -69,7 +69,7 @@ async def _stream(b: Behaviour, model: str) -> AsyncGenerator[bytes, None]:
             yield _event("error", {"error": error})
             return
         if sent == b.drop_after_chunks:
-            raise DroppedConnection
+            await drop_connection()
         if b.chunk_delay:
             await asyncio.sleep(b.chunk_delay)
         yield _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.upstream import Behaviour, DroppedConnection, FakeUpstream, TrackedStream, running
+from tests.fakes.upstream import Behaviour, FakeUpstream, TrackedStream, drop_connection, running
 
 _STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
              404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
@@ -77,7 +77,7 @@ async def _stream(b: Behaviour, model: str) -> AsyncGenerator[bytes, None]:
             yield _event(_error(b, 500))
             return
         if sent == b.drop_after_chunks:
-            raise DroppedConnection
+            await drop_connection()
         if b.chunk_delay:
             await asyncio.sleep(b.chunk_delay)
         yield _event(_response(b, model, piece, final=sent == len(pieces) - 1))

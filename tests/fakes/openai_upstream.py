@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.upstream import Behaviour, DroppedConnection, FakeUpstream, TrackedStream, running
+from tests.fakes.upstream import Behaviour, FakeUpstream, TrackedStream, drop_connection, running
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 429: "rate_limit_error"}
@@ -79,7 +79,7 @@ async def _stream(b: Behaviour, model: str, include_usage: bool) -> AsyncGenerat
             yield _event({"error": {"message": b.error_message, "type": "server_error"}})
             return
         if sent == b.drop_after_chunks:
-            raise DroppedConnection
+            await drop_connection()
         if b.chunk_delay:
             await asyncio.sleep(b.chunk_delay)
         yield chunk({"content": piece})

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 from starlette.applications import Starlette
@@ -136,6 +136,18 @@ class TrackedStream(StreamingResponse):
 
 class DroppedConnection(Exception):
     """Raised by a fake's stream to make uvicorn abort the connection mid-response."""
+
+
+DROP_AFTER_SECONDS = 0.2
+
+
+async def drop_connection() -> NoReturn:
+    """Break the stream a moment after the last chunk sent, so the chunks before the break reach
+    the client first: an abort that lands together with them can discard them in the receiving
+    kernel or client before anyone reads them, which would make "what was sent before the break"
+    a race rather than a fact the tests can check."""
+    await asyncio.sleep(DROP_AFTER_SECONDS)
+    raise DroppedConnection
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
