@@ -62,11 +62,14 @@ class AsyncStatements:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """An autocommit connection, back to the pool after, unless the database dropped it."""
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise PoolTimeout(f"no database connection free within {self._timeout} s") from None
+        if self._slots.locked():  # a deadline only when there is a wait (it costs as much as a statement's send)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise PoolTimeout(f"no database connection free within {self._timeout} s") from None
+        else:
+            await self._slots.acquire()  # returns at once
         try:
             conn, opened = await self._checkout()
             try:

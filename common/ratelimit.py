@@ -7,11 +7,15 @@ request fail with 503 rather than pass unlimited.
 
 The Redis connections are a blocking pool: a burst of more concurrent requests than the pool
 holds waits (up to that same second) for a free connection, rather than failing at once as
-redis-py's default pool does when its 100 connections are in use.
+redis-py's default pool does when its 100 connections are in use. The second is one deadline
+around the whole check, not a socket timeout per command: redis-py runs every write under a
+socket timeout as a separate task (`asyncio.wait_for`), which cost more than the write itself.
+redis-py drops a connection whose command was interrupted, so none is reused mid-reply.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -48,8 +52,8 @@ class RateLimiter:
         storage: Storage
         if settings.redis_url:
             pool = redis.asyncio.BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_TIMEOUT_SECONDS,
-                socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=None, socket_timeout=None,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
             storage = RedisStorage("async+" + settings.redis_url, implementation="redispy", key_prefix="helyx-rl",
                                    connection_pool=pool)
@@ -64,8 +68,9 @@ class RateLimiter:
         """Count one request for `key_id`; RateLimited (with Retry-After) when over the plan's rate."""
         item = self._items[plan]
         try:
-            allowed = await self._limiter.hit(item, key_id)
-            stats = await self._limiter.get_window_stats(item, key_id)
+            async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
+                allowed = await self._limiter.hit(item, key_id)
+                stats = await self._limiter.get_window_stats(item, key_id)
         except Exception as exc:
             raise ServiceUnavailable("Rate limiting is unavailable; try again shortly.") from exc
         decision = RateDecision(item.amount, max(0, stats.remaining), stats.reset_time - time.time())

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     port: int = 8000
     web_workers: int = 1
     shutdown_grace_seconds: float = 30.0
+    opentelemetry: bool = Field(
+        default=False, description="FastAPI's native OpenTelemetry (spans, metrics) through the global providers"
+    )
 
     # Simulation (the offline provider)
     simulate: Literal["auto", "1", "0"] = "auto"
@@ -93,7 +96,6 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = 1.0
 
     # Logs
-    log_prompts: bool = False
     log_level: str = "INFO"
 
     @property

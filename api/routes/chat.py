@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from api.chat_flow import create_completion
-from api.deps import PrincipalDep, ServicesDep
+from api.deps import PrincipalDep
 from api.schemas.chat import ChatCompletionRequest
 from api.schemas.responses import ChatCompletion, doc
 
@@ -17,6 +17,5 @@ _CHAT_RESPONSES[200]["content"] = {"text/event-stream": {"schema": {"type": "str
 
 @router.post("/chat/completions", summary="Create a chat completion (OpenAI shape; SSE with stream=true)",
              responses=_CHAT_RESPONSES)
-async def chat_completions(body: ChatCompletionRequest, request: Request, principal: PrincipalDep,
-                           services: ServicesDep) -> Response:
-    return await create_completion(services, principal, body, getattr(request.state, "log", {}))
+async def chat_completions(body: ChatCompletionRequest, request: Request, principal: PrincipalDep) -> Response:
+    return await create_completion(request.app.state.services, principal, body, getattr(request.state, "log", {}))

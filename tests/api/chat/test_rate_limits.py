@@ -3,6 +3,9 @@ with Redis, one counter shared by every API process."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import httpx
 import pytest
 
@@ -78,6 +81,25 @@ def test_a_rate_limit_store_that_does_not_answer_fails_closed_with_503(make_gate
 
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "server_error"
+    assert assert_books_balance(gateway.engine, account.account_id) == before
+
+
+def test_a_rate_limit_store_that_accepts_but_never_answers_fails_closed_with_503_within_its_deadline(
+        make_gateway: GatewayFactory) -> None:
+    """A frozen Redis (the connection is accepted, no reply ever comes): one deadline of about a
+    second around the whole check, then 503, and nothing charged."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel accepts; nobody ever reads or writes
+        gateway = make_gateway(redis_url=f"redis://127.0.0.1:{silent.getsockname()[1]}/0", simulate="1")
+        account = gateway.account()
+        before = assert_books_balance(gateway.engine, account.account_id)
+        started = time.monotonic()
+        response = chat(gateway, account)
+        took = time.monotonic() - started
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["type"] == "server_error"
+    assert 0.9 < took < 3.0
     assert assert_books_balance(gateway.engine, account.account_id) == before
 
 
