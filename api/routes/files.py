@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from api.deps import ServicesDep, get_principal
+from api.deps import ServicesDep, authenticate
 from api.schemas.responses import doc
 from common import clock
 from common.errors import NotFound
@@ -28,7 +28,7 @@ async def file_content(file_id: str, request: Request, services: ServicesDep,
         file_id, expires, signature, services.signing_secret, int(clock.now().timestamp()))
     stored = await run_in_threadpool(find_file, services.engine, file_id)
     if not signed:
-        principal = await get_principal(request, services)
+        principal = await authenticate(request, services)
         if principal.account_id != stored["account_id"]:
             raise NotFound(f"No file {file_id}", code="file_not_found", param="id")
     return StreamingResponse(services.storage.iter_chunks(stored["storage_key"]), media_type=stored["content_type"],
