@@ -51,7 +51,7 @@ class AnthropicProvider:
     def __init__(self, client: httpx.AsyncClient, base_url: str, api_key: str | None) -> None:
         self._client = client
         root = base_url.rstrip("/")
-        self._url = root + ("/messages" if root.endswith("/v1") else "/v1/messages")
+        self._url = httpx.URL(root + ("/messages" if root.endswith("/v1") else "/v1/messages"))  # parsed once
         self._api_key = api_key
 
     def _headers(self) -> dict[str, str]:

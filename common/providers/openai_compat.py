@@ -31,7 +31,7 @@ _OPTIONAL = ("temperature", "top_p", "stop", "presence_penalty", "frequency_pena
 class OpenAICompatProvider:
     def __init__(self, client: httpx.AsyncClient, base_url: str, api_key: str | None) -> None:
         self._client = client
-        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")  # parsed once, not per request
         self._api_key = api_key
 
     def _headers(self) -> dict[str, str]:
