@@ -59,14 +59,23 @@ async def authenticate(request: Request, services: Services) -> Principal:
     rare writes (a daily reset, the once-a-minute last use) take a trip to the thread pool."""
     if services.pg is None:
         principal = await run_in_threadpool(_authenticate, services, _bearer(request))
-    else:
-        now = clock.now().timestamp()
-        principal = await accounts.authenticate_async(services.pg, _bearer(request), now=now)
-        if billing.reset_due(principal.allowance_day, services.settings.timezone) or \
-                accounts.needs_touch(principal, now):
-            await run_in_threadpool(_after_authentication, services, principal, now)
-    _remember(request, principal)
+        _remember(request, principal)
+        return principal
+    now = clock.now().timestamp()
+    principal = await accounts.authenticate_async(services.pg, _bearer(request), now=now)
+    await after_lookup(request, services, principal, now)
     return principal
+
+
+async def after_lookup(request: Request, services: Services, principal: Principal, now: float) -> bool:
+    """After a key lookup on the event loop: the rare writes (the account's daily reset, the key's
+    last use) in the thread pool, and the caller remembered for the logs. True when a daily
+    reset ran (what was read with the key, the balance, is then out of date)."""
+    reset_due = billing.reset_due(principal.allowance_day, services.settings.timezone)
+    if reset_due or accounts.needs_touch(principal, now):
+        await run_in_threadpool(_after_authentication, services, principal, now)
+    _remember(request, principal)
+    return reset_due
 
 
 async def get_principal(request: Request) -> Principal:

@@ -10,12 +10,13 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Caller, authenticate
+from api.deps import Caller, after_lookup
 from api.services import Services
+from common import clock
 from common.accounts import Principal
 from common.errors import InvalidRequest
 from common.jobs.submit import submit_job
-from common.jobs.views import JobRecord, Linker, load_job_and_balance, load_job_and_balance_async
+from common.jobs.views import JobRecord, Linker, load_job_and_balance, load_job_and_balance_async, poll_job_async
 from common.ssrf import WebhookHostUnresolved, check_url
 
 log = logging.getLogger("helyx.api")
@@ -71,8 +72,11 @@ async def read_as(caller: Caller, job_id: str, job_type: str | None = None) -> t
     PostgreSQL, else in one trip to the thread pool."""
     services = caller.services
     if services.pg is not None:
-        principal = await authenticate(caller.request, services)
-        return await load_job_and_balance_async(services.pg, principal.account_id, job_id, job_type)
+        now = clock.now().timestamp()
+        principal, record, remaining = await poll_job_async(services.pg, caller.token, job_id, job_type, now=now)
+        if await after_lookup(caller.request, services, principal, now):  # a daily reset: the balance moved
+            return await load_job_and_balance_async(services.pg, principal.account_id, job_id, job_type)
+        return record, remaining
 
     def work() -> tuple[JobRecord, int]:
         principal = caller.authenticate()

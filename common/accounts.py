@@ -21,9 +21,12 @@ from common.plans import daily_allowance_micro, is_plan
 
 LAST_USED_RESOLUTION = 60.0
 
+# What a principal is made of, in principal_from_row's order (k: api_keys, a: accounts).
+PRINCIPAL_COLUMNS = ("k.id", "k.account_id", "k.expires_at", "k.revoked_at", "k.daily_cap", "k.last_used_at",
+                     "k.prefix", "a.plan", "a.allowance_day")
 _AUTH = text(
-    "SELECT k.id, k.account_id, k.expires_at, k.revoked_at, k.daily_cap, k.last_used_at, k.prefix,"
-    " a.plan, a.allowance_day FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.key_hash = :h"
+    f"SELECT {', '.join(PRINCIPAL_COLUMNS)} FROM api_keys k JOIN accounts a ON a.id = k.account_id"
+    " WHERE k.key_hash = :h"
 )
 
 
@@ -118,17 +121,19 @@ def authenticate(engine: Engine, presented: str | None, *, now: float) -> Princi
     """The principal for a presented `hx-` key, or AuthenticationFailed.
 
     A malformed key (wrong shape or checksum) is refused before any database query."""
-    params = _lookup(presented)
-    return _principal(pg_statements.first_row(engine, _AUTH, params), now)
+    params = lookup_params(presented)
+    return principal_from_row(pg_statements.first_row(engine, _AUTH, params), now)
 
 
 async def authenticate_async(pg: AsyncStatements, presented: str | None, *, now: float) -> Principal:
     """`authenticate` on the API's event loop (PostgreSQL, common.pg_async)."""
-    params = _lookup(presented)
-    return _principal(await pg.first_row(_AUTH, params), now)
+    params = lookup_params(presented)
+    return principal_from_row(await pg.first_row(_AUTH, params), now)
 
 
-def _lookup(presented: str | None) -> dict[str, str]:
+def lookup_params(presented: str | None) -> dict[str, str]:
+    """The key lookup's parameters (`:h`, the key's hash); a missing or malformed key is refused
+    here, before any query."""
     if not presented:
         raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer hx-...'.", code="missing_api_key")
     if not keys.is_well_formed(presented):
@@ -136,7 +141,9 @@ def _lookup(presented: str | None) -> dict[str, str]:
     return {"h": keys.hash_key(presented)}
 
 
-def _principal(row: tuple[Any, ...] | None, now: float) -> Principal:
+def principal_from_row(row: tuple[Any, ...] | None, now: float) -> Principal:
+    """The principal from PRINCIPAL_COLUMNS' values, or AuthenticationFailed (unknown, revoked or
+    expired key)."""
     if row is None:
         raise AuthenticationFailed("Invalid API key.")
     key_id, account_id, expires_at, revoked_at, daily_cap, last_used, prefix, plan, day = row

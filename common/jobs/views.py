@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from common import clock, pg_statements
+from common import accounts, clock, pg_statements
+from common.accounts import Principal
 from common.db import reader
 from common.errors import NotFound
 from common.money import to_credits
@@ -69,6 +70,21 @@ _JOB_WITH_BALANCE = text(
     " WHERE j.id = :id AND j.account_id = :aid"
 )
 _FILES = text(f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id = :id ORDER BY id")
+# A poll on PostgreSQL, in one statement: the caller's key and account (aliased `p_*`), the job if it
+# is theirs (NULL columns when not), the available credits, and the job's files as a JSON list.
+_PRINCIPAL_ALIASES = [f"p_{i}" for i in range(len(accounts.PRINCIPAL_COLUMNS))]
+_FILES_JSON = (
+    "(SELECT json_agg(json_build_object("
+    + ", ".join(f"'{c.strip()}', f.{c.strip()}" for c in _FILE_COLUMNS.split(","))
+    + ") ORDER BY f.id) FROM files f WHERE f.job_id = j.id) AS files_json"
+)
+_POLL = text(
+    "SELECT " + ", ".join(f"{c} AS {a}" for c, a in zip(accounts.PRINCIPAL_COLUMNS, _PRINCIPAL_ALIASES, strict=True))
+    + ", " + ", ".join(f"j.{c.strip()}" for c in _JOB_COLUMNS.split(","))
+    + ", a.allowance + a.topup - a.held AS account_available, " + _FILES_JSON
+    + " FROM api_keys k JOIN accounts a ON a.id = k.account_id"
+    " LEFT JOIN jobs j ON j.id = :id AND j.account_id = k.account_id WHERE k.key_hash = :h"
+)
 _FILE_BY_ID = text(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = :id")
 
 
@@ -95,6 +111,19 @@ async def load_job_and_balance_async(pg: AsyncStatements, account_id: str, job_i
     row, available, result_ids = _found(await pg.all_mappings(_JOB_WITH_BALANCE, params), job_id, job_type)
     files = await pg.all_mappings(_FILES, {"id": job_id}) if result_ids else []
     return _record(row, files, result_ids), available
+
+
+async def poll_job_async(pg: AsyncStatements, presented: str | None, job_id: str, job_type: str | None,
+                         *, now: float) -> tuple[Principal, JobRecord, int]:
+    """Authenticate and read the job, its files and the available credits in one statement (a
+    poll's whole database work on PostgreSQL). The key is judged first: a bad key is 401 whether
+    or not the job exists; then another account's job, or one of another type, is 404."""
+    rows = await pg.all_mappings(_POLL, {**accounts.lookup_params(presented), "id": job_id})
+    row = rows[0] if rows else {}
+    principal = accounts.principal_from_row(tuple(row.pop(a) for a in _PRINCIPAL_ALIASES) if row else None, now)
+    files = row.pop("files_json", None) or []
+    job, available, result_ids = _found(rows if row["id"] is not None else [], job_id, job_type)
+    return principal, _record(job, files, result_ids), available
 
 
 def _found(rows: list[dict[str, Any]], job_id: str, job_type: str | None) -> tuple[dict[str, Any], int, list[str]]:
