@@ -2,7 +2,7 @@
 so a stream is logged when it ends, with its tokens and credits).
 
 Handlers add fields for the line to `request.state.log` (a dict): account, key prefix, model,
-tokens, credits. Never a full key; never a prompt unless HELYX_LOG_PROMPTS is on.
+tokens, credits. Never a full key; never a prompt.
 """
 
 from __future__ import annotations

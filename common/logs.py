@@ -1,8 +1,7 @@
 """Structured logs: one JSON object per line (python-json-logger), for every process.
 
 Request lines come from api.observability; job transitions from workers.execute. A full `hx-`
-key never reaches a log: authentication logs only the display prefix, and prompts are logged only
-when HELYX_LOG_PROMPTS is on.
+key never reaches a log: authentication logs only the display prefix; prompts are never logged.
 """
 
 from __future__ import annotations
