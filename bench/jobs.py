@@ -199,12 +199,14 @@ def light(stack: Stack, args: argparse.Namespace) -> list[list[Any]]:
     res = [j for j in res if j[4]]
     rows = {r[0]: r for r in stack.rows([j[4] for j in res])}
     server = [(rows[j[4]][4] - rows[j[4]][2]) * 1e3 for j in res if rows[j[4]][1] == "succeeded"]
+    queued = [(rows[j[4]][3] - rows[j[4]][2]) * 1e3 for j in res if rows[j[4]][1] == "succeeded"]
     client = [(j[2] - j[0]) * 1e3 for j in res if j[3] == "succeeded"]
     submit = [(j[1] - j[0]) * 1e3 for j in res]
     return [
         [f"light load ({len(res)} jobs, one at a time; {len(refused)} refused)", "p50", "p99"],
         ["POST -> 202 ms (client)", _procs.pct(submit, 50), _procs.pct(submit, 99)],
         ["submit->succeeded ms (row: finished - created)", _procs.pct(server, 50), _procs.pct(server, 99)],
+        ["of which queued ms (row: started - created)", _procs.pct(queued, 50), _procs.pct(queued, 99)],
         ["submit->succeeded ms (client: POST sent -> poll saw it)", _procs.pct(client, 50), _procs.pct(client, 99)],
     ]
 
