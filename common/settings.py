@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     signed_url_ttl_seconds: int = 3600
     worker_processes: int = 2
     worker_threads: int = 8
-    # An idle Dramatiq consumer polls Redis with a growing pause up to this (Dramatiq's default is
-    # 1,000 ms, which a lone job waits for on a quiet system).
+    # The longest wait of an idle Dramatiq consumer between polls of Redis; a send wakes idle
+    # consumers at once (workers.wakeable_broker), so this bounds only delayed retries and missed
+    # wake-ups (Dramatiq's default is 1,000 ms).
     worker_poll_ms: int = 50
     jobs_running_free: int = 1
     jobs_running_plus: int = 2

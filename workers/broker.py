@@ -1,8 +1,8 @@
 """The broker, set up in this one place before any actor is declared.
 
-With HELYX_REDIS_URL: Dramatiq's Redis broker, shared by the API (which only sends) and the
-`helyx worker` processes. Without it (the self-contained mode, and unit tests): a StubBroker,
-consumed by worker threads inside `helyx serve`.
+With HELYX_REDIS_URL: Dramatiq's Redis broker (whose idle consumers a send wakes), shared by the
+API (which only sends) and the `helyx worker` processes. Without it (the self-contained mode, and
+unit tests): a StubBroker, consumed by worker threads inside `helyx serve`.
 
 Dramatiq's own retries are off (max_retries=0 on every actor): a job's attempts live in its row
 (common.jobs.lifecycle), so a redelivered or duplicated message can never run a job twice.
@@ -11,10 +11,10 @@ Dramatiq's own retries are off (max_retries=0 on every actor): a job's attempts 
 from __future__ import annotations
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from common.settings import get_settings
+from workers.wakeable_broker import WakeableRedisBroker
 
 
 def build_broker(redis_url: str | None) -> dramatiq.Broker:
@@ -22,8 +22,9 @@ def build_broker(redis_url: str | None) -> dramatiq.Broker:
         # Our own lease sweeper reclaims a dead worker's jobs within seconds; Dramatiq's
         # heartbeat requeue (after heartbeat_timeout) only brings back duplicate messages.
         # Socket timeouts: a paused or unreachable Redis fails a send in seconds (the row stays
-        # queued and the sweeper re-sends it) instead of hanging a request forever.
-        return RedisBroker(url=redis_url, heartbeat_timeout=30_000, maintenance_chance=100,
+        # queued and the sweeper re-sends it) instead of hanging a request forever. Idle
+        # consumers are woken by each send (workers.wakeable_broker).
+        return WakeableRedisBroker(url=redis_url, heartbeat_timeout=30_000, maintenance_chance=100,
                            socket_timeout=5, socket_connect_timeout=5)
     return StubBroker()
 
