@@ -72,3 +72,17 @@ def test_an_idle_consumer_without_a_send_waits_its_poll_interval(broker: Wakeabl
     started = time.monotonic()
     assert next(consumer) is None
     assert 0.15 < time.monotonic() - started < 2.0
+
+
+def test_a_busy_consumer_does_not_wait_for_tokens(broker: WakeableRedisBroker) -> None:
+    """Every thread has a message (prefetch reached): it comes back in milliseconds, so the
+    worker's acknowledgements and its next fetch are not held up by an idle wait."""
+    consumer = broker.consume(QUEUE, prefetch=1, timeout=IDLE_WAIT_MS)
+    broker.enqueue(_message(1))
+    held = None
+    while held is None:
+        held = next(consumer)
+    started = time.monotonic()
+    assert next(consumer) is None  # busy: prefetch 1, one message not yet acknowledged
+    assert time.monotonic() - started < 1.0
+    consumer.ack(held)
