@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,6 +17,19 @@ from common.metrics import LATENCY, REQUESTS
 
 log = logging.getLogger("helyx.request")
 _SKIP = frozenset({"/metrics", "/healthz", "/readyz"})
+# The method label takes these values only: a client's made-up method must not mint new series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_instruments: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _instruments_for(route: str, method: str, status: int) -> tuple[Any, Any]:
+    """The request counter and latency histogram children for these labels, looked up once:
+    prometheus_client's `labels()` validates and locks on every call."""
+    key = (route, method, status)
+    found = _instruments.get(key)
+    if found is None:
+        found = _instruments[key] = (REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, method))
+    return found
 
 
 class ObservabilityMiddleware:
@@ -44,9 +58,10 @@ class ObservabilityMiddleware:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            method = scope["method"]
-            REQUESTS.labels(template, method, str(status)).inc()
-            LATENCY.labels(template, method).observe(elapsed)
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            requests, latency = _instruments_for(template, method, status)
+            requests.inc()
+            latency.observe(elapsed)
             if template not in _SKIP:
                 log.info("request", extra={
                     "request_id": state.get("request_id"), "method": method, "route": template,

@@ -1,0 +1,86 @@
+"""/metrics and the request log line, through a served gateway: a chat shows up in the request
+counter under its route template, its charge in the credits-by-model counter (read from the
+database) and no hold stays open; a made-up HTTP method is counted as "other" (it cannot mint new
+series); each request logs one line with its route, status, latency, account and charge, and never
+the key."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.api.chat.helpers import Gateway
+
+CHAT = {"model": "helyx-3.5", "messages": [{"role": "user", "content": "count me"}], "max_tokens": 16}
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def request_log() -> Iterator[Records]:
+    handler, logger = Records(), logging.getLogger("helyx.request")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample of the exposition text, or None."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if found == labels:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_a_chat_is_counted_charged_and_logged_once(gateway: Gateway, request_log: Records) -> None:
+    account = gateway.account("pro")
+    root = gateway.url
+    before = httpx.get(root + "/metrics", trust_env=False).text
+    with gateway.http(account) as http:
+        answer = http.post("/chat/completions", json=CHAT)
+    assert answer.status_code == 200, answer.text
+    charged = answer.json()["helyx"]["credits_charged"]
+    after = httpx.get(root + "/metrics", trust_env=False).text
+
+    route = {"route": "/api/v1/chat/completions", "method": "POST", "status": "200"}
+    assert (_sample(after, "helyx_http_requests_total", **route) or 0) - (
+        _sample(before, "helyx_http_requests_total", **route) or 0) == 1
+    credits = {"model": "helyx-3.5", "kind": "chat"}
+    assert (_sample(after, "helyx_credits_charged_total", **credits) or 0) - (
+        _sample(before, "helyx_credits_charged_total", **credits) or 0) == pytest.approx(charged)
+    assert _sample(after, "helyx_open_holds") == 0
+
+    lines = [r for r in request_log.records if getattr(r, "route", None) == "/api/v1/chat/completions"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line.status, line.method, line.account_id, line.model) == (200, "POST", account.account_id,  # type: ignore[attr-defined]
+                                                                       "helyx-3.5")
+    assert line.credits == pytest.approx(charged) and line.latency_ms > 0  # type: ignore[attr-defined]
+    assert line.key_prefix and account.api_key not in str(vars(line))  # type: ignore[attr-defined]
+
+
+def test_a_made_up_method_is_counted_as_other(gateway: Gateway) -> None:
+    response = httpx.request("PROPFIND", gateway.url + "/api/v1/models", trust_env=False)  # WebDAV: parsed, not ours
+    assert response.status_code == 405
+    text = httpx.get(gateway.url + "/metrics", trust_env=False).text
+    assert 'method="PROPFIND"' not in text
+    assert (_sample(text, "helyx_http_requests_total", route="/api/v1/models", method="other", status="405")
+            or 0) >= 1
