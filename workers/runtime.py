@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import dramatiq
 import httpx
 
 from common.catalog import Catalog, load_catalog
@@ -63,3 +64,19 @@ def catalog(settings: Settings) -> Catalog:
     if key not in _catalogs:
         _catalogs[key] = load_catalog(settings)
     return _catalogs[key]
+
+
+def close_current() -> None:
+    """Close this thread's runtime, if it has one (its HTTP connections, then its loop)."""
+    runtime: ThreadRuntime | None = getattr(_local, "runtime", None)
+    _local.runtime = None
+    if runtime is not None:
+        runtime.close()
+
+
+class CloseRuntimeOnThreadShutdown(dramatiq.Middleware):
+    """A stopping worker thread closes its runtime itself: its HTTP client's connections belong to
+    the thread's own loop, and left to the garbage collector they are reported unclosed."""
+
+    def before_worker_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        close_current()
