@@ -194,8 +194,10 @@ def test_a_provider_that_fails_twice_then_succeeds_is_charged_once_after_three_a
     row = jobs.wait(job_id)
     jobs.join()
 
-    assert row["status"] == "succeeded", row
-    assert row["attempts"] == 3 and fake.calls == 3
+    # What happened, should it ever fail: it did once in ~15 full runs, not reproduced since.
+    diagnosis = (row["status"], row["attempts"], row["error_code"], row["error_message"], fake.calls)
+    assert row["status"] == "succeeded", diagnosis
+    assert row["attempts"] == 3 and fake.calls == 3, diagnosis
     assert row["charged"] == IMAGE_PRICE
     [stored] = jobs.files(job_id)
     assert (jobs.settings.storage_dir / stored["storage_key"]).read_bytes() == fake.images_sent[-1]
