@@ -20,7 +20,7 @@ from workers import context
 
 T = TypeVar("T")
 _local = threading.local()
-_catalogs: dict[int, Catalog] = {}
+_catalogs: dict[int, tuple[Settings, Catalog]] = {}
 
 
 class ThreadRuntime:
@@ -60,10 +60,13 @@ def current() -> ThreadRuntime:
 
 
 def catalog(settings: Settings) -> Catalog:
-    key = id(settings)
-    if key not in _catalogs:
-        _catalogs[key] = load_catalog(settings)
-    return _catalogs[key]
+    """The catalog of these settings, loaded once. The entry keeps its settings object: an id()
+    alone is reused once an object is freed, and a test's new settings then got an earlier test's
+    catalog (its fake upstream long gone: every call refused)."""
+    entry = _catalogs.get(id(settings))
+    if entry is None or entry[0] is not settings:
+        entry = _catalogs[id(settings)] = (settings, load_catalog(settings))
+    return entry[1]
 
 
 def close_current() -> None:
