@@ -194,7 +194,7 @@ def test_a_provider_that_fails_twice_then_succeeds_is_charged_once_after_three_a
     row = jobs.wait(job_id)
     jobs.join()
 
-    # What happened, should it ever fail: it did once in ~15 full runs, not reproduced since.
+    # What happened, should it fail (it did when a stale catalog pointed the adapter elsewhere).
     diagnosis = (row["status"], row["attempts"], row["error_code"], row["error_message"], fake.calls)
     assert row["status"] == "succeeded", diagnosis
     assert row["attempts"] == 3 and fake.calls == 3, diagnosis
