@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from sqlalchemy import text
 
 from common.errors import UpstreamError
 from common.jobs import lifecycle
@@ -401,11 +402,11 @@ def test_the_running_jobs_cap_keeps_extra_jobs_queued_never_rejected_and_all_of_
     ids = [jobs.submit(account, prompt=f"kite {i}") for i in range(5)]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        rows = [jobs.job(i) for i in ids]
-        running = sum(r["status"] == "running" for r in rows)
-        assert running <= 2, rows
-        statuses_seen.update(r["status"] for r in rows)
-        if all(r["status"] == "succeeded" for r in rows):
+        statuses = _statuses_at_once(jobs, ids)  # one snapshot: read one by one, a job that ended
+        running = statuses.count("running")      # and one that started between two reads both count
+        assert running <= 2, statuses
+        statuses_seen.update(statuses)
+        if all(s == "succeeded" for s in statuses):
             break
         time.sleep(0.01)
     jobs.join()
@@ -418,6 +419,16 @@ def test_the_running_jobs_cap_keeps_extra_jobs_queued_never_rejected_and_all_of_
         assert jobs.kinds(job_id) == ["reserve", "settle"]
     after = assert_books_balance(jobs.engine, account.account_id)
     assert before.balance - after.balance == 5 * IMAGE_PRICE and after.available == 0
+
+
+def _statuses_at_once(jobs: Jobs, ids: list[str]) -> list[str]:
+    """Every job's status from one statement (one consistent snapshot of the table)."""
+    marks = ", ".join(f":j{n}" for n in range(len(ids)))
+    with jobs.engine.connect() as conn:
+        rows = conn.execute(text(f"SELECT status FROM jobs WHERE id IN ({marks})"),
+                            {f"j{n}": job_id for n, job_id in enumerate(ids)}).all()
+    assert len(rows) == len(ids)
+    return [r[0] for r in rows]
 
 
 @pytest.mark.parametrize("waiting", ["queued", "reclaimable"])
