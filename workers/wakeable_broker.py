@@ -16,6 +16,7 @@ finished message is acknowledged and replaced at once.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from dramatiq import Consumer, Message
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
 
+log = logging.getLogger(__name__)
 WAKE_PREFIX = "helyx:wake:"
 OWN_POLL_MS = 1  # the consumer's own idle sleep; the real wait is the BLPOP (idle) or BUSY_PAUSE
 BUSY_PAUSE_SECONDS = 0.005  # every thread has a message: look again soon for acks and free threads
@@ -42,7 +44,10 @@ class WakeableRedisBroker(RedisBroker):
         sent = super().enqueue(message, delay=delay)
         if delay is None:
             key = wake_key(message.queue_name)
-            self.client.pipeline(transaction=False).lpush(key, 1).ltrim(key, 0, 0).execute()
+            try:
+                self.client.pipeline(transaction=False).lpush(key, 1).ltrim(key, 0, 0).execute()
+            except redis.RedisError as exc:  # the message is sent; a consumer finds it at its next poll
+                log.warning("wake-up for queue %s not sent (%s)", message.queue_name, type(exc).__name__)
         return sent
 
 

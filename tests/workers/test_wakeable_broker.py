@@ -86,3 +86,20 @@ def test_a_busy_consumer_does_not_wait_for_tokens(broker: WakeableRedisBroker) -
     assert next(consumer) is None  # busy: prefetch 1, one message not yet acknowledged
     assert time.monotonic() - started < 1.0
     consumer.ack(held)
+
+
+def test_a_wake_up_that_cannot_be_sent_does_not_fail_the_send(broker: WakeableRedisBroker,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token is only a hint: the message is in the queue, so the send succeeds regardless."""
+    def broken_pipeline(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("wake-up list unreachable")
+
+    monkeypatch.setattr(broker.client, "pipeline", broken_pipeline)
+    broker.enqueue(_message(7))
+    consumer = broker.consume(QUEUE, prefetch=1, timeout=200)
+    message = None
+    deadline = time.monotonic() + 5
+    while message is None and time.monotonic() < deadline:
+        message = next(consumer)
+    assert message is not None and message.args == (7,)
+    consumer.ack(message)
