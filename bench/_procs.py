@@ -35,12 +35,12 @@ _started: list[Proc] = []
 
 # --- databases -------------------------------------------------------------------------------
 
-def fresh_pg_database(name: str) -> str:
-    """Drop and create database `name` (ours alone: a bench_* name); returns its URL."""
+def fresh_pg_database(name: str, prefix: str = "helyx_bench") -> str:
+    """Drop and create database `name` (ours alone: a `prefix`* name); returns its URL."""
     import psycopg
 
-    if not name.startswith("helyx_bench"):
-        raise ValueError("benchmarks only ever drop their own helyx_bench* databases")
+    if not name.startswith(prefix):
+        raise ValueError(f"benchmarks only ever drop their own {prefix}* databases")
     with psycopg.connect(f"{PG_ADMIN_URL}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -62,12 +62,15 @@ def pg_settings() -> dict[str, str]:
                 for k in ("server_version", "synchronous_commit", "fsync", "max_connections")}
 
 
-def flush_redis(url: str = REDIS_URL) -> None:
+def flush_redis(url: str = REDIS_URL, only_db: int = 13) -> None:
+    """Flush the Redis database of `url`, which must be `only_db` (the benchmarks' own)."""
     import redis
 
-    if not url.rstrip("/").endswith("/13"):
-        raise ValueError("benchmarks only flush Redis db 13")
-    redis.Redis.from_url(url).flushdb()
+    if not url.rstrip("/").endswith(f"/{only_db}"):
+        raise ValueError(f"benchmarks only flush Redis db {only_db}")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
 
 
 # --- processes ---------------------------------------------------------------------------------

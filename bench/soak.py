@@ -83,6 +83,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import _procs  # noqa: E402
 from bench._procs import pct  # noqa: E402
 from bench._soak_audit import Audit, audit_database, diagnose_open_holds, wait_settled  # noqa: E402
 from bench._soak_memory import EnvMonitor, MemorySampler  # noqa: E402
@@ -95,7 +96,6 @@ from tests.integration.helpers_processes import (  # noqa: E402
     wait_ready,
 )
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432"
 REDIS_BASE = "redis://127.0.0.1:6379"
 PLANS = ("free", "plus", "pro", "ultra", "free")
 FREE_MODELS = ("gpt-4o", "helyx-3.5", "claude-3-5-sonnet", "kimi-k2.6", "minimax-m2.7")
@@ -108,25 +108,6 @@ WORDS = ("lighthouse", "ledger", "river", "quantum", "harbor", "violet", "engine
 
 
 # --- the stack ---------------------------------------------------------------------------------
-
-def fresh_database(name: str) -> str:
-    import psycopg
-
-    if not name.startswith("helyx_soak"):
-        raise SystemExit("--db must be a helyx_soak* name: the soak drops it")
-    with psycopg.connect(f"{PG_ADMIN}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{PG_ADMIN}/{name}"
-
-
-def flush_redis(url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-
 
 @dataclass
 class Account:
@@ -411,17 +392,7 @@ class Load:
 # --- printing ------------------------------------------------------------------------------------
 
 def table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
-    def cell(v: Any) -> str:
-        return f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
-
-    cells = [[cell(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells:
-        padded = (c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-        print("| " + " | ".join(padded) + " |")
+    _procs.table(title, headers, rows, digits=1)
 
 
 def timeline(stats: Stats, window: float, mem: MemorySampler) -> None:
@@ -577,9 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     load_avg = os.getloadavg()
-    db_url = fresh_database(args.db)
+    db_url = _procs.fresh_pg_database(args.db, prefix="helyx_soak")
     redis_url = f"{REDIS_BASE}/{args.redis_db}"
-    flush_redis(redis_url)
+    _procs.flush_redis(redis_url, only_db=args.redis_db)
     workdir = Path(tempfile.mkdtemp(prefix="helyx-soak-"))
     admin = secrets.token_hex(16)
     big = 10**9
