@@ -5,6 +5,7 @@ from __future__ import annotations
 import dramatiq
 
 from common import logs
+from common.gc_tuning import freeze_startup_heap
 from common.settings import get_settings
 from workers import sweeper
 from workers.actors import deliver_webhook, enqueue
@@ -14,6 +15,7 @@ from workers.broker import broker
 class SweeperMiddleware(dramatiq.Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         sweeper.start(enqueue, deliver_webhook.send)
+        freeze_startup_heap()
 
 
 logs.configure(get_settings().log_level)
