@@ -1,8 +1,9 @@
-"""Per-key request rate limits by plan, through the `limits` library.
+"""Per-key request rate limits by plan: a sliding-window counter (close to a true moving window at
+the cost of a fixed one).
 
-With `HELYX_REDIS_URL` the counters live in Redis and are shared by every API process; without
-it they live in this process. The strategy is a sliding-window counter: close to a true moving
-window at the cost of a fixed one. A Redis that does not answer within a second makes the
+With `HELYX_REDIS_URL` the counters live in Redis and are shared by every API process
+(`common/ratelimit_redis.py`: one script call per request); without it they live in this process,
+in the `limits` library's memory storage. A Redis that does not answer within a second makes the
 request fail with 503 rather than pass unlimited.
 
 The Redis connections are a blocking pool: a burst of more concurrent requests than the pool
@@ -21,11 +22,12 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio
-from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from common.errors import RateLimited, ServiceUnavailable
+from common.ratelimit_redis import RedisSlidingWindow, WindowHit
 from common.settings import Settings
 
 REDIS_TIMEOUT_SECONDS = 1.0
@@ -49,17 +51,16 @@ class RateDecision:
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        storage: Storage
+        self._redis: RedisSlidingWindow | None = None
+        self._memory: SlidingWindowCounterRateLimiter | None = None
         if settings.redis_url:
             pool = redis.asyncio.BlockingConnectionPool.from_url(
                 settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=None, socket_timeout=None,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
-            storage = RedisStorage("async+" + settings.redis_url, implementation="redispy", key_prefix="helyx-rl",
-                                   connection_pool=pool)
+            self._redis = RedisSlidingWindow(redis.asyncio.Redis(connection_pool=pool))
         else:
-            storage = MemoryStorage()
-        self._limiter = SlidingWindowCounterRateLimiter(storage)
+            self._memory = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._items = {
             plan: RateLimitItemPerMinute(settings.rate_limit_for(plan)) for plan in ("free", "plus", "pro", "ultra")
         }
@@ -69,12 +70,11 @@ class RateLimiter:
         item = self._items[plan]
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
-                allowed = await self._limiter.hit(item, key_id)
-                stats = await self._limiter.get_window_stats(item, key_id)
+                counted = await self._count(item, key_id)
         except Exception as exc:
             raise ServiceUnavailable("Rate limiting is unavailable; try again shortly.") from exc
-        decision = RateDecision(item.amount, max(0, stats.remaining), stats.reset_time - time.time())
-        if not allowed:
+        decision = RateDecision(item.amount, counted.remaining, counted.reset_seconds)
+        if not counted.allowed:
             retry_after = max(1, math.ceil(decision.reset_seconds))
             raise RateLimited(
                 f"Rate limit reached: {item.amount} requests per minute on the {plan} plan. "
@@ -82,3 +82,11 @@ class RateLimiter:
                 headers={**decision.headers(), "retry-after": str(retry_after)},
             )
         return decision
+
+    async def _count(self, item: RateLimitItem, key_id: str) -> WindowHit:
+        if self._redis is not None:  # one round trip
+            return await self._redis.hit(key_id, item.amount, item.get_expiry())
+        assert self._memory is not None
+        allowed = await self._memory.hit(item, key_id)
+        stats = await self._memory.get_window_stats(item, key_id)
+        return WindowHit(allowed, max(0, stats.remaining), stats.reset_time - time.time())
