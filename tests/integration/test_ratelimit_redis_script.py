@@ -22,7 +22,8 @@ LIMIT = 5
 async def _compare(redis_url: str) -> list[tuple[bool, int, bool, int]]:
     client = redis.asyncio.Redis.from_url(redis_url)
     ours = RedisSlidingWindow(client, prefix="ours")
-    theirs = SlidingWindowCounterRateLimiter(RedisStorage("async+" + redis_url, implementation="redispy", key_prefix="theirs"))
+    storage = RedisStorage("async+" + redis_url, implementation="redispy", key_prefix="theirs")
+    theirs = SlidingWindowCounterRateLimiter(storage)
     item = RateLimitItemPerSecond(LIMIT, WINDOW_SECONDS)
     seen = []
     try:
