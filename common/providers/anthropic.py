@@ -21,6 +21,7 @@ import httpx
 from common.errors import UpstreamError
 from common.providers.base import ChatDelta, ChatRequest, ChatResult, Usage
 from common.providers.http import (
+    UpstreamClient,
     iter_sse,
     parse_json,
     raise_for_status,
@@ -48,7 +49,7 @@ _RETRYABLE_ERRORS = {"api_error", "overloaded_error", "rate_limit_error", "timeo
 
 
 class AnthropicProvider:
-    def __init__(self, client: httpx.AsyncClient, base_url: str, api_key: str | None) -> None:
+    def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None) -> None:
         self._client = client
         root = base_url.rstrip("/")
         self._url = httpx.URL(root + ("/messages" if root.endswith("/v1") else "/v1/messages"))  # parsed once
@@ -62,8 +63,8 @@ class AnthropicProvider:
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         with upstream_errors(PROVIDER):
-            response = await self._client.post(self._url, json=build_body(request, stream=False),
-                                               headers=self._headers())
+            response = await self._client.post_json(self._url, build_body(request, stream=False),
+                                                    self._headers())
             await raise_for_status(response, PROVIDER, self._api_key)
             data = parse_json(response.content, PROVIDER)
         if not isinstance(data, dict):
@@ -80,8 +81,8 @@ class AnthropicProvider:
         completion_tokens = 0
         finish_reason: str | None = None
         with upstream_errors(PROVIDER):
-            async with self._client.stream("POST", self._url, json=build_body(request, stream=True),
-                                           headers=self._headers()) as response:
+            async with self._client.stream_json(self._url, build_body(request, stream=True),
+                                                self._headers()) as response:
                 await raise_for_status(response, PROVIDER, self._api_key)
                 async for event in iter_sse(response):
                     data = parse_json(event.data, PROVIDER)

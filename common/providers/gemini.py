@@ -22,6 +22,7 @@ import httpx
 from common.errors import UpstreamError
 from common.providers.base import ChatDelta, ChatRequest, ChatResult, Usage
 from common.providers.http import (
+    UpstreamClient,
     iter_sse,
     parse_json,
     raise_for_status,
@@ -43,7 +44,7 @@ PROVIDER = "gemini"
 
 
 class GeminiChatProvider:
-    def __init__(self, client: httpx.AsyncClient, base_url: str, api_key: str | None) -> None:
+    def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None) -> None:
         self._client = client
         self._base = base_url.rstrip("/")
         self._api_key = api_key
@@ -62,8 +63,8 @@ class GeminiChatProvider:
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         with upstream_errors(PROVIDER):
-            response = await self._client.post(self._url(request.model, "generateContent"),
-                                               json=build_body(request), headers=self._headers())
+            response = await self._client.post_json(self._url(request.model, "generateContent"),
+                                                    build_body(request), self._headers())
             await self._check(response)
             data = parse_json(response.content, PROVIDER)
         content, finish_reason = self._read_chunk(data)
@@ -75,8 +76,8 @@ class GeminiChatProvider:
         usage: Usage | None = None
         url = self._url(request.model, "streamGenerateContent")
         with upstream_errors(PROVIDER):
-            async with self._client.stream("POST", url, params={"alt": "sse"}, json=build_body(request),
-                                           headers=self._headers()) as response:
+            async with self._client.stream_json(url, build_body(request), self._headers(),
+                                                params={"alt": "sse"}) as response:
                 await self._check(response)
                 async for event in iter_sse(response):
                     data = parse_json(event.data, PROVIDER)

@@ -21,6 +21,7 @@ import json
 import ssl
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -28,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from common.errors import UpstreamError, UpstreamTimeout
@@ -44,7 +46,48 @@ class UpstreamHTTPError(UpstreamError):
         self.retry_after = retry_after
 
 
-def build_http_client(connect_timeout: float, read_timeout: float, max_connections: int = 200) -> httpx.AsyncClient:
+class UpstreamClient(httpx.AsyncClient):
+    """The shared client, with a short path for the chat adapters' JSON requests.
+
+    `post_json` and `stream_json` hand a ready request straight to the transport, past the client
+    layer: its cookie jar (never wanted here: one client serves every tenant), auth and redirect
+    handling, and URL and header merging cost ~110 us of the ~290 us of CPU a chat call took
+    (measured against the fake upstream, same run: 285-311 -> 172-201 us). The request is the one
+    the client would build: its default headers and timeouts, no redirects followed. Transport
+    errors are the same httpx exceptions, so `upstream_errors` maps them as before.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._json_headers = {**dict(self.headers), "content-type": "application/json"}
+        self._extensions = {"timeout": self.timeout.as_dict()}
+
+    def _json_request(self, url: httpx.URL | str, body: Any, headers: dict[str, str],
+                      params: dict[str, str] | None) -> httpx.Request:
+        return httpx.Request("POST", url, params=params, headers={**self._json_headers, **headers},
+                             content=orjson.dumps(body), extensions=self._extensions)
+
+    async def post_json(self, url: httpx.URL | str, body: Any, headers: dict[str, str]) -> httpx.Response:
+        """POST `body` as JSON; the response is read whole and closed."""
+        response = await self._transport.handle_async_request(self._json_request(url, body, headers, None))
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+    @asynccontextmanager
+    async def stream_json(self, url: httpx.URL | str, body: Any, headers: dict[str, str],
+                          params: dict[str, str] | None = None) -> AsyncIterator[httpx.Response]:
+        """POST `body` as JSON; the response is read as it arrives and closed on leaving."""
+        response = await self._transport.handle_async_request(self._json_request(url, body, headers, params))
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+
+def build_http_client(connect_timeout: float, read_timeout: float, max_connections: int = 200) -> UpstreamClient:
     """The one shared client: explicit timeouts, a bounded pool, no proxies from the environment.
 
     `read_timeout` bounds the wait for each chunk (so also the gap between streamed chunks) and
@@ -61,8 +104,8 @@ def build_http_client(connect_timeout: float, read_timeout: float, max_connectio
         return aiohttp.ClientSession(connector=connector, trust_env=False)
 
     transport = AiohttpTransport(client=session, trust_env=False, verify=tls_context())
-    return httpx.AsyncClient(timeout=timeout, transport=transport, trust_env=False, follow_redirects=False,
-                             headers={"user-agent": "helyx-gateway"})
+    return UpstreamClient(timeout=timeout, transport=transport, trust_env=False, follow_redirects=False,
+                          headers={"user-agent": "helyx-gateway"})
 
 
 @functools.cache

@@ -17,6 +17,7 @@ import httpx
 from common.errors import UpstreamError
 from common.providers.base import ChatDelta, ChatRequest, ChatResult, Usage
 from common.providers.http import (
+    UpstreamClient,
     iter_sse,
     parse_json,
     raise_for_status,
@@ -29,7 +30,7 @@ _OPTIONAL = ("temperature", "top_p", "stop", "presence_penalty", "frequency_pena
 
 
 class OpenAICompatProvider:
-    def __init__(self, client: httpx.AsyncClient, base_url: str, api_key: str | None) -> None:
+    def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None) -> None:
         self._client = client
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")  # parsed once, not per request
         self._api_key = api_key
@@ -51,8 +52,7 @@ class OpenAICompatProvider:
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         with upstream_errors(PROVIDER):
-            response = await self._client.post(self._url, json=self._body(request, False),
-                                               headers=self._headers())
+            response = await self._client.post_json(self._url, self._body(request, False), self._headers())
             await raise_for_status(response, PROVIDER, self._api_key)
             data = parse_json(response.content, PROVIDER)
         _raise_if_error(data, self._api_key)
@@ -70,8 +70,8 @@ class OpenAICompatProvider:
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         finished = False
         with upstream_errors(PROVIDER):
-            async with self._client.stream("POST", self._url, json=self._body(request, True),
-                                           headers=self._headers()) as response:
+            async with self._client.stream_json(self._url, self._body(request, True),
+                                                self._headers()) as response:
                 await raise_for_status(response, PROVIDER, self._api_key)
                 async for event in iter_sse(response):
                     if event.data.strip() == "[DONE]":

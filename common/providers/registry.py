@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from common.catalog import Catalog, ModelEntry
 from common.providers.anthropic import AnthropicProvider
 from common.providers.base import ChatProvider, ImageProvider, VideoProvider
 from common.providers.gemini import GeminiChatProvider
 from common.providers.gemini_image import GeminiImageProvider
+from common.providers.http import UpstreamClient
 from common.providers.openai_compat import OpenAICompatProvider
 from common.providers.simulated import SimulatedChatProvider
 from common.providers.veo import VeoVideoProvider
@@ -25,7 +24,7 @@ _VIDEO = {"veo": VeoVideoProvider}
 class Providers:
     """Adapters built on first use and kept; all share one pooled HTTP client."""
 
-    def __init__(self, catalog: Catalog, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(self, catalog: Catalog, settings: Settings, http: UpstreamClient) -> None:
         self._catalog = catalog
         self._settings = settings
         self._http = http

@@ -8,6 +8,7 @@ import pytest
 from common.errors import InvalidRequest, UpstreamError
 from common.providers.anthropic import AnthropicProvider, build_body
 from common.providers.base import ChatProvider, Usage
+from common.providers.http import UpstreamClient
 from tests.common.providers.helpers import API_KEY, chat_request, collect, text_of
 from tests.fakes import Behaviour, FakeUpstream
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 
 def test_it_implements_the_chat_provider_protocol() -> None:
-    assert isinstance(AnthropicProvider(httpx.AsyncClient(), "http://x", None), ChatProvider)
+    assert isinstance(AnthropicProvider(UpstreamClient(), "http://x", None), ChatProvider)
 
 
 def test_system_messages_go_to_the_top_and_same_role_turns_are_merged() -> None:

@@ -8,6 +8,7 @@ import pytest
 from common.errors import UpstreamError
 from common.providers.base import ChatProvider, Usage
 from common.providers.gemini import GeminiChatProvider, build_body
+from common.providers.http import UpstreamClient
 from tests.common.providers.helpers import API_KEY, chat_request, collect, text_of
 from tests.fakes import Behaviour, FakeUpstream
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.anyio
 
 
 def test_it_implements_the_chat_provider_protocol() -> None:
-    assert isinstance(GeminiChatProvider(httpx.AsyncClient(), "http://x", None), ChatProvider)
+    assert isinstance(GeminiChatProvider(UpstreamClient(), "http://x", None), ChatProvider)
 
 
 def test_system_becomes_system_instruction_and_turns_alternate_user_and_model() -> None:
@@ -127,6 +128,6 @@ async def test_an_error_event_mid_stream_raises_after_the_earlier_deltas(
 async def test_a_blocked_prompt_finishes_as_content_filter() -> None:
     blocked = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 4}}
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=blocked))
-    async with httpx.AsyncClient(transport=transport) as mock_client:
+    async with UpstreamClient(transport=transport) as mock_client:
         result = await GeminiChatProvider(mock_client, "http://up.test/v1beta", None).complete(chat_request())
     assert (result.content, result.finish_reason, result.usage) == ("", "content_filter", Usage(4, 0))

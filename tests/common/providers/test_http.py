@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from email.utils import formatdate
 
@@ -10,6 +11,7 @@ import pytest
 
 from common.providers.http import (
     SSEEvent,
+    UpstreamClient,
     build_http_client,
     iter_sse,
     retry_after_seconds,
@@ -79,3 +81,42 @@ async def test_sse_events_handle_names_comments_multiline_data_and_crlf() -> Non
     events = [event async for event in iter_sse(response)]
     assert events == [SSEEvent("ping", "{}"), SSEEvent(None, "line one\nline two"),
                       SSEEvent(None, "no-space"), SSEEvent(None, "tail-without-blank-line")]
+
+
+def _recording_client(seen: list[httpx.Request], response: httpx.Response) -> UpstreamClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return response
+    return UpstreamClient(transport=httpx.MockTransport(handler), timeout=httpx.Timeout(3.0, read=7.0),
+                          headers={"user-agent": "helyx-gateway"}, follow_redirects=False)
+
+
+async def test_the_short_json_path_sends_what_the_client_would_and_keeps_no_cookies() -> None:
+    seen: list[httpx.Request] = []
+    answer = httpx.Response(200, json={"ok": True}, headers={"set-cookie": "tenant=alice; Path=/"})
+    async with _recording_client(seen, answer) as client:
+        first = await client.post_json(httpx.URL("http://up.test/v1/chat"), {"model": "m", "text": "é"},
+                                       {"authorization": "Bearer k"})
+        await client.post_json("http://up.test/v1/chat", {"n": 2}, {})
+        timeout = client.timeout.as_dict()
+    assert first.status_code == 200 and first.json() == {"ok": True} and first.is_closed
+    sent = seen[0]
+    assert sent.method == "POST" and str(sent.url) == "http://up.test/v1/chat"
+    assert sent.headers["user-agent"] == "helyx-gateway"
+    assert sent.headers["content-type"] == "application/json"
+    assert sent.headers["authorization"] == "Bearer k"
+    assert json.loads(sent.content) == {"model": "m", "text": "é"}
+    assert sent.extensions["timeout"] == timeout
+    assert "cookie" not in seen[1].headers  # one client serves every tenant: upstream cookies are not kept
+
+
+async def test_the_short_stream_path_passes_params_and_closes_the_response() -> None:
+    seen: list[httpx.Request] = []
+    answer = httpx.Response(200, content=b"data: 1\n\ndata: 2\n\n", headers={"content-type": "text/event-stream"})
+    async with _recording_client(seen, answer) as client:
+        async with client.stream_json("http://up.test/v1/models/x:stream", {"a": 1}, {},
+                                      params={"alt": "sse"}) as response:
+            events = [event.data async for event in iter_sse(response)]
+        assert response.is_closed
+    assert events == ["1", "2"]
+    assert seen[0].url.params["alt"] == "sse"

@@ -7,6 +7,7 @@ import pytest
 
 from common.errors import UpstreamError
 from common.providers.base import ChatProvider, Usage
+from common.providers.http import UpstreamClient
 from common.providers.openai_compat import OpenAICompatProvider
 from tests.common.providers.helpers import API_KEY, chat_request, collect, text_of
 from tests.fakes import Behaviour, FakeUpstream
@@ -21,7 +22,7 @@ MESSAGES = [
 
 
 def test_it_implements_the_chat_provider_protocol() -> None:
-    assert isinstance(OpenAICompatProvider(httpx.AsyncClient(), "http://x", None), ChatProvider)
+    assert isinstance(OpenAICompatProvider(UpstreamClient(), "http://x", None), ChatProvider)
 
 
 async def test_a_plain_answer_is_read_with_usage_and_fingerprint(
@@ -98,7 +99,7 @@ async def test_an_error_object_mid_stream_raises_after_the_earlier_deltas(
 
 async def test_an_answer_without_choices_is_an_upstream_error() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"choices": []}))
-    async with httpx.AsyncClient(transport=transport) as mock_client:
+    async with UpstreamClient(transport=transport) as mock_client:
         with pytest.raises(UpstreamError):
             await OpenAICompatProvider(mock_client, "http://up.test/v1", None).complete(chat_request())
 
@@ -107,7 +108,7 @@ async def test_a_stream_that_ends_without_finish_or_done_is_an_error() -> None:
     body = b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}\n\n'
     transport = httpx.MockTransport(lambda request: httpx.Response(
         200, content=body, headers={"content-type": "text/event-stream"}))
-    async with httpx.AsyncClient(transport=transport) as mock_client:
+    async with UpstreamClient(transport=transport) as mock_client:
         deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None),
                                       chat_request())
     assert text_of(deltas) == "Hi"
