@@ -1,8 +1,9 @@
 """The gateway's upstream HTTP client alone: requests/s and client CPU per request against the fake
 OpenAI upstream, at concurrency 1 and 64, for:
 
-  * the client as Helyx builds it (common.providers.http.build_http_client: the httpx API the
-    adapters use, over aiohttp's connections through httpx-aiohttp),
+  * the client as the chat adapters use it (common.providers.http.UpstreamClient.post_json: an
+    httpx request handed straight to httpx-aiohttp's transport, over aiohttp's connections),
+  * the same client through httpx's client API (`client.post`: cookies, auth, redirects, merging),
   * httpx with its own pool of 200 (what Helyx used before: httpcore's pool scan is quadratic),
   * aiohttp alone (the floor for Python).
 
@@ -55,6 +56,10 @@ async def contenders(url: str) -> list[tuple[str, Callable[[], Any], Callable[[]
 
     def helyx() -> Any:
         client = build_http_client(5, 120)
+        return lambda: client.post_json(url, BODY, {}), client.aclose
+
+    def httpx_client_layer() -> Any:
+        client = build_http_client(5, 120)
         return lambda: client.post(url, json=BODY), client.aclose
 
     def httpx_pool() -> Any:
@@ -70,7 +75,8 @@ async def contenders(url: str) -> list[tuple[str, Callable[[], Any], Callable[[]
                 return json.loads(await response.read())
         return post, session.close
 
-    made.append(("Helyx (httpx API over aiohttp)", helyx, None))  # type: ignore[arg-type]
+    made.append(("Helyx (post_json: httpx request, aiohttp transport)", helyx, None))  # type: ignore[arg-type]
+    made.append(("httpx client API over the same transport", httpx_client_layer, None))  # type: ignore[arg-type]
     made.append(("httpx, its own pool of 200", httpx_pool, None))  # type: ignore[arg-type]
     made.append(("aiohttp alone", native, None))  # type: ignore[arg-type]
     return made
