@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from dataclasses import dataclass
 
 import redis.asyncio
@@ -27,7 +26,7 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from common.errors import RateLimited, ServiceUnavailable
-from common.ratelimit_redis import RedisSlidingWindow, WindowHit
+from common.ratelimit_redis import RedisSlidingWindow, WindowHit, window_hit
 from common.settings import Settings
 
 REDIS_TIMEOUT_SECONDS = 1.0
@@ -52,15 +51,14 @@ class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._redis: RedisSlidingWindow | None = None
-        self._memory: SlidingWindowCounterRateLimiter | None = None
+        self._memory_storage = MemoryStorage()  # the counters when there is no Redis
         if settings.redis_url:
             pool = redis.asyncio.BlockingConnectionPool.from_url(
                 settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=None, socket_timeout=None,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             )
             self._redis = RedisSlidingWindow(redis.asyncio.Redis(connection_pool=pool))
-        else:
-            self._memory = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._memory = SlidingWindowCounterRateLimiter(self._memory_storage)
         self._items = {
             plan: RateLimitItemPerMinute(settings.rate_limit_for(plan)) for plan in ("free", "plus", "pro", "ultra")
         }
@@ -85,8 +83,7 @@ class RateLimiter:
 
     async def _count(self, item: RateLimitItem, key_id: str) -> WindowHit:
         if self._redis is not None:  # one round trip
-            return await self._redis.hit(key_id, item.amount, item.get_expiry())
-        assert self._memory is not None
+            return await self._redis.hit(item.key_for(key_id), item.amount, item.get_expiry())
         allowed = await self._memory.hit(item, key_id)
-        stats = await self._memory.get_window_stats(item, key_id)
-        return WindowHit(allowed, max(0, stats.remaining), stats.reset_time - time.time())
+        counters = await self._memory_storage.get_sliding_window(item.key_for(key_id), item.get_expiry())
+        return window_hit(allowed, item.amount, item.get_expiry(), *counters)

@@ -8,7 +8,9 @@ time are computed from them with the formulas `limits` uses, so the headers read
 
 A window's counter lives twice the window length; when the current counter is older than one
 window it becomes the previous one. The weighted count is
-`floor(previous * previous_ttl / window) + current`.
+`floor(previous * previous_ttl / window) + current`. The keys are the ones `limits` uses for the
+same item (`<prefix>:{<item key>}` and `.../-1`; the braces keep both on one Redis Cluster slot),
+so processes of the previous release and of this one count together during a rolling deploy.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ def window_hit(allowed: bool, limit: int, window_seconds: float, previous_count:
     if not (previous_count or current_count):
         return WindowHit(allowed, remaining, 0.0)
     previous_reset = previous_ttl % (window_seconds / previous_count) if previous_count else math.inf
-    current_reset = current_ttl % window_seconds if current_count else math.inf
+    # A counter made this millisecond lives exactly two windows, and `limits`' modulo says 0 s;
+    # its first window ends one window from now.
+    current_reset = (current_ttl % window_seconds or window_seconds) if current_count else math.inf
     return WindowHit(allowed, remaining, min(previous_reset, current_reset))
 
 
@@ -69,10 +73,10 @@ class RedisSlidingWindow:
         self._script = client.register_script(_HIT)
         self._prefix = prefix
 
-    async def hit(self, identity: str, limit: int, window_seconds: int) -> WindowHit:
-        base = f"{self._prefix}:{window_seconds}:{identity}"
-        window_ms = window_seconds * 1000
+    async def hit(self, item_key: str, limit: int, window_seconds: int) -> WindowHit:
+        """Count one hit on `item_key` (`limits`' `RateLimitItem.key_for(identity)`)."""
+        current_key = f"{self._prefix}:{{{item_key}}}"
         allowed, previous, previous_ttl, current, current_ttl = await self._script(
-            keys=[base + ":previous", base + ":current"], args=[limit, window_ms])
+            keys=[current_key + "/-1", current_key], args=[limit, window_seconds * 1000])
         return window_hit(bool(allowed), limit, window_seconds, int(previous), int(previous_ttl) / 1000,
                           int(current), int(current_ttl) / 1000)
