@@ -34,7 +34,7 @@ from api.services import Services
 from common import billing
 from common.catalog import load_catalog
 from common.db import get_engine
-from common.gc_tuning import freeze_startup_heap
+from common.gc_tuning import freeze_startup_heap, tune_for_requests
 from common.metrics import DatabaseCollector
 from common.pg_async import AsyncStatements
 from common.providers.http import build_http_client
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.pg = AsyncStatements.for_engine(services.engine)  # bound to this event loop
         sweeper = asyncio.create_task(_sweep_holds(services))
         freeze_startup_heap()
+        tune_for_requests()
         try:
             yield
         finally:

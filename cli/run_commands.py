@@ -62,9 +62,13 @@ def serve(args: argparse.Namespace) -> int:
         if workers > 1:
             print("helyx: the self-contained mode runs one process; set HELYX_REDIS_URL for more", file=sys.stderr)
             return 2
+        from api.main import app  # imported first, so its start-up heap is frozen before any job runs
+        from common.gc_tuning import freeze_startup_heap
+
+        freeze_startup_heap()
         _start_embedded_workers()
         grace = int(settings.shutdown_grace_seconds)
-        uvicorn.run("api.main:app", host=host, port=port, timeout_graceful_shutdown=grace, log_level="warning")
+        uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=grace, log_level="warning")
         return 0
     uvicorn.run("api.main:app", host=host, port=port, workers=workers,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), log_level="warning")

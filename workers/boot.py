@@ -13,9 +13,11 @@ from workers.broker import broker
 
 
 class SweeperMiddleware(dramatiq.Middleware):
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        freeze_startup_heap()  # everything is imported and no worker thread has started yet
+
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         sweeper.start(enqueue, deliver_webhook.send)
-        freeze_startup_heap()
 
 
 logs.configure(get_settings().log_level)

@@ -22,10 +22,11 @@ def run_python(code: str, env: dict[str, str] | None = None) -> dict[str, object
 def test_freeze_then_cycles_are_still_collected() -> None:
     result = run_python("""
 import gc, json, weakref
-from common.gc_tuning import YOUNG_THRESHOLD, freeze_startup_heap
+from common.gc_tuning import YOUNG_THRESHOLD, freeze_startup_heap, tune_for_requests
 freeze_startup_heap()
 frozen = gc.get_freeze_count()
 freeze_startup_heap()  # a second call changes nothing
+tune_for_requests()
 class Node:
     pass
 first = Node(); first.me = first
@@ -58,7 +59,36 @@ upgrade(get_engine(get_settings().database_url))
 before = gc.get_freeze_count()
 with TestClient(create_app()) as client:
     status = client.get("/healthz").status_code
-print(json.dumps({"before": before, "after": gc.get_freeze_count(), "status": status}))
+print(json.dumps({"before": before, "after": gc.get_freeze_count(), "status": status,
+                  "threshold": gc.get_threshold()[0]}))
 """, env)
-    assert result == {"before": 0, "after": result["after"], "status": 200}
+    assert result == {"before": 0, "after": result["after"], "status": 200, "threshold": 7_000}
     assert result["after"] > 10_000
+
+
+def test_a_worker_process_freezes_before_its_threads_start(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "HELYX_DATABASE_URL": f"sqlite:///{tmp_path / 'h.db'}",
+           "HELYX_STORAGE_DIR": str(tmp_path / "files")}
+    env.pop("HELYX_REDIS_URL", None)
+    result = run_python("""
+import gc, json, threading
+import dramatiq
+import workers.boot
+from common import gc_tuning
+from workers.broker import broker
+seen = {}
+def spy():
+    seen["threads"] = threading.active_count()
+    seen["frozen"] = gc.get_freeze_count()
+gc_tuning.log.debug = lambda *args: spy()  # called inside freeze_startup_heap, after the freeze
+before = threading.active_count()
+worker = dramatiq.Worker(broker, worker_threads=2)
+worker.start()
+worker.stop()
+print(json.dumps({"before": before, **seen, "threshold": gc.get_threshold()[0]}))
+""", env)
+    assert result["frozen"] > 10_000
+    assert result["threads"] == result["before"]  # no worker thread was running yet
+    assert result["threshold"] == 700  # workers keep the default: their garbage may hold video frames

@@ -188,6 +188,7 @@ def forget_dead_connections() -> None:
     from common.db import dispose_engines
 
     dispose_engines()
+    gc.unfreeze()  # an app's start-up froze the heap, and frozen objects are not listed below
     for obj in gc.get_objects():
         if isinstance(obj, Engine) and obj.dialect.name == "postgresql":
             obj.dispose()
