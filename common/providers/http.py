@@ -17,6 +17,7 @@ The vendor's own error message is quoted (trimmed, with the provider key masked)
 from __future__ import annotations
 
 import functools
+import http.cookiejar
 import json
 import ssl
 import time
@@ -64,6 +65,9 @@ class UpstreamClient(httpx.AsyncClient):
 
     def _json_request(self, url: httpx.URL | str, body: Any, headers: dict[str, str],
                       params: dict[str, str] | None) -> httpx.Request:
+        """`headers` in lower case (they are merged as a plain dict)."""
+        if self.is_closed:  # as httpx's own send: a closed client must not open a new session
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
         return httpx.Request("POST", url, params=params, headers={**self._json_headers, **headers},
                              content=orjson.dumps(body), extensions=self._extensions)
 
@@ -105,7 +109,19 @@ def build_http_client(connect_timeout: float, read_timeout: float, max_connectio
 
     transport = AiohttpTransport(client=session, trust_env=False, verify=tls_context())
     return UpstreamClient(timeout=timeout, transport=transport, trust_env=False, follow_redirects=False,
-                          headers={"user-agent": "helyx-gateway"})
+                          headers={"user-agent": "helyx-gateway"}, cookies=NoCookies())
+
+
+class NoCookies(http.cookiejar.CookieJar):
+    """A jar that keeps nothing: one client serves every tenant, so a cookie one upstream answer
+    set must not ride along on the next tenant's request (the media adapters use the client's own
+    path, which would otherwise keep them)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
 
 
 @functools.cache

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from email.utils import formatdate
 
 import httpx
 import pytest
 
 from common.providers.http import (
+    NoCookies,
     SSEEvent,
     UpstreamClient,
     build_http_client,
@@ -120,3 +122,52 @@ async def test_the_short_stream_path_passes_params_and_closes_the_response() -> 
         assert response.is_closed
     assert events == ["1", "2"]
     assert seen[0].url.params["alt"] == "sse"
+
+
+class _RecordedStream(httpx.AsyncByteStream):
+    """A body that sends one chunk, then fails or ends, and records that it was closed."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"data: 1\n\n"
+        if self.fail:
+            raise httpx.ReadError("the upstream hung up")
+        yield b"data: 2\n\n"
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_the_short_paths_close_the_response_when_reading_fails_or_the_caller_leaves() -> None:
+    failing, left = _RecordedStream(fail=True), _RecordedStream(fail=False)
+    async with _recording_client([], httpx.Response(200, stream=failing)) as client:
+        with pytest.raises(httpx.ReadError):
+            await client.post_json("http://up.test/v1/chat", {}, {})
+    async with _recording_client([], httpx.Response(200, stream=left)) as client:
+        with pytest.raises(LookupError):
+            async with client.stream_json("http://up.test/v1/chat", {}, {}) as response:
+                async for _ in iter_sse(response):
+                    raise LookupError("the caller stops after the first event")
+    assert failing.closed and left.closed
+
+
+async def test_a_closed_client_refuses_the_short_paths() -> None:
+    client = _recording_client([], httpx.Response(200, json={}))
+    await client.aclose()
+    with pytest.raises(RuntimeError):
+        await client.post_json("http://up.test/v1/chat", {}, {})
+
+
+async def test_the_shared_client_keeps_no_cookies_on_its_own_path_either() -> None:
+    async with build_http_client(connect_timeout=1.0, read_timeout=1.0) as built:
+        assert isinstance(built.cookies.jar, NoCookies)
+    seen: list[httpx.Request] = []
+    answer = httpx.Response(200, json={}, headers={"set-cookie": "tenant=alice; Path=/"})
+    transport = httpx.MockTransport(lambda request: seen.append(request) or answer)
+    async with UpstreamClient(transport=transport, cookies=NoCookies()) as client:
+        await client.get("http://up.test/v1beta/operations/1")
+        await client.get("http://up.test/v1beta/operations/1")
+    assert "cookie" not in seen[1].headers
