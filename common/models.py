@@ -7,7 +7,7 @@ strings ('2026-11-22') in the configured zone. Ids are prefixed random strings.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -116,12 +116,6 @@ class Job(SQLModel, table=True):
         UniqueConstraint("account_id", "idempotency_key", name="uq_jobs_idempotency"),
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
         Index("ix_jobs_account_created", "account_id", "created_at"),
-        # The per-account running cap counts these on every claim. A partial index holds only
-        # running versions of rows, so the count neither walks the account's whole history nor
-        # (as a bitmap scan over `ix_jobs_status_enqueued` did) every dead 'running' entry since
-        # the last vacuum: each job leaves one behind when it finishes.
-        Index("ix_jobs_running_account", "account_id", "lease_until",
-              postgresql_where=text("status = 'running'"), sqlite_where=text("status = 'running'")),
     )
 
     id: str = Field(primary_key=True)
