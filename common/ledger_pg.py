@@ -12,6 +12,16 @@ Scope, deliberately narrow:
 Lock order inside each statement: reserve locks only the account row (the inserts are new rows);
 resolve locks the hold row, then the account row (the account update reads the hold's RETURNING),
 the same order as common.ledger._resolve.
+
+A chat reservation (`reserve_async`) commits without waiting for the WAL flush
+(`synchronous_commit` off for its own transaction only, set inside the statement). It is safe
+because nothing outside the database acts on a chat hold before its settlement, and the
+settlement commits synchronously: PostgreSQL writes WAL in order, so flushing the settlement
+flushes the reservation before it. A crash of PostgreSQL can only lose a reservation whose
+settlement never committed, which the client never saw succeed: the same end as a durable hold
+released at its expiry (no charge). Other transactions see the hold as soon as it commits, so
+concurrent requests are held back exactly as before. A job's reservation stays synchronous: the
+202 and the queued message act on it at once.
 """
 
 from __future__ import annotations
@@ -34,6 +44,14 @@ _RESERVE_ENTRY = (
     " created_at) SELECT %(aid)s, %(kid)s, 'reserve', 0, %(amt)s, %(ref)s, h.id, %(purpose)s, %(now)s FROM h"
 )
 _RESERVE = f"{_RESERVE_HEAD} {_RESERVE_ENTRY}"
+# The same statement, its transaction committing without waiting for the flush (see above). The
+# account update reads `s`, so the setting is made before anything is written; `true` = this
+# transaction only, so the connection's own setting is untouched.
+_RESERVE_UNFLUSHED = _RESERVE.replace(
+    "WITH a AS (UPDATE accounts SET held = held + %(amt)s WHERE",
+    "WITH s AS (SELECT set_config('synchronous_commit', 'off', true)),"
+    " a AS (UPDATE accounts SET held = held + %(amt)s FROM s WHERE", 1)
+assert _RESERVE_UNFLUSHED != _RESERVE
 
 _RESOLVE_HEAD = (
     "WITH h AS (UPDATE holds SET status = %(status)s, charged = LEAST(%(charge)s, amount), resolved_at = %(now)s"
@@ -77,9 +95,10 @@ async def reserve_async(
     conn: psycopg.AsyncConnection[Any], *, account_id: str, key_id: str | None, amount: int, purpose: str,
     now: float, ttl: float,
 ) -> str | None:
-    """`reserve` on an async connection (the API's event loop, common.pg_async)."""
-    hold_id, sql, params = _reserve_statement(account_id, key_id, amount, purpose, now, ttl, None, None)
-    return hold_id if (await conn.execute(sql, params)).rowcount == 1 else None
+    """`reserve` on an async connection (the API's event loop, common.pg_async), for a chat call:
+    committed without waiting for the WAL flush (see the module docstring)."""
+    hold_id, _, params = _reserve_statement(account_id, key_id, amount, purpose, now, ttl, None, None)
+    return hold_id if (await conn.execute(_RESERVE_UNFLUSHED, params)).rowcount == 1 else None
 
 
 def resolve(

@@ -151,3 +151,34 @@ def test_a_capped_hold_is_left_to_the_transactional_verb(pg_engine: Engine, verb
     with pg_engine.begin() as conn:
         assert ledger.settle(conn, hold, MICRO, now=2.0).applied
     _numbers(pg_engine, account.account_id)
+
+
+def test_a_chat_reservation_commits_unflushed_and_leaves_the_connection_synchronous(pg_engine: Engine) -> None:
+    """The async (chat) reservation sets synchronous_commit off for its own transaction only:
+    inside an explicit transaction the setting is visible after the statement; the connection's
+    own setting is still on afterwards, so the settlement that follows commits durably."""
+    account = create_test_account(pg_engine, "free")
+    with pg_engine.begin() as conn:
+        ledger.grant(conn, account.account_id, 10 * MICRO, now=1.0)
+    form = LoopForm(pg_engine)
+
+    async def run() -> tuple[str, str, str, str | None]:
+        async with form.pg.connection() as conn:
+            kw = {"account_id": account.account_id, "key_id": account.key_id, "amount": MICRO, "purpose": "t",
+                  "now": 2.0, "ttl": 600}
+            async with conn.transaction():
+                hold = await ledger_pg.reserve_async(conn, **kw)
+                inside = (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]  # type: ignore[index]
+            after_tx = (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]  # type: ignore[index]
+            second = await ledger_pg.reserve_async(conn, **kw)  # autocommit, as the API runs it
+            after = (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]  # type: ignore[index]
+            assert hold is not None
+            return inside, after_tx, after, second
+
+    try:
+        inside, after_tx, after, second = form.runner.run(run())
+    finally:
+        form.close()
+    assert (inside, after_tx, after) == ("off", "on", "on")
+    assert second is not None
+    assert _numbers(pg_engine, account.account_id)[2] == 2 * MICRO  # both holds written
