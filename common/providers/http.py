@@ -31,9 +31,9 @@ from typing import Any
 import aiohttp
 import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
 
 from common.errors import UpstreamError, UpstreamTimeout
+from common.providers.aiohttp_transport import DirectAiohttpTransport
 
 _MAX_VENDOR_MESSAGE = 500
 
@@ -72,7 +72,13 @@ class UpstreamClient(httpx.AsyncClient):
                              content=orjson.dumps(body), extensions=self._extensions)
 
     async def post_json(self, url: httpx.URL | str, body: Any, headers: dict[str, str]) -> httpx.Response:
-        """POST `body` as JSON; the response is read whole and closed."""
+        """POST `body` as JSON; the response is read whole and closed. On the aiohttp transport
+        (always, outside unit tests) the request goes straight to its session."""
+        if isinstance(self._transport, DirectAiohttpTransport):
+            if self.is_closed:
+                raise RuntimeError("Cannot send a request, as the client has been closed.")
+            return await self._transport.post(str(url), {**self._json_headers, **headers}, orjson.dumps(body),
+                                              self._extensions["timeout"])
         response = await self._transport.handle_async_request(self._json_request(url, body, headers, None))
         try:
             await response.aread()
@@ -107,7 +113,7 @@ def build_http_client(connect_timeout: float, read_timeout: float, max_connectio
         connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30.0, ssl=tls_context())
         return aiohttp.ClientSession(connector=connector, trust_env=False)
 
-    transport = AiohttpTransport(client=session, trust_env=False, verify=tls_context())
+    transport = DirectAiohttpTransport(client=session, trust_env=False, verify=tls_context())
     return UpstreamClient(timeout=timeout, transport=transport, trust_env=False, follow_redirects=False,
                           headers={"user-agent": "helyx-gateway"}, cookies=NoCookies())
 
