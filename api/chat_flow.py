@@ -22,7 +22,7 @@ from common import chat_billing, clock
 from common.accounts import Principal
 from common.catalog import ModelEntry
 from common.chat_billing import Outcome, Reservation
-from common.errors import HelyxError, InvalidRequest, UpstreamError
+from common.errors import HelyxError, InvalidRequest, NotFound, ServiceUnavailable, UpstreamError
 from common.ledger import Settlement
 from common.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
 from common.money import MICRO
@@ -66,6 +66,17 @@ class ChatCall:
 
     async def _settle(self, outcome: Outcome, stream: bool) -> Settlement:
         """One statement on the event loop in the common case; the transactional verbs otherwise."""
+        try:
+            return await self._settle_hold(outcome, stream)
+        except NotFound as exc:
+            if exc.code != "hold_not_found":
+                raise
+            # The reservation committed without waiting for the flush (common.ledger_pg) and
+            # PostgreSQL crashed before flushing it: there is nothing to settle or to charge.
+            raise ServiceUnavailable("The database restarted and lost this request's reservation; nothing was "
+                                     "charged. Please retry.") from None
+
+    async def _settle_hold(self, outcome: Outcome, stream: bool) -> Settlement:
         pg = self.services.pg
         if pg is not None:
             settled = await chat_billing.finish_chat_async(pg, self.principal, self.entry, self.reservation, outcome,

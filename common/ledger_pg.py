@@ -17,11 +17,12 @@ A chat reservation (`reserve_async`) commits without waiting for the WAL flush
 (`synchronous_commit` off for its own transaction only, set inside the statement). It is safe
 because nothing outside the database acts on a chat hold before its settlement, and the
 settlement commits synchronously: PostgreSQL writes WAL in order, so flushing the settlement
-flushes the reservation before it. A crash of PostgreSQL can only lose a reservation whose
-settlement never committed, which the client never saw succeed: the same end as a durable hold
-released at its expiry (no charge). Other transactions see the hold as soon as it commits, so
-concurrent requests are held back exactly as before. A job's reservation stays synchronous: the
-202 and the queued message act on it at once.
+flushes the reservation before it. A crash of PostgreSQL (not a clean stop, which flushes) can
+only lose a reservation made in the last moments before it, whose settlement then finds no
+hold: the call answers 503 and charges nothing (api.chat_flow), as a call whose database stayed
+down past its settlement's patience does. Balances and ledgers stay exact either way. Other
+transactions see the hold as soon as it commits, so concurrent requests are held back exactly as
+before. A job's reservation stays synchronous: the 202 and the queued message act on it at once.
 """
 
 from __future__ import annotations

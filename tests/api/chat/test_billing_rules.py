@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Engine, text
 
 from common.money import MICRO
 from common.tokens import estimate_prompt_tokens
@@ -158,6 +161,39 @@ def test_on_postgresql_the_money_statements_run_on_the_event_loop(gw: Gateway) -
         assert services.pg is None
     else:  # the lookup, the hold and the settlement used the loop's pool, which kept its connection
         assert services.pg is not None and services.pg.idle_count >= 1
+
+
+def test_a_reservation_lost_by_a_database_crash_is_a_503_that_charges_nothing(
+    gw: Gateway, openai_fake: FakeUpstream,
+) -> None:
+    """A chat reservation commits without waiting for the WAL flush (common.ledger_pg): a
+    PostgreSQL crash can lose it while the upstream call runs. Simulated here by removing the
+    hold, its ledger row and the account's held amount in one transaction, as if the reserve had
+    never committed: the settlement finds no hold, the client gets a 503, nothing is charged."""
+    openai_fake.behaviour = Behaviour(hang=0.6)
+    account = gw.account()
+    before = books(gw.engine, account.account_id)
+    with ThreadPoolExecutor(1) as pool, gw.http(account) as http:
+        pending = pool.submit(chat, http)
+        hold = wait_for(lambda: _open_hold(gw.engine, account.account_id))
+        with gw.engine.begin() as conn:
+            conn.execute(text("DELETE FROM ledger_entries WHERE hold_id = :h"), {"h": hold["id"]})
+            conn.execute(text("DELETE FROM holds WHERE id = :h"), {"h": hold["id"]})
+            conn.execute(text("UPDATE accounts SET held = held - :a WHERE id = :id"),
+                         {"a": hold["amount"], "id": account.account_id})
+        response = pending.result(timeout=30)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "service_unavailable"
+    assert "nothing was charged" in response.json()["error"]["message"]
+    after = assert_books_balance(gw.engine, account.account_id)
+    assert (after.balance, after.entries) == (before.balance, before.entries)
+
+
+def _open_hold(engine: Engine, account_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT id, amount FROM holds WHERE account_id = :a AND status = 'open'"),
+                           {"a": account_id}).mappings().first()
+    return dict(row) if row else None
 
 
 # --- upstream failures ---------------------------------------------------------------------------
