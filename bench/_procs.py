@@ -199,6 +199,21 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return values["VmRSS"], values["VmHWM"]
 
 
+def pids_named(*names: str) -> list[int]:
+    """Every process whose command name (/proc/PID/comm) is one of `names` (the machine's
+    PostgreSQL backends, its redis-server), to count the services' CPU beside ours."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() in names:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from collections import Counter
@@ -144,6 +145,7 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     if args.profile and (_procs.VENV_BIN / "py-spy").exists() and stack.worker_pids():
         spy = profile_worker(stack.worker_pids()[0], args.profile_seconds, out)
     before = {p: _procs.cpu_seconds(p) for p in [stack.api.pid, *_procs.children(stack.api.pid), *stack.worker_pids()]}
+    services = {p: _procs.cpu_seconds(p) for p in _procs.pids_named("postgres", "redis-server")}
     machine = _procs.machine_cpu()
     t0 = time.time()
     res = run_load("submit", {"port": stack.port, "raw": stack.raw_submit(args.size), "count": args.jobs,
@@ -154,6 +156,10 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     done_at = stack.wait_done(ids, args.timeout)
     busy = _procs.busy_percent(machine, _procs.machine_cpu())
     cpu = {p: _procs.cpu_seconds(p) - c for p, c in before.items()}
+    # a backend opened during the burst counts whole (it started in it); one that ended is lost
+    service_cpu = {p: _procs.cpu_seconds(p) - services.get(p, 0.0)
+                   for p in _procs.pids_named("postgres", "redis-server")}
+    redis_pids = set(_procs.pids_named("redis-server"))
     rows = stack.rows(ids)
     lat = [(f - c) * 1e3 for _, s, c, _, f in rows if s == "succeeded" and f]
     queue_wait = [(st - c) * 1e3 for _, s, c, st, f in rows if s == "succeeded" and st]
@@ -176,7 +182,12 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
          f"{_procs.pct(queue_wait, 50):.1f} / {_procs.pct(queue_wait, 99):.1f}"],
         ["API CPU ms per job (all uvicorn processes)", api_cpu / max(1, len(lat)) * 1e3],
         ["workers CPU ms per job (all worker processes)", worker_cpu / max(1, len(lat)) * 1e3],
+        ["PostgreSQL CPU ms per job (its processes)",
+         sum(v for p, v in service_cpu.items() if p not in redis_pids) / max(1, len(lat)) * 1e3],
+        ["Redis CPU ms per job", sum(v for p, v in service_cpu.items() if p in redis_pids) / max(1, len(lat)) * 1e3],
         ["machine busy % during the burst", busy],
+        ["machine CPU ms per job (busy x cores x burst time / jobs)",
+         busy / 100 * (os.cpu_count() or 1) * (done_at - t0) / max(1, len(lat)) * 1e3],
     ]
     tables = []
     if spy is not None:
