@@ -115,8 +115,7 @@ class Stack:
 
 WORKER_PHASES = [
     ("render PNG (simulated provider)", r"^(render_png|render_image|_png|_draw_caption) \("),
-    ("claim (account lock, running count, UPDATE)", r"^claim \(.*common/jobs/lifecycle"),
-    ("job_account query", r"^job_account \("),
+    ("claim (job + plan with account lock, capped UPDATE)", r"^claim \(.*common/jobs/lifecycle"),
     ("succeed (job row + file row + settle)", r"^succeed \(.*common/jobs/lifecycle"),
     ("store the file", r"^_store \(|common/storage\.py"),
     ("lease heartbeat", r"^_heartbeat \("),

@@ -47,11 +47,8 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
     settings = context.settings()
     engine = context.engine()
     owner = _owner()
-    found = lifecycle.job_account(engine, job_id)
-    if found is None:
-        return
     try:
-        job = lifecycle.claim(engine, job_id, owner, settings.job_lease_seconds, settings.running_jobs_for(found[2]))
+        job = lifecycle.claim(engine, job_id, owner, settings.job_lease_seconds, settings.running_jobs_for)
     except AccountBusy:
         requeue(args=(job_id,), delay=BUSY_RETRY_MS)
         return

@@ -16,30 +16,48 @@ before the job row (one lock order, no deadlocks).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from common import clock, ledger
+from common import clock, ledger, ledger_pg
 from common.errors import Conflict, NotFound
 
-_CLAIM = text(
+_RUNNABLE = "(status = 'queued' OR (status = 'running' AND lease_until < :now))"
+_RUNNING_COUNT = ("(SELECT COUNT(*) FROM jobs r WHERE r.account_id = :aid AND r.status = 'running'"
+                  " AND r.lease_until >= :now)")
+_CURRENT = text("SELECT j.account_id, j.status, j.lease_until, a.plan FROM jobs j JOIN accounts a"
+                " ON a.id = j.account_id WHERE j.id = :id")
+# The account row locked before the job row is (one lock order for every transition); SQLite's
+# BEGIN IMMEDIATE already serializes.
+_CURRENT_LOCKED = text(f"{_CURRENT.text} FOR UPDATE OF a")
+_CLAIM_SET = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = :owner, lease_until = :until,"
     " started_at = COALESCE(started_at, :now)"
-    " WHERE id = :id AND (status = 'queued' OR (status = 'running' AND lease_until < :now))"
-    " RETURNING account_id, type, model, params, attempts, hold_id, price, webhook_url"
 )
+_CLAIM_RETURNING = " RETURNING account_id, type, model, params, attempts, hold_id, price, webhook_url"
+_CLAIM = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE}{_CLAIM_RETURNING}")
+_CLAIM_UNDER_CAP = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE} AND {_RUNNING_COUNT} < :cap"
+                        f"{_CLAIM_RETURNING}")
 # A job that must wait for a free slot: queued again (a dead worker's lapsed lease included), with
 # enqueued_at now, because the caller re-sends its message.
 _WAIT_FOR_SLOT = text(
     "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now"
-    " WHERE id = :id AND (status = 'queued' OR (status = 'running' AND lease_until < :now))"
-)
-_RUNNING_FOR_ACCOUNT = text(
-    "SELECT COUNT(*) FROM jobs WHERE account_id = :aid AND status = 'running' AND lease_until >= :now"
+    f" WHERE id = :id AND {_RUNNABLE} AND {_RUNNING_COUNT} >= :cap"
 )
 _OWNED = "id = :id AND status = 'running' AND lease_owner = :owner"
+_SUCCEED_SET = ("UPDATE jobs SET status = 'succeeded', progress = 100, finished_at = :now, charged = price,"
+                f" expires_at = :exp, result = :result, lease_owner = NULL, lease_until = NULL WHERE {_OWNED}")
+_SUCCEED = text(_SUCCEED_SET)
+_FILE_COLUMNS = "INSERT INTO files (id, account_id, job_id, storage_key, content_type, bytes, created_at, expires_at)"
+_INSERT_FILE = text(f"{_FILE_COLUMNS} VALUES (:fid, :aid, :id, :key, :ctype, :bytes, :now, :exp)")
+_SUCCEED_WITH_FILES = text(
+    f"WITH j AS ({_SUCCEED_SET} RETURNING id) {_FILE_COLUMNS}"
+    " SELECT f.id, :aid, j.id, f.storage_key, f.content_type, f.bytes, :now, :exp FROM j,"
+    " jsonb_to_recordset(CAST(:files AS jsonb)) AS f(id text, storage_key text, content_type text, bytes integer)"
+)
 
 
 class AccountBusy(Exception):
@@ -59,38 +77,35 @@ class ClaimedJob:
     webhook_url: str | None = None
 
 
-def job_account(engine: Engine, job_id: str) -> tuple[str, str, str] | None:
-    """(account_id, status, plan) of a job, or None when it does not exist."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            text("SELECT j.account_id, j.status, a.plan FROM jobs j JOIN accounts a ON a.id = j.account_id"
-                 " WHERE j.id = :id"), {"id": job_id}
-        ).first()
-    return None if row is None else (row[0], row[1], row[2])
+def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
+          running_cap: int | Callable[[str], int | None] | None) -> ClaimedJob | None:
+    """Take the job for `owner`, or None if it is not runnable (gone, done, canceled, leased by a
+    live worker). `running_cap` is the account's cap on running jobs, or a function of its plan.
+    AccountBusy when the account already runs that many: the job is then queued with
+    `enqueued_at` now, since the caller sends its message again (otherwise the sweeper would take
+    a waiting job for lost, or for a dead worker's, and add a message copy on every sweep).
 
-
-def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float, running_cap: int | None) -> ClaimedJob | None:
-    """Take the job for `owner`, or None if it is not runnable (done, canceled, leased by a live
-    worker). AccountBusy when the account already runs `running_cap` jobs: the job is then queued
-    with `enqueued_at` now, since the caller sends its message again (otherwise the sweeper would
-    take a waiting job for lost, or for a dead worker's, and add a message copy on every sweep)."""
+    Four round trips on PostgreSQL: BEGIN, the job with its account's plan (locking the account
+    row, which serializes one account's claims), the claim itself with the running count as its
+    condition (a statement of its own, so it counts what committed while we waited for the
+    lock), COMMIT."""
     now = clock.now().timestamp()
+    params = {"id": job_id, "owner": owner, "until": now + lease_seconds, "now": now}
     busy: str | None = None
     with engine.begin() as conn:
-        if running_cap is not None:
-            current = conn.execute(text("SELECT account_id, status, lease_until FROM jobs WHERE id = :id"),
-                                   {"id": job_id}).first()
-            runnable = current is not None and (
-                current.status == "queued" or (current.status == "running" and current.lease_until < now))
-            if not runnable:
-                return None
-            account = current.account_id  # type: ignore[union-attr]
-            _lock_account(conn, account)
-            if conn.execute(_RUNNING_FOR_ACCOUNT, {"aid": account, "now": now}).scalar_one() >= running_cap:
-                conn.execute(_WAIT_FOR_SLOT, {"id": job_id, "now": now})
-                busy = account
-        row = None if busy else conn.execute(
-            _CLAIM, {"id": job_id, "owner": owner, "until": now + lease_seconds, "now": now}).first()
+        current = conn.execute(_CURRENT_LOCKED if conn.dialect.name == "postgresql" else _CURRENT,
+                               {"id": job_id}).first()
+        if current is None or not (current.status == "queued" or (current.status == "running"
+                                                                   and current.lease_until < now)):
+            return None
+        cap = running_cap(current.plan) if callable(running_cap) else running_cap
+        if cap is None:
+            row = conn.execute(_CLAIM, params).first()
+        else:
+            capped = {**params, "aid": current.account_id, "cap": cap}
+            row = conn.execute(_CLAIM_UNDER_CAP, capped).first()
+            if row is None and conn.execute(_WAIT_FOR_SLOT, capped).rowcount == 1:
+                busy = current.account_id
     if busy is not None:
         raise AccountBusy(busy)
     if row is None:
@@ -126,30 +141,36 @@ def renew(engine: Engine, job_id: str, owner: str, lease_seconds: float, progres
 
 def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, Any]], ttl_seconds: float) -> bool:
     """Record the result files and settle the price, once. False when the job was no longer ours
-    (nothing is written then; the caller removes the files it stored)."""
+    (nothing is written then; the caller removes the files it stored). On PostgreSQL: BEGIN, the
+    account lock, the job row with its files, the settlement (common.ledger_pg), COMMIT."""
     now = clock.now().timestamp()
+    values = {"id": job.id, "owner": owner, "now": now, "exp": now + ttl_seconds, "aid": job.account_id,
+              "result": json.dumps([f["id"] for f in files])}
     with engine.begin() as conn:
         _lock_account(conn, job.account_id)
-        updated = conn.execute(
-            text(f"UPDATE jobs SET status = 'succeeded', progress = 100, finished_at = :now, charged = price,"
-                 f" expires_at = :exp, result = :result, lease_owner = NULL, lease_until = NULL WHERE {_OWNED}"),
-            {"id": job.id, "owner": owner, "now": now, "exp": now + ttl_seconds,
-             "result": json.dumps([f["id"] for f in files])},
-        ).rowcount
-        if updated != 1:
+        if files and conn.dialect.name == "postgresql":  # inserted only if the job row was still ours
+            written = conn.execute(_SUCCEED_WITH_FILES, {**values, "files": json.dumps(files)}).rowcount == len(files)
+        else:
+            written = conn.execute(_SUCCEED, values).rowcount == 1
+            for f in files if written else []:
+                conn.execute(_INSERT_FILE, {**values, "fid": f["id"], "key": f["storage_key"],
+                                            "ctype": f["content_type"], "bytes": f["bytes"]})
+        if not written:
             return False  # nothing was written
-        for f in files:
-            conn.execute(
-                text("INSERT INTO files (id, account_id, job_id, storage_key, content_type, bytes, created_at,"
-                     " expires_at) VALUES (:id, :aid, :jid, :key, :ctype, :bytes, :now, :exp)"),
-                {"id": f["id"], "aid": job.account_id, "jid": job.id, "key": f["storage_key"],
-                 "ctype": f["content_type"], "bytes": f["bytes"], "now": now, "exp": now + ttl_seconds},
-            )
-        settlement = ledger.settle(conn, job.hold_id, job.price, now=now,
-                                   description=f"{job.type} {job.model} job {job.id}")
+        settlement = _settle(conn, job, now)
         if settlement.charged != job.price:  # the hold had lapsed (a job queued for days): record the truth
             conn.execute(text("UPDATE jobs SET charged = :c WHERE id = :id"), {"c": settlement.charged, "id": job.id})
     return True
+
+
+def _settle(conn: Connection, job: ClaimedJob, now: float) -> ledger.Settlement:
+    description = f"{job.type} {job.model} job {job.id}"
+    if conn.dialect.name == "postgresql":  # one statement, unless the hold is capped or already resolved
+        done = ledger_pg.resolve(conn.connection.driver_connection, job.hold_id, job.price, now=now,
+                                 description=description)
+        if done is not None:
+            return done
+    return ledger.settle(conn, job.hold_id, job.price, now=now, description=description)
 
 
 def has_result(engine: Engine, job_id: str, file_ids: list[str]) -> bool:

@@ -99,3 +99,74 @@ def test_a_late_finish_racing_a_reclaim_of_the_same_job_does_not_deadlock(
     assert reclaimed is None, reclaimed  # and there is nothing left to reclaim
     assert _kinds(pg_engine, job_id) == ["reserve", "settle"]
     assert_books_balance(pg_engine, account.account_id)
+
+
+def test_concurrent_claims_of_one_account_never_exceed_its_running_cap(pg_engine: Engine) -> None:
+    """Twelve workers claim twelve jobs of one account at once, its plan allowing four: exactly
+    four run, the other eight wait queued (AccountBusy). The running count is read after the
+    account lock is held, so claims that committed meanwhile are counted."""
+    account = create_test_account(pg_engine, "pro")
+    with pg_engine.begin() as conn:
+        ledger.grant(conn, account.account_id, 12 * PRICE, now=clock.now().timestamp())
+    ids = [_job(pg_engine, account) for _ in range(12)]
+    caps_asked: list[str] = []
+    barrier = threading.Barrier(len(ids))
+    results: dict[str, Any] = {}
+
+    def claim(job_id: str) -> None:
+        barrier.wait()
+        try:
+            results[job_id] = lifecycle.claim(pg_engine, job_id, f"worker-{job_id}", 30,
+                                              lambda plan: caps_asked.append(plan) or 4)
+        except lifecycle.AccountBusy as exc:
+            results[job_id] = exc
+
+    threads = [threading.Thread(target=claim, args=(job_id,)) for job_id in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    claimed = [j for j, r in results.items() if isinstance(r, lifecycle.ClaimedJob)]
+    waiting = [j for j, r in results.items() if isinstance(r, lifecycle.AccountBusy)]
+    assert (len(claimed), len(waiting)) == (4, 8), results
+    assert set(caps_asked) == {"pro"}
+    with pg_engine.connect() as conn:
+        statuses = dict(conn.execute(text("SELECT id, status FROM jobs WHERE account_id = :a"),
+                                     {"a": account.account_id}).all())
+    assert sorted(statuses[j] for j in claimed) == ["running"] * 4
+    assert sorted(statuses[j] for j in waiting) == ["queued"] * 8
+
+
+def _files(job_id: str, n: int) -> list[dict[str, Any]]:
+    return [{"id": f"file-{job_id}-{i}", "storage_key": f"k/{job_id}/{i}.png", "content_type": "image/png",
+             "bytes": 100 + i} for i in range(n)]
+
+
+def test_a_success_writes_the_job_its_files_and_one_settlement_and_a_lost_lease_writes_nothing(
+        pg_engine: Engine) -> None:
+    account = create_test_account(pg_engine, "pro")
+    with pg_engine.begin() as conn:
+        ledger.grant(conn, account.account_id, 2 * PRICE, now=clock.now().timestamp())
+    mine, lost = _job(pg_engine, account), _job(pg_engine, account)
+    job = lifecycle.claim(pg_engine, mine, "worker-1", 30, 4)
+    other = lifecycle.claim(pg_engine, lost, "worker-1", 30, 4)
+    assert job is not None and other is not None
+    before = assert_books_balance(pg_engine, account.account_id, open_holds=2)
+
+    assert lifecycle.succeed(pg_engine, other, "someone-else", _files(lost, 2), 3600) is False
+    assert lifecycle.succeed(pg_engine, job, "worker-1", _files(mine, 2), 3600) is True
+    assert lifecycle.succeed(pg_engine, job, "worker-1", _files(mine + "-again", 1), 3600) is False  # once only
+
+    with pg_engine.connect() as conn:
+        files = conn.execute(text("SELECT job_id, id, storage_key, content_type, bytes, account_id FROM files"
+                                  " WHERE account_id = :a ORDER BY id"), {"a": account.account_id}).all()
+        rows = dict(conn.execute(text("SELECT id, status FROM jobs WHERE account_id = :a"),
+                                 {"a": account.account_id}).all())
+        charged = conn.execute(text("SELECT charged, result FROM jobs WHERE id = :j"), {"j": mine}).one()
+    assert [tuple(f) for f in files] == [(mine, f["id"], f["storage_key"], "image/png", f["bytes"], account.account_id)
+                                         for f in _files(mine, 2)]
+    assert rows == {mine: "succeeded", lost: "running"}
+    assert charged[0] == PRICE and charged[1] == f'["file-{mine}-0", "file-{mine}-1"]'
+    assert _kinds(pg_engine, mine) == ["reserve", "settle"] and _kinds(pg_engine, lost) == ["reserve"]
+    after = assert_books_balance(pg_engine, account.account_id, open_holds=1)  # the lost one's hold stays
+    assert before.balance - after.balance == PRICE
