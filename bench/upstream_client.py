@@ -1,8 +1,9 @@
 """The gateway's upstream HTTP client alone: requests/s and client CPU per request against the fake
 OpenAI upstream, at concurrency 1 and 64, for:
 
-  * the client as the chat adapters use it (common.providers.http.UpstreamClient.post_json: an
-    httpx request handed straight to httpx-aiohttp's transport, over aiohttp's connections),
+  * the client as the chat adapters use it (common.providers.http.UpstreamClient.post_json: the
+    aiohttp session of httpx-aiohttp's transport called directly, the answer wrapped in an
+    httpx.Response; common.providers.aiohttp_transport),
   * the same client through httpx's client API (`client.post`: cookies, auth, redirects, merging),
   * httpx with its own pool of 200 (what Helyx used before: httpcore's pool scan is quadratic),
   * aiohttp alone (the floor for Python).
@@ -75,7 +76,7 @@ async def contenders(url: str) -> list[tuple[str, Callable[[], Any], Callable[[]
                 return json.loads(await response.read())
         return post, session.close
 
-    made.append(("Helyx (post_json: httpx request, aiohttp transport)", helyx, None))  # type: ignore[arg-type]
+    made.append(("Helyx (post_json: aiohttp session, httpx answer)", helyx, None))  # type: ignore[arg-type]
     made.append(("httpx client API over the same transport", httpx_client_layer, None))  # type: ignore[arg-type]
     made.append(("httpx, its own pool of 200", httpx_pool, None))  # type: ignore[arg-type]
     made.append(("aiohttp alone", native, None))  # type: ignore[arg-type]
