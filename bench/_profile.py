@@ -27,7 +27,8 @@ ANCHORS = [
     ("chat flow own code", r"/api/chat_flow\.py|/common/chat_billing\.py|/common/tokens\.py|/api/schemas/"),
 ]
 GENERIC = [
-    ("upstream call (adapter + httpx)", r"/httpcore/|/httpx/|/h11/"),  # a stack the sampler cut short
+    ("upstream call (adapter + httpx)", r"/httpcore/|/httpx/|/h11/|/aiohttp/"),  # a stack cut short, or a
+    # callback of the upstream connection run by the event loop (aiohttp's data_received)
     ("DB work, stack cut short by the sampler", r"/psycopg/|/sqlalchemy/|/common/pg_async\.py"),
     ("FastAPI deps, body parse, validation", r"/fastapi/dependencies/|/fastapi/routing\.py|/pydantic|/fastapi/_"),
     ("errors/middleware/metrics (own)", r"/api/middleware\.py|/api/errors\.py|/api/observability\.py|/prometheus"),
@@ -51,13 +52,13 @@ def classify(frames: list[str], anchors: list[tuple[str, str]] = ANCHORS,
 
 
 LIBS = [("psycopg (driver)", r"/psycopg/"), ("SQLAlchemy", r"/sqlalchemy/"),
-        ("httpx/httpcore/h11", r"/httpx/|/httpcore/|/h11/"),
+        ("httpx/httpcore/h11", r"/httpx/|/httpcore/|/h11/"), ("aiohttp (upstream connections)", r"/aiohttp/"),
         ("redis-py + limits", r"/redis/|/limits/"), ("pydantic", r"/pydantic"), ("FastAPI", r"/fastapi/"),
         ("starlette", r"/starlette/"), ("uvicorn", r"/uvicorn/|httptools"), ("anyio", r"/anyio/"),
         ("asyncio/uvloop", r"asyncio/|uvloop"), ("Helyx code (api/, common/)", r"\(/(api|common|workers)/"),
         ("logging + python-json-logger", r"/logging/|/pythonjsonlogger/"),
         ("prometheus_client", r"/prometheus_client/"), ("json/orjson", r"json"),
-        ("threading/queue/other stdlib", r"\.py")]
+        ("threading/queue/other stdlib", r"\.py")]  # also any library not named above
 
 
 def profile(pid: int, seconds: float, out: Path) -> Path | None:

@@ -128,9 +128,9 @@ WORKER_PHASES = [
 
 
 def profile_worker(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([str(_procs.VENV_BIN / "py-spy"), "record", "--pid", str(pid), "--duration",
-                             str(int(seconds)), "--rate", "200", "--format", "raw", "--output", str(out),
-                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """GIL-holding samples only: a thread waiting on a socket or in time.sleep is not CPU (without
+    --gil py-spy counted the consumers' BLPOP and busy pauses as active, ~25 % of the samples)."""
+    return profile_api(pid, seconds, out)
 
 
 def summarize(path: Path, anchors: list[tuple[str, str]] = WORKER_PHASES,
@@ -140,9 +140,11 @@ def summarize(path: Path, anchors: list[tuple[str, str]] = WORKER_PHASES,
 
 def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list[str]]:
     out = _procs.WORKDIR / "jobs-worker-profile.txt"
-    spy = None
+    spy = api_spy = None
+    api_out = _procs.WORKDIR / "jobs-api-burst-profile.txt"
     if args.profile and (_procs.VENV_BIN / "py-spy").exists() and stack.worker_pids():
         spy = profile_worker(stack.worker_pids()[0], args.profile_seconds, out)
+        api_spy = profile_api(stack.api.pid, args.profile_seconds, api_out)
     before = {p: _procs.cpu_seconds(p) for p in [stack.api.pid, *_procs.children(stack.api.pid), *stack.worker_pids()]}
     services = {p: _procs.cpu_seconds(p) for p in _procs.pids_named("postgres", "redis-server")}
     machine = _procs.machine_cpu()
@@ -192,10 +194,18 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     if spy is not None:
         spy.wait(timeout=args.profile_seconds + 60)
         if out.exists():
-            tables.append(_procs.table(f"py-spy, one worker process during the burst (active samples, all threads; "
+            tables.append(_procs.table(f"py-spy --gil, one worker process during the burst (GIL-holding samples; "
                                        f"{args.profile_seconds:g} s)", ["phase", "samples", "%"], summarize(out), 1))
             if args.keep_profile:
                 Path(args.keep_profile).write_text(out.read_text())
+    if api_spy is not None:
+        api_spy.wait(timeout=args.profile_seconds + 60)
+        if api_out.exists():
+            tables.append(_procs.table(f"py-spy --gil, the API process during the burst ({args.profile_seconds:g} s)",
+                                       ["phase (deepest matching frame)", "samples", "%"],
+                                       summarize(api_out, API_ANCHORS, GENERIC), 1))
+            if args.keep_profile:
+                Path(args.keep_profile + ".api").write_text(api_out.read_text())
     if refused:
         print(f"  refused: {refused[:3]}")
     return table, tables
