@@ -41,11 +41,12 @@ _CLAIM_RETURNING = " RETURNING account_id, type, model, params, attempts, hold_i
 _CLAIM = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE}{_CLAIM_RETURNING}")
 _CLAIM_UNDER_CAP = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE} AND {_RUNNING_COUNT} < :cap"
                         f"{_CLAIM_RETURNING}")
-# A job that must wait for a free slot: queued again (a dead worker's lapsed lease included), with
-# enqueued_at now, because the caller re-sends its message.
+# A runnable job whose claim the cap refused waits for a free slot: queued again (a dead worker's
+# lapsed lease included), with enqueued_at now, because the caller re-sends its message. No count
+# here: one that a requeue lowered since the claim's own would leave the job queued with no message.
 _WAIT_FOR_SLOT = text(
     "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now"
-    f" WHERE id = :id AND {_RUNNABLE} AND {_RUNNING_COUNT} >= :cap"
+    f" WHERE id = :id AND {_RUNNABLE}"
 )
 _OWNED = "id = :id AND status = 'running' AND lease_owner = :owner"
 _SUCCEED_SET = ("UPDATE jobs SET status = 'succeeded', progress = 100, finished_at = :now, charged = price,"
@@ -85,10 +86,10 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     `enqueued_at` now, since the caller sends its message again (otherwise the sweeper would take
     a waiting job for lost, or for a dead worker's, and add a message copy on every sweep).
 
-    Four round trips on PostgreSQL: BEGIN, the job with its account's plan (locking the account
-    row, which serializes one account's claims), the claim itself with the running count as its
-    condition (a statement of its own, so it counts what committed while we waited for the
-    lock), COMMIT."""
+    Four round trips on PostgreSQL (five when the account is busy): BEGIN, the job with its
+    account's plan (locking the account row, which serializes one account's claims), the claim
+    itself with the running count as its condition (a statement of its own, so it counts what
+    committed while we waited for the lock), COMMIT."""
     now = clock.now().timestamp()
     params = {"id": job_id, "owner": owner, "until": now + lease_seconds, "now": now}
     busy: str | None = None

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 
 from common import accounts, clock, ledger
 from common.jobs import lifecycle
@@ -170,3 +170,33 @@ def test_a_success_writes_the_job_its_files_and_one_settlement_and_a_lost_lease_
     assert _kinds(pg_engine, mine) == ["reserve", "settle"] and _kinds(pg_engine, lost) == ["reserve"]
     after = assert_books_balance(pg_engine, account.account_id, open_holds=1)  # the lost one's hold stays
     assert before.balance - after.balance == PRICE
+
+
+def test_a_claim_the_cap_refused_always_waits_with_its_message_even_if_a_slot_frees_meanwhile(
+        pg_engine: Engine) -> None:
+    """The account is at its cap when the claim counts, and a slot frees (another job requeued,
+    which takes no account lock) before the job is put back to wait: the claim must still say
+    AccountBusy, so its message is sent again. Returning None would drop the message and leave
+    the job queued until the stale-queue sweep."""
+    account = create_test_account(pg_engine, "pro")
+    with pg_engine.begin() as conn:
+        ledger.grant(conn, account.account_id, 2 * PRICE, now=clock.now().timestamp())
+    running_id, waiting_id = _job(pg_engine, account), _job(pg_engine, account)
+    assert lifecycle.claim(pg_engine, running_id, "worker-a", 30, 1) is not None
+    freed: list[bool] = []
+
+    def free_a_slot_before_the_wait(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not freed and statement.startswith("UPDATE jobs SET status = 'queued'") and "error_code" not in statement:
+            freed.append(lifecycle.requeue(pg_engine, running_id, "worker-a", "x", "freed meanwhile"))
+
+    event.listen(pg_engine, "before_cursor_execute", free_a_slot_before_the_wait)
+    try:
+        with pytest.raises(lifecycle.AccountBusy):
+            lifecycle.claim(pg_engine, waiting_id, "worker-b", 30, 1)
+    finally:
+        event.remove(pg_engine, "before_cursor_execute", free_a_slot_before_the_wait)
+    assert freed == [True]
+    with pg_engine.connect() as conn:
+        statuses = dict(conn.execute(text("SELECT id, status FROM jobs WHERE account_id = :a"),
+                                     {"a": account.account_id}).all())
+    assert statuses == {running_id: "queued", waiting_id: "queued"}
