@@ -4,6 +4,7 @@ the provider (retried only before the first byte), settle, answer — plain or s
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from common.providers.simulated import SYSTEM_FINGERPRINT
 from common.retrying import while_database_down_async
 from common.tokens import estimate_prompt_tokens
 
+log = logging.getLogger("helyx.api")
 SETTLE_PATIENCE_SECONDS = 15.0  # ride out a database restart rather than leave the hold to its TTL
 SETTLE_RETRY_SECONDS = 0.1  # a client is waiting: notice the database's return at once (a refused connect is cheap)
 
@@ -73,8 +75,18 @@ class ChatCall:
                 raise
             # The reservation committed without waiting for the flush (common.ledger_pg) and
             # PostgreSQL crashed before flushing it: there is nothing to settle or to charge.
+            log.warning("chat %s: its hold %s is gone (lost in a database crash?); nothing charged",
+                        self.id, self.reservation.hold_id)
             raise ServiceUnavailable("The database restarted and lost this request's reservation; nothing was "
                                      "charged. Please retry.") from None
+
+    async def finish_or_log(self, outcome: Outcome, stream: bool) -> None:
+        """`finish` where nobody is left to tell (the client has gone): a failure is logged. The
+        hold, if it still exists, is released at its expiry, so nothing is charged."""
+        try:
+            await self.finish(outcome, stream)
+        except Exception:
+            log.exception("chat %s: the settlement failed after the client left; nothing charged", self.id)
 
     async def _settle_hold(self, outcome: Outcome, stream: bool) -> Settlement:
         pg = self.services.pg
@@ -193,7 +205,8 @@ async def _stream(call: ChatCall) -> Response:
         raise
     async def abandoned() -> None:
         await _aclose(stream)
-        await call.finish(_stream_outcome(call, "cancelled", first.usage, [first.content], "client_disconnected"), True)
+        await call.finish_or_log(_stream_outcome(call, "cancelled", first.usage, [first.content],
+                                                 "client_disconnected"), True)
 
     return EventStreamResponse(_events(call, first, stream), headers=call.headers, on_unstarted=abandoned)
 
@@ -225,8 +238,16 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
                 await _aclose(stream)
         outcome = _stream_outcome(call, "interrupted" if error else "succeeded", usage, produced,
                                   error.code if error else None)
+        unsettled: HelyxError | None = None
         with anyio.CancelScope(shield=True):  # a client leaving now must not skip the settlement
-            settlement = await call.finish(outcome, stream=True)
+            try:
+                settlement = await call.finish(outcome, stream=True)
+            except Exception as exc:  # noqa: BLE001 - the client is told below, in the stream
+                unsettled = _settlement_failure(call, exc)
+        if unsettled is not None:  # the 200 is long gone: the stream ends with the error instead
+            yield sse_data({"error": {"message": unsettled.message, "type": unsettled.type, "code": unsettled.code,
+                                      "param": None}, "helyx": {"credits_charged": 0}})
+            return
         if error is not None:
             yield sse_data({"error": {"message": f"The upstream provider failed mid-stream: {error.message}",
                                       "type": error.type, "code": error.code, "param": None},
@@ -242,7 +263,19 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
         if outcome is None:  # the client went away (or we were cancelled): charge what was produced
             with anyio.CancelScope(shield=True):
                 await _aclose(stream)
-                await call.finish(_stream_outcome(call, "cancelled", usage, produced, "client_disconnected"), True)
+                await call.finish_or_log(_stream_outcome(call, "cancelled", usage, produced, "client_disconnected"),
+                                         True)
+
+
+def _settlement_failure(call: ChatCall, exc: Exception) -> HelyxError:
+    """What a stream's client is told when its settlement failed: the error itself when it is
+    ours (a lost reservation), else the database's absence. Either way nothing was charged: an
+    unsettled hold is released at its expiry."""
+    if isinstance(exc, HelyxError):
+        return exc
+    log.warning("chat %s: settlement failed (%s); its hold is released at expiry", call.id, type(exc).__name__)
+    return ServiceUnavailable("The gateway could not record this call's charge (its database is unavailable); "
+                              "nothing was charged.")
 
 
 def _stream_outcome(call: ChatCall, status: str, usage: Usage | None, produced: list[str], code: str | None) -> Outcome:

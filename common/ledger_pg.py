@@ -14,15 +14,17 @@ resolve locks the hold row, then the account row (the account update reads the h
 the same order as common.ledger._resolve.
 
 A chat reservation (`reserve_async`) commits without waiting for the WAL flush
-(`synchronous_commit` off for its own transaction only, set inside the statement). It is safe
-because nothing outside the database acts on a chat hold before its settlement, and the
-settlement commits synchronously: PostgreSQL writes WAL in order, so flushing the settlement
-flushes the reservation before it. A crash of PostgreSQL (not a clean stop, which flushes) can
-only lose a reservation made in the last moments before it, whose settlement then finds no
-hold: the call answers 503 and charges nothing (api.chat_flow), as a call whose database stayed
-down past its settlement's patience does. Balances and ledgers stay exact either way. Other
+(`synchronous_commit` off for its own transaction only, set inside the statement). Other
 transactions see the hold as soon as it commits, so concurrent requests are held back exactly as
-before. A job's reservation stays synchronous: the 202 and the queued message act on it at once.
+before, and the settlement commits synchronously: WAL is written in order, so its flush covers
+the reservation too, and no charge is ever recorded or reported on a reservation that could
+still vanish. What a PostgreSQL crash (not a clean stop, which flushes) can lose is a
+reservation made in its last moments, while that call's upstream request (and, for a stream,
+its first chunks) is under way; the settlement then finds no hold and the call charges nothing,
+answering 503 or ending its stream with an error event (api.chat_flow). A durable hold would
+have let that settlement succeed once the database was back within its patience; we trade those
+few free calls per crash for ~0.2 ms off every chat. A job's reservation stays synchronous: the
+202 and the queued message act on it at once.
 """
 
 from __future__ import annotations

@@ -182,3 +182,41 @@ def test_a_chat_reservation_commits_unflushed_and_leaves_the_connection_synchron
     assert (inside, after_tx, after) == ("off", "on", "on")
     assert second is not None
     assert _numbers(pg_engine, account.account_id)[2] == 2 * MICRO  # both holds written
+
+
+def test_a_chat_reservation_does_not_wait_for_a_wal_flush_and_a_settlement_does(pg_engine: Engine) -> None:
+    """Counted by PostgreSQL itself (pg_stat_wal.wal_sync: WAL flushes to disk): fifty chat
+    reservations in a row flush (almost) never, fifty settlements flush about once each."""
+    account = create_test_account(pg_engine, "free")
+    with pg_engine.begin() as conn:
+        ledger.grant(conn, account.account_id, 1000 * MICRO, now=1.0)
+        if conn.execute(text("SHOW fsync")).scalar() != "on" or conn.execute(
+                text("SHOW synchronous_commit")).scalar() == "off":
+            pytest.skip("this server does not flush commits at all")
+    form = LoopForm(pg_engine)
+    count = 50
+
+    async def syncs(conn: Any) -> int:
+        await conn.execute("SELECT pg_stat_force_next_flush()")  # this backend's counters, flushed when idle
+        return int((await (await conn.execute("SELECT wal_sync FROM pg_stat_wal")).fetchone())[0])
+
+    async def run() -> tuple[int, int]:
+        kw = {"account_id": account.account_id, "key_id": account.key_id, "amount": MICRO, "purpose": "t",
+              "now": 2.0, "ttl": 600}
+        async with form.pg.connection() as conn:
+            start = await syncs(conn)
+            holds = [await ledger_pg.reserve_async(conn, **kw) for _ in range(count)]
+            reserved = await syncs(conn)
+            for hold in holds:
+                assert hold is not None
+                await ledger_pg.resolve_async(conn, hold, MICRO // 2, now=3.0, description="t")
+            settled = await syncs(conn)
+        return reserved - start, settled - reserved
+
+    try:
+        reserving, settling = form.runner.run(run())
+    finally:
+        form.close()
+    assert reserving <= count // 5, (reserving, settling)  # the WAL writer's own few, and others' activity
+    assert settling >= count * 4 // 5, (reserving, settling)
+    assert _numbers(pg_engine, account.account_id)[2] == 0  # every hold settled

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
@@ -163,18 +164,20 @@ def test_on_postgresql_the_money_statements_run_on_the_event_loop(gw: Gateway) -
         assert services.pg is not None and services.pg.idle_count >= 1
 
 
-def test_a_reservation_lost_by_a_database_crash_is_a_503_that_charges_nothing(
-    gw: Gateway, openai_fake: FakeUpstream,
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reservation_lost_by_a_database_crash_charges_nothing_and_says_so(
+    gw: Gateway, openai_fake: FakeUpstream, stream: bool,
 ) -> None:
     """A chat reservation commits without waiting for the WAL flush (common.ledger_pg): a
     PostgreSQL crash can lose it while the upstream call runs. Simulated here by removing the
     hold, its ledger row and the account's held amount in one transaction, as if the reserve had
-    never committed: the settlement finds no hold, the client gets a 503, nothing is charged."""
-    openai_fake.behaviour = Behaviour(hang=0.6)
+    never committed: the settlement finds no hold and nothing is charged. A plain call answers
+    503; a stream, whose 200 and chunks have gone out, ends with an error event (no [DONE])."""
+    openai_fake.behaviour = Behaviour(chunk_delay=0.15) if stream else Behaviour(hang=0.6)
     account = gw.account()
     before = books(gw.engine, account.account_id)
     with ThreadPoolExecutor(1) as pool, gw.http(account) as http:
-        pending = pool.submit(chat, http)
+        pending = pool.submit(chat, http, stream=stream)
         hold = wait_for(lambda: _open_hold(gw.engine, account.account_id))
         with gw.engine.begin() as conn:
             conn.execute(text("DELETE FROM ledger_entries WHERE hold_id = :h"), {"h": hold["id"]})
@@ -182,11 +185,45 @@ def test_a_reservation_lost_by_a_database_crash_is_a_503_that_charges_nothing(
             conn.execute(text("UPDATE accounts SET held = held - :a WHERE id = :id"),
                          {"a": hold["amount"], "id": account.account_id})
         response = pending.result(timeout=30)
-    assert response.status_code == 503, response.text
-    assert response.json()["error"]["code"] == "service_unavailable"
-    assert "nothing was charged" in response.json()["error"]["message"]
+    if stream:
+        assert response.status_code == 200
+        events = sse_events(response)
+        assert any(isinstance(e, dict) and e.get("choices") for e in events)  # the content went out first
+        last = events[-1]
+        assert isinstance(last, dict) and last["error"]["code"] == "service_unavailable", events[-2:]
+        assert last["helyx"] == {"credits_charged": 0} and "[DONE]" not in events
+        error = last["error"]
+    else:
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "service_unavailable"
+    assert "nothing was charged" in error["message"]
     after = assert_books_balance(gw.engine, account.account_id)
     assert (after.balance, after.entries) == (before.balance, before.entries)
+
+
+def test_a_stream_whose_settlement_meets_a_database_outage_ends_with_an_error_event(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database is unreachable at a stream's settlement for longer than its patience: the
+    stream (already 200, chunks sent) ends with a 503-style error event saying nothing was
+    charged, and the hold stays open, to be released at its expiry."""
+    from api import chat_flow
+
+    async def unreachable(self: object, outcome: object, stream: bool) -> None:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(chat_flow, "SETTLE_PATIENCE_SECONDS", 0.2)
+    monkeypatch.setattr(chat_flow.ChatCall, "_settle_hold", unreachable)
+    account = gw.account()
+    with gw.http(account) as http:
+        response = chat(http, stream=True)
+    events = sse_events(response)
+    last = events[-1]
+    assert response.status_code == 200 and "[DONE]" not in events
+    assert isinstance(last, dict) and last["error"]["code"] == "service_unavailable", events[-2:]
+    assert "nothing was charged" in last["error"]["message"] and last["helyx"] == {"credits_charged": 0}
+    assert assert_books_balance(gw.engine, account.account_id, open_holds=1).held > 0
 
 
 def _open_hold(engine: Engine, account_id: str) -> dict[str, Any] | None:
