@@ -63,11 +63,15 @@ class UpstreamClient(httpx.AsyncClient):
         self._json_headers = {**dict(self.headers), "content-type": "application/json"}
         self._extensions = {"timeout": self.timeout.as_dict()}
 
+    def _refuse_if_closed(self) -> None:
+        """As httpx's own send: a closed client must not open a new session."""
+        if self.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+
     def _json_request(self, url: httpx.URL | str, body: Any, headers: dict[str, str],
                       params: dict[str, str] | None) -> httpx.Request:
         """`headers` in lower case (they are merged as a plain dict)."""
-        if self.is_closed:  # as httpx's own send: a closed client must not open a new session
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        self._refuse_if_closed()
         return httpx.Request("POST", url, params=params, headers={**self._json_headers, **headers},
                              content=orjson.dumps(body), extensions=self._extensions)
 
@@ -75,8 +79,7 @@ class UpstreamClient(httpx.AsyncClient):
         """POST `body` as JSON; the response is read whole and closed. On the aiohttp transport
         (always, outside unit tests) the request goes straight to its session."""
         if isinstance(self._transport, DirectAiohttpTransport):
-            if self.is_closed:
-                raise RuntimeError("Cannot send a request, as the client has been closed.")
+            self._refuse_if_closed()
             return await self._transport.post(str(url), {**self._json_headers, **headers}, orjson.dumps(body),
                                               self._extensions["timeout"])
         response = await self._transport.handle_async_request(self._json_request(url, body, headers, None))
