@@ -127,12 +127,6 @@ WORKER_PHASES = [
 ]
 
 
-def profile_worker(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    """GIL-holding samples only: a thread waiting on a socket or in time.sleep is not CPU (without
-    --gil py-spy counted the consumers' BLPOP and busy pauses as active, ~25 % of the samples)."""
-    return profile_api(pid, seconds, out)
-
-
 def summarize(path: Path, anchors: list[tuple[str, str]] = WORKER_PHASES,
               generic: list[tuple[str, str]] | None = None) -> list[list[Any]]:
     return summarize_profile(path, anchors, generic or [])[0]
@@ -143,8 +137,8 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     spy = api_spy = None
     api_out = _procs.WORKDIR / "jobs-api-burst-profile.txt"
     if args.profile and (_procs.VENV_BIN / "py-spy").exists() and stack.worker_pids():
-        spy = profile_worker(stack.worker_pids()[0], args.profile_seconds, out)
-        api_spy = profile_api(stack.api.pid, args.profile_seconds, api_out)
+        spy = profile_gil(stack.worker_pids()[0], args.profile_seconds, out)
+        api_spy = profile_gil(stack.api.pid, args.profile_seconds, api_out)
     before = {p: _procs.cpu_seconds(p) for p in [stack.api.pid, *_procs.children(stack.api.pid), *stack.worker_pids()]}
     services = {p: _procs.cpu_seconds(p) for p in _procs.pids_named("postgres", "redis-server")}
     machine = _procs.machine_cpu()
@@ -241,7 +235,9 @@ API_ANCHORS = [
 ]
 
 
-def profile_api(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+def profile_gil(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy, GIL-holding samples only: a thread waiting on a socket or in time.sleep is not CPU
+    (without --gil py-spy counted a worker's BLPOP and busy pauses as active, ~25 % of samples)."""
     return subprocess.Popen([str(_procs.VENV_BIN / "py-spy"), "record", "--pid", str(pid), "--duration",
                              str(int(seconds)), "--rate", "200", "--gil", "--format", "raw", "--output", str(out),
                              "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -257,7 +253,7 @@ def polls(stack: Stack, args: argparse.Namespace, job_id: str) -> list[list[Any]
         for name, raw in targets.items():
             spy = None
             if round_ == 0 and name.startswith("GET /api") and args.profile and len(pids) == 1:
-                spy = profile_api(pids[0], args.load_seconds - 1, _procs.WORKDIR / "jobs-api-profile.txt")
+                spy = profile_gil(pids[0], args.load_seconds - 1, _procs.WORKDIR / "jobs-api-profile.txt")
             before = sum(_procs.cpu_seconds(p) for p in pids)
             r = _wrk(stack.port, raw, args.connections, args.load_seconds)
             r["cpu_ms"] = (sum(_procs.cpu_seconds(p) for p in pids) - before) / max(1, r["requests"]) * 1e3
