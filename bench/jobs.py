@@ -107,6 +107,15 @@ class Stack:
                 time.sleep(0.05)
         raise TimeoutError(f"{left} job(s) still unfinished after {timeout:g} s")
 
+    def pg_counters(self) -> dict[str, float]:
+        """This database's commits and row writes, and the server's WAL (shared: others' too)."""
+        with self.connect(autocommit=True) as conn:
+            db = conn.execute("SELECT xact_commit, tup_inserted, tup_updated, tup_deleted FROM pg_stat_database "
+                              "WHERE datname = %s", (DB,)).fetchone()
+            wal = conn.execute("SELECT wal_records, wal_bytes, wal_sync FROM pg_stat_wal").fetchone()
+        names = ["commits", "rows inserted", "rows updated", "rows deleted", "WAL records", "WAL bytes", "WAL flushes"]
+        return dict(zip(names, [float(v) for v in (*db, *wal)], strict=True))
+
     def stop(self) -> None:
         self.workers.stop(timeout=15)
         self.api.stop()
@@ -142,6 +151,7 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     before = {p: _procs.cpu_seconds(p) for p in [stack.api.pid, *_procs.children(stack.api.pid), *stack.worker_pids()]}
     services = {p: _procs.cpu_seconds(p) for p in _procs.pids_named("postgres", "redis-server")}
     machine = _procs.machine_cpu()
+    counters = stack.pg_counters()
     t0 = time.time()
     res = run_load("submit", {"port": stack.port, "raw": stack.raw_submit(args.size), "count": args.jobs,
                               "connections": args.submitters, "max_seconds": 300})["results"]
@@ -155,6 +165,8 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     service_cpu = {p: _procs.cpu_seconds(p) - services.get(p, 0.0)
                    for p in _procs.pids_named("postgres", "redis-server")}
     redis_pids = set(_procs.pids_named("redis-server"))
+    time.sleep(1.2)  # backends publish their statistics at most once a second
+    after = stack.pg_counters()
     rows = stack.rows(ids)
     lat = [(f - c) * 1e3 for _, s, c, _, f in rows if s == "succeeded" and f]
     queue_wait = [(st - c) * 1e3 for _, s, c, st, f in rows if s == "succeeded" and st]
@@ -184,6 +196,8 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
         ["machine CPU ms per job (busy x cores x burst time / jobs)",
          busy / 100 * (os.cpu_count() or 1) * (done_at - t0) / max(1, len(lat)) * 1e3],
     ]
+    table.append(["PostgreSQL per job: " + ", ".join(after), " / ".join(
+        f"{(after[k] - counters[k]) / max(1, len(lat)):.1f}" for k in after)])
     tables = []
     if spy is not None:
         spy.wait(timeout=args.profile_seconds + 60)
