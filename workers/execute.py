@@ -150,10 +150,12 @@ async def _heartbeat(job_id: str, owner: str, progress: dict[str, int], work: as
 
 
 def _store(job: ClaimedJob, media: list[MediaFile]) -> list[dict[str, Any]]:
+    """Each file under its own new id: an attempt that loses the job deletes what it stored, and
+    must never hit the files of the attempt that won (a stalled worker whose lease was reclaimed)."""
     files = []
-    for index, item in enumerate(media):
+    for item in media:
         file_id = new_id("file")
-        key = f"{job.account_id}/{job.id}/{index}{_extension(item.content_type)}"
+        key = f"{job.account_id}/{job.id}/{file_id}{_extension(item.content_type)}"
         size = context.storage().put(key, item.data, item.content_type)
         files.append({"id": file_id, "storage_key": key, "content_type": item.content_type, "bytes": size})
     return files

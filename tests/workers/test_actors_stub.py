@@ -385,6 +385,35 @@ def test_a_job_whose_worker_died_is_reclaimed_after_its_lease_and_charged_once(
     assert before.balance - after.balance == IMAGE_PRICE
 
 
+def test_a_stalled_attempt_that_lost_its_job_deletes_only_its_own_files_not_the_winners(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def freeze_first(call: int, request: ImageRequest) -> list[MediaFile]:
+        if call == 1:
+            time.sleep(1.5)  # the whole thread stalls (as a frozen process): no lease renewal either
+        return pngs(request)
+
+    provider = ScriptedImages(freeze_first).install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=0.5, stale_queued_seconds=3600)
+    account = jobs.account()
+    before = books(jobs.engine, account.account_id)
+
+    job_id = jobs.submit(account)
+    assert provider.started.wait(5)
+    time.sleep(0.7)  # the stalled attempt's lease has lapsed
+    assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 1
+    row = jobs.wait(job_id)
+    assert row["status"] == "succeeded" and row["attempts"] == 2
+    jobs.join()  # the stalled attempt wakes, stores its result, loses the job and cleans up
+
+    assert provider.calls == 2
+    [stored] = jobs.files(job_id)
+    assert jobs.stored_keys() == [stored["storage_key"]]  # the winner's file is still there
+    assert _decode(jobs.settings.storage_dir / stored["storage_key"]).size == (256, 256)
+    assert jobs.kinds(job_id) == ["reserve", "settle"]
+    after = assert_books_balance(jobs.engine, account.account_id)
+    assert before.balance - after.balance == IMAGE_PRICE
+
+
 def test_the_running_jobs_cap_keeps_extra_jobs_queued_never_rejected_and_all_of_them_finish(
         make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     statuses_seen: set[str] = set()
