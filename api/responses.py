@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
+
+from common.errors import NotFound
+from common.storage import Storage
 
 
 class JSONResponse(Response):
@@ -17,3 +21,15 @@ class JSONResponse(Response):
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse(content, status_code=status, headers=headers)
+
+
+def stored_file_response(storage: Storage, stored: Mapping[str, Any], headers: dict[str, str]) -> StreamingResponse:
+    """A stored result file, streamed. Its bytes can be gone while its row remains (the expiry
+    sweep deletes the bytes first; an operator may clear the disk): 404, not a 500."""
+    try:
+        chunks = storage.iter_chunks(stored["storage_key"])  # opens the file now
+    except FileNotFoundError:
+        raise NotFound(f"The content of file {stored['id']} is no longer stored.", code="file_not_found",
+                       param="id") from None
+    return StreamingResponse(chunks, media_type=stored["content_type"],
+                             headers={"content-length": str(stored["bytes"]), **headers})

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from api.deps import ServicesDep, authenticate
+from api.responses import stored_file_response
 from api.schemas.responses import doc
 from common import clock
 from common.errors import NotFound
@@ -31,5 +32,4 @@ async def file_content(file_id: str, request: Request, services: ServicesDep,
         principal = await authenticate(request, services)
         if principal.account_id != stored["account_id"]:
             raise NotFound(f"No file {file_id}", code="file_not_found", param="id")
-    return StreamingResponse(services.storage.iter_chunks(stored["storage_key"]), media_type=stored["content_type"],
-                             headers={"content-length": str(stored["bytes"]), "cache-control": "private, max-age=300"})
+    return stored_file_response(services.storage, stored, {"cache-control": "private, max-age=300"})

@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 
 from api import job_flow
 from api.deps import CallerDep, PrincipalDep, ServicesDep
-from api.responses import json_response
+from api.responses import json_response, stored_file_response
 from api.schemas.media import VideoCreateRequest
 from api.schemas.responses import VideoDeleted, VideoList, VideoView, doc
 from common.errors import Conflict, InvalidRequest, NotFound
@@ -105,9 +105,8 @@ async def get_video_content(
     if variant != "video":
         raise NotFound(f"No {variant} for video {video_id}; only the video itself is stored.", param="variant")
     stored = record.files[0]
-    return StreamingResponse(services.storage.iter_chunks(stored["storage_key"]), media_type=stored["content_type"],
-                             headers={"content-length": str(stored["bytes"]),
-                                      "content-disposition": f'attachment; filename="{video_id}.mp4"'})
+    return stored_file_response(services.storage, stored,
+                                {"content-disposition": f'attachment; filename="{video_id}.mp4"'})
 
 
 @router.delete("/videos/{video_id}", summary="Delete a video (an unfinished one is canceled and refunded)",

@@ -188,6 +188,21 @@ def test_another_accounts_job_and_file_are_404_never_403(media: Media) -> None:
     assert media.jobs.job(job_id)["status"] == "succeeded"
 
 
+def test_a_file_whose_bytes_are_gone_is_404_file_not_found_not_a_500(media: Media) -> None:
+    account = media.account("plus")
+    image = media.client.post(IMAGES, headers=account.headers, json={"prompt": "gone", "size": "256x256"}).json()
+    video = media.client.post("/api/v1/videos", headers=account.headers,
+                              json={"model": "vo3", "prompt": "gone too", "seconds": "4", "size": "1280x720"}).json()
+    poll_video(media, account, video["id"])
+    for job_id in (image["helyx"]["job_id"], video["id"]):
+        for stored in media.jobs.files(job_id):  # swept from disk (or cleared by hand), the row still there
+            (media.jobs.settings.storage_dir / stored["storage_key"]).unlink()
+
+    for url in (image["data"][0]["url"], f"/api/v1/videos/{video['id']}/content"):
+        error = error_of(media.client.get(url, headers=account.headers), 404)
+        assert error["code"] == "file_not_found" and error["type"] == "not_found_error"
+
+
 def test_a_tampered_or_expired_signature_needs_the_owners_key(media: Media) -> None:
     owner, stranger = media.account(), media.account()
     first = media.client.post(IMAGES, headers=owner.headers, json={"prompt": "one", "size": "256x256"}).json()
