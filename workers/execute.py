@@ -22,7 +22,7 @@ from typing import Any
 from common.errors import UpstreamError
 from common.ids import new_id
 from common.jobs import lifecycle
-from common.jobs.lifecycle import AccountBusy, ClaimedJob
+from common.jobs.lifecycle import AccountBusy, AttemptsExhausted, ClaimedJob
 from common.providers.base import ImageRequest, MediaFile, VideoRequest
 from common.providers.registry import Providers
 from common.retrying import DATABASE_DOWN, while_database_down
@@ -48,9 +48,15 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
     engine = context.engine()
     owner = _owner()
     try:
-        job = lifecycle.claim(engine, job_id, owner, settings.job_lease_seconds, settings.running_jobs_for)
+        job = lifecycle.claim(engine, job_id, owner, settings.job_lease_seconds, settings.running_jobs_for,
+                              max_attempts=settings.job_max_retries + 1)
     except AccountBusy:
         requeue(args=(job_id,), delay=BUSY_RETRY_MS)
+        return
+    except AttemptsExhausted as exhausted:
+        log.warning("job transition", extra={"job_id": job_id, "to": "failed", "error_code": lifecycle.WORKER_LOST})
+        if exhausted.webhook_url:
+            notify(job_id)
         return
     if job is None:
         return  # finished, canceled, or running under a live lease elsewhere

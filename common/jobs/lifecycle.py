@@ -28,7 +28,7 @@ from common.errors import Conflict, NotFound
 _RUNNABLE = "(status = 'queued' OR (status = 'running' AND lease_until < :now))"
 _RUNNING_COUNT = ("(SELECT COUNT(*) FROM jobs r WHERE r.account_id = :aid AND r.status = 'running'"
                   " AND r.lease_until >= :now)")
-_CURRENT = text("SELECT j.account_id, j.status, j.lease_until, a.plan FROM jobs j JOIN accounts a"
+_CURRENT = text("SELECT j.account_id, j.status, j.lease_until, j.attempts, a.plan FROM jobs j JOIN accounts a"
                 " ON a.id = j.account_id WHERE j.id = :id")
 # The account row locked before the job row is (one lock order for every transition); SQLite's
 # BEGIN IMMEDIATE already serializes.
@@ -65,6 +65,19 @@ class AccountBusy(Exception):
     """The account already runs as many jobs as its plan allows: the job stays queued."""
 
 
+class AttemptsExhausted(Exception):
+    """The job used all its attempts without an outcome (its workers died running it): it was
+    failed with a full refund instead of being run again."""
+
+    def __init__(self, job_id: str, webhook_url: str | None) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+        self.webhook_url = webhook_url
+
+
+WORKER_LOST = "worker_lost"
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
     id: str
@@ -79,12 +92,18 @@ class ClaimedJob:
 
 
 def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
-          running_cap: int | Callable[[str], int | None] | None) -> ClaimedJob | None:
+          running_cap: int | Callable[[str], int | None] | None, max_attempts: int | None = None) -> ClaimedJob | None:
     """Take the job for `owner`, or None if it is not runnable (gone, done, canceled, leased by a
     live worker). `running_cap` is the account's cap on running jobs, or a function of its plan.
     AccountBusy when the account already runs that many: the job is then queued with
     `enqueued_at` now, since the caller sends its message again (otherwise the sweeper would take
     a waiting job for lost, or for a dead worker's, and add a message copy on every sweep).
+
+    A job that already had `max_attempts` claims is not run again: only a worker that died
+    running it (a lapsed lease, or a restart of the self-contained mode) leaves a job runnable
+    with its attempts used up, and a job that kills its worker every time (out of memory, a
+    crash in a native library) would otherwise be reclaimed forever, its hold open. It is failed
+    with a full refund instead (AttemptsExhausted).
 
     Four round trips on PostgreSQL (five when the account is busy): BEGIN, the job with its
     account's plan (locking the account row, which serializes one account's claims), the claim
@@ -99,8 +118,11 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
         if current is None or not (current.status == "queued" or (current.status == "running"
                                                                    and current.lease_until < now)):
             return None
-        cap = running_cap(current.plan) if callable(running_cap) else running_cap
-        if cap is None:
+        exhausted = max_attempts is not None and current.attempts >= max_attempts
+        cap = None if exhausted else running_cap(current.plan) if callable(running_cap) else running_cap
+        if exhausted:
+            row = None
+        elif cap is None:
             row = conn.execute(_CLAIM, params).first()
         else:
             capped = {**params, "aid": current.account_id, "cap": cap}
@@ -109,10 +131,32 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
                 busy = current.account_id
     if busy is not None:
         raise AccountBusy(busy)
+    if exhausted:
+        _fail_exhausted(engine, job_id, current.account_id, current.attempts)
     if row is None:
         return None
     return ClaimedJob(job_id, row.account_id, row.type, row.model, json.loads(row.params), row.attempts,
                       row.hold_id, row.price, row.webhook_url)
+
+
+def _fail_exhausted(engine: Engine, job_id: str, account_id: str, attempts: int) -> None:
+    """Fail a runnable job whose attempts are used up, with a full refund; AttemptsExhausted when
+    this call did it (nothing when a cancel or another worker's sweep came first)."""
+    now = clock.now().timestamp()
+    message = (f"The job's worker stopped while running it, {attempts} time(s) (it crashed or was killed); "
+               "the job was not run again and was refunded in full.")
+    with engine.begin() as conn:
+        _lock_account(conn, account_id, job_id)
+        row = conn.execute(
+            text("UPDATE jobs SET status = 'failed', finished_at = :now, error_code = :code, error_message = :msg,"
+                 f" lease_owner = NULL, lease_until = NULL WHERE id = :id AND {_RUNNABLE} AND attempts = :attempts"
+                 " RETURNING hold_id, webhook_url"),
+            {"id": job_id, "now": now, "code": WORKER_LOST, "msg": message, "attempts": attempts},
+        ).first()
+        if row is None:
+            return
+        ledger.release(conn, row.hold_id, now=now)
+    raise AttemptsExhausted(job_id, row.webhook_url)
 
 
 def _lock_account(conn: Connection, account_id: str, job_id: str | None = None) -> None:

@@ -385,6 +385,44 @@ def test_a_job_whose_worker_died_is_reclaimed_after_its_lease_and_charged_once(
     assert before.balance - after.balance == IMAGE_PRICE
 
 
+def test_a_job_whose_workers_keep_dying_is_failed_and_refunded_once_its_attempts_are_used_up(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=0.2, stale_queued_seconds=3600, job_max_retries=1)  # 2 attempts
+    account = jobs.account()
+    before = books(jobs.engine, account.account_id)
+
+    job_id = jobs.submit(account, enqueue=False)
+    for attempt in (1, 2):  # each attempt's worker dies with the job (it never renews its lease)
+        claimed = lifecycle.claim(jobs.engine, job_id, f"doomed-{attempt}", 0.2, None, max_attempts=2)
+        assert claimed is not None and claimed.attempts == attempt
+        time.sleep(0.3)
+    assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 1
+    row = jobs.wait(job_id)
+    jobs.join()
+
+    assert row["status"] == "failed" and row["error_code"] == "worker_lost" and row["attempts"] == 2
+    assert "2 time(s)" in row["error_message"] and provider.calls == 0  # not run a third time
+    assert jobs.kinds(job_id) == ["reserve", "release"] and jobs.hold(job_id)["status"] == "released"
+    assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 0  # no longer picked up
+    assert assert_books_balance(jobs.engine, account.account_id).balance == before.balance
+
+
+def test_a_reclaimed_job_with_attempts_left_runs_again(make_jobs: JobsFactory,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=0.2, stale_queued_seconds=3600, job_max_retries=1)
+    account = jobs.account()
+    job_id = jobs.submit(account, enqueue=False)
+    assert lifecycle.claim(jobs.engine, job_id, "doomed", 0.2, None, max_attempts=2) is not None
+    time.sleep(0.3)
+    assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 1
+    row = jobs.wait(job_id)
+    jobs.join()
+    assert row["status"] == "succeeded" and row["attempts"] == 2 and provider.calls == 1
+    assert jobs.kinds(job_id) == ["reserve", "settle"]
+
+
 def test_a_stalled_attempt_that_lost_its_job_deletes_only_its_own_files_not_the_winners(
         make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     async def freeze_first(call: int, request: ImageRequest) -> list[MediaFile]:
@@ -481,9 +519,9 @@ def test_a_job_waiting_for_a_free_slot_keeps_one_message_not_a_growing_swarm(
     claims: dict[str, int] = {}
     real_claim = lifecycle.claim
 
-    def counting_claim(engine: Any, job_id: str, *args: Any) -> Any:
+    def counting_claim(engine: Any, job_id: str, *args: Any, **kwargs: Any) -> Any:
         claims[job_id] = claims.get(job_id, 0) + 1
-        return real_claim(engine, job_id, *args)
+        return real_claim(engine, job_id, *args, **kwargs)
 
     monkeypatch.setattr(lifecycle, "claim", counting_claim)
     jobs = make_jobs(threads=4, jobs_running_free=1, stale_queued_seconds=0.1, job_lease_seconds=2)

@@ -200,3 +200,27 @@ def test_a_claim_the_cap_refused_always_waits_with_its_message_even_if_a_slot_fr
         statuses = dict(conn.execute(text("SELECT id, status FROM jobs WHERE account_id = :a"),
                                      {"a": account.account_id}).all())
     assert statuses == {running_id: "queued", waiting_id: "queued"}
+
+
+def test_a_job_whose_attempts_were_used_up_by_dead_workers_is_failed_and_refunded_once(pg_engine: Engine) -> None:
+    account = create_test_account(pg_engine, "pro")
+    with pg_engine.begin() as conn:
+        ledger.grant(conn, account.account_id, PRICE, now=clock.now().timestamp())
+    job_id = _job(pg_engine, account)
+    before = assert_books_balance(pg_engine, account.account_id, open_holds=1)
+    for attempt in (1, 2):  # two workers die with it
+        claimed = lifecycle.claim(pg_engine, job_id, f"dead-{attempt}", 0.05, 4, max_attempts=2)
+        assert claimed is not None and claimed.attempts == attempt
+        time.sleep(0.1)
+
+    # two workers reclaim the lapsed lease at once: one fails and refunds it, the other finds nothing
+    first, second = _race(lambda: lifecycle.claim(pg_engine, job_id, "w-1", 30, 4, max_attempts=2),
+                          lambda: lifecycle.claim(pg_engine, job_id, "w-2", 30, 4, max_attempts=2))
+    assert sorted([type(first).__name__, type(second).__name__]) == ["AttemptsExhausted", "NoneType"]
+    with pg_engine.connect() as conn:
+        row = conn.execute(text("SELECT status, error_code, attempts, lease_owner FROM jobs WHERE id = :j"),
+                           {"j": job_id}).one()
+    assert tuple(row) == ("failed", "worker_lost", 2, None)
+    assert _kinds(pg_engine, job_id) == ["reserve", "release"]
+    after = assert_books_balance(pg_engine, account.account_id, open_holds=0)
+    assert after.balance == before.balance and after.held == 0 and after.available == before.available + PRICE
