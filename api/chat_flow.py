@@ -19,7 +19,7 @@ from api.responses import json_response
 from api.schemas.chat import ChatCompletionRequest
 from api.services import Services
 from api.sse import SSE_DONE, EventStreamResponse, sse_data
-from common import chat_billing, clock
+from common import billing, chat_billing, clock
 from common.accounts import Principal
 from common.catalog import ModelEntry
 from common.chat_billing import Outcome, Reservation
@@ -90,14 +90,15 @@ class ChatCall:
 
     async def _settle_hold(self, outcome: Outcome, stream: bool) -> Settlement:
         pg = self.services.pg
+        day = billing.today(self.services.settings.timezone)
         if pg is not None:
             settled = await chat_billing.finish_chat_async(pg, self.principal, self.entry, self.reservation, outcome,
-                                                           stream=stream, started=self.started)
+                                                           stream=stream, started=self.started, day=day)
             if settled is not None:
                 return settled
         return await run_in_threadpool(lambda: chat_billing.finish_chat(
             self.services.engine, self.principal, self.entry, self.reservation, outcome, stream=stream,
-            started=self.started))
+            started=self.started, day=day))
 
     def upstream_done(self, since: float, kind: str, error: BaseException | None = None) -> None:
         provider = self.entry.provider

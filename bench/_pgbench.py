@@ -39,7 +39,7 @@ def _script(amount: int, charge: int) -> str:
     return "\n".join([
         r"\set h random(1, 1000000000000000)",
         _fill(ledger_pg._RESERVE, reserve) + ";",
-        _fill(ledger_pg._RESOLVE, resolve) + ";",
+        _fill(ledger_pg._RESOLVE_SQL[False, False], resolve) + ";",
     ]) + "\n"
 
 

@@ -113,22 +113,23 @@ async def reserve_chat_async(
 
 def finish_chat(
     engine: Engine, principal: Principal, entry: ModelEntry, reservation: Reservation, outcome: Outcome, *,
-    stream: bool, started: float,
+    stream: bool, started: float, day: str | None = None,
 ) -> ledger.Settlement:
-    """Settle (or release) the hold and record the generation, in one transaction."""
+    """Settle (or release) the hold and record the generation, in one transaction. `day` is today's
+    billing day: an allowance still an earlier day's is reset before it is charged (ledger.settle)."""
     usage, charge, now = outcome.usage, _charge(entry, outcome), clock.now().timestamp()
     generation = _generation(principal, entry, outcome, stream, started, now)
     if is_postgres(engine):  # one statement in the common case (common.ledger_pg)
         with pg_statements.connection(engine) as pg:
             settled = ledger_pg.resolve(pg, reservation.hold_id, charge, now=now,
                                         description=_description(entry, usage) if charge else "",
-                                        generation=generation)
+                                        generation=generation, day=day)
         if settled is not None:
             return settled
     with engine.begin() as conn:
         if charge:
             settlement = ledger.settle(conn, reservation.hold_id, charge, now=now,
-                                       description=_description(entry, usage))
+                                       description=_description(entry, usage), day=day)
         else:
             settlement = ledger.release(conn, reservation.hold_id, now=now)
         conn.execute(_INSERT_GENERATION, {**generation, "aid": principal.account_id, "credits": settlement.charged})
@@ -137,16 +138,17 @@ def finish_chat(
 
 async def finish_chat_async(
     pg: AsyncStatements, principal: Principal, entry: ModelEntry, reservation: Reservation, outcome: Outcome, *,
-    stream: bool, started: float,
+    stream: bool, started: float, day: str | None = None,
 ) -> ledger.Settlement | None:
     """finish_chat's one-statement case on the API's event loop; None when it did not apply (a
-    capped or an already resolved hold): finish_chat then runs the transactional verbs."""
+    capped or an already resolved hold, or an allowance of an earlier day): finish_chat then runs
+    the transactional verbs."""
     charge, now = _charge(entry, outcome), clock.now().timestamp()
     async with pg.connection() as conn:
         return await ledger_pg.resolve_async(
             conn, reservation.hold_id, charge, now=now,
             description=_description(entry, outcome.usage) if charge else "",
-            generation=_generation(principal, entry, outcome, stream, started, now),
+            generation=_generation(principal, entry, outcome, stream, started, now), day=day,
         )
 
 

@@ -132,9 +132,14 @@ def reserve(
     return hold_id
 
 
-def settle(conn: Connection, hold_id: str, charge: int, *, now: float, description: str = "") -> Settlement:
-    """Charge at most the hold and release the rest. A second call for the same hold is a no-op."""
-    return _resolve(conn, hold_id, max(0, charge), "settled", "settle", now, description)
+def settle(conn: Connection, hold_id: str, charge: int, *, now: float, description: str = "",
+           day: str | None = None) -> Settlement:
+    """Charge at most the hold and release the rest. A second call for the same hold is a no-op.
+
+    With `day` (today's billing day), an account whose allowance is still an earlier day's gets
+    its daily reset first: the charge comes out of today's allowance, never the remains of a day
+    that is over (the reset otherwise waits for the account's next request)."""
+    return _resolve(conn, hold_id, max(0, charge), "settled", "settle", now, description, day)
 
 
 def release(conn: Connection, hold_id: str, *, now: float, expired: bool = False) -> Settlement:
@@ -144,7 +149,8 @@ def release(conn: Connection, hold_id: str, *, now: float, expired: bool = False
 
 
 def _resolve(
-    conn: Connection, hold_id: str, charge: int, status: str, kind: str, now: float, description: str
+    conn: Connection, hold_id: str, charge: int, status: str, kind: str, now: float, description: str,
+    day: str | None = None,
 ) -> Settlement:
     row = conn.execute(_RESOLVE_HOLD, {"hid": hold_id, "status": status, "charge": charge, "now": now}).first()
     if row is None:
@@ -157,6 +163,8 @@ def _resolve(
     # deadlocks on PostgreSQL when a capped key reserves and settles concurrently.
     if cap_day is not None and key_id is not None and amount > charged:
         conn.execute(_CAP_GIVE_BACK, {"kid": key_id, "day": cap_day, "amt": amount - charged})
+    if day is not None and charged > 0:
+        ensure_today(conn, account_id, day, now=now)
     allowance, topup, held = conn.execute(
         _ACCOUNT_SETTLE, {"aid": account_id, "c": charged, "h": amount}
     ).one()

@@ -7,8 +7,9 @@ round trip instead of five, and a settlement plus its generation record one inst
 Scope, deliberately narrow:
 - only holds that do not count against a key's daily cap (the capped path touches the key row,
   and the ledger's lock order, key before account, is kept by the transactional verbs);
-- `resolve` returns None when it did nothing (a capped or already resolved hold): the caller then
-  runs the transactional verb, which handles both.
+- `resolve` returns None when it did nothing (a capped or already resolved hold, or, given today's
+  billing day, an account whose allowance is still an earlier day's: the daily reset is lazy):
+  the caller then runs the transactional verb, which handles all three.
 Lock order inside each statement: reserve locks only the account row (the inserts are new rows);
 resolve locks the hold row, then the account row (the account update reads the hold's RETURNING),
 the same order as common.ledger._resolve.
@@ -77,8 +78,20 @@ _GENERATION = (
     " %(est)s, %(lat)s, %(err)s, %(created)s FROM h ON CONFLICT (id) DO NOTHING)"
 )
 _RESOLVE_TAIL = " SELECT h.charged, a.available FROM h, a"
-_RESOLVE = _RESOLVE_HEAD + _RESOLVE_TAIL
-_RESOLVE_WITH_GENERATION = _RESOLVE_HEAD + _GENERATION + _RESOLVE_TAIL
+# Only when the account's allowance is already today's: a settlement must not spend what is left
+# of an earlier day's allowance (the daily reset runs lazily, on the account's next request). The
+# transactional verb, which runs the reset first, takes the rest.
+_ALLOWANCE_IS_TODAYS = (" AND EXISTS (SELECT 1 FROM accounts t WHERE t.id = holds.account_id"
+                        " AND t.allowance_day >= %(day)s)")
+_ON_TODAYS_ALLOWANCE = _RESOLVE_HEAD.replace(" AND key_cap_day IS NULL",
+                                             " AND key_cap_day IS NULL" + _ALLOWANCE_IS_TODAYS)
+assert _ON_TODAYS_ALLOWANCE != _RESOLVE_HEAD
+_RESOLVE_SQL = {  # (with a generation record, checking the allowance's day)
+    (False, False): _RESOLVE_HEAD + _RESOLVE_TAIL,
+    (True, False): _RESOLVE_HEAD + _GENERATION + _RESOLVE_TAIL,
+    (False, True): _ON_TODAYS_ALLOWANCE + _RESOLVE_TAIL,
+    (True, True): _ON_TODAYS_ALLOWANCE + _GENERATION + _RESOLVE_TAIL,
+}
 
 
 def reserve(
@@ -106,21 +119,22 @@ async def reserve_async(
 
 def resolve(
     conn: psycopg.Connection, hold_id: str, charge: int, *, now: float, description: str,
-    generation: dict[str, Any] | None = None, kind: str | None = None,
+    generation: dict[str, Any] | None = None, kind: str | None = None, day: str | None = None,
 ) -> ledger.Settlement | None:
     """Settle or release an uncapped open hold, and record the generation when one is given, in
-    one statement; None when it did nothing (capped or already resolved hold). `kind` is "settle"
-    or "release", as common.ledger records them; by default, settle when there is a charge."""
-    sql, params = _resolve_statement(hold_id, charge, now, description, generation, kind)
+    one statement; None when it did nothing (capped or already resolved hold, or, with `day`
+    (today's billing day), an account whose allowance is still an earlier day's). `kind` is
+    "settle" or "release", as common.ledger records them; by default, settle when there is a charge."""
+    sql, params = _resolve_statement(hold_id, charge, now, description, generation, kind, day)
     return _settlement(hold_id, conn.execute(sql, params).fetchone())
 
 
 async def resolve_async(
     conn: psycopg.AsyncConnection[Any], hold_id: str, charge: int, *, now: float, description: str,
-    generation: dict[str, Any] | None = None, kind: str | None = None,
+    generation: dict[str, Any] | None = None, kind: str | None = None, day: str | None = None,
 ) -> ledger.Settlement | None:
     """`resolve` on an async connection (the API's event loop, common.pg_async)."""
-    sql, params = _resolve_statement(hold_id, charge, now, description, generation, kind)
+    sql, params = _resolve_statement(hold_id, charge, now, description, generation, kind, day)
     return _settlement(hold_id, await (await conn.execute(sql, params)).fetchone())
 
 
@@ -140,12 +154,13 @@ def _reserve_statement(
 
 def _resolve_statement(
     hold_id: str, charge: int, now: float, description: str, generation: dict[str, Any] | None, kind: str | None,
+    day: str | None,
 ) -> tuple[str, dict[str, Any]]:
     kind = kind or ("settle" if charge > 0 else "release")
     status = {"settle": "settled", "release": "released"}[kind]
-    return _RESOLVE if generation is None else _RESOLVE_WITH_GENERATION, {
+    return _RESOLVE_SQL[generation is not None, day is not None], {
         "hid": hold_id, "status": status, "kind": kind, "charge": max(0, charge), "now": now,
-        "ref": f"resolve:{hold_id}", "desc": description, **(generation or {}),
+        "ref": f"resolve:{hold_id}", "desc": description, "day": day, **(generation or {}),
     }
 
 

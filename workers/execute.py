@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from common import billing
 from common.errors import UpstreamError
 from common.ids import new_id
 from common.jobs import lifecycle
@@ -75,7 +76,8 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
                                           code="internal_error"), requeue, notify)
         return
     files = _store(job, media)
-    if while_database_down(lifecycle.succeed, engine, job, owner, files, settings.results_ttl_days * 86400) or (
+    day = billing.today(settings.timezone)
+    if while_database_down(lifecycle.succeed, engine, job, owner, files, settings.results_ttl_days * 86400, day) or (
         lifecycle.has_result(engine, job.id, [f["id"] for f in files])  # committed before a lost reply
     ):
         _transition(job, "succeeded", files=len(files))

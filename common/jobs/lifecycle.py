@@ -184,10 +184,12 @@ def renew(engine: Engine, job_id: str, owner: str, lease_seconds: float, progres
     return updated == 1
 
 
-def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, Any]], ttl_seconds: float) -> bool:
+def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, Any]], ttl_seconds: float,
+            day: str | None = None) -> bool:
     """Record the result files and settle the price, once. False when the job was no longer ours
     (nothing is written then; the caller removes the files it stored). On PostgreSQL: BEGIN, the
-    account lock, the job row with its files, the settlement (common.ledger_pg), COMMIT."""
+    account lock, the job row with its files, the settlement (common.ledger_pg), COMMIT. `day`,
+    today's billing day, makes the charge come out of today's allowance (ledger.settle)."""
     now = clock.now().timestamp()
     values = {"id": job.id, "owner": owner, "now": now, "exp": now + ttl_seconds, "aid": job.account_id,
               "result": json.dumps([f["id"] for f in files])}
@@ -202,20 +204,20 @@ def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, A
                                             "ctype": f["content_type"], "bytes": f["bytes"]})
         if not written:
             return False  # nothing was written
-        settlement = _settle(conn, job, now)
+        settlement = _settle(conn, job, now, day)
         if settlement.charged != job.price:  # the hold had lapsed (a job queued for days): record the truth
             conn.execute(text("UPDATE jobs SET charged = :c WHERE id = :id"), {"c": settlement.charged, "id": job.id})
     return True
 
 
-def _settle(conn: Connection, job: ClaimedJob, now: float) -> ledger.Settlement:
+def _settle(conn: Connection, job: ClaimedJob, now: float, day: str | None) -> ledger.Settlement:
     description = f"{job.type} {job.model} job {job.id}"
-    if conn.dialect.name == "postgresql":  # one statement, unless the hold is capped or already resolved
+    if conn.dialect.name == "postgresql":  # one statement, unless capped, resolved, or yesterday's allowance
         done = ledger_pg.resolve(conn.connection.driver_connection, job.hold_id, job.price, now=now,
-                                 description=description)
+                                 description=description, day=day)
         if done is not None:
             return done
-    return ledger.settle(conn, job.hold_id, job.price, now=now, description=description)
+    return ledger.settle(conn, job.hold_id, job.price, now=now, description=description, day=day)
 
 
 def has_result(engine: Engine, job_id: str, file_ids: list[str]) -> bool:

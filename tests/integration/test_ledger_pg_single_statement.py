@@ -153,6 +153,41 @@ def test_a_capped_hold_is_left_to_the_transactional_verb(pg_engine: Engine, verb
     _numbers(pg_engine, account.account_id)
 
 
+def test_a_settlement_after_the_day_ended_charges_todays_allowance_not_the_remains_of_yesterdays(
+        pg_engine: Engine, verbs: Verbs) -> None:
+    """Free plan, 1,000 a day; 700 used yesterday; a 100 hold made yesterday settles today before
+    the account's first request of the day (the reset is lazy): today's allowance pays."""
+    account = create_test_account(pg_engine, "free")
+    with pg_engine.begin() as conn:
+        conn.execute(text("UPDATE accounts SET allowance_day = '2031-03-10' WHERE id = :a"), {"a": account.account_id})
+        hold = ledger.reserve(conn, account_id=account.account_id, key_id=None, amount=700 * MICRO, purpose="t",
+                              now=1.0, ttl=600)
+        ledger.settle(conn, hold, 700 * MICRO, now=1.0)
+        late = ledger.reserve(conn, account_id=account.account_id, key_id=None, amount=100 * MICRO, purpose="t",
+                              now=1.0, ttl=600)
+    # with today's day the one statement stands aside (it cannot run the reset) and changes nothing
+    assert verbs.resolve(late, 60 * MICRO, now=2.0, description="d", day="2031-03-11") is None
+    assert _numbers(pg_engine, account.account_id)[:3] == (300 * MICRO, 0, 100 * MICRO)
+    with pg_engine.begin() as conn:
+        settled = ledger.settle(conn, late, 60 * MICRO, now=2.0, day="2031-03-11")
+        kinds = conn.execute(text("SELECT kind, amount FROM ledger_entries WHERE account_id = :a ORDER BY id"),
+                             {"a": account.account_id}).all()
+    assert settled.applied and settled.charged == 60 * MICRO and settled.available == 940 * MICRO
+    assert _numbers(pg_engine, account.account_id)[:3] == (940 * MICRO, 0, 0)
+    assert [k for k, _ in kinds][-2:] == ["reset", "settle"] and kinds[-2][1] == 700 * MICRO
+
+
+def test_a_settlement_on_the_allowances_own_day_stays_one_statement(pg_engine: Engine, verbs: Verbs) -> None:
+    account = create_test_account(pg_engine, "free")
+    with pg_engine.begin() as conn:
+        conn.execute(text("UPDATE accounts SET allowance_day = '2031-03-11' WHERE id = :a"), {"a": account.account_id})
+    hold = verbs.reserve(account_id=account.account_id, key_id=None, amount=100 * MICRO, purpose="t", now=1.0,
+                         ttl=600)
+    assert hold is not None
+    settled = verbs.resolve(hold, 60 * MICRO, now=2.0, description="d", day="2031-03-11")
+    assert settled is not None and settled.charged == 60 * MICRO and settled.available == 940 * MICRO
+
+
 def test_a_chat_reservation_commits_unflushed_and_leaves_the_connection_synchronous(pg_engine: Engine) -> None:
     """The async (chat) reservation sets synchronous_commit off for its own transaction only:
     inside an explicit transaction the setting is visible after the statement; the connection's

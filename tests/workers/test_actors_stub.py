@@ -8,6 +8,7 @@ import io
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
+from common import billing, clock, ledger
 from common.errors import UpstreamError
 from common.jobs import lifecycle
+from common.money import MICRO
 from common.providers import simulated_media
 from common.providers.base import ImageRequest, MediaFile
 from common.providers.simulated_media import render_png
@@ -352,6 +355,30 @@ def test_a_result_that_arrives_after_cancel_is_discarded(make_jobs: JobsFactory,
     assert jobs.stored_keys() == []  # the late files were written, then removed
     assert jobs.kinds(job_id) == ["reserve", "release"]
     assert assert_books_balance(jobs.engine, account.account_id).balance == before.balance
+
+
+def test_a_job_that_finishes_after_midnight_is_paid_from_the_new_days_allowance(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daily reset is lazy (the account's next request runs it): a worker settling first must
+    not charge what is left of the day that ended (then reset to full: the job would be free)."""
+    ScriptedImages().install(monkeypatch)
+    jobs = make_jobs()
+    midnight_pkt = datetime(2031, 3, 10, 19, 0, tzinfo=UTC)
+    with clock.frozen(midnight_pkt - timedelta(seconds=1)) as advance:
+        account = jobs.account("free")  # 1,000 credits a day
+        spent = billing.reserve(jobs.engine, account_id=account.account_id, key_id=None, amount=700 * MICRO,
+                                purpose="t", ttl=900, tz=jobs.settings.timezone)
+        billing.settle(jobs.engine, spent, 700 * MICRO)
+        job_id = jobs.submit(account, enqueue=False)  # 200 held on 2031-03-10
+        advance(timedelta(seconds=2))  # 2031-03-11 in Karachi; no request from the account since
+        jobs.send(job_id)
+        row = jobs.wait(job_id)
+        jobs.join()
+    assert row["status"] == "succeeded" and row["charged"] == IMAGE_PRICE
+    with jobs.engine.connect() as conn:
+        balance = ledger.balance(conn, account.account_id)
+    assert (balance.allowance, balance.held, balance.allowance_day) == (800 * MICRO, 0, "2031-03-11")
+    assert assert_books_balance(jobs.engine, account.account_id)
 
 
 # --- a dead worker, and the per-plan cap -----------------------------------------------------------
