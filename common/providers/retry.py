@@ -1,7 +1,10 @@
 """The one retry loop for upstream calls (the API uses it; adapters never retry).
 
 Only `UpstreamError`s with `retryable=True` are retried, at most `retries` more times (so
-`retries + 1` attempts). Attempt n waits a random time in [½, 1] × min(max_delay, backoff × 2ⁿ)
+`retries + 1` attempts), except a timeout: a provider that took the request and did not answer
+within the read timeout is not asked again (each try could last the whole timeout, two minutes
+by default, while the client waits, and the first may still be generating at our expense).
+Attempt n waits a random time in [½, 1] × min(max_delay, backoff × 2ⁿ)
 (jitter spreads a burst of clients that failed together). An upstream Retry-After, carried as
 `retry_after` on the error (see `common.providers.http.UpstreamHTTPError`), is honoured as a
 minimum wait; when it is longer than `max_delay` we give up at once rather than hold the
@@ -18,7 +21,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from common.errors import UpstreamError
+from common.errors import UpstreamError, UpstreamTimeout
 from common.providers.base import ChatDelta
 
 T = TypeVar("T")
@@ -43,7 +46,7 @@ async def call_with_retries(fn: Callable[[], Awaitable[T]], *, retries: int, bac
 
 def retry_delay(exc: UpstreamError, attempt: int, *, backoff: float, max_delay: float) -> float | None:
     """How long to wait before the next attempt, or None if `exc` should not be retried."""
-    if not exc.retryable:
+    if not exc.retryable or isinstance(exc, UpstreamTimeout):
         return None
     delay = random.uniform(0.5, 1.0) * min(max_delay, backoff * 2**attempt)
     retry_after: float | None = getattr(exc, "retry_after", None)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from common.errors import UpstreamError
+from common.errors import UpstreamError, UpstreamTimeout
 from common.providers.base import ChatDelta
 from common.providers.http import UpstreamHTTPError
 from common.providers.openai_compat import OpenAICompatProvider
@@ -47,7 +47,8 @@ async def test_it_gives_up_after_the_retries_and_raises_the_last_error() -> None
     assert fn.calls == 3
 
 
-@pytest.mark.parametrize("error", [UpstreamError("bad request", retryable=False), ValueError("bug")])
+@pytest.mark.parametrize("error", [UpstreamError("bad request", retryable=False), ValueError("bug"),
+                                   UpstreamTimeout("no answer within the read timeout")])
 async def test_errors_that_a_retry_cannot_mend_are_raised_at_once(error: Exception) -> None:
     fn = Flaky(1, error)
     with pytest.raises(type(error)):
