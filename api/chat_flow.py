@@ -3,12 +3,14 @@ the provider (retried only before the first byte), settle, answer — plain or s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -19,7 +21,7 @@ from api.responses import json_response
 from api.schemas.chat import ChatCompletionRequest
 from api.services import Services
 from api.sse import SSE_DONE, EventStreamResponse, sse_data
-from common import billing, chat_billing, clock
+from common import billing, chat_billing, clock, ledger
 from common.accounts import Principal
 from common.catalog import ModelEntry
 from common.chat_billing import Outcome, Reservation
@@ -35,6 +37,7 @@ from common.tokens import estimate_prompt_tokens
 
 log = logging.getLogger("helyx.api")
 SETTLE_PATIENCE_SECONDS = 15.0  # ride out a database restart rather than leave the hold to its TTL
+MAX_KEPT_SECONDS = 6 * 3600  # a hold is never kept alive longer, whatever happens to its call
 SETTLE_RETRY_SECONDS = 0.1  # a client is waiting: notice the database's return at once (a refused connect is cheap)
 
 
@@ -54,8 +57,44 @@ class ChatCall:
     fingerprint: str | None
     headers: dict[str, str]
     log_fields: dict[str, Any]
+    _keeper: asyncio.TimerHandle | None = field(default=None, repr=False)
+    _extending: asyncio.Task[None] | None = field(default=None, repr=False)
+    _since: float = field(default=0.0, repr=False)
+
+    def keep_hold(self) -> None:
+        """A call may outlive its hold's TTL (a long stream): the sweeper would then release the
+        hold mid-call and the settlement find nothing to charge. Every third of the TTL, while
+        the call runs, the hold's expiry moves on. A timer, not a task: a short call pays ~nothing.
+        A process that dies stops renewing, and the hold is released at its expiry as before."""
+        interval = self.services.settings.hold_ttl_seconds / 3
+        self._since = time.monotonic()
+        self._keeper = asyncio.get_running_loop().call_later(interval, self._extend_soon, interval)
+
+    def _extend_soon(self, interval: float) -> None:
+        self._extending = asyncio.ensure_future(self._extend(interval))
+
+    async def _extend(self, interval: float) -> None:
+        until = clock.now().timestamp() + self.services.settings.hold_ttl_seconds
+        try:
+            pg = self.services.pg
+            if pg is not None:
+                still_open = await chat_billing.extend_hold_async(pg, self.reservation.hold_id, until)
+            else:
+                still_open = await run_in_threadpool(self._extend_sync, until)
+        except Exception as exc:  # noqa: BLE001 - the database is away: try again at the next beat
+            log.warning("chat %s: its hold's expiry could not be moved on (%s)", self.id, type(exc).__name__)
+            still_open = True
+        if still_open and self._keeper is not None and time.monotonic() - self._since < MAX_KEPT_SECONDS:
+            self._keeper = asyncio.get_running_loop().call_later(interval, self._extend_soon, interval)
+
+    def _extend_sync(self, until: float) -> bool:
+        with self.services.engine.begin() as conn:
+            return ledger.extend_hold(conn, self.reservation.hold_id, until)
 
     async def finish(self, outcome: Outcome, stream: bool) -> Any:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            self._keeper = None
         settlement = await while_database_down_async(lambda: self._settle(outcome, stream),
                                                      patience=SETTLE_PATIENCE_SECONDS, max_delay=SETTLE_RETRY_SECONDS)
         usage = outcome.usage
@@ -64,6 +103,9 @@ class ChatCall:
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
         )
+        if settlement.available is None:  # resolved before (a retry after a lost reply): say what is left now
+            left = await run_in_threadpool(billing.available, self.services.engine, self.principal.account_id)
+            settlement = dataclasses.replace(settlement, available=left)
         return settlement
 
     async def _settle(self, outcome: Outcome, stream: bool) -> Settlement:
@@ -160,6 +202,7 @@ async def _counted(services: Services, principal: Principal, body: ChatCompletio
         reservation, call_id, int(started), started,
         SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, rate_headers, log_fields,
     )
+    call.keep_hold()
     return await (_stream(call) if body.stream else _complete(call))
 
 

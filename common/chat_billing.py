@@ -152,6 +152,11 @@ async def finish_chat_async(
         )
 
 
+async def extend_hold_async(pg: AsyncStatements, hold_id: str, until: float) -> bool:
+    """ledger.extend_hold on the API's event loop (PostgreSQL)."""
+    return await pg.first_row(ledger.EXTEND_HOLD, {"hid": hold_id, "until": until}) is not None
+
+
 def _charge(entry: ModelEntry, outcome: Outcome) -> int:
     usage = outcome.usage
     return usage.total_tokens * entry.rate_micro if usage and outcome.status != "failed" else 0

@@ -238,6 +238,14 @@ def _set_allowance(
     return True
 
 
+EXTEND_HOLD = text("UPDATE holds SET expires_at = :until WHERE id = :hid AND status = 'open' RETURNING id")
+
+
+def extend_hold(conn: Connection, hold_id: str, until: float) -> bool:
+    """Move an open hold's expiry to `until` (a call still running); False once it is resolved."""
+    return conn.execute(EXTEND_HOLD, {"until": until, "hid": hold_id}).first() is not None
+
+
 def open_expired_holds(conn: Connection, now: float, limit: int = 500) -> list[str]:
     rows = conn.execute(
         text("SELECT id FROM holds WHERE status = 'open' AND expires_at < :now ORDER BY expires_at LIMIT :n"),

@@ -6,6 +6,7 @@ first byte, and the generation record of every kind of call."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -26,6 +27,7 @@ from tests.api.chat.helpers import (
     generation_row,
     grant,
     hold_for,
+    holds,
     leave_available,
     wait_for,
 )
@@ -224,6 +226,31 @@ def test_a_stream_whose_settlement_meets_a_database_outage_ends_with_an_error_ev
     assert isinstance(last, dict) and last["error"]["code"] == "service_unavailable", events[-2:]
     assert "nothing was charged" in last["error"]["message"] and last["helyx"] == {"credits_charged": 0}
     assert assert_books_balance(gw.engine, account.account_id, open_holds=1).held > 0
+
+
+def test_a_stream_that_outlives_its_holds_ttl_keeps_the_hold_and_is_charged(
+    make_gateway: Callable[..., Gateway], database: dict[str, str],
+) -> None:
+    """The sweeper releases holds past their expiry (a crashed process's); a call still running
+    moves its hold's expiry on, so a long stream is settled and charged, not made free."""
+    gw = make_gateway(hold_ttl_seconds=1, hold_sweep_interval_seconds=0.1, simulated_chat_delay=0.25, **database)
+    account = gw.account()
+    before = books(gw.engine, account.account_id)
+    with gw.http(account) as http:
+        started = time.monotonic()
+        response = http.post("/chat/completions", json={
+            "model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and the sea."}]})
+        events = sse_events(response)
+        lasted = time.monotonic() - started
+    assert lasted > 2.5, lasted  # well past the 1 s TTL and many sweeps
+    final = events[-2]
+    assert isinstance(final, dict) and events[-1] == "[DONE]", events[-2:]
+    charged = final["helyx"]["credits_charged"]
+    assert charged == final["usage"]["total_tokens"] * 0.2 > 0
+    assert final["helyx"]["credits_remaining"] == (before.available - micro(charged)) / MICRO
+    assert [h["status"] for h in holds(gw.engine, account.account_id)] == ["settled"]
+    assert before.balance - assert_books_balance(gw.engine, account.account_id).balance == micro(charged)
 
 
 def _open_hold(engine: Engine, account_id: str) -> dict[str, Any] | None:
