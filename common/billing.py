@@ -76,6 +76,12 @@ def available(engine: Engine, account_id: str) -> int:
         return ledger.balance(conn, account_id).available
 
 
+def key_cap_left(engine: Engine, key_id: str, tz: str) -> int | None:
+    """What the key's daily credit cap still allows today; None for an uncapped key."""
+    with reader(engine).connect() as conn:
+        return ledger.key_cap_left(conn, key_id, today(tz))
+
+
 def settle(engine: Engine, hold_id: str, charge: int, description: str = "") -> ledger.Settlement:
     """Charge at most the hold and release the rest; a retried settle is a no-op."""
     return _resolve(engine, hold_id, max(0, charge), "settle", description)

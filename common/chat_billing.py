@@ -70,19 +70,22 @@ def reserve_chat(
     try:
         return Reservation(hold(wanted), wanted, prompt_estimate)
     except InsufficientCredits as exc:
-        if exc.code == "key_daily_cap_reached":
-            raise
-        affordable = billing.available(engine, principal.account_id) // entry.rate_micro - prompt_estimate
+        room, what = billing.available(engine, principal.account_id), "The balance"
+        cap_left = billing.key_cap_left(engine, principal.key_id, tz) if capped else None
+        if cap_left is not None and cap_left < room:
+            room, what = cap_left, "This key's daily credit cap"
+        affordable = room // entry.rate_micro - prompt_estimate
         if max_tokens is not None or affordable < 1:
-            raise _explain(exc, affordable, max_tokens, prompt_estimate) from None
+            raise _explain(exc, what, affordable, max_tokens, prompt_estimate) from None
     return Reservation(hold(affordable), affordable, prompt_estimate)
 
 
-def _explain(exc: InsufficientCredits, affordable: int, asked: int | None, prompt: int) -> InsufficientCredits:
+def _explain(exc: InsufficientCredits, what: str, affordable: int, asked: int | None,
+             prompt: int) -> InsufficientCredits:
     if affordable < 1:
-        detail = f"The balance cannot cover this prompt (up to {prompt} tokens)."
+        detail = f"{what} cannot cover this prompt (up to {prompt} tokens)."
     else:
-        detail = f"The balance affords at most max_tokens={affordable} for this prompt, not {asked}."
+        detail = f"{what} affords at most max_tokens={affordable} for this prompt, not {asked}."
     return InsufficientCredits(f"{detail} {exc.message}", code=exc.code, param="max_tokens" if asked else None)
 
 

@@ -90,6 +90,15 @@ class Settlement:
     applied: bool  # False when the hold had already been resolved (a retried call)
 
 
+def key_cap_left(conn: Connection, key_id: str, day: str) -> int | None:
+    """What a key's daily credit cap still allows on billing day `day`; None for an uncapped key."""
+    row = conn.execute(text("SELECT daily_cap, cap_used, cap_day FROM api_keys WHERE id = :kid"),
+                       {"kid": key_id}).first()
+    if row is None or row.daily_cap is None:
+        return None
+    return max(0, row.daily_cap - (row.cap_used if row.cap_day == day else 0))
+
+
 def balance(conn: Connection, account_id: str, *, lock: bool = False) -> Balance:
     """The account's current numbers. `lock` takes a row lock (PostgreSQL) for read-modify-write."""
     stmt = _LOCKED_SNAPSHOT if lock and conn.dialect.name == "postgresql" else _SNAPSHOT

@@ -155,6 +155,29 @@ def test_a_keys_daily_cap_bounds_its_chats_and_refuses_past_it(gw: Gateway) -> N
     assert assert_books_balance(gw.engine, account.account_id) == before
 
 
+def test_an_unset_max_tokens_shrinks_to_what_a_keys_daily_cap_still_allows(
+        gw: Gateway, openai_fake: FakeUpstream) -> None:
+    """SPEC §3's shrink applies to whichever is smaller, the balance or the key's remaining cap;
+    only a cap that cannot cover even the prompt is a 402 (naming the cap, not the balance)."""
+    account = gw.account()
+    with gw.http(account) as http:
+        created = http.post("/keys", json={"name": "capped", "daily_credit_cap": (PROMPT + 30) * RATE / MICRO})
+    capped = created.json()["key"]
+    with httpx.Client(base_url=gw.api, headers={"Authorization": f"Bearer {capped}"}, trust_env=False) as http:
+        first = chat(http)
+        assert first.status_code == 200, first.text
+        assert openai_fake.last_request.json["max_tokens"] == 30
+        assert hold_for(gw.engine, first.json()["id"])["amount"] == (PROMPT + 30) * RATE
+        second = chat(http)  # the first was charged its 21 tokens: the cap allows the prompt + 9 more
+        assert second.status_code == 200 and openai_fake.last_request.json["max_tokens"] == 30 - USAGE
+        before = books(gw.engine, account.account_id)
+        refused = chat(http)  # the prompt - 12 tokens left
+    error = refused.json()["error"]
+    assert (refused.status_code, error["code"]) == (402, "key_daily_cap_reached")
+    assert error["message"].startswith("This key's daily credit cap cannot cover this prompt"), error
+    assert assert_books_balance(gw.engine, account.account_id) == before
+
+
 def test_on_postgresql_the_money_statements_run_on_the_event_loop(gw: Gateway) -> None:
     services = gw.app.state.services
     account = gw.account()
