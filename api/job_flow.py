@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
@@ -14,7 +15,7 @@ from api.deps import Caller, after_lookup
 from api.services import Services
 from common import clock
 from common.accounts import Principal
-from common.errors import InvalidRequest
+from common.errors import HelyxError, InvalidRequest
 from common.jobs.submit import submit_job
 from common.jobs.views import JobRecord, Linker, load_job_and_balance, load_job_and_balance_async, poll_job_async
 from common.ssrf import WebhookHostUnresolved, check_url
@@ -28,13 +29,26 @@ def linker(services: Services, request: Request) -> Linker:
     return Linker(base, services.signing_secret, services.settings.signed_url_ttl_seconds)
 
 
+@contextlib.asynccontextmanager
+async def counted(services: Services, principal: Principal) -> AsyncIterator[dict[str, str]]:
+    """Count the request against the key's rate limit (429 when over it) and yield the
+    `x-ratelimit-*` headers for the answer. A refusal raised inside the block carries them too
+    (SPEC §2), as chat's do: the client still learns what the key has left."""
+    rate_headers = (await services.limiter.hit(principal.key_id, principal.plan)).headers()
+    try:
+        yield rate_headers
+    except HelyxError as exc:
+        exc.headers = {**rate_headers, **exc.headers}
+        raise
+
+
 async def submit(
     services: Services, principal: Principal, request: Request, *, job_type: str, model: str,
     params: dict[str, Any], units: int, webhook_url: str | None,
 ) -> str:
-    """Validate, gate, reserve, write the job and enqueue it; returns the job id."""
+    """Validate, gate, reserve, write the job and enqueue it; returns the job id. Call it inside
+    `counted()`: the rate limit is counted there."""
     settings = services.settings
-    await services.limiter.hit(principal.key_id, principal.plan)
     entry = services.catalog.resolve(model, principal.plan, settings, kind=job_type)
     if webhook_url:
         with contextlib.suppress(WebhookHostUnresolved):  # may resolve later: checked before every delivery
@@ -48,7 +62,8 @@ async def submit(
         a send to an unanswering Redis blocks until the broker's socket timeout)."""
         submission = submit_job(services.engine, principal, job_type=job_type, model=entry.id, params=params,
                                 price=entry.rate_micro * units, tz=settings.timezone,
-                                idempotency_key=idempotency_key, webhook_url=webhook_url)
+                                idempotency_key=idempotency_key, webhook_url=webhook_url,
+                                base_url=linker(services, request).base_url)
         if submission.created:
             try:
                 services.enqueue(submission.job_id, job_type)

@@ -27,7 +27,10 @@ def send_webhook(job_id: str) -> None:
         conn.execute(text("UPDATE jobs SET webhook_status = 'pending' WHERE id = :id AND webhook_status IS NULL"),
                      {"id": job_id})
     record = load_job(engine, row.account_id, job_id)
-    linker = Linker(settings.public_url or "", context.signing_secret(), settings.signed_url_ttl_seconds)
+    # No request here: without HELYX_PUBLIC_URL the links use the base the job was submitted to, as
+    # the API's own answers do (a receiver cannot open a relative URL).
+    base_url = settings.public_url or record.base_url or ""
+    linker = Linker(base_url, context.signing_secret(), settings.signed_url_ttl_seconds)
     payload = {"type": f"job.{record.row['status']}", "data": job_view(record, linker)}
     result = deliver(
         row.webhook_url, payload, secret=account_webhook_secret(context.signing_secret(), row.account_id),

@@ -6,12 +6,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
 from api import job_flow
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
 from api.schemas.media import ImageGenerationRequest, parse_size
 from api.schemas.responses import ImagesResponse, JobView, doc
+from api.services import Services
+from common.accounts import Principal
 from common.errors import UpstreamError
 from common.jobs.views import images_response, job_view
 
@@ -24,6 +27,14 @@ _IMAGE_RESPONSES = {**doc(ImagesResponse, 401, 402, 403, 404, 409, 429, 502, 503
              responses=_IMAGE_RESPONSES)
 async def generate_images(body: ImageGenerationRequest, request: Request, principal: PrincipalDep,
                           services: ServicesDep) -> Any:
+    async with job_flow.counted(services, principal) as rate_headers:
+        response = await _generate(body, request, principal, services)
+    response.headers.update(rate_headers)
+    return response
+
+
+async def _generate(body: ImageGenerationRequest, request: Request, principal: Principal,
+                    services: Services) -> Response:
     width, height = parse_size(body.size)
     job_id = await job_flow.submit(
         services, principal, request, job_type="image", model=body.model, units=body.n,

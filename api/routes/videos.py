@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -19,7 +18,7 @@ from api.schemas.responses import VideoDeleted, VideoList, VideoView, doc
 from common.errors import Conflict, InvalidRequest, NotFound
 from common.jobs.lifecycle import cancel
 from common.jobs.recovery import forget_files
-from common.jobs.views import JobRecord, list_jobs, video_view
+from common.jobs.views import JobRecord, list_jobs, mark_deleted, video_view
 
 router = APIRouter(prefix="/api/v1", tags=["videos"])
 POLL_AFTER_MS = "2000"
@@ -58,16 +57,17 @@ def _headers(view: dict[str, Any]) -> dict[str, str]:
 @router.post("/videos", summary="Create a video (multipart/form-data or JSON)", openapi_extra=_BODY_DOC,
              responses=doc(VideoView, 401, 402, 403, 404, 409, 429, 503))
 async def create_video(request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
-    body = await _parse(request)
+    body = await _parse(request)  # a malformed request is refused before it is counted
     width, height = (int(x) for x in body.size.split("x"))
-    job_id = await job_flow.submit(
-        services, principal, request, job_type="video", model=body.model, units=1,
-        params={"prompt": body.prompt, "seconds": int(body.seconds), "width": width, "height": height},
-        webhook_url=body.webhook_url,
-    )
-    record, remaining = await job_flow.read(services, principal, job_id)
+    async with job_flow.counted(services, principal) as rate_headers:
+        job_id = await job_flow.submit(
+            services, principal, request, job_type="video", model=body.model, units=1,
+            params={"prompt": body.prompt, "seconds": int(body.seconds), "width": width, "height": height},
+            webhook_url=body.webhook_url,
+        )
+        record, remaining = await job_flow.read(services, principal, job_id)
     view = video_view(record, remaining)
-    return json_response(view, headers=_headers(view))
+    return json_response(view, headers={**_headers(view), **rate_headers})
 
 
 @router.get("/videos", summary="List videos", responses=doc(VideoList, 401))
@@ -77,8 +77,8 @@ async def get_videos(
 ) -> Any:
     records, has_more = await run_in_threadpool(
         lambda: list_jobs(services.engine, principal.account_id, job_type="video", limit=limit, after=after,
-                          order=order))
-    data = [video_view(r) for r in records if not r.gone]
+                          order=order, skip_gone=True))
+    data = [video_view(r) for r in records]
     return json_response({"object": "list", "data": data, "has_more": has_more,
                           "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
@@ -115,9 +115,16 @@ async def delete_video(video_id: str, principal: PrincipalDep, services: Service
     record, _ = await job_flow.read(services, principal, video_id, "video")
     _not_gone(record, video_id)
     if record.row["status"] in ("queued", "running"):
-        with contextlib.suppress(Conflict):  # it finished meanwhile: delete its files below
+        try:  # refunded here, once: the cancel is conditional on the job being unfinished
             await run_in_threadpool(cancel, services.engine, principal.account_id, video_id)
-    for stored in record.files:
-        await run_in_threadpool(services.storage.delete, stored["storage_key"])
-    await run_in_threadpool(forget_files, services.engine, [f["id"] for f in record.files])
+        except Conflict:  # it finished meanwhile: read its files again, to delete them below
+            record, _ = await job_flow.read(services, principal, video_id, "video")
+
+    def forget() -> None:
+        for stored in record.files:
+            services.storage.delete(stored["storage_key"])
+        forget_files(services.engine, [f["id"] for f in record.files])
+        mark_deleted(services.engine, principal.account_id, video_id)  # a failed or canceled one
+
+    await run_in_threadpool(forget)
     return json_response({"id": video_id, "object": "video.deleted", "deleted": True})

@@ -28,6 +28,10 @@ from common.errors import Conflict, InsufficientCredits
 from common.ids import new_id
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
+# Keys of the stored params JSON that are ours, not the user's: never shown (JobRecord.params) and
+# never part of the Idempotency-Key body comparison.
+PRIVATE_PARAM_PREFIX = "_"
+BASE_URL_PARAM = "_base_url"  # the absolute base the job was submitted to: its webhook's links
 JOB_HOLD_TTL_SECONDS = 7 * 24 * 3600  # a job's hold is resolved by the job; this is a last resort
 
 _INSERT_JOB = text(
@@ -59,9 +63,13 @@ def request_hash(payload: dict[str, Any]) -> str:
 
 def submit_job(
     engine: Engine, principal: Principal, *, job_type: str, model: str, params: dict[str, Any], price: int,
-    tz: str, idempotency_key: str | None = None, webhook_url: str | None = None,
+    tz: str, idempotency_key: str | None = None, webhook_url: str | None = None, base_url: str | None = None,
 ) -> Submission:
+    """Reserve and write the job (or return the earlier one for this Idempotency-Key). `base_url`,
+    the absolute URL the request came to, is kept in the stored params (`BASE_URL_PARAM`) for the
+    webhook's file links; it is not part of the body compared for the Idempotency-Key."""
     body_hash = request_hash({"type": job_type, "model": model, "params": params, "webhook_url": webhook_url})
+    stored = json.dumps({**params, BASE_URL_PARAM: base_url} if base_url else params)
     if idempotency_key:
         replay = _replay(engine, principal.account_id, idempotency_key, body_hash)
         if replay:
@@ -71,7 +79,7 @@ def submit_job(
     try:
         if is_postgres(engine) and principal.daily_cap is None:
             _reserve_and_insert_in_one_statement(engine, principal, price, job_id, now, tz, {
-                "job_id": job_id, "job_type": job_type, "job_model": model, "job_params": json.dumps(params),
+                "job_id": job_id, "job_type": job_type, "job_model": model, "job_params": stored,
                 "job_idem": idempotency_key, "job_hash": body_hash, "job_hook": webhook_url,
             })
         else:
@@ -79,7 +87,7 @@ def submit_job(
                 hold_id = _reserve(conn, principal, price, job_id, now, tz)
                 conn.execute(_INSERT_JOB, {
                     "id": job_id, "aid": principal.account_id, "kid": principal.key_id, "type": job_type,
-                    "model": model, "params": json.dumps(params), "hold": hold_id, "price": price,
+                    "model": model, "params": stored, "hold": hold_id, "price": price,
                     "idem": idempotency_key, "hash": body_hash, "hook": webhook_url, "now": now,
                 })
     except (IntegrityError, psycopg.IntegrityError):

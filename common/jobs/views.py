@@ -17,6 +17,7 @@ from common import accounts, clock, pg_statements
 from common.accounts import Principal
 from common.db import reader
 from common.errors import NotFound
+from common.jobs.submit import BASE_URL_PARAM, PRIVATE_PARAM_PREFIX
 from common.money import to_credits
 from common.pg_async import AsyncStatements
 from common.signing import sign_file_url
@@ -47,12 +48,24 @@ class JobRecord:
 
     @property
     def gone(self) -> bool:
-        """Succeeded, but its files were deleted (DELETE /videos/{id}) or swept after expiry."""
-        return self.row["status"] == "succeeded" and bool(self.row["result"]) and not self.files
+        """A result is recorded but none of its files remain: a succeeded job whose files were deleted
+        (DELETE /videos/{id}) or swept after expiry, or a failed/canceled one that DELETE marked with
+        an empty result (`mark_deleted`). `_VISIBLE` is the same test in SQL."""
+        return bool(self.row["result"]) and not self.files
 
     @property
     def params(self) -> dict[str, Any]:
+        """The request's parameters as the user sent them (private keys, `_…`, left out)."""
+        return {k: v for k, v in self.stored_params.items() if not k.startswith(PRIVATE_PARAM_PREFIX)}
+
+    @property
+    def stored_params(self) -> dict[str, Any]:
         return json.loads(self.row["params"])  # type: ignore[no-any-return]
+
+    @property
+    def base_url(self) -> str | None:
+        """The absolute base URL the job was submitted to (common.jobs.submit), if recorded."""
+        return self.stored_params.get(BASE_URL_PARAM)
 
 
 # Columns named, not `*`: these run as server-side prepared statements (psycopg prepares a
@@ -86,6 +99,12 @@ _POLL = text(
     " LEFT JOIN jobs j ON j.id = :id AND j.account_id = k.account_id WHERE k.key_hash = :h"
 )
 _FILE_BY_ID = text(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = :id")
+# `not JobRecord.gone` as a condition on a `jobs` row: no result recorded, or some of its files still kept.
+_VISIBLE = "(jobs.result IS NULL OR EXISTS (SELECT 1 FROM files f WHERE f.job_id = jobs.id))"
+_MARK_DELETED = text(
+    "UPDATE jobs SET result = '[]' WHERE id = :id AND account_id = :aid AND status IN ('failed', 'canceled')"
+    " AND result IS NULL"
+)
 
 
 def load_job(engine: Engine, account_id: str, job_id: str, job_type: str | None = None) -> JobRecord:
@@ -143,13 +162,18 @@ def _record(row: dict[str, Any], files: list[dict[str, Any]], result_ids: list[s
 
 
 def list_jobs(engine: Engine, account_id: str, *, job_type: str | None, limit: int, after: str | None,
-              order: str = "desc") -> tuple[list[JobRecord], bool]:
-    """A page of the account's jobs, newest first (or oldest first), after the job id `after`."""
+              order: str = "desc", skip_gone: bool = False) -> tuple[list[JobRecord], bool]:
+    """A page of the account's jobs, newest first (or oldest first), after the job id `after`.
+    With `skip_gone`, jobs whose results were deleted or expired are left out in the query itself,
+    so the page is full and `has_more` is true only when another job follows. `after` may be a
+    gone job: the page continues from where it stood."""
     direction, compare = ("DESC", "<") if order == "desc" else ("ASC", ">")
     clauses, params = ["account_id = :aid"], {"aid": account_id, "n": limit + 1}
     if job_type:
         clauses.append("type = :type")
         params["type"] = job_type
+    if skip_gone:
+        clauses.append(_VISIBLE)
     with reader(engine).connect() as conn:
         if after:
             pivot = conn.execute(text("SELECT created_at FROM jobs WHERE id = :id AND account_id = :aid"),
@@ -161,6 +185,15 @@ def list_jobs(engine: Engine, account_id: str, *, job_type: str | None, limit: i
                                  f" ORDER BY created_at {direction}, id {direction} LIMIT :n"), params).all()
     records = [load_job(engine, account_id, r[0]) for r in rows[:limit]]
     return records, len(rows) > limit
+
+
+def mark_deleted(engine: Engine, account_id: str, job_id: str) -> None:
+    """Record that the user deleted a failed or canceled job (DELETE /videos/{id}): an empty result
+    list with no files reads as gone (`JobRecord.gone`), so it then answers 404 and leaves the
+    video list. No column is needed: such a job never had a result. Succeeded jobs are untouched
+    (deleting their files makes them gone); unfinished ones are canceled first by the caller."""
+    with engine.begin() as conn:
+        conn.execute(_MARK_DELETED, {"id": job_id, "aid": account_id})
 
 
 def job_view(record: JobRecord, linker: Linker, remaining: int | None = None) -> dict[str, Any]:

@@ -15,10 +15,12 @@ from typing import Any
 import av
 import pytest
 from PIL import Image
+from sqlalchemy import text
 
+from api.routes import videos as videos_route
 from common import clock
 from common.errors import UpstreamError
-from common.jobs import submit
+from common.jobs import lifecycle, submit
 from common.providers import simulated_media
 from common.signing import sign_file_url
 from tests.api.chat.helpers import assert_books_balance, books
@@ -381,6 +383,106 @@ def test_delete_removes_a_finished_videos_content_and_cancels_an_unfinished_one_
     assert row["status"] == "canceled" and row["charged"] == 0
     after = assert_books_balance(media.engine, account.account_id)
     assert after.balance == before.balance
+
+
+def _video_ids_newest_first(media: Media, account: TestAccount) -> list[str]:
+    with media.engine.connect() as conn:
+        rows = conn.execute(text("SELECT id FROM jobs WHERE account_id = :a AND type = 'video'"
+                                 " ORDER BY created_at DESC, id DESC"), {"a": account.account_id}).all()
+    return [r[0] for r in rows]
+
+
+def _walk_videos(media: Media, account: TestAccount, limit: int, order: str = "desc") -> list[str]:
+    """Every page of GET /videos, following `last_id` while `has_more`: the ids in order."""
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        query: dict[str, Any] = {"limit": limit, "order": order, **({"after": after} if after else {})}
+        page = media.client.get("/api/v1/videos", headers=account.headers, params=query).json()
+        ids = [v["id"] for v in page["data"]]
+        assert ids, page  # never an empty page: has_more promised one
+        assert page["first_id"] == ids[0] and page["last_id"] == ids[-1], page
+        assert len(ids) == limit or not page["has_more"], page
+        seen += ids
+        if not page["has_more"]:
+            return seen
+        after = page["last_id"]
+
+
+def test_after_deletes_video_pages_stay_full_and_the_cursor_walks_every_video_once(
+        make_media: Callable[..., Media]) -> None:
+    media = make_media(simulated_job_seconds=0.0)
+    account = media.account("ultra")
+    for i in range(5):
+        video = media.client.post("/api/v1/videos", headers=account.headers, json={"prompt": f"clip {i}"}).json()
+        media.jobs.wait(video["id"])
+    ids = _video_ids_newest_first(media, account)
+    for gone in (ids[0], ids[2]):  # the newest (the first page's only item at limit=1) and one inside
+        assert media.client.delete(f"/api/v1/videos/{gone}", headers=account.headers).status_code == 200
+    kept = [ids[1], ids[3], ids[4]]
+
+    first = media.client.get("/api/v1/videos", headers=account.headers, params={"limit": 1}).json()
+    assert [v["id"] for v in first["data"]] == [ids[1]]
+    assert first["has_more"] is True and first["first_id"] == first["last_id"] == ids[1]
+    three = media.client.get("/api/v1/videos", headers=account.headers, params={"limit": 3}).json()
+    assert [v["id"] for v in three["data"]] == kept and three["has_more"] is False
+    two = media.client.get("/api/v1/videos", headers=account.headers, params={"limit": 2}).json()
+    assert [v["id"] for v in two["data"]] == kept[:2] and two["has_more"] is True
+    for limit in (1, 2, 3, 100):
+        assert _walk_videos(media, account, limit) == kept, limit
+        assert _walk_videos(media, account, limit, order="asc") == kept[::-1], limit
+    # a cursor that is itself a deleted video still pages on from where it stood
+    after_gone = media.client.get("/api/v1/videos", headers=account.headers,
+                                  params={"limit": 1, "after": ids[2]}).json()
+    assert [v["id"] for v in after_gone["data"]] == [ids[3]] and after_gone["has_more"] is True
+    # GET /jobs still lists all five (a deleted video was delivered and paid for)
+    jobs = media.client.get("/api/v1/jobs", headers=account.headers, params={"type": "video"}).json()
+    assert [j["id"] for j in jobs["data"]] == ids
+
+
+def test_a_deleted_unfinished_or_failed_video_is_404_afterwards_and_refunded_once(
+        make_media: Callable[..., Media]) -> None:
+    media = make_media(simulated_job_seconds=5.0)
+    account = media.account("plus")
+    before = books(media.engine, account.account_id)
+    pending = media.client.post("/api/v1/videos", headers=account.headers, json={"prompt": "drop"}).json()
+    canceled = media.client.post("/api/v1/videos", headers=account.headers, json={"prompt": "then drop"}).json()
+    assert media.client.post(f"/api/v1/jobs/{canceled['id']}/cancel", headers=account.headers).status_code == 200
+
+    for video in (pending, canceled):
+        deleted = media.client.delete(f"/api/v1/videos/{video['id']}", headers=account.headers)
+        assert deleted.json() == {"id": video["id"], "object": "video.deleted", "deleted": True}
+        assert error_of(media.client.get(f"/api/v1/videos/{video['id']}", headers=account.headers),
+                        404)["code"] == "video_not_found"
+        error_of(media.client.delete(f"/api/v1/videos/{video['id']}", headers=account.headers), 404)
+        error_of(media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers), 404)
+        row = media.jobs.wait(video["id"])
+        assert row["status"] == "canceled" and row["charged"] == 0
+        assert media.jobs.kinds(video["id"]).count("release") == 1, media.jobs.kinds(video["id"])
+        job = media.client.get(f"/api/v1/jobs/{video['id']}", headers=account.headers).json()
+        assert job["status"] == "canceled" and job["result"] is None  # it stays in /jobs
+    listed = media.client.get("/api/v1/videos", headers=account.headers).json()
+    assert listed["data"] == [] and listed["has_more"] is False
+    after = assert_books_balance(media.engine, account.account_id)
+    assert after.balance == before.balance and after.available == before.available
+
+
+def test_a_video_that_finishes_while_being_deleted_loses_its_file_and_is_404(
+        make_media: Callable[..., Media], monkeypatch: pytest.MonkeyPatch) -> None:
+    media = make_media(simulated_job_seconds=0.3)
+    account = media.account("plus")
+    video = media.client.post("/api/v1/videos", headers=account.headers, json={"prompt": "race"}).json()
+    assert video["status"] in ("queued", "in_progress")
+
+    def cancel_too_late(engine: Any, account_id: str, job_id: str) -> None:
+        media.jobs.wait(job_id)  # it succeeds between the route's read and its cancel
+        lifecycle.cancel(engine, account_id, job_id)  # 409: already finished
+
+    monkeypatch.setattr(videos_route, "cancel", cancel_too_late)
+    assert media.client.delete(f"/api/v1/videos/{video['id']}", headers=account.headers).status_code == 200
+    assert media.jobs.job(video["id"])["status"] == "succeeded"
+    assert media.jobs.files(video["id"]) == [] and media.jobs.stored_keys() == []
+    error_of(media.client.get(f"/api/v1/videos/{video['id']}", headers=account.headers), 404)
 
 
 # --- refusals that leave no trace -----------------------------------------------------------------

@@ -116,3 +116,20 @@ def test_refusals_arrive_as_the_sdks_own_exceptions(served: Served) -> None:
             client.images.generate(model="nano-banana-pro", prompt="too many", n=5)
     assert bad.value.body["param"] == "n"  # type: ignore[index]
     assert_books_balance(served.engine, account.account_id)
+
+
+def test_the_sdks_auto_pagination_walks_every_remaining_video_once_after_a_delete(served: Served) -> None:
+    account = create_test_account(served.engine, "ultra")
+    with served.sdk(account) as client:
+        created = [client.videos.create(model="vo3", prompt=f"clip {i}", seconds="4", size="1280x720")
+                   for i in range(4)]
+        for video in created:
+            assert client.videos.poll(video.id, poll_interval_ms=50).status == "completed"
+        newest_first = [v.id for v in client.videos.list(limit=100)]
+        assert sorted(newest_first) == sorted(v.id for v in created)
+        assert client.videos.delete(newest_first[0]).deleted is True
+
+        walked = {limit: [v.id for v in client.videos.list(limit=limit)] for limit in (1, 2, 3, 100)}
+        oldest_first = [v.id for v in client.videos.list(limit=1, order="asc")]
+    assert walked == {limit: newest_first[1:] for limit in (1, 2, 3, 100)}
+    assert oldest_first == newest_first[:0:-1]
