@@ -17,9 +17,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from cli import admin_commands, run_commands
+from common.catalog import CatalogError
 from common.errors import HelyxError
 from common.plans import PLANS
+from common.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except HelyxError as exc:
         print(f"helyx: error: {exc.message}", file=sys.stderr)
+        return 2
+    except CatalogError as exc:
+        print(f"helyx: error: invalid catalog: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # the settings (HELYX_* variables, .env)
+        if exc.title != Settings.__name__:
+            raise
+        for error in exc.errors():
+            name = "HELYX_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"helyx: error: invalid configuration: {name}: {error['msg'].removeprefix('Value error, ')}",
+                  file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from common import accounts, billing, clock, logs
+from common.catalog import load_catalog
 from common.db import get_engine
 from common.migrate import upgrade
 from common.settings import get_settings
@@ -54,6 +55,7 @@ def serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     logs.configure(settings.log_level)
+    load_catalog(settings)  # a broken HELYX_CATALOG stops here, before a demo key is printed
     upgrade(get_engine(settings.database_url))
     if args.demo:
         _demo_key(host, port)

@@ -183,3 +183,40 @@ def test_bad_arguments_exit_non_zero_with_a_message_and_change_nothing(
     assert "Traceback" not in err
     assert out == ""
     assert snapshot(cli_db) == before
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("HELYX_TIMEZONE", "Mars/Olympus", "HELYX_TIMEZONE: unknown time zone 'Mars/Olympus'"),
+        ("HELYX_WEB_WORKERS", "two", "HELYX_WEB_WORKERS: Input should be a valid integer"),
+    ],
+)
+def test_a_bad_setting_stops_every_command_with_one_line_naming_it(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    """Checked before anything runs: an unknown zone used to start a server whose every
+    authenticated request then failed with a 500."""
+    before = snapshot(cli_db)
+    monkeypatch.setenv(variable, value)
+    reset_settings_cache()
+    for argv in (["account", "create", "x@example.com"], ["migrate"]):
+        code, out, err = run(*argv)
+        assert (code, out) == (2, "")
+        assert err.startswith(f"helyx: error: invalid configuration: {message}"), err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert snapshot(cli_db) == before
+
+
+def test_serve_with_a_broken_catalog_stops_before_printing_a_demo_key(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[providers.mine]\nkind = "nope"\n', "utf-8")
+    monkeypatch.setenv("HELYX_CATALOG", str(catalog))
+    reset_settings_cache()
+    before = snapshot(cli_db)
+    code, out, err = run("serve", "--demo", "--port", "1")
+    assert (code, out) == (2, "")
+    assert err.startswith("helyx: error: invalid catalog: provider mine: kind must be one of"), err
+    assert "Traceback" not in err and snapshot(cli_db) == before
