@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-from common.errors import InsufficientCredits, InvalidRequest, NotFound
+from common.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
 from common.ids import new_id
 from common.plans import daily_allowance_micro, is_plan
 
@@ -185,12 +185,22 @@ def grant(
     conn: Connection, account_id: str, amount: int, *, now: float, reference: str | None = None,
     description: str = "grant",
 ) -> bool:
-    """Add top-up credits. With a `reference`, a repeated grant is a no-op (returns False)."""
+    """Add top-up credits. With a `reference`, a repeated grant is a no-op (returns False); the
+    same reference for another amount or account is a Conflict (a typo must not pass as a replay)."""
     if amount <= 0:
         raise InvalidRequest("A grant must be a positive amount of credits.", param="amount")
     ref = f"grant:{reference}" if reference else f"grant:{new_id('g')}"
-    if reference and _entry_exists(conn, ref):
-        return False
+    if reference:
+        earlier = conn.execute(text("SELECT account_id, amount FROM ledger_entries WHERE reference = :r"),
+                               {"r": ref}).first()
+        if earlier is not None:
+            if (earlier.account_id, earlier.amount) != (account_id, amount):
+                from common.money import to_credits
+
+                raise Conflict(f"Reference {reference!r} was already used for a grant of "
+                               f"{to_credits(earlier.amount)} credits to {earlier.account_id}.",
+                               code="reference_reused", param="reference")
+            return False
     updated = conn.execute(
         text("UPDATE accounts SET topup = topup + :amt WHERE id = :aid"), {"aid": account_id, "amt": amount}
     ).rowcount
@@ -261,11 +271,6 @@ def open_expired_holds(conn: Connection, now: float, limit: int = 500) -> list[s
         {"now": now, "n": limit},
     )
     return [r[0] for r in rows]
-
-
-def _entry_exists(conn: Connection, reference: str) -> bool:
-    found = conn.execute(text("SELECT 1 FROM ledger_entries WHERE reference = :r"), {"r": reference})
-    return found.first() is not None
 
 
 def _entry(

@@ -106,6 +106,10 @@ def test_credits_grant_with_and_without_a_reference(cli_db: Engine, run: Any, cr
     assert (first["granted"], first["topup_balance"]) == (True, 25.5)
     again = ok_json(run("credits", "grant", created["account_id"], "25.5", "--reference", "inv-1"))
     assert (again["granted"], again["topup_balance"]) == (False, 25.5)
+    before = snapshot(cli_db)
+    code, out, err = run("credits", "grant", created["account_id"], "255", "--reference", "inv-1")  # a typo
+    assert (code, out) == (2, "") and snapshot(cli_db) == before
+    assert err.startswith("helyx: error: Reference 'inv-1' was already used for a grant of 25.5 credits to"), err
     plain = ok_json(run("credits", "grant", created["account_id"], "0.000001"))
     assert (plain["granted"], plain["topup_balance"]) == (True, 25.500001)
     with cli_db.connect() as conn:
