@@ -1,4 +1,5 @@
-"""Imported by each `helyx worker` process: starts the sweeper once the process boots."""
+"""Imported by each `helyx worker` process (Dramatiq's worker processes, not its main one):
+makes a repeated stop signal harmless and starts the sweeper once the process boots."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dramatiq
 from common import logs
 from common.gc_tuning import freeze_startup_heap
 from common.settings import get_settings
-from workers import sweeper
+from workers import stop_once, sweeper
 from workers.actors import deliver_webhook, enqueue
 from workers.broker import broker
 
@@ -21,4 +22,5 @@ class SweeperMiddleware(dramatiq.Middleware):
 
 
 logs.configure(get_settings().log_level)
+stop_once.ignore_repeated_stops()
 broker.add_middleware(SweeperMiddleware())

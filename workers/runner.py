@@ -1,6 +1,10 @@
-"""`helyx worker`: Dramatiq's own process supervisor over workers.actors (graceful on SIGTERM:
-each worker stops taking messages and finishes the ones it runs, within the shutdown timeout;
-a job cut off by a harder stop is reclaimed by the sweeper once its lease lapses)."""
+"""`helyx worker`: Dramatiq's CLI over workers.actors, kept running by workers.supervisor.
+
+Graceful on SIGTERM: each worker process stops taking messages and finishes the ones it runs,
+within the shutdown timeout, and a repeated SIGTERM does not cut that short (workers.stop_once).
+When one worker process dies, Dramatiq stops the others and exits; the supervisor starts it
+again, and the new workers' sweeper reclaims the dead one's jobs once their lease lapses.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ def run(processes: int | None = None, threads: int | None = None) -> int:
               file=sys.stderr)
         return 2
     upgrade(get_engine(settings.database_url))
-    argv = [
+    dramatiq = [
         sys.executable, "-m", "dramatiq", "workers.actors", "workers.boot",
         "--processes", str(processes or settings.worker_processes),
         "--threads", str(threads or settings.worker_threads),
@@ -27,5 +31,8 @@ def run(processes: int | None = None, threads: int | None = None) -> int:
     ]
     # Dramatiq reads this exact lowercase name when it is imported (dramatiq.worker.WORKER_TIMEOUT).
     os.environ["dramatiq_worker_timeout"] = str(max(1, settings.worker_poll_ms))  # noqa: SIM112
+    # Exec'd (same pid) rather than called: the long-lived supervisor then holds neither this
+    # process's imports nor the migration's database connection.
+    argv = [sys.executable, "-m", "workers.supervisor", "--log-level", settings.log_level, "--", *dramatiq]
     os.execv(sys.executable, argv)
     return 0  # not reached

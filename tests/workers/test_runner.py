@@ -1,4 +1,4 @@
-"""`helyx worker` hands over to Dramatiq's supervisor with our sizes and idle-poll pause."""
+"""`helyx worker` execs our supervisor over Dramatiq's CLI, with our sizes, grace and idle-poll pause."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from common.settings import Settings
 from workers import runner
 
 
-def test_the_worker_execs_dramatiq_with_its_sizes_and_poll_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_helyx_worker_execs_the_supervisor_over_dramatiqs_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(redis_url="redis://127.0.0.1:6379/15", worker_poll_ms=30, worker_processes=3,
-                        worker_threads=5)
+                        worker_threads=5, shutdown_grace_seconds=7, log_level="WARNING")
     calls: list[tuple[str, list[str]]] = []
     monkeypatch.setattr(runner, "get_settings", lambda: settings)
     monkeypatch.setattr(runner, "upgrade", lambda engine: None)
@@ -23,9 +23,13 @@ def test_the_worker_execs_dramatiq_with_its_sizes_and_poll_pause(monkeypatch: py
 
     runner.run()
 
-    (_, argv), = calls
-    assert argv[1:4] == ["-m", "dramatiq", "workers.actors"]
-    assert argv[argv.index("--processes") + 1] == "3" and argv[argv.index("--threads") + 1] == "5"
+    (path, argv), = calls
+    separator = argv.index("--")
+    assert argv[1:separator] == ["-m", "workers.supervisor", "--log-level", "WARNING"]
+    dramatiq = argv[separator + 1:]
+    assert dramatiq[1:5] == ["-m", "dramatiq", "workers.actors", "workers.boot"] and path == dramatiq[0]
+    assert dramatiq[dramatiq.index("--processes") + 1] == "3" and dramatiq[dramatiq.index("--threads") + 1] == "5"
+    assert dramatiq[dramatiq.index("--worker-shutdown-timeout") + 1] == "7000"
     assert os.environ["dramatiq_worker_timeout"] == "30"  # noqa: SIM112 - Dramatiq's own lowercase name
 
 

@@ -1,0 +1,114 @@
+"""Keeps one command running: `helyx worker` runs Dramatiq's CLI under it.
+
+Dramatiq's main process stops every worker process and exits 1 as soon as one of them dies (a
+SIGKILL, the OOM killer); under honcho that would stop the whole deployment, API included, and
+leave nobody to reclaim the dead process's jobs. So a non-zero exit we did not ask for is met
+with a restart after a backoff (the restarted workers' sweeper reclaims the jobs once their lease
+lapses). SIGTERM or SIGINT is passed on exactly once (Dramatiq's main process passes it to its
+workers, which finish their running jobs); then we wait for the command and exit with its code.
+
+    python -m workers.supervisor [--log-level INFO] -- python -m dramatiq ...
+
+Stdlib plus our log set-up only: this process lives as long as the workers and holds nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from common import logs
+
+log = logging.getLogger("helyx.supervisor")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass
+class Backoff:
+    """The pause before each restart: `first`, doubling up to `most`; back to `first` after a run
+    that lasted `reset_after` seconds (a crash then is news, not the same crash looping)."""
+
+    first: float = 1.0
+    most: float = 30.0
+    reset_after: float = 60.0
+    _next: float = field(default=0.0, init=False)
+
+    def after(self, uptime: float) -> float:
+        if not self._next or uptime >= self.reset_after:
+            self._next = self.first
+        delay = self._next
+        self._next = min(self.most, delay * 2)
+        return delay
+
+
+class Supervisor:
+    """Runs `argv` until it exits 0 or we are asked to stop; see the module docstring."""
+
+    def __init__(self, argv: Sequence[str], backoff: Backoff | None = None) -> None:
+        self.argv = list(argv)
+        self.name = " ".join([Path(argv[0]).name, *argv[1:3]])  # "python -m dramatiq"
+        self.backoff = backoff or Backoff()
+        self.stopping: signal.Signals | None = None
+        self._child: subprocess.Popen[bytes] | None = None
+        self._signalled: subprocess.Popen[bytes] | None = None  # the child the stop went to
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_stop) for sig in STOP_SIGNALS}
+        try:
+            return self._loop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _loop(self) -> int:
+        while not self.stopping:
+            started = time.monotonic()
+            self._child = subprocess.Popen(self.argv)
+            self._forward()  # a stop that came while it was starting
+            code = self._child.wait()
+            if self.stopping or code == 0:
+                return code if code >= 0 else 128 - code
+            delay = self.backoff.after(time.monotonic() - started)
+            log.warning("%s exited with code %d; starting it again in %g s", self.name, code, delay)
+            deadline = time.monotonic() + delay
+            while not self.stopping and time.monotonic() < deadline:
+                time.sleep(min(0.1, deadline - time.monotonic()))
+        return 0  # stopped between two runs: nothing is running
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            log.info("already stopping; %s not passed on again", signal.Signals(signum).name)
+            return
+        self.stopping = signal.Signals(signum)
+        self._forward()
+
+    def _forward(self) -> None:
+        """Pass the stop to the current child, once (from the handler or right after a start)."""
+        child = self._child
+        if self.stopping and child is not None and child is not self._signalled:
+            self._signalled = child
+            child.send_signal(self.stopping)  # a no-op once it has been reaped
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workers.supervisor")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    options = parser.parse_args(args)
+    command = options.command[1:] if options.command[:1] == ["--"] else options.command
+    if not command:
+        parser.error("no command to supervise")
+    logs.configure(options.log_level)
+    return Supervisor(command).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
