@@ -44,7 +44,33 @@ def _entry_view(row: Any) -> dict[str, Any]:
         "reference": row.reference,
         "description": row.description,
         "created_at": row.created_at,
+        "usage": _usage_view(row),
     }
+
+
+def _usage_view(row: Any) -> dict[str, Any] | None:
+    """What a settlement paid for (SPEC: "ledger and usage rows"): the chat call's tokens, or the
+    media job; None for every other entry."""
+    if row.g_id is not None:
+        return {"generation_id": row.g_id, "model": row.g_model, "status": row.g_status,
+                "prompt_tokens": row.g_prompt, "completion_tokens": row.g_completion,
+                "total_tokens": row.g_prompt + row.g_completion}
+    if row.j_id is not None:
+        return {"job_id": row.j_id, "type": row.j_type, "model": row.j_model, "status": row.j_status}
+    return None
+
+
+# A resolving entry's hold names its call (`chat:<generation id>`, `job:<job id>`): the primary
+# keys are looked up, so a page costs two index probes per entry.
+_USAGE_QUERY = (
+    "SELECT e.id, e.kind, e.amount, e.held_delta, e.key_id, e.reference, e.description, e.created_at,"
+    " g.id AS g_id, g.model AS g_model, g.status AS g_status, g.prompt_tokens AS g_prompt,"
+    " g.completion_tokens AS g_completion, j.id AS j_id, j.type AS j_type, j.model AS j_model, j.status AS j_status"
+    " FROM ledger_entries e"
+    " LEFT JOIN holds h ON h.id = e.hold_id AND e.kind IN ('settle', 'release', 'expire')"
+    " LEFT JOIN generations g ON h.purpose LIKE 'chat:%' AND g.id = substr(h.purpose, 6)"
+    " LEFT JOIN jobs j ON h.purpose LIKE 'job:%' AND j.id = substr(h.purpose, 5)"
+)
 
 
 def list_usage(
@@ -54,19 +80,16 @@ def list_usage(
     """Newest first; `after` is the `next_cursor` of the previous page."""
     if not 1 <= limit <= 500:
         raise InvalidRequest("limit must be between 1 and 500.", param="limit")
-    clauses = ["account_id = :aid"]
+    clauses = ["e.account_id = :aid"]
     params: dict[str, Any] = {"aid": account_id, "n": limit + 1}
     for clause, name, value in (
-        ("key_id = :kid", "kid", key_id), ("created_at >= :since", "since", since),
-        ("created_at < :until", "until", until), ("id < :after", "after", after),
+        ("e.key_id = :kid", "kid", key_id), ("e.created_at >= :since", "since", since),
+        ("e.created_at < :until", "until", until), ("e.id < :after", "after", after),
     ):
         if value is not None:
             clauses.append(clause)
             params[name] = value
-    query = (
-        "SELECT id, kind, amount, held_delta, key_id, reference, description, created_at FROM ledger_entries"
-        f" WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT :n"
-    )
+    query = f"{_USAGE_QUERY} WHERE {' AND '.join(clauses)} ORDER BY e.id DESC LIMIT :n"
     with reader(engine).connect() as conn:
         rows = conn.execute(text(query), params).all()
     page = rows[:limit]

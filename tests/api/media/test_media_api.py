@@ -596,3 +596,26 @@ def test_twenty_concurrent_duplicates_make_one_job(media: Media, monkeypatch: py
     poll_job(media, account, responses[0].json()["id"])
     after = assert_books_balance(media.engine, account.account_id)
     assert after.balance == 800_000_000
+
+
+def test_usage_shows_what_each_settlement_paid_for(media: Media) -> None:
+    """SPEC §4: GET /usage lists the ledger *and usage* rows: a settlement names its chat call's
+    tokens or its media job; the other entries carry none."""
+    account = media.account()
+    chat = media.client.post("/api/v1/chat/completions", headers=account.headers, json={
+        "model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}).json()
+    image = media.client.post(IMAGES, headers=account.headers, json={"prompt": "a kite", "size": "256x256"}).json()
+
+    entries = media.client.get("/api/v1/usage", headers=account.headers).json()["data"]
+    settled = {e["usage"].get("generation_id") or e["usage"].get("job_id"): e for e in entries if e["usage"]}
+    assert set(settled) == {chat["id"], image["helyx"]["job_id"]}
+    tokens = chat["usage"]
+    assert settled[chat["id"]]["usage"] == {
+        "generation_id": chat["id"], "model": "gpt-4o", "status": "succeeded",
+        "prompt_tokens": tokens["prompt_tokens"], "completion_tokens": tokens["completion_tokens"],
+        "total_tokens": tokens["total_tokens"]}
+    assert settled[chat["id"]]["credits"] == -chat["helyx"]["credits_charged"]
+    assert settled[image["helyx"]["job_id"]]["usage"] == {
+        "job_id": image["helyx"]["job_id"], "type": "image", "model": "nano-banana-pro", "status": "succeeded"}
+    assert settled[image["helyx"]["job_id"]]["credits"] == -200
+    assert all(e["usage"] is None for e in entries if e["kind"] not in ("settle", "release", "expire"))
