@@ -15,7 +15,7 @@ from api.schemas.media import ImageGenerationRequest, parse_size
 from api.schemas.responses import ImagesResponse, JobView, doc
 from api.services import Services
 from common.accounts import Principal
-from common.errors import UpstreamError
+from common.errors import Conflict, UpstreamError
 from common.jobs.views import images_response, job_view
 
 router = APIRouter(prefix="/api/v1", tags=["images"])
@@ -51,7 +51,10 @@ async def _generate(body: ImageGenerationRequest, request: Request, principal: P
     if status == "succeeded":
         return json_response(await run_in_threadpool(
             images_response, record, links, services.storage, body.response_format, remaining))
-    if status in ("failed", "canceled"):
+    if status == "canceled":  # by the user, meanwhile (POST /jobs/{id}/cancel): not for the SDK to retry
+        raise Conflict(f"The image job {job_id} was canceled while this request waited; it was refunded.",
+                       code="job_canceled")
+    if status == "failed":
         raise UpstreamError(f"The image job {job_id} failed and was refunded: {record.row['error_message']}",
                             code=record.row["error_code"] or "upstream_error")
     return json_response(job_view(record, links, remaining), status=202)  # still running: poll /jobs/{id}

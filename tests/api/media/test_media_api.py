@@ -619,3 +619,24 @@ def test_usage_shows_what_each_settlement_paid_for(media: Media) -> None:
         "job_id": image["helyx"]["job_id"], "type": "image", "model": "nano-banana-pro", "status": "succeeded"}
     assert settled[image["helyx"]["job_id"]]["credits"] == -200
     assert all(e["usage"] is None for e in entries if e["kind"] not in ("settle", "release", "expire"))
+
+
+def test_an_image_request_whose_job_is_canceled_while_it_waits_is_409_job_canceled_and_refunded(
+        make_media: Callable[..., Media]) -> None:
+    """Not a 502: the OpenAI SDK retries those, and would submit again what the user canceled."""
+    media = make_media(simulated_job_seconds=3.0)
+    account = media.account()
+    before = books(media.engine, account.account_id)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(media.client.post, IMAGES, headers=account.headers,
+                              json={"prompt": "never mind", "size": "256x256"})
+        deadline = time.monotonic() + 10
+        while not (jobs := media.client.get("/api/v1/jobs", headers=account.headers).json()["data"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert media.client.post(f"/api/v1/jobs/{jobs[0]['id']}/cancel", headers=account.headers).status_code == 200
+        response = waiting.result(timeout=15)
+    error = error_of(response, 409)
+    assert error["code"] == "job_canceled" and response.headers["x-should-retry"] == "false"
+    assert media.jobs.job(jobs[0]["id"])["status"] == "canceled"
+    assert assert_books_balance(media.engine, account.account_id).balance == before.balance
