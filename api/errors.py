@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,19 +32,125 @@ def error_response(exc: HelyxError) -> Response:
     return json_response(exc.envelope(), status=exc.status, headers=headers)
 
 
+_SOURCES = ("body", "query", "path", "header", "cookie")
+# JSON types as a user names them, for pydantic's type errors and for what the user sent instead.
+_EXPECTED = {"string_type": "a string", "list_type": "an array", "int_type": "an integer", "float_type": "a number",
+             "bool_type": "a boolean", "dict_type": "an object", "model_type": "an object",
+             "model_attributes_type": "an object", "none_required": "null"}
+_TAG_NAMES = ("str", "int", "float", "bool", "none")  # pydantic's names for plain union members
+_OBJECT_ERRORS = ("dict_type", "model_type", "model_attributes_type")
+NOT_JSON = "The request body must be JSON (Content-Type: application/json)."
+
+
 def validation_error(exc: RequestValidationError) -> InvalidRequest:
-    """FastAPI's validation error as one 400 naming the first bad field."""
-    first = exc.errors()[0] if exc.errors() else {}
+    """FastAPI's validation error as one 400 naming the user's field (SPEC §2): the first bad
+    field, its path as the user wrote it (`messages.0.content`, never pydantic's union-member
+    tags such as `user` or `constrained-str`), and, where a union was tried, the error of the
+    member that matched the input best."""
+    errors = list(exc.errors())
+    if not errors:
+        return InvalidRequest("Invalid request.")
+    first = errors[0]
     if first.get("type") == "json_invalid":
         return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    param = ".".join(loc) or None
-    message = first.get("msg", "Invalid request")
-    if first.get("type") == "missing":
+    body = getattr(exc, "body", None)
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") in _OBJECT_ERRORS:
+        if isinstance(body, bytes):  # FastAPI read it as JSON only for a JSON Content-Type
+            return InvalidRequest(NOT_JSON, code="unsupported_content_type")
+        return InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    return _describe(_most_relevant(errors, body))
+
+
+def _user_path(error: Any, body: Any) -> tuple[list[str | int], int | None]:
+    """The error's field path as the user wrote it, and the index in its `loc` of the innermost
+    name pydantic added (a union member such as `constrained-str`, or a discriminator's tag such
+    as `user`). Walking the body tells them apart from field names; for a body FastAPI did not
+    parse (the videos route validates its form itself), names that look like pydantic's are dropped."""
+    loc = list(error.get("loc", ()))
+    start = 1 if loc and loc[0] in _SOURCES else 0
+    in_body = not start or loc[0] == "body"  # query, path and header names are never union tags
+    walk = in_body and isinstance(body, dict | list)
+    node, path, tag = body, [], None
+    for i, part in enumerate(loc[start:], start):
+        if not walk:
+            if in_body and isinstance(part, str) and ("[" in part or "-" in part or part in _TAG_NAMES):
+                tag = i
+            else:
+                path.append(part)
+        elif _has(node, part):
+            path.append(part)
+            node = node[part]
+        elif i == len(loc) - 1 and error.get("type") == "missing":
+            path.append(part)  # the missing field itself: absent from the body by definition
+        else:
+            tag = i
+    return path, tag
+
+
+def _has(node: Any, part: object) -> bool:
+    """Whether `part` is a key (or an index) of this piece of the body."""
+    if isinstance(node, dict):
+        return isinstance(part, str) and part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def _most_relevant(errors: list[Any], body: Any) -> list[tuple[Any, list[str | int]]]:
+    """The first error, or, when it came from a union member, the best of that union's errors:
+    the one that got deepest into the input (its member matched the input's shape), a broken
+    constraint before a wrong type; several wrong types at one place come back together."""
+    first_path, tag = _user_path(errors[0], body)
+    if tag is None:
+        return [(errors[0], first_path)]
+    prefix = list(errors[0]["loc"][:tag])
+    members = [(e, _user_path(e, body)[0]) for e in errors if list(e.get("loc", ()))[:tag] == prefix]
+    best, best_path = max(members, key=lambda m: (len(m[1]), m[0].get("type") not in _EXPECTED))
+    if best.get("type") not in _EXPECTED:
+        return [(best, best_path)]
+    return [(e, p) for e, p in members if p == best_path and e.get("type") in _EXPECTED]
+
+
+def _describe(chosen: list[tuple[Any, list[str | int]]]) -> InvalidRequest:
+    """The 400 for the chosen error, in the OpenAI SDK's words: a missing parameter, a wrong JSON
+    type (what was expected and what came), or a wrong value (pydantic's message, unprefixed)."""
+    error, path = chosen[0]
+    kind, ctx = error.get("type"), error.get("ctx") or {}
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        path = [*path, str(ctx.get("discriminator", "type")).strip("'")]
+    param = ".".join(str(p) for p in path) or None
+    if kind in ("missing", "union_tag_not_found"):
         message = f"Missing required parameter: '{param}'." if param else "Missing request body."
         return InvalidRequest(message, param=param, code="missing_required_parameter")
-    return InvalidRequest(f"Invalid value for '{param}': {message}." if param else message, param=param,
+    if kind in _EXPECTED:
+        expected = _either([_EXPECTED[e.get("type")] for e, _ in chosen])
+        message = f"expected {expected}, but got {_json_type(error.get('input'))} instead"
+        return InvalidRequest(_sentence(f"Invalid type for '{param}': {message}" if param else message),
+                              param=param, code="invalid_type")
+    if kind == "union_tag_invalid":
+        message = f"unknown {path[-1]} '{ctx.get('tag')}' (expected one of {ctx.get('expected_tags')})"
+    else:
+        message = str(error.get("msg", "Invalid request")).removeprefix("Value error, ")
+    return InvalidRequest(_sentence(f"Invalid value for '{param}': {message}" if param else message), param=param,
                           code="invalid_value")
+
+
+def _json_type(value: object) -> str:
+    """What the user sent, named as a JSON type."""
+    if value is None:
+        return "null"
+    for python_type, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+                              (list, "an array"), (dict, "an object")):
+        if isinstance(value, python_type):
+            return name
+    return type(value).__name__
+
+
+def _either(names: list[str]) -> str:
+    unique = list(dict.fromkeys(names))
+    return unique[0] if len(unique) == 1 else ", ".join(unique[:-1]) + " or " + unique[-1]
+
+
+def _sentence(text: str) -> str:
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def http_error(exc: StarletteHTTPException) -> HelyxError:

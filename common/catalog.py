@@ -74,7 +74,8 @@ class Catalog:
         entry = self.get(model_id)
         if kind is not None and entry.kind != kind:
             raise ModelNotFound(
-                f"The model '{model_id}' is a {entry.kind} model and cannot be used here.",
+                f"The model '{model_id}' is {'an' if entry.kind[:1] in 'aeiou' else 'a'} {entry.kind} model"
+                " and cannot be used here.",
                 param="model", code="model_not_supported",
             )
         if not self.is_available(entry, settings):

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
+from api.schemas.base import JSONBody
 from api.schemas.responses import CreditsView, KeyCreated, KeyList, KeyRevoked, UsagePage, doc
 from common import accounts, clock, reports
+from common.errors import InvalidRequest
 from common.money import to_micro
 
 router = APIRouter(prefix="/api/v1", tags=["account"])
@@ -35,7 +37,13 @@ async def get_usage(
     until: Annotated[float | None, Query(ge=0, le=1e11, description="unix seconds, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     after: Annotated[int | None, Query(ge=0, le=2**62, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[int | None, Query(ge=0, le=2**62, include_in_schema=False)] = None,
 ) -> Any:
+    # The page names its cursor `next_cursor`, so `cursor=` is what a caller tries first; ignored,
+    # it would restart at the newest entry and a client paging on would loop. Accepted, undocumented.
+    if cursor is not None and after is not None and cursor != after:
+        raise InvalidRequest("after and cursor are one parameter and these disagree: give one.", param="cursor")
+    after = after if after is not None else cursor
     page = await run_in_threadpool(
         lambda: reports.list_usage(services.engine, principal.account_id, key_id=key_id, since=since,
                                    until=until, limit=limit, after=after)
@@ -43,7 +51,7 @@ async def get_usage(
     return json_response(page)
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(JSONBody):
     name: str = Field(default="", max_length=100)
     expires_at: float | None = Field(default=None, description="unix seconds; omit for no expiry")
     daily_credit_cap: float | None = Field(default=None, gt=0, le=10**9)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ServicesDep, require_admin
 from api.responses import json_response
+from api.schemas.base import JSONBody
 from api.schemas.responses import AccountCreated, AccountList, CreditsView, GrantResult, doc
 from common import accounts, billing, clock, ledger, reports
 from common.money import to_micro
@@ -20,16 +21,16 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 Plan = Annotated[str, Field(pattern="^(" + "|".join(PLANS) + ")$")]
 
 
-class AccountCreate(BaseModel):
+class AccountCreate(JSONBody):
     email: str = Field(min_length=3, max_length=320)
     plan: Plan = "free"
 
 
-class PlanSet(BaseModel):
+class PlanSet(JSONBody):
     plan: Plan
 
 
-class CreditGrant(BaseModel):
+class CreditGrant(JSONBody):
     amount: float = Field(gt=0, le=10**9, description="credits, up to 6 decimals")
     reference: str | None = Field(default=None, max_length=200, description="makes the grant idempotent")
 

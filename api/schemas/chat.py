@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+
+from api.schemas.base import JSONBody
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class TextPart(JSONBody):
     type: Literal["text"]
     text: str = Field(max_length=200_000)
 
 
-class ImageURL(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ImageURL(JSONBody):
     url: str = Field(min_length=1)
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ImagePart(JSONBody):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -33,8 +32,7 @@ MAX_CONTENT_CHARS = 200_000
 Content = Annotated[str, Field(max_length=MAX_CONTENT_CHARS)]
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Message(JSONBody):
     name: str | None = Field(default=None, max_length=64)
 
     def as_dict(self) -> dict[str, Any]:
@@ -67,16 +65,15 @@ class AssistantMessage(_Message):
 
 ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
 StopSequence = Annotated[str, Field(min_length=1)]
+MAX_STOP = 4
+STOP_RULE = f"expected a non-empty string or an array of at most {MAX_STOP} non-empty strings"
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class StreamOptions(JSONBody):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatCompletionRequest(JSONBody):
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float = Field(default=0.7, ge=0, le=2)
@@ -85,21 +82,22 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: StopSequence | Annotated[list[StopSequence], Field(max_length=4)] | None = None
+    stop: StopSequence | Annotated[list[StopSequence], Field(max_length=MAX_STOP)] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = Field(default=None, max_length=256)
     n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
 
-    @field_validator("stop")
+    @field_validator("stop", mode="wrap")
     @classmethod
-    def _stop(cls, value: str | list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        stops = [value] if isinstance(value, str) else value
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("at most 4 non-empty stop sequences")
-        return stops
+    def _stop(cls, value: object, handler: ValidatorFunctionWrapHandler) -> list[str] | None:
+        """One message for every bad `stop`: pydantic's own names a union member and, for a
+        list too long, never says the limit."""
+        try:
+            stop = handler(value)
+        except ValidationError:
+            raise ValueError(STOP_RULE) from None
+        return [stop] if isinstance(stop, str) else stop
 
     @property
     def requested_max_tokens(self) -> int | None:

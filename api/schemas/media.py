@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.schemas.base import JSONBody
+
 _SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
 VIDEO_SIZES = ("1280x720", "720x1280", "1792x1024", "1024x1792")
 VIDEO_SECONDS = ("4", "8", "12")
@@ -24,9 +26,7 @@ def parse_size(size: str, *, low: int = 64, high: int = 2048) -> tuple[int, int]
     return width, height
 
 
-class ImageGenerationRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ImageGenerationRequest(JSONBody):
     model: str = Field(default="nano-banana-pro", min_length=1, max_length=200)
     prompt: str = Field(min_length=1, max_length=32_000)
     n: int = Field(default=1, ge=1, le=4)
@@ -44,6 +44,9 @@ class ImageGenerationRequest(BaseModel):
 
 
 class VideoCreateRequest(BaseModel):
+    """Lax, unlike the JSON bodies: the OpenAI SDK sends it as a form, where every field is a string
+    (`seconds` "4"). Every field is a string here anyway, and lax strings refuse numbers and booleans."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(default="vo3", min_length=1, max_length=200)

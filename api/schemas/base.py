@@ -1,0 +1,17 @@
+"""The base of the JSON request bodies."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class JSONBody(BaseModel):
+    """A JSON request body: unknown fields ignored (the OpenAI SDKs send extras), JSON types strict.
+
+    Pydantic's lax mode reads `true` as the integer 1, `"2"` as 2 and `"yes"` as a boolean, so a
+    typo would be billed as something the caller never asked for; the OpenAI API rejects them,
+    and so do we (400 naming the field). Strict floats still take JSON integers (`temperature: 1`).
+    Not for bodies that may arrive as forms, where every field is a string (see VideoCreateRequest).
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True)

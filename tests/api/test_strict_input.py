@@ -1,0 +1,240 @@
+"""Input is taken as the caller wrote it, or refused with a 400 that names the field (SPEC §2):
+a JSON `true` or `"2"` is never read as a number, `"yes"` never as a boolean; `param` is the
+caller's own field path, never pydantic's union-member tags; a body that is not JSON says so;
+a list filter or cursor the route cannot honour is refused, never silently ignored."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+
+from tests.api.test_errors import assert_envelope
+from tests.conftest import ADMIN_TOKEN, TestAccount, create_test_account
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+CHAT = "/api/v1/chat/completions"
+HI = [{"role": "user", "content": "hi"}]
+PART_TYPES = ("constrained-str", "tagged-union", "list[", "function-")  # pydantic's names for union members
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    return {"model": "helyx-3.5", "messages": HI, **fields}
+
+
+def topup(engine: Engine, account_id: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT topup FROM accounts WHERE id = :a"), {"a": account_id}).scalar_one())
+
+
+def ledger_count(engine: Engine, account_id: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT COUNT(*) FROM ledger_entries WHERE account_id = :a"),
+                                {"a": account_id}).scalar_one())
+
+
+# ---------------------------------------------------------------- 1. strict JSON types
+
+
+WRONG_TYPES = [
+    ("credits", {"amount": True}, "amount"),
+    ("credits", {"amount": "5"}, "amount"),
+    ("plan", {"plan": True}, "plan"),
+    ("accounts", {"email": "strict@example.com", "plan": 5}, "plan"),
+    (CHAT, chat(max_tokens=True), "max_tokens"),
+    (CHAT, chat(max_tokens="100"), "max_tokens"),
+    (CHAT, chat(max_completion_tokens=1.0), "max_completion_tokens"),
+    (CHAT, chat(stream="yes"), "stream"),
+    (CHAT, chat(stream=1), "stream"),
+    (CHAT, chat(stream=True, stream_options={"include_usage": "yes"}), "stream_options.include_usage"),
+    (CHAT, chat(temperature="1"), "temperature"),
+    (CHAT, chat(temperature=True), "temperature"),
+    (CHAT, chat(top_p="0.5"), "top_p"),
+    (CHAT, chat(presence_penalty="1"), "presence_penalty"),
+    (CHAT, chat(frequency_penalty=False), "frequency_penalty"),
+    (CHAT, chat(n=True), "n"),
+    (CHAT, chat(user=5), "user"),
+    ("/api/v1/images/generations", {"prompt": "a cat", "n": "2"}, "n"),
+    ("/api/v1/images/generations", {"prompt": "a cat", "n": True}, "n"),
+    ("/api/v1/keys", {"daily_credit_cap": "5"}, "daily_credit_cap"),
+    ("/api/v1/keys", {"daily_credit_cap": True}, "daily_credit_cap"),
+    ("/api/v1/keys", {"expires_at": True}, "expires_at"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), WRONG_TYPES,
+                         ids=[f"{param}-{i}" for i, (_, _, param) in enumerate(WRONG_TYPES)])
+def test_a_wrong_json_type_is_400_naming_the_field_and_changes_nothing(
+    app_client: TestClient, account: TestAccount, engine: Engine, path: str, body: dict[str, Any], param: str
+) -> None:
+    url = {"credits": f"/admin/accounts/{account.account_id}/credits",
+           "plan": f"/admin/accounts/{account.account_id}/plan", "accounts": "/admin/accounts"}.get(path, path)
+    headers = ADMIN if url.startswith("/admin") else account.headers
+    entries = ledger_count(engine, account.account_id)
+
+    error = assert_envelope(app_client.post(url, json=body, headers=headers), 400, "invalid_request_error",
+                            param=param, code="invalid_type")
+
+    assert f"'{param}'" in error["message"] and "expected" in error["message"]
+    assert topup(engine, account.account_id) == 0
+    assert ledger_count(engine, account.account_id) == entries  # nothing reserved, charged or granted
+
+
+def test_an_integer_still_counts_where_a_number_is_expected(app_client: TestClient, account: TestAccount,
+                                                            engine: Engine) -> None:
+    response = app_client.post(CHAT, json=chat(temperature=1, top_p=1, presence_penalty=0, frequency_penalty=-1,
+                                               max_tokens=16), headers=account.headers)
+    assert response.status_code == 200, response.text
+    granted = app_client.post(f"/admin/accounts/{account.account_id}/credits", json={"amount": 5}, headers=ADMIN)
+    assert granted.status_code == 200, granted.text
+    assert topup(engine, account.account_id) == 5 * 10**6
+    key = app_client.post("/api/v1/keys", json={"daily_credit_cap": 5}, headers=account.headers)
+    assert key.status_code == 201 and key.json()["daily_credit_cap"] == 5
+
+
+def test_a_video_form_still_sends_every_field_as_a_string(app_client: TestClient, engine: Engine) -> None:
+    account = create_test_account(engine, "plus")
+    form = app_client.post("/api/v1/videos", headers=account.headers,
+                           files=[("prompt", (None, "a wave")), ("seconds", (None, "8")), ("size", (None, "720x1280"))])
+    assert form.status_code == 200, form.text
+    assert (form.json()["seconds"], form.json()["size"]) == ("8", "720x1280")
+    as_json = app_client.post("/api/v1/videos", headers=account.headers, json={"prompt": "a wave", "seconds": 4})
+    assert as_json.status_code == 200 and as_json.json()["seconds"] == "4", as_json.text
+
+
+# ---------------------------------------------------------------- 2. param is the caller's field path
+
+
+PATHS = [
+    (chat(messages=[{"role": "user", "content": None}]), "messages.0.content", "a string or an array"),
+    (chat(messages=[{"role": "user", "content": 5}]), "messages.0.content", "a string or an array"),
+    (chat(messages=[{"role": "system", "content": True}]), "messages.0.content", "a string or an array"),
+    (chat(messages=[HI[0], {"role": "assistant", "content": 5}]), "messages.1.content", "a string or an array"),
+    (chat(stop=5), "stop", "at most 4"),
+    (chat(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
+    (chat(stop=["ok", ""]), "stop", "non-empty"),
+    (chat(messages=[{"role": "user", "content": [{"type": "bogus"}]}]), "messages.0.content.0.type", "'bogus'"),
+    (chat(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), "messages.0.content.0.text",
+     "expected a string"),
+    (chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
+     "messages.0.content.0.image_url.url", "Missing"),
+    (chat(messages=[{"role": "user", "content": [{"text": "no type"}]}]), "messages.0.content.0.type", "Missing"),
+    (chat(messages=[{"role": "tool", "content": "x"}]), "messages.0.role", "'tool'"),
+    (chat(messages=[{"content": "x"}]), "messages.0.role", "Missing"),
+    (chat(messages=[{"role": "user"}]), "messages.0.content", "Missing"),
+    (chat(messages=["hi"]), "messages.0", "expected an object"),
+]
+
+
+@pytest.mark.parametrize(("body", "param", "says"), PATHS, ids=[p for _, p, _ in PATHS])
+def test_param_is_the_callers_field_path_and_the_message_the_real_problem(
+    app_client: TestClient, account: TestAccount, body: dict[str, Any], param: str, says: str
+) -> None:
+    error = assert_envelope(app_client.post(CHAT, json=body, headers=account.headers), 400, "invalid_request_error",
+                            param=param)
+    assert says in error["message"], error
+    assert not any(tag in error["message"] for tag in PART_TYPES), error
+    assert "Input should be a valid string" not in error["message"], error
+
+
+def test_an_unknown_content_part_type_is_named_with_the_types_there_are(app_client: TestClient,
+                                                                        account: TestAccount) -> None:
+    body = chat(messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "bogus"}]}])
+    error = assert_envelope(app_client.post(CHAT, json=body, headers=account.headers), 400, "invalid_request_error",
+                            param="messages.0.content.1.type")
+    assert "unknown type 'bogus'" in error["message"] and "'text'" in error["message"]
+    assert "'image_url'" in error["message"]
+
+
+# ---------------------------------------------------------------- 3. a body that is not JSON
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_sent_as_another_content_type_is_a_clear_400(app_client: TestClient, account: TestAccount,
+                                                            content_type: str | None) -> None:
+    headers = {**account.headers, **({"content-type": content_type} if content_type else {})}
+    response = app_client.post(CHAT, content=json.dumps(chat()).encode(), headers=headers)
+    error = assert_envelope(response, 400, "invalid_request_error", param=None, code="unsupported_content_type")
+    assert "application/json" in error["message"]
+    assert "dictionary" not in error["message"]
+
+
+def test_a_form_post_to_a_json_route_is_a_clear_400(app_client: TestClient, account: TestAccount) -> None:
+    response = app_client.post(CHAT, data={"model": "helyx-3.5"}, headers=account.headers)
+    error = assert_envelope(response, 400, "invalid_request_error", param=None, code="unsupported_content_type")
+    assert "Content-Type: application/json" in error["message"]
+
+
+def test_json_that_is_not_an_object_says_so(app_client: TestClient, account: TestAccount) -> None:
+    response = app_client.post(CHAT, json=[chat()], headers=account.headers)
+    error = assert_envelope(response, 400, "invalid_request_error", param=None)
+    assert "JSON object" in error["message"]
+
+
+# ---------------------------------------------------------------- 4. list filters and cursors
+
+
+def image_job(client: TestClient, account: TestAccount) -> str:
+    response = client.post("/api/v1/images/generations", json={"prompt": "a cat"},
+                           headers={**account.headers, "Prefer": "respond-async"})
+    assert response.status_code in (200, 202), response.text
+    return str(response.json()["helyx"]["job_id"])
+
+
+@pytest.mark.parametrize("status", ["bogus", "queued", ""])
+def test_jobs_refuse_a_status_filter_rather_than_ignore_it(app_client: TestClient, account: TestAccount,
+                                                           status: str) -> None:
+    response = app_client.get(f"/api/v1/jobs?status={status}", headers=account.headers)
+    assert_envelope(response, 400, "invalid_request_error", param="status")
+
+
+def test_jobs_after_must_be_one_of_the_callers_jobs_never_silently_ignored(app_client: TestClient, account: TestAccount,
+                                                    engine: Engine) -> None:
+    mine = [image_job(app_client, account) for _ in range(2)]
+    other = create_test_account(engine)
+    theirs = image_job(app_client, other)
+
+    first = app_client.get("/api/v1/jobs?limit=1", headers=account.headers).json()
+    assert first["has_more"] and first["last_id"] == mine[1]
+    second = app_client.get(f"/api/v1/jobs?limit=1&after={first['last_id']}", headers=account.headers)
+    assert [j["id"] for j in second.json()["data"]] == [mine[0]], second.text
+
+    for malformed in ("nope", "", "job_XYZ"):
+        assert_envelope(app_client.get(f"/api/v1/jobs?after={malformed}", headers=account.headers), 400,
+                        "invalid_request_error", param="after")
+    unknown, foreign = (app_client.get(f"/api/v1/jobs?after={after}", headers=account.headers)
+                        for after in ("job_" + "0" * 24, theirs))
+    for response in (unknown, foreign):
+        assert_envelope(response, 404, "not_found_error", param="after", code="job_not_found")
+    # another account's job reads exactly as no job at all
+    assert foreign.json()["error"]["message"].replace(theirs, "X") == \
+        unknown.json()["error"]["message"].replace("job_" + "0" * 24, "X")
+
+
+def test_usage_takes_cursor_as_after_and_refuses_a_bad_one(app_client: TestClient, account: TestAccount) -> None:
+    for _ in range(3):
+        app_client.post(f"/admin/accounts/{account.account_id}/credits", json={"amount": 1}, headers=ADMIN)
+    first = app_client.get("/api/v1/usage?limit=2", headers=account.headers).json()
+    assert first["has_more"] and first["next_cursor"] is not None
+    by_after = app_client.get(f"/api/v1/usage?limit=2&after={first['next_cursor']}", headers=account.headers)
+    by_cursor = app_client.get(f"/api/v1/usage?limit=2&cursor={first['next_cursor']}", headers=account.headers)
+    assert by_cursor.status_code == 200 and by_cursor.json()["data"] == by_after.json()["data"]
+    assert by_cursor.json()["data"] != first["data"]
+
+    assert_envelope(app_client.get("/api/v1/usage?cursor=abc", headers=account.headers), 400,
+                    "invalid_request_error", param="cursor")
+    assert_envelope(app_client.get("/api/v1/usage?cursor=5&after=6", headers=account.headers), 400,
+                    "invalid_request_error", param="cursor")
+
+
+# ---------------------------------------------------------------- 5. wording
+
+
+def test_a_chat_request_for_an_image_model_says_an_image_model(app_client: TestClient, account: TestAccount
+                                                               ) -> None:
+    response = app_client.post(CHAT, json=chat(model="nano-banana-pro"), headers=account.headers)
+    error = assert_envelope(response, 404, "not_found_error", param="model")
+    assert "is an image model" in error["message"]
