@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, field_validator
 
 from api.schemas.base import JSONBody
 
@@ -87,6 +87,40 @@ class ChatCompletionRequest(JSONBody):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = Field(default=None, max_length=256)
     n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
+    # Not supported: refused when used, rather than ignored (a caller relying on them would get
+    # plain text and never know why); accepted when empty, null or "none", as SDKs may send them.
+    tools: list[Any] | None = Field(default=None, description="not supported: must be empty")
+    functions: list[Any] | None = Field(default=None, description="not supported: must be empty")
+    tool_choice: Any = Field(default=None, description='not supported: only "none"')
+    function_call: Any = Field(default=None, description='not supported: only "none"')
+    response_format: dict[str, Any] | None = Field(default=None, description='only {"type": "text"}')
+
+    @field_validator("temperature", "top_p", "stream", "n", mode="before")
+    @classmethod
+    def _null_is_the_default(cls, value: object, info: ValidationInfo) -> object:
+        """OpenAI takes null for these optional fields (some clients send every field): the default."""
+        return cls.model_fields[str(info.field_name)].default if value is None else value
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("tool and function calling are not supported by this gateway")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, value: object) -> object:
+        if value not in (None, "none"):
+            raise ValueError('tool and function calling are not supported by this gateway; only "none" is accepted')
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type", "text") != "text":
+            raise ValueError('JSON response formats are not supported by this gateway; only {"type": "text"}')
+        return value
 
     @field_validator("stop", mode="wrap")
     @classmethod

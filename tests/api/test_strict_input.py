@@ -238,3 +238,37 @@ def test_a_chat_request_for_an_image_model_says_an_image_model(app_client: TestC
     response = app_client.post(CHAT, json=chat(model="nano-banana-pro"), headers=account.headers)
     error = assert_envelope(response, 404, "not_found_error", param="model")
     assert "is an image model" in error["message"]
+
+
+# ---------------------------------------------------------------- null fields, unsupported features
+
+
+def test_null_for_an_optional_field_is_its_default(app_client: TestClient, account: TestAccount) -> None:
+    """OpenAI takes null for these; some clients send every field, unset ones as null."""
+    response = app_client.post(CHAT, headers=account.headers, json=chat(
+        temperature=None, top_p=None, stream=None, n=None, max_tokens=None, stop=None, tools=None,
+        tool_choice=None, response_format=None))
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "chat.completion"  # stream: null is not a stream
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"function_call": {"name": "f"}}, "function_call"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+])
+def test_a_feature_the_gateway_cannot_honour_is_refused_not_ignored(
+        app_client: TestClient, engine: Engine, account: TestAccount, fields: dict[str, Any], param: str) -> None:
+    before = ledger_count(engine, account.account_id)
+    response = app_client.post(CHAT, headers=account.headers, json=chat(**fields))
+    error = assert_envelope(response, 400, "invalid_request_error")
+    assert error["param"] == param and "not supported" in error["message"], error
+    assert ledger_count(engine, account.account_id) == before
+
+
+def test_the_harmless_forms_of_those_fields_pass(app_client: TestClient, account: TestAccount) -> None:
+    response = app_client.post(CHAT, headers=account.headers, json=chat(
+        tools=[], tool_choice="none", response_format={"type": "text"}))
+    assert response.status_code == 200, response.text
