@@ -162,25 +162,31 @@ def _record(row: dict[str, Any], files: list[dict[str, Any]], result_ids: list[s
 
 
 def list_jobs(engine: Engine, account_id: str, *, job_type: str | None, limit: int, after: str | None,
-              order: str = "desc", skip_gone: bool = False) -> tuple[list[JobRecord], bool]:
+              order: str = "desc", skip_gone: bool = False, status: str | None = None) -> tuple[list[JobRecord], bool]:
     """A page of the account's jobs, newest first (or oldest first), after the job id `after`.
     With `skip_gone`, jobs whose results were deleted or expired are left out in the query itself,
     so the page is full and `has_more` is true only when another job follows. `after` may be a
-    gone job: the page continues from where it stood."""
+    gone job: the page continues from where it stood; one that is not the account's is a
+    NotFound (ignoring it would start again from the top, and a client paging on would loop)."""
     direction, compare = ("DESC", "<") if order == "desc" else ("ASC", ">")
     clauses, params = ["account_id = :aid"], {"aid": account_id, "n": limit + 1}
     if job_type:
         clauses.append("type = :type")
         params["type"] = job_type
+    if status:
+        clauses.append("status = :status")
+        params["status"] = status
     if skip_gone:
         clauses.append(_VISIBLE)
     with reader(engine).connect() as conn:
         if after:
             pivot = conn.execute(text("SELECT created_at FROM jobs WHERE id = :id AND account_id = :aid"),
                                  {"id": after, "aid": account_id}).scalar()
-            if pivot is not None:
-                clauses.append(f"(created_at {compare} :pivot OR (created_at = :pivot AND id {compare} :after))")
-                params.update(pivot=pivot, after=after)
+            if pivot is None:  # an unknown id and another account's read the same
+                raise NotFound(f"No job {after} to list after (give the last_id of the previous page).",
+                               code="job_not_found", param="after")
+            clauses.append(f"(created_at {compare} :pivot OR (created_at = :pivot AND id {compare} :after))")
+            params.update(pivot=pivot, after=after)
         rows = conn.execute(text(f"SELECT id FROM jobs WHERE {' AND '.join(clauses)}"
                                  f" ORDER BY created_at {direction}, id {direction} LIMIT :n"), params).all()
     records = [load_job(engine, account_id, r[0]) for r in rows[:limit]]

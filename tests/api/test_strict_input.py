@@ -184,11 +184,18 @@ def image_job(client: TestClient, account: TestAccount) -> str:
     return str(response.json()["helyx"]["job_id"])
 
 
-@pytest.mark.parametrize("status", ["bogus", "queued", ""])
-def test_jobs_refuse_a_status_filter_rather_than_ignore_it(app_client: TestClient, account: TestAccount,
-                                                           status: str) -> None:
-    response = app_client.get(f"/api/v1/jobs?status={status}", headers=account.headers)
-    assert_envelope(response, 400, "invalid_request_error", param="status")
+def test_jobs_filter_by_status_and_refuse_a_status_there_is_not(app_client: TestClient, account: TestAccount) -> None:
+    done = image_job(app_client, account)
+    canceled = image_job(app_client, account)
+    app_client.post(f"/api/v1/jobs/{canceled}/cancel", headers=account.headers)  # may have finished already
+    statuses = {j["id"]: j["status"] for j in app_client.get("/api/v1/jobs", headers=account.headers).json()["data"]}
+    assert set(statuses) == {done, canceled}
+    for status in ("succeeded", "canceled", "queued"):
+        listed = app_client.get(f"/api/v1/jobs?status={status}", headers=account.headers).json()["data"]
+        assert [j["id"] for j in listed] == [i for i in (canceled, done) if statuses[i] == status], status
+    for bogus in ("bogus", ""):
+        assert_envelope(app_client.get(f"/api/v1/jobs?status={bogus}", headers=account.headers), 400,
+                        "invalid_request_error", param="status")
 
 
 def test_jobs_after_must_be_one_of_the_callers_jobs_never_silently_ignored(app_client: TestClient, account: TestAccount,
@@ -207,7 +214,8 @@ def test_jobs_after_must_be_one_of_the_callers_jobs_never_silently_ignored(app_c
                         "invalid_request_error", param="after")
     unknown, foreign = (app_client.get(f"/api/v1/jobs?after={after}", headers=account.headers)
                         for after in ("job_" + "0" * 24, theirs))
-    for response in (unknown, foreign):
+    videos = app_client.get(f"/api/v1/videos?after={theirs}", headers=account.headers)  # the same rule
+    for response in (unknown, foreign, videos):
         assert_envelope(response, 404, "not_found_error", param="after", code="job_not_found")
     # another account's job reads exactly as no job at all
     assert foreign.json()["error"]["message"].replace(theirs, "X") == \
