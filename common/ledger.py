@@ -228,6 +228,8 @@ def change_plan(conn: Connection, account_id: str, plan: str, day: str, *, now: 
         raise InvalidRequest(f"Unknown plan {plan!r}: use free, plus, pro or ultra.", param="plan")
     ensure_today(conn, account_id, day, now=now)
     current = balance(conn, account_id, lock=True)
+    if plan == current.plan:
+        return current  # nothing moves, so no ledger row
     # A caller a moment behind (clock skew, another zone) must not move the billing day back:
     # the next ensure_today would then try a second reset of a day already reset.
     day = max(day, current.allowance_day)

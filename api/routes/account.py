@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
-from api.schemas.base import JSONBody
+from api.schemas.base import OwnBody
 from api.schemas.responses import CreditsView, KeyCreated, KeyList, KeyRevoked, UsagePage, doc
 from common import accounts, clock, reports
 from common.errors import InvalidRequest
@@ -51,7 +51,7 @@ async def get_usage(
     return json_response(page)
 
 
-class KeyCreate(JSONBody):
+class KeyCreate(OwnBody):
     name: str = Field(default="", max_length=100)
     expires_at: float | None = Field(default=None, description="unix seconds; omit for no expiry")
     daily_credit_cap: float | None = Field(default=None, gt=0, le=10**9)

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ServicesDep, require_admin
 from api.responses import json_response
-from api.schemas.base import JSONBody
+from api.schemas.base import OwnBody
 from api.schemas.responses import AccountCreated, AccountList, CreditsView, GrantResult, doc
 from common import accounts, billing, clock, ledger, reports
 from common.money import to_micro
@@ -21,16 +21,16 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 Plan = Annotated[str, Field(pattern="^(" + "|".join(PLANS) + ")$")]
 
 
-class AccountCreate(JSONBody):
+class AccountCreate(OwnBody):
     email: str = Field(min_length=3, max_length=320)
     plan: Plan = "free"
 
 
-class PlanSet(JSONBody):
+class PlanSet(OwnBody):
     plan: Plan
 
 
-class CreditGrant(JSONBody):
+class CreditGrant(OwnBody):
     amount: float = Field(gt=0, le=10**9, description="credits, up to 6 decimals")
     reference: str | None = Field(default=None, max_length=200, description="makes the grant idempotent")
 

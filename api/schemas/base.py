@@ -15,3 +15,10 @@ class JSONBody(BaseModel):
     """
 
     model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class OwnBody(JSONBody):
+    """A body of Helyx's own routes (keys, admin): no SDK sends extras there, so an unknown field
+    is a mistake to report (`expires_in` for `expires_at` made a key that never expires)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)

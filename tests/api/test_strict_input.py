@@ -280,3 +280,20 @@ def test_the_harmless_forms_of_those_fields_pass(app_client: TestClient, account
     response = app_client.post(CHAT, headers=account.headers, json=chat(
         tools=[], tool_choice="none", response_format={"type": "text"}))
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/api/v1/keys", {"name": "k", "expires_in": 3600}, "expires_in"),
+    ("/admin/accounts", {"email": "extra@example.com", "plan": "free", "credits": 5}, "credits"),
+    ("credits", {"amount": 5, "ref": "inv-1"}, "ref"),
+])
+def test_helyxs_own_routes_refuse_an_unknown_field(app_client: TestClient, engine: Engine, account: TestAccount,
+                                                  path: str, body: dict[str, Any], param: str) -> None:
+    """No SDK sends extras there: `expires_in` for `expires_at` would make a key that never expires."""
+    url = f"/admin/accounts/{account.account_id}/credits" if path == "credits" else path
+    headers = account.headers if url.startswith("/api/") else ADMIN
+    before = ledger_count(engine, account.account_id)
+    error = assert_envelope(app_client.post(url, json=body, headers=headers), 400, "invalid_request_error",
+                            param=param)
+    assert param in error["message"]
+    assert ledger_count(engine, account.account_id) == before

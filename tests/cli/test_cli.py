@@ -122,6 +122,9 @@ def test_plan_set(cli_db: Engine, run: Any, created: dict[str, Any]) -> None:
     assert (body["plan"], body["daily_allowance"], body["allowance_remaining"]) == ("ultra", 25_000, 25_000)
     with cli_db.connect() as conn:
         assert conn.execute(text("SELECT plan FROM accounts")).scalar() == "ultra"
+    before = snapshot(cli_db)
+    again = ok_json(run("plan", "set", created["account_id"], "ultra"))  # already ultra: nothing moves
+    assert again["plan"] == "ultra" and snapshot(cli_db) == before
 
 
 def test_usage(run: Any, created: dict[str, Any]) -> None:
