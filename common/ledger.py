@@ -228,13 +228,13 @@ def change_plan(conn: Connection, account_id: str, plan: str, day: str, *, now: 
         raise InvalidRequest(f"Unknown plan {plan!r}: use free, plus, pro or ultra.", param="plan")
     ensure_today(conn, account_id, day, now=now)
     current = balance(conn, account_id, lock=True)
-    if plan == current.plan:
-        return current  # nothing moves, so no ledger row
     # A caller a moment behind (clock skew, another zone) must not move the billing day back:
     # the next ensure_today would then try a second reset of a day already reset.
     day = max(day, current.allowance_day)
     used = max(0, daily_allowance_micro(current.plan) - current.allowance)
     new_allowance = max(0, daily_allowance_micro(plan) - used, current.held - current.topup)
+    if (plan, new_allowance, day) == (current.plan, current.allowance, current.allowance_day):
+        return current  # the same plan again, nothing to move: no ledger row
     conn.execute(text("UPDATE accounts SET plan = :plan WHERE id = :aid"), {"plan": plan, "aid": account_id})
     _set_allowance(conn, account_id, current, new_allowance, day, "plan", f"plan:{new_id('p')}", now,
                    description=f"{current.plan} -> {plan}")

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, text
 
 from common import accounts, billing, clock, ledger
 from common.db import make_engine
-from common.errors import InsufficientCredits, InvalidRequest
+from common.errors import Conflict, InsufficientCredits, InvalidRequest
 from common.migrate import upgrade
 from common.money import MICRO
 from common.plans import PLANS, daily_allowance_micro
@@ -56,7 +56,7 @@ class Model:
     topup: int = 0
     allowance_day: str = ""
     holds: dict[str, ModelHold] = field(default_factory=dict)
-    grant_refs: set[str] = field(default_factory=set)
+    grant_refs: dict[str, int] = field(default_factory=dict)  # reference -> amount
     cap_used: int = 0
     cap_day: str = ""
     entries: int = 1  # the opening allowance
@@ -197,15 +197,19 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(amount=amounts, reference=st.sampled_from([None, "order-1", "order-2"]))
     def grant(self, amount: int, reference: str | None) -> None:
+        earlier = self.model.grant_refs.get(reference) if reference else None
+        if earlier is not None and earlier != amount:  # the reference reused for another amount
+            with pytest.raises(Conflict), self.engine.begin() as conn:
+                ledger.grant(conn, self.account_id, amount, now=self.now, reference=reference)
+            return
         with self.engine.begin() as conn:
             applied = ledger.grant(conn, self.account_id, amount, now=self.now, reference=reference)
-        expected = reference not in self.model.grant_refs
-        assert applied == expected
-        if expected:
+        assert applied == (earlier is None)
+        if earlier is None:
             self.model.topup += amount
             self.model.entries += 1
             if reference:
-                self.model.grant_refs.add(reference)
+                self.model.grant_refs[reference] = amount
 
     @rule(amount=st.integers(-10 * MICRO, 0))
     def grant_nothing_is_refused(self, amount: int) -> None:
@@ -225,9 +229,9 @@ class LedgerMachine(RuleBasedStateMachine):
         m = self.model
         m.ensure_today(day)
         used = max(0, daily_allowance_micro(m.plan) - m.allowance)
-        m.allowance = max(0, daily_allowance_micro(plan) - used, m.held - m.topup)
-        m.plan, m.allowance_day = plan, max(day, m.allowance_day)
-        m.entries += 1
+        allowance = max(0, daily_allowance_micro(plan) - used, m.held - m.topup)
+        m.entries += (plan, allowance, max(day, m.allowance_day)) != (m.plan, m.allowance, m.allowance_day)
+        m.allowance, m.plan, m.allowance_day = allowance, plan, max(day, m.allowance_day)
         assert (after.plan, after.allowance, after.allowance_day) == (m.plan, m.allowance, m.allowance_day)
 
     @rule(days=st.integers(1, 2))
