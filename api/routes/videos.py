@@ -70,10 +70,11 @@ async def create_video(request: Request, principal: PrincipalDep, services: Serv
     return json_response(view, headers={**_headers(view), **rate_headers})
 
 
-@router.get("/videos", summary="List videos", responses=doc(VideoList, 401))
+@router.get("/videos", summary="List videos", responses=doc(VideoList, 401, 404))
 async def get_videos(
     principal: PrincipalDep, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None, order: Literal["asc", "desc"] = "desc",
+    after: Annotated[str | None, Query(description="last_id of the previous page; another id is a 404")] = None,
+    order: Literal["asc", "desc"] = "desc",
 ) -> Any:
     records, has_more = await run_in_threadpool(
         lambda: list_jobs(services.engine, principal.account_id, job_type="video", limit=limit, after=after,
