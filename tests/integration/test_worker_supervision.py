@@ -282,3 +282,51 @@ print(calls)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True)
     assert done.stdout.strip() == f"[{int(signal.SIGTERM)}]", done.stderr
+
+
+_LEAVES_A_WORKER = """
+import os, pathlib, subprocess, sys, time
+pids = pathlib.Path(sys.argv[1])
+if pids.exists():  # the second run: behave
+    sys.exit(0)
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+pids.write_text(f"{os.getpid()} {worker.pid}")
+time.sleep(60)
+"""
+
+
+def test_a_main_process_that_dies_alone_leaves_no_worker_behind_before_the_restart(tmp_path: Path) -> None:
+    """Dramatiq's main process SIGKILLed (the OOM killer's pick): its worker processes come to the
+    supervisor (a child subreaper) and are stopped before the next start, never left consuming."""
+    pids = tmp_path / "pids"
+    proc = subprocess.Popen([sys.executable, "-c", "from workers.supervisor import Backoff, Supervisor; import sys;"
+                             " sys.exit(Supervisor(sys.argv[1:], Backoff(first=0.2), orphan_grace=2).run())",
+                             sys.executable, "-c", _LEAVES_A_WORKER, str(pids)], stderr=subprocess.PIPE)
+    try:
+        _wait_for(pids, proc)
+        main, worker = (int(x) for x in pids.read_text().split())
+        os.kill(main, signal.SIGKILL)
+        code = proc.wait(10)
+    finally:
+        proc.kill()
+    assert code == 0  # restarted, and the second run exited 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)  # stopped and reaped, not an orphan of init
+    assert b"left behind" in (proc.stderr.read() if proc.stderr else b"")
+
+
+def test_sighup_is_passed_on_and_the_supervisor_stays(tmp_path: Path) -> None:
+    seen, ready = tmp_path / "seen", tmp_path / "ready"
+    script = ("import pathlib, signal, sys, time\n"
+              f"signal.signal(signal.SIGHUP, lambda *a: pathlib.Path({str(seen)!r}).write_text('HUP'))\n"
+              f"pathlib.Path({str(ready)!r}).touch()\n"
+              f"while not pathlib.Path({str(seen)!r}).exists(): time.sleep(0.01)\n"
+              "sys.exit(0)\n")
+    proc = _supervise(sys.executable, "-c", script)
+    try:
+        _wait_for(ready, proc)
+        proc.send_signal(signal.SIGHUP)
+        code = proc.wait(10)
+    finally:
+        proc.kill()
+    assert code == 0 and seen.read_text() == "HUP"
