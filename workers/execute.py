@@ -32,6 +32,10 @@ from workers.runtime import ThreadRuntime, catalog
 
 log = logging.getLogger("helyx.worker")
 BUSY_RETRY_MS = 1000
+# Claims a job may have beyond its retries of provider errors before a dead worker's lapsed lease
+# fails it (worker_lost): enough for restarts and deploys that cut a job short, few enough that a
+# job that kills its worker every time (out of memory, a native crash) stops being retried.
+LOST_WORKER_ATTEMPTS = 3
 Requeue = Callable[..., Any]
 Notify = Callable[[str], Any]
 
@@ -50,7 +54,7 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
     owner = _owner()
     try:
         job = lifecycle.claim(engine, job_id, owner, settings.job_lease_seconds, settings.running_jobs_for,
-                              max_attempts=settings.job_max_retries + 1)
+                              max_attempts=settings.job_max_retries + 1 + LOST_WORKER_ATTEMPTS)
     except AccountBusy:
         requeue(args=(job_id,), delay=BUSY_RETRY_MS)
         return

@@ -415,24 +415,44 @@ def test_a_job_whose_worker_died_is_reclaimed_after_its_lease_and_charged_once(
 def test_a_job_whose_workers_keep_dying_is_failed_and_refunded_once_its_attempts_are_used_up(
         make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     provider = ScriptedImages().install(monkeypatch)
-    jobs = make_jobs(job_lease_seconds=0.2, stale_queued_seconds=3600, job_max_retries=1)  # 2 attempts
+    jobs = make_jobs(job_lease_seconds=0.2, stale_queued_seconds=3600, job_max_retries=1)
+    allowed = 1 + 1 + execute.LOST_WORKER_ATTEMPTS  # the retries, plus what lost workers may take
     account = jobs.account()
     before = books(jobs.engine, account.account_id)
 
     job_id = jobs.submit(account, enqueue=False)
-    for attempt in (1, 2):  # each attempt's worker dies with the job (it never renews its lease)
-        claimed = lifecycle.claim(jobs.engine, job_id, f"doomed-{attempt}", 0.2, None, max_attempts=2)
+    for attempt in range(1, allowed + 1):  # each attempt's worker dies with the job (no lease renewal)
+        claimed = lifecycle.claim(jobs.engine, job_id, f"doomed-{attempt}", 0.2, None, max_attempts=allowed)
         assert claimed is not None and claimed.attempts == attempt
         time.sleep(0.3)
     assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 1
     row = jobs.wait(job_id)
     jobs.join()
 
-    assert row["status"] == "failed" and row["error_code"] == "worker_lost" and row["attempts"] == 2
-    assert "2 time(s)" in row["error_message"] and provider.calls == 0  # not run a third time
+    assert row["status"] == "failed" and row["error_code"] == "worker_lost" and row["attempts"] == allowed
+    assert f"{allowed} time(s)" in row["error_message"] and provider.calls == 0  # not run once more
     assert jobs.kinds(job_id) == ["reserve", "release"] and jobs.hold(job_id)["status"] == "released"
     assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 0  # no longer picked up
     assert assert_books_balance(jobs.engine, account.account_id).balance == before.balance
+
+
+def test_a_job_cut_short_on_the_last_of_its_provider_retries_still_runs_once_more(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its retries were spent on provider errors; a restart then cut its last attempt: that is a
+    lost worker, not a provider failure, and the job still finishes (SPEC: nothing is lost)."""
+    provider = ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=0.2, stale_queued_seconds=3600, job_max_retries=1)
+    account = jobs.account()
+    job_id = jobs.submit(account, enqueue=False)
+    first = lifecycle.claim(jobs.engine, job_id, "w", 30, None)
+    assert first is not None and lifecycle.requeue(jobs.engine, job_id, "w", "upstream_error", "503")  # retry 1
+    assert lifecycle.claim(jobs.engine, job_id, "cut-short", 0.2, None) is not None  # the last attempt...
+    time.sleep(0.3)  # ...whose worker was stopped
+    assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 1
+    row = jobs.wait(job_id)
+    jobs.join()
+    assert row["status"] == "succeeded" and row["attempts"] == 3 and provider.calls == 1
+    assert jobs.kinds(job_id) == ["reserve", "settle"]
 
 
 def test_a_reclaimed_job_with_attempts_left_runs_again(make_jobs: JobsFactory,
