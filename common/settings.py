@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     simulated_chat_delay: float = 0.0
 
     # Billing
-    hold_ttl_seconds: int = 900
+    hold_ttl_seconds: int = Field(default=900, ge=1)  # a running call renews its hold every third of it
     hold_sweep_interval_seconds: float = 30.0
     default_max_tokens: int = 2048
 
