@@ -4,7 +4,8 @@ Every adapter talks to its vendor through `build_http_client`'s client and maps 
 `upstream_errors(...)` (transport exceptions) and `raise_for_status(...)` (HTTP statuses):
 
     connect error / connect timeout     UpstreamError  retryable  code upstream_unreachable
-    read / write / pool timeout         UpstreamTimeout (retryable, 504)
+    read / write timeout                UpstreamTimeout (504; the API does not retry it)
+    pool timeout (nothing was sent)     UpstreamError  retryable  code upstream_unreachable
     connection broken mid-response      UpstreamError  retryable
     408, 409, 429, 5xx                  UpstreamHTTPError retryable, with the upstream Retry-After
     401, 403                            UpstreamError  not retryable, code upstream_auth
@@ -162,6 +163,9 @@ def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:
                              f"({type(exc.__cause__).__name__})", retryable=True)
     if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
         return UpstreamError(f"Could not connect to the upstream provider ({provider})",
+                             retryable=True, code="upstream_unreachable")
+    if isinstance(exc, httpx.PoolTimeout):  # nothing was sent: our connections to it were all busy
+        return UpstreamError(f"No free connection to the upstream provider ({provider}) in time",
                              retryable=True, code="upstream_unreachable")
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(f"The upstream provider ({provider}) did not answer in time")

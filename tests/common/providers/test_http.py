@@ -10,6 +10,7 @@ from email.utils import formatdate
 import httpx
 import pytest
 
+from common.errors import UpstreamTimeout
 from common.providers.http import (
     NoCookies,
     SSEEvent,
@@ -18,6 +19,7 @@ from common.providers.http import (
     iter_sse,
     retry_after_seconds,
     status_error,
+    transport_error,
     vendor_message,
 )
 
@@ -171,3 +173,10 @@ async def test_the_shared_client_keeps_no_cookies_on_its_own_path_either() -> No
         await client.get("http://up.test/v1beta/operations/1")
         await client.get("http://up.test/v1beta/operations/1")
     assert "cookie" not in seen[1].headers
+
+
+def test_a_pool_timeout_sent_nothing_and_may_be_retried_but_a_read_timeout_may_not() -> None:
+    pool = transport_error(httpx.PoolTimeout("all connections busy"), "openai")
+    assert pool.retryable and not isinstance(pool, UpstreamTimeout) and pool.code == "upstream_unreachable"
+    read = transport_error(httpx.ReadTimeout("no answer"), "openai")
+    assert isinstance(read, UpstreamTimeout) and read.status == 504
