@@ -70,13 +70,15 @@ def _user_path(error: Any, body: Any) -> tuple[list[str | int], int | None]:
     start = 1 if loc and loc[0] in _SOURCES else 0
     in_body = not start or loc[0] == "body"  # query, path and header names are never union tags
     walk = in_body and isinstance(body, dict | list)
-    node, path, tag = body, [], None
+    node, path, tag, tagged = body, [], None, None
     for i, part in enumerate(loc[start:], start):
         if not walk:
             if in_body and isinstance(part, str) and ("[" in part or "-" in part or part in _TAG_NAMES):
                 tag = i
             else:
                 path.append(part)
+        elif _is_tag(node, part) and i < len(loc) - 1 and tagged is not node:  # a key named as the tag, too
+            tag, tagged = i, node
         elif _has(node, part):
             path.append(part)
             node = node[part]
@@ -85,6 +87,12 @@ def _user_path(error: Any, body: Any) -> tuple[list[str | int], int | None]:
         else:
             tag = i
     return path, tag
+
+
+def _is_tag(node: Any, part: object) -> bool:
+    """Whether `part` is the discriminator's value of this object (pydantic puts the union
+    member's tag, the object's own `role` or `type`, into the path)."""
+    return isinstance(node, dict) and isinstance(part, str) and part in (node.get("role"), node.get("type"))
 
 
 def _has(node: Any, part: object) -> bool:

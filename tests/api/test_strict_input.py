@@ -126,6 +126,10 @@ PATHS = [
     (chat(messages=[{"content": "x"}]), "messages.0.role", "Missing"),
     (chat(messages=[{"role": "user"}]), "messages.0.content", "Missing"),
     (chat(messages=["hi"]), "messages.0", "expected an object"),
+    # a key named like the message's own role is not where pydantic's tag points
+    (chat(messages=[{"role": "user", "user": "x"}]), "messages.0.content", "Missing"),
+    (chat(messages=[{"role": "system", "system": [1], "content": [{"type": "text", "text": 1}]}]),
+     "messages.0.content.0.text", "expected a string"),
 ]
 
 
