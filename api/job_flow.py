@@ -24,9 +24,13 @@ log = logging.getLogger("helyx.api")
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
+def public_base(services: Services, request: Request) -> str:
+    """The absolute base of our links: HELYX_PUBLIC_URL, else the host this request came to."""
+    return services.settings.public_url or str(request.base_url).rstrip("/")
+
+
 def linker(services: Services, request: Request) -> Linker:
-    base = services.settings.public_url or str(request.base_url).rstrip("/")
-    return Linker(base, services.signing_secret, services.settings.signed_url_ttl_seconds)
+    return Linker(public_base(services, request), services.signing_secret, services.settings.signed_url_ttl_seconds)
 
 
 @contextlib.asynccontextmanager
@@ -63,7 +67,7 @@ async def submit(
         submission = submit_job(services.engine, principal, job_type=job_type, model=entry.id, params=params,
                                 price=entry.rate_micro * units, tz=settings.timezone,
                                 idempotency_key=idempotency_key, webhook_url=webhook_url,
-                                base_url=linker(services, request).base_url)
+                                base_url=public_base(services, request))
         if submission.created:
             try:
                 services.enqueue(submission.job_id, job_type)
