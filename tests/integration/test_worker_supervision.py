@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from common.db import make_engine
-from tests.api.chat.helpers import assert_books_balance, books
+from tests.api.chat.helpers import Books, assert_books_balance, books
 from tests.conftest import TestAccount, create_test_account
 from tests.integration.faults import isolated_redis_url, job_rows, wait_jobs
 from tests.integration.helpers_processes import Proc, Processes, base_env, wait_dramatiq_workers
@@ -63,6 +63,14 @@ class Deployment:
                 return row
             assert time.monotonic() < deadline, (row, worker.log())
             time.sleep(0.05)
+
+    def running_job(self) -> tuple[TestAccount, Books, Proc, str, dict[str, Any]]:
+        """A fresh Pro account (and its books), a fresh worker, and an image job it is running."""
+        account = create_test_account(self.engine, "pro")
+        before = books(self.engine, account.account_id)
+        worker = self.worker()
+        job_id = self.submit(account)
+        return account, before, worker, job_id, self.running(job_id, worker)
 
     def assert_paid_once(self, job_id: str) -> dict[str, Any]:
         [row] = job_rows(self.engine, [job_id])
@@ -118,11 +126,7 @@ def _children(pid: int) -> list[int]:
 def test_a_sigterm_to_the_whole_process_group_lets_the_running_job_finish_and_the_worker_exit_0(
         fresh_queues: Deployment) -> None:
     d = fresh_queues
-    account = create_test_account(d.engine, "pro")
-    before = books(d.engine, account.account_id)
-    worker = d.worker()
-    job_id = d.submit(account)
-    d.running(job_id, worker)
+    account, before, worker, job_id, _ = d.running_job()
 
     # As honcho stops a Procfile line: SIGTERM to every process of the group at once (supervisor,
     # Dramatiq's main process, both worker processes), so each worker process also gets repeats
@@ -152,11 +156,8 @@ def test_a_sigterm_to_the_whole_process_group_lets_the_running_job_finish_and_th
 def test_a_sigkilled_worker_process_is_replaced_and_its_job_is_reclaimed_and_charged_once(
         fresh_queues: Deployment) -> None:
     d = fresh_queues
-    account = create_test_account(d.engine, "pro")
-    before = books(d.engine, account.account_id)
-    worker = d.worker()
-    job_id = d.submit(account)
-    victim = int(d.running(job_id, worker)["lease_owner"].split(":")[1])
+    account, before, worker, job_id, row = d.running_job()
+    victim = int(row["lease_owner"].split(":")[1])
     dramatiq_main = _ppid(victim)
     supervisor = _ppid(dramatiq_main)
     assert os.getpgid(victim) == worker.popen.pid  # one of this worker's processes
