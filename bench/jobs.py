@@ -66,8 +66,10 @@ class Stack:
             time.sleep(0.2)
 
     def worker_pids(self) -> list[int]:
-        return [p for p in _procs.children(self.workers.pid) if "dramatiq" in _procs.cmdline(p)
-                or "multiprocessing" in _procs.cmdline(p)]
+        """The processes that run jobs: the leaves under `helyx worker` (its supervisor and
+        Dramatiq's main process only watch them)."""
+        return [p for p in _procs.children(self.workers.pid) if ("dramatiq" in _procs.cmdline(p)
+                or "multiprocessing" in _procs.cmdline(p)) and not _procs.children(p)]
 
     def raw_submit(self, size: str) -> str:
         body = json.dumps({"model": "nano-banana-pro", "prompt": "a lighthouse at dawn", "size": size})
@@ -321,7 +323,9 @@ def main() -> None:
         poll_rows = polls(stack, args, next(j[4] for j in warm if j[4]))
         mem = [[("dramatiq worker" if p in stack.worker_pids() else "uvicorn"), p, *_procs.memory_mb(p)]
                for p in [*stack.worker_pids(), stack.api.pid, *_procs.children(stack.api.pid)]]
-        mem.append(["helyx worker (dramatiq supervisor)", stack.workers.pid, *_procs.memory_mb(stack.workers.pid)])
+        mem += [["dramatiq main process", p, *_procs.memory_mb(p)]
+                for p in _procs.children(stack.workers.pid) if p not in stack.worker_pids()]
+        mem.append(["helyx worker (supervisor)", stack.workers.pid, *_procs.memory_mb(stack.workers.pid)])
     finally:
         stack.stop()
     tables.append(_procs.table(f"polling at c={args.connections} (wrk, {args.load_rounds} x {args.load_seconds:g} s, "
