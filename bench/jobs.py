@@ -13,7 +13,8 @@ API is `uvicorn api.main:app` (`--web-workers`, default 1), the workers `helyx w
 Measured:
   * burst: `--jobs` submissions with `Prefer: respond-async` over `--submitters` connections;
     submissions/s, jobs/s end to end (first created_at to last finished_at, from the job rows),
-    submit->succeeded p50/p99 (finished_at - created_at, the server's own clocks);
+    submit->succeeded p50/p99 (finished_at - created_at, the server's own clocks); beside it, the
+    same-run reference: the simulated provider's PNG rendered alone in as many processes;
   * light load: one job at a time, polled with GET /jobs/{id} every 2 ms: server-side and
     client-observed submit->succeeded;
   * GET /jobs/{id} requests/s at c=64 (wrk), beside GET /healthz (the framework's floor);
@@ -200,6 +201,13 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     ]
     table.append(["PostgreSQL per job: " + ", ".join(after), " / ".join(
         f"{(after[k] - counters[k]) / max(1, len(lat)):.1f}" for k in after)])
+    alone, alone_cpu_ms = render_alone(args.size, args.worker_processes)
+    table += [
+        [f"direct: the simulated provider alone (render_png in {args.worker_processes} processes, nothing else), "
+         "images/s", alone],
+        ["  its CPU ms per image", alone_cpu_ms],
+        ["ratio: jobs/s end to end / direct", len(lat) / (last - first) / alone],
+    ]
     tables = []
     if spy is not None:
         spy.wait(timeout=args.profile_seconds + 60)
@@ -219,6 +227,31 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     if refused:
         print(f"  refused: {refused[:3]}")
     return table, tables
+
+
+_RENDER_ALONE = """
+import sys, time
+from common.providers.simulated_media import render_png
+width, height, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+render_png("warm-up", width, height)
+n, t0, cpu0 = 0, time.monotonic(), time.process_time()
+while time.monotonic() - t0 < seconds:
+    render_png("a lighthouse at dawn", width, height)
+    n += 1
+print(n, time.monotonic() - t0, time.process_time() - cpu0)
+"""
+
+
+def render_alone(size: str, processes: int, seconds: float = 3.0) -> tuple[float, float]:
+    """The same-run reference for the burst: what the job's own work (the simulated provider's
+    PNG, the same prompt and size) reaches in as many processes, with nothing else around it.
+    (images/s, CPU ms per image)."""
+    width, height = size.split("x")
+    procs = [subprocess.Popen([_procs.PYTHON, "-c", _RENDER_ALONE, width, height, str(seconds)], cwd=_procs.ROOT,
+                              stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    results = [[float(v) for v in p.communicate(timeout=seconds + 60)[0].split()] for p in procs]
+    images = sum(r[0] for r in results)
+    return images / max(r[1] for r in results), sum(r[2] for r in results) / images * 1e3
 
 
 def light(stack: Stack, args: argparse.Namespace) -> list[list[Any]]:
