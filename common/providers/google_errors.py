@@ -1,7 +1,8 @@
 """Calls to Google's Gemini API / Vertex AI, and their failures turned into our errors.
 
-    timeout                       → UpstreamTimeout (retryable)
-    connection error              → UpstreamError retryable, code upstream_unavailable
+    transport failures            → as for every adapter (common.providers.http.transport_error):
+                                    no connection → retryable, code upstream_unreachable;
+                                    no answer in time → UpstreamTimeout (retryable)
     HTTP 408, 429, 5xx            → UpstreamError retryable
     HTTP 401, 403, bad API key    → UpstreamError code upstream_auth (our key is wrong)
     other HTTP 4xx                → UpstreamError code upstream_bad_request
@@ -17,7 +18,8 @@ from typing import Any
 
 import httpx
 
-from common.errors import UpstreamError, UpstreamTimeout
+from common.errors import UpstreamError
+from common.providers.http import transport_error
 
 API_KEY_HEADER = "x-goog-api-key"
 
@@ -113,11 +115,8 @@ async def send(
             method, url, headers=auth_headers(api_key), json=json, timeout=request_timeout,
             follow_redirects=False,
         )
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"{what}: the provider did not answer in time") from exc
-    except httpx.TransportError as exc:
-        raise UpstreamError(f"{what}: cannot reach the provider ({type(exc).__name__})",
-                            retryable=True, code="upstream_unavailable") from exc
+    except httpx.HTTPError as exc:  # the shared table: aiohttp reports a refused connect as a timeout
+        raise transport_error(exc, what) from exc
     if not (response.is_success or (return_redirects and response.is_redirect)):
         raise status_error(response, what)
     return response

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from common.providers.http import build_http_client
 from tests.fakes.gemini_image_upstream import FakeGeminiImageUpstream
 from tests.fakes.server import serve
 from tests.fakes.veo_upstream import FakeVeoUpstream
@@ -81,5 +82,7 @@ def other_veo_served(_veo_servers: tuple[FakeVeoUpstream, Served, FakeVeoUpstrea
 
 @pytest.fixture
 async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as client:
+    """The workers' own client (aiohttp underneath), not a plain httpx one: the two report the
+    same failure differently (a refused connection is a ConnectTimeout through aiohttp)."""
+    async with build_http_client(connect_timeout=5.0, read_timeout=5.0) as client:
         yield client

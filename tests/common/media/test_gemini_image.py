@@ -194,7 +194,7 @@ async def test_an_unreachable_upstream_is_retryable(http_client: httpx.AsyncClie
     provider = GeminiImageProvider(http_client, "http://127.0.0.1:9/v1beta", API_KEY)
     with pytest.raises(UpstreamError) as caught:
         await provider.generate_images(_request())
-    assert (caught.value.code, caught.value.retryable) == ("upstream_unavailable", True)
+    assert (caught.value.code, caught.value.retryable) == ("upstream_unreachable", True)
 
 
 def test_inline_data_with_a_non_image_mime_type_is_not_taken_for_the_image() -> None:

@@ -229,6 +229,15 @@ async def test_a_hanging_submit_times_out(
             await _provider(impatient, veo_served).generate_video(_request())
 
 
+async def test_an_unreachable_upstream_is_retryable_and_named_so(http_client: httpx.AsyncClient) -> None:
+    """A refused connection is not a timeout (through aiohttp it arrives as one: ConnectTimeout)."""
+    provider = VeoVideoProvider(http_client, "http://127.0.0.1:9/v1beta", API_KEY, poll_interval=0.01)
+    with pytest.raises(UpstreamError) as caught:
+        await provider.generate_video(_request())
+    assert not isinstance(caught.value, UpstreamTimeout)
+    assert (caught.value.code, caught.value.retryable, caught.value.status) == ("upstream_unreachable", True, 502)
+
+
 async def test_the_download_follows_a_redirect_on_the_same_origin_with_the_key(
     http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served
 ) -> None:
