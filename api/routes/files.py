@@ -27,9 +27,10 @@ async def file_content(file_id: str, request: Request, services: ServicesDep,
                        expires: str | None = None, signature: str | None = None) -> Any:
     signed = signature is not None and verify_file_signature(
         file_id, expires, signature, services.signing_secret, int(clock.now().timestamp()))
+    # The caller is judged before the file is looked up: without a valid signature or key the
+    # answer is 401 whether or not the file exists, so ids cannot be probed.
+    principal = None if signed else await authenticate(request, services)
     stored = await run_in_threadpool(find_file, services.engine, file_id)
-    if not signed:
-        principal = await authenticate(request, services)
-        if principal.account_id != stored["account_id"]:
-            raise NotFound(f"No file {file_id}", code="file_not_found", param="id")
+    if principal is not None and principal.account_id != stored["account_id"]:
+        raise NotFound(f"No file {file_id}", code="file_not_found", param="id")
     return stored_file_response(services.storage, stored, {"cache-control": "private, max-age=300"})

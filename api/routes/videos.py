@@ -100,6 +100,7 @@ async def get_video_content(
     variant: Literal["video", "thumbnail", "spritesheet"] = "video",
 ) -> Response:
     record, _ = await job_flow.read(services, principal, video_id, "video")
+    _not_gone(record, video_id)  # deleted or expired: say so, not "not ready yet"
     if record.row["status"] != "succeeded" or not record.files:
         raise NotFound(f"Video {video_id} has no content yet (status {record.row['status']}).",
                        code="video_not_ready", param="id")

@@ -205,6 +205,25 @@ def test_a_file_whose_bytes_are_gone_is_404_file_not_found_not_a_500(media: Medi
         assert error["code"] == "file_not_found" and error["type"] == "not_found_error"
 
 
+def test_a_file_id_cannot_be_probed_without_a_key(media: Media) -> None:
+    """Without a valid signature or key the answer is 401 whether or not the file exists."""
+    owner = media.account()
+    image = media.client.post(IMAGES, headers=owner.headers, json={"prompt": "mine", "size": "256x256"}).json()
+    url = image["data"][0]["url"]
+    real = url.split("/files/", 1)[1].split("/", 1)[0]
+    revoked = media.client.post("/api/v1/keys", headers=owner.headers, json={"name": "old"}).json()
+    assert media.client.delete(f"/api/v1/keys/{revoked['id']}", headers=owner.headers).status_code == 200
+    for file_id in (real, "file_000000000000000000000000"):
+        path = f"/api/v1/files/{file_id}/content"
+        assert error_of(media.client.get(path), 401)["code"] == "missing_api_key"
+        assert error_of(media.client.get(path + "?expires=1&signature=forged"), 401)["code"] == "missing_api_key"
+        bad = {"Authorization": f"Bearer {revoked['key']}"}
+        assert error_of(media.client.get(path, headers=bad), 401)["code"] == "revoked_api_key"
+    assert error_of(media.client.get("/api/v1/files/file_000000000000000000000000/content",
+                                     headers=owner.headers), 404)["code"] == "file_not_found"
+    assert media.client.get(url).status_code == 200
+
+
 def test_a_tampered_or_expired_signature_needs_the_owners_key(media: Media) -> None:
     owner, stranger = media.account(), media.account()
     first = media.client.post(IMAGES, headers=owner.headers, json={"prompt": "one", "size": "256x256"}).json()
@@ -367,7 +386,8 @@ def test_delete_removes_a_finished_videos_content_and_cancels_an_unfinished_one_
     deleted = media.client.delete(f"/api/v1/videos/{video['id']}", headers=account.headers)
     assert deleted.status_code == 200
     assert deleted.json() == {"id": video["id"], "object": "video.deleted", "deleted": True}
-    error_of(media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers), 404)
+    gone = error_of(media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers), 404)
+    assert gone["code"] == "video_not_found" and "deleted" in gone["message"]
     assert media.jobs.files(video["id"]) == [] and media.jobs.stored_keys() == []
     assert media.jobs.job(video["id"])["charged"] == VIDEO_PRICE  # delivered, so still paid for
     error_of(media.client.get(f"/api/v1/videos/{video['id']}", headers=account.headers), 404)
