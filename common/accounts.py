@@ -114,7 +114,7 @@ def revoke_key(conn: Connection, key_id: str, *, now: float, account_id: str | N
         query += " AND account_id = :aid"
         params["aid"] = account_id
     if conn.execute(text(query), params).rowcount != 1:
-        raise NotFound(f"No API key {key_id}", code="key_not_found")
+        raise NotFound(f"No API key {key_id}", code="key_not_found", param="id")
 
 
 def authenticate(engine: Engine, presented: str | None, *, now: float) -> Principal:

@@ -47,6 +47,12 @@ def billing_day(tz: str, at: datetime | None = None) -> date:
     return (at or now()).astimezone(_zone(tz)).date()
 
 
+def day_start(tz: str, at: datetime | None = None) -> datetime:
+    """The UTC instant of the local midnight that began the billing day of `at`."""
+    local = (at or now()).astimezone(_zone(tz))
+    return datetime.combine(local.date(), time(0), tzinfo=_zone(tz)).astimezone(UTC)
+
+
 def next_reset(tz: str, at: datetime | None = None) -> datetime:
     """The UTC instant of the next local midnight in `tz` after `at`."""
     local = (at or now()).astimezone(_zone(tz))

@@ -6,16 +6,23 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from common import billing, ledger
+from common import billing, clock, ledger
 from common.db import reader
-from common.errors import InvalidRequest
+from common.errors import InvalidRequest, NotFound
 from common.money import to_credits
 from common.plans import daily_allowance_micro
+
+# What the account was charged since the billing day began, from the allowance and top-up alike.
+# Not the allowance's shortfall (daily - allowance left): that misses top-up spending, and a plan
+# change moves the allowance without anything being used.
+_CHARGED_SINCE = text("SELECT COALESCE(SUM(-amount), 0) FROM ledger_entries"
+                      " WHERE account_id = :aid AND kind = 'settle' AND created_at >= :since")
 
 
 def credits_summary(engine: Engine, account_id: str, tz: str) -> dict[str, Any]:
     with reader(engine).connect() as conn:
         bal = ledger.balance(conn, account_id)
+        used = conn.execute(_CHARGED_SINCE, {"aid": account_id, "since": clock.day_start(tz).timestamp()}).scalar()
     daily = daily_allowance_micro(bal.plan)
     current_day = bal.allowance_day >= billing.today(tz)
     allowance_left = bal.allowance if current_day else daily
@@ -24,7 +31,7 @@ def credits_summary(engine: Engine, account_id: str, tz: str) -> dict[str, Any]:
         "account_id": account_id,
         "plan": bal.plan,
         "daily_allowance": to_credits(daily),
-        "used_today": to_credits(max(0, daily - allowance_left)),
+        "used_today": to_credits(int(used or 0)),
         "allowance_remaining": to_credits(allowance_left),
         "topup_balance": to_credits(bal.topup),
         "held": to_credits(bal.held),
@@ -73,6 +80,9 @@ _USAGE_QUERY = (
 )
 
 
+_OWN_KEY = text("SELECT 1 FROM api_keys WHERE id = :kid AND account_id = :aid")
+
+
 def list_usage(
     engine: Engine, account_id: str, *, key_id: str | None = None, since: float | None = None,
     until: float | None = None, limit: int = 50, after: int | None = None,
@@ -91,6 +101,9 @@ def list_usage(
             params[name] = value
     query = f"{_USAGE_QUERY} WHERE {' AND '.join(clauses)} ORDER BY e.id DESC LIMIT :n"
     with reader(engine).connect() as conn:
+        if key_id is not None and conn.execute(_OWN_KEY, {"kid": key_id, "aid": account_id}).first() is None:
+            # an unknown key and another account's read the same; an empty page would look like no usage
+            raise NotFound(f"No API key {key_id}", code="key_not_found", param="key_id")
         rows = conn.execute(text(query), params).all()
     page = rows[:limit]
     has_more = len(rows) > limit

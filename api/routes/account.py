@@ -14,7 +14,7 @@ from api.schemas.base import OwnBody
 from api.schemas.responses import CreditsView, KeyCreated, KeyList, KeyRevoked, UsagePage, doc
 from common import accounts, clock, reports
 from common.errors import InvalidRequest
-from common.money import to_micro
+from common.money import to_credits, to_micro
 
 router = APIRouter(prefix="/api/v1", tags=["account"])
 
@@ -28,7 +28,8 @@ async def get_credits(principal: PrincipalDep, services: ServicesDep) -> Any:
     return json_response(summary)
 
 
-@router.get("/usage", summary="The account's ledger, newest first, paginated", responses=doc(UsagePage, 401))
+@router.get("/usage", summary="The account's ledger, newest first, paginated",
+            responses=doc(UsagePage, 401, 404))
 async def get_usage(
     principal: PrincipalDep,
     services: ServicesDep,
@@ -76,7 +77,7 @@ async def create_key(body: KeyCreate, principal: PrincipalDep, services: Service
     return json_response(
         {"id": key.id, "object": "api_key", "key": key.secret, "name": key.name, "prefix": key.prefix,
          "created_at": key.created_at, "expires_at": key.expires_at,
-         "daily_credit_cap": body.daily_credit_cap},
+         "daily_credit_cap": to_credits(key.daily_cap) if key.daily_cap is not None else None},
         status=201,
     )
 

@@ -17,17 +17,19 @@ from common.jobs.views import job_view, list_jobs
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 
-@router.get("/jobs", summary="The account's media jobs, newest first", responses=doc(JobList, 401, 404))
+@router.get("/jobs", summary="The account's media jobs, newest first (or oldest first)",
+            responses=doc(JobList, 401, 404))
 async def get_jobs(
     request: Request, principal: PrincipalDep, services: ServicesDep,
     type: Literal["image", "video"] | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(pattern=r"^job_[0-9a-f]+$", description="last_id of the previous page")] = None,
     status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None,
+    order: Literal["asc", "desc"] = "desc",
 ) -> Any:
     records, has_more = await run_in_threadpool(
         lambda: list_jobs(services.engine, principal.account_id, job_type=type, limit=limit, after=after,
-                          status=status))
+                          status=status, order=order))
     links = job_flow.linker(services, request)
     data = [job_view(r, links) for r in records]
     return json_response({"object": "list", "data": data, "has_more": has_more,

@@ -34,7 +34,7 @@ class CreditsView(BaseModel):
     account_id: str
     plan: str
     daily_allowance: Credits
-    used_today: Credits
+    used_today: Credits = Field(description="charged since the billing day began (allowance and top-up)")
     allowance_remaining: Credits
     topup_balance: Credits
     held: Credits
@@ -42,16 +42,38 @@ class CreditsView(BaseModel):
     resets_at: str
 
 
+class ChatUsage(BaseModel):
+    """What a chat settlement paid for: its generation's tokens."""
+
+    generation_id: str
+    model: str
+    status: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class JobUsage(BaseModel):
+    """What a media job's settlement paid for."""
+
+    job_id: str
+    type: str
+    model: str
+    status: str
+
+
 class LedgerEntryView(BaseModel):
     id: int
     object: Literal["ledger.entry"]
-    kind: str
+    kind: str = Field(description="reserve, settle, release, expire, grant, reset or plan")
     credits: Credits
     held: Credits
     key_id: str | None
     reference: str
     description: str
     created_at: float
+    usage: ChatUsage | JobUsage | None = Field(description="on a settlement, release or expiry: the chat call "
+                                                           "(generation) or the media job it resolved; else null")
 
 
 class UsagePage(BaseModel):

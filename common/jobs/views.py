@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, bindparam, text
 
 from common import accounts, clock, pg_statements
 from common.accounts import Principal
@@ -98,6 +99,8 @@ _POLL = text(
     + " FROM api_keys k JOIN accounts a ON a.id = k.account_id"
     " LEFT JOIN jobs j ON j.id = :id AND j.account_id = k.account_id WHERE k.key_hash = :h"
 )
+_FILES_OF_JOBS = text(f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id IN :ids ORDER BY id").bindparams(
+    bindparam("ids", expanding=True))
 _FILE_BY_ID = text(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = :id")
 # `not JobRecord.gone` as a condition on a `jobs` row: no result recorded, or some of its files still kept.
 _VISIBLE = "(jobs.result IS NULL OR EXISTS (SELECT 1 FROM files f WHERE f.job_id = jobs.id))"
@@ -187,9 +190,15 @@ def list_jobs(engine: Engine, account_id: str, *, job_type: str | None, limit: i
                                code="job_not_found", param="after")
             clauses.append(f"(created_at {compare} :pivot OR (created_at = :pivot AND id {compare} :after))")
             params.update(pivot=pivot, after=after)
-        rows = conn.execute(text(f"SELECT id FROM jobs WHERE {' AND '.join(clauses)}"
-                                 f" ORDER BY created_at {direction}, id {direction} LIMIT :n"), params).all()
-    records = [load_job(engine, account_id, r[0]) for r in rows[:limit]]
+        rows = conn.execute(text(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)}"
+                                 f" ORDER BY created_at {direction}, id {direction} LIMIT :n"), params).mappings().all()
+        page = [dict(r) for r in rows[:limit]]
+        files: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        with_result = [r["id"] for r in page if r["result"]]
+        if with_result:  # the whole page's files in one query, not one per job
+            for f in conn.execute(_FILES_OF_JOBS, {"ids": with_result}).mappings():
+                files[f["job_id"]].append(dict(f))
+    records = [_record(r, files[r["id"]], json.loads(r["result"]) if r["result"] else []) for r in page]
     return records, len(rows) > limit
 
 

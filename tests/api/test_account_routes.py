@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,33 @@ def test_credits_after_spending_granting_and_holding(app_client: TestClient, eng
         "plus", 5000, 1200, 3800)
     assert (body["topup_balance"], body["held"], body["remaining"]) == (25.5, 300, 3525.5)
     assert body["resets_at"] == "2031-03-11T19:00:00Z"
+
+
+def test_used_today_counts_top_up_spending_and_is_not_moved_by_a_plan_change(
+        app_client: TestClient, engine: Engine) -> None:
+    """used_today is what was charged since the billing day began, whatever paid for it."""
+    with clock.frozen(datetime(2031, 3, 10, 20, 0, tzinfo=UTC)) as advance:  # 01:00 on 2031-03-11 in Karachi
+        account = create_test_account(engine, "pro")
+        with engine.begin() as conn:
+            ledger.grant(conn, account.account_id, 5000 * MICRO, now=clock.now().timestamp())
+        charge(engine, account.account_id, account.key_id, 1824)
+
+        def credits() -> dict[str, Any]:
+            return app_client.get("/api/v1/credits", headers=account.headers).json()  # type: ignore[no-any-return]
+
+        assert (credits()["used_today"], credits()["allowance_remaining"]) == (1824, 8176)
+        for plan in ("free", "pro"):  # a round trip moves the allowance, not what was used
+            with engine.begin() as conn:
+                ledger.change_plan(conn, account.account_id, plan, billing.today("Asia/Karachi"),
+                                   now=clock.now().timestamp())
+            assert credits()["used_today"] == 1824
+        left = credits()["allowance_remaining"]
+        charge(engine, account.account_id, account.key_id, int(left) + 300)  # the allowance, then 300 of top-up
+        body = credits()
+        assert (body["used_today"], body["allowance_remaining"], body["topup_balance"]) == (
+            1824 + left + 300, 0, 4700)
+        advance(timedelta(hours=23))  # 00:00 on 2031-03-12 in Karachi: a new billing day
+        assert credits()["used_today"] == 0
 
 
 # ---------------------------------------------------------------- /usage
@@ -150,8 +178,12 @@ def test_usage_never_shows_another_account(
 ) -> None:
     account, _, _ = busy_account
     other = create_test_account(engine, "free")
-    page = app_client.get(f"/api/v1/usage?key_id={account.key_id}", headers=other.headers).json()
-    assert page["data"] == []
+    foreign = app_client.get(f"/api/v1/usage?key_id={account.key_id}", headers=other.headers)
+    assert foreign.status_code == 404  # another account's key reads as unknown, not as "no usage"
+    assert foreign.json()["error"] == {"message": f"No API key {account.key_id}", "type": "not_found_error",
+                                       "code": "key_not_found", "param": "key_id"}
+    assert app_client.get("/api/v1/usage?key_id=key_0000", headers=other.headers).json()["error"]["code"] == (
+        "key_not_found")
     page = app_client.get("/api/v1/usage", headers=other.headers).json()
     assert [i["kind"] for i in page["data"]] == ["reset"]
 
@@ -198,7 +230,8 @@ def test_another_accounts_key_is_404_and_stays_valid(app_client: TestClient, eng
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"
     assert app_client.get("/api/v1/credits", headers=other.headers).status_code == 200
-    assert app_client.delete("/api/v1/keys/key_nonexistent", headers=account.headers).status_code == 404
+    missing = app_client.delete("/api/v1/keys/key_nonexistent", headers=account.headers)
+    assert (missing.status_code, missing.json()["error"]["param"]) == (404, "id")
     listed = app_client.get("/api/v1/keys", headers=account.headers).json()["data"]
     assert other.key_id not in {k["id"] for k in listed}
 
@@ -267,6 +300,9 @@ def test_daily_credit_cap_round_trips_exactly(app_client: TestClient, engine: En
     listed = {k["id"]: k for k in app_client.get("/api/v1/keys", headers=account.headers).json()["data"]}
     assert listed[body["id"]]["daily_credit_cap"] == 12.345678
     assert listed[account.key_id]["daily_credit_cap"] is None
+    whole = app_client.post("/api/v1/keys", json={"name": "whole", "daily_credit_cap": 50.0},
+                            headers=account.headers).json()
+    assert json.dumps(whole["daily_credit_cap"]) == "50"  # as GET /keys writes it, not 50.0
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT daily_cap FROM api_keys WHERE id = :k"), {"k": body["id"]}).scalar_one()
     assert stored == 12_345_678

@@ -458,6 +458,12 @@ def test_after_deletes_video_pages_stay_full_and_the_cursor_walks_every_video_on
     # GET /jobs still lists all five (a deleted video was delivered and paid for)
     jobs = media.client.get("/api/v1/jobs", headers=account.headers, params={"type": "video"}).json()
     assert [j["id"] for j in jobs["data"]] == ids
+    assert [len(j["result"]["files"]) for j in jobs["data"]] == [0, 1, 0, 1, 1]  # the deleted ones: no files
+    oldest = media.client.get("/api/v1/jobs", headers=account.headers, params={"order": "asc", "limit": 2}).json()
+    assert [j["id"] for j in oldest["data"]] == ids[::-1][:2] and oldest["has_more"] is True
+    rest = media.client.get("/api/v1/jobs", headers=account.headers,
+                            params={"order": "asc", "after": oldest["last_id"]}).json()
+    assert [j["id"] for j in rest["data"]] == ids[::-1][2:] and rest["has_more"] is False
 
 
 def test_a_deleted_unfinished_or_failed_video_is_404_afterwards_and_refunded_once(
