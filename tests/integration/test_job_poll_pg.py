@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 from common import accounts, clock, keys
 from common.errors import AuthenticationFailed, NotFound
 from common.jobs.submit import submit_job
-from common.jobs.views import load_job_and_balance, poll_job_async
+from common.jobs.views import list_jobs, load_job, load_job_and_balance, poll_job_async
 from common.money import MICRO
 from common.pg_async import AsyncStatements
 from tests.conftest import TestAccount, create_test_account
@@ -93,3 +93,20 @@ def test_another_accounts_job_a_missing_job_and_another_type_are_404(pg_engine: 
         with pytest.raises(NotFound) as refused:
             _poll(pg_engine, key, wanted_id, job_type)
         assert refused.value.code == code
+
+
+def test_a_listed_page_reads_what_each_jobs_own_read_reads(pg_engine: Engine) -> None:
+    """list_jobs reads a page's jobs and their files in two queries; each record is what load_job
+    gives for that job alone (files in the result's order, none for a job without a result)."""
+    account = create_test_account(pg_engine, "ultra")
+    made = [_job(pg_engine, account, files=n) for n in (0, 3, 1, 0, 2)]
+    for order, expected_ids in (("desc", made[::-1]), ("asc", made)):
+        first, more = list_jobs(pg_engine, account.account_id, job_type=None, limit=3, after=None, order=order)
+        rest, no_more = list_jobs(pg_engine, account.account_id, job_type=None, limit=3, after=first[-1].row["id"],
+                                  order=order)
+        assert (more, no_more) == (True, False)
+        page = first + rest
+        assert [r.row["id"] for r in page] == expected_ids
+        for record in page:
+            alone = load_job(pg_engine, account.account_id, record.row["id"])
+            assert (record.row, record.files) == (alone.row, alone.files)
