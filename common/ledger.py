@@ -64,6 +64,7 @@ _CAP_GIVE_BACK = text(
     " WHERE id = :kid AND cap_day = :day"
 )
 _SNAPSHOT = text("SELECT plan, allowance, topup, held, allowance_day FROM accounts WHERE id = :aid")
+_DEFICIT = text("SELECT allowance_deficit FROM accounts WHERE id = :aid")
 _LOCKED_SNAPSHOT = text(
     "SELECT plan, allowance, topup, held, allowance_day FROM accounts WHERE id = :aid FOR UPDATE"
 )
@@ -223,34 +224,43 @@ def ensure_today(conn: Connection, account_id: str, day: str, *, now: float) -> 
 
 
 def change_plan(conn: Connection, account_id: str, plan: str, day: str, *, now: float) -> Balance:
-    """Switch plan now: today's allowance moves by the difference of the daily allowances."""
+    """Switch plan now: today's allowance moves by the difference of the daily allowances.
+
+    What was used of today's allowance stays used. A downgrade after spending more than the new
+    plan's whole day leaves the allowance at zero (never below), and the part it could not take
+    back is kept as the account's `allowance_deficit`: an upgrade the same day repays it before
+    anything is added, so a round trip (plus -> free -> plus) gives back nothing already spent.
+    The daily reset clears it."""
     if not is_plan(plan):
         raise InvalidRequest(f"Unknown plan {plan!r}: use free, plus, pro or ultra.", param="plan")
     ensure_today(conn, account_id, day, now=now)
     current = balance(conn, account_id, lock=True)
+    deficit = int(conn.execute(_DEFICIT, {"aid": account_id}).scalar_one())
     # A caller a moment behind (clock skew, another zone) must not move the billing day back:
     # the next ensure_today would then try a second reset of a day already reset.
     day = max(day, current.allowance_day)
-    used = max(0, daily_allowance_micro(current.plan) - current.allowance)
-    new_allowance = max(0, daily_allowance_micro(plan) - used, current.held - current.topup)
+    used = max(0, daily_allowance_micro(current.plan) - (current.allowance - deficit))
+    owed = daily_allowance_micro(plan) - used  # what is left of the new plan's day (negative: overspent)
+    new_allowance = max(0, owed, current.held - current.topup)
     if (plan, new_allowance, day) == (current.plan, current.allowance, current.allowance_day):
         return current  # the same plan again, nothing to move: no ledger row
     conn.execute(text("UPDATE accounts SET plan = :plan WHERE id = :aid"), {"plan": plan, "aid": account_id})
     _set_allowance(conn, account_id, current, new_allowance, day, "plan", f"plan:{new_id('p')}", now,
-                   description=f"{current.plan} -> {plan}")
+                   description=f"{current.plan} -> {plan}", deficit=max(0, new_allowance - owed))
     return balance(conn, account_id)
 
 
 def _set_allowance(
     conn: Connection, account_id: str, current: Balance, new_allowance: int, day: str, kind: str, ref: str,
-    now: float, description: str = "",
+    now: float, description: str = "", deficit: int = 0,
 ) -> bool:
+    """Set today's allowance (and the deficit: 0 for a daily reset) and write its ledger row."""
     updated = conn.execute(
         text(
-            "UPDATE accounts SET allowance = :new, allowance_day = :day"
+            "UPDATE accounts SET allowance = :new, allowance_day = :day, allowance_deficit = :deficit"
             " WHERE id = :aid AND allowance = :old AND allowance_day = :old_day"
         ),
-        {"new": new_allowance, "day": day, "aid": account_id, "old": current.allowance,
+        {"new": new_allowance, "day": day, "deficit": deficit, "aid": account_id, "old": current.allowance,
          "old_day": current.allowance_day},
     ).rowcount
     if updated != 1:

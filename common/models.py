@@ -31,6 +31,9 @@ class Account(SQLModel, table=True):
     topup: int = Field(sa_column=_money())  # purchased credits, never expire
     held: int = Field(sa_column=_money())  # sum of open holds
     allowance_day: str  # the billing day `allowance` belongs to
+    # What today's plan changes could not take back from an allowance already at zero (a downgrade
+    # after spending more than the new plan's day); a later upgrade the same day repays it first.
+    allowance_deficit: int = Field(sa_column=Column(BigInteger, nullable=False, default=0, server_default="0"))
     created_at: float
 
 

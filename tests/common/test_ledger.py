@@ -360,6 +360,36 @@ def test_plan_downgrade_mid_day_then_upgrade_again_round_trips(engine: Engine) -
     assert change_plan(engine, account_id, "ultra").allowance == 24_600 * C
 
 
+def test_a_downgrade_past_zero_and_back_up_gives_back_nothing_already_spent(engine: Engine) -> None:
+    """plus with 4452 used -> free (allowance 0: 3452 more than the free day was used) -> plus: 548
+    left, as before the round trip; not 4000 (the deficit of the downgrade is repaid first)."""
+    account_id = new_account(engine, "plus")
+    spend(engine, account_id, 4452 * C)
+    assert change_plan(engine, account_id, "free").allowance == 0
+    assert change_plan(engine, account_id, "plus").allowance == 548 * C
+    for _ in range(3):  # however many round trips
+        assert change_plan(engine, account_id, "free").allowance == 0
+        assert change_plan(engine, account_id, "ultra").allowance == (25_000 - 4452) * C
+    assert change_plan(engine, account_id, "plus").allowance == 548 * C
+    assert bal(engine, account_id).allowance + 4452 * C == 5000 * C
+
+
+def test_the_daily_reset_clears_a_plan_changes_deficit(engine: Engine) -> None:
+    account_id = new_account(engine, "plus")
+    spend(engine, account_id, 4000 * C)
+    assert change_plan(engine, account_id, "free").allowance == 0
+    assert change_plan(engine, account_id, "plus", day=NEXT_DAY).allowance == 5000 * C  # a new day: all of it
+
+
+def test_a_hold_kept_by_a_downgrade_counts_as_used_on_the_way_back_up(engine: Engine) -> None:
+    account_id = new_account(engine, "pro")
+    spend(engine, account_id, 9000 * C)
+    hold_id = reserve(engine, account_id, 800 * C)
+    assert change_plan(engine, account_id, "free").allowance == 800 * C  # kept for the open hold
+    settle(engine, hold_id, 800 * C)
+    assert change_plan(engine, account_id, "pro").allowance == 200 * C  # 10000 - 9000 - 800
+
+
 def test_plan_downgrade_never_makes_available_negative(engine: Engine) -> None:
     account_id = new_account(engine, "pro")
     spend(engine, account_id, 9000 * C)

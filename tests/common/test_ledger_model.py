@@ -60,6 +60,7 @@ class Model:
     cap_used: int = 0
     cap_day: str = ""
     entries: int = 1  # the opening allowance
+    deficit: int = 0  # what today's plan changes could not take back (a downgrade past zero)
 
     @property
     def held(self) -> int:
@@ -74,6 +75,7 @@ class Model:
             return False
         self.allowance = max(daily_allowance_micro(self.plan), self.held - self.topup)
         self.allowance_day = day
+        self.deficit = 0
         self.entries += 1
         return True
 
@@ -228,9 +230,13 @@ class LedgerMachine(RuleBasedStateMachine):
             after = ledger.change_plan(conn, self.account_id, plan, day, now=self.now)
         m = self.model
         m.ensure_today(day)
-        used = max(0, daily_allowance_micro(m.plan) - m.allowance)
-        allowance = max(0, daily_allowance_micro(plan) - used, m.held - m.topup)
-        m.entries += (plan, allowance, max(day, m.allowance_day)) != (m.plan, m.allowance, m.allowance_day)
+        used = max(0, daily_allowance_micro(m.plan) - (m.allowance - m.deficit))
+        owed = daily_allowance_micro(plan) - used
+        allowance = max(0, owed, m.held - m.topup)
+        moved = (plan, allowance, max(day, m.allowance_day)) != (m.plan, m.allowance, m.allowance_day)
+        m.entries += moved
+        if moved:
+            m.deficit = max(0, allowance - owed)
         m.allowance, m.plan, m.allowance_day = allowance, plan, max(day, m.allowance_day)
         assert (after.plan, after.allowance, after.allowance_day) == (m.plan, m.allowance, m.allowance_day)
 
@@ -260,10 +266,11 @@ class LedgerMachine(RuleBasedStateMachine):
         m = self.model
         with self.engine.connect() as conn:
             row = conn.execute(
-                text("SELECT plan, allowance, topup, held, allowance_day FROM accounts WHERE id = :a"),
+                text("SELECT plan, allowance, topup, held, allowance_day, allowance_deficit FROM accounts"
+                     " WHERE id = :a"),
                 {"a": self.account_id},
             ).one()
-            assert tuple(row) == (m.plan, m.allowance, m.topup, m.held, m.allowance_day)
+            assert tuple(row) == (m.plan, m.allowance, m.topup, m.held, m.allowance_day, m.deficit)
             open_holds = dict(conn.execute(
                 text("SELECT id, amount FROM holds WHERE account_id = :a AND status = 'open'"),
                 {"a": self.account_id},
