@@ -193,6 +193,18 @@ def install(app: FastAPI) -> None:
             error.headers["allow"] = ", ".join(sorted(_allowed_methods(request)))
         return error_response(error)
 
+    async def _database_down(request: Request, exc: Exception) -> Response:
+        """Handled here, inside the middleware, like any refusal: the request is logged and counted
+        as the 503 it is. Left to the catch-all below, it was answered 503 but logged, counted and
+        traced as a 500 (Starlette re-raises there after answering), once per request of an outage."""
+        if not _is_database_down(exc):
+            raise exc  # a real failure: the catch-all's 500, with its traceback
+        log.warning("database unavailable on %s: %s", request.url.path, type(exc).__name__)
+        return error_response(ServiceUnavailable("The service is temporarily unavailable, try again."))
+
+    for exc_type in _database_exceptions():
+        app.add_exception_handler(exc_type, _database_down)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # Starlette runs this handler in ServerErrorMiddleware, outside every user middleware,
@@ -217,13 +229,20 @@ def _allowed_methods(request: Request) -> set[str]:
     return methods
 
 
-def _is_database_down(exc: Exception) -> bool:
+def _database_exceptions() -> tuple[type[Exception], ...]:
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     from common import pg_async
     from common.pg_statements import UNREACHABLE
 
-    if isinstance(exc, (PoolTimeout, pg_async.PoolTimeout, *UNREACHABLE)):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated or "connect" in str(exc).lower())
+    return (DBAPIError, PoolTimeout, pg_async.PoolTimeout, *UNREACHABLE)
+
+
+def _is_database_down(exc: Exception) -> bool:
+    """A pool timeout or a lost/refused connection; any other database error is a real failure."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated or "connect" in str(exc).lower())
+    return isinstance(exc, _database_exceptions())

@@ -4,6 +4,7 @@ retry cannot mend say `x-should-retry: false`; every response carries `x-request
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from common import accounts, billing, clock
+from common import accounts, billing, clock, keys
 from common.errors import PermissionDenied, RateLimited, ServiceUnavailable
 from common.settings import Settings
 from tests.conftest import ADMIN_TOKEN, TestAccount, make_settings
@@ -287,3 +288,24 @@ def test_an_insane_incoming_request_id_is_replaced(app_client: TestClient, incom
     response = app_client.get("/healthz", headers={"x-request-id": incoming})
     assert response.headers["x-request-id"] != incoming
     assert response.headers["x-request-id"].startswith("req_")
+
+
+def test_a_database_outage_is_a_503_counted_and_logged_as_one(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                               ) -> None:
+    """Every request of an outage: 503 in the envelope with its request id, counted as a 503 in the
+    metrics and logged as one warning line, not raised on as a 500 with a traceback (a client that
+    raises server exceptions, as uvicorn does, sees nothing escape the app)."""
+    from api.app import create_app
+
+    down = make_settings(tmp_path, database_url="postgresql://postgres@127.0.0.1:9/helyx")  # nothing listens
+    key = {"Authorization": "Bearer " + keys.generate_key()}
+    with TestClient(create_app(down), raise_server_exceptions=True) as client:
+        for path in ("/api/v1/credits", "/api/v1/jobs/job_0123456789abcdef"):
+            response = client.get(path, headers=key)
+            assert_envelope(response, 503, "server_error")
+            assert response.headers["x-request-id"]
+        metrics = client.get("/metrics").text
+    assert 'helyx_http_requests_total{method="GET",route="/api/v1/credits",status="503"} 1.0' in metrics
+    assert 'route="/api/v1/credits",status="500"' not in metrics  # (the registry is the process's)
+    assert 'route="/api/v1/jobs/{job_id}",status="500"' not in metrics
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
