@@ -57,7 +57,10 @@ _ACCOUNT_SETTLE = text(
     "UPDATE accounts SET"
     " topup = CASE WHEN allowance >= :c THEN topup ELSE topup - (:c - allowance) END,"
     " allowance = CASE WHEN allowance >= :c THEN allowance - :c ELSE 0 END,"
-    " held = held - :h WHERE id = :aid RETURNING allowance, topup, held"
+    " held = held - :h WHERE id = :aid RETURNING allowance, topup, held, allowance_deficit"
+)
+_RECLAIM = text(
+    "UPDATE accounts SET allowance = allowance - :r, allowance_deficit = allowance_deficit - :r WHERE id = :aid"
 )
 _CAP_GIVE_BACK = text(
     "UPDATE api_keys SET cap_used = CASE WHEN cap_used >= :amt THEN cap_used - :amt ELSE 0 END"
@@ -175,11 +178,30 @@ def _resolve(
         conn.execute(_CAP_GIVE_BACK, {"kid": key_id, "day": cap_day, "amt": amount - charged})
     if day is not None and charged > 0:
         ensure_today(conn, account_id, day, now=now)
-    allowance, topup, held = conn.execute(
+    allowance, topup, held, deficit = conn.execute(
         _ACCOUNT_SETTLE, {"aid": account_id, "c": charged, "h": amount}
     ).one()
     _entry(conn, account_id, key_id, kind, -charged, -amount, f"resolve:{hold_id}", hold_id, description, now)
+    allowance -= _reclaim(conn, account_id, allowance, topup, held, deficit, hold_id, now)
     return Settlement(hold_id, charged, allowance + topup - held, applied=True)
+
+
+def _reclaim(conn: Connection, account_id: str, allowance: int, topup: int, held: int, deficit: int,
+             hold_id: str, now: float) -> int:
+    """Take back allowance that only open holds kept above what the plan leaves for today.
+
+    A downgrade (or a daily reset) cannot cut the allowance below what covers the open holds, and
+    records the excess as `allowance_deficit`. Once a hold is resolved the excess it covered is no
+    longer needed: it is taken back here, with its own ledger row, as far as the remaining holds
+    allow. (Released holds would otherwise leave an account downgraded with 24,000 held keeping
+    24,000 of allowance on a 1,000-a-day plan.) Returns what was taken."""
+    reclaim = min(deficit, allowance - max(0, held - topup))
+    if reclaim <= 0:
+        return 0
+    conn.execute(_RECLAIM, {"r": reclaim, "aid": account_id})
+    _entry(conn, account_id, None, "plan", -reclaim, 0, f"reclaim:{hold_id}", None,
+           "allowance kept for open holds over a plan change or reset, reclaimed", now)
+    return reclaim
 
 
 def grant(
@@ -215,12 +237,15 @@ def ensure_today(conn: Connection, account_id: str, day: str, *, now: float) -> 
     """The daily reset: once per account and billing day. Returns True when it reset.
 
     The new allowance is the plan's daily allowance, or more when open holds from before the
-    boundary need it to keep `available >= 0` (holds are short-lived; this is an edge case)."""
+    boundary need it to keep `available >= 0` (holds are short-lived; this is an edge case). That
+    excess is the day's `allowance_deficit`: taken back as those holds resolve (`_reclaim`)."""
     current = balance(conn, account_id, lock=True)
     if current.allowance_day >= day:
         return False
-    new_allowance = max(daily_allowance_micro(current.plan), current.held - current.topup)
-    return _set_allowance(conn, account_id, current, new_allowance, day, "reset", f"reset:{account_id}:{day}", now)
+    daily = daily_allowance_micro(current.plan)
+    new_allowance = max(daily, current.held - current.topup)
+    return _set_allowance(conn, account_id, current, new_allowance, day, "reset", f"reset:{account_id}:{day}", now,
+                          deficit=new_allowance - daily)
 
 
 def change_plan(conn: Connection, account_id: str, plan: str, day: str, *, now: float) -> Balance:

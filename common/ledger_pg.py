@@ -7,9 +7,10 @@ round trip instead of five, and a settlement plus its generation record one inst
 Scope, deliberately narrow:
 - only holds that do not count against a key's daily cap (the capped path touches the key row,
   and the ledger's lock order, key before account, is kept by the transactional verbs);
-- `resolve` returns None when it did nothing (a capped or already resolved hold, or, given today's
-  billing day, an account whose allowance is still an earlier day's: the daily reset is lazy):
-  the caller then runs the transactional verb, which handles all three.
+- `resolve` returns None when it did nothing (a capped or already resolved hold, an account with an
+  allowance deficit to reclaim (common.ledger._reclaim), or, given today's billing day, an
+  account whose allowance is still an earlier day's: the daily reset is lazy): the caller then
+  runs the transactional verb, which handles them all.
 Lock order inside each statement: reserve locks only the account row (the inserts are new rows);
 resolve locks the hold row, then the account row (the account update reads the hold's RETURNING),
 the same order as common.ledger._resolve.
@@ -57,9 +58,13 @@ _RESERVE_UNFLUSHED = _RESERVE.replace(
     " a AS (UPDATE accounts SET held = held + %(amt)s FROM s WHERE", 1)
 assert _RESERVE_UNFLUSHED != _RESERVE
 
+# Only for an account without an allowance deficit (a plan change or reset left allowance that
+# open holds kept: common.ledger._reclaim takes it back, with its own row, in the transactional verb).
+_NO_DEFICIT = (" AND NOT EXISTS (SELECT 1 FROM accounts t WHERE t.id = holds.account_id"
+               " AND t.allowance_deficit > 0)")
 _RESOLVE_HEAD = (
     "WITH h AS (UPDATE holds SET status = %(status)s, charged = LEAST(%(charge)s, amount), resolved_at = %(now)s"
-    " WHERE id = %(hid)s AND status = 'open' AND key_cap_day IS NULL"
+    " WHERE id = %(hid)s AND status = 'open' AND key_cap_day IS NULL" + _NO_DEFICIT +
     " RETURNING account_id, key_id, amount, charged),"
     " a AS (UPDATE accounts SET"
     " topup = CASE WHEN accounts.allowance >= h.charged THEN accounts.topup"
@@ -82,9 +87,8 @@ _RESOLVE_TAIL = " SELECT h.charged, a.available FROM h, a"
 # of an earlier day's allowance (the daily reset runs lazily, on the account's next request). The
 # transactional verb, which runs the reset first, takes the rest.
 _ALLOWANCE_IS_TODAYS = (" AND EXISTS (SELECT 1 FROM accounts t WHERE t.id = holds.account_id"
-                        " AND t.allowance_day >= %(day)s)")
-_ON_TODAYS_ALLOWANCE = _RESOLVE_HEAD.replace(" AND key_cap_day IS NULL",
-                                             " AND key_cap_day IS NULL" + _ALLOWANCE_IS_TODAYS)
+                        " AND t.allowance_day >= %(day)s AND t.allowance_deficit = 0)")
+_ON_TODAYS_ALLOWANCE = _RESOLVE_HEAD.replace(_NO_DEFICIT, _ALLOWANCE_IS_TODAYS)
 assert _ON_TODAYS_ALLOWANCE != _RESOLVE_HEAD
 _RESOLVE_SQL = {  # (with a generation record, checking the allowance's day)
     (False, False): _RESOLVE_HEAD + _RESOLVE_TAIL,
@@ -122,8 +126,8 @@ def resolve(
     generation: dict[str, Any] | None = None, kind: str | None = None, day: str | None = None,
 ) -> ledger.Settlement | None:
     """Settle or release an uncapped open hold, and record the generation when one is given, in
-    one statement; None when it did nothing (capped or already resolved hold, or, with `day`
-    (today's billing day), an account whose allowance is still an earlier day's). `kind` is
+    one statement; None when it did nothing (capped or already resolved hold, an allowance deficit,
+    or, with `day` (today's billing day), an account whose allowance is still an earlier day's). `kind` is
     "settle" or "release", as common.ledger records them; by default, settle when there is a charge."""
     sql, params = _resolve_statement(hold_id, charge, now, description, generation, kind, day)
     return _settlement(hold_id, conn.execute(sql, params).fetchone())

@@ -390,6 +390,33 @@ def test_a_hold_kept_by_a_downgrade_counts_as_used_on_the_way_back_up(engine: En
     assert change_plan(engine, account_id, "pro").allowance == 200 * C  # 10000 - 9000 - 800
 
 
+def test_allowance_kept_for_holds_over_a_downgrade_is_taken_back_as_they_resolve(engine: Engine) -> None:
+    """ultra with 24,000 held -> free: the allowance stays 24,000 while the holds need it; as they
+    are released it comes back down to the free day's 1,000, each step its own ledger row."""
+    account_id = new_account(engine, "ultra")
+    holds = [reserve(engine, account_id, 2000 * C) for _ in range(12)]
+    after = change_plan(engine, account_id, "free")
+    assert (after.allowance, after.held, after.available) == (24_000 * C, 24_000 * C, 0)
+    assert release(engine, holds[0]).available == 0  # 22,000 still held: 22,000 kept
+    settle(engine, holds[1], 500 * C)  # charged 500 of the allowance; 20,000 still held
+    assert bal(engine, account_id).allowance == 20_000 * C
+    for hold_id in holds[2:]:
+        release(engine, hold_id)
+    assert (bal(engine, account_id).allowance, bal(engine, account_id).held) == (500 * C, 0)  # 1,000 - 500
+    reclaimed = [e.amount for e in entries(engine, account_id) if e.reference.startswith("reclaim:")]
+    assert sum(reclaimed) == -23_000 * C and len(reclaimed) == 12  # the whole deficit, no more
+    assert change_plan(engine, account_id, "ultra").allowance == 24_500 * C  # 25,000 - the 500 used
+
+
+def test_a_daily_reset_under_open_holds_takes_the_excess_back_as_they_resolve(engine: Engine) -> None:
+    account_id = new_account(engine, "ultra")
+    hold_id = reserve(engine, account_id, 20_000 * C)
+    change_plan(engine, account_id, "free")
+    assert change_plan(engine, account_id, "free", day=NEXT_DAY).allowance == 20_000 * C  # the reset: for the hold
+    release(engine, hold_id)
+    assert bal(engine, account_id).allowance == 1000 * C
+
+
 def test_plan_downgrade_never_makes_available_negative(engine: Engine) -> None:
     account_id = new_account(engine, "pro")
     spend(engine, account_id, 9000 * C)

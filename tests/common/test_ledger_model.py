@@ -2,9 +2,10 @@
 
 The model knows the rules of SPEC §3 and common/ledger.py's docstring: today's allowance is spent
 before top-up, a charge never exceeds its hold, a hold resolves once, one reset per billing day,
-a plan change moves today's allowance by the difference of the daily allowances, a key's daily
-cap counts holds of its day. After every step the database must equal the model, and the books
-must balance.
+a plan change moves today's allowance by the difference of the daily allowances (what it cannot
+take back, or what open holds keep, is a deficit: an upgrade repays it, a resolved hold gives back
+what it no longer needs), a key's daily cap counts holds of its day. After every step the database
+must equal the model, and the books must balance.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Model:
             return False
         self.allowance = max(daily_allowance_micro(self.plan), self.held - self.topup)
         self.allowance_day = day
-        self.deficit = 0
+        self.deficit = self.allowance - daily_allowance_micro(self.plan)  # kept only for open holds
         self.entries += 1
         return True
 
@@ -91,6 +92,11 @@ class Model:
         if hold.cap_day is not None and hold.cap_day == self.cap_day and hold.amount > charge:
             self.cap_used = max(0, self.cap_used - (hold.amount - charge))
         self.entries += 1
+        reclaim = min(self.deficit, self.allowance - max(0, self.held - self.topup))  # no longer needed
+        if reclaim > 0:
+            self.allowance -= reclaim
+            self.deficit -= reclaim
+            self.entries += 1
         return True, charge
 
 

@@ -177,6 +177,29 @@ def test_a_settlement_after_the_day_ended_charges_todays_allowance_not_the_remai
     assert [k for k, _ in kinds][-2:] == ["reset", "settle"] and kinds[-2][1] == 700 * MICRO
 
 
+@pytest.mark.parametrize("day", [None, "2031-03-11"])
+def test_an_account_with_an_allowance_deficit_is_left_to_the_transactional_verb(
+        pg_engine: Engine, verbs: Verbs, day: str | None) -> None:
+    """Downgraded under open holds (ultra -> free with 2,400 held): the one statement stands aside,
+    changing nothing, and the transactional verb releases the hold and takes back the allowance it
+    kept, with its own ledger row."""
+    account = create_test_account(pg_engine, "ultra")
+    with pg_engine.begin() as conn:
+        conn.execute(text("UPDATE accounts SET allowance_day = '2031-03-11' WHERE id = :a"), {"a": account.account_id})
+    hold = verbs.reserve(account_id=account.account_id, key_id=None, amount=24_000 * MICRO, purpose="t", now=1.0,
+                         ttl=600)
+    assert hold is not None
+    with pg_engine.begin() as conn:
+        assert ledger.change_plan(conn, account.account_id, "free", "2031-03-11", now=1.5).allowance == 24_000 * MICRO
+    before = _numbers(pg_engine, account.account_id)
+    assert verbs.resolve(hold, 0, now=2.0, description="", kind="release", day=day) is None
+    assert _numbers(pg_engine, account.account_id) == before
+    with pg_engine.begin() as conn:
+        released = ledger.release(conn, hold, now=2.0)
+    assert released.applied and released.available == 1000 * MICRO
+    assert _numbers(pg_engine, account.account_id)[:3] == (1000 * MICRO, 0, 0)
+
+
 def test_a_settlement_on_the_allowances_own_day_stays_one_statement(pg_engine: Engine, verbs: Verbs) -> None:
     account = create_test_account(pg_engine, "free")
     with pg_engine.begin() as conn:
