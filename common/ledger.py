@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
 
 from common.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
 from common.ids import new_id
@@ -213,6 +214,9 @@ def grant(
     if amount <= 0:
         raise InvalidRequest("A grant must be a positive amount of credits.", param="amount")
     ref = f"grant:{reference}" if reference else f"grant:{new_id('g')}"
+    # The account's row lock first: concurrent grants with one reference then take turns, and the
+    # second sees the first's row below (a no-op) instead of failing on the unique reference.
+    balance(conn, account_id, lock=True)
     if reference:
         earlier = conn.execute(text("SELECT account_id, amount FROM ledger_entries WHERE reference = :r"),
                                {"r": ref}).first()
@@ -224,12 +228,12 @@ def grant(
                                f"{to_credits(earlier.amount)} credits to {earlier.account_id}.",
                                code="reference_reused", param="reference")
             return False
-    updated = conn.execute(
-        text("UPDATE accounts SET topup = topup + :amt WHERE id = :aid"), {"aid": account_id, "amt": amount}
-    ).rowcount
-    if updated != 1:
-        raise NotFound(f"No account {account_id}", code="account_not_found")
-    _entry(conn, account_id, None, "grant", amount, 0, ref, None, description, now)
+    conn.execute(text("UPDATE accounts SET topup = topup + :amt WHERE id = :aid"), {"aid": account_id, "amt": amount})
+    try:
+        _entry(conn, account_id, None, "grant", amount, 0, ref, None, description, now)
+    except IntegrityError:  # the same reference granted to another account at this very moment
+        raise Conflict(f"Reference {reference!r} was already used for another grant.", code="reference_reused",
+                       param="reference") from None
     return True
 
 

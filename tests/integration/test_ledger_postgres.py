@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 
 from common import accounts, billing, clock, ledger
 from common.db import make_engine
-from common.errors import InsufficientCredits
+from common.errors import Conflict, InsufficientCredits
 from common.money import MICRO
 from tests.common.test_ledger import assert_books_balance
 from tests.conftest import create_test_account
@@ -190,8 +190,25 @@ def test_concurrent_grants_with_one_reference_grant_once(pg_engine: Engine) -> N
             outcomes.append(ledger.grant(conn, account.account_id, 7 * MICRO, now=clock.now().timestamp(),
                                          reference="invoice-9"))
 
-    run_threads(12, work)  # a loser may fail on the unique reference instead of returning False
-    assert outcomes.count(True) == 1
+    errors = run_threads(12, work)  # they take turns on the account's row: the losers see the winner's row
+    assert errors == [] and sorted(outcomes) == [False] * 11 + [True]
     assert totals(pg_engine, account.account_id)["topup"] == 7 * MICRO
+    with pg_engine.connect() as conn:
+        assert_books_balance(conn)
+
+
+def test_one_reference_granted_to_two_accounts_at_once_is_a_conflict_for_one(pg_engine: Engine) -> None:
+    accounts_ = [create_test_account(pg_engine, "free") for _ in range(8)]
+    outcomes: list[bool] = []
+
+    def work(i: int) -> None:
+        with pg_engine.begin() as conn:
+            outcomes.append(ledger.grant(conn, accounts_[i].account_id, 7 * MICRO, now=clock.now().timestamp(),
+                                         reference="invoice-10"))
+
+    errors = run_threads(len(accounts_), work)
+    assert outcomes == [True] and len(errors) == len(accounts_) - 1
+    assert all(isinstance(e, Conflict) and e.code == "reference_reused" for e in errors), errors
+    assert sum(totals(pg_engine, a.account_id)["topup"] for a in accounts_) == 7 * MICRO
     with pg_engine.connect() as conn:
         assert_books_balance(conn)
