@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 
 from cli import admin_commands, run_commands
 from common.catalog import CatalogError
@@ -26,20 +27,42 @@ from common.plans import PLANS
 from common.settings import Settings
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+
+
+def _count(text: str) -> int:
+    """A number of processes or threads: 1 or more."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _integer(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1-65535, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="helyx", description="Helyx: an OpenAI-compatible AI API gateway.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the API (and, self-contained, the workers)")
     serve.add_argument("--host", help="bind address (default HELYX_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default HELYX_PORT or 8000)")
-    serve.add_argument("--workers", type=int, help="uvicorn worker processes (production shape only)")
+    serve.add_argument("--port", type=_port, help="port (default HELYX_PORT or 8000)")
+    serve.add_argument("--workers", type=_count, help="uvicorn worker processes (production shape only)")
     serve.add_argument("--demo", action="store_true", help="create a demo account and print a fresh key")
     serve.set_defaults(func=run_commands.serve)
 
     worker = sub.add_parser("worker", help="run the Dramatiq workers for media jobs")
-    worker.add_argument("--processes", type=int, help="worker processes (default HELYX_WORKER_PROCESSES)")
-    worker.add_argument("--threads", type=int, help="threads per process (default HELYX_WORKER_THREADS)")
+    worker.add_argument("--processes", type=_count, help="worker processes (default HELYX_WORKER_PROCESSES)")
+    worker.add_argument("--threads", type=_count, help="threads per process (default HELYX_WORKER_THREADS)")
     worker.set_defaults(func=run_commands.worker)
 
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
@@ -99,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"helyx: error: invalid configuration: {name}: {error['msg'].removeprefix('Value error, ')}",
                   file=sys.stderr)
         return 2
+    except OperationalError as exc:  # the database is not there (or refuses us): one line, not a traceback
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        print(f"helyx: error: cannot use the database: {reason}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -7,14 +7,18 @@ where an environment variable outside the `HELYX_` prefix is read.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -32,73 +36,132 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         default=None, description="Signs file URLs; generated into the storage dir when unset."
     )
-    cors_origins: list[str] = []
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_messages: int = 256
-    max_message_chars: int = 200_000
+    cors_origins: Annotated[list[str], NoDecode] = []  # a JSON list or comma-separated origins
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(default=256, ge=1)
+    max_message_chars: int = Field(default=200_000, ge=1)
 
     # Serving
     host: str = "127.0.0.1"
     public_url: str | None = Field(default=None, description="Absolute base URL for links in webhooks")
-    port: int = 8000
-    web_workers: int = 1
-    shutdown_grace_seconds: float = 30.0
+    port: int = Field(default=8000, ge=1, le=65535)
+    web_workers: int = Field(default=1, ge=1)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     opentelemetry: bool = Field(
         default=False, description="FastAPI's native OpenTelemetry (spans, metrics) through the global providers"
     )
 
     # Simulation (the offline provider)
     simulate: Literal["auto", "1", "0"] = "auto"
-    simulated_job_seconds: float = 0.3
-    simulated_chat_delay: float = 0.0
+    simulated_job_seconds: float = Field(default=0.3, ge=0)
+    simulated_chat_delay: float = Field(default=0.0, ge=0)
 
     # Billing
     hold_ttl_seconds: int = Field(default=900, ge=1)  # a running call renews its hold every third of it
-    hold_sweep_interval_seconds: float = 30.0
-    default_max_tokens: int = 2048
+    hold_sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    default_max_tokens: int = Field(default=2048, ge=1, le=4096)  # SPEC §4: max_tokens 1-4096
 
     # Rate limits: requests per minute per key, by plan
-    rate_limit_free: int = 20
-    rate_limit_plus: int = 60
-    rate_limit_pro: int = 120
-    rate_limit_ultra: int = 300
+    rate_limit_free: int = Field(default=20, ge=1)
+    rate_limit_plus: int = Field(default=60, ge=1)
+    rate_limit_pro: int = Field(default=120, ge=1)
+    rate_limit_ultra: int = Field(default=300, ge=1)
 
     # Upstream calls
-    upstream_connect_timeout: float = 5.0
-    upstream_read_timeout: float = 120.0
-    upstream_retries: int = 2
-    upstream_backoff_seconds: float = 0.25
+    upstream_connect_timeout: float = Field(default=5.0, gt=0)
+    upstream_read_timeout: float = Field(default=120.0, gt=0)
+    upstream_retries: int = Field(default=2, ge=0, le=10)
+    upstream_backoff_seconds: float = Field(default=0.25, ge=0)
 
     # Media jobs
-    image_wait_seconds: float = 60.0
-    image_job_time_limit: float = 300.0
-    video_job_time_limit: float = 1200.0
-    job_max_retries: int = 3
-    job_retry_backoff_ms: int = 1000
-    job_lease_seconds: float = 20.0
-    sweep_interval_seconds: float = 5.0
-    stale_queued_seconds: float = 30.0
-    results_ttl_days: int = 7
-    signed_url_ttl_seconds: int = 3600
-    worker_processes: int = 2
-    worker_threads: int = 8
+    image_wait_seconds: float = Field(default=60.0, ge=0)
+    image_job_time_limit: float = Field(default=300.0, gt=0)
+    video_job_time_limit: float = Field(default=1200.0, gt=0)
+    job_max_retries: int = Field(default=3, ge=0, le=20)
+    job_retry_backoff_ms: int = Field(default=1000, ge=0)
+    job_lease_seconds: float = Field(default=20.0, gt=0)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    stale_queued_seconds: float = Field(default=30.0, gt=0)
+    results_ttl_days: int = Field(default=7, ge=1)
+    signed_url_ttl_seconds: int = Field(default=3600, ge=1)
+    worker_processes: int = Field(default=2, ge=1)
+    worker_threads: int = Field(default=8, ge=1)
     # The longest wait of an idle Dramatiq consumer between polls of Redis; a send wakes idle
     # consumers at once (workers.wakeable_broker), so this bounds only delayed retries and missed
     # wake-ups (Dramatiq's default is 1,000 ms).
-    worker_poll_ms: int = 50
-    jobs_running_free: int = 1
-    jobs_running_plus: int = 2
-    jobs_running_pro: int = 4
-    jobs_running_ultra: int = 8
+    worker_poll_ms: int = Field(default=50, ge=1)
+    jobs_running_free: int = Field(default=1, ge=1)  # 0 would queue the plan's jobs for ever
+    jobs_running_plus: int = Field(default=2, ge=1)
+    jobs_running_pro: int = Field(default=4, ge=1)
+    jobs_running_ultra: int = Field(default=8, ge=1)
 
     # Webhooks
     webhook_allow_private: bool = False
-    webhook_timeout_seconds: float = 10.0
-    webhook_max_attempts: int = 5
-    webhook_backoff_seconds: float = 1.0
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=5, ge=1)
+    webhook_backoff_seconds: float = Field(default=1.0, ge=0)
 
     # Logs
     log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        from common.db import normalize_url
+
+        try:
+            backend = make_url(normalize_url(value)).get_backend_name()
+        except ArgumentError:
+            backend = ""
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"{value!r} is not a SQLite or PostgreSQL URL (sqlite:///path/helyx.db, "
+                             "postgresql://user@host:5432/db)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{value!r} is not a Redis URL (redis://host:6379/0)")
+        return value or None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str | None) -> str | None:
+        """The base of the links put in webhooks and job objects: an absolute http(s) URL."""
+        if not value:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
+            raise ValueError(f"{value!r} is not an absolute http(s) base URL (https://api.example.com)")
+        return value
+
+    @field_validator("admin_token", "secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        """They guard the admin API (which grants credits) and the file URL signatures."""
+        if value is not None and 0 < len(value.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(f"too short: at least {MIN_SECRET_CHARS} characters (openssl rand -hex 32)")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [o.strip() for o in text.split(",") if o.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
 
     @field_validator("timezone")
     @classmethod

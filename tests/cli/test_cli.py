@@ -197,6 +197,21 @@ def test_bad_arguments_exit_non_zero_with_a_message_and_change_nothing(
     [
         ("HELYX_TIMEZONE", "Mars/Olympus", "HELYX_TIMEZONE: unknown time zone 'Mars/Olympus'"),
         ("HELYX_WEB_WORKERS", "two", "HELYX_WEB_WORKERS: Input should be a valid integer"),
+        # values that parsed but could not work (an operator review found each accepted)
+        ("HELYX_RATE_LIMIT_FREE", "-5", "HELYX_RATE_LIMIT_FREE: Input should be greater than or equal to 1"),
+        ("HELYX_JOBS_RUNNING_FREE", "0", "HELYX_JOBS_RUNNING_FREE: Input should be greater than or equal to 1"),
+        ("HELYX_JOB_LEASE_SECONDS", "-1", "HELYX_JOB_LEASE_SECONDS: Input should be greater than 0"),
+        ("HELYX_SIGNED_URL_TTL_SECONDS", "-100", "HELYX_SIGNED_URL_TTL_SECONDS: Input should be greater than"),
+        ("HELYX_DEFAULT_MAX_TOKENS", "100000", "HELYX_DEFAULT_MAX_TOKENS: Input should be less than or equal to 4096"),
+        ("HELYX_PORT", "99999", "HELYX_PORT: Input should be less than or equal to 65535"),
+        ("HELYX_PUBLIC_URL", "notaurl", "HELYX_PUBLIC_URL: 'notaurl' is not an absolute http(s) base URL"),
+        ("HELYX_DATABASE_URL", "notaurl", "HELYX_DATABASE_URL: 'notaurl' is not a SQLite or PostgreSQL URL"),
+        ("HELYX_DATABASE_URL", "mysql://u@h/db", "HELYX_DATABASE_URL: 'mysql://u@h/db' is not a SQLite"),
+        ("HELYX_REDIS_URL", "http://foo", "HELYX_REDIS_URL: 'http://foo' is not a Redis URL"),
+        ("HELYX_LOG_LEVEL", "LOUD", "HELYX_LOG_LEVEL: unknown log level 'LOUD'"),
+        ("HELYX_SECRET_KEY", "x", "HELYX_SECRET_KEY: too short: at least 16 characters"),
+        ("HELYX_ADMIN_TOKEN", "a", "HELYX_ADMIN_TOKEN: too short: at least 16 characters"),
+        ("HELYX_CORS_ORIGINS", "[not json", "HELYX_CORS_ORIGINS: "),
     ],
 )
 def test_a_bad_setting_stops_every_command_with_one_line_naming_it(
@@ -213,6 +228,30 @@ def test_a_bad_setting_stops_every_command_with_one_line_naming_it(
         assert err.startswith(f"helyx: error: invalid configuration: {message}"), err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert snapshot(cli_db) == before
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["worker", "--processes", "0"], "argument --processes: must be 1 or more, not 0"),
+    (["worker", "--threads", "-1"], "argument --threads: must be 1 or more, not -1"),
+    (["serve", "--port", "99999"], "argument --port: must be a TCP port, 1-65535, not 99999"),
+    (["serve", "--port", "x"], "argument --port: must be a whole number, not 'x'"),
+    (["serve", "--workers", "0"], "argument --workers: must be 1 or more, not 0"),
+])
+def test_bad_counts_and_ports_are_refused_before_anything_starts(argv: list[str], message: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HELYX_DATABASE_URL", "postgresql://postgres@127.0.0.1:9/helyx")  # nothing listens
+    reset_settings_cache()
+    for argv in (["migrate"], ["account", "create", "x@example.com"], ["usage", "acct_x"]):
+        code, out, err = run(*argv)
+        assert (code, out) == (1, ""), argv
+        assert err.startswith("helyx: error: cannot use the database: connection failed"), err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_serve_with_a_broken_catalog_stops_before_printing_a_demo_key(

@@ -1,0 +1,29 @@
+"""Settings that take more than one form, and values the defaults must keep accepting."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.settings import Settings
+
+
+@pytest.mark.parametrize(("raw", "origins"), [
+    ('["https://a.example", "https://b.example"]', ["https://a.example", "https://b.example"]),
+    ("https://a.example, https://b.example", ["https://a.example", "https://b.example"]),
+    ("https://a.example", ["https://a.example"]),
+    ("", []),
+])
+def test_cors_origins_are_a_json_list_or_comma_separated(monkeypatch: pytest.MonkeyPatch, raw: str,
+                                                         origins: list[str]) -> None:
+    monkeypatch.setenv("HELYX_CORS_ORIGINS", raw)
+    assert Settings(_env_file=None).cors_origins == origins  # type: ignore[call-arg]
+
+
+def test_the_documented_urls_and_levels_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"HELYX_DATABASE_URL": "postgres://postgres@127.0.0.1:5432/helyx",
+                        "HELYX_REDIS_URL": "rediss://cache.internal:6380/0",
+                        "HELYX_PUBLIC_URL": "https://api.example.com/", "HELYX_LOG_LEVEL": "warning"}.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.log_level, settings.public_url) == ("WARNING", "https://api.example.com/")
+    assert Settings(_env_file=None, database_url="sqlite:///helyx-data/helyx.db").is_sqlite  # type: ignore[call-arg]
