@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from common.errors import ModelNotFound, PermissionDenied
 from common.money import to_micro
@@ -24,6 +25,13 @@ from common.settings import Settings
 KINDS = ("chat", "image", "video")
 PROVIDER_KINDS = ("openai", "anthropic", "gemini", "veo", "simulated")
 UNITS = {"chat": "token", "image": "image", "video": "video"}
+MODES = ("extend", "replace")
+MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "upstream_model")
+PROVIDER_FIELDS = ("kind", "base_url", "api_key_env")
+# Options a provider kind's adapter takes beyond those (keyword arguments of its class).
+PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "veo": ("poll_interval", "max_wait", "durations", "expected_seconds", "poll_retries"),
+}
 
 
 class CatalogError(ValueError):
@@ -103,9 +111,23 @@ def _read_builtin() -> dict[str, Any]:
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(Path(path).read_text("utf-8"))
+        raw = tomllib.loads(Path(path).read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CatalogError(f"HELYX_CATALOG {path}: {exc}") from exc
+    _unknown("the file", raw, ("mode", "models", "providers"))
+    if raw.get("mode", "extend") not in MODES:
+        raise CatalogError(f"mode must be one of {', '.join(MODES)}, not {raw['mode']!r}")
+    if raw.get("mode") == "replace" and not raw.get("models"):
+        raise CatalogError('mode = "replace" with no [models.*]: the catalog would be empty')
+    return raw
+
+
+def _unknown(where: str, fields: dict[str, Any], known: tuple[str, ...]) -> None:
+    """A misspelt field is an error, not a silent default: `raet = 3000` must not leave the old price."""
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise CatalogError(f"{where}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
+                           f" (known: {', '.join(known)})")
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +154,12 @@ def _provider(name: str, fields: dict[str, Any]) -> ProviderConfig:
     kind = fields.get("kind")
     if kind not in PROVIDER_KINDS:
         raise CatalogError(f"provider {name}: kind must be one of {', '.join(PROVIDER_KINDS)}")
-    extra = {k: v for k, v in fields.items() if k not in ("kind", "base_url", "api_key_env")}
+    _unknown(f"provider {name}", fields, PROVIDER_FIELDS + PROVIDER_OPTIONS.get(kind, ()))
+    base_url = str(fields.get("base_url", ""))
+    parsed = urlsplit(base_url)
+    if kind != "simulated" and (parsed.scheme not in ("http", "https") or not parsed.hostname):
+        raise CatalogError(f"provider {name}: base_url {base_url!r} is not an http(s) URL")
+    extra = {k: v for k, v in fields.items() if k not in PROVIDER_FIELDS}
     return ProviderConfig(name=name, kind=kind, base_url=str(fields.get("base_url", "")).rstrip("/"),
                           api_key_env=fields.get("api_key_env"), extra=extra)
 
@@ -143,6 +170,7 @@ def _model(model_id: str, fields: dict[str, Any], providers: dict[str, ProviderC
             raise CatalogError(f"model {model_id}: missing {field}")
         return fields[field]
 
+    _unknown(f"model {model_id}", fields, MODEL_FIELDS)
     kind, min_plan, provider = need("kind"), fields.get("min_plan", "free"), need("provider")
     if kind not in KINDS:
         raise CatalogError(f"model {model_id}: kind must be one of {', '.join(KINDS)}")
