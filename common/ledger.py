@@ -133,7 +133,8 @@ def reserve(
         raise ValueError("a hold must be positive")
     capped = cap_day is not None and key_id is not None
     if capped and conn.execute(_CAP_RESERVE, {"kid": key_id, "day": cap_day, "amt": amount}).rowcount != 1:
-        raise InsufficientCredits("This API key has reached its daily credit cap.", code="key_daily_cap_reached")
+        raise InsufficientCredits("What is left of this API key's daily credit cap does not cover this request.",
+                                  code="key_daily_cap_reached")
     if conn.execute(_ACCOUNT_RESERVE, {"aid": account_id, "amt": amount}).rowcount != 1:
         raise insufficient_error(balance(conn, account_id), amount)
     hold_id = new_id("hold")

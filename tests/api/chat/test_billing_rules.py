@@ -164,6 +164,11 @@ def test_an_unset_max_tokens_shrinks_to_what_a_keys_daily_cap_still_allows(
         created = http.post("/keys", json={"name": "capped", "daily_credit_cap": (PROMPT + 30) * RATE / MICRO})
     capped = created.json()["key"]
     with httpx.Client(base_url=gw.api, headers={"Authorization": f"Bearer {capped}"}, trust_env=False) as http:
+        asked_too_much = chat(http, max_tokens=100)  # the cap has room, not for that much
+        assert asked_too_much.status_code == 402
+        assert asked_too_much.json()["error"]["message"].startswith(
+            "This key's daily credit cap affords at most max_tokens=30 for this prompt, not 100. What is left "
+            "of this API key's daily credit cap does not cover this request.")  # not "has reached its cap"
         first = chat(http)
         assert first.status_code == 200, first.text
         assert openai_fake.last_request.json["max_tokens"] == 30
