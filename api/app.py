@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from prometheus_client import REGISTRY
 from starlette.concurrency import run_in_threadpool
 
 from api import errors, openapi
@@ -35,7 +34,7 @@ from common import billing
 from common.catalog import load_catalog
 from common.db import get_engine
 from common.gc_tuning import freeze_startup_heap, tune_for_requests
-from common.metrics import DatabaseCollector
+from common.metrics import DatabaseCollector, use_database_collector
 from common.pg_async import AsyncStatements
 from common.providers.http import build_http_client
 from common.providers.registry import Providers
@@ -121,16 +120,8 @@ def _enqueuer():  # type: ignore[no-untyped-def]
     return enqueue, deliver_webhook.send
 
 
-_collector: DatabaseCollector | None = None
-
-
 def _register_collector(services: Services) -> None:
-    """One database collector per process (tests build many apps)."""
-    global _collector
-    if _collector is not None:
-        REGISTRY.unregister(_collector)
-    _collector = DatabaseCollector(services.engine, _queue_depth_reader(services.settings))
-    REGISTRY.register(_collector)
+    use_database_collector(DatabaseCollector(services.engine, _queue_depth_reader(services.settings)))
 
 
 def _queue_depth_reader(settings: Settings):  # type: ignore[no-untyped-def]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 from common import accounts, billing, clock, logs
 from common.catalog import load_catalog
@@ -24,7 +26,7 @@ DEMO_EMAIL = "demo@helyx.local"
 
 def migrate(_: argparse.Namespace) -> int:
     upgrade(get_engine(get_settings().database_url))
-    print("database is up to date")
+    print(json.dumps({"database": "up to date"}))
     return 0
 
 
@@ -54,16 +56,23 @@ def serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
+    workers = args.workers or settings.web_workers
+    if settings.self_contained and workers > 1:
+        print("helyx: the self-contained mode runs one process; set HELYX_REDIS_URL for more", file=sys.stderr)
+        return 2
+    if args.demo and not settings.self_contained:  # a Pro account with a fresh key, on the operator's providers
+        print("helyx: --demo is for the self-contained mode; in production create accounts with "
+              "`helyx account create`", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level)
     load_catalog(settings)  # a broken HELYX_CATALOG stops here, before a demo key is printed
     upgrade(get_engine(settings.database_url))
     if args.demo:
         _demo_key(host, port)
-    workers = args.workers or settings.web_workers
+    shape = "self-contained (SQLite, in-process workers)" if settings.self_contained else (
+        f"production shape ({'SQLite' if settings.is_sqlite else 'PostgreSQL'} + Redis), {workers} process(es)")
+    print(f"helyx: serving on http://{host}:{port} — {shape}", file=sys.stderr, flush=True)
     if settings.self_contained:
-        if workers > 1:
-            print("helyx: the self-contained mode runs one process; set HELYX_REDIS_URL for more", file=sys.stderr)
-            return 2
         from api.main import app  # imported first, so its start-up heap is frozen before any job runs
         from common.gc_tuning import freeze_startup_heap
 
@@ -72,9 +81,20 @@ def serve(args: argparse.Namespace) -> int:
         grace = int(settings.shutdown_grace_seconds)
         uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=grace, log_level="warning")
         return 0
+    _empty_metrics_dir()
     uvicorn.run("api.main:app", host=host, port=port, workers=workers,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), log_level="warning")
     return 0
+
+
+def _empty_metrics_dir() -> None:
+    """prometheus_client's multiprocess mode sums every file in its directory: the files of an
+    earlier run would count again (common.metrics). The Procfile's web line does the same."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink(missing_ok=True)
 
 
 def _start_embedded_workers() -> None:

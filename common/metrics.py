@@ -2,18 +2,21 @@
 
 Per-process instruments (request counts and latency, upstream latency and errors) live in the
 process that observes them; with several uvicorn workers set PROMETHEUS_MULTIPROC_DIR (the
-library's own variable) to aggregate them. Money and job figures are read from the database at
-scrape time, so every process reports the same truth: credits charged and refunded by model,
-jobs by state, open holds; the queue depth comes from the broker.
+library's own variable, read when prometheus_client is imported) to an empty directory: every
+process then writes its values there and `exposition()` sums them, whichever process is scraped.
+Money and job figures are read from the database at scrape time, so every process reports the
+same truth: credits charged and refunded by model, jobs by state, open holds; the queue depth
+comes from the broker.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
@@ -98,3 +101,28 @@ class DatabaseCollector(Collector):
         holds.add_metric([], count)
         held.add_metric([], amount / MICRO)
         yield from (charged, refunded, jobs, holds, held)
+
+
+_database: DatabaseCollector | None = None
+
+
+def use_database_collector(collector: DatabaseCollector) -> None:
+    """The process's one database collector (tests build many apps: the last one wins)."""
+    global _database
+    if _database is not None:
+        REGISTRY.unregister(_database)
+    _database = collector
+    REGISTRY.register(collector)
+
+
+def exposition() -> bytes:
+    """What Prometheus scrapes. In multiprocess mode the per-process instruments come from every
+    process's files, summed (a scrape used to see only the process that answered it, so counters
+    seemed to jump back and forth); the database figures are the same from any process."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    if _database is not None:
+        registry.register(_database)
+    return generate_latest(registry)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+
+from common.metrics import exposition
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics() -> Response:
-    body = await run_in_threadpool(generate_latest, REGISTRY)
+    body = await run_in_threadpool(exposition)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

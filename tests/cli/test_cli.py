@@ -244,6 +244,19 @@ def test_bad_counts_and_ports_are_refused_before_anything_starts(argv: list[str]
     assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_demo_is_refused_in_the_production_shape_and_creates_nothing(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Pro account with a fresh key belongs to a local trial, not to the operator's database."""
+    monkeypatch.setenv("HELYX_REDIS_URL", "redis://127.0.0.1:6379/15")
+    reset_settings_cache()
+    before = snapshot(cli_db)
+    code, out, err = run("serve", "--demo", "--port", "1")
+    assert (code, out) == (2, "")
+    assert err.startswith("helyx: --demo is for the self-contained mode"), err
+    assert snapshot(cli_db) == before
+
+
 def test_an_unreachable_database_is_one_line_not_a_traceback(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HELYX_DATABASE_URL", "postgresql://postgres@127.0.0.1:9/helyx")  # nothing listens
     reset_settings_cache()

@@ -1,0 +1,46 @@
+"""/metrics with several uvicorn workers and PROMETHEUS_MULTIPROC_DIR (README "Metrics"): every
+scrape, whichever process answers it, reports the requests of all processes, summed."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.faults import isolated_redis_url
+from tests.integration.helpers_processes import HELYX, Processes, base_env, free_port, wait_ready
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+REQUESTS = 60
+COUNTED = re.compile(r'^helyx_http_requests_total\{method="GET",route="/api/v1/credits",status="401"\} (\S+)$',
+                     re.MULTILINE)
+
+
+def test_every_scrape_sums_the_requests_of_every_worker_process(pg_url: str, tmp_path: Path) -> None:
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    env = base_env(database_url=pg_url, redis_url=isolated_redis_url(), simulate=1, storage_dir=tmp_path / "files",
+                   secret_key="metrics-signing-secret-0123456789")
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
+    with Processes(tmp_path / "procs") as procs:
+        port = free_port()
+        api = procs.start("serve", [HELYX, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+                          env, port)
+        wait_ready(api, 60)
+
+        def unauthenticated(_: int) -> int:  # a connection each, so both processes take some
+            return httpx.get(api.api + "/credits", timeout=10, trust_env=False).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(unauthenticated, range(REQUESTS))) == {401}
+        scraped = []
+        for _ in range(12):
+            text = httpx.get(api.url + "/metrics", timeout=10, trust_env=False).text
+            found = COUNTED.search(text)
+            scraped.append(float(found.group(1)) if found else 0.0)
+    assert scraped == [REQUESTS] * 12
+    assert len({p.name.split("_")[-1] for p in multiproc.glob("counter_*.db")}) >= 2  # two processes wrote
