@@ -2,7 +2,7 @@
 
 Every field is read from `HELYX_<NAME>` (or a `.env` file). Provider API keys are named by the
 catalog (for example `OPENAI_API_KEY`), so `provider_secret()` is the single, deliberate place
-where an environment variable outside the `HELYX_` prefix is read.
+where a variable outside the `HELYX_` prefix is read (from the environment or the same `.env`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+from dotenv import dotenv_values
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_CHARS = 16
@@ -23,6 +24,7 @@ MIN_SECRET_CHARS = 16
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HELYX_", env_file=".env", extra="ignore")
+    _dotenv: dict[str, str] = PrivateAttr(default_factory=dict)  # the .env file's lines (provider keys)
 
     # Storage of truth and files
     database_url: str = "sqlite:///helyx-data/helyx.db"
@@ -195,11 +197,18 @@ class Settings(BaseSettings):
         return int(getattr(self, f"jobs_running_{plan}"))
 
     def provider_secret(self, env_name: str | None) -> str | None:
-        """The provider key named by the catalog, or None when unset or empty."""
+        """The provider key named by the catalog, or None when unset or empty: from the
+        environment, else from the same `.env` file the HELYX_ settings were read from."""
         if not env_name:
             return None
-        value = os.environ.get(env_name, "").strip()
+        value = (os.environ.get(env_name) or self._dotenv.get(env_name) or "").strip()
         return value or None
+
+    def __init__(self, **values: object) -> None:
+        env_file = values.get("_env_file", self.model_config.get("env_file"))
+        super().__init__(**values)
+        if isinstance(env_file, str | Path) and Path(env_file).is_file():
+            self._dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
 
 
 @lru_cache(maxsize=1)

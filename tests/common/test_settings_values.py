@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from common.settings import Settings
@@ -27,3 +29,16 @@ def test_the_documented_urls_and_levels_are_accepted(monkeypatch: pytest.MonkeyP
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (settings.log_level, settings.public_url) == ("WARNING", "https://api.example.com/")
     assert Settings(_env_file=None, database_url="sqlite:///helyx-data/helyx.db").is_sqlite  # type: ignore[call-arg]
+
+
+def test_provider_keys_are_read_from_the_same_env_file_as_the_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("HELYX_TIMEZONE=UTC\nOPENAI_API_KEY=sk-from-dotenv\nEMPTY_KEY=\n", "utf-8")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert (settings.timezone, settings.provider_secret("OPENAI_API_KEY")) == ("UTC", "sk-from-dotenv")
+    assert settings.provider_secret("EMPTY_KEY") is None and settings.provider_secret("NOT_THERE") is None
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")  # the environment wins, as for HELYX_*
+    assert settings.provider_secret("OPENAI_API_KEY") == "sk-from-the-environment"
+    assert Settings(_env_file=None).provider_secret("ANTHROPIC_API_KEY_NOT_SET") is None  # type: ignore[call-arg]
