@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors, openapi
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.observability import ObservabilityMiddleware
+from api.observability import InFlight, ObservabilityMiddleware
 from api.routes import (
     account,
     admin,
@@ -44,6 +44,7 @@ from common.signing import load_or_create_secret
 from common.storage import LocalStorage
 
 log = logging.getLogger("helyx.api")
+DRAIN_SECONDS = 5.0  # at shutdown, for requests cut at the grace's end to settle and log (api.observability)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     services.extras["signing_secret"] = load_or_create_secret(secret, settings.storage_dir)
     services.extras["enqueue"], services.extras["notify"] = _enqueuer()
 
+    in_flight = InFlight()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         http = build_http_client(settings.upstream_connect_timeout, settings.upstream_read_timeout)
@@ -67,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if not await in_flight.drained(DRAIN_SECONDS):
+                log.warning("shutdown: %d request(s) still running after %g s", in_flight.count, DRAIN_SECONDS)
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
@@ -97,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id"])
-    app.add_middleware(ObservabilityMiddleware)
+    app.add_middleware(ObservabilityMiddleware, in_flight=in_flight)
     app.add_middleware(RequestIdMiddleware)
     _register_collector(services)
     return app

@@ -7,6 +7,7 @@ tokens, credits. Never a full key; never a prompt.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -32,9 +33,25 @@ def _instruments_for(route: str, method: str, status: int) -> tuple[Any, Any]:
     return found
 
 
+class InFlight:
+    """The requests this app is serving. At shutdown uvicorn cancels what outlived the grace and
+    goes straight on to the lifespan's end: waiting here lets those requests finish their own
+    cleanup (a cut stream's settlement, its log line) before the app closes its pools."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def drained(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.count and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.count == 0
+
+
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, in_flight: InFlight | None = None) -> None:
         self.app = app
+        self.in_flight = in_flight or InFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,9 +69,11 @@ class ObservabilityMiddleware:
                 status = message["status"]
             await send(message)
 
+        self.in_flight.count += 1
         try:
             await self.app(scope, receive, observe)
         finally:
+            self.in_flight.count -= 1
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")

@@ -1,4 +1,5 @@
-"""SIGTERM lets an in-flight stream finish and settle, and the API then exits."""
+"""SIGTERM lets an in-flight stream finish and settle, and the API then exits; a stream still
+running when the grace ends is cut, and still settled (for what it produced) and logged."""
 
 from __future__ import annotations
 
@@ -8,17 +9,20 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, text
 
-from tests.integration.helpers_processes import HELYX, Processes, base_env
+from tests.integration.helpers_processes import HELYX, Proc, Processes, base_env
 
 
-def test_sigterm_lets_an_in_flight_stream_finish_and_settle(tmp_path: Path) -> None:
+def _stream_then_sigterm(tmp_path: Path, grace: float) -> tuple[list[str], bool, int, Proc, Path]:
+    """One streamed chat through `helyx serve`, SIGTERM after its first chunk: (the data lines
+    received, whether a new connection was refused meanwhile, the exit code, the process, the db)."""
     db = tmp_path / "helyx.db"
     env = base_env(database_url=f"sqlite:///{db}", storage_dir=tmp_path / "files", simulated_chat_delay=0.3,
-                   shutdown_grace_seconds=20)
+                   shutdown_grace_seconds=grace)
     created = subprocess.run([HELYX, "account", "create", "grace@example.com", "--plan", "pro"], env=env,
                              cwd=tmp_path, check=True, capture_output=True, timeout=60)
     key = json.loads(created.stdout)["api_key"]
@@ -29,12 +33,15 @@ def test_sigterm_lets_an_in_flight_stream_finish_and_settle(tmp_path: Path) -> N
 
         def stream() -> None:
             body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "a long answer"}]}
-            with httpx.stream("POST", api.api + "/chat/completions", json=body, timeout=30,
-                              headers={"Authorization": f"Bearer {key}"}) as response:
-                for line in response.iter_lines():
-                    if line.startswith("data: "):
-                        chunks.append(line[6:])
-                        first_chunk.set()
+            try:
+                with httpx.stream("POST", api.api + "/chat/completions", json=body, timeout=30,
+                                  headers={"Authorization": f"Bearer {key}"}) as response:
+                    for line in response.iter_lines():
+                        if line.startswith("data: "):
+                            chunks.append(line[6:])
+                            first_chunk.set()
+            except httpx.HTTPError:
+                pass  # cut by the server at the grace's end
 
         reader = threading.Thread(target=stream)
         reader.start()
@@ -48,17 +55,41 @@ def test_sigterm_lets_an_in_flight_stream_finish_and_settle(tmp_path: Path) -> N
             refused = True
         reader.join(30)
         code = api.popen.wait(30)
+    return chunks, refused, code, api, db
 
+
+def _books(db: Path) -> dict[str, Any]:
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT status, credits, completion_tokens FROM generations")).one()
+        return {"generation": tuple(row),
+                "open_holds": conn.execute(text("SELECT COUNT(*) FROM holds WHERE status = 'open'")).scalar_one(),
+                "balance": conn.execute(text("SELECT allowance + topup FROM accounts")).scalar_one(),
+                "entries": conn.execute(text("SELECT SUM(amount) FROM ledger_entries")).scalar_one()}
+
+
+def test_sigterm_lets_an_in_flight_stream_finish_and_settle(tmp_path: Path) -> None:
+    chunks, refused, code, api, db = _stream_then_sigterm(tmp_path, grace=20)
     assert refused, "a new connection was accepted after SIGTERM"
     assert chunks[-1] == "[DONE]", chunks[-3:]
     final = json.loads(chunks[-2])
     assert final["usage"]["completion_tokens"] > 0 and final["helyx"]["credits_charged"] > 0
     # uvicorn re-raises the signal after its graceful exit; the test watchdog wrapper reports it as 128+15
     assert code in (0, -signal.SIGTERM, 128 + signal.SIGTERM), api.log()
-    engine = create_engine(f"sqlite:///{db}")
-    with engine.connect() as conn:
-        status = conn.execute(text("SELECT status FROM generations")).scalar_one()
-        open_holds = conn.execute(text("SELECT COUNT(*) FROM holds WHERE status = 'open'")).scalar_one()
-        balance = conn.execute(text("SELECT allowance + topup FROM accounts")).scalar_one()
-        entries = conn.execute(text("SELECT SUM(amount) FROM ledger_entries")).scalar_one()
-    assert status == "succeeded" and open_holds == 0 and balance == entries
+    books = _books(db)
+    assert books["generation"][0] == "succeeded" and books["open_holds"] == 0
+    assert books["balance"] == books["entries"]
+
+
+def test_a_stream_cut_at_the_end_of_the_grace_is_settled_and_logged(tmp_path: Path) -> None:
+    chunks, _, code, api, db = _stream_then_sigterm(tmp_path, grace=1)
+    assert chunks and chunks[-1] != "[DONE]"  # cut short
+    assert code in (0, -signal.SIGTERM, 128 + signal.SIGTERM), api.log()
+    books = _books(db)
+    status, credits, produced = books["generation"]
+    assert (status, books["open_holds"]) == ("cancelled", 0) and credits > 0 and produced > 0
+    assert books["balance"] == books["entries"]
+    lines = [json.loads(line) for line in api.log(100_000).splitlines() if line.startswith('{"time"')]
+    logged = [line for line in lines if line.get("route") == "/api/v1/chat/completions"]
+    assert len(logged) == 1, api.log()
+    assert (logged[0]["outcome"], logged[0]["status"]) == ("cancelled", 200)
