@@ -143,7 +143,9 @@ class ChatCall:
             started=self.started, day=day))
 
     def upstream_done(self, since: float, kind: str, error: BaseException | None = None) -> None:
-        provider = self.entry.provider
+        # A simulated answer (a fingerprint is set only then) is not a call to the catalog's provider:
+        # counted apart, it cannot flatter that provider's latency or hide its errors.
+        provider = "simulated" if self.fingerprint is not None else self.entry.provider
         UPSTREAM_LATENCY.labels(provider, kind).observe(time.perf_counter() - since)
         if error is not None:
             UPSTREAM_ERRORS.labels(provider, _code(error)).inc()

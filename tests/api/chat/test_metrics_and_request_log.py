@@ -67,6 +67,13 @@ def test_a_chat_is_counted_charged_and_logged_once(gateway: Gateway, request_log
     assert (_sample(after, "helyx_credits_charged_total", **credits) or 0) - (
         _sample(before, "helyx_credits_charged_total", **credits) or 0) == pytest.approx(charged)
     assert _sample(after, "helyx_open_holds") == 0
+    # helyx-3.5 is simulated here: its answers are not counted as its catalog provider's calls
+    simulated = {"provider": "simulated", "kind": "complete"}
+    assert (_sample(after, "helyx_upstream_request_duration_seconds_count", **simulated) or 0) - (
+        _sample(before, "helyx_upstream_request_duration_seconds_count", **simulated) or 0) == 1
+    groq = {"provider": "groq", "kind": "complete"}  # its catalog provider
+    assert _sample(after, "helyx_upstream_request_duration_seconds_count", **groq) == _sample(
+        before, "helyx_upstream_request_duration_seconds_count", **groq)
 
     lines = [r for r in request_log.records if getattr(r, "route", None) == "/api/v1/chat/completions"]
     assert len(lines) == 1
