@@ -18,6 +18,7 @@ from common.accounts import Principal
 from common.errors import HelyxError, InvalidRequest
 from common.jobs.submit import submit_job
 from common.jobs.views import JobRecord, Linker, load_job_and_balance, load_job_and_balance_async, poll_job_async
+from common.money import to_credits
 from common.ssrf import WebhookHostUnresolved, check_url
 
 log = logging.getLogger("helyx.api")
@@ -75,7 +76,11 @@ async def submit(
                 log.exception("enqueue of %s failed; the sweeper will retry it", submission.job_id)
         return submission.job_id
 
-    return await run_in_threadpool(submit_and_enqueue)
+    job_id = await run_in_threadpool(submit_and_enqueue)
+    fields = getattr(request.state, "log", None)
+    if fields is not None:  # the request's log line (api.observability) names the job it made
+        fields.update(model=entry.id, job_id=job_id, credits_reserved=to_credits(entry.rate_micro * units))
+    return job_id
 
 
 async def read(services: Services, principal: Principal, job_id: str, job_type: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -666,3 +667,16 @@ def test_an_image_request_whose_job_is_canceled_while_it_waits_is_409_job_cancel
     assert error["code"] == "job_canceled" and response.headers["x-should-retry"] == "false"
     assert media.jobs.job(jobs[0]["id"])["status"] == "canceled"
     assert assert_books_balance(media.engine, account.account_id).balance == before.balance
+
+
+def test_a_submissions_request_line_names_its_model_job_and_reservation(media: Media,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    account = media.account()
+    caplog.set_level(logging.INFO, logger="helyx.request")
+    made = media.client.post(IMAGES, headers=account.headers, json={"prompt": "logged", "size": "256x256", "n": 2})
+    assert made.status_code == 200, made.text
+    lines = [r for r in caplog.records if getattr(r, "route", None) == "/api/v1/images/generations"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line.model, line.job_id, line.credits_reserved) == (  # type: ignore[attr-defined]
+        "nano-banana-pro", made.json()["helyx"]["job_id"], 400)
