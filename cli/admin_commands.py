@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import Engine
@@ -78,12 +78,17 @@ def usage(args: argparse.Namespace) -> int:
 MAX_CREDITS = 10**9  # as in the admin API: larger amounts overflow the BIGINT micro-credit columns
 
 
-def _micro(amount: float, name: str) -> int:
-    if not math.isfinite(amount) or amount <= 0:
+def _micro(text: str, name: str) -> int:
+    """Credits as typed, read exactly (a Decimal): never rounded to fit, as a float would be."""
+    try:
+        amount = Decimal(text.strip())
+    except InvalidOperation:
+        raise InvalidRequest(f"{name} must be a number of credits, not {text!r}.", param=name) from None
+    if not amount.is_finite() or amount <= 0:
         raise InvalidRequest(f"{name} must be a positive number of credits.", param=name)
     if amount > MAX_CREDITS:
         raise InvalidRequest(f"{name} must be at most {MAX_CREDITS:,} credits.", param=name)
     try:
-        return to_micro(round(amount, 6))
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param=name) from None
+        return to_micro(amount)
+    except ValueError as exc:  # finer than one micro-credit
+        raise InvalidRequest(f"{name}: {exc} (at most 6 decimals).", param=name) from None

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     key_create = key.add_parser("create", help="create a key for an account")
     key_create.add_argument("account_id")
     key_create.add_argument("--name", default="")
-    key_create.add_argument("--daily-cap", type=float, help="daily credit cap for this key")
+    key_create.add_argument("--daily-cap", help="daily credit cap for this key (credits, up to 6 decimals)")
     key_create.set_defaults(func=admin_commands.key_create)
     key_revoke = key.add_parser("revoke", help="revoke a key")
     key_revoke.add_argument("key_id")
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     credits = sub.add_parser("credits", help="manage credits").add_subparsers(dest="action", required=True)
     grant = credits.add_parser("grant", help="grant top-up credits")
     grant.add_argument("account_id")
-    grant.add_argument("amount", type=float)
+    grant.add_argument("amount", help="credits, up to 6 decimals")
     grant.add_argument("--reference", help="idempotency reference: a repeated grant is a no-op")
     grant.set_defaults(func=admin_commands.credits_grant)
 
