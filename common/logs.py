@@ -10,6 +10,7 @@ import logging
 import sys
 from typing import Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 _configured = False
@@ -36,10 +37,15 @@ def configure(level: str = "INFO") -> None:
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter("{asctime}{levelname}{name}{message}", style="{",
                                        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                                       json_ensure_ascii=False))
+                                       json_ensure_ascii=False,
+                                       reserved_attrs=[*RESERVED_ATTRS, "color_message"]))  # uvicorn's ANSI copy
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for noisy in ("alembic", "uvicorn.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for own_format in ("uvicorn", "uvicorn.error"):  # uvicorn's lines (start-up, errors) as JSON too
+        logger = logging.getLogger(own_format)
+        logger.handlers[:] = []
+        logger.propagate = True
     _configured = True

@@ -1,0 +1,27 @@
+"""Every line a process logs is one JSON object, uvicorn's own included (in a fresh process: the
+logging set-up is once per process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+_SCRIPT = """
+import logging, sys
+uvicorn_error = logging.getLogger("uvicorn.error")  # as uvicorn leaves it: its own handler, no propagation
+uvicorn_error.addHandler(logging.StreamHandler(sys.stderr))
+uvicorn_error.propagate = False
+from common import logs
+logs.configure("INFO")
+uvicorn_error.info("Started server process [%d]", 42, extra={"color_message": "Started \\x1b[36m%d\\x1b[0m"})
+logging.getLogger("helyx.request").info("request", extra={"status": 200})
+"""
+
+
+def test_uvicorns_lines_and_ours_are_json_objects() -> None:
+    done = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=60, check=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(line["logger"], line["message"]) for line in lines] == [
+        ("uvicorn.error", "Started server process [42]"), ("helyx.request", "request")]
+    assert "color_message" not in lines[0] and lines[1]["status"] == 200
