@@ -25,6 +25,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from common.money import MICRO
 
 log = logging.getLogger(__name__)
+JOB_TYPES = ("image", "video")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "canceled")
 
 REQUESTS = Counter("helyx_http_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -94,7 +96,9 @@ class DatabaseCollector(Collector):
                 charged.add_metric([model, kind], total / MICRO)
                 refunded.add_metric([model], refund / MICRO)
             by_state = text("SELECT type, status, COUNT(*) FROM jobs GROUP BY type, status")
-            for kind, state, count in conn.execute(by_state):
+            counts = {(kind, state): 0 for kind in JOB_TYPES for state in JOB_STATES}  # a series never vanishes
+            counts.update({(kind, state): count for kind, state, count in conn.execute(by_state)})
+            for (kind, state), count in sorted(counts.items()):
                 jobs.add_metric([kind, state], count)
             count, amount = conn.execute(text("SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM holds"
                                               " WHERE status = 'open'")).one()

@@ -67,6 +67,8 @@ def test_a_chat_is_counted_charged_and_logged_once(gateway: Gateway, request_log
     assert (_sample(after, "helyx_credits_charged_total", **credits) or 0) - (
         _sample(before, "helyx_credits_charged_total", **credits) or 0) == pytest.approx(charged)
     assert _sample(after, "helyx_open_holds") == 0
+    for kind in ("image", "video"):  # no job yet: every series is there, at zero (a series never vanishes)
+        assert [_sample(after, "helyx_jobs", type=kind, state=s) for s in ("queued", "running", "failed")] == [0] * 3
     # helyx-3.5 is simulated here: its answers are not counted as its catalog provider's calls
     simulated = {"provider": "simulated", "kind": "complete"}
     assert (_sample(after, "helyx_upstream_request_duration_seconds_count", **simulated) or 0) - (
