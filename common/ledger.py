@@ -11,6 +11,8 @@ held`. Every change is one conditional UPDATE that cannot overdraw plus one appe
     grant     topup += x                                              amount +x
     reset     allowance := the plan's daily allowance (once a day)    amount new-old
     plan      allowance adjusted by the change in daily allowance     amount new-old
+              (also `reclaim:<hold>`: allowance that open holds kept over a plan change or a
+              reset, taken back once a resolved hold no longer needs it; see _reclaim)
 
 Invariants (checked by tests/common/test_ledger_model.py and the PostgreSQL tests):
     balance == sum(entries.amount); held == sum(entries.held_delta) == sum(open holds);
