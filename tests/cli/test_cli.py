@@ -160,6 +160,7 @@ def test_help_on_every_command_exits_0(run: Any, command: list[str]) -> None:
         (["account", "create", "x@example.com", "--plan", "gold"], "invalid choice: 'gold'"),
         (["account", "create", "not-an-email"], "is not an email address"),
         (["account", "create", "ops@example.com"], "exists already"),
+        (["account", "create", "Ops@Example.COM"], "exists already"),  # one mailbox, one account
         (["plan", "set", "{account}", "gold"], "invalid choice: 'gold'"),
         (["plan", "set", "acct_missing", "pro"], "No account acct_missing"),
         (["credits", "grant", "{account}", "-5"], "must be a positive"),
