@@ -79,11 +79,14 @@ def serve(args: argparse.Namespace) -> int:
         freeze_startup_heap()
         _start_embedded_workers()
         grace = int(settings.shutdown_grace_seconds)
-        uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=grace, log_level="warning")
+        # log_config=None: uvicorn keeps to the JSON logging set up above (common.logs)
+        uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=grace, log_level="warning",
+                    log_config=None)
         return 0
     _empty_metrics_dir()
     uvicorn.run("api.main:app", host=host, port=port, workers=workers,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), log_level="warning")
+                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), log_level="warning",
+                log_config=None)
     return 0
 
 

@@ -31,6 +31,7 @@ PROVIDER_FIELDS = ("kind", "base_url", "api_key_env")
 # Options a provider kind's adapter takes beyond those (keyword arguments of its class).
 PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
     "veo": ("poll_interval", "max_wait", "durations", "expected_seconds", "poll_retries"),
+    "gemini": ("timeout",),  # for image models (common.providers.gemini_image)
 }
 
 

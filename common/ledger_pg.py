@@ -12,8 +12,12 @@ Scope, deliberately narrow:
   account whose allowance is still an earlier day's: the daily reset is lazy): the caller then
   runs the transactional verb, which handles them all.
 Lock order inside each statement: reserve locks only the account row (the inserts are new rows);
-resolve locks the hold row, then the account row (the account update reads the hold's RETURNING),
-the same order as common.ledger._resolve.
+resolve locks the account row, then the hold row (see _LOCKED_ACCOUNT). common.ledger._resolve
+takes them the other way round (hold, key, account): only two resolutions of the same hold at
+once, one by each path (a settlement racing the sweeper's expiry of that hold), can deadlock, and
+PostgreSQL then aborts one, which retries or finds the hold resolved; any other pair (other holds
+of the account, reservations, plan changes, resets, grants) takes the account row alone or
+first.
 
 A chat reservation (`reserve_async`) commits without waiting for the WAL flush
 (`synchronous_commit` off for its own transaction only, set inside the statement). Other
@@ -58,13 +62,20 @@ _RESERVE_UNFLUSHED = _RESERVE.replace(
     " a AS (UPDATE accounts SET held = held + %(amt)s FROM s WHERE", 1)
 assert _RESERVE_UNFLUSHED != _RESERVE
 
-# Only for an account without an allowance deficit (a plan change or reset left allowance that
-# open holds kept: common.ledger._reclaim takes it back, with its own row, in the transactional verb).
-_NO_DEFICIT = (" AND NOT EXISTS (SELECT 1 FROM accounts t WHERE t.id = holds.account_id"
-               " AND t.allowance_deficit > 0)")
-_RESOLVE_HEAD = (
-    "WITH h AS (UPDATE holds SET status = %(status)s, charged = LEAST(%(charge)s, amount), resolved_at = %(now)s"
-    " WHERE id = %(hid)s AND status = 'open' AND key_cap_day IS NULL" + _NO_DEFICIT +
+# The account's row first, locked, and only if it has no allowance deficit for today (a plan
+# change or reset left allowance that only open holds needed: common.ledger._reclaim takes it
+# back, with its own row, in the transactional verb) and, with a billing day, only if its
+# allowance is already that day's. Locked first because a plan change committing meanwhile must
+# be seen: FOR UPDATE re-checks the condition on the row as that change left it, where a plain
+# subquery read the row as it was and let the settlement skip the reclaim.
+_LOCKED_ACCOUNT = (
+    "WITH l AS (SELECT accounts.id FROM accounts JOIN holds ON holds.account_id = accounts.id"
+    " WHERE holds.id = %(hid)s AND (accounts.allowance_deficit = 0 OR accounts.deficit_day <> accounts.allowance_day)"
+    "{today} FOR UPDATE OF accounts),"
+)
+_RESOLVE_BODY = (
+    " h AS (UPDATE holds SET status = %(status)s, charged = LEAST(%(charge)s, amount), resolved_at = %(now)s"
+    " WHERE id = %(hid)s AND status = 'open' AND key_cap_day IS NULL AND EXISTS (SELECT 1 FROM l)"
     " RETURNING account_id, key_id, amount, charged),"
     " a AS (UPDATE accounts SET"
     " topup = CASE WHEN accounts.allowance >= h.charged THEN accounts.topup"
@@ -76,6 +87,11 @@ _RESOLVE_HEAD = (
     " description, created_at) SELECT h.account_id, h.key_id, %(kind)s, -h.charged, -h.amount, %(ref)s, %(hid)s,"
     " %(desc)s, %(now)s FROM h)"
 )
+# Only when the account's allowance is already today's: a settlement must not spend what is left
+# of an earlier day's allowance (the daily reset runs lazily, on the account's next request). The
+# transactional verb, which runs the reset first, takes the rest.
+_RESOLVE_HEAD = _LOCKED_ACCOUNT.format(today="") + _RESOLVE_BODY
+_ON_TODAYS_ALLOWANCE = _LOCKED_ACCOUNT.format(today=" AND accounts.allowance_day >= %(day)s") + _RESOLVE_BODY
 _GENERATION = (
     ", g AS (INSERT INTO generations (id, account_id, key_id, model, stream, status, prompt_tokens,"
     " completion_tokens, credits, usage_estimated, latency_ms, error_code, created_at)"
@@ -83,13 +99,6 @@ _GENERATION = (
     " %(est)s, %(lat)s, %(err)s, %(created)s FROM h ON CONFLICT (id) DO NOTHING)"
 )
 _RESOLVE_TAIL = " SELECT h.charged, a.available FROM h, a"
-# Only when the account's allowance is already today's: a settlement must not spend what is left
-# of an earlier day's allowance (the daily reset runs lazily, on the account's next request). The
-# transactional verb, which runs the reset first, takes the rest.
-_ALLOWANCE_IS_TODAYS = (" AND EXISTS (SELECT 1 FROM accounts t WHERE t.id = holds.account_id"
-                        " AND t.allowance_day >= %(day)s AND t.allowance_deficit = 0)")
-_ON_TODAYS_ALLOWANCE = _RESOLVE_HEAD.replace(_NO_DEFICIT, _ALLOWANCE_IS_TODAYS)
-assert _ON_TODAYS_ALLOWANCE != _RESOLVE_HEAD
 _RESOLVE_SQL = {  # (with a generation record, checking the allowance's day)
     (False, False): _RESOLVE_HEAD + _RESOLVE_TAIL,
     (True, False): _RESOLVE_HEAD + _GENERATION + _RESOLVE_TAIL,

@@ -7,7 +7,7 @@ strings ('2026-11-22') in the configured zone. Ids are prefixed random strings.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -31,9 +31,12 @@ class Account(SQLModel, table=True):
     topup: int = Field(sa_column=_money())  # purchased credits, never expire
     held: int = Field(sa_column=_money())  # sum of open holds
     allowance_day: str  # the billing day `allowance` belongs to
-    # What today's plan changes could not take back from an allowance already at zero (a downgrade
-    # after spending more than the new plan's day); a later upgrade the same day repays it first.
+    # Allowance today's plan changes could not take back (a downgrade after spending more than the
+    # new plan's day: an upgrade the same day repays it first), or that open holds kept over a plan
+    # change or a reset (taken back as they resolve). It counts only on `deficit_day`, the billing
+    # day it was set for: a reset by a process that predates it leaves it behind, ignored.
     allowance_deficit: int = Field(sa_column=Column(BigInteger, nullable=False, default=0, server_default="0"))
+    deficit_day: str = Field(sa_column=Column(String, nullable=False, default="", server_default=""))
     created_at: float
 
 

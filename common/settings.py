@@ -8,6 +8,7 @@ where a variable outside the `HELYX_` prefix is read (from the environment or th
 from __future__ import annotations
 
 import json
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -161,7 +162,7 @@ class Settings(BaseSettings):
     @classmethod
     def _level(cls, value: str) -> str:
         level = value.strip().upper()
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        if level not in logging.getLevelNamesMapping():  # WARN, FATAL and NOTSET too, as logging takes them
             raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
 

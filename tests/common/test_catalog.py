@@ -49,5 +49,7 @@ def test_a_mistake_is_refused_with_a_message_naming_it(tmp_path: Path, toml: str
 
 
 def test_a_providers_own_options_are_accepted(tmp_path: Path) -> None:
-    catalog = _load(tmp_path, '[providers.veo]\npoll_interval = 2.5\nmax_wait = 600\n')
+    catalog = _load(tmp_path, '[providers.veo]\npoll_interval = 2.5\nmax_wait = 600\n'
+                              '[providers.gemini]\ntimeout = 300.0\n')  # gemini's for image models
     assert catalog.providers["veo"].extra == {"poll_interval": 2.5, "max_wait": 600}
+    assert catalog.providers["gemini"].extra == {"timeout": 300.0}

@@ -29,6 +29,8 @@ def test_the_documented_urls_and_levels_are_accepted(monkeypatch: pytest.MonkeyP
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (settings.log_level, settings.public_url) == ("WARNING", "https://api.example.com/")
     assert Settings(_env_file=None, database_url="sqlite:///helyx-data/helyx.db").is_sqlite  # type: ignore[call-arg]
+    for alias in ("warn", "fatal", "notset"):  # what the logging module takes, as before the check
+        assert Settings(_env_file=None, log_level=alias).log_level == alias.upper()  # type: ignore[call-arg]
 
 
 def test_provider_keys_are_read_from_the_same_env_file_as_the_settings(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -278,3 +279,52 @@ def test_a_chat_reservation_does_not_wait_for_a_wal_flush_and_a_settlement_does(
     assert reserving <= count // 5, (reserving, settling)  # the WAL writer's own few, and others' activity
     assert settling >= count * 4 // 5, (reserving, settling)
     assert _numbers(pg_engine, account.account_id)[2] == 0  # every hold settled
+
+
+def test_a_settlement_racing_a_plan_change_still_takes_back_what_holds_kept(pg_engine: Engine, verbs: Verbs) -> None:
+    """plus with 5,000 held; the downgrade to free is under way (its transaction holds the account
+    row) when the one-statement release starts. It must see the downgrade's deficit once the row is
+    free (and stand aside for the transactional verb), not release on the row as it was before."""
+    account = create_test_account(pg_engine, "plus")
+    with pg_engine.begin() as conn:
+        day = conn.execute(text("SELECT allowance_day FROM accounts WHERE id = :a"),
+                           {"a": account.account_id}).scalar_one()
+        hold = ledger.reserve(conn, account_id=account.account_id, key_id=None, amount=5000 * MICRO, purpose="t",
+                              now=1.0, ttl=600)
+    results: list[ledger.Settlement | None] = []
+    with pg_engine.connect() as downgrading:
+        transaction = downgrading.begin()
+        ledger.change_plan(downgrading, account.account_id, "free", day, now=1.5)  # the row stays locked
+        racer = threading.Thread(target=lambda: results.append(
+            verbs.resolve(hold, 0, now=2.0, description="", kind="release", day=day)))
+        racer.start()
+        racer.join(0.5)
+        assert racer.is_alive()  # waiting for the account row
+        transaction.commit()
+    racer.join(10)
+    assert results == [None]  # stood aside: the account now has a deficit
+    with pg_engine.begin() as conn:
+        assert ledger.release(conn, hold, now=2.0).available == 1000 * MICRO
+    assert _numbers(pg_engine, account.account_id)[:3] == (1000 * MICRO, 0, 0)
+
+
+def test_a_deficit_left_by_a_reset_that_knew_nothing_of_it_is_ignored(pg_engine: Engine) -> None:
+    """A rolling upgrade: a process from before migration 0002 resets the day and leaves
+    yesterday's deficit behind. It is yesterday's: today's allowance is not taken for it."""
+    account = create_test_account(pg_engine, "plus")
+    with pg_engine.begin() as conn:
+        day = conn.execute(text("SELECT allowance_day FROM accounts WHERE id = :a"),
+                           {"a": account.account_id}).scalar_one()
+        spent = ledger.reserve(conn, account_id=account.account_id, key_id=None, amount=4000 * MICRO, purpose="t",
+                               now=1.0, ttl=600)
+        ledger.settle(conn, spent, 4000 * MICRO, now=1.0)
+        ledger.change_plan(conn, account.account_id, "free", day, now=1.0)  # overspent: allowance 0, deficit 3,000
+        old_reset = {"a": account.account_id, "day": "2099-01-01", "ref": f"reset:{account.account_id}:2099-01-01"}
+        conn.execute(text("UPDATE accounts SET allowance = 1000000000, allowance_day = :day WHERE id = :a"), old_reset)
+        conn.execute(text("INSERT INTO ledger_entries (account_id, kind, amount, held_delta, reference, description,"
+                          " created_at) VALUES (:a, 'reset', 1000000000, 0, :ref, '', 2.0)"), old_reset)
+        hold = ledger.reserve(conn, account_id=account.account_id, key_id=None, amount=10 * MICRO, purpose="t",
+                              now=2.0, ttl=600)
+        assert ledger.release(conn, hold, now=3.0).available == 1000 * MICRO
+        assert ledger.change_plan(conn, account.account_id, "plus", "2099-01-01", now=3.0).allowance == 5000 * MICRO
+    _numbers(pg_engine, account.account_id)

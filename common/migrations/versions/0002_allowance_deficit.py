@@ -1,4 +1,5 @@
-"""accounts.allowance_deficit: what today's plan changes could not take back (common.ledger.change_plan)
+"""accounts.allowance_deficit and deficit_day: allowance today's plan changes could not take back,
+or that open holds kept over a plan change or a daily reset (common.ledger.change_plan, _reclaim)
 
 Revision ID: 0002
 Revises: 0001
@@ -19,8 +20,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('accounts', schema=None) as batch_op:
         batch_op.add_column(sa.Column('allowance_deficit', sa.BigInteger(), nullable=False, server_default='0'))
+        batch_op.add_column(sa.Column('deficit_day', sa.String(), nullable=False, server_default=''))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('accounts', schema=None) as batch_op:
+        batch_op.drop_column('deficit_day')
         batch_op.drop_column('allowance_deficit')
