@@ -65,6 +65,8 @@ _ACCOUNT_SETTLE = text(
     " allowance = CASE WHEN allowance >= :c THEN allowance - :c ELSE 0 END,"
     " held = held - :h WHERE id = :aid RETURNING allowance, topup, held, " + DEFICIT_TODAY
 )
+_GRANT = text(f"UPDATE accounts SET topup = topup + :amt WHERE id = :aid RETURNING allowance, topup, held, "
+              f"{DEFICIT_TODAY}")
 _RECLAIM = text(
     "UPDATE accounts SET allowance = allowance - :r, allowance_deficit = allowance_deficit - :r WHERE id = :aid"
 )
@@ -194,19 +196,20 @@ def _resolve(
 
 
 def _reclaim(conn: Connection, account_id: str, allowance: int, topup: int, held: int, deficit: int,
-             hold_id: str, now: float) -> int:
+             cause: str, now: float) -> int:
     """Take back allowance that only open holds kept above what the plan leaves for today.
 
     A downgrade (or a daily reset) cannot cut the allowance below what covers the open holds, and
-    records the excess as `allowance_deficit`. Once a hold is resolved the excess it covered is no
-    longer needed: it is taken back here, with its own ledger row, as far as the remaining holds
-    allow. (Released holds would otherwise leave an account downgraded with 24,000 held keeping
-    24,000 of allowance on a 1,000-a-day plan.) Returns what was taken."""
+    records the excess as `allowance_deficit`. Once less of it is needed (a hold resolved, or
+    top-up granted, which covers holds too) the excess is taken back here, with its own ledger row
+    (`reclaim:<hold or grant>`), as far as the open holds allow. Released holds would otherwise
+    leave an account downgraded with 24,000 held keeping 24,000 of allowance on a 1,000-a-day
+    plan, and a grant would let it spend that allowance first. Returns what was taken."""
     reclaim = min(deficit, allowance - max(0, held - topup))
     if reclaim <= 0:
         return 0
     conn.execute(_RECLAIM, {"r": reclaim, "aid": account_id})
-    _entry(conn, account_id, None, "plan", -reclaim, 0, f"reclaim:{hold_id}", None,
+    _entry(conn, account_id, None, "plan", -reclaim, 0, f"reclaim:{cause}", None,
            "allowance kept for open holds over a plan change or reset, reclaimed", now)
     return reclaim
 
@@ -234,12 +237,13 @@ def grant(
                                f"{to_credits(earlier.amount)} credits to {earlier.account_id}.",
                                code="reference_reused", param="reference")
             return False
-    conn.execute(text("UPDATE accounts SET topup = topup + :amt WHERE id = :aid"), {"aid": account_id, "amt": amount})
+    allowance, topup, held, deficit = conn.execute(_GRANT, {"aid": account_id, "amt": amount}).one()
     try:
         _entry(conn, account_id, None, "grant", amount, 0, ref, None, description, now)
     except IntegrityError:  # the same reference granted to another account at this very moment
         raise Conflict(f"Reference {reference!r} was already used for another grant.", code="reference_reused",
                        param="reference") from None
+    _reclaim(conn, account_id, allowance, topup, held, deficit, ref, now)  # top-up now covers open holds too
     return True
 
 

@@ -408,6 +408,23 @@ def test_allowance_kept_for_holds_over_a_downgrade_is_taken_back_as_they_resolve
     assert change_plan(engine, account_id, "ultra").allowance == 24_500 * C  # 25,000 - the 500 used
 
 
+def test_a_grant_under_a_downgrades_kept_allowance_takes_it_back_at_once(engine: Engine) -> None:
+    """ultra -> free with 24,000 held keeps 24,000 of allowance for the holds. A grant of 24,000
+    top-up covers them too: the kept allowance goes back then, not at the holds' resolution, or
+    a new call would be charged to it first (allowance before top-up) and keep it for good."""
+    account_id = new_account(engine, "ultra")
+    holds = [reserve(engine, account_id, 12_000 * C) for _ in range(2)]
+    change_plan(engine, account_id, "free")
+    grant(engine, account_id, 24_000 * C)
+    after = bal(engine, account_id)
+    assert (after.allowance, after.topup, after.available) == (1000 * C, 24_000 * C, 1000 * C)
+    spent = reserve(engine, account_id, 1000 * C)  # all that is really available
+    settle(engine, spent, 1000 * C)
+    for hold_id in holds:
+        release(engine, hold_id)
+    assert (bal(engine, account_id).allowance, bal(engine, account_id).topup) == (0, 24_000 * C)
+
+
 def test_a_daily_reset_under_open_holds_takes_the_excess_back_as_they_resolve(engine: Engine) -> None:
     account_id = new_account(engine, "ultra")
     hold_id = reserve(engine, account_id, 20_000 * C)

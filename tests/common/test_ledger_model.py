@@ -92,12 +92,16 @@ class Model:
         if hold.cap_day is not None and hold.cap_day == self.cap_day and hold.amount > charge:
             self.cap_used = max(0, self.cap_used - (hold.amount - charge))
         self.entries += 1
-        reclaim = min(self.deficit, self.allowance - max(0, self.held - self.topup))  # no longer needed
-        if reclaim > 0:
-            self.allowance -= reclaim
-            self.deficit -= reclaim
-            self.entries += 1
+        self.reclaim()
         return True, charge
+
+    def reclaim(self) -> None:
+        """Allowance kept only for open holds, no longer needed, goes back (common.ledger._reclaim)."""
+        taken = min(self.deficit, self.allowance - max(0, self.held - self.topup))
+        if taken > 0:
+            self.allowance -= taken
+            self.deficit -= taken
+            self.entries += 1
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -218,6 +222,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.model.entries += 1
             if reference:
                 self.model.grant_refs[reference] = amount
+            self.model.reclaim()  # top-up now covers open holds too
 
     @rule(amount=st.integers(-10 * MICRO, 0))
     def grant_nothing_is_refused(self, amount: int) -> None:
@@ -277,6 +282,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 {"a": self.account_id},
             ).one()
             assert tuple(row) == (m.plan, m.allowance, m.topup, m.held, m.allowance_day, m.deficit)
+            # No allowance beyond what the plan leaves for today, except what open holds need now:
+            # kept allowance no longer needed is never left to be spent.
+            kept = m.allowance - max(0, m.allowance - m.deficit)
+            assert kept <= max(0, m.held - m.topup), (m.allowance, m.deficit, m.held, m.topup)
             open_holds = dict(conn.execute(
                 text("SELECT id, amount FROM holds WHERE account_id = :a AND status = 'open'"),
                 {"a": self.account_id},
