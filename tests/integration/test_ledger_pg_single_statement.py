@@ -20,6 +20,8 @@ from common.money import MICRO
 from common.pg_async import AsyncStatements
 from tests.conftest import create_test_account
 
+TODAY = "2031-03-11"
+
 
 class Verbs(Protocol):
     def reserve(self, **kw: Any) -> str | None: ...
@@ -85,6 +87,14 @@ def _numbers(engine: Engine, account_id: str) -> tuple[int, int, int, int, int, 
                                        " AND status = 'open'"), {"a": account_id}).scalar_one()
     assert allowance + topup == amount and held == held_delta == open_holds and allowance + topup - held >= 0
     return allowance, topup, held, amount, held_delta, open_holds
+
+
+def _account_on(engine: Engine, plan: str, day: str) -> Any:
+    """A test account whose allowance is `day`'s (the billing day the statements are given)."""
+    account = create_test_account(engine, plan)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE accounts SET allowance_day = :d WHERE id = :a"), {"d": day, "a": account.account_id})
+    return account
 
 
 def _generation(i: int, key_id: str) -> dict[str, object]:
@@ -184,9 +194,7 @@ def test_an_account_with_an_allowance_deficit_is_left_to_the_transactional_verb(
     """Downgraded under open holds (ultra -> free with 2,400 held): the one statement stands aside,
     changing nothing, and the transactional verb releases the hold and takes back the allowance it
     kept, with its own ledger row."""
-    account = create_test_account(pg_engine, "ultra")
-    with pg_engine.begin() as conn:
-        conn.execute(text("UPDATE accounts SET allowance_day = '2031-03-11' WHERE id = :a"), {"a": account.account_id})
+    account = _account_on(pg_engine, "ultra", "2031-03-11")
     hold = verbs.reserve(account_id=account.account_id, key_id=None, amount=24_000 * MICRO, purpose="t", now=1.0,
                          ttl=600)
     assert hold is not None
@@ -202,9 +210,7 @@ def test_an_account_with_an_allowance_deficit_is_left_to_the_transactional_verb(
 
 
 def test_a_settlement_on_the_allowances_own_day_stays_one_statement(pg_engine: Engine, verbs: Verbs) -> None:
-    account = create_test_account(pg_engine, "free")
-    with pg_engine.begin() as conn:
-        conn.execute(text("UPDATE accounts SET allowance_day = '2031-03-11' WHERE id = :a"), {"a": account.account_id})
+    account = _account_on(pg_engine, "free", "2031-03-11")
     hold = verbs.reserve(account_id=account.account_id, key_id=None, amount=100 * MICRO, purpose="t", now=1.0,
                          ttl=600)
     assert hold is not None
@@ -285,10 +291,8 @@ def test_a_settlement_racing_a_plan_change_still_takes_back_what_holds_kept(pg_e
     """plus with 5,000 held; the downgrade to free is under way (its transaction holds the account
     row) when the one-statement release starts. It must see the downgrade's deficit once the row is
     free (and stand aside for the transactional verb), not release on the row as it was before."""
-    account = create_test_account(pg_engine, "plus")
+    account, day = _account_on(pg_engine, "plus", TODAY), TODAY
     with pg_engine.begin() as conn:
-        day = conn.execute(text("SELECT allowance_day FROM accounts WHERE id = :a"),
-                           {"a": account.account_id}).scalar_one()
         hold = ledger.reserve(conn, account_id=account.account_id, key_id=None, amount=5000 * MICRO, purpose="t",
                               now=1.0, ttl=600)
     results: list[ledger.Settlement | None] = []
@@ -311,10 +315,8 @@ def test_a_settlement_racing_a_plan_change_still_takes_back_what_holds_kept(pg_e
 def test_a_deficit_left_by_a_reset_that_knew_nothing_of_it_is_ignored(pg_engine: Engine) -> None:
     """A rolling upgrade: a process from before migration 0002 resets the day and leaves
     yesterday's deficit behind. It is yesterday's: today's allowance is not taken for it."""
-    account = create_test_account(pg_engine, "plus")
+    account, day = _account_on(pg_engine, "plus", TODAY), TODAY
     with pg_engine.begin() as conn:
-        day = conn.execute(text("SELECT allowance_day FROM accounts WHERE id = :a"),
-                           {"a": account.account_id}).scalar_one()
         spent = ledger.reserve(conn, account_id=account.account_id, key_id=None, amount=4000 * MICRO, purpose="t",
                                now=1.0, ttl=600)
         ledger.settle(conn, spent, 4000 * MICRO, now=1.0)
