@@ -14,6 +14,8 @@ Measured, gateway and direct in the same run, interleaved block by block:
   * c=1 latency: `--block` sequential requests per target per round, `--rounds` rounds
     (raw-socket keep-alive client in its own process: bench/_load.py);
   * streaming time to the first body byte (the first SSE event) at c=1;
+  * the floor at c=1: bench/_floor_app.py (the same app, route, body model, adapter and upstream
+    client, without authentication, rate limit and billing), interleaved with the two others;
   * throughput at c=64: wrk (or bench/_load.py's asyncio client when wrk is absent),
     alternating direct and gateway, `--load-rounds` times `--load-seconds`;
   * peak RSS (VmHWM) and CPU of every gateway process;
@@ -74,6 +76,8 @@ class Stack:
         self.gateway: Proc | None = None
         self.gateway_port = 0
         self.app = "api.main:app"
+        self.floor: Proc | None = None
+        self.floor_port = 0
 
     def _more_accounts(self, n: int) -> list[str]:
         """`n` more ultra accounts (in-process, faster than n CLI runs): with the CLI's account, the
@@ -107,6 +111,20 @@ class Stack:
                 time.sleep(0.2)
             time.sleep(2)
 
+    def start_floor(self) -> None:
+        """bench/_floor_app.py, one worker: the same stack without authentication and billing."""
+        self.floor_port = _procs.free_port()
+        self.floor = Proc("floor", [
+            str(_procs.VENV_BIN / "uvicorn"), "bench._floor_app:app", "--host", "127.0.0.1", "--port",
+            str(self.floor_port), "--no-access-log", "--log-level", "warning",
+        ], self.env)
+        _procs.wait_http(self.floor_port, "/healthz", proc=self.floor)
+
+    def stop_floor(self) -> None:
+        if self.floor is not None:
+            self.floor.stop()
+            self.floor = None
+
     def worker_pids(self) -> list[int]:
         assert self.gateway is not None
         kids = [p for p in _procs.children(self.gateway.pid) if "multiprocessing" in _procs.cmdline(p)
@@ -122,14 +140,19 @@ class Stack:
         body: dict[str, Any] = {"model": "gpt-4o", "messages": MESSAGES}
         if stream:
             body["stream"] = True
-        return {
+        targets = {
             "direct": {"port": self.fake_port, "raw": _raw(self.fake_port, "/v1/chat/completions", body, "sk-x")},
             "gateway": {"port": self.gateway_port,
                         "raw": _raw(self.gateway_port, "/api/v1/chat/completions", body, self.key)},
         }
+        if self.floor is not None and not stream:
+            targets["floor"] = {"port": self.floor_port,
+                                "raw": _raw(self.floor_port, "/api/v1/chat/completions", body, self.key)}
+        return targets
 
     def stop(self) -> None:
         self.stop_gateway()
+        self.stop_floor()
         self.fake.stop()
         _procs.drop_pg_database(DB)
 
@@ -201,8 +224,9 @@ def throughput(stack: Stack, target: str, connections: int, seconds: float) -> d
 
 # --- the run ----------------------------------------------------------------------------------
 
-def c1_rows(res: dict[str, Any], workers: int, key: str, label: str, block: int) -> list[list[Any]]:
-    d, g = res["direct"][key], res["gateway"][key]
+def c1_rows(res: dict[str, Any], workers: int, key: str, label: str, block: int,
+            target: str = "gateway") -> list[list[Any]]:
+    d, g = res["direct"][key], res[target][key]
     rounds_d = [d[i:i + block] for i in range(0, len(d), block)]
     rounds_g = [g[i:i + block] for i in range(0, len(g), block)]
     per_round_added = [(_procs.pct(rg, 50) - _procs.pct(rd, 50)) * 1e3
@@ -210,7 +234,7 @@ def c1_rows(res: dict[str, Any], workers: int, key: str, label: str, block: int)
     dp50, dp99 = _procs.pct(d, 50) * 1e3, _procs.pct(d, 99) * 1e3
     gp50, gp99 = _procs.pct(g, 50) * 1e3, _procs.pct(g, 99) * 1e3
     return [[f"{workers}", label, len(g), dp50, gp50, gp50 - dp50, _procs.median(per_round_added),
-             dp99, gp99, gp99 - dp99, gp50 / dp50, res["gateway"]["errors"]]]
+             dp99, gp99, gp99 - dp99, gp50 / dp50, res[target]["errors"]]]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -232,12 +256,18 @@ def run(args: argparse.Namespace) -> None:
             stack.start_gateway(workers)
             print(f"## gateway with {workers} worker(s) on :{stack.gateway_port}, fake on :{stack.fake_port}",
                   flush=True)
+            if args.floor and workers == args.workers[0]:
+                stack.start_floor()
             cpu0 = sum(_procs.cpu_seconds(p) for p in stack.worker_pids())
             res = sequential(stack, args.rounds, args.block, stream=False)
             c1_cpu = (sum(_procs.cpu_seconds(p) for p in stack.worker_pids()) - cpu0) / (
                 200 + args.rounds * (args.block + 1)) * 1e3
             print(f"  c=1 gateway CPU per request: {c1_cpu:.2f} ms (all workers)", flush=True)
             c1 += c1_rows(res, workers, "total", "plain, total", args.block)
+            if "floor" in res:
+                c1 += c1_rows(res, workers, "total", "floor: no auth, no billing (bench/_floor_app.py)", args.block,
+                              target="floor")
+                stack.stop_floor()
             sres = sequential(stack, max(1, args.rounds // 2), args.block, stream=True)
             stream_rows += c1_rows(sres, workers, "ttfb", "stream, first byte", args.block)
             stream_rows += c1_rows(sres, workers, "total", "stream, total", args.block)
@@ -408,6 +438,8 @@ def main() -> None:
     parser.add_argument("--only-profile", action="store_true", help="just the two py-spy profiles (c=64, c=1)")
     parser.add_argument("--keep-profile", help="copy py-spy's raw (collapsed) stacks here")
     parser.add_argument("--attribution", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time bench/_floor_app.py (no auth, no billing) at c=1, first worker count only")
     parser.add_argument("--app", default="api.main:app", help="the ASGI app uvicorn serves")
     parser.add_argument("--extra-path", help="PYTHONPATH for the gateway (packages a prototype needs)")
     parser.add_argument("--output", help="also write the tables (Markdown) to this file")
