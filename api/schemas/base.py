@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class JSONBody(BaseModel):
@@ -22,3 +24,18 @@ class OwnBody(JSONBody):
     is a mistake to report (`expires_in` for `expires_at` made a key that never expires)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class NullMeansDefault(BaseModel):
+    """OpenAI takes `null` for an optional field as "not given" (its SDKs send `None` arguments
+    as null, and some clients send every field): a null is dropped before validation wherever the
+    field has a default, which then applies. A null for a required field is still refused."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or None not in data.values():
+            return data
+        fields = cls.model_fields
+        return {name: value for name, value in data.items()
+                if value is not None or name not in fields or fields[name].is_required()}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, field_validator
+from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 
-from api.schemas.base import JSONBody
+from api.schemas.base import JSONBody, NullMeansDefault
 
 
 class TextPart(JSONBody):
@@ -69,11 +69,11 @@ MAX_STOP = 4
 STOP_RULE = f"expected a non-empty string or an array of at most {MAX_STOP} non-empty strings"
 
 
-class StreamOptions(JSONBody):
+class StreamOptions(JSONBody, NullMeansDefault):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(JSONBody):
+class ChatCompletionRequest(JSONBody, NullMeansDefault):
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float = Field(default=0.7, ge=0, le=2)
@@ -94,12 +94,6 @@ class ChatCompletionRequest(JSONBody):
     tool_choice: Any = Field(default=None, description='not supported: only "none"')
     function_call: Any = Field(default=None, description='not supported: only "none"')
     response_format: dict[str, Any] | None = Field(default=None, description='only {"type": "text"}')
-
-    @field_validator("temperature", "top_p", "stream", "n", mode="before")
-    @classmethod
-    def _null_is_the_default(cls, value: object, info: ValidationInfo) -> object:
-        """OpenAI takes null for these optional fields (some clients send every field): the default."""
-        return cls.model_fields[str(info.field_name)].default if value is None else value
 
     @field_validator("tools", "functions")
     @classmethod

@@ -356,6 +356,34 @@ def test_a_video_created_as_multipart_form_data_like_the_sdk_sends_it(media: Med
     assert mp4_facts(content.content)[:3] == (720, 1280, 32)
 
 
+def test_null_for_an_optional_image_field_is_its_default(media: Media) -> None:
+    """The OpenAI SDK sends a `None` argument as null (`client.images.generate(n=None, size=None)`)."""
+    account = media.account()
+    response = media.client.post(IMAGES, headers=account.headers, json={
+        "model": "nano-banana-pro", "prompt": "a lighthouse", "n": None, "size": None, "response_format": None,
+        "webhook_url": None, "user": None})
+
+    assert response.status_code == 200, response.text
+    [item] = response.json()["data"]  # n: 1
+    assert set(item) == {"url"}  # response_format: url
+    assert png(media.client.get(item["url"]).content).size == (1024, 1024)  # size: 1024x1024
+    assert response.json()["helyx"]["credits_charged"] == 200
+
+
+def test_null_for_an_optional_video_field_is_its_default_and_a_required_one_is_still_refused(
+        media: Media) -> None:
+    account = media.account("plus")
+    response = media.client.post("/api/v1/videos", headers=account.headers,
+                                 json={"model": "vo3", "prompt": "a paper boat", "seconds": None, "size": None})
+    assert response.status_code == 200, response.text
+    assert response.json()["seconds"] == "4" and response.json()["size"] == "1280x720"
+
+    before = media.counts(account)
+    refused = media.client.post("/api/v1/videos", headers=account.headers, json={"model": "vo3", "prompt": None})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt", refused.text
+    assert media.counts(account) == before
+
+
 def test_a_canceled_video_shows_as_failed_with_error_code_canceled_and_is_refunded(
         make_media: Callable[..., Media]) -> None:
     media = make_media(simulated_job_seconds=5.0)
