@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from cli import single_instance
 from common import accounts, billing, clock, logs
 from common.catalog import load_catalog
 from common.db import get_engine
@@ -66,6 +67,13 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     logs.configure(settings.log_level)
     load_catalog(settings)  # a broken HELYX_CATALOG stops here, before a demo key is printed
+    if settings.self_contained:  # before anything is written or any job taken up
+        try:
+            lock = single_instance.claim_database(settings)
+            sock = single_instance.bind(host, port)
+        except single_instance.AlreadyServing as exc:
+            print(f"helyx: {exc}", file=sys.stderr)
+            return 1
     upgrade(get_engine(settings.database_url))
     if args.demo:
         _demo_key(host, port)
@@ -80,9 +88,11 @@ def serve(args: argparse.Namespace) -> int:
         _start_embedded_workers()
         grace = int(settings.shutdown_grace_seconds)
         # log_config=None: uvicorn keeps to the JSON logging set up above (common.logs)
-        uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=grace, log_level="warning",
-                    log_config=None)
-        return 0
+        config = uvicorn.Config(app, timeout_graceful_shutdown=grace, log_level="warning", log_config=None)
+        server = uvicorn.Server(config)
+        with lock, sock:
+            server.run(sockets=[sock])
+        return 0 if server.started else 3  # uvicorn.run's code for a failed start-up
     _empty_metrics_dir()
     uvicorn.run("api.main:app", host=host, port=port, workers=workers,
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), log_level="warning",
