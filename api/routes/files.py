@@ -12,7 +12,7 @@ from api.deps import ServicesDep, authenticate
 from api.responses import stored_file_response
 from api.schemas.responses import doc
 from common import clock
-from common.errors import NotFound
+from common.errors import AuthenticationFailed, NotFound
 from common.jobs.views import find_file
 from common.signing import verify_file_signature
 
@@ -25,8 +25,11 @@ _FILE_RESPONSES[200]["content"].update({t: {} for t in ("image/jpeg", "image/web
             responses=_FILE_RESPONSES, response_class=StreamingResponse)
 async def file_content(file_id: str, request: Request, services: ServicesDep,
                        expires: str | None = None, signature: str | None = None) -> Any:
-    signed = signature is not None and verify_file_signature(
-        file_id, expires, signature, services.signing_secret, int(clock.now().timestamp()))
+    now = int(clock.now().timestamp())
+    signed = signature is not None and verify_file_signature(file_id, expires, signature,
+                                                             services.signing_secret, now)
+    if signature is not None and not signed and "authorization" not in request.headers:
+        raise _refused_link(expires, now)  # an <img> user's answer: the link, not a missing key
     # The caller is judged before the file is looked up: without a valid signature or key the
     # answer is 401 whether or not the file exists, so ids cannot be probed.
     principal = None if signed else await authenticate(request, services)
@@ -34,3 +37,11 @@ async def file_content(file_id: str, request: Request, services: ServicesDep,
     if principal is not None and principal.account_id != stored["account_id"]:
         raise NotFound(f"No file {file_id}", code="file_not_found", param="id")
     return stored_file_response(services.storage, stored, {"cache-control": "private, max-age=300"})
+
+
+def _refused_link(expires: str | None, now: int) -> AuthenticationFailed:
+    if expires is not None and expires.isdigit() and int(expires) <= now:
+        return AuthenticationFailed("This file link has expired: fetch the job (or video) again for a fresh "
+                                    "link, or send the owner's API key.", code="expired_link")
+    return AuthenticationFailed("This file link's signature is not valid: use the link exactly as the job "
+                                "gave it, or send the owner's API key.", code="invalid_signature")

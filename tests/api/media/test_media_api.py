@@ -217,7 +217,9 @@ def test_a_file_id_cannot_be_probed_without_a_key(media: Media) -> None:
     for file_id in (real, "file_000000000000000000000000"):
         path = f"/api/v1/files/{file_id}/content"
         assert error_of(media.client.get(path), 401)["code"] == "missing_api_key"
-        assert error_of(media.client.get(path + "?expires=1&signature=forged"), 401)["code"] == "missing_api_key"
+        assert error_of(media.client.get(path + "?expires=1&signature=forged"), 401)["code"] == "expired_link"
+        assert error_of(media.client.get(path + f"?expires={2**40}&signature=forged"), 401)["code"] == \
+            "invalid_signature"
         bad = {"Authorization": f"Bearer {revoked['key']}"}
         assert error_of(media.client.get(path, headers=bad), 401)["code"] == "revoked_api_key"
     assert error_of(media.client.get("/api/v1/files/file_000000000000000000000000/content",
@@ -237,7 +239,8 @@ def test_a_tampered_or_expired_signature_needs_the_owners_key(media: Media) -> N
     flipped = signature[:-1] + ("A" if signature[-1] != "A" else "B")
     tampered = f"{path}?{query.replace(signature, flipped)}"
     error = error_of(media.client.get(tampered), 401)
-    assert error["type"] == "authentication_error"
+    assert error["type"] == "authentication_error" and error["code"] == "invalid_signature"
+    assert "signature is not valid" in error["message"]
     assert media.client.get(tampered, headers=owner.headers).status_code == 200
     error_of(media.client.get(tampered, headers=stranger.headers), 404)
     # a valid signature for another file
@@ -245,7 +248,8 @@ def test_a_tampered_or_expired_signature_needs_the_owners_key(media: Media) -> N
     error_of(media.client.get(f"{other_path}?{query}"), 401)
     # an expired one: the URL handed out stops working after its TTL ...
     with clock.frozen(clock.now() + timedelta(seconds=media.settings.signed_url_ttl_seconds + 1)):
-        error_of(media.client.get(url), 401)
+        expired = error_of(media.client.get(url), 401)
+        assert expired["code"] == "expired_link" and "fetch the job (or video) again" in expired["message"]
     # ... and a correctly signed URL whose time has passed is refused
     file_id = path.split("/files/", 1)[1].split("/", 1)[0]
     secret = media.client.app.state.services.signing_secret  # type: ignore[attr-defined]
