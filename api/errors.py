@@ -205,6 +205,19 @@ def install(app: FastAPI) -> None:
     for exc_type in _database_exceptions():
         app.add_exception_handler(exc_type, _database_down)
 
+    async def _unstorable_text(request: Request, exc: Exception) -> Response:
+        """The last line behind the input checks (api.middleware, api.schemas.base.StoredText):
+        text PostgreSQL cannot store is the caller's input, refused before anything was written
+        (the statement failed whole), so a 400 rather than a 500 the SDK would retry."""
+        if not _is_nul_text(exc):
+            raise exc
+        log.warning("text with a NUL character refused by the database on %s", request.url.path)
+        return error_response(InvalidRequest("Text with a NUL character (\\u0000) cannot be stored; remove it.",
+                                             code="invalid_characters"))
+
+    for exc_type in _data_exceptions():
+        app.add_exception_handler(exc_type, _unstorable_text)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # Starlette runs this handler in ServerErrorMiddleware, outside every user middleware,
@@ -237,6 +250,19 @@ def _database_exceptions() -> tuple[type[Exception], ...]:
     from common.pg_statements import UNREACHABLE
 
     return (DBAPIError, PoolTimeout, pg_async.PoolTimeout, *UNREACHABLE)
+
+
+def _data_exceptions() -> tuple[type[Exception], ...]:
+    import psycopg
+    from sqlalchemy.exc import DataError
+
+    return (DataError, psycopg.DataError)
+
+
+def _is_nul_text(exc: Exception) -> bool:
+    """psycopg's own refusal of a NUL in a parameter, or the server's of `\\u0000` in JSON."""
+    text = str(exc)
+    return "NUL (0x00)" in text or "\\u0000" in text
 
 
 def _is_database_down(exc: Exception) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,7 +39,9 @@ class RequestIdMiddleware:
 
 
 class BodyLimitMiddleware:
-    """413 in the error envelope for bodies over `max_bytes`, declared or streamed."""
+    """Requests refused before the app reads them: a body over `max_bytes`, declared or streamed
+    (413), and a NUL character in the path or the query (no id or filter value has one, and
+    PostgreSQL cannot take one in text: a 404 or a 400 naming the parameter, not a 500)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -47,6 +50,9 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if b"%00" in scope.get("raw_path", b"") or b"%00" in scope.get("query_string", b""):
+            await _send_error(send, *_nul_refusal(scope))
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -86,10 +92,23 @@ class BodyLimitMiddleware:
             await _send_413(send, self.max_bytes)
 
 
+def _nul_refusal(scope: Scope) -> tuple[int, dict[str, Any]]:
+    for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return 400, {"message": f"Invalid value for '{name}': it contains a NUL character (%00).",
+                         "type": "invalid_request_error", "code": "invalid_value", "param": name}
+    return 404, {"message": "Nothing here: the path contains a NUL character (%00).", "type": "not_found_error",
+                 "code": "not_found", "param": None}
+
+
 async def _send_413(send: Send, limit: int) -> None:
-    body = orjson.dumps({"error": {"message": f"The request body is larger than {limit} bytes.",
-                                   "type": "invalid_request_error", "code": "payload_too_large", "param": None}})
-    await send({"type": "http.response.start", "status": 413, "headers": [
+    await _send_error(send, 413, {"message": f"The request body is larger than {limit} bytes.",
+                                  "type": "invalid_request_error", "code": "payload_too_large", "param": None})
+
+
+async def _send_error(send: Send, status: int, error: dict[str, Any]) -> None:
+    body = orjson.dumps({"error": error})
+    await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"x-should-retry", b"false")]})
     await send({"type": "http.response.body", "body": body})

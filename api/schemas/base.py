@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 
 class JSONBody(BaseModel):
@@ -19,7 +19,20 @@ class JSONBody(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
 
-class OwnBody(JSONBody):
+class StoredText(BaseModel):
+    """For bodies whose strings are stored: PostgreSQL cannot keep a NUL character (U+0000) in
+    text, so one is refused here with a 400 naming the field, not as a 500 from the database.
+    (Chat messages are only passed on to the provider: they may hold one.)"""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("it contains a NUL character (\\u0000)")
+        return value
+
+
+class OwnBody(JSONBody, StoredText):
     """A body of Helyx's own routes (keys, admin): no SDK sends extras there, so an unknown field
     is a mistake to report (`expires_in` for `expires_at` made a key that never expires)."""
 

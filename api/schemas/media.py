@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from api.schemas.base import JSONBody, NullMeansDefault
+from api.schemas.base import JSONBody, NullMeansDefault, StoredText
 
 _SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
 VIDEO_SIZES = ("1280x720", "720x1280", "1792x1024", "1024x1792")
@@ -26,7 +26,7 @@ def parse_size(size: str, *, low: int = 64, high: int = 2048) -> tuple[int, int]
     return width, height
 
 
-class ImageGenerationRequest(JSONBody, NullMeansDefault):
+class ImageGenerationRequest(JSONBody, NullMeansDefault, StoredText):
     model: str = Field(default="nano-banana-pro", min_length=1, max_length=200)
     prompt: str = Field(min_length=1, max_length=32_000)
     n: int = Field(default=1, ge=1, le=4)
@@ -43,7 +43,7 @@ class ImageGenerationRequest(JSONBody, NullMeansDefault):
         return "1024x1024" if value == "auto" else value
 
 
-class VideoCreateRequest(NullMeansDefault):
+class VideoCreateRequest(NullMeansDefault, StoredText):
     """Lax, unlike the JSON bodies: the OpenAI SDK sends it as a form, where every field is a string
     (`seconds` "4"). Every field is a string here anyway, and lax strings refuse numbers and booleans."""
 
