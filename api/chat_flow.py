@@ -193,6 +193,7 @@ async def _counted(services: Services, principal: Principal, body: ChatCompletio
                 services.engine, principal, entry, prompt_estimate=prompt_estimate,
                 max_tokens=body.requested_max_tokens, default_max_tokens=settings.default_max_tokens,
                 purpose=f"chat:{call_id}", ttl=settings.hold_ttl_seconds, tz=settings.timezone,
+                max_tokens_field=body.max_tokens_field,
             )
         )
     call = ChatCall(

@@ -55,9 +55,10 @@ class Outcome:
 
 def reserve_chat(
     engine: Engine, principal: Principal, entry: ModelEntry, *, prompt_estimate: int, max_tokens: int | None,
-    default_max_tokens: int, purpose: str, ttl: float, tz: str,
+    default_max_tokens: int, purpose: str, ttl: float, tz: str, max_tokens_field: str = "max_tokens",
 ) -> Reservation:
-    """Hold credits for the call; shrinks an unset max_tokens to what the balance affords."""
+    """Hold credits for the call; shrinks an unset max_tokens to what the balance affords. A 402
+    names the limit as the caller did (`max_tokens_field`)."""
     wanted = max_tokens if max_tokens is not None else default_max_tokens
     capped = principal.daily_cap is not None
 
@@ -76,17 +77,17 @@ def reserve_chat(
             room, what = cap_left, "This key's daily credit cap"
         affordable = room // entry.rate_micro - prompt_estimate
         if max_tokens is not None or affordable < 1:
-            raise _explain(exc, what, affordable, max_tokens, prompt_estimate) from None
+            raise _explain(exc, what, affordable, max_tokens, prompt_estimate, max_tokens_field) from None
     return Reservation(hold(affordable), affordable, prompt_estimate)
 
 
 def _explain(exc: InsufficientCredits, what: str, affordable: int, asked: int | None,
-             prompt: int) -> InsufficientCredits:
+             prompt: int, field: str) -> InsufficientCredits:
     if affordable < 1:
         detail = f"{what} cannot cover this prompt (up to {prompt} tokens)."
     else:
-        detail = f"{what} affords at most max_tokens={affordable} for this prompt, not {asked}."
-    return InsufficientCredits(f"{detail} {exc.message}", code=exc.code, param="max_tokens" if asked else None)
+        detail = f"{what} affords at most {field}={affordable} for this prompt, not {asked}."
+    return InsufficientCredits(f"{detail} {exc.message}", code=exc.code, param=field if asked else None)
 
 
 def estimated_usage(messages: list[dict[str, object]], produced: str) -> Usage:

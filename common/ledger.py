@@ -140,8 +140,7 @@ def reserve(
         raise ValueError("a hold must be positive")
     capped = cap_day is not None and key_id is not None
     if capped and conn.execute(_CAP_RESERVE, {"kid": key_id, "day": cap_day, "amt": amount}).rowcount != 1:
-        raise InsufficientCredits("What is left of this API key's daily credit cap does not cover this request.",
-                                  code="key_daily_cap_reached")
+        raise cap_error(key_cap_left(conn, key_id, cap_day) or 0, amount)
     if conn.execute(_ACCOUNT_RESERVE, {"aid": account_id, "amt": amount}).rowcount != 1:
         raise insufficient_error(balance(conn, account_id), amount)
     hold_id = new_id("hold")
@@ -334,6 +333,14 @@ def _entry(
         {"aid": account_id, "kid": key_id, "kind": kind, "amount": amount, "held_delta": held_delta,
          "ref": ref, "hid": hold_id, "desc": description, "now": now},
     )
+
+
+def cap_error(left: int, wanted: int) -> InsufficientCredits:
+    from common.money import to_credits
+
+    return InsufficientCredits(
+        f"This API key's daily credit cap has {to_credits(left)} credits left today; this request needs "
+        f"{to_credits(wanted)}.", code="key_daily_cap_reached")
 
 
 def insufficient_error(current: Balance, wanted: int) -> InsufficientCredits:

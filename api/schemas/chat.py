@@ -131,5 +131,11 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
 
+    @property
+    def max_tokens_field(self) -> str:
+        """The name the caller used for the limit, for a 402 to name it back."""
+        return "max_completion_tokens" if self.max_tokens is None and self.max_completion_tokens is not None \
+            else "max_tokens"
+
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict() for m in self.messages]

@@ -18,7 +18,8 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
-from common.money import MICRO
+from common.billing import resets_at
+from common.money import MICRO, to_credits
 from common.tokens import estimate_prompt_tokens
 from tests.api.chat.helpers import (
     Gateway,
@@ -121,6 +122,18 @@ def test_when_even_the_prompt_is_unaffordable_it_is_402_and_no_upstream_is_calle
     assert assert_books_balance(gw.engine, account.account_id).available == (PROMPT + 1 - USAGE) * RATE
 
 
+def test_a_402_names_the_limit_as_the_caller_did(gw: Gateway, openai_fake: FakeUpstream) -> None:
+    account = gw.account()
+    leave_available(gw.engine, account.account_id, (PROMPT + 179) * RATE)
+    with gw.http(account) as http:
+        response = chat(http, max_completion_tokens=1000)
+    error = response.json()["error"]
+    assert (response.status_code, error["param"]) == (402, "max_completion_tokens"), error
+    assert error["message"].startswith("The balance affords at most max_completion_tokens=179 for this prompt, "
+                                       "not 1000."), error
+    assert openai_fake.request_count == 0
+
+
 def test_the_charge_never_exceeds_the_hold_even_when_the_upstream_reports_more(
     gw: Gateway, openai_fake: FakeUpstream,
 ) -> None:
@@ -151,6 +164,11 @@ def test_a_keys_daily_cap_bounds_its_chats_and_refuses_past_it(gw: Gateway) -> N
         before = books(gw.engine, account.account_id)
         second = chat(http, max_tokens=10)
     assert (second.status_code, second.json()["error"]["code"]) == (402, "key_daily_cap_reached")
+    left = hold - USAGE * RATE
+    assert second.json()["error"]["message"] == (
+        f"This key's daily credit cap cannot cover this prompt (up to {PROMPT} tokens). This API key's daily "
+        f"credit cap has {to_credits(left)} credits left today; this request needs {to_credits(hold)}. The key's "
+        f"daily cap and the daily allowance reset at {resets_at(gw.settings.timezone)}.")
     assert hold_for(gw.engine, first.json()["id"])["charged"] == USAGE * RATE
     assert assert_books_balance(gw.engine, account.account_id) == before
 
@@ -167,8 +185,10 @@ def test_an_unset_max_tokens_shrinks_to_what_a_keys_daily_cap_still_allows(
         asked_too_much = chat(http, max_tokens=100)  # the cap has room, not for that much
         assert asked_too_much.status_code == 402
         assert asked_too_much.json()["error"]["message"].startswith(
-            "This key's daily credit cap affords at most max_tokens=30 for this prompt, not 100. What is left "
-            "of this API key's daily credit cap does not cover this request.")  # not "has reached its cap"
+            "This key's daily credit cap affords at most max_tokens=30 for this prompt, not 100. This API key's "
+            f"daily credit cap has {to_credits((PROMPT + 30) * RATE)} credits left today; this request needs "
+            f"{to_credits((PROMPT + 100) * RATE)}.")  # not "has reached its cap"
+        assert asked_too_much.json()["error"]["param"] == "max_tokens"
         first = chat(http)
         assert first.status_code == 200, first.text
         assert openai_fake.last_request.json["max_tokens"] == 30
