@@ -242,6 +242,8 @@ def test_another_accounts_key_is_404_and_stays_valid(app_client: TestClient, eng
         {"name": 7},
         {"name": "x" * 101},
         {"expires_at": "never"},
+        {"expires_at": 1_900_000_000_000},  # milliseconds
+        {"expires_at": 1e300},
         {"daily_credit_cap": 0},
         {"daily_credit_cap": -5},
         {"daily_credit_cap": 0.0000001},  # below one micro-credit
