@@ -94,6 +94,16 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     tool_choice: Any = Field(default=None, description='not supported: only "none"')
     function_call: Any = Field(default=None, description='not supported: only "none"')
     response_format: dict[str, Any] | None = Field(default=None, description='only {"type": "text"}')
+    logprobs: bool | None = Field(default=None, description="not supported: only false")
+    top_logprobs: int | None = Field(default=None, description="not supported: only 0")
+    logit_bias: dict[str, Any] | None = Field(default=None, description="not supported: must be empty")
+
+    @field_validator("logprobs", "top_logprobs", "logit_bias")
+    @classmethod
+    def _no_token_level_control(cls, value: object) -> object:
+        if value:
+            raise ValueError("log probabilities and logit bias are not supported by this gateway")
+        return value
 
     @field_validator("tools", "functions")
     @classmethod

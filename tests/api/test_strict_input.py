@@ -270,6 +270,9 @@ def test_null_for_an_optional_field_is_its_default(app_client: TestClient, accou
     ({"tool_choice": "auto"}, "tool_choice"),
     ({"function_call": {"name": "f"}}, "function_call"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logit_bias": {"50256": -100}}, "logit_bias"),
 ])
 def test_a_feature_the_gateway_cannot_honour_is_refused_not_ignored(
         app_client: TestClient, engine: Engine, account: TestAccount, fields: dict[str, Any], param: str) -> None:
@@ -282,7 +285,8 @@ def test_a_feature_the_gateway_cannot_honour_is_refused_not_ignored(
 
 def test_the_harmless_forms_of_those_fields_pass(app_client: TestClient, account: TestAccount) -> None:
     response = app_client.post(CHAT, headers=account.headers, json=chat(
-        tools=[], tool_choice="none", response_format={"type": "text"}))
+        tools=[], tool_choice="none", response_format={"type": "text"}, logprobs=False, top_logprobs=0,
+        logit_bias={}, seed=42))
     assert response.status_code == 200, response.text
 
 
