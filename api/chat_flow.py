@@ -57,6 +57,7 @@ class ChatCall:
     fingerprint: str | None
     headers: dict[str, str]
     log_fields: dict[str, Any]
+    include_usage: bool = False  # stream_options.include_usage: the usage in a chunk of its own
     _keeper: asyncio.TimerHandle | None = field(default=None, repr=False)
     _extending: asyncio.Task[None] | None = field(default=None, repr=False)
     _since: float = field(default=0.0, repr=False)
@@ -150,11 +151,11 @@ class ChatCall:
         if error is not None:
             UPSTREAM_ERRORS.labels(provider, _code(error)).inc()
 
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None, **extra: Any) -> bytes:
         return sse_data({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.entry.id,
             "system_fingerprint": self.fingerprint,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra,
         })
 
 
@@ -204,6 +205,7 @@ async def _counted(services: Services, principal: Principal, body: ChatCompletio
                     user=body.user),
         reservation, call_id, int(started), started,
         SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, rate_headers, log_fields,
+        include_usage=body.stream_options is not None and body.stream_options.include_usage,
     )
     call.keep_hold()
     return await (_stream(call) if body.stream else _complete(call))
@@ -259,10 +261,16 @@ async def _stream(call: ChatCall) -> Response:
 
 
 async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDelta]) -> AsyncIterator[bytes]:
-    """Pass chunks on as they arrive; settle exactly once however the stream ends."""
+    """Pass chunks on as they arrive; settle exactly once however the stream ends.
+
+    The last chunk carries `usage` and `helyx` (SPEC §4). With `include_usage` it is a chunk of
+    its own with no choices, as OpenAI sends it. Without, OpenAI sends no such chunk, and code
+    written for it reads `chunk.choices[0]` on every chunk: the chunk with the finish reason is
+    then held back and sent last, with `usage` and `helyx` added to it."""
     produced: list[str] = []
     usage: Usage | None = None
     outcome: Outcome | None = None
+    held: tuple[dict[str, Any], str] | None = None  # the finish chunk, without include_usage
     try:
         delta: ChatDelta | None = first
         role_sent = False
@@ -276,7 +284,10 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
                     if not role_sent:
                         payload = {"role": "assistant", "content": delta.content}
                         role_sent = True
-                    yield call.chunk(payload, delta.finish_reason)
+                    if delta.finish_reason and not call.include_usage and held is None:
+                        held = (payload, delta.finish_reason)
+                    else:
+                        yield call.chunk(payload, delta.finish_reason)
                 delta = await anext(stream, None)
         except UpstreamError as exc:
             error = exc
@@ -291,6 +302,8 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
                 settlement = await call.finish(outcome, stream=True)
             except Exception as exc:  # noqa: BLE001 - the client is told below, in the stream
                 unsettled = _settlement_failure(call, exc)
+        if held is not None and (unsettled is not None or error is not None):
+            yield call.chunk(*held)  # what it holds was produced (and charged): it is sent before the error
         if unsettled is not None:  # the 200 is long gone: the stream ends with the error instead
             yield sse_data({"error": {"message": unsettled.message, "type": unsettled.type, "code": unsettled.code,
                                       "param": None}, "helyx": {"credits_charged": 0}})
@@ -300,11 +313,15 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
                                       "type": error.type, "code": error.code, "param": None},
                             "helyx": chat_billing.helyx_block(settlement)})
             return
-        yield sse_data({
-            "id": call.id, "object": "chat.completion.chunk", "created": call.created, "model": call.entry.id,
-            "system_fingerprint": call.fingerprint, "choices": [], "usage": _usage(outcome.usage),
-            "helyx": {**chat_billing.helyx_block(settlement), "generation_id": call.id},
-        })
+        last = {"usage": _usage(outcome.usage),
+                "helyx": {**chat_billing.helyx_block(settlement), "generation_id": call.id}}
+        if held is not None:
+            yield call.chunk(*held, **last)
+        else:
+            yield sse_data({
+                "id": call.id, "object": "chat.completion.chunk", "created": call.created, "model": call.entry.id,
+                "system_fingerprint": call.fingerprint, "choices": [], **last,
+            })
         yield SSE_DONE
     finally:
         if outcome is None:  # the client went away (or we were cancelled): charge what was produced

@@ -79,6 +79,26 @@ def test_a_streamed_answer_is_charged_from_the_upstreams_usage(adapter: Adapter)
     assert fake.streams_completed == 1
 
 
+def test_without_include_usage_every_chunk_has_a_choice_and_the_last_carries_usage_and_helyx(
+        adapter: Adapter) -> None:
+    """OpenAI's quick-start loop, `chunk.choices[0].delta.content` on every chunk, runs to the end:
+    the finish chunk comes last, with `usage` and `helyx` (SPEC §4) added to it."""
+    gateway, _fake, model, rate = adapter
+    account = gateway.account()
+    with gateway.sdk(account) as client:
+        chunks = list(client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=50, stream=True))
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+
+    assert text == ANSWER
+    assert [c.choices[0].finish_reason for c in chunks] == [None] * (len(chunks) - 1) + ["stop"]
+    last = chunks[-1]
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (17, 6)
+    assert all(c.usage is None and "helyx" not in (c.model_extra or {}) for c in chunks[:-1])
+    assert micro(last.model_extra["helyx"]["credits_charged"]) == 23 * rate
+    assert last.model_extra["helyx"]["generation_id"] == last.id
+    assert_books_balance(gateway.engine, account.account_id)
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 def test_an_answer_without_usage_is_charged_by_the_estimate_and_says_so(
     adapter: Adapter, stream: bool,

@@ -16,11 +16,11 @@ from common.providers.base import ChatDelta, Usage
 class _Call(SimpleNamespace):
     def __init__(self) -> None:
         super().__init__(id="chatcmpl-test", created=0, entry=SimpleNamespace(id="gpt-4o"), fingerprint=None,
-                         request=SimpleNamespace(messages=[{"role": "user", "content": "hi"}]))
+                         request=SimpleNamespace(messages=[{"role": "user", "content": "hi"}]), include_usage=False)
         self.finished: list[str] = []
         self.settling = anyio.Event()
 
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None, **extra: Any) -> bytes:
         return b"chunk"
 
     async def finish(self, outcome: Outcome, stream: bool) -> Any:
@@ -50,3 +50,32 @@ def test_a_cancel_during_settlement_still_settles_once() -> None:
 
     anyio.run(run)
     assert call.finished == ["succeeded"]
+
+
+def test_a_held_finish_chunk_is_sent_before_an_error_that_follows_it() -> None:
+    """Without include_usage the finish chunk waits to be the last; an upstream error after it
+    must not swallow the text it carries (some providers put the last words there)."""
+    from common.errors import UpstreamError
+
+    class _Recorder(_Call):
+        def chunk(self, delta: dict[str, Any], finish_reason: str | None, **extra: Any) -> bytes:
+            return f"chunk {delta.get('content')} {finish_reason} {sorted(extra)}".encode()
+
+        async def finish(self, outcome: Outcome, stream: bool) -> Any:
+            self.finished.append(outcome.status)
+            return SimpleNamespace(charged=1, available=1)
+
+    async def upstream() -> AsyncIterator[ChatDelta]:
+        yield ChatDelta(content=" world", finish_reason="stop")
+        raise UpstreamError("connection reset")
+
+    call = _Recorder()
+
+    async def run() -> list[bytes]:
+        return [event async for event in _events(call, ChatDelta(content="hello"), upstream())]  # type: ignore[arg-type]
+
+    events = anyio.run(run)
+    assert events[0] == b"chunk hello None []"
+    assert events[1] == b"chunk  world stop []"  # sent, and without usage or helyx
+    assert b'"error"' in events[2] and b"mid-stream" in events[2]
+    assert len(events) == 3 and call.finished == ["interrupted"]
