@@ -51,7 +51,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if b"%00" in scope.get("raw_path", b"") or b"%00" in scope.get("query_string", b""):
+        if b"%00" in (scope.get("raw_path") or b"") or b"%00" in scope.get("query_string", b""):
             await _send_error(send, *_nul_refusal(scope))
             return
         declared = _header(scope, b"content-length")

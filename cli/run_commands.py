@@ -7,6 +7,7 @@ concurrent starts take turns), so a fresh database needs no separate step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -90,7 +91,7 @@ def serve(args: argparse.Namespace) -> int:
         # log_config=None: uvicorn keeps to the JSON logging set up above (common.logs)
         config = uvicorn.Config(app, timeout_graceful_shutdown=grace, log_level="warning", log_config=None)
         server = uvicorn.Server(config)
-        with lock, sock:
+        with lock, sock, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a normal stop, as in uvicorn.run
             server.run(sockets=[sock])
         return 0 if server.started else 3  # uvicorn.run's code for a failed start-up
     _empty_metrics_dir()

@@ -19,6 +19,8 @@ from sqlalchemy.engine import make_url
 
 from common.settings import Settings
 
+BACKLOG = 2048  # uvicorn's default
+
 
 class AlreadyServing(Exception):
     """Another `helyx serve` holds this database, or the port is taken."""
@@ -55,12 +57,15 @@ def claim_database(settings: Settings) -> IO[str]:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound now, for uvicorn to serve on."""
+    """The listening socket, bound and listening now, for uvicorn to serve on."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # Listening now, not when uvicorn starts: with SO_REUSEADDR a second process may bind the
+        # same address as long as nobody listens on it, and would then fail only later, silently.
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise AlreadyServing(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

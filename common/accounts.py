@@ -20,7 +20,7 @@ from common.pg_async import AsyncStatements
 from common.plans import daily_allowance_micro, is_plan
 
 LAST_USED_RESOLUTION = 60.0
-LATEST_EXPIRY = 10**11  # unix seconds, in the year 5138: a later expiry was meant in milliseconds
+LATEST_EXPIRY = 95_617_584_000  # 5000-01-01 in unix seconds: a later expiry was meant in milliseconds
 
 # What a principal is made of, in principal_from_row's order (k: api_keys, a: accounts).
 PRINCIPAL_COLUMNS = ("k.id", "k.account_id", "k.expires_at", "k.revoked_at", "k.daily_cap", "k.last_used_at",
@@ -95,7 +95,7 @@ def create_key(
     if expires_at is not None and (not math.isfinite(expires_at) or expires_at <= now):
         raise InvalidRequest("expires_at must be a time in the future (unix seconds).", param="expires_at")
     if expires_at is not None and expires_at >= LATEST_EXPIRY:  # milliseconds, most likely: a key for ever
-        raise InvalidRequest(f"expires_at is in unix seconds; {expires_at:.0f} is past the year 5000 "
+        raise InvalidRequest(f"expires_at is in unix seconds; {expires_at:.0f} is in the year 5000 or later "
                              "(milliseconds?).", param="expires_at")
     if daily_cap is not None and daily_cap <= 0:
         raise InvalidRequest("daily_credit_cap must be positive.", param="daily_credit_cap")

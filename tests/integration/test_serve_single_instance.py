@@ -70,3 +70,32 @@ def test_a_serve_whose_port_is_taken_stops_before_its_workers_start(tmp_path: Pa
         assert _exit_of(second) == 1
         assert f"cannot listen on 127.0.0.1:{first.port}" in second.log()
         assert "serving on" not in second.log()  # nothing started: no worker, no demo key
+
+
+def test_of_two_serves_started_together_on_one_port_the_second_stops_at_once(tmp_path: Path) -> None:
+    """The port is listened on as it is bound: with SO_REUSEADDR a bound socket nobody listens on
+    yet can be bound again, and the second serve then ran its workers while serving nothing."""
+    with Processes(tmp_path / "procs") as procs:
+        port = free_port()
+        first_env = _self_contained_env(tmp_path / "one")
+        first = procs.start("first", [HELYX, "serve", "--host", "127.0.0.1", "--port", str(port)], first_env)
+        lock = Path(first_env["HELYX_DATABASE_URL"].removeprefix("sqlite:///") + ".serve.lock")
+        deadline = time.monotonic() + 30
+        while not (lock.exists() and lock.read_text().strip()):  # the first has claimed its database ...
+            assert first.alive() and time.monotonic() < deadline, first.log()
+            time.sleep(0.01)
+        time.sleep(0.05)  # ... and bound its port, but is still starting (migrations, imports, workers)
+        second = procs.start("second", [HELYX, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                             _self_contained_env(tmp_path / "two"))
+        assert _exit_of(second) == 1
+        assert f"cannot listen on 127.0.0.1:{port}" in second.log(), second.log()
+        with httpx.Client(timeout=10, trust_env=False) as http:
+            deadline = time.monotonic() + 40
+            while True:
+                try:
+                    if http.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert first.alive() and time.monotonic() < deadline, first.log()
+                time.sleep(0.1)
