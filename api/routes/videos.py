@@ -34,7 +34,7 @@ async def _parse(request: Request) -> VideoCreateRequest:
     try:
         if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             form = await request.form()
-            data: Any = {k: v for k, v in form.items() if isinstance(v, str)}
+            data: Any = dict(form.items())  # an uploaded file where text is due is refused by name
         else:
             data = await request.json()
     except ValueError:

@@ -36,11 +36,29 @@ class ImageGenerationRequest(JSONBody, NullMeansDefault, StoredText):
     webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://",
                                     description="http(s) URL; private and loopback targets are refused")
     user: str | None = Field(default=None, max_length=256)
+    # Not supported: refused when asked for, rather than ignored (a stream would arrive empty).
+    stream: bool | None = Field(default=None, description="not supported: only false")
+    partial_images: int | None = Field(default=None, description="not supported: only 0")
+    output_format: str | None = Field(default=None, description='only "png"')
 
     @field_validator("size")
     @classmethod
     def _size(cls, value: str) -> str:
         return "1024x1024" if value == "auto" else value
+
+    @field_validator("stream", "partial_images")
+    @classmethod
+    def _no_stream(cls, value: object) -> object:
+        if value:
+            raise ValueError("streamed image generation (partial images) is not supported by this gateway")
+        return value
+
+    @field_validator("output_format")
+    @classmethod
+    def _png_only(cls, value: str | None) -> str | None:
+        if value not in (None, "png"):
+            raise ValueError('images are made as PNG only; output_format must be "png"')
+        return value
 
 
 class VideoCreateRequest(NullMeansDefault, StoredText):
@@ -55,6 +73,15 @@ class VideoCreateRequest(NullMeansDefault, StoredText):
     size: Literal["1280x720", "720x1280", "1792x1024", "1024x1792"] = "1280x720"
     webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://",
                                     description="http(s) URL; private and loopback targets are refused")
+    input_reference: object = Field(default=None, description="not supported: an image to start from")
+
+    @field_validator("input_reference")
+    @classmethod
+    def _no_reference(cls, value: object) -> object:
+        if value not in (None, ""):
+            raise ValueError("an input_reference (an image to start the video from) is not supported by this "
+                             "gateway")
+        return value
 
     @field_validator("seconds", mode="before")
     @classmethod

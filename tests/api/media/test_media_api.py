@@ -30,6 +30,7 @@ from tests.conftest import TestAccount
 from tests.workers.helpers import IMAGE_PRICE, VIDEO_PRICE
 
 IMAGES = "/api/v1/images/generations"
+PNG_BYTES = simulated_media.render_png("a reference", 64, 64)
 ASYNC = {"Prefer": "respond-async"}
 VIDEO_STATUSES = {"queued", "in_progress", "completed", "failed"}
 
@@ -599,6 +600,34 @@ def test_bad_multipart_input_is_a_400_too(media: Media) -> None:
                                  files=[("prompt", (None, "x")), ("seconds", (None, "5"))])
     assert error_of(response, 400)["param"] == "seconds"
     assert media.counts(account) == (0, 0, 1)
+
+
+def test_what_the_gateway_cannot_honour_is_refused_by_name_and_costs_nothing(media: Media) -> None:
+    """An image stream would arrive empty in the SDK (it waits for events) and a reference image
+    would be dropped: either way the caller would pay for something other than what they asked."""
+    account = media.account("plus")
+    before = media.counts(account)
+    refusals = [
+        (IMAGES, {"json": {"prompt": "x", "stream": True}}, "stream"),
+        (IMAGES, {"json": {"prompt": "x", "partial_images": 2}}, "partial_images"),
+        (IMAGES, {"json": {"prompt": "x", "output_format": "jpeg"}}, "output_format"),
+        ("/api/v1/videos", {"json": {"model": "vo3", "prompt": "x", "input_reference": {"image_url": "https://a"}}},
+         "input_reference"),
+        ("/api/v1/videos", {"files": [("prompt", (None, "x")), ("model", (None, "vo3")),
+                                      ("input_reference", ("r.png", PNG_BYTES, "image/png"))]}, "input_reference"),
+        ("/api/v1/videos", {"files": [("prompt", ("p.txt", b"a prompt", "text/plain"))]}, "prompt"),
+    ]
+    for path, body, param in refusals:
+        response = media.client.post(path, headers=account.headers, **body)
+        error = error_of(response, 400)
+        assert error["param"] == param, (param, error)
+    assert "not supported" in error_of(media.client.post(IMAGES, headers=account.headers, json={
+        "prompt": "x", "stream": True}), 400)["message"]
+    assert media.counts(account) == before
+
+    fine = media.client.post(IMAGES, headers=account.headers, json={
+        "prompt": "x", "size": "256x256", "stream": False, "partial_images": 0, "output_format": "png"})
+    assert fine.status_code == 200, fine.text
 
 
 # --- Idempotency-Key ------------------------------------------------------------------------------
