@@ -70,7 +70,7 @@ class VideoCreateRequest(NullMeansDefault, StoredText):
     model: str = Field(default="vo3", min_length=1, max_length=200)
     prompt: str = Field(min_length=1, max_length=32_000)
     seconds: Literal["4", "8", "12"] = "4"
-    size: Literal["1280x720", "720x1280", "1792x1024", "1024x1792"] = "1280x720"
+    size: Literal["1280x720", "720x1280", "1792x1024", "1024x1792"] = "720x1280"  # portrait, as OpenAI's default
     webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://",
                                     description="http(s) URL; private and loopback targets are refused")
     input_reference: object = Field(default=None, description="not supported: an image to start from")

@@ -381,7 +381,7 @@ def test_null_for_an_optional_video_field_is_its_default_and_a_required_one_is_s
     response = media.client.post("/api/v1/videos", headers=account.headers,
                                  json={"model": "vo3", "prompt": "a paper boat", "seconds": None, "size": None})
     assert response.status_code == 200, response.text
-    assert response.json()["seconds"] == "4" and response.json()["size"] == "1280x720"
+    assert response.json()["seconds"] == "4" and response.json()["size"] == "720x1280"
 
     before = media.counts(account)
     refused = media.client.post("/api/v1/videos", headers=account.headers, json={"model": "vo3", "prompt": None})
