@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import _procs
+from bench._drivers import run_load, run_wrk
 from bench._procs import Proc
 from bench._profile import ANCHORS, GENERIC, summarize_profile
-from bench.chat import _wrk, run_load
 
 DB = "helyx_bench_jobs"
 
@@ -304,7 +304,7 @@ def polls(stack: Stack, args: argparse.Namespace, job_id: str) -> list[list[Any]
             if round_ == 0 and name.startswith("GET /api") and args.profile and len(pids) == 1:
                 spy = profile_gil(pids[0], args.load_seconds - 1, _procs.WORKDIR / "jobs-api-profile.txt")
             before = sum(_procs.cpu_seconds(p) for p in pids)
-            r = _wrk(stack.port, raw, args.connections, args.load_seconds)
+            r = run_wrk(stack.port, raw, args.connections, args.load_seconds)
             r["cpu_ms"] = (sum(_procs.cpu_seconds(p) for p in pids) - before) / max(1, r["requests"]) * 1e3
             runs[name].append(r)
             if spy is not None:
