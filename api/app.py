@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from api import errors, openapi
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.observability import InFlight, ObservabilityMiddleware
+from api.recent_keys import RecentKeys
 from api.routes import (
     account,
     admin,
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     services = Services(settings=settings, engine=get_engine(settings.database_url))
     services.extras["catalog"] = load_catalog(settings)
     services.extras["limiter"] = RateLimiter(settings)
+    services.extras["recent_keys"] = RecentKeys()
     services.extras["storage"] = LocalStorage(settings.storage_dir)
     secret = settings.secret_key.get_secret_value() if settings.secret_key else None
     services.extras["signing_secret"] = load_or_create_secret(secret, settings.storage_dir)

@@ -15,8 +15,11 @@ from typing import Any
 
 import anyio
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.responses import Response
 
+from api import chat_admission
+from api.chat_admission import Admission
 from api.responses import json_response
 from api.schemas.chat import ChatCompletionRequest
 from api.services import Services
@@ -25,7 +28,7 @@ from common import billing, chat_billing, clock, ledger
 from common.accounts import Principal
 from common.catalog import ModelEntry
 from common.chat_billing import Outcome, Reservation
-from common.errors import HelyxError, InvalidRequest, NotFound, ServiceUnavailable, UpstreamError
+from common.errors import HelyxError, NotFound, ServiceUnavailable, UpstreamError
 from common.ledger import Settlement
 from common.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
 from common.money import MICRO
@@ -159,30 +162,34 @@ class ChatCall:
         })
 
 
-async def create_completion(services: Services, principal: Principal, body: ChatCompletionRequest,
+async def create_completion(services: Services, request: Request, body: ChatCompletionRequest,
                             log_fields: dict[str, Any]) -> Response:
-    settings = services.settings
     messages = body.message_dicts()
-    _check_limits(messages, settings.max_messages, settings.max_message_chars)
-    rate_headers = (await services.limiter.hit(principal.key_id, principal.plan)).headers()
+    call_id = "chatcmpl-" + secrets.token_hex(12)
+    prompt_estimate = estimate_prompt_tokens(messages)
+    admission = await chat_admission.admit(services, request, body, messages, prompt_estimate=prompt_estimate,
+                                           purpose=f"chat:{call_id}")
     try:
-        return await _counted(services, principal, body, messages, rate_headers, log_fields)
+        return await _counted(services, admission, body, messages, call_id, prompt_estimate, log_fields)
     except HelyxError as exc:  # a refusal of a counted request still says what the key has left
-        exc.headers = {**rate_headers, **exc.headers}
+        exc.headers = {**admission.rate_headers, **exc.headers}
         raise
 
 
-async def _counted(services: Services, principal: Principal, body: ChatCompletionRequest,
-                   messages: list[dict[str, Any]], rate_headers: dict[str, str],
+async def _counted(services: Services, admission: Admission, body: ChatCompletionRequest,
+                   messages: list[dict[str, Any]], call_id: str, prompt_estimate: int,
                    log_fields: dict[str, Any]) -> Response:
-    settings = services.settings
-    entry = services.catalog.resolve(body.model, principal.plan, settings, kind="chat")
-    provider = services.providers.chat(entry)  # before reserving: a provider that cannot be built holds nothing
-    prompt_estimate = estimate_prompt_tokens(messages)
-    call_id = "chatcmpl-" + secrets.token_hex(12)
+    settings, principal = services.settings, admission.principal
     started = clock.now().timestamp()
-    reservation = None
-    if services.pg is not None:  # the common case, on the event loop
+    reservation = admission.reservation
+    try:
+        entry = services.catalog.resolve(body.model, principal.plan, settings, kind="chat")
+        provider = services.providers.chat(entry)  # before reserving: a provider that cannot be built holds nothing
+    except BaseException:
+        if reservation is not None:  # made at once, on checks these repeat: never expected to happen
+            await chat_admission.release(services, reservation.hold_id)
+        raise
+    if reservation is None and services.pg is not None:  # the common case, on the event loop
         reservation = await chat_billing.reserve_chat_async(
             services.pg, principal, entry, prompt_estimate=prompt_estimate, max_tokens=body.requested_max_tokens,
             default_max_tokens=settings.default_max_tokens, purpose=f"chat:{call_id}",
@@ -204,7 +211,7 @@ async def _counted(services: Services, principal: Principal, body: ChatCompletio
                     presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                     user=body.user),
         reservation, call_id, int(started), started,
-        SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, rate_headers, log_fields,
+        SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, admission.rate_headers, log_fields,
         include_usage=body.stream_options is not None and body.stream_options.include_usage,
     )
     call.keep_hold()
@@ -365,15 +372,4 @@ def _usage(usage: Usage | None) -> dict[str, int] | None:
 
 def _code(exc: BaseException) -> str:
     return exc.code if isinstance(exc, HelyxError) else type(exc).__name__
-
-
-def _check_limits(messages: list[dict[str, Any]], max_messages: int, max_chars: int) -> None:
-    if len(messages) > max_messages:
-        raise InvalidRequest(f"At most {max_messages} messages per request.", param="messages")
-    for index, message in enumerate(messages):
-        content = message.get("content")
-        size = len(content) if isinstance(content, str) else sum(len(str(p)) for p in content or [])
-        if size > max_chars:
-            raise InvalidRequest(f"Message {index} is longer than {max_chars} characters.",
-                                 param=f"messages.{index}.content")
 

@@ -23,7 +23,7 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def _bearer(request: Request) -> str | None:
+def bearer(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if not header:
         return None
@@ -58,11 +58,11 @@ async def authenticate(request: Request, services: Services) -> Principal:
     """The caller's principal. On PostgreSQL the key lookup runs on the event loop; only the
     rare writes (a daily reset, the once-a-minute last use) take a trip to the thread pool."""
     if services.pg is None:
-        principal = await run_in_threadpool(_authenticate, services, _bearer(request))
+        principal = await run_in_threadpool(_authenticate, services, bearer(request))
         _remember(request, principal)
         return principal
     now = clock.now().timestamp()
-    principal = await accounts.authenticate_async(services.pg, _bearer(request), now=now)
+    principal = await accounts.authenticate_async(services.pg, bearer(request), now=now)
     await after_lookup(request, services, principal, now)
     return principal
 
@@ -87,6 +87,17 @@ async def get_principal(request: Request) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
+async def key_checked_in_route(request: Request) -> None:
+    """For a route that looks the caller's key up itself, together with its first write (chat:
+    api.chat_admission). A dependency runs before the body is validated: should the body fail,
+    the validation handler (api.errors) looks the key up first, so a bad key is a 401 before any
+    400, as on every other route."""
+    request.state.key_unchecked = True
+
+
+KeyCheckedInRoute = Depends(key_checked_in_route)
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     """The caller's key, checked by `authenticate()` inside the route's own trip to the thread
@@ -105,7 +116,7 @@ class Caller:
 
 
 async def get_caller(request: Request) -> Caller:
-    return Caller(request, request.app.state.services, _bearer(request))
+    return Caller(request, request.app.state.services, bearer(request))
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
@@ -117,6 +128,6 @@ async def require_admin(request: Request, services: ServicesDep) -> None:
     configured = services.settings.admin_token
     if configured is None or not configured.get_secret_value():
         raise NotFound("Unknown route.", code="unknown_route")
-    presented = _bearer(request) or ""
+    presented = bearer(request) or ""
     if not hmac.compare_digest(presented.encode(), configured.get_secret_value().encode()):
         raise AuthenticationFailed("Invalid admin token.", code="invalid_admin_token")

@@ -177,14 +177,32 @@ def http_error(exc: StarletteHTTPException) -> HelyxError:
     return err
 
 
+async def _key_refusal(request: Request) -> HelyxError | None:
+    """On a route that looks the key up itself (api.deps.key_checked_in_route), a body that fails
+    validation has not met the key lookup yet: a bad key is refused first, as on every route. A
+    lookup that fails otherwise (the database away) leaves the body's own error to answer."""
+    if not getattr(request.state, "key_unchecked", False):
+        return None
+    from api.deps import authenticate  # here: api.deps is a route-side module
+
+    try:
+        await authenticate(request, request.app.state.services)
+    except HelyxError as exc:
+        return exc
+    except Exception:
+        log.warning("the key of a request with an invalid body could not be checked", exc_info=True)
+    return None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(HelyxError)
     async def _helyx(_: Request, exc: HelyxError) -> Response:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(validation_error(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        refusal = await _key_refusal(request)
+        return error_response(refusal or validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

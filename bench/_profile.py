@@ -17,7 +17,7 @@ from bench import _procs
 # deepest GENERIC frame (framework layers), else "other". Paths are rooted (see rooted).
 ANCHORS = [
     ("threadpool handoff (anyio)", r"^(run_in_threadpool|run_sync|run_sync_in_worker_thread) \("),
-    ("auth: key query + reset + touch", r"^(_authenticate|authenticate|get_principal|_bearer) \(/api/deps\.py"),
+    ("auth: key query + reset + touch", r"^(_authenticate|authenticate|get_principal|bearer) \(/api/deps\.py"),
     ("reserve (ledger)", r"^reserve_chat(_async)?[ .]"),
     ("settle + generation insert", r"^(finish_chat|finish_chat_async|_settle) \("),
     ("hold sweeper", r"^(_sweep_holds|expire_holds) \("),

@@ -23,7 +23,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from api import chat_flow, deps
-from common import accounts, chat_billing
+from common import accounts, admit_pg, chat_billing
 from common.providers.openai_compat import OpenAICompatProvider
 from common.ratelimit import RateLimiter
 
@@ -87,6 +87,8 @@ accounts.authenticate_async = _timed_async("auth (key query, reset check, touch)
 chat_billing.reserve_chat_async = _timed_async("reserve (ledger)", chat_billing.reserve_chat_async)
 chat_billing.finish_chat_async = _timed_async("settle + generation insert", chat_billing.finish_chat_async)
 RateLimiter.hit = _timed_async("rate limit (Redis)", RateLimiter.hit)  # type: ignore[method-assign]
+# A key seen before: its lookup and the reservation in one statement (api.chat_admission).
+admit_pg.authenticate_and_reserve = _timed_async("key + reserve in one statement", admit_pg.authenticate_and_reserve)
 OpenAICompatProvider.complete = _timed_async(  # type: ignore[method-assign]
     "upstream call (httpx + fake)", OpenAICompatProvider.complete)
 

@@ -80,6 +80,16 @@ class Catalog:
 
     def resolve(self, model_id: str, plan: str, settings: Settings, kind: str | None = None) -> ModelEntry:
         """The entry for a request: exists, of the right kind, available, and allowed for the plan."""
+        entry = self.usable(model_id, settings, kind)
+        if not plan_allows(plan, entry.min_plan):
+            raise PermissionDenied(
+                f"The model '{model_id}' needs the {entry.min_plan.capitalize()} plan or higher; "
+                f"this account is on {plan.capitalize()}.", param="model",
+            )
+        return entry
+
+    def usable(self, model_id: str, settings: Settings, kind: str | None = None) -> ModelEntry:
+        """`resolve` but for the plan: the entry exists, is of the right kind and is available."""
         entry = self.get(model_id)
         if kind is not None and entry.kind != kind:
             raise ModelNotFound(
@@ -91,12 +101,12 @@ class Catalog:
             raise ModelNotFound(
                 f"The model '{model_id}' is temporarily offline.", param="model", code="model_offline"
             )
-        if not plan_allows(plan, entry.min_plan):
-            raise PermissionDenied(
-                f"The model '{model_id}' needs the {entry.min_plan.capitalize()} plan or higher; "
-                f"this account is on {plan.capitalize()}.", param="model",
-            )
         return entry
+
+    @staticmethod
+    def plans_for(entry: ModelEntry) -> tuple[str, ...]:
+        """The plans that may use the model."""
+        return tuple(plan for plan in PLANS if plan_allows(plan, entry.min_plan))
 
 
 def load_catalog(settings: Settings) -> Catalog:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from api.chat_flow import create_completion
-from api.deps import PrincipalDep
+from api.deps import KeyCheckedInRoute
 from api.schemas.chat import ChatCompletionRequest
 from api.schemas.responses import ChatCompletion, doc
 
@@ -16,6 +16,7 @@ _CHAT_RESPONSES[200]["content"] = {"text/event-stream": {"schema": {"type": "str
 
 
 @router.post("/chat/completions", summary="Create a chat completion (OpenAI shape; SSE with stream=true)",
-             responses=_CHAT_RESPONSES)
-async def chat_completions(body: ChatCompletionRequest, request: Request, principal: PrincipalDep) -> Response:
-    return await create_completion(request.app.state.services, principal, body, getattr(request.state, "log", {}))
+             responses=_CHAT_RESPONSES, dependencies=[KeyCheckedInRoute])
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    """The key is looked up in the route, together with the reservation (api.chat_admission)."""
+    return await create_completion(request.app.state.services, request, body, getattr(request.state, "log", {}))
