@@ -122,7 +122,8 @@ async def _at_once(services: Services, request: Request, fast: _Plan, purpose: s
 
 
 async def release(services: Services, hold_id: str) -> None:
-    """Release a hold made at once for a request refused after all: nothing charged."""
+    """Release a hold made at once whose call could not be set up after all (not expected: the
+    chat flow repeats checks made before the hold). Nothing is charged."""
     assert services.pg is not None
     now = clock.now().timestamp()
     with anyio.CancelScope(shield=True):
