@@ -142,7 +142,7 @@ class _FrameDrawer:
 
     def frames(self, start: int, stop: int) -> Iterator[Image.Image]:
         """Drawn one at a time as the encoder takes them: a second of 720p frames held at once
-        was ~66 MB per job (8 jobs at once: a worker process at ~900 MB)."""
+        was ~30 MB per job, with 8 jobs at once in a worker process."""
         return (self._frame(i) for i in range(start, stop))
 
     def _frame(self, i: int) -> Image.Image:
