@@ -42,6 +42,7 @@ class Admission:
     principal: Principal
     rate_headers: dict[str, str]
     reservation: Reservation | None  # None: nothing held yet (api.chat_flow reserves in turn)
+    tried_at_once: bool = False  # the one statement ran and could not hold: one-statement reserving would not either
 
 
 async def admit(services: Services, request: Request, body: ChatCompletionRequest, messages: list[dict[str, Any]],
@@ -115,10 +116,10 @@ async def _at_once(services: Services, request: Request, fast: _Plan, purpose: s
         raise
     services.recent_keys.remember(fast.key_hash, principal.key_id, principal.plan)
     await after_lookup(request, services, principal, now)  # a daily reset due: nothing was held
-    reservation = None
-    if admitted.hold_id is not None:
-        reservation = Reservation(admitted.hold_id, fast.max_tokens, fast.prompt_estimate)
-    return Admission(principal, decision.headers(), reservation)
+    if admitted.hold_id is None:
+        return Admission(principal, decision.headers(), None, tried_at_once=True)
+    held = Reservation(admitted.hold_id, fast.max_tokens, fast.prompt_estimate)
+    return Admission(principal, decision.headers(), held)
 
 
 async def release(services: Services, hold_id: str) -> None:

@@ -189,13 +189,13 @@ async def _counted(services: Services, admission: Admission, body: ChatCompletio
         if reservation is not None:  # made at once, on checks these repeat: never expected to happen
             await chat_admission.release(services, reservation.hold_id)
         raise
-    if reservation is None and services.pg is not None:  # the common case, on the event loop
+    if reservation is None and services.pg is not None and not admission.tried_at_once:  # on the event loop
         reservation = await chat_billing.reserve_chat_async(
             services.pg, principal, entry, prompt_estimate=prompt_estimate, max_tokens=body.requested_max_tokens,
             default_max_tokens=settings.default_max_tokens, purpose=f"chat:{call_id}",
             ttl=settings.hold_ttl_seconds,
         )
-    if reservation is None:  # SQLite, a capped key, or a balance short of the whole hold (shrink or 402)
+    if reservation is None:  # SQLite, a capped key, a daily reset, or a balance short of the whole hold (shrink or 402)
         reservation = await run_in_threadpool(
             lambda: chat_billing.reserve_chat(
                 services.engine, principal, entry, prompt_estimate=prompt_estimate,

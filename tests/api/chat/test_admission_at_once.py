@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
-from common import accounts, admit_pg, billing, clock, keys, ledger
+from common import accounts, admit_pg, billing, chat_billing, clock, keys, ledger
 from common.db import make_engine
 from tests.api.chat.helpers import (
     Gateway,
@@ -204,7 +204,15 @@ def test_a_capped_key_is_looked_up_at_once_and_reserved_in_turn(
 
 
 def test_a_balance_short_of_the_default_hold_still_shrinks_max_tokens(
-        pg_gateway: Gateway, at_once_calls: list[Any]) -> None:
+        pg_gateway: Gateway, at_once_calls: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    one_statement_reserves: list[Any] = []
+    original = chat_billing.reserve_chat_async
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        one_statement_reserves.append(await original(*args, **kwargs))
+        return one_statement_reserves[-1]
+
+    monkeypatch.setattr(chat_billing, "reserve_chat_async", spy)
     account = pg_gateway.account("free")
     with pg_gateway.http(account) as http:
         assert chat(http).status_code == 200
@@ -212,6 +220,7 @@ def test_a_balance_short_of_the_default_hold_still_shrinks_max_tokens(
         shrunk = chat(http)
     assert shrunk.status_code == 200, shrunk.text
     assert at_once_calls[-1].hold_id is None
+    assert len(one_statement_reserves) == 1  # the first request's; the second went to the shrinking path at once
     hold = hold_for(pg_gateway.engine, shrunk.json()["id"])
     assert hold["amount"] <= 40_000_000 and hold["status"] == "settled"
     assert_books_balance(pg_gateway.engine, account.account_id)
