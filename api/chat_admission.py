@@ -9,9 +9,10 @@ the key lookup and the reservation go out as one statement (common.admit_pg). Tw
 instead of three; on this machine each costs about as much as the rest of the API's work for a
 request. The key is still looked up on every request (a revoked key fails at once), the rate is
 still counted before anything is held (a refused request holds nothing, as in turn), and every
-refusal is the one the path in turn gives, but for two cases: a plan change reaches the rate limit
-from the key's next request on, and a revoked key whose rate limit is spent gets one 429 before its
-401s (a refused key is forgotten, so its next request goes in turn).
+refusal is the one the path in turn gives, but for these: a plan change reaches the rate limit from
+the key's next request on; a revoked key whose rate limit is spent, or whose rate limit cannot be
+counted (Redis away), gets one 429 or 503 before its 401s (a refused key is forgotten, so its next
+request goes in turn); and a request the database then fails (503) has used a rate-limit slot.
 
 Whatever the statement could not decide (a capped key, a daily reset due, a balance short of the
 whole hold, a plan that may not use the model) it leaves alone, writing nothing; the caller then
@@ -58,13 +59,15 @@ async def admit(services: Services, request: Request, body: ChatCompletionReques
     check_limits(messages, settings.max_messages, settings.max_message_chars)
     decision = await services.limiter.hit(principal.key_id, principal.plan)
     if token is not None:
-        services.recent_keys.remember(keys.hash_key(token), principal.key_id, principal.plan)
+        services.recent_keys.remember(keys.hash_key(token), principal.account_id, principal.key_id, principal.plan)
     return Admission(principal, decision.headers(), None)
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
     key_hash: str
+    key_prefix: str
+    account_id: str
     key_id: str
     plan: str  # as last seen: the rate limit it is counted under
     entry: ModelEntry
@@ -90,12 +93,16 @@ def _at_once_plan(services: Services, token: str | None, body: ChatCompletionReq
     except HelyxError:
         return None
     wanted = body.requested_max_tokens if body.requested_max_tokens is not None else settings.default_max_tokens
-    return _Plan(key_hash, recent.key_id, recent.plan, entry, wanted, prompt_estimate)
+    return _Plan(key_hash, keys.display_prefix(token), recent.account_id, recent.key_id, recent.plan, entry, wanted,
+                 prompt_estimate)
 
 
 async def _at_once(services: Services, request: Request, fast: _Plan, purpose: str) -> Admission:
     assert services.pg is not None
     settings = services.settings
+    fields = getattr(request.state, "log", None)
+    if fields is not None:  # a refusal's log line names the caller, as after a lookup
+        fields.update(account_id=fast.account_id, key_prefix=fast.key_prefix)
     try:
         decision = await services.limiter.hit(fast.key_id, fast.plan)  # 429 or 503: nothing looked up or held
     except HelyxError:
@@ -114,8 +121,13 @@ async def _at_once(services: Services, request: Request, fast: _Plan, purpose: s
     except AuthenticationFailed:
         services.recent_keys.forget(fast.key_hash)  # (nothing held: the statement holds only for a valid key)
         raise
-    services.recent_keys.remember(fast.key_hash, principal.key_id, principal.plan)
-    await after_lookup(request, services, principal, now)  # a daily reset due: nothing was held
+    services.recent_keys.remember(fast.key_hash, principal.account_id, principal.key_id, principal.plan)
+    try:
+        await after_lookup(request, services, principal, now)  # (a daily reset due: nothing was held)
+    except BaseException:
+        if admitted.hold_id is not None:  # the key's last use could not be recorded: a 500, nothing held
+            await release(services, admitted.hold_id)
+        raise
     if admitted.hold_id is None:
         return Admission(principal, decision.headers(), None, tried_at_once=True)
     held = Reservation(admitted.hold_id, fast.max_tokens, fast.prompt_estimate)
@@ -123,8 +135,9 @@ async def _at_once(services: Services, request: Request, fast: _Plan, purpose: s
 
 
 async def release(services: Services, hold_id: str) -> None:
-    """Release a hold made at once whose call could not be set up after all (not expected: the
-    chat flow repeats checks made before the hold). Nothing is charged."""
+    """Release a hold made at once for a request that fails before its call is set up (the key's
+    last use could not be recorded; or, never expected, a check the chat flow repeats). Nothing
+    is charged."""
     assert services.pg is not None
     now = clock.now().timestamp()
     with anyio.CancelScope(shield=True):

@@ -90,8 +90,9 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 async def key_checked_in_route(request: Request) -> None:
     """For a route that looks the caller's key up itself, together with its first write (chat:
     api.chat_admission). A dependency runs before the body is validated: should the body fail,
-    the validation handler (api.errors) looks the key up first, so a bad key is a 401 before any
-    400, as on every other route."""
+    the validation handler (api.errors) looks the key up first, so a bad key is a 401 before a 400
+    about the body's fields, as on every other route. (A body that is not JSON at all is a 400
+    before the key on every route: FastAPI reads it before any dependency.)"""
     request.state.key_unchecked = True
 
 

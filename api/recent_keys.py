@@ -16,6 +16,7 @@ MAX_KEYS = 10_000  # per process; when full, the memory starts over
 
 @dataclass(frozen=True, slots=True)
 class RecentKey:
+    account_id: str  # (for the log line of a request refused before the lookup)
     key_id: str
     plan: str
 
@@ -27,13 +28,13 @@ class RecentKeys:
     def get(self, key_hash: str) -> RecentKey | None:
         return self._keys.get(key_hash)
 
-    def remember(self, key_hash: str, key_id: str, plan: str) -> None:
+    def remember(self, key_hash: str, account_id: str, key_id: str, plan: str) -> None:
         known = self._keys.get(key_hash)
         if known is not None and known.key_id == key_id and known.plan == plan:
             return
         if len(self._keys) >= MAX_KEYS:
             self._keys.clear()
-        self._keys[key_hash] = RecentKey(key_id, plan)
+        self._keys[key_hash] = RecentKey(account_id, key_id, plan)
 
     def forget(self, key_hash: str) -> None:
         self._keys.pop(key_hash, None)

@@ -12,9 +12,11 @@ daily reset runs first, in common.billing), or when the balance cannot cover the
 caller then shrinks max_tokens or answers 402). The principal's columns come back either way, so
 the caller goes on from there without a second lookup.
 
-The plan, the billing day and the balance are checked on the account row the UPDATE locks (its
-latest version), so a plan change or a daily reset that commits meanwhile is seen; the key's
-columns are read as of the statement's start, as the separate lookup read them.
+The key's columns, and the account's plan, billing day and balance, are read as of the statement's
+start, as the separate lookup read them; the account row the UPDATE locks is checked again in its
+latest version. A hold is made only when both pass: a plan change, a daily reset or another hold
+committed meanwhile can make the statement hold nothing (the request then goes on as in turn),
+never hold what the account no longer allows.
 """
 
 from __future__ import annotations

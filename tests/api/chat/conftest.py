@@ -3,6 +3,7 @@ upstreams (one server per module, fresh knobs per test), and no real provider ke
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -14,7 +15,7 @@ import pytest
 from common.catalog import load_catalog
 from common.db import get_engine, make_engine
 from common.migrate import upgrade
-from tests.api.chat.helpers import FAKE_PROVIDER_KEY, Gateway, GatewayFactory, serve_app
+from tests.api.chat.helpers import FAKE_PROVIDER_KEY, Gateway, GatewayFactory, Records, serve_app
 from tests.conftest import make_settings
 
 # Generous unless a test is about rate limits, so a test's own requests never trip them.
@@ -103,3 +104,16 @@ def upstream_gateway(make_gateway: GatewayFactory, tmp_path: Path,
         return make_gateway(catalog=path, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def request_log() -> Iterator[Records]:
+    """The request log lines (`helyx.request`) emitted during the test."""
+    handler, logger = Records(), logging.getLogger("helyx.request")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -3,6 +3,7 @@ the ledger's books read straight from the database."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -169,3 +170,14 @@ def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> An
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+class Records(logging.Handler):
+    """Every record a logger emits (the request_log fixture: `helyx.request`'s lines)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)

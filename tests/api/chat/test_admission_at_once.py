@@ -1,13 +1,15 @@
-"""The at-once admission on PostgreSQL (api.chat_admission, common.admit_pg): a key this process
-let in recently is looked up and its credits held in one statement while its rate is counted in
-Redis. Each case the statement must leave alone (an unknown, revoked or expired key, a capped key,
-a plan that may not use the model, an allowance of an earlier day, a short balance) writes nothing
-and goes on as in turn; a rate limit that refuses after the hold was made releases it."""
+"""The at-once admission on PostgreSQL (api.chat_admission, common.admit_pg): for a key this process
+has let in before, the rate limit is counted first, then the key is looked up and its credits held
+in one statement. Each case the statement must leave alone (an unknown, revoked or expired key, a
+capped key, a plan that may not use the model, an allowance of an earlier day, a short balance)
+writes nothing and goes on as in turn; a refusal of the rate limit comes before anything is held;
+a hold made for a request that then fails is released."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -16,11 +18,13 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
+from api import deps
 from common import accounts, admit_pg, billing, chat_billing, clock, keys, ledger
 from common.db import make_engine
 from tests.api.chat.helpers import (
     Gateway,
     GatewayFactory,
+    Records,
     assert_books_balance,
     books,
     hold_for,
@@ -156,21 +160,26 @@ def test_a_key_seen_before_is_let_in_at_once_and_charged_as_in_turn(
         "x-ratelimit-remaining-requests"]) - 1)
     b = assert_books_balance(pg_gateway.engine, account.account_id)
     assert [h["status"] for h in holds(pg_gateway.engine, account.account_id)] == ["settled", "settled"]
-    assert b.entries == 1 + 4  # the grant, then reserve and settle twice
+    assert b.entries == 1 + 4  # the opening allowance, then reserve and settle twice
 
 
-def test_a_key_revoked_after_it_was_seen_is_refused_at_once_and_nothing_is_held(
-        pg_gateway: Gateway, at_once_calls: list[Any]) -> None:
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+def test_a_key_revoked_or_expired_after_it_was_seen_is_refused_at_once_and_nothing_is_held(
+        pg_gateway: Gateway, at_once_calls: list[Any], how: str) -> None:
     account = pg_gateway.account("free")
     with pg_gateway.http(account) as http:
         assert chat(http).status_code == 200
+        now = clock.now().timestamp()
         with pg_gateway.engine.begin() as conn:
-            accounts.revoke_key(conn, account.key_id, now=clock.now().timestamp())
+            if how == "revoked":
+                accounts.revoke_key(conn, account.key_id, now=now)
+            else:
+                conn.execute(text("UPDATE api_keys SET expires_at = :t WHERE id = :k"), {"t": now, "k": account.key_id})
         before = _written(pg_gateway.engine, account.account_id)
         refused = chat(http)
         again = chat(http)  # forgotten: looked up in turn, refused the same
     assert refused.status_code == again.status_code == 401
-    assert refused.json()["error"]["code"] == again.json()["error"]["code"] == "revoked_api_key"
+    assert refused.json()["error"]["code"] == again.json()["error"]["code"] == f"{how}_api_key"
     assert len(at_once_calls) == 1 and at_once_calls[0].hold_id is None
     assert _written(pg_gateway.engine, account.account_id) == before
 
@@ -268,15 +277,63 @@ def test_a_rate_limit_spent_by_another_process_refuses_before_anything_is_looked
     assert _written(one.engine, account.account_id) == before
 
 
-@pytest.mark.parametrize("on", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def test_a_bad_key_is_refused_before_a_bad_body_and_a_good_key_gets_the_400(
-        make_gateway: GatewayFactory, on: str, request: pytest.FixtureRequest) -> None:
-    gateway = make_gateway(**({"database_url": request.getfixturevalue("pg_url")} if on == "postgres" else {}))
+def test_a_hold_made_at_once_is_released_when_recording_the_keys_use_fails(
+        pg_gateway: Gateway, at_once_calls: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key's last use is recorded after the statement (at most once a minute); should that
+    write fail, the request is a 500 and the hold it made is released at once, not left to expire."""
+    account = pg_gateway.account("free")
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the write failed")
+
+    with pg_gateway.http(account) as http:
+        assert chat(http).status_code == 200
+        monkeypatch.setattr(deps, "_after_authentication", broken)
+        with clock.frozen(clock.now() + timedelta(seconds=61)):  # the key's last use is due again
+            failed = chat(http)
+    assert failed.status_code == 500, failed.text
+    made = at_once_calls[-1].hold_id
+    assert made is not None
+    [released] = [h for h in holds(pg_gateway.engine, account.account_id) if h["id"] == made]
+    assert (released["status"], released["charged"]) == ("released", 0)
+    assert_books_balance(pg_gateway.engine, account.account_id)
+
+
+@pytest.mark.redis
+def test_a_429_before_the_lookup_still_names_the_caller_in_its_log_line(
+        make_gateway: GatewayFactory, pg_url: str, redis_url: str, at_once_calls: list[Any],
+        request_log: Records) -> None:
+    gateway = make_gateway(database_url=pg_url, redis_url=redis_url, simulate="1", rate_limit_free=2)
     account = gateway.account("free")
-    bad_body = {"model": "gpt-4o", "messages": "not a list"}
-    with gateway.http(keys.generate_key()) as stranger, gateway.http(account) as known, gateway.http() as nobody:
-        assert stranger.post("/chat/completions", json=bad_body).status_code == 401
-        assert nobody.post("/chat/completions", json=bad_body).json()["error"]["code"] == "missing_api_key"
-        assert stranger.post("/chat/completions", content=b"{not json").status_code == 401
-        answer = known.post("/chat/completions", json=bad_body)
-    assert answer.status_code == 400 and answer.json()["error"]["param"] == "messages", answer.text
+    with gateway.http(account) as http:
+        answers = [chat(http).status_code for _ in range(3)]
+    assert answers == [200, 200, 429]
+    assert len(at_once_calls) == 1  # the second; the third was refused before its statement
+    [line] = [r for r in request_log.records if getattr(r, "status", None) == 429]
+    assert (line.account_id, line.key_prefix) == (account.account_id, keys.display_prefix(account.api_key))  # type: ignore[attr-defined]
+
+
+def test_concurrent_requests_of_a_key_seen_before_never_overdraw(
+        pg_gateway: Gateway, at_once_calls: list[Any]) -> None:
+    """40 at once on an account that affords about 6 holds: the ones that fit are held at once,
+    the rest get a 402 (their max_tokens is their own); the books balance and nothing stays held."""
+    account = pg_gateway.account("free")
+    with pg_gateway.http(account) as http:
+        first = chat(http, max_tokens=50)
+    assert first.status_code == 200
+    full_hold = hold_for(pg_gateway.engine, first.json()["id"])["amount"]
+    leave_available(pg_gateway.engine, account.account_id, 6 * full_hold + full_hold // 2)
+
+    def one(_: int) -> int:
+        with pg_gateway.http(account) as http:
+            return chat(http, max_tokens=50).status_code
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = list(pool.map(one, range(40)))
+    assert set(statuses) <= {200, 402} and statuses.count(200) >= 6, statuses
+    assert sum(1 for c in at_once_calls if c.hold_id is not None) >= 6
+    b = assert_books_balance(pg_gateway.engine, account.account_id)
+    assert b.available >= 0
+    chat_holds = [h for h in holds(pg_gateway.engine, account.account_id) if h["purpose"].startswith("chat:")]
+    assert [h["status"] for h in chat_holds] == ["settled"] * (statuses.count(200) + 1)  # a refusal held nothing
+

@@ -6,37 +6,14 @@ the key."""
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.api.chat.helpers import Gateway
+from tests.api.chat.helpers import Gateway, Records
 
 CHAT = {"model": "helyx-3.5", "messages": [{"role": "user", "content": "count me"}], "max_tokens": 16}
-
-
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def request_log() -> Iterator[Records]:
-    handler, logger = Records(), logging.getLogger("helyx.request")
-    logger.addHandler(handler)
-    level, logger.level = logger.level, logging.INFO
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def _sample(text: str, name: str, **labels: str) -> float | None:

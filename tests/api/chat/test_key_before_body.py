@@ -1,0 +1,22 @@
+"""A bad key is refused before the body's fields are judged, on the chat route too, whose key is
+looked up in the route itself (api.deps.key_checked_in_route, api.errors)."""
+
+from __future__ import annotations
+
+import pytest
+
+from common import keys
+from tests.api.chat.helpers import GatewayFactory
+
+
+@pytest.mark.parametrize("on", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_bad_key_is_refused_before_a_bad_body_and_a_good_key_gets_the_400(
+        make_gateway: GatewayFactory, on: str, request: pytest.FixtureRequest) -> None:
+    gateway = make_gateway(**({"database_url": request.getfixturevalue("pg_url")} if on == "postgres" else {}))
+    account = gateway.account("free")
+    bad_body = {"model": "gpt-4o", "messages": "not a list"}
+    with gateway.http(keys.generate_key()) as stranger, gateway.http(account) as known, gateway.http() as nobody:
+        assert stranger.post("/chat/completions", json=bad_body).json()["error"]["code"] == "invalid_api_key"
+        assert nobody.post("/chat/completions", json=bad_body).json()["error"]["code"] == "missing_api_key"
+        answer = known.post("/chat/completions", json=bad_body)
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "messages", answer.text
