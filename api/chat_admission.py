@@ -6,8 +6,8 @@ reservation: three round trips before the upstream call.
 At once, on PostgreSQL, for a key this process has let in before (api.recent_keys): the
 rate-limit hit goes first, under the key id and plan remembered from the key's last request; then
 the key lookup and the reservation go out as one statement (common.admit_pg). Two round trips
-instead of three; on this machine each costs about as much as the rest of the API's work for a
-request. The key is still looked up on every request (a revoked key fails at once), the rate is
+before the upstream call instead of three (what that measured: README, Performance). The key is
+still looked up on every request (a revoked key fails at once), the rate is
 still counted before anything is held (a refused request holds nothing, as in turn), and every
 refusal is the one the path in turn gives, but for these: a plan change reaches the rate limit from
 the key's next request on; a revoked key whose rate limit is spent, or whose rate limit cannot be
@@ -64,7 +64,7 @@ async def admit(services: Services, request: Request, body: ChatCompletionReques
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
+class _AtOnce:
     key_hash: str
     key_prefix: str
     account_id: str
@@ -76,7 +76,7 @@ class _Plan:
 
 
 def _at_once_plan(services: Services, token: str | None, body: ChatCompletionRequest,
-                  messages: list[dict[str, Any]], prompt_estimate: int) -> _Plan | None:
+                  messages: list[dict[str, Any]], prompt_estimate: int) -> _AtOnce | None:
     """What the at-once path needs, or None when it does not apply. No I/O: whatever would be an
     error here is left to the path in turn, which raises it in the usual order."""
     if services.pg is None or token is None or not keys.is_well_formed(token):
@@ -93,11 +93,11 @@ def _at_once_plan(services: Services, token: str | None, body: ChatCompletionReq
     except HelyxError:
         return None
     wanted = body.requested_max_tokens if body.requested_max_tokens is not None else settings.default_max_tokens
-    return _Plan(key_hash, keys.display_prefix(token), recent.account_id, recent.key_id, recent.plan, entry, wanted,
-                 prompt_estimate)
+    return _AtOnce(key_hash, keys.display_prefix(token), recent.account_id, recent.key_id, recent.plan, entry,
+                   wanted, prompt_estimate)
 
 
-async def _at_once(services: Services, request: Request, fast: _Plan, purpose: str) -> Admission:
+async def _at_once(services: Services, request: Request, fast: _AtOnce, purpose: str) -> Admission:
     assert services.pg is not None
     settings = services.settings
     fields = getattr(request.state, "log", None)
