@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import after_lookup, authenticate, bearer
 from api.schemas.chat import ChatCompletionRequest
 from api.services import Services
-from common import admit_pg, billing, clock, keys, ledger, ledger_pg
+from common import admit_pg, billing, clock, keys
 from common.accounts import Principal, principal_from_row
 from common.catalog import ModelEntry
 from common.chat_billing import Reservation
@@ -137,19 +137,9 @@ async def _at_once(services: Services, request: Request, fast: _AtOnce, purpose:
 async def release(services: Services, hold_id: str) -> None:
     """Release a hold made at once for a request that fails before its call is set up (the key's
     last use could not be recorded; or, never expected, a check the chat flow repeats). Nothing
-    is charged."""
-    assert services.pg is not None
-    now = clock.now().timestamp()
+    is charged. A rare path: billing.release in the thread pool."""
     with anyio.CancelScope(shield=True):
-        async with services.pg.connection() as conn:
-            done = await ledger_pg.resolve_async(conn, hold_id, 0, now=now, description="", kind="release")
-        if done is None:  # what one statement does not cover (an allowance deficit): the transactional verb
-            await run_in_threadpool(_release_in_transaction, services, hold_id, now)
-
-
-def _release_in_transaction(services: Services, hold_id: str, now: float) -> None:
-    with services.engine.begin() as conn:
-        ledger.release(conn, hold_id, now=now)
+        await run_in_threadpool(billing.release, services.engine, hold_id)
 
 
 def check_limits(messages: list[dict[str, Any]], max_messages: int, max_chars: int) -> None:
