@@ -13,7 +13,7 @@ from bench._soak_memory import descendants
 from tests.integration.helpers_processes import Processes
 
 if TYPE_CHECKING:
-    from bench.soak import Stats
+    from bench._soak_load import Stats
 
 def wait_settled(db_url: str, timeout: float) -> tuple[int, int]:
     """Until no job is unfinished and no hold is open; returns (unfinished jobs, open holds)."""
