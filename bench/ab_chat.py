@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import _procs
+from bench._chat_stack import MESSAGES, Stack, raw_request
 from bench._drivers import run_load, run_wrk
 from bench._procs import Proc
-from bench.chat import MESSAGES, Stack, _raw
 
 
 def _postgres_cpu() -> float:
@@ -66,8 +66,9 @@ def main() -> None:
             _procs.wait_http(port, "/healthz", proc=proc)
             gateways[name] = (proc, port)
         body = {"model": "gpt-4o", "messages": MESSAGES}
-        raws = {name: _raw(port, "/api/v1/chat/completions", body, stack.key) for name, (_, port) in gateways.items()}
-        direct = _raw(stack.fake_port, "/v1/chat/completions", body, "sk")
+        raws = {name: raw_request(port, "/api/v1/chat/completions", body, stack.key)
+                for name, (_, port) in gateways.items()}
+        direct = raw_request(stack.fake_port, "/v1/chat/completions", body, "sk")
         targets = {"direct": {"port": stack.fake_port, "raw": direct}}
         targets |= {name: {"port": port, "raw": raws[name]} for name, (_, port) in gateways.items()}
         res = run_load("seq", {"targets": targets, "rounds": args.rounds, "block": args.block, "warmup": 200,
