@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 
 from api import deps
 from common import accounts, admit_pg, billing, chat_billing, clock, keys, ledger
+from common.catalog import Catalog
 from common.db import make_engine
 from tests.api.chat.helpers import (
     Gateway,
@@ -291,6 +292,27 @@ def test_a_hold_made_at_once_is_released_when_recording_the_keys_use_fails(
         monkeypatch.setattr(deps, "_after_authentication", broken)
         with clock.frozen(clock.now() + timedelta(seconds=61)):  # the key's last use is due again
             failed = chat(http)
+    assert failed.status_code == 500, failed.text
+    made = at_once_calls[-1].hold_id
+    assert made is not None
+    [released] = [h for h in holds(pg_gateway.engine, account.account_id) if h["id"] == made]
+    assert (released["status"], released["charged"]) == ("released", 0)
+    assert_books_balance(pg_gateway.engine, account.account_id)
+
+
+def test_a_hold_made_at_once_is_released_when_the_model_checks_after_it_fail(
+        pg_gateway: Gateway, at_once_calls: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The route resolves the model for the caller's plan after the at-once hold (checks the
+    statement already made, so this should never fail); if it does, the hold goes back at once."""
+    account = pg_gateway.account("free")
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the catalog broke")
+
+    with pg_gateway.http(account) as http:
+        assert chat(http).status_code == 200
+        monkeypatch.setattr(Catalog, "resolve", broken)
+        failed = chat(http)
     assert failed.status_code == 500, failed.text
     made = at_once_calls[-1].hold_id
     assert made is not None
