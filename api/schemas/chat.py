@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 
 from api.schemas.base import JSONBody, NullMeansDefault
+from common.providers.messages import data_url_problem
 
 
 class TextPart(JSONBody):
@@ -17,6 +18,15 @@ class TextPart(JSONBody):
 class ImageURL(JSONBody):
     url: str = Field(min_length=1)
     detail: Literal["auto", "low", "high"] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _sendable(cls, url: str) -> str:
+        """A data URL a vendor would refuse is refused here, before credits are held for it."""
+        problem = data_url_problem(url) if url.startswith("data:") else None
+        if problem is not None:
+            raise ValueError(problem)
+        return url
 
 
 class ImagePart(JSONBody):

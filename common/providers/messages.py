@@ -16,6 +16,7 @@ from common.errors import InvalidRequest
 T = TypeVar("T")
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),(?P<data>.*)$", re.DOTALL)
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")  # the URL-safe alphabet too: vendors decode either
 
 
 def content_parts(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -73,11 +74,23 @@ def parse_data_url(url: str) -> tuple[str, str] | None:
     """
     if not url.startswith("data:"):
         return None
+    problem = data_url_problem(url)
+    if problem is not None:
+        raise InvalidRequest(problem, param="messages")
+    match = _DATA_URL.match(url)
+    assert match is not None
+    return match.group("mime") or "image/png", match.group("data")
+
+
+def data_url_problem(url: str) -> str | None:
+    """Why a `data:` URL cannot go to a vendor (they take base64 bytes only), or None when it can.
+    The request schema asks this before anything is held (api.schemas.chat.ImageURL)."""
     match = _DATA_URL.match(url)
     if match is None or ";base64" not in (match.group("params") or ""):
-        raise InvalidRequest("Image data URLs must be base64 encoded (data:image/png;base64,...)",
-                             param="messages")
-    return match.group("mime") or "image/png", match.group("data")
+        return "Image data URLs must be base64 encoded (data:image/png;base64,...)."
+    if not _BASE64.fullmatch(match.group("data")):
+        return "The image data URL's data is not base64 (A-Z, a-z, 0-9, +, /, then = padding)."
+    return None
 
 
 def merge_turns(turns: Iterable[tuple[str, list[T]]]) -> list[tuple[str, list[T]]]:

@@ -153,6 +153,36 @@ def test_an_unknown_content_part_type_is_named_with_the_types_there_are(app_clie
     assert "'image_url'" in error["message"]
 
 
+BAD_DATA_URLS = ["data:image/png,not-base64", "data:image/png;base64,", "data:image/png;base64,not base64!",
+                 "data:image/png;base64,AAAA=AAA", "data:;base64"]
+
+
+@pytest.mark.parametrize("url", BAD_DATA_URLS)
+def test_an_image_data_url_no_vendor_takes_is_400_before_anything_is_held(
+    app_client: TestClient, account: TestAccount, engine: Engine, url: str
+) -> None:
+    """Vendors take base64 image bytes only; such a URL used to be found out inside the provider
+    call, after the hold: a reserve and a release in the ledger and a failed generation record."""
+    entries = ledger_count(engine, account.account_id)
+    content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+    error = assert_envelope(app_client.post(CHAT, json=chat(messages=[{"role": "user", "content": content}]),
+                                            headers=account.headers), 400, "invalid_request_error",
+                            param="messages.0.content.1.image_url.url")
+    assert "base64" in error["message"], error
+    assert ledger_count(engine, account.account_id) == entries
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM generations WHERE account_id = :a"),
+                            {"a": account.account_id}).scalar_one() == 0
+
+
+def test_a_base64_image_data_url_and_a_web_url_pass(app_client: TestClient, account: TestAccount) -> None:
+    for url in ("data:image/png;base64,iVBORw0KGgo=", "data:image/jpeg;base64,/9j/4AAQ-_", "https://example.com/a.png"):
+        content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+        response = app_client.post(CHAT, json=chat(messages=[{"role": "user", "content": content}]),
+                                   headers=account.headers)
+        assert response.status_code == 200, (url, response.text)
+
+
 # ---------------------------------------------------------------- 3. a body that is not JSON
 
 
