@@ -51,11 +51,12 @@ _INSERT_ENTRY = text(
     "INSERT INTO ledger_entries (account_id, key_id, kind, amount, held_delta, reference, hold_id,"
     " description, created_at) VALUES (:aid, :kid, :kind, :amount, :held_delta, :ref, :hid, :desc, :now)"
 )
-_RESOLVE_HOLD = text(
-    "UPDATE holds SET status = :status, charged = CASE WHEN :charge < amount THEN :charge ELSE amount END,"
-    " resolved_at = :now WHERE id = :hid AND status = 'open'"
-    " RETURNING account_id, key_id, amount, charged, key_cap_day"
-)
+_RESOLVE_SET = ("UPDATE holds SET status = :status, charged = CASE WHEN :charge < amount THEN :charge ELSE amount END,"
+                " resolved_at = :now WHERE id = :hid AND status = 'open'")
+_RESOLVE_RETURNING = " RETURNING account_id, key_id, amount, charged, key_cap_day"
+_RESOLVE_HOLD = text(_RESOLVE_SET + _RESOLVE_RETURNING)
+# An expiry re-checks the expiry: the hold's call may have moved it on since the sweeper listed it.
+_EXPIRE_HOLD = text(_RESOLVE_SET + " AND expires_at < :now" + _RESOLVE_RETURNING)
 # The deficit counts only on the billing day it was set for (a reset by an older process, which
 # knows nothing of it, leaves it behind): see common.models.Account.
 DEFICIT_TODAY = "(CASE WHEN deficit_day = allowance_day THEN allowance_deficit ELSE 0 END)"
@@ -164,7 +165,8 @@ def settle(conn: Connection, hold_id: str, charge: int, *, now: float, descripti
 
 
 def release(conn: Connection, hold_id: str, *, now: float, expired: bool = False) -> Settlement:
-    """Give the whole hold back (a failed or refunded call, or an expired hold). Idempotent."""
+    """Give the whole hold back (a failed or refunded call, or an expired hold). Idempotent. An
+    expiry applies only to a hold still past its expiry (not applied otherwise)."""
     status, kind = ("expired", "expire") if expired else ("released", "release")
     return _resolve(conn, hold_id, 0, status, kind, now, "")
 
@@ -173,7 +175,8 @@ def _resolve(
     conn: Connection, hold_id: str, charge: int, status: str, kind: str, now: float, description: str,
     day: str | None = None,
 ) -> Settlement:
-    row = conn.execute(_RESOLVE_HOLD, {"hid": hold_id, "status": status, "charge": charge, "now": now}).first()
+    statement = _EXPIRE_HOLD if kind == "expire" else _RESOLVE_HOLD
+    row = conn.execute(statement, {"hid": hold_id, "status": status, "charge": charge, "now": now}).first()
     if row is None:
         existing = conn.execute(text("SELECT charged FROM holds WHERE id = :hid"), {"hid": hold_id}).first()
         if existing is None:

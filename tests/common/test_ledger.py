@@ -275,6 +275,30 @@ def test_release_gives_the_whole_hold_back(engine: Engine) -> None:
     assert len([e for e in entries(engine, account_id) if e.hold_id == hold_id]) == 2
 
 
+def test_a_hold_extended_after_the_sweeper_listed_it_is_not_expired(engine: Engine,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweeper lists expired holds, then releases them one by one; a call still running (a long
+    stream) may move its hold's expiry on in between. The release re-checks the expiry: it used to
+    check the status only, and the call, settling later, found its hold gone and charged nothing."""
+    account_id = new_account(engine)
+    start = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    with clock.frozen(start) as advance:
+        hold_id = billing.reserve(engine, account_id=account_id, key_id=None, amount=100 * C, purpose="t", ttl=60,
+                                  tz="Asia/Karachi")
+        advance(timedelta(seconds=61))
+        release = ledger.release
+
+        def extended_then_released(conn: Connection, hid: str, **kwargs: Any) -> ledger.Settlement:
+            assert ledger.extend_hold(conn, hid, clock.now().timestamp() + 60)  # the call's keep-alive came first
+            return release(conn, hid, **kwargs)
+
+        monkeypatch.setattr(ledger, "release", extended_then_released)
+        assert billing.expire_holds(engine) == 0
+        assert [h.status for h in holds(engine, account_id)] == ["open"]
+        assert billing.settle(engine, hold_id, 40 * C).charged == 40 * C
+        assert bal(engine, account_id).held == 0
+
+
 def test_expire_holds_releases_only_holds_past_their_expiry(engine: Engine) -> None:
     account_id = new_account(engine)
     start = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
