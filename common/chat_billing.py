@@ -25,8 +25,7 @@ from common.errors import InsufficientCredits
 from common.money import to_credits
 from common.pg_async import AsyncStatements
 from common.providers.base import Usage
-from common.providers.messages import message_text
-from common.tokens import estimate_completion_tokens
+from common.tokens import estimate_completion_tokens, estimate_used_prompt_tokens
 
 _INSERT_GENERATION = text(
     "INSERT INTO generations (id, account_id, key_id, model, stream, status, prompt_tokens, completion_tokens,"
@@ -75,7 +74,8 @@ def reserve_chat(
         cap_left = billing.key_cap_left(engine, principal.key_id, tz) if capped else None
         if cap_left is not None and cap_left < room:
             room, what = cap_left, "This key's daily credit cap"
-        affordable = room // entry.rate_micro - prompt_estimate
+        # never more than wanted: holds released since the first try may have made room for all of it
+        affordable = min(wanted, room // entry.rate_micro - prompt_estimate)
         if max_tokens is not None or affordable < 1:
             raise _explain(exc, what, affordable, max_tokens, prompt_estimate, max_tokens_field) from None
     return Reservation(hold(affordable), affordable, prompt_estimate)
@@ -90,11 +90,11 @@ def _explain(exc: InsufficientCredits, what: str, affordable: int, asked: int | 
     return InsufficientCredits(f"{detail} {exc.message}", code=exc.code, param=field if asked else None)
 
 
-def estimated_usage(messages: list[dict[str, object]], produced: str) -> Usage:
-    """Usage for a call whose upstream reported none (a cut stream): the same generous rule for
-    the prompt and the text produced so far, bounded later by the hold."""
-    prompt = sum(estimate_completion_tokens(message_text(m)) + 4 for m in messages)  # type: ignore[arg-type]
-    return Usage(prompt, estimate_completion_tokens(produced) if produced else 0)
+def estimated_usage(messages: list[dict[str, Any]], produced: str) -> Usage:
+    """Usage for a call whose upstream reported none, or none to trust (a cut stream, a negative
+    or fractional count): the same generous rule for the prompt, its images included, and the
+    text produced so far, bounded later by the hold."""
+    return Usage(estimate_used_prompt_tokens(messages), estimate_completion_tokens(produced) if produced else 0)
 
 
 async def reserve_chat_async(

@@ -10,6 +10,9 @@ very large images and may count more; the caller caps the charge at the reservat
 `estimate_completion_tokens` is for a stream that ended without upstream usage (cut off, or an
 upstream that ignores include_usage): ceil(UTF-8 bytes / 3) + 1. English averages about four
 bytes per token, so this estimate is deliberately generous, yet bounded by the bytes sent.
+`estimate_used_prompt_tokens` is the prompt's count in that case: each message's text by the same
+rule plus 4, and 765 per image part, what OpenAI counts for a 1024x1024 image at high detail
+(Anthropic counts ~1,400 for that size, Gemini 258); the charge stays capped at the hold.
 
 The simulated provider's counts never exceed these estimates (see common.providers.simulated).
 """
@@ -25,6 +28,7 @@ from common.providers.messages import content_parts, part_image_url, part_text
 TOKENS_PER_MESSAGE = 4
 TOKENS_PER_REPLY = 3
 TOKENS_PER_IMAGE = 1600
+TOKENS_PER_IMAGE_USED = 765  # an estimate of what was used, not an upper bound
 
 
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -42,6 +46,18 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
                 total += TOKENS_PER_IMAGE
             else:  # a part kind we do not know: its JSON bytes bound whatever the vendor counts
                 total += _bytes(json.dumps(part, ensure_ascii=False))
+    return total
+
+
+def estimate_used_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """The prompt tokens of a call whose upstream reported no usage (a cut stream): the text as
+    `estimate_completion_tokens` counts it, 4 per message, TOKENS_PER_IMAGE_USED per image."""
+    total = 0
+    for message in messages:
+        parts = content_parts(message)
+        text = "".join(t for part in parts if (t := part_text(part)) is not None)
+        images = sum(1 for part in parts if part_text(part) is None and part_image_url(part) is not None)
+        total += estimate_completion_tokens(text) + TOKENS_PER_MESSAGE + images * TOKENS_PER_IMAGE_USED
     return total
 
 

@@ -19,7 +19,15 @@ from typing import Any
 import httpx
 
 from common.errors import UpstreamError
-from common.providers.base import ChatDelta, ChatRequest, ChatResult, Usage
+from common.providers.base import (
+    MAX_TOKEN_COUNT,
+    ChatDelta,
+    ChatRequest,
+    ChatResult,
+    Usage,
+    reported_usage,
+    token_count,
+)
 from common.providers.http import (
     UpstreamClient,
     iter_sse,
@@ -78,7 +86,7 @@ class AnthropicProvider:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         prompt_tokens: int | None = None
-        completion_tokens = 0
+        completion_tokens: int | None = 0
         finish_reason: str | None = None
         with upstream_errors(PROVIDER):
             async with self._client.stream_json(self._url, build_body(request, stream=True),
@@ -93,9 +101,8 @@ class AnthropicProvider:
                         raise self._event_error(data)
                     if kind == "message_start":
                         usage = (data.get("message") or {}).get("usage") or {}
-                        if usage.get("input_tokens") is not None:
-                            prompt_tokens = _prompt_tokens(usage)
-                        completion_tokens = int(usage.get("output_tokens") or 0)
+                        prompt_tokens = _prompt_tokens(usage)
+                        completion_tokens = token_count(usage.get("output_tokens"), absent=0)
                     elif kind == "content_block_delta":
                         delta = data.get("delta") or {}
                         if delta.get("type") == "text_delta" and delta.get("text"):
@@ -104,7 +111,7 @@ class AnthropicProvider:
                         finish_reason = _finish((data.get("delta") or {}).get("stop_reason"))
                         usage = data.get("usage") or {}
                         # message_delta counts are cumulative, so the latest one wins.
-                        completion_tokens = int(usage.get("output_tokens") or completion_tokens)
+                        completion_tokens = token_count(usage.get("output_tokens"), absent=completion_tokens)
                         if usage.get("input_tokens") is not None:
                             prompt_tokens = _prompt_tokens(usage)
                     elif kind == "message_stop":
@@ -112,8 +119,7 @@ class AnthropicProvider:
         if finish_reason is None:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
                                 retryable=True)
-        usage = None if prompt_tokens is None else Usage(prompt_tokens, completion_tokens)
-        yield ChatDelta(finish_reason=finish_reason, usage=usage)
+        yield ChatDelta(finish_reason=finish_reason, usage=reported_usage(prompt_tokens, completion_tokens))
 
     def _event_error(self, data: dict[str, Any]) -> UpstreamError:
         """An `error` event (mid-stream) or error body: {"type": "error", "error": {type, message}}."""
@@ -166,13 +172,16 @@ def _finish(stop_reason: str | None) -> str:
     return FINISH_REASONS.get(stop_reason or "", "stop")
 
 
-def _prompt_tokens(usage: dict[str, Any]) -> int:
-    """Anthropic reports cached prompt tokens apart from input_tokens; all of them were read."""
-    return sum(int(usage.get(key) or 0) for key in
-               ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+def _prompt_tokens(usage: dict[str, Any]) -> int | None:
+    """Anthropic reports cached prompt tokens apart from input_tokens; all of them were read.
+    None without input_tokens, or when any count is not a count (base.token_count)."""
+    counts = [token_count(usage.get("input_tokens"))]
+    counts += [token_count(usage.get(key), absent=0) for key in ("cache_creation_input_tokens",
+                                                                  "cache_read_input_tokens")]
+    return None if None in counts else min(sum(c for c in counts if c is not None), MAX_TOKEN_COUNT)
 
 
 def _usage(data: Any) -> Usage | None:
-    if not isinstance(data, dict) or data.get("input_tokens") is None:
+    if not isinstance(data, dict):
         return None
-    return Usage(_prompt_tokens(data), int(data.get("output_tokens") or 0))
+    return reported_usage(_prompt_tokens(data), token_count(data.get("output_tokens")))

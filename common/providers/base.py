@@ -27,6 +27,32 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+# The generations table's column holds this much; no context window comes near it, and the
+# charge is capped at the hold long before.
+MAX_TOKEN_COUNT = 2**31 - 1
+
+
+def token_count(value: Any, *, absent: int | None = None) -> int | None:
+    """A token count as a vendor reported it, or None when it is not one (negative, fractional, a
+    string, a boolean): the usage is then estimated, as when a vendor reports none. A negative
+    count must never lower the charge for what was produced, nor a string fail the call after
+    the vendor answered. `absent` is what a missing count means. Beyond MAX_TOKEN_COUNT: that."""
+    if value is None:
+        return absent
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return min(value, MAX_TOKEN_COUNT)
+
+
+def reported_usage(prompt_tokens: int | None, completion_tokens: int | None) -> Usage | None:
+    """A vendor's usage when both counts are counts (token_count), else None: the caller estimates."""
+    if prompt_tokens is None or completion_tokens is None:
+        return None
+    return Usage(prompt_tokens, completion_tokens)
+
+
 @dataclass(slots=True)
 class ChatRequest:
     """A validated chat request in OpenAI terms; `model` is the *upstream* model name.

@@ -20,7 +20,15 @@ from typing import Any
 import httpx
 
 from common.errors import UpstreamError
-from common.providers.base import ChatDelta, ChatRequest, ChatResult, Usage
+from common.providers.base import (
+    MAX_TOKEN_COUNT,
+    ChatDelta,
+    ChatRequest,
+    ChatResult,
+    Usage,
+    reported_usage,
+    token_count,
+)
 from common.providers.http import (
     UpstreamClient,
     iter_sse,
@@ -160,7 +168,11 @@ def _finish(reason: str | None) -> str | None:
 
 
 def _usage(data: Any) -> Usage | None:
-    if not isinstance(data, dict) or data.get("promptTokenCount") is None:
+    """Gemini leaves out a count that is zero (candidates of a withheld answer, thoughts of a
+    model that does not think); the prompt's count it always sends."""
+    if not isinstance(data, dict):
         return None
-    completion = int(data.get("candidatesTokenCount") or 0) + int(data.get("thoughtsTokenCount") or 0)
-    return Usage(int(data["promptTokenCount"]), completion)
+    candidates = token_count(data.get("candidatesTokenCount"), absent=0)
+    thoughts = token_count(data.get("thoughtsTokenCount"), absent=0)
+    completion = None if candidates is None or thoughts is None else min(candidates + thoughts, MAX_TOKEN_COUNT)
+    return reported_usage(token_count(data.get("promptTokenCount")), completion)

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from common.errors import UpstreamError
-from common.providers.base import ChatDelta, ChatRequest, ChatResult, Usage
+from common.providers.base import ChatDelta, ChatRequest, ChatResult, Usage, reported_usage, token_count
 from common.providers.http import (
     UpstreamClient,
     iter_sse,
@@ -111,7 +111,6 @@ def _raise_if_error(data: Any, api_key: str | None) -> None:
 
 
 def _usage(data: Any) -> Usage | None:
-    if not isinstance(data, dict) or data.get("prompt_tokens") is None:
+    if not isinstance(data, dict):
         return None
-    return Usage(prompt_tokens=int(data["prompt_tokens"]),
-                 completion_tokens=int(data.get("completion_tokens") or 0))
+    return reported_usage(token_count(data.get("prompt_tokens")), token_count(data.get("completion_tokens")))

@@ -44,9 +44,10 @@ def build_app(fake: FakeUpstream) -> Starlette:
     return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])
 
 
-def _usage(b: Behaviour) -> dict[str, int]:
-    return {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens,
-            "total_tokens": b.prompt_tokens + b.completion_tokens}
+def _usage(b: Behaviour) -> dict[str, Any]:
+    counts = (b.prompt_tokens, b.completion_tokens)
+    total = sum(counts) if all(type(c) is int for c in counts) else None
+    return {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens, "total_tokens": total}
 
 
 def _completion(b: Behaviour, model: str) -> dict[str, Any]:

@@ -33,8 +33,8 @@ class Behaviour:
     answer: str = "Hello! How can I help you today?"
     chunks: list[str] | None = None  # streamed pieces; default: the answer split into words
     finish: str | None = None  # the vendor's finish reason; None: its normal "done" value
-    prompt_tokens: int = 12
-    completion_tokens: int = 9
+    prompt_tokens: Any = 12  # what the vendor sends: an int, or something broken (a string, -9, 12.5)
+    completion_tokens: Any = 9
     thoughts_tokens: int = 0  # Gemini only: thoughtsTokenCount
     omit_usage: bool = False  # answer without any usage / token counts
     fail_first: int = 0  # the first K requests fail with fail_status ...

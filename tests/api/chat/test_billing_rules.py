@@ -87,6 +87,34 @@ def test_an_unset_max_tokens_shrinks_to_the_largest_the_balance_affords(gw: Gate
     assert_books_balance(gw.engine, account.account_id)
 
 
+def test_an_unset_max_tokens_never_grows_past_the_default_when_room_is_made_meanwhile(
+    gw: Gateway, openai_fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default hold fails on the balance; before the balance is read to shrink max_tokens,
+    another call's hold is released. What the balance affords is then more than the default: the
+    default it stays (it used to grow past it, and past what the caller would ever get)."""
+    from common import billing
+
+    account = gw.account()
+    default = gw.settings.default_max_tokens
+    other = billing.reserve(gw.engine, account_id=account.account_id, key_id=None,
+                            amount=books(gw.engine, account.account_id).available - (PROMPT + 10) * RATE,
+                            purpose="another call", ttl=60, tz=gw.settings.timezone)
+    available = billing.available
+
+    def released_meanwhile(engine: Engine, account_id: str) -> int:
+        billing.release(engine, other)
+        return available(engine, account_id)
+
+    monkeypatch.setattr(billing, "available", released_meanwhile)
+    with gw.http(account) as http:
+        response = chat(http)
+    assert response.status_code == 200, response.text
+    assert openai_fake.last_request.json["max_tokens"] == default
+    assert hold_for(gw.engine, response.json()["id"])["amount"] == (PROMPT + default) * RATE
+    assert_books_balance(gw.engine, account.account_id)
+
+
 def test_with_a_full_balance_an_unset_max_tokens_is_the_default(gw: Gateway, openai_fake: FakeUpstream) -> None:
     account = gw.account()
     with gw.http(account) as http:
