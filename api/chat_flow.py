@@ -28,14 +28,21 @@ from common import billing, chat_billing, clock, ledger
 from common.accounts import Principal
 from common.catalog import ModelEntry
 from common.chat_billing import Outcome, Reservation
-from common.errors import HelyxError, NotFound, ServiceUnavailable, UpstreamError
+from common.errors import (
+    ChargeUnconfirmed,
+    HelyxError,
+    NotFound,
+    ServerError,
+    ServiceUnavailable,
+    UpstreamError,
+)
 from common.ledger import Settlement
 from common.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
 from common.money import MICRO
 from common.providers.base import ChatDelta, ChatProvider, ChatRequest, Usage
 from common.providers.retry import call_with_retries, open_stream_with_retries
 from common.providers.simulated import SYSTEM_FINGERPRINT
-from common.retrying import while_database_down_async
+from common.retrying import DATABASE_DOWN, while_database_down_async
 from common.tokens import estimate_prompt_tokens
 
 log = logging.getLogger("helyx.api")
@@ -99,8 +106,16 @@ class ChatCall:
         if self._keeper is not None:
             self._keeper.cancel()
             self._keeper = None
-        settlement = await while_database_down_async(lambda: self._settle(outcome, stream),
-                                                     patience=SETTLE_PATIENCE_SECONDS, max_delay=SETTLE_RETRY_SECONDS)
+        try:
+            settlement = await while_database_down_async(lambda: self._settle(outcome, stream),
+                                                         patience=SETTLE_PATIENCE_SECONDS,
+                                                         max_delay=SETTLE_RETRY_SECONDS)
+        except DATABASE_DOWN as exc:
+            if outcome.status == "failed":  # a release: nothing is charged, whether it committed or not
+                raise
+            log.warning("chat %s: settlement unconfirmed (%s); its hold is released at expiry unless it "
+                        "committed", self.id, type(exc).__name__)
+            raise ChargeUnconfirmed(self.id) from exc
         usage = outcome.usage
         self.log_fields.update(
             model=self.entry.id, generation_id=self.id, outcome=outcome.status, credits=settlement.charged / MICRO,
@@ -312,8 +327,10 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
         if held is not None and (unsettled is not None or error is not None):
             yield call.chunk(*held)  # what it holds was produced (and charged): it is sent before the error
         if unsettled is not None:  # the 200 is long gone: the stream ends with the error instead
+            charged = ({"credits_charged": None, "generation_id": call.id} if isinstance(unsettled, ChargeUnconfirmed)
+                       else {"credits_charged": 0})
             yield sse_data({"error": {"message": unsettled.message, "type": unsettled.type, "code": unsettled.code,
-                                      "param": None}, "helyx": {"credits_charged": 0}})
+                                      "param": None}, "helyx": charged})
             return
         if error is not None:
             yield sse_data({"error": {"message": f"The upstream provider failed mid-stream: {error.message}",
@@ -340,13 +357,13 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
 
 def _settlement_failure(call: ChatCall, exc: Exception) -> HelyxError:
     """What a stream's client is told when its settlement failed: the error itself when it is
-    ours (a lost reservation), else the database's absence. Either way nothing was charged: an
-    unsettled hold is released at its expiry."""
+    ours (a lost reservation: nothing charged; a charge the database's absence left unconfirmed),
+    else a failure of the settlement's own (it rolled back: nothing charged, the hold is released
+    at its expiry)."""
     if isinstance(exc, HelyxError):
         return exc
-    log.warning("chat %s: settlement failed (%s); its hold is released at expiry", call.id, type(exc).__name__)
-    return ServiceUnavailable("The gateway could not record this call's charge (its database is unavailable); "
-                              "nothing was charged.")
+    log.error("chat %s: settlement failed (%r); its hold is released at expiry", call.id, exc)
+    return ServerError("The gateway failed to record this call's charge; nothing was charged.")
 
 
 def _stream_outcome(call: ChatCall, status: str, usage: Usage | None, produced: list[str], code: str | None) -> Outcome:

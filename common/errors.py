@@ -13,6 +13,7 @@
     ├── RateLimited                 429     rate_limit_error
     ├── ServerError                 500     server_error
     ├── ServiceUnavailable          503     server_error
+    │   └── ChargeUnconfirmed       503     server_error (code charge_unconfirmed, not retried)
     └── UpstreamError               502     upstream_error
         └── UpstreamTimeout         504     upstream_error
 
@@ -95,6 +96,20 @@ class ServerError(HelyxError):
 
 class ServiceUnavailable(HelyxError):
     status, type, code, retryable = 503, "server_error", "service_unavailable", True
+
+
+class ChargeUnconfirmed(ServiceUnavailable):
+    """A call's answer was produced but its settlement could not be confirmed (the database went
+    away, perhaps after committing it). Not to be retried blindly: a retry is a second call."""
+
+    code, retryable = "charge_unconfirmed", False
+
+    def __init__(self, generation_id: str) -> None:
+        super().__init__(
+            f"The answer was produced but its charge could not be confirmed: the gateway's database is "
+            f"unavailable. GET /api/v1/generations/{generation_id} shows the charge once it is recorded; if no "
+            "record appears, nothing is charged (the reservation is released at its expiry).")
+        self.generation_id = generation_id
 
 
 class UpstreamError(HelyxError):

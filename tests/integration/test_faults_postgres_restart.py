@@ -152,7 +152,9 @@ def test_a_postgres_restart_mid_settlement_settles_every_job_once_and_answers_50
             assert probe.ended - probe.started < MAX_PROBE_SECONDS, probe
             if probe.status == 503:
                 error = assert_envelope(httpx.Response(503, json=probe.body), 503)
-                assert (error["type"], error["code"]) == ("server_error", "service_unavailable"), probe
+                # A chat answered upstream whose settlement met the outage cannot say whether it was charged.
+                codes = {"service_unavailable"} | ({"charge_unconfirmed"} if probe.kind == "chat" else set())
+                assert error["type"] == "server_error" and error["code"] in codes, probe
         # Within the outage for certain: the watcher saw it refuse after these ended (it came back at
         # some point before up_at, and a fast request can fit between the two).
         during = [p for p in prober.calls if down_at + 0.5 <= p.started and p.ended <= surely_down_until]

@@ -280,27 +280,66 @@ def test_a_reservation_lost_by_a_database_crash_charges_nothing_and_says_so(
     assert (after.balance, after.entries) == (before.balance, before.entries)
 
 
-def test_a_stream_whose_settlement_meets_a_database_outage_ends_with_an_error_event(
-    gw: Gateway, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The database is unreachable at a stream's settlement for longer than its patience: the
-    stream (already 200, chunks sent) ends with a 503-style error event saying nothing was
-    charged, and the hold stays open, to be released at its expiry."""
+def _settlement_unreachable(monkeypatch: pytest.MonkeyPatch, commit_first: Gateway | None = None) -> None:
+    """The database answers no settlement for longer than the patience; with `commit_first`, the
+    first one commits before the reply is lost."""
     from api import chat_flow
 
-    async def unreachable(self: object, outcome: object, stream: bool) -> None:
+    settle, tries = chat_flow.ChatCall._settle_hold, []
+
+    async def unreachable(self: Any, outcome: Any, stream: bool) -> None:
+        tries.append(outcome)
+        if commit_first is not None and len(tries) == 1:
+            await settle(self, outcome, stream)
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
     monkeypatch.setattr(chat_flow, "SETTLE_PATIENCE_SECONDS", 0.2)
     monkeypatch.setattr(chat_flow.ChatCall, "_settle_hold", unreachable)
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["not committed", "committed, reply lost"])
+def test_a_stream_whose_settlement_meets_a_database_outage_ends_saying_the_charge_is_unconfirmed(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, committed: bool,
+) -> None:
+    """The database is unreachable at a stream's settlement for longer than its patience: the
+    stream (already 200, chunks sent) ends with an error event that says the charge could not be
+    confirmed and where to look, never that nothing was charged: the settlement may have committed
+    before its reply was lost. Not committed, the hold stays open, to be released at its expiry."""
+    _settlement_unreachable(monkeypatch, commit_first=gw if committed else None)
     account = gw.account()
+    before = books(gw.engine, account.account_id)
     with gw.http(account) as http:
         response = chat(http, stream=True)
-    events = sse_events(response)
-    last = events[-1]
-    assert response.status_code == 200 and "[DONE]" not in events
-    assert isinstance(last, dict) and last["error"]["code"] == "service_unavailable", events[-2:]
-    assert "nothing was charged" in last["error"]["message"] and last["helyx"] == {"credits_charged": 0}
+        events = sse_events(response)
+        last = events[-1]
+        assert response.status_code == 200 and "[DONE]" not in events
+        assert isinstance(last, dict) and last["error"]["code"] == "charge_unconfirmed", events[-2:]
+        generation_id = last["helyx"]["generation_id"]
+        assert last["helyx"] == {"credits_charged": None, "generation_id": generation_id}
+        assert f"/api/v1/generations/{generation_id}" in last["error"]["message"]
+        assert "nothing was charged" not in last["error"]["message"]
+        record = http.get(f"/generations/{generation_id}")
+    after = assert_books_balance(gw.engine, account.account_id, open_holds=0 if committed else 1)
+    if committed:
+        assert record.status_code == 200
+        assert micro(record.json()["credits_charged"]) == before.balance - after.balance > 0
+    else:
+        assert record.status_code == 404 and after.held > 0 and after.balance == before.balance
+
+
+def test_a_completion_whose_settlement_meets_a_database_outage_is_a_503_not_to_retry(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same outage on a plain completion: a 503 `charge_unconfirmed` the SDK does not retry
+    (a retry would be a second call, perhaps charged twice), naming the generation to look at."""
+    _settlement_unreachable(monkeypatch)
+    account = gw.account()
+    with gw.http(account) as http:
+        response = chat(http)
+    error = response.json()["error"]
+    assert (response.status_code, error["code"], response.headers["x-should-retry"]) == (
+        503, "charge_unconfirmed", "false"), response.text
+    assert "/api/v1/generations/" in error["message"]
     assert assert_books_balance(gw.engine, account.account_id, open_holds=1).held > 0
 
 
