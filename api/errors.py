@@ -40,6 +40,7 @@ _EXPECTED = {"string_type": "a string", "list_type": "an array", "int_type": "an
 _TAG_NAMES = ("str", "int", "float", "bool", "none")  # pydantic's names for plain union members
 _OBJECT_ERRORS = ("dict_type", "model_type", "model_attributes_type")
 NOT_JSON = "The request body must be JSON (Content-Type: application/json)."
+_UNPARSED = "There was an error parsing the body"  # FastAPI's words for a body json.loads raised on
 
 
 def validation_error(exc: RequestValidationError) -> InvalidRequest:
@@ -168,6 +169,9 @@ def http_error(exc: StarletteHTTPException) -> HelyxError:
         return MethodNotAllowed("Method not allowed on this route.")
     if exc.status_code == 413:
         return PayloadTooLarge("The request body is too large.")
+    if exc.status_code == 400 and exc.detail == _UNPARSED:  # invalid UTF-8, a 5,000-digit number, deep nesting
+        return InvalidRequest("The request body is not valid JSON (invalid UTF-8, a number too long, or nesting "
+                              "too deep).", code="invalid_json")
     if exc.status_code == 400:
         return InvalidRequest(str(exc.detail))
     if exc.status_code == 503:

@@ -11,10 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
 from api.schemas.base import OwnBody
+from api.schemas.credits import CreditAmount, micro_of
 from api.schemas.responses import CreditsView, KeyCreated, KeyList, KeyRevoked, UsagePage, doc
 from common import accounts, clock, reports
 from common.errors import InvalidRequest
-from common.money import to_credits, to_micro
+from common.money import to_credits
 
 router = APIRouter(prefix="/api/v1", tags=["account"])
 
@@ -55,7 +56,7 @@ async def get_usage(
 class KeyCreate(OwnBody):
     name: str = Field(default="", max_length=100)
     expires_at: float | None = Field(default=None, description="unix seconds; omit for no expiry")
-    daily_credit_cap: float | None = Field(default=None, gt=0, le=10**9)
+    daily_credit_cap: CreditAmount | None = None
 
 
 @router.get("/keys", summary="The account's API keys (never their secrets)", responses=doc(KeyList, 401))
@@ -68,7 +69,7 @@ async def list_keys(principal: PrincipalDep, services: ServicesDep) -> Any:
              responses=doc(KeyCreated, 401, status=201))
 async def create_key(body: KeyCreate, principal: PrincipalDep, services: ServicesDep) -> Any:
     def create() -> accounts.NewKey:
-        cap = to_micro(round(body.daily_credit_cap, 6)) if body.daily_credit_cap is not None else None
+        cap = micro_of(body.daily_credit_cap) if body.daily_credit_cap is not None else None
         with services.engine.begin() as conn:
             return accounts.create_key(conn, principal.account_id, name=body.name, now=clock.now().timestamp(),
                                        expires_at=body.expires_at, daily_cap=cap)

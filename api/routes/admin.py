@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ServicesDep, require_admin
 from api.responses import json_response
 from api.schemas.base import OwnBody
+from api.schemas.credits import CreditAmount, micro_of
 from api.schemas.responses import AccountCreated, AccountList, CreditsView, GrantResult, doc
 from common import accounts, billing, clock, ledger, reports
-from common.money import to_micro
 from common.plans import PLANS
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -31,7 +31,7 @@ class PlanSet(OwnBody):
 
 
 class CreditGrant(OwnBody):
-    amount: float = Field(gt=0, le=10**9, description="credits, up to 6 decimals")
+    amount: CreditAmount = Field(description="credits, up to 6 decimals")
     reference: str | None = Field(default=None, max_length=200, description="makes the grant idempotent")
 
 
@@ -72,7 +72,7 @@ async def set_plan(account_id: str, body: PlanSet, services: ServicesDep) -> Any
 async def grant_credits(account_id: str, body: CreditGrant, services: ServicesDep) -> Any:
     def grant() -> bool:
         with services.engine.begin() as conn:
-            return ledger.grant(conn, account_id, to_micro(round(body.amount, 6)), now=clock.now().timestamp(),
+            return ledger.grant(conn, account_id, micro_of(body.amount), now=clock.now().timestamp(),
                                 reference=body.reference)
 
     applied = await run_in_threadpool(grant)

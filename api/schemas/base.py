@@ -13,10 +13,11 @@ class JSONBody(BaseModel):
     Pydantic's lax mode reads `true` as the integer 1, `"2"` as 2 and `"yes"` as a boolean, so a
     typo would be billed as something the caller never asked for; the OpenAI API rejects them,
     and so do we (400 naming the field). Strict floats still take JSON integers (`temperature: 1`).
+    Python's JSON parser takes `NaN` and `Infinity`, which JSON has not: a number must be finite.
     Not for bodies that may arrive as forms, where every field is a string (see VideoCreateRequest).
     """
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
 
 class StoredText(BaseModel):
@@ -36,7 +37,7 @@ class OwnBody(JSONBody, StoredText):
     """A body of Helyx's own routes (keys, admin): no SDK sends extras there, so an unknown field
     is a mistake to report (`expires_in` for `expires_at` made a key that never expires)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class NullMeansDefault(BaseModel):

@@ -208,6 +208,59 @@ def test_json_that_is_not_an_object_says_so(app_client: TestClient, account: Tes
     assert "JSON object" in error["message"]
 
 
+@pytest.mark.parametrize("raw", [b'{"model": "helyx-3.5", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+                                 b'{"model": "helyx-3.5", "max_tokens": ' + b"9" * 5000 + b"}",
+                                 b"[" * 100_000 + b"]" * 100_000],
+                         ids=["invalid UTF-8", "5,000 digits", "nested 100,000 deep"])
+def test_a_body_json_cannot_read_says_it_is_not_valid_json(app_client: TestClient, account: TestAccount,
+                                                            raw: bytes) -> None:
+    response = app_client.post(CHAT, content=raw, headers={**account.headers, "content-type": "application/json"})
+    error = assert_envelope(response, 400, "invalid_request_error", param=None, code="invalid_json")
+    assert "not valid JSON" in error["message"], error
+
+
+@pytest.mark.parametrize(("path", "raw", "param"), [
+    (CHAT, '{"model": "helyx-3.5", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+     "temperature"),
+    (CHAT, '{"model": "helyx-3.5", "messages": [{"role": "user", "content": "hi"}], "top_p": Infinity}', "top_p"),
+    ("/api/v1/keys", '{"daily_credit_cap": NaN}', "daily_credit_cap"),
+    ("/api/v1/keys", '{"expires_at": -Infinity}', "expires_at"),
+])
+def test_nan_and_infinity_which_json_has_not_are_refused(app_client: TestClient, account: TestAccount,
+                                                         engine: Engine, path: str, raw: str, param: str) -> None:
+    entries = ledger_count(engine, account.account_id)
+    response = app_client.post(path, content=raw, headers={**account.headers, "content-type": "application/json"})
+    error = assert_envelope(response, 400, "invalid_request_error", param=param)
+    assert "finite number" in error["message"], error
+    assert ledger_count(engine, account.account_id) == entries
+
+
+@pytest.mark.parametrize(("amount", "says"), [(1.0000005, "6 decimals"), (0.0000001, "6 decimals"),
+                                              (0, "greater than 0"), (10**9 + 1, "less than or equal")])
+def test_an_amount_of_credits_is_exact_to_the_micro_credit_or_refused(
+    app_client: TestClient, account: TestAccount, engine: Engine, amount: float, says: str,
+) -> None:
+    """As the command line has it: 1.0000005 used to be granted as 1.000001 (more than asked) and
+    0.0000001 refused as "not positive"."""
+    grant = app_client.post(f"/admin/accounts/{account.account_id}/credits", json={"amount": amount}, headers=ADMIN)
+    error = assert_envelope(grant, 400, "invalid_request_error", param="amount")
+    assert says in error["message"], error
+    capped = app_client.post("/api/v1/keys", json={"daily_credit_cap": amount}, headers=account.headers)
+    error = assert_envelope(capped, 400, "invalid_request_error", param="daily_credit_cap")
+    assert says in error["message"], error
+    assert topup(engine, account.account_id) == 0
+
+
+def test_six_decimals_are_granted_and_capped_exactly(app_client: TestClient, account: TestAccount,
+                                                     engine: Engine) -> None:
+    grant = app_client.post(f"/admin/accounts/{account.account_id}/credits", json={"amount": 1.000001},
+                            headers=ADMIN)
+    assert grant.status_code == 200, grant.text
+    assert topup(engine, account.account_id) == 1_000_001
+    key = app_client.post("/api/v1/keys", json={"daily_credit_cap": 0.000001}, headers=account.headers)
+    assert key.status_code == 201 and key.json()["daily_credit_cap"] == 0.000001, key.text
+
+
 # ---------------------------------------------------------------- 4. list filters and cursors
 
 
