@@ -11,8 +11,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from cli import single_instance
 from common import accounts, billing, clock, logs
@@ -84,15 +86,23 @@ def serve(args: argparse.Namespace) -> int:
     if settings.self_contained:
         from api.main import app  # imported first, so its start-up heap is frozen before any job runs
         from common.gc_tuning import freeze_startup_heap
+        from workers import embedded  # the media workers, as threads of this process
 
         freeze_startup_heap()
-        _start_embedded_workers()
+        worker = embedded.start()
         grace = int(settings.shutdown_grace_seconds)
         # log_config=None: uvicorn keeps to the JSON logging set up above (common.logs)
         config = uvicorn.Config(app, timeout_graceful_shutdown=grace, log_level="warning", log_config=None)
         server = uvicorn.Server(config)
-        with lock, sock, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a normal stop, as in uvicorn.run
-            server.run(sockets=[sock])
+        # uvicorn raises the signal it stopped on again once it is done, with the handler it found:
+        # SIGTERM's default would end the process there, cutting the running jobs short.
+        signal.signal(signal.SIGTERM, _like_ctrl_c)
+        with lock:  # held until the jobs stop: a new serve resumes what is unfinished, so none may still run
+            with sock, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a normal stop, as in uvicorn.run
+                server.run(sockets=[sock])
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM does not cut the jobs short
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C does
+                embedded.stop(worker)
         return 0 if server.started else 3  # uvicorn.run's code for a failed start-up
     _empty_metrics_dir()
     uvicorn.run("api.main:app", host=host, port=port, workers=workers,
@@ -111,13 +121,8 @@ def _empty_metrics_dir() -> None:
             stale.unlink(missing_ok=True)
 
 
-def _start_embedded_workers() -> None:
-    """Self-contained mode: the media workers run as threads of this process."""
-    try:
-        from workers import embedded
-    except ImportError:  # the media-jobs issue brings them
-        return
-    embedded.start()
+def _like_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def worker(args: argparse.Namespace) -> int:

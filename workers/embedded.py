@@ -4,8 +4,8 @@ queued again, so nothing is lost across a restart."""
 
 from __future__ import annotations
 
-import atexit
 import logging
+import time
 
 import dramatiq
 
@@ -27,5 +27,14 @@ def start() -> dramatiq.Worker:
     worker = dramatiq.Worker(broker, worker_threads=settings.worker_threads, worker_timeout=100)
     worker.start()
     sweeper.start(enqueue, deliver_webhook.send)
-    atexit.register(worker.stop, timeout=int(settings.shutdown_grace_seconds * 1000))
     return worker
+
+
+def stop(worker: dramatiq.Worker) -> None:
+    """Let the running jobs finish, for up to the shutdown grace; what is cut off then (or was
+    still queued) is resumed at the next start. A second Ctrl-C ends the wait at once."""
+    grace = context.settings().shutdown_grace_seconds
+    log.warning("stopping: up to %g s for running jobs to finish", grace)
+    started = time.monotonic()
+    worker.stop(timeout=int(grace * 1000))
+    log.warning("workers stopped after %.1f s", time.monotonic() - started)
