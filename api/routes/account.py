@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
@@ -67,7 +67,10 @@ async def list_keys(principal: PrincipalDep, services: ServicesDep) -> Any:
 
 @router.post("/keys", status_code=201, summary="Create a key; its secret is shown only in this response",
              responses=doc(KeyCreated, 401, status=201))
-async def create_key(body: KeyCreate, principal: PrincipalDep, services: ServicesDep) -> Any:
+async def create_key(principal: PrincipalDep, services: ServicesDep,
+                     body: Annotated[KeyCreate | None, Body()] = None) -> Any:
+    body = body or KeyCreate()  # every field is optional: so is the body
+
     def create() -> accounts.NewKey:
         cap = micro_of(body.daily_credit_cap) if body.daily_credit_cap is not None else None
         with services.engine.begin() as conn:

@@ -58,19 +58,34 @@ class _Message(JSONBody):
         return data
 
 
+# An array of content parts has at least one, as OpenAI has it (an empty one was sent on, and charged).
+TextParts = Annotated[list[TextPart], Field(min_length=1)]
+ContentParts = Annotated[list[ContentPart], Field(min_length=1)]
+
+
 class SystemMessage(_Message):
     role: Literal["system", "developer"]
-    content: Content | list[TextPart]
+    content: Content | TextParts
 
 
 class UserMessage(_Message):
     role: Literal["user"]
-    content: Content | list[ContentPart]
+    content: Content | ContentParts
 
 
 class AssistantMessage(_Message):
     role: Literal["assistant"]
-    content: Content | list[TextPart] | None = None
+    content: Content | TextParts | None = None
+    # An earlier turn's tool calls: refused, as `tools` is, rather than dropped on the way upstream.
+    tool_calls: list[Any] | None = Field(default=None, description="not supported: must be empty")
+    function_call: Any = Field(default=None, description="not supported")
+
+    @field_validator("tool_calls", "function_call")
+    @classmethod
+    def _no_tool_calls(cls, value: object) -> object:
+        if value:
+            raise ValueError("tool and function calling are not supported by this gateway")
+        return value
 
 
 ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]

@@ -217,6 +217,16 @@ def test_create_list_use_and_delete_a_key(app_client: TestClient, engine: Engine
     assert after[body["id"]]["revoked_at"] is not None
 
 
+def test_a_key_needs_no_body_since_every_field_is_optional(app_client: TestClient, account: TestAccount) -> None:
+    bare = app_client.post("/api/v1/keys", headers=account.headers)
+    assert bare.status_code == 201, bare.text
+    assert bare.json()["key"].startswith("hx-") and bare.json()["name"] == "" and bare.json()["expires_at"] is None
+    empty = app_client.post("/api/v1/keys", json={}, headers=account.headers)
+    assert empty.status_code == 201 and empty.json()["key"] != bare.json()["key"]
+    listed = app_client.get("/api/v1/keys", headers=account.headers).json()["data"]
+    assert {bare.json()["id"], empty.json()["id"]} <= {k["id"] for k in listed}
+
+
 def test_a_key_can_delete_itself_and_fails_on_the_very_next_request(app_client: TestClient,
                                                                     account: TestAccount) -> None:
     assert app_client.delete(f"/api/v1/keys/{account.key_id}", headers=account.headers).status_code == 200

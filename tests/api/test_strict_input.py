@@ -117,6 +117,8 @@ PATHS = [
     (chat(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
     (chat(stop=["ok", ""]), "stop", "non-empty"),
     (chat(messages=[{"role": "user", "content": [{"type": "bogus"}]}]), "messages.0.content.0.type", "'bogus'"),
+    (chat(messages=[{"role": "user", "content": []}]), "messages.0.content", "at least 1 item"),
+    (chat(messages=[{"role": "system", "content": []}, HI[0]]), "messages.0.content", "at least 1 item"),
     (chat(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]), "messages.0.content.0.text",
      "expected a string"),
     (chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
@@ -356,6 +358,11 @@ def test_null_for_an_optional_field_is_its_default(app_client: TestClient, accou
     ({"logprobs": True}, "logprobs"),
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "user", "content": "go on"}]}, "messages.0.tool_calls"),
+    ({"messages": [{"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}},
+                   {"role": "user", "content": "go on"}]}, "messages.0.function_call"),
 ])
 def test_a_feature_the_gateway_cannot_honour_is_refused_not_ignored(
         app_client: TestClient, engine: Engine, account: TestAccount, fields: dict[str, Any], param: str) -> None:
@@ -369,7 +376,7 @@ def test_a_feature_the_gateway_cannot_honour_is_refused_not_ignored(
 def test_the_harmless_forms_of_those_fields_pass(app_client: TestClient, account: TestAccount) -> None:
     response = app_client.post(CHAT, headers=account.headers, json=chat(
         tools=[], tool_choice="none", response_format={"type": "text"}, logprobs=False, top_logprobs=0,
-        logit_bias={}, seed=42))
+        logit_bias={}, seed=42, messages=[{"role": "assistant", "content": "Hi.", "tool_calls": []}, *HI]))
     assert response.status_code == 200, response.text
 
 
