@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 
 from api.responses import json_response
 from common.errors import (
@@ -257,11 +258,22 @@ def install(app: FastAPI) -> None:
 def _allowed_methods(request: Request) -> set[str]:
     """Every method any route serves at this path (Starlette's own Allow names one route's only)."""
     methods: set[str] = set()
-    for route in request.app.routes:
+    for route in _every_route(request.app.routes):
         match, _ = route.matches(request.scope)
         if match != Match.NONE:
             methods |= getattr(route, "methods", None) or set()
     return methods
+
+
+def _every_route(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """FastAPI (0.16x) keeps an included router whole, as one route of the app: its routes are
+    inside (they carry their router's prefix; no router is included under another prefix)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _every_route(inner.routes)
+        else:
+            yield route
 
 
 def _database_exceptions() -> tuple[type[Exception], ...]:

@@ -23,13 +23,20 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
     return JSONResponse(content, status_code=status, headers=headers)
 
 
-def stored_file_response(storage: Storage, stored: Mapping[str, Any], headers: dict[str, str]) -> StreamingResponse:
-    """A stored result file, streamed. Its bytes can be gone while its row remains (the expiry
-    sweep deletes the bytes first; an operator may clear the disk): 404, not a 500."""
+def stored_file_response(storage: Storage, stored: Mapping[str, Any], headers: dict[str, str],
+                         head: bool = False) -> Response:
+    """A stored result file, streamed (`head`: its headers only, nothing read). Its bytes can be
+    gone while its row remains (the expiry sweep deletes the bytes first; an operator may clear
+    the disk): 404, not a 500."""
+    not_stored = NotFound(f"The content of file {stored['id']} is no longer stored.", code="file_not_found",
+                          param="id")
+    headers = {"content-length": str(stored["bytes"]), **headers}
+    if head:
+        if not storage.exists(stored["storage_key"]):
+            raise not_stored
+        return Response(media_type=stored["content_type"], headers=headers)
     try:
         chunks = storage.iter_chunks(stored["storage_key"])  # opens the file now
     except FileNotFoundError:
-        raise NotFound(f"The content of file {stored['id']} is no longer stored.", code="file_not_found",
-                       param="id") from None
-    return StreamingResponse(chunks, media_type=stored["content_type"],
-                             headers={"content-length": str(stored["bytes"]), **headers})
+        raise not_stored from None
+    return StreamingResponse(chunks, media_type=stored["content_type"], headers=headers)

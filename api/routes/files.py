@@ -21,8 +21,8 @@ _FILE_RESPONSES = doc(None, 401, 404, content_type="image/png")
 _FILE_RESPONSES[200]["content"].update({t: {} for t in ("image/jpeg", "image/webp", "video/mp4")})
 
 
-@router.get("/files/{file_id}/content", summary="A stored result file; signed URLs need no Authorization",
-            responses=_FILE_RESPONSES, response_class=StreamingResponse)
+@router.api_route("/files/{file_id}/content", methods=["GET", "HEAD"], response_class=StreamingResponse,
+                  summary="A stored result file; signed URLs need no Authorization", responses=_FILE_RESPONSES)
 async def file_content(file_id: str, request: Request, services: ServicesDep,
                        expires: str | None = None, signature: str | None = None) -> Any:
     now = int(clock.now().timestamp())
@@ -36,7 +36,8 @@ async def file_content(file_id: str, request: Request, services: ServicesDep,
     stored = await run_in_threadpool(find_file, services.engine, file_id)
     if principal is not None and principal.account_id != stored["account_id"]:
         raise NotFound(f"No file {file_id}", code="file_not_found", param="id")
-    return stored_file_response(services.storage, stored, {"cache-control": "private, max-age=300"})
+    return stored_file_response(services.storage, stored, {"cache-control": "private, max-age=300"},
+                                head=request.method == "HEAD")
 
 
 def _refused_link(expires: str | None, now: int) -> AuthenticationFailed:

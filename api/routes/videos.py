@@ -93,10 +93,10 @@ async def get_video(video_id: str, caller: CallerDep) -> Any:
     return json_response(view, headers=_headers(view))
 
 
-@router.get("/videos/{video_id}/content", summary="Download the MP4",
-            responses=doc(None, 401, 404, content_type="video/mp4"), response_class=StreamingResponse)
+@router.api_route("/videos/{video_id}/content", methods=["GET", "HEAD"], summary="Download the MP4",
+                  responses=doc(None, 401, 404, content_type="video/mp4"), response_class=StreamingResponse)
 async def get_video_content(
-    video_id: str, principal: PrincipalDep, services: ServicesDep,
+    video_id: str, request: Request, principal: PrincipalDep, services: ServicesDep,
     variant: Literal["video", "thumbnail", "spritesheet"] = "video",
 ) -> Response:
     record, _ = await job_flow.read(services, principal, video_id, "video")
@@ -108,7 +108,8 @@ async def get_video_content(
         raise NotFound(f"No {variant} for video {video_id}; only the video itself is stored.", param="variant")
     stored = record.files[0]
     return stored_file_response(services.storage, stored,
-                                {"content-disposition": f'attachment; filename="{video_id}.mp4"'})
+                                {"content-disposition": f'attachment; filename="{video_id}.mp4"'},
+                                head=request.method == "HEAD")
 
 
 @router.delete("/videos/{video_id}", summary="Delete a video (an unfinished one is canceled and refunded)",

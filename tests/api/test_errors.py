@@ -115,6 +115,13 @@ def test_wrong_method_is_405_in_the_envelope(app_client: TestClient, account: Te
     response = app_client.put("/api/v1/credits", headers=account.headers)
     assert_envelope(response, 405, "invalid_request_error")
     assert response.headers.get("x-should-retry") == "false"
+    assert response.headers["allow"] == "GET"
+
+
+def test_a_405_to_head_names_the_methods_there_are(app_client: TestClient, account: TestAccount) -> None:
+    """Its body is dropped, as HEAD's is, but the Allow header was empty."""
+    response = app_client.head("/api/v1/credits", headers=account.headers)
+    assert response.status_code == 405 and response.headers["allow"] == "GET"
 
 
 # ---------------------------------------------------------------- 413

@@ -205,6 +205,7 @@ def test_a_file_whose_bytes_are_gone_is_404_file_not_found_not_a_500(media: Medi
     for url in (image["data"][0]["url"], f"/api/v1/videos/{video['id']}/content"):
         error = error_of(media.client.get(url, headers=account.headers), 404)
         assert error["code"] == "file_not_found" and error["type"] == "not_found_error"
+        assert media.client.head(url, headers=account.headers).status_code == 404
 
 
 def test_a_file_id_cannot_be_probed_without_a_key(media: Media) -> None:
@@ -226,6 +227,10 @@ def test_a_file_id_cannot_be_probed_without_a_key(media: Media) -> None:
     assert error_of(media.client.get("/api/v1/files/file_000000000000000000000000/content",
                                      headers=owner.headers), 404)["code"] == "file_not_found"
     assert media.client.get(url).status_code == 200
+    head = media.client.head(url)  # a signed link answers HEAD too, with the same headers and no body
+    assert (head.status_code, head.content, head.headers["content-type"]) == (200, b"", "image/png")
+    assert int(head.headers["content-length"]) == len(media.client.get(url).content)
+    assert media.client.head(f"/api/v1/files/{real}/content").status_code == 401
 
 
 def test_a_tampered_or_expired_signature_needs_the_owners_key(media: Media) -> None:
@@ -339,6 +344,9 @@ def test_a_video_created_as_json_polls_to_completed_and_its_content_is_an_mp4_of
 
     content = media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers)
     assert content.status_code == 200 and content.headers["content-type"] == "video/mp4"
+    head = media.client.head(f"/api/v1/videos/{video['id']}/content", headers=account.headers)
+    assert (head.status_code, head.content, head.headers["content-type"]) == (200, b"", "video/mp4")
+    assert head.headers["content-length"] == str(len(content.content))
     width, height, frames, seconds = mp4_facts(content.content)
     assert (width, height) == (1280, 720)
     assert frames == 32 and seconds == pytest.approx(4.0, abs=0.01)
