@@ -73,7 +73,8 @@ async def create_video(request: Request, principal: PrincipalDep, services: Serv
 @router.get("/videos", summary="List videos", responses=doc(VideoList, 401, 404))
 async def get_videos(
     principal: PrincipalDep, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: Annotated[str | None, Query(description="last_id of the previous page; another id is a 404")] = None,
+    after: Annotated[str | None, Query(pattern=r"^job_[0-9a-f]+$",
+                                       description="last_id of the previous page; another id is a 404")] = None,
     order: Literal["asc", "desc"] = "desc",
 ) -> Any:
     records, has_more = await run_in_threadpool(

@@ -298,9 +298,10 @@ def test_jobs_after_must_be_one_of_the_callers_jobs_never_silently_ignored(app_c
     second = app_client.get(f"/api/v1/jobs?limit=1&after={first['last_id']}", headers=account.headers)
     assert [j["id"] for j in second.json()["data"]] == [mine[0]], second.text
 
-    for malformed in ("nope", "", "job_XYZ"):
-        assert_envelope(app_client.get(f"/api/v1/jobs?after={malformed}", headers=account.headers), 400,
-                        "invalid_request_error", param="after")
+    for malformed in ("nope", "", "job_XYZ"):  # the same on both lists (an empty one restarted /videos at the top)
+        for listing in ("jobs", "videos"):
+            assert_envelope(app_client.get(f"/api/v1/{listing}?after={malformed}", headers=account.headers), 400,
+                            "invalid_request_error", param="after")
     unknown, foreign = (app_client.get(f"/api/v1/jobs?after={after}", headers=account.headers)
                         for after in ("job_" + "0" * 24, theirs))
     videos = app_client.get(f"/api/v1/videos?after={theirs}", headers=account.headers)  # the same rule
