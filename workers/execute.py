@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,7 @@ BUSY_RETRY_MS = 1000
 # fails it (worker_lost): enough for restarts and deploys that cut a job short, few enough that a
 # job that kills its worker every time (out of memory, a native crash) stops being retried.
 LOST_WORKER_ATTEMPTS = 3
+PROGRESS_SECONDS = 1.0  # a job's progress reaches its row at most this often (with the lease renewal)
 Requeue = Callable[..., Any]
 Notify = Callable[[str], Any]
 
@@ -144,12 +146,17 @@ async def _call(providers: Providers, entry: Any, job: ClaimedJob, progress: dic
 
 
 async def _heartbeat(job_id: str, owner: str, progress: dict[str, int], work: asyncio.Task[Any]) -> None:
-    """Renew the lease every quarter of it; stop the work once the job is no longer ours. A renewal
-    that fails because the database is unreachable (a restart) is tried again at the next beat:
-    the lease still runs meanwhile, so an outage shorter than it costs the job nothing."""
+    """Renew the lease every quarter of it, and sooner (at most once a second) when the progress
+    moved, so a poller sees it move; stop the work once the job is no longer ours. A renewal that
+    fails because the database is unreachable (a restart) is tried again at the next beat: the
+    lease still runs meanwhile, so an outage shorter than it costs the job nothing."""
     lease = context.settings().job_lease_seconds
+    beat = min(lease / 4, PROGRESS_SECONDS)
+    written, renewed = 0, time.monotonic()
     while True:
-        await asyncio.sleep(lease / 4)
+        await asyncio.sleep(beat)
+        if progress["value"] == written and time.monotonic() - renewed < lease / 4:
+            continue
         try:
             alive = await asyncio.to_thread(lifecycle.renew, context.engine(), job_id, owner, lease,
                                             progress["value"])
@@ -159,6 +166,7 @@ async def _heartbeat(job_id: str, owner: str, progress: dict[str, int], work: as
         if not alive:
             work.cancel()
             return
+        written, renewed = progress["value"], time.monotonic()
 
 
 def _store(job: ClaimedJob, media: list[MediaFile]) -> list[dict[str, Any]]:

@@ -354,6 +354,23 @@ def test_a_video_created_as_json_polls_to_completed_and_its_content_is_an_mp4_of
     assert before.balance - after.balance == VIDEO_PRICE
 
 
+def test_a_videos_progress_moves_while_it_renders(make_media: Callable[..., Media]) -> None:
+    """The progress reached the job row only with the lease renewal (every quarter of the lease,
+    5 s by default): a 4 s video read 0 until it was done. It now moves at most once a second."""
+    media = make_media(simulated_job_seconds=3.0, job_lease_seconds=20.0)
+    account = media.account("plus")
+    video = media.client.post("/api/v1/videos", headers=account.headers, json={"model": "vo3", "prompt": "slow"})
+    assert video.status_code == 200, video.text
+    seen: list[int] = []
+    deadline = time.monotonic() + 20
+    while not seen or seen[-1] < 100:
+        view = media.client.get(f"/api/v1/videos/{video.json()['id']}", headers=account.headers).json()
+        seen.append(view["progress"])
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.1)
+    assert seen == sorted(seen) and any(0 < p < 100 for p in seen), seen
+
+
 def test_a_video_created_as_multipart_form_data_like_the_sdk_sends_it(media: Media) -> None:
     account = media.account("plus")
     form = [("prompt", (None, "a tall ship")), ("model", (None, "vo3")), ("seconds", (None, "4")),
