@@ -30,7 +30,8 @@ def stored_file_response(storage: Storage, stored: Mapping[str, Any], headers: d
     the disk): 404, not a 500."""
     not_stored = NotFound(f"The content of file {stored['id']} is no longer stored.", code="file_not_found",
                           param="id")
-    headers = {"content-length": str(stored["bytes"]), **headers}
+    # nosniff: a browser takes the stored type as given (an image or a video), never guesses HTML from the bytes
+    headers = {"content-length": str(stored["bytes"]), "x-content-type-options": "nosniff", **headers}
     if head:
         if not storage.exists(stored["storage_key"]):
             raise not_stored

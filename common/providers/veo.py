@@ -142,6 +142,8 @@ class VeoVideoProvider:
         response = operation.get("response") or {}
         for entry in _media_entries(response):
             mime = str(entry.get("mimeType") or entry.get("mime_type") or "video/mp4")
+            if not mime.startswith("video/"):  # served from our origin: never as HTML or SVG, whatever it says
+                mime = "video/mp4"
             encoded = entry.get("bytesBase64Encoded") or entry.get("videoBytes") or entry.get("encodedVideo")
             if encoded:
                 return MediaFile(data=_decode(str(encoded)), content_type=mime)

@@ -78,6 +78,7 @@ class FakeVeoUpstream:
         self.fail_times = 0
         self.poll_fail_status: int | None = None
         self.poll_fail_times = 0
+        self.mime_type = "video/mp4"  # what vertex_bytes claims the bytes are
         self.hang = 0.0
         self.download_redirect = False
         self.redirect_origin: str | None = None
@@ -128,7 +129,7 @@ class FakeVeoUpstream:
                 "@type": _GEMINI_TYPE, "generateVideoResponse": filtered}
             return operation
         if self.form == "vertex_bytes":
-            video = {"bytesBase64Encoded": base64.b64encode(self.video).decode(), "mimeType": "video/mp4"}
+            video = {"bytesBase64Encoded": base64.b64encode(self.video).decode(), "mimeType": self.mime_type}
             operation["response"] = {"@type": _VERTEX_TYPE, "raiMediaFilteredCount": 0, "videos": [video]}
         elif self.form == "vertex_gcs":
             video = {"gcsUri": "gs://fake-bucket/veo/sample_0.mp4", "mimeType": "video/mp4"}

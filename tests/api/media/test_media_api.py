@@ -344,6 +344,7 @@ def test_a_video_created_as_json_polls_to_completed_and_its_content_is_an_mp4_of
 
     content = media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers)
     assert content.status_code == 200 and content.headers["content-type"] == "video/mp4"
+    assert content.headers["x-content-type-options"] == "nosniff"  # served from our origin: never sniffed as HTML
     head = media.client.head(f"/api/v1/videos/{video['id']}/content", headers=account.headers)
     assert (head.status_code, head.content, head.headers["content-type"]) == (200, b"", "video/mp4")
     assert head.headers["content-length"] == str(len(content.content))

@@ -104,6 +104,17 @@ async def test_the_vertex_form_with_inline_bytes(
     assert not veo_fake.requests_to(":download")
 
 
+@pytest.mark.parametrize("claimed", ["text/html", "image/svg+xml", "application/octet-stream"])
+async def test_inline_bytes_are_a_video_whatever_type_the_upstream_claims(
+    http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served, claimed: str
+) -> None:
+    """The file is served from the gateway's own origin: a type the upstream names is never taken
+    as HTML or SVG (a downloaded video was already forced to video/*, inline bytes were not)."""
+    veo_fake.form, veo_fake.mime_type = "vertex_bytes", claimed
+    video = await _provider(http_client, veo_served).generate_video(_request())
+    assert video.content_type == "video/mp4"
+
+
 async def test_the_vertex_form_with_a_gcs_uri_is_a_clear_final_error(
     http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served
 ) -> None:
