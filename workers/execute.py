@@ -140,7 +140,11 @@ async def _call(providers: Providers, entry: Any, job: ClaimedJob, progress: dic
     p = job.params
     if job.type == "image":
         request = ImageRequest(entry.upstream_model, p["prompt"], p["width"], p["height"], p.get("n", 1))
-        return await providers.image(entry).generate_images(request)
+        images = await providers.image(entry).generate_images(request)
+        if len(images) < request.n:  # the price is per image asked for: never charge for fewer
+            raise UpstreamError(f"The provider returned {len(images)} image(s) of the {request.n} asked for.",
+                                retryable=True, code="upstream_bad_response")
+        return images[:request.n]
     video = VideoRequest(entry.upstream_model, p["prompt"], int(p["seconds"]), p["width"], p["height"])
     return [await providers.video(entry).generate_video(video, lambda v: progress.__setitem__("value", v))]
 

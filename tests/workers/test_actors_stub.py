@@ -210,6 +210,27 @@ def test_a_provider_that_fails_twice_then_succeeds_is_charged_once_after_three_a
     assert before.balance - after.balance == IMAGE_PRICE
 
 
+@pytest.mark.parametrize("returned", [0, 1], ids=["none", "one of three"])
+def test_fewer_images_than_asked_for_is_a_bad_answer_retried_then_refunded_never_charged_for_all(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch, returned: int) -> None:
+    """The price is per image asked for: a provider that sends fewer (or none) is not paid for n."""
+    async def short(call: int, request: ImageRequest) -> list[MediaFile]:
+        return pngs(request)[:returned]
+
+    provider = ScriptedImages(short).install(monkeypatch)
+    jobs = make_jobs()
+    account = jobs.account()
+    before = books(jobs.engine, account.account_id)
+    job_id = jobs.submit(account, n=3)
+    row = jobs.wait(job_id)
+    jobs.join()
+    assert (row["status"], row["error_code"], row["charged"]) == ("failed", "upstream_bad_response", 0), row
+    assert provider.calls == jobs.settings.job_max_retries + 1
+    assert jobs.files(job_id) == [] and jobs.stored_keys() == []
+    after = assert_books_balance(jobs.engine, account.account_id)
+    assert after.balance == before.balance
+
+
 def test_a_permanent_provider_error_fails_the_job_at_once(
         gemini_jobs: tuple[Jobs, FakeGeminiImageUpstream]) -> None:
     jobs, fake = gemini_jobs
