@@ -103,7 +103,8 @@ _FILES_OF_JOBS = text(f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id IN :ids O
     bindparam("ids", expanding=True))
 _FILE_BY_ID = text(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = :id")
 # `not JobRecord.gone` as a condition on a `jobs` row: no result recorded, or some of its files still kept.
-_VISIBLE = "(jobs.result IS NULL OR EXISTS (SELECT 1 FROM files f WHERE f.job_id = jobs.id))"
+_VISIBLE = ("(jobs.result IS NULL OR EXISTS (SELECT 1 FROM files f WHERE f.job_id = jobs.id"
+            " AND f.expires_at >= :now))")
 _MARK_DELETED = text(
     "UPDATE jobs SET result = '[]' WHERE id = :id AND account_id = :aid AND status IN ('failed', 'canceled')"
     " AND result IS NULL"
@@ -160,7 +161,10 @@ def _found(rows: list[dict[str, Any]], job_id: str, job_type: str | None) -> tup
 
 
 def _record(row: dict[str, Any], files: list[dict[str, Any]], result_ids: list[str]) -> JobRecord:
-    ordered = {f["id"]: f for f in files}
+    """The job and its result files still kept: one past its expiry counts as gone at once, as
+    `find_file` has it, not only once the sweeper deleted it (every route then agrees)."""
+    now = clock.now().timestamp()
+    ordered = {f["id"]: f for f in files if f["expires_at"] >= now}
     return JobRecord(row, [ordered[i] for i in result_ids if i in ordered])
 
 
@@ -181,6 +185,7 @@ def list_jobs(engine: Engine, account_id: str, *, job_type: str | None, limit: i
         params["status"] = status
     if skip_gone:
         clauses.append(_VISIBLE)
+        params["now"] = clock.now().timestamp()
     with reader(engine).connect() as conn:
         if after:
             pivot = conn.execute(text("SELECT created_at FROM jobs WHERE id = :id AND account_id = :aid"),

@@ -372,6 +372,25 @@ def test_a_videos_progress_moves_while_it_renders(make_media: Callable[..., Medi
     assert seen == sorted(seen) and any(0 < p < 100 for p in seen), seen
 
 
+def test_a_result_past_its_expiry_is_gone_everywhere_before_the_sweeper_deletes_it(media: Media) -> None:
+    """The file link refused an expired result, while /videos/{id}/content still streamed it and
+    the job still listed it with fresh links, until the sweeper's file pass came by."""
+    account = media.account("plus")
+    created = media.client.post("/api/v1/videos", headers=account.headers, json={"model": "vo3", "prompt": "boat"})
+    video, _ = poll_video(media, account, created.json()["id"])
+    link = media.client.get(f"/api/v1/jobs/{video['id']}", headers=account.headers).json()["result"]["files"][0]["url"]
+    with clock.frozen(clock.now() + timedelta(days=media.settings.results_ttl_days, seconds=5)):
+        assert error_of(media.client.get(link, headers=account.headers), 404)["code"] == "file_not_found"
+        content = media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers)
+        assert error_of(content, 404)["code"] == "video_not_found"
+        assert error_of(media.client.get(f"/api/v1/videos/{video['id']}", headers=account.headers), 404)
+        assert video["id"] not in [v["id"] for v in media.client.get("/api/v1/videos",
+                                                                     headers=account.headers).json()["data"]]
+        job = media.client.get(f"/api/v1/jobs/{video['id']}", headers=account.headers).json()
+        assert job["status"] == "succeeded" and job["result"]["files"] == [], job
+    assert media.jobs.stored_keys(), "the bytes are still on disk: only the sweeper deletes them"
+
+
 def test_a_video_created_as_multipart_form_data_like_the_sdk_sends_it(media: Media) -> None:
     account = media.account("plus")
     form = [("prompt", (None, "a tall ship")), ("model", (None, "vo3")), ("seconds", (None, "4")),
