@@ -11,9 +11,11 @@ the URL). Retried: connection errors, timeouts, 408, 429 and 5xx, with exponenti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +76,9 @@ def deliver(
     body = encode_payload(payload)
     sign(secret, msg_id, 0, body)  # fail fast on a malformed secret or id, before any request
     owned = client is None
-    http = client or httpx.Client(trust_env=False, follow_redirects=False)
+    # No connection kept between attempts: each connects anew, so its deadline knows its socket.
+    http = client or httpx.Client(trust_env=False, follow_redirects=False,
+                                  limits=httpx.Limits(max_keepalive_connections=0))
     attempts, status, error = 0, None, None
     try:
         for attempt in range(1, max_attempts + 1):
@@ -106,24 +110,71 @@ def deliver(
 def _attempt(
     http: httpx.Client, url: str, address: str, body: bytes, headers: dict[str, str], timeout: float
 ) -> tuple[int | None, str | None, float | None]:
-    """One POST to the pinned address: (status, error, retry_after). The body is never read."""
+    """One POST to the pinned address, within `timeout` in all: (status, error, retry_after). The
+    body is never read."""
     original = parse_url(url)
     pinned = original.copy_with(host=address)
     headers = {**headers, "host": original.netloc.decode("ascii")}
-    extensions = {"sni_hostname": original.raw_host.decode("ascii")} if original.scheme == "https" else {}
-    try:
-        request = http.build_request(
-            "POST", pinned, content=body, headers=headers, timeout=timeout, extensions=extensions
-        )
-        response = http.send(request, stream=True, follow_redirects=False)
-    except httpx.HTTPError as exc:
-        return None, f"{type(exc).__name__}: {exc}", None
+    sni = {"sni_hostname": original.raw_host.decode("ascii")} if original.scheme == "https" else {}
+    with _Deadline(timeout) as deadline:
+        try:
+            request = http.build_request(
+                "POST", pinned, content=body, headers=headers, timeout=timeout,
+                extensions={**sni, "trace": deadline.trace},
+            )
+            response = http.send(request, stream=True, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            if deadline.expired:
+                return None, f"no answer within {timeout:g} s", None
+            return None, f"{type(exc).__name__}: {exc}", None
     try:
         status = response.status_code
         error = None if 200 <= status < 300 else f"HTTP {status}"
         return status, error, _retry_after(response.headers.get("retry-after"))
     finally:
         response.close()
+
+
+class _Deadline:
+    """An attempt's limit in all. httpx's timeout bounds each read and write only, so a receiver
+    that sends a byte now and then held an attempt, and the worker thread running it, for as long
+    as it liked. At the deadline the attempt's socket is shut down, which ends a read under way."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: the socket of each connection the attempt opens."""
+        if event == "connection.connect_tcp.complete":
+            sock = info["return_value"].get_extra_info("socket")
+            with self._lock:
+                if sock is not None:
+                    self._sockets.append(sock)
+                if self.expired:
+                    _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket | None) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _headers(msg_id: str, timestamp: int, signature: str) -> dict[str, str]:

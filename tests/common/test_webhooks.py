@@ -142,6 +142,38 @@ def test_timeouts_are_retried(receiver: Receiver) -> None:
     assert (result.ok, result.attempts, result.status) == (True, 2, 200)
 
 
+def test_a_receiver_that_dribbles_its_answer_is_cut_at_the_timeout_in_all() -> None:
+    """httpx's timeout bounds each read: a byte every 0.15 s kept one attempt with a 0.5 s timeout
+    (and the worker thread running it) for 5.6 s. The attempt now ends at its timeout in all."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+
+    def dribble() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n":
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    break
+                time.sleep(0.15)
+            conn.close()
+
+    threading.Thread(target=dribble, daemon=True).start()
+    started = time.monotonic()
+    result, _ = send(f"http://127.0.0.1:{port}/hook", timeout=0.5, max_attempts=2)
+    took = time.monotonic() - started
+    server.close()
+    assert (result.ok, result.attempts, result.status) == (False, 2, None), result
+    assert result.error == "no answer within 0.5 s" and took < 2 * 0.5 + 0.5, (result, took)
+
+
 def test_connection_errors_are_retried() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
