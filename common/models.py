@@ -145,6 +145,7 @@ class Job(SQLModel, table=True):
     request_hash: str | None = None
     webhook_url: str | None = None
     webhook_status: str | None = None  # pending | delivered | failed
+    webhook_pending_at: float | None = None  # when the send was taken in hand (a stale one is sent again)
     created_at: float
     enqueued_at: float
     started_at: float | None = None

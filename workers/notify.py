@@ -7,6 +7,7 @@ import logging
 
 from sqlalchemy import text
 
+from common import clock
 from common.jobs.views import Linker, job_view, load_job
 from common.webhook_secrets import account_webhook_secret
 from common.webhooks import deliver
@@ -24,8 +25,8 @@ def send_webhook(job_id: str) -> None:
     if row is None or not row.webhook_url or row.webhook_status == "delivered":
         return
     with engine.begin() as conn:  # marks it in hand, so the sweeper does not send it again meanwhile
-        conn.execute(text("UPDATE jobs SET webhook_status = 'pending' WHERE id = :id AND webhook_status IS NULL"),
-                     {"id": job_id})
+        conn.execute(text("UPDATE jobs SET webhook_status = 'pending', webhook_pending_at = :now"
+                          " WHERE id = :id AND webhook_status IS NULL"), {"id": job_id, "now": clock.now().timestamp()})
     record = load_job(engine, row.account_id, job_id)
     # No request here: without HELYX_PUBLIC_URL the links use the base the job was submitted to, as
     # the API's own answers do (a receiver cannot open a relative URL).

@@ -12,13 +12,23 @@ from collections.abc import Callable
 
 from sqlalchemy import text
 
-from common import billing
+from common import billing, webhooks
 from common.jobs import recovery
+from common.settings import Settings
 from workers import context
 
 log = logging.getLogger("helyx.sweeper")
 FILE_SWEEP_EVERY = 12  # sweeps
 WEBHOOK_GRACE_SECONDS = 60.0  # a finished job's own webhook send normally happens at once
+
+
+def longest_delivery(settings: Settings) -> float:
+    """The longest one webhook delivery can last (every attempt to its timeout, every backoff), and
+    a minute: a send taken in hand longer ago than that never ended, and is sent again."""
+    attempts = settings.webhook_max_attempts
+    waits = sum(min(settings.webhook_backoff_seconds * 2 ** (i - 1), webhooks.MAX_DELAY_SECONDS)
+                for i in range(1, attempts))
+    return attempts * settings.webhook_timeout_seconds + waits + 60.0
 
 
 def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True,
@@ -31,7 +41,8 @@ def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True,
         enqueue(job_id, _job_type(job_id))
     if dead:
         log.warning("reclaiming %d job(s) whose worker stopped renewing its lease", len(dead))
-    unsent = recovery.unsent_webhooks(engine, WEBHOOK_GRACE_SECONDS) if notify is not None else []
+    unsent = (recovery.unsent_webhooks(engine, WEBHOOK_GRACE_SECONDS, longest_delivery(settings))
+              if notify is not None else [])
     for job_id in unsent:
         notify(job_id)
     released = billing.expire_holds(engine)

@@ -46,20 +46,24 @@ def requeue_all_unfinished(engine: Engine) -> list[str]:
     return [r[0] for r in rows]
 
 
-def unsent_webhooks(engine: Engine, older_than: float, limit: int = 200) -> list[str]:
+_UNSENT = ("webhook_url IS NOT NULL AND status IN ('succeeded', 'failed', 'canceled') AND"
+           " ((webhook_status IS NULL AND finished_at < :cutoff) OR (webhook_status = 'pending'"
+           " AND (webhook_pending_at IS NULL OR webhook_pending_at < :stale)))")
+
+
+def unsent_webhooks(engine: Engine, older_than: float, longest_delivery: float, limit: int = 200) -> list[str]:
     """Finished jobs whose webhook was never sent (the process died between the state change and
-    the send). They are marked pending here, so each is sent once more, not on every sweep."""
+    the send), or whose send was taken in hand longer ago than any delivery lasts (the broker
+    refused the message, the worker died mid-delivery). Each is marked pending, with the time,
+    here: sent once more, not on every sweep. Receivers deduplicate on its stable webhook-id."""
     now = clock.now().timestamp()
+    bounds = {"cutoff": now - older_than, "stale": now - longest_delivery}
     with engine.begin() as conn:
-        rows = conn.execute(
-            text("SELECT id FROM jobs WHERE webhook_url IS NOT NULL AND webhook_status IS NULL"
-                 " AND finished_at < :cutoff AND status IN ('succeeded', 'failed', 'canceled') LIMIT :n"),
-            {"cutoff": now - older_than, "n": limit},
-        ).all()
+        rows = conn.execute(text(f"SELECT id FROM jobs WHERE {_UNSENT} LIMIT :n"), {**bounds, "n": limit}).all()
         ids = [r[0] for r in rows]
         for job_id in ids:
-            conn.execute(text("UPDATE jobs SET webhook_status = 'pending' WHERE id = :id AND webhook_status IS NULL"),
-                         {"id": job_id})
+            conn.execute(text(f"UPDATE jobs SET webhook_status = 'pending', webhook_pending_at = :now"
+                              f" WHERE id = :id AND {_UNSENT}"), {**bounds, "id": job_id, "now": now})
     return ids
 
 

@@ -75,7 +75,7 @@ class JobRecord:
 _JOB_COLUMNS = (
     "id, account_id, key_id, type, model, params, status, progress, attempts, lease_owner, lease_until, hold_id,"
     " price, charged, error_code, error_message, result, idempotency_key, request_hash, webhook_url,"
-    " webhook_status, created_at, enqueued_at, started_at, finished_at, expires_at"
+    " webhook_status, webhook_pending_at, created_at, enqueued_at, started_at, finished_at, expires_at"
 )
 _FILE_COLUMNS = "id, account_id, job_id, storage_key, content_type, bytes, created_at, expires_at"
 _JOB_WITH_BALANCE = text(
