@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
 from cli import admin_commands, run_commands
+from cli.preflight import StorageUnusable
 from common.catalog import CatalogError
 from common.errors import HelyxError
 from common.plans import PLANS
@@ -113,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except CatalogError as exc:
         print(f"helyx: error: invalid catalog: {exc}", file=sys.stderr)
+        return 2
+    except StorageUnusable as exc:
+        print(f"helyx: error: cannot use the storage directory: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:  # the settings (HELYX_* variables, .env)
         if exc.title != Settings.__name__:

@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from cli import single_instance
+from cli import preflight, single_instance
 from common import accounts, billing, clock, logs
-from common.catalog import load_catalog
 from common.db import get_engine
 from common.migrate import upgrade
 from common.settings import get_settings
@@ -69,7 +68,7 @@ def serve(args: argparse.Namespace) -> int:
               "`helyx account create`", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
-    load_catalog(settings)  # a broken HELYX_CATALOG stops here, before a demo key is printed
+    preflight.check(settings)  # a broken HELYX_CATALOG or storage stops here, before a demo key is printed
     if settings.self_contained:  # before anything is written or any job taken up
         try:
             lock = single_instance.claim_database(settings)
@@ -126,9 +125,7 @@ def _like_ctrl_c(signum: int, frame: FrameType | None) -> None:
 
 
 def worker(args: argparse.Namespace) -> int:
-    try:
-        from workers import runner
-    except ImportError:
-        print("helyx worker: media workers are not part of this build yet", file=sys.stderr)
-        return 2
+    from workers import runner
+
+    preflight.check(get_settings())  # a worker that boots with a broken catalog fails every job it takes
     return runner.run(processes=args.processes, threads=args.threads)

@@ -161,7 +161,8 @@ class Processes:
         return proc
 
     def uvicorn(self, env: Mapping[str, str], *, ready_timeout: float = 40.0) -> Proc:
-        """`uvicorn api.main:app` (the Procfile's web line) after `helyx migrate`."""
+        """`uvicorn api.main:app` after `helyx migrate`: what the Procfile's web line (`helyx serve` in
+        the production shape) runs, with a short grace for the fault tests."""
         subprocess.run([HELYX, "migrate"], env=dict(env), cwd=self.workdir, check=True, timeout=60,
                        stdout=subprocess.DEVNULL)
         port = free_port()
