@@ -179,6 +179,7 @@ class ChatCall:
 
 async def create_completion(services: Services, request: Request, body: ChatCompletionRequest,
                             log_fields: dict[str, Any]) -> Response:
+    log_fields["model"] = body.model  # a refusal (403, 402) names it too; the settlement sets it again
     messages = body.message_dicts()
     call_id = "chatcmpl-" + secrets.token_hex(12)
     prompt_estimate = estimate_prompt_tokens(messages)

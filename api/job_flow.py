@@ -54,6 +54,9 @@ async def submit(
     """Validate, gate, reserve, write the job and enqueue it; returns the job id. Call it inside
     `counted()`: the rate limit is counted there."""
     settings = services.settings
+    fields = getattr(request.state, "log", None)  # the request's log line (api.observability)
+    if fields is not None:
+        fields["model"] = model  # a refusal (403, 402) names it too
     entry = services.catalog.resolve(model, principal.plan, settings, kind=job_type)
     if webhook_url:
         with contextlib.suppress(WebhookHostUnresolved):  # may resolve later: checked before every delivery
@@ -77,8 +80,7 @@ async def submit(
         return submission.job_id
 
     job_id = await run_in_threadpool(submit_and_enqueue)
-    fields = getattr(request.state, "log", None)
-    if fields is not None:  # the request's log line (api.observability) names the job it made
+    if fields is not None:  # and names the job it made
         fields.update(model=entry.id, job_id=job_id, credits_reserved=to_credits(entry.rate_micro * units))
     return job_id
 

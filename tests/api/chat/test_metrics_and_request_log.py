@@ -70,3 +70,16 @@ def test_a_made_up_method_is_counted_as_other(gateway: Gateway) -> None:
     assert 'method="PROPFIND"' not in text
     assert (_sample(text, "helyx_http_requests_total", route="/api/v1/models", method="other", status="405")
             or 0) >= 1
+
+
+def test_a_refused_request_names_its_model_in_its_log_line(gateway: Gateway, request_log: Records) -> None:
+    """A 403 for a plan's model (and a 402, or a media job refused) logged the caller, not the model."""
+    account = gateway.account("free")
+    with gateway.http(account) as http:
+        chat = http.post("/chat/completions", json={**CHAT, "model": "claude-4.7"})
+        video = http.post("/videos", json={"model": "vo3", "prompt": "a wave"})
+    assert (chat.status_code, video.status_code) == (403, 403), (chat.text, video.text)
+    logged = {r.route: r for r in request_log.records if getattr(r, "route", "").startswith("/api/v1/")}
+    assert (logged["/api/v1/chat/completions"].status, logged["/api/v1/chat/completions"].model) == (  # type: ignore[attr-defined]
+        403, "claude-4.7")
+    assert (logged["/api/v1/videos"].status, logged["/api/v1/videos"].model) == (403, "vo3")  # type: ignore[attr-defined]
