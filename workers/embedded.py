@@ -10,7 +10,7 @@ import time
 import dramatiq
 
 from common.jobs import recovery
-from workers import context, sweeper
+from workers import context, execute, sweeper
 from workers.actors import deliver_webhook, enqueue
 from workers.broker import broker
 
@@ -38,3 +38,4 @@ def stop(worker: dramatiq.Worker) -> None:
     started = time.monotonic()
     worker.stop(timeout=int(grace * 1000))
     log.warning("workers stopped after %.1f s", time.monotonic() - started)
+    execute.cut_off_at_shutdown()

@@ -11,13 +11,14 @@ has already decided.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from common import billing
@@ -37,6 +38,8 @@ BUSY_RETRY_MS = 1000
 # fails it (worker_lost): enough for restarts and deploys that cut a job short, few enough that a
 # job that kills its worker every time (out of memory, a native crash) stops being retried.
 LOST_WORKER_ATTEMPTS = 3
+RUNNING: set[str] = set()  # the jobs this process is running now
+_RUNNING_LOCK = threading.Lock()
 PROGRESS_SECONDS = 1.0  # a job's progress reaches its row at most this often (with the lease renewal)
 Requeue = Callable[..., Any]
 Notify = Callable[[str], Any]
@@ -67,6 +70,35 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
         return
     if job is None:
         return  # finished, canceled, or running under a live lease elsewhere
+    with _running(job.id):
+        _run_claimed(job, owner, requeue, notify)
+
+
+@contextlib.contextmanager
+def _running(job_id: str) -> Iterator[None]:
+    with _RUNNING_LOCK:
+        RUNNING.add(job_id)
+    try:
+        yield
+    finally:
+        with _RUNNING_LOCK:
+            RUNNING.discard(job_id)
+
+
+def cut_off_at_shutdown() -> None:
+    """Logged once the workers have stopped: the jobs the grace cut off. Their rows stay `running`;
+    each runs again, and is charged once, when reclaimed: after its lease by any worker's sweeper,
+    or at the next start of the self-contained `helyx serve`."""
+    with _RUNNING_LOCK:
+        cut = sorted(RUNNING)
+    if cut:
+        log.warning("shutdown: %d running job(s) cut off at the end of the grace, to run again once reclaimed: %s",
+                    len(cut), ", ".join(cut))
+
+
+def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) -> None:
+    settings = context.settings()
+    engine = context.engine()
     _transition(job, "running", owner=owner)
     try:
         media = runtime.current().run(lambda rt: _produce(job, owner, rt))

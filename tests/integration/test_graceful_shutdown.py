@@ -95,29 +95,46 @@ def test_a_stream_cut_at_the_end_of_the_grace_is_settled_and_logged(tmp_path: Pa
     assert (logged[0]["outcome"], logged[0]["status"]) == ("cancelled", 200)
 
 
-def test_sigterm_lets_a_running_job_finish_before_serve_exits(tmp_path: Path) -> None:
-    """uvicorn raised SIGTERM again after its graceful stop, and its default action ended the
-    process there: a running job was cut off (and run, and paid to its provider, again at the next
-    start). The job now finishes within the grace, once, and nothing is left to resume."""
+def _running_video(tmp_path: Path, procs: Processes, job_seconds: float, grace: float) -> tuple[Proc, str, Any]:
+    """`helyx serve` running one video job: (the process, the job id, an engine on its database)."""
     db = tmp_path / "helyx.db"
-    env = base_env(database_url=f"sqlite:///{db}", storage_dir=tmp_path / "files", simulated_job_seconds=3,
-                   shutdown_grace_seconds=20)
+    env = base_env(database_url=f"sqlite:///{db}", storage_dir=tmp_path / "files",
+                   simulated_job_seconds=job_seconds, shutdown_grace_seconds=grace)
     created = subprocess.run([HELYX, "account", "create", "job@example.com", "--plan", "plus"], env=env,
                              cwd=tmp_path, check=True, capture_output=True, timeout=60)
     key = json.loads(created.stdout)["api_key"]
     engine = create_engine(f"sqlite:///{db}")
+    api = procs.serve(env)
+    submitted = httpx.post(api.api + "/videos", json={"model": "vo3", "prompt": "waves"}, timeout=30,
+                           headers={"Authorization": f"Bearer {key}"})
+    assert submitted.status_code == 200, submitted.text
+    job_id = submitted.json()["id"]
+    deadline = time.monotonic() + 15
+    with engine.connect() as conn:
+        while conn.execute(text("SELECT status FROM jobs WHERE id = :j"), {"j": job_id}).scalar_one() != "running":
+            assert time.monotonic() < deadline, api.log()
+            time.sleep(0.05)
+            conn.rollback()
+    return api, job_id, engine
+
+
+def test_a_job_cut_off_at_the_end_of_the_grace_is_named_in_the_log(tmp_path: Path) -> None:
     with Processes(tmp_path / "procs") as procs:
-        api = procs.serve(env)
-        submitted = httpx.post(api.api + "/videos", json={"model": "vo3", "prompt": "waves"}, timeout=30,
-                               headers={"Authorization": f"Bearer {key}"})
-        assert submitted.status_code == 200, submitted.text
-        job_id = submitted.json()["id"]
-        deadline = time.monotonic() + 15
+        api, job_id, engine = _running_video(tmp_path, procs, job_seconds=8, grace=1)
+        api.signal_group(signal.SIGTERM)
+        assert api.popen.wait(30) == 0, api.log()
         with engine.connect() as conn:
-            while conn.execute(text("SELECT status FROM jobs WHERE id = :j"), {"j": job_id}).scalar_one() != "running":
-                assert time.monotonic() < deadline, api.log()
-                time.sleep(0.05)
-                conn.rollback()
+            assert conn.execute(text("SELECT status FROM jobs WHERE id = :j"), {"j": job_id}).scalar_one() == "running"
+        assert f"cut off at the end of the grace, to run again once reclaimed: {job_id}" in api.log(100_000)
+    engine.dispose()
+
+
+def test_sigterm_lets_a_running_job_finish_before_serve_exits(tmp_path: Path) -> None:
+    """uvicorn raised SIGTERM again after its graceful stop, and its default action ended the
+    process there: a running job was cut off (and run, and paid to its provider, again at the next
+    start). The job now finishes within the grace, once, and nothing is left to resume."""
+    with Processes(tmp_path / "procs") as procs:
+        api, job_id, engine = _running_video(tmp_path, procs, job_seconds=3, grace=20)
         api.signal_group(signal.SIGTERM)
         time.sleep(0.5)
         api.signal_group(signal.SIGTERM)  # a repeated SIGTERM does not cut the job short
@@ -128,5 +145,5 @@ def test_sigterm_lets_a_running_job_finish_before_serve_exits(tmp_path: Path) ->
                                {"j": job_id}).one()
             assert (row.status, row.attempts, row.charged) == ("succeeded", 1, row.price), (row, api.log())
             assert conn.execute(text("SELECT COUNT(*) FROM holds WHERE status = 'open'")).scalar_one() == 0
-        assert "workers stopped after" in api.log(100_000)
+        assert "workers stopped after" in api.log(100_000) and "cut off" not in api.log(100_000)
     engine.dispose()
