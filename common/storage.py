@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -44,6 +44,11 @@ class Storage(Protocol):
         ...
 
     def exists(self, key: str) -> bool: ...
+
+    def delete_prefix(self, prefix: str, keep: Collection[str] = ()) -> int:
+        """Remove every object whose key starts with `prefix` + "/", except the keys in `keep`; how
+        many were removed."""
+        ...
 
 
 def validate_key(key: str) -> str:
@@ -117,6 +122,19 @@ class LocalStorage(Storage):
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
+
+    def delete_prefix(self, prefix: str, keep: Collection[str] = ()) -> int:
+        directory = self.path_for(prefix)
+        kept = {self.path_for(key) for key in keep}
+        removed = 0
+        for path in sorted(directory.rglob("*"), reverse=True) if directory.is_dir() else []:
+            if path.is_dir():
+                with suppress(OSError):  # not empty: something is kept there
+                    path.rmdir()
+            elif path not in kept:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
 
 def _read_chunks(handle: BinaryIO, chunk_size: int) -> Iterator[bytes]:

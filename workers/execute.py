@@ -115,15 +115,39 @@ def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) 
         return
     files = _store(job, media)
     day = billing.today(settings.timezone)
-    if while_database_down(lifecycle.succeed, engine, job, owner, files, settings.results_ttl_days * 86400, day) or (
-        lifecycle.has_result(engine, job.id, [f["id"] for f in files])  # committed before a lost reply
-    ):
+    try:
+        won = while_database_down(lifecycle.succeed, engine, job, owner, files, settings.results_ttl_days * 86400,
+                                  day) or lifecycle.has_result(engine, job.id, [f["id"] for f in files])
+    except DATABASE_DOWN:
+        raise  # committed or not, nobody can tell: the files stay (a commit would name them)
+    except BaseException:
+        _delete(files)  # the transaction rolled back: nothing names them
+        raise
+    if won:  # (has_result: committed before a lost reply)
         _transition(job, "succeeded", files=len(files))
+        _remove_orphans(job, keep=[f["storage_key"] for f in files])
         if job.webhook_url:
             notify(job.id)
     else:
-        for f in files:
-            context.storage().delete(f["storage_key"])
+        _delete(files)
+
+
+def _delete(files: list[dict[str, Any]]) -> None:
+    for f in files:
+        context.storage().delete(f["storage_key"])
+
+
+def _remove_orphans(job: ClaimedJob, keep: list[str]) -> None:
+    """Once a job has its outcome, files an earlier attempt stored and never recorded (its worker
+    was killed between storing and committing) are removed: no row names them, so the expiry
+    sweep, which works from rows, would never find them. No other attempt can record files now."""
+    try:
+        removed = context.storage().delete_prefix(f"{job.account_id}/{job.id}", keep=keep)
+    except OSError as exc:
+        log.warning("job %s: files of earlier attempts not removed (%s)", job.id, exc)
+        return
+    if removed:
+        log.info("job %s: removed %d file(s) an earlier attempt stored and never recorded", job.id, removed)
 
 
 def _transition(job: ClaimedJob, to: str, **fields: Any) -> None:
@@ -145,6 +169,7 @@ def _failed(job: ClaimedJob, owner: str, exc: UpstreamError, requeue: Requeue, n
         return
     if while_database_down(lifecycle.fail, engine, job, owner, exc.code, exc.message):
         _transition(job, "failed", error_code=exc.code, error=exc.message)
+        _remove_orphans(job, keep=[])
         if job.webhook_url:
             notify(job.id)
 

@@ -137,3 +137,15 @@ def test_missing_keys_raise_file_not_found_before_streaming(store: LocalStorage)
 def test_written_files_are_private_to_the_service(store: LocalStorage) -> None:
     store.put("jobs/j4/0.png", b"x", "image/png")
     assert (store.root / "jobs/j4/0.png").stat().st_mode & 0o077 == 0
+
+
+def test_delete_prefix_removes_everything_under_it_but_what_is_kept(store: LocalStorage) -> None:
+    for key in ("acct/job_1/a.png", "acct/job_1/b.png", "acct/job_1/sub/c.png", "acct/job_10/d.png"):
+        store.put(key, b"x", "image/png")
+    assert store.delete_prefix("acct/job_1", keep=["acct/job_1/b.png"]) == 2
+    assert [store.exists(k) for k in ("acct/job_1/a.png", "acct/job_1/b.png", "acct/job_1/sub/c.png",
+                                      "acct/job_10/d.png")] == [False, True, False, True]
+    assert store.delete_prefix("acct/job_1") == 1 and store.delete_prefix("acct/job_1") == 0
+    assert store.delete_prefix("acct/nothing-here") == 0
+    with pytest.raises(InvalidStorageKey):
+        store.delete_prefix("../outside")

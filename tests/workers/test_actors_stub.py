@@ -23,6 +23,7 @@ from common.money import MICRO
 from common.providers import simulated_media
 from common.providers.base import ImageRequest, MediaFile
 from common.providers.simulated_media import render_png
+from common.storage import LocalStorage
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.fakes.gemini_image_upstream import FakeGeminiImageUpstream
 from tests.fakes.server import serve
@@ -431,6 +432,61 @@ def test_a_job_whose_worker_died_is_reclaimed_after_its_lease_and_charged_once(
     assert jobs.kinds(job_id) == ["reserve", "settle"]
     after = assert_books_balance(jobs.engine, account.account_id)
     assert before.balance - after.balance == IMAGE_PRICE
+
+
+def test_files_a_killed_attempt_stored_and_never_recorded_are_removed_once_the_job_succeeds(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed between storing its files and committing left them on disk with no row
+    naming them, so the expiry sweep (which works from rows) never removed them."""
+    ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=0.3, stale_queued_seconds=3600)
+    account = jobs.account()
+    job_id = jobs.submit(account, enqueue=False)
+    dead = lifecycle.claim(jobs.engine, job_id, "killed-worker", 0.3, None)
+    assert dead is not None
+    storage = LocalStorage(jobs.settings.storage_dir)
+    orphan = f"{account.account_id}/{job_id}/file_killed.png"
+    storage.put(orphan, render_png("half done", 8, 8), "image/png")  # then SIGKILL: no commit, no cleanup
+    time.sleep(0.4)
+    assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 1
+    row = jobs.wait(job_id)
+    jobs.join()
+    assert row["status"] == "succeeded" and row["attempts"] == 2
+    [recorded] = jobs.files(job_id)
+    assert jobs.stored_keys() == [recorded["storage_key"]]
+    with clock.frozen(clock.now() + timedelta(days=jobs.settings.results_ttl_days + 1)):
+        sweeper.sweep_once(enqueue, sweep_files=True)
+    assert jobs.stored_keys() == []
+
+
+def test_files_of_an_attempt_whose_success_failed_to_commit_are_deleted(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A settlement that fails for another reason than the database's absence rolled back: no row
+    names the files it stored. They are deleted at once; the job runs again and succeeds."""
+    ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=0.3, stale_queued_seconds=3600)
+    real, calls = lifecycle.succeed, []
+
+    def fails_once(*args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the settlement failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "succeed", fails_once)
+    account = jobs.account()
+    job_id = jobs.submit(account)
+    deadline = time.monotonic() + 10
+    while not calls:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    with pytest.raises(RuntimeError, match="the settlement failed"):
+        jobs.join()  # the actor failed (Dramatiq logs it); the job's row is untouched
+    assert jobs.stored_keys() == [] and jobs.job(job_id)["status"] == "running"  # its lease will lapse
+    time.sleep(0.4)
+    assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 1
+    row = jobs.wait(job_id)  # (joining the broker again would raise the first attempt's failure again)
+    assert row["status"] == "succeeded" and jobs.stored_keys() == [jobs.files(job_id)[0]["storage_key"]]
 
 
 def test_a_job_whose_workers_keep_dying_is_failed_and_refunded_once_its_attempts_are_used_up(
