@@ -140,7 +140,10 @@ def _delete(files: list[dict[str, Any]]) -> None:
 def _remove_orphans(job: ClaimedJob, keep: list[str]) -> None:
     """Once a job has its outcome, files an earlier attempt stored and never recorded (its worker
     was killed between storing and committing) are removed: no row names them, so the expiry
-    sweep, which works from rows, would never find them. No other attempt can record files now."""
+    sweep, which works from rows, would never find them. No other attempt can record files now.
+    A first attempt has no earlier one: nothing to look for (the common case costs nothing)."""
+    if job.attempts <= 1:
+        return
     try:
         removed = context.storage().delete_prefix(f"{job.account_id}/{job.id}", keep=keep)
     except OSError as exc:
