@@ -36,7 +36,8 @@ def _job(engine: Engine, account: TestAccount, *, files: int = 0) -> str:
                     "INSERT INTO files (id, account_id, job_id, storage_key, content_type, bytes, created_at,"
                     " expires_at) VALUES (:id, :a, :j, :k, 'image/png', :b, :c, :e)"),
                     {"id": file_id, "a": account.account_id, "j": job.job_id, "k": f"key/{file_id}.png",
-                     "b": 1000 + i, "c": 1_763_800_000.123456, "e": 1_764_400_000.654321})
+                     "b": 1000 + i, "c": 1_763_800_000.123456, "e": clock.now().timestamp() + 86_400.654321})
+                # (kept a day more: a file past its expiry is gone from every read)
             conn.execute(text("UPDATE jobs SET status = 'succeeded', result = :r WHERE id = :j"),
                          {"r": json.dumps(ids), "j": job.job_id})
     return job.job_id
