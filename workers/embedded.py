@@ -34,8 +34,8 @@ def stop(worker: dramatiq.Worker) -> None:
     """Let the running jobs finish, for up to the shutdown grace; what is cut off then (or was
     still queued) is resumed at the next start. A second Ctrl-C ends the wait at once."""
     grace = context.settings().shutdown_grace_seconds
-    log.warning("stopping: up to %g s for running jobs to finish", grace)
+    log.info("stopping: up to %g s for running jobs to finish", grace)
     started = time.monotonic()
     worker.stop(timeout=int(grace * 1000))
-    log.warning("workers stopped after %.1f s", time.monotonic() - started)
+    log.info("workers stopped after %.1f s", time.monotonic() - started)
     execute.cut_off_at_shutdown()
