@@ -37,6 +37,8 @@ class DeliveryResult:
     status: int | None  # the last HTTP status received, if any
     error: str | None
     webhook_id: str
+    final: bool = False  # a failure no retry can mend (a refused URL, a 3xx or 4xx other than 408/429)
+    retry_after: float | None = None  # seconds the receiver asked for (Retry-After), if it did
 
 
 def new_webhook_id() -> str:
@@ -62,8 +64,11 @@ def deliver(
     webhook_id: str | None = None,
     resolver: Resolver = socket.getaddrinfo,
     clock: Callable[[], float] = time.time,
+    earlier_attempts: int = 0,
 ) -> DeliveryResult:
     """POST `payload` to `url` until a 2xx, a final failure, or `max_attempts` tries.
+    `earlier_attempts`: how many tries of this delivery were made before (by earlier calls), so the
+    rotation through the vetted addresses goes on where it stood.
 
     `webhook_id` stays the same on every attempt (receivers deduplicate on it); pass a stable id,
     e.g. derived from the job, so that a delivery resumed after a restart keeps it too. Each
@@ -88,20 +93,20 @@ def deliver(
                 attempts, status, error = attempt, None, exc.message
                 retry_after = None
             except WebhookURLRefused as exc:
-                return DeliveryResult(False, attempts, status, exc.message, msg_id)
+                return DeliveryResult(False, attempts, status, exc.message, msg_id, final=True)
             else:
                 attempts = attempt
-                address = addresses[(attempt - 1) % len(addresses)]
+                address = addresses[(earlier_attempts + attempt - 1) % len(addresses)]
                 timestamp = int(clock())
                 headers = _headers(msg_id, timestamp, sign(secret, msg_id, timestamp, body))
                 status, error, retry_after = _attempt(http, url, address, body, headers, timeout)
                 if status is not None and 200 <= status < 300:
                     return DeliveryResult(True, attempts, status, None, msg_id)
                 if status is not None and not _retryable(status):
-                    return DeliveryResult(False, attempts, status, error, msg_id)
+                    return DeliveryResult(False, attempts, status, error, msg_id, final=True)
             if attempt < max_attempts:
-                sleep(_delay(backoff, attempt, retry_after))
-        return DeliveryResult(False, attempts, status, error, msg_id)
+                sleep(delay_before_retry(backoff, attempt, retry_after))
+        return DeliveryResult(False, attempts, status, error, msg_id, retry_after=retry_after)
     finally:
         if owned:
             http.close()
@@ -197,7 +202,8 @@ def _retry_after(value: str | None) -> float | None:
     return float(value.strip())
 
 
-def _delay(backoff: float, attempt: int, retry_after: float | None) -> float:
+def delay_before_retry(backoff: float, attempt: int, retry_after: float | None) -> float:
+    """The wait after failed try number `attempt`: exponential, at least what the receiver asked."""
     delay = backoff * 2 ** (attempt - 1)
     if retry_after is not None:
         delay = max(delay, retry_after)

@@ -13,8 +13,8 @@ _HARD_LIMIT_MS = 2 * 3600 * 1000
 
 
 @dramatiq.actor(broker=broker, queue_name="webhooks", max_retries=0, time_limit=_HARD_LIMIT_MS)
-def deliver_webhook(job_id: str) -> None:
-    send_webhook(job_id)
+def deliver_webhook(job_id: str, attempt: int = 1) -> None:
+    send_webhook(job_id, attempt, retry=deliver_webhook.send_with_options)
 
 
 @dramatiq.actor(broker=broker, queue_name="images", max_retries=0, time_limit=_HARD_LIMIT_MS)

@@ -1,32 +1,41 @@
-"""Webhook delivery for a finished job: signed (Standard Webhooks), retried with backoff, guarded
-against SSRF. The job row records the outcome; a delivery never changes the job or its money."""
+"""Webhook delivery for a finished job: signed (Standard Webhooks), retried with backoff (each try
+a message of its own), guarded against SSRF. The job row records the outcome; a delivery never
+changes the job or its money."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import text
 
 from common import clock
 from common.jobs.views import Linker, job_view, load_job
 from common.webhook_secrets import account_webhook_secret
-from common.webhooks import deliver
+from common.webhooks import delay_before_retry, deliver
 from workers import context
 
 log = logging.getLogger("helyx.webhooks")
+Retry = Callable[..., Any]  # an actor's send_with_options
 
 
-def send_webhook(job_id: str) -> None:
+def send_webhook(job_id: str, attempt: int = 1, retry: Retry | None = None) -> None:
+    """One try of the job's webhook. A failure a retry may mend is tried again by a new message
+    `retry` sends after the backoff (with `attempt + 1`), not by sleeping here: a receiver that is
+    down or slow holds a worker thread for one attempt's timeout at most, never for the whole
+    series. Without `retry` (a caller that cannot schedule), the tries run here, back to back."""
     engine = context.engine()
     settings = context.settings()
     with engine.connect() as conn:
         row = conn.execute(text("SELECT account_id, webhook_url, webhook_status, status FROM jobs WHERE id = :id"),
                            {"id": job_id}).first()
-    if row is None or not row.webhook_url or row.webhook_status == "delivered":
+    if row is None or not row.webhook_url or row.webhook_status in ("delivered", "failed"):
         return
-    with engine.begin() as conn:  # marks it in hand, so the sweeper does not send it again meanwhile
+    with engine.begin() as conn:  # in hand (again): the sweeper leaves it alone while the tries go on
         conn.execute(text("UPDATE jobs SET webhook_status = 'pending', webhook_pending_at = :now"
-                          " WHERE id = :id AND webhook_status IS NULL"), {"id": job_id, "now": clock.now().timestamp()})
+                          " WHERE id = :id AND (webhook_status IS NULL OR webhook_status = 'pending')"),
+                     {"id": job_id, "now": clock.now().timestamp()})
     record = load_job(engine, row.account_id, job_id)
     # No request here: without HELYX_PUBLIC_URL the links use the base the job was submitted to, as
     # the API's own answers do (a receiver cannot open a relative URL).
@@ -36,10 +45,15 @@ def send_webhook(job_id: str) -> None:
     result = deliver(
         row.webhook_url, payload, secret=account_webhook_secret(context.signing_secret(), row.account_id),
         allow_private=settings.webhook_allow_private, timeout=settings.webhook_timeout_seconds,
-        max_attempts=settings.webhook_max_attempts, backoff=settings.webhook_backoff_seconds,
-        webhook_id=f"msg_{job_id}",
+        max_attempts=1 if retry is not None else settings.webhook_max_attempts,
+        backoff=settings.webhook_backoff_seconds, webhook_id=f"msg_{job_id}", earlier_attempts=attempt - 1,
     )
+    if not result.ok and not result.final and retry is not None and attempt < settings.webhook_max_attempts:
+        delay = delay_before_retry(settings.webhook_backoff_seconds, attempt, result.retry_after)
+        retry(args=(job_id, attempt + 1), delay=int(delay * 1000))
+        log.info("webhook for job %s: attempt %d failed (%s); again in %.1f s", job_id, attempt, result.error, delay)
+        return
     status = "delivered" if result.ok else "failed"
     with engine.begin() as conn:
         conn.execute(text("UPDATE jobs SET webhook_status = :s WHERE id = :id"), {"s": status, "id": job_id})
-    log.info("webhook for job %s: %s after %d attempt(s)", job_id, status, result.attempts)
+    log.info("webhook for job %s: %s after %d attempt(s)", job_id, status, attempt - 1 + result.attempts)

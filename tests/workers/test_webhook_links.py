@@ -58,3 +58,42 @@ def test_a_configured_public_url_wins_over_the_submitting_requests_host(
         make_jobs: Callable[..., Jobs], monkeypatch: pytest.MonkeyPatch) -> None:
     payload = _delivered(make_jobs, monkeypatch, "http://10.0.0.7:8000", public_url="https://api.example.com")
     assert _file_url(payload).startswith("https://api.example.com/api/v1/files/file_")
+
+
+def test_each_retry_of_a_webhook_is_a_message_of_its_own_not_a_sleep_in_the_worker(
+        make_jobs: Callable[..., Jobs], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A receiver that failed held a worker thread for every try and every backoff in between
+    (about two minutes with the defaults). Each try is now one message; a retryable failure sends
+    the next one, delayed, and returns; a final failure or the last try records the outcome."""
+    from sqlalchemy import text
+
+    tries: list[dict[str, Any]] = []
+
+    def deliver(url: str, payload: dict[str, Any], **kwargs: Any) -> DeliveryResult:
+        tries.append(kwargs)
+        return DeliveryResult(False, kwargs["max_attempts"], 503, "HTTP 503", kwargs["webhook_id"], retry_after=3)
+
+    monkeypatch.setattr(notify, "deliver", deliver)
+    jobs = make_jobs(webhook_max_attempts=3, webhook_backoff_seconds=1)
+    account = jobs.account("free")
+    job_id = submit_job(jobs.engine, jobs.principal(account), job_type="image", model="nano-banana-pro",
+                        params=PARAMS, price=IMAGE_PRICE, tz=jobs.settings.timezone,
+                        webhook_url="https://hooks.example.com/helyx").job_id
+    scheduled: list[tuple[tuple[Any, ...], int]] = []
+
+    def retry(*, args: tuple[Any, ...], delay: int) -> None:
+        scheduled.append((args, delay))
+
+    def status() -> Any:
+        with jobs.engine.connect() as conn:
+            return conn.execute(text("SELECT webhook_status FROM jobs WHERE id = :id"), {"id": job_id}).scalar()
+
+    notify.send_webhook(job_id, 1, retry=retry)
+    assert [t["max_attempts"] for t in tries] == [1] and scheduled == [((job_id, 2), 3000)]  # Retry-After wins
+    assert status() == "pending"
+    notify.send_webhook(job_id, 2, retry=retry)
+    assert scheduled[-1] == ((job_id, 3), 3000) and tries[-1]["earlier_attempts"] == 1
+    notify.send_webhook(job_id, 3, retry=retry)  # the last try: no more messages, the outcome recorded
+    assert len(scheduled) == 2 and len(tries) == 3 and status() == "failed"
+    notify.send_webhook(job_id, 1, retry=retry)  # a late duplicate message finds it settled
+    assert len(tries) == 3
