@@ -120,7 +120,7 @@ def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) 
                                   day) or lifecycle.has_result(engine, job.id, [f["id"] for f in files])
     except DATABASE_DOWN:
         raise  # committed or not, nobody can tell: the files stay (a commit would name them)
-    except BaseException:
+    except Exception:  # not an interrupt (Dramatiq's time limit) that could land after the commit
         _delete(files)  # the transaction rolled back: nothing names them
         raise
     if won:  # (has_result: committed before a lost reply)
