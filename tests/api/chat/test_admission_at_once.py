@@ -278,6 +278,17 @@ def test_a_rate_limit_spent_by_another_process_refuses_before_anything_is_looked
     assert _written(one.engine, account.account_id) == before
 
 
+def _assert_the_at_once_hold_was_released(gateway: Gateway, account: TestAccount, at_once_calls: list[Any],
+                                          failed: httpx.Response) -> None:
+    """The request failed (500) after its at-once hold, and that hold was given back in full."""
+    assert failed.status_code == 500, failed.text
+    made = at_once_calls[-1].hold_id
+    assert made is not None
+    [released] = [h for h in holds(gateway.engine, account.account_id) if h["id"] == made]
+    assert (released["status"], released["charged"]) == ("released", 0)
+    assert_books_balance(gateway.engine, account.account_id)
+
+
 def test_a_hold_made_at_once_is_released_when_recording_the_keys_use_fails(
         pg_gateway: Gateway, at_once_calls: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """The key's last use is recorded after the statement (at most once a minute); should that
@@ -292,12 +303,7 @@ def test_a_hold_made_at_once_is_released_when_recording_the_keys_use_fails(
         monkeypatch.setattr(deps, "_after_authentication", broken)
         with clock.frozen(clock.now() + timedelta(seconds=61)):  # the key's last use is due again
             failed = chat(http)
-    assert failed.status_code == 500, failed.text
-    made = at_once_calls[-1].hold_id
-    assert made is not None
-    [released] = [h for h in holds(pg_gateway.engine, account.account_id) if h["id"] == made]
-    assert (released["status"], released["charged"]) == ("released", 0)
-    assert_books_balance(pg_gateway.engine, account.account_id)
+    _assert_the_at_once_hold_was_released(pg_gateway, account, at_once_calls, failed)
 
 
 def test_a_hold_made_at_once_is_released_when_the_model_checks_after_it_fail(
@@ -313,12 +319,7 @@ def test_a_hold_made_at_once_is_released_when_the_model_checks_after_it_fail(
         assert chat(http).status_code == 200
         monkeypatch.setattr(Catalog, "resolve", broken)
         failed = chat(http)
-    assert failed.status_code == 500, failed.text
-    made = at_once_calls[-1].hold_id
-    assert made is not None
-    [released] = [h for h in holds(pg_gateway.engine, account.account_id) if h["id"] == made]
-    assert (released["status"], released["charged"]) == ("released", 0)
-    assert_books_balance(pg_gateway.engine, account.account_id)
+    _assert_the_at_once_hold_was_released(pg_gateway, account, at_once_calls, failed)
 
 
 @pytest.mark.redis
