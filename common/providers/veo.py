@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import math
 import time
 from typing import Any
 
@@ -73,10 +74,13 @@ def _filtered_error(response: dict[str, Any]) -> UpstreamError | None:
 
 
 def _metadata_progress(operation: dict[str, Any]) -> int | None:
-    metadata = operation.get("metadata") or {}
+    """The upstream's percentage, if it sent a usable one (Python's JSON parser lets NaN through)."""
+    metadata = operation.get("metadata")
+    if not isinstance(metadata, dict):
+        return None
     for key in ("progressPercent", "progress_percent", "progress"):
         value = metadata.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return int(value)
     return None
 

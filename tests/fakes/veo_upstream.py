@@ -31,6 +31,7 @@ import asyncio
 import base64
 import concurrent.futures
 import itertools
+import json
 from typing import Any
 
 from starlette.applications import Starlette
@@ -71,7 +72,7 @@ class FakeVeoUpstream:
         self.requests.clear()
         self.form = "gemini"
         self.polls_before_done = 0
-        self.progress: list[int] = []
+        self.progress: list[float] = []
         self.op_error: dict[str, Any] | None = None
         self.rai_reasons: list[str] | None = None
         self.fail_status: int | None = None
@@ -114,7 +115,8 @@ class FakeVeoUpstream:
             operation: dict[str, Any] = {"name": name, "metadata": {"createTime": "2025-01-01T00:00:00Z"}}
             if seen < len(self.progress):
                 operation["metadata"]["progressPercent"] = self.progress[seen]
-            return JSONResponse(operation)
+            # json.dumps, not JSONResponse: a NaN or Infinity goes out as the bare token a sloppy upstream sends
+            return Response(json.dumps(operation), media_type="application/json")
         return JSONResponse(self._finished(name, str(request.base_url).rstrip("/")))
 
     def _finished(self, name: str, origin: str) -> dict[str, Any]:

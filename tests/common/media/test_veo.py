@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import math
 import time
 from typing import Any
 
@@ -82,6 +83,16 @@ async def test_metadata_progress_is_reported_when_the_upstream_sends_it(
     seen: list[int] = []
     await _provider(http_client, veo_served, expected_seconds=1e6).generate_video(_request(), seen.append)
     assert seen == [0, 10, 40, 95, 100]  # capped at 95 until the video is in hand
+
+
+async def test_progress_that_is_not_a_finite_number_is_ignored(
+    http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served
+) -> None:
+    """Python's JSON parser accepts NaN and Infinity; int() of either raised and failed the job."""
+    veo_fake.polls_before_done, veo_fake.progress = 3, [math.nan, math.inf, 40]
+    seen: list[int] = []
+    await _provider(http_client, veo_served, expected_seconds=1e6).generate_video(_request(), seen.append)
+    assert seen == [0, 40, 100]
 
 
 async def test_the_time_estimate_rises_without_metadata(
