@@ -6,6 +6,7 @@ key never reaches a log: authentication logs only the display prefix; prompts ar
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from typing import Any
@@ -29,6 +30,20 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class _CutAtShutdown(logging.Filter):
+    """uvicorn cancels the requests still running when its shutdown grace ends, then logs each
+    cancellation as "Exception in ASGI application" with a traceback, at ERROR. It is the planned
+    end of a graceful stop (the request's own line says what was produced and charged), so it
+    becomes one warning without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "a request still running at the end of the shutdown grace was cut off", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def configure(level: str = "INFO") -> None:
     """JSON lines on stderr for the root logger (idempotent)."""
     global _configured
@@ -48,4 +63,5 @@ def configure(level: str = "INFO") -> None:
         logger = logging.getLogger(own_format)
         logger.handlers[:] = []
         logger.propagate = True
+    logging.getLogger("uvicorn.error").addFilter(_CutAtShutdown())
     _configured = True

@@ -93,6 +93,9 @@ def test_a_stream_cut_at_the_end_of_the_grace_is_settled_and_logged(tmp_path: Pa
     logged = [line for line in lines if line.get("route") == "/api/v1/chat/completions"]
     assert len(logged) == 1, api.log()
     assert (logged[0]["outcome"], logged[0]["status"]) == ("cancelled", 200)
+    assert not [line for line in lines if "exc_info" in line], "a traceback for the planned cut"
+    cut = [line for line in lines if line["message"].startswith("a request still running at the end of the shutdown")]
+    assert [line["level"] for line in cut] == ["WARNING"], api.log(100_000)
 
 
 def _running_video(tmp_path: Path, procs: Processes, job_seconds: float, grace: float) -> tuple[Proc, str, Any]:
