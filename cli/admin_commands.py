@@ -13,7 +13,7 @@ from common import accounts, billing, clock, ledger, reports
 from common.db import get_engine
 from common.errors import InvalidRequest
 from common.migrate import upgrade
-from common.money import to_micro
+from common.money import to_credits, to_micro
 from common.settings import get_settings
 
 
@@ -40,7 +40,8 @@ def key_create(args: argparse.Namespace) -> int:
     cap = _micro(args.daily_cap, "--daily-cap") if args.daily_cap is not None else None
     with _engine().begin() as conn:
         key = accounts.create_key(conn, args.account_id, name=args.name, now=clock.now().timestamp(), daily_cap=cap)
-    _print({"key_id": key.id, "api_key": key.secret, "account_id": args.account_id, "name": key.name})
+    _print({"key_id": key.id, "api_key": key.secret, "account_id": args.account_id, "name": key.name,
+            "daily_credit_cap": to_credits(cap) if cap is not None else None})
     return 0
 
 

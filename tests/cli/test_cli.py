@@ -88,7 +88,7 @@ def test_account_create_defaults_to_free(cli_db: Engine, run: Any) -> None:
 
 def test_key_create_and_revoke(cli_db: Engine, run: Any, created: dict[str, Any]) -> None:
     key = ok_json(run("key", "create", created["account_id"], "--name", "deploy", "--daily-cap", "50.5"))
-    assert (key["account_id"], key["name"]) == (created["account_id"], "deploy")
+    assert (key["account_id"], key["name"], key["daily_credit_cap"]) == (created["account_id"], "deploy", 50.5)
     assert accounts.authenticate(cli_db, key["api_key"], now=0.0).key_id == key["key_id"]
     with cli_db.connect() as conn:
         assert conn.execute(text("SELECT daily_cap FROM api_keys WHERE id = :k"),
