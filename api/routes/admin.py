@@ -45,7 +45,8 @@ async def create_account(body: AccountCreate, services: ServicesDep) -> Any:
                                            now=clock.now().timestamp())
 
     account_id, key = await run_in_threadpool(create)
-    return json_response({"account_id": account_id, "api_key": key.secret, "key_id": key.id}, status=201)
+    return json_response({"account_id": account_id, "api_key": key.secret, "key_id": key.id, "plan": body.plan},
+                         status=201)
 
 
 @router.get("/accounts", summary="List accounts", responses=doc(AccountList, 401, 404))

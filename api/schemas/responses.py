@@ -289,6 +289,7 @@ class AccountCreated(BaseModel):
     account_id: str
     api_key: str
     key_id: str
+    plan: str
 
 
 class AccountView(BaseModel):

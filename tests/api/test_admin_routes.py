@@ -81,7 +81,7 @@ def test_without_a_configured_token_the_admin_routes_do_not_exist(tmp_path: Path
 
 def test_create_an_account_whose_key_works(app_client: TestClient, engine: Engine) -> None:
     body = create(app_client, "new@example.com", "plus")
-    assert body["account_id"].startswith("acct_") and body["api_key"].startswith("hx-")
+    assert body["account_id"].startswith("acct_") and body["api_key"].startswith("hx-") and body["plan"] == "plus"
     credits = app_client.get("/api/v1/credits", headers={"Authorization": f"Bearer {body['api_key']}"})
     assert credits.status_code == 200
     assert (credits.json()["account_id"], credits.json()["plan"], credits.json()["remaining"]) == (
@@ -91,6 +91,7 @@ def test_create_an_account_whose_key_works(app_client: TestClient, engine: Engin
 
 def test_plan_defaults_to_free(app_client: TestClient) -> None:
     body = create(app_client, "default@example.com")
+    assert body["plan"] == "free"
     credits = app_client.get("/api/v1/credits", headers={"Authorization": f"Bearer {body['api_key']}"}).json()
     assert (credits["plan"], credits["daily_allowance"]) == ("free", 1000)
 
