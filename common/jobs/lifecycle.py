@@ -173,10 +173,12 @@ def _lock_account(conn: Connection, account_id: str, job_id: str | None = None) 
 
 
 def renew(engine: Engine, job_id: str, owner: str, lease_seconds: float, progress: int | None = None) -> bool:
-    """Extend the lease (and record progress); False when the job is no longer ours (canceled,
-    or reclaimed after our lease lapsed): the worker must then stop."""
+    """Extend the lease (and record progress, never lower than recorded: a retried attempt starts
+    its provider at 0 again); False when the job is no longer ours (canceled, or reclaimed after
+    our lease lapsed): the worker must then stop."""
     now = clock.now().timestamp()
-    sets = "lease_until = :until" + (", progress = :progress" if progress is not None else "")
+    sets = "lease_until = :until" + (
+        ", progress = CASE WHEN progress > :progress THEN progress ELSE :progress END" if progress is not None else "")
     with engine.begin() as conn:
         updated = conn.execute(text(f"UPDATE jobs SET {sets} WHERE {_OWNED}"),
                                {"id": job_id, "owner": owner, "until": now + lease_seconds,
