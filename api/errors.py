@@ -44,12 +44,15 @@ NOT_JSON = "The request body must be JSON (Content-Type: application/json)."
 _UNPARSED = "There was an error parsing the body"  # FastAPI's words for a body json.loads raised on
 
 
+_ERRORS_READ = 64  # the answer names one field; a schema that collects thousands of errors must not cost more
+
+
 def validation_error(exc: RequestValidationError) -> InvalidRequest:
     """FastAPI's validation error as one 400 naming the user's field (SPEC §2): the first bad
     field, its path as the user wrote it (`messages.0.content`, never pydantic's union-member
     tags such as `user` or `constrained-str`), and, where a union was tried, the error of the
     member that matched the input best."""
-    errors = list(exc.errors())
+    errors = list(exc.errors())[:_ERRORS_READ]
     if not errors:
         return InvalidRequest("Invalid request.")
     first = errors[0]

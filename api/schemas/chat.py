@@ -59,8 +59,11 @@ class _Message(JSONBody):
 
 
 # An array of content parts has at least one, as OpenAI has it (an empty one was sent on, and charged).
-TextParts = Annotated[list[TextPart], Field(min_length=1)]
-ContentParts = Annotated[list[ContentPart], Field(min_length=1)]
+# Arrays stop at their first bad item (fail_fast) and are bounded: a 4 MiB body of 2 million bad
+# parts made one error each, gigabytes of them, on the event loop and before the key was checked.
+MAX_CONTENT_PARTS = 512
+TextParts = Annotated[list[TextPart], Field(min_length=1, max_length=MAX_CONTENT_PARTS, fail_fast=True)]
+ContentParts = Annotated[list[ContentPart], Field(min_length=1, max_length=MAX_CONTENT_PARTS, fail_fast=True)]
 
 
 class SystemMessage(_Message):
@@ -100,7 +103,7 @@ class StreamOptions(JSONBody, NullMeansDefault):
 
 class ChatCompletionRequest(JSONBody, NullMeansDefault):
     model: str = Field(min_length=1, max_length=200)
-    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)
     temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=1.0, ge=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
