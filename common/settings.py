@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     )
     cors_origins: Annotated[list[str], NoDecode] = []  # a JSON list or comma-separated origins
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    max_messages: int = Field(default=256, ge=1)
-    max_message_chars: int = Field(default=200_000, ge=1)
+    # Lower only: the request schema (api/schemas/chat.py) refuses more than these before any setting is read.
+    max_messages: int = Field(default=256, ge=1, le=256)
+    max_message_chars: int = Field(default=200_000, ge=1, le=200_000)
 
     # Serving
     host: str = "127.0.0.1"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from api.schemas.chat import MAX_CONTENT_CHARS, MAX_MESSAGES
 from common.settings import Settings
 
 
@@ -44,3 +46,19 @@ def test_provider_keys_are_read_from_the_same_env_file_as_the_settings(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")  # the environment wins, as for HELYX_*
     assert settings.provider_secret("OPENAI_API_KEY") == "sk-from-the-environment"
     assert Settings(_env_file=None).provider_secret("ANTHROPIC_API_KEY_NOT_SET") is None  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(("name", "ceiling"), [("HELYX_MAX_MESSAGES", MAX_MESSAGES),
+                                               ("HELYX_MAX_MESSAGE_CHARS", MAX_CONTENT_CHARS)])
+def test_the_input_limits_can_be_lowered_and_raising_them_is_refused(
+        monkeypatch: pytest.MonkeyPatch, name: str, ceiling: int) -> None:
+    """The request schema refuses more than its ceiling before a setting is read: a higher setting
+    would have been silently ignored."""
+    field = name.removeprefix("HELYX_").lower()
+    monkeypatch.setenv(name, str(ceiling // 2))
+    assert getattr(Settings(_env_file=None), field) == ceiling // 2  # type: ignore[call-arg]
+    monkeypatch.setenv(name, str(ceiling))
+    assert getattr(Settings(_env_file=None), field) == ceiling  # type: ignore[call-arg]
+    monkeypatch.setenv(name, str(ceiling + 1))
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
