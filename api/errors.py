@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
@@ -154,6 +155,8 @@ def _json_type(value: object) -> str:
                               (list, "an array"), (dict, "an object")):
         if isinstance(value, python_type):
             return name
+    if isinstance(value, UploadFile):  # a form field sent as a file part
+        return "an uploaded file"
     return type(value).__name__
 
 

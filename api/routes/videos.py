@@ -37,7 +37,7 @@ async def _parse(request: Request) -> VideoCreateRequest:
             data: Any = dict(form.items())  # an uploaded file where text is due is refused by name
         else:
             data = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # json.loads raises the latter on deep nesting
         raise InvalidRequest("The request body is not valid JSON or form data.", code="invalid_json") from None
     try:
         return VideoCreateRequest.model_validate(data)
