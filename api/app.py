@@ -48,6 +48,12 @@ log = logging.getLogger("helyx.api")
 DRAIN_SECONDS = 5.0  # at shutdown, for requests cut at the grace's end to settle and log (api.observability)
 
 
+# What the OpenAI JS SDK reads in a browser (retry decisions, rate limits, video polling): a
+# cross-origin response shows a script only the headers listed here.
+EXPOSED_HEADERS = ["x-request-id", "x-should-retry", "retry-after", "x-ratelimit-limit-requests",
+                   "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests", "openai-poll-after-ms"]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     services = Services(settings=settings, engine=get_engine(settings.database_url))
@@ -103,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["x-request-id"])
+                           allow_headers=["*"], expose_headers=EXPOSED_HEADERS)
     app.add_middleware(ObservabilityMiddleware, in_flight=in_flight)
     app.add_middleware(RequestIdMiddleware)
     _register_collector(services)
