@@ -68,8 +68,10 @@ def test_without_a_configured_token_the_admin_routes_do_not_exist(tmp_path: Path
             for headers in ({}, ADMIN, {"Authorization": "Bearer "}):
                 listed = client.get("/admin/accounts", headers=headers)
                 created = client.post("/admin/accounts", json={"email": "a@example.com"}, headers=headers)
-                for response in (listed, created):
-                    assert response.status_code == 404
+                unparsable = client.post("/admin/accounts", content=b"xx", headers=headers)
+                wrong_method = client.get("/admin/accounts/acct_x/plan", headers=headers)
+                for response in (listed, created, unparsable, wrong_method):
+                    assert response.status_code == 404, response.text
                     assert response.json()["error"]["type"] == "not_found_error"
         assert count(engine, "accounts") == 0
     finally:
@@ -115,6 +117,11 @@ def test_duplicate_email_is_409_and_creates_nothing(app_client: TestClient, engi
         ({"email": "", "plan": "free"}, "email"),
         ({"plan": "free"}, "email"),
         ({"email": 12345, "plan": "free"}, "email"),
+        ({"email": "a\u0007@b\r\nX-Injected: 1", "plan": "free"}, "email"),  # control characters
+        ({"email": "a b@example.com", "plan": "free"}, "email"),
+        ({"email": "@example.com", "plan": "free"}, "email"),
+        ({"email": "a@", "plan": "free"}, "email"),
+        ({"email": "a@b@example.com", "plan": "free"}, "email"),
     ],
 )
 def test_bad_account_input_is_400_with_param_and_creates_nothing(
@@ -148,6 +155,8 @@ def test_list_accounts_pages_through_every_account(app_client: TestClient) -> No
     for bad in ("limit=0", "limit=1001", "limit=x"):
         response = app_client.get(f"/admin/accounts?{bad}", headers=ADMIN)
         assert (response.status_code, response.json()["error"]["param"]) == (400, "limit")
+    unknown = app_client.get("/admin/accounts?after=zzz", headers=ADMIN)  # never a silent empty page
+    assert (unknown.status_code, unknown.json()["error"]["param"]) == (404, "after"), unknown.text
 
 
 # ---------------------------------------------------------------- plans
