@@ -8,6 +8,7 @@ once a minute per key, so it costs nothing on the hot path.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +56,13 @@ class NewKey:
     daily_cap: int | None
 
 
+_EMAIL = re.compile(r"[^\s@\x00-\x1f\x7f]+@[^\s@\x00-\x1f\x7f]+")
+
+
 def create_account(conn: Connection, email: str, plan: str, *, day: str, now: float) -> tuple[str, NewKey]:
     """A new account with today's full allowance and a first key."""
     email = email.strip()
-    if "@" not in email or len(email) > 320:
+    if not _EMAIL.fullmatch(email) or len(email) > 320:  # no spaces or control characters: logs and exports carry it
         raise InvalidRequest(f"{email!r} is not an email address.", param="email")
     if not is_plan(plan):
         raise InvalidRequest(f"Unknown plan {plan!r}: use free, plus, pro or ultra.", param="plan")

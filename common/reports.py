@@ -150,6 +150,8 @@ def list_accounts(engine: Engine, *, limit: int = 100, after: str | None = None)
         query += " WHERE id > :after"
         params["after"] = after
     with reader(engine).connect() as conn:
+        if after and conn.execute(text("SELECT 1 FROM accounts WHERE id = :a"), {"a": after}).first() is None:
+            raise NotFound(f"No account {after} to list after.", code="account_not_found", param="after")
         rows = conn.execute(text(query + " ORDER BY id LIMIT :n"), params).all()
     page = rows[:limit]
     return {
