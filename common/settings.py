@@ -21,6 +21,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_CHARS = 16
+JOB_HARD_LIMIT_SECONDS = 2 * 3600  # Dramatiq's time limit on the job actors (workers/actors.py)
 
 
 class Settings(BaseSettings):
@@ -79,8 +80,10 @@ class Settings(BaseSettings):
 
     # Media jobs
     image_wait_seconds: float = Field(default=60.0, ge=0)
-    image_job_time_limit: float = Field(default=300.0, gt=0)
-    video_job_time_limit: float = Field(default=1200.0, gt=0)
+    # Below the actors' hard limit, with time to spare for storing and settling: a job Dramatiq
+    # cuts off stays `running` and runs again (a paid call) once its lease lapses.
+    image_job_time_limit: float = Field(default=300.0, gt=0, le=JOB_HARD_LIMIT_SECONDS - 600)
+    video_job_time_limit: float = Field(default=1200.0, gt=0, le=JOB_HARD_LIMIT_SECONDS - 600)
     job_max_retries: int = Field(default=3, ge=0, le=20)
     job_retry_backoff_ms: int = Field(default=1000, ge=0)
     job_lease_seconds: float = Field(default=20.0, gt=0)

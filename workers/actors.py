@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dramatiq
 
+from common.settings import JOB_HARD_LIMIT_SECONDS
 from workers.broker import broker
 from workers.execute import run_job
 from workers.notify import send_webhook
 
 # A backstop above the per-type limits enforced inside run_job (settings *_job_time_limit).
-_HARD_LIMIT_MS = 2 * 3600 * 1000
+_HARD_LIMIT_MS = JOB_HARD_LIMIT_SECONDS * 1000
 
 
 @dramatiq.actor(broker=broker, queue_name="webhooks", max_retries=0, time_limit=_HARD_LIMIT_MS)

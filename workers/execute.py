@@ -41,6 +41,10 @@ LOST_WORKER_ATTEMPTS = 3
 RUNNING: set[str] = set()  # the jobs this process is running now
 _RUNNING_LOCK = threading.Lock()
 PROGRESS_SECONDS = 1.0  # a job's progress reaches its row at most this often (with the lease renewal)
+# A result that will not store is tried again with the media in hand, never by calling the
+# provider again (a paid call); then the job fails with a refund.
+STORE_TRIES = 3
+STORE_BACKOFF_SECONDS = 0.5
 Requeue = Callable[..., Any]
 Notify = Callable[[str], Any]
 
@@ -65,6 +69,7 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
         return
     except AttemptsExhausted as exhausted:
         log.warning("job transition", extra={"job_id": job_id, "to": "failed", "error_code": lifecycle.WORKER_LOST})
+        _remove_unrecorded(exhausted.account_id, job_id, keep=[])
         if exhausted.webhook_url:
             notify(job_id)
         return
@@ -113,7 +118,13 @@ def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) 
         _failed(job, owner, UpstreamError(f"Internal error: {type(exc).__name__}", retryable=True,
                                           code="internal_error"), requeue, notify)
         return
-    files = _store(job, media)
+    try:
+        files = _store_with_retries(job, media)
+    except Exception as exc:  # noqa: BLE001 - any storage error; not an interrupt (Dramatiq's time limit)
+        _failed(job, owner, UpstreamError(f"The result could not be stored ({type(exc).__name__}); the job was "
+                                          "refunded in full.", retryable=False, code="storage_failed"),
+                requeue, notify)
+        return
     day = billing.today(settings.timezone)
     try:
         won = while_database_down(lifecycle.succeed, engine, job, owner, files, settings.results_ttl_days * 86400,
@@ -142,15 +153,18 @@ def _remove_orphans(job: ClaimedJob, keep: list[str]) -> None:
     was killed between storing and committing) are removed: no row names them, so the expiry
     sweep, which works from rows, would never find them. No other attempt can record files now.
     A first attempt has no earlier one: nothing to look for (the common case costs nothing)."""
-    if job.attempts <= 1:
-        return
+    if job.attempts > 1:
+        _remove_unrecorded(job.account_id, job.id, keep)
+
+
+def _remove_unrecorded(account_id: str, job_id: str, keep: list[str]) -> None:
     try:
-        removed = context.storage().delete_prefix(f"{job.account_id}/{job.id}", keep=keep)
+        removed = context.storage().delete_prefix(f"{account_id}/{job_id}", keep=keep)
     except OSError as exc:
-        log.warning("job %s: files of earlier attempts not removed (%s)", job.id, exc)
+        log.warning("job %s: files of earlier attempts not removed (%s)", job_id, exc)
         return
     if removed:
-        log.info("job %s: removed %d file(s) an earlier attempt stored and never recorded", job.id, removed)
+        log.info("job %s: removed %d file(s) an earlier attempt stored and never recorded", job_id, removed)
 
 
 def _transition(job: ClaimedJob, to: str, **fields: Any) -> None:
@@ -233,15 +247,31 @@ async def _heartbeat(job_id: str, owner: str, progress: dict[str, int], work: as
         written, renewed = progress["value"], time.monotonic()
 
 
+def _store_with_retries(job: ClaimedJob, media: list[MediaFile]) -> list[dict[str, Any]]:
+    for attempt in range(1, STORE_TRIES):
+        try:
+            return _store(job, media)
+        except Exception as exc:  # noqa: BLE001 - whatever the storage raised; the last try's error is kept
+            log.warning("job %s: storing its result failed (try %d of %d): %s", job.id, attempt, STORE_TRIES, exc)
+            time.sleep(STORE_BACKOFF_SECONDS * attempt)
+    return _store(job, media)
+
+
 def _store(job: ClaimedJob, media: list[MediaFile]) -> list[dict[str, Any]]:
     """Each file under its own new id: an attempt that loses the job deletes what it stored, and
-    must never hit the files of the attempt that won (a stalled worker whose lease was reclaimed)."""
-    files = []
-    for item in media:
-        file_id = new_id("file")
-        key = f"{job.account_id}/{job.id}/{file_id}{_extension(item.content_type)}"
-        size = context.storage().put(key, item.data, item.content_type)
-        files.append({"id": file_id, "storage_key": key, "content_type": item.content_type, "bytes": size})
+    must never hit the files of the attempt that won (a stalled worker whose lease was reclaimed).
+    A store that fails part-way deletes what it stored before raising."""
+    files: list[dict[str, Any]] = []
+    try:
+        for item in media:
+            file_id = new_id("file")
+            key = f"{job.account_id}/{job.id}/{file_id}{_extension(item.content_type)}"
+            size = context.storage().put(key, item.data, item.content_type)
+            files.append({"id": file_id, "storage_key": key, "content_type": item.content_type, "bytes": size})
+    except Exception:
+        with contextlib.suppress(OSError):
+            _delete(files)
+        raise
     return files
 
 

@@ -69,9 +69,10 @@ class AttemptsExhausted(Exception):
     """The job used all its attempts without an outcome (its workers died running it): it was
     failed with a full refund instead of being run again."""
 
-    def __init__(self, job_id: str, webhook_url: str | None) -> None:
+    def __init__(self, job_id: str, account_id: str, webhook_url: str | None) -> None:
         super().__init__(job_id)
         self.job_id = job_id
+        self.account_id = account_id
         self.webhook_url = webhook_url
 
 
@@ -156,7 +157,7 @@ def _fail_exhausted(engine: Engine, job_id: str, account_id: str, attempts: int)
         if row is None:
             return
         ledger.release(conn, row.hold_id, now=now)
-    raise AttemptsExhausted(job_id, row.webhook_url)
+    raise AttemptsExhausted(job_id, account_id, row.webhook_url)
 
 
 def _lock_account(conn: Connection, account_id: str, job_id: str | None = None) -> None:

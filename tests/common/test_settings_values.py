@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from api.schemas.chat import MAX_CONTENT_CHARS, MAX_MESSAGES
-from common.settings import Settings
+from common.settings import JOB_HARD_LIMIT_SECONDS, Settings
 
 
 @pytest.mark.parametrize(("raw", "origins"), [
@@ -60,5 +60,19 @@ def test_the_input_limits_can_be_lowered_and_raising_them_is_refused(
     monkeypatch.setenv(name, str(ceiling))
     assert getattr(Settings(_env_file=None), field) == ceiling  # type: ignore[call-arg]
     monkeypatch.setenv(name, str(ceiling + 1))
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("name", ["HELYX_IMAGE_JOB_TIME_LIMIT", "HELYX_VIDEO_JOB_TIME_LIMIT"])
+def test_a_job_time_limit_must_leave_room_under_the_actors_hard_limit(monkeypatch: pytest.MonkeyPatch,
+                                                                      name: str) -> None:
+    """Dramatiq interrupting a job at its hard limit left it `running`, to be run (and paid for) again."""
+    from workers.actors import run_image_job, run_video_job  # here: importing them sets up the broker
+
+    assert run_image_job.options["time_limit"] == run_video_job.options["time_limit"] == JOB_HARD_LIMIT_SECONDS * 1000
+    monkeypatch.setenv(name, str(JOB_HARD_LIMIT_SECONDS - 600))
+    Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.setenv(name, str(JOB_HARD_LIMIT_SECONDS - 599))
     with pytest.raises(ValidationError):
         Settings(_env_file=None)  # type: ignore[call-arg]
