@@ -56,6 +56,7 @@ class NewKey:
     daily_cap: int | None
 
 
+MAX_ACTIVE_KEYS = 100  # per account: keys are credentials, not capacity (the rate limit is the account's)
 _EMAIL = re.compile(r"[^\s@\x00-\x1f\x7f]+@[^\s@\x00-\x1f\x7f]+")
 
 
@@ -103,6 +104,12 @@ def create_key(
                              "(milliseconds?).", param="expires_at")
     if daily_cap is not None and daily_cap <= 0:
         raise InvalidRequest("daily_credit_cap must be positive.", param="daily_credit_cap")
+    active = conn.execute(text("SELECT COUNT(*) FROM api_keys WHERE account_id = :a AND revoked_at IS NULL"
+                               " AND (expires_at IS NULL OR expires_at > :now)"),
+                          {"a": account_id, "now": now}).scalar_one()
+    if active >= MAX_ACTIVE_KEYS:
+        raise Conflict(f"The account has {active} active keys, the most it may have; revoke one first.",
+                       code="key_limit_reached")
     secret = keys.generate_key()
     key = NewKey(new_id("key"), secret, keys.display_prefix(secret), name, now, expires_at, daily_cap)
     conn.execute(

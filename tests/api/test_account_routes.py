@@ -227,6 +227,21 @@ def test_a_key_needs_no_body_since_every_field_is_optional(app_client: TestClien
     assert {bare.json()["id"], empty.json()["id"]} <= {k["id"] for k in listed}
 
 
+def test_an_account_has_at_most_100_active_keys_and_a_revoked_one_frees_a_place(
+        app_client: TestClient, account: TestAccount, engine: Engine) -> None:
+    assert accounts.MAX_ACTIVE_KEYS == 100
+    made = [app_client.post("/api/v1/keys", headers=account.headers) for _ in range(99)]  # with the first: 100
+    assert {r.status_code for r in made} == {201}
+    refused = app_client.post("/api/v1/keys", headers=account.headers)
+    assert refused.status_code == 409 and refused.headers["x-should-retry"] == "false"
+    assert refused.json()["error"]["code"] == "key_limit_reached", refused.text
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM api_keys WHERE account_id = :a"),
+                            {"a": account.account_id}).scalar_one() == 100
+    assert app_client.delete(f"/api/v1/keys/{made[0].json()['id']}", headers=account.headers).status_code == 200
+    assert app_client.post("/api/v1/keys", headers=account.headers).status_code == 201
+
+
 def test_a_key_can_delete_itself_and_fails_on_the_very_next_request(app_client: TestClient,
                                                                     account: TestAccount) -> None:
     assert app_client.delete(f"/api/v1/keys/{account.key_id}", headers=account.headers).status_code == 200
