@@ -66,7 +66,7 @@ async def list_keys(principal: PrincipalDep, services: ServicesDep) -> Any:
 
 
 @router.post("/keys", status_code=201, summary="Create a key; its secret is shown only in this response",
-             responses=doc(KeyCreated, 401, status=201))
+             responses=doc(KeyCreated, 401, 409, status=201))
 async def create_key(principal: PrincipalDep, services: ServicesDep,
                      body: Annotated[KeyCreate | None, Body()] = None) -> Any:
     body = body or KeyCreate()  # every field is optional: so is the body
