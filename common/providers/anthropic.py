@@ -85,7 +85,7 @@ class AnthropicProvider:
                           usage=_usage(data.get("usage")))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
-        prompt_tokens: int | None = None
+        inputs: dict[str, Any] = {}  # the three prompt counts, as last reported
         completion_tokens: int | None = 0
         finish_reason: str | None = None
         with upstream_errors(PROVIDER):
@@ -101,7 +101,7 @@ class AnthropicProvider:
                         raise self._event_error(data)
                     if kind == "message_start":
                         usage = (data.get("message") or {}).get("usage") or {}
-                        prompt_tokens = _prompt_tokens(usage)
+                        inputs = {key: usage.get(key) for key in _INPUT_COUNTS}
                         completion_tokens = token_count(usage.get("output_tokens"), absent=0)
                     elif kind == "content_block_delta":
                         delta = data.get("delta") or {}
@@ -110,16 +110,16 @@ class AnthropicProvider:
                     elif kind == "message_delta":
                         finish_reason = _finish((data.get("delta") or {}).get("stop_reason"))
                         usage = data.get("usage") or {}
-                        # message_delta counts are cumulative, so the latest one wins.
+                        # message_delta counts are cumulative, each may be left out (then it is
+                        # unchanged): the latest of each wins.
                         completion_tokens = token_count(usage.get("output_tokens"), absent=completion_tokens)
-                        if usage.get("input_tokens") is not None:
-                            prompt_tokens = _prompt_tokens(usage)
+                        inputs.update({key: usage[key] for key in _INPUT_COUNTS if usage.get(key) is not None})
                     elif kind == "message_stop":
                         break
         if finish_reason is None:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
                                 retryable=True)
-        yield ChatDelta(finish_reason=finish_reason, usage=reported_usage(prompt_tokens, completion_tokens))
+        yield ChatDelta(finish_reason=finish_reason, usage=reported_usage(_prompt_tokens(inputs), completion_tokens))
 
     def _event_error(self, data: dict[str, Any]) -> UpstreamError:
         """An `error` event (mid-stream) or error body: {"type": "error", "error": {type, message}}."""
@@ -172,12 +172,14 @@ def _finish(stop_reason: str | None) -> str:
     return FINISH_REASONS.get(stop_reason or "", "stop")
 
 
+_INPUT_COUNTS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
 def _prompt_tokens(usage: dict[str, Any]) -> int | None:
     """Anthropic reports cached prompt tokens apart from input_tokens; all of them were read.
     None without input_tokens, or when any count is not a count (base.token_count)."""
     counts = [token_count(usage.get("input_tokens"))]
-    counts += [token_count(usage.get(key), absent=0) for key in ("cache_creation_input_tokens",
-                                                                  "cache_read_input_tokens")]
+    counts += [token_count(usage.get(key), absent=0) for key in _INPUT_COUNTS[1:]]
     return None if None in counts else min(sum(c for c in counts if c is not None), MAX_TOKEN_COUNT)
 
 

@@ -52,6 +52,8 @@ def _message(b: Behaviour, model: str, content: list[dict[str, Any]], *, final: 
     if not b.omit_usage:
         data["usage"] = {"input_tokens": b.prompt_tokens,
                          "output_tokens": b.completion_tokens if output_tokens is None else output_tokens}
+        if b.cached_tokens:
+            data["usage"]["cache_read_input_tokens"] = b.cached_tokens
     return data
 
 
@@ -77,6 +79,8 @@ async def _stream(b: Behaviour, model: str) -> AsyncGenerator[bytes, None]:
     delta: dict[str, Any] = {"delta": {"stop_reason": b.finish or "end_turn", "stop_sequence": None}}
     if not b.omit_usage:
         delta["usage"] = {"output_tokens": b.completion_tokens}
+        if b.delta_input_tokens:  # cumulative counts; a count left out is unchanged
+            delta["usage"]["input_tokens"] = b.prompt_tokens
     yield _event("message_delta", delta)
     yield _event("message_stop", {})
 

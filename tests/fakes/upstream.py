@@ -36,6 +36,10 @@ class Behaviour:
     prompt_tokens: Any = 12  # what the vendor sends: an int, or something broken (a string, -9, 12.5)
     completion_tokens: Any = 9
     thoughts_tokens: int = 0  # Gemini only: thoughtsTokenCount
+    cached_tokens: int = 0  # Anthropic only: cache_read_input_tokens, apart from input_tokens
+    delta_input_tokens: bool = False  # Anthropic only: message_delta repeats input_tokens (not the cache counts)
+    usage_in: str = "chunk"  # OpenAI-compatible streams: "chunk" (OpenAI's own, a last chunk of its own),
+    #   "choice" (Moonshot's: in the finish chunk's choices[0].usage), "x_groq" (Groq's older x_groq.usage)
     omit_usage: bool = False  # answer without any usage / token counts
     fail_first: int = 0  # the first K requests fail with fail_status ...
     fail_status: int = 500

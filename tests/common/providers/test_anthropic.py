@@ -123,6 +123,20 @@ async def test_a_stream_yields_text_deltas_then_finish_with_usage(
     assert anthropic_fake.last_request.json["stream"] is True
 
 
+@pytest.mark.parametrize("delta_input_tokens", [False, True])
+async def test_cached_prompt_tokens_are_counted_streamed_or_not(
+    anthropic_fake: FakeUpstream, client: httpx.AsyncClient, delta_input_tokens: bool
+) -> None:
+    """message_delta's counts are cumulative and may each be left out: an input_tokens there with
+    no cache counts had the stream charge 10 prompt tokens where the same call unstreamed paid 5,010."""
+    anthropic_fake.behaviour = Behaviour(prompt_tokens=10, cached_tokens=5000, completion_tokens=15,
+                                         delta_input_tokens=delta_input_tokens)
+    provider = AnthropicProvider(client, anthropic_fake.base_url, API_KEY)
+    assert (await provider.complete(chat_request())).usage == Usage(prompt_tokens=5010, completion_tokens=15)
+    deltas, error = await collect(provider, chat_request())
+    assert error is None and deltas[-1].usage == Usage(prompt_tokens=5010, completion_tokens=15)
+
+
 async def test_an_error_event_mid_stream_raises_after_the_earlier_deltas(
     anthropic_fake: FakeUpstream, client: httpx.AsyncClient
 ) -> None:
