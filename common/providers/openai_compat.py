@@ -2,8 +2,9 @@
 
 `base_url` ends with the API version, as in OpenAI's SDK ("https://api.openai.com/v1"); the
 adapter POSTs to `{base_url}/chat/completions`. A stream asks for `include_usage`, so its last
-chunk (with empty `choices`) carries the usage; an upstream that ignores the option yields a
-stream without usage and the caller estimates it.
+chunk (with empty `choices`) carries the usage (Moonshot's is in the finish chunk's choice, Groq's
+older one in `x_groq`: both read too); an upstream that ignores the option yields a stream
+without usage and the caller estimates it.
 """
 
 from __future__ import annotations
@@ -90,13 +91,16 @@ def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
     _raise_if_error(chunk, api_key)
     if not isinstance(chunk, dict):
         return None
-    content, finish_reason = "", None
+    content, finish_reason, usage_data = "", None, chunk.get("usage")
     choices = chunk.get("choices") or []
     if choices:
         choice = choices[0]
         content = (choice.get("delta") or {}).get("content") or ""
         finish_reason = choice.get("finish_reason")
-    usage = _usage(chunk.get("usage"))
+        # Moonshot puts the stream's usage in the finish chunk's choice; Groq used to put it in x_groq
+        groq = chunk.get("x_groq")
+        usage_data = usage_data or choice.get("usage") or (groq.get("usage") if isinstance(groq, dict) else None)
+    usage = _usage(usage_data)
     if not content and finish_reason is None and usage is None:
         return None
     return ChatDelta(content=content, finish_reason=finish_reason, usage=usage)

@@ -70,9 +70,11 @@ async def _stream(b: Behaviour, model: str, include_usage: bool) -> AsyncGenerat
     base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": model, "system_fingerprint": "fp_fake"}
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _event({**base, "choices": [choice]})
+        if extra.get("usage"):
+            choice["usage"] = extra.pop("usage")
+        return _event({**base, "choices": [choice], **extra})
 
     yield chunk({"role": "assistant", "content": ""})
     for sent, piece in enumerate(b.pieces()):
@@ -84,9 +86,15 @@ async def _stream(b: Behaviour, model: str, include_usage: bool) -> AsyncGenerat
         if b.chunk_delay:
             await asyncio.sleep(b.chunk_delay)
         yield chunk({"content": piece})
-    yield chunk({}, b.finish or "stop")
-    if include_usage and not b.omit_usage:
-        yield _event({**base, "choices": [], "usage": _usage(b)})
+    usage = _usage(b) if include_usage and not b.omit_usage else None
+    if usage and b.usage_in == "choice":
+        yield chunk({}, b.finish or "stop", usage=usage)
+    elif usage and b.usage_in == "x_groq":
+        yield chunk({}, b.finish or "stop", x_groq={"id": "req_fake", "usage": usage})
+    else:
+        yield chunk({}, b.finish or "stop")
+        if usage:
+            yield _event({**base, "choices": [], "usage": usage})
     yield _event("[DONE]")
 
 

@@ -75,6 +75,18 @@ async def test_a_stream_yields_the_content_then_the_finish_then_the_usage(
     assert sent["stream_options"] == {"include_usage": True}
 
 
+@pytest.mark.parametrize("usage_in", ["choice", "x_groq"])
+async def test_stream_usage_where_moonshot_and_groq_put_it_is_read(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient, usage_in: str
+) -> None:
+    """Moonshot sends it in the finish chunk's choices[0].usage, Groq (before include_usage) in
+    x_groq.usage: it was dropped there, and the charge estimated from the text instead."""
+    openai_fake.behaviour = Behaviour(prompt_tokens=19, completion_tokens=13, usage_in=usage_in)
+    deltas, error = await collect(OpenAICompatProvider(client, openai_fake.base_url, API_KEY), chat_request())
+    assert error is None and [d.usage for d in deltas if d.usage] == [Usage(19, 13)]
+    assert deltas[-1].finish_reason == "stop"
+
+
 async def test_a_length_finish_is_passed_through(
     openai_fake: FakeUpstream, client: httpx.AsyncClient
 ) -> None:
