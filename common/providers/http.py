@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import http.cookiejar
 import json
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -205,8 +206,32 @@ def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, st
     if vendor:
         message += f": {vendor}"
     code = "upstream_rate_limited" if status == 429 else None
+    retry_after = None
+    if retryable:
+        retry_after = retry_after_seconds(headers)
+        retry_after = google_retry_delay(body) if retry_after is None else retry_after
     return UpstreamHTTPError(message, retryable=retryable, upstream_status=status, code=code,
-                             retry_after=retry_after_seconds(headers) if retryable else None)
+                             retry_after=retry_after)
+
+
+def google_retry_delay(body: bytes) -> float | None:
+    """The wait a Google error body states (google.rpc.RetryInfo `retryDelay`, a duration such as
+    "38s"); Gemini says it there, not in Retry-After."""
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            delay = detail.get("retryDelay")
+            if isinstance(delay, str) and (match := _DURATION.fullmatch(delay.strip())):
+                return float(match.group(1))
+    return None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)s")
 
 
 def vendor_message(body: bytes, api_key: str | None) -> str:

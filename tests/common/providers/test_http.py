@@ -78,6 +78,23 @@ def test_retry_after_is_kept_only_for_retryable_statuses() -> None:
     assert status_error(400, b"", {"retry-after": "3"}, "p", None).retry_after is None
 
 
+def _google_429(delay: object) -> bytes:
+    details = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+               {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]
+    return json.dumps({"error": {"code": 429, "message": "Quota exceeded. Please retry in 40.1s.",
+                                 "status": "RESOURCE_EXHAUSTED", "details": details}}).encode()
+
+
+@pytest.mark.parametrize(("delay", "seconds"), [("40s", 40.0), ("0.5s", 0.5), ("3.000001s", 3.000001),
+                                                 ("soon", None), (40, None), ("-1s", None), ("nans", None)])
+def test_googles_retry_info_in_the_body_is_read_when_no_header_says_when(delay: object,
+                                                                         seconds: float | None) -> None:
+    """Gemini states a 429's wait in the body (google.rpc.RetryInfo), not in Retry-After: without it
+    the gateway retried the exhausted quota after 0.2 s, twice."""
+    assert status_error(429, _google_429(delay), {}, "gemini", None).retry_after == seconds
+    assert status_error(429, _google_429(delay), {"retry-after": "7"}, "gemini", None).retry_after == 7.0
+
+
 async def test_sse_events_handle_names_comments_multiline_data_and_crlf() -> None:
     raw = (b": keep-alive\r\n\r\nevent: ping\r\ndata: {}\r\n\r\n"
            b"data: line one\ndata: line two\n\ndata:no-space\n\ndata: tail-without-blank-line")
