@@ -9,6 +9,7 @@ of micro-credits here, once.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from common.errors import ModelNotFound, PermissionDenied
+from common.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from common.money import to_micro
 from common.plans import PLANS, plan_allows
 from common.providers.base import ProviderConfig
@@ -26,7 +27,8 @@ KINDS = ("chat", "image", "video")
 PROVIDER_KINDS = ("openai", "anthropic", "gemini", "veo", "simulated")
 UNITS = {"chat": "token", "image": "image", "video": "video"}
 MODES = ("extend", "replace")
-MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "upstream_model")
+MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "upstream_model", "unsupported_params")
+DROPPABLE_PARAMS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty", "user")
 PROVIDER_FIELDS = ("kind", "base_url", "api_key_env")
 # Options a provider kind's adapter takes beyond those (keyword arguments of its class).
 PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -50,6 +52,16 @@ class ModelEntry:
     min_plan: str
     provider: str
     upstream_model: str
+    # Chat fields the upstream model refuses (or fixes itself): never sent; a caller who sets one gets a 400.
+    unsupported_params: tuple[str, ...] = ()
+
+    def refuse_unsupported(self, given: Collection[str]) -> None:
+        """A field the caller set that this model's upstream refuses (or fixes itself): a 400 of
+        ours naming it, rather than the upstream's error after a hold, or a silent drop."""
+        for name in self.unsupported_params:
+            if name in given:
+                raise InvalidRequest(f"The model '{self.id}' does not support '{name}'; leave it out.",
+                                     param=name, code="unsupported_parameter")
 
     @property
     def unit(self) -> str:
@@ -196,8 +208,11 @@ def _model(model_id: str, fields: dict[str, Any], providers: dict[str, ProviderC
         raise CatalogError(f"model {model_id}: rate {fields.get('rate')!r} is not a credit amount") from exc
     if rate_micro <= 0:
         raise CatalogError(f"model {model_id}: rate must be positive")
+    unsupported = fields.get("unsupported_params", [])
+    if not isinstance(unsupported, list) or not set(unsupported) <= set(DROPPABLE_PARAMS):
+        raise CatalogError(f"model {model_id}: unsupported_params must be a list of {', '.join(DROPPABLE_PARAMS)}")
     return ModelEntry(
         id=model_id, name=fields.get("name", model_id), description=fields.get("description", ""), kind=kind,
         rate=rate, rate_micro=rate_micro, min_plan=min_plan, provider=provider,
-        upstream_model=fields.get("upstream_model", model_id),
+        upstream_model=fields.get("upstream_model", model_id), unsupported_params=tuple(unsupported),
     )

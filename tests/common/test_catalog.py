@@ -41,6 +41,8 @@ def test_a_file_extends_field_by_field_or_replaces(tmp_path: Path) -> None:
     ('[modles.vo3]\nrate = 1\n', "the file: unknown field modles"),
     ('[providers.openai]\nbase_url = "not a url"\n', "provider openai: base_url 'not a url' is not an http(s) URL"),
     ('[providers.openai]\ntimeout = 5\n', "provider openai: unknown field timeout"),
+    ('[models.vo3]\nunsupported_params = ["seed"]\n', "model vo3: unsupported_params must be a list of temperature"),
+    ('[models.vo3]\nunsupported_params = "stop"\n', "model vo3: unsupported_params must be a list of temperature"),
 ])
 def test_a_mistake_is_refused_with_a_message_naming_it(tmp_path: Path, toml: str, message: str) -> None:
     with pytest.raises(CatalogError) as refused:
