@@ -4,7 +4,8 @@
     {"instances": [{"prompt": P}],
      "parameters": {"aspectRatio": "16:9", "durationSeconds": 8, "resolution": "720p"}}
       → {"name": "models/veo-3.0-generate-001/operations/abc"}
-    GET {base_url}/{name}   every poll_interval s until "done": true, then either
+    GET {base_url}/{name}   every poll_interval s until "done": true (a Vertex AI operation, named
+      "projects/...": POST {base_url}/{model path}:fetchPredictOperation {"operationName": name}), then either
       Gemini API: response.generateVideoResponse.generatedSamples[0].video.uri → GET it (3xx followed)
       Vertex AI:  response.videos[0].bytesBase64Encoded (+ mimeType)  or  .gcsUri (refused: needs GCP auth)
 
@@ -128,8 +129,7 @@ class VeoVideoProvider:
                 raise UpstreamTimeout(f"{_WHAT}: not done after {self.max_wait:g} s (operation {name})")
             await asyncio.sleep(min(self.poll_interval, remaining))
             try:
-                polled = await send(self._client, "GET", f"{self._base_url}/{name}", what=_WHAT,
-                                    api_key=self._api_key)
+                polled = await self._poll(path, name)
                 operation, failures = json_object(polled, _WHAT), 0
             except UpstreamError as exc:
                 failures += 1
@@ -138,6 +138,14 @@ class VeoVideoProvider:
         video = await self._result(operation)
         progress.done()
         return video
+
+    async def _poll(self, path: str, name: str) -> httpx.Response:
+        """The Gemini API reads an operation by its name; Vertex AI's operations ("projects/...")
+        are read by a POST of the name to the model's fetchPredictOperation."""
+        if name.startswith("projects/"):
+            return await send(self._client, "POST", f"{self._base_url}/{path}:fetchPredictOperation", what=_WHAT,
+                              api_key=self._api_key, json={"operationName": name})
+        return await send(self._client, "GET", f"{self._base_url}/{name}", what=_WHAT, api_key=self._api_key)
 
     async def _result(self, operation: dict[str, Any]) -> MediaFile:
         error = operation.get("error")

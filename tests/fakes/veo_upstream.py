@@ -4,6 +4,8 @@ Serve `FakeVeoUpstream().app` over HTTP; the adapter's base_url is `{server}/v1b
 
     POST /v1beta/models/{model}:predictLongRunning     → {"name": "models/{model}/operations/{id}"}
     GET  /v1beta/models/{model}/operations/{id}        → the operation (done after `polls_before_done`)
+    POST /v1beta/models/{model}:fetchPredictOperation  → the same, for Vertex AI's operations, named
+         {"operationName": "projects/.../models/{model}/operations/{id}"}   "projects/..." (the vertex forms)
     GET  /v1beta/files/{id}:download?alt=media         → the MP4 (or a 302 to /blobs/{id})
     GET  /blobs/{id}                                   → the MP4
 
@@ -64,6 +66,7 @@ class FakeVeoUpstream:
         self.app = Starlette(routes=[
             Route("/v1beta/models/{model}:predictLongRunning", self._submit, methods=["POST"]),
             Route("/v1beta/models/{model}/operations/{op}", self._poll, methods=["GET"]),
+            Route("/v1beta/models/{model}:fetchPredictOperation", self._fetch_operation, methods=["POST"]),
             Route("/v1beta/files/{file}:download", self._download, methods=["GET"]),
             Route("/blobs/{file}", self._blob, methods=["GET"]),
         ])
@@ -98,12 +101,24 @@ class FakeVeoUpstream:
         if self.fail_status and (self.fail_times < 0 or self.submits <= self.fail_times):
             return google_error(self.fail_status, "fake submit failure")
         name = f"models/{request.path_params['model']}/operations/op{next(self._ids)}"
+        if self.form.startswith("vertex"):
+            name = f"projects/fake/locations/us-central1/publishers/google/{name}"
         self.polls[name] = 0
         return JSONResponse({"name": name})
 
     async def _poll(self, request: Request) -> Response:
         await record(request, self.requests)
         name = f"models/{request.path_params['model']}/operations/{request.path_params['op']}"
+        return self._operation(request, name)
+
+    async def _fetch_operation(self, request: Request) -> Response:
+        await record(request, self.requests)
+        name = str((await request.json()).get("operationName", ""))
+        if not name.startswith("projects/"):
+            return google_error(400, "operationName must be a Vertex AI operation")
+        return self._operation(request, name)
+
+    def _operation(self, request: Request, name: str) -> Response:
         if name not in self.polls:
             return google_error(404, f"Operation {name} not found")
         if self.poll_fail_status and (self.poll_fail_times < 0 or self.poll_failures < self.poll_fail_times):

@@ -110,9 +110,14 @@ async def test_the_vertex_form_with_inline_bytes(
     http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served
 ) -> None:
     veo_fake.form = "vertex_bytes"
+    veo_fake.polls_before_done = 2
     video = await _provider(http_client, veo_served).generate_video(_request())
     assert (video.data, video.content_type) == (veo_fake.video, "video/mp4")
     assert not veo_fake.requests_to(":download")
+    # Vertex AI reads its operations ("projects/...") by a POST to fetchPredictOperation, not a GET
+    polls = veo_fake.requests_to(":fetchPredictOperation")
+    assert len(polls) == 3 and all(p.body["operationName"].startswith("projects/") for p in polls)
+    assert not veo_fake.requests_to("/operations/")
 
 
 @pytest.mark.parametrize("claimed", ["text/html", "image/svg+xml", "application/octet-stream"])
