@@ -278,7 +278,7 @@ async def _stream(call: ChatCall) -> Response:
     async def abandoned() -> None:
         await _aclose(stream)
         await call.finish_or_log(_stream_outcome(call, "cancelled", first.usage, [first.content],
-                                                 "client_disconnected"), True)
+                                                 "client_disconnected", first.prompt_tokens), True)
 
     return EventStreamResponse(_events(call, first, stream), headers=call.headers, on_unstarted=abandoned)
 
@@ -292,6 +292,7 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
     then held back and sent last, with `usage` and `helyx` added to it."""
     produced: list[str] = []
     usage: Usage | None = None
+    prompt_tokens: int | None = None  # stated by the vendor before its usage (ChatDelta.prompt_tokens)
     outcome: Outcome | None = None
     held: tuple[dict[str, Any], str] | None = None  # the finish chunk, without include_usage
     try:
@@ -302,6 +303,7 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
             while delta is not None:
                 produced.append(delta.content)
                 usage = delta.usage or usage
+                prompt_tokens = delta.prompt_tokens if delta.prompt_tokens is not None else prompt_tokens
                 if delta.content or delta.finish_reason or not role_sent:
                     payload: dict[str, Any] = {"content": delta.content} if delta.content or role_sent else {}
                     if not role_sent:
@@ -318,7 +320,7 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
             with anyio.CancelScope(shield=True):
                 await _aclose(stream)
         outcome = _stream_outcome(call, "interrupted" if error else "succeeded", usage, produced,
-                                  error.code if error else None)
+                                  error.code if error else None, prompt_tokens)
         unsettled: HelyxError | None = None
         with anyio.CancelScope(shield=True):  # a client leaving now must not skip the settlement
             try:
@@ -352,8 +354,8 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
         if outcome is None:  # the client went away (or we were cancelled): charge what was produced
             with anyio.CancelScope(shield=True):
                 await _aclose(stream)
-                await call.finish_or_log(_stream_outcome(call, "cancelled", usage, produced, "client_disconnected"),
-                                         True)
+                await call.finish_or_log(_stream_outcome(call, "cancelled", usage, produced, "client_disconnected",
+                                                         prompt_tokens), True)
 
 
 def _settlement_failure(call: ChatCall, exc: Exception) -> HelyxError:
@@ -367,10 +369,14 @@ def _settlement_failure(call: ChatCall, exc: Exception) -> HelyxError:
     return ServerError("The gateway failed to record this call's charge; nothing was charged.")
 
 
-def _stream_outcome(call: ChatCall, status: str, usage: Usage | None, produced: list[str], code: str | None) -> Outcome:
+def _stream_outcome(call: ChatCall, status: str, usage: Usage | None, produced: list[str], code: str | None,
+                    prompt_tokens: int | None = None) -> Outcome:
+    """The vendor's usage; without it, the estimate, with the prompt's count the vendor stated, if it did."""
     if usage is not None:
         return Outcome(call.id, status, usage, error_code=code)
     estimate = chat_billing.estimated_usage(call.request.messages, "".join(produced))
+    if prompt_tokens is not None:
+        estimate = Usage(prompt_tokens, estimate.completion_tokens)
     return Outcome(call.id, status, estimate, usage_estimated=True, error_code=code)
 
 

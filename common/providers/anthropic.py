@@ -106,7 +106,7 @@ class AnthropicProvider:
                     elif kind == "content_block_delta":
                         delta = data.get("delta") or {}
                         if delta.get("type") == "text_delta" and delta.get("text"):
-                            yield ChatDelta(content=delta["text"])
+                            yield ChatDelta(content=delta["text"], prompt_tokens=_prompt_tokens(inputs))
                     elif kind == "message_delta":
                         finish_reason = _finish((data.get("delta") or {}).get("stop_reason"))
                         usage = data.get("usage") or {}

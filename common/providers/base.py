@@ -89,6 +89,9 @@ class ChatDelta:
     content: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    # The prompt's count where a vendor states it before the end (Anthropic's message_start,
+    # Gemini's every chunk): a stream cut or failed before its usage is charged it, not an estimate.
+    prompt_tokens: int | None = None
 
 
 @runtime_checkable

@@ -93,7 +93,7 @@ class GeminiChatProvider:
                     finish_reason = finish or finish_reason
                     usage = _usage(data.get("usageMetadata")) or usage  # cumulative: last wins
                     if content:
-                        yield ChatDelta(content=content)
+                        yield ChatDelta(content=content, prompt_tokens=_prompt_count(data.get("usageMetadata")))
         # Gemini has no end-of-stream marker: a stream is complete once a finishReason came.
         if finish_reason is None:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
@@ -165,6 +165,10 @@ def _finish(reason: str | None) -> str | None:
     if not reason or reason == "FINISH_REASON_UNSPECIFIED":
         return None
     return {"STOP": "stop", "MAX_TOKENS": "length"}.get(reason, "content_filter")
+
+
+def _prompt_count(data: Any) -> int | None:
+    return token_count(data.get("promptTokenCount")) if isinstance(data, dict) else None
 
 
 def _usage(data: Any) -> Usage | None:
