@@ -45,6 +45,7 @@ PROGRESS_SECONDS = 1.0  # a job's progress reaches its row at most this often (w
 # provider again (a paid call); then the job fails with a refund.
 STORE_TRIES = 3
 STORE_BACKOFF_SECONDS = 0.5
+STORAGE_FAILED = "storage_failed"
 Requeue = Callable[..., Any]
 Notify = Callable[[str], Any]
 
@@ -119,10 +120,13 @@ def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) 
                                           code="internal_error"), requeue, notify)
         return
     try:
-        files = _store_with_retries(job, media)
+        files = _store_with_retries(job, owner, media)
+    except LeaseLost:
+        _transition(job, "abandoned", reason="lease lost while storing (canceled or reclaimed)")
+        return
     except Exception as exc:  # noqa: BLE001 - any storage error; not an interrupt (Dramatiq's time limit)
         _failed(job, owner, UpstreamError(f"The result could not be stored ({type(exc).__name__}); the job was "
-                                          "refunded in full.", retryable=False, code="storage_failed"),
+                                          "refunded in full.", retryable=False, code=STORAGE_FAILED),
                 requeue, notify)
         return
     day = billing.today(settings.timezone)
@@ -186,7 +190,10 @@ def _failed(job: ClaimedJob, owner: str, exc: UpstreamError, requeue: Requeue, n
         return
     if while_database_down(lifecycle.fail, engine, job, owner, exc.code, exc.message):
         _transition(job, "failed", error_code=exc.code, error=exc.message)
-        _remove_orphans(job, keep=[])
+        if exc.code == STORAGE_FAILED:  # what a store that failed part-way could not delete itself
+            _remove_unrecorded(job.account_id, job.id, keep=[])
+        else:
+            _remove_orphans(job, keep=[])
         if job.webhook_url:
             notify(job.id)
 
@@ -247,14 +254,27 @@ async def _heartbeat(job_id: str, owner: str, progress: dict[str, int], work: as
         written, renewed = progress["value"], time.monotonic()
 
 
-def _store_with_retries(job: ClaimedJob, media: list[MediaFile]) -> list[dict[str, Any]]:
+def _store_with_retries(job: ClaimedJob, owner: str, media: list[MediaFile]) -> list[dict[str, Any]]:
+    """The heartbeat stopped with the provider call: before each try again the lease is renewed,
+    and LeaseLost once the job is no longer ours (canceled, or reclaimed by a sweeper, which would
+    pay the provider again if the lease lapsed while we were still trying)."""
     for attempt in range(1, STORE_TRIES):
         try:
             return _store(job, media)
         except Exception as exc:  # noqa: BLE001 - whatever the storage raised; the last try's error is kept
             log.warning("job %s: storing its result failed (try %d of %d): %s", job.id, attempt, STORE_TRIES, exc)
             time.sleep(STORE_BACKOFF_SECONDS * attempt)
+            _renew_or_stop(job, owner)
     return _store(job, media)
+
+
+def _renew_or_stop(job: ClaimedJob, owner: str) -> None:
+    try:
+        alive = lifecycle.renew(context.engine(), job.id, owner, context.settings().job_lease_seconds)
+    except DATABASE_DOWN:
+        return  # its lease still runs: try the store again meanwhile
+    if not alive:
+        raise LeaseLost(job.id)
 
 
 def _store(job: ClaimedJob, media: list[MediaFile]) -> list[dict[str, Any]]:

@@ -90,3 +90,42 @@ def test_a_job_failed_for_used_up_attempts_leaves_no_file_its_attempts_stored(
     jobs.join()
     assert (row["status"], row["error_code"]) == ("failed", "worker_lost")
     assert jobs.stored_keys() == []
+
+
+def test_each_try_again_renews_the_lease_first(make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat stops with the provider call: tries that outlasted the lease let a sweeper
+    reclaim the job, and the provider was paid a second time."""
+    provider = ScriptedImages().install(monkeypatch)
+    jobs = make_jobs()
+    _failing_puts(monkeypatch, lambda call: call <= 2)
+    real, renewals = lifecycle.renew, []
+
+    def renew(engine: Any, job_id: str, owner: str, lease_seconds: float, progress: int | None = None) -> bool:
+        renewals.append((job_id, lease_seconds))
+        return real(engine, job_id, owner, lease_seconds, progress)
+
+    monkeypatch.setattr(lifecycle, "renew", renew)
+    job_id = jobs.submit(jobs.account("plus"))
+    row = jobs.wait(job_id)
+    jobs.join()
+    assert (row["status"], row["attempts"], provider.calls) == ("succeeded", 1, 1)
+    assert renewals == [(job_id, jobs.settings.job_lease_seconds)] * 2  # before the second and third tries
+
+
+def test_a_job_canceled_while_its_store_is_retried_stops_trying(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    provider = ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=20.0, stale_queued_seconds=3600)
+    account = jobs.account("plus")
+    puts = _failing_puts(monkeypatch, lambda call: True)
+    monkeypatch.setattr(execute, "STORE_BACKOFF_SECONDS", 0.5)
+    job_id = jobs.submit(account)
+    deadline = time.monotonic() + 10
+    while not puts:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    lifecycle.cancel(jobs.engine, account.account_id, job_id)  # during the first backoff
+    jobs.join()
+    row = jobs.job(job_id)
+    assert (row["status"], len(puts), provider.calls) == ("canceled", 1, 1)
+    assert jobs.kinds(job_id) == ["reserve", "release"] and jobs.stored_keys() == []
