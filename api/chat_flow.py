@@ -26,7 +26,7 @@ from api.services import Services
 from api.sse import SSE_DONE, EventStreamResponse, sse_data
 from common import billing, chat_billing, clock, ledger
 from common.accounts import Principal
-from common.catalog import DROPPABLE_PARAMS, ModelEntry
+from common.catalog import WITHHOLDABLE, ModelEntry
 from common.chat_billing import Outcome, Reservation
 from common.errors import (
     ChargeUnconfirmed,
@@ -200,7 +200,7 @@ async def _counted(services: Services, admission: Admission, body: ChatCompletio
     reservation = admission.reservation
     try:
         entry = services.catalog.resolve(body.model, principal.plan, settings, kind="chat")
-        entry.refuse_unsupported(body.model_fields_set)
+        entry.refuse_unsupported(body.given())
         provider = services.providers.chat(entry)  # before reserving: a provider that cannot be built holds nothing
     except BaseException:
         if reservation is not None:  # made at once, on checks these repeat: never expected to happen
@@ -224,8 +224,8 @@ async def _counted(services: Services, admission: Admission, body: ChatCompletio
     call = ChatCall(
         services, principal, entry, provider,
         ChatRequest(model=entry.upstream_model, messages=messages, max_tokens=reservation.max_tokens,
-                    **{name: None if name in entry.unsupported_params else getattr(body, name)
-                       for name in DROPPABLE_PARAMS}),
+                    user=body.user, **{name: None if name in entry.withheld else getattr(body, name)
+                                       for name in WITHHOLDABLE}),
         reservation, call_id, int(started), started,
         SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, admission.rate_headers, log_fields,
         include_usage=body.stream_options is not None and body.stream_options.include_usage,

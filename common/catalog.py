@@ -9,7 +9,7 @@ of micro-credits here, once.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -27,8 +27,11 @@ KINDS = ("chat", "image", "video")
 PROVIDER_KINDS = ("openai", "anthropic", "gemini", "veo", "simulated")
 UNITS = {"chat": "token", "image": "image", "video": "video"}
 MODES = ("extend", "replace")
-MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "upstream_model", "unsupported_params")
-DROPPABLE_PARAMS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty", "user")
+MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "upstream_model", "unsupported_params",
+                "fixed_params")
+# The sampling fields a chat model's upstream may refuse or fix itself (catalog: unsupported_params, fixed_params).
+WITHHOLDABLE = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
+FIXABLE = ("temperature", "top_p")
 PROVIDER_FIELDS = ("kind", "base_url", "api_key_env")
 # Options a provider kind's adapter takes beyond those (keyword arguments of its class).
 PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -52,14 +55,26 @@ class ModelEntry:
     min_plan: str
     provider: str
     upstream_model: str
-    # Chat fields the upstream model refuses (or fixes itself): never sent; a caller who sets one gets a 400.
+    # Chat fields the upstream refuses, and those it fixes itself (with their values): never sent.
     unsupported_params: tuple[str, ...] = ()
+    fixed_params: tuple[tuple[str, float], ...] = ()
 
-    def refuse_unsupported(self, given: Collection[str]) -> None:
-        """A field the caller set that this model's upstream refuses (or fixes itself): a 400 of
-        ours naming it, rather than the upstream's error after a hold, or a silent drop."""
-        for name in self.unsupported_params:
-            if name in given:
+    @property
+    def withheld(self) -> frozenset[str]:
+        return frozenset(self.unsupported_params) | {name for name, _ in self.fixed_params}
+
+    def refuse_unsupported(self, given: Mapping[str, Any]) -> None:
+        """A 400 of ours naming a field the caller set (`given`) that this model's upstream
+        refuses, rather than the upstream's error after a hold, or a silent drop. A value that
+        asks for nothing passes: an empty `stop`, a zero penalty, a fixed field's own value."""
+        fixed = dict(self.fixed_params)
+        for name in self.withheld & given.keys():
+            value = given[name]
+            if name in fixed:
+                if value != fixed[name]:
+                    raise InvalidRequest(f"The model '{self.id}' takes only {name} = {fixed[name]:g} (its provider "
+                                         "fixes it); leave it out.", param=name, code="unsupported_parameter")
+            elif not ((name == "stop" and not value) or (name.endswith("_penalty") and value == 0)):
                 raise InvalidRequest(f"The model '{self.id}' does not support '{name}'; leave it out.",
                                      param=name, code="unsupported_parameter")
 
@@ -208,11 +223,18 @@ def _model(model_id: str, fields: dict[str, Any], providers: dict[str, ProviderC
         raise CatalogError(f"model {model_id}: rate {fields.get('rate')!r} is not a credit amount") from exc
     if rate_micro <= 0:
         raise CatalogError(f"model {model_id}: rate must be positive")
-    unsupported = fields.get("unsupported_params", [])
-    if not isinstance(unsupported, list) or not set(unsupported) <= set(DROPPABLE_PARAMS):
-        raise CatalogError(f"model {model_id}: unsupported_params must be a list of {', '.join(DROPPABLE_PARAMS)}")
     return ModelEntry(
         id=model_id, name=fields.get("name", model_id), description=fields.get("description", ""), kind=kind,
         rate=rate, rate_micro=rate_micro, min_plan=min_plan, provider=provider,
-        upstream_model=fields.get("upstream_model", model_id), unsupported_params=tuple(unsupported),
+        upstream_model=fields.get("upstream_model", model_id), **_sampling_limits(model_id, fields),
     )
+
+
+def _sampling_limits(model_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    unsupported, fixed = fields.get("unsupported_params", []), fields.get("fixed_params", {})
+    if not isinstance(unsupported, list) or not all(isinstance(n, str) and n in WITHHOLDABLE for n in unsupported):
+        raise CatalogError(f"model {model_id}: unsupported_params must be a list of {', '.join(WITHHOLDABLE)}")
+    if not isinstance(fixed, dict) or not all(name in FIXABLE and isinstance(value, int | float)
+                                              and not isinstance(value, bool) for name, value in fixed.items()):
+        raise CatalogError(f"model {model_id}: fixed_params must be a table of {', '.join(FIXABLE)} = a number")
+    return {"unsupported_params": tuple(unsupported), "fixed_params": tuple((n, float(v)) for n, v in fixed.items())}

@@ -165,6 +165,10 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
             raise ValueError(STOP_RULE) from None
         return [stop] if isinstance(stop, str) else stop
 
+    def given(self) -> dict[str, Any]:
+        """The fields the caller set (a null counts as not set), with their values."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens if self.max_tokens is not None else self.max_completion_tokens

@@ -43,6 +43,9 @@ def test_a_file_extends_field_by_field_or_replaces(tmp_path: Path) -> None:
     ('[providers.openai]\ntimeout = 5\n', "provider openai: unknown field timeout"),
     ('[models.vo3]\nunsupported_params = ["seed"]\n', "model vo3: unsupported_params must be a list of temperature"),
     ('[models.vo3]\nunsupported_params = "stop"\n', "model vo3: unsupported_params must be a list of temperature"),
+    ('[models.vo3]\nunsupported_params = [["stop"]]\n', "model vo3: unsupported_params must be a list of"),
+    ('[models.vo3]\nfixed_params = { stop = 1 }\n', "model vo3: fixed_params must be a table of temperature, top_p"),
+    ('[models.vo3]\nfixed_params = { temperature = "1" }\n', "model vo3: fixed_params must be a table of"),
 ])
 def test_a_mistake_is_refused_with_a_message_naming_it(tmp_path: Path, toml: str, message: str) -> None:
     with pytest.raises(CatalogError) as refused:

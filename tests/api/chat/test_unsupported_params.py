@@ -45,7 +45,8 @@ def test_the_fields_a_model_refuses_are_never_sent(gateway: Gateway, openai_fake
 
 
 @pytest.mark.parametrize(("model", "field", "value"), [
-    ("kimi-k2.6", "temperature", 0.2), ("kimi-k2.6", "top_p", 0.5), ("grok-pro", "stop", ["\n"]),
+    ("kimi-k2.6", "temperature", 0.2), ("kimi-k2.6", "temperature", 0), ("kimi-k2.6", "top_p", 0.5),
+    ("kimi-k2.6", "presence_penalty", -0.5), ("grok-pro", "stop", ["\n"]), ("grok-pro", "stop", "END"),
     ("grok-pro", "frequency_penalty", 0.5),
 ])
 def test_setting_one_is_a_400_naming_it_that_holds_nothing(gateway: Gateway, openai_fake: FakeUpstream, model: str,
@@ -70,6 +71,23 @@ def ledger_rows(engine: Engine, account_id: str) -> int:
     with engine.connect() as conn:
         return int(conn.execute(text("SELECT COUNT(*) FROM ledger_entries WHERE account_id = :a"),
                                 {"a": account_id}).scalar_one())
+
+
+@pytest.mark.parametrize(("model", "fields"), [
+    ("kimi-k2.6", {"temperature": 1, "top_p": 0.95, "presence_penalty": 0, "frequency_penalty": 0.0}),
+    ("grok-pro", {"stop": [], "presence_penalty": 0, "frequency_penalty": 0, "temperature": 0.2}),
+])
+def test_values_that_ask_for_nothing_pass_and_are_not_sent_either(
+        gateway: Gateway, openai_fake: FakeUpstream, model: str, fields: dict[str, object]) -> None:
+    """What generic clients send with every request (the fixed value, a zero penalty, no stop)."""
+    with gateway.http(gateway.account("plus")) as http:
+        answer = http.post("/chat/completions", json={"model": model, "messages": HI, "max_tokens": 5, **fields})
+    assert answer.status_code == 200, answer.text
+    sent = openai_fake.last_request.json
+    withheld = {"kimi-k2.6": {"temperature", "top_p", "presence_penalty", "frequency_penalty"},
+                "grok-pro": {"stop", "presence_penalty", "frequency_penalty"}}[model]
+    assert not withheld & set(sent), sent
+    assert model != "grok-pro" or sent["temperature"] == 0.2
 
 
 def test_other_models_still_get_every_field_and_the_defaults(gateway: Gateway, openai_fake: FakeUpstream) -> None:
