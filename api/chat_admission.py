@@ -10,7 +10,7 @@ before the upstream call instead of three (what that measured: README, Performan
 still looked up on every request (a revoked key fails at once), the rate is
 still counted before anything is held (a refused request holds nothing, as in turn), and every
 refusal is the one the path in turn gives, but for these: a plan change reaches the rate limit from
-the key's next request on; a revoked key whose rate limit is spent, or whose rate limit cannot be
+the key's next request on; a revoked key whose account's rate limit is spent, or cannot be
 counted (Redis away), gets one 429 or 503 before its 401s (a refused key is forgotten, so its next
 request goes in turn); and a request the database then fails (503) has used a rate-limit slot.
 

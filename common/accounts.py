@@ -104,6 +104,8 @@ def create_key(
                              "(milliseconds?).", param="expires_at")
     if daily_cap is not None and daily_cap <= 0:
         raise InvalidRequest("daily_credit_cap must be positive.", param="daily_credit_cap")
+    if conn.dialect.name == "postgresql":  # one key creation per account at a time, or the count races
+        conn.execute(text("SELECT 1 FROM accounts WHERE id = :a FOR UPDATE"), {"a": account_id})
     active = conn.execute(text("SELECT COUNT(*) FROM api_keys WHERE account_id = :a AND revoked_at IS NULL"
                                " AND (expires_at IS NULL OR expires_at > :now)"),
                           {"a": account_id, "now": now}).scalar_one()

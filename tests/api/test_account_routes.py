@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
 from common import accounts, billing, clock, ledger
+from common.errors import Conflict
 from common.money import MICRO
 from tests.conftest import TestAccount, create_test_account
 
@@ -240,6 +242,34 @@ def test_an_account_has_at_most_100_active_keys_and_a_revoked_one_frees_a_place(
                             {"a": account.account_id}).scalar_one() == 100
     assert app_client.delete(f"/api/v1/keys/{made[0].json()['id']}", headers=account.headers).status_code == 200
     assert app_client.post("/api/v1/keys", headers=account.headers).status_code == 201
+
+
+@pytest.mark.postgres
+def test_concurrent_key_creations_never_pass_the_cap(pg_engine: Engine) -> None:
+    account = create_test_account(pg_engine)  # its first key
+    with pg_engine.begin() as conn:
+        for _ in range(accounts.MAX_ACTIVE_KEYS - 2):
+            accounts.create_key(conn, account.account_id, now=clock.now().timestamp())
+    start, results = threading.Barrier(20), []
+
+    def create() -> None:
+        start.wait()
+        try:
+            with pg_engine.begin() as conn:
+                accounts.create_key(conn, account.account_id, now=clock.now().timestamp())
+            results.append("made")
+        except Conflict:
+            results.append("refused")
+
+    threads = [threading.Thread(target=create) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results) == ["made"] + ["refused"] * 19
+    with pg_engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM api_keys WHERE account_id = :a"),
+                            {"a": account.account_id}).scalar_one() == accounts.MAX_ACTIVE_KEYS
 
 
 def test_a_key_can_delete_itself_and_fails_on_the_very_next_request(app_client: TestClient,
