@@ -37,7 +37,9 @@ class _CutAtShutdown(logging.Filter):
     becomes one warning without the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+        exc = record.exc_info[1] if record.exc_info else None
+        # only uvicorn's own cut (it names it in the cancellation): any other stays an error
+        if isinstance(exc, asyncio.CancelledError) and "graceful shutdown" in str(exc):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.msg, record.args = "a request still running at the end of the shutdown grace was cut off", ()
             record.exc_info, record.exc_text = None, None

@@ -25,3 +25,26 @@ def test_uvicorns_lines_and_ours_are_json_objects() -> None:
     assert [(line["logger"], line["message"]) for line in lines] == [
         ("uvicorn.error", "Started server process [42]"), ("helyx.request", "request")]
     assert "color_message" not in lines[0] and lines[1]["status"] == 200
+
+
+_CANCELLED = """
+import asyncio, logging
+from common import logs
+logs.configure("INFO")
+error = logging.getLogger("uvicorn.error")
+for message in ("Task cancelled, timeout graceful shutdown exceeded", "cancelled by something else"):
+    try:
+        raise asyncio.CancelledError(message)
+    except asyncio.CancelledError as exc:
+        error.error("Exception in ASGI application\\n", exc_info=exc)
+"""
+
+
+def test_only_uvicorns_cut_at_the_end_of_the_grace_becomes_a_warning() -> None:
+    """Any other cancellation reaching uvicorn is a defect: it keeps its ERROR and its traceback."""
+    done = subprocess.run([sys.executable, "-c", _CANCELLED], capture_output=True, text=True, timeout=60, check=True)
+    cut, other = [json.loads(line) for line in done.stderr.splitlines()]
+    assert (cut["level"], "exc_info" in cut) == ("WARNING", False)
+    assert cut["message"].startswith("a request still running at the end of the shutdown grace was cut off")
+    assert (other["level"], other["message"]) == ("ERROR", "Exception in ASGI application\n")
+    assert "cancelled by something else" in other["exc_info"]
