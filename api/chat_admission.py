@@ -89,7 +89,7 @@ def _at_once_plan(services: Services, token: str | None, body: ChatCompletionReq
     try:
         check_limits(messages, settings.max_messages, settings.max_message_chars)
         entry = services.catalog.usable(body.model, settings, kind="chat")
-        entry.refuse_unsupported(body.given())
+        entry.refuse_unsupported(body.given)
         services.providers.chat(entry)  # one that cannot be built must not be reserved for
     except HelyxError:
         return None

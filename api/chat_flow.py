@@ -200,7 +200,7 @@ async def _counted(services: Services, admission: Admission, body: ChatCompletio
     reservation = admission.reservation
     try:
         entry = services.catalog.resolve(body.model, principal.plan, settings, kind="chat")
-        entry.refuse_unsupported(body.given())
+        entry.refuse_unsupported(body.given)
         provider = services.providers.chat(entry)  # before reserving: a provider that cannot be built holds nothing
     except BaseException:
         if reservation is not None:  # made at once, on checks these repeat: never expected to happen

@@ -9,8 +9,8 @@ of micro-credits here, once.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
@@ -59,17 +59,22 @@ class ModelEntry:
     unsupported_params: tuple[str, ...] = ()
     fixed_params: tuple[tuple[str, float], ...] = ()
 
-    @property
-    def withheld(self) -> frozenset[str]:
-        return frozenset(self.unsupported_params) | {name for name, _ in self.fixed_params}
+    withheld: frozenset[str] = field(init=False)  # both, never sent
 
-    def refuse_unsupported(self, given: Mapping[str, Any]) -> None:
-        """A 400 of ours naming a field the caller set (`given`) that this model's upstream
-        refuses, rather than the upstream's error after a hold, or a silent drop. A value that
-        asks for nothing passes: an empty `stop`, a zero penalty, a fixed field's own value."""
-        fixed = dict(self.fixed_params)
-        for name in self.withheld & given.keys():
-            value = given[name]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "withheld",
+                           frozenset(self.unsupported_params) | {name for name, _ in self.fixed_params})
+
+    def refuse_unsupported(self, given: Callable[[], Mapping[str, Any]]) -> None:
+        """A 400 of ours naming a field the caller set (`given()`: their names and values) that
+        this model's upstream refuses, rather than the upstream's error after a hold, or a silent
+        drop. A value that asks for nothing passes: an empty `stop`, a zero penalty, a fixed
+        field's own value."""
+        if not self.withheld:
+            return
+        fixed, fields = dict(self.fixed_params), given()
+        for name in self.withheld & fields.keys():
+            value = fields[name]
             if name in fixed:
                 if value != fixed[name]:
                     raise InvalidRequest(f"The model '{self.id}' takes only {name} = {fixed[name]:g} (its provider "
