@@ -4,13 +4,13 @@ In turn, the general path: the key lookup, then the rate-limit hit, then (api.ch
 reservation: three round trips before the upstream call.
 
 At once, on PostgreSQL, for a key this process has let in before (api.recent_keys): the
-rate-limit hit goes first, under the account and plan remembered from the key's last request; then
+rate-limit hit goes first, under the key id and plan remembered from the key's last request; then
 the key lookup and the reservation go out as one statement (common.admit_pg). Two round trips
 before the upstream call instead of three (what that measured: README, Performance). The key is
 still looked up on every request (a revoked key fails at once), the rate is
 still counted before anything is held (a refused request holds nothing, as in turn), and every
 refusal is the one the path in turn gives, but for these: a plan change reaches the rate limit from
-the key's next request on; a revoked key whose account's rate limit is spent, or cannot be
+the key's next request on; a revoked key whose rate limit is spent, or whose rate limit cannot be
 counted (Redis away), gets one 429 or 503 before its 401s (a refused key is forgotten, so its next
 request goes in turn); and a request the database then fails (503) has used a rate-limit slot.
 
@@ -57,7 +57,7 @@ async def admit(services: Services, request: Request, body: ChatCompletionReques
         return await _at_once(services, request, fast, purpose)
     principal = await authenticate(request, services)
     check_limits(messages, settings.max_messages, settings.max_message_chars)
-    decision = await services.limiter.hit(principal.account_id, principal.plan)
+    decision = await services.limiter.hit(principal.key_id, principal.plan)
     if token is not None:
         services.recent_keys.remember(keys.hash_key(token), principal.account_id, principal.key_id, principal.plan)
     return Admission(principal, decision.headers(), None)
@@ -105,7 +105,7 @@ async def _at_once(services: Services, request: Request, fast: _AtOnce, purpose:
     if fields is not None:  # a refusal's log line names the caller, as after a lookup
         fields.update(account_id=fast.account_id, key_prefix=fast.key_prefix)
     try:
-        decision = await services.limiter.hit(fast.account_id, fast.plan)  # 429 or 503: nothing looked up or held
+        decision = await services.limiter.hit(fast.key_id, fast.plan)  # 429 or 503: nothing looked up or held
     except HelyxError:
         services.recent_keys.forget(fast.key_hash)
         raise

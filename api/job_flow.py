@@ -36,10 +36,10 @@ def linker(services: Services, request: Request) -> Linker:
 
 @contextlib.asynccontextmanager
 async def counted(services: Services, principal: Principal) -> AsyncIterator[dict[str, str]]:
-    """Count the request against the account's rate limit (429 when over it) and yield the
+    """Count the request against the key's rate limit (429 when over it) and yield the
     `x-ratelimit-*` headers for the answer. A refusal raised inside the block carries them too
     (SPEC §2), as chat's do: the client still learns what the key has left."""
-    rate_headers = (await services.limiter.hit(principal.account_id, principal.plan)).headers()
+    rate_headers = (await services.limiter.hit(principal.key_id, principal.plan)).headers()
     try:
         yield rate_headers
     except HelyxError as exc:

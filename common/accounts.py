@@ -56,7 +56,7 @@ class NewKey:
     daily_cap: int | None
 
 
-MAX_ACTIVE_KEYS = 100  # per account: keys are credentials, not capacity (the rate limit is the account's)
+MAX_ACTIVE_KEYS = 100  # per account: rate limits count per key, so this bounds what minting keys buys
 _EMAIL = re.compile(r"[^\s@\x00-\x1f\x7f]+@[^\s@\x00-\x1f\x7f]+")
 
 

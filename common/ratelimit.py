@@ -1,5 +1,4 @@
-"""Per-account request rate limits by plan (all of an account's keys count together: a new key
-is no new allowance): a sliding-window counter (close to a true moving window at
+"""Per-key request rate limits by plan: a sliding-window counter (close to a true moving window at
 the cost of a fixed one).
 
 With `HELYX_REDIS_URL` the counters live in Redis and are shared by every API process
@@ -64,12 +63,12 @@ class RateLimiter:
             plan: RateLimitItemPerMinute(settings.rate_limit_for(plan)) for plan in ("free", "plus", "pro", "ultra")
         }
 
-    async def hit(self, account_id: str, plan: str) -> RateDecision:
-        """Count one request for `account_id`; RateLimited (with Retry-After) when over the plan's rate."""
+    async def hit(self, key_id: str, plan: str) -> RateDecision:
+        """Count one request for `key_id`; RateLimited (with Retry-After) when over the plan's rate."""
         item = self._items[plan]
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
-                counted = await self._count(item, account_id)
+                counted = await self._count(item, key_id)
         except Exception as exc:
             raise ServiceUnavailable("Rate limiting is unavailable; try again shortly.") from exc
         decision = RateDecision(item.amount, counted.remaining, counted.reset_seconds)
@@ -82,9 +81,9 @@ class RateLimiter:
             )
         return decision
 
-    async def _count(self, item: RateLimitItem, subject: str) -> WindowHit:
+    async def _count(self, item: RateLimitItem, key_id: str) -> WindowHit:
         if self._redis is not None:  # one round trip
-            return await self._redis.hit(item.key_for(subject), item.amount, item.get_expiry())
-        allowed = await self._memory.hit(item, subject)
-        counters = await self._memory_storage.get_sliding_window(item.key_for(subject), item.get_expiry())
+            return await self._redis.hit(item.key_for(key_id), item.amount, item.get_expiry())
+        allowed = await self._memory.hit(item, key_id)
+        counters = await self._memory_storage.get_sliding_window(item.key_for(key_id), item.get_expiry())
         return window_hit(allowed, item.amount, item.get_expiry(), *counters)

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     hold_sweep_interval_seconds: float = Field(default=30.0, gt=0)
     default_max_tokens: int = Field(default=2048, ge=1, le=4096)  # SPEC §4: max_tokens 1-4096
 
-    # Rate limits: requests per minute per account (all its keys together), by plan
+    # Rate limits: requests per minute per key, by plan
     rate_limit_free: int = Field(default=20, ge=1)
     rate_limit_plus: int = Field(default=60, ge=1)
     rate_limit_pro: int = Field(default=120, ge=1)
