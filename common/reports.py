@@ -141,10 +141,10 @@ def list_keys(engine: Engine, account_id: str) -> list[dict[str, Any]]:
     return [key_view(r) for r in rows]
 
 
-def list_accounts(engine: Engine, *, limit: int = 100, after: str | None = None) -> dict[str, Any]:
+def list_accounts(engine: Engine, tz: str, *, limit: int = 100, after: str | None = None) -> dict[str, Any]:
     if not 1 <= limit <= 1000:
         raise InvalidRequest("limit must be between 1 and 1000.", param="limit")
-    query = "SELECT id, email, plan, allowance, topup, held, created_at FROM accounts"
+    query = "SELECT id, email, plan, allowance, allowance_day, topup, held, created_at FROM accounts"
     params: dict[str, Any] = {"n": limit + 1}
     if after:
         query += " WHERE id > :after"
@@ -153,11 +153,12 @@ def list_accounts(engine: Engine, *, limit: int = 100, after: str | None = None)
         if after and conn.execute(text("SELECT 1 FROM accounts WHERE id = :a"), {"a": after}).first() is None:
             raise NotFound(f"No account {after} to list after.", code="account_not_found", param="after")
         rows = conn.execute(text(query + " ORDER BY id LIMIT :n"), params).all()
-    page = rows[:limit]
+    page, today = rows[:limit], billing.today(tz)
     return {
         "object": "list",
-        "data": [
-            {"id": r.id, "email": r.email, "plan": r.plan, "allowance_remaining": to_credits(r.allowance),
+        "data": [  # before an account's first request of the day, its allowance is the plan's, as in /credits
+            {"id": r.id, "email": r.email, "plan": r.plan, "allowance_remaining": to_credits(
+                r.allowance if r.allowance_day >= today else daily_allowance_micro(r.plan)),
              "topup_balance": to_credits(r.topup), "held": to_credits(r.held), "created_at": r.created_at}
             for r in page
         ],

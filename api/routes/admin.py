@@ -53,7 +53,8 @@ async def create_account(body: AccountCreate, services: ServicesDep) -> Any:
 async def list_accounts(
     services: ServicesDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: str | None = None
 ) -> Any:
-    return json_response(await run_in_threadpool(reports.list_accounts, services.engine, limit=limit, after=after))
+    return json_response(await run_in_threadpool(reports.list_accounts, services.engine, services.settings.timezone,
+                                                 limit=limit, after=after))
 
 
 @router.post("/accounts/{account_id}/plan", summary="Change an account's plan now",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
-from common import billing
+from common import billing, clock
 from common.money import MICRO
 from tests.common.test_ledger import assert_books_balance
 from tests.conftest import ADMIN_TOKEN, TestAccount, make_settings
@@ -157,6 +158,22 @@ def test_list_accounts_pages_through_every_account(app_client: TestClient) -> No
         assert (response.status_code, response.json()["error"]["param"]) == (400, "limit")
     unknown = app_client.get("/admin/accounts?after=zzz", headers=ADMIN)  # never a silent empty page
     assert (unknown.status_code, unknown.json()["error"]["param"]) == (404, "after"), unknown.text
+
+
+def test_the_list_shows_todays_allowance_before_an_accounts_first_request_of_the_day(
+        app_client: TestClient, engine: Engine) -> None:
+    """As GET /credits does: the allowance row resets lazily, on the account's first request."""
+    with clock.frozen(datetime(2031, 3, 10, 18, 0, tzinfo=UTC)) as advance:  # 23:00 in Karachi
+        account = create(app_client, "spent@example.com", "free")
+        hold = billing.reserve(engine, account_id=account["account_id"], key_id=account["key_id"],
+                               amount=1000 * MICRO, purpose="chat:x", ttl=60, tz="Asia/Karachi")
+        billing.settle(engine, hold, 1000 * MICRO)
+        listed = app_client.get("/admin/accounts", headers=ADMIN).json()["data"]
+        assert [a["allowance_remaining"] for a in listed] == [0]
+        advance(timedelta(hours=2))  # 01:00: a new billing day, no request of the account yet
+        listed = app_client.get("/admin/accounts", headers=ADMIN).json()["data"]
+        credits = app_client.get("/api/v1/credits", headers={"Authorization": f"Bearer {account['api_key']}"}).json()
+    assert [a["allowance_remaining"] for a in listed] == [credits["allowance_remaining"]] == [1000]
 
 
 # ---------------------------------------------------------------- plans
