@@ -26,6 +26,9 @@ from common.settings import Settings
 KINDS = ("chat", "image", "video")
 PROVIDER_KINDS = ("openai", "anthropic", "gemini", "veo", "simulated")
 UNITS = {"chat": "token", "image": "image", "video": "video"}
+# The largest hold must fit a BIGINT of micro-credits (9.2e18): a chat prompt's estimate can reach
+# ~2e8 tokens (a 4 MiB body of image links); a media job is at most 4 units.
+MAX_RATE = {"chat": Decimal(1000), "image": Decimal(10**9), "video": Decimal(10**9)}
 MODES = ("extend", "replace")
 MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "upstream_model", "unsupported_params",
                 "fixed_params")
@@ -228,6 +231,8 @@ def _model(model_id: str, fields: dict[str, Any], providers: dict[str, ProviderC
         raise CatalogError(f"model {model_id}: rate {fields.get('rate')!r} is not a credit amount") from exc
     if rate_micro <= 0:
         raise CatalogError(f"model {model_id}: rate must be positive")
+    if rate > MAX_RATE[kind]:  # a hold of (prompt + max_tokens) x rate must fit the BIGINT micro-credit columns
+        raise CatalogError(f"model {model_id}: rate must be at most {MAX_RATE[kind]:,} credits per {UNITS[kind]}")
     return ModelEntry(
         id=model_id, name=fields.get("name", model_id), description=fields.get("description", ""), kind=kind,
         rate=rate, rate_micro=rate_micro, min_plan=min_plan, provider=provider,

@@ -41,6 +41,8 @@ def test_a_file_extends_field_by_field_or_replaces(tmp_path: Path) -> None:
     ('[modles.vo3]\nrate = 1\n', "the file: unknown field modles"),
     ('[providers.openai]\nbase_url = "not a url"\n', "provider openai: base_url 'not a url' is not an http(s) URL"),
     ('[providers.openai]\ntimeout = 5\n', "provider openai: unknown field timeout"),
+    ('[models.gpt-4o]\nrate = "1000.000001"\n', "model gpt-4o: rate must be at most 1,000 credits per token"),
+    ('[models.vo3]\nrate = "1000000001"\n', "model vo3: rate must be at most 1,000,000,000 credits per video"),
     ('[models.vo3]\nunsupported_params = ["seed"]\n', "model vo3: unsupported_params must be a list of temperature"),
     ('[models.vo3]\nunsupported_params = "stop"\n', "model vo3: unsupported_params must be a list of temperature"),
     ('[models.vo3]\nunsupported_params = [["stop"]]\n', "model vo3: unsupported_params must be a list of"),
