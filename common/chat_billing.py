@@ -76,18 +76,24 @@ def reserve_chat(
             room, what = cap_left, "This key's daily credit cap"
         # never more than wanted: holds released since the first try may have made room for all of it
         affordable = min(wanted, room // entry.rate_micro - prompt_estimate)
-        if max_tokens is not None or affordable < 1:
+        if max_tokens is None and affordable < 1:  # what the smallest answer needs, not the default's hold
+            need = (prompt_estimate + 1) * entry.rate_micro
+            raise billing.with_reset_time(InsufficientCredits(
+                f"{what} cannot cover this prompt (up to {prompt_estimate} tokens) and one token of answer: that "
+                f"needs {to_credits(need)} credits, and {to_credits(max(0, room))} are available.", code=exc.code),
+                tz) from None
+        if max_tokens is not None:
             raise _explain(exc, what, affordable, max_tokens, prompt_estimate, max_tokens_field) from None
     return Reservation(hold(affordable), affordable, prompt_estimate)
 
 
-def _explain(exc: InsufficientCredits, what: str, affordable: int, asked: int | None,
+def _explain(exc: InsufficientCredits, what: str, affordable: int, asked: int,
              prompt: int, field: str) -> InsufficientCredits:
     if affordable < 1:
-        detail = f"{what} cannot cover this prompt (up to {prompt} tokens)."
+        detail = f"{what} cannot cover this prompt (up to {prompt} tokens) and one token of answer."
     else:
         detail = f"{what} affords at most {field}={affordable} for this prompt, not {asked}."
-    return InsufficientCredits(f"{detail} {exc.message}", code=exc.code, param=field if asked else None)
+    return InsufficientCredits(f"{detail} {exc.message}", code=exc.code, param=field)
 
 
 def estimated_usage(messages: list[dict[str, Any]], produced: str) -> Usage:

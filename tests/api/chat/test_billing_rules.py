@@ -137,6 +137,9 @@ def test_when_even_the_prompt_is_unaffordable_it_is_402_and_no_upstream_is_calle
     error = response.json()["error"]
     assert error["type"] == "insufficient_quota"
     assert "cannot cover this prompt" in error["message"] and "resets at" in error["message"]
+    # what the smallest answer needs (1 token), not the hold of the default max_tokens
+    assert (f"that needs {to_credits((PROMPT + 1) * RATE)} credits, and {to_credits((PROMPT + 1) * RATE - 1)} are "
+            "available") in error["message"], error
     assert response.headers["x-should-retry"] == "false"
     assert openai_fake.request_count == 0
     assert assert_books_balance(gw.engine, account.account_id) == before
@@ -194,7 +197,8 @@ def test_a_keys_daily_cap_bounds_its_chats_and_refuses_past_it(gw: Gateway) -> N
     assert (second.status_code, second.json()["error"]["code"]) == (402, "key_daily_cap_reached")
     left = hold - USAGE * RATE
     assert second.json()["error"]["message"] == (
-        f"This key's daily credit cap cannot cover this prompt (up to {PROMPT} tokens). This API key's daily "
+        f"This key's daily credit cap cannot cover this prompt (up to {PROMPT} tokens) and one token of answer. "
+        f"This API key's daily "
         f"credit cap has {to_credits(left)} credits left today; this request needs {to_credits(hold)}. The key's "
         f"daily cap and the daily allowance reset at {resets_at(gw.settings.timezone)}.")
     assert hold_for(gw.engine, first.json()["id"])["charged"] == USAGE * RATE
