@@ -129,10 +129,12 @@ def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) 
                                           "refunded in full.", retryable=False, code=STORAGE_FAILED),
                 requeue, notify)
         return
-    day = billing.today(settings.timezone)
+    def succeed() -> bool:  # the billing day as of each try: retries through an outage may cross midnight
+        return lifecycle.succeed(engine, job, owner, files, settings.results_ttl_days * 86400,
+                                 billing.today(settings.timezone))
+
     try:
-        won = while_database_down(lifecycle.succeed, engine, job, owner, files, settings.results_ttl_days * 86400,
-                                  day) or lifecycle.has_result(engine, job.id, [f["id"] for f in files])
+        won = while_database_down(succeed) or lifecycle.has_result(engine, job.id, [f["id"] for f in files])
     except DATABASE_DOWN:
         raise  # committed or not, nobody can tell: the files stay (a commit would name them)
     except Exception:  # not an interrupt (Dramatiq's time limit) that could land after the commit
