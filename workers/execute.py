@@ -192,10 +192,9 @@ def _failed(job: ClaimedJob, owner: str, exc: UpstreamError, requeue: Requeue, n
         return
     if while_database_down(lifecycle.fail, engine, job, owner, exc.code, exc.message):
         _transition(job, "failed", error_code=exc.code, error=exc.message)
-        if exc.code == STORAGE_FAILED:  # what a store that failed part-way could not delete itself
-            _remove_unrecorded(job.account_id, job.id, keep=[])
-        else:
-            _remove_orphans(job, keep=[])
+        # a failed job keeps no file: whatever is under it was stored and never recorded, by an earlier
+        # attempt or by this one's store that failed part-way (a rare path: the look costs nothing that matters)
+        _remove_unrecorded(job.account_id, job.id, keep=[])
         if job.webhook_url:
             notify(job.id)
 
