@@ -19,13 +19,18 @@ _CHARGED_SINCE = text("SELECT COALESCE(SUM(-amount), 0) FROM ledger_entries"
                       " WHERE account_id = :aid AND kind = 'settle' AND created_at >= :since")
 
 
+def _allowance_left(allowance: int, allowance_day: str, plan: str, today: str) -> int:
+    """Today's allowance left: the row's, or the plan's whole day before the account's first
+    request of the day (the reset is lazy, on that request)."""
+    return allowance if allowance_day >= today else daily_allowance_micro(plan)
+
+
 def credits_summary(engine: Engine, account_id: str, tz: str) -> dict[str, Any]:
     with reader(engine).connect() as conn:
         bal = ledger.balance(conn, account_id)
         used = conn.execute(_CHARGED_SINCE, {"aid": account_id, "since": clock.day_start(tz).timestamp()}).scalar()
     daily = daily_allowance_micro(bal.plan)
-    current_day = bal.allowance_day >= billing.today(tz)
-    allowance_left = bal.allowance if current_day else daily
+    allowance_left = _allowance_left(bal.allowance, bal.allowance_day, bal.plan, billing.today(tz))
     return {
         "object": "credits",
         "account_id": account_id,
@@ -157,8 +162,8 @@ def list_accounts(engine: Engine, tz: str, *, limit: int = 100, after: str | Non
     return {
         "object": "list",
         "data": [  # before an account's first request of the day, its allowance is the plan's, as in /credits
-            {"id": r.id, "email": r.email, "plan": r.plan, "allowance_remaining": to_credits(
-                r.allowance if r.allowance_day >= today else daily_allowance_micro(r.plan)),
+            {"id": r.id, "email": r.email, "plan": r.plan,
+             "allowance_remaining": to_credits(_allowance_left(r.allowance, r.allowance_day, r.plan, today)),
              "topup_balance": to_credits(r.topup), "held": to_credits(r.held), "created_at": r.created_at}
             for r in page
         ],
