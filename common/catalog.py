@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from common.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from common.money import to_micro
 from common.plans import PLANS, plan_allows
-from common.providers.base import ProviderConfig
+from common.providers.base import SAMPLING_FIELDS, ProviderConfig
 from common.settings import Settings
 
 KINDS = ("chat", "image", "video")
@@ -33,7 +33,7 @@ MODES = ("extend", "replace")
 MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "upstream_model", "unsupported_params",
                 "fixed_params")
 # The sampling fields a chat model's upstream may refuse or fix itself (catalog: unsupported_params, fixed_params).
-WITHHOLDABLE = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
+WITHHOLDABLE = SAMPLING_FIELDS
 FIXABLE = ("temperature", "top_p")
 PROVIDER_FIELDS = ("kind", "base_url", "api_key_env")
 # Options a provider kind's adapter takes beyond those (keyword arguments of its class).

@@ -16,6 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
+SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:
@@ -53,6 +56,10 @@ def reported_usage(prompt_tokens: int | None, completion_tokens: int | None) -> 
     return Usage(prompt_tokens, completion_tokens)
 
 
+# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
+SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
+
+
 @dataclass(slots=True)
 class ChatRequest:
     """A validated chat request in OpenAI terms; `model` is the *upstream* model name.
@@ -73,12 +80,20 @@ class ChatRequest:
     user: str | None = None
 
 
+# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
+SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
+
+
 @dataclass(slots=True)
 class ChatResult:
     content: str
     finish_reason: str  # OpenAI terms: stop | length | content_filter | tool_calls
     usage: Usage | None  # None when the upstream did not report usage
     system_fingerprint: str | None = None
+
+
+# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
+SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
 
 
 @dataclass(slots=True)
@@ -103,10 +118,18 @@ class ChatProvider(Protocol):
         ...
 
 
+# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
+SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
+
+
 @dataclass(slots=True)
 class MediaFile:
     data: bytes
     content_type: str  # image/png, video/mp4, ...
+
+
+# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
+SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
 
 
 @dataclass(slots=True)
@@ -116,6 +139,10 @@ class ImageRequest:
     width: int
     height: int
     n: int = 1
+
+
+# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
+SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
 
 
 @dataclass(slots=True)
@@ -144,6 +171,10 @@ class VideoProvider(Protocol):
     ) -> MediaFile:
         """One playable video; `on_progress(0..100)` may be called while the upstream works."""
         ...
+
+
+# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
+SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
 
 
 @dataclass(slots=True)

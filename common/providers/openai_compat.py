@@ -16,7 +16,15 @@ from typing import Any
 import httpx
 
 from common.errors import UpstreamError
-from common.providers.base import ChatDelta, ChatRequest, ChatResult, Usage, reported_usage, token_count
+from common.providers.base import (
+    SAMPLING_FIELDS,
+    ChatDelta,
+    ChatRequest,
+    ChatResult,
+    Usage,
+    reported_usage,
+    token_count,
+)
 from common.providers.http import (
     UpstreamClient,
     iter_sse,
@@ -27,7 +35,7 @@ from common.providers.http import (
 )
 
 PROVIDER = "openai-compatible"
-_OPTIONAL = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty", "user")
+_OPTIONAL = (*SAMPLING_FIELDS, "user")
 
 
 class OpenAICompatProvider:
