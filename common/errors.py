@@ -10,6 +10,7 @@
     ├── MethodNotAllowed            405     invalid_request_error
     ├── Conflict                    409     conflict_error
     ├── PayloadTooLarge             413     invalid_request_error
+    ├── RangeNotSatisfiable         416     invalid_request_error
     ├── RateLimited                 429     rate_limit_error
     ├── ServerError                 500     server_error
     ├── ServiceUnavailable          503     server_error
@@ -84,6 +85,10 @@ class Conflict(HelyxError):
 
 class PayloadTooLarge(HelyxError):
     status, type, code, retryable = 413, "invalid_request_error", "payload_too_large", False
+
+
+class RangeNotSatisfiable(HelyxError):
+    status, type, code, retryable = 416, "invalid_request_error", "range_not_satisfiable", False
 
 
 class RateLimited(HelyxError):

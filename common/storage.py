@@ -33,8 +33,10 @@ class Storage(Protocol):
         """A binary file object positioned at the start; the caller closes it."""
         ...
 
-    def iter_chunks(self, key: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
-        """The object's bytes in chunks, for streaming responses. Raises at call time if missing."""
+    def iter_chunks(self, key: str, chunk_size: int = DEFAULT_CHUNK_SIZE, *, start: int = 0,
+                    length: int | None = None) -> Iterator[bytes]:
+        """The object's bytes in chunks, for streaming responses: `length` bytes from `start` (to
+        the end when None). Raises at call time if missing."""
         ...
 
     def size(self, key: str) -> int: ...
@@ -108,11 +110,13 @@ class LocalStorage(Storage):
     def open(self, key: str) -> BinaryIO:
         return self.path_for(key).open("rb")
 
-    def iter_chunks(self, key: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
-        if chunk_size <= 0:
-            raise ValueError("chunk_size must be positive")
+    def iter_chunks(self, key: str, chunk_size: int = DEFAULT_CHUNK_SIZE, *, start: int = 0,
+                    length: int | None = None) -> Iterator[bytes]:
+        if chunk_size <= 0 or start < 0 or (length is not None and length < 0):
+            raise ValueError("chunk_size must be positive, start and length not negative")
         handle = self.open(key)  # opened now, so a missing key fails before a response starts
-        return _read_chunks(handle, chunk_size)
+        handle.seek(start)
+        return _read_chunks(handle, chunk_size, length)
 
     def size(self, key: str) -> int:
         return self.path_for(key).stat().st_size
@@ -137,9 +141,16 @@ class LocalStorage(Storage):
         return removed
 
 
-def _read_chunks(handle: BinaryIO, chunk_size: int) -> Iterator[bytes]:
+def _read_chunks(handle: BinaryIO, chunk_size: int, length: int | None) -> Iterator[bytes]:
+    """Up to `length` bytes (all that is left when None) from where `handle` stands."""
     with handle:
-        while chunk := handle.read(chunk_size):
+        left = length
+        while left is None or left > 0:
+            chunk = handle.read(chunk_size if left is None else min(chunk_size, left))
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
             yield chunk
 
 

@@ -10,15 +10,14 @@ from starlette.responses import StreamingResponse
 
 from api.deps import ServicesDep, authenticate
 from api.responses import stored_file_response
-from api.schemas.responses import doc
+from api.schemas.responses import file_doc
 from common import clock
 from common.errors import AuthenticationFailed, NotFound
 from common.jobs.views import find_file
 from common.signing import verify_file_signature
 
 router = APIRouter(prefix="/api/v1", tags=["files"])
-_FILE_RESPONSES = doc(None, 401, 404, content_type="image/png")
-_FILE_RESPONSES[200]["content"].update({t: {} for t in ("image/jpeg", "image/webp", "video/mp4")})
+_FILE_RESPONSES = file_doc("image/png", "image/jpeg", "image/webp", "video/mp4")
 
 
 @router.api_route("/files/{file_id}/content", methods=["GET", "HEAD"], response_class=StreamingResponse,
@@ -36,8 +35,7 @@ async def file_content(file_id: str, request: Request, services: ServicesDep,
     stored = await run_in_threadpool(find_file, services.engine, file_id)
     if principal is not None and principal.account_id != stored["account_id"]:
         raise NotFound(f"No file {file_id}", code="file_not_found", param="id")
-    return stored_file_response(services.storage, stored, {"cache-control": "private, max-age=300"},
-                                head=request.method == "HEAD")
+    return stored_file_response(services.storage, stored, {"cache-control": "private, max-age=300"}, request)
 
 
 def _refused_link(expires: str | None, now: int) -> AuthenticationFailed:

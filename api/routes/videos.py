@@ -14,7 +14,7 @@ from api import job_flow
 from api.deps import CallerDep, PrincipalDep, ServicesDep
 from api.responses import json_response, stored_file_response
 from api.schemas.media import VideoCreateRequest
-from api.schemas.responses import VideoDeleted, VideoList, VideoView, doc
+from api.schemas.responses import VideoDeleted, VideoList, VideoView, doc, file_doc
 from common.errors import Conflict, InvalidRequest, NotFound
 from common.jobs.lifecycle import cancel
 from common.jobs.recovery import forget_files
@@ -95,7 +95,7 @@ async def get_video(video_id: str, caller: CallerDep) -> Any:
 
 
 @router.api_route("/videos/{video_id}/content", methods=["GET", "HEAD"], summary="Download the MP4",
-                  responses=doc(None, 401, 404, content_type="video/mp4"), response_class=StreamingResponse)
+                  responses=file_doc("video/mp4"), response_class=StreamingResponse)
 async def get_video_content(
     video_id: str, request: Request, principal: PrincipalDep, services: ServicesDep,
     variant: Literal["video", "thumbnail", "spritesheet"] = "video",
@@ -109,8 +109,7 @@ async def get_video_content(
         raise NotFound(f"No {variant} for video {video_id}; only the video itself is stored.", param="variant")
     stored = record.files[0]
     return stored_file_response(services.storage, stored,
-                                {"content-disposition": f'attachment; filename="{video_id}.mp4"'},
-                                head=request.method == "HEAD")
+                                {"content-disposition": f'attachment; filename="{video_id}.mp4"'}, request)
 
 
 @router.delete("/videos/{video_id}", summary="Delete a video (an unfinished one is canceled and refunded)",

@@ -325,6 +325,7 @@ class Ready(BaseModel):
 _ERRORS = {
     400: "Invalid request", 401: "Missing, invalid, revoked or expired key", 402: "Insufficient credits",
     403: "The model needs a higher plan", 404: "Not found", 409: "Conflict", 413: "Body too large",
+    416: "The byte range starts past the end of the file",
     429: "Rate limited", 500: "Server error", 502: "The provider failed", 503: "Unavailable",
     504: "The provider timed out",
 }
@@ -340,6 +341,15 @@ def doc(model: type[BaseModel] | None, *errors: int, status: int = 200,
         responses[status] = {"description": "Success", "content": {content_type: {}}}
     for code in (*errors, 400, 413, 500):
         responses[code] = {"model": ErrorEnvelope, "description": _ERRORS[code]}
+    return responses
+
+
+def file_doc(*content_types: str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a stored-file download: the whole file (200) or one byte range of it (206, 416)."""
+    responses = doc(None, 401, 404, 416, content_type=content_types[0])
+    responses[200]["content"] = {t: {} for t in content_types}
+    responses[206] = {"description": "One byte range of the file (a Range header)",
+                      "content": {t: {} for t in content_types}}
     return responses
 
 

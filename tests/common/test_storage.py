@@ -30,6 +30,17 @@ def test_put_then_read_back_in_every_way(store: LocalStorage) -> None:
     assert [len(chunk) for chunk in chunks[:-1]] == [65536] * (len(chunks) - 1)
 
 
+@pytest.mark.parametrize(("start", "length"), [(0, 1), (1000, 65536), (65535, 2), (70_000, None), (199_999, 5),
+                                               (200_000, None), (0, 0)])
+def test_a_slice_is_read_from_its_start_for_its_length_in_chunks(store: LocalStorage, start: int,
+                                                                 length: int | None) -> None:
+    data = os.urandom(200_000)
+    store.put("v.mp4", data, "video/mp4")
+    chunks = list(store.iter_chunks("v.mp4", chunk_size=65536, start=start, length=length))
+    assert b"".join(chunks) == data[start:None if length is None else start + length]
+    assert all(0 < len(chunk) <= 65536 for chunk in chunks)
+
+
 def test_put_replaces_an_existing_object(store: LocalStorage) -> None:
     store.put("a.bin", b"old", "application/octet-stream")
     store.put("a.bin", b"new contents", "application/octet-stream")
