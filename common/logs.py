@@ -31,10 +31,14 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class _CutAtShutdown(logging.Filter):
-    """uvicorn cancels the requests still running when its shutdown grace ends, then logs each
-    cancellation as "Exception in ASGI application" with a traceback, at ERROR. It is the planned
-    end of a graceful stop (the request's own line says what was produced and charged), so it
-    becomes one warning without the traceback."""
+    """uvicorn cancels the requests still running when its shutdown grace ends, saying so at ERROR
+    ("Cancel N running task(s), timeout graceful shutdown exceeded"), then logs each cancellation
+    as "Exception in ASGI application" with a traceback, at ERROR too. It is the planned end of a
+    graceful stop (each request's own line says what was produced and charged), so the count
+    becomes a warning and each cut one warning without the traceback: a deploy that cuts a long
+    stream pages nobody."""
+
+    _COUNT = "Cancel %s running task(s), timeout graceful shutdown exceeded"  # uvicorn's own words
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -43,6 +47,9 @@ class _CutAtShutdown(logging.Filter):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.msg, record.args = "a request still running at the end of the shutdown grace was cut off", ()
             record.exc_info, record.exc_text = None, None
+        elif record.msg == self._COUNT:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "the shutdown grace is over: cutting off %s request(s) still running"
         return True
 
 

@@ -20,8 +20,9 @@ router = APIRouter(prefix="/api/v1", tags=["files"])
 _FILE_RESPONSES = file_doc("image/png", "image/jpeg", "image/webp", "video/mp4")
 
 
-@router.api_route("/files/{file_id}/content", methods=["GET", "HEAD"], response_class=StreamingResponse,
-                  summary="A stored result file; signed URLs need no Authorization", responses=_FILE_RESPONSES)
+@router.head("/files/{file_id}/content", include_in_schema=False)  # HEAD undocumented: one operationId
+@router.get("/files/{file_id}/content", response_class=StreamingResponse,
+            summary="A stored result file; signed URLs need no Authorization", responses=_FILE_RESPONSES)
 async def file_content(file_id: str, request: Request, services: ServicesDep,
                        expires: str | None = None, signature: str | None = None) -> Any:
     now = int(clock.now().timestamp())

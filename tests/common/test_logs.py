@@ -32,6 +32,7 @@ import asyncio, logging
 from common import logs
 logs.configure("INFO")
 error = logging.getLogger("uvicorn.error")
+error.error("Cancel %s running task(s), timeout graceful shutdown exceeded", 2)
 for message in ("Task cancelled, timeout graceful shutdown exceeded", "cancelled by something else"):
     try:
         raise asyncio.CancelledError(message)
@@ -40,10 +41,12 @@ for message in ("Task cancelled, timeout graceful shutdown exceeded", "cancelled
 """
 
 
-def test_only_uvicorns_cut_at_the_end_of_the_grace_becomes_a_warning() -> None:
+def test_only_uvicorns_cut_at_the_end_of_the_grace_and_its_count_become_warnings() -> None:
     """Any other cancellation reaching uvicorn is a defect: it keeps its ERROR and its traceback."""
     done = subprocess.run([sys.executable, "-c", _CANCELLED], capture_output=True, text=True, timeout=60, check=True)
-    cut, other = [json.loads(line) for line in done.stderr.splitlines()]
+    count, cut, other = [json.loads(line) for line in done.stderr.splitlines()]
+    assert (count["level"], count["message"]) == (
+        "WARNING", "the shutdown grace is over: cutting off 2 request(s) still running")
     assert (cut["level"], "exc_info" in cut) == ("WARNING", False)
     assert cut["message"].startswith("a request still running at the end of the shutdown grace was cut off")
     assert (other["level"], other["message"]) == ("ERROR", "Exception in ASGI application\n")
