@@ -111,7 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=EXPOSED_HEADERS)
-    app.add_middleware(ObservabilityMiddleware, in_flight=in_flight)
+    docs = frozenset(p for p in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p)
+    app.add_middleware(ObservabilityMiddleware, in_flight=in_flight, fixed_paths=docs)
     app.add_middleware(RequestIdMiddleware)
     _register_collector(services)
     return app

@@ -49,9 +49,14 @@ class InFlight:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, in_flight: InFlight | None = None) -> None:
+    """`fixed_paths`: paths without parameters served by routes that do not leave themselves in
+    the scope (FastAPI's /openapi.json and /docs): labelled by their path, not as unmatched."""
+
+    def __init__(self, app: ASGIApp, in_flight: InFlight | None = None,
+                 fixed_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.in_flight = in_flight or InFlight()
+        self.fixed_paths = fixed_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,7 +81,8 @@ class ObservabilityMiddleware:
             self.in_flight.count -= 1
             elapsed = time.perf_counter() - started
             route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = getattr(route, "path", None) or (
+                scope["path"] if status < 400 and scope["path"] in self.fixed_paths else "unmatched")
             method = scope["method"] if scope["method"] in _METHODS else "other"
             requests, latency = _instruments_for(template, method, status)
             requests.inc()

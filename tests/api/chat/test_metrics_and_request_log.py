@@ -83,3 +83,15 @@ def test_a_refused_request_names_its_model_in_its_log_line(gateway: Gateway, req
     assert (logged["/api/v1/chat/completions"].status, logged["/api/v1/chat/completions"].model) == (  # type: ignore[attr-defined]
         403, "claude-4.7")
     assert (logged["/api/v1/videos"].status, logged["/api/v1/videos"].model) == (403, "vo3")  # type: ignore[attr-defined]
+
+
+def test_the_api_documents_are_counted_and_logged_by_their_path(gateway: Gateway, request_log: Records) -> None:
+    """FastAPI's own routes leave no route in the scope: they were all logged as "unmatched", like a 404."""
+    for path in ("/openapi.json", "/docs"):
+        assert httpx.get(gateway.url + path, trust_env=False).status_code == 200
+    assert httpx.get(gateway.url + "/docs/nothing-here", trust_env=False).status_code == 404
+    watched = ("/openapi.json", "/docs", "unmatched")
+    routes = [getattr(r, "route", None) for r in request_log.records]
+    assert [r for r in routes if r in watched] == list(watched)
+    text = httpx.get(gateway.url + "/metrics", trust_env=False).text
+    assert (_sample(text, "helyx_http_requests_total", route="/openapi.json", method="GET", status="200") or 0) >= 1
