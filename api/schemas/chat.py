@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, field_validator
 
 from api.schemas.base import JSONBody, NullMeansDefault
 from common.providers.messages import data_url_problem
@@ -114,7 +114,7 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = Field(default=None, max_length=256)
-    n: int = Field(default=1, ge=1, le=1, description="only 1 is supported")
+    n: int = Field(default=1, description="only 1 is supported")
     # Not supported: refused when used, rather than ignored (a caller relying on them would get
     # plain text and never know why); accepted when empty, null or "none", as SDKs may send them.
     tools: list[Any] | None = Field(default=None, description="not supported: must be empty")
@@ -125,6 +125,21 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     logprobs: bool | None = Field(default=None, description="not supported: only false")
     top_logprobs: int | None = Field(default=None, description="not supported: only 0")
     logit_bias: dict[str, Any] | None = Field(default=None, description="not supported: must be empty")
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported by this gateway: send one request per choice")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        """As OpenAI answers it: a caller who sets it expects a stream (a bad `stream` is its own error)."""
+        if value is not None and info.data.get("stream", True) is not True:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return value
 
     @field_validator("logprobs", "top_logprobs", "logit_bias")
     @classmethod

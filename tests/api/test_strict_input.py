@@ -365,6 +365,29 @@ def test_a_feature_the_gateway_cannot_honour_is_refused_not_ignored(
     assert ledger_count(engine, account.account_id) == before
 
 
+@pytest.mark.parametrize(("fields", "param", "says"), [
+    ({"n": 2}, "n", "only n=1 is supported"),
+    ({"n": 0}, "n", "only n=1 is supported"),
+    ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when stream is true"),
+    ({"stream": False, "stream_options": {"include_usage": False}}, "stream_options", "only allowed when stream"),
+])
+def test_several_choices_or_stream_options_without_a_stream_are_refused_as_openai_does(
+        app_client: TestClient, engine: Engine, account: TestAccount, fields: dict[str, Any], param: str,
+        says: str) -> None:
+    before = ledger_count(engine, account.account_id)
+    error = assert_envelope(app_client.post(CHAT, headers=account.headers, json=chat(**fields)), 400,
+                            "invalid_request_error")
+    assert error["param"] == param and says in error["message"], error
+    assert ledger_count(engine, account.account_id) == before
+
+
+def test_stream_options_null_or_with_a_stream_pass(app_client: TestClient, account: TestAccount) -> None:
+    assert app_client.post(CHAT, headers=account.headers, json=chat(stream_options=None)).status_code == 200
+    streamed = app_client.post(CHAT, headers=account.headers,
+                               json=chat(stream=True, stream_options={"include_usage": True}))
+    assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]"), streamed.text
+
+
 def test_the_harmless_forms_of_those_fields_pass(app_client: TestClient, account: TestAccount) -> None:
     response = app_client.post(CHAT, headers=account.headers, json=chat(
         tools=[], tool_choice="none", response_format={"type": "text"}, logprobs=False, top_logprobs=0,
