@@ -270,7 +270,12 @@ def images_response(record: JobRecord, linker: Linker, storage: Storage, respons
     helyx: dict[str, Any] = {"job_id": record.row["id"], "credits_charged": to_credits(record.row["charged"])}
     if remaining is not None:
         helyx["credits_remaining"] = to_credits(max(0, remaining))
-    return {"created": int(record.row["created_at"]), "data": data, "helyx": helyx}
+    params = record.params
+    # as OpenAI's GPT Image models answer: what was made, for a caller who asked for "auto"
+    shape = {"size": f"{params['width']}x{params['height']}"} if "width" in params and "height" in params else {}
+    if record.files:
+        shape["output_format"] = record.files[0]["content_type"].removeprefix("image/")
+    return {"created": int(record.row["created_at"]), "data": data, **shape, "helyx": helyx}
 
 
 def find_file(engine: Engine, file_id: str) -> dict[str, Any]:

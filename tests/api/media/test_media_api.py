@@ -99,7 +99,8 @@ def test_an_image_request_waits_for_the_job_and_answers_the_openai_images_shape(
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"created", "data", "helyx"}
+    assert set(body) == {"created", "data", "size", "output_format", "helyx"}
+    assert (body["size"], body["output_format"]) == ("256x256", "png")  # as GPT Image answers: what was made
     assert abs(body["created"] - clock.now().timestamp()) < 60
     [item] = body["data"]
     assert set(item) == {"url"}
