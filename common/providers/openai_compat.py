@@ -17,6 +17,7 @@ import httpx
 
 from common.errors import UpstreamError
 from common.providers.base import (
+    MAX_TOKEN_COUNT,
     SAMPLING_FIELDS,
     ChatDelta,
     ChatRequest,
@@ -123,6 +124,16 @@ def _raise_if_error(data: Any, api_key: str | None) -> None:
 
 
 def _usage(data: Any) -> Usage | None:
+    """In OpenAI's terms: `completion_tokens` includes the reasoning tokens. xAI counts them apart
+    (prompt + completion + reasoning = total), and bills them as output: they are added, or its
+    reasoning models' thinking would be served for free. A vendor that counts them inside (OpenAI,
+    DeepSeek: total = prompt + completion) is taken as it is."""
     if not isinstance(data, dict):
         return None
-    return reported_usage(token_count(data.get("prompt_tokens")), token_count(data.get("completion_tokens")))
+    prompt, completion = token_count(data.get("prompt_tokens")), token_count(data.get("completion_tokens"))
+    details = data.get("completion_tokens_details")
+    reasoning = token_count(details.get("reasoning_tokens"), absent=0) if isinstance(details, dict) else 0
+    total = token_count(data.get("total_tokens"))
+    if prompt is not None and completion is not None and reasoning and total == prompt + completion + reasoning:
+        completion = min(completion + reasoning, MAX_TOKEN_COUNT)
+    return reported_usage(prompt, completion)

@@ -45,9 +45,12 @@ def build_app(fake: FakeUpstream) -> Starlette:
 
 
 def _usage(b: Behaviour) -> dict[str, Any]:
-    counts = (b.prompt_tokens, b.completion_tokens)
+    counts = (b.prompt_tokens, b.completion_tokens, b.thoughts_tokens if b.reasoning_apart else 0)
     total = sum(counts) if all(type(c) is int for c in counts) else None
-    return {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens, "total_tokens": total}
+    usage = {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens, "total_tokens": total}
+    if b.thoughts_tokens:  # OpenAI counts them inside completion_tokens, xAI apart (reasoning_apart)
+        usage["completion_tokens_details"] = {"reasoning_tokens": b.thoughts_tokens}
+    return usage
 
 
 def _completion(b: Behaviour, model: str) -> dict[str, Any]:

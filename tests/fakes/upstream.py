@@ -35,7 +35,9 @@ class Behaviour:
     finish: str | None = None  # the vendor's finish reason; None: its normal "done" value
     prompt_tokens: Any = 12  # what the vendor sends: an int, or something broken (a string, -9, 12.5)
     completion_tokens: Any = 9
-    thoughts_tokens: int = 0  # Gemini only: thoughtsTokenCount
+    thoughts_tokens: int = 0  # Gemini: thoughtsTokenCount; OpenAI-compatible: completion_tokens_details'
+    #   reasoning_tokens
+    reasoning_apart: bool = False  # OpenAI-compatible: xAI's count, reasoning outside completion_tokens (in the total)
     cached_tokens: int = 0  # Anthropic only: cache_read_input_tokens, apart from input_tokens
     delta_input_tokens: bool = False  # Anthropic only: message_delta repeats input_tokens (not the cache counts)
     usage_in: str = "chunk"  # OpenAI-compatible streams: "chunk" (OpenAI's own, a last chunk of its own),

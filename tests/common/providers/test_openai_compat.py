@@ -87,6 +87,22 @@ async def test_stream_usage_where_moonshot_and_groq_put_it_is_read(
     assert deltas[-1].finish_reason == "stop"
 
 
+@pytest.mark.parametrize(("completion", "reasoning", "apart", "billed"), [
+    (9, 40, True, 49),  # xAI: completion_tokens 9 + reasoning_tokens 40 = total - prompt
+    (49, 40, False, 49),  # OpenAI: the 40 are already among the 49
+    (9, 0, True, 9),
+])
+async def test_reasoning_tokens_a_vendor_counts_apart_are_added_to_the_completion(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient, completion: int, reasoning: int, apart: bool, billed: int
+) -> None:
+    openai_fake.behaviour = Behaviour(prompt_tokens=12, completion_tokens=completion, thoughts_tokens=reasoning,
+                                      reasoning_apart=apart)
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
+    assert (await provider.complete(chat_request())).usage == Usage(12, billed)
+    deltas, error = await collect(provider, chat_request())
+    assert error is None and [d.usage for d in deltas if d.usage] == [Usage(12, billed)]
+
+
 async def test_a_length_finish_is_passed_through(
     openai_fake: FakeUpstream, client: httpx.AsyncClient
 ) -> None:
