@@ -4,7 +4,7 @@ content route and signed file links alike, with the whole file for anything else
 from __future__ import annotations
 
 from tests.api.media.conftest import Media
-from tests.api.media.test_media_api import IMAGES, error_of, poll_video
+from tests.api.media.helpers import IMAGES, error_of, poll_video
 
 
 def test_a_video_is_served_by_byte_ranges_that_join_up_to_the_whole_file(media: Media) -> None:
