@@ -17,6 +17,7 @@ from common.db import get_engine, make_engine
 from common.migrate import upgrade
 from tests.api.chat.helpers import FAKE_PROVIDER_KEY, Gateway, GatewayFactory, Records, serve_app
 from tests.conftest import make_settings
+from tests.fakes import FakeUpstream
 
 # Generous unless a test is about rate limits, so a test's own requests never trip them.
 _DEFAULTS: dict[str, Any] = {"rate_limit_free": 10_000, "rate_limit_plus": 10_000,
@@ -104,6 +105,13 @@ def upstream_gateway(make_gateway: GatewayFactory, tmp_path: Path,
         return make_gateway(catalog=path, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def gw(upstream_gateway: Callable[..., Gateway], openai_fake: FakeUpstream, database: dict[str, str]) -> Gateway:
+    """The gateway in front of the fake OpenAI upstream, two quick retries, on each database (a
+    module may define its own `gw`)."""
+    return upstream_gateway(openai=openai_fake, upstream_retries=2, upstream_backoff_seconds=0.01, **database)
 
 
 @pytest.fixture
