@@ -56,10 +56,6 @@ def reported_usage(prompt_tokens: int | None, completion_tokens: int | None) -> 
     return Usage(prompt_tokens, completion_tokens)
 
 
-# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
-SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
-
-
 @dataclass(slots=True)
 class ChatRequest:
     """A validated chat request in OpenAI terms; `model` is the *upstream* model name.
@@ -80,20 +76,12 @@ class ChatRequest:
     user: str | None = None
 
 
-# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
-SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
-
-
 @dataclass(slots=True)
 class ChatResult:
     content: str
     finish_reason: str  # OpenAI terms: stop | length | content_filter | tool_calls
     usage: Usage | None  # None when the upstream did not report usage
     system_fingerprint: str | None = None
-
-
-# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
-SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
 
 
 @dataclass(slots=True)
@@ -118,18 +106,10 @@ class ChatProvider(Protocol):
         ...
 
 
-# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
-SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
-
-
 @dataclass(slots=True)
 class MediaFile:
     data: bytes
     content_type: str  # image/png, video/mp4, ...
-
-
-# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
-SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
 
 
 @dataclass(slots=True)
@@ -139,10 +119,6 @@ class ImageRequest:
     width: int
     height: int
     n: int = 1
-
-
-# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
-SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
 
 
 @dataclass(slots=True)
@@ -171,10 +147,6 @@ class VideoProvider(Protocol):
     ) -> MediaFile:
         """One playable video; `on_progress(0..100)` may be called while the upstream works."""
         ...
-
-
-# The sampling fields of a chat request a vendor may be sent (the catalog may withhold them per model).
-SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequency_penalty")
 
 
 @dataclass(slots=True)
