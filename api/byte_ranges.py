@@ -4,8 +4,8 @@ answers every request with the whole file.
 
 Chosen behaviour: one range (`bytes=a-b`, `bytes=a-`, `bytes=-n`) is answered with 206; several
 ranges, another unit, a malformed header or an `If-Range` that does not name the file's ETag get the
-whole file (200), as the RFC allows a server that ignores Range; a range that starts past the end
-(or `bytes=-0`) is 416. Only GET honours Range: HEAD answers with the whole file's headers.
+whole file (200), as the RFC allows a server that ignores Range; a range that starts past the end,
+or `bytes=-0`, is 416. Only GET honours Range: HEAD answers with the whole file's headers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from common.errors import RangeNotSatisfiable
 
-_ONE_RANGE = re.compile(r"bytes=[ \t]*(?:([0-9]{1,18})-([0-9]{0,18})|-([0-9]{1,18}))[ \t]*", re.IGNORECASE)
+# Positions of any length a header may carry (bounded only so that int() never parses thousands of digits)
+_ONE_RANGE = re.compile(r"bytes=[ \t]*(?:([0-9]{1,64})-([0-9]{0,64})|-([0-9]{1,64}))[ \t]*", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ class ByteRange:
 
 def requested_range(range_header: str | None, if_range: str | None, etag: str, size: int) -> ByteRange | None:
     """The range to send, or None for the whole file; raises RangeNotSatisfiable (416) for a
-    range that starts at or past `size`."""
+    range that starts at or past `size`, or the empty suffix `bytes=-0`."""
     if range_header is None or size <= 0 or (if_range is not None and if_range.strip() != etag):
         return None
     match = _ONE_RANGE.fullmatch(range_header.strip())

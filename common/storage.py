@@ -115,7 +115,11 @@ class LocalStorage(Storage):
         if chunk_size <= 0 or start < 0 or (length is not None and length < 0):
             raise ValueError("chunk_size must be positive, start and length not negative")
         handle = self.open(key)  # opened now, so a missing key fails before a response starts
-        handle.seek(start)
+        try:
+            handle.seek(start)
+        except BaseException:
+            handle.close()
+            raise
         return _read_chunks(handle, chunk_size, length)
 
     def size(self, key: str) -> int:

@@ -114,7 +114,7 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = Field(default=None, max_length=256)
-    n: int = Field(default=1, description="only 1 is supported")
+    n: int = Field(default=1, description="only 1 is supported", json_schema_extra={"minimum": 1, "maximum": 1})
     # Not supported: refused when used, rather than ignored (a caller relying on them would get
     # plain text and never know why); accepted when empty, null or "none", as SDKs may send them.
     tools: list[Any] | None = Field(default=None, description="not supported: must be empty")

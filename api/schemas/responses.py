@@ -241,6 +241,8 @@ class ImageDatum(BaseModel):
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageDatum]
+    size: str | None = Field(default=None, description="of the image made, e.g. 1024x1024")
+    output_format: str | None = Field(default=None, description="png, jpeg or webp")
     helyx: HelyxBlock
 
 

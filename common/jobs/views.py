@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
 from sqlalchemy import Engine, bindparam, text
 
 from common import accounts, clock, pg_statements
@@ -270,12 +271,21 @@ def images_response(record: JobRecord, linker: Linker, storage: Storage, respons
     helyx: dict[str, Any] = {"job_id": record.row["id"], "credits_charged": to_credits(record.row["charged"])}
     if remaining is not None:
         helyx["credits_remaining"] = to_credits(max(0, remaining))
-    params = record.params
-    # as OpenAI's GPT Image models answer: what was made, for a caller who asked for "auto"
-    shape = {"size": f"{params['width']}x{params['height']}"} if "width" in params and "height" in params else {}
-    if record.files:
-        shape["output_format"] = record.files[0]["content_type"].removeprefix("image/")
+    shape = _made(storage, record.files[0]) if record.files else {}
     return {"created": int(record.row["created_at"]), "data": data, **shape, "helyx": helyx}
+
+
+def _made(storage: Storage, stored: dict[str, Any]) -> dict[str, str]:
+    """`size` and `output_format` of what was made, as OpenAI's GPT Image models answer them: read
+    from the stored image's header, since a provider may answer another size than asked (Gemini
+    answers its own size for the nearest aspect ratio). Left out when the header cannot be read."""
+    shape = {"output_format": stored["content_type"].removeprefix("image/")}
+    try:
+        with storage.open(stored["storage_key"]) as handle, Image.open(handle) as image:
+            shape["size"] = f"{image.width}x{image.height}"
+    except (OSError, ValueError):  # gone meanwhile, or not an image Pillow knows
+        pass
+    return shape
 
 
 def find_file(engine: Engine, file_id: str) -> dict[str, Any]:

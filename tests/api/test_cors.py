@@ -29,6 +29,7 @@ def test_an_allowed_origin_can_read_the_headers_the_sdk_acts_on(tmp_path: Path) 
     assert response.status_code == 200 and response.headers["access-control-allow-origin"] == ORIGIN
     exposed = {h.strip() for h in response.headers["access-control-expose-headers"].split(",")}
     assert exposed >= READ_BY_THE_SDK, exposed
+    assert exposed >= {"content-range", "accept-ranges", "etag"}, exposed  # a script resuming a download reads them
     assert refused.status_code == 401 and refused.headers["x-should-retry"] == "false"
     assert "x-should-retry" in refused.headers["access-control-expose-headers"]
     assert "access-control-allow-origin" not in stranger.headers

@@ -4,16 +4,19 @@ shape, b64_json, n, failures refunded, the bounded wait."""
 from __future__ import annotations
 
 import base64
+import io
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from common import clock
 from common.errors import UpstreamError
 from common.providers import simulated_media
+from common.providers.base import MediaFile
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.api.media.conftest import Media
 from tests.api.media.helpers import (
@@ -80,6 +83,22 @@ def test_n_2_returns_two_different_images_and_charges_400(media: Media) -> None:
     assert all(png(c).size == (256, 256) for c in contents)
     after = assert_books_balance(media.engine, account.account_id)
     assert before.balance - after.balance == 2 * IMAGE_PRICE
+
+
+def test_the_size_and_format_said_are_those_of_the_image_made_not_those_asked(
+        media: Media, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemini answers its own size for the nearest aspect ratio (and may answer a JPEG)."""
+    class OwnSize:
+        async def generate_images(self, request: Any) -> Any:
+            image = io.BytesIO()
+            Image.new("RGB", (1264, 848)).save(image, "JPEG")
+            return [MediaFile(image.getvalue(), "image/jpeg") for _ in range(request.n)]
+
+    monkeypatch.setattr(simulated_media, "SimulatedImageProvider", lambda delay: OwnSize())
+    account = media.account()
+    response = media.client.post(IMAGES, headers=account.headers, json={"prompt": "wide", "size": "1536x1024"})
+    assert response.status_code == 200, response.text
+    assert (response.json()["size"], response.json()["output_format"]) == ("1264x848", "jpeg")
 
 
 def test_an_image_job_that_fails_is_a_502_and_costs_nothing(media: Media, monkeypatch: pytest.MonkeyPatch) -> None:
