@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from common.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
 from common.ids import new_id
+from common.money import MAX_BALANCE_MICRO, MICRO
 from common.plans import daily_allowance_micro, is_plan
 
 _CAP_RESERVE = text(
@@ -227,7 +228,7 @@ def grant(
     ref = f"grant:{reference}" if reference else f"grant:{new_id('g')}"
     # The account's row lock first: concurrent grants with one reference then take turns, and the
     # second sees the first's row below (a no-op) instead of failing on the unique reference.
-    balance(conn, account_id, lock=True)
+    current = balance(conn, account_id, lock=True)
     if reference:
         earlier = conn.execute(text("SELECT account_id, amount FROM ledger_entries WHERE reference = :r"),
                                {"r": ref}).first()
@@ -239,6 +240,9 @@ def grant(
                                f"{to_credits(earlier.amount)} credits to {earlier.account_id}.",
                                code="reference_reused", param="reference")
             return False
+    if current.allowance + current.topup + amount > MAX_BALANCE_MICRO:
+        raise InvalidRequest(f"This grant would take the account's balance past {MAX_BALANCE_MICRO // MICRO:,} "
+                             "credits, the most an account holds.", code="balance_limit_exceeded", param="amount")
     allowance, topup, held, deficit = conn.execute(_GRANT, {"aid": account_id, "amt": amount}).one()
     try:
         _entry(conn, account_id, None, "grant", amount, 0, ref, None, description, now)

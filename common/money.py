@@ -9,6 +9,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 MICRO = 1_000_000
+# The most an account holds (allowance + top-up): a billion credits. Up to it a balance has at most
+# 15 significant digits with its six decimals, which a JSON number (a double) carries exactly, and
+# repeated grants can never overflow the BIGINT columns (at about 9.2 trillion credits).
+MAX_BALANCE_MICRO = 10**9 * MICRO
 
 
 def to_micro(credits: Decimal | int | str) -> int:

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, text
 
 from common import accounts, billing, clock, ledger
 from common.errors import InsufficientCredits, InvalidRequest, NotFound
-from common.money import MICRO
+from common.money import MAX_BALANCE_MICRO, MICRO
 
 DAY = "2026-03-10"
 NEXT_DAY = "2026-03-11"
@@ -335,6 +335,20 @@ def test_grant_adds_topup_and_with_a_reference_is_idempotent(engine: Engine) -> 
     assert bal(engine, account_id).topup == 250 * C
     grants = [e for e in entries(engine, account_id) if e.kind == "grant"]
     assert [(e.amount, e.held_delta, e.reference) for e in grants] == [(250 * C, 0, "grant:order-1")]
+
+
+def test_a_grant_past_the_most_an_account_holds_is_refused_and_writes_nothing(engine: Engine) -> None:
+    account_id = new_account(engine)
+    start = bal(engine, account_id)
+    assert grant(engine, account_id, MAX_BALANCE_MICRO - start.allowance - start.topup, reference="to-the-top")
+    before = entries(engine, account_id)
+    with pytest.raises(InvalidRequest) as refused:
+        grant(engine, account_id, 1)
+    assert (refused.value.code, refused.value.param) == ("balance_limit_exceeded", "amount")
+    assert entries(engine, account_id) == before
+    assert bal(engine, account_id).allowance + bal(engine, account_id).topup == MAX_BALANCE_MICRO
+    assert grant(engine, account_id, MAX_BALANCE_MICRO - start.allowance - start.topup,
+                 reference="to-the-top") is False  # a replay is still a no-op, not a refusal
 
 
 def test_grants_without_a_reference_all_apply(engine: Engine) -> None:

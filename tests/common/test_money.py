@@ -1,0 +1,23 @@
+"""Credits shown as JSON numbers are the exact micro-credit amounts, up to the most an account holds."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from common.money import MAX_BALANCE_MICRO, MICRO, to_credits, to_micro
+
+
+@pytest.mark.parametrize("micro", [0, 1, 999_999, MICRO, 123_456_789_012, MAX_BALANCE_MICRO - 1, MAX_BALANCE_MICRO,
+                                   MAX_BALANCE_MICRO - 987_654, 987_654_321_123_457])
+def test_every_amount_up_to_the_most_an_account_holds_reads_back_exactly_from_json(micro: int) -> None:
+    shown = json.loads(json.dumps(to_credits(micro)))
+    assert to_micro(Decimal(repr(shown))) == micro
+
+
+def test_past_it_a_json_number_would_lose_the_last_decimal() -> None:
+    """Why the balance is bounded (common.ledger.grant): 16 significant digits no longer read back."""
+    micro = 10 * MAX_BALANCE_MICRO + 1
+    assert to_micro(Decimal(repr(json.loads(json.dumps(to_credits(micro)))))) != micro
