@@ -38,6 +38,8 @@ def stored_file_response(storage: Storage, stored: Mapping[str, Any], headers: d
     # nosniff: a browser takes the stored type as given (an image or a video), never guesses HTML from the bytes
     headers = {"content-length": str(size), "x-content-type-options": "nosniff", "accept-ranges": "bytes",
                "etag": etag, **headers}
+    if _names(request.headers.get("if-none-match"), etag):  # the caller's copy is this file: 304, no body
+        return Response(status_code=304, headers={k: v for k, v in headers.items() if k != "content-length"})
     if request.method == "HEAD":
         if not storage.exists(stored["storage_key"]):
             raise not_stored
@@ -52,3 +54,11 @@ def stored_file_response(storage: Storage, stored: Mapping[str, Any], headers: d
         raise not_stored from None
     return StreamingResponse(chunks, status_code=206 if part else 200, media_type=stored["content_type"],
                              headers=headers)
+
+
+def _names(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header lists `etag` (weak comparison, as RFC 9110 has it for this header) or is "*"."""
+    if if_none_match is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags

@@ -1,5 +1,6 @@
-"""Downloads answer one byte range (206), as video players and resumed downloads ask: the video's
-content route and signed file links alike, with the whole file for anything else."""
+"""Downloads answer one byte range (206), as video players and resumed downloads ask, and a copy the
+caller already has (If-None-Match) with 304: the video's content route and signed file links alike,
+with the whole file for anything else."""
 
 from __future__ import annotations
 
@@ -59,3 +60,20 @@ def test_a_range_past_the_end_is_416_in_the_error_shape_and_a_signed_link_takes_
     assert refused.headers["x-should-retry"] == "false"
     unsigned = media.client.get(url.split("?", 1)[0], headers={"Range": "bytes=0-7"})
     assert unsigned.status_code == 401  # a range never skips the check of the caller
+
+
+def test_a_copy_the_caller_already_has_is_a_304_without_a_body(media: Media) -> None:
+    account = media.account()
+    image = media.client.post(IMAGES, headers=account.headers, json={"prompt": "cached", "size": "256x256"}).json()
+    url = image["data"][0]["url"]
+    whole = media.client.get(url)
+    etag = whole.headers["etag"]
+    for seen in (etag, f"W/{etag}", f'"file_other", {etag}', "*"):
+        again = media.client.get(url, headers={"If-None-Match": seen})
+        assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag), seen
+        assert "content-length" not in again.headers or again.headers["content-length"] == "0"
+    other = media.client.get(url, headers={"If-None-Match": '"file_other"'})
+    assert (other.status_code, other.content) == (200, whole.content)
+    unsigned = media.client.get(url.split("?", 1)[0], headers={"If-None-Match": etag})
+    assert unsigned.status_code == 401  # a validator never skips the check of the caller
+
