@@ -28,7 +28,8 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
 def stored_file_response(storage: Storage, stored: Mapping[str, Any], headers: dict[str, str],
                          request: Request) -> Response:
     """A stored result file, streamed: whole, or the one byte range a GET asks for (206, see
-    api.byte_ranges); a HEAD gets the headers only, nothing read. Its bytes can be gone while its
+    api.byte_ranges), or nothing for a copy the caller already has (304); a HEAD gets the headers
+    only, nothing read. Its bytes can be gone while its
     row remains (the expiry sweep deletes the bytes first; an operator may clear the disk): 404,
     not a 500."""
     not_stored = NotFound(f"The content of file {stored['id']} is no longer stored.", code="file_not_found",
