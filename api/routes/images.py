@@ -43,7 +43,7 @@ async def _generate(body: ImageGenerationRequest, request: Request, principal: P
         webhook_url=body.webhook_url,
     )
     links = job_flow.linker(services, request)
-    if "respond-async" in request.headers.get("prefer", "").lower():
+    if "respond-async" in ",".join(request.headers.getlist("prefer")).lower():  # every Prefer header counts
         record, remaining = await job_flow.read(services, principal, job_id)
         return json_response(job_view(record, links, remaining), status=202)
     record, remaining = await job_flow.wait_for(services, principal, job_id, services.settings.image_wait_seconds)

@@ -12,10 +12,11 @@ from starlette.responses import Response, StreamingResponse
 
 from api import job_flow
 from api.deps import CallerDep, PrincipalDep, ServicesDep
+from api.request_body import json_or_form
 from api.responses import json_response, stored_file_response
 from api.schemas.media import VideoCreateRequest
 from api.schemas.responses import VideoDeleted, VideoList, VideoView, doc, file_doc
-from common.errors import Conflict, InvalidRequest, NotFound
+from common.errors import Conflict, NotFound
 from common.jobs.lifecycle import cancel
 from common.jobs.recovery import forget_files
 from common.jobs.views import JobRecord, list_jobs, mark_deleted, video_view
@@ -30,15 +31,7 @@ _BODY_DOC = {"requestBody": {"required": True, "content": {
 
 
 async def _parse(request: Request) -> VideoCreateRequest:
-    content_type = request.headers.get("content-type", "")
-    try:
-        if content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-            form = await request.form()
-            data: Any = dict(form.items())  # an uploaded file where text is due is refused by name
-        else:
-            data = await request.json()
-    except (ValueError, RecursionError):  # json.loads raises the latter on deep nesting
-        raise InvalidRequest("The request body is not valid JSON or form data.", code="invalid_json") from None
+    data = await json_or_form(request)  # an uploaded file where text is due is refused by name below
     try:
         return VideoCreateRequest.model_validate(data)
     except ValidationError as exc:

@@ -46,6 +46,14 @@ def test_prefer_respond_async_answers_202_with_the_job_which_jobs_then_shows_fin
     assert_books_balance(media.engine, account.account_id)
 
 
+def test_respond_async_counts_in_any_of_several_prefer_headers(make_media: Callable[..., Media]) -> None:
+    media = make_media(simulated_job_seconds=0.5)
+    account = media.account()
+    headers = [*account.headers.items(), ("Prefer", "wait=1"), ("Prefer", "respond-async")]
+    response = media.client.post(IMAGES, headers=headers, json={"prompt": "two headers", "size": "256x256"})
+    assert response.status_code == 202, response.text  # it waited for the job, reading the first one only
+
+
 def test_another_accounts_job_and_file_are_404_never_403(media: Media) -> None:
     owner, stranger = media.account(), media.account()
     job_id = media.client.post(IMAGES, headers=owner.headers,

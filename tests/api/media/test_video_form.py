@@ -3,6 +3,9 @@ string, and a field sent as a file is refused by that name."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -29,3 +32,55 @@ def test_a_video_prompt_uploaded_as_a_file_is_named_as_one(app_client: TestClien
     error = assert_envelope(response, 400, "invalid_request_error", param="prompt")
     assert "expected a string, but got an uploaded file" in error["message"], error
     assert ledger_count(engine, account.account_id) == entries
+
+
+def _raw(app_client: TestClient, account: Any, body: bytes, content_type: str | None) -> Any:
+    headers = {**account.headers, **({"Content-Type": content_type} if content_type else {})}
+    return app_client.post("/api/v1/videos", headers=headers, content=body)
+
+
+MULTIPART = "multipart/form-data; boundary=XyZb"
+FIELDS = (b'--XyZb\r\nContent-Disposition: form-data; name="prompt"\r\n\r\na cat\r\n'
+          b'--XyZb\r\nContent-Disposition: form-data; name="seconds"\r\n\r\n8\r\n'
+          b'--XyZb\r\nContent-Disposition: form-data; name="size"\r\n\r\n1280x720\r\n')
+
+
+def test_a_multipart_body_cut_off_before_its_closing_boundary_is_refused_not_run_with_defaults(
+        app_client: TestClient, engine: Engine) -> None:
+    """Its unfinished last field was dropped and its default used: a 720x1280 video, paid for."""
+    account = create_test_account(engine, "plus")
+    entries = ledger_count(engine, account.account_id)
+    error = assert_envelope(_raw(app_client, account, FIELDS, MULTIPART), 400, "invalid_request_error")
+    assert error["code"] == "invalid_form" and "closing boundary" in error["message"], error
+    assert ledger_count(engine, account.account_id) == entries
+    whole = _raw(app_client, account, FIELDS + b"--XyZb--\r\n", MULTIPART)
+    assert whole.status_code == 200 and whole.json()["size"] == "1280x720", whole.text
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    (FIELDS.replace(b"a cat", b"caf\xe9\xff") + b"--XyZb--\r\n", MULTIPART),
+    (b"model=vo3&prompt=%ff%fe&seconds=4&size=1280x720", "application/x-www-form-urlencoded"),
+    (b"model=vo3&prompt=caf\xe9&seconds=4&size=1280x720", "application/x-www-form-urlencoded"),
+])
+def test_a_form_that_is_not_utf8_is_refused_not_decoded_otherwise(app_client: TestClient, engine: Engine,
+                                                                   body: bytes, content_type: str) -> None:
+    account = create_test_account(engine, "plus")
+    entries = ledger_count(engine, account.account_id)
+    error = assert_envelope(_raw(app_client, account, body, content_type), 400, "invalid_request_error")
+    assert (error["code"], error["message"]) == ("invalid_form", "The form is not valid UTF-8."), error
+    assert ledger_count(engine, account.account_id) == entries
+
+
+@pytest.mark.parametrize(("refused", "accepted"), [  # JSON is read as FastAPI reads it on the JSON routes
+    ("text/plain", None), ("application/xml", "application/json; charset=utf-8"),
+    ("image/png", "application/vnd.api+json"),
+])
+def test_a_body_of_another_content_type_is_refused_as_on_the_json_routes(app_client: TestClient, engine: Engine,
+                                                                       refused: str, accepted: str | None) -> None:
+    account = create_test_account(engine, "plus")
+    entries = ledger_count(engine, account.account_id)
+    body = b'{"prompt": "a", "seconds": "4", "size": "1280x720"}'
+    error = assert_envelope(_raw(app_client, account, body, refused), 400, "invalid_request_error")
+    assert error["code"] == "unsupported_content_type", error
+    assert ledger_count(engine, account.account_id) == entries
+    assert _raw(app_client, account, body, accepted).status_code == 200, accepted

@@ -1,0 +1,56 @@
+"""The body of a route that takes JSON or a form (POST /videos), read as strictly as FastAPI reads JSON.
+
+Starlette's form parser is lenient where a charge is at stake: a multipart body cut off before its
+closing boundary loses its unfinished last field silently (the field's default is then used: a
+video of another size than asked, and paid for), and bytes that are not UTF-8 are decoded as
+Latin-1 or replaced. Here a form must end with its closing boundary and be UTF-8 throughout (the
+route takes no files: an uploaded file is refused by its field's name, which the form parse
+reports), and a body of another Content-Type is refused, as the JSON routes refuse it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from common.errors import InvalidRequest
+
+_FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+NOT_JSON_OR_FORM = ("The request body must be JSON (Content-Type: application/json) or a form "
+                    "(multipart/form-data or application/x-www-form-urlencoded).")
+
+
+async def json_or_form(request: Request) -> Any:
+    """The body's JSON value, or its form's fields as a dict (an uploaded file as an UploadFile)."""
+    content_type = request.headers.get("content-type", "")
+    media_type = parse_options_header(content_type)[0].decode("latin-1").lower() if content_type else ""
+    try:
+        if media_type in _FORMS:
+            return await _form(request, content_type, media_type)
+        if not media_type or media_type == "application/json" or media_type.endswith("+json"):
+            return await request.json()
+    except (ValueError, RecursionError):  # json.loads raises the latter on deep nesting
+        raise InvalidRequest("The request body is not valid JSON or form data.", code="invalid_json") from None
+    raise InvalidRequest(NOT_JSON_OR_FORM, code="unsupported_content_type")
+
+
+async def _form(request: Request, content_type: str, media_type: str) -> dict[str, Any]:
+    body = await request.body()  # read first: the form parser then reads these same bytes
+    if media_type == "multipart/form-data":
+        boundary = parse_options_header(content_type)[1].get(b"boundary")
+        if boundary and b"--" + boundary + b"--" not in body:
+            raise InvalidRequest("The multipart body ends before its closing boundary: it was cut off.",
+                                 code="invalid_form")
+    fields = dict((await request.form()).items())
+    if not any(isinstance(value, UploadFile) for value in fields.values()):
+        try:
+            text = body.decode("utf-8")
+            if media_type == "application/x-www-form-urlencoded":
+                parse_qsl(text, keep_blank_values=True, errors="strict")  # %-escapes of non-UTF-8 bytes
+        except UnicodeDecodeError:
+            raise InvalidRequest("The form is not valid UTF-8.", code="invalid_form") from None
+    return fields
