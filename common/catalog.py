@@ -8,6 +8,7 @@ of micro-credits here, once.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,11 +37,38 @@ MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "
 WITHHOLDABLE = SAMPLING_FIELDS
 FIXABLE = ("temperature", "top_p")
 PROVIDER_FIELDS = ("kind", "base_url", "api_key_env")
-# Options a provider kind's adapter takes beyond those (keyword arguments of its class).
-PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
-    "veo": ("poll_interval", "max_wait", "durations", "expected_seconds", "poll_retries"),
-    "gemini": ("timeout",),  # for image models (common.providers.gemini_image)
+# The kinds of model each provider kind's adapters serve (common.providers.registry).
+SERVES: dict[str, tuple[str, ...]] = {"openai": ("chat",), "anthropic": ("chat",), "gemini": ("chat", "image"),
+                                      "veo": ("video",), "simulated": KINDS}
+
+
+def _seconds(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 86_400
+
+
+def _tries(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100
+
+
+def _durations(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 3600 for d in value)
+
+
+_SECONDS = (_seconds, "a number of seconds above 0 and at most 86,400")
+# Options an adapter takes beyond those (keyword arguments of its class), by provider kind and the
+# kind of model it serves, each with the check its value must pass and what that check wants.
+ADAPTER_OPTIONS: dict[tuple[str, str], dict[str, tuple[Callable[[Any], bool], str]]] = {
+    ("veo", "video"): {"poll_interval": _SECONDS, "max_wait": _SECONDS, "expected_seconds": _SECONDS,
+                       "durations": (_durations, "a non-empty list of whole seconds (1 to 3,600)"),
+                       "poll_retries": (_tries, "a whole number from 0 to 100")},
+    ("gemini", "image"): {"timeout": _SECONDS},  # common.providers.gemini_image
 }
+PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
+    kind: tuple(name for (k, _), options in ADAPTER_OPTIONS.items() if k == kind for name in options)
+    for kind in PROVIDER_KINDS}
+FIXED_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}  # as a request may set them
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class CatalogError(ValueError):
@@ -113,6 +141,12 @@ class Catalog:
     def is_available(self, entry: ModelEntry, settings: Settings) -> bool:
         return settings.simulation_on or self.is_configured(entry, settings)
 
+    def is_simulated(self, entry: ModelEntry, settings: Settings) -> bool:
+        """Answered by the simulated provider: the built-in one, or, with simulation on, any whose key is unset."""
+        provider = self.provider_for(entry)
+        return provider.kind == "simulated" or (
+            settings.simulation_on and settings.provider_secret(provider.api_key_env) is None)
+
     def resolve(self, model_id: str, plan: str, settings: Settings, kind: str | None = None) -> ModelEntry:
         """The entry for a request: exists, of the right kind, available, and allowed for the plan."""
         entry = self.usable(model_id, settings, kind)
@@ -161,6 +195,10 @@ def _read_file(path: Path) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CatalogError(f"HELYX_CATALOG {path}: {exc}") from exc
     _unknown("the file", raw, ("mode", "models", "providers"))
+    for section in ("models", "providers"):
+        tables = raw.get(section, {})
+        if not isinstance(tables, dict) or not all(isinstance(fields, dict) for fields in tables.values()):
+            raise CatalogError(f"{section} must be tables ([{section}.NAME] with its fields)")
     if raw.get("mode", "extend") not in MODES:
         raise CatalogError(f"mode must be one of {', '.join(MODES)}, not {raw['mode']!r}")
     if raw.get("mode") == "replace" and not raw.get("models"):
@@ -201,11 +239,18 @@ def _provider(name: str, fields: dict[str, Any]) -> ProviderConfig:
     if kind not in PROVIDER_KINDS:
         raise CatalogError(f"provider {name}: kind must be one of {', '.join(PROVIDER_KINDS)}")
     _unknown(f"provider {name}", fields, PROVIDER_FIELDS + PROVIDER_OPTIONS.get(kind, ()))
-    base_url = str(fields.get("base_url", ""))
-    parsed = urlsplit(base_url)
-    if kind != "simulated" and (parsed.scheme not in ("http", "https") or not parsed.hostname):
+    base_url = fields.get("base_url", "")
+    parsed = urlsplit(base_url) if isinstance(base_url, str) else None
+    if kind != "simulated" and (parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname):
         raise CatalogError(f"provider {name}: base_url {base_url!r} is not an http(s) URL")
+    api_key_env = fields.get("api_key_env")
+    if api_key_env is not None and not (isinstance(api_key_env, str) and _ENV_NAME.fullmatch(api_key_env)):
+        raise CatalogError(f"provider {name}: api_key_env {api_key_env!r} is not an environment variable's name")
     extra = {k: v for k, v in fields.items() if k not in PROVIDER_FIELDS}
+    for (provider_kind, _), options in ADAPTER_OPTIONS.items():
+        for option, (check, wanted) in options.items():
+            if provider_kind == kind and option in extra and not check(extra[option]):
+                raise CatalogError(f"provider {name}: {option} must be {wanted}, not {extra[option]!r}")
     return ProviderConfig(name=name, kind=kind, base_url=str(fields.get("base_url", "")).rstrip("/"),
                           api_key_env=fields.get("api_key_env"), extra=extra)
 
@@ -224,11 +269,24 @@ def _model(model_id: str, fields: dict[str, Any], providers: dict[str, ProviderC
         raise CatalogError(f"model {model_id}: min_plan must be one of {', '.join(PLANS)}")
     if provider not in providers:
         raise CatalogError(f"model {model_id}: unknown provider {provider}")
+    served = SERVES[providers[provider].kind]
+    if kind not in served:
+        raise CatalogError(f"model {model_id}: a {kind} model, but provider {provider} ({providers[provider].kind})"
+                           f" serves {' and '.join(served)} models only")
+    for text_field in ("name", "description", "upstream_model"):
+        if text_field in fields and not (isinstance(fields[text_field], str) and fields[text_field].strip()):
+            raise CatalogError(f"model {model_id}: {text_field} must be a non-empty string")
     try:
-        rate = Decimal(str(need("rate")))
+        raw_rate = need("rate")
+        if isinstance(raw_rate, bool) or not isinstance(raw_rate, str | int | float):
+            raise ValueError(raw_rate)
+        rate = Decimal(str(raw_rate))
+        if not rate.is_finite():
+            raise ValueError(raw_rate)
         rate_micro = to_micro(rate)
     except (InvalidOperation, ValueError) as exc:
-        raise CatalogError(f"model {model_id}: rate {fields.get('rate')!r} is not a credit amount") from exc
+        raise CatalogError(f"model {model_id}: rate {fields.get('rate')!r} is not a credit amount (a number of"
+                           " credits with at most 6 decimals)") from exc
     if rate_micro <= 0:
         raise CatalogError(f"model {model_id}: rate must be positive")
     if rate > MAX_RATE[kind]:  # a hold of (prompt + max_tokens) x rate must fit the BIGINT micro-credit columns
@@ -247,4 +305,11 @@ def _sampling_limits(model_id: str, fields: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(fixed, dict) or not all(name in FIXABLE and isinstance(value, int | float)
                                               and not isinstance(value, bool) for name, value in fixed.items()):
         raise CatalogError(f"model {model_id}: fixed_params must be a table of {', '.join(FIXABLE)} = a number")
+    for name, value in fixed.items():
+        low, high = FIXED_RANGES[name]
+        if not low <= value <= high:
+            raise CatalogError(f"model {model_id}: fixed_params.{name} must be from {low:g} to {high:g},"
+                               " as in a request")
+    if (unsupported or fixed) and fields.get("kind") != "chat":
+        raise CatalogError(f"model {model_id}: unsupported_params and fixed_params are for chat models only")
     return {"unsupported_params": tuple(unsupported), "fixed_params": tuple((n, float(v)) for n, v in fixed.items())}

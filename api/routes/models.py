@@ -25,8 +25,7 @@ def model_view(entry: ModelEntry, services: Any) -> dict[str, Any]:
         "name": entry.name, "description": entry.description, "kind": entry.kind,
         "pricing": {"unit": entry.unit, "credits": rate}, "min_plan": entry.min_plan,
         "available": services.catalog.is_available(entry, settings),
-        "simulated": services.catalog.is_available(entry, settings)
-        and not services.catalog.is_configured(entry, settings),
+        "simulated": services.catalog.is_simulated(entry, settings),
     }
 
 

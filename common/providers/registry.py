@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.catalog import Catalog, ModelEntry
+from common.catalog import ADAPTER_OPTIONS, Catalog, ModelEntry
 from common.providers.anthropic import AnthropicProvider
 from common.providers.base import ChatProvider, ImageProvider, VideoProvider
 from common.providers.gemini import GeminiChatProvider
@@ -57,7 +57,9 @@ class Providers:
                 raise ValueError(f"provider {config.name} ({config.kind}) cannot serve {role} models")
             else:
                 secret = self._settings.provider_secret(config.api_key_env)
-                self._cache[key] = classes[config.kind](self._http, config.base_url, secret, **config.extra)
+                options = ADAPTER_OPTIONS.get((config.kind, role), {})  # gemini's timeout is its image adapter's
+                extra = {name: value for name, value in config.extra.items() if name in options}
+                self._cache[key] = classes[config.kind](self._http, config.base_url, secret, **extra)
         return self._cache[key]
 
 

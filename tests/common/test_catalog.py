@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from common.catalog import CatalogError, load_catalog
+from common.providers.gemini import GeminiChatProvider
+from common.providers.gemini_image import GeminiImageProvider
+from common.providers.registry import Providers
 from tests.conftest import make_settings
 
 
@@ -48,6 +51,34 @@ def test_a_file_extends_field_by_field_or_replaces(tmp_path: Path) -> None:
     ('[models.vo3]\nunsupported_params = [["stop"]]\n', "model vo3: unsupported_params must be a list of"),
     ('[models.vo3]\nfixed_params = { stop = 1 }\n', "model vo3: fixed_params must be a table of temperature, top_p"),
     ('[models.vo3]\nfixed_params = { temperature = "1" }\n', "model vo3: fixed_params must be a table of"),
+    # a model its provider's adapters cannot serve started, then failed every call with a 500
+    ('[models.mine]\nkind = "chat"\nrate = 1\nprovider = "veo"\n',
+     "model mine: a chat model, but provider veo (veo) serves video models only"),
+    ('[models.pic]\nkind = "image"\nrate = 1\nprovider = "openai"\n',
+     "model pic: a image model, but provider openai (openai) serves chat models only"),
+    # wrong types started, then broke /models (api_key_env) or were sent upstream as they were
+    ('[providers.openai]\napi_key_env = 5\n', "provider openai: api_key_env 5 is not an environment variable"),
+    ('[providers.openai]\napi_key_env = "MY KEY"\n', "provider openai: api_key_env 'MY KEY' is not"),
+    ('[providers.openai]\nbase_url = 5\n', "provider openai: base_url 5 is not an http(s) URL"),
+    ('[models.gpt-4o]\nname = 5\n', "model gpt-4o: name must be a non-empty string"),
+    ('[models.gpt-4o]\nupstream_model = 7\n', "model gpt-4o: upstream_model must be a non-empty string"),
+    ('[providers.veo]\npoll_interval = "fast"\n', "provider veo: poll_interval must be a number of seconds"),
+    ('[providers.veo]\nmax_wait = -5\n', "provider veo: max_wait must be a number of seconds above 0"),
+    ('[providers.veo]\ndurations = "x"\n', "provider veo: durations must be a non-empty list of whole seconds"),
+    ('[providers.veo]\npoll_retries = 1.5\n', "provider veo: poll_retries must be a whole number"),
+    ('[providers.gemini]\ntimeout = "soon"\n', "provider gemini: timeout must be a number of seconds"),
+    # a traceback instead of one line
+    ('[models.gpt-4o]\nrate = inf\n', "model gpt-4o: rate inf is not a credit amount (a number of credits with"),
+    ('[models.gpt-4o]\nrate = "Infinity"\n', "model gpt-4o: rate 'Infinity' is not a credit amount"),
+    ('[models.gpt-4o]\nrate = true\n', "model gpt-4o: rate True is not a credit amount"),
+    ('[models.gpt-4o]\nrate = "0.0000001"\n', "model gpt-4o: rate '0.0000001' is not a credit amount (a number"),
+    ("models = 5\n", "models must be tables"),
+    ("[models]\nfoo = 5\n", "models must be tables"),
+    # values a request could not send, or fields that mean nothing for the model
+    ('[models."kimi-k2.6"]\nfixed_params = { temperature = 5 }\n',
+     "model kimi-k2.6: fixed_params.temperature must be from 0 to 2"),
+    ('[models.gpt-4o]\nfixed_params = { top_p = -1 }\n', "model gpt-4o: fixed_params.top_p must be from 0 to 1"),
+    ('[models.vo3]\nunsupported_params = ["stop"]\n', "model vo3: unsupported_params and fixed_params are for chat"),
 ])
 def test_a_mistake_is_refused_with_a_message_naming_it(tmp_path: Path, toml: str, message: str) -> None:
     with pytest.raises(CatalogError) as refused:
@@ -60,3 +91,21 @@ def test_a_providers_own_options_are_accepted(tmp_path: Path) -> None:
                               '[providers.gemini]\ntimeout = 300.0\n')  # gemini's for image models
     assert catalog.providers["veo"].extra == {"poll_interval": 2.5, "max_wait": 600}
     assert catalog.providers["gemini"].extra == {"timeout": 300.0}
+
+
+def test_gemini_image_options_reach_only_its_image_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`timeout` (for image models) was passed to the Gemini chat adapter too: every chat a 500."""
+    catalog = _load(tmp_path, '[providers.gemini]\ntimeout = 60\n')
+    monkeypatch.setenv("GEMINI_API_KEY", "sk-test")
+    providers = Providers(catalog, make_settings(tmp_path, simulate="0"), http=None)  # type: ignore[arg-type]
+    assert isinstance(providers.chat(catalog.models["gemini-1-5-pro"]), GeminiChatProvider)
+    image = providers.image(catalog.models["nano-banana-pro"])
+    assert isinstance(image, GeminiImageProvider) and image._timeout == 60
+
+
+def test_a_model_on_the_built_in_simulated_provider_says_it_is_simulated(tmp_path: Path) -> None:
+    catalog = _load(tmp_path, '[models.sim]\nkind = "chat"\nrate = 1\nprovider = "simulated"\n')
+    settings = make_settings(tmp_path, simulate="0")
+    assert catalog.is_simulated(catalog.models["sim"], settings)
+    assert not catalog.is_simulated(catalog.models["gpt-4o"], settings)
+

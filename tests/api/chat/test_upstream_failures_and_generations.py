@@ -4,11 +4,11 @@ retries only before the first byte, all free) and the generation record of every
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import pytest
 
+from common.providers.registry import Providers
 from tests.api.chat.helpers import (
     Gateway,
     assert_books_balance,
@@ -185,19 +185,20 @@ def test_another_accounts_generation_is_404(gw: Gateway) -> None:
     assert owner.account_id not in foreign.text
 
 
-def test_a_chat_model_whose_provider_cannot_serve_chat_fails_without_holding_credits(
-    make_gateway: Callable[..., Gateway], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_an_adapter_that_cannot_be_made_is_a_500_without_holding_credits(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A catalog mistake (a chat model on the video provider) is a 500, but must not leave the
-    account's credits held until the sweeper's TTL."""
-    catalog = tmp_path / "misrouted.toml"
-    catalog.write_text('[models.misrouted]\nkind = "chat"\nrate = "1"\nprovider = "veo"\n', "utf-8")
-    monkeypatch.setenv("GEMINI_API_KEY", "sk-fake")
-    gw = make_gateway(catalog=catalog)
-    account = gw.account()
-    before = assert_books_balance(gw.engine, account.account_id)
-    with gw.http(account) as http:
-        response = http.post("/chat/completions", json={"model": "misrouted", "messages": MESSAGES})
+    """A defect where the adapter is chosen (once a chat model on the video provider, which the
+    catalog now refuses at start) is a 500, but must not leave the account's credits held until
+    the sweeper's TTL."""
+    def broken(self: Providers, entry: Any) -> Any:
+        raise ValueError(f"provider {entry.provider} cannot serve chat models")
+
+    monkeypatch.setattr(Providers, "chat", broken)
+    account = gateway.account()
+    before = assert_books_balance(gateway.engine, account.account_id)
+    with gateway.http(account) as http:
+        response = http.post("/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES})
     assert response.status_code == 500
     assert response.json()["error"]["type"] == "server_error"
-    assert assert_books_balance(gw.engine, account.account_id) == before  # nothing held, nothing written
+    assert assert_books_balance(gateway.engine, account.account_id) == before  # nothing held, nothing written
