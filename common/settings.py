@@ -21,11 +21,13 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_CHARS = 16
+DAY_SECONDS = 86_400  # the longest any duration setting may be: past it, a typo (1e20 overflowed time_t at shutdown)
 JOB_HARD_LIMIT_SECONDS = 2 * 3600  # Dramatiq's time limit on the job actors (workers/actors.py)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HELYX_", env_file=".env", extra="ignore")
+    # allow_inf_nan: an infinite lease or timeout would be a job never reclaimed, a call never ended
+    model_config = SettingsConfigDict(env_prefix="HELYX_", env_file=".env", extra="ignore", allow_inf_nan=False)
     _dotenv: dict[str, str] = PrivateAttr(default_factory=dict)  # the .env file's lines (provider keys)
 
     # Storage of truth and files
@@ -47,23 +49,23 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=200_000, ge=1, le=200_000)
 
     # Serving
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", min_length=1)  # empty: uvicorn listened on every interface
     public_url: str | None = Field(default=None, description="Absolute base URL for links in webhooks")
     port: int = Field(default=8000, ge=1, le=65535)
     web_workers: int = Field(default=1, ge=1)
-    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=DAY_SECONDS)
     opentelemetry: bool = Field(
         default=False, description="FastAPI's native OpenTelemetry (spans, metrics) through the global providers"
     )
 
     # Simulation (the offline provider)
     simulate: Literal["auto", "1", "0"] = "auto"
-    simulated_job_seconds: float = Field(default=0.3, ge=0)
-    simulated_chat_delay: float = Field(default=0.0, ge=0)
+    simulated_job_seconds: float = Field(default=0.3, ge=0, le=DAY_SECONDS)
+    simulated_chat_delay: float = Field(default=0.0, ge=0, le=DAY_SECONDS)
 
     # Billing
     hold_ttl_seconds: int = Field(default=900, ge=1)  # a running call renews its hold every third of it
-    hold_sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    hold_sweep_interval_seconds: float = Field(default=30.0, gt=0, le=DAY_SECONDS)
     default_max_tokens: int = Field(default=2048, ge=1, le=4096)  # SPEC §4: max_tokens 1-4096
 
     # Rate limits: requests per minute per key, by plan
@@ -73,22 +75,22 @@ class Settings(BaseSettings):
     rate_limit_ultra: int = Field(default=300, ge=1)
 
     # Upstream calls
-    upstream_connect_timeout: float = Field(default=5.0, gt=0)
-    upstream_read_timeout: float = Field(default=120.0, gt=0)
+    upstream_connect_timeout: float = Field(default=5.0, gt=0, le=DAY_SECONDS)
+    upstream_read_timeout: float = Field(default=120.0, gt=0, le=DAY_SECONDS)
     upstream_retries: int = Field(default=2, ge=0, le=10)
-    upstream_backoff_seconds: float = Field(default=0.25, ge=0)
+    upstream_backoff_seconds: float = Field(default=0.25, ge=0, le=DAY_SECONDS)
 
     # Media jobs
-    image_wait_seconds: float = Field(default=60.0, ge=0)
+    image_wait_seconds: float = Field(default=60.0, ge=0, le=DAY_SECONDS)
     # Below the actors' hard limit, with time to spare for storing and settling: a job Dramatiq
     # cuts off stays `running` and runs again (a paid call) once its lease lapses.
     image_job_time_limit: float = Field(default=300.0, gt=0, le=JOB_HARD_LIMIT_SECONDS - 600)
     video_job_time_limit: float = Field(default=1200.0, gt=0, le=JOB_HARD_LIMIT_SECONDS - 600)
     job_max_retries: int = Field(default=3, ge=0, le=20)
     job_retry_backoff_ms: int = Field(default=1000, ge=0)
-    job_lease_seconds: float = Field(default=20.0, gt=0)
-    sweep_interval_seconds: float = Field(default=5.0, gt=0)
-    stale_queued_seconds: float = Field(default=30.0, gt=0)
+    job_lease_seconds: float = Field(default=20.0, gt=0, le=DAY_SECONDS)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0, le=DAY_SECONDS)
+    stale_queued_seconds: float = Field(default=30.0, gt=0, le=DAY_SECONDS)
     results_ttl_days: int = Field(default=7, ge=1)
     signed_url_ttl_seconds: int = Field(default=3600, ge=1)
     worker_processes: int = Field(default=2, ge=1)
@@ -104,9 +106,9 @@ class Settings(BaseSettings):
 
     # Webhooks
     webhook_allow_private: bool = False
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=DAY_SECONDS)
     webhook_max_attempts: int = Field(default=5, ge=1)
-    webhook_backoff_seconds: float = Field(default=1.0, ge=0)
+    webhook_backoff_seconds: float = Field(default=1.0, ge=0, le=DAY_SECONDS)
 
     # Logs
     log_level: str = "INFO"
@@ -127,6 +129,20 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a SQLite or PostgreSQL URL (sqlite:///path/helyx.db, "
                              "postgresql://user@host:5432/db)")
         return value
+
+    @field_validator("storage_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        """An empty value was the working directory (the URL-signing key written there)."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty: a directory for the result files")
+        return value
+
+    @field_validator("catalog", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        """Empty means unset, as for the other optional settings (it was the directory `.`)."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("redis_url")
     @classmethod

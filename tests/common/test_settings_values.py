@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from api.schemas.chat import MAX_CONTENT_CHARS, MAX_MESSAGES
-from common.settings import JOB_HARD_LIMIT_SECONDS, Settings
+from common.settings import DAY_SECONDS, JOB_HARD_LIMIT_SECONDS, Settings
 
 
 @pytest.mark.parametrize(("raw", "origins"), [
@@ -76,3 +76,41 @@ def test_a_job_time_limit_must_leave_room_under_the_actors_hard_limit(monkeypatc
     monkeypatch.setenv(name, str(JOB_HARD_LIMIT_SECONDS - 599))
     with pytest.raises(ValidationError):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+_DURATIONS = [name for name, info in Settings.model_fields.items()
+              if info.annotation is float and any(getattr(m, "le", None) == DAY_SECONDS for m in info.metadata)]
+
+
+def test_every_duration_setting_is_bounded_by_a_day() -> None:
+    assert {"job_lease_seconds", "shutdown_grace_seconds", "upstream_read_timeout", "image_wait_seconds"} <= set(
+        _DURATIONS)
+    for name, info in Settings.model_fields.items():  # the job time limits have lower bounds of their own
+        if info.annotation is float:
+            assert any(getattr(m, "le", DAY_SECONDS + 1) <= DAY_SECONDS for m in info.metadata), name
+
+
+@pytest.mark.parametrize("name", _DURATIONS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e20", str(DAY_SECONDS + 1)])
+def test_a_duration_that_is_infinite_or_past_a_day_stops_the_start(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                                   value: str) -> None:
+    """An infinite lease never reclaimed a dead worker's jobs; a grace of 1e20 s overflowed at shutdown."""
+    monkeypatch.setenv(f"HELYX_{name.upper()}", value)
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert refused.value.errors()[0]["loc"] == (name,)
+    monkeypatch.setenv(f"HELYX_{name.upper()}", str(DAY_SECONDS))
+    assert getattr(Settings(_env_file=None), name) == DAY_SECONDS  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("name", ["HELYX_HOST", "HELYX_STORAGE_DIR"])
+def test_an_empty_host_or_storage_directory_stops_the_start(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """An empty host listened on every interface; an empty directory was the working one."""
+    monkeypatch.setenv(name, " " if name == "HELYX_STORAGE_DIR" else "")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_an_empty_catalog_setting_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HELYX_CATALOG", "")
+    assert Settings(_env_file=None).catalog is None  # type: ignore[call-arg]
