@@ -250,15 +250,21 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         # Starlette runs this handler in ServerErrorMiddleware, outside every user middleware,
-        # so the request id middleware never sees this response: add the header here.
+        # so the request id middleware never sees this response: add the header here. (That
+        # middleware answers the exceptions that reach it itself: see unexpected_error_response.)
         request_id = getattr(request.state, "request_id", None)
-        headers = {"x-request-id": request_id} if request_id else None
-        if _is_database_down(exc):
-            log.error("database unavailable on %s: %s", request.url.path, exc)
-            return error_response(ServiceUnavailable("The service is temporarily unavailable, try again.",
-                                                     headers=headers))
-        log.exception("unhandled error on %s", request.url.path)
-        return error_response(ServerError("Internal server error.", headers=headers))
+        return unexpected_error_response(exc, request.url.path, {"x-request-id": request_id} if request_id else None)
+
+
+def unexpected_error_response(exc: Exception, path: str, headers: dict[str, str] | None = None) -> Response:
+    """The answer to an exception no handler took: a 503 when the database is down, else a 500
+    (logged with its traceback)."""
+    if _is_database_down(exc):
+        log.error("database unavailable on %s: %s", path, exc)
+        return error_response(ServiceUnavailable("The service is temporarily unavailable, try again.",
+                                                 headers=headers))
+    log.error("unhandled error on %s", path, exc_info=exc)
+    return error_response(ServerError("Internal server error.", headers=headers))
 
 
 def _allowed_methods(request: Request) -> set[str]:

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import unexpected_error_response
 from common.errors import PayloadTooLarge
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -29,13 +30,25 @@ class RequestIdMiddleware:
         request_id = incoming if incoming and _SAFE_ID.match(incoming) else "req_" + secrets.token_hex(12)
         scope.setdefault("state", {})["request_id"] = request_id
         raw_id = request_id.encode()
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Answered here, not re-raised to Starlette's ServerErrorMiddleware: it answers too,
+            # then re-raises to the server, which logs a second traceback and resets the
+            # keep-alive connection (the client's next request on it failed). Mid-response, only
+            # closing the connection can tell the client, so then it goes on up.
+            if started:
+                raise
+            await unexpected_error_response(exc, scope.get("path", ""))(scope, receive, send_with_id)
 
 
 class BodyLimitMiddleware:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from common.providers.registry import Providers
@@ -199,6 +200,14 @@ def test_an_adapter_that_cannot_be_made_is_a_500_without_holding_credits(
     before = assert_books_balance(gateway.engine, account.account_id)
     with gateway.http(account) as http:
         response = http.post("/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES})
+        first_port = _client_port(response)
+        after = http.get("/credits")  # on the same keep-alive connection: the 500 did not reset it
+        assert _client_port(after) == first_port
     assert response.status_code == 500
-    assert response.json()["error"]["type"] == "server_error"
+    assert response.json()["error"]["type"] == "server_error" and response.headers["x-request-id"]
     assert assert_books_balance(gateway.engine, account.account_id) == before  # nothing held, nothing written
+    assert after.status_code == 200 and "connection" not in response.headers
+
+
+def _client_port(response: httpx.Response) -> int:
+    return int(response.extensions["network_stream"].get_extra_info("client_addr")[1])
