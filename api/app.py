@@ -94,6 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="OpenAI-compatible AI API gateway with exact credit billing.",
         lifespan=lifespan,
+        # A trailing slash is a 404 in the error shape, not a bare 307 to the path without it
+        # (`/jobs/%2F` led to the job list; an SDK never adds one).
+        redirect_slashes=False,
         # Off unless asked for: with it on, FastAPI looks up three OpenTelemetry providers on every
         # request (~20 us each time, even with none configured).
         telemetry={"tracing": settings.opentelemetry, "metrics": settings.opentelemetry,

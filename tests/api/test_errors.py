@@ -111,6 +111,15 @@ def test_unknown_route_is_404_in_the_envelope(app_client: TestClient) -> None:
     assert_envelope(app_client.post("/nowhere", json={}), 404, "not_found_error")
 
 
+def test_a_trailing_slash_is_a_404_in_the_envelope_not_a_bare_redirect(app_client: TestClient,
+                                                                       account: TestAccount) -> None:
+    """Starlette answered a bare 307 to the path without it: `/jobs/%2F` led to the job list."""
+    for method, path in (("GET", "/api/v1/jobs/%2F"), ("GET", "/api/v1/credits/"), ("POST", "/api/v1/videos/"),
+                         ("DELETE", "/api/v1/videos/job_1/")):
+        response = app_client.request(method, path, headers=account.headers, follow_redirects=False)
+        assert_envelope(response, 404, "not_found_error")
+
+
 def test_wrong_method_is_405_in_the_envelope(app_client: TestClient, account: TestAccount) -> None:
     response = app_client.put("/api/v1/credits", headers=account.headers)
     assert_envelope(response, 405, "invalid_request_error")
