@@ -178,6 +178,18 @@ class Settings(BaseSettings):
             return json.loads(text) if text.startswith("[") else [o.strip() for o in text.split(",") if o.strip()]
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _each_an_origin(cls, origins: list[str]) -> list[str]:
+        """A browser sends `scheme://host[:port]` and nothing else: any other value (a path, a
+        trailing slash, a bare host) never matches, and CORS would fail without a word."""
+        for origin in origins:
+            parsed = urlsplit(origin)
+            if origin != "*" and (parsed.scheme not in ("http", "https") or not parsed.hostname
+                                  or origin != f"{parsed.scheme}://{parsed.netloc}"):
+                raise ValueError(f"{origin!r} is not an origin: scheme://host[:port] (https://app.example.com) or *")
+        return origins
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:

@@ -23,6 +23,19 @@ def test_cors_origins_are_a_json_list_or_comma_separated(monkeypatch: pytest.Mon
     assert Settings(_env_file=None).cors_origins == origins  # type: ignore[call-arg]
 
 
+@pytest.mark.parametrize("raw", ["notanorigin", "https://a.example/", "https://a.example/app", "a.example:443",
+                                 "ftp://a.example", "https://a.example, example.org"])
+def test_a_cors_origin_a_browser_would_never_send_stops_the_start(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    """It never matched, and CORS failed without a word."""
+    monkeypatch.setenv("HELYX_CORS_ORIGINS", raw)
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert "is not an origin" in str(refused.value)
+    monkeypatch.setenv("HELYX_CORS_ORIGINS", "http://localhost:3000, https://app.example.com:8443, *")
+    assert Settings(_env_file=None).cors_origins == [  # type: ignore[call-arg]
+        "http://localhost:3000", "https://app.example.com:8443", "*"]
+
+
 def test_the_documented_urls_and_levels_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {"HELYX_DATABASE_URL": "postgres://postgres@127.0.0.1:5432/helyx",
                         "HELYX_REDIS_URL": "rediss://cache.internal:6380/0",
