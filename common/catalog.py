@@ -22,7 +22,7 @@ from common.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from common.money import to_micro
 from common.plans import PLANS, plan_allows
 from common.providers.base import SAMPLING_FIELDS, ProviderConfig
-from common.settings import Settings
+from common.settings import DAY_SECONDS, Settings
 
 KINDS = ("chat", "image", "video")
 PROVIDER_KINDS = ("openai", "anthropic", "gemini", "veo", "simulated")
@@ -43,7 +43,7 @@ SERVES: dict[str, tuple[str, ...]] = {"openai": ("chat",), "anthropic": ("chat",
 
 
 def _seconds(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 86_400
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= DAY_SECONDS
 
 
 def _tries(value: Any) -> bool:
@@ -55,7 +55,7 @@ def _durations(value: Any) -> bool:
         isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 3600 for d in value)
 
 
-_SECONDS = (_seconds, "a number of seconds above 0 and at most 86,400")
+_SECONDS = (_seconds, f"a number of seconds above 0 and at most {DAY_SECONDS:,}")
 # Options an adapter takes beyond those (keyword arguments of its class), by provider kind and the
 # kind of model it serves, each with the check its value must pass and what that check wants.
 ADAPTER_OPTIONS: dict[tuple[str, str], dict[str, tuple[Callable[[Any], bool], str]]] = {
