@@ -25,7 +25,7 @@ from tests.api.chat.helpers import Books, assert_books_balance, books
 from tests.conftest import TestAccount, create_test_account
 from tests.integration.faults import isolated_redis_url, job_rows, wait_jobs
 from tests.integration.helpers_processes import Proc, Processes, base_env, wait_dramatiq_workers
-from workers.supervisor import Backoff, Supervisor
+from workers.supervisor import Backoff
 
 IMAGE_PRICE = 200_000_000
 JOB_SECONDS = 3.0
@@ -192,11 +192,15 @@ def test_the_backoff_doubles_from_one_second_to_thirty_and_starts_over_after_a_l
 
 
 def test_a_command_that_fails_twice_is_started_again_until_it_exits_0(tmp_path: Path) -> None:
+    """The supervisor in its own process: run here, it would make pytest a subreaper and stop
+    every other child of pytest (a session's fake upstream) as a process left behind."""
     runs = tmp_path / "runs"
     script = (f"import pathlib, sys; p = pathlib.Path({str(runs)!r}); n = len(p.read_text()) if p.exists() else 0;"
               " p.write_text('x' * (n + 1)); sys.exit(1 if n < 2 else 0)")
     started = time.monotonic()
-    code = Supervisor([sys.executable, "-c", script], Backoff(first=0.2, most=0.3)).run()
+    code = subprocess.run([sys.executable, "-c", "from workers.supervisor import Backoff, Supervisor; import sys;"
+                           " sys.exit(Supervisor(sys.argv[1:], Backoff(first=0.2, most=0.3)).run())",
+                           sys.executable, "-c", script], stderr=subprocess.DEVNULL, timeout=30).returncode
     assert code == 0
     assert runs.read_text() == "xxx"
     assert time.monotonic() - started >= 0.2 + 0.3  # it waited between the runs
@@ -291,7 +295,8 @@ pids = pathlib.Path(sys.argv[1])
 if pids.exists():  # the second run: behave
     sys.exit(0)
 worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-pids.write_text(f"{os.getpid()} {worker.pid}")
+pids.with_suffix(".tmp").write_text(f"{os.getpid()} {worker.pid}")
+pids.with_suffix(".tmp").rename(pids)  # whole, never seen empty
 time.sleep(60)
 """
 
