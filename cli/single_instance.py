@@ -3,8 +3,9 @@
 At start it takes up every job its database left unfinished (SPEC §5), so a second instance on
 the same database would take the first one's running jobs from under it (each such start uses
 up an attempt of every running job), and one that then failed to bind its port would have done
-so for nothing. Hence, before any worker starts: an exclusive lock beside the database, and the
-listening socket bound.
+so for nothing. Hence, before any worker starts: an exclusive lock on the database (a file beside
+a SQLite file; on PostgreSQL, common.jobs_lock, which the production workers hold shared), and
+the listening socket bound.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from common import jobs_lock
 from common.settings import Settings
 
 BACKLOG = 2048  # uvicorn's default
@@ -27,17 +30,23 @@ class AlreadyServing(Exception):
 
 
 def lock_path(settings: Settings) -> Path:
-    """Beside the SQLite file; for a PostgreSQL database, in the storage directory."""
-    if settings.is_sqlite:
-        database = make_url(settings.database_url).database
-        if database and database != ":memory:":
-            return Path(database + ".serve.lock")
+    """Beside the SQLite file (an in-memory database: in the storage directory)."""
+    database = make_url(settings.database_url).database
+    if database and database != ":memory:":
+        return Path(database + ".serve.lock")
     return settings.storage_dir / ".serve.lock"
 
 
-def claim_database(settings: Settings) -> IO[str]:
-    """The exclusive lock, held while the returned file stays open. The kernel releases it when
-    the process ends, however it ends (a SIGKILL leaves no stale lock behind)."""
+def claim_database(settings: Settings) -> AbstractContextManager[Any]:
+    """The exclusive lock, held while the returned object (a context manager) stays open. Released
+    when the process ends, however it ends (a SIGKILL leaves no stale lock behind)."""
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    if not settings.is_sqlite:
+        try:
+            return jobs_lock.hold(settings.database_url, shared=False, holder="helyx serve")
+        except jobs_lock.JobsTaken as exc:
+            raise AlreadyServing(f"another process is already running the jobs of this database ({shown}): {exc}; "
+                                 "stop it first, or give this one its own HELYX_DATABASE_URL") from None
     path = lock_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("a+")
@@ -48,7 +57,7 @@ def claim_database(settings: Settings) -> IO[str]:
         holder = handle.read().strip() or "another process"
         handle.close()
         raise AlreadyServing(f"another `helyx serve` (pid {holder}) is already running on this database "
-                             f"({settings.database_url}); stop it first, or give this one its own "
+                             f"({shown}); stop it first, or give this one its own "
                              "HELYX_DATABASE_URL and HELYX_STORAGE_DIR") from None
     handle.truncate(0)
     handle.write(str(os.getpid()))

@@ -3,6 +3,7 @@ when absent, failing under CI=true), the app with a TestClient, and account help
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -58,10 +59,10 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, migrated."""
-    name = f"helyx_test_{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database, migrated, dropped afterwards (also while its sessions last)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         # pre-ping: the fault tests restart PostgreSQL; the final DROP must not use a dead connection
         admin = create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
@@ -74,10 +75,19 @@ def pg_url() -> Iterator[str]:
     engine = make_engine(url)
     upgrade(engine)
     engine.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated."""
+    with fresh_pg_database("helyx_test") as url:
+        yield url
 
 
 @pytest.fixture

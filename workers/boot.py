@@ -1,21 +1,44 @@
 """Imported by each `helyx worker` process (Dramatiq's worker processes, not its main one):
-makes a repeated stop signal harmless, starts the sweeper once the process boots, and names
-the jobs a stop cut off."""
+makes a repeated stop signal harmless, holds the database's jobs lock shared (so that no
+self-contained `helyx serve` takes up these workers' jobs, common.jobs_lock), starts the sweeper
+once the process boots, and names the jobs a stop cut off."""
 
 from __future__ import annotations
 
+import logging
+import sys
+from typing import Any
+
 import dramatiq
 
-from common import logs
+from common import jobs_lock, logs
 from common.gc_tuning import freeze_startup_heap
 from common.settings import get_settings
 from workers import execute, stop_once, sweeper
 from workers.actors import deliver_webhook, enqueue
 from workers.broker import broker
 
+log = logging.getLogger("helyx.worker")
+_jobs_lock: list[Any] = []  # the connection that holds it, kept for the process's life
+
+
+def hold_jobs_lock() -> None:
+    """On PostgreSQL; a worker process that cannot have it stops (a self-contained serve runs
+    this database's jobs), and the supervisor starts the workers again after its backoff."""
+    settings = get_settings()
+    if settings.is_sqlite:
+        return
+    try:
+        _jobs_lock.append(jobs_lock.hold(settings.database_url, shared=True, holder="helyx worker"))
+    except jobs_lock.JobsTaken as exc:
+        log.error("a self-contained helyx serve is running the jobs of this database (%s); this worker "
+                  "takes none until it stops", exc)
+        sys.exit(3)
+
 
 class SweeperMiddleware(dramatiq.Middleware):
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        hold_jobs_lock()
         freeze_startup_heap()  # everything is imported and no worker thread has started yet
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:

@@ -1,0 +1,58 @@
+"""Who runs the jobs of a PostgreSQL database: one self-contained `helyx serve`, or the production
+shape's `helyx worker` processes; never both, and never two serves.
+
+A self-contained serve takes up every unfinished job as it starts (workers.embedded), so one
+started by mistake beside another serve, or beside the production workers, would take their
+running jobs from under them: each provider call made twice, and the file written to its own
+storage directory, where the other deployment cannot serve it. A file lock cannot see a process
+with another storage directory or on another host; the database can.
+
+A session-level advisory lock (PostgreSQL scopes it to the database): the serve takes it
+exclusively, each worker process shared, on a connection kept open for the process's life and
+named after the process, so a refusal can say who holds it. PostgreSQL drops the lock when that
+session ends, however the process ends (a SIGKILL leaves nothing stale). A PostgreSQL restart ends
+the session as well, and the lock is not taken again until the process restarts (README,
+Command line).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from common.db import normalize_url
+
+# Below 2**31, so pg_locks shows it as objid with classid 0.
+LOCK_KEY = 1_214_606_680
+
+
+class JobsTaken(Exception):
+    """Another process runs this database's jobs."""
+
+
+def hold(database_url: str, *, shared: bool, holder: str) -> psycopg.Connection[Any]:
+    """The lock, held while the returned connection stays open. Raises JobsTaken, naming the
+    holders, when it cannot be had at once."""
+    conninfo = make_url(normalize_url(database_url)).set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    conn = psycopg.connect(conninfo, autocommit=True, application_name=f"{holder} (pid {os.getpid()})",
+                           connect_timeout=10)
+    take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+    row = conn.execute(f"SELECT {take}(%s::bigint)", (LOCK_KEY,)).fetchone()
+    if row is None or not row[0]:
+        holders = _holders(conn)
+        conn.close()
+        raise JobsTaken(", ".join(holders) or "another process")
+    return conn
+
+
+def _holders(conn: psycopg.Connection[Any]) -> list[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %s"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " ORDER BY 1", (LOCK_KEY,)).fetchall()
+    return [r[0] for r in rows if r[0]]

@@ -1,0 +1,106 @@
+"""On PostgreSQL, one self-contained `helyx serve` or the production workers run a database's jobs,
+never both and never two serves, whatever their storage directories (common/jobs_lock.py). A
+second serve used to take the first one's running job (the provider called twice, the file
+written where the first could not serve it: a charged job whose download was a 404)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from common.db import make_engine
+from tests.conftest import create_test_account, fresh_pg_database
+from tests.integration.faults import isolated_redis_url
+from tests.integration.helpers_processes import HELYX, Proc, Processes, base_env, free_port
+from tests.integration.test_jobs_selfcontained_restart import _rows, _submit
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A database of this test's own: a worker left over by another test must not hold its lock."""
+    with fresh_pg_database("helyx_lock") as url:
+        yield url
+
+
+def _serve_env(database: str, storage: Path) -> dict[str, str]:
+    return base_env(database_url=database, storage_dir=storage, simulated_job_seconds=3,
+                    shutdown_grace_seconds=1, rate_limit_pro=10_000)
+
+
+def _second_serve(procs: Processes, env: dict[str, str]) -> Proc:
+    return procs.start("second", [HELYX, "serve", "--host", "127.0.0.1", "--port", str(free_port())], env)
+
+
+def _exit_of(proc: Proc, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while proc.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not proc.alive(), f"{proc.name} still running:\n{proc.log()}"
+    return int(proc.popen.returncode)
+
+
+def _until(condition, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_a_second_serve_with_its_own_storage_stops_at_once_and_takes_no_running_job(
+        database: str, tmp_path: Path) -> None:
+    engine = make_engine(database)
+    account = create_test_account(engine, "pro")
+    try:
+        with Processes(tmp_path / "procs") as procs:
+            first = procs.serve(_serve_env(database, tmp_path / "one"))
+            job_id = _submit(first, account, "a lighthouse")["id"]
+            _until(lambda: _rows(engine, [job_id])[0]["status"] == "running", "the job never ran")
+
+            second = _second_serve(procs, _serve_env(database, tmp_path / "two"))
+            assert _exit_of(second) == 1
+            log = second.log()
+            assert "already running the jobs of this database" in log and "helyx serve (pid " in log, log
+            assert "serving on" not in log  # nothing started: no worker, no demo key
+
+            _until(lambda: _rows(engine, [job_id])[0]["status"] in ("succeeded", "failed"), "the job never ended")
+            row = _rows(engine, [job_id])[0]
+            assert row["status"] == "succeeded" and row["attempts"] == 1, row  # never taken from the first
+            assert first.alive()
+            assert not (tmp_path / "two").exists() or not any((tmp_path / "two").rglob("*.png"))
+    finally:
+        engine.dispose()
+
+
+def test_production_workers_and_a_self_contained_serve_never_run_one_databases_jobs_together(
+        database: str, tmp_path: Path) -> None:
+    redis_url = isolated_redis_url()
+    worker_env = base_env(database_url=database, redis_url=redis_url, storage_dir=tmp_path / "prod",
+                          shutdown_grace_seconds=1)
+    with Processes(tmp_path / "procs") as procs:
+        worker = procs.worker(worker_env, processes=1, threads=1)
+        engine = make_engine(database)
+        try:
+            def held_by_a_worker() -> bool:
+                with engine.connect() as conn:
+                    return bool(conn.execute(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND application_name LIKE 'helyx worker (pid %'")).scalar())
+            _until(held_by_a_worker, f"the worker never took the lock:\n{worker.log()}", timeout=40)
+        finally:
+            engine.dispose()
+
+        serve = _second_serve(procs, _serve_env(database, tmp_path / "stray"))
+        assert _exit_of(serve) == 1
+        assert "helyx worker (pid " in serve.log(), serve.log()
+        assert "serving on" not in serve.log()
+
+        worker.kill()  # PostgreSQL drops a killed session's lock
+        served = procs.serve(_serve_env(database, tmp_path / "alone"))  # the lock went with the worker
+        late = procs.worker(worker_env, processes=1, threads=1)
+        _until(lambda: "a self-contained helyx serve is running the jobs of this database" in late.log(),
+               f"a worker started beside the serve:\n{late.log()}", timeout=40)
+        assert served.alive()
