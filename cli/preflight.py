@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import tempfile
 
-from common.catalog import load_catalog
+from common.catalog import Catalog, load_catalog
 from common.settings import Settings
 from common.storage import LocalStorage
 
@@ -15,13 +15,15 @@ class StorageUnusable(Exception):
     """HELYX_STORAGE_DIR cannot be created or written to."""
 
 
-def check(settings: Settings) -> None:
-    """CatalogError for a catalog that does not load; StorageUnusable for a storage directory this
-    process cannot write (result files are written there by the workers and read by the API)."""
-    load_catalog(settings)
+def check(settings: Settings) -> Catalog:
+    """The catalog. CatalogError for a catalog that does not load; StorageUnusable for a storage
+    directory this process cannot write (result files are written there by the workers and read
+    by the API)."""
+    catalog = load_catalog(settings)
     try:
         root = LocalStorage(settings.storage_dir).root
         with tempfile.TemporaryFile(dir=root):
             pass
     except OSError as exc:
         raise StorageUnusable(f"HELYX_STORAGE_DIR {settings.storage_dir}: {exc.strerror or exc}") from None
+    return catalog

@@ -18,9 +18,10 @@ from types import FrameType
 
 from cli import preflight, single_instance
 from common import accounts, billing, clock, logs
+from common.catalog import Catalog
 from common.db import get_engine
 from common.migrate import upgrade
-from common.settings import get_settings
+from common.settings import Settings, get_settings
 
 log = logging.getLogger("helyx")
 
@@ -33,8 +34,16 @@ def migrate(_: argparse.Namespace) -> int:
     return 0
 
 
+def _keyed_providers(catalog: Catalog, settings: Settings) -> list[str]:
+    """Providers that simulation leaves alone (SPEC §6: only a model without a key is simulated)."""
+    return sorted({f"{p.name} ({p.api_key_env})" for p in catalog.providers.values()
+                   if p.kind != "simulated" and settings.provider_secret(p.api_key_env) is not None})
+
+
 def _demo_key(host: str, port: int) -> None:
-    """Create (once) the demo account on the Pro plan and print a fresh key for it."""
+    """Create (once) the demo account on the Pro plan and print a fresh key for it. The demo keys
+    printed by earlier starts are revoked: one start after another, they would fill the account's
+    100 keys, and the next start would fail."""
     settings = get_settings()
     engine = get_engine(settings.database_url)
     from sqlalchemy import text
@@ -47,6 +56,8 @@ def _demo_key(host: str, port: int) -> None:
                                                       now=now)
         else:
             account_id = row[0]
+            conn.execute(text("UPDATE api_keys SET revoked_at = :now WHERE account_id = :a AND revoked_at IS NULL"
+                              " AND name IN ('default', 'demo')"), {"a": account_id, "now": now})
             key = accounts.create_key(conn, account_id, name="demo", now=now)
     base_url = f"http://{host}:{port}/api/v1"
     print(json.dumps({"account_id": account_id, "api_key": key.secret, "base_url": base_url}, indent=2))
@@ -68,7 +79,7 @@ def serve(args: argparse.Namespace) -> int:
               "`helyx account create`", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
-    preflight.check(settings)  # a broken HELYX_CATALOG or storage stops here, before a demo key is printed
+    catalog = preflight.check(settings)  # a broken HELYX_CATALOG or storage stops here, before a demo key is printed
     if settings.self_contained:  # before anything is written or any job taken up
         try:
             lock = single_instance.claim_database(settings)
@@ -79,9 +90,13 @@ def serve(args: argparse.Namespace) -> int:
     upgrade(get_engine(settings.database_url))
     if args.demo:
         _demo_key(host, port)
-    shape = "self-contained (SQLite, in-process workers)" if settings.self_contained else (
-        f"production shape ({'SQLite' if settings.is_sqlite else 'PostgreSQL'} + Redis), {workers} process(es)")
+    database = "SQLite" if settings.is_sqlite else "PostgreSQL"
+    shape = f"self-contained ({database}, in-process workers)" if settings.self_contained else (
+        f"production shape ({database} + Redis), {workers} process(es)")
     print(f"helyx: serving on http://{host}:{port} — {shape}", file=sys.stderr, flush=True)
+    if settings.simulation_on and (real := _keyed_providers(catalog, settings)):
+        print(f"helyx: not simulated, as their keys are set: the models of {', '.join(real)} call the provider "
+              "(and spend on its account); unset the key to simulate them", file=sys.stderr, flush=True)
     if settings.self_contained:
         from api.main import app  # imported first, so its start-up heap is frozen before any job runs
         from common.gc_tuning import freeze_startup_heap
