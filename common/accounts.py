@@ -57,6 +57,8 @@ class NewKey:
 
 
 MAX_ACTIVE_KEYS = 100  # per account: rate limits count per key, so this bounds what minting keys buys
+MAX_KEY_NAME_CHARS = 100
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EMAIL = re.compile(r"[^\s@\x00-\x1f\x7f]+@[^\s@\x00-\x1f\x7f]+")
 
 
@@ -96,6 +98,9 @@ def create_key(
 ) -> NewKey:
     if conn.execute(text("SELECT 1 FROM accounts WHERE id = :a"), {"a": account_id}).first() is None:
         raise NotFound(f"No account {account_id}", code="account_not_found")
+    if len(name) > MAX_KEY_NAME_CHARS or _CONTROL.search(name):  # the API's limits, for the CLI as well
+        raise InvalidRequest(f"A key's name is at most {MAX_KEY_NAME_CHARS} characters, without control "
+                             "characters (tabs, line breaks).", param="name")
     # NaN compares false with every time: such a key would never expire.
     if expires_at is not None and (not math.isfinite(expires_at) or expires_at <= now):
         raise InvalidRequest("expires_at must be a time in the future (unix seconds).", param="expires_at")

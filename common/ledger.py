@@ -60,6 +60,7 @@ _RESOLVE_HOLD = text(_RESOLVE_SET + _RESOLVE_RETURNING)
 _EXPIRE_HOLD = text(_RESOLVE_SET + " AND expires_at < :now" + _RESOLVE_RETURNING)
 # The deficit counts only on the billing day it was set for (a reset by an older process, which
 # knows nothing of it, leaves it behind): see common.models.Account.
+MAX_REFERENCE_CHARS = 200  # the admin API's limit, for the CLI as well
 DEFICIT_TODAY = "(CASE WHEN deficit_day = allowance_day THEN allowance_deficit ELSE 0 END)"
 _ACCOUNT_SETTLE = text(
     "UPDATE accounts SET"
@@ -225,11 +226,15 @@ def grant(
     same reference for another amount or account is a Conflict (a typo must not pass as a replay)."""
     if amount <= 0:
         raise InvalidRequest("A grant must be a positive amount of credits.", param="amount")
-    ref = f"grant:{reference}" if reference else f"grant:{new_id('g')}"
+    if reference is not None and not (reference.strip() and len(reference) <= MAX_REFERENCE_CHARS):
+        # An empty one (an unset variable in `--reference "$INVOICE"`) would grant again on a replay.
+        raise InvalidRequest(f"A grant's reference, when given, is 1 to {MAX_REFERENCE_CHARS} characters, "
+                             "not blank.", param="reference")
+    ref = f"grant:{reference}" if reference is not None else f"grant:{new_id('g')}"
     # The account's row lock first: concurrent grants with one reference then take turns, and the
     # second sees the first's row below (a no-op) instead of failing on the unique reference.
     current = balance(conn, account_id, lock=True)
-    if reference:
+    if reference is not None:
         earlier = conn.execute(text("SELECT account_id, amount FROM ledger_entries WHERE reference = :r"),
                                {"r": ref}).first()
         if earlier is not None:

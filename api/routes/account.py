@@ -54,7 +54,7 @@ async def get_usage(
 
 
 class KeyCreate(OwnBody):
-    name: str = Field(default="", max_length=100)
+    name: str = Field(default="", max_length=accounts.MAX_KEY_NAME_CHARS)
     expires_at: float | None = Field(default=None, description="unix seconds; omit for no expiry")
     daily_credit_cap: CreditAmount | None = None
 

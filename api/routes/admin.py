@@ -32,7 +32,8 @@ class PlanSet(OwnBody):
 
 class CreditGrant(OwnBody):
     amount: CreditAmount = Field(description="credits, up to 6 decimals")
-    reference: str | None = Field(default=None, max_length=200, description="makes the grant idempotent")
+    reference: str | None = Field(default=None, max_length=ledger.MAX_REFERENCE_CHARS,
+                                     description="makes the grant idempotent")
 
 
 @router.post("/accounts", status_code=201, summary="Create an account with a first API key",

@@ -296,6 +296,7 @@ def test_another_accounts_key_is_404_and_stays_valid(app_client: TestClient, eng
     [
         {"name": 7},
         {"name": "x" * 101},
+        {"name": "line\nbreak"},
         {"expires_at": "never"},
         {"expires_at": 1_900_000_000_000},  # milliseconds
         {"expires_at": 1e300},

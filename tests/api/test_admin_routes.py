@@ -229,7 +229,8 @@ def test_grant_credits_is_idempotent_with_a_reference(app_client: TestClient, en
 @pytest.mark.parametrize(
     "payload",
     [{"amount": 0}, {"amount": -5}, {"amount": "lots"}, {"amount": None}, {}, {"amount": 10**10},
-     {"amount": 0.0000001}, {"amount": 5, "reference": "r" * 201}],
+     {"amount": 0.0000001}, {"amount": 5, "reference": "r" * 201}, {"amount": 5, "reference": ""},
+     {"amount": 5, "reference": " "}],
 )
 def test_bad_grants_are_400_and_write_no_ledger_entry(app_client: TestClient, engine: Engine,
                                                       payload: dict[str, Any]) -> None:

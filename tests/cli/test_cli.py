@@ -172,6 +172,11 @@ def test_help_on_every_command_exits_0(run: Any, command: list[str]) -> None:
         (["credits", "grant", "{account}", "inf"], "AMOUNT"),
         (["credits", "grant", "{account}", "1e30"], "AMOUNT"),
         (["credits", "grant", "acct_missing", "5"], "No account acct_missing"),
+        (["credits", "grant", "{account}", "5", "--reference", ""], "reference, when given, is 1 to 200"),
+        (["credits", "grant", "{account}", "5", "--reference", "  "], "not blank"),  # an unset "$INVOICE"
+        (["credits", "grant", "{account}", "5", "--reference", "r" * 201], "1 to 200 characters"),
+        (["key", "create", "{account}", "--name", "n" * 101], "at most 100 characters"),
+        (["key", "create", "{account}", "--name", "a\tb"], "without control characters"),
         (["key", "create", "acct_missing"], "No account acct_missing"),
         (["key", "create", "{account}", "--daily-cap", "-1"], "--daily-cap must be a positive"),
         (["key", "create", "{account}", "--daily-cap", "inf"], "--daily-cap"),
