@@ -21,7 +21,9 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_CHARS = 16
-DAY_SECONDS = 86_400  # the longest any duration setting may be: past it, a typo (1e20 overflowed time_t at shutdown)
+DAY_SECONDS = 86_400  # the longest a duration setting may be (but these two): past it, a typo (1e20 overflowed time_t)
+MAX_SIGNED_URL_TTL_SECONDS = 7 * DAY_SECONDS  # a week, as S3's presigned URLs
+MAX_RESULTS_TTL_DAYS = 3_650
 JOB_HARD_LIMIT_SECONDS = 2 * 3600  # Dramatiq's time limit on the job actors (workers/actors.py)
 
 
@@ -64,7 +66,7 @@ class Settings(BaseSettings):
     simulated_chat_delay: float = Field(default=0.0, ge=0, le=DAY_SECONDS)
 
     # Billing
-    hold_ttl_seconds: int = Field(default=900, ge=1)  # a running call renews its hold every third of it
+    hold_ttl_seconds: int = Field(default=900, ge=1, le=DAY_SECONDS)  # a running call renews its hold every third of it
     hold_sweep_interval_seconds: float = Field(default=30.0, gt=0, le=DAY_SECONDS)
     default_max_tokens: int = Field(default=2048, ge=1, le=4096)  # SPEC §4: max_tokens 1-4096
 
@@ -87,18 +89,18 @@ class Settings(BaseSettings):
     image_job_time_limit: float = Field(default=300.0, gt=0, le=JOB_HARD_LIMIT_SECONDS - 600)
     video_job_time_limit: float = Field(default=1200.0, gt=0, le=JOB_HARD_LIMIT_SECONDS - 600)
     job_max_retries: int = Field(default=3, ge=0, le=20)
-    job_retry_backoff_ms: int = Field(default=1000, ge=0)
+    job_retry_backoff_ms: int = Field(default=1000, ge=0, le=DAY_SECONDS * 1000)
     job_lease_seconds: float = Field(default=20.0, gt=0, le=DAY_SECONDS)
     sweep_interval_seconds: float = Field(default=5.0, gt=0, le=DAY_SECONDS)
     stale_queued_seconds: float = Field(default=30.0, gt=0, le=DAY_SECONDS)
-    results_ttl_days: int = Field(default=7, ge=1)
-    signed_url_ttl_seconds: int = Field(default=3600, ge=1)
+    results_ttl_days: int = Field(default=7, ge=1, le=MAX_RESULTS_TTL_DAYS)
+    signed_url_ttl_seconds: int = Field(default=3600, ge=1, le=MAX_SIGNED_URL_TTL_SECONDS)
     worker_processes: int = Field(default=2, ge=1)
     worker_threads: int = Field(default=8, ge=1)
     # The longest wait of an idle Dramatiq consumer between polls of Redis; a send wakes idle
     # consumers at once (workers.wakeable_broker), so this bounds only delayed retries and missed
     # wake-ups (Dramatiq's default is 1,000 ms).
-    worker_poll_ms: int = Field(default=50, ge=1)
+    worker_poll_ms: int = Field(default=50, ge=1, le=DAY_SECONDS * 1000)
     jobs_running_free: int = Field(default=1, ge=1)  # 0 would queue the plan's jobs for ever
     jobs_running_plus: int = Field(default=2, ge=1)
     jobs_running_pro: int = Field(default=4, ge=1)

@@ -116,6 +116,21 @@ def test_a_duration_that_is_infinite_or_past_a_day_stops_the_start(monkeypatch: 
     assert getattr(Settings(_env_file=None), name) == DAY_SECONDS  # type: ignore[call-arg]
 
 
+@pytest.mark.parametrize(("name", "longest"), [
+    ("hold_ttl_seconds", DAY_SECONDS), ("job_retry_backoff_ms", DAY_SECONDS * 1000),
+    ("worker_poll_ms", DAY_SECONDS * 1000), ("signed_url_ttl_seconds", 7 * DAY_SECONDS), ("results_ttl_days", 3_650),
+])
+def test_a_whole_number_duration_past_its_longest_stops_the_start(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                                  longest: int) -> None:
+    """A signed URL's expiry of 1e14 s was accepted and signed."""
+    monkeypatch.setenv(f"HELYX_{name.upper()}", str(longest + 1))
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert refused.value.errors()[0]["loc"] == (name,)
+    monkeypatch.setenv(f"HELYX_{name.upper()}", str(longest))
+    assert getattr(Settings(_env_file=None), name) == longest  # type: ignore[call-arg]
+
+
 @pytest.mark.parametrize("name", ["HELYX_HOST", "HELYX_STORAGE_DIR"])
 def test_an_empty_host_or_storage_directory_stops_the_start(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """An empty host listened on every interface; an empty directory was the working one."""
