@@ -25,7 +25,7 @@ from cli.preflight import StorageUnusable
 from common.catalog import CatalogError
 from common.errors import HelyxError
 from common.plans import PLANS
-from common.settings import Settings
+from common.settings import Settings, misspelt_names
 
 
 def _integer(text: str) -> int:
@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if misspelt := misspelt_names():
+        for name, meant in misspelt:
+            print(f"helyx: error: invalid configuration: {name} is not a setting (did you mean {meant}?)",
+                  file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except HelyxError as exc:

@@ -80,13 +80,15 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     logs.configure(settings.log_level)
     catalog = preflight.check(settings)  # a broken HELYX_CATALOG or storage stops here, before a demo key is printed
-    if settings.self_contained:  # before anything is written or any job taken up
-        try:
+    try:
+        if settings.self_contained:  # before anything is written or any job taken up
             lock = single_instance.claim_database(settings)
             sock = single_instance.bind(host, port)
-        except single_instance.AlreadyServing as exc:
-            print(f"helyx: {exc}", file=sys.stderr)
-            return 1
+        else:  # uvicorn binds the port itself: a taken one is one line now, not an error after "serving on"
+            single_instance.bind(host, port).close()
+    except single_instance.AlreadyServing as exc:
+        print(f"helyx: {exc}", file=sys.stderr)
+        return 1
     upgrade(get_engine(settings.database_url))
     if args.demo:
         _demo_key(host, port)

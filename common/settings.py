@@ -7,6 +7,7 @@ where a variable outside the `HELYX_` prefix is read (from the environment or th
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -244,6 +245,22 @@ class Settings(BaseSettings):
         super().__init__(**values)
         if isinstance(env_file, str | Path) and Path(env_file).is_file():
             self._dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+
+
+def misspelt_names(env_file: str | Path = ".env") -> list[tuple[str, str]]:
+    """HELYX_ variables (in the environment or `.env`) that are no setting but look like one, each
+    with the setting meant: ignored, HELYX_DATABSE_URL ran on the default SQLite file. Names far
+    from every setting (a shell's own HELYX_KEY) are left alone."""
+    known = [f"HELYX_{name.upper()}" for name in Settings.model_fields]
+    given = set(os.environ)
+    if Path(env_file).is_file():
+        given |= set(dotenv_values(env_file))
+    found = []
+    for name in sorted(n for n in given if n.upper().startswith("HELYX_") and n.upper() not in known):
+        meant = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.85)
+        if meant:
+            found.append((name, meant[0]))
+    return found
 
 
 @lru_cache(maxsize=1)

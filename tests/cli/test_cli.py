@@ -4,6 +4,7 @@ clear message on stderr and changes nothing."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -287,3 +288,40 @@ def test_serve_with_a_broken_catalog_stops_before_printing_a_demo_key(
     assert (code, out) == (2, "")
     assert err.startswith("helyx: error: invalid catalog: provider mine: kind must be one of"), err
     assert "Traceback" not in err and snapshot(cli_db) == before
+
+
+def test_a_misspelt_setting_stops_every_command_naming_the_setting_meant(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """HELYX_DATABSE_URL was ignored: the command ran on the default SQLite file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("HELYX_RATELIMIT_FREE=5\n", "utf-8")
+    monkeypatch.setenv("HELYX_DATABSE_URL", "postgresql://postgres@127.0.0.1:5432/prod")
+    monkeypatch.setenv("HELYX_KEY", "hx-a-shells-own-variable")  # far from every setting: left alone
+    before = snapshot(cli_db)
+    code, out, err = run("account", "create", "typo@example.com")
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        "helyx: error: invalid configuration: HELYX_DATABSE_URL is not a setting (did you mean HELYX_DATABASE_URL?)",
+        "helyx: error: invalid configuration: HELYX_RATELIMIT_FREE is not a setting (did you mean "
+        "HELYX_RATE_LIMIT_FREE?)",
+    ]
+    assert snapshot(cli_db) == before
+    monkeypatch.delenv("HELYX_DATABSE_URL")
+    (tmp_path / ".env").write_text("HELYX_RATE_LIMIT_FREE=5\n", "utf-8")
+    assert run("account", "create", "typo@example.com")[0] == 0
+
+
+def test_serve_in_the_production_shape_on_a_taken_port_is_one_line_before_serving(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HELYX_REDIS_URL", "redis://127.0.0.1:6379/15")
+    monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
+    reset_settings_cache()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run("serve", "--port", str(port))
+    assert (code, out) == (1, "")
+    assert err.strip() == f"helyx: cannot listen on 127.0.0.1:{port}: Address already in use", err
