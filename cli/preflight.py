@@ -25,5 +25,6 @@ def check(settings: Settings) -> Catalog:
         with tempfile.TemporaryFile(dir=root):
             pass
     except OSError as exc:
-        raise StorageUnusable(f"HELYX_STORAGE_DIR {settings.storage_dir}: {exc.strerror or exc}") from None
+        reason = "a file is in the way: not a directory" if isinstance(exc, FileExistsError) else exc.strerror or exc
+        raise StorageUnusable(f"HELYX_STORAGE_DIR {settings.storage_dir}: {reason}") from None
     return catalog

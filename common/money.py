@@ -19,7 +19,8 @@ def to_micro(credits: Decimal | int | str) -> int:
     """Credits to micro-credits; refuses values finer than one micro-credit."""
     value = Decimal(str(credits)) * MICRO
     if value != value.to_integral_value():
-        raise ValueError(f"{credits} credits is finer than one micro-credit")
+        shown = f"{credits:f}" if isinstance(credits, Decimal) else credits  # 0.0000001, not 1E-7
+        raise ValueError(f"{shown} credits is finer than one micro-credit")
     return int(value)
 
 

@@ -167,7 +167,7 @@ def test_help_on_every_command_exits_0(run: Any, command: list[str]) -> None:
         (["credits", "grant", "{account}", "-5"], "must be a positive"),
         (["credits", "grant", "{account}", "0"], "must be a positive"),
         (["credits", "grant", "{account}", "lots"], "AMOUNT must be a number of credits, not 'lots'"),
-        (["credits", "grant", "{account}", "0.0000001"], "finer than one micro-credit (at most 6 decimals)"),
+        (["credits", "grant", "{account}", "0.0000001"], "0.0000001 credits is finer than one micro-credit (at most 6"),
         (["credits", "grant", "{account}", "1.2345678"], "finer than one micro-credit"),  # not rounded to fit
         (["credits", "grant", "{account}", "nan"], "AMOUNT"),
         (["credits", "grant", "{account}", "inf"], "AMOUNT"),
@@ -325,3 +325,16 @@ def test_serve_in_the_production_shape_on_a_taken_port_is_one_line_before_servin
         code, out, err = run("serve", "--port", str(port))
     assert (code, out) == (1, "")
     assert err.strip() == f"helyx: cannot listen on 127.0.0.1:{port}: Address already in use", err
+
+
+def test_a_storage_directory_that_is_a_file_is_named_as_such(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "results"
+    blocker.write_text("not a directory", "utf-8")
+    monkeypatch.setenv("HELYX_STORAGE_DIR", str(blocker))
+    reset_settings_cache()
+    code, out, err = run("serve", "--port", "1")
+    assert (code, out) == (2, "")
+    assert err.strip() == (f"helyx: error: cannot use the storage directory: HELYX_STORAGE_DIR {blocker}: "
+                           "a file is in the way: not a directory"), err
