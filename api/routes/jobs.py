@@ -46,8 +46,8 @@ async def get_job(job_id: str, request: Request, caller: CallerDep) -> Any:
 @router.post("/jobs/{job_id}/cancel", summary="Cancel an unfinished job: full refund",
              responses=doc(JobView, 401, 404, 409))
 async def cancel_job(job_id: str, request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
-    await run_in_threadpool(cancel, services.engine, principal.account_id, job_id)
+    canceled_now = await run_in_threadpool(cancel, services.engine, principal.account_id, job_id)
     record, remaining = await job_flow.read(services, principal, job_id)
-    if record.row["webhook_url"]:
+    if canceled_now and record.row["webhook_url"]:  # once: a repeated cancel queued a delivery each time
         await job_flow.notify(services, job_id)
     return json_response(job_view(record, job_flow.linker(services, request), remaining))

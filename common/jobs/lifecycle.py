@@ -257,9 +257,10 @@ def fail(engine: Engine, job: ClaimedJob, owner: str, error_code: str, message: 
     return True
 
 
-def cancel(engine: Engine, account_id: str, job_id: str) -> None:
+def cancel(engine: Engine, account_id: str, job_id: str) -> bool:
     """Cancel a job that has not finished: full refund. A running job's worker notices at its next
-    lease renewal and stops; its late result is discarded. Finished jobs: 409."""
+    lease renewal and stops; its late result is discarded. Finished jobs: 409. True when this call
+    canceled it; False for one canceled before (nothing more to do: no refund, no webhook)."""
     now = clock.now().timestamp()
     with engine.begin() as conn:
         _lock_account(conn, account_id, job_id)
@@ -271,10 +272,11 @@ def cancel(engine: Engine, account_id: str, job_id: str) -> None:
         ).first()
         if row is not None:
             ledger.release(conn, row.hold_id, now=now)
-            return
+            return True
         status = conn.execute(text("SELECT status FROM jobs WHERE id = :id AND account_id = :aid"),
                               {"id": job_id, "aid": account_id}).scalar()
     if status is None:
         raise NotFound(f"No job {job_id}", code="job_not_found", param="id")
     if status != "canceled":
         raise Conflict(f"Job {job_id} has already finished ({status}).", code="job_finished")
+    return False

@@ -183,3 +183,23 @@ def test_a_result_past_its_expiry_is_gone_everywhere_before_the_sweeper_deletes_
         job = media.client.get(f"/api/v1/jobs/{video['id']}", headers=account.headers).json()
         assert job["status"] == "succeeded" and job["result"]["files"] == [], job
     assert media.jobs.stored_keys(), "the bytes are still on disk: only the sweeper deletes them"
+
+
+def test_a_repeated_cancel_sends_the_jobs_webhook_once(make_media: Callable[..., Media]) -> None:
+    """Each cancel of a canceled job queued one more delivery chain: one free account could flood
+    the workers (which the media jobs share) and a receiver with copies (found by a security review)."""
+    media = make_media(simulated_job_seconds=5)
+    account = media.account()
+    services = media.client.app.state.services  # type: ignore[attr-defined]
+    sent: list[str] = []
+    services.extras["notify"] = sent.append
+    job = media.client.post(IMAGES, headers={**account.headers, **ASYNC},
+                            json={"prompt": "undo", "size": "256x256",
+                                  "webhook_url": "https://hooks.example.com/helyx"})
+    assert job.status_code == 202, job.text
+    for _ in range(5):
+        again = media.client.post(f"/api/v1/jobs/{job.json()['id']}/cancel", headers=account.headers)
+        assert again.status_code == 200 and again.json()["status"] == "canceled"
+    assert sent == [job.json()["id"]]
+    media.jobs.join()
+    assert media.jobs.kinds(job.json()["id"]) == ["reserve", "release"]
