@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         except ArgumentError:
             backend = ""
         if backend not in ("sqlite", "postgresql"):
-            raise ValueError(f"{value!r} is not a SQLite or PostgreSQL URL (sqlite:///path/helyx.db, "
+            raise ValueError(f"{_shown(value)!r} is not a SQLite or PostgreSQL URL (sqlite:///path/helyx.db, "
                              "postgresql://user@host:5432/db)")
         return value
 
@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{value!r} is not a Redis URL (redis://host:6379/0)")
+            raise ValueError(f"{_shown(value)!r} is not a Redis URL (redis://host:6379/0)")
         return value or None
 
     @field_validator("public_url")
@@ -162,7 +162,7 @@ class Settings(BaseSettings):
             return None
         parsed = urlsplit(value)
         if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
-            raise ValueError(f"{value!r} is not an absolute http(s) base URL (https://api.example.com)")
+            raise ValueError(f"{_shown(value)!r} is not an absolute http(s) base URL (https://api.example.com)")
         return value
 
     @field_validator("admin_token", "secret_key")
@@ -245,6 +245,18 @@ class Settings(BaseSettings):
         super().__init__(**values)
         if isinstance(env_file, str | Path) and Path(env_file).is_file():
             self._dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+
+
+def _shown(url: str) -> str:
+    """A URL for an error message: its password masked (a refusal lands in service and CI logs)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not even a URL: nothing in it looks like user:password@
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}").geturl()
 
 
 def misspelt_names(env_file: str | Path = ".env") -> list[tuple[str, str]]:

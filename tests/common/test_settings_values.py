@@ -142,3 +142,17 @@ def test_an_empty_host_or_storage_directory_stops_the_start(monkeypatch: pytest.
 def test_an_empty_catalog_setting_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HELYX_CATALOG", "")
     assert Settings(_env_file=None).catalog is None  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("HELYX_DATABASE_URL", "mysql://root:TopSecretPW@127.0.0.1/x"),
+    ("HELYX_REDIS_URL", "http://:TopSecretPW@cache:6379/0"),
+    ("HELYX_PUBLIC_URL", "ftp://ops:TopSecretPW@files.example.com"),
+])
+def test_a_refused_url_is_shown_without_its_password(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """The refusal lands in service and CI logs (found by a security review)."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    message = refused.value.errors()[0]["msg"]
+    assert "TopSecretPW" not in message and ":***@" in message, message
