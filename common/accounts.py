@@ -58,6 +58,7 @@ class NewKey:
 
 MAX_ACTIVE_KEYS = 100  # per account: rate limits count per key, so this bounds what minting keys buys
 MAX_KEY_NAME_CHARS = 100
+KEY_CHURN_SECONDS = 86_400  # a revoked key still counts towards MAX_ACTIVE_KEYS for this long
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EMAIL = re.compile(r"[^\s@\x00-\x1f\x7f]+@[^\s@\x00-\x1f\x7f]+")
 
@@ -111,12 +112,14 @@ def create_key(
         raise InvalidRequest("daily_credit_cap must be positive.", param="daily_credit_cap")
     if conn.dialect.name == "postgresql":  # one key creation per account at a time, or the count races
         conn.execute(text("SELECT 1 FROM accounts WHERE id = :a FOR UPDATE"), {"a": account_id})
-    active = conn.execute(text("SELECT COUNT(*) FROM api_keys WHERE account_id = :a AND revoked_at IS NULL"
-                               " AND (expires_at IS NULL OR expires_at > :now)"),
-                          {"a": account_id, "now": now}).scalar_one()
-    if active >= MAX_ACTIVE_KEYS:
-        raise Conflict(f"The account has {active} active keys, the most it may have; revoke one first.",
-                       code="key_limit_reached")
+    # A key made in the last day counts even once revoked or expired: each new key has a rate limit
+    # of its own, and making and revoking keys in turn got around the cap, and every rate limit.
+    counted = conn.execute(text("SELECT COUNT(*) FROM api_keys WHERE account_id = :a AND (created_at > :day_ago"
+                                " OR (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > :now)))"),
+                           {"a": account_id, "now": now, "day_ago": now - KEY_CHURN_SECONDS}).scalar_one()
+    if counted >= MAX_ACTIVE_KEYS:
+        raise Conflict(f"The account has {counted} keys active or made in the last 24 hours, the most it may have; "
+                       "revoke an older key, or wait.", code="key_limit_reached")
     secret = keys.generate_key()
     key = NewKey(new_id("key"), secret, keys.display_prefix(secret), name, now, expires_at, daily_cap)
     conn.execute(
