@@ -56,7 +56,8 @@ class NewKey:
     daily_cap: int | None
 
 
-MAX_ACTIVE_KEYS = 100  # per account: rate limits count per key, so this bounds what minting keys buys
+MAX_ACTIVE_KEYS = 100  # per account, active or made in the last day: rate limits count per key, so this bounds
+# what minting keys buys
 MAX_KEY_NAME_CHARS = 100
 KEY_CHURN_SECONDS = 86_400  # a revoked key still counts towards MAX_ACTIVE_KEYS for this long
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
