@@ -17,6 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import psycopg
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
@@ -131,8 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"helyx: error: invalid configuration: {name}: {error['msg'].removeprefix('Value error, ')}",
                   file=sys.stderr)
         return 2
-    except OperationalError as exc:  # the database is not there (or refuses us): one line, not a traceback
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+    except (OperationalError, psycopg.OperationalError) as exc:  # the database is not there (or refuses us)
+        cause = exc.orig if isinstance(exc, OperationalError) else exc  # (psycopg's own: the serve's jobs lock)
+        reason = str(cause).strip().splitlines()[0] if cause else type(exc).__name__
         print(f"helyx: error: cannot use the database: {reason}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

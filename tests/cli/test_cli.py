@@ -266,10 +266,14 @@ def test_demo_is_refused_in_the_production_shape_and_creates_nothing(
     assert snapshot(cli_db) == before
 
 
-def test_an_unreachable_database_is_one_line_not_a_traceback(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreachable_database_is_one_line_not_a_traceback(run: Any, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
     monkeypatch.setenv("HELYX_DATABASE_URL", "postgresql://postgres@127.0.0.1:9/helyx")  # nothing listens
+    monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
+    monkeypatch.delenv("HELYX_REDIS_URL", raising=False)
     reset_settings_cache()
-    for argv in (["migrate"], ["account", "create", "x@example.com"], ["usage", "acct_x"]):
+    # (serve: the self-contained mode's jobs lock is the first to need the database)
+    for argv in (["migrate"], ["account", "create", "x@example.com"], ["usage", "acct_x"], ["serve", "--port", "1"]):
         code, out, err = run(*argv)
         assert (code, out) == (1, ""), argv
         assert err.startswith("helyx: error: cannot use the database: connection failed"), err
