@@ -248,7 +248,7 @@ async def _complete(call: ChatCall) -> Response:
         raise
     usage, estimated = result.usage, False
     if usage is None:
-        usage, estimated = chat_billing.estimated_usage(call.request.messages, result.content), True
+        usage, estimated = chat_billing.estimated_usage(call.request.messages, result.content, call.provider), True
     with anyio.CancelScope(shield=True):
         settlement = await call.finish(Outcome(call.id, "succeeded", usage, usage_estimated=estimated), stream=False)
     return json_response({
@@ -374,7 +374,7 @@ def _stream_outcome(call: ChatCall, status: str, usage: Usage | None, produced: 
     """The vendor's usage; without it, the estimate, with the prompt's count the vendor stated, if it did."""
     if usage is not None:
         return Outcome(call.id, status, usage, error_code=code)
-    estimate = chat_billing.estimated_usage(call.request.messages, "".join(produced))
+    estimate = chat_billing.estimated_usage(call.request.messages, "".join(produced), call.provider)
     if prompt_tokens is not None:
         estimate = Usage(prompt_tokens, estimate.completion_tokens)
     return Outcome(call.id, status, estimate, usage_estimated=True, error_code=code)

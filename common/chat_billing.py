@@ -96,10 +96,14 @@ def _explain(exc: InsufficientCredits, what: str, affordable: int, asked: int,
     return InsufficientCredits(f"{detail} {exc.message}", code=exc.code, param=field)
 
 
-def estimated_usage(messages: list[dict[str, Any]], produced: str) -> Usage:
+def estimated_usage(messages: list[dict[str, Any]], produced: str, provider: object = None) -> Usage:
     """Usage for a call whose upstream reported none, or none to trust (a cut stream, a negative
-    or fractional count): the same generous rule for the prompt, its images included, and the
-    text produced so far, bounded later by the hold."""
+    or fractional count): the provider's own count where it can make one offline (the simulated
+    provider), else common.tokens' estimate of the prompt, its images included, and of the text
+    produced so far; bounded later by the hold."""
+    usage_of = getattr(provider, "usage_of", None)
+    if usage_of is not None:
+        return usage_of(messages, produced)  # type: ignore[no-any-return]
     return Usage(estimate_used_prompt_tokens(messages), estimate_completion_tokens(produced) if produced else 0)
 
 
@@ -168,8 +172,13 @@ async def extend_hold_async(pg: AsyncStatements, hold_id: str, until: float) -> 
 
 
 def _charge(entry: ModelEntry, outcome: Outcome) -> int:
+    """What the call costs: nothing when the upstream failed, before its first byte ("failed") or
+    after ("interrupted": SPEC §3, a failed call costs nothing); else its usage at the rate."""
     usage = outcome.usage
-    return usage.total_tokens * entry.rate_micro if usage and outcome.status != "failed" else 0
+    return usage.total_tokens * entry.rate_micro if usage and outcome.status not in _FAILED else 0
+
+
+_FAILED = ("failed", "interrupted")
 
 
 def _generation(principal: Principal, entry: ModelEntry, outcome: Outcome, stream: bool, started: float,

@@ -8,13 +8,17 @@ Anthropic (images scaled to ~1.15 megapixels, ~1,600 tokens) charge for one imag
 very large images and may count more; the caller caps the charge at the reservation.
 
 `estimate_completion_tokens` is for a stream that ended without upstream usage (cut off, or an
-upstream that ignores include_usage): ceil(UTF-8 bytes / 3) + 1. English averages about four
-bytes per token, so this estimate is deliberately generous, yet bounded by the bytes sent.
-`estimate_used_prompt_tokens` is the prompt's count in that case: each message's text by the same
-rule plus 4, and 765 per image part, what OpenAI counts for a 1024x1024 image at high detail
-(Anthropic counts ~1,400 for that size, Gemini 258); the charge stays capped at the hold.
+upstream that ignores include_usage), whose charge is for what was produced, no more (SPEC §4):
+ceil(UTF-8 bytes / 4), OpenAI's rule of thumb for English (about four characters a token).
+Other scripts, code and numbers have more tokens per byte, so there it errs low, in the client's
+favour; it was ceil(bytes / 3) + 1, generous, which charged a client more than was produced.
+`estimate_used_prompt_tokens` is the prompt's count in that case: each message's text by the
+same rule plus 3 (OpenAI's per-message overhead), and 765 per image part, what OpenAI counts for
+a 1024x1024 image at high detail (Anthropic counts ~1,400 for that size, Gemini 258); the charge
+stays capped at the hold. A provider that can count offline counts instead
+(common.chat_billing.estimated_usage: the simulated provider, by its own rule).
 
-The simulated provider's counts never exceed these estimates (see common.providers.simulated).
+The simulated provider's counts never exceed `estimate_prompt_tokens` (common.providers.simulated).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ TOKENS_PER_MESSAGE = 4
 TOKENS_PER_REPLY = 3
 TOKENS_PER_IMAGE = 1600
 TOKENS_PER_IMAGE_USED = 765  # an estimate of what was used, not an upper bound
+TOKENS_PER_MESSAGE_USED = 3
 
 
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
@@ -57,13 +62,13 @@ def estimate_used_prompt_tokens(messages: list[dict[str, Any]]) -> int:
         parts = content_parts(message)
         text = "".join(t for part in parts if (t := part_text(part)) is not None)
         images = sum(1 for part in parts if part_text(part) is None and part_image_url(part) is not None)
-        total += estimate_completion_tokens(text) + TOKENS_PER_MESSAGE + images * TOKENS_PER_IMAGE_USED
+        total += estimate_completion_tokens(text) + TOKENS_PER_MESSAGE_USED + images * TOKENS_PER_IMAGE_USED
     return total
 
 
 def estimate_completion_tokens(text: str) -> int:
-    """A generous estimate of the tokens in generated `text`: ceil(UTF-8 bytes / 3) + 1."""
-    return math.ceil(_bytes(text) / 3) + 1
+    """An estimate of the tokens in generated `text` that errs low: ceil(UTF-8 bytes / 4)."""
+    return math.ceil(_bytes(text) / 4)
 
 
 def _bytes(text: str) -> int:

@@ -74,6 +74,11 @@ class SimulatedChatProvider:
         usage = Usage(simulated_prompt_tokens(request.messages), simulated_tokens(content))
         return content, finish_reason, usage
 
+    def usage_of(self, messages: list[dict[str, Any]], produced: str) -> Usage:
+        """What a call cut short used, by the rule above: a client that leaves is charged exactly
+        for what was produced (common.chat_billing.estimated_usage)."""
+        return Usage(simulated_prompt_tokens(messages), simulated_tokens(produced) if produced else 0)
+
     async def complete(self, request: ChatRequest) -> ChatResult:
         content, finish_reason, usage = self._answer(request)
         if self._delay:

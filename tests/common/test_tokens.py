@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from hypothesis import example, given
@@ -35,17 +34,24 @@ def test_a_message_name_counts_too() -> None:
     assert estimate_prompt_tokens([{"role": "user", "name": "ann", "content": "hi"}]) == 3 + 2 + 4 + 3
 
 
-def test_completion_estimate_is_a_third_of_the_bytes_rounded_up_plus_one() -> None:
-    assert estimate_completion_tokens("") == 1
-    assert estimate_completion_tokens("abc") == 2
-    assert estimate_completion_tokens("abcd") == 3
-    assert estimate_completion_tokens("日本") == 3  # 6 bytes
+def test_completion_estimate_is_a_quarter_of_the_bytes_rounded_up() -> None:
+    assert estimate_completion_tokens("") == 0
+    assert estimate_completion_tokens("abc") == 1
+    assert estimate_completion_tokens("abcde") == 2
+    assert estimate_completion_tokens("日本") == 2  # 6 bytes
 
 
-def test_the_completion_estimate_is_generous_for_english_prose() -> None:
-    text = "The quick brown fox jumps over the lazy dog. " * 20
-    about_four_bytes_per_token = math.ceil(len(text) / 4)
-    assert estimate_completion_tokens(text) > about_four_bytes_per_token
+def test_a_cut_simulated_stream_is_counted_by_the_simulated_providers_own_rule() -> None:
+    """Its rule is known, so a client that leaves the demo's stream pays exactly for what it got."""
+    from common.chat_billing import estimated_usage
+    from common.providers.simulated import SimulatedChatProvider, simulated_prompt_tokens, simulated_tokens
+
+    messages = [{"role": "user", "content": "héllo wörld, 日本語"}]
+    produced = "Here is a short answer. You asked about “héllo"
+    usage = estimated_usage(messages, produced, SimulatedChatProvider())
+    assert (usage.prompt_tokens, usage.completion_tokens) == (simulated_prompt_tokens(messages),
+                                                             simulated_tokens(produced))
+    assert estimated_usage(messages, produced).completion_tokens > usage.completion_tokens  # bytes > characters
 
 
 _part = st.one_of(

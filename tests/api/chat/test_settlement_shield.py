@@ -16,7 +16,8 @@ from common.providers.base import ChatDelta, Usage
 class _Call(SimpleNamespace):
     def __init__(self) -> None:
         super().__init__(id="chatcmpl-test", created=0, entry=SimpleNamespace(id="gpt-4o"), fingerprint=None,
-                         request=SimpleNamespace(messages=[{"role": "user", "content": "hi"}]), include_usage=False)
+                         request=SimpleNamespace(messages=[{"role": "user", "content": "hi"}]), include_usage=False,
+                         provider=None)
         self.finished: list[str] = []
         self.settling = anyio.Event()
 
