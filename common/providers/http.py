@@ -11,8 +11,10 @@ Every adapter talks to its vendor through `build_http_client`'s client and maps 
     401, 403                            UpstreamError  not retryable, code upstream_auth
     other 4xx                           UpstreamError  not retryable
 
-The vendor's own error message is quoted (trimmed, with the provider key masked) except for
-401/403, whose vendor text often echoes a fragment of the key and is no use to our client.
+The vendor's own error message is quoted (trimmed, with the provider key masked) when it is about
+the request (a 4xx such as 400 or 404); not for 401/403, whose vendor text often echoes a fragment
+of the key and is no use to our client, nor for 429 and 5xx, whose text names the operator's
+organisation, project or quota (logged for the operator instead).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import functools
 import http.cookiejar
 import json
+import logging
 import re
 import ssl
 import time
@@ -36,6 +39,8 @@ import orjson
 
 from common.errors import UpstreamError, UpstreamTimeout
 from common.providers.aiohttp_transport import DirectAiohttpTransport
+
+log = logging.getLogger("helyx.upstream")
 
 _MAX_VENDOR_MESSAGE = 500
 
@@ -203,8 +208,10 @@ def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, st
     retryable = status in (408, 409, 429) or status >= 500
     message = f"The upstream provider ({provider}) answered HTTP {status}"
     vendor = vendor_message(body, api_key)
-    if vendor:
+    if vendor and not retryable:  # about the request (a context too long, a refused prompt): the client's to read
         message += f": {vendor}"
+    elif vendor:  # about the operator's account (its organisation, project, quota): for the operator's log only
+        log.warning("upstream %s answered HTTP %d: %s", provider, status, vendor)
     code = "upstream_rate_limited" if status == 429 else None
     retry_after = None
     if retryable:

@@ -45,8 +45,9 @@ async def call(provider: ChatProvider, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["complete", "stream"])
 @pytest.mark.parametrize("status", [429, 500, 503])
-async def test_rate_limits_and_server_errors_are_retryable(
-    vendor: tuple[FakeUpstream, Any], client: httpx.AsyncClient, mode: str, status: int
+async def test_rate_limits_and_server_errors_are_retryable_and_their_text_is_the_operators(
+    vendor: tuple[FakeUpstream, Any], client: httpx.AsyncClient, mode: str, status: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake, provider_class = vendor
     fake.behaviour = Behaviour(fail_first=1, fail_status=status, retry_after="7",
@@ -56,7 +57,8 @@ async def test_rate_limits_and_server_errors_are_retryable(
     assert caught.value.retryable is True
     assert caught.value.upstream_status == status
     assert caught.value.retry_after == 7.0
-    assert "Slow down please" in caught.value.message
+    assert "Slow down please" not in caught.value.message  # it names the operator's account, not the request
+    assert f"HTTP {status}" in caught.value.message and "Slow down please" in caplog.text
 
 
 @pytest.mark.parametrize("mode", ["complete", "stream"])

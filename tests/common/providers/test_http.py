@@ -197,3 +197,14 @@ def test_a_pool_timeout_sent_nothing_and_may_be_retried_but_a_read_timeout_may_n
     assert pool.retryable and not isinstance(pool, UpstreamTimeout) and pool.code == "upstream_unreachable"
     read = transport_error(httpx.ReadTimeout("no answer"), "openai")
     assert isinstance(read, UpstreamTimeout) and read.status == 504
+
+
+def test_only_a_vendor_message_about_the_request_reaches_the_client(caplog: pytest.LogCaptureFixture) -> None:
+    """A 429 or 5xx text names the operator's organisation, project or quota; a 400's is about the
+    client's request (found by a security review)."""
+    quota = b'{"error": {"message": "Rate limit reached for gpt-4o in organization org-Secret123 on tokens"}}'
+    refused = status_error(429, quota, {}, "openai", None)
+    assert "org-Secret123" not in refused.message and "HTTP 429" in refused.message
+    assert "org-Secret123" in caplog.text  # the operator still sees it
+    too_long = b'{"error": {"message": "This model\'s maximum context length is 8192 tokens"}}'
+    assert "maximum context length is 8192" in status_error(400, too_long, {}, "openai", None).message
