@@ -108,10 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if misspelt := misspelt_names():
-        for name, meant in misspelt:
-            print(f"helyx: error: invalid configuration: {name} is not a setting (did you mean {meant}?)",
-                  file=sys.stderr)
+    misspelt = misspelt_names()
+    for name, meant, lost in misspelt:
+        severity = "error: invalid configuration" if lost else "warning"
+        print(f"helyx: {severity}: {name} is not a setting (did you mean {meant}?)", file=sys.stderr)
+    if any(lost for _, _, lost in misspelt):  # the setting meant is unset: the typo's value would be lost
         return 2
     try:
         return int(args.func(args) or 0)

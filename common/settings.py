@@ -7,7 +7,6 @@ where a variable outside the `HELYX_` prefix is read (from the environment or th
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -259,20 +258,32 @@ def _shown(url: str) -> str:
     return parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}").geturl()
 
 
-def misspelt_names(env_file: str | Path = ".env") -> list[tuple[str, str]]:
-    """HELYX_ variables (in the environment or `.env`) that are no setting but look like one, each
-    with the setting meant: ignored, HELYX_DATABSE_URL ran on the default SQLite file. Names far
-    from every setting (a shell's own HELYX_KEY) are left alone."""
-    known = [f"HELYX_{name.upper()}" for name in Settings.model_fields]
-    given = set(os.environ)
+def misspelt_names(env_file: str | Path = ".env") -> list[tuple[str, str, bool]]:
+    """HELYX_ variables (in the environment or `.env`) that are no setting but one or two letters
+    away from one, each with the setting meant and whether that setting is unset (then the typo
+    surely lost a value: HELYX_DATABSE_URL ran on the default SQLite file). Other HELYX_ names (a
+    shell's HELYX_KEY, the tests' HELYX_TEST_REDIS_URL, a Kubernetes service's HELYX_DB_PORT) are
+    further away and left alone."""
+    known = {f"HELYX_{name.upper()}" for name in Settings.model_fields}
+    given = dict(os.environ)
     if Path(env_file).is_file():
-        given |= set(dotenv_values(env_file))
+        given = {**{k: v or "" for k, v in dotenv_values(env_file).items()}, **given}
     found = []
     for name in sorted(n for n in given if n.upper().startswith("HELYX_") and n.upper() not in known):
-        meant = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.85)
-        if meant:
-            found.append((name, meant[0]))
+        meant = min(known, key=lambda k: _edit_distance(name.upper(), k))
+        if _edit_distance(name.upper(), meant) <= 2:
+            found.append((name, meant, not any(n.upper() == meant for n in given)))
     return found
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein: insertions, deletions and substitutions of one character."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
+    return row[-1]
 
 
 @lru_cache(maxsize=1)
