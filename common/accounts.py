@@ -96,8 +96,12 @@ def create_account(conn: Connection, email: str, plan: str, *, day: str, now: fl
 
 def create_key(
     conn: Connection, account_id: str, *, name: str = "", now: float, expires_at: float | None = None,
-    daily_cap: int | None = None,
+    daily_cap: int | None = None, count_recent: bool = False,
 ) -> NewKey:
+    """A new key for the account. `count_recent` (the account's own POST /keys): keys made in the
+    last day count towards the cap even once revoked, as each key has a rate limit of its own and
+    making and revoking keys in turn got around the cap, and every rate limit. The operator's paths
+    (the CLI, the admin API, the demo's start) count the active keys only."""
     if conn.execute(text("SELECT 1 FROM accounts WHERE id = :a"), {"a": account_id}).first() is None:
         raise NotFound(f"No account {account_id}", code="account_not_found")
     if len(name) > MAX_KEY_NAME_CHARS or _CONTROL.search(name):  # the API's limits, for the CLI as well
@@ -113,14 +117,16 @@ def create_key(
         raise InvalidRequest("daily_credit_cap must be positive.", param="daily_credit_cap")
     if conn.dialect.name == "postgresql":  # one key creation per account at a time, or the count races
         conn.execute(text("SELECT 1 FROM accounts WHERE id = :a FOR UPDATE"), {"a": account_id})
-    # A key made in the last day counts even once revoked or expired: each new key has a rate limit
-    # of its own, and making and revoking keys in turn got around the cap, and every rate limit.
-    counted = conn.execute(text("SELECT COUNT(*) FROM api_keys WHERE account_id = :a AND (created_at > :day_ago"
+    since = now - KEY_CHURN_SECONDS if count_recent else now
+    counted = conn.execute(text("SELECT COUNT(*) FROM api_keys WHERE account_id = :a AND (created_at > :since"
                                 " OR (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > :now)))"),
-                           {"a": account_id, "now": now, "day_ago": now - KEY_CHURN_SECONDS}).scalar_one()
+                           {"a": account_id, "now": now, "since": since}).scalar_one()
     if counted >= MAX_ACTIVE_KEYS:
-        raise Conflict(f"The account has {counted} keys active or made in the last 24 hours, the most it may have; "
-                       "revoke an older key, or wait.", code="key_limit_reached")
+        if count_recent:
+            detail = "keys active or made in the last 24 hours; a revoked key stops counting a day after it was made"
+        else:
+            detail = "active keys; revoke one first"
+        raise Conflict(f"The account has {counted} {detail}.", code="key_limit_reached")
     secret = keys.generate_key()
     key = NewKey(new_id("key"), secret, keys.display_prefix(secret), name, now, expires_at, daily_cap)
     conn.execute(

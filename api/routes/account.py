@@ -75,7 +75,7 @@ async def create_key(principal: PrincipalDep, services: ServicesDep,
         cap = micro_of(body.daily_credit_cap) if body.daily_credit_cap is not None else None
         with services.engine.begin() as conn:
             return accounts.create_key(conn, principal.account_id, name=body.name, now=clock.now().timestamp(),
-                                       expires_at=body.expires_at, daily_cap=cap)
+                                       expires_at=body.expires_at, daily_cap=cap, count_recent=True)
 
     key = await run_in_threadpool(create)
     return json_response(

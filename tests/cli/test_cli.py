@@ -345,3 +345,15 @@ def test_a_storage_directory_that_is_a_file_is_named_as_such(
     assert (code, out) == (2, "")
     assert err.strip() == (f"helyx: error: cannot use the storage directory: HELYX_STORAGE_DIR {blocker}: "
                            "a file is in the way: not a directory"), err
+
+
+def test_serve_demo_can_start_more_often_than_an_account_has_keys(cli_db: Engine) -> None:
+    """Each start revokes the last demo key; the operator's paths count active keys only, so a
+    crash loop of `helyx serve --demo` does not lock the demo out for a day (found by a diff review)."""
+    from cli.run_commands import _demo_key
+
+    for _ in range(accounts.MAX_ACTIVE_KEYS + 5):
+        _demo_key("127.0.0.1", 8000)
+    with cli_db.connect() as conn:
+        active = conn.execute(text("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")).scalar_one()
+    assert active == 1
