@@ -111,7 +111,7 @@ class ChatCall:
                                                          patience=SETTLE_PATIENCE_SECONDS,
                                                          max_delay=SETTLE_RETRY_SECONDS)
         except DATABASE_DOWN as exc:
-            if outcome.status == "failed":  # a release: nothing is charged, whether it committed or not
+            if outcome.costs_nothing:  # a release: nothing is charged, whether it committed or not
                 raise
             log.warning("chat %s: settlement unconfirmed (%s); its hold is released at expiry unless it "
                         "committed", self.id, type(exc).__name__)
@@ -328,7 +328,7 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
             except Exception as exc:  # noqa: BLE001 - the client is told below, in the stream
                 unsettled = _settlement_failure(call, exc)
         if held is not None and (unsettled is not None or error is not None):
-            yield call.chunk(*held)  # what it holds was produced (and charged): it is sent before the error
+            yield call.chunk(*held)  # what it holds was produced: it is sent before the error
         if unsettled is not None:  # the 200 is long gone: the stream ends with the error instead
             charged = ({"credits_charged": None, "generation_id": call.id} if isinstance(unsettled, ChargeUnconfirmed)
                        else {"credits_charged": 0})

@@ -46,7 +46,12 @@ class Outcome:
     """How a call ended, for settlement and the generation record."""
 
     generation_id: str
-    status: str  # succeeded | failed | cancelled
+    status: str  # succeeded | failed | interrupted (failed after its first chunk) | cancelled (client left)
+
+    @property
+    def costs_nothing(self) -> bool:
+        """The upstream failed, before its first byte or after: SPEC §3, a failed call costs nothing."""
+        return self.status in ("failed", "interrupted")
     usage: Usage | None
     usage_estimated: bool = False
     error_code: str | None = None
@@ -175,10 +180,7 @@ def _charge(entry: ModelEntry, outcome: Outcome) -> int:
     """What the call costs: nothing when the upstream failed, before its first byte ("failed") or
     after ("interrupted": SPEC §3, a failed call costs nothing); else its usage at the rate."""
     usage = outcome.usage
-    return usage.total_tokens * entry.rate_micro if usage and outcome.status not in _FAILED else 0
-
-
-_FAILED = ("failed", "interrupted")
+    return usage.total_tokens * entry.rate_micro if usage and not outcome.costs_nothing else 0
 
 
 def _generation(principal: Principal, entry: ModelEntry, outcome: Outcome, stream: bool, started: float,

@@ -56,7 +56,7 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
 
 def estimate_used_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """The prompt tokens of a call whose upstream reported no usage (a cut stream): the text as
-    `estimate_completion_tokens` counts it, 4 per message, TOKENS_PER_IMAGE_USED per image."""
+    `estimate_completion_tokens` counts it, TOKENS_PER_MESSAGE_USED per message, TOKENS_PER_IMAGE_USED per image."""
     total = 0
     for message in messages:
         parts = content_parts(message)

@@ -1,7 +1,7 @@
 """Each real adapter (OpenAI-compatible, Anthropic, Gemini) through the whole gateway against its
 vendor's fake upstream: plain and streamed answers charged exactly from the upstream's usage, an
-answer without usage charged by the estimate (and said so), and a failure mid-stream charged only
-for what was produced."""
+answer without usage charged by the estimate (and said so), and a failure mid-stream charged
+nothing (SPEC §3), its record keeping what was used."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_an_upstream_error_mid_stream_ends_the_stream_with_an_error_and_charges_
 ) -> None:
     """SPEC §3: a failed call costs nothing, also one that failed after its first chunk (it was
     charged for what was produced until the SPEC audit). The record keeps what was used."""
-    gateway, fake, model, rate = adapter
+    gateway, fake, model, _ = adapter
     fake.behaviour.error_after_chunks = 3
     account = gateway.account()
     before = books(gateway.engine, account.account_id)
@@ -165,7 +165,6 @@ def test_an_upstream_error_mid_stream_ends_the_stream_with_an_error_and_charges_
     assert prompt != estimate.prompt_tokens or model == ADAPTERS["openai"][0]
     assert (hold["status"], hold["charged"]) == ("released", 0)
     assert (record["prompt_tokens"], record["completion_tokens"]) == (prompt, estimate.completion_tokens)
-    assert (prompt + estimate.completion_tokens) * rate > 0  # what it would have cost
     after = assert_books_balance(gateway.engine, account.account_id)  # no hold left open
     assert after.balance == before.balance
     with gateway.http(account) as http:  # the error event says so too
