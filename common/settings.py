@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -247,15 +248,13 @@ class Settings(BaseSettings):
 
 
 def _shown(url: str) -> str:
-    """A URL for an error message: its password masked (a refusal lands in service and CI logs)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-    except ValueError:  # not even a URL: nothing in it looks like user:password@
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    return parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}").geturl()
+    """A URL for an error message: whatever stands between `//user:` and the last `@` masked (a
+    refusal lands in service and CI logs). By pattern, not by parsing: a refused URL may be
+    malformed, and a generated password may hold `/`, `#` or `?`, which end urlsplit's netloc."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+_PASSWORD = re.compile(r"^(.*?//[^:/@]*:).*@")
 
 
 def misspelt_names(env_file: str | Path = ".env") -> list[tuple[str, str, bool]]:

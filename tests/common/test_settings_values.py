@@ -148,6 +148,8 @@ def test_an_empty_catalog_setting_means_unset(monkeypatch: pytest.MonkeyPatch) -
     ("HELYX_DATABASE_URL", "mysql://root:TopSecretPW@127.0.0.1/x"),
     ("HELYX_REDIS_URL", "http://:TopSecretPW@cache:6379/0"),
     ("HELYX_PUBLIC_URL", "ftp://ops:TopSecretPW@files.example.com"),
+    ("HELYX_DATABASE_URL", "postgresq://app:TopSecretPW/cd+ef@db:5432/helyx"),  # a / in it: urlsplit saw none
+    ("HELYX_REDIS_URL", "rediss//:TopSecretPW#x?@cache:6379"),  # the scheme's colon missing
 ])
 def test_a_refused_url_is_shown_without_its_password(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     """The refusal lands in service and CI logs (found by a security review)."""
