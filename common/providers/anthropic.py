@@ -30,6 +30,7 @@ from common.providers.base import (
 )
 from common.providers.http import (
     UpstreamClient,
+    failure_in_body,
     iter_sse,
     parse_json,
     raise_for_status,
@@ -125,8 +126,7 @@ class AnthropicProvider:
         """An `error` event (mid-stream) or error body: {"type": "error", "error": {type, message}}."""
         error = data.get("error") or {}
         message = vendor_message(str(error.get("message") or "").encode(), self._api_key)
-        return UpstreamError(f"The upstream provider ({PROVIDER}) failed: {message}",
-                             retryable=error.get("type") in _RETRYABLE_ERRORS)
+        return failure_in_body(PROVIDER, message, retryable=error.get("type") in _RETRYABLE_ERRORS)
 
 
 def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from common.providers.base import (
 )
 from common.providers.http import (
     UpstreamClient,
+    failure_in_body,
     iter_sse,
     parse_json,
     raise_for_status,
@@ -105,9 +106,8 @@ class GeminiChatProvider:
         if not isinstance(data, dict):
             raise UpstreamError(f"The upstream provider ({PROVIDER}) sent an unexpected body")
         if data.get("error"):
-            message = vendor_message(str((data["error"] or {}).get("message", "")).encode(),
-                                     self._api_key)
-            raise UpstreamError(f"The upstream provider ({PROVIDER}) failed: {message}", retryable=True)
+            message = vendor_message(str((data["error"] or {}).get("message", "")).encode(), self._api_key)
+            raise failure_in_body(PROVIDER, message, retryable=True)
         candidates = data.get("candidates") or []
         if not candidates:
             blocked = (data.get("promptFeedback") or {}).get("blockReason")

@@ -221,6 +221,16 @@ def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, st
                              retry_after=retry_after)
 
 
+def failure_in_body(provider: str, vendor: str, *, retryable: bool) -> UpstreamError:
+    """A failure the vendor reported inside a 200 body or a stream: its text reaches the client
+    only when it is about the request (not retryable), as status_error has it; else the log."""
+    if retryable or not vendor:
+        if vendor:
+            log.warning("upstream %s failed: %s", provider, vendor)
+        return UpstreamError(f"The upstream provider ({provider}) failed", retryable=retryable)
+    return UpstreamError(f"The upstream provider ({provider}) failed: {vendor}", retryable=False)
+
+
 def google_retry_delay(body: bytes) -> float | None:
     """The wait a Google error body states (google.rpc.RetryInfo `retryDelay`, a duration such as
     "38s"); Gemini says it there, not in Retry-After."""

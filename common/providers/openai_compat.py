@@ -28,6 +28,7 @@ from common.providers.base import (
 )
 from common.providers.http import (
     UpstreamClient,
+    failure_in_body,
     iter_sse,
     parse_json,
     raise_for_status,
@@ -119,8 +120,7 @@ def _raise_if_error(data: Any, api_key: str | None) -> None:
     """OpenAI-compatible upstreams report a failure inside a 200 (often mid-stream) as
     {"error": {...}}."""
     if isinstance(data, dict) and data.get("error"):
-        message = vendor_message(json.dumps(data).encode(), api_key)
-        raise UpstreamError(f"The upstream provider ({PROVIDER}) failed: {message}", retryable=True)
+        raise failure_in_body(PROVIDER, vendor_message(json.dumps(data).encode(), api_key), retryable=True)
 
 
 def _usage(data: Any) -> Usage | None:
