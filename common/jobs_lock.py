@@ -9,15 +9,19 @@ with another storage directory or on another host; the database can.
 
 A session-level advisory lock (PostgreSQL scopes it to the database): the serve takes it
 exclusively, each worker process shared, on a connection kept open for the process's life and
-named after the process, so a refusal can say who holds it. PostgreSQL drops the lock when that
-session ends, however the process ends (a SIGKILL leaves nothing stale). A PostgreSQL restart ends
-the session as well, and the lock is not taken again until the process restarts (README,
-Command line).
+named after the process and its host, so a refusal can say who holds it. PostgreSQL drops the lock
+when that session ends, however the process ends (a SIGKILL leaves nothing stale); for a host that
+died or a network cut, the session's keepalives (set here: about a minute, not the server's
+default two hours) end it. An idle-session timeout would end it too, so it is switched off for this
+session. A PostgreSQL restart ends the session as well, and the lock is not taken again until the
+process restarts (README, Command line).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from typing import Any
 
 import psycopg
@@ -27,6 +31,8 @@ from common.db import normalize_url
 
 # Below 2**31, so pg_locks shows it as objid with classid 0.
 LOCK_KEY = 1_214_606_680
+_SESSION = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10, "tcp_keepalives_count": 3,
+            "idle_session_timeout": 0}
 
 
 class JobsTaken(Exception):
@@ -38,8 +44,12 @@ def hold(database_url: str, *, shared: bool, holder: str) -> psycopg.Connection[
     holders, when it cannot be had at once."""
     conninfo = make_url(normalize_url(database_url)).set(drivername="postgresql").render_as_string(
         hide_password=False)
-    conn = psycopg.connect(conninfo, autocommit=True, application_name=f"{holder} (pid {os.getpid()})",
-                           connect_timeout=10)
+    conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10,
+                           application_name=f"{holder} (pid {os.getpid()} on {socket.gethostname()})"[:63],
+                           keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+    for setting, value in _SESSION.items():  # the server's side of the same watch; a setting it lacks is skipped
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(f"SET {setting} = {value}")
     take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
     row = conn.execute(f"SELECT {take}(%s::bigint)", (LOCK_KEY,)).fetchone()
     if row is None or not row[0]:

@@ -5,6 +5,8 @@ written where the first could not serve it: a charged job whose download was a 4
 
 from __future__ import annotations
 
+import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +65,8 @@ def test_a_second_serve_with_its_own_storage_stops_at_once_and_takes_no_running_
             second = _second_serve(procs, _serve_env(database, tmp_path / "two"))
             assert _exit_of(second) == 1
             log = second.log()
-            assert "already running the jobs of this database" in log and "helyx serve (pid " in log, log
+            assert "already running the jobs of this database" in log, log
+            assert re.search(rf"helyx serve \(pid \d+ on {re.escape(socket.gethostname())}\)", log), log
             assert "serving on" not in log  # nothing started: no worker, no demo key
 
             _until(lambda: _rows(engine, [job_id])[0]["status"] in ("succeeded", "failed"), "the job never ended")
@@ -104,3 +107,19 @@ def test_production_workers_and_a_self_contained_serve_never_run_one_databases_j
         _until(lambda: "a self-contained helyx serve is running the jobs of this database" in late.log(),
                f"a worker started beside the serve:\n{late.log()}", timeout=40)
         assert served.alive()
+
+
+def test_the_lock_session_is_watched_by_keepalives_and_never_timed_out_idle(database: str) -> None:
+    """A host that died would otherwise hold the lock until the server's keepalives notice (two
+    hours by default), and an idle-session timeout would drop it while the process runs on."""
+    from common import jobs_lock
+
+    conn = jobs_lock.hold(database, shared=True, holder="helyx test")
+    try:
+        shown = {name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+                 for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count",
+                              "idle_session_timeout")}
+    finally:
+        conn.close()
+    assert shown == {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3",
+                     "idle_session_timeout": "0"}
