@@ -21,6 +21,8 @@ from api.sse import EventStreamResponse
 from common.db import get_engine
 from common.migrate import upgrade
 from common.money import MICRO
+from common.providers.simulated import simulated_prompt_tokens, simulated_tokens
+from common.tokens import estimate_used_prompt_tokens
 from tests.api.chat.helpers import (
     Gateway,
     GatewayFactory,
@@ -39,16 +41,20 @@ RATE = 200_000  # gpt-4o, micro-credits per token
 UpstreamGateway = Callable[..., Gateway]
 
 
-def read_then_hang_up(gw: Gateway, account: TestAccount, events: int) -> str:
-    """Open a stream, read `events` SSE events, close the connection; returns the call's id."""
-    with gw.http(account) as http, http.stream("POST", "/chat/completions", json=BODY) as response:
+def read_then_hang_up(gw: Gateway, account: TestAccount, events: int, body: dict[str, Any] = BODY,
+                      received: list[str] | None = None) -> str:
+    """Open a stream, read `events` SSE events, close the connection; returns the call's id (and
+    appends the text the events carried to `received`)."""
+    with gw.http(account) as http, http.stream("POST", "/chat/completions", json=body) as response:
         assert response.status_code == 200
-        seen: list[dict[str, object]] = []
+        seen: list[dict[str, Any]] = []
         for line in response.iter_lines():
             if line.startswith("data: "):
                 seen.append(json.loads(line[6:]))
                 if len(seen) == events:
                     break
+    if received is not None:
+        received.extend(c["choices"][0]["delta"].get("content") or "" for c in seen if c.get("choices"))
     return str(seen[0]["id"])
 
 
@@ -90,13 +96,22 @@ def test_a_client_leaving_mid_stream_is_charged_for_what_was_produced(
 def test_a_client_leaving_a_slow_simulated_stream_is_charged_for_what_was_produced(
     make_gateway: GatewayFactory,
 ) -> None:
+    """Counted by the simulated provider's own rule, not estimated from bytes: a client leaving
+    the demo's stream pays exactly for what was produced (it paid 50 % more; found by a SPEC audit)."""
     gw = make_gateway(simulated_chat_delay=0.2)
     account = gw.account()
     before = books(gw.engine, account.account_id)
+    messages = [{"role": "user", "content": "Écris-moi une très longue histoire sur un phare — 灯台の物語"}]
+    received: list[str] = []
 
-    generation_id = read_then_hang_up(gw, account, events=2)
+    generation_id = read_then_hang_up(gw, account, events=3, received=received,
+                                      body={**BODY, "messages": messages})
 
     assert_cancelled_and_settled(gw, account, generation_id, before.balance)
+    record = generation_row(gw.engine, generation_id)
+    assert record["prompt_tokens"] == simulated_prompt_tokens(messages) != estimate_used_prompt_tokens(messages)
+    text = "".join(received)
+    assert text and simulated_tokens(text) <= record["completion_tokens"] <= simulated_tokens(text) + 12
 
 
 def test_a_client_that_gives_up_before_the_first_token_leaves_no_open_hold(
