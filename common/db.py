@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 _engines: dict[str, Engine] = {}
 
@@ -22,6 +22,12 @@ def normalize_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
+
+
+def libpq_conninfo(url: str | URL) -> str:
+    """A PostgreSQL URL (SQLAlchemy's, with its driver) as psycopg connects to it directly."""
+    parsed = make_url(normalize_url(url)) if isinstance(url, str) else url
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:

@@ -25,9 +25,8 @@ import socket
 from typing import Any
 
 import psycopg
-from sqlalchemy.engine import make_url
 
-from common.db import normalize_url
+from common.db import libpq_conninfo
 
 # Below 2**31, so pg_locks shows it as objid with classid 0.
 LOCK_KEY = 1_214_606_680
@@ -42,9 +41,7 @@ class JobsTaken(Exception):
 def hold(database_url: str, *, shared: bool, holder: str) -> psycopg.Connection[Any]:
     """The lock, held while the returned connection stays open. Raises JobsTaken, naming the
     holders, when it cannot be had at once."""
-    conninfo = make_url(normalize_url(database_url)).set(drivername="postgresql").render_as_string(
-        hide_password=False)
-    conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10,
+    conn = psycopg.connect(libpq_conninfo(database_url), autocommit=True, connect_timeout=10,
                            application_name=f"{holder} (pid {os.getpid()} on {socket.gethostname()})"[:63],
                            keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
     for setting, value in _SESSION.items():  # the server's side of the same watch; a setting it lacks is skipped

@@ -32,7 +32,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from sqlalchemy import Engine, TextClause
 
-from common.db import is_postgres
+from common.db import is_postgres, libpq_conninfo
 from common.pg_statements import UNREACHABLE, psycopg_form
 
 CONNECT_TIMEOUT_SECONDS = 5
@@ -56,8 +56,7 @@ class AsyncStatements:
         if not is_postgres(engine):
             return None
         size = engine.pool.size() if hasattr(engine.pool, "size") else 5
-        conninfo = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        return cls(conninfo, size)
+        return cls(libpq_conninfo(engine.url), size)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
