@@ -96,7 +96,7 @@ async def key_checked_in_route(request: Request) -> None:
 
     A missing or malformed key (its checksum: no I/O) is refused here and now, so an anonymous
     client cannot have the loop validate 4 MiB of content parts (~0.5 s each) for its 401."""
-    accounts.lookup_params(bearer(request))
+    accounts.refuse_malformed(bearer(request))
     request.state.key_unchecked = True
 
 

@@ -168,11 +168,16 @@ async def authenticate_async(pg: AsyncStatements, presented: str | None, *, now:
 def lookup_params(presented: str | None) -> dict[str, str]:
     """The key lookup's parameters (`:h`, the key's hash); a missing or malformed key is refused
     here, before any query."""
+    return {"h": keys.hash_key(refuse_malformed(presented))}
+
+
+def refuse_malformed(presented: str | None) -> str:
+    """The key as presented, unless it is missing or malformed (its shape and checksum: no I/O)."""
     if not presented:
         raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer hx-...'.", code="missing_api_key")
     if not keys.is_well_formed(presented):
         raise AuthenticationFailed("Invalid API key.")
-    return {"h": keys.hash_key(presented)}
+    return presented
 
 
 def principal_from_row(row: tuple[Any, ...] | None, now: float) -> Principal:
