@@ -12,6 +12,9 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError
+
+from common.pg_liveness import dropped_by_server
 
 _engines: dict[str, Engine] = {}
 
@@ -34,13 +37,21 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
         pool_timeout=10,
     )
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # The pool then opens another connection in its place (common.pg_liveness).
+        if dropped_by_server(dbapi_connection.pgconn):
+            raise DisconnectionError("the server closed this pooled connection")
+
+    return engine
 
 
 def _sqlite_engine(url: str) -> Engine:

@@ -33,6 +33,7 @@ from psycopg.rows import dict_row
 from sqlalchemy import Engine, TextClause
 
 from common.db import is_postgres, libpq_conninfo
+from common.pg_liveness import dropped_by_server
 from common.pg_statements import UNREACHABLE, psycopg_form
 
 CONNECT_TIMEOUT_SECONDS = 5
@@ -109,7 +110,7 @@ class AsyncStatements:
         now = time.monotonic()
         while self._idle:
             conn, opened = self._idle.pop()
-            if not conn.closed and now - opened < self._recycle:
+            if not conn.closed and now - opened < self._recycle and not dropped_by_server(conn.pgconn):
                 return conn, opened
             await _close(conn)
         conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True,

@@ -1,5 +1,6 @@
 """The event loop's PostgreSQL pool (common.pg_async) on a real server: connections are reused,
-at most `size` are in use, a connection the server dropped is thrown away with the idle ones, a
+at most `size` are in use, an idle connection the server ended is replaced at checkout without an
+error, a connection dropped in use is thrown away with the idle ones, a
 refused connect fails at once, and a statement interrupted by cancellation is cancelled on the
 server and gives its slot back."""
 
@@ -53,15 +54,35 @@ def test_a_connection_is_reused_and_the_pool_never_exceeds_its_size(conninfo: st
     asyncio.run(scenario())
 
 
-def test_a_dropped_connection_is_discarded_with_every_idle_one(conninfo: str, pg_engine: Engine) -> None:
+def _terminate(engine: Engine, pids: list[int]) -> None:
+    """The server ends these sessions (as a restart would) and waits until they are gone."""
+    with engine.connect() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(p, 5000) FROM unnest(CAST(:p AS int[])) AS p"), {"p": pids})
+
+
+def test_an_idle_connection_the_server_ended_is_replaced_at_checkout(conninfo: str, pg_engine: Engine) -> None:
     async def scenario() -> None:
         pool = AsyncStatements(conninfo, 3)
         async with pool.connection() as a, pool.connection() as b:
             pids = [(await (await c.execute("SELECT pg_backend_pid()")).fetchone())[0] for c in (a, b)]  # type: ignore[index]
-        with pg_engine.connect() as admin:  # the server drops both (as a restart would)
-            admin.execute(text("SELECT pg_terminate_backend(p) FROM unnest(CAST(:p AS int[])) AS p"), {"p": pids})
+        _terminate(pg_engine, pids)
+        row = await pool.first_row(PID, {})  # no error: the dead idle ones are seen and passed over
+        assert row is not None and row[0] not in pids
+        assert pool.idle_count == 1  # the fresh one; both dead ones were closed
+        await pool.close_idle()
+    asyncio.run(scenario())
+
+
+def test_a_connection_dropped_in_use_is_discarded_with_every_idle_one(conninfo: str, pg_engine: Engine) -> None:
+    async def scenario() -> None:
+        pool = AsyncStatements(conninfo, 3)
+        async with pool.connection() as a, pool.connection() as b:
+            pids = [(await (await c.execute("SELECT pg_backend_pid()")).fetchone())[0] for c in (a, b)]  # type: ignore[index]
+        assert pool.idle_count == 2
         with pytest.raises(UNREACHABLE):
-            await pool.first_row(PID, {})
+            async with pool.connection() as conn:
+                _terminate(pg_engine, pids)  # dropped after the checkout's check
+                await conn.execute("SELECT 1")
         assert pool.idle_count == 0  # the other dead one went too, unused
         row = await pool.first_row(PID, {})  # a fresh connection serves at once
         assert row is not None and row[0] not in pids
