@@ -22,6 +22,7 @@ from common.errors import (
     PayloadTooLarge,
     ServerError,
     ServiceUnavailable,
+    UpstreamError,
 )
 
 log = logging.getLogger("helyx.api")
@@ -29,7 +30,7 @@ log = logging.getLogger("helyx.api")
 
 def error_response(exc: HelyxError) -> Response:
     headers = dict(exc.headers)
-    if not exc.retryable:
+    if not exc.retryable or isinstance(exc, UpstreamError):  # the gateway retried it already (common.errors)
         headers["x-should-retry"] = "false"
     return json_response(exc.envelope(), status=exc.status, headers=headers)
 

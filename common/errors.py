@@ -16,11 +16,14 @@
     ├── ServiceUnavailable          503     server_error
     │   └── ChargeUnconfirmed       503     server_error (code charge_unconfirmed, not retried)
     └── UpstreamError               502     upstream_error
-        └── UpstreamTimeout         504     upstream_error
+        ├── UpstreamTimeout         504     upstream_error
+        └── UpstreamRejectedRequest 400     invalid_request_error (the vendor's code and param, if any)
 
 `retryable` decides the `x-should-retry` header: the OpenAI SDK must not retry an error that a
 retry cannot mend. Provider adapters raise `UpstreamError` with `retryable` telling the shared
-retry loop whether another attempt may help (connection errors, 429, 5xx).
+retry loop whether another attempt may help (connection errors, 429, 5xx). An `UpstreamError`
+that reaches a client always says `x-should-retry: false`: the gateway has already retried it as
+far as its settings allow, and the SDK's own retries would multiply the provider calls (3 x 3).
 """
 
 from __future__ import annotations
@@ -140,3 +143,16 @@ class UpstreamTimeout(UpstreamError):
 
     def __init__(self, message: str = "The provider did not answer in time") -> None:
         super().__init__(message, retryable=True)
+
+
+class UpstreamRejectedRequest(UpstreamError):
+    """The provider refused the request itself (HTTP 400, 413, 422: a context too long, a value it
+    does not take): the client's to mend, so a 400 as OpenAI would answer it, with the vendor's
+    code and param when it names them (OpenAI-compatible vendors do)."""
+
+    status, type, code = 400, "invalid_request_error", "upstream_invalid_request"
+
+    def __init__(self, message: str, *, upstream_status: int, code: str | None = None,
+                 param: str | None = None) -> None:
+        super().__init__(message, retryable=False, upstream_status=upstream_status, code=code)
+        self.param = param

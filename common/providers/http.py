@@ -9,6 +9,7 @@ Every adapter talks to its vendor through `build_http_client`'s client and maps 
     connection broken mid-response      UpstreamError  retryable
     408, 409, 429, 5xx                  UpstreamHTTPError retryable, with the upstream Retry-After
     401, 403                            UpstreamError  not retryable, code upstream_auth
+    400, 413, 422                       UpstreamRejectedRequest (a 400 to the client, the vendor's code and param)
     other 4xx                           UpstreamError  not retryable
 
 The vendor's own error message is quoted (trimmed, with the provider key masked) when it is about
@@ -37,7 +38,7 @@ import aiohttp
 import httpx
 import orjson
 
-from common.errors import UpstreamError, UpstreamTimeout
+from common.errors import UpstreamError, UpstreamRejectedRequest, UpstreamTimeout
 from common.providers.aiohttp_transport import DirectAiohttpTransport
 
 log = logging.getLogger("helyx.upstream")
@@ -198,8 +199,18 @@ async def raise_for_status(response: httpx.Response, provider: str, api_key: str
     raise status_error(response.status_code, body, response.headers, provider, api_key)
 
 
+_REQUEST_REJECTED = (400, 413, 422)
+_VENDOR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
 def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, str], provider: str,
-                 api_key: str | None) -> UpstreamHTTPError:
+                 api_key: str | None) -> UpstreamError:
+    if status in _REQUEST_REJECTED:
+        vendor = vendor_message(body, api_key)
+        code, param = vendor_code_and_param(body)
+        message = f"The upstream provider ({provider}) refused the request (HTTP {status})"
+        return UpstreamRejectedRequest(message + (f": {vendor}" if vendor else ""), upstream_status=status,
+                                       code=code, param=param)
     if status in (401, 403):
         return UpstreamHTTPError(
             f"The upstream provider ({provider}) rejected the gateway's provider credentials "
@@ -229,6 +240,20 @@ def failure_in_body(provider: str, vendor: str, *, retryable: bool) -> UpstreamE
             log.warning("upstream %s failed: %s", provider, vendor)
         return UpstreamError(f"The upstream provider ({provider}) failed", retryable=retryable)
     return UpstreamError(f"The upstream provider ({provider}) failed: {vendor}", retryable=False)
+
+
+def vendor_code_and_param(body: bytes) -> tuple[str | None, str | None]:
+    """An OpenAI-style error body's `code` (such as context_length_exceeded) and `param`, when sane."""
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        return None, None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    code, param = error.get("code"), error.get("param")
+    return (code if isinstance(code, str) and _VENDOR_CODE.fullmatch(code) else None,
+            param if isinstance(param, str) and 0 < len(param) <= 100 and param.isprintable() else None)
 
 
 def google_retry_delay(body: bytes) -> float | None:

@@ -34,7 +34,8 @@ def build_app(fake: FakeUpstream) -> Starlette:
         body, failure = await fake.receive_request(request)
         if failure is not None:
             error = {"message": fake.behaviour.error_message,
-                     "type": _ERROR_TYPES.get(failure, "server_error"), "param": None, "code": None}
+                     "type": _ERROR_TYPES.get(failure, "server_error"), "param": fake.behaviour.error_param,
+                     "code": fake.behaviour.error_code}
             return JSONResponse({"error": error}, failure, headers=fake.error_headers())
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))

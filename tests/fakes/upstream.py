@@ -47,6 +47,8 @@ class Behaviour:
     fail_status: int = 500
     retry_after: str | None = None  # ... carrying this Retry-After header
     error_message: str = "The fake upstream failed"
+    error_code: str | None = None  # OpenAI-compatible only: the error's code and param (e.g. context_length_exceeded)
+    error_param: str | None = None
     error_reason: str | None = None  # Gemini only: ErrorInfo reason, e.g. API_KEY_INVALID
     error_after_chunks: int | None = None  # stream: a vendor error event after N content chunks
     drop_after_chunks: int | None = None  # stream: drop the connection after N content chunks

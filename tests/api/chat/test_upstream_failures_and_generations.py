@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from common.providers.registry import Providers
@@ -69,6 +70,30 @@ def test_an_upstream_401_is_a_502_upstream_auth_never_a_401_and_is_not_retried(
     assert after.balance == before.balance
 
 
+def test_an_upstream_refusal_of_the_request_is_a_400_with_the_vendors_code_and_param_never_retried(
+    gw: Gateway, openai_fake: FakeUpstream,
+) -> None:
+    openai_fake.behaviour = Behaviour(fail_first=100, fail_status=400, error_code="context_length_exceeded",
+                                      error_param="messages",
+                                      error_message="This model's maximum context length is 10 tokens.")
+    account = gw.account()
+    before = books(gw.engine, account.account_id)
+    with gw.http(account) as http:
+        plain, streamed = chat(http), chat(http, stream=True)
+    for r in (plain, streamed):
+        assert r.status_code == 400 and r.headers["x-should-retry"] == "false"
+        assert r.json()["error"] == {
+            "message": "The upstream provider (openai-compatible) refused the request (HTTP 400): This model's maximum "
+                       "context length is 10 tokens.",
+            "type": "invalid_request_error", "code": "context_length_exceeded", "param": "messages"}
+    with gw.sdk(account, max_retries=2) as client, pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "messages")
+    assert openai_fake.request_count == 3  # one each: neither the gateway nor the SDK tried again
+    after = assert_books_balance(gw.engine, account.account_id)
+    assert after.balance == before.balance and after.entries == before.entries + 6  # three reserves, three releases
+
+
 def test_an_upstream_that_does_not_answer_in_time_is_a_504(
     upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream, database: dict[str, str],
 ) -> None:
@@ -83,6 +108,7 @@ def test_an_upstream_that_does_not_answer_in_time_is_a_504(
         "message": response.json()["error"]["message"], "type": "upstream_error", "code": "upstream_timeout",
         "param": None}
     assert openai_fake.request_count == 1  # a timeout is not retried, though retries are allowed
+    assert response.headers["x-should-retry"] == "false"  # nor by the SDK (it would wait the timeout again)
     assert assert_books_balance(gw.engine, account.account_id).balance == before.balance
 
 
@@ -141,7 +167,7 @@ def test_generations_record_plain_streamed_failed_and_cancelled_calls(gw: Gatewa
                 "model": "gpt-4o", "messages": MESSAGES, "stream": True}) as response:
             streamed_id = next(e for e in sse_events(response) if isinstance(e, dict))["id"]
         openai_fake.behaviour = Behaviour(fail_first=100, fail_status=400, error_message="no such thing")
-        assert chat(http).status_code == 502
+        assert chat(http).status_code == 400  # the upstream refused the request itself
         failed_id = reserved_generation_ids(http)[0]
 
         openai_fake.behaviour = Behaviour(chunks=["word "] * 200, chunk_delay=0.02)
@@ -165,6 +191,7 @@ def test_generations_record_plain_streamed_failed_and_cancelled_calls(gw: Gatewa
     assert p["latency_ms"] >= 0
     assert (s["status"], s["stream"], s["usage"]["total_tokens"]) == ("succeeded", True, 21)
     assert (f["status"], f["credits_charged"], f["usage"]["total_tokens"]) == ("failed", 0, 0)
+    assert f["error_code"] == "upstream_invalid_request"
     assert (c["status"], c["stream"], c["error_code"]) == ("cancelled", True, "client_disconnected")
     assert c["usage"]["estimated"] is True
     assert 0 < micro(c["credits_charged"]) < hold_for(gw.engine, cancelled_id)["amount"]

@@ -10,7 +10,7 @@ from email.utils import formatdate
 import httpx
 import pytest
 
-from common.errors import UpstreamTimeout
+from common.errors import UpstreamRejectedRequest, UpstreamTimeout
 from common.providers.http import (
     NoCookies,
     SSEEvent,
@@ -75,7 +75,28 @@ def test_vendor_messages_are_trimmed_and_never_carry_the_key() -> None:
 
 def test_retry_after_is_kept_only_for_retryable_statuses() -> None:
     assert status_error(503, b"", {"retry-after": "3"}, "p", None).retry_after == 3.0
-    assert status_error(400, b"", {"retry-after": "3"}, "p", None).retry_after is None
+    assert getattr(status_error(400, b"", {"retry-after": "3"}, "p", None), "retry_after", None) is None
+
+
+def test_a_vendor_refusal_of_the_request_is_a_400_with_its_code_and_param_when_sane() -> None:
+    body = json.dumps({"error": {"message": "This model's maximum context length is 10 tokens.",
+                                 "type": "invalid_request_error", "param": "messages",
+                                 "code": "context_length_exceeded"}}).encode()
+    refused = status_error(400, body, {}, "openai", None)
+    assert isinstance(refused, UpstreamRejectedRequest) and not refused.retryable
+    assert (refused.status, refused.type, refused.code, refused.param) == (
+        400, "invalid_request_error", "context_length_exceeded", "messages")
+    assert "maximum context length is 10 tokens" in refused.message
+    for status in (413, 422):
+        assert status_error(status, b"too big", {}, "p", None).status == 400
+    odd = json.dumps({"error": {"message": "no", "code": "Not A Code!", "param": "x" * 101}}).encode()
+    assert (status_error(400, odd, {}, "p", None).code, status_error(400, odd, {}, "p", None).param) == (
+        "upstream_invalid_request", None)
+    anthropic = json.dumps({"type": "error", "error": {"type": "invalid_request_error",
+                                                       "message": "prompt is too long"}}).encode()
+    assert status_error(400, anthropic, {}, "anthropic", None).code == "upstream_invalid_request"
+    for status in (404, 405, 401):  # about the gateway's own request or key: a 502
+        assert status_error(status, b"", {}, "p", None).status == 502
 
 
 def _google_429(delay: object) -> bytes:
