@@ -10,6 +10,7 @@ from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
 from api.schemas.responses import ModelList, ModelView, doc
 from common.catalog import ModelEntry
+from common.errors import NotFound
 from common.settings import Settings
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
@@ -38,4 +39,6 @@ async def list_models(_: PrincipalDep, services: ServicesDep) -> Any:
 
 @router.get("/models/{model_id:path}", summary="One model", responses=doc(ModelView, 401, 404))
 async def get_model(model_id: str, _: PrincipalDep, services: ServicesDep) -> Any:
+    if not model_id:  # `/models/`: a trailing slash, answered as on every other route
+        raise NotFound("Unknown route.", code="unknown_route")
     return json_response(model_view(services.catalog.get(model_id), services))

@@ -125,6 +125,8 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     logprobs: bool | None = Field(default=None, description="not supported: only false")
     top_logprobs: int | None = Field(default=None, description="not supported: only 0")
     logit_bias: dict[str, Any] | None = Field(default=None, description="not supported: must be empty")
+    modalities: list[Any] | None = Field(default=None, description='only ["text"]')
+    audio: dict[str, Any] | None = Field(default=None, description="not supported: must be empty")
 
     @field_validator("n")
     @classmethod
@@ -160,6 +162,13 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     def _no_tool_choice(cls, value: object) -> object:
         if value not in (None, "none"):
             raise ValueError('tool and function calling are not supported by this gateway; only "none" is accepted')
+        return value
+
+    @field_validator("modalities", "audio")
+    @classmethod
+    def _text_out_only(cls, value: object) -> object:
+        if value and value != ["text"]:
+            raise ValueError('audio output is not supported by this gateway; only modalities ["text"]')
         return value
 
     @field_validator("response_format")

@@ -115,9 +115,9 @@ def test_a_trailing_slash_is_a_404_in_the_envelope_not_a_bare_redirect(app_clien
                                                                        account: TestAccount) -> None:
     """Starlette answered a bare 307 to the path without it: `/jobs/%2F` led to the job list."""
     for method, path in (("GET", "/api/v1/jobs/%2F"), ("GET", "/api/v1/credits/"), ("POST", "/api/v1/videos/"),
-                         ("DELETE", "/api/v1/videos/job_1/")):
+                         ("DELETE", "/api/v1/videos/job_1/"), ("GET", "/api/v1/models/")):
         response = app_client.request(method, path, headers=account.headers, follow_redirects=False)
-        assert_envelope(response, 404, "not_found_error")
+        assert assert_envelope(response, 404, "not_found_error")["code"] == "unknown_route", path
 
 
 def test_wrong_method_is_405_in_the_envelope(app_client: TestClient, account: TestAccount) -> None:

@@ -350,6 +350,8 @@ def test_null_for_an_optional_field_is_its_default(app_client: TestClient, accou
     ({"logprobs": True}, "logprobs"),
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
     ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "user", "content": "go on"}]}, "messages.0.tool_calls"),
@@ -391,7 +393,8 @@ def test_stream_options_null_or_with_a_stream_pass(app_client: TestClient, accou
 def test_the_harmless_forms_of_those_fields_pass(app_client: TestClient, account: TestAccount) -> None:
     response = app_client.post(CHAT, headers=account.headers, json=chat(
         tools=[], tool_choice="none", response_format={"type": "text"}, logprobs=False, top_logprobs=0,
-        logit_bias={}, seed=42, messages=[{"role": "assistant", "content": "Hi.", "tool_calls": []}, *HI]))
+        logit_bias={}, seed=42, modalities=["text"], audio=None,
+        messages=[{"role": "assistant", "content": "Hi.", "tool_calls": []}, *HI]))
     assert response.status_code == 200, response.text
 
 
