@@ -7,7 +7,7 @@ strings ('2026-11-22') in the configured zone. Ids are prefixed random strings.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, Index, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -82,7 +82,9 @@ class LedgerEntry(SQLModel, table=True):
     __tablename__ = "ledger_entries"
     __table_args__ = (Index("ix_ledger_account_created", "account_id", "created_at"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    # bigint on PostgreSQL (migration 0004); SQLite's INTEGER key is its 64-bit rowid
+    id: int | None = Field(default=None,
+                           sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True))
     account_id: str = Field(foreign_key="accounts.id")
     key_id: str | None = Field(default=None, index=True)
     kind: str  # reserve | settle | release | expire | grant | reset | plan
