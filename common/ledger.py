@@ -36,10 +36,15 @@ from common.ids import new_id
 from common.money import MAX_BALANCE_MICRO, MICRO
 from common.plans import daily_allowance_micro, is_plan
 
+# The cap's day never goes back: a reservation whose billing day was read just before midnight (it
+# waited for this row's lock, or its host's clock is behind) and that runs after one of the new day
+# counts on the new day, rather than resetting the count to its own day. RETURNING: the day it
+# counted on, which its hold records.
+_CAP_DAY = "(CASE WHEN cap_day IS NOT NULL AND cap_day > :day THEN cap_day ELSE :day END)"
+_CAP_USED = f"(CASE WHEN cap_day = {_CAP_DAY} THEN cap_used ELSE 0 END)"
 _CAP_RESERVE = text(
-    "UPDATE api_keys SET cap_used = (CASE WHEN cap_day = :day THEN cap_used ELSE 0 END) + :amt,"
-    " cap_day = :day WHERE id = :kid"
-    " AND (CASE WHEN cap_day = :day THEN cap_used ELSE 0 END) + :amt <= daily_cap"
+    f"UPDATE api_keys SET cap_used = {_CAP_USED} + :amt, cap_day = {_CAP_DAY} WHERE id = :kid"
+    f" AND {_CAP_USED} + :amt <= daily_cap RETURNING cap_day"
 )
 _ACCOUNT_RESERVE = text(
     "UPDATE accounts SET held = held + :amt WHERE id = :aid AND allowance + topup - held >= :amt"
@@ -111,7 +116,7 @@ def key_cap_left(conn: Connection, key_id: str, day: str) -> int | None:
                        {"kid": key_id}).first()
     if row is None or row.daily_cap is None:
         return None
-    return max(0, row.daily_cap - (row.cap_used if row.cap_day == day else 0))
+    return max(0, row.daily_cap - (row.cap_used if row.cap_day is not None and row.cap_day >= day else 0))
 
 
 def balance(conn: Connection, account_id: str, *, lock: bool = False) -> Balance:
@@ -141,9 +146,11 @@ def reserve(
     """
     if amount <= 0:
         raise ValueError("a hold must be positive")
-    capped = cap_day is not None and key_id is not None
-    if capped and conn.execute(_CAP_RESERVE, {"kid": key_id, "day": cap_day, "amt": amount}).rowcount != 1:
-        raise cap_error(key_cap_left(conn, key_id, cap_day) or 0, amount)
+    if cap_day is not None and key_id is not None:
+        counted_on = conn.execute(_CAP_RESERVE, {"kid": key_id, "day": cap_day, "amt": amount}).scalar()
+        if counted_on is None:
+            raise cap_error(key_cap_left(conn, key_id, cap_day) or 0, amount)
+        cap_day = counted_on
     if conn.execute(_ACCOUNT_RESERVE, {"aid": account_id, "amt": amount}).rowcount != 1:
         raise insufficient_error(balance(conn, account_id), amount)
     hold_id = new_id("hold")

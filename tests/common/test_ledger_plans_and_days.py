@@ -242,6 +242,28 @@ def test_key_daily_cap_starts_afresh_each_day_and_old_holds_do_not_touch_the_new
     assert key_cap(engine, key_id) == (0, NEXT_DAY)
 
 
+def test_a_reserve_that_read_yesterday_after_one_of_today_counts_on_today_and_never_turns_the_cap_back(
+        engine: Engine) -> None:
+    """A reservation whose billing day was read just before midnight (it waited for the key's lock,
+    or its host's clock is behind) ran after one of the new day: it set the cap back to its own
+    day and count, forgetting both days' spending, so both days went over the cap."""
+    account_id = new_account(engine, "plus")
+    key_id = new_key(engine, account_id, daily_cap=3000 * C)
+    grant(engine, account_id, 100_000 * C)  # the balance is never what refuses here
+    reserve(engine, account_id, 2900 * C, key_id=key_id, cap_day=DAY)
+    reserve(engine, account_id, 100 * C, key_id=key_id, cap_day=NEXT_DAY)
+    with pytest.raises(InsufficientCredits) as caught:  # 2,900 left on the new day: 2,000 fit
+        reserve(engine, account_id, 2950 * C, key_id=key_id, cap_day=DAY)
+    assert caught.value.code == "key_daily_cap_reached" and "2900" in caught.value.message.replace(",", "")
+    late = reserve(engine, account_id, 2000 * C, key_id=key_id, cap_day=DAY)
+    assert key_cap(engine, key_id) == (2100 * C, NEXT_DAY)  # counted on the new day
+    assert next(h for h in holds(engine, account_id) if h.id == late).key_cap_day == NEXT_DAY
+    with pytest.raises(InsufficientCredits):
+        reserve(engine, account_id, 950 * C, key_id=key_id, cap_day=NEXT_DAY)
+    release(engine, late)  # gives back to the day it counted on
+    assert key_cap(engine, key_id) == (100 * C, NEXT_DAY)
+
+
 def test_a_key_without_a_cap_is_not_capped(engine: Engine) -> None:
     account_id = new_account(engine, "plus")
     key_id = new_key(engine, account_id)
