@@ -65,7 +65,10 @@ def _sqlite_engine(url: str) -> Engine:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL: every commit reaches the disk before anyone is told (NORMAL, in WAL mode, can lose
+        # the last commits to a power cut or an OS crash: a settlement, a grant, a 202's job row).
+        # ~0.3 ms per commit here; PostgreSQL is the shape for load.
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
