@@ -9,17 +9,23 @@
     long-running operation error  → by its google.rpc.Code, see `operation_error`
 
 Google reports an invalid API key as 400 INVALID_ARGUMENT with reason API_KEY_INVALID, so that
-case is recognised too. Messages carry Google's own `error.message`, never the key.
+case is recognised too. Google's own `error.message` reaches the client (through the job's error)
+only when it is about the request (an INVALID_ARGUMENT, a refused prompt), with the key masked, as
+for chat (common.providers.http): the text of a 429, a 5xx or a credentials error names the
+operator's project or quota, so it goes to the operator's log (`helyx.upstream`) instead.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
 
 from common.errors import UpstreamError
-from common.providers.http import transport_error
+from common.providers.http import transport_error, vendor_message
+
+log = logging.getLogger("helyx.upstream")
 
 API_KEY_HEADER = "x-goog-api-key"
 
@@ -55,29 +61,45 @@ def _is_bad_key(error: dict[str, Any]) -> bool:
     return "API_KEY_INVALID" in reasons or "API key not valid" in str(error.get("message", ""))
 
 
-def status_error(response: httpx.Response, what: str) -> UpstreamError:
+def status_error(response: httpx.Response, what: str, api_key: str | None = None) -> UpstreamError:
     """The error for a non-2xx answer from Google."""
     status = response.status_code
     error = _google_error(response)
-    detail = _short(str(error.get("message") or response.reason_phrase or "no message"))
+    detail = _short(vendor_message(response.content, api_key) or response.reason_phrase or "no message")
     label = f" {error['status']}" if isinstance(error.get("status"), str) else ""
-    message = f"{what} failed: HTTP {status}{label}: {detail}"
+    message = f"{what} failed: HTTP {status}{label}"
     if status in (401, 403) or (status == 400 and _is_bad_key(error)):
-        return UpstreamError(message, retryable=False, upstream_status=status, code="upstream_auth")
+        _for_the_operator(what, status, detail)
+        return UpstreamError(f"{message}: the provider rejected the gateway's provider credentials; the gateway "
+                             "operator must fix the provider key", retryable=False, upstream_status=status,
+                             code="upstream_auth")
     if status == 429:
+        _for_the_operator(what, status, detail)
         return UpstreamError(message, retryable=True, upstream_status=status, code="upstream_rate_limited")
     if status == 408 or status >= 500:
+        _for_the_operator(what, status, detail)
         return UpstreamError(message, retryable=True, upstream_status=status)
-    return UpstreamError(message, retryable=False, upstream_status=status, code="upstream_bad_request")
+    return UpstreamError(f"{message}: {detail}", retryable=False, upstream_status=status, code="upstream_bad_request")
 
 
-def operation_error(error: dict[str, Any], what: str) -> UpstreamError:
+def _for_the_operator(what: str, status: int | str, detail: str) -> None:
+    log.warning("%s failed (%s): %s", what, status, detail)
+
+
+def operation_error(error: dict[str, Any], what: str, api_key: str | None = None) -> UpstreamError:
     """The error for a finished long-running operation that carries `error: {code, message}`."""
     code = error.get("code")
-    message = f"{what} failed: {_short(str(error.get('message') or 'no message'))} (code {code})"
+    detail = _short(str(error.get("message") or "no message"))
+    if api_key:
+        detail = detail.replace(api_key, "***")
     if code in AUTH_RPC_CODES:
-        return UpstreamError(message, retryable=False, code="upstream_auth")
-    return UpstreamError(message, retryable=code in RETRYABLE_RPC_CODES)
+        _for_the_operator(what, f"code {code}", detail)
+        return UpstreamError(f"{what} failed: the provider rejected the gateway's provider credentials (code {code})",
+                             retryable=False, code="upstream_auth")
+    if code in RETRYABLE_RPC_CODES:
+        _for_the_operator(what, f"code {code}", detail)
+        return UpstreamError(f"{what} failed (code {code})", retryable=True)
+    return UpstreamError(f"{what} failed: {detail} (code {code})", retryable=False)
 
 
 def bad_response(what: str, why: str) -> UpstreamError:
@@ -118,7 +140,7 @@ async def send(
     except httpx.HTTPError as exc:  # the shared table: aiohttp reports a refused connect as a timeout
         raise transport_error(exc, what) from exc
     if not (response.is_success or (return_redirects and response.is_redirect)):
-        raise status_error(response, what)
+        raise status_error(response, what, api_key)
     return response
 
 

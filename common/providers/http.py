@@ -169,6 +169,7 @@ def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:
         return UpstreamError(f"The connection to the upstream provider ({provider}) broke "
                              f"({type(exc.__cause__).__name__})", retryable=True)
     if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+        log.warning("upstream %s: could not connect (%s)", provider, exc or type(exc).__name__)
         return UpstreamError(f"Could not connect to the upstream provider ({provider})",
                              retryable=True, code="upstream_unreachable")
     if isinstance(exc, httpx.PoolTimeout):  # nothing was sent: our connections to it were all busy
@@ -211,7 +212,9 @@ def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, st
         message = f"The upstream provider ({provider}) refused the request (HTTP {status})"
         return UpstreamRejectedRequest(message + (f": {vendor}" if vendor else ""), upstream_status=status,
                                        code=code, param=param)
-    if status in (401, 403):
+    if status in (401, 403):  # the operator's to fix, and nothing else says so: the client sees a 502
+        log.warning("upstream %s rejected the gateway's provider key (HTTP %d): %s", provider, status,
+                    vendor_message(body, api_key) or "no message")
         return UpstreamHTTPError(
             f"The upstream provider ({provider}) rejected the gateway's provider credentials "
             f"(HTTP {status}); the gateway operator must fix the provider key",

@@ -150,7 +150,7 @@ class VeoVideoProvider:
     async def _result(self, operation: dict[str, Any]) -> MediaFile:
         error = operation.get("error")
         if isinstance(error, dict):
-            raise operation_error(error, _WHAT)
+            raise operation_error(error, _WHAT, self._api_key)
         response = operation.get("response") or {}
         for entry in _media_entries(response):
             mime = str(entry.get("mimeType") or entry.get("mime_type") or "video/mp4")

@@ -137,15 +137,19 @@ async def test_bytes_that_are_not_an_image_are_a_retryable_bad_answer(
 ])
 async def test_http_errors_are_mapped(
     status: int, retryable: bool, code: str, http_client: httpx.AsyncClient,
-    gemini_image_fake: FakeGeminiImageUpstream, gemini_image_served: Served,
+    gemini_image_fake: FakeGeminiImageUpstream, gemini_image_served: Served, caplog: pytest.LogCaptureFixture,
 ) -> None:
     gemini_image_fake.fail_status, gemini_image_fake.fail_times = status, -1
     with pytest.raises(UpstreamError) as caught:
         await _provider(http_client, gemini_image_served).generate_images(_request())
     error = caught.value
     assert (error.retryable, error.code, error.upstream_status) == (retryable, code, status)
-    assert "fake failure" in error.message
-    assert API_KEY not in error.message
+    assert f"HTTP {status}" in error.message and API_KEY not in error.message
+    about_the_request = code == "upstream_bad_request"
+    # Google's text reaches the client (the job's error) only about the request; else the operator's log
+    assert ("fake failure" in error.message) is about_the_request
+    logged = [r.getMessage() for r in caplog.records if r.name == "helyx.upstream"]
+    assert any("fake failure" in line for line in logged) is not about_the_request
 
 
 async def test_googles_invalid_key_answer_is_an_auth_error(

@@ -143,13 +143,17 @@ async def test_the_vertex_form_with_a_gcs_uri_is_a_clear_final_error(
 
 @pytest.mark.parametrize(("code", "retryable"), [(14, True), (8, True), (13, True), (3, False), (9, False)])
 async def test_an_operation_error_is_retryable_only_when_transient(
-    code: int, retryable: bool, http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served
+    code: int, retryable: bool, http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     veo_fake.polls_before_done, veo_fake.op_error = 1, {"code": code, "message": "the fake operation failed"}
     with pytest.raises(UpstreamError) as caught:
         await _provider(http_client, veo_served).generate_video(_request())
-    assert caught.value.retryable is retryable
-    assert "the fake operation failed" in caught.value.message
+    assert caught.value.retryable is retryable and f"code {code}" in caught.value.message
+    # a transient failure's text (quota, an internal error) is the operator's to read, in the log
+    assert ("the fake operation failed" in caught.value.message) is not retryable
+    logged = [r.getMessage() for r in caplog.records if r.name == "helyx.upstream"]
+    assert any("the fake operation failed" in line for line in logged) is retryable
 
 
 async def test_an_operation_auth_error_is_an_auth_error(

@@ -229,3 +229,13 @@ def test_only_a_vendor_message_about_the_request_reaches_the_client(caplog: pyte
     assert "org-Secret123" in caplog.text  # the operator still sees it
     too_long = b'{"error": {"message": "This model\'s maximum context length is 8192 tokens"}}'
     assert "maximum context length is 8192" in status_error(400, too_long, {}, "openai", None).message
+
+
+def test_a_rejected_provider_key_is_a_warning_for_the_operator_with_the_key_masked(
+        caplog: pytest.LogCaptureFixture) -> None:
+    body = json.dumps({"error": {"message": "Incorrect API key provided: sk-live-123", "code": "invalid_api_key"}})
+    with caplog.at_level("WARNING", logger="helyx.upstream"):
+        refused = status_error(401, body.encode(), {}, "openai", "sk-live-123")
+    assert (refused.status, refused.code) == (502, "upstream_auth") and "sk-live" not in refused.message
+    logged = [r.getMessage() for r in caplog.records if r.name == "helyx.upstream" and r.levelname == "WARNING"]
+    assert logged == ["upstream openai rejected the gateway's provider key (HTTP 401): Incorrect API key provided: ***"]
