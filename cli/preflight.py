@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 
 from common.catalog import Catalog, load_catalog
-from common.settings import Settings
+from common.settings import Settings, shown_url
 from common.storage import LocalStorage
 
 
@@ -28,3 +28,22 @@ def check(settings: Settings) -> Catalog:
         reason = "a file is in the way: not a directory" if isinstance(exc, FileExistsError) else exc.strerror or exc
         raise StorageUnusable(f"HELYX_STORAGE_DIR {settings.storage_dir}: {reason}") from None
     return catalog
+
+
+def redis_warning(settings: Settings) -> str | None:
+    """A line for the operator when HELYX_REDIS_URL is set and Redis does not answer a PING within
+    a second. Not a refusal to start (Redis may come up after the API): until it answers, the
+    rate-limited routes answer 503, and the sweeper sends the jobs committed meanwhile once it answers."""
+    if not settings.redis_url:
+        return None
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return (f"warning: Redis at {shown_url(settings.redis_url)} does not answer ({type(exc).__name__}: {exc}); "
+                "rate-limited routes answer 503 and jobs wait until it does")
+    finally:
+        client.close()
+    return None

@@ -96,6 +96,8 @@ def serve(args: argparse.Namespace) -> int:
     shape = f"self-contained ({database}, in-process workers)" if settings.self_contained else (
         f"production shape ({database} + Redis), {workers} process(es)")
     print(f"helyx: serving on http://{host}:{port} — {shape}", file=sys.stderr, flush=True)
+    if (warning := preflight.redis_warning(settings)) is not None:
+        print(f"helyx: {warning}", file=sys.stderr, flush=True)
     if settings.simulation_on and (real := _keyed_providers(catalog, settings)):
         print(f"helyx: not simulated, as their keys are set: the models of {', '.join(real)} call the provider "
               "(and spend on its account); unset the key to simulate them", file=sys.stderr, flush=True)

@@ -17,7 +17,9 @@ redis-py drops a connection whose command was interrupted, so none is reused mid
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 import redis.asyncio
@@ -31,6 +33,8 @@ from common.settings import Settings
 
 REDIS_TIMEOUT_SECONDS = 1.0
 REDIS_POOL_SIZE = 100  # connections per API process; more concurrent requests queue for one
+LOG_EVERY_SECONDS = 10.0
+log = logging.getLogger("helyx.api")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,7 @@ class RateDecision:
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._last_logged = -math.inf
         self._redis: RedisSlidingWindow | None = None
         self._memory_storage = MemoryStorage()  # the counters when there is no Redis
         if settings.redis_url:
@@ -70,6 +75,7 @@ class RateLimiter:
             async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
                 counted = await self._count(item, key_id)
         except Exception as exc:
+            self._log_failure(exc)
             raise ServiceUnavailable("Rate limiting is unavailable; try again shortly.") from exc
         decision = RateDecision(item.amount, counted.remaining, counted.reset_seconds)
         if not counted.allowed:
@@ -80,6 +86,13 @@ class RateLimiter:
                 headers={**decision.headers(), "retry-after": str(retry_after)},
             )
         return decision
+
+    def _log_failure(self, exc: Exception) -> None:
+        """The cause of the 503s, for the operator: at most one line per LOG_EVERY_SECONDS."""
+        now = time.monotonic()
+        if now - self._last_logged >= LOG_EVERY_SECONDS:
+            self._last_logged = now
+            log.warning("rate limiting failed, answering 503: %s: %s", type(exc).__name__, exc or "no answer in time")
 
     async def _count(self, item: RateLimitItem, key_id: str) -> WindowHit:
         if self._redis is not None:  # one round trip

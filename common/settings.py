@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         except ArgumentError:
             backend = ""
         if backend not in ("sqlite", "postgresql"):
-            raise ValueError(f"{_shown(value)!r} is not a SQLite or PostgreSQL URL (sqlite:///path/helyx.db, "
+            raise ValueError(f"{shown_url(value)!r} is not a SQLite or PostgreSQL URL (sqlite:///path/helyx.db, "
                              "postgresql://user@host:5432/db)")
         return value
 
@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"{_shown(value)!r} is not a Redis URL (redis://host:6379/0)")
+            raise ValueError(f"{shown_url(value)!r} is not a Redis URL (redis://host:6379/0)")
         return value or None
 
     @field_validator("public_url")
@@ -162,7 +162,7 @@ class Settings(BaseSettings):
             return None
         parsed = urlsplit(value)
         if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
-            raise ValueError(f"{_shown(value)!r} is not an absolute http(s) base URL (https://api.example.com)")
+            raise ValueError(f"{shown_url(value)!r} is not an absolute http(s) base URL (https://api.example.com)")
         return value
 
     @field_validator("admin_token", "secret_key")
@@ -247,7 +247,7 @@ class Settings(BaseSettings):
             self._dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """A URL for an error message: whatever stands between `//user:` and the last `@` masked (a
     refusal lands in service and CI logs). By pattern, not by parsing: a refused URL may be
     malformed, and a generated password may hold `/`, `#` or `?`, which end urlsplit's netloc."""
