@@ -123,8 +123,11 @@ def serve(args: argparse.Namespace) -> int:
                 embedded.stop(worker)
         return 0 if server.started else 3  # uvicorn.run's code for a failed start-up
     _empty_metrics_dir()
+    # uvicorn's own lines (its start and stop, a worker process that died and was replaced) at
+    # HELYX_LOG_LEVEL, in the JSON logging set up above; no access log (the API logs each request)
     uvicorn.run("api.main:app", host=host, port=port, workers=workers,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), log_level="warning",
+                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), log_level=settings.log_level.lower(),
+                access_log=False,
                 log_config=None)
     return 0
 
