@@ -16,6 +16,7 @@ before the job row (one lock order, no deadlocks).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from sqlalchemy import Connection, Engine, text
 
 from common import clock, ledger, ledger_pg
 from common.errors import Conflict, NotFound
+
+log = logging.getLogger("helyx.worker")
 
 _RUNNABLE = "(status = 'queued' OR (status = 'running' AND lease_until < :now))"
 _RUNNING_COUNT = ("(SELECT COUNT(*) FROM jobs r WHERE r.account_id = :aid AND r.status = 'running'"
@@ -116,7 +119,12 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     with engine.begin() as conn:
         current = conn.execute(_CURRENT_LOCKED if conn.dialect.name == "postgresql" else _CURRENT,
                                {"id": job_id}).first()
-        if current is None or not (current.status == "queued" or (current.status == "running"
+        if current is None:  # the API wrote it to another database: this worker is mis-pointed
+            log.warning("a message for job %s, which this worker's database does not have: is HELYX_DATABASE_URL "
+                        "the API's? (a worker on another database that shares the API's Redis takes its jobs' "
+                        "messages and drops them)", job_id)
+            return None
+        if not (current.status == "queued" or (current.status == "running"
                                                                    and current.lease_until < now)):
             return None
         exhausted = max_attempts is not None and current.attempts >= max_attempts

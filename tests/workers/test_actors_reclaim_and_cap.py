@@ -295,3 +295,17 @@ def test_a_job_waiting_for_a_free_slot_keeps_one_message_not_a_growing_swarm(
     for job_id in (first, second):
         assert jobs.job(job_id)["status"] == "succeeded" and jobs.kinds(job_id) == ["reserve", "settle"]
     assert_books_balance(jobs.engine, account.account_id)
+
+
+def test_a_message_for_a_job_this_database_does_not_have_is_dropped_with_a_warning(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker pointed at another database than the API's, sharing its Redis, took the API's job
+    messages and dropped them without a word (found by an operator review)."""
+    provider = ScriptedImages().install(monkeypatch)
+    jobs = make_jobs()
+    with caplog.at_level("WARNING", logger="helyx.worker"):
+        jobs.send("job_not_in_this_database")
+        jobs.join()
+    assert provider.calls == 0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "helyx.worker" and r.levelname == "WARNING"]
+    assert any("job_not_in_this_database" in w and "HELYX_DATABASE_URL" in w for w in warnings), warnings
