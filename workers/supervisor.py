@@ -8,6 +8,10 @@ lapses). SIGTERM or SIGINT is passed on exactly once (Dramatiq's main process pa
 workers, which finish their running jobs); then we wait for the command and exit with its code.
 SIGHUP is passed on and we stay (Dramatiq's main process reloads itself, under the same pid).
 
+On Linux the command gets SIGTERM if the supervisor itself dies (SIGKILL, the OOM killer): it
+then stops as on any SIGTERM, rather than go on unsupervised (under honcho, whose pipe its
+processes still hold, nobody would notice and nobody would restart it after its next crash).
+
 On Linux the supervisor is a child subreaper: when Dramatiq's main process dies alone (SIGKILL,
 the OOM killer), its worker processes are handed to us rather than to init. Before a restart
 they are stopped (SIGTERM: they finish their running job; SIGKILL after the grace), so a restart
@@ -29,7 +33,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -39,6 +43,7 @@ from common import logs
 log = logging.getLogger("helyx.supervisor")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+PR_SET_PDEATHSIG = 1
 ORPHAN_GRACE_SECONDS = 30.0  # the workers' own shutdown timeout is the same by default
 
 
@@ -86,7 +91,8 @@ class Supervisor:
     def _loop(self) -> int:
         while not self.stopping:
             started = time.monotonic()
-            self._child = subprocess.Popen(self.argv)
+            # preexec_fn is safe here: this process runs no other thread
+            self._child = subprocess.Popen(self.argv, preexec_fn=_stop_with(os.getpid()))
             self._forward()  # a stop that came while it was starting
             code = self._child.wait()
             self._stop_orphans()
@@ -132,6 +138,18 @@ class Supervisor:
         if self.stopping and child is not None and child is not self._signalled:
             self._signalled = child
             child.send_signal(self.stopping)  # a no-op once it has been reaped
+
+
+def _stop_with(parent: int) -> Callable[[], None]:
+    """For the child, before it runs the command: SIGTERM when `parent` dies (Linux only)."""
+    def arm() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # it died before the line above: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arm
 
 
 def _become_subreaper() -> None:

@@ -336,3 +336,20 @@ def test_sighup_is_passed_on_and_the_supervisor_stays(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert code == 0 and seen.read_text() == "HUP"
+
+
+def test_the_command_is_stopped_when_the_supervisor_itself_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to the supervisor alone (the OOM killer): the command gets SIGTERM, rather than run on
+    unsupervised (under honcho nobody noticed, and nobody would restart it after its next crash)."""
+    seen, ready = tmp_path / "seen", tmp_path / "ready"
+    proc = _supervise(sys.executable, "-c", _TRAPS_STOPS, str(seen), str(ready))
+    try:
+        _wait_for(ready, proc)
+        proc.kill()
+        proc.wait(5)
+        deadline = time.monotonic() + 5
+        while not seen.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+    assert seen.exists() and seen.read_text().split()[0] == "SIGTERM"
