@@ -44,6 +44,13 @@ def _count(text: str) -> int:
     return value
 
 
+def _host(text: str) -> str:
+    """A bind address: not blank (HELYX_HOST refuses one too; `--host ''` bound 127.0.0.1 silently)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be an address to bind, such as 127.0.0.1 or 0.0.0.0, not blank")
+    return text.strip()
+
+
 def _port(text: str) -> int:
     value = _integer(text)
     if not 1 <= value <= 65535:
@@ -56,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the API (and, self-contained, the workers)")
-    serve.add_argument("--host", help="bind address (default HELYX_HOST or 127.0.0.1)")
+    serve.add_argument("--host", type=_host, help="bind address (default HELYX_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=_port, help="port (default HELYX_PORT or 8000)")
     serve.add_argument("--workers", type=_count, help="uvicorn worker processes (production shape only)")
     serve.add_argument("--demo", action="store_true", help="create a demo account and print a fresh key")

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -20,7 +21,7 @@ from cli import preflight, single_instance
 from common import accounts, billing, clock, logs
 from common.catalog import Catalog
 from common.db import get_engine
-from common.migrate import upgrade
+from common.migrate import current_revision, upgrade
 from common.settings import Settings, get_settings
 
 log = logging.getLogger("helyx")
@@ -29,8 +30,12 @@ DEMO_EMAIL = "demo@helyx.local"
 
 
 def migrate(_: argparse.Namespace) -> int:
-    upgrade(get_engine(get_settings().database_url))
-    print(json.dumps({"database": "up to date"}))
+    engine = get_engine(get_settings().database_url)
+    before = current_revision(engine)
+    upgrade(engine)
+    after = current_revision(engine)
+    state = "up to date" if before == after else "created" if before is None else "migrated"
+    print(json.dumps({"database": state, "from": before, "revision": after}))
     return 0
 
 
@@ -108,7 +113,7 @@ def serve(args: argparse.Namespace) -> int:
 
         freeze_startup_heap()
         worker = embedded.start()
-        grace = int(settings.shutdown_grace_seconds)
+        grace = _whole_seconds(settings.shutdown_grace_seconds)
         # log_config=None: uvicorn keeps to the JSON logging set up above (common.logs)
         config = uvicorn.Config(app, timeout_graceful_shutdown=grace, log_level="warning", log_config=None)
         server = uvicorn.Server(config)
@@ -126,10 +131,14 @@ def serve(args: argparse.Namespace) -> int:
     # uvicorn's own lines (its start and stop, a worker process that died and was replaced) at
     # HELYX_LOG_LEVEL, in the JSON logging set up above; no access log (the API logs each request)
     uvicorn.run("api.main:app", host=host, port=port, workers=workers,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), log_level=settings.log_level.lower(),
-                access_log=False,
-                log_config=None)
+                timeout_graceful_shutdown=_whole_seconds(settings.shutdown_grace_seconds),
+                log_level=settings.log_level.lower(), access_log=False, log_config=None)
     return 0
+
+
+def _whole_seconds(grace: float) -> int:
+    """uvicorn takes whole seconds: rounded up, so 0.5 s is a grace of 1 s, not none."""
+    return math.ceil(grace)
 
 
 def _empty_metrics_dir() -> None:

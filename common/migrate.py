@@ -43,9 +43,13 @@ def upgrade(engine: Engine) -> None:
 
 def is_current(engine: Engine) -> bool:
     """True when the database is at the newest revision."""
-    head = ScriptDirectory.from_config(_config()).get_current_head()
+    return current_revision(engine) == ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's schema revision; None for a database without the schema."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision() == head
+        return MigrationContext.configure(conn).get_current_revision()
 
 
 def autogenerate(engine: Engine, message: str) -> None:

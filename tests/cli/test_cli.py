@@ -71,6 +71,19 @@ def created(cli_db: Engine, run: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- the commands
 
 
+def test_migrate_says_whether_it_created_the_schema_or_found_it_up_to_date(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: Any) -> None:
+    monkeypatch.setenv("HELYX_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    reset_settings_cache()
+    try:
+        first, again = ok_json(run("migrate")), ok_json(run("migrate"))
+    finally:
+        dispose_engines()
+        reset_settings_cache()
+    assert first["database"] == "created" and first["from"] is None and first["revision"]
+    assert again == {"database": "up to date", "from": first["revision"], "revision": first["revision"]}
+
+
 def test_account_create_prints_an_account_and_a_working_key(cli_db: Engine, created: dict[str, Any]) -> None:
     assert created["account_id"].startswith("acct_")
     assert keys.is_well_formed(created["api_key"])
@@ -245,6 +258,7 @@ def test_a_bad_setting_stops_every_command_with_one_line_naming_it(
     (["serve", "--port", "99999"], "argument --port: must be a TCP port, 1-65535, not 99999"),
     (["serve", "--port", "x"], "argument --port: must be a whole number, not 'x'"),
     (["serve", "--workers", "0"], "argument --workers: must be 1 or more, not 0"),
+    (["serve", "--host", " "], "argument --host: must be an address to bind"),
 ])
 def test_bad_counts_and_ports_are_refused_before_anything_starts(argv: list[str], message: str,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -357,3 +371,9 @@ def test_serve_demo_can_start_more_often_than_an_account_has_keys(cli_db: Engine
     with cli_db.connect() as conn:
         active = conn.execute(text("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")).scalar_one()
     assert active == 1
+
+
+def test_a_fractional_shutdown_grace_is_rounded_up_for_uvicorn_never_down_to_none() -> None:
+    from cli.run_commands import _whole_seconds
+
+    assert [_whole_seconds(g) for g in (0, 0.5, 4, 30.2)] == [0, 1, 4, 31]
