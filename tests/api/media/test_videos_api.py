@@ -258,3 +258,24 @@ def test_a_video_that_finishes_while_being_deleted_loses_its_file_and_is_404(
     assert media.jobs.job(video["id"])["status"] == "succeeded"
     assert media.jobs.files(video["id"]) == [] and media.jobs.stored_keys() == []
     error_of(media.client.get(f"/api/v1/videos/{video['id']}", headers=account.headers), 404)
+
+
+def test_the_poll_interval_is_half_the_videos_age_from_200_ms_to_2_s(make_media: Callable[..., Media]) -> None:
+    """The SDK's poller waits `openai-poll-after-ms`: a fixed 2 s made a 0.3 s simulated video take 2 s
+    (found by an SDK review); a video of minutes is still polled every 2 s."""
+    media = make_media(simulated_job_seconds=60)
+    account = media.account("plus")
+    created = media.client.post("/api/v1/videos", headers=account.headers, json={"model": "vo3", "prompt": "p"})
+    video_id = created.json()["id"]
+    assert int(created.headers["openai-poll-after-ms"]) == 200
+
+    def poll_after(age: float) -> int:
+        with media.engine.begin() as conn:
+            conn.execute(text("UPDATE jobs SET created_at = :t WHERE id = :id"),
+                         {"t": time.time() - age, "id": video_id})
+        response = media.client.get(f"/api/v1/videos/{video_id}", headers=account.headers)
+        return int(response.headers["openai-poll-after-ms"])
+
+    assert 950 <= poll_after(2.0) <= 1100
+    assert poll_after(30.0) == 2000
+    media.client.post(f"/api/v1/jobs/{video_id}/cancel", headers=account.headers)
