@@ -12,9 +12,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DisconnectionError
 
-from common.pg_liveness import dropped_by_server
+from common.pg_liveness import replace_dropped_on_checkout
 
 _engines: dict[str, Engine] = {}
 
@@ -44,13 +43,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         pool_recycle=1800,
         pool_timeout=10,
     )
-
-    @event.listens_for(engine, "checkout")
-    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        # The pool then opens another connection in its place (common.pg_liveness).
-        if dropped_by_server(dbapi_connection.pgconn):
-            raise DisconnectionError("the server closed this pooled connection")
-
+    replace_dropped_on_checkout(engine)
     return engine
 
 

@@ -16,12 +16,31 @@ from __future__ import annotations
 import select
 from typing import Any
 
+import psycopg
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import DisconnectionError
+
+_DEAD = select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL
+
 
 def dropped_by_server(pgconn: Any) -> bool:
     """True when the idle connection's socket has something to read or is unusable (psycopg's
-    `PGconn`)."""
+    `PGconn`). poll(), not select(): select() cannot take a descriptor above 1023, which a busy
+    process reaches."""
     try:
-        readable, _, _ = select.select([pgconn.socket], [], [], 0)
-    except Exception:  # noqa: BLE001 - a closed PGconn raises (psycopg's OperationalError) instead of a socket
+        fd = pgconn.socket
+    except psycopg.OperationalError:  # a closed PGconn has no socket
         return True
-    return bool(readable)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(events & _DEAD for _, events in poller.poll(0))
+
+
+def replace_dropped_on_checkout(engine: Engine) -> None:
+    """A SQLAlchemy PostgreSQL engine's pool opens a new connection in place of one the server
+    closed while it sat idle (the pool retries a checkout that raises DisconnectionError)."""
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if dropped_by_server(dbapi_connection.pgconn):
+            raise DisconnectionError("the server closed this pooled connection")

@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 from sqlalchemy import Engine, TextClause, create_engine, event
 
 from common.db import is_postgres, reader
+from common.pg_liveness import replace_dropped_on_checkout
 
 # What a statement run here raises when the database cannot be reached (see common.retrying).
 UNREACHABLE: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
@@ -93,6 +94,7 @@ def _statements_engine(engine: Engine) -> Engine:
                 engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, pool_size=size,
                 max_overflow=0, pool_recycle=1800, pool_timeout=10,
             )
+            replace_dropped_on_checkout(statements)
             entry = _engines[engine] = (os.getpid(), statements)
             event.listen(engine, "engine_disposed", _dispose_with)
         return entry[1]
