@@ -129,10 +129,11 @@ def serve(args: argparse.Namespace) -> int:
         return 0 if server.started else 3  # uvicorn.run's code for a failed start-up
     _empty_metrics_dir()
     # uvicorn's own lines (its start and stop, a worker process that died and was replaced) at
-    # HELYX_LOG_LEVEL, in the JSON logging set up above; no access log (the API logs each request)
+    # HELYX_LOG_LEVEL, in the JSON logging set up above; no access log (the API logs each request).
+    # The level as a number: uvicorn's names lack WARN, FATAL and NOTSET, which logging (and the setting) take.
     uvicorn.run("api.main:app", host=host, port=port, workers=workers,
                 timeout_graceful_shutdown=_whole_seconds(settings.shutdown_grace_seconds),
-                log_level=settings.log_level.lower(), access_log=False, log_config=None)
+                log_level=logging.getLevelName(settings.log_level), access_log=False, log_config=None)
     return 0
 
 

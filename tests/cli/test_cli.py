@@ -373,7 +373,26 @@ def test_serve_demo_can_start_more_often_than_an_account_has_keys(cli_db: Engine
     assert active == 1
 
 
-def test_a_fractional_shutdown_grace_is_rounded_up_for_uvicorn_never_down_to_none() -> None:
-    from cli.run_commands import _whole_seconds
+@pytest.mark.parametrize(("level", "number"), [("WARN", 30), ("INFO", 20), ("fatal", 50), ("NOTSET", 0)])
+def test_serve_in_the_production_shape_hands_uvicorn_the_log_level_and_a_grace_rounded_up(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, level: str, number: int,
+) -> None:
+    """A log level logging takes but uvicorn's names lack (WARN) stopped the start with a KeyError;
+    a grace of 0.5 s reached uvicorn as none (found by a diff review)."""
+    import uvicorn
 
-    assert [_whole_seconds(g) for g in (0, 0.5, 4, 30.2)] == [0, 1, 4, 31]
+    given: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: given.update(kwargs, app=app))
+    monkeypatch.setenv("HELYX_REDIS_URL", "redis://127.0.0.1:1/0")  # not answering: a warning, not a stop
+    monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
+    monkeypatch.setenv("HELYX_LOG_LEVEL", level)
+    monkeypatch.setenv("HELYX_SHUTDOWN_GRACE_SECONDS", "0.5")
+    reset_settings_cache()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, _, err = run("serve", "--port", str(port))
+    assert code == 0, err
+    assert given["app"] == "api.main:app" and given["port"] == port
+    assert (given["log_level"], given["timeout_graceful_shutdown"], given["access_log"]) == (number, 1, False)
+    assert "warning: Redis at redis://127.0.0.1:1/0 does not answer" in err
