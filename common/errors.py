@@ -146,9 +146,9 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamRejectedRequest(UpstreamError):
-    """The provider refused the request itself (HTTP 400, 413, 422: a context too long, a value it
-    does not take): the client's to mend, so a 400 as OpenAI would answer it, with the vendor's
-    code and param when it names them (OpenAI-compatible vendors do)."""
+    """The provider refused the request itself in a way the client can mend (a body too large, a
+    context too long: common.providers.http.client_fault), so a 400 as OpenAI would answer it,
+    with the vendor's code and param when it names them (OpenAI-compatible vendors do)."""
 
     status, type, code = 400, "invalid_request_error", "upstream_invalid_request"
 

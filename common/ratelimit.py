@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from dataclasses import dataclass
 
 import redis.asyncio
@@ -30,10 +29,10 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from common.errors import RateLimited, ServiceUnavailable
 from common.ratelimit_redis import RedisSlidingWindow, WindowHit, window_hit
 from common.settings import Settings
+from common.throttled_log import ThrottledWarnings
 
 REDIS_TIMEOUT_SECONDS = 1.0
 REDIS_POOL_SIZE = 100  # connections per API process; more concurrent requests queue for one
-LOG_EVERY_SECONDS = 10.0
 log = logging.getLogger("helyx.api")
 
 
@@ -54,7 +53,7 @@ class RateDecision:
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._last_logged = -math.inf
+        self._warnings = ThrottledWarnings(log)
         self._redis: RedisSlidingWindow | None = None
         self._memory_storage = MemoryStorage()  # the counters when there is no Redis
         if settings.redis_url:
@@ -88,11 +87,9 @@ class RateLimiter:
         return decision
 
     def _log_failure(self, exc: Exception) -> None:
-        """The cause of the 503s, for the operator: at most one line per LOG_EVERY_SECONDS."""
-        now = time.monotonic()
-        if now - self._last_logged >= LOG_EVERY_SECONDS:
-            self._last_logged = now
-            log.warning("rate limiting failed, answering 503: %s: %s", type(exc).__name__, exc or "no answer in time")
+        """The cause of the 503s, for the operator: at most one line per 10 s."""
+        self._warnings.warning("redis", "rate limiting failed, answering 503: %s: %s", type(exc).__name__,
+                               exc or "no answer in time")
 
     async def _count(self, item: RateLimitItem, key_id: str) -> WindowHit:
         if self._redis is not None:  # one round trip

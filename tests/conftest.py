@@ -18,6 +18,7 @@ from common import accounts, billing, clock
 from common.db import make_engine, normalize_url
 from common.migrate import upgrade
 from common.settings import Settings
+from common.throttled_log import ThrottledWarnings
 
 pytest_plugins = ["tests.fakes.fixtures"]
 
@@ -25,6 +26,13 @@ CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("HELYX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_TEST_URL = os.environ.get("HELYX_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def every_warning_logged_afresh() -> None:
+    """Warnings of one cause are logged at most once per 10 s (common.throttled_log): each test
+    expects its own."""
+    ThrottledWarnings.forget_all()
 
 
 def service_unavailable(what: str, exc: Exception) -> None:

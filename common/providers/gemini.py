@@ -29,6 +29,7 @@ from common.providers.base import (
     reported_usage,
     token_count,
 )
+from common.providers.google_errors import google_error, is_bad_key
 from common.providers.http import (
     UpstreamClient,
     failure_in_body,
@@ -65,9 +66,11 @@ class GeminiChatProvider:
         return {"x-goog-api-key": self._api_key} if self._api_key else {}
 
     async def _check(self, response: httpx.Response) -> None:
-        # Google answers a bad API key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID.
-        if response.status_code == 400 and b"API_KEY_INVALID" in await response.aread():
-            raise status_error(401, response.content, response.headers, PROVIDER, self._api_key)
+        # Google answers a bad API key with 400 INVALID_ARGUMENT (reason API_KEY_INVALID, or in words).
+        if response.status_code == 400:
+            await response.aread()
+            if is_bad_key(google_error(response)):
+                raise status_error(401, response.content, response.headers, PROVIDER, self._api_key)
         await raise_for_status(response, PROVIDER, self._api_key)
 
     async def complete(self, request: ChatRequest) -> ChatResult:

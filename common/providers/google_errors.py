@@ -24,8 +24,10 @@ import httpx
 
 from common.errors import UpstreamError
 from common.providers.http import transport_error, vendor_message
+from common.throttled_log import ThrottledWarnings
 
 log = logging.getLogger("helyx.upstream")
+_warnings = ThrottledWarnings(log)
 
 API_KEY_HEADER = "x-goog-api-key"
 
@@ -44,7 +46,7 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _google_error(response: httpx.Response) -> dict[str, Any]:
+def google_error(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
@@ -55,7 +57,7 @@ def _google_error(response: httpx.Response) -> dict[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
-def _is_bad_key(error: dict[str, Any]) -> bool:
+def is_bad_key(error: dict[str, Any]) -> bool:
     details = error.get("details") or []
     reasons = {d.get("reason") for d in details if isinstance(d, dict)}
     return "API_KEY_INVALID" in reasons or "API key not valid" in str(error.get("message", ""))
@@ -64,11 +66,11 @@ def _is_bad_key(error: dict[str, Any]) -> bool:
 def status_error(response: httpx.Response, what: str, api_key: str | None = None) -> UpstreamError:
     """The error for a non-2xx answer from Google."""
     status = response.status_code
-    error = _google_error(response)
+    error = google_error(response)
     detail = _short(vendor_message(response.content, api_key) or response.reason_phrase or "no message")
     label = f" {error['status']}" if isinstance(error.get("status"), str) else ""
     message = f"{what} failed: HTTP {status}{label}"
-    if status in (401, 403) or (status == 400 and _is_bad_key(error)):
+    if status in (401, 403) or (status == 400 and is_bad_key(error)):
         _for_the_operator(what, status, detail)
         return UpstreamError(f"{message}: the provider rejected the gateway's provider credentials; the gateway "
                              "operator must fix the provider key", retryable=False, upstream_status=status,
@@ -83,7 +85,7 @@ def status_error(response: httpx.Response, what: str, api_key: str | None = None
 
 
 def _for_the_operator(what: str, status: int | str, detail: str) -> None:
-    log.warning("%s failed (%s): %s", what, status, detail)
+    _warnings.warning(f"{what} {status}", "%s failed (%s): %s", what, status, detail)
 
 
 def operation_error(error: dict[str, Any], what: str, api_key: str | None = None) -> UpstreamError:

@@ -9,8 +9,9 @@ Every adapter talks to its vendor through `build_http_client`'s client and maps 
     connection broken mid-response      UpstreamError  retryable
     408, 409, 429, 5xx                  UpstreamHTTPError retryable, with the upstream Retry-After
     401, 403                            UpstreamError  not retryable, code upstream_auth
-    400, 413, 422                       UpstreamRejectedRequest (a 400 to the client, the vendor's code and param)
-    other 4xx                           UpstreamError  not retryable
+    413, a context too long, ...        UpstreamRejectedRequest (a 400 to the client, the vendor's code and param;
+                                        `client_fault` says which refusals are the client's to mend)
+    other 4xx                           UpstreamError  not retryable (502)
 
 The vendor's own error message is quoted (trimmed, with the provider key masked) when it is about
 the request (a 4xx such as 400 or 404); not for 401/403, whose vendor text often echoes a fragment
@@ -40,6 +41,7 @@ import orjson
 
 from common.errors import UpstreamError, UpstreamRejectedRequest, UpstreamTimeout
 from common.providers.aiohttp_transport import DirectAiohttpTransport
+from common.throttled_log import ThrottledWarnings
 
 log = logging.getLogger("helyx.upstream")
 
@@ -169,7 +171,8 @@ def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:
         return UpstreamError(f"The connection to the upstream provider ({provider}) broke "
                              f"({type(exc.__cause__).__name__})", retryable=True)
     if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-        log.warning("upstream %s: could not connect (%s)", provider, exc or type(exc).__name__)
+        _warnings.warning(f"{provider} connect", "upstream %s: could not connect (%s)", provider,
+                          exc or type(exc).__name__)
         return UpstreamError(f"Could not connect to the upstream provider ({provider})",
                              retryable=True, code="upstream_unreachable")
     if isinstance(exc, httpx.PoolTimeout):  # nothing was sent: our connections to it were all busy
@@ -200,32 +203,52 @@ async def raise_for_status(response: httpx.Response, provider: str, api_key: str
     raise status_error(response.status_code, body, response.headers, provider, api_key)
 
 
-_REQUEST_REJECTED = (400, 413, 422)
+# What a vendor says when it refuses the request itself, the client's to mend: a 400 to the client
+# as OpenAI answers it. Any other 4xx stays a 502: it may be the operator's (a model name the
+# catalog got wrong, a parameter the model does not take that the adapter sent, the provider
+# account's credit), and the client could do nothing about it.
+_CLIENT_FAULT_CODES = frozenset({"context_length_exceeded", "string_above_max_length", "content_policy_violation",
+                                 "invalid_image", "invalid_image_url"})
+_TOO_LONG = re.compile(r"prompt is too long|input token count.*exceeds|maximum context length", re.IGNORECASE)
 _VENDOR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_warnings = ThrottledWarnings(log)
+
+
+def client_fault(status: int, body: bytes, vendor: str) -> tuple[str, str | None] | None:
+    """The (code, param) of a refusal that is the client's to mend, or None: a body too large, or
+    a context too long (OpenAI-compatible vendors say so by code, Anthropic and Gemini in words)."""
+    if status == 413:
+        return "request_too_large", None
+    code, param = vendor_code_and_param(body)
+    if code in _CLIENT_FAULT_CODES:
+        return code, param
+    if status in (400, 422) and _TOO_LONG.search(vendor):
+        return "context_length_exceeded", "messages"
+    return None
 
 
 def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, str], provider: str,
                  api_key: str | None) -> UpstreamError:
-    if status in _REQUEST_REJECTED:
-        vendor = vendor_message(body, api_key)
-        code, param = vendor_code_and_param(body)
+    vendor = vendor_message(body, api_key)
+    if 400 <= status < 500 and (fault := client_fault(status, body, vendor)) is not None:
         message = f"The upstream provider ({provider}) refused the request (HTTP {status})"
         return UpstreamRejectedRequest(message + (f": {vendor}" if vendor else ""), upstream_status=status,
-                                       code=code, param=param)
+                                       code=fault[0], param=fault[1])
     if status in (401, 403):  # the operator's to fix, and nothing else says so: the client sees a 502
-        log.warning("upstream %s rejected the gateway's provider key (HTTP %d): %s", provider, status,
-                    vendor_message(body, api_key) or "no message")
+        _warnings.warning(f"{provider} auth", "upstream %s rejected the gateway's provider key (HTTP %d): %s",
+                          provider, status, vendor or "no message")
         return UpstreamHTTPError(
             f"The upstream provider ({provider}) rejected the gateway's provider credentials "
             f"(HTTP {status}); the gateway operator must fix the provider key",
             retryable=False, upstream_status=status, code="upstream_auth")
     retryable = status in (408, 409, 429) or status >= 500
     message = f"The upstream provider ({provider}) answered HTTP {status}"
-    vendor = vendor_message(body, api_key)
-    if vendor and not retryable:  # about the request (a context too long, a refused prompt): the client's to read
+    if vendor and not retryable:  # about the request, or the operator's set-up: quoted, and logged
         message += f": {vendor}"
+        _warnings.warning(f"{provider} {status}", "upstream %s refused a request (HTTP %d): %s", provider, status,
+                          vendor)
     elif vendor:  # about the operator's account (its organisation, project, quota): for the operator's log only
-        log.warning("upstream %s answered HTTP %d: %s", provider, status, vendor)
+        _warnings.warning(f"{provider} {status}", "upstream %s answered HTTP %d: %s", provider, status, vendor)
     code = "upstream_rate_limited" if status == 429 else None
     retry_after = None
     if retryable:

@@ -78,7 +78,7 @@ def test_retry_after_is_kept_only_for_retryable_statuses() -> None:
     assert getattr(status_error(400, b"", {"retry-after": "3"}, "p", None), "retry_after", None) is None
 
 
-def test_a_vendor_refusal_of_the_request_is_a_400_with_its_code_and_param_when_sane() -> None:
+def test_a_refusal_the_client_can_mend_is_a_400_with_the_vendors_code_and_param() -> None:
     body = json.dumps({"error": {"message": "This model's maximum context length is 10 tokens.",
                                  "type": "invalid_request_error", "param": "messages",
                                  "code": "context_length_exceeded"}}).encode()
@@ -87,18 +87,36 @@ def test_a_vendor_refusal_of_the_request_is_a_400_with_its_code_and_param_when_s
     assert (refused.status, refused.type, refused.code, refused.param) == (
         400, "invalid_request_error", "context_length_exceeded", "messages")
     assert "maximum context length is 10 tokens" in refused.message
-    for status in (413, 422):
-        assert status_error(status, b"too big", {}, "p", None).status == 400
-    odd = json.dumps({"error": {"message": "no", "code": "Not A Code!", "param": "x" * 101}}).encode()
-    assert (status_error(400, odd, {}, "p", None).code, status_error(400, odd, {}, "p", None).param) == (
-        "upstream_invalid_request", None)
+    assert status_error(413, b"too big", {}, "p", None).code == "request_too_large"
     anthropic = json.dumps({"type": "error", "error": {"type": "invalid_request_error",
-                                                       "message": "prompt is too long"}}).encode()
-    assert status_error(400, anthropic, {}, "anthropic", None).code == "upstream_invalid_request"
-    for status in (404, 405, 401):  # about the gateway's own request or key: a 502
+                                                       "message": "prompt is too long: 210000 tokens > 200000"}})
+    gemini = json.dumps({"error": {"code": 400, "status": "INVALID_ARGUMENT", "message":
+                                   "The input token count (1200000) exceeds the maximum number of tokens allowed."}})
+    for vendor_body in (anthropic, gemini):
+        words = status_error(400, vendor_body.encode(), {}, "p", None)
+        assert (words.status, words.code, words.param) == (400, "context_length_exceeded", "messages")
+    odd = json.dumps({"error": {"message": "too long, maximum context length", "code": "Not A Code!",
+                                "param": "x" * 101}}).encode()
+    assert (status_error(400, odd, {}, "p", None).code, status_error(400, odd, {}, "p", None).param) == (
+        "context_length_exceeded", "messages")
+
+
+@pytest.mark.parametrize("body", [
+    {"error": {"message": "Unsupported parameter: 'max_tokens'", "type": "invalid_request_error",
+               "param": "max_tokens", "code": "unsupported_parameter"}},  # the adapter's field, not the client's
+    {"type": "error", "error": {"type": "invalid_request_error",
+                                "message": "Your credit balance is too low to access the Anthropic API."}},
+    {"error": {"code": 400, "status": "FAILED_PRECONDITION", "message": "User location is not supported."}},
+    {"error": {"message": "Model Not Exist", "type": "invalid_request_error"}},
+])
+def test_a_refusal_that_may_be_the_operators_stays_a_502_and_is_logged(
+        body: dict[str, object], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="helyx.upstream"):
+        refused = status_error(400, json.dumps(body).encode(), {}, "vendor", None)
+    assert (refused.status, refused.code, refused.retryable) == (502, "upstream_error", False)
+    assert [r.name for r in caplog.records] == ["helyx.upstream"]
+    for status in (404, 405):  # a model or route the vendor does not have: the operator's
         assert status_error(status, b"", {}, "p", None).status == 502
-
-
 def _google_429(delay: object) -> bytes:
     details = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]
