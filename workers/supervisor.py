@@ -143,12 +143,15 @@ class Supervisor:
 def _stop_with(parent: int) -> Callable[[], None]:
     """For the child, before it runs the command: SIGTERM when `parent` dies (Linux only)."""
     def arm() -> None:
+        # Until exec, the fork runs our handlers, which would swallow a SIGTERM: the default first.
+        for sig in (*STOP_SIGNALS, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError):
             return
         if os.getppid() != parent:  # it died before the line above: no signal will come
-            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(128 + signal.SIGTERM)
     return arm
 
 
