@@ -3,7 +3,8 @@ two: about a billion calls), and then every movement of credits fails. SQLite's 
 is the 64-bit rowid already (and a BIGINT key there would stop being it), so SQLite is left alone.
 
 On PostgreSQL the ALTER rewrites the table under an exclusive lock: on a large ledger, run it in a
-quiet window (`helyx migrate`).
+quiet window (`helyx migrate`). It waits at most 15 s for that lock (older processes' transactions
+on the ledger), then fails rather than queue every ledger statement behind it; run it again.
 
 Revision ID: 0004
 Revises: 0003
@@ -23,6 +24,7 @@ depends_on = None
 def upgrade() -> None:
     if op.get_bind().dialect.name != 'postgresql':
         return
+    op.execute("SET LOCAL lock_timeout = '15s'")
     op.execute('ALTER TABLE ledger_entries ALTER COLUMN id TYPE bigint')
     op.execute('ALTER SEQUENCE ledger_entries_id_seq AS bigint MAXVALUE 9223372036854775807')
 
