@@ -222,7 +222,7 @@ def client_fault(status: int, body: bytes, vendor: str) -> tuple[str, str | None
     code, param = vendor_code_and_param(body)
     if code in _CLIENT_FAULT_CODES:
         return code, param
-    if status in (400, 422) and _TOO_LONG.search(vendor):
+    if _TOO_LONG.search(vendor):
         return "context_length_exceeded", "messages"
     return None
 
@@ -230,7 +230,7 @@ def client_fault(status: int, body: bytes, vendor: str) -> tuple[str, str | None
 def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, str], provider: str,
                  api_key: str | None) -> UpstreamError:
     vendor = vendor_message(body, api_key)
-    if 400 <= status < 500 and (fault := client_fault(status, body, vendor)) is not None:
+    if status in (400, 413, 422) and (fault := client_fault(status, body, vendor)) is not None:
         message = f"The upstream provider ({provider}) refused the request (HTTP {status})"
         return UpstreamRejectedRequest(message + (f": {vendor}" if vendor else ""), upstream_status=status,
                                        code=fault[0], param=fault[1])
