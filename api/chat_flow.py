@@ -387,11 +387,17 @@ async def _aclose(stream: AsyncIterator[ChatDelta]) -> None:
             await aclose()
 
 
-def _usage(usage: Usage | None) -> dict[str, int] | None:
+def _usage(usage: Usage | None) -> dict[str, Any] | None:
+    """OpenAI's usage object; its details only where the vendor stated them."""
     if usage is None:
         return None
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
+    shown: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                             "total_tokens": usage.total_tokens}
+    if usage.cached_tokens is not None:
+        shown["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    if usage.reasoning_tokens is not None:
+        shown["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return shown
 
 
 def _code(exc: BaseException) -> str:

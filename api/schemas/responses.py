@@ -160,6 +160,21 @@ class UsageView(BaseModel):
     total_tokens: int
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int
+
+
+class ChatCompletionUsage(UsageView):
+    """The details only where the provider stated them (billing reads the two counts alone)."""
+
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+
+
 class ChatCompletion(BaseModel):
     """With `stream: true` the answer is `text/event-stream` of `chat.completion.chunk` objects,
     a last chunk with `usage` and `helyx`, then `data: [DONE]`."""
@@ -170,7 +185,7 @@ class ChatCompletion(BaseModel):
     model: str
     system_fingerprint: str | None
     choices: list[ChatChoice]
-    usage: UsageView
+    usage: ChatCompletionUsage
     helyx: HelyxBlock
 
 

@@ -120,7 +120,8 @@ class AnthropicProvider:
         if finish_reason is None:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
                                 retryable=True)
-        yield ChatDelta(finish_reason=finish_reason, usage=reported_usage(_prompt_tokens(inputs), completion_tokens))
+        yield ChatDelta(finish_reason=finish_reason, usage=reported_usage(
+            _prompt_tokens(inputs), completion_tokens, cached=token_count(inputs.get("cache_read_input_tokens"))))
 
     def _event_error(self, data: dict[str, Any]) -> UpstreamError:
         """An `error` event (mid-stream) or error body: {"type": "error", "error": {type, message}}."""
@@ -186,4 +187,5 @@ def _prompt_tokens(usage: dict[str, Any]) -> int | None:
 def _usage(data: Any) -> Usage | None:
     if not isinstance(data, dict):
         return None
-    return reported_usage(_prompt_tokens(data), token_count(data.get("output_tokens")))
+    return reported_usage(_prompt_tokens(data), token_count(data.get("output_tokens")),
+                          cached=token_count(data.get("cache_read_input_tokens")))

@@ -24,6 +24,10 @@ SAMPLING_FIELDS = ("temperature", "top_p", "stop", "presence_penalty", "frequenc
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    # What the vendor said of its own counts, passed on as OpenAI's usage details (billing reads
+    # only the two above): prompt tokens read from its cache, completion tokens spent reasoning.
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -49,11 +53,12 @@ def token_count(value: Any, *, absent: int | None = None) -> int | None:
     return min(value, MAX_TOKEN_COUNT)
 
 
-def reported_usage(prompt_tokens: int | None, completion_tokens: int | None) -> Usage | None:
+def reported_usage(prompt_tokens: int | None, completion_tokens: int | None, *, cached: int | None = None,
+                   reasoning: int | None = None) -> Usage | None:
     """A vendor's usage when both counts are counts (token_count), else None: the caller estimates."""
     if prompt_tokens is None or completion_tokens is None:
         return None
-    return Usage(prompt_tokens, completion_tokens)
+    return Usage(prompt_tokens, completion_tokens, cached, reasoning)
 
 
 @dataclass(slots=True)

@@ -182,4 +182,6 @@ def _usage(data: Any) -> Usage | None:
     candidates = token_count(data.get("candidatesTokenCount"), absent=0)
     thoughts = token_count(data.get("thoughtsTokenCount"), absent=0)
     completion = None if candidates is None or thoughts is None else min(candidates + thoughts, MAX_TOKEN_COUNT)
-    return reported_usage(token_count(data.get("promptTokenCount")), completion)
+    return reported_usage(token_count(data.get("promptTokenCount")), completion,
+                          cached=token_count(data.get("cachedContentTokenCount")),
+                          reasoning=thoughts if "thoughtsTokenCount" in data else None)

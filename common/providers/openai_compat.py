@@ -132,8 +132,11 @@ def _usage(data: Any) -> Usage | None:
         return None
     prompt, completion = token_count(data.get("prompt_tokens")), token_count(data.get("completion_tokens"))
     details = data.get("completion_tokens_details")
-    reasoning = token_count(details.get("reasoning_tokens"), absent=0) if isinstance(details, dict) else 0
+    stated = token_count(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+    reasoning = stated or 0
     total = token_count(data.get("total_tokens"))
     if prompt is not None and completion is not None and reasoning and total == prompt + completion + reasoning:
         completion = min(completion + reasoning, MAX_TOKEN_COUNT)
-    return reported_usage(prompt, completion)
+    prompt_details = data.get("prompt_tokens_details")
+    cached = token_count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else None
+    return reported_usage(prompt, completion, cached=cached, reasoning=stated)

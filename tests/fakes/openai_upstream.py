@@ -51,6 +51,8 @@ def _usage(b: Behaviour) -> dict[str, Any]:
     usage = {"prompt_tokens": b.prompt_tokens, "completion_tokens": b.completion_tokens, "total_tokens": total}
     if b.thoughts_tokens:  # OpenAI counts them inside completion_tokens, xAI apart (reasoning_apart)
         usage["completion_tokens_details"] = {"reasoning_tokens": b.thoughts_tokens}
+    if b.cached_tokens:  # OpenAI counts them inside prompt_tokens
+        usage["prompt_tokens_details"] = {"cached_tokens": b.cached_tokens}
     return usage
 
 

@@ -38,7 +38,8 @@ class Behaviour:
     thoughts_tokens: int = 0  # Gemini: thoughtsTokenCount; OpenAI-compatible: completion_tokens_details'
     #   reasoning_tokens
     reasoning_apart: bool = False  # OpenAI-compatible: xAI's count, reasoning outside completion_tokens (in the total)
-    cached_tokens: int = 0  # Anthropic only: cache_read_input_tokens, apart from input_tokens
+    cached_tokens: int = 0  # Anthropic: cache_read_input_tokens, apart from input_tokens; OpenAI-compatible:
+    #   prompt_tokens_details' cached_tokens, among prompt_tokens
     delta_input_tokens: bool = False  # Anthropic only: message_delta repeats input_tokens (not the cache counts)
     usage_in: str = "chunk"  # OpenAI-compatible streams: "chunk" (OpenAI's own, a last chunk of its own),
     #   "choice" (Moonshot's: in the finish chunk's choices[0].usage), "x_groq" (Groq's older x_groq.usage)

@@ -238,3 +238,23 @@ def test_an_adapter_that_cannot_be_made_is_a_500_without_holding_credits(
 
 def _client_port(response: httpx.Response) -> int:
     return int(response.extensions["network_stream"].get_extra_info("client_addr")[1])
+
+
+def test_the_vendors_usage_details_reach_the_sdk_and_the_bill_is_prompt_plus_completion(
+        gw: Gateway, openai_fake: FakeUpstream) -> None:
+    """Cached prompt tokens and reasoning tokens, as OpenAI states them, are passed on as its usage
+    details (an SDK user reads `usage.completion_tokens_details.reasoning_tokens`); the charge is
+    still (prompt + completion) x rate. A vendor that states none gets none (simulated, estimates)."""
+    openai_fake.behaviour = Behaviour(prompt_tokens=12, completion_tokens=49, thoughts_tokens=40, cached_tokens=8)
+    account = gw.account()
+    before = books(gw.engine, account.account_id)
+    with gw.sdk(account) as client:
+        completion = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        streamed = [c for c in client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}) if c.usage]
+    for usage in (completion.usage, streamed[-1].usage):
+        assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (12, 49)
+        assert usage.completion_tokens_details is not None and usage.completion_tokens_details.reasoning_tokens == 40
+        assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 8
+    after = assert_books_balance(gw.engine, account.account_id)
+    assert before.balance - after.balance == 2 * (12 + 49) * RATE

@@ -85,9 +85,9 @@ async def test_thinking_tokens_count_as_completion_tokens(
 ) -> None:
     gemini_fake.behaviour = Behaviour(prompt_tokens=5, completion_tokens=9, thoughts_tokens=40)
     provider = GeminiChatProvider(client, gemini_fake.base_url, API_KEY)
-    assert (await provider.complete(chat_request())).usage == Usage(5, 49)
+    assert (await provider.complete(chat_request())).usage == Usage(5, 49, reasoning_tokens=40)
     deltas, _ = await collect(provider, chat_request())
-    assert deltas[-1].usage == Usage(5, 49)
+    assert deltas[-1].usage == Usage(5, 49, reasoning_tokens=40)
 
 
 @pytest.mark.parametrize(("reason", "finish"), [

@@ -98,9 +98,18 @@ async def test_reasoning_tokens_a_vendor_counts_apart_are_added_to_the_completio
     openai_fake.behaviour = Behaviour(prompt_tokens=12, completion_tokens=completion, thoughts_tokens=reasoning,
                                       reasoning_apart=apart)
     provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
-    assert (await provider.complete(chat_request())).usage == Usage(12, billed)
+    stated = reasoning or None  # the fake states the reasoning tokens only when there are some
+    assert (await provider.complete(chat_request())).usage == Usage(12, billed, reasoning_tokens=stated)
     deltas, error = await collect(provider, chat_request())
-    assert error is None and [d.usage for d in deltas if d.usage] == [Usage(12, billed)]
+    assert error is None and [d.usage for d in deltas if d.usage] == [Usage(12, billed, reasoning_tokens=stated)]
+
+
+async def test_cached_prompt_tokens_are_kept_as_a_detail_and_billed_as_prompt(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient,
+) -> None:
+    openai_fake.behaviour = Behaviour(prompt_tokens=12, completion_tokens=9, cached_tokens=8)
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
+    assert (await provider.complete(chat_request())).usage == Usage(12, 9, cached_tokens=8)
 
 
 async def test_a_length_finish_is_passed_through(

@@ -36,7 +36,7 @@ def test_openai_usage(data: Any, usage: Usage | None) -> None:
 
 
 @pytest.mark.parametrize(("data", "usage"), [
-    ({"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 9}, Usage(15, 9)),
+    ({"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 9}, Usage(15, 9, cached_tokens=5)),
     ({"input_tokens": 10, "cache_read_input_tokens": -5, "output_tokens": 9}, None),
     ({"input_tokens": 10, "output_tokens": "9"}, None),
     ({"output_tokens": 9}, None),
@@ -46,7 +46,8 @@ def test_anthropic_usage(data: Any, usage: Usage | None) -> None:
 
 
 @pytest.mark.parametrize(("data", "usage"), [
-    ({"promptTokenCount": 10, "candidatesTokenCount": 9, "thoughtsTokenCount": 4}, Usage(10, 13)),
+    ({"promptTokenCount": 10, "candidatesTokenCount": 9, "thoughtsTokenCount": 4}, Usage(10, 13, reasoning_tokens=4)),
+    ({"promptTokenCount": 10, "candidatesTokenCount": 9, "cachedContentTokenCount": 6}, Usage(10, 9, cached_tokens=6)),
     ({"promptTokenCount": 10}, Usage(10, 0)),  # Gemini leaves out a zero count
     ({"promptTokenCount": 10, "candidatesTokenCount": -9}, None),
     ({"candidatesTokenCount": 9}, None),
