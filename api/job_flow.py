@@ -19,7 +19,7 @@ from common.errors import HelyxError, InvalidRequest
 from common.jobs.submit import submit_job
 from common.jobs.views import JobRecord, Linker, load_job_and_balance, load_job_and_balance_async, poll_job_async
 from common.money import to_credits
-from common.ssrf import WebhookHostUnresolved, check_url
+from common.ssrf import WebhookHostUnresolved, check_url_in_time
 
 log = logging.getLogger("helyx.api")
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -59,8 +59,10 @@ async def submit(
         fields["model"] = model  # a refusal (403, 402) names it too
     entry = services.catalog.resolve(model, principal.plan, settings, kind=job_type)
     if webhook_url:
+        # Not in the thread pool every route shares: the user's name server may be slow on purpose
+        # (common.ssrf's own threads, given up after 2 s).
         with contextlib.suppress(WebhookHostUnresolved):  # may resolve later: checked before every delivery
-            await run_in_threadpool(check_url, webhook_url, settings.webhook_allow_private)
+            await check_url_in_time(webhook_url, settings.webhook_allow_private)
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")

@@ -11,6 +11,8 @@ address itself, so a DNS answer that changes in between (rebinding) cannot redir
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
@@ -43,7 +45,38 @@ class WebhookHostUnresolved(WebhookURLRefused):
     """The host did not resolve. At submission a refusal; during delivery a retryable failure."""
 
 
-def check_url(url: str, allow_private: bool, resolver: Resolver = socket.getaddrinfo) -> list[str]:
+DNS_TIMEOUT_SECONDS = 2.0
+# Webhook hosts are the users' to choose, so are their name servers: one that answers slowly would
+# hold whatever thread waits for it. Lookups run on these threads of their own, each waited for at
+# most DNS_TIMEOUT_SECONDS, so a slow name server ties up this pool, never the API's thread pool
+# (shared by every route) nor a worker thread (shared by the media jobs).
+_DNS_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
+
+
+async def check_url_in_time(url: str, allow_private: bool) -> None:
+    """check_url for the event loop, on the resolver's own threads: WebhookHostUnresolved when the
+    name server has not answered within DNS_TIMEOUT_SECONDS (a lookup still waiting for a thread
+    then never starts)."""
+    lookup = asyncio.get_running_loop().run_in_executor(_DNS_POOL, check_url, url, allow_private,
+                                                        socket.getaddrinfo)
+    try:
+        await asyncio.wait_for(lookup, DNS_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise WebhookHostUnresolved(f"webhook_url host did not resolve within {DNS_TIMEOUT_SECONDS:g} s") from None
+
+
+def bounded_getaddrinfo(host: str, port: int, family: int = 0, type_: int = 0) -> Sequence[tuple[Any, ...]]:
+    """socket.getaddrinfo, given up after DNS_TIMEOUT_SECONDS (socket.gaierror: a host that does
+    not resolve). A lookup still waiting for a thread when it is given up never starts."""
+    future = _DNS_POOL.submit(socket.getaddrinfo, host, port, family, type_)
+    try:
+        return future.result(timeout=DNS_TIMEOUT_SECONDS)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise socket.gaierror(f"no answer from the name server within {DNS_TIMEOUT_SECONDS:g} s") from None
+
+
+def check_url(url: str, allow_private: bool, resolver: Resolver = bounded_getaddrinfo) -> list[str]:
     """Validate `url` and return the host's resolved IP addresses (deduplicated, in order).
 
     With `allow_private` only the scheme and the URL's shape are checked (for local development

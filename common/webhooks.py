@@ -23,7 +23,14 @@ from typing import Any
 
 import httpx
 
-from common.ssrf import Resolver, WebhookHostUnresolved, WebhookURLRefused, check_url, parse_url
+from common.ssrf import (
+    Resolver,
+    WebhookHostUnresolved,
+    WebhookURLRefused,
+    bounded_getaddrinfo,
+    check_url,
+    parse_url,
+)
 from common.webhook_signing import sign
 
 MAX_DELAY_SECONDS = 60.0
@@ -62,7 +69,7 @@ def deliver(
     client: httpx.Client | None = None,
     sleep: Callable[[float], None] = time.sleep,
     webhook_id: str | None = None,
-    resolver: Resolver = socket.getaddrinfo,
+    resolver: Resolver = bounded_getaddrinfo,
     clock: Callable[[], float] = time.time,
     earlier_attempts: int = 0,
 ) -> DeliveryResult:
