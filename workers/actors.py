@@ -7,7 +7,7 @@ import dramatiq
 from common.settings import JOB_HARD_LIMIT_SECONDS
 from workers.broker import broker
 from workers.execute import run_job
-from workers.notify import send_webhook
+from workers.notify import SLOT_WAIT_MS, delivery_slot, send_webhook
 
 # A backstop above the per-type limits enforced inside run_job (settings *_job_time_limit).
 _HARD_LIMIT_MS = JOB_HARD_LIMIT_SECONDS * 1000
@@ -15,7 +15,11 @@ _HARD_LIMIT_MS = JOB_HARD_LIMIT_SECONDS * 1000
 
 @dramatiq.actor(broker=broker, queue_name="webhooks", max_retries=0, time_limit=_HARD_LIMIT_MS)
 def deliver_webhook(job_id: str, attempt: int = 1) -> None:
-    send_webhook(job_id, attempt, retry=deliver_webhook.send_with_options)
+    with delivery_slot() as free:
+        if not free:  # as many deliveries under way as this process allows: the jobs keep their threads
+            deliver_webhook.send_with_options(args=(job_id, attempt), delay=SLOT_WAIT_MS)
+            return
+        send_webhook(job_id, attempt, retry=deliver_webhook.send_with_options)
 
 
 @dramatiq.actor(broker=broker, queue_name="images", max_retries=0, time_limit=_HARD_LIMIT_MS)

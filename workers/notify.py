@@ -4,8 +4,10 @@ changes the job or its money."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import text
@@ -18,6 +20,30 @@ from workers import context
 
 log = logging.getLogger("helyx.webhooks")
 Retry = Callable[..., Any]  # an actor's send_with_options
+
+
+# A worker process delivers at most half as many webhooks at once as it has threads (one at least):
+# a receiver that never answers holds a thread for a whole try, and a job canceled while queued
+# costs its submitter nothing, so without a cap one account's webhooks could take every thread
+# the media jobs need. A delivery that finds no free slot is sent again after SLOT_WAIT_MS.
+SLOT_WAIT_MS = 1000
+_slots: threading.BoundedSemaphore | None = None
+_slots_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def delivery_slot() -> Iterator[bool]:
+    """True (and the slot held for the block) when this process may deliver one more webhook now."""
+    global _slots
+    with _slots_lock:
+        if _slots is None:
+            _slots = threading.BoundedSemaphore(max(1, context.settings().worker_threads // 2))
+    got = _slots.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            _slots.release()
 
 
 def send_webhook(job_id: str, attempt: int = 1, retry: Retry | None = None) -> None:
