@@ -72,24 +72,31 @@ def reserve_chat(
             amount=(prompt_estimate + tokens) * entry.rate_micro, purpose=purpose, ttl=ttl, tz=tz, capped=capped,
         )
 
-    try:
-        return Reservation(hold(wanted), wanted, prompt_estimate)
-    except InsufficientCredits as exc:
-        room, what = billing.available(engine, principal.account_id), "The balance"
-        cap_left = billing.key_cap_left(engine, principal.key_id, tz) if capped else None
-        if cap_left is not None and cap_left < room:
-            room, what = cap_left, "This key's daily credit cap"
-        # never more than wanted: holds released since the first try may have made room for all of it
-        affordable = min(wanted, room // entry.rate_micro - prompt_estimate)
-        if max_tokens is None and affordable < 1:  # what the smallest answer needs, not the default's hold
-            need = (prompt_estimate + 1) * entry.rate_micro
-            raise billing.with_reset_time(InsufficientCredits(
-                f"{what} cannot cover this prompt (up to {prompt_estimate} tokens) and one token of answer: that "
-                f"needs {to_credits(need)} credits, and {to_credits(max(0, room))} are available.", code=exc.code),
-                tz) from None
-        if max_tokens is not None:
-            raise _explain(exc, what, affordable, max_tokens, prompt_estimate, max_tokens_field) from None
-    return Reservation(hold(affordable), affordable, prompt_estimate)
+    tokens = wanted
+    for _ in range(_SHRINK_TRIES):
+        try:
+            return Reservation(hold(tokens), tokens, prompt_estimate)
+        except InsufficientCredits as exc:
+            refusal = exc
+            room, what = billing.available(engine, principal.account_id), "The balance"
+            cap_left = billing.key_cap_left(engine, principal.key_id, tz) if capped else None
+            if cap_left is not None and cap_left < room:
+                room, what = cap_left, "This key's daily credit cap"
+            # never more than wanted: holds released since the first try may have made room for all of it
+            affordable = min(wanted, room // entry.rate_micro - prompt_estimate)
+            if max_tokens is not None:
+                raise _explain(exc, what, affordable, max_tokens, prompt_estimate, max_tokens_field) from None
+            if affordable < 1:
+                break
+            tokens = affordable  # another request of the account may take this room first: look again
+    need = (prompt_estimate + 1) * entry.rate_micro  # what the smallest answer needs, not the default's hold
+    raise billing.with_reset_time(InsufficientCredits(
+        f"{what} cannot cover this prompt (up to {prompt_estimate} tokens) and one token of answer: that "
+        f"needs {to_credits(need)} credits, and {to_credits(max(0, room))} are available.", code=refusal.code),
+        tz) from None
+
+
+_SHRINK_TRIES = 3
 
 
 def _explain(exc: InsufficientCredits, what: str, affordable: int, asked: int,

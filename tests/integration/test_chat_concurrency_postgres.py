@@ -115,3 +115,38 @@ def test_200_concurrent_requests_against_50_affordable_holds(
     assert kinds == {"settled": AFFORDABLE}
     assert charged == AFFORDABLE * HOLD
     assert books(pg_engine, account.account_id).held == 0
+
+
+def test_concurrent_requests_without_max_tokens_each_shrink_or_get_the_402_of_one_token(
+    tmp_path: Path, pg_url: str, pg_engine: Engine, redis_url: str, openai_fake: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without max_tokens a request shrinks its hold to what the balance affords; when another
+    request took that room between the look and the hold, its 402 said "this request needs 953.4
+    credits", the default's hold, instead of what the prompt and one token need (SPEC §3; found by an
+    adversarial review). Now it looks again, and every refusal names the one-token need."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(f'[providers.openai]\nbase_url = "{openai_fake.base_url}"\n', "utf-8")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-provider-key")
+    settings = make_settings(tmp_path, database_url=pg_url, redis_url=redis_url, catalog=catalog,
+                             rate_limit_free=100_000, upstream_retries=0)
+    account = create_test_account(pg_engine, "free")
+    full_hold = (estimate_prompt_tokens(MESSAGES) + settings.default_max_tokens) * RATE
+    leave_available(pg_engine, account.account_id, full_hold + full_hold // 2)
+
+    async def burst_without_max_tokens(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url + "/api/v1", timeout=60, trust_env=False,
+                                     headers={"Authorization": f"Bearer {account.api_key}"},
+                                     limits=httpx.Limits(max_connections=60, max_keepalive_connections=0)) as client:
+            body = {"model": "gpt-4o", "messages": MESSAGES}
+            return await asyncio.gather(*(client.post("/chat/completions", json=body) for _ in range(60)))
+
+    with serve_app(create_app(settings)) as url:
+        responses = asyncio.run(burst_without_max_tokens(url))
+
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 402}, statuses
+    for refused in (r for r in responses if r.status_code == 402):
+        message = refused.json()["error"]["message"]
+        assert "one token of answer" in message and "this request needs" not in message, message
+    assert_books_balance(pg_engine, account.account_id)
