@@ -54,7 +54,8 @@ def _setup(url: str, accounts_needed: int) -> list[tuple[str, str]]:
         for i in range(accounts_needed):
             account_id, key = accounts.create_account(conn, f"ledger{i}@bench.local", "ultra",
                                                       day=billing.today(TZ), now=now)
-            ledger.grant(conn, account_id, 10**15, now=now)
+            # 100 million credits: far more than a run spends, and under an account's balance bound
+            ledger.grant(conn, account_id, 10**14, now=now)
             made.append((account_id, key.id))
     engine.dispose()
     return made
