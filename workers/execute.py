@@ -69,7 +69,7 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
         requeue(args=(job_id,), delay=BUSY_RETRY_MS)
         return
     except AttemptsExhausted as exhausted:
-        log.warning("job transition", extra={"job_id": job_id, "to": "failed", "error_code": lifecycle.WORKER_LOST})
+        log.warning("job transition", extra={"job_id": job_id, "to": "failed", "error_code": exhausted.code})
         _remove_unrecorded(exhausted.account_id, job_id, keep=[])
         if exhausted.webhook_url:
             notify(job_id)

@@ -31,8 +31,9 @@ log = logging.getLogger("helyx.worker")
 _RUNNABLE = "(status = 'queued' OR (status = 'running' AND lease_until < :now))"
 _RUNNING_COUNT = ("(SELECT COUNT(*) FROM jobs r WHERE r.account_id = :aid AND r.status = 'running'"
                   " AND r.lease_until >= :now)")
-_CURRENT = text("SELECT j.account_id, j.status, j.lease_until, j.attempts, a.plan FROM jobs j JOIN accounts a"
-                " ON a.id = j.account_id WHERE j.id = :id")
+_CURRENT = text("SELECT j.account_id, j.status, j.lease_until, j.attempts, a.plan, h.status AS hold_status"
+                " FROM jobs j JOIN accounts a ON a.id = j.account_id LEFT JOIN holds h ON h.id = j.hold_id"
+                " WHERE j.id = :id")
 # The account row locked before the job row is (one lock order for every transition); SQLite's
 # BEGIN IMMEDIATE already serializes.
 _CURRENT_LOCKED = text(f"{_CURRENT.text} FOR UPDATE OF a")
@@ -69,17 +70,19 @@ class AccountBusy(Exception):
 
 
 class AttemptsExhausted(Exception):
-    """The job used all its attempts without an outcome (its workers died running it): it was
-    failed with a full refund instead of being run again."""
+    """The job was failed at its claim instead of being run: it used all its attempts without an
+    outcome (its workers died running it; refunded in full), or its reservation had lapsed."""
 
-    def __init__(self, job_id: str, account_id: str, webhook_url: str | None) -> None:
+    def __init__(self, job_id: str, account_id: str, webhook_url: str | None, code: str) -> None:
         super().__init__(job_id)
         self.job_id = job_id
         self.account_id = account_id
         self.webhook_url = webhook_url
+        self.code = code
 
 
 WORKER_LOST = "worker_lost"
+RESERVATION_EXPIRED = "reservation_expired"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +130,10 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
         if not (current.status == "queued" or (current.status == "running"
                                                                    and current.lease_until < now)):
             return None
-        exhausted = max_attempts is not None and current.attempts >= max_attempts
+        # A hold that is no longer open lapsed (a job queued for longer than its hold's 7 days): run
+        # now, the job would be free, its charge having nothing to come out of. Failed instead.
+        lapsed = current.hold_status not in ("open", None)
+        exhausted = lapsed or (max_attempts is not None and current.attempts >= max_attempts)
         cap = None if exhausted else running_cap(current.plan) if callable(running_cap) else running_cap
         if exhausted:
             row = None
@@ -141,31 +147,34 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     if busy is not None:
         raise AccountBusy(busy)
     if exhausted:
-        _fail_exhausted(engine, job_id, current.account_id, current.attempts)
+        _fail_exhausted(engine, job_id, current.account_id, current.attempts, lapsed=lapsed)
     if row is None:
         return None
     return ClaimedJob(job_id, row.account_id, row.type, row.model, json.loads(row.params), row.attempts,
                       row.hold_id, row.price, row.webhook_url)
 
 
-def _fail_exhausted(engine: Engine, job_id: str, account_id: str, attempts: int) -> None:
-    """Fail a runnable job whose attempts are used up, with a full refund; AttemptsExhausted when
-    this call did it (nothing when a cancel or another worker's sweep came first)."""
+def _fail_exhausted(engine: Engine, job_id: str, account_id: str, attempts: int, *, lapsed: bool = False) -> None:
+    """Fail a runnable job whose attempts are used up, with a full refund, or whose hold lapsed (it
+    was released at its expiry: nothing is held, nothing charged); AttemptsExhausted when this call
+    did it (nothing when a cancel or another worker's sweep came first)."""
     now = clock.now().timestamp()
-    message = (f"The job's worker stopped while running it, {attempts} time(s) (it crashed or was killed); "
-               "the job was not run again and was refunded in full.")
+    code, message = (RESERVATION_EXPIRED, "The job waited longer than its reservation lasts (7 days); it was not "
+                     "run, and nothing was charged.") if lapsed else (
+        WORKER_LOST, f"The job's worker stopped while running it, {attempts} time(s) (it crashed or was killed); "
+                     "the job was not run again and was refunded in full.")
     with engine.begin() as conn:
         _lock_account(conn, account_id, job_id)
         row = conn.execute(
             text("UPDATE jobs SET status = 'failed', finished_at = :now, error_code = :code, error_message = :msg,"
                  f" lease_owner = NULL, lease_until = NULL WHERE id = :id AND {_RUNNABLE} AND attempts = :attempts"
                  " RETURNING hold_id, webhook_url"),
-            {"id": job_id, "now": now, "code": WORKER_LOST, "msg": message, "attempts": attempts},
+            {"id": job_id, "now": now, "code": code, "msg": message, "attempts": attempts},
         ).first()
         if row is None:
             return
-        ledger.release(conn, row.hold_id, now=now)
-    raise AttemptsExhausted(job_id, account_id, row.webhook_url)
+        ledger.release(conn, row.hold_id, now=now)  # a no-op for a lapsed hold (released at its expiry)
+    raise AttemptsExhausted(job_id, account_id, row.webhook_url, code)
 
 
 def _lock_account(conn: Connection, account_id: str, job_id: str | None = None) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from common import clock
+from common import billing, clock
 from common.jobs import lifecycle
 from common.providers.base import ImageRequest, MediaFile
 from common.providers.simulated_media import render_png
@@ -309,3 +309,26 @@ def test_a_message_for_a_job_this_database_does_not_have_is_dropped_with_a_warni
     assert provider.calls == 0
     warnings = [r.getMessage() for r in caplog.records if r.name == "helyx.worker" and r.levelname == "WARNING"]
     assert any("job_not_in_this_database" in w and "HELYX_DATABASE_URL" in w for w in warnings), warnings
+
+
+def test_a_job_queued_past_its_holds_expiry_is_failed_not_run_free(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's hold lasts 7 days; one still queued then (workers down for a week) had its hold
+    released by the sweeper and then ran, its charge having nothing to come out of: a free job
+    (found by a money-path review). It is failed at its claim instead, the provider never called."""
+    provider = ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(stale_queued_seconds=3600)
+    account = jobs.account()
+    before = books(jobs.engine, account.account_id)
+    job_id = jobs.submit(account, enqueue=False)
+    hold_id = jobs.hold(job_id)["id"]
+    with jobs.engine.begin() as conn:  # a week later
+        conn.execute(text("UPDATE holds SET expires_at = 0 WHERE id = :h"), {"h": hold_id})
+    assert billing.expire_holds(jobs.engine) == 1
+    jobs.send(job_id)
+    row = jobs.wait(job_id)
+    jobs.join()
+    assert (row["status"], row["error_code"], row["charged"]) == ("failed", "reservation_expired", 0)
+    assert provider.calls == 0 and jobs.stored_keys() == []
+    assert jobs.kinds(job_id) == ["reserve", "expire"]
+    assert assert_books_balance(jobs.engine, account.account_id).balance == before.balance
