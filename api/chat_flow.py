@@ -256,7 +256,7 @@ async def _complete(call: ChatCall) -> Response:
         "system_fingerprint": result.system_fingerprint or call.fingerprint,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.content, "refusal": None},
                      "logprobs": None, "finish_reason": result.finish_reason}],
-        "usage": _usage(usage),
+        "usage": usage.openai_view(),
         "helyx": {**chat_billing.helyx_block(settlement), "generation_id": call.id},
     }, headers=call.headers)
 
@@ -340,7 +340,7 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
                                       "type": error.type, "code": error.code, "param": None},
                             "helyx": chat_billing.helyx_block(settlement)})
             return
-        last = {"usage": _usage(outcome.usage),
+        last = {"usage": outcome.usage.openai_view() if outcome.usage else None,
                 "helyx": {**chat_billing.helyx_block(settlement), "generation_id": call.id}}
         if held is not None:
             yield call.chunk(*held, **last)
@@ -385,19 +385,6 @@ async def _aclose(stream: AsyncIterator[ChatDelta]) -> None:
     if aclose is not None:
         with contextlib.suppress(Exception):
             await aclose()
-
-
-def _usage(usage: Usage | None) -> dict[str, Any] | None:
-    """OpenAI's usage object; its details only where the vendor stated them."""
-    if usage is None:
-        return None
-    shown: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                             "total_tokens": usage.total_tokens}
-    if usage.cached_tokens is not None:
-        shown["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
-    if usage.reasoning_tokens is not None:
-        shown["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
-    return shown
 
 
 def _code(exc: BaseException) -> str:

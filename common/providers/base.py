@@ -33,6 +33,16 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def openai_view(self) -> dict[str, Any]:
+        """OpenAI's usage object; its details only where the vendor stated them."""
+        shown: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                                 "total_tokens": self.total_tokens}
+        if self.cached_tokens is not None:
+            shown["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens is not None:
+            shown["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return shown
+
 
 # The generations table's column holds this much; no context window comes near it, and the
 # charge is capped at the hold long before.
