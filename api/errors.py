@@ -22,7 +22,6 @@ from common.errors import (
     PayloadTooLarge,
     ServerError,
     ServiceUnavailable,
-    UpstreamError,
 )
 
 log = logging.getLogger("helyx.api")
@@ -30,7 +29,7 @@ log = logging.getLogger("helyx.api")
 
 def error_response(exc: HelyxError) -> Response:
     headers = dict(exc.headers)
-    if not exc.retryable or isinstance(exc, UpstreamError):  # the gateway retried it already (common.errors)
+    if not exc.client_may_retry:
         headers["x-should-retry"] = "false"
     return json_response(exc.envelope(), status=exc.status, headers=headers)
 

@@ -19,11 +19,12 @@
         ├── UpstreamTimeout         504     upstream_error
         └── UpstreamRejectedRequest 400     invalid_request_error (the vendor's code and param, if any)
 
-`retryable` decides the `x-should-retry` header: the OpenAI SDK must not retry an error that a
-retry cannot mend. Provider adapters raise `UpstreamError` with `retryable` telling the shared
-retry loop whether another attempt may help (connection errors, 429, 5xx). An `UpstreamError`
-that reaches a client always says `x-should-retry: false`: the gateway has already retried it as
-far as its settings allow, and the SDK's own retries would multiply the provider calls (3 x 3).
+`client_may_retry` (`retryable`, but for upstream errors) decides the `x-should-retry` header: the
+OpenAI SDK must not retry an error that a retry cannot mend. Provider adapters raise
+`UpstreamError` with `retryable` telling the shared retry loop whether another attempt may help
+(connection errors, 429, 5xx). An `UpstreamError` that reaches a client always says
+`x-should-retry: false`: the gateway has already retried it as far as its settings allow, and the
+SDK's own retries would multiply the provider calls (3 x 3).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class HelyxError(Exception):
             self.code = code
         self.param = param
         self.headers = headers or {}
+
+    @property
+    def client_may_retry(self) -> bool:
+        """Whether the `x-should-retry` header lets the OpenAI SDK retry: a retry may mend it."""
+        return self.retryable
 
     def envelope(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
@@ -136,6 +142,11 @@ class UpstreamError(HelyxError):
         super().__init__(message, code=code)
         self.retryable = retryable
         self.upstream_status = upstream_status
+
+    @property
+    def client_may_retry(self) -> bool:
+        """Never: the gateway has retried it already as far as its settings allow (module docstring)."""
+        return False
 
 
 class UpstreamTimeout(UpstreamError):
