@@ -47,14 +47,14 @@ class Outcome:
 
     generation_id: str
     status: str  # succeeded | failed | interrupted (failed after its first chunk) | cancelled (client left)
+    usage: Usage | None
+    usage_estimated: bool = False
+    error_code: str | None = None
 
     @property
     def costs_nothing(self) -> bool:
         """The upstream failed, before its first byte or after: SPEC §3, a failed call costs nothing."""
         return self.status in ("failed", "interrupted")
-    usage: Usage | None
-    usage_estimated: bool = False
-    error_code: str | None = None
 
 
 def reserve_chat(
