@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from api.app import create_app
+from common.settings import Settings
 from common.tokens import estimate_prompt_tokens
 from tests.api.chat.helpers import assert_books_balance, books, leave_available, serve_app
 from tests.conftest import create_test_account, make_settings
@@ -67,6 +68,17 @@ class BalanceWatch:
         self._thread.join(timeout=5)
 
 
+@pytest.fixture
+def settings(tmp_path: Path, pg_url: str, redis_url: str, openai_fake: FakeUpstream,
+             monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """PostgreSQL and Redis, gpt-4o on the fake, rate limits out of the way, no upstream retries."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(f'[providers.openai]\nbase_url = "{openai_fake.base_url}"\n', "utf-8")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-provider-key")
+    return make_settings(tmp_path, database_url=pg_url, redis_url=redis_url, catalog=catalog,
+                         rate_limit_free=100_000, upstream_retries=0)
+
+
 async def burst(url: str, api_key: str) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=REQUESTS, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {api_key}"},
@@ -76,14 +88,8 @@ async def burst(url: str, api_key: str) -> list[httpx.Response]:
 
 
 def test_200_concurrent_requests_against_50_affordable_holds(
-    tmp_path: Path, pg_url: str, pg_engine: Engine, redis_url: str, openai_fake: FakeUpstream,
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, pg_engine: Engine, openai_fake: FakeUpstream,
 ) -> None:
-    catalog = tmp_path / "catalog.toml"
-    catalog.write_text(f'[providers.openai]\nbase_url = "{openai_fake.base_url}"\n', "utf-8")
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-provider-key")
-    settings = make_settings(tmp_path, database_url=pg_url, redis_url=redis_url, catalog=catalog,
-                             rate_limit_free=100_000, upstream_retries=0)
     account = create_test_account(pg_engine, "free")
     leave_available(pg_engine, account.account_id, AFFORDABLE * HOLD + HOLD - 1)
     before = assert_books_balance(pg_engine, account.account_id)
@@ -118,18 +124,12 @@ def test_200_concurrent_requests_against_50_affordable_holds(
 
 
 def test_concurrent_requests_without_max_tokens_each_shrink_or_get_the_402_of_one_token(
-    tmp_path: Path, pg_url: str, pg_engine: Engine, redis_url: str, openai_fake: FakeUpstream,
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, pg_engine: Engine,
 ) -> None:
     """Without max_tokens a request shrinks its hold to what the balance affords; when another
     request took that room between the look and the hold, its 402 said "this request needs 953.4
     credits", the default's hold, instead of what the prompt and one token need (SPEC §3; found by an
     adversarial review). Now it looks again, and every refusal names the one-token need."""
-    catalog = tmp_path / "catalog.toml"
-    catalog.write_text(f'[providers.openai]\nbase_url = "{openai_fake.base_url}"\n', "utf-8")
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-provider-key")
-    settings = make_settings(tmp_path, database_url=pg_url, redis_url=redis_url, catalog=catalog,
-                             rate_limit_free=100_000, upstream_retries=0)
     account = create_test_account(pg_engine, "free")
     full_hold = (estimate_prompt_tokens(MESSAGES) + settings.default_max_tokens) * RATE
     leave_available(pg_engine, account.account_id, full_hold + full_hold // 2)
