@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from sqlalchemy import text
 
-from common import billing, webhooks
+from common import billing, clock, webhooks
 from common.jobs import recovery
 from common.settings import Settings
 from workers import context
@@ -20,6 +20,32 @@ from workers import context
 log = logging.getLogger("helyx.sweeper")
 FILE_SWEEP_EVERY = 12  # sweeps
 WEBHOOK_GRACE_SECONDS = 60.0  # a finished job's own webhook send normally happens at once
+
+
+class SentRecently:
+    """The dead workers' jobs this process sent again, by (job id, attempt). A job is sent once, and
+    again only if it is still unclaimed `every` seconds later (its message may be lost, as a stale
+    queued job's may): while every worker is busy, each sweep used to add one more copy of its
+    message and one more warning line. A new claim is a new attempt, so a job whose next worker
+    dies too is sent again at once."""
+
+    def __init__(self) -> None:
+        self._sent: dict[tuple[str, int], float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, dead: list[tuple[str, int]], now: float, every: float) -> list[str]:
+        with self._lock:  # what is older than `every` is forgotten: due again if still dead, else gone
+            self._sent = {job: at for job, at in self._sent.items() if now - at < every}
+            due = [job for job in dead if job not in self._sent]
+            self._sent.update(dict.fromkeys(due, now))
+        return [job_id for job_id, _ in due]
+
+    def remembered(self) -> int:
+        with self._lock:
+            return len(self._sent)
+
+
+RESENT = SentRecently()
 
 
 def longest_delivery(settings: Settings) -> float:
@@ -36,7 +62,7 @@ def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True,
     engine = context.engine()
     settings = context.settings()
     lost = recovery.stale_queued(engine, settings.stale_queued_seconds)
-    dead = recovery.expired_leases(engine)
+    dead = RESENT.due(recovery.expired_leases(engine), clock.now().timestamp(), settings.stale_queued_seconds)
     for job_id in lost + dead:
         enqueue(job_id, _job_type(job_id))
     if dead:
