@@ -13,6 +13,7 @@ import io
 import math
 import random
 import textwrap
+import threading
 from collections.abc import Iterable, Iterator
 
 import av
@@ -35,11 +36,20 @@ def _color(rng: random.Random) -> _Color:
     return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except ImportError:  # Pillow built without FreeType: the small bitmap font still works
-        return ImageFont.load_default()
+_Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+_fonts = threading.local()  # a font object per thread: FreeType's faces are not for sharing across threads
+
+
+def _font(size: int) -> _Font:
+    """Loaded once per size and thread: loading it (Pillow parses its embedded font each time) was
+    a tenth of an image's CPU, and ran again for every frame of a video."""
+    loaded: dict[int, _Font] = _fonts.__dict__.setdefault("by_size", {})
+    if size not in loaded:
+        try:
+            loaded[size] = ImageFont.load_default(size=size)
+        except ImportError:  # Pillow built without FreeType: the small bitmap font still works
+            loaded[size] = ImageFont.load_default()
+    return loaded[size]
 
 
 def render_image(prompt: str, width: int, height: int, index: int = 0) -> Image.Image:

@@ -149,3 +149,32 @@ async def test_an_impossible_video_is_refused(seconds: int, width: int, height: 
     with pytest.raises(UpstreamError) as caught:
         await SimulatedVideoProvider().generate_video(VideoRequest("sim", "p", seconds, width, height))
     assert caught.value.retryable is False
+
+
+def test_the_caption_font_is_loaded_once_per_size_and_thread_not_per_image_or_frame(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the font was a tenth of a simulated image's CPU, and ran for every video frame."""
+    import threading
+
+    from PIL import ImageFont
+
+    from common.providers import simulated_media
+
+    loads: list[tuple[int | None, str]] = []
+    real = ImageFont.load_default
+
+    def counting(size: float | None = None) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+        loads.append((None if size is None else int(size), threading.current_thread().name))
+        return real(size)
+
+    monkeypatch.setattr(ImageFont, "load_default", counting)
+    monkeypatch.setattr(simulated_media, "_fonts", threading.local(), raising=False)  # a fresh cache
+    first = simulated_media.render_png("a fox", 256, 256)
+    for _ in range(3):
+        assert simulated_media.render_png("a fox", 256, 256) == first  # the same bytes as before
+    assert len(loads) == 1
+
+    elsewhere = threading.Thread(target=simulated_media.render_png, args=("a fox", 256, 256), name="other")
+    elsewhere.start()
+    elsewhere.join()
+    assert [thread for _, thread in loads].count("other") == 1  # each thread its own
