@@ -127,6 +127,7 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     logit_bias: dict[str, Any] | None = Field(default=None, description="not supported: must be empty")
     modalities: list[Any] | None = Field(default=None, description='only ["text"]')
     audio: dict[str, Any] | None = Field(default=None, description="not supported: must be empty")
+    web_search_options: dict[str, Any] | None = Field(default=None, description="not supported: must be null")
 
     @field_validator("n")
     @classmethod
@@ -169,6 +170,13 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     def _text_out_only(cls, value: object) -> object:
         if value and value != ["text"]:
             raise ValueError('audio output is not supported by this gateway; only modalities ["text"]')
+        return value
+
+    @field_validator("web_search_options")
+    @classmethod
+    def _no_web_search(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:  # even {}: it turns search on, with its defaults
+            raise ValueError("web search is not supported by this gateway")
         return value
 
     @field_validator("response_format")

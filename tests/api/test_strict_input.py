@@ -336,7 +336,7 @@ def test_null_for_an_optional_field_is_its_default(app_client: TestClient, accou
     """OpenAI takes null for these; some clients send every field, unset ones as null."""
     response = app_client.post(CHAT, headers=account.headers, json=chat(
         temperature=None, top_p=None, stream=None, n=None, max_tokens=None, stop=None, tools=None,
-        tool_choice=None, response_format=None))
+        tool_choice=None, response_format=None, web_search_options=None))
     assert response.status_code == 200, response.text
     assert response.json()["object"] == "chat.completion"  # stream: null is not a stream
 
@@ -352,6 +352,8 @@ def test_null_for_an_optional_field_is_its_default(app_client: TestClient, accou
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
     ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities"),
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ({"web_search_options": {}}, "web_search_options"),  # {} asks OpenAI's search models to search
+    ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
     ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "user", "content": "go on"}]}, "messages.0.tool_calls"),
