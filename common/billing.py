@@ -70,7 +70,7 @@ def with_reset_time(exc: InsufficientCredits, tz: str) -> InsufficientCredits:
     """The refusal, saying when the daily allowance (and a key's daily cap) comes back."""
     what = "The key's daily cap and the daily allowance reset" if exc.code == "key_daily_cap_reached" else \
         "The daily allowance resets"
-    return InsufficientCredits(f"{exc.message} {what} at {resets_at(tz)}.", code=exc.code)
+    return InsufficientCredits(f"{exc.message} {what} at {resets_at(tz)}.", code=exc.code, param=exc.param)
 
 
 def available(engine: Engine, account_id: str) -> int:

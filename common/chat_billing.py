@@ -92,8 +92,8 @@ def reserve_chat(
     need = (prompt_estimate + 1) * entry.rate_micro  # what the smallest answer needs, not the default's hold
     raise billing.with_reset_time(InsufficientCredits(
         f"{what} cannot cover this prompt (up to {prompt_estimate} tokens) and one token of answer: that "
-        f"needs {to_credits(need)} credits, and {to_credits(max(0, room))} are available.", code=refusal.code),
-        tz) from None
+        f"needs {to_credits(need)} credits, and {to_credits(max(0, room))} are available.", code=refusal.code,
+        param="messages"), tz) from None
 
 
 _SHRINK_TRIES = 3
@@ -101,8 +101,8 @@ _SHRINK_TRIES = 3
 
 def _explain(exc: InsufficientCredits, what: str, affordable: int, asked: int,
              prompt: int, field: str) -> InsufficientCredits:
-    if affordable < 1:
-        detail = f"{what} cannot cover this prompt (up to {prompt} tokens) and one token of answer."
+    if affordable < 1:  # a smaller limit would not help: the prompt is what does not fit
+        detail, field = f"{what} cannot cover this prompt (up to {prompt} tokens) and one token of answer.", "messages"
     else:
         detail = f"{what} affords at most {field}={affordable} for this prompt, not {asked}."
     return InsufficientCredits(f"{detail} {exc.message}", code=exc.code, param=field)

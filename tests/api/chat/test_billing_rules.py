@@ -128,7 +128,7 @@ def test_when_even_the_prompt_is_unaffordable_it_is_402_and_no_upstream_is_calle
         response = chat(http)
     assert response.status_code == 402
     error = response.json()["error"]
-    assert error["type"] == "insufficient_quota"
+    assert (error["type"], error["param"]) == ("insufficient_quota", "messages")  # the prompt does not fit
     assert "cannot cover this prompt" in error["message"] and "resets at" in error["message"]
     # what the smallest answer needs (1 token), not the hold of the default max_tokens
     assert (f"that needs {to_credits((PROMPT + 1) * RATE)} credits, and {to_credits((PROMPT + 1) * RATE - 1)} are "
@@ -225,6 +225,7 @@ def test_an_unset_max_tokens_shrinks_to_what_a_keys_daily_cap_still_allows(
     error = refused.json()["error"]
     assert (refused.status_code, error["code"]) == (402, "key_daily_cap_reached")
     assert error["message"].startswith("This key's daily credit cap cannot cover this prompt"), error
+    assert error["param"] == "messages"
     assert assert_books_balance(gw.engine, account.account_id) == before
 
 
