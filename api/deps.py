@@ -9,10 +9,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from api.errors import unknown_route
 from api.services import Services
 from common import accounts, billing, clock
 from common.accounts import Principal
-from common.errors import AuthenticationFailed, NotFound
+from common.errors import AuthenticationFailed
 
 
 async def get_services(request: Request) -> Services:
@@ -132,7 +133,7 @@ async def require_admin(request: Request, services: ServicesDep) -> None:
     constant time. Without a configured token they answer 404, as if absent."""
     configured = services.settings.admin_token
     if configured is None or not configured.get_secret_value():
-        raise NotFound("Unknown route.", code="unknown_route")
+        raise unknown_route(request)
     presented = bearer(request) or ""
     if not hmac.compare_digest(presented.encode(), configured.get_secret_value().encode()):
         raise AuthenticationFailed("Invalid admin token.", code="invalid_admin_token")

@@ -169,6 +169,20 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
+_SERVED = ("/api/v1/chat/completions, /models, /images/generations, /videos, /jobs, /files, /generations, "
+           "/credits, /usage and /keys")
+_SHOWN_PATH_CHARS = 200
+
+
+def unknown_route(request: Request) -> NotFound:
+    """A 404 that names what was asked for: a bare "Unknown route." read, in the SDK's
+    NotFoundError, like an unknown model."""
+    path = request.url.path
+    shown = path if len(path) <= _SHOWN_PATH_CHARS else path[:_SHOWN_PATH_CHARS] + "..."
+    return NotFound(f"Unknown route: this gateway does not serve {request.method} {shown}. It serves {_SERVED} "
+                    "(the OpenAPI description is at /openapi.json).", code="unknown_route")
+
+
 def http_error(exc: StarletteHTTPException) -> HelyxError:
     if exc.status_code == 404:
         return NotFound("Unknown route.", code="unknown_route")
@@ -217,7 +231,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        error = http_error(exc)
+        error = unknown_route(request) if exc.status_code == 404 else http_error(exc)
         if exc.status_code == 405:
             error.headers["allow"] = ", ".join(sorted(_allowed_methods(request)))
         return error_response(error)

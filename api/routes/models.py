@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from api.deps import PrincipalDep, ServicesDep
+from api.errors import unknown_route
 from api.responses import json_response
 from api.schemas.responses import ModelList, ModelView, doc
 from common.catalog import ModelEntry
-from common.errors import NotFound
 from common.settings import Settings
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
@@ -38,7 +38,7 @@ async def list_models(_: PrincipalDep, services: ServicesDep) -> Any:
 
 
 @router.get("/models/{model_id:path}", summary="One model", responses=doc(ModelView, 401, 404))
-async def get_model(model_id: str, _: PrincipalDep, services: ServicesDep) -> Any:
+async def get_model(model_id: str, request: Request, _: PrincipalDep, services: ServicesDep) -> Any:
     if not model_id:  # `/models/`: a trailing slash, answered as on every other route
-        raise NotFound("Unknown route.", code="unknown_route")
+        raise unknown_route(request)
     return json_response(model_view(services.catalog.get(model_id), services))

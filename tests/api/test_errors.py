@@ -111,6 +111,24 @@ def test_unknown_route_is_404_in_the_envelope(app_client: TestClient) -> None:
     assert_envelope(app_client.post("/nowhere", json={}), 404, "not_found_error")
 
 
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/api/v1/embeddings"), ("POST", "/api/v1/responses"), ("GET", "/api/v1/files"),
+    ("POST", "/api/v1/audio/speech"), ("POST", "/api/v1/images/edits"),
+])
+def test_an_openai_resource_this_gateway_lacks_is_named_in_its_404(app_client: TestClient, account: TestAccount,
+                                                                   method: str, path: str) -> None:
+    """The SDK raised NotFoundError("Unknown route."), easily read as an unknown model (found by
+    an SDK-breadth review): the 404 names what was asked for and what is served."""
+    error = assert_envelope(app_client.request(method, path, headers=account.headers), 404, "not_found_error")
+    assert error["code"] == "unknown_route"
+    assert f"{method} {path}" in error["message"] and "/api/v1/chat/completions" in error["message"], error
+
+
+def test_a_404_names_at_most_a_bounded_path(app_client: TestClient) -> None:
+    error = assert_envelope(app_client.get("/x" * 2000), 404, "not_found_error")
+    assert len(error["message"]) < 600, len(error["message"])
+
+
 def test_a_trailing_slash_is_a_404_in_the_envelope_not_a_bare_redirect(app_client: TestClient,
                                                                        account: TestAccount) -> None:
     """Starlette answered a bare 307 to the path without it: `/jobs/%2F` led to the job list."""
