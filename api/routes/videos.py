@@ -103,9 +103,12 @@ async def get_video_content(
 ) -> Response:
     record, _ = await job_flow.read(services, principal, video_id, "video")
     _not_gone(record, video_id)  # deleted or expired: say so, not "not ready yet"
-    if record.row["status"] != "succeeded" or not record.files:
-        raise NotFound(f"Video {video_id} has no content yet (status {record.row['status']}).",
-                       code="video_not_ready", param="id")
+    status = record.row["status"]
+    if status in ("failed", "canceled"):  # never "not ready yet": it will never have any
+        ended = "was canceled" if status == "canceled" else f"failed ({record.row['error_code']})"
+        raise NotFound(f"Video {video_id} has no content: it {ended}.", code="video_failed", param="id")
+    if status != "succeeded" or not record.files:
+        raise NotFound(f"Video {video_id} has no content yet (status {status}).", code="video_not_ready", param="id")
     if variant != "video":
         raise NotFound(f"No {variant} for video {video_id}; only the video itself is stored.", param="variant")
     stored = record.files[0]
