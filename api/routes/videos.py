@@ -105,7 +105,8 @@ async def get_video_content(
     _not_gone(record, video_id)  # deleted or expired: say so, not "not ready yet"
     status = record.row["status"]
     if status in ("failed", "canceled"):  # never "not ready yet": it will never have any
-        ended = "was canceled" if status == "canceled" else f"failed ({record.row['error_code']})"
+        code = record.row["error_code"]
+        ended = "was canceled" if status == "canceled" else f"failed ({code})" if code else "failed"
         raise NotFound(f"Video {video_id} has no content: it {ended}.", code="video_failed", param="id")
     if status != "succeeded" or not record.files:
         raise NotFound(f"Video {video_id} has no content yet (status {status}).", code="video_not_ready", param="id")
