@@ -74,8 +74,12 @@ def with_reset_time(exc: InsufficientCredits, tz: str) -> InsufficientCredits:
 
 
 def available(engine: Engine, account_id: str) -> int:
+    return balance(engine, account_id).available
+
+
+def balance(engine: Engine, account_id: str) -> ledger.Balance:
     with reader(engine).connect() as conn:
-        return ledger.balance(conn, account_id).available
+        return ledger.balance(conn, account_id)
 
 
 def key_cap_left(engine: Engine, key_id: str, tz: str) -> int | None:

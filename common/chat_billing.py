@@ -78,10 +78,11 @@ def reserve_chat(
             return Reservation(hold(tokens), tokens, prompt_estimate)
         except InsufficientCredits as exc:
             refusal = exc
-            room, what = billing.available(engine, principal.account_id), "The balance"
+            account = billing.balance(engine, principal.account_id)
+            room, what, held = account.available, "The balance", ledger.held_note(account)
             cap_left = billing.key_cap_left(engine, principal.key_id, tz) if capped else None
             if cap_left is not None and cap_left < room:
-                room, what = cap_left, "This key's daily credit cap"
+                room, what, held = cap_left, "This key's daily credit cap", ""
             # never more than wanted: holds released since the first try may have made room for all of it
             affordable = min(wanted, room // entry.rate_micro - prompt_estimate)
             if max_tokens is not None:
@@ -92,7 +93,7 @@ def reserve_chat(
     need = (prompt_estimate + 1) * entry.rate_micro  # what the smallest answer needs, not the default's hold
     raise billing.with_reset_time(InsufficientCredits(
         f"{what} cannot cover this prompt (up to {prompt_estimate} tokens) and one token of answer: that "
-        f"needs {to_credits(need)} credits, and {to_credits(max(0, room))} are available.", code=refusal.code,
+        f"needs {to_credits(need)} credits, and {to_credits(max(0, room))} are available{held}.", code=refusal.code,
         param="messages"), tz) from None
 
 

@@ -367,5 +367,16 @@ def insufficient_error(current: Balance, wanted: int) -> InsufficientCredits:
 
     return InsufficientCredits(
         f"Insufficient credits: this request needs {to_credits(wanted)} credits but "
-        f"{to_credits(max(0, current.available))} are available.",
+        f"{to_credits(max(0, current.available))} are available{held_note(current)}.",
     )
+
+
+def held_note(current: Balance) -> str:
+    """What requests in progress hold, when they hold anything: "0 are available" alone read as a
+    day's credits spent, while concurrent requests held them for a few seconds."""
+    from common.money import to_credits
+
+    if current.held <= 0:
+        return ""
+    return (f" ({to_credits(current.held)} more are held for requests in progress, and come back, less what"
+            " those are charged, as they finish)")

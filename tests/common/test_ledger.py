@@ -155,6 +155,22 @@ def test_insufficient_reserve_raises_and_writes_nothing(engine: Engine) -> None:
     assert key_cap(engine, key_id) == (200 * C, DAY)
 
 
+def test_a_refusal_says_what_requests_in_progress_hold(engine: Engine) -> None:
+    """ "0 are available" alone read as a day's credits spent while concurrent requests held them
+    for a few seconds (found by an SDK-breadth review)."""
+    account_id = new_account(engine)
+    with pytest.raises(InsufficientCredits) as alone:
+        reserve(engine, account_id, 1000 * C + 1)
+    assert alone.value.message == ("Insufficient credits: this request needs 1000.000001 credits but 1000 are "
+                                   "available.")  # nothing held: nothing said of holds
+    reserve(engine, account_id, 900 * C)
+    with pytest.raises(InsufficientCredits) as busy:
+        reserve(engine, account_id, 200 * C)
+    assert busy.value.message == (
+        "Insufficient credits: this request needs 200 credits but 100 are available (900 more are held for "
+        "requests in progress, and come back, less what those are charged, as they finish).")
+
+
 @pytest.mark.parametrize("amount", [0, -1])
 def test_a_hold_must_be_positive(engine: Engine, amount: int) -> None:
     account_id = new_account(engine)

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
+from common import billing
 from common.billing import resets_at
 from common.money import MICRO, to_credits
 from common.tokens import estimate_prompt_tokens
@@ -86,20 +87,18 @@ def test_an_unset_max_tokens_never_grows_past_the_default_when_room_is_made_mean
     """The default hold fails on the balance; before the balance is read to shrink max_tokens,
     another call's hold is released. What the balance affords is then more than the default: the
     default it stays (it used to grow past it, and past what the caller would ever get)."""
-    from common import billing
-
     account = gw.account()
     default = gw.settings.default_max_tokens
     other = billing.reserve(gw.engine, account_id=account.account_id, key_id=None,
                             amount=books(gw.engine, account.account_id).available - (PROMPT + 10) * RATE,
                             purpose="another call", ttl=60, tz=gw.settings.timezone)
-    available = billing.available
+    balance = billing.balance
 
-    def released_meanwhile(engine: Engine, account_id: str) -> int:
+    def released_meanwhile(engine: Engine, account_id: str) -> Any:
         billing.release(engine, other)
-        return available(engine, account_id)
+        return balance(engine, account_id)
 
-    monkeypatch.setattr(billing, "available", released_meanwhile)
+    monkeypatch.setattr(billing, "balance", released_meanwhile)
     with gw.http(account) as http:
         response = chat(http)
     assert response.status_code == 200, response.text
@@ -196,6 +195,22 @@ def test_a_keys_daily_cap_bounds_its_chats_and_refuses_past_it(gw: Gateway) -> N
         f"daily cap and the daily allowance reset at {resets_at(gw.settings.timezone)}.")
     assert hold_for(gw.engine, first.json()["id"])["charged"] == USAGE * RATE
     assert assert_books_balance(gw.engine, account.account_id) == before
+
+
+def test_the_prompts_402_says_what_requests_in_progress_hold(gw: Gateway, openai_fake: FakeUpstream) -> None:
+    """Concurrent calls of the account hold credits for a few seconds: "0 are available" alone read
+    as a day's credits spent (found by an SDK-breadth review)."""
+    account = gw.account()
+    leave_available(gw.engine, account.account_id, (PROMPT + 100) * RATE)
+    billing.reserve(gw.engine, account_id=account.account_id, key_id=None, amount=100 * RATE, purpose="chat:other",
+                    ttl=60, tz=gw.settings.timezone)  # another call of the account, still running
+    with gw.http(account) as http:
+        response = chat(http)
+    error = response.json()["error"]
+    assert (response.status_code, error["param"]) == (402, "messages"), error
+    assert (f"and {to_credits(PROMPT * RATE)} are available ({to_credits(100 * RATE)} more are held for requests in "
+            "progress, and come back, less what those are charged, as they finish).") in error["message"], error
+    assert openai_fake.request_count == 0
 
 
 def test_an_unset_max_tokens_shrinks_to_what_a_keys_daily_cap_still_allows(
