@@ -333,7 +333,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="for the burst to finish")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--profile-seconds", type=float, default=10.0)
-    parser.add_argument("--keep-profile")
+    parser.add_argument("--keep-profile", help="copy py-spy's raw stacks here (.api: the API in the burst,"
+                        " .polls: under GET /jobs/{id})")
     parser.add_argument("--output", help="also write the tables (Markdown) to this file")
     args = parser.parse_args()
     _procs.install_signal_handlers()
@@ -370,6 +371,8 @@ def main() -> None:
         tables.append(_procs.table("py-spy, the API process under GET /jobs/{id} at c=64 (GIL-holding samples)",
                                    ["phase (deepest matching frame)", "samples", "%"],
                                    summarize(api_profile, API_ANCHORS, GENERIC), 1))
+        if args.keep_profile:
+            Path(args.keep_profile + ".polls").write_text(api_profile.read_text())
     tables.append(_procs.table("memory, MB", ["process", "pid", "RSS now", "peak RSS (VmHWM)"], mem, 1))
     if args.output:
         Path(args.output).write_text(f"# bench.jobs: {note}\n" + "\n".join(tables) + "\n")
