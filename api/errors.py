@@ -184,8 +184,7 @@ def unknown_route(request: Request) -> NotFound:
 
 
 def http_error(exc: StarletteHTTPException) -> HelyxError:
-    if exc.status_code == 404:
-        return NotFound("Unknown route.", code="unknown_route")
+    """Starlette's own refusals other than a 404 (`unknown_route`, which needs the request)."""
     if exc.status_code == 405:
         return MethodNotAllowed("Method not allowed on this route.")
     if exc.status_code == 413:
