@@ -47,3 +47,20 @@ def redis_warning(settings: Settings) -> str | None:
     finally:
         client.close()
     return None
+
+
+def keyed_providers(catalog: Catalog, settings: Settings) -> list[str]:
+    """The providers whose key is set, as "name (KEY_VARIABLE)": simulation leaves their models
+    alone (SPEC §6: only a model without a key is simulated)."""
+    return sorted({f"{p.name} ({p.api_key_env})" for p in catalog.providers.values()
+                   if p.kind != "simulated" and settings.provider_secret(p.api_key_env) is not None})
+
+
+def offline_warning(catalog: Catalog, settings: Settings) -> str | None:
+    """A line for the operator when no provider has a key and nothing is simulated: every model
+    would answer 404 model_offline, which a first production start gave without a word."""
+    if settings.simulation_on or keyed_providers(catalog, settings):
+        return None
+    wanted = sorted({p.api_key_env for p in catalog.providers.values() if p.kind != "simulated" and p.api_key_env})
+    return (f"warning: no provider has a key ({', '.join(wanted)}): every model is offline (404 model_offline) "
+            "until one is set; HELYX_SIMULATE=1 simulates the models that have none")

@@ -19,10 +19,9 @@ from types import FrameType
 
 from cli import preflight, single_instance
 from common import accounts, billing, clock, logs
-from common.catalog import Catalog
 from common.db import get_engine
 from common.migrate import current_revision, upgrade
-from common.settings import Settings, get_settings
+from common.settings import get_settings
 
 log = logging.getLogger("helyx")
 
@@ -37,12 +36,6 @@ def migrate(_: argparse.Namespace) -> int:
     state = "up to date" if before == after else "created" if before is None else "migrated"
     print(json.dumps({"database": state, "from": before, "revision": after}))
     return 0
-
-
-def _keyed_providers(catalog: Catalog, settings: Settings) -> list[str]:
-    """Providers that simulation leaves alone (SPEC §6: only a model without a key is simulated)."""
-    return sorted({f"{p.name} ({p.api_key_env})" for p in catalog.providers.values()
-                   if p.kind != "simulated" and settings.provider_secret(p.api_key_env) is not None})
 
 
 def _demo_key(host: str, port: int) -> None:
@@ -103,7 +96,9 @@ def serve(args: argparse.Namespace) -> int:
     print(f"helyx: serving on http://{host}:{port} — {shape}", file=sys.stderr, flush=True)
     if (warning := preflight.redis_warning(settings)) is not None:
         print(f"helyx: {warning}", file=sys.stderr, flush=True)
-    if settings.simulation_on and (real := _keyed_providers(catalog, settings)):
+    if (warning := preflight.offline_warning(catalog, settings)) is not None:
+        print(f"helyx: {warning}", file=sys.stderr, flush=True)
+    if settings.simulation_on and (real := preflight.keyed_providers(catalog, settings)):
         print(f"helyx: not simulated, as their keys are set: the models of {', '.join(real)} call the provider "
               "(and spend on its account); unset the key to simulate them", file=sys.stderr, flush=True)
     if settings.self_contained:

@@ -1,0 +1,41 @@
+"""A production start with no provider key and no simulation: every model answers 404
+model_offline, and the start said nothing of it (found by a production-shape walkthrough)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli import preflight
+from common.catalog import load_catalog
+from common.settings import Settings
+
+
+def settings(simulate: str) -> Settings:
+    return Settings(_env_file=None, simulate=simulate, redis_url="redis://127.0.0.1:6379/0")  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def no_provider_keys(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    catalog = load_catalog(settings("0"))
+    names = sorted({p.api_key_env for p in catalog.providers.values() if p.api_key_env})
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    return names
+
+
+def test_a_start_with_no_provider_key_and_no_simulation_says_every_model_is_offline(
+        no_provider_keys: list[str]) -> None:
+    production = settings("0")
+    warning = preflight.offline_warning(load_catalog(production), production)
+    assert warning is not None and "every model is offline" in warning and "HELYX_SIMULATE=1" in warning
+    assert "OPENAI_API_KEY" in warning and "GEMINI_API_KEY" in warning
+
+
+def test_no_warning_with_simulation_or_with_one_key(no_provider_keys: list[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    simulated = settings("1")
+    assert preflight.offline_warning(load_catalog(simulated), simulated) is None
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-set")
+    production = settings("0")
+    assert preflight.offline_warning(load_catalog(production), production) is None
+    assert preflight.keyed_providers(load_catalog(production), production) == ["openai (OPENAI_API_KEY)"]
