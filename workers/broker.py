@@ -14,6 +14,7 @@ import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
 from common.settings import get_settings
+from workers import join_fix
 from workers.runtime import CloseRuntimeOnThreadShutdown
 from workers.wakeable_broker import WakeableRedisBroker
 
@@ -30,6 +31,7 @@ def build_broker(redis_url: str | None) -> dramatiq.Broker:
     return StubBroker()
 
 
+join_fix.install()  # every process that runs workers imports this module before it stops any
 broker = build_broker(get_settings().redis_url)
 broker.add_middleware(CloseRuntimeOnThreadShutdown())
 dramatiq.set_broker(broker)
