@@ -92,8 +92,7 @@ class LocalStorage(Storage):
     def put(self, key: str, data: bytes, content_type: str) -> int:
         # Local disk keeps no metadata: the caller records content_type next to the key.
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        fd, tmp = self._temporary_beside(path)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -125,8 +124,31 @@ class LocalStorage(Storage):
     def size(self, key: str) -> int:
         return self.path_for(key).stat().st_size
 
+    def _temporary_beside(self, path: Path) -> tuple[int, str]:
+        """A temporary file in `path`'s directory, made if missing, and made again if a delete of
+        another file there pruned it meanwhile (`_prune`)."""
+        for _ in range(3):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                return tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+            except FileNotFoundError:
+                continue
+        return tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+
+    def _prune(self, directory: Path) -> None:
+        """Remove `directory` and then its parents, up to the root, while they are empty: a job's
+        directory (and its account's) goes with its last file, where each job left one behind."""
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty, or gone already
+                return
+            directory = directory.parent
+
     def delete(self, key: str) -> None:
-        self.path_for(key).unlink(missing_ok=True)
+        path = self.path_for(key)
+        path.unlink(missing_ok=True)
+        self._prune(path.parent)
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
@@ -142,6 +164,7 @@ class LocalStorage(Storage):
             elif path not in kept:
                 path.unlink(missing_ok=True)
                 removed += 1
+        self._prune(directory)
         return removed
 
 

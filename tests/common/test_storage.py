@@ -160,3 +160,37 @@ def test_delete_prefix_removes_everything_under_it_but_what_is_kept(store: Local
     assert store.delete_prefix("acct/nothing-here") == 0
     with pytest.raises(InvalidStorageKey):
         store.delete_prefix("../outside")
+
+
+def test_a_jobs_directory_goes_with_its_last_file_and_its_accounts_with_its_last_job(store: LocalStorage) -> None:
+    """Each job's directory stayed behind, empty, once its results expired: one more directory
+    per job for good (noticed in a crash drill's disk-full run)."""
+    for key in ("acct_1/job_1/a.png", "acct_1/job_1/b.png", "acct_1/job_2/c.png", "acct_2/job_3/d.png"):
+        store.put(key, b"x", "image/png")
+    store.delete("acct_1/job_1/a.png")
+    assert (store.root / "acct_1/job_1").is_dir()  # b.png is still there
+    store.delete("acct_1/job_1/b.png")
+    assert not (store.root / "acct_1/job_1").exists() and (store.root / "acct_1").is_dir()
+    assert store.delete_prefix("acct_1/job_2") == 1
+    assert not (store.root / "acct_1").exists()
+    assert sorted(p.name for p in store.root.iterdir() if not p.name.startswith(".")) == ["acct_2"]
+    assert store.root.is_dir() and store.exists("acct_2/job_3/d.png")
+    store.delete("acct_2/job_3/d.png")
+    assert store.root.is_dir()  # the root itself stays
+
+
+def test_a_put_survives_its_directory_being_pruned_meanwhile(store: LocalStorage,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete of a job's last file may remove the directory between a put's mkdir and its
+    temporary file: the put makes it again."""
+    real_mkstemp, calls = storage_module.tempfile.mkstemp, []
+
+    def pruned_first(*args: object, **kwargs: object) -> tuple[int, str]:
+        calls.append(1)
+        if len(calls) == 1:
+            os.rmdir(store.root / "acct/job")
+        return real_mkstemp(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage_module.tempfile, "mkstemp", pruned_first)
+    assert store.put("acct/job/a.png", b"xyz", "image/png") == 3
+    assert store.exists("acct/job/a.png") and len(calls) == 2
