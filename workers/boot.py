@@ -45,7 +45,7 @@ class SweeperMiddleware(dramatiq.Middleware):
         sweeper.start(enqueue, deliver_webhook.send)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        execute.cut_off_at_shutdown()
+        execute.cut_off_at_shutdown(enqueue)
 
 
 logs.configure(get_settings().log_level)

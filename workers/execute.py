@@ -38,7 +38,7 @@ BUSY_RETRY_MS = 1000
 # fails it (worker_lost): enough for restarts and deploys that cut a job short, few enough that a
 # job that kills its worker every time (out of memory, a native crash) stops being retried.
 LOST_WORKER_ATTEMPTS = 3
-RUNNING: set[str] = set()  # the jobs this process is running now
+RUNNING: dict[str, tuple[str, str]] = {}  # the jobs this process is running now: id -> (lease owner, type)
 _RUNNING_LOCK = threading.Lock()
 PROGRESS_SECONDS = 1.0  # a job's progress reaches its row at most this often (with the lease renewal)
 # A result that will not store is tried again with the media in hand, never by calling the
@@ -76,30 +76,45 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
         return
     if job is None:
         return  # finished, canceled, or running under a live lease elsewhere
-    with _running(job.id):
+    with _running(job, owner):
         _run_claimed(job, owner, requeue, notify)
 
 
 @contextlib.contextmanager
-def _running(job_id: str) -> Iterator[None]:
+def _running(job: ClaimedJob, owner: str) -> Iterator[None]:
     with _RUNNING_LOCK:
-        RUNNING.add(job_id)
+        RUNNING[job.id] = (owner, job.type)
     try:
         yield
     finally:
         with _RUNNING_LOCK:
-            RUNNING.discard(job_id)
+            RUNNING.pop(job.id, None)
 
 
-def cut_off_at_shutdown() -> None:
-    """Logged once the workers have stopped: the jobs the grace cut off. Their rows stay `running`;
-    each runs again, and is charged once, when reclaimed: after its lease by any worker's sweeper,
-    or at the next start of the self-contained `helyx serve`."""
+def cut_off_at_shutdown(enqueue: Callable[[str, str], object] | None = None) -> None:
+    """Once the workers have stopped: the jobs the grace cut off are queued again at once, their
+    attempt counted, and sent with `enqueue` when given (`helyx worker`: another worker, or this one
+    restarted, takes them now; the self-contained `helyx serve` resumes them at its next start).
+    Left `running`, each waited for its lease to lapse, counting against its account's running cap
+    meanwhile. Each runs again and is charged once. A row the database does not let us write now
+    is reclaimed after its lease, as a dead worker's."""
     with _RUNNING_LOCK:
-        cut = sorted(RUNNING)
-    if cut:
-        log.warning("shutdown: %d running job(s) cut off at the end of the grace, to run again once reclaimed: %s",
-                    len(cut), ", ".join(cut))
+        cut = sorted(RUNNING.items())
+    if not cut:
+        return
+    log.warning("shutdown: %d running job(s) cut off at the end of the grace, queued again: %s",
+                len(cut), ", ".join(job_id for job_id, _ in cut))
+    for job_id, (owner, job_type) in cut:
+        try:
+            given_back = lifecycle.give_back(context.engine(), job_id, owner)
+        except DATABASE_DOWN as exc:
+            log.warning("job %s stays running until its lease lapses (%s)", job_id, type(exc).__name__)
+            continue
+        if given_back and enqueue is not None:
+            try:
+                enqueue(job_id, job_type)
+            except Exception as exc:  # noqa: BLE001 - the broker is going away too: the sweeper sends it
+                log.warning("job %s queued again, not sent (%s); the sweeper sends it", job_id, type(exc).__name__)
 
 
 def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) -> None:

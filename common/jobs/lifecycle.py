@@ -258,6 +258,17 @@ def requeue(engine: Engine, job_id: str, owner: str, error_code: str, message: s
         ).rowcount == 1
 
 
+def give_back(engine: Engine, job_id: str, owner: str) -> bool:
+    """Queue again a job its worker stopped running at a shutdown (attempts keep counting); False
+    when it was no longer ours (it finished, was canceled, or was reclaimed meanwhile)."""
+    now = clock.now().timestamp()
+    with engine.begin() as conn:
+        return conn.execute(
+            text(f"UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now"
+                 f" WHERE {_OWNED}"), {"id": job_id, "owner": owner, "now": now},
+        ).rowcount == 1
+
+
 def fail(engine: Engine, job: ClaimedJob, owner: str, error_code: str, message: str) -> bool:
     """Final failure: status failed and a full refund, once."""
     now = clock.now().timestamp()

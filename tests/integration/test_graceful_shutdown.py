@@ -121,14 +121,17 @@ def _running_video(tmp_path: Path, procs: Processes, job_seconds: float, grace: 
     return api, job_id, engine
 
 
-def test_a_job_cut_off_at_the_end_of_the_grace_is_named_in_the_log(tmp_path: Path) -> None:
+def test_a_job_cut_off_at_the_end_of_the_grace_is_named_in_the_log_and_queued_again(tmp_path: Path) -> None:
+    """It stayed `running` until its lease lapsed, counting against its account's running cap."""
     with Processes(tmp_path / "procs") as procs:
         api, job_id, engine = _running_video(tmp_path, procs, job_seconds=8, grace=1)
         api.signal_group(signal.SIGTERM)
         assert api.popen.wait(30) == 0, api.log()
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT status FROM jobs WHERE id = :j"), {"j": job_id}).scalar_one() == "running"
-        assert f"cut off at the end of the grace, to run again once reclaimed: {job_id}" in api.log(100_000)
+            row = conn.execute(text("SELECT status, lease_owner, attempts FROM jobs WHERE id = :j"),
+                               {"j": job_id}).one()
+            assert (row.status, row.lease_owner, row.attempts) == ("queued", None, 1), row
+        assert f"cut off at the end of the grace, queued again: {job_id}" in api.log(100_000)
     engine.dispose()
 
 

@@ -153,6 +153,39 @@ def test_a_sigterm_to_the_whole_process_group_lets_the_running_job_finish_and_th
 
 @pytest.mark.postgres
 @pytest.mark.redis
+def test_a_job_the_grace_cuts_off_is_queued_again_at_once_and_the_next_worker_runs_it(
+        fresh_queues: Deployment) -> None:
+    """It stayed `running` until its lease lapsed (counting against its account's running cap
+    meanwhile), and only then did a worker take it up again (found by a production-shape walkthrough)."""
+    d = fresh_queues
+    account = create_test_account(d.engine, "pro")
+    before = books(d.engine, account.account_id)
+    slow = {**d.env, "HELYX_SIMULATED_JOB_SECONDS": "30", "HELYX_SHUTDOWN_GRACE_SECONDS": "1",
+            "HELYX_JOB_LEASE_SECONDS": "120"}  # a lease far longer than this test
+    worker = d.procs.worker(slow, processes=1, threads=2)
+    wait_dramatiq_workers(d.redis_url, 1)
+    job_id = d.submit(account)
+    d.running(job_id, worker)
+
+    worker.signal_group(signal.SIGTERM)
+    assert worker.popen.wait(20) == 0, worker.log()
+    [row] = job_rows(d.engine, [job_id])
+    assert (row["status"], row["lease_owner"], row["attempts"]) == ("queued", None, 1), (row, worker.log())
+    assert f"queued again: {job_id}" in worker.log(50_000)
+
+    runner = d.worker()  # the module's own: 3 s jobs, no sweeper needed (the message was sent at the stop)
+    try:
+        [row] = wait_jobs(d.engine, [job_id], timeout=20)
+    finally:
+        runner.terminate()  # the next tests count this module's workers
+    assert row["attempts"] == 2, row
+    d.assert_paid_once(job_id)
+    after = assert_books_balance(d.engine, account.account_id)
+    assert before.balance - after.balance == IMAGE_PRICE
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
 def test_a_sigkilled_worker_process_is_replaced_and_its_job_is_reclaimed_and_charged_once(
         fresh_queues: Deployment) -> None:
     d = fresh_queues

@@ -1,0 +1,50 @@
+"""A job the shutdown grace cut off is queued again at once, not left `running` until its lease
+lapses: meanwhile it counted against its account's running cap, and the queued jobs behind it
+waited as long after a restart (found by a production-shape walkthrough)."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.jobs import lifecycle
+from tests.workers.test_actors_stub import JobsFactory, ScriptedImages
+from workers import execute
+from workers.actors import enqueue
+
+
+def test_a_job_cut_off_at_shutdown_is_queued_again_at_once_sent_and_charged_once(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    provider = ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=600, stale_queued_seconds=3600)
+    job_id = jobs.submit(jobs.account(), enqueue=False)
+    assert lifecycle.claim(jobs.engine, job_id, "stopping-worker", 600, None) is not None
+    monkeypatch.setitem(execute.RUNNING, job_id, ("stopping-worker", "image"))  # its thread, cut off by the grace
+    sent: list[tuple[str, str]] = []
+
+    with caplog.at_level("WARNING", logger="helyx.worker"):
+        execute.cut_off_at_shutdown(lambda job, job_type: sent.append((job, job_type)))
+
+    row = jobs.job(job_id)
+    assert (row["status"], row["lease_owner"], row["lease_until"], row["attempts"]) == ("queued", None, None, 1)
+    assert sent == [(job_id, "image")]
+    assert any(f"queued again: {job_id}" in r.getMessage() for r in caplog.records)
+    enqueue(job_id, "image")  # what the sent message does: the next worker runs it, once
+    row = jobs.wait(job_id)
+    jobs.join()
+    assert row["status"] == "succeeded" and row["attempts"] == 2 and provider.calls == 1
+    assert jobs.kinds(job_id) == ["reserve", "settle"]
+
+
+def test_a_job_no_longer_ours_at_shutdown_is_left_as_it_is(make_jobs: JobsFactory,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=600, stale_queued_seconds=3600)
+    account = jobs.account()
+    job_id = jobs.submit(account, enqueue=False)
+    assert lifecycle.claim(jobs.engine, job_id, "stopping-worker", 600, None) is not None
+    assert lifecycle.cancel(jobs.engine, account.account_id, job_id)  # canceled while it ran
+    monkeypatch.setitem(execute.RUNNING, job_id, ("stopping-worker", "image"))
+    sent: list[tuple[str, str]] = []
+    execute.cut_off_at_shutdown(lambda job, job_type: sent.append((job, job_type)))
+    assert jobs.job(job_id)["status"] == "canceled" and sent == []
+    assert jobs.kinds(job_id) == ["reserve", "release"]
