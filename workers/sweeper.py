@@ -33,12 +33,17 @@ class SentRecently:
         self._sent: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()
 
-    def due(self, dead: list[tuple[str, int]], now: float, every: float) -> list[str]:
-        with self._lock:  # what is older than `every` is forgotten: due again if still dead, else gone
+    def due(self, dead: list[tuple[str, int]], now: float, every: float) -> list[tuple[str, int]]:
+        """The dead jobs not sent in the last `every` seconds (what is older is forgotten: due again
+        if still dead, else gone)."""
+        with self._lock:
             self._sent = {job: at for job, at in self._sent.items() if now - at < every}
-            due = [job for job in dead if job not in self._sent]
-            self._sent.update(dict.fromkeys(due, now))
-        return [job_id for job_id, _ in due]
+            return [job for job in dead if job not in self._sent]
+
+    def sent(self, job: tuple[str, int], now: float) -> None:
+        """Marked once its message went out: a send that failed is tried again at the next sweep."""
+        with self._lock:
+            self._sent[job] = now
 
     def remembered(self) -> int:
         with self._lock:
@@ -62,11 +67,15 @@ def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True,
     engine = context.engine()
     settings = context.settings()
     lost = recovery.stale_queued(engine, settings.stale_queued_seconds)
-    dead = RESENT.due(recovery.expired_leases(engine), clock.now().timestamp(), settings.stale_queued_seconds)
-    for job_id in lost + dead:
-        enqueue(job_id, _job_type(job_id))
+    now = clock.now().timestamp()
+    dead = RESENT.due(recovery.expired_leases(engine), now, settings.stale_queued_seconds)
     if dead:
         log.warning("reclaiming %d job(s) whose worker stopped renewing its lease", len(dead))
+    for job in dead:
+        enqueue(job[0], _job_type(job[0]))
+        RESENT.sent(job, now)
+    for job_id in lost:
+        enqueue(job_id, _job_type(job_id))
     unsent = (recovery.unsent_webhooks(engine, WEBHOOK_GRACE_SECONDS, longest_delivery(settings))
               if notify is not None else [])
     for job_id in unsent:

@@ -57,3 +57,25 @@ def test_the_sweepers_memory_of_sent_jobs_does_not_grow_without_bound(
         frozen(timedelta(seconds=121))
         sweeper.sweep_once(lambda job, job_type: None, sweep_files=False)
         assert sweeper.RESENT.remembered() == 0
+
+
+def test_a_send_that_failed_is_tried_again_at_the_next_sweep_not_a_stale_wait_later(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job was marked as sent before its send: a Redis blip then held it back for
+    HELYX_STALE_QUEUED_SECONDS instead of one sweep (found by a diff review)."""
+    ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=0.2, stale_queued_seconds=60)
+    job_id = jobs.submit(jobs.account(), enqueue=False)
+    sent: list[str] = []
+
+    def redis_blip(job: str, job_type: str) -> None:
+        raise ConnectionError("Redis did not answer")
+
+    with clock.frozen(clock.now()) as frozen:
+        assert lifecycle.claim(jobs.engine, job_id, "killed", 0.2, None) is not None
+        frozen(timedelta(seconds=1))
+        with pytest.raises(ConnectionError):
+            sweeper.sweep_once(redis_blip, sweep_files=False)
+        frozen(timedelta(seconds=5))  # the next sweep
+        assert sweeper.sweep_once(lambda job, job_type: sent.append(job), sweep_files=False)["reclaimed"] == 1
+    assert sent == [job_id]
