@@ -38,7 +38,9 @@ BUSY_RETRY_MS = 1000
 # fails it (worker_lost): enough for restarts and deploys that cut a job short, few enough that a
 # job that kills its worker every time (out of memory, a native crash) stops being retried.
 LOST_WORKER_ATTEMPTS = 3
-RUNNING: dict[str, tuple[str, str]] = {}  # the jobs this process is running now: id -> (lease owner, type)
+# The jobs this process is running now, (id, lease owner) -> type: one job can run twice in a
+# process (an attempt whose lease lapsed while it stalled, and the one that reclaimed it).
+RUNNING: dict[tuple[str, str], str] = {}
 _RUNNING_LOCK = threading.Lock()
 PROGRESS_SECONDS = 1.0  # a job's progress reaches its row at most this often (with the lease renewal)
 # A result that will not store is tried again with the media in hand, never by calling the
@@ -83,12 +85,12 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
 @contextlib.contextmanager
 def _running(job: ClaimedJob, owner: str) -> Iterator[None]:
     with _RUNNING_LOCK:
-        RUNNING[job.id] = (owner, job.type)
+        RUNNING[job.id, owner] = job.type
     try:
         yield
     finally:
         with _RUNNING_LOCK:
-            RUNNING.pop(job.id, None)
+            RUNNING.pop((job.id, owner), None)
 
 
 def cut_off_at_shutdown(enqueue: Callable[[str, str], object] | None = None) -> None:
@@ -102,19 +104,24 @@ def cut_off_at_shutdown(enqueue: Callable[[str, str], object] | None = None) -> 
         cut = sorted(RUNNING.items())
     if not cut:
         return
-    log.warning("shutdown: %d running job(s) cut off at the end of the grace, queued again: %s",
-                len(cut), ", ".join(job_id for job_id, _ in cut))
-    for job_id, (owner, job_type) in cut:
+    log.warning("shutdown: %d running job(s) cut off at the end of the grace: %s",
+                len(cut), ", ".join(job_id for (job_id, _), _ in cut))
+    queued: list[str] = []
+    for (job_id, owner), job_type in cut:
         try:
-            given_back = lifecycle.give_back(context.engine(), job_id, owner)
+            if not lifecycle.give_back(context.engine(), job_id, owner):
+                continue  # no longer ours: it finished, was canceled or was reclaimed meanwhile
         except DATABASE_DOWN as exc:
             log.warning("job %s stays running until its lease lapses (%s)", job_id, type(exc).__name__)
             continue
-        if given_back and enqueue is not None:
+        queued.append(job_id)
+        if enqueue is not None:
             try:
                 enqueue(job_id, job_type)
             except Exception as exc:  # noqa: BLE001 - the broker is going away too: the sweeper sends it
                 log.warning("job %s queued again, not sent (%s); the sweeper sends it", job_id, type(exc).__name__)
+    if queued:
+        log.warning("shutdown: queued again, to run once more and be charged once: %s", ", ".join(queued))
 
 
 def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) -> None:

@@ -131,7 +131,7 @@ def test_a_job_cut_off_at_the_end_of_the_grace_is_named_in_the_log_and_queued_ag
             row = conn.execute(text("SELECT status, lease_owner, attempts FROM jobs WHERE id = :j"),
                                {"j": job_id}).one()
             assert (row.status, row.lease_owner, row.attempts) == ("queued", None, 1), row
-        assert f"cut off at the end of the grace, queued again: {job_id}" in api.log(100_000)
+        assert f"queued again, to run once more and be charged once: {job_id}" in api.log(100_000)
     engine.dispose()
 
 

@@ -171,7 +171,7 @@ def test_a_job_the_grace_cuts_off_is_queued_again_at_once_and_the_next_worker_ru
     assert worker.popen.wait(20) == 0, worker.log()
     [row] = job_rows(d.engine, [job_id])
     assert (row["status"], row["lease_owner"], row["attempts"]) == ("queued", None, 1), (row, worker.log())
-    assert f"queued again: {job_id}" in worker.log(50_000)
+    assert f"queued again, to run once more and be charged once: {job_id}" in worker.log(50_000)
 
     runner = d.worker()  # the module's own: 3 s jobs, no sweeper needed (the message was sent at the stop)
     try:

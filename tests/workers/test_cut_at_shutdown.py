@@ -18,7 +18,7 @@ def test_a_job_cut_off_at_shutdown_is_queued_again_at_once_sent_and_charged_once
     jobs = make_jobs(job_lease_seconds=600, stale_queued_seconds=3600)
     job_id = jobs.submit(jobs.account(), enqueue=False)
     assert lifecycle.claim(jobs.engine, job_id, "stopping-worker", 600, None) is not None
-    monkeypatch.setitem(execute.RUNNING, job_id, ("stopping-worker", "image"))  # its thread, cut off by the grace
+    monkeypatch.setitem(execute.RUNNING, (job_id, "stopping-worker"), "image")  # its thread, cut off by the grace
     sent: list[tuple[str, str]] = []
 
     with caplog.at_level("WARNING", logger="helyx.worker"):
@@ -27,7 +27,8 @@ def test_a_job_cut_off_at_shutdown_is_queued_again_at_once_sent_and_charged_once
     row = jobs.job(job_id)
     assert (row["status"], row["lease_owner"], row["lease_until"], row["attempts"]) == ("queued", None, None, 1)
     assert sent == [(job_id, "image")]
-    assert any(f"queued again: {job_id}" in r.getMessage() for r in caplog.records)
+    assert any(f"queued again, to run once more and be charged once: {job_id}" in r.getMessage()
+               for r in caplog.records)
     enqueue(job_id, "image")  # what the sent message does: the next worker runs it, once
     row = jobs.wait(job_id)
     jobs.join()
@@ -35,16 +36,33 @@ def test_a_job_cut_off_at_shutdown_is_queued_again_at_once_sent_and_charged_once
     assert jobs.kinds(job_id) == ["reserve", "settle"]
 
 
-def test_a_job_no_longer_ours_at_shutdown_is_left_as_it_is(make_jobs: JobsFactory,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_job_no_longer_ours_at_shutdown_is_left_as_it_is(make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     ScriptedImages().install(monkeypatch)
     jobs = make_jobs(job_lease_seconds=600, stale_queued_seconds=3600)
     account = jobs.account()
     job_id = jobs.submit(account, enqueue=False)
     assert lifecycle.claim(jobs.engine, job_id, "stopping-worker", 600, None) is not None
     assert lifecycle.cancel(jobs.engine, account.account_id, job_id)  # canceled while it ran
-    monkeypatch.setitem(execute.RUNNING, job_id, ("stopping-worker", "image"))
+    monkeypatch.setitem(execute.RUNNING, (job_id, "stopping-worker"), "image")
     sent: list[tuple[str, str]] = []
-    execute.cut_off_at_shutdown(lambda job, job_type: sent.append((job, job_type)))
+    with caplog.at_level("WARNING", logger="helyx.worker"):
+        execute.cut_off_at_shutdown(lambda job, job_type: sent.append((job, job_type)))
     assert jobs.job(job_id)["status"] == "canceled" and sent == []
     assert jobs.kinds(job_id) == ["reserve", "release"]
+    assert not any("queued again" in r.getMessage() for r in caplog.records)  # nothing was
+
+
+def test_two_attempts_of_one_job_in_one_process_are_both_known() -> None:
+    """An attempt whose lease lapsed while it stalled, and the one that reclaimed the job in the
+    same process: the first one's end forgot the second (the table was keyed by job id alone)."""
+    job = lifecycle.ClaimedJob("job_twice", "acct", "image", "nano-banana-pro", {}, 1, "hold", 200)
+    with execute._running(job, "stalled"):
+        with execute._running(job, "reclaimer"):
+            pass
+        assert ("job_twice", "stalled") in execute.RUNNING
+    with execute._running(job, "reclaimer"):
+        with execute._running(job, "stalled"):
+            pass
+        assert execute.RUNNING == {("job_twice", "reclaimer"): "image"}
+    assert execute.RUNNING == {}
