@@ -15,6 +15,8 @@ from sqlalchemy.engine import URL, make_url
 
 from common.pg_liveness import replace_dropped_on_checkout
 
+CONNECT_TIMEOUT_SECONDS = 5  # a new PostgreSQL connection, every pool (common.pg_async too)
+
 _engines: dict[str, Engine] = {}
 
 
@@ -42,6 +44,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         max_overflow=pool_size,
         pool_recycle=1800,
         pool_timeout=10,
+        # a database host that drops packets fails a connect in seconds, not at the OS's TCP
+        # timeout (minutes): a request then gets its 503, a stopping worker its fallback
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
     )
     replace_dropped_on_checkout(engine)
     return engine

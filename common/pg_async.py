@@ -32,11 +32,9 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from sqlalchemy import Engine, TextClause
 
-from common.db import is_postgres, libpq_conninfo
+from common.db import CONNECT_TIMEOUT_SECONDS, is_postgres, libpq_conninfo
 from common.pg_liveness import dropped_by_server
 from common.pg_statements import UNREACHABLE, psycopg_form
-
-CONNECT_TIMEOUT_SECONDS = 5
 
 
 class PoolTimeout(Exception):
