@@ -169,8 +169,8 @@ def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
-_SERVED = ("/api/v1/chat/completions, /models, /images/generations, /videos, /jobs, /files, /generations, "
-           "/credits, /usage and /keys")
+_SERVED = ("/api/v1/chat/completions, /models, /images/generations, /videos, /jobs, /files/{id}/content, "
+           "/generations/{id}, /credits, /usage, /keys and /webhooks/secret")
 _SHOWN_PATH_CHARS = 200
 
 

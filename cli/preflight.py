@@ -59,8 +59,9 @@ def keyed_providers(catalog: Catalog, settings: Settings) -> list[str]:
 def offline_warning(catalog: Catalog, settings: Settings) -> str | None:
     """A line for the operator when no provider has a key and nothing is simulated: every model
     would answer 404 model_offline, which a first production start gave without a word."""
-    if settings.simulation_on or keyed_providers(catalog, settings):
-        return None
+    if settings.simulation_on or keyed_providers(catalog, settings) or any(
+            catalog.provider_for(entry).kind == "simulated" for entry in catalog.models.values()):
+        return None  # (a model on the simulated provider answers without any key)
     wanted = sorted({p.api_key_env for p in catalog.providers.values() if p.kind != "simulated" and p.api_key_env})
     return (f"warning: no provider has a key ({', '.join(wanted)}): every model is offline (404 model_offline) "
             "until one is set; HELYX_SIMULATE=1 simulates the models that have none")

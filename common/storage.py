@@ -128,11 +128,12 @@ class LocalStorage(Storage):
         """A temporary file in `path`'s directory, made if missing, and made again if a delete of
         another file there pruned it meanwhile (`_prune`)."""
         for _ in range(3):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
+            try:  # (mkdir too: a prune may remove the parent it just made before it makes the child)
+                path.parent.mkdir(parents=True, exist_ok=True)
                 return tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
             except FileNotFoundError:
                 continue
+        path.parent.mkdir(parents=True, exist_ok=True)
         return tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
 
     def _prune(self, directory: Path) -> None:

@@ -3,6 +3,8 @@ model_offline, and the start said nothing of it (found by a production-shape wal
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cli import preflight
@@ -39,3 +41,14 @@ def test_no_warning_with_simulation_or_with_one_key(no_provider_keys: list[str],
     production = settings("0")
     assert preflight.offline_warning(load_catalog(production), production) is None
     assert preflight.keyed_providers(load_catalog(production), production) == ["openai (OPENAI_API_KEY)"]
+
+
+def test_no_warning_when_a_model_is_on_the_simulated_provider(no_provider_keys: list[str], tmp_path: Path) -> None:
+    """Such a model answers without any key: "every model is offline" would be wrong (found by a
+    diff review)."""
+    catalog_file = tmp_path / "catalog.toml"
+    catalog_file.write_text('[models."house-sim"]\nname = "House"\nkind = "chat"\nrate = "0.01"\nmin_plan = "free"\n'
+                            'provider = "simulated"\nupstream_model = "sim"\n')
+    production = Settings(_env_file=None, simulate="0", redis_url="redis://127.0.0.1:6379/0",  # type: ignore[call-arg]
+                          catalog=str(catalog_file))
+    assert preflight.offline_warning(load_catalog(production), production) is None

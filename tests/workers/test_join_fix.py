@@ -4,11 +4,13 @@ moment more (found by a crash drill of `helyx serve`)."""
 
 from __future__ import annotations
 
-import threading
 import time
+from typing import Any
 
 import dramatiq.common
 import dramatiq.worker
+import pytest
+from dramatiq.brokers.stub import StubBroker
 
 from workers import broker as _broker  # noqa: F401 - importing the broker set-up installs the fix
 from workers import join_fix
@@ -46,13 +48,16 @@ def test_the_join_still_ends_at_the_budget() -> None:
     assert time.monotonic() - start < 1.0
 
 
-def test_worker_stop_uses_it_once_the_broker_is_set_up() -> None:
+def test_worker_stop_joins_its_threads_with_it_once_the_broker_is_set_up(monkeypatch: pytest.MonkeyPatch) -> None:
     assert dramatiq.worker.join_all is join_fix.join_all
-    stopped = threading.Event()
+    budgets: list[float] = []
 
-    class Quick:
-        def join(self, timeout: float | None = None) -> None:
-            stopped.set()
+    def recording(joinables: Any, timeout: float) -> None:
+        budgets.append(timeout)
+        join_fix.join_all(joinables, timeout)
 
-    dramatiq.worker.join_all([Quick()], 10)
-    assert stopped.is_set()
+    monkeypatch.setattr(dramatiq.worker, "join_all", recording)  # (the name Worker.stop looks up)
+    worker = dramatiq.Worker(StubBroker(), worker_threads=2, worker_timeout=10)
+    worker.start()
+    worker.stop(timeout=1500)
+    assert budgets == [1500, 1500]  # its worker threads, then its consumers
