@@ -68,11 +68,12 @@ def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True,
     settings = context.settings()
     lost = recovery.stale_queued(engine, settings.stale_queued_seconds)
     now = clock.now().timestamp()
-    dead = RESENT.due(recovery.expired_leases(engine), now, settings.stale_queued_seconds)
+    expired = recovery.expired_leases(engine)
+    dead = RESENT.due(list(expired), now, settings.stale_queued_seconds)
     if dead:
         log.warning("reclaiming %d job(s) whose worker stopped renewing its lease", len(dead))
     for job in dead:
-        enqueue(job[0], _job_type(job[0]))
+        enqueue(job[0], expired[job])
         RESENT.sent(job, now)
     for job_id in lost:
         enqueue(job_id, _job_type(job_id))

@@ -24,15 +24,16 @@ def stale_queued(engine: Engine, older_than: float, limit: int = 500) -> list[st
     return ids
 
 
-def expired_leases(engine: Engine, limit: int = 500) -> list[tuple[str, int]]:
-    """(id, attempts) of running jobs whose worker stopped renewing the lease (crashed or killed)."""
+def expired_leases(engine: Engine, limit: int = 500) -> dict[tuple[str, int], str]:
+    """(id, attempts) -> type of the running jobs whose worker stopped renewing the lease (crashed
+    or killed)."""
     now = clock.now().timestamp()
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT id, attempts FROM jobs WHERE status = 'running' AND lease_until < :now LIMIT :n"),
+            text("SELECT id, attempts, type FROM jobs WHERE status = 'running' AND lease_until < :now LIMIT :n"),
             {"now": now, "n": limit},
         ).all()
-    return [(r[0], r[1]) for r in rows]
+    return {(r[0], r[1]): r[2] for r in rows}
 
 
 def requeue_all_unfinished(engine: Engine) -> list[str]:
