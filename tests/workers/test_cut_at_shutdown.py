@@ -66,3 +66,24 @@ def test_two_attempts_of_one_job_in_one_process_are_both_known() -> None:
             pass
         assert execute.RUNNING == {("job_twice", "reclaimer"): "image"}
     assert execute.RUNNING == {}
+
+
+def test_the_cut_attempt_finishing_after_its_job_was_given_back_neither_charges_nor_fails_it(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cut attempt's thread lives on until the process exits: if it finishes meanwhile, its
+    settlement (or failure) must find the job no longer its own; the next attempt charges once."""
+    ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=600, stale_queued_seconds=3600)
+    job_id = jobs.submit(jobs.account(), enqueue=False)
+    cut = lifecycle.claim(jobs.engine, job_id, "stopping-worker", 600, None)
+    assert cut is not None
+    monkeypatch.setitem(execute.RUNNING, (job_id, "stopping-worker"), "image")
+    execute.cut_off_at_shutdown()
+
+    assert not lifecycle.succeed(jobs.engine, cut, "stopping-worker", [], 60)
+    assert not lifecycle.fail(jobs.engine, cut, "stopping-worker", "x", "late")
+    assert jobs.kinds(job_id) == ["reserve"] and jobs.job(job_id)["status"] == "queued"
+    enqueue(job_id, "image")
+    row = jobs.wait(job_id)
+    jobs.join()
+    assert row["status"] == "succeeded" and jobs.kinds(job_id) == ["reserve", "settle"]
