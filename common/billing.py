@@ -121,7 +121,7 @@ def expire_holds(engine: Engine) -> int:
     released = 0
     for hold_id in hold_ids:
         with engine.begin() as conn:
-            released += ledger.release(conn, hold_id, now=now, expired=True).applied
+            released += ledger.expire(conn, hold_id, now=now).applied
     if released:
         log.warning("released %d expired holds", released)
     return released

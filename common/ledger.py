@@ -335,6 +335,23 @@ def extend_hold(conn: Connection, hold_id: str, until: float) -> bool:
     return conn.execute(EXTEND_HOLD, {"until": until, "hid": hold_id}).first() is not None
 
 
+# A job's transitions (common.jobs.lifecycle) lock its key and account rows before its hold; an
+# expiry of a job's hold takes them in the same order first (a chat's hold is resolved hold first,
+# as its settlement does). One order per hold: an expiry meeting the job's cancel or success waits.
+_JOB_HOLD_OWNERS = "(SELECT {column} FROM holds WHERE id = :hid AND purpose LIKE 'job:%')"
+_LOCK_JOB_HOLD_KEY = text(f"SELECT 1 FROM api_keys WHERE id = {_JOB_HOLD_OWNERS.format(column='key_id')} FOR UPDATE")
+_LOCK_JOB_HOLD_ACCOUNT = text(
+    f"SELECT 1 FROM accounts WHERE id = {_JOB_HOLD_OWNERS.format(column='account_id')} FOR UPDATE")
+
+
+def expire(conn: Connection, hold_id: str, *, now: float) -> Settlement:
+    """Release a hold that is still open past its expiry (the sweeper); not applied otherwise."""
+    if conn.dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE already serializes
+        conn.execute(_LOCK_JOB_HOLD_KEY, {"hid": hold_id})
+        conn.execute(_LOCK_JOB_HOLD_ACCOUNT, {"hid": hold_id})
+    return release(conn, hold_id, now=now, expired=True)
+
+
 def open_expired_holds(conn: Connection, now: float, limit: int = 500) -> list[str]:
     rows = conn.execute(
         text("SELECT id FROM holds WHERE status = 'open' AND expires_at < :now ORDER BY expires_at LIMIT :n"),
