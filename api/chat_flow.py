@@ -23,7 +23,7 @@ from api.chat_admission import Admission
 from api.responses import json_response
 from api.schemas.chat import ChatCompletionRequest
 from api.services import Services
-from api.sse import SSE_DONE, EventStreamResponse, sse_data
+from api.sse import SSE_DONE, EventStreamResponse, StreamEnd, sse_data
 from common import billing, chat_billing, clock, ledger
 from common.accounts import Principal
 from common.catalog import WITHHOLDABLE, ModelEntry
@@ -48,6 +48,7 @@ from common.tokens import estimate_prompt_tokens
 log = logging.getLogger("helyx.api")
 SETTLE_PATIENCE_SECONDS = 15.0  # ride out a database restart rather than leave the hold to its TTL
 MAX_KEPT_SECONDS = 6 * 3600  # a hold is never kept alive longer, whatever happens to its call
+SERVER_SHUTDOWN = "server_shutdown"  # a stream cut at the end of the shutdown grace
 SETTLE_RETRY_SECONDS = 0.1  # a client is waiting: notice the database's return at once (a refused connect is cheap)
 
 
@@ -141,13 +142,15 @@ class ChatCall:
             raise ServiceUnavailable("The database restarted and lost this request's reservation; nothing was "
                                      "charged. Please retry.") from None
 
-    async def finish_or_log(self, outcome: Outcome, stream: bool) -> None:
-        """`finish` where nobody is left to tell (the client has gone): a failure is logged. The
-        hold, if it still exists, is released at its expiry, so nothing is charged."""
+    async def finish_or_log(self, outcome: Outcome, stream: bool) -> Settlement | None:
+        """`finish` where nobody may be left to tell (the client has gone, or the server cut the
+        stream): a failure is logged, and None returned. The hold, if it still exists, is released
+        at its expiry, so nothing is charged."""
         try:
-            await self.finish(outcome, stream)
+            return await self.finish(outcome, stream)
         except Exception:
-            log.exception("chat %s: the settlement failed after the client left; nothing charged", self.id)
+            log.exception("chat %s: the settlement failed after the stream was cut; nothing charged", self.id)
+            return None
 
     async def _settle_hold(self, outcome: Outcome, stream: bool) -> Settlement:
         pg = self.services.pg
@@ -275,15 +278,18 @@ async def _stream(call: ChatCall) -> Response:
         with anyio.CancelScope(shield=True):
             await call.finish(Outcome(call.id, "failed", None, error_code=_code(exc)), stream=True)
         raise
+    end = StreamEnd()
+
     async def abandoned() -> None:
         await _aclose(stream)
-        await call.finish_or_log(_stream_outcome(call, "cancelled", first.usage, [first.content],
-                                                 "client_disconnected", first.prompt_tokens), True)
+        await _cut_off(call, end, None, first.usage, [first.content], first.prompt_tokens)
 
-    return EventStreamResponse(_events(call, first, stream), headers=call.headers, on_unstarted=abandoned)
+    return EventStreamResponse(_events(call, first, stream, end), headers=call.headers, on_unstarted=abandoned,
+                               end=end)
 
 
-async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDelta]) -> AsyncIterator[bytes]:
+async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDelta],
+                  end: StreamEnd) -> AsyncIterator[bytes]:
     """Pass chunks on as they arrive; settle exactly once however the stream ends.
 
     The last chunk carries `usage` and `helyx` (SPEC §4). With `include_usage` it is a chunk of
@@ -295,6 +301,7 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
     prompt_tokens: int | None = None  # stated by the vendor before its usage (ChatDelta.prompt_tokens)
     outcome: Outcome | None = None
     held: tuple[dict[str, Any], str] | None = None  # the finish chunk, without include_usage
+    stopped_by: BaseException | None = None
     try:
         delta: ChatDelta | None = first
         role_sent = False
@@ -350,12 +357,37 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
                 "system_fingerprint": call.fingerprint, "choices": [], **last,
             })
         yield SSE_DONE
+    except BaseException as exc:
+        stopped_by = exc
+        raise
     finally:
-        if outcome is None:  # the client went away (or we were cancelled): charge what was produced
+        if outcome is None:  # the client went away, or the server cut the stream: charge what was produced
             with anyio.CancelScope(shield=True):
                 await _aclose(stream)
-                await call.finish_or_log(_stream_outcome(call, "cancelled", usage, produced, "client_disconnected",
-                                                         prompt_tokens), True)
+                await _cut_off(call, end, stopped_by, usage, produced, prompt_tokens)
+
+
+async def _cut_off(call: ChatCall, end: StreamEnd, stopped_by: BaseException | None, usage: Usage | None,
+                   produced: list[str], prompt_tokens: int | None) -> None:
+    """Settle a stream that stopped before its end and name why: the client left, or the server
+    cut it at the end of its shutdown grace (a cancellation with the client still there; an error
+    event is left for the client as its last words): both `cancelled`, charged for what was
+    produced; or a fault of ours (`interrupted`, internal_error: a failure, which costs nothing)."""
+    if end.client_gone:
+        await call.finish_or_log(_stream_outcome(call, "cancelled", usage, produced, "client_disconnected",
+                                                 prompt_tokens), True)
+        return
+    cut = stopped_by is None or isinstance(stopped_by, (asyncio.CancelledError, GeneratorExit))
+    status, code = ("cancelled", SERVER_SHUTDOWN) if cut else ("interrupted", "internal_error")
+    settlement = await call.finish_or_log(_stream_outcome(call, status, usage, produced, code, prompt_tokens), True)
+    message = ("The server is shutting down and cut this stream off before its end; what it produced is charged. "
+               "Retry for a complete answer." if cut else
+               "The gateway failed mid-stream; nothing is charged.")
+    end.last_words = sse_data({
+        "error": {"message": message, "type": "server_error", "code": code, "param": None},
+        "helyx": {**(chat_billing.helyx_block(settlement) if settlement else {"credits_charged": None}),
+                  "generation_id": call.id},
+    })
 
 
 def _settlement_failure(call: ChatCall, exc: Exception) -> HelyxError:

@@ -1,5 +1,6 @@
 """SIGTERM lets an in-flight stream finish and settle, and the API then exits; a stream still
-running when the grace ends is cut, and still settled (for what it produced) and logged. In the
+running when the grace ends is cut, ends with an error event that says so, and is still settled
+(for what it produced) and logged. In the
 self-contained mode a running media job finishes too, before the process exits (0)."""
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
+from common.money import MICRO
 from tests.integration.helpers_processes import HELYX, Proc, Processes, base_env
 
 
 def _stream_then_sigterm(tmp_path: Path, grace: float) -> tuple[list[str], bool, int, Proc, Path]:
     """One streamed chat through `helyx serve`, SIGTERM after its first chunk: (the data lines
-    received, whether a new connection was refused meanwhile, the exit code, the process, the db)."""
+    received, whether a new connection was refused meanwhile, the exit code, the process, the db).
+    A body that does not end cleanly (a truncated chunked body) adds "<truncated>" to the lines."""
     db = tmp_path / "helyx.db"
     env = base_env(database_url=f"sqlite:///{db}", storage_dir=tmp_path / "files", simulated_chat_delay=0.3,
                    shutdown_grace_seconds=grace)
@@ -42,7 +45,7 @@ def _stream_then_sigterm(tmp_path: Path, grace: float) -> tuple[list[str], bool,
                             chunks.append(line[6:])
                             first_chunk.set()
             except httpx.HTTPError:
-                pass  # cut by the server at the grace's end
+                chunks.append("<truncated>")
 
         reader = threading.Thread(target=stream)
         reader.start()
@@ -62,7 +65,7 @@ def _stream_then_sigterm(tmp_path: Path, grace: float) -> tuple[list[str], bool,
 def _books(db: Path) -> dict[str, Any]:
     engine = create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT status, credits, completion_tokens FROM generations")).one()
+        row = conn.execute(text("SELECT status, credits, completion_tokens, error_code FROM generations")).one()
         return {"generation": tuple(row),
                 "open_holds": conn.execute(text("SELECT COUNT(*) FROM holds WHERE status = 'open'")).scalar_one(),
                 "balance": conn.execute(text("SELECT allowance + topup FROM accounts")).scalar_one(),
@@ -77,17 +80,20 @@ def test_sigterm_lets_an_in_flight_stream_finish_and_settle(tmp_path: Path) -> N
     assert final["usage"]["completion_tokens"] > 0 and final["helyx"]["credits_charged"] > 0
     assert code == 0, api.log()  # uvicorn raises the signal again when done: helyx serve takes it as Ctrl-C
     books = _books(db)
-    assert books["generation"][0] == "succeeded" and books["open_holds"] == 0
+    assert books["generation"][0] == "succeeded" and books["generation"][3] is None and books["open_holds"] == 0
     assert books["balance"] == books["entries"]
 
 
 def test_a_stream_cut_at_the_end_of_the_grace_is_settled_and_logged(tmp_path: Path) -> None:
     chunks, _, code, api, db = _stream_then_sigterm(tmp_path, grace=1)
-    assert chunks and chunks[-1] != "[DONE]"  # cut short
+    assert len(chunks) > 2 and "[DONE]" not in chunks and "<truncated>" not in chunks, chunks[-3:]  # cut short, cleanly
+    last = json.loads(chunks[-1])  # an error event, as an upstream failing mid-stream ends one
+    assert last["error"]["code"] == "server_shutdown" and "shutting down" in last["error"]["message"]
     assert code == 0, api.log()
     books = _books(db)
-    status, credits, produced = books["generation"]
-    assert (status, books["open_holds"]) == ("cancelled", 0) and credits > 0 and produced > 0
+    status, credits, produced, error_code = books["generation"]
+    assert (status, error_code, books["open_holds"]) == ("cancelled", "server_shutdown", 0)
+    assert credits > 0 and produced > 0 and last["helyx"]["credits_charged"] * MICRO == credits  # as told
     assert books["balance"] == books["entries"]
     lines = [json.loads(line) for line in api.log(100_000).splitlines() if line.startswith('{"time"')]
     logged = [line for line in lines if line.get("route") == "/api/v1/chat/completions"]
