@@ -24,7 +24,8 @@ ANCHORS = [
     ("rate limit (limits + redis)", r"/common/ratelimit\.py|/redis/|/limits/"),
     ("upstream call (adapter + httpx)", r"/common/providers/"),
     ("response JSON + SSE", r"/api/responses\.py|/api/sse\.py"),
-    ("chat flow own code", r"/api/chat_flow\.py|/common/chat_billing\.py|/common/tokens\.py|/api/schemas/"),
+    ("chat flow own code",
+     r"/api/chat_(flow|call|stream)\.py|/common/chat_billing\.py|/common/tokens\.py|/api/schemas/"),
 ]
 GENERIC = [
     ("upstream call (adapter + httpx)", r"/httpcore/|/httpx/|/h11/|/aiohttp/"),  # a stack cut short, or a

@@ -22,7 +22,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from api import chat_flow, deps
+from api import chat_call, chat_flow, deps
 from common import accounts, admit_pg, chat_billing
 from common.providers.openai_compat import OpenAICompatProvider
 from common.ratelimit import RateLimiter
@@ -81,6 +81,7 @@ def _timed_threadpool(original: Any) -> Any:
 deps._authenticate = _timed_sync("auth (key query, reset check, touch)", deps._authenticate)
 deps.run_in_threadpool = _timed_threadpool(deps.run_in_threadpool)
 chat_flow.run_in_threadpool = _timed_threadpool(chat_flow.run_in_threadpool)
+chat_call.run_in_threadpool = _timed_threadpool(chat_call.run_in_threadpool)
 chat_billing.reserve_chat = _timed_sync("reserve (ledger)", chat_billing.reserve_chat)
 chat_billing.finish_chat = _timed_sync("settle + generation insert", chat_billing.finish_chat)
 accounts.authenticate_async = _timed_async("auth (key query, reset check, touch)", accounts.authenticate_async)

@@ -27,7 +27,7 @@ the reservation too, and no charge is ever recorded or reported on a reservation
 still vanish. What a PostgreSQL crash (not a clean stop, which flushes) can lose is a
 reservation made in its last moments, while that call's upstream request (and, for a stream,
 its first chunks) is under way; the settlement then finds no hold and the call charges nothing,
-answering 503 or ending its stream with an error event (api.chat_flow). A durable hold would
+answering 503 or ending its stream with an error event (api.chat_stream). A durable hold would
 have let that settlement succeed once the database was back within its patience; we trade those
 few free calls per crash for ~0.2 ms off every chat. A job's reservation stays synchronous: the
 202 and the queued message act on it at once.

@@ -296,9 +296,9 @@ def test_a_reservation_lost_by_a_database_crash_charges_nothing_and_says_so(
 def _settlement_unreachable(monkeypatch: pytest.MonkeyPatch, commit_first: Gateway | None = None) -> None:
     """The database answers no settlement for longer than the patience; with `commit_first`, the
     first one commits before the reply is lost."""
-    from api import chat_flow
+    from api import chat_call
 
-    settle, tries = chat_flow.ChatCall._settle_hold, []
+    settle, tries = chat_call.ChatCall._settle_hold, []
 
     async def unreachable(self: Any, outcome: Any, stream: bool) -> None:
         tries.append(outcome)
@@ -306,8 +306,8 @@ def _settlement_unreachable(monkeypatch: pytest.MonkeyPatch, commit_first: Gatew
             await settle(self, outcome, stream)
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(chat_flow, "SETTLE_PATIENCE_SECONDS", 0.2)
-    monkeypatch.setattr(chat_flow.ChatCall, "_settle_hold", unreachable)
+    monkeypatch.setattr(chat_call, "SETTLE_PATIENCE_SECONDS", 0.2)
+    monkeypatch.setattr(chat_call.ChatCall, "_settle_hold", unreachable)
 
 
 @pytest.mark.parametrize("committed", [False, True], ids=["not committed", "committed, reply lost"])

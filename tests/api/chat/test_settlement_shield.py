@@ -12,7 +12,7 @@ import anyio
 import orjson
 import pytest
 
-from api.chat_flow import _events
+from api.chat_stream import _events
 from api.sse import StreamEnd
 from common.chat_billing import Outcome
 from common.providers.base import ChatDelta, Usage

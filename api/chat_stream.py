@@ -1,0 +1,171 @@
+"""A streamed chat completion (SPEC §4): chunks passed on as they arrive, the last with `usage`
+and `helyx`, then `[DONE]`; settled exactly once however the stream ends (finished, failed
+upstream, left by the client, cut by the server's shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.responses import Response
+
+from api.chat_call import ChatCall
+from api.sse import SSE_DONE, EventStreamResponse, StreamEnd, sse_data
+from common import chat_billing
+from common.chat_billing import Outcome
+from common.errors import ChargeUnconfirmed, HelyxError, ServerError, UpstreamError
+from common.providers.base import ChatDelta, Usage
+from common.providers.retry import open_stream_with_retries
+
+log = logging.getLogger("helyx.api")
+SERVER_SHUTDOWN = "server_shutdown"  # a stream cut at the end of the shutdown grace
+
+
+async def stream(call: ChatCall) -> Response:
+    settings = call.services.settings
+    first, stream = await call.upstream("stream_first_chunk", lambda: open_stream_with_retries(
+        lambda: call.provider.stream(call.request), retries=settings.upstream_retries,
+        backoff=settings.upstream_backoff_seconds), stream=True)
+    end = StreamEnd()
+
+    async def abandoned() -> None:
+        await _aclose(stream)
+        await _cut_off(call, end, None, first.usage, [first.content], first.prompt_tokens)
+
+    return EventStreamResponse(_events(call, first, stream, end), headers=call.headers, on_unstarted=abandoned,
+                               end=end)
+
+
+async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDelta],
+                  end: StreamEnd) -> AsyncIterator[bytes]:
+    """Pass chunks on as they arrive; settle exactly once however the stream ends.
+
+    The last chunk carries `usage` and `helyx` (SPEC §4). With `include_usage` it is a chunk of
+    its own with no choices, as OpenAI sends it. Without, OpenAI sends no such chunk, and code
+    written for it reads `chunk.choices[0]` on every chunk: the chunk with the finish reason is
+    then held back and sent last, with `usage` and `helyx` added to it."""
+    produced: list[str] = []
+    usage: Usage | None = None
+    prompt_tokens: int | None = None  # stated by the vendor before its usage (ChatDelta.prompt_tokens)
+    outcome: Outcome | None = None
+    held: tuple[dict[str, Any], str] | None = None  # the finish chunk, without include_usage
+    stopped_by: BaseException | None = None
+    try:
+        delta: ChatDelta | None = first
+        role_sent = False
+        error: UpstreamError | None = None
+        try:
+            while delta is not None:
+                produced.append(delta.content)
+                usage = delta.usage or usage
+                prompt_tokens = delta.prompt_tokens if delta.prompt_tokens is not None else prompt_tokens
+                if delta.content or delta.finish_reason or not role_sent:
+                    payload: dict[str, Any] = {"content": delta.content} if delta.content or role_sent else {}
+                    if not role_sent:
+                        payload = {"role": "assistant", "content": delta.content}
+                        role_sent = True
+                    if delta.finish_reason and not call.include_usage and held is None:
+                        held = (payload, delta.finish_reason)
+                    else:
+                        yield call.chunk(payload, delta.finish_reason)
+                delta = await anext(stream, None)
+        except UpstreamError as exc:
+            error = exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _aclose(stream)
+        outcome = _stream_outcome(call, "interrupted" if error else "succeeded", usage, produced,
+                                  error.code if error else None, prompt_tokens)
+        unsettled: HelyxError | None = None
+        with anyio.CancelScope(shield=True):  # a client leaving now must not skip the settlement
+            try:
+                settlement = await call.finish(outcome, stream=True)
+            except Exception as exc:  # noqa: BLE001 - the client is told below, in the stream
+                unsettled = _settlement_failure(call, exc)
+        if held is not None and (unsettled is not None or error is not None):
+            yield call.chunk(*held)  # what it holds was produced: it is sent before the error
+        if unsettled is not None:  # the 200 is long gone: the stream ends with the error instead
+            charged = ({"credits_charged": None, "generation_id": call.id} if isinstance(unsettled, ChargeUnconfirmed)
+                       else {"credits_charged": 0})
+            yield sse_data({"error": {"message": unsettled.message, "type": unsettled.type, "code": unsettled.code,
+                                      "param": None}, "helyx": charged})
+            return
+        if error is not None:
+            yield sse_data({"error": {"message": f"The upstream provider failed mid-stream: {error.message}",
+                                      "type": error.type, "code": error.code, "param": None},
+                            "helyx": chat_billing.helyx_block(settlement)})
+            return
+        last = {"usage": outcome.usage.openai_view() if outcome.usage else None,
+                "helyx": {**chat_billing.helyx_block(settlement), "generation_id": call.id}}
+        if held is not None:
+            yield call.chunk(*held, **last)
+        else:
+            yield sse_data({
+                "id": call.id, "object": "chat.completion.chunk", "created": call.created, "model": call.entry.id,
+                "system_fingerprint": call.fingerprint, "choices": [], **last,
+            })
+        yield SSE_DONE
+    except BaseException as exc:
+        stopped_by = exc
+        raise
+    finally:
+        if outcome is None:  # the client went away, or the server cut the stream: charge what was produced
+            with anyio.CancelScope(shield=True):
+                await _aclose(stream)
+                await _cut_off(call, end, stopped_by, usage, produced, prompt_tokens)
+
+
+async def _cut_off(call: ChatCall, end: StreamEnd, stopped_by: BaseException | None, usage: Usage | None,
+                   produced: list[str], prompt_tokens: int | None) -> None:
+    """Settle a stream that stopped before its end and name why: the client left, or the server
+    cut it at the end of its shutdown grace (a cancellation with the client still there; an error
+    event is left for the client as its last words): both `cancelled`, charged for what was
+    produced; or a fault of ours (`interrupted`, internal_error: a failure, which costs nothing)."""
+    if end.client_gone:
+        await call.finish_or_log(_stream_outcome(call, "cancelled", usage, produced, "client_disconnected",
+                                                 prompt_tokens), True)
+        return
+    cut = stopped_by is None or isinstance(stopped_by, (asyncio.CancelledError, GeneratorExit))
+    status, code = ("cancelled", SERVER_SHUTDOWN) if cut else ("interrupted", "internal_error")
+    settlement = await call.finish_or_log(_stream_outcome(call, status, usage, produced, code, prompt_tokens), True)
+    message = ("The server is shutting down and cut this stream off before its end; what it produced is charged. "
+               "Retry for a complete answer." if cut else
+               "The gateway failed mid-stream; nothing is charged.")
+    end.last_words = sse_data({
+        "error": {"message": message, "type": "server_error", "code": code, "param": None},
+        "helyx": {**(chat_billing.helyx_block(settlement) if settlement else {"credits_charged": None}),
+                  "generation_id": call.id},
+    })
+
+
+def _settlement_failure(call: ChatCall, exc: Exception) -> HelyxError:
+    """What a stream's client is told when its settlement failed: the error itself when it is
+    ours (a lost reservation: nothing charged; a charge the database's absence left unconfirmed),
+    else a failure of the settlement's own (it rolled back: nothing charged, the hold is released
+    at its expiry)."""
+    if isinstance(exc, HelyxError):
+        return exc
+    log.error("chat %s: settlement failed (%r); its hold is released at expiry", call.id, exc)
+    return ServerError("The gateway failed to record this call's charge; nothing was charged.")
+
+
+def _stream_outcome(call: ChatCall, status: str, usage: Usage | None, produced: list[str], code: str | None,
+                    prompt_tokens: int | None = None) -> Outcome:
+    """The vendor's usage; without it, the estimate, with the prompt's count the vendor stated, if it did."""
+    if usage is not None:
+        return Outcome(call.id, status, usage, error_code=code)
+    estimate = chat_billing.estimated_usage(call.request.messages, "".join(produced), call.provider)
+    if prompt_tokens is not None:
+        estimate = Usage(prompt_tokens, estimate.completion_tokens)
+    return Outcome(call.id, status, estimate, usage_estimated=True, error_code=code)
+
+
+async def _aclose(stream: AsyncIterator[ChatDelta]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
