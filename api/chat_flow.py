@@ -53,6 +53,7 @@ async def _counted(services: Services, admission: Admission, body: ChatCompletio
         entry = services.catalog.resolve(body.model, principal.plan, settings, kind="chat")
         entry.refuse_unsupported(body.given)
         provider = services.providers.chat(entry)  # before reserving: a provider that cannot be built holds nothing
+        provider.refuse_unsendable(messages)  # nor a conversation it refuses outright
     except BaseException:
         if reservation is not None:  # made at once, on checks these repeat: never expected to happen
             await chat_admission.release(services, reservation.hold_id)

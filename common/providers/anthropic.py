@@ -39,12 +39,12 @@ from common.providers.http import (
 )
 from common.providers.messages import (
     content_parts,
-    merge_turns,
-    message_text,
     parse_data_url,
     part_image_url,
     part_text,
+    refuse_empty_conversation,
     role_of,
+    system_and_turns,
 )
 
 PROVIDER = "anthropic"
@@ -69,6 +69,9 @@ class AnthropicProvider:
         if self._api_key:
             headers["x-api-key"] = self._api_key
         return headers
+
+    def refuse_unsendable(self, messages: list[dict[str, Any]]) -> None:
+        refuse_empty_conversation(messages, "Anthropic")
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         with upstream_errors(PROVIDER):
@@ -132,8 +135,7 @@ class AnthropicProvider:
 
 def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     """The Messages API body for an OpenAI-shaped request."""
-    system = "\n\n".join(message_text(m, "\n") for m in request.messages if role_of(m) == "system")
-    turns = merge_turns((role_of(m), _blocks(m)) for m in request.messages if role_of(m) != "system")
+    system, turns = system_and_turns(request.messages, role_of, _blocks)
     body: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens,
@@ -155,11 +157,12 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
 
 
 def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """Anthropic content blocks for one message; empty text is dropped (Anthropic rejects it)."""
+    """Anthropic content blocks for one message; empty or blank text is dropped (Anthropic
+    rejects a text block without a non-blank character)."""
     blocks: list[dict[str, Any]] = []
     for part in content_parts(message):
         text = part_text(part)
-        if text:
+        if text and text.strip():
             blocks.append({"type": "text", "text": text})
         elif (url := part_image_url(part)) is not None:
             inline = parse_data_url(url)

@@ -114,6 +114,11 @@ class ChatDelta:
 
 @runtime_checkable
 class ChatProvider(Protocol):
+    def refuse_unsendable(self, messages: list[dict[str, Any]]) -> None:
+        """A 400 (InvalidRequest, before anything is held) for a conversation this vendor refuses
+        outright that the request's validation let through; nothing for one it takes."""
+        ...
+
     async def complete(self, request: ChatRequest) -> ChatResult: ...
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:

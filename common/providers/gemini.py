@@ -42,12 +42,12 @@ from common.providers.http import (
 )
 from common.providers.messages import (
     content_parts,
-    merge_turns,
-    message_text,
     parse_data_url,
     part_image_url,
     part_text,
+    refuse_empty_conversation,
     role_of,
+    system_and_turns,
 )
 
 PROVIDER = "gemini"
@@ -72,6 +72,9 @@ class GeminiChatProvider:
             if is_bad_key(google_error(response)):
                 raise status_error(401, response.content, response.headers, PROVIDER, self._api_key)
         await raise_for_status(response, PROVIDER, self._api_key)
+
+    def refuse_unsendable(self, messages: list[dict[str, Any]]) -> None:
+        refuse_empty_conversation(messages, "Gemini")
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         with upstream_errors(PROVIDER):
@@ -123,9 +126,8 @@ class GeminiChatProvider:
 
 def build_body(request: ChatRequest) -> dict[str, Any]:
     """The generateContent body for an OpenAI-shaped request."""
-    system = "\n\n".join(message_text(m, "\n") for m in request.messages if role_of(m) == "system")
-    turns = merge_turns(("model" if role_of(m) == "assistant" else "user", _parts(m))
-                        for m in request.messages if role_of(m) != "system")
+    system, turns = system_and_turns(request.messages, lambda m: "model" if role_of(m) == "assistant" else "user",
+                                     _parts)
     config: dict[str, Any] = {"maxOutputTokens": request.max_tokens}
     if request.temperature is not None:
         config["temperature"] = request.temperature

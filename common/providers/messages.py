@@ -8,7 +8,7 @@ adapters only translate.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from common.errors import InvalidRequest
@@ -91,6 +91,34 @@ def data_url_problem(url: str) -> str | None:
     if not _BASE64.fullmatch(match.group("data")):
         return "The image data URL's data is not base64 (A-Z, a-z, 0-9, +, /, then = padding)."
     return None
+
+
+def has_content(messages: Iterable[dict[str, Any]]) -> bool:
+    """Whether any message carries text (not only blanks) or an image."""
+    return any(((text := part_text(part)) is not None and text.strip()) or part_image_url(part) is not None
+               for message in messages for part in content_parts(message))
+
+
+def refuse_empty_conversation(messages: list[dict[str, Any]], vendor: str) -> None:
+    """A 400 before anything is held for a conversation Anthropic and Gemini refuse outright
+    (OpenAI answers it): every message empty or blank, so there is no turn to send."""
+    if not has_content(messages):
+        raise InvalidRequest(f"Every message is empty: {vendor} models need text or an image in at least one "
+                             "message.", param="messages")
+
+
+def system_and_turns(messages: list[dict[str, Any]], turn_role: Callable[[dict[str, Any]], str],
+                     parts: Callable[[dict[str, Any]], list[T]]) -> tuple[str, list[tuple[str, list[T]]]]:
+    """For vendors that take the system prompt apart from the turns (Anthropic, Gemini): the
+    system text (the system messages' joined by blank lines) and the merged turns. They need at
+    least one turn: a conversation of system messages only, which OpenAI answers, sends its system
+    text as the one user turn instead."""
+    system = "\n\n".join(message_text(m, "\n") for m in messages if role_of(m) == "system")
+    turns = merge_turns((turn_role(m), parts(m)) for m in messages if role_of(m) != "system")
+    if not turns and system.strip():
+        as_user = {"role": "user", "content": system}
+        return "", merge_turns([(turn_role(as_user), parts(as_user))])
+    return system, turns
 
 
 def merge_turns(turns: Iterable[tuple[str, list[T]]]) -> list[tuple[str, list[T]]]:

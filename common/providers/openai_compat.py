@@ -61,6 +61,9 @@ class OpenAICompatProvider:
             body["stream_options"] = {"include_usage": True}
         return body
 
+    def refuse_unsendable(self, messages: list[dict[str, Any]]) -> None:
+        """The request's validation is OpenAI's own: what it lets through is sent as it is."""
+
     async def complete(self, request: ChatRequest) -> ChatResult:
         with upstream_errors(PROVIDER):
             response = await self._client.post_json(self._url, self._body(request, False), self._headers())

@@ -171,3 +171,38 @@ def test_an_upstream_error_mid_stream_ends_the_stream_with_an_error_and_charges_
         raw = http.post("/chat/completions", json={"model": model, "messages": MESSAGES, "stream": True})
     last = json.loads([line for line in raw.text.splitlines() if line.startswith("data: ")][-1][6:])
     assert last["error"]["code"] == "upstream_error" and last["helyx"]["credits_charged"] == 0, last
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": ""}],
+    [{"role": "user", "content": [{"type": "text", "text": "  "}]}, {"role": "assistant", "content": ""}],
+    [{"role": "system", "content": ""}, {"role": "user", "content": "\n"}],
+])
+def test_a_conversation_with_nothing_to_send_is_a_400_before_anything_is_held(
+    adapter: Adapter, messages: list[dict[str, object]],
+) -> None:
+    """OpenAI answers an empty conversation; Anthropic and Gemini refuse one outright (it was sent,
+    with a hold, and came back as a 502)."""
+    gateway, fake, model, _ = adapter
+    account = gateway.account()
+    before = books(gateway.engine, account.account_id)
+    with gateway.sdk(account) as client:
+        if model == ADAPTERS["openai"][0]:
+            assert client.chat.completions.create(model=model, messages=messages).choices[0].message.content
+            return
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model=model, messages=messages)
+    assert refused.value.body["param"] == "messages" and "empty" in refused.value.body["message"]
+    assert fake.request_count == 0
+    assert books(gateway.engine, account.account_id) == before  # no hold, no ledger row
+
+
+def test_a_conversation_of_system_messages_only_is_answered(adapter: Adapter) -> None:
+    """As OpenAI answers it; Anthropic and Gemini need a turn: the system text is sent as the user's."""
+    gateway, fake, model, _ = adapter
+    account = gateway.account()
+    with gateway.sdk(account) as client:
+        completion = client.chat.completions.create(
+            model=model, messages=[{"role": "system", "content": "Reply with a greeting."}])
+    assert completion.choices[0].message.content == ANSWER
+    assert "Reply with a greeting." in json.dumps(fake.last_request.json)

@@ -35,6 +35,22 @@ def test_system_messages_go_to_the_top_and_same_role_turns_are_merged() -> None:
     ]
 
 
+def test_system_messages_alone_are_sent_as_the_user_turn_and_blank_text_is_dropped() -> None:
+    body = build_body(chat_request(messages=[{"role": "system", "content": "Greet me."},
+                                             {"role": "assistant", "content": "  "}]), stream=False)
+    assert "system" not in body
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Greet me."}]}]
+
+
+def test_a_conversation_with_no_text_or_image_is_refused_before_any_call() -> None:
+    provider = AnthropicProvider(UpstreamClient(), "http://x", None)
+    provider.refuse_unsendable([{"role": "system", "content": "Greet me."}])  # sendable: nothing raised
+    with pytest.raises(InvalidRequest) as refused:
+        provider.refuse_unsendable([{"role": "system", "content": " "}, {"role": "user", "content": [
+            {"type": "text", "text": ""}]}, {"role": "assistant", "content": None}])
+    assert refused.value.param == "messages"
+
+
 def test_images_become_base64_or_url_sources() -> None:
     body = build_body(chat_request(messages=[{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from common.errors import UpstreamError
+from common.errors import InvalidRequest, UpstreamError
 from common.providers.base import ChatProvider, Usage
 from common.providers.gemini import GeminiChatProvider, build_body
 from common.providers.http import UpstreamClient
@@ -41,6 +41,20 @@ def test_system_becomes_system_instruction_and_turns_alternate_user_and_model() 
             {"fileData": {"mimeType": "image/png", "fileUri": "https://img.test/cat.png?size=2"}},
         ]},
     ]
+
+
+def test_system_messages_alone_are_sent_as_the_user_turn() -> None:
+    body = build_body(chat_request(messages=[{"role": "developer", "content": "Greet me."}]))
+    assert "systemInstruction" not in body
+    assert body["contents"] == [{"role": "user", "parts": [{"text": "Greet me."}]}]
+
+
+def test_a_conversation_with_no_text_or_image_is_refused_before_any_call() -> None:
+    provider = GeminiChatProvider(UpstreamClient(), "http://x", None)
+    provider.refuse_unsendable([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://e/x.png"}}]}])
+    with pytest.raises(InvalidRequest) as refused:
+        provider.refuse_unsendable([{"role": "user", "content": ""}])
+    assert refused.value.param == "messages"
 
 
 def test_sampling_settings_go_to_generation_config_and_zero_penalties_are_left_out() -> None:
