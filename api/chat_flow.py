@@ -93,13 +93,16 @@ async def _complete(call: ChatCall) -> Response:
         backoff=settings.upstream_backoff_seconds), stream=False)
     usage, estimated = result.usage, False
     if usage is None:
-        usage, estimated = chat_billing.estimated_usage(call.request.messages, result.content, call.provider), True
+        usage, estimated = chat_billing.estimated_usage(call.request.messages, result.content + (result.refusal or ""),
+                                                        call.provider), True
     with anyio.CancelScope(shield=True):
         settlement = await call.finish(Outcome(call.id, "succeeded", usage, usage_estimated=estimated), stream=False)
+    refused = result.refusal is not None and not result.content  # a refusal has no content, as at OpenAI
     return json_response({
         "id": call.id, "object": "chat.completion", "created": call.created, "model": call.entry.id,
         "system_fingerprint": result.system_fingerprint or call.fingerprint,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.content, "refusal": None},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": None if refused else result.content,
+                                             "refusal": result.refusal},
                      "logprobs": None, "finish_reason": result.finish_reason}],
         "usage": usage.openai_view(),
         "helyx": {**chat_billing.helyx_block(settlement), "generation_id": call.id},

@@ -60,14 +60,16 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
         error: UpstreamError | None = None
         try:
             while delta is not None:
-                produced.append(delta.content)
+                produced.append(delta.content + delta.refusal)
                 usage = delta.usage or usage
                 prompt_tokens = delta.prompt_tokens if delta.prompt_tokens is not None else prompt_tokens
-                if delta.content or delta.finish_reason or not role_sent:
-                    payload: dict[str, Any] = {"content": delta.content} if delta.content or role_sent else {}
-                    if not role_sent:
-                        payload = {"role": "assistant", "content": delta.content}
-                        role_sent = True
+                if delta.content or delta.refusal or delta.finish_reason or not role_sent:
+                    payload: dict[str, Any] = {} if role_sent else {"role": "assistant"}
+                    role_sent = True
+                    if delta.content or not delta.refusal:
+                        payload["content"] = delta.content
+                    if delta.refusal:  # OpenAI's refusal, streamed apart from the content
+                        payload["refusal"] = delta.refusal
                     if delta.finish_reason and not call.include_usage and held is None:
                         held = (payload, delta.finish_reason)
                     else:

@@ -78,10 +78,23 @@ class UserMessage(_Message):
 
 class AssistantMessage(_Message):
     role: Literal["assistant"]
-    content: Content | TextParts | None = None
+    # An earlier turn's refusal, where OpenAI's answer had one instead of content (the SDK's message
+    # passed back as it came): sent on as that turn's text.
+    refusal: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
     # An earlier turn's tool calls: refused, as `tools` is, rather than dropped on the way upstream.
     tool_calls: list[Any] | None = Field(default=None, description="not supported: must be empty")
     function_call: Any = Field(default=None, description="not supported")
+    content: Content | TextParts | None = Field(default=None, validate_default=True)  # checked after those
+
+    @field_validator("content")
+    @classmethod
+    def _content_or_refusal(cls, content: object, info: ValidationInfo) -> object:
+        """OpenAI takes an assistant turn without content only with tool calls, which are refused
+        here: one with neither would be sent on and refused upstream, after a hold."""
+        refused_calls = not {"tool_calls", "function_call"} <= info.data.keys()  # that error says it all
+        if content is None and not info.data.get("refusal") and not refused_calls:
+            raise ValueError("an assistant message needs content (or an earlier turn's refusal)")
+        return content
 
     @field_validator("tool_calls", "function_call")
     @classmethod
@@ -89,6 +102,12 @@ class AssistantMessage(_Message):
         if value:
             raise ValueError("tool and function calling are not supported by this gateway")
         return value
+
+    def as_dict(self) -> dict[str, Any]:
+        data = super().as_dict()
+        if data["content"] is None:
+            data["content"] = self.refusal
+        return data
 
 
 ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]

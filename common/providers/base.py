@@ -97,6 +97,7 @@ class ChatResult:
     finish_reason: str  # OpenAI terms: stop | length | content_filter | tool_calls
     usage: Usage | None  # None when the upstream did not report usage
     system_fingerprint: str | None = None
+    refusal: str | None = None  # OpenAI's: the model declined, saying why here (content then empty)
 
 
 @dataclass(slots=True)
@@ -107,6 +108,7 @@ class ChatDelta:
     content: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    refusal: str = ""  # a piece of OpenAI's refusal text, streamed apart from the content
     # The prompt's count where a vendor states it before the end (Anthropic's message_start,
     # Gemini's every chunk): a stream cut or failed before its usage is charged it, not an estimate.
     prompt_tokens: int | None = None

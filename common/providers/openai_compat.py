@@ -74,11 +74,13 @@ class OpenAICompatProvider:
         if not choices:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) answered without choices")
         choice = choices[0]
+        message = choice.get("message") or {}
         return ChatResult(
-            content=(choice.get("message") or {}).get("content") or "",
+            content=message.get("content") or "",
             finish_reason=choice.get("finish_reason") or "stop",
             usage=_usage(data.get("usage")),
             system_fingerprint=data.get("system_fingerprint"),
+            refusal=_text(message.get("refusal")) or None,
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
@@ -104,19 +106,24 @@ def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
     _raise_if_error(chunk, api_key)
     if not isinstance(chunk, dict):
         return None
-    content, finish_reason, usage_data = "", None, chunk.get("usage")
+    content, refusal, finish_reason, usage_data = "", "", None, chunk.get("usage")
     choices = chunk.get("choices") or []
     if choices:
         choice = choices[0]
-        content = (choice.get("delta") or {}).get("content") or ""
+        delta = choice.get("delta") or {}
+        content, refusal = delta.get("content") or "", _text(delta.get("refusal"))
         finish_reason = choice.get("finish_reason")
         # Moonshot puts the stream's usage in the finish chunk's choice; Groq used to put it in x_groq
         groq = chunk.get("x_groq")
         usage_data = usage_data or choice.get("usage") or (groq.get("usage") if isinstance(groq, dict) else None)
     usage = _usage(usage_data)
-    if not content and finish_reason is None and usage is None:
+    if not content and not refusal and finish_reason is None and usage is None:
         return None
-    return ChatDelta(content=content, finish_reason=finish_reason, usage=usage)
+    return ChatDelta(content=content, finish_reason=finish_reason, usage=usage, refusal=refusal)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _raise_if_error(data: Any, api_key: str | None) -> None:

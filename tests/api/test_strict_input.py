@@ -415,3 +415,26 @@ def test_helyxs_own_routes_refuse_an_unknown_field(app_client: TestClient, engin
                             param=param)
     assert param in error["message"]
     assert ledger_count(engine, account.account_id) == before
+
+
+@pytest.mark.parametrize("turn", [{"role": "assistant", "content": None}, {"role": "assistant"},
+                                  {"role": "assistant", "content": None, "tool_calls": []}])
+def test_an_assistant_turn_without_content_is_400_before_anything_is_held(
+    app_client: TestClient, account: TestAccount, engine: Engine, turn: dict[str, Any],
+) -> None:
+    """OpenAI takes an assistant turn without content only with tool calls, which are refused: it
+    used to be sent on as null, held for, and refused upstream (a 502)."""
+    entries = ledger_count(engine, account.account_id)
+    body = chat(messages=[*HI, turn, {"role": "user", "content": "and?"}])
+    error = assert_envelope(app_client.post(CHAT, json=body, headers=account.headers), 400, "invalid_request_error",
+                            param="messages.1.content" if "content" in turn else "messages.1")  # as written
+    assert "assistant message needs content" in error["message"], error
+    assert ledger_count(engine, account.account_id) == entries
+
+
+def test_an_earlier_turns_refusal_stands_for_its_content(app_client: TestClient, account: TestAccount) -> None:
+    """The SDK's message of a refused answer, passed back as it came: content null, refusal set."""
+    body = chat(messages=[*HI, {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+                          {"role": "user", "content": "Fine, then say hello."}])
+    response = app_client.post(CHAT, json=body, headers=account.headers)
+    assert response.status_code == 200, response.text

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
@@ -60,7 +61,8 @@ def _completion(b: Behaviour, model: str) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
         "model": model, "system_fingerprint": "fp_fake",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": b.answer},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": None if b.refusal else b.answer,
+                                             "refusal": b.refusal},
                      "logprobs": None, "finish_reason": b.finish or "stop"}],
     }
     if not b.omit_usage:
@@ -82,8 +84,8 @@ async def _stream(b: Behaviour, model: str, include_usage: bool) -> AsyncGenerat
             choice["usage"] = extra.pop("usage")
         return _event({**base, "choices": [choice], **extra})
 
-    yield chunk({"role": "assistant", "content": ""})
-    for sent, piece in enumerate(b.pieces()):
+    yield chunk({"role": "assistant", "content": None if b.refusal else ""})
+    for sent, piece in enumerate(b.pieces() if b.refusal is None else re.findall(r"\S+\s*", b.refusal)):
         if sent == b.error_after_chunks:
             yield _event({"error": {"message": b.error_message, "type": "server_error"}})
             return
@@ -91,7 +93,7 @@ async def _stream(b: Behaviour, model: str, include_usage: bool) -> AsyncGenerat
             await drop_connection()
         if b.chunk_delay:
             await asyncio.sleep(b.chunk_delay)
-        yield chunk({"content": piece})
+        yield chunk({"refusal": piece} if b.refusal else {"content": piece})
     usage = _usage(b) if include_usage and not b.omit_usage else None
     if usage and b.usage_in == "choice":
         yield chunk({}, b.finish or "stop", usage=usage)

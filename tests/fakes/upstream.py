@@ -31,6 +31,7 @@ from tests.fakes.server import serve
 @dataclass
 class Behaviour:
     answer: str = "Hello! How can I help you today?"
+    refusal: str | None = None  # OpenAI-compatible only: the model refuses, in `refusal`, with no content
     chunks: list[str] | None = None  # streamed pieces; default: the answer split into words
     finish: str | None = None  # the vendor's finish reason; None: its normal "done" value
     prompt_tokens: Any = 12  # what the vendor sends: an int, or something broken (a string, -9, 12.5)

@@ -206,3 +206,37 @@ def test_a_conversation_of_system_messages_only_is_answered(adapter: Adapter) ->
             model=model, messages=[{"role": "system", "content": "Reply with a greeting."}])
     assert completion.choices[0].message.content == ANSWER
     assert "Reply with a greeting." in json.dumps(fake.last_request.json)
+
+
+def test_an_earlier_turns_refusal_is_sent_as_that_turns_text(adapter: Adapter) -> None:
+    gateway, fake, model, _ = adapter
+    with gateway.sdk(gateway.account()) as client:
+        client.chat.completions.create(model=model, messages=[
+            {"role": "user", "content": "Help me."},
+            {"role": "assistant", "content": None, "refusal": "I can't help with that."},  # as the SDK returned it
+            {"role": "user", "content": "Then say hello."}])
+    sent = json.dumps(fake.last_request.json)
+    assert "I can't help with that." in sent and "null" not in sent.split("Help me.")[1].split("Then say")[0]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_refusal_reaches_the_client_as_a_refusal(
+    upstream_gateway: UpstreamGateway, openai_fake: FakeUpstream, stream: bool,
+) -> None:
+    """OpenAI's `refusal` (content null) was turned into an empty answer; SDK code that checks
+    `message.refusal` (or the streamed `delta.refusal`) never saw it."""
+    openai_fake.behaviour = Behaviour(refusal="I can't help with that request.", prompt_tokens=9, completion_tokens=7)
+    gateway = upstream_gateway(openai=openai_fake)
+    with gateway.sdk(gateway.account()) as client:
+        if not stream:
+            completion = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            message = completion.choices[0].message
+            assert (message.content, message.refusal) == (None, "I can't help with that request.")
+            assert completion.usage.completion_tokens == 7
+            return
+        chunks = list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True,
+                                                     stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.refusal or "" for d in deltas) == "I can't help with that request."
+    assert not "".join(d.content or "" for d in deltas)
+    assert chunks[-1].usage.completion_tokens == 7
