@@ -122,9 +122,10 @@ async def get_video_content(
 async def delete_video(video_id: str, principal: PrincipalDep, services: ServicesDep) -> Any:
     record, _ = await job_flow.read(services, principal, video_id, "video")
     _not_gone(record, video_id)
+    canceled_now = False
     if record.row["status"] in ("queued", "running"):
         try:  # refunded here, once: the cancel is conditional on the job being unfinished
-            await run_in_threadpool(cancel, services.engine, principal.account_id, video_id)
+            canceled_now = await run_in_threadpool(cancel, services.engine, principal.account_id, video_id)
         except Conflict:  # it finished meanwhile: read its files again, to delete them below
             record, _ = await job_flow.read(services, principal, video_id, "video")
 
@@ -135,4 +136,6 @@ async def delete_video(video_id: str, principal: PrincipalDep, services: Service
         mark_deleted(services.engine, principal.account_id, video_id)  # a failed or canceled one
 
     await run_in_threadpool(forget)
+    if canceled_now and record.row["webhook_url"]:  # as POST /jobs/{id}/cancel sends it (not the sweeper, later)
+        await job_flow.notify(services, video_id)
     return json_response({"id": video_id, "object": "video.deleted", "deleted": True})

@@ -203,3 +203,20 @@ def test_a_repeated_cancel_sends_the_jobs_webhook_once(make_media: Callable[...,
     assert sent == [job.json()["id"]]
     media.jobs.join()
     assert media.jobs.kinds(job.json()["id"]) == ["reserve", "release"]
+
+
+def test_deleting_an_unfinished_video_sends_its_webhook_at_once_and_once(make_media: Callable[..., Media]) -> None:
+    """As a cancel does: it was left to the sweeper, a minute later."""
+    media = make_media(simulated_job_seconds=5)
+    account = media.account("pro")
+    services = media.client.app.state.services  # type: ignore[attr-defined]
+    sent: list[str] = []
+    services.extras["notify"] = sent.append
+    video = media.client.post("/api/v1/videos", headers=account.headers,
+                              json={"model": "vo3", "prompt": "undo", "webhook_url": "https://hooks.example.com/helyx"})
+    assert video.status_code == 200, video.text
+    deleted = media.client.delete(f"/api/v1/videos/{video.json()['id']}", headers=account.headers)
+    assert deleted.status_code == 200, deleted.text
+    assert sent == [video.json()["id"]]
+    media.jobs.join()
+    assert media.jobs.kinds(video.json()["id"]) == ["reserve", "release"]
