@@ -66,6 +66,7 @@ async def create_video(request: Request, principal: PrincipalDep, services: Serv
             webhook_url=body.webhook_url,
         )
         record, remaining = await job_flow.read(services, principal, job_id)
+        _not_gone(record, job_id)  # an Idempotency-Key's replay of a video deleted since: 404, as GET says
     view = video_view(record, remaining)
     return json_response(view, headers={**_headers(record, view), **rate_headers})
 

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
 from api.schemas.base import JSONBody, NullMeansDefault, StoredText
 
 _SIZE = re.compile(r"^(\d{2,4})x(\d{2,4})$")
 VIDEO_SIZES = ("1280x720", "720x1280", "1792x1024", "1024x1792")
 VIDEO_SECONDS = ("4", "8", "12")
+
+
+def _not_blank(prompt: str) -> str:
+    if not prompt.strip():
+        raise ValueError("the prompt is blank: describe what to make")
+    return prompt
+
+
+# A blank prompt was made and charged for: a picture of nothing in particular.
+Prompt = Annotated[str, Field(min_length=1, max_length=32_000), AfterValidator(_not_blank)]
 
 
 def parse_size(size: str, *, low: int = 64, high: int = 2048) -> tuple[int, int]:
@@ -28,7 +38,7 @@ def parse_size(size: str, *, low: int = 64, high: int = 2048) -> tuple[int, int]
 
 class ImageGenerationRequest(JSONBody, NullMeansDefault, StoredText):
     model: str = Field(default="nano-banana-pro", min_length=1, max_length=200)
-    prompt: str = Field(min_length=1, max_length=32_000)
+    prompt: Prompt
     n: int = Field(default=1, ge=1, le=4)
     size: Literal["256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792",
                   "auto"] = "1024x1024"
@@ -68,7 +78,7 @@ class VideoCreateRequest(NullMeansDefault, StoredText):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(default="vo3", min_length=1, max_length=200)
-    prompt: str = Field(min_length=1, max_length=32_000)
+    prompt: Prompt
     seconds: Literal["4", "8", "12"] = "4"
     size: Literal["1280x720", "720x1280", "1792x1024", "1024x1792"] = "720x1280"  # portrait, as OpenAI's default
     webhook_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://",

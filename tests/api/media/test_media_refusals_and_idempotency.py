@@ -26,6 +26,7 @@ BAD_IMAGES = [
     ({"prompt": "x", "n": 0}, "n"),
     ({"prompt": "x", "size": "13x7"}, "size"),
     ({"size": "256x256"}, "prompt"),
+    ({"prompt": " \n\t ", "size": "256x256"}, "prompt"),
     ({"prompt": "x", "response_format": "gif"}, "response_format"),
     ({"prompt": "x", "webhook_url": "ftp://example.com/hook"}, "webhook_url"),
     ({"prompt": "x", "webhook_url": "not a url"}, "webhook_url"),
@@ -42,6 +43,7 @@ BAD_VIDEOS = [
     ({"prompt": "x", "seconds": "5"}, "seconds"),
     ({"prompt": "x", "size": "13x7"}, "size"),
     ({"model": "vo3"}, "prompt"),
+    ({"model": "vo3", "prompt": "   "}, "prompt"),
     ({"prompt": "x", "webhook_url": "http://192.168.1.1/hook"}, "webhook_url"),
 ]
 
@@ -127,6 +129,22 @@ def test_the_same_idempotency_key_and_body_is_the_same_job_charged_once(media: M
     assert error["type"] == "conflict_error" and other.headers["x-should-retry"] == "false"
     assert media.counts(account)[:2] == (1, 1)
     assert books(media.engine, account.account_id) == after
+
+
+def test_replaying_the_key_of_a_deleted_video_is_a_404_as_its_retrieve_is(media: Media) -> None:
+    """It answered the deleted video as completed, whose content was then a 404."""
+    account = media.account("pro")
+    headers = {**account.headers, "Idempotency-Key": "clip-7"}
+    body = {"model": "vo3", "prompt": "waves"}
+    video = media.client.post("/api/v1/videos", headers=headers, json=body).json()
+    poll_job(media, account, video["id"])
+    assert media.client.delete(f"/api/v1/videos/{video['id']}", headers=account.headers).status_code == 200
+    before = books(media.engine, account.account_id)
+
+    replay = media.client.post("/api/v1/videos", headers=headers, json=body)
+    assert error_of(replay, 404)["code"] == "video_not_found"
+    assert error_of(media.client.get(f"/api/v1/videos/{video['id']}", headers=account.headers), 404)
+    assert books(media.engine, account.account_id) == before and media.counts(account)[0] == 1  # no new job
 
 
 def test_twenty_concurrent_duplicates_make_one_job(media: Media, monkeypatch: pytest.MonkeyPatch) -> None:
