@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import dramatiq
 
@@ -13,8 +14,12 @@ from common.jobs import recovery
 from workers import context, execute, sweeper
 from workers.actors import deliver_webhook, enqueue
 from workers.broker import broker
+from workers.notify import send_webhook
 
 log = logging.getLogger("helyx.worker")
+# At a stop, for the webhooks of jobs that finished during the grace (their messages are queued in
+# this process only): one try each, within this long (plus one try's timeout at most).
+LEFT_WEBHOOKS_SECONDS = 5.0
 
 
 def start() -> dramatiq.Worker:
@@ -39,3 +44,27 @@ def stop(worker: dramatiq.Worker) -> None:
     worker.stop(timeout=int(grace * 1000))
     log.info("workers stopped after %.1f s", time.monotonic() - started)
     execute.cut_off_at_shutdown()
+    deliver_left_webhooks(LEFT_WEBHOOKS_SECONDS)
+
+
+def deliver_left_webhooks(seconds: float) -> int:
+    """The webhooks of jobs that finished while the workers stopped: their messages were queued
+    in this process only, and Dramatiq's in-process broker drops what its stopped workers had not
+    taken. Found from the rows instead (finished, never sent), one try each, for up to `seconds`;
+    one that fails, or is left, stays pending in its row for the sweeper after the next start.
+    Returns how many were tried."""
+    engine, deadline = context.engine(), time.monotonic() + seconds
+    tried = 0
+    for job_id in recovery.unsent_webhooks(engine, 0.0, sweeper.longest_delivery(context.settings())):
+        if time.monotonic() >= deadline:
+            break
+        tried += 1
+        try:
+            send_webhook(job_id, retry=_leave_to_the_sweeper)
+        except Exception as exc:  # noqa: BLE001 - the row keeps it pending: the sweeper's, after the next start
+            log.warning("webhook for job %s not sent at the stop (%s)", job_id, type(exc).__name__)
+    return tried
+
+
+def _leave_to_the_sweeper(**_: Any) -> None:
+    """A failed try at a stop is not scheduled again here: its row stays pending for the sweeper."""

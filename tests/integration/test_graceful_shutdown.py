@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 
 from common.money import MICRO
 from tests.integration.helpers_processes import HELYX, Proc, Processes, base_env
+from tests.integration.webhook_receiver import Receiver
 
 
 def _stream_then_sigterm(tmp_path: Path, grace: float) -> tuple[list[str], bool, int, Proc, Path]:
@@ -104,17 +105,20 @@ def test_a_stream_cut_at_the_end_of_the_grace_is_settled_and_logged(tmp_path: Pa
     assert [line["level"] for line in cut] == ["WARNING"], api.log(100_000)
 
 
-def _running_video(tmp_path: Path, procs: Processes, job_seconds: float, grace: float) -> tuple[Proc, str, Any]:
+def _running_video(tmp_path: Path, procs: Processes, job_seconds: float, grace: float,
+                   webhook_url: str | None = None) -> tuple[Proc, str, Any]:
     """`helyx serve` running one video job: (the process, the job id, an engine on its database)."""
     db = tmp_path / "helyx.db"
     env = base_env(database_url=f"sqlite:///{db}", storage_dir=tmp_path / "files",
-                   simulated_job_seconds=job_seconds, shutdown_grace_seconds=grace)
+                   simulated_job_seconds=job_seconds, shutdown_grace_seconds=grace,
+                   webhook_allow_private=1 if webhook_url else None)
     created = subprocess.run([HELYX, "account", "create", "job@example.com", "--plan", "plus"], env=env,
                              cwd=tmp_path, check=True, capture_output=True, timeout=60)
     key = json.loads(created.stdout)["api_key"]
     engine = create_engine(f"sqlite:///{db}")
     api = procs.serve(env)
-    submitted = httpx.post(api.api + "/videos", json={"model": "vo3", "prompt": "waves"}, timeout=30,
+    body = {"model": "vo3", "prompt": "waves", **({"webhook_url": webhook_url} if webhook_url else {})}
+    submitted = httpx.post(api.api + "/videos", json=body, timeout=30,
                            headers={"Authorization": f"Bearer {key}"})
     assert submitted.status_code == 200, submitted.text
     job_id = submitted.json()["id"]
@@ -158,4 +162,22 @@ def test_sigterm_lets_a_running_job_finish_before_serve_exits(tmp_path: Path) ->
             assert (row.status, row.attempts, row.charged) == ("succeeded", 1, row.price), (row, api.log())
             assert conn.execute(text("SELECT COUNT(*) FROM holds WHERE status = 'open'")).scalar_one() == 0
         assert "workers stopped after" in api.log(100_000) and "cut off" not in api.log(100_000)
+    engine.dispose()
+
+
+def test_the_webhook_of_a_job_that_finishes_during_the_grace_is_sent_before_serve_exits(
+        receiver: tuple[Receiver, str], tmp_path: Path) -> None:
+    """Its message was queued in the stopping process only, and waited for the next start (and
+    the sweeper, a minute after it): never, if the server was not started again."""
+    recorder, receiver_url = receiver
+    with Processes(tmp_path / "procs") as procs:
+        api, job_id, engine = _running_video(tmp_path, procs, job_seconds=2, grace=20,
+                                             webhook_url=receiver_url + "/done")
+        api.signal_group(signal.SIGTERM)
+        assert api.popen.wait(30) == 0, api.log()
+        deliveries = recorder.to("/done")  # no waiting: it came before the exit
+        assert [json.loads(d.body)["type"] for d in deliveries] == ["job.succeeded"], api.log(100_000)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT webhook_status FROM jobs WHERE id = :j"),
+                                {"j": job_id}).scalar_one() == "delivered"
     engine.dispose()

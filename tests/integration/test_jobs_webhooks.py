@@ -8,10 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,60 +16,14 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from common.db import make_engine
 from common.migrate import upgrade
 from common.webhook_signing import WebhookVerificationError, verify
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.conftest import TestAccount, create_test_account, make_settings
-from tests.fakes.server import serve
 from tests.integration.helpers_processes import Processes, base_env, free_port
-
-
-@dataclass
-class Delivery:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    """Records every POST; answers `fail_first` of them per path with a 500."""
-
-    fail_first: dict[str, int] = field(default_factory=dict)
-    deliveries: list[Delivery] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def hook(self, request: Request) -> Response:
-        body = await request.body()
-        with self.lock:
-            self.deliveries.append(Delivery(request.url.path, dict(request.headers), body))
-            seen = sum(d.path == request.url.path for d in self.deliveries)
-        return Response(status_code=500 if seen <= self.fail_first.get(request.url.path, 0) else 204)
-
-    def to(self, path: str) -> list[Delivery]:
-        with self.lock:
-            return [d for d in self.deliveries if d.path == path]
-
-    def wait(self, path: str, count: int, timeout: float = 20.0) -> list[Delivery]:
-        deadline = time.monotonic() + timeout
-        while len(self.to(path)) < count:
-            assert time.monotonic() < deadline, f"{len(self.to(path))} of {count} deliveries to {path}"
-            time.sleep(0.02)
-        return self.to(path)
-
-
-@pytest.fixture
-def receiver() -> Iterator[tuple[Receiver, str]]:
-    recorder = Receiver()
-    app = Starlette(routes=[Route("/{name}", recorder.hook, methods=["POST"])])
-    with serve(app) as url:
-        yield recorder, url
+from tests.integration.webhook_receiver import Receiver
 
 
 def independent_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
