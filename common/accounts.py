@@ -59,20 +59,29 @@ class NewKey:
 MAX_ACTIVE_KEYS = 100  # per account, active or made in the last day: rate limits count per key, so this bounds
 # what minting keys buys
 MAX_KEY_NAME_CHARS = 100
+MAX_EMAIL_CHARS = 254  # RFC 5321's limit on a path, less its angle brackets
 KEY_CHURN_SECONDS = 86_400  # a revoked key still counts towards MAX_ACTIVE_KEYS for this long
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EMAIL = re.compile(r"[^\s@\x00-\x1f\x7f]+@[^\s@\x00-\x1f\x7f]+")
+_EMAIL_LOCK_SPACE = 1213  # the first key of the two-key advisory locks that serialize one mailbox's creation
 
 
 def create_account(conn: Connection, email: str, plan: str, *, day: str, now: float) -> tuple[str, NewKey]:
     """A new account with today's full allowance and a first key."""
     email = email.strip()
-    if not _EMAIL.fullmatch(email) or len(email) > 320:  # no spaces or control characters: logs and exports carry it
-        raise InvalidRequest(f"{email!r} is not an email address.", param="email")
+    # No spaces or control characters (logs and exports carry it); SMTP's limits on its length.
+    if not _EMAIL.fullmatch(email) or len(email) > MAX_EMAIL_CHARS or len(email.rpartition("@")[0]) > 64:
+        raise InvalidRequest(f"{email[:80]!r} is not an email address (at most 64 characters before the @ and "
+                             f"{MAX_EMAIL_CHARS} in all).", param="email")
     if not is_plan(plan):
         raise InvalidRequest(f"Unknown plan {plan!r}: use free, plus, pro or ultra.", param="plan")
     # Dave@Example.com and dave@example.com are one mailbox in practice: one account (a rare write,
-    # so the scan without an index on lower(email) costs nothing that matters)
+    # so the scan without an index on lower(email) costs nothing that matters). Two creations of one
+    # mailbox at once take turns on PostgreSQL (SQLite's BEGIN IMMEDIATE serializes already): both
+    # checked before either inserted, and made two accounts, or failed on the unique index as a 500.
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(lower(:e)))"),
+                     {"space": _EMAIL_LOCK_SPACE, "e": email})
     if conn.execute(text("SELECT 1 FROM accounts WHERE lower(email) = lower(:e)"), {"e": email}).first():
         raise Conflict(f"An account with email {email} exists already.", code="account_exists")
     account_id = new_id("acct")

@@ -22,7 +22,7 @@ Plan = Annotated[str, Field(pattern="^(" + "|".join(PLANS) + ")$")]
 
 
 class AccountCreate(OwnBody):
-    email: str = Field(min_length=3, max_length=320)
+    email: str = Field(min_length=3, max_length=accounts.MAX_EMAIL_CHARS)
     plan: Plan = "free"
 
 
