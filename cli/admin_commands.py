@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -12,14 +13,28 @@ from sqlalchemy import Engine
 from common import accounts, billing, clock, ledger, reports
 from common.db import get_engine
 from common.errors import InvalidRequest
-from common.migrate import upgrade
+from common.migrate import current_revision, head_revision, is_current, upgrade
 from common.money import to_credits, to_micro
 from common.settings import get_settings
 
 
-def _engine() -> Engine:
+def _engine(*, create: bool = False) -> Engine:
+    """The database, its schema current. These commands never migrate an existing database: run
+    with a newer release they would start its migrations (one rewrites the ledger under a lock)
+    whenever an operator looked something up; `helyx migrate` does that, and serve and worker as
+    they start. A database without the schema gets it only for `create` (`account create`: a new
+    deployment's first account); any other command refuses it, so that a mistyped
+    HELYX_DATABASE_URL gains no tables."""
     engine = get_engine(get_settings().database_url)
-    upgrade(engine)
+    revision = current_revision(engine)
+    if revision is None and create:
+        upgrade(engine)
+    elif revision is None:
+        raise InvalidRequest("This database has no Helyx schema: is HELYX_DATABASE_URL the right one? "
+                             "(`helyx migrate`, or `helyx account create`, makes it.)")
+    elif not is_current(engine):
+        raise InvalidRequest(f"This database's schema is at revision {revision}, not this release's "
+                             f"{head_revision()}: run `helyx migrate` (serve and worker do as they start).")
     return engine
 
 
@@ -28,7 +43,7 @@ def _print(payload: Any) -> None:
 
 
 def account_create(args: argparse.Namespace) -> int:
-    engine, tz = _engine(), get_settings().timezone
+    engine, tz = _engine(create=True), get_settings().timezone
     with engine.begin() as conn:
         account_id, key = accounts.create_account(conn, args.email, args.plan, day=billing.today(tz),
                                                   now=clock.now().timestamp())
@@ -76,15 +91,20 @@ def usage(args: argparse.Namespace) -> int:
     return 0
 
 
+_PLAIN_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 MAX_CREDITS = 10**9  # as in the admin API: larger amounts overflow the BIGINT micro-credit columns
 
 
 def _micro(text: str, name: str) -> int:
-    """Credits as typed, read exactly (a Decimal): never rounded to fit, as a float would be."""
+    """Credits as typed, read exactly (a Decimal): never rounded to fit, as a float would be. Plain
+    decimal notation only: Decimal also reads `1_0000` (10,000: a typo granted) and `1e3`."""
     try:
+        if not _PLAIN_DECIMAL.fullmatch(text.strip()):
+            raise InvalidOperation
         amount = Decimal(text.strip())
     except InvalidOperation:
-        raise InvalidRequest(f"{name} must be a number of credits, not {text!r}.", param=name) from None
+        raise InvalidRequest(f"{name} must be a number of credits in plain decimal notation (such as 2500 or "
+                             f"0.25), not {text!r}.", param=name) from None
     if not amount.is_finite() or amount <= 0:
         raise InvalidRequest(f"{name} must be a positive number of credits.", param=name)
     if amount > MAX_CREDITS:

@@ -43,7 +43,12 @@ def upgrade(engine: Engine) -> None:
 
 def is_current(engine: Engine) -> bool:
     """True when the database is at the newest revision."""
-    return current_revision(engine) == ScriptDirectory.from_config(_config()).get_current_head()
+    return current_revision(engine) == head_revision()
+
+
+def head_revision() -> str | None:
+    """This release's newest schema revision."""
+    return ScriptDirectory.from_config(_config()).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -173,13 +173,18 @@ def test_help_on_every_command_exits_0(run: Any, command: list[str]) -> None:
     [
         (["account", "create", "x@example.com", "--plan", "gold"], "invalid choice: 'gold'"),
         (["account", "create", "not-an-email"], "is not an email address"),
+        (["account", "create", "a" * 65 + "@example.com"], "at most 64 characters before the @"),
+        (["account", "create", "a@" + "b" * 250 + ".com"], "254 in all"),
         (["account", "create", "ops@example.com"], "exists already"),
         (["account", "create", "Ops@Example.COM"], "exists already"),  # one mailbox, one account
         (["plan", "set", "{account}", "gold"], "invalid choice: 'gold'"),
         (["plan", "set", "acct_missing", "pro"], "No account acct_missing"),
         (["credits", "grant", "{account}", "-5"], "must be a positive"),
         (["credits", "grant", "{account}", "0"], "must be a positive"),
-        (["credits", "grant", "{account}", "lots"], "AMOUNT must be a number of credits, not 'lots'"),
+        (["credits", "grant", "{account}", "lots"], "AMOUNT must be a number of credits in plain decimal notation"),
+        (["credits", "grant", "{account}", "1_0000"], "not '1_0000'"),  # Decimal reads it: 10,000
+        (["credits", "grant", "{account}", "1e3"], "not '1e3'"),
+        (["key", "create", "{account}", "--daily-cap", "5_0"], "--daily-cap must be a number of credits"),
         (["credits", "grant", "{account}", "0.0000001"], "0.0000001 credits is finer than one micro-credit (at most 6"),
         (["credits", "grant", "{account}", "1.2345678"], "finer than one micro-credit"),  # not rounded to fit
         (["credits", "grant", "{account}", "nan"], "AMOUNT"),
@@ -396,3 +401,59 @@ def test_serve_in_the_production_shape_hands_uvicorn_the_log_level_and_a_grace_r
     assert given["app"] == "api.main:app" and given["port"] == port
     assert (given["log_level"], given["timeout_graceful_shutdown"], given["access_log"]) == (number, 1, False)
     assert "warning: Redis at redis://127.0.0.1:1/0 does not answer" in err
+
+
+# ---------------------------------------------------------------- the schema
+
+
+@pytest.fixture
+def bare_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """HELYX_DATABASE_URL on an empty SQLite file (no schema)."""
+    url = f"sqlite:///{tmp_path / 'bare.db'}"
+    monkeypatch.setenv("HELYX_DATABASE_URL", url)
+    monkeypatch.delenv("HELYX_REDIS_URL", raising=False)
+    reset_settings_cache()
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+    dispose_engines()
+    reset_settings_cache()
+
+
+def _tables(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")).scalars())
+
+
+@pytest.mark.parametrize("argv", [["usage", "acct_x"], ["key", "revoke", "key_x"], ["credits", "grant", "acct_x", "5"],
+                                  ["plan", "set", "acct_x", "pro"], ["key", "create", "acct_x"]])
+def test_a_command_on_a_database_without_the_schema_refuses_and_creates_nothing(
+        run: Any, bare_db: Engine, argv: list[str]) -> None:
+    """A mistyped HELYX_DATABASE_URL gained every Helyx table, then "No account"."""
+    code, _, err = run(*argv)
+    assert code == 2 and "has no Helyx schema: is HELYX_DATABASE_URL the right one?" in err, err
+    assert _tables(bare_db) == set()
+
+
+def test_account_create_makes_the_schema_of_a_new_database(run: Any, bare_db: Engine) -> None:
+    made = ok_json(run("account", "create", "first@example.com"))
+    assert made["api_key"].startswith("hx-") and {"accounts", "alembic_version"} <= _tables(bare_db)
+
+
+def test_no_command_migrates_an_older_schema_but_migrate(run: Any, bare_db: Engine) -> None:
+    """A newer release's `helyx usage` ran its migrations (one rewrites the ledger under a lock)."""
+    from alembic import command
+
+    from common.migrate import _config
+
+    config = _config()
+    with bare_db.connect() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0003")
+        conn.commit()
+    for argv in (["account", "create", "late@example.com"], ["usage", "acct_x"]):
+        code, _, err = run(*argv)
+        assert code == 2 and "schema is at revision 0003" in err and "run `helyx migrate`" in err, err
+    with bare_db.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
+    assert ok_json(run("migrate")) and run("account", "create", "late@example.com")[0] == 0
