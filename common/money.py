@@ -9,9 +9,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 MICRO = 1_000_000
-# The most an account holds (allowance + top-up): a billion credits. Up to it a balance has at most
-# 15 significant digits with its six decimals, which a JSON number (a double) carries exactly, and
-# repeated grants can never overflow the BIGINT columns (at about 9.2 trillion credits).
+# The most a grant takes an account to (allowance + top-up): a billion credits; a plan's allowance
+# may add up to 25,000 more. Below 2^31 credits a double's spacing is under half a micro-credit, so
+# every balance there reads back exactly from a JSON number, and repeated grants can never overflow
+# the BIGINT columns (at about 9.2 trillion credits).
 MAX_BALANCE_MICRO = 10**9 * MICRO
 
 

@@ -21,3 +21,9 @@ def test_past_it_a_json_number_would_lose_the_last_decimal() -> None:
     """Why the balance is bounded (common.ledger.grant): 16 significant digits no longer read back."""
     micro = 10 * MAX_BALANCE_MICRO + 1
     assert to_micro(Decimal(repr(json.loads(json.dumps(to_credits(micro)))))) != micro
+
+
+def test_balances_past_the_grant_ceiling_still_read_back_exactly_from_json() -> None:
+    """An upgrade may take a full account 25,000 credits past the billion a grant stops at."""
+    for micro in (1_000_025_000_999_999, 1_000_023_999_999_999, 2**31 * MICRO - 1, 1_999_999_999_999_999):
+        assert Decimal(json.dumps(to_credits(micro))) * MICRO == micro
