@@ -125,12 +125,18 @@ class Settings(BaseSettings):
         from common.db import normalize_url
 
         try:
-            backend = make_url(normalize_url(value)).get_backend_name()
+            url = make_url(normalize_url(value))
+            backend = url.get_backend_name()
         except ArgumentError:
-            backend = ""
+            url, backend = None, ""
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"{shown_url(value)!r} is not a SQLite or PostgreSQL URL (sqlite:///path/helyx.db, "
                              "postgresql://user@host:5432/db)")
+        in_memory = backend == "sqlite" and (url is None or (url.database or ":memory:") == ":memory:"
+                                             or "mode=memory" in value)
+        if in_memory:  # each connection (and each process) would see a database of its own
+            raise ValueError(f"{shown_url(value)!r} is an in-memory SQLite database, gone with the process and not "
+                             "shared by its threads; give a file (sqlite:///path/helyx.db)")
         return value
 
     @field_validator("storage_dir", mode="before")
