@@ -211,6 +211,9 @@ class Settings(BaseSettings):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         """Checked at start-up: an unknown zone otherwise failed every authenticated request."""
+        if value.lower() in ("localtime", "posixrules"):  # files in the zone directory, not zones: each host's own
+            raise ValueError(f"{value!r} is each host's own zone (the API's and the workers' could differ on the "
+                             "billing day): use an IANA name such as Asia/Karachi or UTC")
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):

@@ -168,3 +168,11 @@ def test_an_in_memory_sqlite_database_stops_the_start(monkeypatch: pytest.Monkey
     with pytest.raises(ValidationError) as refused:
         Settings(_env_file=None)  # type: ignore[call-arg]
     assert "in-memory SQLite database" in str(refused.value)
+
+
+def test_the_hosts_own_zone_is_refused_for_the_billing_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`localtime` is a file in the zone directory that follows each host's /etc/localtime."""
+    monkeypatch.setenv("HELYX_TIMEZONE", "localtime")
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert "each host's own zone" in str(refused.value)
