@@ -199,7 +199,9 @@ class GenerationView(BaseModel):
     model: str
     key_id: str
     stream: bool
-    status: str
+    # succeeded: charged its usage; failed (before its first byte) and interrupted (after it): nothing
+    # charged; cancelled (the client left, or the server's shutdown cut the stream): what was produced.
+    status: Literal["succeeded", "failed", "interrupted", "cancelled"]
     usage: GenerationUsage
     credits_charged: Credits
     latency_ms: int
