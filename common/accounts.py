@@ -120,7 +120,8 @@ def create_key(
     if expires_at is not None and (not math.isfinite(expires_at) or expires_at <= now):
         raise InvalidRequest("expires_at must be a time in the future (unix seconds).", param="expires_at")
     if expires_at is not None and expires_at >= LATEST_EXPIRY:  # milliseconds, most likely: a key for ever
-        raise InvalidRequest(f"expires_at is in unix seconds; {expires_at:.0f} is in the year 5000 or later "
+        shown = f"{expires_at:.0f}" if expires_at < 1e15 else f"{expires_at:.3g}"  # not 300 digits
+        raise InvalidRequest(f"expires_at is in unix seconds; {shown} is in the year 5000 or later "
                              "(milliseconds?).", param="expires_at")
     if daily_cap is not None and daily_cap <= 0:
         raise InvalidRequest("daily_credit_cap must be positive.", param="daily_credit_cap")

@@ -319,7 +319,18 @@ def test_bad_key_input_is_400_and_creates_nothing(app_client: TestClient, engine
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] in body
+    assert len(error["message"]) < 200, error  # 1e300 was written out in full, 300 digits
     assert key_ids(engine, account.account_id) == [account.key_id]
+
+
+@pytest.mark.parametrize(("query", "says"), [("since=nan", "finite"), ("until=inf", "finite"),
+                                             ("key_id=", "at least 1 character")])
+def test_a_usage_filter_that_means_nothing_is_a_400_that_says_why(app_client: TestClient, account: TestAccount,
+                                                                 query: str, says: str) -> None:
+    """NaN was "should be less than or equal to 100000000000"; an empty key_id a 404 "No API key "."""
+    error = app_client.get(f"/api/v1/usage?{query}", headers=account.headers).json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == query.split("=")[0]
+    assert says in error["message"], error
 
 
 def test_an_expiry_in_the_past_is_400_and_creates_nothing(app_client: TestClient, engine: Engine,
