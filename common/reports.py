@@ -120,7 +120,12 @@ def list_usage(
     }
 
 
-def key_view(row: Any) -> dict[str, Any]:
+def key_view(row: Any, today: str) -> dict[str, Any]:
+    """A key as GET /keys shows it; with a daily cap, what the cap leaves today (`today`, the
+    billing day): what a new request can still hold against it."""
+    left = None
+    if row.daily_cap is not None:
+        left = max(0, row.daily_cap - (row.cap_used if row.cap_day == today else 0))
     return {
         "id": row.id,
         "object": "api_key",
@@ -131,19 +136,30 @@ def key_view(row: Any) -> dict[str, Any]:
         "expires_at": row.expires_at,
         "revoked_at": row.revoked_at,
         "daily_credit_cap": to_credits(row.daily_cap) if row.daily_cap is not None else None,
+        "daily_credit_cap_remaining": to_credits(left) if left is not None else None,
     }
 
 
-def list_keys(engine: Engine, account_id: str) -> list[dict[str, Any]]:
+def list_keys(engine: Engine, account_id: str, *, today: str, limit: int = 100,
+              after: str | None = None) -> dict[str, Any]:
+    """Oldest first, paginated: revoked keys stay listed, and an account may make about 100 a day."""
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("limit must be between 1 and 100.", param="limit")
+    query = ("SELECT id, name, prefix, created_at, last_used_at, expires_at, revoked_at, daily_cap, cap_used, cap_day"
+             " FROM api_keys WHERE account_id = :aid")
+    params: dict[str, Any] = {"aid": account_id, "n": limit + 1}
     with reader(engine).connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT id, name, prefix, created_at, last_used_at, expires_at, revoked_at, daily_cap"
-                " FROM api_keys WHERE account_id = :aid ORDER BY created_at"
-            ),
-            {"aid": account_id},
-        ).all()
-    return [key_view(r) for r in rows]
+        if after is not None:
+            start = conn.execute(text("SELECT created_at FROM api_keys WHERE id = :k AND account_id = :aid"),
+                                 {"k": after, "aid": account_id}).first()
+            if start is None:
+                raise NotFound(f"No API key {after} to list after.", code="key_not_found", param="after")
+            query += " AND (created_at > :c OR (created_at = :c AND id > :k))"
+            params.update(c=start.created_at, k=after)
+        rows = conn.execute(text(query + " ORDER BY created_at, id LIMIT :n"), params).all()
+    data = [key_view(r, today) for r in rows[:limit]]
+    return {"object": "list", "data": data, "has_more": len(rows) > limit,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 
 
 def list_accounts(engine: Engine, tz: str, *, limit: int = 100, after: str | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from api.responses import json_response
 from api.schemas.base import OwnBody
 from api.schemas.credits import CreditAmount, micro_of
 from api.schemas.responses import CreditsView, KeyCreated, KeyList, KeyRevoked, UsagePage, doc
-from common import accounts, clock, reports
+from common import accounts, billing, clock, reports
 from common.errors import InvalidRequest
 from common.money import to_credits
 
@@ -61,10 +61,16 @@ class KeyCreate(OwnBody):
     daily_credit_cap: CreditAmount | None = None
 
 
-@router.get("/keys", summary="The account's API keys (never their secrets)", responses=doc(KeyList, 401))
-async def list_keys(principal: PrincipalDep, services: ServicesDep) -> Any:
-    keys = await run_in_threadpool(reports.list_keys, services.engine, principal.account_id)
-    return json_response({"object": "list", "data": keys})
+@router.get("/keys", summary="The account's API keys (never their secrets), oldest first",
+            responses=doc(KeyList, 401, 404))
+async def list_keys(
+    principal: PrincipalDep, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=100)] = 100,
+    after: Annotated[str | None, Query(min_length=1, max_length=100, description="last_id of the previous page")
+                     ] = None,
+) -> Any:
+    today = billing.today(services.settings.timezone)
+    return json_response(await run_in_threadpool(
+        lambda: reports.list_keys(services.engine, principal.account_id, today=today, limit=limit, after=after)))
 
 
 @router.post("/keys", status_code=201, summary="Create a key; its secret is shown only in this response",

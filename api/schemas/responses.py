@@ -93,11 +93,15 @@ class KeyView(BaseModel):
     expires_at: float | None
     revoked_at: float | None
     daily_credit_cap: Credits | None
+    daily_credit_cap_remaining: Credits | None = Field(description="what the cap leaves today (billing day)")
 
 
 class KeyList(BaseModel):
     object: Literal["list"]
     data: list[KeyView]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
 
 
 class KeyCreated(BaseModel):

@@ -219,6 +219,43 @@ def test_create_list_use_and_delete_a_key(app_client: TestClient, engine: Engine
     assert after[body["id"]]["revoked_at"] is not None
 
 
+def test_keys_page_oldest_first_and_another_accounts_key_is_no_cursor(app_client: TestClient, engine: Engine,
+                                                                       account: TestAccount) -> None:
+    """Revoked keys stay listed, and an account may make about 100 a day: the list is paginated."""
+    made = [account.key_id] + [app_client.post("/api/v1/keys", json={"name": f"k{i}"}, headers=account.headers
+                                               ).json()["id"] for i in range(4)]
+    seen, after, pages = [], "", 0
+    while True:
+        page = app_client.get(f"/api/v1/keys?limit=2{after}", headers=account.headers).json()
+        seen += [k["id"] for k in page["data"]]
+        pages += 1
+        assert page["last_id"] == page["data"][-1]["id"]
+        if not page["has_more"]:
+            break
+        after = f"&after={page['last_id']}"
+    assert (seen, pages) == (made, 3)
+    other = create_test_account(engine, "free")
+    for cursor in (other.key_id, "key_missing"):
+        error = app_client.get(f"/api/v1/keys?after={cursor}", headers=account.headers).json()["error"]
+        assert (error["code"], error["param"]) == ("key_not_found", "after")
+
+
+def test_a_key_shows_what_its_daily_cap_leaves_today(app_client: TestClient, engine: Engine,
+                                                    account: TestAccount) -> None:
+    """It was seen only in a 402."""
+    capped = app_client.post("/api/v1/keys", json={"daily_credit_cap": 10}, headers=account.headers).json()["id"]
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE api_keys SET cap_used = :u, cap_day = :d WHERE id = :k"),
+                     {"u": 2_500_000, "d": billing.today("Asia/Karachi"), "k": capped})
+    views = {k["id"]: k for k in app_client.get("/api/v1/keys", headers=account.headers).json()["data"]}
+    assert (views[capped]["daily_credit_cap"], views[capped]["daily_credit_cap_remaining"]) == (10, 7.5)
+    assert views[account.key_id]["daily_credit_cap_remaining"] is None
+    with engine.begin() as conn:  # yesterday's use leaves today's cap whole
+        conn.execute(text("UPDATE api_keys SET cap_day = '2000-01-01' WHERE id = :k"), {"k": capped})
+    views = {k["id"]: k for k in app_client.get("/api/v1/keys", headers=account.headers).json()["data"]}
+    assert views[capped]["daily_credit_cap_remaining"] == 10
+
+
 def test_a_key_needs_no_body_since_every_field_is_optional(app_client: TestClient, account: TestAccount) -> None:
     bare = app_client.post("/api/v1/keys", headers=account.headers)
     assert bare.status_code == 201, bare.text
