@@ -87,7 +87,7 @@ def plan_set(args: argparse.Namespace) -> int:
 def usage(args: argparse.Namespace) -> int:
     engine, tz = _engine(), get_settings().timezone
     _print({"credits": reports.credits_summary(engine, args.account_id, tz),
-            "ledger": reports.list_usage(engine, args.account_id, limit=args.limit)})
+            "ledger": reports.list_usage(engine, args.account_id, limit=args.limit, after=args.after)})
     return 0
 
 

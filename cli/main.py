@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage = sub.add_parser("usage", help="show an account's credits and recent ledger")
     usage.add_argument("account_id")
     usage.add_argument("--limit", type=int, default=20)
+    usage.add_argument("--after", type=int, default=None, help="the next_cursor the previous page printed")
     usage.set_defaults(func=admin_commands.usage)
     return parser
 

@@ -147,6 +147,8 @@ def test_usage(run: Any, created: dict[str, Any]) -> None:
     assert (body["credits"]["account_id"], body["credits"]["topup_balance"]) == (created["account_id"], 3)
     assert [e["kind"] for e in body["ledger"]["data"]] == ["grant"]
     assert body["ledger"]["has_more"] is True
+    rest = ok_json(run("usage", created["account_id"], "--after", str(body["ledger"]["next_cursor"])))
+    assert [e["kind"] for e in rest["ledger"]["data"]] == ["reset"] and rest["ledger"]["has_more"] is False
     full = ok_json(run("usage", created["account_id"]))
     assert [e["kind"] for e in full["ledger"]["data"]] == ["grant", "reset"]
 
