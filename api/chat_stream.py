@@ -34,7 +34,7 @@ async def stream(call: ChatCall) -> Response:
 
     async def abandoned() -> None:
         await _aclose(stream)
-        await _cut_off(call, end, None, first.usage, [first.content], first.prompt_tokens)
+        await _cut_off(call, end, None, first.usage, [first.content + first.refusal], first.prompt_tokens)
 
     return EventStreamResponse(_events(call, first, stream, end), headers=call.headers, on_unstarted=abandoned,
                                end=end)
@@ -134,7 +134,9 @@ async def _cut_off(call: ChatCall, end: StreamEnd, stopped_by: BaseException | N
     cut = stopped_by is None or isinstance(stopped_by, (asyncio.CancelledError, GeneratorExit))
     status, code = ("cancelled", SERVER_SHUTDOWN) if cut else ("interrupted", "internal_error")
     settlement = await call.finish_or_log(_stream_outcome(call, status, usage, produced, code, prompt_tokens), True)
-    message = ("The server is shutting down and cut this stream off before its end; what it produced is charged. "
+    charged = ("what it produced is charged" if settlement is not None
+               else "its charge could not be recorded, so nothing is charged")
+    message = (f"The server is shutting down and cut this stream off before its end; {charged}. "
                "Retry for a complete answer." if cut else
                "The gateway failed mid-stream; nothing is charged.")
     end.last_words = sse_data({

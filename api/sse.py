@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
@@ -68,7 +69,11 @@ class EventStreamResponse(StreamingResponse):
 
                 async def stream() -> None:
                     nonlocal finished
-                    await self.stream_response(send_tracked)
+                    try:
+                        await self.stream_response(send_tracked)
+                    except (OSError, ClientDisconnect):  # a server whose send raises when the client is gone
+                        self.end.client_gone = True
+                        raise
                     finished = True
                     group.cancel_scope.cancel()
 

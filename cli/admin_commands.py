@@ -6,12 +6,14 @@ import argparse
 import json
 import re
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from common import accounts, billing, clock, ledger, reports
-from common.db import get_engine
+from common.db import get_engine, normalize_url
 from common.errors import InvalidRequest
 from common.migrate import current_revision, head_revision, is_current, upgrade
 from common.money import to_credits, to_micro
@@ -25,6 +27,9 @@ def _engine(*, create: bool = False) -> Engine:
     they start. A database without the schema gets it only for `create` (`account create`: a new
     deployment's first account); any other command refuses it, so that a mistyped
     HELYX_DATABASE_URL gains no tables."""
+    url = make_url(normalize_url(get_settings().database_url))
+    if not create and url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+        raise InvalidRequest(f"There is no database file at {url.database}: is HELYX_DATABASE_URL the right one?")
     engine = get_engine(get_settings().database_url)
     revision = current_revision(engine)
     if revision is None and create:
@@ -91,7 +96,7 @@ def usage(args: argparse.Namespace) -> int:
     return 0
 
 
-_PLAIN_DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+_PLAIN_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")  # ASCII: \d takes any script's digits
 MAX_CREDITS = 10**9  # as in the admin API: larger amounts overflow the BIGINT micro-credit columns
 
 

@@ -116,7 +116,13 @@ def key_cap_left(conn: Connection, key_id: str, day: str) -> int | None:
                        {"kid": key_id}).first()
     if row is None or row.daily_cap is None:
         return None
-    return max(0, row.daily_cap - (row.cap_used if row.cap_day is not None and row.cap_day >= day else 0))
+    return cap_left(row.daily_cap, row.cap_used, row.cap_day, day)
+
+
+def cap_left(daily_cap: int, cap_used: int, cap_day: str | None, day: str) -> int:
+    """What a cap leaves on billing day `day`: a use counted on that day or a later one (a request
+    held just after midnight, read by one whose day was read just before) counts."""
+    return max(0, daily_cap - (cap_used if cap_day is not None and cap_day >= day else 0))
 
 
 def balance(conn: Connection, account_id: str, *, lock: bool = False) -> Balance:
@@ -335,20 +341,23 @@ def extend_hold(conn: Connection, hold_id: str, until: float) -> bool:
     return conn.execute(EXTEND_HOLD, {"until": until, "hid": hold_id}).first() is not None
 
 
-# A job's transitions (common.jobs.lifecycle) lock its key and account rows before its hold; an
-# expiry of a job's hold takes them in the same order first (a chat's hold is resolved hold first,
-# as its settlement does). One order per hold: an expiry meeting the job's cancel or success waits.
-_JOB_HOLD_OWNERS = "(SELECT {column} FROM holds WHERE id = :hid AND purpose LIKE 'job:%')"
-_LOCK_JOB_HOLD_KEY = text(f"SELECT 1 FROM api_keys WHERE id = {_JOB_HOLD_OWNERS.format(column='key_id')} FOR UPDATE")
-_LOCK_JOB_HOLD_ACCOUNT = text(
-    f"SELECT 1 FROM accounts WHERE id = {_JOB_HOLD_OWNERS.format(column='account_id')} FOR UPDATE")
-
-
 def expire(conn: Connection, hold_id: str, *, now: float) -> Settlement:
-    """Release a hold that is still open past its expiry (the sweeper); not applied otherwise."""
-    if conn.dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE already serializes
-        conn.execute(_LOCK_JOB_HOLD_KEY, {"hid": hold_id})
-        conn.execute(_LOCK_JOB_HOLD_ACCOUNT, {"hid": hold_id})
+    """Release a hold that is still open past its expiry (the sweeper); not applied otherwise.
+
+    Lock order on PostgreSQL (SQLite's BEGIN IMMEDIATE serializes already). A job's hold: its key
+    row, then its account row, then the hold, as the job's cancel and failure take them (its
+    success takes the account, then the hold, and never the key: its charge is the whole hold), so
+    an expiry meeting the job's own transition waits for it. A chat's hold: the hold first, as the
+    transactional settlement (common.ledger._resolve) takes it; the one-statement settlement
+    (common.ledger_pg.resolve) takes the account first, and PostgreSQL aborts one of the two should
+    a chat's settlement meet its hold's expiry (a call that outlived its hold's renewals)."""
+    if conn.dialect.name == "postgresql":
+        owners = conn.execute(text("SELECT purpose, key_id, account_id FROM holds WHERE id = :hid"),
+                              {"hid": hold_id}).first()
+        if owners is not None and owners.purpose.startswith("job:"):
+            if owners.key_id is not None:
+                conn.execute(text("SELECT 1 FROM api_keys WHERE id = :kid FOR UPDATE"), {"kid": owners.key_id})
+            conn.execute(text("SELECT 1 FROM accounts WHERE id = :aid FOR UPDATE"), {"aid": owners.account_id})
     return release(conn, hold_id, now=now, expired=True)
 
 

@@ -123,9 +123,7 @@ def list_usage(
 def key_view(row: Any, today: str) -> dict[str, Any]:
     """A key as GET /keys shows it; with a daily cap, what the cap leaves today (`today`, the
     billing day): what a new request can still hold against it."""
-    left = None
-    if row.daily_cap is not None:
-        left = max(0, row.daily_cap - (row.cap_used if row.cap_day == today else 0))
+    left = ledger.cap_left(row.daily_cap, row.cap_used, row.cap_day, today) if row.daily_cap is not None else None
     return {
         "id": row.id,
         "object": "api_key",

@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"{shown_url(value)!r} is not a SQLite or PostgreSQL URL (sqlite:///path/helyx.db, "
                              "postgresql://user@host:5432/db)")
-        in_memory = backend == "sqlite" and (url is None or (url.database or ":memory:") == ":memory:"
+        in_memory = backend == "sqlite" and (url is None or ":memory:" in (url.database or ":memory:")
                                              or "mode=memory" in value)
         if in_memory:  # each connection (and each process) would see a database of its own
             raise ValueError(f"{shown_url(value)!r} is an in-memory SQLite database, gone with the process and not "

@@ -50,18 +50,24 @@ def stop(worker: dramatiq.Worker) -> None:
 def deliver_left_webhooks(seconds: float) -> int:
     """The webhooks of jobs that finished while the workers stopped: their messages were queued
     in this process only, and Dramatiq's in-process broker drops what its stopped workers had not
-    taken. Found from the rows instead (finished, never sent), one try each, for up to `seconds`;
-    one that fails, or is left, stays pending in its row for the sweeper after the next start.
-    Returns how many were tried."""
-    engine, deadline = context.engine(), time.monotonic() + seconds
-    tried = 0
-    for job_id in recovery.unsent_webhooks(engine, 0.0, sweeper.longest_delivery(context.settings())):
+    taken. Found from the rows instead (finished, never sent), one try each, for up to `seconds`.
+    One left untried stays unsent, for the sweeper a minute after the next start; one whose try
+    failed is pending, for the sweeper once a whole delivery's time has passed. Returns how many
+    were tried; a database that is down now leaves them all to the sweeper."""
+    deadline, tried = time.monotonic() + seconds, 0
+    try:
+        engine = context.engine()
+        left = recovery.unsent_webhooks(engine, 0.0, sweeper.longest_delivery(context.settings()), take=False)
+    except Exception as exc:  # noqa: BLE001 - a clean stop all the same
+        log.warning("webhooks left unsent at the stop: not looked for (%s); the sweeper sends them", type(exc).__name__)
+        return 0
+    for job_id in left:
         if time.monotonic() >= deadline:
             break
         tried += 1
         try:
-            send_webhook(job_id, retry=_leave_to_the_sweeper)
-        except Exception as exc:  # noqa: BLE001 - the row keeps it pending: the sweeper's, after the next start
+            send_webhook(job_id, retry=_leave_to_the_sweeper)  # marks it pending as it tries
+        except Exception as exc:  # noqa: BLE001 - the row says what is left: the sweeper's, after the next start
             log.warning("webhook for job %s not sent at the stop (%s)", job_id, type(exc).__name__)
     return tried
 

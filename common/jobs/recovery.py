@@ -52,17 +52,19 @@ _UNSENT = ("webhook_url IS NOT NULL AND status IN ('succeeded', 'failed', 'cance
            " AND (webhook_pending_at IS NULL OR webhook_pending_at < :stale)))")
 
 
-def unsent_webhooks(engine: Engine, older_than: float, longest_delivery: float, limit: int = 200) -> list[str]:
+def unsent_webhooks(engine: Engine, older_than: float, longest_delivery: float, limit: int = 200, *,
+                    take: bool = True) -> list[str]:
     """Finished jobs whose webhook was never sent (the process died between the state change and
     the send), or whose send was taken in hand longer ago than any delivery lasts (the broker
-    refused the message, the worker died mid-delivery). Each is marked pending, with the time,
-    here: sent once more, not on every sweep. Receivers deduplicate on its stable webhook-id."""
+    refused the message, the worker died mid-delivery). With `take`, each is marked pending, with
+    the time, here: sent once more, not on every sweep. Receivers deduplicate on its stable
+    webhook-id."""
     now = clock.now().timestamp()
     bounds = {"cutoff": now - older_than, "stale": now - longest_delivery}
     with engine.begin() as conn:
         rows = conn.execute(text(f"SELECT id FROM jobs WHERE {_UNSENT} LIMIT :n"), {**bounds, "n": limit}).all()
         ids = [r[0] for r in rows]
-        for job_id in ids:
+        for job_id in ids if take else []:
             conn.execute(text(f"UPDATE jobs SET webhook_status = 'pending', webhook_pending_at = :now"
                               f" WHERE id = :id AND {_UNSENT}"), {**bounds, "id": job_id, "now": now})
     return ids

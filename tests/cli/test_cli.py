@@ -416,6 +416,8 @@ def bare_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]
     monkeypatch.delenv("HELYX_REDIS_URL", raising=False)
     reset_settings_cache()
     engine = make_engine(url)
+    with engine.connect():
+        pass  # the file made, empty
     yield engine
     engine.dispose()
     dispose_engines()
@@ -435,6 +437,20 @@ def test_a_command_on_a_database_without_the_schema_refuses_and_creates_nothing(
     code, _, err = run(*argv)
     assert code == 2 and "has no Helyx schema: is HELYX_DATABASE_URL the right one?" in err, err
     assert _tables(bare_db) == set()
+
+
+def test_a_command_on_a_sqlite_file_that_is_not_there_refuses_and_makes_no_file(
+        run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "typo" / "helyx.db"
+    monkeypatch.setenv("HELYX_DATABASE_URL", f"sqlite:///{missing}")
+    reset_settings_cache()
+    try:
+        code, _, err = run("usage", "acct_x")
+    finally:
+        dispose_engines()
+        reset_settings_cache()
+    assert code == 2 and "There is no database file at" in err, err
+    assert not missing.exists() and not missing.parent.exists()
 
 
 def test_account_create_makes_the_schema_of_a_new_database(run: Any, bare_db: Engine) -> None:

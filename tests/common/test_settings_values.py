@@ -160,7 +160,8 @@ def test_a_refused_url_is_shown_without_its_password(monkeypatch: pytest.MonkeyP
     assert "TopSecretPW" not in message and ":***@" in message, message
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&cache=shared&uri=true"])
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&cache=shared&uri=true",
+                                 "sqlite:///file::memory:?uri=true"])
 def test_an_in_memory_sqlite_database_stops_the_start(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     """`helyx account create` printed a key of a database gone with the process; `helyx serve` ran
     with a sweeper failing on every pass (each connection saw an empty database of its own)."""
