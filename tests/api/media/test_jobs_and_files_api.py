@@ -43,6 +43,8 @@ def test_prefer_respond_async_answers_202_with_the_job_which_jobs_then_shows_fin
     listed = media.client.get("/api/v1/jobs", headers=account.headers).json()
     assert listed["object"] == "list" and [j["id"] for j in listed["data"]] == [job["id"]]
     assert listed["data"][0]["status"] == "succeeded"
+    assert listed["data"][0]["helyx"] == done["helyx"]  # as GET /jobs/{id} shows it
+    assert done["helyx"]["credits_remaining"] == 800
     assert_books_balance(media.engine, account.account_id)
 
 

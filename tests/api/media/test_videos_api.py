@@ -118,6 +118,7 @@ def test_a_canceled_video_shows_as_failed_with_error_code_canceled_and_is_refund
     assert view["status"] == "failed" and view["error"]["code"] == "canceled"
     listed = media.client.get("/api/v1/videos", headers=account.headers).json()
     assert [v["status"] for v in listed["data"]] == ["failed"]
+    assert listed["data"][0]["helyx"] == view["helyx"] and "credits_remaining" in view["helyx"]  # as a retrieve
     error = error_of(media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers), 404)
     # never "not ready yet": a canceled video will never have content, so waiting for it is pointless
     assert error["code"] == "video_failed" and "was canceled" in error["message"] and "yet" not in error["message"]
