@@ -354,7 +354,7 @@ def expire(conn: Connection, hold_id: str, *, now: float) -> Settlement:
     if conn.dialect.name == "postgresql":
         owners = conn.execute(text("SELECT purpose, key_id, account_id FROM holds WHERE id = :hid"),
                               {"hid": hold_id}).first()
-        if owners is not None and owners.purpose.startswith("job:"):
+        if owners is not None and (owners.purpose or "").startswith("job:"):
             if owners.key_id is not None:
                 conn.execute(text("SELECT 1 FROM api_keys WHERE id = :kid FOR UPDATE"), {"kid": owners.key_id})
             conn.execute(text("SELECT 1 FROM accounts WHERE id = :aid FOR UPDATE"), {"aid": owners.account_id})
