@@ -11,7 +11,7 @@ import logging
 
 from sqlalchemy import Engine
 
-from common import clock, ledger, ledger_pg, pg_statements
+from common import clock, credit_refusals, ledger, ledger_pg, pg_statements
 from common.db import is_postgres, reader
 from common.errors import InsufficientCredits
 from common.money import to_credits
@@ -55,7 +55,7 @@ def reserve(
                                             purpose=purpose, now=clock.now().timestamp(), ttl=ttl)
             if hold_id is None:
                 with reader(engine).connect() as conn:
-                    raise ledger.insufficient_error(ledger.balance(conn, account_id), amount)
+                    raise credit_refusals.insufficient_error(ledger.balance(conn, account_id), amount)
             return hold_id
         with engine.begin() as conn:
             return ledger.reserve(

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from common import billing, clock, ledger, ledger_pg, pg_statements
+from common import billing, clock, credit_refusals, ledger, ledger_pg, pg_statements
 from common.accounts import Principal
 from common.catalog import ModelEntry
 from common.db import is_postgres
@@ -79,7 +79,7 @@ def reserve_chat(
         except InsufficientCredits as exc:
             refusal = exc
             account = billing.balance(engine, principal.account_id)
-            room, what, held = account.available, "The balance", ledger.held_note(account)
+            room, what, held = account.available, "The balance", credit_refusals.held_note(account)
             cap_left = billing.key_cap_left(engine, principal.key_id, tz) if capped else None
             if cap_left is not None and cap_left < room:
                 room, what, held = cap_left, "This key's daily credit cap", ""

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
-from common.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
+from common import credit_refusals
+from common.errors import Conflict, InvalidRequest, NotFound
 from common.ids import new_id
 from common.money import MAX_BALANCE_MICRO, MICRO
 from common.plans import daily_allowance_micro, is_plan
@@ -155,10 +156,10 @@ def reserve(
     if cap_day is not None and key_id is not None:
         counted_on = conn.execute(_CAP_RESERVE, {"kid": key_id, "day": cap_day, "amt": amount}).scalar()
         if counted_on is None:
-            raise cap_error(key_cap_left(conn, key_id, cap_day) or 0, amount)
+            raise credit_refusals.cap_error(key_cap_left(conn, key_id, cap_day) or 0, amount)
         cap_day = counted_on
     if conn.execute(_ACCOUNT_RESERVE, {"aid": account_id, "amt": amount}).rowcount != 1:
-        raise insufficient_error(balance(conn, account_id), amount)
+        raise credit_refusals.insufficient_error(balance(conn, account_id), amount)
     hold_id = new_id("hold")
     conn.execute(
         _INSERT_HOLD,
@@ -378,31 +379,3 @@ def _entry(
         {"aid": account_id, "kid": key_id, "kind": kind, "amount": amount, "held_delta": held_delta,
          "ref": ref, "hid": hold_id, "desc": description, "now": now},
     )
-
-
-def cap_error(left: int, wanted: int) -> InsufficientCredits:
-    from common.money import to_credits
-
-    return InsufficientCredits(
-        f"This API key's daily credit cap has {to_credits(left)} credits left today; this request needs "
-        f"{to_credits(wanted)}.", code="key_daily_cap_reached")
-
-
-def insufficient_error(current: Balance, wanted: int) -> InsufficientCredits:
-    from common.money import to_credits
-
-    return InsufficientCredits(
-        f"Insufficient credits: this request needs {to_credits(wanted)} credits but "
-        f"{to_credits(max(0, current.available))} are available{held_note(current)}.",
-    )
-
-
-def held_note(current: Balance) -> str:
-    """What requests in progress hold, when they hold anything: "0 are available" alone read as a
-    day's credits spent, while concurrent requests held them for a few seconds."""
-    from common.money import to_credits
-
-    if current.held <= 0:
-        return ""
-    return (f" ({to_credits(current.held)} more are held for requests in progress, and come back, less what"
-            " those are charged, as they finish)")

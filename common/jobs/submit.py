@@ -21,7 +21,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from common import billing, clock, ledger, ledger_pg, pg_statements
+from common import billing, clock, credit_refusals, ledger, ledger_pg, pg_statements
 from common.accounts import Principal
 from common.db import is_postgres, reader
 from common.errors import Conflict, InsufficientCredits
@@ -122,7 +122,7 @@ def _reserve_and_insert_in_one_statement(
                                     then_insert=_INSERT_JOB_FROM_HOLD, then_params=job)
     if hold_id is None:
         with reader(engine).connect() as conn:
-            refusal = ledger.insufficient_error(ledger.balance(conn, principal.account_id), price)
+            refusal = credit_refusals.insufficient_error(ledger.balance(conn, principal.account_id), price)
         raise billing.with_reset_time(refusal, tz)
 
 
