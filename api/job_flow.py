@@ -13,11 +13,18 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Caller, after_lookup
 from api.services import Services
-from common import clock
+from common import billing, clock
 from common.accounts import Principal
 from common.errors import HelyxError, InvalidRequest
 from common.jobs.submit import submit_job
-from common.jobs.views import JobRecord, Linker, load_job_and_balance, load_job_and_balance_async, poll_job_async
+from common.jobs.views import (
+    JobRecord,
+    Linker,
+    list_jobs,
+    load_job_and_balance,
+    load_job_and_balance_async,
+    poll_job_async,
+)
 from common.money import to_credits
 from common.ssrf import WebhookHostUnresolved, check_url_in_time
 
@@ -85,6 +92,16 @@ async def submit(
     if fields is not None:  # and names the job it made
         fields.update(model=entry.id, job_id=job_id, credits_reserved=to_credits(entry.rate_micro * units))
     return job_id
+
+
+async def page(services: Services, principal: Principal, **filters: Any) -> tuple[list[JobRecord], bool, int]:
+    """A page of the account's jobs (common.jobs.views.list_jobs' `filters`), whether more follow,
+    and the account's available credits, which each job's `helyx` shows, as a single job's does."""
+    def read_page() -> tuple[list[JobRecord], bool, int]:
+        records, has_more = list_jobs(services.engine, principal.account_id, **filters)
+        return records, has_more, billing.available(services.engine, principal.account_id)
+
+    return await run_in_threadpool(read_page)
 
 
 async def read(services: Services, principal: Principal, job_id: str, job_type: str | None = None

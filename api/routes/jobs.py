@@ -11,9 +11,8 @@ from api import job_flow
 from api.deps import CallerDep, PrincipalDep, ServicesDep
 from api.responses import json_response
 from api.schemas.responses import JobList, JobView, doc
-from common import billing
 from common.jobs.lifecycle import cancel
-from common.jobs.views import JobRecord, job_view, list_jobs
+from common.jobs.views import job_view
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -28,12 +27,8 @@ async def get_jobs(
     status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None,
     order: Literal["asc", "desc"] = "desc",
 ) -> Any:
-    def page() -> tuple[list[JobRecord], bool, int]:  # with the balance each job's `helyx` shows, as GET /jobs/{id}
-        records, has_more = list_jobs(services.engine, principal.account_id, job_type=type, limit=limit, after=after,
-                                      status=status, order=order)
-        return records, has_more, billing.available(services.engine, principal.account_id)
-
-    records, has_more, remaining = await run_in_threadpool(page)
+    records, has_more, remaining = await job_flow.page(services, principal, job_type=type, limit=limit, after=after,
+                                                       status=status, order=order)
     links = job_flow.linker(services, request)
     data = [job_view(r, links, remaining) for r in records]
     return json_response({"object": "list", "data": data, "has_more": has_more,

@@ -16,11 +16,11 @@ from api.request_body import json_or_form
 from api.responses import json_response, stored_file_response
 from api.schemas.media import VideoCreateRequest
 from api.schemas.responses import VideoDeleted, VideoList, VideoView, doc, file_doc
-from common import billing, clock
+from common import clock
 from common.errors import Conflict, NotFound
 from common.jobs.lifecycle import cancel
 from common.jobs.recovery import forget_files
-from common.jobs.views import JobRecord, list_jobs, mark_deleted, video_view
+from common.jobs.views import JobRecord, mark_deleted, video_view
 
 router = APIRouter(prefix="/api/v1", tags=["videos"])
 POLL_AFTER_MIN_MS, POLL_AFTER_MAX_MS = 200, 2000
@@ -78,12 +78,8 @@ async def get_videos(
                                        description="last_id of the previous page; another id is a 404")] = None,
     order: Literal["asc", "desc"] = "desc",
 ) -> Any:
-    def page() -> tuple[list[JobRecord], bool, int]:  # with the balance each video's `helyx` shows, as a retrieve's
-        records, has_more = list_jobs(services.engine, principal.account_id, job_type="video", limit=limit,
-                                      after=after, order=order, skip_gone=True)
-        return records, has_more, billing.available(services.engine, principal.account_id)
-
-    records, has_more, remaining = await run_in_threadpool(page)
+    records, has_more, remaining = await job_flow.page(services, principal, job_type="video", limit=limit,
+                                                       after=after, order=order, skip_gone=True)
     data = [video_view(r, remaining) for r in records]
     return json_response({"object": "list", "data": data, "has_more": has_more,
                           "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
