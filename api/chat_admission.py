@@ -90,7 +90,7 @@ def _at_once_plan(services: Services, token: str | None, body: ChatCompletionReq
         check_limits(messages, settings.max_messages, settings.max_message_chars)
         entry = services.catalog.usable(body.model, settings, kind="chat")
         entry.refuse_unsupported(body.given)
-        services.providers.chat(entry).refuse_unsendable(messages)  # nor one that cannot be built, or refuses it
+        services.providers.chat(entry).refuse_unsendable(messages, entry.upstream_stop(body.stop))  # nor one it refuses
     except HelyxError:
         return None
     wanted = body.requested_max_tokens if body.requested_max_tokens is not None else settings.default_max_tokens

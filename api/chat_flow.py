@@ -33,7 +33,7 @@ async def create_completion(services: Services, request: Request, body: ChatComp
     log_fields["model"] = body.model  # a refusal (403, 402) names it too; the settlement sets it again
     messages = body.message_dicts()
     call_id = "chatcmpl-" + secrets.token_hex(12)
-    prompt_estimate = estimate_prompt_tokens(messages)
+    prompt_estimate = estimate_prompt_tokens(messages, image_tokens=services.catalog.image_tokens_for(body.model))
     admission = await chat_admission.admit(services, request, body, messages, prompt_estimate=prompt_estimate,
                                            purpose=f"chat:{call_id}")
     try:
@@ -53,7 +53,7 @@ async def _counted(services: Services, admission: Admission, body: ChatCompletio
         entry = services.catalog.resolve(body.model, principal.plan, settings, kind="chat")
         entry.refuse_unsupported(body.given)
         provider = services.providers.chat(entry)  # before reserving: a provider that cannot be built holds nothing
-        provider.refuse_unsendable(messages)  # nor a conversation it refuses outright
+        provider.refuse_unsendable(messages, entry.upstream_stop(body.stop))  # nor a conversation it refuses
     except BaseException:
         if reservation is not None:  # made at once, on checks these repeat: never expected to happen
             await chat_admission.release(services, reservation.hold_id)
@@ -77,7 +77,8 @@ async def _counted(services: Services, admission: Admission, body: ChatCompletio
         services, principal, entry, provider,
         ChatRequest(model=entry.upstream_model, messages=messages, max_tokens=reservation.max_tokens,
                     user=body.user, **{name: None if name in entry.withheld else getattr(body, name)
-                                       for name in WITHHOLDABLE}),
+                                       for name in WITHHOLDABLE if name != "temperature"},
+                    temperature=entry.upstream_temperature(body.temperature)),
         reservation, call_id, int(started), started,
         SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, admission.rate_headers, log_fields,
         include_usage=body.stream_options is not None and body.stream_options.include_usage,

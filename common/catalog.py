@@ -23,16 +23,18 @@ from common.money import to_micro
 from common.plans import PLANS, plan_allows
 from common.providers.base import SAMPLING_FIELDS, ProviderConfig
 from common.settings import DAY_SECONDS, Settings
+from common.tokens import TOKENS_PER_IMAGE
 
 KINDS = ("chat", "image", "video")
 PROVIDER_KINDS = ("openai", "anthropic", "gemini", "veo", "simulated")
 UNITS = {"chat": "token", "image": "image", "video": "video"}
 # The largest hold must fit a BIGINT of micro-credits (9.2e18): a chat prompt's estimate can reach
-# ~2e8 tokens (a 4 MiB body of image links); a media job is at most 4 units.
+# ~2e8 tokens (a 4 MiB body of image links at 1,600 each; ~1e9 at MAX_IMAGE_TOKENS); a media job is
+# at most 4 units.
 MAX_RATE = {"chat": Decimal(1000), "image": Decimal(10**9), "video": Decimal(10**9)}
 MODES = ("extend", "replace")
 MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "upstream_model", "unsupported_params",
-                "fixed_params")
+                "fixed_params", "image_tokens", "temperature_range")
 # The sampling fields a chat model's upstream may refuse or fix itself (catalog: unsupported_params, fixed_params).
 WITHHOLDABLE = SAMPLING_FIELDS
 FIXABLE = ("temperature", "top_p")
@@ -68,6 +70,7 @@ PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
     kind: tuple(name for (k, _), options in ADAPTER_OPTIONS.items() if k == kind for name in options)
     for kind in PROVIDER_KINDS}
 FIXED_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}  # as a request may set them
+MAX_IMAGE_TOKENS = 10_000  # with MAX_RATE, a prompt of image links (~45 bytes each) still fits a BIGINT hold
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -89,6 +92,10 @@ class ModelEntry:
     # Chat fields the upstream refuses, and those it fixes itself (with their values): never sent.
     unsupported_params: tuple[str, ...] = ()
     fixed_params: tuple[tuple[str, float], ...] = ()
+    # The most prompt tokens one image part can cost upstream (the hold's bound for it).
+    image_tokens: int = TOKENS_PER_IMAGE
+    # The temperatures the upstream takes, when narrower than a request's 0 to 2: sent clamped into it.
+    temperature_range: tuple[float, float] | None = None
 
     withheld: frozenset[str] = field(init=False)  # both, never sent
 
@@ -114,6 +121,19 @@ class ModelEntry:
                 raise InvalidRequest(f"The model '{self.id}' does not support '{name}'; leave it out.",
                                      param=name, code="unsupported_parameter")
 
+    def upstream_temperature(self, temperature: float | None) -> float | None:
+        """The temperature to send: none when withheld, else the request's clamped into the model's range."""
+        if temperature is None or "temperature" in self.withheld:
+            return None
+        if self.temperature_range is None:
+            return temperature
+        low, high = self.temperature_range
+        return min(max(temperature, low), high)
+
+    def upstream_stop(self, stop: list[str] | None) -> list[str] | None:
+        """The stop sequences to send: none when withheld."""
+        return None if "stop" in self.withheld else stop
+
     @property
     def unit(self) -> str:
         return UNITS[self.kind]
@@ -129,6 +149,12 @@ class Catalog:
         if entry is None:
             raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
         return entry
+
+    def image_tokens_for(self, model_id: str) -> int:
+        """The model's bound for one image part of a prompt (the default for an unknown model, which
+        is refused later, in the usual order)."""
+        entry = self.models.get(model_id)
+        return TOKENS_PER_IMAGE if entry is None else entry.image_tokens
 
     def provider_for(self, entry: ModelEntry) -> ProviderConfig:
         return self.providers[entry.provider]
@@ -295,6 +321,7 @@ def _model(model_id: str, fields: dict[str, Any], providers: dict[str, ProviderC
         id=model_id, name=fields.get("name", model_id), description=fields.get("description", ""), kind=kind,
         rate=rate, rate_micro=rate_micro, min_plan=min_plan, provider=provider,
         upstream_model=fields.get("upstream_model", model_id), **_sampling_limits(model_id, fields),
+        **_prompt_and_range(model_id, fields),
     )
 
 
@@ -313,3 +340,24 @@ def _sampling_limits(model_id: str, fields: dict[str, Any]) -> dict[str, Any]:
     if (unsupported or fixed) and fields.get("kind") != "chat":
         raise CatalogError(f"model {model_id}: unsupported_params and fixed_params are for chat models only")
     return {"unsupported_params": tuple(unsupported), "fixed_params": tuple((n, float(v)) for n, v in fixed.items())}
+
+
+def _prompt_and_range(model_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A chat model's `image_tokens` and `temperature_range`, checked."""
+    chosen: dict[str, Any] = {}
+    if "image_tokens" in fields:
+        value = fields["image_tokens"]
+        if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_IMAGE_TOKENS):
+            raise CatalogError(f"model {model_id}: image_tokens must be a whole number from 1 to {MAX_IMAGE_TOKENS:,}")
+        chosen["image_tokens"] = value
+    if "temperature_range" in fields:
+        value, (low, high) = fields["temperature_range"], FIXED_RANGES["temperature"]
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+                and low <= value[0] <= value[1] <= high):
+            raise CatalogError(f"model {model_id}: temperature_range must be [lowest, highest],"
+                               f" from {low:g} to {high:g}")
+        chosen["temperature_range"] = (float(value[0]), float(value[1]))
+    if chosen and fields.get("kind") != "chat":
+        raise CatalogError(f"model {model_id}: image_tokens and temperature_range are for chat models only")
+    return chosen

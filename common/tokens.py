@@ -3,9 +3,11 @@
 `estimate_prompt_tokens` is an UPPER BOUND for text: every byte-pair-encoding token covers at
 least one UTF-8 byte, so a text never has more tokens than bytes. On top of the text it allows
 4 tokens per message (role and separators; OpenAI uses 3–4) and 3 to prime the reply, and a
-fixed 1,600 per image part: the most OpenAI (high detail, 85 + 170 × 8 tiles = 1,445) or
-Anthropic (images scaled to ~1.15 megapixels, ~1,600 tokens) charge for one image. Gemini tiles
-very large images and may count more; the caller caps the charge at the reservation.
+bound per image part, by default 1,600: the most OpenAI (high detail, 85 + 170 × 8 tiles = 1,445)
+or Anthropic's earlier models (images scaled to ~1.15 megapixels, ~1,600 tokens) charge for one
+image. A model that counts more says so in the catalog (`image_tokens`): Claude Opus 4.7 scales an
+image to 2,576 px on its long edge and counts ⌈w/28⌉ × ⌈h/28⌉, at most 4,784 (and 3 for the block).
+Gemini tiles very large images and may count more; the caller caps the charge at the reservation.
 
 `estimate_completion_tokens` is for a stream that ended without upstream usage (cut off, or an
 upstream that ignores include_usage), whose charge is for what was produced, no more (SPEC §4):
@@ -36,8 +38,9 @@ TOKENS_PER_IMAGE_USED = 765  # an estimate of what was used, not an upper bound
 TOKENS_PER_MESSAGE_USED = 3
 
 
-def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """An upper bound of the prompt tokens any of our chat upstreams will report for `messages`."""
+def estimate_prompt_tokens(messages: list[dict[str, Any]], *, image_tokens: int = TOKENS_PER_IMAGE) -> int:
+    """An upper bound of the prompt tokens the chat upstream will report for `messages`, given the
+    most one image part costs there (the catalog's `image_tokens` of the model)."""
     total = TOKENS_PER_REPLY
     for message in messages:
         total += TOKENS_PER_MESSAGE
@@ -48,7 +51,7 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
             if text is not None:
                 total += _bytes(text)
             elif part_image_url(part) is not None:
-                total += TOKENS_PER_IMAGE
+                total += image_tokens
             else:  # a part kind we do not know: its JSON bytes bound whatever the vendor counts
                 total += _bytes(json.dumps(part, ensure_ascii=False))
     return total

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from common.errors import UpstreamError
+from common.errors import InvalidRequest, UpstreamError
 from common.providers.base import (
     MAX_TOKEN_COUNT,
     ChatDelta,
@@ -70,8 +70,11 @@ class AnthropicProvider:
             headers["x-api-key"] = self._api_key
         return headers
 
-    def refuse_unsendable(self, messages: list[dict[str, Any]]) -> None:
+    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None) -> None:
         refuse_empty_conversation(messages, "Anthropic")
+        if stop and any(not sequence.strip() for sequence in stop):  # Anthropic's 400 otherwise, after a hold
+            raise InvalidRequest("Anthropic's models take no stop sequence of whitespace only (such as \"\\n\").",
+                                 param="stop")
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         with upstream_errors(PROVIDER):
@@ -141,6 +144,8 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         "max_tokens": request.max_tokens,
         "messages": [{"role": role, "content": blocks} for role, blocks in turns],
     }
+    if turns and turns[-1][0] == "assistant":  # a prefill: Anthropic refuses one ending in whitespace
+        _strip_trailing_space(turns[-1][1])
     if system:
         body["system"] = system
     if request.stop:
@@ -170,6 +175,13 @@ def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
                       else {"type": "url", "url": url})
             blocks.append({"type": "image", "source": source})
     return blocks
+
+
+def _strip_trailing_space(blocks: list[dict[str, Any]]) -> None:
+    """The last text block of a final assistant turn, right-stripped ("Here is a haiku:\\n" →
+    "...:"): the answer continues from the same words."""
+    if blocks and blocks[-1]["type"] == "text":
+        blocks[-1] = {**blocks[-1], "text": blocks[-1]["text"].rstrip()}
 
 
 def _finish(stop_reason: str | None) -> str:

@@ -116,9 +116,10 @@ class ChatDelta:
 
 @runtime_checkable
 class ChatProvider(Protocol):
-    def refuse_unsendable(self, messages: list[dict[str, Any]]) -> None:
-        """A 400 (InvalidRequest, before anything is held) for a conversation this vendor refuses
-        outright that the request's validation let through; nothing for one it takes."""
+    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None) -> None:
+        """A 400 (InvalidRequest, before anything is held) for a conversation, or stop sequences
+        (the ones that would be sent), this vendor refuses outright that the request's validation
+        let through; nothing for what it takes."""
         ...
 
     async def complete(self, request: ChatRequest) -> ChatResult: ...

@@ -73,7 +73,7 @@ class GeminiChatProvider:
                 raise status_error(401, response.content, response.headers, PROVIDER, self._api_key)
         await raise_for_status(response, PROVIDER, self._api_key)
 
-    def refuse_unsendable(self, messages: list[dict[str, Any]]) -> None:
+    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None) -> None:
         refuse_empty_conversation(messages, "Gemini")
 
     async def complete(self, request: ChatRequest) -> ChatResult:

@@ -1,4 +1,4 @@
-"""nano-banana-pro through Gemini's `generateContent` (e.g. gemini-3-pro-image-preview).
+"""nano-banana-pro through Gemini's `generateContent` (e.g. gemini-3-pro-image).
 
     POST {base_url}/models/{model}:generateContent     x-goog-api-key: KEY
     {"contents": [{"role": "user", "parts": [{"text": PROMPT}]}],

@@ -61,7 +61,7 @@ class OpenAICompatProvider:
             body["stream_options"] = {"include_usage": True}
         return body
 
-    def refuse_unsendable(self, messages: list[dict[str, Any]]) -> None:
+    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None) -> None:
         """The request's validation is OpenAI's own: what it lets through is sent as it is."""
 
     async def complete(self, request: ChatRequest) -> ChatResult:

@@ -79,7 +79,7 @@ class SimulatedChatProvider:
         for what was produced (common.chat_billing.estimated_usage)."""
         return Usage(simulated_prompt_tokens(messages), simulated_tokens(produced) if produced else 0)
 
-    def refuse_unsendable(self, messages: list[dict[str, Any]]) -> None:
+    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None) -> None:
         """Every conversation the request's validation lets through has an answer here."""
 
     async def complete(self, request: ChatRequest) -> ChatResult:

@@ -79,6 +79,17 @@ def test_a_file_extends_field_by_field_or_replaces(tmp_path: Path) -> None:
      "model kimi-k2.6: fixed_params.temperature must be from 0 to 2"),
     ('[models.gpt-4o]\nfixed_params = { top_p = -1 }\n', "model gpt-4o: fixed_params.top_p must be from 0 to 1"),
     ('[models.vo3]\nunsupported_params = ["stop"]\n', "model vo3: unsupported_params and fixed_params are for chat"),
+    # the hold's bound for an image part, and a model's narrower temperature range
+    ('[models.gpt-4o]\nimage_tokens = 0\n', "model gpt-4o: image_tokens must be a whole number from 1 to 10,000"),
+    ('[models.gpt-4o]\nimage_tokens = 10001\n', "model gpt-4o: image_tokens must be a whole number from 1 to"),
+    ('[models.gpt-4o]\nimage_tokens = "4800"\n', "model gpt-4o: image_tokens must be a whole number"),
+    ('[models.gpt-4o]\nimage_tokens = true\n', "model gpt-4o: image_tokens must be a whole number"),
+    ('[models.gpt-4o]\ntemperature_range = [1, 0.5]\n', "model gpt-4o: temperature_range must be [lowest, highest],"
+     " from 0 to 2"),
+    ('[models.gpt-4o]\ntemperature_range = [0, 3]\n', "model gpt-4o: temperature_range must be [lowest, highest]"),
+    ('[models.gpt-4o]\ntemperature_range = [0.5]\n', "model gpt-4o: temperature_range must be [lowest, highest]"),
+    ('[models.gpt-4o]\ntemperature_range = "0-1"\n', "model gpt-4o: temperature_range must be [lowest, highest]"),
+    ('[models.vo3]\nimage_tokens = 100\n', "model vo3: image_tokens and temperature_range are for chat models only"),
 ])
 def test_a_mistake_is_refused_with_a_message_naming_it(tmp_path: Path, toml: str, message: str) -> None:
     with pytest.raises(CatalogError) as refused:

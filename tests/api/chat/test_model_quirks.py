@@ -1,0 +1,138 @@
+"""What particular upstream models take, as the built-in catalog describes them (found by a review
+of the vendors' documentation against the adapters):
+
+- Claude Opus 4.7 (claude-4.7) refuses `temperature` and `top_p`: Helyx's default temperature is
+  not sent; a request that sets one is a 400 before anything is held. It counts up to 4,784
+  tokens for one image (2,576 px on the long edge, ⌈w/28⌉ × ⌈h/28⌉): the hold allows 4,800 per
+  image, so a charge from the upstream's usage is not cut down to a hold sized for 1,600.
+- Anthropic refuses a stop sequence of whitespace only (a 400 of ours, before the hold) and a final
+  assistant turn (a prefill) that ends in whitespace (sent right-stripped).
+- MiniMax takes a temperature above 0 and at most 1: one outside is sent clamped into that range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from common.catalog import load_catalog
+from common.tokens import estimate_prompt_tokens
+from tests.api.chat.helpers import Gateway, assert_books_balance, books
+from tests.api.chat.test_unsupported_params import ledger_rows
+from tests.conftest import make_settings
+from tests.fakes import Behaviour, FakeUpstream
+
+HI = [{"role": "user", "content": "hi"}]
+PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9"
+         "awAAAABJRU5ErkJggg==")
+WITH_IMAGE = [{"role": "user", "content": [{"type": "text", "text": "What is in this screenshot?"},
+                                           {"type": "image_url", "image_url": {"url": PIXEL}}]}]
+CLAUDE_RATE = 1_000_000  # micro-credits per token
+
+
+@pytest.fixture
+def claude(upstream_gateway: Callable[..., Gateway], anthropic_fake: FakeUpstream,
+           database: dict[str, str]) -> Gateway:
+    return upstream_gateway(anthropic=anthropic_fake, **database)
+
+
+def test_claude_4_7_is_sent_no_temperature(claude: Gateway, anthropic_fake: FakeUpstream) -> None:
+    with claude.sdk(claude.account("plus")) as client:
+        completion = client.chat.completions.create(model="claude-4.7", messages=HI, max_tokens=20)
+    assert completion.choices[0].message.content
+    sent = anthropic_fake.last_request.json
+    assert sent["model"] == "claude-opus-4-7"
+    assert "temperature" not in sent and "top_p" not in sent, sent
+
+
+@pytest.mark.parametrize(("field", "value"), [("temperature", 0.2), ("temperature", 0), ("top_p", 0.5)])
+def test_claude_4_7_refuses_sampling_fields_before_holding(claude: Gateway, anthropic_fake: FakeUpstream,
+                                                           field: str, value: float) -> None:
+    account = claude.account("plus")
+    before, rows = books(claude.engine, account.account_id), ledger_rows(claude.engine, account.account_id)
+    with claude.http(account) as http:
+        answer = http.post("/chat/completions", json={"model": "claude-4.7", "messages": HI, field: value})
+    assert answer.status_code == 400, answer.text
+    assert (answer.json()["error"]["param"], answer.json()["error"]["code"]) == (field, "unsupported_parameter")
+    assert anthropic_fake.request_count == 0
+    assert assert_books_balance(claude.engine, account.account_id) == before
+    assert ledger_rows(claude.engine, account.account_id) == rows
+
+
+def test_claude_4_7_image_prompt_is_charged_its_full_usage(claude: Gateway, anthropic_fake: FakeUpstream) -> None:
+    """One 2576x1456 screenshot is 92 x 52 = 4,784 tokens at Opus 4.7: the upstream's usage is
+    charged in full (it was cut to a hold of 1,600 per image, about a third)."""
+    anthropic_fake.behaviour = Behaviour(answer="A chart.", prompt_tokens=4_800, completion_tokens=6)
+    account = claude.account("plus")
+    before = books(claude.engine, account.account_id)
+    with claude.sdk(account) as client:
+        completion = client.chat.completions.create(model="claude-4.7", messages=WITH_IMAGE, max_tokens=100)
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (4_800, 6)
+    assert completion.model_extra["helyx"]["credits_charged"] == 4_806
+    after = assert_books_balance(claude.engine, account.account_id)
+    assert before.balance - after.balance == 4_806 * CLAUDE_RATE
+
+
+def test_the_image_bound_is_the_models(tmp_path_factory: pytest.TempPathFactory) -> None:
+    catalog = load_catalog(make_settings(tmp_path_factory.mktemp("catalog")))
+    assert catalog.image_tokens_for("claude-4.7") == 4_800
+    assert catalog.image_tokens_for("gpt-4o") == 1_600
+    assert catalog.image_tokens_for("no-such-model") == 1_600  # refused later, in the usual order
+    text_only = estimate_prompt_tokens(HI, image_tokens=4_800)
+    assert text_only == estimate_prompt_tokens(HI)
+    assert (estimate_prompt_tokens(WITH_IMAGE, image_tokens=4_800)
+            - estimate_prompt_tokens(WITH_IMAGE)) == 4_800 - 1_600
+
+
+@pytest.mark.parametrize("stop", [["\n\n"], "\n", ["END", " "]])
+def test_anthropic_refuses_a_blank_stop_sequence_before_holding(claude: Gateway, anthropic_fake: FakeUpstream,
+                                                                stop: object) -> None:
+    account = claude.account("plus")
+    with claude.sdk(account) as client:  # the key is known: its next request may go in at once (PostgreSQL)
+        client.chat.completions.create(model="claude-3-5-sonnet", messages=HI, max_tokens=5)
+    before, rows = books(claude.engine, account.account_id), ledger_rows(claude.engine, account.account_id)
+    anthropic_fake.reset()
+    with claude.http(account) as http:
+        answer = http.post("/chat/completions", json={"model": "claude-3-5-sonnet", "messages": HI, "stop": stop})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "stop"
+    assert anthropic_fake.request_count == 0
+    assert assert_books_balance(claude.engine, account.account_id) == before
+    assert ledger_rows(claude.engine, account.account_id) == rows
+
+
+def test_anthropic_takes_stop_sequences_with_text(claude: Gateway, anthropic_fake: FakeUpstream) -> None:
+    with claude.sdk(claude.account()) as client:
+        client.chat.completions.create(model="claude-3-5-sonnet", messages=HI, max_tokens=5, stop=["\nEND", "x "])
+    assert anthropic_fake.last_request.json["stop_sequences"] == ["\nEND", "x "]
+
+
+def test_a_prefill_ending_in_whitespace_is_sent_right_stripped(claude: Gateway, anthropic_fake: FakeUpstream) -> None:
+    messages = [{"role": "user", "content": "Write a haiku."}, {"role": "assistant", "content": "Here is a haiku:\n"}]
+    with claude.sdk(claude.account()) as client:
+        completion = client.chat.completions.create(model="claude-3-5-sonnet", messages=messages, max_tokens=20)
+    assert completion.choices[0].message.content
+    sent = anthropic_fake.last_request.json["messages"]
+    assert sent[-1] == {"role": "assistant", "content": [{"type": "text", "text": "Here is a haiku:"}]}
+    assert sent[0]["content"] == [{"type": "text", "text": "Write a haiku."}]  # other turns as they came
+
+
+@pytest.fixture
+def minimax(make_gateway: Callable[..., Gateway], openai_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory,
+            monkeypatch: pytest.MonkeyPatch) -> Gateway:
+    path = tmp_path_factory.mktemp("minimax") / "catalog.toml"
+    path.write_text(f'[providers.minimax]\nbase_url = "{openai_fake.base_url}"\n', "utf-8")
+    monkeypatch.setenv("MINIMAX_API_KEY", "sk-fake-minimax")
+    return make_gateway(catalog=path)
+
+
+@pytest.mark.parametrize(("given", "sent"), [(None, 0.7), (0, 0.01), (0.5, 0.5), (1.0, 1.0), (1.7, 1.0)])
+def test_minimax_is_sent_a_temperature_it_takes(minimax: Gateway, openai_fake: FakeUpstream,
+                                                given: float | None, sent: float) -> None:
+    extra = {} if given is None else {"temperature": given}
+    with minimax.sdk(minimax.account()) as client:
+        completion = client.chat.completions.create(model="minimax-m2.7", messages=HI, max_tokens=5, **extra)
+    assert completion.choices[0].message.content
+    assert openai_fake.last_request.json["temperature"] == sent
+    assert openai_fake.last_request.json["model"] == "MiniMax-M2.7"
