@@ -30,6 +30,7 @@ from common.retrying import DATABASE_DOWN, while_database_down_async
 log = logging.getLogger("helyx.api")
 SETTLE_PATIENCE_SECONDS = 15.0  # ride out a database restart rather than leave the hold to its TTL
 MAX_KEPT_SECONDS = 6 * 3600  # a hold is never kept alive longer, whatever happens to its call
+SERVER_SHUTDOWN = "server_shutdown"  # a call cut off at the end of the shutdown grace
 T = TypeVar("T")
 SETTLE_RETRY_SECONDS = 0.1  # a client is waiting: notice the database's return at once (a refused connect is cheap)
 
@@ -153,9 +154,12 @@ class ChatCall:
         try:
             result = await attempt()
         except BaseException as exc:
-            self.upstream_done(since, kind, exc)
+            cut = isinstance(exc, asyncio.CancelledError)  # the server's shutdown (nothing else cancels this wait)
+            self.upstream_done(since, kind, None if cut else exc)
+            outcome = (Outcome(self.id, "cancelled", None, error_code=SERVER_SHUTDOWN) if cut  # nothing produced
+                       else Outcome(self.id, "failed", None, error_code=failure_code(exc)))
             with anyio.CancelScope(shield=True):
-                await self.finish(Outcome(self.id, "failed", None, error_code=failure_code(exc)), stream=stream)
+                await self.finish(outcome, stream=stream)
             raise
         self.upstream_done(since, kind)
         return result
@@ -177,4 +181,5 @@ class ChatCall:
 
 
 def failure_code(exc: BaseException) -> str:
-    return exc.code if isinstance(exc, HelyxError) else type(exc).__name__
+    """The error code a failed call's record and metric name: ours, never a Python class name."""
+    return exc.code if isinstance(exc, HelyxError) else "internal_error"

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 from starlette.responses import Response
 
-from api.chat_call import ChatCall
+from api.chat_call import SERVER_SHUTDOWN, ChatCall
 from api.sse import SSE_DONE, EventStreamResponse, StreamEnd, sse_data
 from common import chat_billing
 from common.chat_billing import Outcome
@@ -22,7 +22,6 @@ from common.providers.base import ChatDelta, Usage
 from common.providers.retry import open_stream_with_retries
 
 log = logging.getLogger("helyx.api")
-SERVER_SHUTDOWN = "server_shutdown"  # a stream cut at the end of the shutdown grace
 
 
 async def stream(call: ChatCall) -> Response:

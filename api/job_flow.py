@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
@@ -130,14 +130,18 @@ async def read_as(caller: Caller, job_id: str, job_type: str | None = None) -> t
     return await run_in_threadpool(work)
 
 
-async def wait_for(services: Services, principal: Principal, job_id: str, timeout: float) -> tuple[JobRecord, int]:
-    """Poll the job row until it finishes or `timeout` passes (a short, growing interval)."""
+async def wait_for(services: Services, principal: Principal, job_id: str, timeout: float,
+                   seen: Callable[[JobRecord, int], None] | None = None) -> tuple[JobRecord, int]:
+    """Poll the job row until it finishes or `timeout` passes (a short, growing interval); `seen`
+    is told each reading."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + timeout
     delay = 0.0
     while True:
         record, remaining = await read(services, principal, job_id)
+        if seen is not None:
+            seen(record, remaining)
         if record.row["status"] in TERMINAL or loop.time() >= deadline:
             return record, remaining
         delay = next_poll_delay(delay, loop.time() - started)

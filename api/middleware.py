@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import secrets
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import unexpected_error_response
-from common.errors import PayloadTooLarge
+from api.errors import error_response, unexpected_error_response
+from common.errors import PayloadTooLarge, ServiceUnavailable
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -41,6 +44,10 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            if not started:  # uvicorn's cut at the end of its shutdown grace: it would answer a bare 500
+                await answer_cut_request(scope, receive, send_with_id)
+            raise
         except Exception as exc:
             # Answered here, not re-raised to Starlette's ServerErrorMiddleware: it answers too,
             # then re-raises to the server, which logs a second traceback and resets the
@@ -49,6 +56,28 @@ class RequestIdMiddleware:
             if started:
                 raise
             await unexpected_error_response(exc, scope.get("path", ""))(scope, receive, send_with_id)
+
+
+CUT_ANSWER_SECONDS = 2.0  # the most the answer to a cut request may take (the process is stopping)
+
+
+async def answer_cut_request(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer a request the server cut off, at the end of its shutdown grace, before its response
+    began (a chat still waiting for its provider, an image request waiting for its job), in the
+    error shape rather than uvicorn's plain-text 500: the route's own answer for that case when it
+    left one (`scope["state"]["answer_if_cut"]`: the image route's 202 with its job), else a 503
+    `server_shutdown` (which the SDK retries). Best effort: the client may be gone."""
+    answer_if_cut = scope.get("state", {}).get("answer_if_cut")
+    response = None
+    if answer_if_cut is not None:
+        with contextlib.suppress(Exception):
+            response = answer_if_cut()
+    if response is None:
+        response = error_response(ServiceUnavailable(
+            "The server is shutting down and cut this request off before it was answered. Please retry.",
+            code="server_shutdown"))
+    with anyio.CancelScope(shield=True), anyio.move_on_after(CUT_ANSWER_SECONDS), contextlib.suppress(Exception):
+        await response(scope, receive, send)
 
 
 class BodyLimitMiddleware:

@@ -16,7 +16,7 @@ from api.schemas.responses import ImagesResponse, JobView, doc
 from api.services import Services
 from common.accounts import Principal
 from common.errors import Conflict, UpstreamError
-from common.jobs.views import images_response, job_view
+from common.jobs.views import JobRecord, images_response, job_view
 
 router = APIRouter(prefix="/api/v1", tags=["images"])
 _IMAGE_RESPONSES = {**doc(ImagesResponse, 401, 402, 403, 404, 409, 429, 502, 503),
@@ -46,7 +46,17 @@ async def _generate(body: ImageGenerationRequest, request: Request, principal: P
     if "respond-async" in ",".join(request.headers.getlist("prefer")).lower():  # every Prefer header counts
         record, remaining = await job_flow.read(services, principal, job_id)
         return json_response(job_view(record, links, remaining), status=202)
-    record, remaining = await job_flow.wait_for(services, principal, job_id, services.settings.image_wait_seconds)
+    last: dict[str, tuple[JobRecord, int]] = {}  # the job as last read: a 202 with it if the shutdown cuts the wait
+
+    def seen(record: JobRecord, remaining: int) -> None:
+        last["job"] = (record, remaining)
+
+    def answer_if_cut() -> Response | None:  # api.middleware.answer_cut_request
+        return json_response(job_view(last["job"][0], links, last["job"][1]), status=202) if last else None
+
+    request.state.answer_if_cut = answer_if_cut
+    record, remaining = await job_flow.wait_for(services, principal, job_id, services.settings.image_wait_seconds,
+                                                seen)
     status = record.row["status"]
     if status == "succeeded":
         return json_response(await run_in_threadpool(
