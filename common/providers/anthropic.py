@@ -32,6 +32,7 @@ from common.providers.http import (
     UpstreamClient,
     failure_in_body,
     iter_sse,
+    malformed_answers,
     parse_json,
     raise_for_status,
     upstream_errors,
@@ -86,16 +87,17 @@ class AnthropicProvider:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) sent an unexpected body")
         if data.get("type") == "error":
             raise self._event_error(data)
-        text = "".join(block.get("text", "") for block in data.get("content") or []
-                       if block.get("type") == "text")
-        return ChatResult(content=text, finish_reason=_finish(data.get("stop_reason")),
-                          usage=_usage(data.get("usage")))
+        with malformed_answers(PROVIDER):
+            text = "".join(block.get("text", "") for block in data.get("content") or []
+                           if block.get("type") == "text")
+            return ChatResult(content=text, finish_reason=_finish(data.get("stop_reason")),
+                              usage=_usage(data.get("usage")))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         inputs: dict[str, Any] = {}  # the three prompt counts, as last reported
         completion_tokens: int | None = 0
         finish_reason: str | None = None
-        with upstream_errors(PROVIDER):
+        with upstream_errors(PROVIDER), malformed_answers(PROVIDER):
             async with self._client.stream_json(self._url, build_body(request, stream=True),
                                                 self._headers()) as response:
                 await raise_for_status(response, PROVIDER, self._api_key)
@@ -113,6 +115,8 @@ class AnthropicProvider:
                     elif kind == "content_block_delta":
                         delta = data.get("delta") or {}
                         if delta.get("type") == "text_delta" and delta.get("text"):
+                            if not isinstance(delta["text"], str):
+                                raise TypeError("a text_delta's text is not a string")
                             yield ChatDelta(content=delta["text"], prompt_tokens=_prompt_tokens(inputs))
                     elif kind == "message_delta":
                         finish_reason = _finish((data.get("delta") or {}).get("stop_reason"))

@@ -34,6 +34,7 @@ from common.providers.http import (
     UpstreamClient,
     failure_in_body,
     iter_sse,
+    malformed_answers,
     parse_json,
     raise_for_status,
     status_error,
@@ -82,15 +83,16 @@ class GeminiChatProvider:
                                                     build_body(request), self._headers())
             await self._check(response)
             data = parse_json(response.content, PROVIDER)
-        content, finish_reason = self._read_chunk(data)
-        return ChatResult(content=content, finish_reason=finish_reason or "stop",
-                          usage=_usage(data.get("usageMetadata")))
+        with malformed_answers(PROVIDER):
+            content, finish_reason = self._read_chunk(data)
+            return ChatResult(content=content, finish_reason=finish_reason or "stop",
+                              usage=_usage(data.get("usageMetadata")))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         finish_reason: str | None = None
         usage: Usage | None = None
         url = self._url(request.model, "streamGenerateContent")
-        with upstream_errors(PROVIDER):
+        with upstream_errors(PROVIDER), malformed_answers(PROVIDER):
             async with self._client.stream_json(url, build_body(request), self._headers(),
                                                 params={"alt": "sse"}) as response:
                 await self._check(response)

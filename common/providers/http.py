@@ -166,6 +166,19 @@ class upstream_errors:  # lower-case: used like a function, `with upstream_error
         return False
 
 
+class malformed_answers(upstream_errors):  # lower-case: used like a function, `with malformed_answers("openai"):`
+    """Turns the errors of reading a vendor's 2xx answer of an unexpected shape (a list where an
+    object belongs, a number where text does) into a 502 `upstream_bad_response`, not retried: the
+    call was made and paid for. They were 500s, which the SDK retries: three calls for one."""
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if isinstance(exc, AttributeError | TypeError | KeyError | IndexError | ValueError):
+            raise UpstreamError(f"The upstream provider ({self.provider}) sent an answer of an unexpected shape",
+                                code="upstream_bad_response") from exc
+        return False
+
+
 def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:
     if _broken_after_connect(exc):
         return UpstreamError(f"The connection to the upstream provider ({provider}) broke "

@@ -30,6 +30,7 @@ from common.providers.http import (
     UpstreamClient,
     failure_in_body,
     iter_sse,
+    malformed_answers,
     parse_json,
     raise_for_status,
     upstream_errors,
@@ -73,15 +74,17 @@ class OpenAICompatProvider:
         choices = data.get("choices") if isinstance(data, dict) else None
         if not choices:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) answered without choices")
-        choice = choices[0]
-        message = choice.get("message") or {}
-        return ChatResult(
-            content=message.get("content") or "",
-            finish_reason=choice.get("finish_reason") or "stop",
-            usage=_usage(data.get("usage")),
-            system_fingerprint=data.get("system_fingerprint"),
-            refusal=_text(message.get("refusal")) or None,
-        )
+        with malformed_answers(PROVIDER):
+            choice = choices[0]
+            message = choice.get("message") or {}
+            fingerprint = data.get("system_fingerprint")
+            return ChatResult(
+                content=_content(message.get("content")),
+                finish_reason=_finish_reason(choice.get("finish_reason")) or "stop",
+                usage=_usage(data.get("usage")),
+                system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+                refusal=_text(message.get("refusal")) or None,
+            )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         finished = False
@@ -92,7 +95,9 @@ class OpenAICompatProvider:
                 async for event in iter_sse(response):
                     if event.data.strip() == "[DONE]":
                         return
-                    delta = _chunk_delta(parse_json(event.data, PROVIDER), self._api_key)
+                    chunk = parse_json(event.data, PROVIDER)
+                    with malformed_answers(PROVIDER):
+                        delta = _chunk_delta(chunk, self._api_key)
                     if delta is not None:
                         finished = finished or delta.finish_reason is not None
                         yield delta
@@ -111,8 +116,8 @@ def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
     if choices:
         choice = choices[0]
         delta = choice.get("delta") or {}
-        content, refusal = delta.get("content") or "", _text(delta.get("refusal"))
-        finish_reason = choice.get("finish_reason")
+        content, refusal = _content(delta.get("content")), _text(delta.get("refusal"))
+        finish_reason = _finish_reason(choice.get("finish_reason"))
         # Moonshot puts the stream's usage in the finish chunk's choice; Groq used to put it in x_groq
         groq = chunk.get("x_groq")
         usage_data = usage_data or choice.get("usage") or (groq.get("usage") if isinstance(groq, dict) else None)
@@ -124,6 +129,25 @@ def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _content(value: Any) -> str:
+    """A message's or delta's content: text, none, or (Mistral's reasoning models) a list of parts,
+    whose text parts are the answer (their thinking parts are not). Anything else is malformed."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "".join(part["text"] for part in value if isinstance(part, dict) and part.get("type") == "text"
+                       and isinstance(part.get("text"), str))
+    raise TypeError(f"content of type {type(value).__name__}")
+
+
+def _finish_reason(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"finish_reason of type {type(value).__name__}")
 
 
 def _raise_if_error(data: Any, api_key: str | None) -> None:
