@@ -15,10 +15,11 @@ from api.schemas.media import ImageGenerationRequest, parse_size
 from api.schemas.responses import ImagesResponse, JobView, doc
 from api.services import Services
 from common.accounts import Principal
-from common.errors import Conflict, UpstreamError
+from common.errors import Conflict, InvalidRequest, UpstreamError
 from common.jobs.views import JobRecord, images_response, job_view
 
 router = APIRouter(prefix="/api/v1", tags=["images"])
+CLIENT_MENDABLE = ("content_filtered",)  # a failed job's codes that are a 400: the provider refused the prompt
 _IMAGE_RESPONSES = {**doc(ImagesResponse, 401, 402, 403, 404, 409, 429, 502, 503),
                     202: {"model": JobView, "description": "Accepted: the job, still running"}}
 
@@ -65,6 +66,8 @@ async def _generate(body: ImageGenerationRequest, request: Request, principal: P
         raise Conflict(f"The image job {job_id} was canceled while this request waited; it was refunded.",
                        code="job_canceled")
     if status == "failed":
-        raise UpstreamError(f"The image job {job_id} failed and was refunded: {record.row['error_message']}",
-                            code=record.row["error_code"] or "upstream_error")
+        message = f"The image job {job_id} failed and was refunded: {record.row['error_message']}"
+        if record.row["error_code"] in CLIENT_MENDABLE:  # the prompt's to change, as OpenAI answers it
+            raise InvalidRequest(message, code=record.row["error_code"], param="prompt")
+        raise UpstreamError(message, code=record.row["error_code"] or "upstream_error")
     return json_response(job_view(record, links, remaining), status=202)  # still running: poll /jobs/{id}

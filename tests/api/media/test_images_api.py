@@ -17,6 +17,7 @@ from common import clock
 from common.errors import UpstreamError
 from common.providers import simulated_media
 from common.providers.base import MediaFile
+from common.providers.google_errors import content_filtered
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.api.media.conftest import Media
 from tests.api.media.helpers import (
@@ -117,6 +118,27 @@ def test_an_image_job_that_fails_is_a_502_and_costs_nothing(media: Media, monkey
     error = error_of(response, 502)
     assert error["type"] == "upstream_error"
     assert Broken.calls == media.settings.job_max_retries + 1
+    after = assert_books_balance(media.engine, account.account_id)
+    assert after.balance == before.balance and after.available == before.available
+
+
+def test_a_prompt_the_provider_refuses_is_a_400_and_costs_nothing(media: Media,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A content-policy refusal is the client's to mend, as OpenAI's images API answers it: a 400
+    the SDK raises as BadRequestError (it was a 502, the README's rule for chat notwithstanding)."""
+    class Refusing:
+        async def generate_images(self, request: Any) -> Any:
+            raise content_filtered("Gemini image generation: the provider blocked the prompt (SAFETY)")
+
+    monkeypatch.setattr(simulated_media, "SimulatedImageProvider", lambda delay: Refusing())
+    account = media.account()
+    before = books(media.engine, account.account_id)
+    response = media.client.post(IMAGES, headers=account.headers, json={"prompt": "forbidden", "size": "256x256"})
+
+    error = error_of(response, 400)
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "content_filtered", "prompt")
+    assert "blocked the prompt" in error["message"] and "refunded" in error["message"]
+    assert response.headers["x-should-retry"] == "false"
     after = assert_books_balance(media.engine, account.account_id)
     assert after.balance == before.balance and after.available == before.available
 
