@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from common.errors import UpstreamError
-from common.providers.http import transport_error, vendor_message
+from common.providers.http import about_the_request, transport_error, vendor_message
 from common.throttled_log import ThrottledWarnings
 
 log = logging.getLogger("helyx.upstream")
@@ -81,6 +81,10 @@ def status_error(response: httpx.Response, what: str, api_key: str | None = None
     if status == 408 or status >= 500:
         _for_the_operator(what, status, detail)
         return UpstreamError(message, retryable=True, upstream_status=status)
+    if not about_the_request(status, detail):  # the operator's account or set-up: its log, not the job's message
+        _for_the_operator(what, status, detail)
+        return UpstreamError(f"{message}; the reason is in the gateway operator's log", retryable=False,
+                             upstream_status=status, code="upstream_bad_request")
     return UpstreamError(f"{message}: {detail}", retryable=False, upstream_status=status, code="upstream_bad_request")
 
 

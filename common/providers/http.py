@@ -256,11 +256,12 @@ def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, st
             retryable=False, upstream_status=status, code="upstream_auth")
     retryable = status in (408, 409, 429) or status >= 500
     message = f"The upstream provider ({provider}) answered HTTP {status}"
-    if vendor and not retryable:  # about the request, or the operator's set-up: quoted, and logged
+    if vendor and not retryable and about_the_request(status, vendor):  # quoted, and logged
         message += f": {vendor}"
         _warnings.warning(f"{provider} {status}", "upstream %s refused a request (HTTP %d): %s", provider, status,
                           vendor)
-    elif vendor:  # about the operator's account (its organisation, project, quota): for the operator's log only
+    elif vendor:  # about the operator's account or set-up (its organisation, credit, quota): its log only
+        message += "; the reason is in the gateway operator's log" if not retryable else ""
         _warnings.warning(f"{provider} {status}", "upstream %s answered HTTP %d: %s", provider, status, vendor)
     code = "upstream_rate_limited" if status == 429 else None
     retry_after = None
@@ -271,10 +272,23 @@ def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, st
                              retry_after=retry_after)
 
 
+# Words of a refusal about the operator's provider account rather than the request: its text
+# (which may name the organisation or project) is for the operator's log, not the client.
+_ABOUT_THE_ACCOUNT = re.compile(r"credit|billing|balance|quota|payment|subscription|organi[sz]ation|\bproject\b"
+                                r"|\borg-|\bproj_|spend(ing)? limit|usage limit|plan\b", re.IGNORECASE)
+
+
+def about_the_request(status: int, vendor: str) -> bool:
+    """Whether a non-retryable refusal's text is about the request (the client may read it): a
+    400 or 422 that does not speak of the operator's account. A 402 (payment), a 404 (a model
+    name the catalog has wrong) and the rest are the operator's."""
+    return status in (400, 422) and not _ABOUT_THE_ACCOUNT.search(vendor)
+
+
 def failure_in_body(provider: str, vendor: str, *, retryable: bool) -> UpstreamError:
     """A failure the vendor reported inside a 200 body or a stream: its text reaches the client
     only when it is about the request (not retryable), as status_error has it; else the log."""
-    if retryable or not vendor:
+    if retryable or not vendor or not about_the_request(400, vendor):
         if vendor:
             log.warning("upstream %s failed: %s", provider, vendor)
         return UpstreamError(f"The upstream provider ({provider}) failed", retryable=retryable)

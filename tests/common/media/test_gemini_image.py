@@ -145,7 +145,7 @@ async def test_http_errors_are_mapped(
     error = caught.value
     assert (error.retryable, error.code, error.upstream_status) == (retryable, code, status)
     assert f"HTTP {status}" in error.message and API_KEY not in error.message
-    about_the_request = code == "upstream_bad_request"
+    about_the_request = status == 400  # not a 404: the model name is the operator's catalog
     # Google's text reaches the client (the job's error) only about the request; else the operator's log
     assert ("fake failure" in error.message) is about_the_request
     logged = [r.getMessage() for r in caplog.records if r.name == "helyx.upstream"]

@@ -117,6 +117,31 @@ def test_a_refusal_that_may_be_the_operators_stays_a_502_and_is_logged(
     assert [r.name for r in caplog.records] == ["helyx.upstream"]
     for status in (404, 405):  # a model or route the vendor does not have: the operator's
         assert status_error(status, b"", {}, "p", None).status == 502
+@pytest.mark.parametrize(("status", "body", "telling"), [
+    (400, {"type": "error", "error": {"type": "invalid_request_error", "message": "Your credit balance is too "
+                                      "low to access the Anthropic API. Please go to Plans & Billing."}}, "Billing"),
+    (400, {"error": {"message": "You exceeded your current quota for org-OPERATOR in project proj_OPERATOR."}},
+     "org-OPERATOR"),
+    (402, {"error": {"message": "Payment required for workspace acme-internal."}}, "acme-internal"),
+    (404, {"error": {"message": "models/gemini-x is not found for API version v1beta at /srv/acme"}}, "/srv/acme"),
+])
+def test_a_refusal_about_the_operators_account_is_not_quoted_to_the_client(
+        status: int, body: dict[str, object], telling: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Its text may name the operator's organisation, project or paths: the operator's log has it."""
+    with caplog.at_level("WARNING", logger="helyx.upstream"):
+        refused = status_error(status, json.dumps(body).encode(), {}, "vendor", None)
+    assert (refused.status, refused.retryable) == (502, False)
+    assert refused.message == (f"The upstream provider (vendor) answered HTTP {status}; the reason is in the "
+                               "gateway operator's log")
+    assert [telling in record.getMessage() for record in caplog.records] == [True]
+
+
+def test_a_refusal_about_the_request_is_quoted() -> None:
+    body = {"error": {"message": "temperature: range: 0..1", "type": "invalid_request_error"}}
+    assert status_error(400, json.dumps(body).encode(), {}, "vendor", None).message == (
+        "The upstream provider (vendor) answered HTTP 400: temperature: range: 0..1")
+
+
 def _google_429(delay: object) -> bytes:
     details = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]
