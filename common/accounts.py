@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,11 +69,16 @@ _EMAIL_LOCK_SPACE = 1213  # the first key of the two-key advisory locks that ser
 
 def create_account(conn: Connection, email: str, plan: str, *, day: str, now: float) -> tuple[str, NewKey]:
     """A new account with today's full allowance and a first key."""
-    email = email.strip()
+    # One spelling of each character (é typed as one code point or as e and an accent), so that two
+    # spellings of one address are one account.
+    email = unicodedata.normalize("NFC", email.strip())
     # No spaces or control characters (logs and exports carry it); SMTP's limits on its length.
     if not _EMAIL.fullmatch(email) or len(email) > MAX_EMAIL_CHARS or len(email.rpartition("@")[0]) > 64:
         raise InvalidRequest(f"{email[:80]!r} is not an email address (at most 64 characters before the @ and "
                              f"{MAX_EMAIL_CHARS} in all).", param="email")
+    if any(unicodedata.category(character) == "Cf" for character in email):  # invisible: it could pass for another
+        raise InvalidRequest("An email address may not hold invisible formatting characters (such as a "
+                             "right-to-left override or a zero-width space).", param="email")
     if not is_plan(plan):
         raise InvalidRequest(f"Unknown plan {plan!r}: use free, plus, pro or ultra.", param="plan")
     # Dave@Example.com and dave@example.com are one mailbox in practice: one account (a rare write,
@@ -82,7 +88,8 @@ def create_account(conn: Connection, email: str, plan: str, *, day: str, now: fl
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(lower(:e)))"),
                      {"space": _EMAIL_LOCK_SPACE, "e": email})
-    if conn.execute(text("SELECT 1 FROM accounts WHERE lower(email) = lower(:e)"), {"e": email}).first():
+    lower = "unicode_lower" if conn.dialect.name == "sqlite" else "lower"  # (common.db: SQLite's folds ASCII only)
+    if conn.execute(text(f"SELECT 1 FROM accounts WHERE {lower}(email) = {lower}(:e)"), {"e": email}).first():
         raise Conflict(f"An account with email {email} exists already.", code="account_exists")
     account_id = new_id("acct")
     allowance = daily_allowance_micro(plan)
