@@ -22,7 +22,7 @@ from common.accounts import Principal
 from common.catalog import ModelEntry
 from common.db import is_postgres
 from common.errors import InsufficientCredits
-from common.money import to_credits
+from common.money import credits_text, to_credits
 from common.pg_async import AsyncStatements
 from common.providers.base import Usage
 from common.tokens import estimate_completion_tokens, estimate_used_prompt_tokens
@@ -93,7 +93,7 @@ def reserve_chat(
     need = (prompt_estimate + 1) * entry.rate_micro  # what the smallest answer needs, not the default's hold
     raise billing.with_reset_time(InsufficientCredits(
         f"{what} cannot cover this prompt (up to {prompt_estimate} tokens) and one token of answer: that "
-        f"needs {to_credits(need)} credits, and {to_credits(max(0, room))} are available{held}.", code=refusal.code,
+        f"needs {credits_text(need)} credits, and {credits_text(max(0, room))} are available{held}.", code=refusal.code,
         param="messages"), tz) from None
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from common.errors import InsufficientCredits
-from common.money import to_credits
+from common.money import credits_text
 
 if TYPE_CHECKING:
     from common.ledger import Balance
@@ -15,14 +15,14 @@ if TYPE_CHECKING:
 
 def cap_error(left: int, wanted: int) -> InsufficientCredits:
     return InsufficientCredits(
-        f"This API key's daily credit cap has {to_credits(left)} credits left today; this request needs "
-        f"{to_credits(wanted)}.", code="key_daily_cap_reached")
+        f"This API key's daily credit cap has {credits_text(left)} credits left today; this request needs "
+        f"{credits_text(wanted)}.", code="key_daily_cap_reached")
 
 
 def insufficient_error(current: Balance, wanted: int) -> InsufficientCredits:
     return InsufficientCredits(
-        f"Insufficient credits: this request needs {to_credits(wanted)} credits but "
-        f"{to_credits(max(0, current.available))} are available{held_note(current)}.",
+        f"Insufficient credits: this request needs {credits_text(wanted)} credits but "
+        f"{credits_text(max(0, current.available))} are available{held_note(current)}.",
     )
 
 
@@ -31,5 +31,5 @@ def held_note(current: Balance) -> str:
     day's credits spent, while concurrent requests held them for a few seconds."""
     if current.held <= 0:
         return ""
-    return (f" ({to_credits(current.held)} more are held for requests in progress, and come back, less what"
+    return (f" ({credits_text(current.held)} more are held for requests in progress, and come back, less what"
             " those are charged, as they finish)")

@@ -253,10 +253,10 @@ def grant(
                                {"r": ref}).first()
         if earlier is not None:
             if (earlier.account_id, earlier.amount) != (account_id, amount):
-                from common.money import to_credits
+                from common.money import credits_text
 
                 raise Conflict(f"Reference {reference!r} was already used for a grant of "
-                               f"{to_credits(earlier.amount)} credits to {earlier.account_id}.",
+                               f"{credits_text(earlier.amount)} credits to {earlier.account_id}.",
                                code="reference_reused", param="reference")
             return False
     if current.allowance + current.topup + amount > MAX_BALANCE_MICRO:

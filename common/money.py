@@ -25,6 +25,12 @@ def to_micro(credits: Decimal | int | str) -> int:
     return int(value)
 
 
+def credits_text(micro: int) -> str:
+    """Micro-credits as a plain decimal for a sentence ("0.000013", "10", "1.5"): a float there
+    read "1.3e-05"."""
+    return format(Decimal(micro) / MICRO, "f")
+
+
 def to_credits(micro: int) -> int | float:
     """Micro-credits to a JSON number: an int when whole, else a float rounded to 6 places.
 

@@ -89,7 +89,8 @@ async def create_key(principal: PrincipalDep, services: ServicesDep,
     return json_response(
         {"id": key.id, "object": "api_key", "key": key.secret, "name": key.name, "prefix": key.prefix,
          "created_at": key.created_at, "expires_at": key.expires_at,
-         "daily_credit_cap": to_credits(key.daily_cap) if key.daily_cap is not None else None},
+         "daily_credit_cap": to_credits(key.daily_cap) if key.daily_cap is not None else None,
+         "daily_credit_cap_remaining": to_credits(key.daily_cap) if key.daily_cap is not None else None},
         status=201,
     )
 

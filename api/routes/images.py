@@ -62,8 +62,8 @@ async def _generate(body: ImageGenerationRequest, request: Request, principal: P
     if status == "succeeded":
         return json_response(await run_in_threadpool(
             images_response, record, links, services.storage, body.response_format, remaining))
-    if status == "canceled":  # by the user, meanwhile (POST /jobs/{id}/cancel): not for the SDK to retry
-        raise Conflict(f"The image job {job_id} was canceled while this request waited; it was refunded.",
+    if status == "canceled":  # by the user (meanwhile, or before an Idempotency-Key replay): not for the SDK to retry
+        raise Conflict(f"The image job {job_id} was canceled (POST /jobs/{{id}}/cancel); it was refunded.",
                        code="job_canceled")
     if status == "failed":
         message = f"The image job {job_id} failed and was refunded: {record.row['error_message']}"

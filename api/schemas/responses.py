@@ -113,6 +113,7 @@ class KeyCreated(BaseModel):
     created_at: float
     expires_at: float | None
     daily_credit_cap: Credits | None
+    daily_credit_cap_remaining: Credits | None = Field(description="what the cap leaves today: all of it")
 
 
 class KeyRevoked(BaseModel):

@@ -245,7 +245,8 @@ def video_view(record: JobRecord, remaining: int | None = None) -> dict[str, Any
     error = None
     if status == "failed":
         error = {"code": row["error_code"] or "failed", "message": row["error_message"] or "The video failed."}
-    helyx: dict[str, Any] = {"job_id": row["id"], "credits_charged": to_credits(row["charged"])}
+    helyx: dict[str, Any] = {"job_id": row["id"], "credits_charged": to_credits(row["charged"]),
+                             "credits_reserved": to_credits(row["price"])}  # as a job's view has it
     if remaining is not None:
         helyx["credits_remaining"] = to_credits(max(0, remaining))
     return {

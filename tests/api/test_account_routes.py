@@ -243,7 +243,9 @@ def test_keys_page_oldest_first_and_another_accounts_key_is_no_cursor(app_client
 def test_a_key_shows_what_its_daily_cap_leaves_today(app_client: TestClient, engine: Engine,
                                                     account: TestAccount) -> None:
     """It was seen only in a 402."""
-    capped = app_client.post("/api/v1/keys", json={"daily_credit_cap": 10}, headers=account.headers).json()["id"]
+    created = app_client.post("/api/v1/keys", json={"daily_credit_cap": 10}, headers=account.headers).json()
+    assert (created["daily_credit_cap"], created["daily_credit_cap_remaining"]) == (10, 10)  # as GET /keys has it
+    capped = created["id"]
     with engine.begin() as conn:
         conn.execute(text("UPDATE api_keys SET cap_used = :u, cap_day = :d WHERE id = :k"),
                      {"u": 2_500_000, "d": billing.today("Asia/Karachi"), "k": capped})

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from common.money import MAX_BALANCE_MICRO, MICRO, to_credits, to_micro
+from common.money import MAX_BALANCE_MICRO, MICRO, credits_text, to_credits, to_micro
 
 
 @pytest.mark.parametrize("micro", [0, 1, 999_999, MICRO, 123_456_789_012, MAX_BALANCE_MICRO - 1, MAX_BALANCE_MICRO,
@@ -27,3 +27,10 @@ def test_balances_past_the_grant_ceiling_still_read_back_exactly_from_json() -> 
     """An upgrade may take a full account 25,000 credits past the billion a grant stops at."""
     for micro in (1_000_025_000_999_999, 1_000_023_999_999_999, 2**31 * MICRO - 1, 1_999_999_999_999_999):
         assert Decimal(json.dumps(to_credits(micro))) * MICRO == micro
+
+
+@pytest.mark.parametrize(("micro", "shown"), [(13, "0.000013"), (1, "0.000001"), (10 * MICRO, "10"),
+                                              (1_500_000, "1.5"), (0, "0"), (MAX_BALANCE_MICRO, "1000000000")])
+def test_amounts_in_a_sentence_are_plain_decimals(micro: int, shown: str) -> None:
+    """A 402's text read "1.3e-05 are available"."""
+    assert credits_text(micro) == shown

@@ -38,6 +38,7 @@ def test_a_video_created_as_json_polls_to_completed_and_its_content_is_an_mp4_of
     assert video["seconds"] == "4" and video["size"] == "1280x720" and video["error"] is None
     assert int(response.headers["openai-poll-after-ms"]) > 0
     assert video["helyx"]["job_id"] == video["id"]
+    assert (video["helyx"]["credits_reserved"], video["helyx"]["credits_charged"]) == (2000, 0)  # as /jobs/{id}
 
     done, seen = poll_video(media, account, video["id"])
     assert "in_progress" in seen
