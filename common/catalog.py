@@ -106,8 +106,8 @@ class ModelEntry:
     def refuse_unsupported(self, given: Callable[[], Mapping[str, Any]]) -> None:
         """A 400 of ours naming a field the caller set (`given()`: their names and values) that
         this model's upstream refuses, rather than the upstream's error after a hold, or a silent
-        drop. A value that asks for nothing passes: an empty `stop`, a zero penalty, a fixed
-        field's own value."""
+        drop. A value that asks for nothing passes: an empty `stop`, a zero penalty, a temperature
+        or top_p of 1 (OpenAI's defaults), a fixed field's own value."""
         if not self.withheld:
             return
         fixed, fields = dict(self.fixed_params), given()
@@ -117,7 +117,8 @@ class ModelEntry:
                 if value != fixed[name]:
                     raise InvalidRequest(f"The model '{self.id}' takes only {name} = {fixed[name]:g} (its provider "
                                          "fixes it); leave it out.", param=name, code="unsupported_parameter")
-            elif not ((name == "stop" and not value) or (name.endswith("_penalty") and value == 0)):
+            elif not ((name == "stop" and not value) or (name.endswith("_penalty") and value == 0)
+                      or (name in ("temperature", "top_p") and value == 1)):  # OpenAI's own defaults
                 raise InvalidRequest(f"The model '{self.id}' does not support '{name}'; leave it out.",
                                      param=name, code="unsupported_parameter")
 

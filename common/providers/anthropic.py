@@ -84,7 +84,8 @@ class AnthropicProvider:
             await raise_for_status(response, PROVIDER, self._api_key)
             data = parse_json(response.content, PROVIDER)
         if not isinstance(data, dict):
-            raise UpstreamError(f"The upstream provider ({PROVIDER}) sent an unexpected body")
+            raise UpstreamError(f"The upstream provider ({PROVIDER}) sent an unexpected body",
+                                code="upstream_bad_response")
         if data.get("type") == "error":
             raise self._event_error(data)
         with malformed_answers(PROVIDER):

@@ -112,7 +112,8 @@ class GeminiChatProvider:
     def _read_chunk(self, data: Any) -> tuple[str, str | None]:
         """(text, finish reason in OpenAI terms or None) of one GenerateContentResponse."""
         if not isinstance(data, dict):
-            raise UpstreamError(f"The upstream provider ({PROVIDER}) sent an unexpected body")
+            raise UpstreamError(f"The upstream provider ({PROVIDER}) sent an unexpected body",
+                                code="upstream_bad_response")
         if data.get("error"):
             message = vendor_message(str((data["error"] or {}).get("message", "")).encode(), self._api_key)
             raise failure_in_body(PROVIDER, message, retryable=True)

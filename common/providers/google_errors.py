@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 
 from common.errors import UpstreamError
-from common.providers.http import about_the_request, transport_error, vendor_message
+from common.providers.http import transport_error, vendor_message
+from common.providers.refusal_text import about_the_request
 from common.throttled_log import ThrottledWarnings
 
 log = logging.getLogger("helyx.upstream")
@@ -105,6 +106,10 @@ def operation_error(error: dict[str, Any], what: str, api_key: str | None = None
     if code in RETRYABLE_RPC_CODES:
         _for_the_operator(what, f"code {code}", detail)
         return UpstreamError(f"{what} failed (code {code})", retryable=True)
+    if not about_the_request(400, detail):  # the operator's account (billing, project): its log only
+        _for_the_operator(what, f"code {code}", detail)
+        return UpstreamError(f"{what} failed (code {code}); the reason is in the gateway operator's log",
+                             retryable=False)
     return UpstreamError(f"{what} failed: {detail} (code {code})", retryable=False)
 
 

@@ -41,6 +41,7 @@ import orjson
 
 from common.errors import UpstreamError, UpstreamRejectedRequest, UpstreamTimeout
 from common.providers.aiohttp_transport import DirectAiohttpTransport
+from common.providers.refusal_text import about_the_request
 from common.throttled_log import ThrottledWarnings
 
 log = logging.getLogger("helyx.upstream")
@@ -272,19 +273,6 @@ def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, st
                              retry_after=retry_after)
 
 
-# Words of a refusal about the operator's provider account rather than the request: its text
-# (which may name the organisation or project) is for the operator's log, not the client.
-_ABOUT_THE_ACCOUNT = re.compile(r"credit|billing|balance|quota|payment|subscription|organi[sz]ation|\bproject\b"
-                                r"|\borg-|\bproj_|spend(ing)? limit|usage limit|plan\b", re.IGNORECASE)
-
-
-def about_the_request(status: int, vendor: str) -> bool:
-    """Whether a non-retryable refusal's text is about the request (the client may read it): a
-    400 or 422 that does not speak of the operator's account. A 402 (payment), a 404 (a model
-    name the catalog has wrong) and the rest are the operator's."""
-    return status in (400, 422) and not _ABOUT_THE_ACCOUNT.search(vendor)
-
-
 def failure_in_body(provider: str, vendor: str, *, retryable: bool) -> UpstreamError:
     """A failure the vendor reported inside a 200 body or a stream: its text reaches the client
     only when it is about the request (not retryable), as status_error has it; else the log."""
@@ -376,7 +364,8 @@ def parse_json(raw: str | bytes, provider: str) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise UpstreamError(f"The upstream provider ({provider}) sent malformed JSON") from exc
+        raise UpstreamError(f"The upstream provider ({provider}) sent malformed JSON",
+                            code="upstream_bad_response") from exc
 
 
 @dataclass(frozen=True, slots=True)

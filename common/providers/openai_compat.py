@@ -73,7 +73,8 @@ class OpenAICompatProvider:
         _raise_if_error(data, self._api_key)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not choices:
-            raise UpstreamError(f"The upstream provider ({PROVIDER}) answered without choices")
+            raise UpstreamError(f"The upstream provider ({PROVIDER}) answered without choices",
+                                code="upstream_bad_response")
         with malformed_answers(PROVIDER):
             choice = choices[0]
             message = choice.get("message") or {}

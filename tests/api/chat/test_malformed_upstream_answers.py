@@ -87,6 +87,8 @@ MALFORMED = [
     ("claude-3-5-sonnet", {"type": "message", "content": "x", "stop_reason": "end_turn"}),
     ("claude-3-5-sonnet", {"type": "message", "content": [{"type": "text", "text": 5}], "stop_reason": "end_turn"}),
     ("gemini-1-5-pro", {"candidates": [{"content": {"parts": [{"text": ["a"]}]}, "finishReason": "STOP"}]}),
+    ("gpt-4o", [{"choices": []}]), ("gpt-4o", {"choices": {}}), ("claude-3-5-sonnet", ["x"]),
+    ("gemini-1-5-pro", ["x"]),
 ]
 
 

@@ -60,6 +60,15 @@ def test_claude_4_7_refuses_sampling_fields_before_holding(claude: Gateway, anth
     assert ledger_rows(claude.engine, account.account_id) == rows
 
 
+def test_claude_4_7_takes_the_sampling_defaults_generic_clients_send(claude: Gateway,
+                                                                    anthropic_fake: FakeUpstream) -> None:
+    """temperature 1 and top_p 1 ask for nothing (OpenAI's defaults): they pass, and are not sent."""
+    with claude.sdk(claude.account("plus")) as client:
+        client.chat.completions.create(model="claude-4.7", messages=HI, max_tokens=5, temperature=1, top_p=1)
+    sent = anthropic_fake.last_request.json
+    assert "temperature" not in sent and "top_p" not in sent, sent
+
+
 def test_claude_4_7_image_prompt_is_charged_its_full_usage(claude: Gateway, anthropic_fake: FakeUpstream) -> None:
     """One 2576x1456 screenshot is 92 x 52 = 4,784 tokens at Opus 4.7: the upstream's usage is
     charged in full (it was cut to a hold of 1,600 per image, about a third)."""

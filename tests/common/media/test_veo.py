@@ -156,6 +156,20 @@ async def test_an_operation_error_is_retryable_only_when_transient(
     assert any("the fake operation failed" in line for line in logged) is retryable
 
 
+async def test_an_operation_error_about_the_operators_account_is_not_told_to_the_client(
+    http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job's error message reaches its client: one naming the operator's project or billing
+    account is the operator's to read, in the log (found by a review: 06bc202 missed this path)."""
+    veo_fake.polls_before_done, veo_fake.op_error = 1, {
+        "code": 9, "message": "Billing is disabled for project acme-prod-4711 (billing account 01AB-CDEF)"}
+    with pytest.raises(UpstreamError) as caught:
+        await _provider(http_client, veo_served).generate_video(_request())
+    assert caught.value.retryable is False and "acme-prod" not in caught.value.message
+    assert "the reason is in the gateway operator's log" in caught.value.message
+    assert any("acme-prod-4711" in r.getMessage() for r in caplog.records if r.name == "helyx.upstream")
+
+
 async def test_an_operation_auth_error_is_an_auth_error(
     http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served
 ) -> None:

@@ -117,6 +117,8 @@ def test_a_refusal_that_may_be_the_operators_stays_a_502_and_is_logged(
     assert [r.name for r in caplog.records] == ["helyx.upstream"]
     for status in (404, 405):  # a model or route the vendor does not have: the operator's
         assert status_error(status, b"", {}, "p", None).status == 502
+
+
 @pytest.mark.parametrize(("status", "body", "telling"), [
     (400, {"type": "error", "error": {"type": "invalid_request_error", "message": "Your credit balance is too "
                                       "low to access the Anthropic API. Please go to Plans & Billing."}}, "Billing"),
