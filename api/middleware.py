@@ -44,10 +44,6 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except asyncio.CancelledError:
-            if not started:  # uvicorn's cut at the end of its shutdown grace: it would answer a bare 500
-                await answer_cut_request(scope, receive, send_with_id)
-            raise
         except Exception as exc:
             # Answered here, not re-raised to Starlette's ServerErrorMiddleware: it answers too,
             # then re-raises to the server, which logs a second traceback and resets the
@@ -59,6 +55,33 @@ class RequestIdMiddleware:
 
 
 CUT_ANSWER_SECONDS = 2.0  # the most the answer to a cut request may take (the process is stopping)
+
+
+class CutAnswerMiddleware:
+    """The answer to a request uvicorn cuts off (cancels) at the end of its shutdown grace before
+    its response began, in place of uvicorn's plain-text 500. The innermost of our middleware, so
+    that the request log and metrics count the status sent, and CORS headers are added to it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if not started:
+                await answer_cut_request(scope, receive, tracked)
+            raise
 
 
 async def answer_cut_request(scope: Scope, receive: Receive, send: Send) -> None:

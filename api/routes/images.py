@@ -29,13 +29,13 @@ _IMAGE_RESPONSES = {**doc(ImagesResponse, 401, 402, 403, 404, 409, 429, 502, 503
 async def generate_images(body: ImageGenerationRequest, request: Request, principal: PrincipalDep,
                           services: ServicesDep) -> Any:
     async with job_flow.counted(services, principal) as rate_headers:
-        response = await _generate(body, request, principal, services)
+        response = await _generate(body, request, principal, services, rate_headers)
     response.headers.update(rate_headers)
     return response
 
 
 async def _generate(body: ImageGenerationRequest, request: Request, principal: Principal,
-                    services: Services) -> Response:
+                    services: Services, rate_headers: dict[str, str]) -> Response:
     width, height = parse_size(body.size)
     job_id = await job_flow.submit(
         services, principal, request, job_type="image", model=body.model, units=body.n,
@@ -53,7 +53,9 @@ async def _generate(body: ImageGenerationRequest, request: Request, principal: P
         last["job"] = (record, remaining)
 
     def answer_if_cut() -> Response | None:  # api.middleware.answer_cut_request
-        return json_response(job_view(last["job"][0], links, last["job"][1]), status=202) if last else None
+        if not last:
+            return None
+        return json_response(job_view(last["job"][0], links, last["job"][1]), status=202, headers=rate_headers)
 
     request.state.answer_if_cut = answer_if_cut
     record, remaining = await job_flow.wait_for(services, principal, job_id, services.settings.image_wait_seconds,

@@ -20,6 +20,8 @@ from sqlalchemy import create_engine, text
 
 from tests.integration.helpers_processes import HELYX, Processes, base_env
 
+ORIGIN = "https://app.example.com"  # a browser's: the cut answer carries the CORS headers a normal one does
+
 
 def _cut(tmp_path: Path, path: str, body: dict[str, Any], **settings: object) -> tuple[httpx.Response | None, Path,
                                                                                          str, dict[str, str]]:
@@ -27,7 +29,7 @@ def _cut(tmp_path: Path, path: str, body: dict[str, Any], **settings: object) ->
     the database, the server's log, the environment)."""
     db = tmp_path / "helyx.db"
     env = base_env(database_url=f"sqlite:///{db}", storage_dir=tmp_path / "files", shutdown_grace_seconds=1,
-                   **settings)
+                   cors_origins=ORIGIN, **settings)
     created = subprocess.run([HELYX, "account", "create", "cut@example.com", "--plan", "pro"], env=env,
                              cwd=tmp_path, check=True, capture_output=True, timeout=60)
     key = json.loads(created.stdout)["api_key"]
@@ -37,7 +39,7 @@ def _cut(tmp_path: Path, path: str, body: dict[str, Any], **settings: object) ->
 
         def send() -> None:
             answers.append(httpx.post(api.api + path, json=body, timeout=30,
-                                      headers={"Authorization": f"Bearer {key}"}))
+                                      headers={"Authorization": f"Bearer {key}", "Origin": ORIGIN}))
 
         sender = threading.Thread(target=send)
         sender.start()
@@ -59,10 +61,18 @@ def _rows(db: Path, query: str) -> list[tuple[Any, ...]]:
         engine.dispose()
 
 
+def _logged_status(log: str, route: str) -> list[int]:
+    """The request log's statuses for the route: what was sent, as the metrics count it."""
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith('{"time"')]
+    return [line["status"] for line in lines if line.get("route") == route]
+
+
 def _assert_chat_cut(answer: httpx.Response | None, db: Path, log: str) -> None:
     assert answer is not None, log
     assert answer.status_code == 503, answer.text
     assert answer.headers["content-type"] == "application/json" and answer.headers.get("x-request-id")
+    assert answer.headers["access-control-allow-origin"] == ORIGIN
+    assert _logged_status(log, "/api/v1/chat/completions") == [503], log
     error = answer.json()["error"]
     assert (error["code"], error["type"]) == ("server_shutdown", "server_error") and "shutting down" in error["message"]
     assert _rows(db, "SELECT status, error_code, credits FROM generations") == [("cancelled", "server_shutdown", 0)]
@@ -95,6 +105,9 @@ def test_an_image_request_cut_while_waiting_is_answered_202_with_its_job(tmp_pat
     assert answer.status_code == 202, answer.text
     job = answer.json()
     assert job["object"] == "job" and job["status"] in ("queued", "running"), job
+    assert answer.headers["access-control-allow-origin"] == ORIGIN
+    assert "x-ratelimit-remaining-requests" in answer.headers
+    assert _logged_status(log, "/api/v1/images/generations") == [202], log
     assert _rows(db, "SELECT id FROM jobs") == [(job["id"],)]
     with Processes(tmp_path / "again") as procs:  # the job the client was told of is finished, charged once
         api = procs.serve(env)
