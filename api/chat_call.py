@@ -31,6 +31,7 @@ log = logging.getLogger("helyx.api")
 SETTLE_PATIENCE_SECONDS = 15.0  # ride out a database restart rather than leave the hold to its TTL
 MAX_KEPT_SECONDS = 6 * 3600  # a hold is never kept alive longer, whatever happens to its call
 SERVER_SHUTDOWN = "server_shutdown"  # a call cut off at the end of the shutdown grace
+CLIENT_DISCONNECTED = "client_disconnected"  # a streamed call whose client left
 T = TypeVar("T")
 SETTLE_RETRY_SECONDS = 0.1  # a client is waiting: notice the database's return at once (a refused connect is cheap)
 
@@ -52,6 +53,7 @@ class ChatCall:
     headers: dict[str, str]
     log_fields: dict[str, Any]
     include_usage: bool = False  # stream_options.include_usage: the usage in a chunk of its own
+    client_gone: bool = False  # the client left before the stream's first chunk (api.chat_stream)
     _keeper: asyncio.TimerHandle | None = field(default=None, repr=False)
     _extending: asyncio.Task[None] | None = field(default=None, repr=False)
     _since: float = field(default=0.0, repr=False)
@@ -154,10 +156,15 @@ class ChatCall:
         try:
             result = await attempt()
         except BaseException as exc:
-            cut = isinstance(exc, asyncio.CancelledError)  # the server's shutdown (nothing else cancels this wait)
+            cut = isinstance(exc, asyncio.CancelledError)  # the client left (a stream), or the server's shutdown
             self.upstream_done(since, kind, None if cut else exc)
-            outcome = (Outcome(self.id, "cancelled", None, error_code=SERVER_SHUTDOWN) if cut  # nothing produced
-                       else Outcome(self.id, "failed", None, error_code=failure_code(exc)))
+            if cut and self.client_gone:  # charged its prompt, as a stream cut before its first chunk is
+                outcome = Outcome(self.id, "cancelled", chat_billing.estimated_usage(
+                    self.request.messages, "", self.provider), usage_estimated=True, error_code=CLIENT_DISCONNECTED)
+            elif cut:  # nothing produced: nothing charged
+                outcome = Outcome(self.id, "cancelled", None, error_code=SERVER_SHUTDOWN)
+            else:
+                outcome = Outcome(self.id, "failed", None, error_code=failure_code(exc))
             with anyio.CancelScope(shield=True):
                 await self.finish(outcome, stream=stream)
             raise

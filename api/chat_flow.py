@@ -37,13 +37,13 @@ async def create_completion(services: Services, request: Request, body: ChatComp
     admission = await chat_admission.admit(services, request, body, messages, prompt_estimate=prompt_estimate,
                                            purpose=f"chat:{call_id}")
     try:
-        return await _counted(services, admission, body, messages, call_id, prompt_estimate, log_fields)
+        return await _counted(services, request, admission, body, messages, call_id, prompt_estimate, log_fields)
     except HelyxError as exc:  # a refusal of a counted request still says what the key has left
         exc.headers = {**admission.rate_headers, **exc.headers}
         raise
 
 
-async def _counted(services: Services, admission: Admission, body: ChatCompletionRequest,
+async def _counted(services: Services, request: Request, admission: Admission, body: ChatCompletionRequest,
                    messages: list[dict[str, Any]], call_id: str, prompt_estimate: int,
                    log_fields: dict[str, Any]) -> Response:
     settings, principal = services.settings, admission.principal
@@ -84,7 +84,7 @@ async def _counted(services: Services, admission: Admission, body: ChatCompletio
         include_usage=body.stream_options is not None and body.stream_options.include_usage,
     )
     call.keep_hold()
-    return await (chat_stream.stream(call) if body.stream else _complete(call))
+    return await (chat_stream.stream(call, request) if body.stream else _complete(call))
 
 
 async def _complete(call: ChatCall) -> Response:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+from starlette.requests import Request
 from starlette.responses import Response
 
-from api.chat_call import SERVER_SHUTDOWN, ChatCall
+from api.chat_call import CLIENT_DISCONNECTED, SERVER_SHUTDOWN, ChatCall
 from api.sse import SSE_DONE, EventStreamResponse, StreamEnd, sse_data
 from common import chat_billing
 from common.chat_billing import Outcome
@@ -24,11 +25,15 @@ from common.providers.retry import open_stream_with_retries
 log = logging.getLogger("helyx.api")
 
 
-async def stream(call: ChatCall) -> Response:
+async def stream(call: ChatCall, request: Request) -> Response:
     settings = call.services.settings
-    first, stream = await call.upstream("stream_first_chunk", lambda: open_stream_with_retries(
-        lambda: call.provider.stream(call.request), retries=settings.upstream_retries,
-        backoff=settings.upstream_backoff_seconds), stream=True)
+    opened = await _unless_the_client_leaves(request, call, lambda: call.upstream(
+        "stream_first_chunk", lambda: open_stream_with_retries(
+            lambda: call.provider.stream(call.request), retries=settings.upstream_retries,
+            backoff=settings.upstream_backoff_seconds), stream=True))
+    if opened is None:  # nobody to answer; the call was settled as it stopped
+        return Response(status_code=499)
+    first, stream = opened
     end = StreamEnd()
 
     async def abandoned() -> None:
@@ -37,6 +42,28 @@ async def stream(call: ChatCall) -> Response:
 
     return EventStreamResponse(_events(call, first, stream, end), headers=call.headers, on_unstarted=abandoned,
                                end=end)
+
+
+async def _unless_the_client_leaves(
+        request: Request, call: ChatCall, opening: Callable[[], Awaitable[tuple[ChatDelta, AsyncIterator[ChatDelta]]]],
+) -> tuple[ChatDelta, AsyncIterator[ChatDelta]] | None:
+    """Open the upstream stream while watching the client: its head goes out with the first chunk,
+    so a client that leaves before (its read timeout shorter than the time to the first token, and
+    the SDK then retries it) was not noticed, and the upstream call ran on and was charged in full.
+    Now the attempt is cancelled (ChatCall.upstream charges its prompt), and None returned."""
+    opened = None
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            call.client_gone = True
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        opened = await opening()
+        group.cancel_scope.cancel()
+    return opened
 
 
 async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDelta],
@@ -127,7 +154,7 @@ async def _cut_off(call: ChatCall, end: StreamEnd, stopped_by: BaseException | N
     event is left for the client as its last words): both `cancelled`, charged for what was
     produced; or a fault of ours (`interrupted`, internal_error: a failure, which costs nothing)."""
     if end.client_gone:
-        await call.finish_or_log(_stream_outcome(call, "cancelled", usage, produced, "client_disconnected",
+        await call.finish_or_log(_stream_outcome(call, "cancelled", usage, produced, CLIENT_DISCONNECTED,
                                                  prompt_tokens), True)
         return
     cut = stopped_by is None or isinstance(stopped_by, (asyncio.CancelledError, GeneratorExit))
