@@ -54,6 +54,7 @@ class ChatCall:
     log_fields: dict[str, Any]
     include_usage: bool = False  # stream_options.include_usage: the usage in a chunk of its own
     client_gone: bool = False  # the client left before the stream's first chunk (api.chat_stream)
+    upstream_fingerprint: str | None = None  # the system_fingerprint a streaming upstream stated
     _keeper: asyncio.TimerHandle | None = field(default=None, repr=False)
     _extending: asyncio.Task[None] | None = field(default=None, repr=False)
     _since: float = field(default=0.0, repr=False)
@@ -179,10 +180,15 @@ class ChatCall:
         if error is not None:
             UPSTREAM_ERRORS.labels(provider, failure_code(error)).inc()
 
+    @property
+    def shown_fingerprint(self) -> str | None:
+        """The simulated provider's, or the upstream's (a stream's chunks carry it as a plain answer does)."""
+        return self.fingerprint or self.upstream_fingerprint
+
     def chunk(self, delta: dict[str, Any], finish_reason: str | None, **extra: Any) -> bytes:
         return sse_data({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.entry.id,
-            "system_fingerprint": self.fingerprint,
+            "system_fingerprint": self.shown_fingerprint,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra,
         })
 

@@ -34,6 +34,7 @@ async def stream(call: ChatCall, request: Request) -> Response:
     if opened is None:  # nobody to answer; the call was settled as it stopped
         return Response(status_code=499)
     first, stream = opened
+    call.upstream_fingerprint = first.system_fingerprint
     end = StreamEnd()
 
     async def abandoned() -> None:
@@ -51,7 +52,7 @@ async def _unless_the_client_leaves(
     so a client that leaves before (its read timeout shorter than the time to the first token, and
     the SDK then retries it) was not noticed, and the upstream call ran on and was charged in full.
     Now the attempt is cancelled (ChatCall.upstream charges its prompt), and None returned."""
-    opened = None
+    opened, failure = None, None
     async with anyio.create_task_group() as group:
 
         async def watch() -> None:
@@ -61,8 +62,13 @@ async def _unless_the_client_leaves(
             group.cancel_scope.cancel()
 
         group.start_soon(watch)
-        opened = await opening()
+        try:
+            opened = await opening()
+        except Exception as exc:  # noqa: BLE001 - raised after the group, which would wrap it in an ExceptionGroup
+            failure = exc
         group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     return opened
 
 
@@ -134,7 +140,7 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
         else:
             yield sse_data({
                 "id": call.id, "object": "chat.completion.chunk", "created": call.created, "model": call.entry.id,
-                "system_fingerprint": call.fingerprint, "choices": [], **last,
+                "system_fingerprint": call.shown_fingerprint, "choices": [], **last,
             })
         yield SSE_DONE
     except BaseException as exc:

@@ -112,6 +112,7 @@ class ChatDelta:
     # The prompt's count where a vendor states it before the end (Anthropic's message_start,
     # Gemini's every chunk): a stream cut or failed before its usage is charged it, not an estimate.
     prompt_tokens: int | None = None
+    system_fingerprint: str | None = None  # OpenAI-compatible: the backend configuration, as its chunks state it
 
 
 @runtime_checkable

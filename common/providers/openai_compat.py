@@ -125,7 +125,9 @@ def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
     usage = _usage(usage_data)
     if not content and not refusal and finish_reason is None and usage is None:
         return None
-    return ChatDelta(content=content, finish_reason=finish_reason, usage=usage, refusal=refusal)
+    fingerprint = chunk.get("system_fingerprint")
+    return ChatDelta(content=content, finish_reason=finish_reason, usage=usage, refusal=refusal,
+                     system_fingerprint=fingerprint if isinstance(fingerprint, str) else None)
 
 
 def _text(value: Any) -> str:

@@ -145,3 +145,17 @@ def test_minimax_is_sent_a_temperature_it_takes(minimax: Gateway, openai_fake: F
     assert completion.choices[0].message.content
     assert openai_fake.last_request.json["temperature"] == sent
     assert openai_fake.last_request.json["model"] == "MiniMax-M2.7"
+
+
+def test_a_stream_carries_the_upstreams_system_fingerprint_as_a_plain_answer_does(
+        upstream_gateway: Callable[..., Gateway], openai_fake: FakeUpstream) -> None:
+    """It was None on every chunk (found by an SDK review); the simulated one still says so."""
+    gw = upstream_gateway(openai=openai_fake)
+    with gw.sdk(gw.account()) as client:
+        plain = client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=5)
+        chunks = list(client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=5, stream=True,
+                                                     stream_options={"include_usage": True}))
+        simulated = list(client.chat.completions.create(model="helyx-3.5", messages=HI, max_tokens=5, stream=True))
+    assert plain.system_fingerprint == "fp_fake"
+    assert {chunk.system_fingerprint for chunk in chunks} == {"fp_fake"}
+    assert {chunk.system_fingerprint for chunk in simulated} == {"helyx-simulated"}
