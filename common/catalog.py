@@ -114,11 +114,11 @@ class ModelEntry:
         for name in self.withheld & fields.keys():
             value = fields[name]
             if name in fixed:
-                if value != fixed[name]:
+                if value not in (fixed[name], 1):  # its own value, or OpenAI's default, asks for nothing
                     raise InvalidRequest(f"The model '{self.id}' takes only {name} = {fixed[name]:g} (its provider "
                                          "fixes it); leave it out.", param=name, code="unsupported_parameter")
             elif not ((name == "stop" and not value) or (name.endswith("_penalty") and value == 0)
-                      or (name in ("temperature", "top_p") and value == 1)):  # OpenAI's own defaults
+                      or (name in FIXABLE and value == 1)):  # temperature or top_p 1: OpenAI's defaults
                 raise InvalidRequest(f"The model '{self.id}' does not support '{name}'; leave it out.",
                                      param=name, code="unsupported_parameter")
 

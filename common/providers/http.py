@@ -235,7 +235,7 @@ def client_fault(status: int, body: bytes, vendor: str) -> tuple[str, str | None
         return "request_too_large", None
     code, param = vendor_code_and_param(body)
     if code in _CLIENT_FAULT_CODES:
-        return code, param
+        return code, param or ("messages" if code == "context_length_exceeded" else None)
     if _TOO_LONG.search(vendor):
         return "context_length_exceeded", "messages"
     return None

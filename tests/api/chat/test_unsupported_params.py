@@ -47,7 +47,7 @@ def test_the_fields_a_model_refuses_are_never_sent(gateway: Gateway, openai_fake
 @pytest.mark.parametrize(("model", "field", "value"), [
     ("kimi-k2.6", "temperature", 0.2), ("kimi-k2.6", "temperature", 0), ("kimi-k2.6", "top_p", 0.5),
     ("kimi-k2.6", "presence_penalty", -0.5), ("grok-pro", "stop", ["\n"]), ("grok-pro", "stop", "END"),
-    ("grok-pro", "frequency_penalty", 0.5),
+    ("grok-pro", "frequency_penalty", 0.5), ("grok-pro", "presence_penalty", 1),
 ])
 def test_setting_one_is_a_400_naming_it_that_holds_nothing(gateway: Gateway, openai_fake: FakeUpstream, model: str,
                                                             field: str, value: object) -> None:
@@ -75,6 +75,7 @@ def ledger_rows(engine: Engine, account_id: str) -> int:
 
 @pytest.mark.parametrize(("model", "fields"), [
     ("kimi-k2.6", {"temperature": 1, "top_p": 0.95, "presence_penalty": 0, "frequency_penalty": 0.0}),
+    ("kimi-k2.6", {"temperature": 1, "top_p": 1}),  # OpenAI's defaults, which generic clients send (top_p 1 was a 400)
     ("grok-pro", {"stop": [], "presence_penalty": 0, "frequency_penalty": 0, "temperature": 0.2}),
 ])
 def test_values_that_ask_for_nothing_pass_and_are_not_sent_either(

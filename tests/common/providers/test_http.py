@@ -87,6 +87,9 @@ def test_a_refusal_the_client_can_mend_is_a_400_with_the_vendors_code_and_param(
     assert (refused.status, refused.type, refused.code, refused.param) == (
         400, "invalid_request_error", "context_length_exceeded", "messages")
     assert "maximum context length is 10 tokens" in refused.message
+    no_param = json.dumps({"error": {"message": "This model's maximum context length is 10 tokens.",
+                                     "code": "context_length_exceeded"}}).encode()
+    assert status_error(400, no_param, {}, "openai", None).param == "messages"  # it was null (a docs review)
     assert status_error(413, b"too big", {}, "p", None).code == "request_too_large"
     anthropic = json.dumps({"type": "error", "error": {"type": "invalid_request_error",
                                                        "message": "prompt is too long: 210000 tokens > 200000"}})
