@@ -131,7 +131,7 @@ def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) 
     try:
         media = runtime.current().run(lambda rt: _produce(job, owner, rt))
     except LeaseLost:
-        _abandon(job, owner, "lease lost (canceled or reclaimed)")
+        _transition(job, "abandoned", reason="lease lost (canceled or reclaimed)")
         return
     except UpstreamError as exc:
         _failed(job, owner, exc, requeue, notify)
@@ -144,7 +144,7 @@ def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) 
     try:
         files = _store_with_retries(job, owner, media)
     except LeaseLost:
-        _abandon(job, owner, "lease lost while storing (canceled or reclaimed)")
+        _transition(job, "abandoned", reason="lease lost while storing (canceled or reclaimed)")
         return
     except Exception as exc:  # noqa: BLE001 - any storage error; not an interrupt (Dramatiq's time limit)
         _failed(job, owner, UpstreamError(f"The result could not be stored ({type(exc).__name__}); the job was "
@@ -169,16 +169,7 @@ def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) 
             notify(job.id)
     else:
         _delete(files)
-        _abandon(job, owner, "its result came after the job was canceled or reclaimed; discarded")
-
-
-def _abandon(job: ClaimedJob, owner: str, reason: str) -> None:
-    """Log the end of an attempt that lost its job, and free the running slot a canceled job kept."""
-    _transition(job, "abandoned", reason=reason)
-    try:
-        while_database_down(lambda: lifecycle.let_go(context.engine(), job.id, owner), patience=5.0)
-    except Exception:  # noqa: BLE001 - the slot frees itself when the lease runs out
-        log.warning("job %s: its running slot could not be freed now; it frees at the lease's end", job.id)
+        _transition(job, "abandoned", reason="its result came after the job was canceled or reclaimed; discarded")
 
 
 def _delete(files: list[dict[str, Any]]) -> None:

@@ -29,9 +29,7 @@ from common.errors import Conflict, NotFound
 log = logging.getLogger("helyx.worker")
 
 _RUNNABLE = "(status = 'queued' OR (status = 'running' AND lease_until < :now))"
-# A canceled job whose worker has not yet let go (its lease runs) still takes its slot: its
-# provider call goes on until the worker notices, and the cap bounds those calls too.
-_RUNNING_COUNT = ("(SELECT COUNT(*) FROM jobs r WHERE r.account_id = :aid AND r.status IN ('running', 'canceled')"
+_RUNNING_COUNT = ("(SELECT COUNT(*) FROM jobs r WHERE r.account_id = :aid AND r.status = 'running'"
                   " AND r.lease_until >= :now)")
 _CURRENT = text("SELECT j.account_id, j.status, j.lease_until, j.attempts, a.plan, h.status AS hold_status"
                 " FROM jobs j JOIN accounts a ON a.id = j.account_id LEFT JOIN holds h ON h.id = j.hold_id"
@@ -287,26 +285,16 @@ def fail(engine: Engine, job: ClaimedJob, owner: str, error_code: str, message: 
     return True
 
 
-def let_go(engine: Engine, job_id: str, owner: str) -> None:
-    """A worker that found its job canceled frees the account's running slot the job still took."""
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE jobs SET lease_owner = NULL, lease_until = NULL"
-                          " WHERE id = :id AND status = 'canceled' AND lease_owner = :owner"),
-                     {"id": job_id, "owner": owner})
-
-
 def cancel(engine: Engine, account_id: str, job_id: str) -> bool:
     """Cancel a job that has not finished: full refund. A running job's worker notices at its next
-    lease renewal and stops (`let_go`); its late result is discarded. Until then the job keeps its
-    lease, and so its account's running slot: cancelling does not start another provider call.
-    Finished jobs: 409. True when this call canceled it; False for one canceled before (nothing
-    more to do: no refund, no webhook)."""
+    lease renewal and stops; its late result is discarded. Finished jobs: 409. True when this call
+    canceled it; False for one canceled before (nothing more to do: no refund, no webhook)."""
     now = clock.now().timestamp()
     with engine.begin() as conn:
         _lock_account(conn, account_id, job_id)
         row = conn.execute(
             text("UPDATE jobs SET status = 'canceled', finished_at = :now, error_code = 'canceled',"
-                 " error_message = 'Canceled by the user.'"  # a running job's lease stays until its worker lets go
+                 " error_message = 'Canceled by the user.', lease_owner = NULL, lease_until = NULL"
                  " WHERE id = :id AND account_id = :aid AND status IN ('queued', 'running') RETURNING hold_id"),
             {"id": job_id, "aid": account_id, "now": now},
         ).first()
