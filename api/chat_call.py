@@ -158,13 +158,11 @@ class ChatCall:
             result = await attempt()
         except BaseException as exc:
             cut = isinstance(exc, asyncio.CancelledError)  # the client left (a stream), or the server's shutdown
-            self.upstream_done(since, kind, None if cut else exc)
-            if cut and self.client_gone:  # charged its prompt, as a stream cut before its first chunk is
-                outcome = Outcome(self.id, "cancelled", chat_billing.estimated_usage(
-                    self.request.messages, "", self.provider), usage_estimated=True, error_code=CLIENT_DISCONNECTED)
-            elif cut:  # nothing produced: nothing charged
-                outcome = Outcome(self.id, "cancelled", None, error_code=SERVER_SHUTDOWN)
+            if cut:  # nothing was produced: nothing is charged (and the wait is no measure of the provider)
+                outcome = Outcome(self.id, "cancelled", None,
+                                  error_code=CLIENT_DISCONNECTED if self.client_gone else SERVER_SHUTDOWN)
             else:
+                self.upstream_done(since, kind, exc)
                 outcome = Outcome(self.id, "failed", None, error_code=failure_code(exc))
             with anyio.CancelScope(shield=True):
                 await self.finish(outcome, stream=stream)

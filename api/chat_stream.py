@@ -51,7 +51,8 @@ async def _unless_the_client_leaves(
     """Open the upstream stream while watching the client: its head goes out with the first chunk,
     so a client that leaves before (its read timeout shorter than the time to the first token, and
     the SDK then retries it) was not noticed, and the upstream call ran on and was charged in full.
-    Now the attempt is cancelled (ChatCall.upstream charges its prompt), and None returned."""
+    Now the attempt is cancelled, charged nothing (nothing was produced; ChatCall.upstream), and
+    None returned."""
     opened, failure = None, None
     async with anyio.create_task_group() as group:
 
