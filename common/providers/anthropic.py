@@ -28,14 +28,13 @@ from common.providers.base import (
     reported_usage,
     token_count,
 )
+from common.providers.error_blocks import malformed_answers, upstream_errors
 from common.providers.http import (
     UpstreamClient,
     failure_in_body,
     iter_sse,
-    malformed_answers,
     parse_json,
     raise_for_status,
-    upstream_errors,
     vendor_message,
 )
 from common.providers.messages import (

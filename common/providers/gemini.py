@@ -29,16 +29,15 @@ from common.providers.base import (
     reported_usage,
     token_count,
 )
+from common.providers.error_blocks import malformed_answers, upstream_errors
 from common.providers.google_errors import google_error, is_bad_key
 from common.providers.http import (
     UpstreamClient,
     failure_in_body,
     iter_sse,
-    malformed_answers,
     parse_json,
     raise_for_status,
     status_error,
-    upstream_errors,
     vendor_message,
 )
 from common.providers.messages import (

@@ -1,7 +1,7 @@
 """The pooled HTTP client and the one place where HTTP failures become our errors.
 
 Every adapter talks to its vendor through `build_http_client`'s client and maps failures with
-`upstream_errors(...)` (transport exceptions) and `raise_for_status(...)` (HTTP statuses):
+`upstream_errors(...)` (transport exceptions, common.providers.error_blocks) and `raise_for_status(...)` (HTTP statuses):
 
     connect error / connect timeout     UpstreamError  retryable  code upstream_unreachable
     read / write timeout                UpstreamTimeout (504; the API does not retry it)
@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -149,35 +148,6 @@ def tls_context() -> ssl.SSLContext:
     """One verifying TLS context per process, shared by every client: building one loads the CA
     bundle (~20 ms of CPU and several MB). An SSLContext may be shared across threads and loops."""
     return httpx.create_ssl_context(trust_env=False)
-
-
-class upstream_errors:  # lower-case: used like a function, `with upstream_errors("openai"):`
-    """Turns httpx transport exceptions raised inside the block into UpstreamError."""
-
-    def __init__(self, provider: str) -> None:
-        self.provider = provider
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
-        if isinstance(exc, httpx.HTTPError):
-            raise transport_error(exc, self.provider) from exc
-        return False
-
-
-class malformed_answers(upstream_errors):  # lower-case: used like a function, `with malformed_answers("openai"):`
-    """Turns the errors of reading a vendor's 2xx answer of an unexpected shape (a list where an
-    object belongs, a number where text does) into a 502 `upstream_bad_response`, not retried: the
-    call was made and paid for. They were 500s, which the SDK retries: three calls for one."""
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
-        if isinstance(exc, AttributeError | TypeError | KeyError | IndexError | ValueError):
-            raise UpstreamError(f"The upstream provider ({self.provider}) sent an answer of an unexpected shape",
-                                code="upstream_bad_response") from exc
-        return False
 
 
 def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:

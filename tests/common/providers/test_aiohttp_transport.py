@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from common.errors import UpstreamError, UpstreamTimeout
-from common.providers.http import build_http_client, upstream_errors
+from common.providers.error_blocks import upstream_errors
+from common.providers.http import build_http_client
 
 pytestmark = pytest.mark.anyio
 
