@@ -1,7 +1,8 @@
 """The pooled HTTP client and the one place where HTTP failures become our errors.
 
 Every adapter talks to its vendor through `build_http_client`'s client and maps failures with
-`upstream_errors(...)` (transport exceptions, common.providers.error_blocks) and `raise_for_status(...)` (HTTP statuses):
+`upstream_errors(...)` (transport exceptions; common.providers.error_blocks) and
+`raise_for_status(...)` (HTTP statuses):
 
     connect error / connect timeout     UpstreamError  retryable  code upstream_unreachable
     read / write timeout                UpstreamTimeout (504; the API does not retry it)
