@@ -2,8 +2,17 @@
 # The test command: installs into .venv if needed, then runs the whole suite.
 # Tests that need PostgreSQL (127.0.0.1:5432) or Redis (127.0.0.1:6379) skip when those are
 # unreachable, except under CI=true, where they fail.
+#
+# Without arguments the suite runs in two parts: everything but the `exclusive` tests spread over
+# HELYX_TEST_WORKERS pytest-xdist processes (default 2: most of the suite waits on processes and
+# sockets, not on the CPU), then the `exclusive` tests alone, since they restart PostgreSQL or
+# freeze Redis under everyone's feet. With arguments, they go to one plain pytest run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
 .venv/bin/ruff check .
-exec .venv/bin/pytest "$@"
+if [ "$#" -gt 0 ]; then
+  exec .venv/bin/pytest "$@"
+fi
+.venv/bin/pytest -n "${HELYX_TEST_WORKERS:-2}" -m "not exclusive"
+exec .venv/bin/pytest -m exclusive

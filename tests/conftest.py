@@ -24,7 +24,11 @@ pytest_plugins = ["tests.fakes.fixtures"]
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("HELYX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_TEST_URL = os.environ.get("HELYX_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+# Under pytest-xdist each worker process has its own Redis database (its queues and limits are
+# its own); faults.py keeps db 13 and the benchmarks db 13 too, run apart from the suite.
+_XDIST_REDIS_DB = {"gw0": 14, "gw1": 12, "gw2": 11, "gw3": 10}
+_REDIS_DB = _XDIST_REDIS_DB[os.environ.get("PYTEST_XDIST_WORKER", "gw0")]
+REDIS_TEST_URL = os.environ.get("HELYX_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{_REDIS_DB}")
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
 

@@ -41,7 +41,7 @@ from tests.integration.faults import (
 )
 from tests.integration.helpers_processes import Processes, base_env, wait_dramatiq_workers
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.exclusive]
 
 JOB_SECONDS = 2.0  # simulated nano-banana-pro jobs: they finish while the database is down
 SLOW_SECONDS = 13.0  # slow-image jobs (a fake Gemini that answers late): running across the outage

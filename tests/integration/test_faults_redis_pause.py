@@ -39,7 +39,7 @@ from tests.integration.faults import (
 )
 from tests.integration.helpers_processes import Processes, base_env, wait_dramatiq_workers
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.exclusive]
 
 PAUSE_SECONDS = 10.0
 BEFORE_SECONDS, AFTER_SECONDS = 3.0, 6.0  # steady load around the pause
