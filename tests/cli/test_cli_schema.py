@@ -1,0 +1,84 @@
+"""`helyx` commands against a database without the Helyx schema, or at an older revision: only
+`account create` (on a new database) and `migrate` change the schema."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from common.db import dispose_engines, make_engine
+from common.settings import reset_settings_cache
+from tests.cli.helpers import ok_json
+
+
+@pytest.fixture
+def bare_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+    """HELYX_DATABASE_URL on an empty SQLite file (no schema)."""
+    url = f"sqlite:///{tmp_path / 'bare.db'}"
+    monkeypatch.setenv("HELYX_DATABASE_URL", url)
+    monkeypatch.delenv("HELYX_REDIS_URL", raising=False)
+    reset_settings_cache()
+    engine = make_engine(url)
+    with engine.connect():
+        pass  # the file made, empty
+    yield engine
+    engine.dispose()
+    dispose_engines()
+    reset_settings_cache()
+
+
+def _tables(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")).scalars())
+
+
+@pytest.mark.parametrize("argv", [["usage", "acct_x"], ["key", "revoke", "key_x"], ["credits", "grant", "acct_x", "5"],
+                                  ["plan", "set", "acct_x", "pro"], ["key", "create", "acct_x"]])
+def test_a_command_on_a_database_without_the_schema_refuses_and_creates_nothing(
+        run: Any, bare_db: Engine, argv: list[str]) -> None:
+    """A mistyped HELYX_DATABASE_URL gained every Helyx table, then "No account"."""
+    code, _, err = run(*argv)
+    assert code == 2 and "has no Helyx schema: is HELYX_DATABASE_URL the right one?" in err, err
+    assert _tables(bare_db) == set()
+
+
+def test_a_command_on_a_sqlite_file_that_is_not_there_refuses_and_makes_no_file(
+        run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "typo" / "helyx.db"
+    monkeypatch.setenv("HELYX_DATABASE_URL", f"sqlite:///{missing}")
+    reset_settings_cache()
+    try:
+        code, _, err = run("usage", "acct_x")
+    finally:
+        dispose_engines()
+        reset_settings_cache()
+    assert code == 2 and "There is no database file at" in err, err
+    assert not missing.exists() and not missing.parent.exists()
+
+
+def test_account_create_makes_the_schema_of_a_new_database(run: Any, bare_db: Engine) -> None:
+    made = ok_json(run("account", "create", "first@example.com"))
+    assert made["api_key"].startswith("hx-") and {"accounts", "alembic_version"} <= _tables(bare_db)
+
+
+def test_no_command_migrates_an_older_schema_but_migrate(run: Any, bare_db: Engine) -> None:
+    """A newer release's `helyx usage` ran its migrations (one rewrites the ledger under a lock)."""
+    from alembic import command
+
+    from common.migrate import _config
+
+    config = _config()
+    with bare_db.connect() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0003")
+        conn.commit()
+    for argv in (["account", "create", "late@example.com"], ["usage", "acct_x"]):
+        code, _, err = run(*argv)
+        assert code == 2 and "schema is at revision 0003" in err and "run `helyx migrate`" in err, err
+    with bare_db.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
+    assert ok_json(run("migrate")) and run("account", "create", "late@example.com")[0] == 0

@@ -1,0 +1,162 @@
+"""`helyx serve` (and its start-up checks) in-process: counts, ports, the demo, an unreachable
+database or Redis, a broken catalog, misspelt settings, the log level handed to uvicorn."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from cli.main import main
+from common import accounts
+from common.settings import reset_settings_cache
+from tests.cli.helpers import snapshot
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["worker", "--processes", "0"], "argument --processes: must be 1 or more, not 0"),
+    (["worker", "--threads", "-1"], "argument --threads: must be 1 or more, not -1"),
+    (["serve", "--port", "99999"], "argument --port: must be a TCP port, 1-65535, not 99999"),
+    (["serve", "--port", "x"], "argument --port: must be a whole number, not 'x'"),
+    (["serve", "--workers", "0"], "argument --workers: must be 1 or more, not 0"),
+    (["serve", "--host", " "], "argument --host: must be an address to bind"),
+])
+def test_bad_counts_and_ports_are_refused_before_anything_starts(argv: list[str], message: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_demo_is_refused_in_the_production_shape_and_creates_nothing(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Pro account with a fresh key belongs to a local trial, not to the operator's database."""
+    monkeypatch.setenv("HELYX_REDIS_URL", "redis://127.0.0.1:6379/15")
+    reset_settings_cache()
+    before = snapshot(cli_db)
+    code, out, err = run("serve", "--demo", "--port", "1")
+    assert (code, out) == (2, "")
+    assert err.startswith("helyx: --demo is for the self-contained mode"), err
+    assert snapshot(cli_db) == before
+
+
+def test_an_unreachable_database_is_one_line_not_a_traceback(run: Any, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    monkeypatch.setenv("HELYX_DATABASE_URL", "postgresql://postgres@127.0.0.1:9/helyx")  # nothing listens
+    monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
+    monkeypatch.delenv("HELYX_REDIS_URL", raising=False)
+    reset_settings_cache()
+    # (serve: the self-contained mode's jobs lock is the first to need the database)
+    for argv in (["migrate"], ["account", "create", "x@example.com"], ["usage", "acct_x"], ["serve", "--port", "1"]):
+        code, out, err = run(*argv)
+        assert (code, out) == (1, ""), argv
+        assert err.startswith("helyx: error: cannot use the database: connection failed"), err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_with_a_broken_catalog_stops_before_printing_a_demo_key(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[providers.mine]\nkind = "nope"\n', "utf-8")
+    monkeypatch.setenv("HELYX_CATALOG", str(catalog))
+    reset_settings_cache()
+    before = snapshot(cli_db)
+    code, out, err = run("serve", "--demo", "--port", "1")
+    assert (code, out) == (2, "")
+    assert err.startswith("helyx: error: invalid catalog: provider mine: kind must be one of"), err
+    assert "Traceback" not in err and snapshot(cli_db) == before
+
+
+def test_a_misspelt_setting_stops_every_command_naming_the_setting_meant(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """HELYX_RATELIMIT_FREE was ignored without a word. A typo whose setting is unset stops the
+    command; one whose setting is set anyway is a warning; names further away are left alone."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("HELYX_RATELIMIT_FREE=5\n", "utf-8")
+    monkeypatch.setenv("HELYX_DATABSE_URL", "postgresql://postgres@127.0.0.1:5432/prod")  # HELYX_DATABASE_URL is set
+    for other in ("HELYX_KEY", "HELYX_TEST_REDIS_URL", "HELYX_DB_PORT", "HELYX_BASE_URL", "HELYX_WORKERS"):
+        monkeypatch.setenv(other, "1")  # a shell's, the tests', a Kubernetes service's: not typos
+    before = snapshot(cli_db)
+    code, out, err = run("account", "create", "typo@example.com")
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        "helyx: warning: HELYX_DATABSE_URL is not a setting (did you mean HELYX_DATABASE_URL?)",
+        "helyx: error: invalid configuration: HELYX_RATELIMIT_FREE is not a setting (did you mean "
+        "HELYX_RATE_LIMIT_FREE?)",
+    ]
+    assert snapshot(cli_db) == before
+    (tmp_path / ".env").write_text("HELYX_RATE_LIMIT_FREE=5\n", "utf-8")
+    code, _, err = run("account", "create", "typo@example.com")
+    assert code == 0 and err.splitlines() == [
+        "helyx: warning: HELYX_DATABSE_URL is not a setting (did you mean HELYX_DATABASE_URL?)"]
+
+
+def test_serve_in_the_production_shape_on_a_taken_port_is_one_line_before_serving(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HELYX_REDIS_URL", "redis://127.0.0.1:6379/15")
+    monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
+    reset_settings_cache()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run("serve", "--port", str(port))
+    assert (code, out) == (1, "")
+    assert err.strip() == f"helyx: cannot listen on 127.0.0.1:{port}: Address already in use", err
+
+
+def test_a_storage_directory_that_is_a_file_is_named_as_such(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "results"
+    blocker.write_text("not a directory", "utf-8")
+    monkeypatch.setenv("HELYX_STORAGE_DIR", str(blocker))
+    reset_settings_cache()
+    code, out, err = run("serve", "--port", "1")
+    assert (code, out) == (2, "")
+    assert err.strip() == (f"helyx: error: cannot use the storage directory: HELYX_STORAGE_DIR {blocker}: "
+                           "a file is in the way: not a directory"), err
+
+
+def test_serve_demo_can_start_more_often_than_an_account_has_keys(cli_db: Engine) -> None:
+    """Each start revokes the last demo key; the operator's paths count active keys only, so a
+    crash loop of `helyx serve --demo` does not lock the demo out for a day (found by a diff review)."""
+    from cli.run_commands import _demo_key
+
+    for _ in range(accounts.MAX_ACTIVE_KEYS + 5):
+        _demo_key("127.0.0.1", 8000)
+    with cli_db.connect() as conn:
+        active = conn.execute(text("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL")).scalar_one()
+    assert active == 1
+
+
+@pytest.mark.parametrize(("level", "number"), [("WARN", 30), ("INFO", 20), ("fatal", 50), ("NOTSET", 0)])
+def test_serve_in_the_production_shape_hands_uvicorn_the_log_level_and_a_grace_rounded_up(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, level: str, number: int,
+) -> None:
+    """A log level logging takes but uvicorn's names lack (WARN) stopped the start with a KeyError;
+    a grace of 0.5 s reached uvicorn as none (found by a diff review)."""
+    import uvicorn
+
+    given: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: given.update(kwargs, app=app))
+    monkeypatch.setenv("HELYX_REDIS_URL", "redis://127.0.0.1:1/0")  # not answering: a warning, not a stop
+    monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
+    monkeypatch.setenv("HELYX_LOG_LEVEL", level)
+    monkeypatch.setenv("HELYX_SHUTDOWN_GRACE_SECONDS", "0.5")
+    reset_settings_cache()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, _, err = run("serve", "--port", str(port))
+    assert code == 0, err
+    assert given["app"] == "api.main:app" and given["port"] == port
+    assert (given["log_level"], given["timeout_graceful_shutdown"], given["access_log"]) == (number, 1, False)
+    assert "warning: Redis at redis://127.0.0.1:1/0 does not answer" in err
