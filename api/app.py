@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from api import errors, openapi
-from api.middleware import BodyLimitMiddleware, CutAnswerMiddleware, RequestIdMiddleware
+from api.middleware import BodyLimitMiddleware, FallbackAnswerMiddleware, RequestIdMiddleware
 from api.observability import InFlight, ObservabilityMiddleware
 from api.recent_keys import RecentKeys
 from api.routes import (
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     if settings.admin_token is not None and settings.admin_token.get_secret_value():
         app.include_router(admin.router)  # absent otherwise: a 404 for every method and body, as any unknown path
-    app.add_middleware(CutAnswerMiddleware)  # innermost: what it answers is logged, counted and given CORS headers
+    app.add_middleware(FallbackAnswerMiddleware)  # innermost: what it answers is logged, counted and given CORS headers
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware (no per-request task overhead): request ids and the body size limit."""
+"""Pure ASGI middleware (no per-request task overhead): request ids, the body size limit, and the
+answer to a request that ended without one."""
 
 from __future__ import annotations
 
@@ -57,10 +58,12 @@ class RequestIdMiddleware:
 CUT_ANSWER_SECONDS = 2.0  # the most the answer to a cut request may take (the process is stopping)
 
 
-class CutAnswerMiddleware:
-    """The answer to a request uvicorn cuts off (cancels) at the end of its shutdown grace before
-    its response began, in place of uvicorn's plain-text 500. The innermost of our middleware, so
-    that the request log and metrics count the status sent, and CORS headers are added to it."""
+class FallbackAnswerMiddleware:
+    """The answer to a request whose handler ended before its response began without giving one:
+    cut off (cancelled) by uvicorn at the end of its shutdown grace (in place of uvicorn's
+    plain-text 500), or an exception no handler took (the 500 envelope). The innermost of our
+    middleware, so that the request log and metrics count the status sent, and CORS headers are
+    added to it (a 500 without them is a network error to a browser script)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -82,6 +85,10 @@ class CutAnswerMiddleware:
             if not started:
                 await answer_cut_request(scope, receive, tracked)
             raise
+        except Exception as exc:
+            if started:  # mid-response, only closing the connection can tell the client
+                raise
+            await unexpected_error_response(exc, scope.get("path", ""))(scope, receive, tracked)
 
 
 async def answer_cut_request(scope: Scope, receive: Receive, send: Send) -> None:

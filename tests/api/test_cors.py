@@ -33,3 +33,20 @@ def test_an_allowed_origin_can_read_the_headers_the_sdk_acts_on(tmp_path: Path) 
     assert refused.status_code == 401 and refused.headers["x-should-retry"] == "false"
     assert "x-should-retry" in refused.headers["access-control-expose-headers"]
     assert "access-control-allow-origin" not in stranger.headers
+
+
+def test_an_unexpected_error_reaches_an_allowed_origin_with_its_cors_headers(tmp_path: Path) -> None:
+    """A 500 answered outside the CORS middleware had no access-control-allow-origin: the browser
+    hid it from the script (a network error), so the JS SDK could neither read nor retry it."""
+    app = create_app(make_settings(tmp_path, cors_origins=[ORIGIN]))
+
+    @app.get("/api/v1/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/api/v1/boom", headers={"Origin": ORIGIN, "x-request-id": "req-cors-500"})
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error", response.text
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert response.headers["x-request-id"] == "req-cors-500"
+    assert "x-request-id" in response.headers["access-control-expose-headers"]
