@@ -22,6 +22,7 @@ from common.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from common.money import to_micro
 from common.plans import PLANS, plan_allows
 from common.providers.base import SAMPLING_FIELDS, ProviderConfig
+from common.providers.openai_compat import UNSENDABLE
 from common.settings import DAY_SECONDS, Settings
 from common.tokens import TOKENS_PER_IMAGE
 
@@ -57,6 +58,10 @@ def _durations(value: Any) -> bool:
         isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 3600 for d in value)
 
 
+def _unsendable(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v in UNSENDABLE for v in value)
+
+
 _SECONDS = (_seconds, f"a number of seconds above 0 and at most {DAY_SECONDS:,}")
 # Options an adapter takes beyond those (keyword arguments of its class), by provider kind and the
 # kind of model it serves, each with the check its value must pass and what that check wants.
@@ -65,6 +70,7 @@ ADAPTER_OPTIONS: dict[tuple[str, str], dict[str, tuple[Callable[[Any], bool], st
                        "durations": (_durations, "a non-empty list of whole seconds (1 to 3,600)"),
                        "poll_retries": (_tries, "a whole number from 0 to 100")},
     ("gemini", "image"): {"timeout": _SECONDS},  # common.providers.gemini_image
+    ("openai", "chat"): {"unsent_fields": (_unsendable, f"a list among {', '.join(UNSENDABLE)}")},
 }
 PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
     kind: tuple(name for (k, _), options in ADAPTER_OPTIONS.items() if k == kind for name in options)

@@ -38,27 +38,40 @@ from common.providers.http import (
 
 PROVIDER = "openai-compatible"
 _OPTIONAL = (*SAMPLING_FIELDS, "user")
+# Fields of OpenAI's request a stricter vendor refuses (Mistral answers 422 "extra inputs are not
+# permitted" to each): the catalog's `unsent_fields` of a provider leaves them out. `name` is a
+# message's participant name; without `stream_options` a stream's usage is the vendor's own
+# (Mistral sends it in its last chunk) or, absent, estimated.
+UNSENDABLE = ("user", "stream_options", "name")
 
 
 class OpenAICompatProvider:
-    def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None) -> None:
+    def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None,
+                 unsent_fields: list[str] | tuple[str, ...] = ()) -> None:
         self._client = client
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")  # parsed once, not per request
         self._api_key = api_key
+        unsent = frozenset(unsent_fields)
+        self._optional = tuple(name for name in _OPTIONAL if name not in unsent)
+        self._ask_usage = "stream_options" not in unsent
+        self._drop_names = "name" in unsent
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     def _body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": request.model, "messages": request.messages,
-                                "max_tokens": request.max_tokens}
-        for name in _OPTIONAL:
+        messages = request.messages
+        if self._drop_names:
+            messages = [{k: v for k, v in m.items() if k != "name"} for m in messages]
+        body: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens}
+        for name in self._optional:
             value = getattr(request, name)
             if value is not None:
                 body[name] = value
         if stream:
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            if self._ask_usage:
+                body["stream_options"] = {"include_usage": True}
         return body
 
     def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None) -> None:

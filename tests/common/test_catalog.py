@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from common.catalog import CatalogError, load_catalog
+from common.providers.base import SAMPLING_FIELDS
 from common.providers.gemini import GeminiChatProvider
 from common.providers.gemini_image import GeminiImageProvider
+from common.providers.openai_compat import OpenAICompatProvider
 from common.providers.registry import Providers
 from tests.conftest import make_settings
 
@@ -67,6 +69,10 @@ def test_a_file_extends_field_by_field_or_replaces(tmp_path: Path) -> None:
     ('[providers.veo]\ndurations = "x"\n', "provider veo: durations must be a non-empty list of whole seconds"),
     ('[providers.veo]\npoll_retries = 1.5\n', "provider veo: poll_retries must be a whole number"),
     ('[providers.gemini]\ntimeout = "soon"\n', "provider gemini: timeout must be a number of seconds"),
+    ('[providers.mistral]\nunsent_fields = ["tools"]\n', "provider mistral: unsent_fields must be a list among user, "
+     "stream_options, name"),
+    ('[providers.mistral]\nunsent_fields = "user"\n', "provider mistral: unsent_fields must be a list among"),
+    ('[providers.anthropic]\nunsent_fields = ["user"]\n', "provider anthropic: unknown field unsent_fields"),
     # a traceback instead of one line
     ('[models.gpt-4o]\nrate = inf\n', "model gpt-4o: rate inf is not a credit amount (a number of credits with"),
     ('[models.gpt-4o]\nrate = "Infinity"\n', "model gpt-4o: rate 'Infinity' is not a credit amount"),
@@ -112,6 +118,16 @@ def test_gemini_image_options_reach_only_its_image_adapter(tmp_path: Path, monke
     assert isinstance(providers.chat(catalog.models["gemini-1-5-pro"]), GeminiChatProvider)
     image = providers.image(catalog.models["nano-banana-pro"])
     assert isinstance(image, GeminiImageProvider) and image._timeout == 60
+
+
+def test_the_built_in_mistral_provider_leaves_out_what_mistral_refuses(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog = _load(tmp_path, "")
+    monkeypatch.setenv("MISTRAL_API_KEY", "sk-test")
+    providers = Providers(catalog, make_settings(tmp_path, simulate="0"), http=None)  # type: ignore[arg-type]
+    adapter = providers.chat(catalog.models["mixtral-8x22b"])
+    assert isinstance(adapter, OpenAICompatProvider)
+    assert (adapter._optional, adapter._ask_usage, adapter._drop_names) == (SAMPLING_FIELDS, False, True)
 
 
 def test_a_model_on_the_built_in_simulated_provider_says_it_is_simulated(tmp_path: Path) -> None:

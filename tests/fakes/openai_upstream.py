@@ -94,8 +94,12 @@ async def _stream(b: Behaviour, model: str, include_usage: bool) -> AsyncGenerat
         if b.chunk_delay:
             await asyncio.sleep(b.chunk_delay)
         yield chunk({"refusal": piece} if b.refusal else {"content": piece})
-    usage = _usage(b) if include_usage and not b.omit_usage else None
-    if usage and b.usage_in == "choice":
+    # Mistral's stream always ends with its usage, in the finish chunk, asked for or not
+    usage = _usage(b) if (include_usage or b.usage_in == "finish") and not b.omit_usage else None
+    if usage and b.usage_in == "finish":
+        yield _event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": b.finish or "stop"}],
+                      "usage": usage})
+    elif usage and b.usage_in == "choice":
         yield chunk({}, b.finish or "stop", usage=usage)
     elif usage and b.usage_in == "x_groq":
         yield chunk({}, b.finish or "stop", x_groq={"id": "req_fake", "usage": usage})

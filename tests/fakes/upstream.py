@@ -43,7 +43,8 @@ class Behaviour:
     #   prompt_tokens_details' cached_tokens, among prompt_tokens
     delta_input_tokens: bool = False  # Anthropic only: message_delta repeats input_tokens (not the cache counts)
     usage_in: str = "chunk"  # OpenAI-compatible streams: "chunk" (OpenAI's own, a last chunk of its own),
-    #   "choice" (Moonshot's: in the finish chunk's choices[0].usage), "x_groq" (Groq's older x_groq.usage)
+    #   "choice" (Moonshot's: in the finish chunk's choices[0].usage), "x_groq" (Groq's older x_groq.usage),
+    #   "finish" (Mistral's: in the finish chunk, always, with or without stream_options)
     omit_usage: bool = False  # answer without any usage / token counts
     fail_first: int = 0  # the first K requests fail with fail_status ...
     fail_status: int = 500

@@ -151,3 +151,21 @@ async def test_a_stream_that_ends_without_finish_or_done_is_an_error() -> None:
     assert text_of(deltas) == "Hi"
     assert isinstance(error, UpstreamError)
     assert error.retryable is True
+
+
+async def test_fields_a_strict_vendor_refuses_are_left_out_of_plain_and_streamed_calls(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    """Mistral answers 422 to `user`, `stream_options` and a message's `name`: every stream to it failed."""
+    named = [{"role": "user", "content": "hi", "name": "alice"}]
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY,
+                                    unsent_fields=["user", "stream_options", "name"])
+    await provider.complete(chat_request(messages=named, user="u-1", temperature=0.5))
+    assert openai_fake.last_request.json == {"model": "test-model", "messages": [{"role": "user", "content": "hi"}],
+                                             "max_tokens": 64, "temperature": 0.5}
+    openai_fake.behaviour.usage_in = "finish"  # as Mistral sends it, unasked
+    deltas, error = await collect(provider, chat_request(messages=named, user="u-1"))
+    assert error is None and deltas[-1].usage == Usage(prompt_tokens=12, completion_tokens=9)
+    sent = openai_fake.last_request.json
+    assert sent["stream"] is True and "stream_options" not in sent and "user" not in sent
+    assert sent["messages"] == [{"role": "user", "content": "hi"}] and named[0]["name"] == "alice"
