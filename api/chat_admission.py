@@ -90,6 +90,7 @@ def _at_once_plan(services: Services, token: str | None, body: ChatCompletionReq
         check_limits(messages, settings.max_messages, settings.max_message_chars)
         entry = services.catalog.usable(body.model, settings, kind="chat")
         entry.refuse_unsupported(body.given)
+        entry.refuse_images(messages)
         services.providers.chat(entry).refuse_unsendable(messages, entry.upstream_stop(body.stop))  # nor one it refuses
     except HelyxError:
         return None

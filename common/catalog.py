@@ -22,6 +22,7 @@ from common.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from common.money import to_micro
 from common.plans import PLANS, plan_allows
 from common.providers.base import SAMPLING_FIELDS, ProviderConfig
+from common.providers.messages import content_parts, part_image_url
 from common.providers.openai_compat import UNSENDABLE
 from common.settings import DAY_SECONDS, Settings
 from common.tokens import TOKENS_PER_IMAGE
@@ -35,7 +36,7 @@ UNITS = {"chat": "token", "image": "image", "video": "video"}
 MAX_RATE = {"chat": Decimal(1000), "image": Decimal(10**9), "video": Decimal(10**9)}
 MODES = ("extend", "replace")
 MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "upstream_model", "unsupported_params",
-                "fixed_params", "image_tokens", "temperature_range")
+                "fixed_params", "image_tokens", "temperature_range", "vision")
 # The sampling fields a chat model's upstream may refuse or fix itself (catalog: unsupported_params, fixed_params).
 WITHHOLDABLE = SAMPLING_FIELDS
 FIXABLE = ("temperature", "top_p")
@@ -102,6 +103,7 @@ class ModelEntry:
     image_tokens: int = TOKENS_PER_IMAGE
     # The temperatures the upstream takes, when narrower than a request's 0 to 2: sent clamped into it.
     temperature_range: tuple[float, float] | None = None
+    vision: bool = True  # whether the upstream model takes image parts (False: a 400 of ours before the hold)
 
     withheld: frozenset[str] = field(init=False)  # both, never sent
 
@@ -127,6 +129,18 @@ class ModelEntry:
                       or (name in FIXABLE and value == 1)):  # temperature or top_p 1: OpenAI's defaults
                 raise InvalidRequest(f"The model '{self.id}' does not support '{name}'; leave it out.",
                                      param=name, code="unsupported_parameter")
+
+    def refuse_images(self, messages: list[dict[str, Any]]) -> None:
+        """A 400 of ours naming the first image part, for a model whose upstream takes none (its
+        vendor's refusal would come after the hold, as a 502 unless it names the part)."""
+        if self.vision:
+            return
+        for index, message in enumerate(messages):
+            for number, part in enumerate(content_parts(message)):
+                if part_image_url(part) is not None:
+                    raise InvalidRequest(f"The model '{self.id}' does not take images; send text only, or choose a "
+                                         "model that takes images.", param=f"messages.{index}.content.{number}",
+                                         code="images_not_supported")
 
     def upstream_temperature(self, temperature: float | None) -> float | None:
         """The temperature to send: none when withheld, else the request's clamped into the model's range."""
@@ -350,8 +364,12 @@ def _sampling_limits(model_id: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prompt_and_range(model_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """A chat model's `image_tokens` and `temperature_range`, checked."""
+    """A chat model's `image_tokens`, `temperature_range` and `vision`, checked."""
     chosen: dict[str, Any] = {}
+    if "vision" in fields:
+        if not isinstance(fields["vision"], bool):
+            raise CatalogError(f"model {model_id}: vision must be true or false")
+        chosen["vision"] = fields["vision"]
     if "image_tokens" in fields:
         value = fields["image_tokens"]
         if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_IMAGE_TOKENS):
@@ -366,5 +384,5 @@ def _prompt_and_range(model_id: str, fields: dict[str, Any]) -> dict[str, Any]:
                                f" from {low:g} to {high:g}")
         chosen["temperature_range"] = (float(value[0]), float(value[1]))
     if chosen and fields.get("kind") != "chat":
-        raise CatalogError(f"model {model_id}: image_tokens and temperature_range are for chat models only")
+        raise CatalogError(f"model {model_id}: image_tokens, temperature_range and vision are for chat models only")
     return chosen

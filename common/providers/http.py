@@ -200,8 +200,11 @@ _warnings = ThrottledWarnings(log)
 
 
 def client_fault(status: int, body: bytes, vendor: str) -> tuple[str, str | None] | None:
-    """The (code, param) of a refusal that is the client's to mend, or None: a body too large, or
-    a context too long (OpenAI-compatible vendors say so by code, Anthropic and Gemini in words)."""
+    """The (code, param) of a refusal that is the client's to mend, or None: a body too large, a
+    context too long (OpenAI-compatible vendors say so by code, Anthropic and Gemini in words), or
+    one whose `param` names a part of the conversation (an image part for a model without vision).
+    Other refusals may be the operator's (a field the adapter sends, a model name the catalog has
+    wrong): a 502."""
     if status == 413:
         return "request_too_large", None
     code, param = vendor_code_and_param(body)
@@ -209,6 +212,8 @@ def client_fault(status: int, body: bytes, vendor: str) -> tuple[str, str | None
         return code, param or ("messages" if code == "context_length_exceeded" else None)
     if _TOO_LONG.search(vendor):
         return "context_length_exceeded", "messages"
+    if param is not None and param.startswith("messages") and about_the_request(status, vendor):
+        return code, param
     return None
 
 

@@ -170,7 +170,7 @@ def test_an_image_data_url_no_vendor_takes_is_400_before_anything_is_held(
 def test_a_base64_image_data_url_and_a_web_url_pass(app_client: TestClient, account: TestAccount) -> None:
     for url in ("data:image/png;base64,iVBORw0KGgo=", "data:image/jpeg;base64,/9j/4AAQ-_", "https://example.com/a.png"):
         content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
-        response = app_client.post(CHAT, json=chat(messages=[{"role": "user", "content": content}]),
+        response = app_client.post(CHAT, json=chat(model="gpt-4o", messages=[{"role": "user", "content": content}]),
                                    headers=account.headers)
         assert response.status_code == 200, (url, response.text)
 

@@ -95,7 +95,9 @@ def test_a_file_extends_field_by_field_or_replaces(tmp_path: Path) -> None:
     ('[models.gpt-4o]\ntemperature_range = [0, 3]\n', "model gpt-4o: temperature_range must be [lowest, highest]"),
     ('[models.gpt-4o]\ntemperature_range = [0.5]\n', "model gpt-4o: temperature_range must be [lowest, highest]"),
     ('[models.gpt-4o]\ntemperature_range = "0-1"\n', "model gpt-4o: temperature_range must be [lowest, highest]"),
-    ('[models.vo3]\nimage_tokens = 100\n', "model vo3: image_tokens and temperature_range are for chat models only"),
+    ('[models.vo3]\nimage_tokens = 100\n', "model vo3: image_tokens, temperature_range and vision are for chat models"),
+    ('[models.vo3]\nvision = false\n', "model vo3: image_tokens, temperature_range and vision are for chat models"),
+    ('[models.gpt-4o]\nvision = "no"\n', "model gpt-4o: vision must be true or false"),
 ])
 def test_a_mistake_is_refused_with_a_message_naming_it(tmp_path: Path, toml: str, message: str) -> None:
     with pytest.raises(CatalogError) as refused:

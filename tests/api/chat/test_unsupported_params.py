@@ -96,3 +96,26 @@ def test_other_models_still_get_every_field_and_the_defaults(gateway: Gateway, o
         client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=5, stop=["\n"], presence_penalty=0.5)
     sent = openai_fake.last_request.json
     assert (sent["temperature"], sent["top_p"], sent["stop"], sent["presence_penalty"]) == (0.7, 1.0, ["\n"], 0.5)
+
+
+def test_an_image_for_a_model_that_takes_none_is_a_400_naming_the_part_that_holds_nothing(
+        gateway: Gateway, openai_fake: FakeUpstream) -> None:
+    """helyx-3.5 (Llama 3.3 on Groq) takes text only: its vendor's refusal came after the hold, a 502."""
+    account = gateway.account("plus")
+    with gateway.sdk(account) as client:  # the key is known: its next request may go in at once (PostgreSQL)
+        client.chat.completions.create(model="helyx-3.5", messages=HI, max_tokens=5)
+    before, rows = books(gateway.engine, account.account_id), ledger_rows(gateway.engine, account.account_id)
+    picture = [{"type": "text", "text": "What is this?"},
+               {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+    with gateway.http(account) as http:
+        for _ in range(2):
+            answer = http.post("/chat/completions", json={"model": "helyx-3.5", "messages": [
+                {"role": "user", "content": "hi"}, {"role": "user", "content": picture}]})
+            error = answer.json()["error"]
+            assert answer.status_code == 400, answer.text
+            assert (error["param"], error["code"]) == ("messages.1.content.1", "images_not_supported")
+        assert http.post("/chat/completions", json={"model": "gpt-4o", "messages": [
+            {"role": "user", "content": picture}], "max_tokens": 5}).status_code == 200  # a model with vision
+    assert openai_fake.request_count == 1  # gpt-4o (helyx-3.5 is simulated here: no Groq key)
+    assert ledger_rows(gateway.engine, account.account_id) == rows + 2  # gpt-4o's hold and settlement only
+    assert assert_books_balance(gateway.engine, account.account_id).balance < before.balance

@@ -287,3 +287,20 @@ def test_a_rejected_provider_key_is_a_warning_for_the_operator_with_the_key_mask
     assert (refused.status, refused.code) == (502, "upstream_auth") and "sk-live" not in refused.message
     logged = [r.getMessage() for r in caplog.records if r.name == "helyx.upstream" and r.levelname == "WARNING"]
     assert logged == ["upstream openai rejected the gateway's provider key (HTTP 401): Incorrect API key provided: ***"]
+
+
+@pytest.mark.parametrize(("status", "code"), [(400, "invalid_type"), (422, None)])
+def test_a_refusal_naming_a_part_of_the_conversation_is_the_clients_400(status: int, code: str | None) -> None:
+    """An image part sent to a model without vision was a 502: the SDK raised InternalServerError
+    for the caller's own mistake."""
+    body = json.dumps({"error": {"message": "Invalid content type. image_url is only supported by certain models.",
+                                 "type": "invalid_request_error", "param": "messages.[0].content.[1].type",
+                                 "code": code}}).encode()
+    refused = status_error(status, body, {}, "openai", None)
+    assert isinstance(refused, UpstreamRejectedRequest) and not refused.retryable
+    assert (refused.status, refused.code, refused.param) == (
+        400, code or "upstream_invalid_request", "messages.[0].content.[1].type")
+    assert refused.message.endswith("image_url is only supported by certain models.")
+    about_the_account = json.dumps({"error": {"message": "Your organization cannot use images.",
+                                              "param": "messages.[0].content"}}).encode()
+    assert status_error(400, about_the_account, {}, "openai", None).status == 502
