@@ -88,7 +88,7 @@ def test_n_2_returns_two_different_images_and_charges_400(media: Media) -> None:
 
 def test_the_size_and_format_said_are_those_of_the_image_made_not_those_asked(
         media: Media, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Gemini answers its own size for the nearest aspect ratio (and may answer a JPEG)."""
+    """Gemini answers its own size for the nearest aspect ratio (the format said is the stored file's too)."""
     class OwnSize:
         async def generate_images(self, request: Any) -> Any:
             image = io.BytesIO()
