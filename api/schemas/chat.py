@@ -15,6 +15,13 @@ class TextPart(JSONBody):
     text: str = Field(max_length=200_000)
 
 
+class RefusalPart(JSONBody):
+    """An earlier assistant turn's refusal as a content part (OpenAI's assistant content form)."""
+
+    type: Literal["refusal"]
+    refusal: str = Field(max_length=200_000)
+
+
 class ImageURL(JSONBody):
     url: str = Field(min_length=1)
     detail: Literal["auto", "low", "high"] | None = None
@@ -64,6 +71,8 @@ class _Message(JSONBody):
 MAX_CONTENT_PARTS = 512
 TextParts = Annotated[list[TextPart], Field(min_length=1, max_length=MAX_CONTENT_PARTS, fail_fast=True)]
 ContentParts = Annotated[list[ContentPart], Field(min_length=1, max_length=MAX_CONTENT_PARTS, fail_fast=True)]
+AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+AssistantParts = Annotated[list[AssistantPart], Field(min_length=1, max_length=MAX_CONTENT_PARTS, fail_fast=True)]
 
 
 class SystemMessage(_Message):
@@ -84,7 +93,7 @@ class AssistantMessage(_Message):
     # An earlier turn's tool calls: refused, as `tools` is, rather than dropped on the way upstream.
     tool_calls: list[Any] | None = Field(default=None, description="not supported: must be empty")
     function_call: Any = Field(default=None, description="not supported")
-    content: Content | TextParts | None = Field(default=None, validate_default=True)  # checked after those
+    content: Content | AssistantParts | None = Field(default=None, validate_default=True)  # checked after those
 
     @field_validator("content")
     @classmethod
@@ -107,6 +116,9 @@ class AssistantMessage(_Message):
         data = super().as_dict()
         if data["content"] is None:
             data["content"] = self.refusal
+        elif isinstance(data["content"], list):  # a refusal part is sent on as that turn's text
+            data["content"] = [{"type": "text", "text": p["refusal"]} if p["type"] == "refusal" else p
+                               for p in data["content"]]
         return data
 
 

@@ -373,3 +373,19 @@ def test_an_earlier_turns_refusal_stands_for_its_content(app_client: TestClient,
                           {"role": "user", "content": "Fine, then say hello."}])
     response = app_client.post(CHAT, json=body, headers=account.headers)
     assert response.status_code == 200, response.text
+
+
+def test_an_earlier_turns_refusal_as_a_content_part_is_sent_on_as_its_text(app_client: TestClient,
+                                                                          account: TestAccount) -> None:
+    """OpenAI takes an assistant turn's content as [{"type": "refusal", ...}]: it was a 400."""
+    from api.schemas.chat import ChatCompletionRequest
+
+    turn = {"role": "assistant", "content": [{"type": "text", "text": "Well,"},
+                                             {"type": "refusal", "refusal": "I can't help with that."}]}
+    body = chat(messages=[*HI, turn, {"role": "user", "content": "Fine, then say hello."}])
+    assert app_client.post(CHAT, json=body, headers=account.headers).status_code == 200
+    sent = ChatCompletionRequest.model_validate(body).message_dicts()[1]
+    assert sent == {"role": "assistant", "content": [{"type": "text", "text": "Well,"},
+                                                     {"type": "text", "text": "I can't help with that."}]}
+    user_refusal = chat(messages=[{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}])
+    assert app_client.post(CHAT, json=user_refusal, headers=account.headers).status_code == 400
