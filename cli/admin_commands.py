@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ from sqlalchemy.engine import make_url
 from common import accounts, billing, clock, ledger, reports
 from common.db import get_engine, normalize_url
 from common.errors import InvalidRequest
-from common.migrate import current_revision, head_revision, is_current, upgrade
-from common.money import to_credits, to_micro
+from common.migrate import SchemaNewerThanRelease, current_revision, head_revision, is_current, is_known, upgrade
+from common.money import PLAIN_DECIMAL, to_credits, to_micro
 from common.settings import get_settings
 
 
@@ -37,6 +36,8 @@ def _engine(*, create: bool = False) -> Engine:
     elif revision is None:
         raise InvalidRequest("This database has no Helyx schema: is HELYX_DATABASE_URL the right one? "
                              "(`helyx migrate`, or `helyx account create`, makes it.)")
+    elif not is_known(revision):
+        raise InvalidRequest(str(SchemaNewerThanRelease(revision)))
     elif not is_current(engine):
         raise InvalidRequest(f"This database's schema is at revision {revision}, not this release's "
                              f"{head_revision()}: run `helyx migrate` (serve and worker do as they start).")
@@ -96,7 +97,6 @@ def usage(args: argparse.Namespace) -> int:
     return 0
 
 
-_PLAIN_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")  # ASCII: \d takes any script's digits
 MAX_CREDITS = 10**9  # as in the admin API: larger amounts overflow the BIGINT micro-credit columns
 
 
@@ -104,7 +104,7 @@ def _micro(text: str, name: str) -> int:
     """Credits as typed, read exactly (a Decimal): never rounded to fit, as a float would be. Plain
     decimal notation only: Decimal also reads `1_0000` (10,000: a typo granted) and `1e3`."""
     try:
-        if not _PLAIN_DECIMAL.fullmatch(text.strip()):
+        if not PLAIN_DECIMAL.fullmatch(text.strip()):
             raise InvalidOperation
         amount = Decimal(text.strip())
     except InvalidOperation:

@@ -19,12 +19,14 @@ from collections.abc import Sequence
 
 import psycopg
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 
 from cli import admin_commands, run_commands
 from cli.preflight import StorageUnusable
 from common.catalog import CatalogError
+from common.db import DatabaseUnusable
 from common.errors import HelyxError
+from common.migrate import SchemaNewerThanRelease
 from common.plans import PLANS
 from common.settings import Settings, misspelt_names
 
@@ -141,8 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"helyx: error: invalid configuration: {name}: {error['msg'].removeprefix('Value error, ')}",
                   file=sys.stderr)
         return 2
-    except (OperationalError, psycopg.OperationalError) as exc:  # the database is not there (or refuses us)
-        cause = exc.orig if isinstance(exc, OperationalError) else exc  # (psycopg's own: the serve's jobs lock)
+    except SchemaNewerThanRelease as exc:  # serve, worker, migrate on a database a newer release migrated
+        print(f"helyx: error: {exc}", file=sys.stderr)
+        return 1
+    except (DatabaseError, psycopg.OperationalError, DatabaseUnusable) as exc:
+        # not there, refuses us, or (SQLite's plain DatabaseError) a file that is not a database
+        if isinstance(exc, DatabaseError) and not (isinstance(exc, OperationalError) or type(exc) is DatabaseError):
+            raise  # an IntegrityError or the like is a fault of ours: its traceback is wanted
+        cause = exc.orig if isinstance(exc, DatabaseError) else exc  # (psycopg's own: the serve's jobs lock)
         reason = str(cause).strip().splitlines()[0] if cause else type(exc).__name__
         print(f"helyx: error: cannot use the database: {reason}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from common.errors import InvalidRequest, ModelNotFound, PermissionDenied
-from common.money import to_micro
+from common.money import PLAIN_DECIMAL, to_micro
 from common.plans import PLANS, plan_allows
 from common.providers.base import SAMPLING_FIELDS, ProviderConfig
 from common.providers.messages import content_parts, part_image_url
@@ -239,7 +239,7 @@ def _read_builtin() -> dict[str, Any]:
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         raw = tomllib.loads(Path(path).read_text("utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8, without a BOM
         raise CatalogError(f"HELYX_CATALOG {path}: {exc}") from exc
     _unknown("the file", raw, ("mode", "models", "providers"))
     for section in ("models", "providers"):
@@ -326,6 +326,8 @@ def _model(model_id: str, fields: dict[str, Any], providers: dict[str, ProviderC
     try:
         raw_rate = need("rate")
         if isinstance(raw_rate, bool) or not isinstance(raw_rate, str | int | float):
+            raise ValueError(raw_rate)
+        if isinstance(raw_rate, str) and not PLAIN_DECIMAL.fullmatch(raw_rate.strip()):  # "1_000", "1e3": typos
             raise ValueError(raw_rate)
         rate = Decimal(str(raw_rate))
         if not rate.is_finite():

@@ -56,10 +56,18 @@ def _unicode_lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
+class DatabaseUnusable(RuntimeError):
+    """The database cannot be opened where its URL points (a SQLite file whose directory cannot be made)."""
+
+
 def _sqlite_engine(url: str) -> Engine:
     database = make_url(url).database
     if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file where a directory of the path should be, no permission
+            raise DatabaseUnusable(f"the directory of the SQLite file {database} cannot be made: "
+                                   f"{exc.strerror or exc}") from exc
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20)
 
     @event.listens_for(engine, "connect")

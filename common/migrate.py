@@ -12,6 +12,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import ResolutionError
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, text
 
 _LOCK_ID = 0x48454C5958  # "HELYX"
@@ -24,6 +26,23 @@ def _config() -> Config:
     return config
 
 
+class SchemaNewerThanRelease(RuntimeError):
+    """The database was migrated by a newer release (this one is a roll-back): nothing to run."""
+
+    def __init__(self, revision: str) -> None:
+        super().__init__(f"This database's schema is at revision {revision}, newer than this release's "
+                         f"{head_revision()}: a newer release migrated it. Run that release, or restore the "
+                         "database from before its migration.")
+
+
+def is_known(revision: str) -> bool:
+    """Whether this release has the revision (an unknown one is a newer release's)."""
+    try:
+        return ScriptDirectory.from_config(_config()).get_revision(revision) is not None
+    except (CommandError, ResolutionError):
+        return False
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the database to the newest schema."""
     config = _config()
@@ -32,6 +51,9 @@ def upgrade(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _LOCK_ID})
             conn.commit()
         try:
+            revision = MigrationContext.configure(conn).get_current_revision()
+            if revision is not None and not is_known(revision):
+                raise SchemaNewerThanRelease(revision)
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
             conn.commit()

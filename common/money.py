@@ -6,9 +6,13 @@ micro-credits per token. Credits are shown to users as JSON numbers with up to s
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 MICRO = 1_000_000
+# An amount written as a plain decimal (ASCII digits: \d takes any script's): Decimal also reads
+# `1_0000` (10,000: a typo) and `1e3`, which an operator's amount or price is never meant to be.
+PLAIN_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
 # The most a grant takes an account to (allowance + top-up): a billion credits; a plan's allowance
 # may add up to 25,000 more. Below 2^31 credits a double's spacing is under half a micro-credit, so
 # every balance there reads back exactly from a JSON number, and repeated grants can never overflow

@@ -132,6 +132,10 @@ class Settings(BaseSettings):
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"{shown_url(value)!r} is not a SQLite or PostgreSQL URL (sqlite:///path/helyx.db, "
                              "postgresql://user@host:5432/db)")
+        if url is not None and url.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+            # another driver (asyncpg, psycopg2, aiosqlite) is not installed: every command died on its import
+            raise ValueError(f"{shown_url(value)!r} names the driver {url.get_driver_name()!r}; Helyx uses its own "
+                             "(write sqlite:///... or postgresql://...)")
         in_memory = backend == "sqlite" and (url is None or ":memory:" in (url.database or ":memory:")
                                              or "mode=memory" in value)
         if in_memory:  # each connection (and each process) would see a database of its own
@@ -145,6 +149,16 @@ class Settings(BaseSettings):
         """An empty value was the working directory (the URL-signing key written there)."""
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty: a directory for the result files")
+        return value
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _a_host(cls, value: object) -> object:
+        """Spaces around a host are dropped (as `--host` has it); spaces alone are no host."""
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                raise ValueError("must not be empty: the address to listen on (127.0.0.1, or 0.0.0.0 for every one)")
         return value
 
     @field_validator("catalog", mode="before")

@@ -82,3 +82,39 @@ def test_no_command_migrates_an_older_schema_but_migrate(run: Any, bare_db: Engi
     with bare_db.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
     assert ok_json(run("migrate")) and run("account", "create", "late@example.com")[0] == 0
+
+
+def test_a_schema_a_newer_release_migrated_is_one_line_for_every_command(run: Any, cli_db: Engine) -> None:
+    """A roll-back: `usage` advised `helyx migrate`, which (as serve and worker) then died in a traceback."""
+    with cli_db.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    for argv in (["usage", "acct_x"], ["migrate"], ["account", "create", "x@example.com"]):
+        code, out, err = run(*argv)
+        assert code in (1, 2) and out == "", (argv, code, out)
+        assert err.startswith("helyx: error: This database's schema is at revision 0099, newer than this"), err
+        assert "Traceback" not in err and "run `helyx migrate`" not in err and len(err.strip().splitlines()) == 1
+    with cli_db.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0099"
+
+
+@pytest.mark.parametrize("problem", ["parent_is_a_file", "not_a_database"])
+def test_a_sqlite_path_that_cannot_be_a_database_is_one_line(run: Any, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, problem: str) -> None:
+    """A FileExistsError and a DatabaseError ('file is not a database') came out as tracebacks."""
+    (tmp_path / "afile").write_text("hello")
+    path = tmp_path / "afile" / "h.db" if problem == "parent_is_a_file" else tmp_path / "afile"
+    monkeypatch.setenv("HELYX_DATABASE_URL", f"sqlite:///{path}")
+    monkeypatch.delenv("HELYX_REDIS_URL", raising=False)
+    reset_settings_cache()
+    try:
+        commands = [["account", "create", "x@example.com"], ["migrate"]]
+        if problem == "not_a_database":  # (usage says at once that there is no file at a path through a file)
+            commands.append(["usage", "acct_x"])
+        for argv in commands:
+            code, out, err = run(*argv)
+            assert (code, out) == (1, ""), (argv, code, err)
+            assert err.startswith("helyx: error: cannot use the database: "), err
+            assert len(err.strip().splitlines()) == 1
+    finally:
+        dispose_engines()
+        reset_settings_cache()

@@ -77,6 +77,8 @@ def test_a_file_extends_field_by_field_or_replaces(tmp_path: Path) -> None:
     ('[models.gpt-4o]\nrate = inf\n', "model gpt-4o: rate inf is not a credit amount (a number of credits with"),
     ('[models.gpt-4o]\nrate = "Infinity"\n', "model gpt-4o: rate 'Infinity' is not a credit amount"),
     ('[models.gpt-4o]\nrate = true\n', "model gpt-4o: rate True is not a credit amount"),
+    ('[models.gpt-4o]\nrate = "1_000"\n', "model gpt-4o: rate '1_000' is not a credit amount"),  # a typo's price
+    ('[models.gpt-4o]\nrate = "1e3"\n', "model gpt-4o: rate '1e3' is not a credit amount"),
     ('[models.gpt-4o]\nrate = "0.0000001"\n', "model gpt-4o: rate '0.0000001' is not a credit amount (a number"),
     ("models = 5\n", "models must be tables"),
     ("[models]\nfoo = 5\n", "models must be tables"),
@@ -138,3 +140,14 @@ def test_a_model_on_the_built_in_simulated_provider_says_it_is_simulated(tmp_pat
     assert catalog.is_simulated(catalog.models["sim"], settings)
     assert not catalog.is_simulated(catalog.models["gpt-4o"], settings)
 
+
+
+@pytest.mark.parametrize("content", ['[models.gpt-4o]\ndescription = "caf\xe9"\n'.encode("latin-1"),
+                                     '[models.gpt-4o]\nrate = "0.3"\n'.encode("utf-16")])
+def test_a_catalog_file_that_is_not_utf8_is_one_line(tmp_path: Path, content: bytes) -> None:
+    """A Latin-1 or UTF-16 file stopped the start with a UnicodeDecodeError traceback."""
+    path = tmp_path / "catalog.toml"
+    path.write_bytes(content)
+    with pytest.raises(CatalogError) as refused:
+        load_catalog(make_settings(tmp_path, catalog=path))
+    assert str(refused.value).startswith(f"HELYX_CATALOG {path}: "), refused.value

@@ -131,12 +131,30 @@ def test_a_whole_number_duration_past_its_longest_stops_the_start(monkeypatch: p
     assert getattr(Settings(_env_file=None), name) == longest  # type: ignore[call-arg]
 
 
-@pytest.mark.parametrize("name", ["HELYX_HOST", "HELYX_STORAGE_DIR"])
-def test_an_empty_host_or_storage_directory_stops_the_start(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    """An empty host listened on every interface; an empty directory was the working one."""
-    monkeypatch.setenv(name, " " if name == "HELYX_STORAGE_DIR" else "")
+@pytest.mark.parametrize(("name", "value"), [("HELYX_HOST", ""), ("HELYX_HOST", "  "), ("HELYX_STORAGE_DIR", " ")])
+def test_an_empty_host_or_storage_directory_stops_the_start(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                            value: str) -> None:
+    """An empty host listened on every interface (one of spaces failed at the bind); an empty
+    directory was the working one."""
+    monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.setenv("HELYX_HOST", " 127.0.0.1 ")
+    monkeypatch.delenv("HELYX_STORAGE_DIR", raising=False)
+    assert Settings(_env_file=None).host == "127.0.0.1"  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("url", ["postgresql+asyncpg://u@h/db", "postgresql+psycopg2://u@h/db",
+                                 "postgresql+pg8000://u@h/db", "sqlite+aiosqlite:///x.db"])
+def test_a_database_url_naming_another_driver_is_refused(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """Each passed the check, then every command died on the driver's import (a traceback)."""
+    monkeypatch.setenv("HELYX_DATABASE_URL", url)
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert "names the driver" in refused.value.errors()[0]["msg"]
+    for fine in ("postgres://u@h/db", "postgresql://u@h/db", "postgresql+psycopg://u@h/db", "sqlite:///x.db"):
+        monkeypatch.setenv("HELYX_DATABASE_URL", fine)
+        assert Settings(_env_file=None).database_url == fine  # type: ignore[call-arg]
 
 
 def test_an_empty_catalog_setting_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
