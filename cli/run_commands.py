@@ -98,6 +98,10 @@ def serve(args: argparse.Namespace) -> int:
         print(f"helyx: {warning}", file=sys.stderr, flush=True)
     if (warning := preflight.offline_warning(catalog, settings)) is not None:
         print(f"helyx: {warning}", file=sys.stderr, flush=True)
+    if not settings.self_contained and workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        print(f"helyx: warning: {workers} API processes without PROMETHEUS_MULTIPROC_DIR: each /metrics scrape "
+              "shows the request counters of whichever process answers it; set it to a directory of its own "
+              "(README, Metrics)", file=sys.stderr, flush=True)
     if settings.simulation_on and (real := preflight.keyed_providers(catalog, settings)):
         print(f"helyx: not simulated, as their keys are set: the models of {', '.join(real)} call the provider "
               "(and spend on its account); unset the key to simulate them", file=sys.stderr, flush=True)
@@ -139,12 +143,27 @@ def _whole_seconds(grace: float) -> int:
 
 def _empty_metrics_dir() -> None:
     """prometheus_client's multiprocess mode sums every file in its directory: the files of an
-    earlier run would count again (common.metrics). The Procfile's web line does the same."""
+    earlier run would count again (common.metrics). Only the files of processes that are gone are
+    removed: those of a serve still running on the same directory (another port, a unit being
+    restarted beside it) are its live counters."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         Path(directory).mkdir(parents=True, exist_ok=True)
         for stale in Path(directory).glob("*.db"):
-            stale.unlink(missing_ok=True)
+            if not _process_alive(stale.stem.rpartition("_")[2]):  # counter_<pid>.db, gauge_livesum_<pid>.db
+                stale.unlink(missing_ok=True)
+
+
+def _process_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _like_ctrl_c(signum: int, frame: FrameType | None) -> None:

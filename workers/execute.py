@@ -71,7 +71,8 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
         requeue(args=(job_id,), delay=BUSY_RETRY_MS)
         return
     except AttemptsExhausted as exhausted:
-        log.warning("job transition", extra={"job_id": job_id, "to": "failed", "error_code": exhausted.code})
+        log.warning("job transition", extra={"job_id": job_id, "account_id": exhausted.account_id, "to": "failed",
+                                             "error_code": exhausted.code})
         _remove_unrecorded(exhausted.account_id, job_id, keep=[])
         if exhausted.webhook_url:
             notify(job_id)
@@ -115,6 +116,8 @@ def cut_off_at_shutdown(enqueue: Callable[[str, str], object] | None = None) -> 
             log.warning("job %s stays running until its lease lapses (%s)", job_id, type(exc).__name__)
             continue
         queued.append(job_id)
+        log.warning("job transition", extra={"job_id": job_id, "type": job_type, "to": "queued",
+                                             "reason": "server_shutdown"})
         if enqueue is not None:
             try:
                 enqueue(job_id, job_type)

@@ -73,6 +73,7 @@ def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True,
     if dead:
         log.warning("reclaiming %d job(s) whose worker stopped renewing its lease", len(dead))
     for job in dead:
+        log.warning("job lease lapsed: sent again", extra={"job_id": job[0], "type": expired[job]})
         enqueue(job[0], expired[job])
         RESENT.sent(job, now)
     for job_id in lost:

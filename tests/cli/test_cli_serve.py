@@ -16,6 +16,12 @@ from common.settings import reset_settings_cache
 from tests.cli.helpers import snapshot
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["worker", "--processes", "0"], "argument --processes: must be 1 or more, not 0"),
     (["worker", "--threads", "-1"], "argument --threads: must be 1 or more, not -1"),
@@ -152,11 +158,51 @@ def test_serve_in_the_production_shape_hands_uvicorn_the_log_level_and_a_grace_r
     monkeypatch.setenv("HELYX_LOG_LEVEL", level)
     monkeypatch.setenv("HELYX_SHUTDOWN_GRACE_SECONDS", "0.5")
     reset_settings_cache()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     code, _, err = run("serve", "--port", str(port))
     assert code == 0, err
     assert given["app"] == "api.main:app" and given["port"] == port
     assert (given["log_level"], given["timeout_graceful_shutdown"], given["access_log"]) == (number, 1, False)
     assert "warning: Redis at redis://127.0.0.1:1/0 does not answer" in err
+
+
+def test_a_serve_starting_removes_only_the_metrics_files_of_processes_that_are_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It removed every file: a second serve on the same directory erased the live counters of
+    the first one's processes, for good (their files were unlinked while open)."""
+    import os
+    import subprocess
+
+    from cli.run_commands import _empty_metrics_dir
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live, dead = os.getpid(), gone.pid
+    for name in (f"counter_{live}.db", f"gauge_livesum_{live}.db", f"counter_{dead}.db", f"histogram_{dead}.db",
+                 "counter_x.db"):
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    _empty_metrics_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"counter_{live}.db", f"gauge_livesum_{live}.db"]
+
+
+@pytest.mark.parametrize("multiproc_dir", [False, True])
+def test_several_api_processes_without_a_metrics_directory_are_warned_of(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, multiproc_dir: bool,
+) -> None:
+    """Each scrape showed one process's request counters, and nothing said so at start."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    monkeypatch.setenv("HELYX_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
+    monkeypatch.setenv("HELYX_WEB_WORKERS", "2")
+    if multiproc_dir:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    else:
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    reset_settings_cache()
+    port = free_port()
+    code, _, err = run("serve", "--port", str(port))
+    assert code == 0, err
+    assert ("2 API processes without PROMETHEUS_MULTIPROC_DIR" in err) is not multiproc_dir, err

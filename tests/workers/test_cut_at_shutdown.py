@@ -29,6 +29,8 @@ def test_a_job_cut_off_at_shutdown_is_queued_again_at_once_sent_and_charged_once
     assert sent == [(job_id, "image")]
     assert any(f"queued again, to run once more and be charged once: {job_id}" in r.getMessage()
                for r in caplog.records)
+    [line] = [r for r in caplog.records if r.getMessage() == "job transition"]  # a log pipeline follows job_id
+    assert (line.job_id, line.type, line.to, line.reason) == (job_id, "image", "queued", "server_shutdown")
     enqueue(job_id, "image")  # what the sent message does: the next worker runs it, once
     row = jobs.wait(job_id)
     jobs.join()

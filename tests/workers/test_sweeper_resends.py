@@ -31,6 +31,8 @@ def test_a_dead_workers_job_is_sent_once_then_again_only_after_the_stale_wait(
             reclaimed = [sweeper.sweep_once(busy_workers, sweep_files=False)["reclaimed"] for _ in range(5)]
         assert reclaimed == [1, 0, 0, 0, 0] and sent == [job_id]
         assert len([r for r in caplog.records if "reclaiming" in r.getMessage()]) == 1
+        assert [(r.job_id, r.type) for r in caplog.records if r.getMessage() == "job lease lapsed: sent again"] == [
+            (job_id, "image")]  # a line per job, with its id, for a log pipeline following jobs
 
         frozen(timedelta(seconds=61))  # still nobody took it: its message may be lost, so it is sent once more
         assert sweeper.sweep_once(busy_workers, sweep_files=False)["reclaimed"] == 1
