@@ -46,6 +46,14 @@ def _count(text: str) -> int:
     return value
 
 
+def _cursor(text: str) -> int:
+    """A ledger entry id (`next_cursor`): a BIGINT, so SQLite can bind it (a larger one was an OverflowError)."""
+    value = _integer(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be a next_cursor the previous page printed, not {value}")
+    return value
+
+
 def _host(text: str) -> str:
     """A bind address: not blank (HELYX_HOST refuses one too; `--host ''` bound 127.0.0.1 silently)."""
     if not text.strip():
@@ -111,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage = sub.add_parser("usage", help="show an account's credits and recent ledger")
     usage.add_argument("account_id")
     usage.add_argument("--limit", type=int, default=20)
-    usage.add_argument("--after", type=int, default=None, help="the next_cursor the previous page printed")
+    usage.add_argument("--after", type=_cursor, default=None, help="the next_cursor the previous page printed")
     usage.set_defaults(func=admin_commands.usage)
     return parser
 

@@ -152,6 +152,8 @@ def test_help_on_every_command_exits_0(run: Any, command: list[str]) -> None:
         (["key", "revoke", "key_missing"], "No API key key_missing"),
         (["usage", "acct_missing"], "No account acct_missing"),
         (["usage", "{account}", "--limit", "0"], "limit must be between"),
+        (["usage", "{account}", "--after", "99999999999999999999"], "--after: must be a next_cursor"),  # overflowed
+        (["usage", "{account}", "--after", "-1"], "--after: must be a next_cursor"),
         (["credits", "grant", "{account}"], "the following arguments are required: amount"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
