@@ -126,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    misspelt = misspelt_names()
+    try:
+        misspelt = misspelt_names()
+    except UnicodeDecodeError:  # (Settings reads it as well: the first reader says so)
+        print("helyx: error: invalid configuration: .env is not UTF-8 text (saved as UTF-16 by an editor?)",
+              file=sys.stderr)
+        return 2
     for name, meant, lost in misspelt:
         severity = "error: invalid configuration" if lost else "warning"
         print(f"helyx: {severity}: {name} is not a setting (did you mean {meant}?)", file=sys.stderr)

@@ -206,3 +206,12 @@ def test_a_bad_setting_stops_every_command_with_one_line_naming_it(
         assert err.startswith(f"helyx: error: invalid configuration: {message}"), err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert snapshot(cli_db) == before
+
+
+def test_a_dotenv_that_is_not_utf8_is_one_line(run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .env saved as UTF-16 (Windows Notepad) made every command die in a UnicodeDecodeError."""
+    (tmp_path / ".env").write_text("HELYX_LOG_LEVEL=INFO\n", "utf-16")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run("usage", "acct_x")
+    assert (code, out) == (2, "") and err == ("helyx: error: invalid configuration: .env is not UTF-8 text (saved as "
+                                              "UTF-16 by an editor?)\n")
