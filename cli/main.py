@@ -152,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.title != Settings.__name__:
             raise
         for error in exc.errors():
-            name = "HELYX_" + "_".join(str(part) for part in error["loc"]).upper()
+            # a list's item index is no part of the variable's name (HELYX_CORS_ORIGINS, not ..._0)
+            name = "HELYX_" + "_".join(str(part) for part in error["loc"] if not isinstance(part, int)).upper()
             print(f"helyx: error: invalid configuration: {name}: {error['msg'].removeprefix('Value error, ')}",
                   file=sys.stderr)
         return 2
