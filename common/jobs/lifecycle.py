@@ -53,8 +53,10 @@ _WAIT_FOR_SLOT = text(
     f" WHERE id = :id AND {_RUNNABLE}"
 )
 _OWNED = "id = :id AND status = 'running' AND lease_owner = :owner"
+# (an earlier attempt's error, kept while it was retried, is no error of a job that succeeded)
 _SUCCEED_SET = ("UPDATE jobs SET status = 'succeeded', progress = 100, finished_at = :now, charged = price,"
-                f" expires_at = :exp, result = :result, lease_owner = NULL, lease_until = NULL WHERE {_OWNED}")
+                " expires_at = :exp, result = :result, lease_owner = NULL, lease_until = NULL,"
+                f" error_code = NULL, error_message = NULL WHERE {_OWNED}")
 _SUCCEED = text(_SUCCEED_SET)
 _FILE_COLUMNS = "INSERT INTO files (id, account_id, job_id, storage_key, content_type, bytes, created_at, expires_at)"
 _INSERT_FILE = text(f"{_FILE_COLUMNS} VALUES (:fid, :aid, :id, :key, :ctype, :bytes, :now, :exp)")

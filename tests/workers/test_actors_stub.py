@@ -200,6 +200,7 @@ def test_a_provider_that_fails_twice_then_succeeds_is_charged_once_after_three_a
     assert row["status"] == "succeeded", diagnosis
     assert row["attempts"] == 3 and fake.calls == 3, diagnosis
     assert row["charged"] == IMAGE_PRICE
+    assert (row["error_code"], row["error_message"]) == (None, None)  # the failed attempts' error was kept
     [stored] = jobs.files(job_id)
     assert (jobs.settings.storage_dir / stored["storage_key"]).read_bytes() == fake.images_sent[-1]
     assert jobs.kinds(job_id) == ["reserve", "settle"]
