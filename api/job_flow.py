@@ -15,7 +15,7 @@ from api.deps import Caller, after_lookup
 from api.services import Services
 from common import billing, clock
 from common.accounts import Principal
-from common.errors import HelyxError, InvalidRequest
+from common.errors import HelyxError, InsufficientCredits, InvalidRequest
 from common.jobs.submit import submit_job
 from common.jobs.views import (
     JobRecord,
@@ -88,7 +88,12 @@ async def submit(
                 log.exception("enqueue of %s failed; the sweeper will retry it", submission.job_id)
         return submission.job_id
 
-    job_id = await run_in_threadpool(submit_and_enqueue)
+    try:
+        job_id = await run_in_threadpool(submit_and_enqueue)
+    except InsufficientCredits as exc:
+        if units > 1 and exc.param is None:  # fewer images may be affordable: the field to lower
+            exc.param = "n"
+        raise
     if fields is not None:  # and names the job it made
         fields.update(model=entry.id, job_id=job_id, credits_reserved=to_credits(entry.rate_micro * units))
     return job_id

@@ -35,6 +35,7 @@ def test_every_answer_the_limiter_counted_carries_the_rate_limit_headers(make_me
         post(IMAGES, headers=free.headers, json={**IMAGE, "n": 4}),  # 800 credits, 600 left: 402
     ]
     assert [r.status_code for r in free_answers] == [200, 202, 409, 404, 403, 402], [r.text for r in free_answers]
+    assert free_answers[-1].json()["error"]["param"] == "n"  # fewer images may be affordable: the field to lower
     _assert_counted(free_answers, 10, 9)
 
     plus_answers = [post("/api/v1/videos", headers=plus.headers, json={"model": "vo3", "prompt": "a boat"}),
