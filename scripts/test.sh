@@ -14,5 +14,6 @@ bash scripts/install.sh test
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/pytest "$@"
 fi
-.venv/bin/pytest -n "${HELYX_TEST_WORKERS:-2}" -m "not exclusive"
+# --dist loadfile: a module's tests stay on one worker (a module-scoped deployment is started once)
+.venv/bin/pytest -n "${HELYX_TEST_WORKERS:-2}" --dist loadfile -m "not exclusive"
 exec .venv/bin/pytest -m exclusive

@@ -24,11 +24,27 @@ pytest_plugins = ["tests.fakes.fixtures"]
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("HELYX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-# Under pytest-xdist each worker process has its own Redis database (its queues and limits are
-# its own); faults.py keeps db 13 and the benchmarks db 13 too, run apart from the suite.
-_XDIST_REDIS_DB = {"gw0": 14, "gw1": 12, "gw2": 11, "gw3": 10}
-_REDIS_DB = _XDIST_REDIS_DB[os.environ.get("PYTEST_XDIST_WORKER", "gw0")]
-REDIS_TEST_URL = os.environ.get("HELYX_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{_REDIS_DB}")
+
+
+def _redis_urls() -> tuple[str, str]:
+    """This pytest process's two Redis databases: the suite's and the fault tests' (faults.py),
+    each flushed by the tests. Under pytest-xdist every worker has its own pair, so that no
+    worker's Dramatiq processes take another's messages: 14 and 13 for the first (and for a run
+    without xdist), 12 and 11 for the next, and so on down (HELYX_TEST_REDIS_URL moves the first
+    database; the others follow it down; seven workers at most from db 14)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(os.environ.get("HELYX_TEST_REDIS_URL", "redis://127.0.0.1:6379/14"))
+    first = int(parts.path.strip("/") or 0)
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    suite_db, faults_db = first - 2 * index, first - 2 * index - 1
+    if faults_db < 0:
+        raise RuntimeError(f"pytest-xdist worker {index} has no Redis databases left below db {first}: "
+                           "run fewer workers (HELYX_TEST_WORKERS)")
+    return (urlunsplit(parts._replace(path=f"/{suite_db}")), urlunsplit(parts._replace(path=f"/{faults_db}")))
+
+
+REDIS_TEST_URL, FAULTS_REDIS_URL = _redis_urls()
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
 

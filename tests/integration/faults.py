@@ -29,7 +29,6 @@ import httpx
 from sqlalchemy import Engine, text
 
 REDIS_ADDRESS = "127.0.0.1:6379"
-FAULTS_REDIS_DB = 13  # not the suite's db 14: a concurrent test run's workers there would take our messages
 FAULT_DEADLINE_SECONDS = 60.0  # the dead man's switch undoes any fault after this, whatever happened
 
 
@@ -54,15 +53,14 @@ def dead_mans_switch(undo: str, after: float = FAULT_DEADLINE_SECONDS) -> Iterat
 
 
 def isolated_redis_url() -> str:
-    """The test Redis on a database of the fault tests' own, flushed. These tests time recovery,
-    so the queues must be theirs alone. Skips locally, fails in CI, when Redis is unreachable."""
-    from urllib.parse import urlsplit, urlunsplit
-
+    """The test Redis on a database of the fault tests' own (each pytest-xdist worker's own:
+    tests.conftest), flushed. These tests time recovery, so the queues must be theirs alone.
+    Skips locally, fails in CI, when Redis is unreachable."""
     import redis
 
-    from tests.conftest import REDIS_TEST_URL, service_unavailable
+    from tests.conftest import FAULTS_REDIS_URL, service_unavailable
 
-    url = urlunsplit(urlsplit(REDIS_TEST_URL)._replace(path=f"/{FAULTS_REDIS_DB}"))
+    url = FAULTS_REDIS_URL
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         client.flushdb()
