@@ -37,7 +37,7 @@ def _engine(*, create: bool = False) -> Engine:
         raise InvalidRequest("This database has no Helyx schema: is HELYX_DATABASE_URL the right one? "
                              "(`helyx migrate`, or `helyx account create`, makes it.)")
     elif not is_known(revision):
-        raise InvalidRequest(str(SchemaNewerThanRelease(revision)))
+        raise SchemaNewerThanRelease(revision)  # exit 1, as serve, worker and migrate
     elif not is_current(engine):
         raise InvalidRequest(f"This database's schema is at revision {revision}, not this release's "
                              f"{head_revision()}: run `helyx migrate` (serve and worker do as they start).")

@@ -59,6 +59,7 @@ def upgrade(engine: Engine) -> None:
             conn.commit()
         finally:
             if conn.dialect.name == "postgresql":
+                conn.rollback()  # a failed migration left its transaction aborted: the unlock would fail in it
                 conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _LOCK_ID})
                 conn.commit()
 

@@ -264,7 +264,7 @@ class ImagesResponse(BaseModel):
     created: int
     data: list[ImageDatum]
     size: str | None = Field(default=None, description="of the image made, e.g. 1024x1024")
-    output_format: str | None = Field(default=None, description="png, jpeg or webp")
+    output_format: str | None = Field(default=None, description="png: the format of the image made")
     helyx: HelyxBlock
 
 

@@ -13,9 +13,9 @@ Choices:
   above 1024 / 2048 pixels, `imageSize` "2K" / "4K" (1K is the default and is not sent). The
   image keeps the model's own pixel size: it is never resampled.
 - Image bytes come from `inlineData` (or `inline_data`) parts, else from a
-  `data:image/...;base64,` URL inside a text part; thought parts are skipped. PNG, JPEG and WebP
-  are kept as sent, with the content type Pillow detects (not the one claimed); other formats are
-  converted to PNG; undecodable bytes are a retryable bad answer.
+  `data:image/...;base64,` URL inside a text part; thought parts are skipped. A PNG (as Pillow
+  detects it, not as claimed) is kept as sent; any other format (Gemini often answers a JPEG) is
+  converted to PNG, the images API's only output_format; undecodable bytes are a retryable bad answer.
 - No image: a blocked prompt or a safety finish reason is `content_filtered`, anything else is
   `upstream_no_image`; neither is retryable.
 """
@@ -44,6 +44,7 @@ BLOCKING_FINISH_REASONS = frozenset({
 })
 _DATA_URL = re.compile(r"data:(image/[\w.+-]+);base64,([A-Za-z0-9+/_-]+=*)")
 _WHAT = "Gemini image generation"
+_PNG_MODES = frozenset({"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"})  # the modes Pillow writes as PNG
 
 
 def aspect_ratio(width: int, height: int) -> str:
@@ -137,8 +138,11 @@ def as_media_file(data: bytes) -> MediaFile:
         if image_format == "PNG":
             return MediaFile(data=data, content_type="image/png")
         with Image.open(io.BytesIO(data)) as image:
+            png: Image.Image = image
+            if image.mode not in _PNG_MODES:  # CMYK, YCbCr, F...: a PNG cannot hold them
+                png = image.convert("RGBA" if "A" in image.getbands() else "RGB")
             out = io.BytesIO()
-            image.save(out, format="PNG", compress_level=3)  # zlib's default 6 takes twice as long for ~5 % less
+            png.save(out, format="PNG", compress_level=3)  # zlib's default 6 takes twice as long for ~5 % less
             return MediaFile(data=out.getvalue(), content_type="image/png")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise bad_response(_WHAT, "the image data cannot be decoded") from exc

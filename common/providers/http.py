@@ -221,6 +221,9 @@ def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, st
                  api_key: str | None) -> UpstreamError:
     vendor = vendor_message(body, api_key)
     if status in (400, 413, 422) and (fault := client_fault(status, body, vendor)) is not None:
+        # logged too: a refusal blamed on the request may be the catalog's to mend (`vision`, unsent_fields)
+        _warnings.warning(f"{provider} {status}", "upstream %s refused a request (HTTP %d): %s", provider, status,
+                          vendor or "no message")
         message = f"The upstream provider ({provider}) refused the request (HTTP {status})"
         return UpstreamRejectedRequest(message + (f": {vendor}" if vendor else ""), upstream_status=status,
                                        code=fault[0], param=fault[1])

@@ -9,7 +9,7 @@ from PIL import Image
 
 from common.errors import UpstreamError, UpstreamTimeout
 from common.providers.base import ImageProvider, ImageRequest
-from common.providers.gemini_image import GeminiImageProvider, aspect_ratio, extract_image, image_size
+from common.providers.gemini_image import GeminiImageProvider, as_media_file, aspect_ratio, extract_image, image_size
 from tests.common.media.conftest import API_KEY, Served
 from tests.fakes.gemini_image_upstream import FakeGeminiImageUpstream
 
@@ -207,3 +207,15 @@ def test_inline_data_with_a_non_image_mime_type_is_not_taken_for_the_image() -> 
     with pytest.raises(UpstreamError) as caught:
         extract_image(body)
     assert caught.value.code == "upstream_no_image"
+
+
+@pytest.mark.parametrize(("mode", "vendor_format", "made"), [("CMYK", "JPEG", "RGB"), ("RGBA", "WEBP", "RGBA"),
+                                                            ("L", "JPEG", "L")])
+def test_an_image_in_a_mode_a_png_cannot_hold_is_converted_not_refused(mode: str, vendor_format: str,
+                                                                       made: str) -> None:
+    """A CMYK JPEG was refused as undecodable, and retried: each retry paid the provider again."""
+    sent = io.BytesIO()
+    Image.new(mode, (64, 48)).save(sent, format=vendor_format)
+    png = as_media_file(sent.getvalue())
+    assert png.content_type == "image/png"
+    assert (_open(png.data).format, _open(png.data).mode, _open(png.data).size) == ("PNG", made, (64, 48))
