@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from common import billing, clock, ledger
-from common.db import reader
+from common.db import is_postgres, reader
 from common.errors import InvalidRequest, NotFound
 from common.money import to_credits
 from common.plans import daily_allowance_micro
@@ -26,7 +26,10 @@ def _allowance_left(allowance: int, allowance_day: str, plan: str, today: str) -
 
 
 def credits_summary(engine: Engine, account_id: str, tz: str) -> dict[str, Any]:
-    with reader(engine).connect() as conn:
+    # One snapshot for both reads: in autocommit, a settlement committed between them was counted in
+    # used_today but not yet in the allowance or the holds (SQLite's connection is one transaction already).
+    snapshot = engine.execution_options(isolation_level="REPEATABLE READ") if is_postgres(engine) else engine
+    with snapshot.connect() as conn:
         bal = ledger.balance(conn, account_id)
         used = conn.execute(_CHARGED_SINCE, {"aid": account_id, "since": clock.day_start(tz).timestamp()}).scalar()
     daily = daily_allowance_micro(bal.plan)
