@@ -52,7 +52,9 @@ async def create_account(body: AccountCreate, services: ServicesDep) -> Any:
 
 @router.get("/accounts", summary="List accounts", responses=doc(AccountList, 401, 404))
 async def list_accounts(
-    services: ServicesDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: str | None = None
+    services: ServicesDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[str | None, Query(min_length=1, max_length=100,  # empty: a 400, never the first page again
+                                       description="next_cursor of the previous page")] = None,
 ) -> Any:
     return json_response(await run_in_threadpool(reports.list_accounts, services.engine, services.settings.timezone,
                                                  limit=limit, after=after))
