@@ -50,7 +50,7 @@ DRAIN_SECONDS = 5.0  # at shutdown, for requests cut at the grace's end to settl
 
 # What the OpenAI JS SDK reads in a browser (retry decisions, rate limits, video polling): a
 # cross-origin response shows a script only the headers listed here.
-EXPOSED_HEADERS = ["x-request-id", "x-should-retry", "retry-after", "x-ratelimit-limit-requests",
+EXPOSED_HEADERS = ["x-request-id", "x-generation-id", "x-should-retry", "retry-after", "x-ratelimit-limit-requests",
                    "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests", "openai-poll-after-ms",
                    "content-range", "accept-ranges", "etag", "content-disposition"]
 

@@ -85,7 +85,11 @@ async def _counted(services: Services, request: Request, admission: Admission, b
         include_usage=body.stream_options is not None and body.stream_options.include_usage,
     )
     call.keep_hold()
-    return await (chat_stream.stream(call, request) if body.stream else _complete(call))
+    try:
+        return await (chat_stream.stream(call, request) if body.stream else _complete(call))
+    except HelyxError as exc:  # a failed call is recorded: its error says where (GET /generations/{id})
+        exc.headers = {**exc.headers, "x-generation-id": call.id}
+        raise
 
 
 async def _complete(call: ChatCall) -> Response:

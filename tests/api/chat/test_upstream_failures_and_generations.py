@@ -82,6 +82,7 @@ def test_an_upstream_refusal_of_the_request_is_a_400_with_the_vendors_code_and_p
         plain, streamed = chat(http), chat(http, stream=True)
     for r in (plain, streamed):
         assert r.status_code == 400 and r.headers["x-should-retry"] == "false"
+        assert r.headers["x-generation-id"].startswith("chatcmpl-")  # the failed call's record
         assert r.json()["error"] == {
             "message": "The upstream provider (openai-compatible) refused the request (HTTP 400): This model's maximum "
                        "context length is 10 tokens.",
@@ -167,8 +168,10 @@ def test_generations_record_plain_streamed_failed_and_cancelled_calls(gw: Gatewa
                 "model": "gpt-4o", "messages": MESSAGES, "stream": True}) as response:
             streamed_id = next(e for e in sse_events(response) if isinstance(e, dict))["id"]
         openai_fake.behaviour = Behaviour(fail_first=100, fail_status=400, error_message="no such thing")
-        assert chat(http).status_code == 502  # a refusal the client cannot mend (the operator's, perhaps)
+        failed = chat(http)
+        assert failed.status_code == 502  # a refusal the client cannot mend (the operator's, perhaps)
         failed_id = reserved_generation_ids(http)[0]
+        assert failed.headers["x-generation-id"] == failed_id  # the error says where its record is
 
         openai_fake.behaviour = Behaviour(chunks=["word "] * 200, chunk_delay=0.02)
         with http.stream("POST", "/chat/completions", json={
