@@ -46,10 +46,12 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
-            # Answered here, not re-raised to Starlette's ServerErrorMiddleware: it answers too,
-            # then re-raises to the server, which logs a second traceback and resets the
-            # keep-alive connection (the client's next request on it failed). Mid-response, only
-            # closing the connection can tell the client, so then it goes on up.
+            # A backstop for the middleware outside FallbackAnswerMiddleware (which answers the
+            # app's own exceptions). Answered here, not re-raised to Starlette's
+            # ServerErrorMiddleware: it answers too, then re-raises to the server, which logs a
+            # second traceback and resets the keep-alive connection (the client's next request on
+            # it failed). Mid-response, only closing the connection can tell the client, so then
+            # it goes on up.
             if started:
                 raise
             await unexpected_error_response(exc, scope.get("path", ""))(scope, receive, send_with_id)

@@ -14,12 +14,7 @@ from cli.main import main
 from common import accounts
 from common.settings import reset_settings_cache
 from tests.cli.helpers import snapshot
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.integration.helpers_processes import free_port
 
 
 @pytest.mark.parametrize(("argv", "message"), [
