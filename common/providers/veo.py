@@ -18,7 +18,9 @@ Choices:
   RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE), see `google_errors.operation_error`.
   No video with raiMediaFilteredCount/Reasons is a non-retryable `content_filtered`.
 - A failed poll that may be transient is tried again (up to `poll_retries` in a row) rather than
-  failing the job: a retry of the whole call would pay for a second video.
+  failing the job: a retry of the whole call would pay for a second video. So is a failed
+  download of a finished video (Google bills a video once it is made), and a download that still
+  fails fails the job for good: sending it again would make, and bill, another video.
 - Progress: metadata `progressPercent` when the upstream sends one, else a time estimate
   against `expected_seconds`, capped at 95 and never going back; 100 once the bytes are here.
 - The download carries the API key only while it stays on base_url's origin, also across
@@ -171,6 +173,21 @@ class VeoVideoProvider:
         raise _filtered_error(response) or bad_response(_WHAT, "the finished operation holds no video")
 
     async def _download(self, uri: str) -> MediaFile:
+        """The finished video, tried up to 1 + `poll_retries` times. The video is made and paid
+        for: a failure here is final, never a reason to submit it again."""
+        failures = 0
+        while True:
+            try:
+                return await self._download_once(uri)
+            except UpstreamError as exc:
+                failures += 1
+                if exc.retryable and failures <= self.poll_retries:
+                    await asyncio.sleep(self.poll_interval)
+                    continue
+                raise UpstreamError(f"{exc.message} (the video was made: it is not requested again)",
+                                    retryable=False, upstream_status=exc.upstream_status, code=exc.code) from exc
+
+    async def _download_once(self, uri: str) -> MediaFile:
         url = httpx.URL(uri)
         for _ in range(_MAX_REDIRECTS + 1):
             same_origin = url.copy_with(path="/", query=None, fragment=None) == self._origin

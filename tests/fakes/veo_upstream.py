@@ -89,6 +89,9 @@ class FakeVeoUpstream:
         self.submits = 0
         self.polls: dict[str, int] = {}
         self.poll_failures = 0
+        self.download_fail_status: int | None = None
+        self.download_fail_times = 0  # -1: every time
+        self.download_failures = 0
 
     def requests_to(self, fragment: str) -> list[RecordedRequest]:
         return [r for r in self.requests if fragment in r.path]
@@ -161,6 +164,10 @@ class FakeVeoUpstream:
 
     async def _download(self, request: Request) -> Response:
         await record(request, self.requests)
+        if self.download_fail_status and (self.download_fail_times < 0
+                                          or self.download_failures < self.download_fail_times):
+            self.download_failures += 1
+            return google_error(self.download_fail_status, "fake download failure")
         if self.download_redirect:
             origin = self.redirect_origin or str(request.base_url).rstrip("/")
             return RedirectResponse(f"{origin}/blobs/{request.path_params['file']}", status_code=302)

@@ -254,6 +254,28 @@ async def test_a_final_poll_failure_is_not_retried(
     assert len(veo_fake.requests_to("/operations/")) == 1
 
 
+async def test_a_failed_download_of_a_made_video_is_tried_again_without_a_second_submit(
+    http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served
+) -> None:
+    veo_fake.download_fail_status, veo_fake.download_fail_times = 503, 2
+    video = await _provider(http_client, veo_served, poll_retries=3).generate_video(_request())
+    assert video.data == veo_fake.video
+    assert veo_fake.submits == 1  # Google bills each made video: never a second submit
+    assert len(veo_fake.requests_to(":download")) == 3
+
+
+async def test_a_download_that_keeps_failing_fails_the_job_for_good(
+    http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served
+) -> None:
+    veo_fake.download_fail_status, veo_fake.download_fail_times = 503, -1
+    with pytest.raises(UpstreamError) as caught:
+        await _provider(http_client, veo_served, poll_retries=2).generate_video(_request())
+    assert not caught.value.retryable  # a job retry would submit (and pay for) another video
+    assert "not requested again" in caught.value.message
+    assert len(veo_fake.requests_to(":download")) == 3
+    assert veo_fake.submits == 1
+
+
 async def test_an_operation_that_never_finishes_times_out_at_max_wait(
     http_client: httpx.AsyncClient, veo_fake: FakeVeoUpstream, veo_served: Served
 ) -> None:
