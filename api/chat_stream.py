@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,10 @@ from common.providers.base import ChatDelta, Usage
 from common.providers.retry import open_stream_with_retries
 
 log = logging.getLogger("helyx.api")
+# While a reasoning model thinks (its thinking is not sent on), an SSE comment at most this often:
+# SDKs skip comments, and a proxy's idle timeout does not cut the stream.
+THINKING_KEEPALIVE_SECONDS = 10.0
+SSE_THINKING = b": thinking\n\n"
 
 
 async def stream(call: ChatCall, request: Request) -> Response:
@@ -39,7 +44,8 @@ async def stream(call: ChatCall, request: Request) -> Response:
 
     async def abandoned() -> None:
         await _aclose(stream)
-        await _cut_off(call, end, None, first.usage, [first.content + first.refusal], first.prompt_tokens)
+        await _cut_off(call, end, None, first.usage, [first.content + first.refusal + first.thinking],
+                       first.prompt_tokens)
 
     return EventStreamResponse(_events(call, first, stream, end), headers=call.headers, on_unstarted=abandoned,
                                end=end)
@@ -92,11 +98,16 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
         role_sent = False
         error: UpstreamError | None = None
         try:
+            quiet_since = time.monotonic()
             while delta is not None:
-                produced.append(delta.content + delta.refusal)
+                produced.append(delta.content + delta.refusal + delta.thinking)
                 usage = delta.usage or usage
                 prompt_tokens = delta.prompt_tokens if delta.prompt_tokens is not None else prompt_tokens
+                if delta.thinking and role_sent and time.monotonic() - quiet_since >= THINKING_KEEPALIVE_SECONDS:
+                    quiet_since = time.monotonic()  # the model is thinking: a comment keeps idle-timing proxies open
+                    yield SSE_THINKING
                 if delta.content or delta.refusal or delta.finish_reason or not role_sent:
+                    quiet_since = time.monotonic()
                     payload: dict[str, Any] = {} if role_sent else {"role": "assistant"}
                     role_sent = True
                     if delta.content or not delta.refusal:

@@ -71,7 +71,8 @@ ADAPTER_OPTIONS: dict[tuple[str, str], dict[str, tuple[Callable[[Any], bool], st
                        "durations": (_durations, "a non-empty list of whole seconds (1 to 3,600)"),
                        "poll_retries": (_tries, "a whole number from 0 to 100")},
     ("gemini", "image"): {"timeout": _SECONDS},  # common.providers.gemini_image
-    ("openai", "chat"): {"unsent_fields": (_unsendable, f"a list among {', '.join(UNSENDABLE)}")},
+    ("openai", "chat"): {"unsent_fields": (_unsendable, f"a list among {', '.join(UNSENDABLE)}"),
+                         "alternate_turns": (lambda value: isinstance(value, bool), "true or false")},
 }
 PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
     kind: tuple(name for (k, _), options in ADAPTER_OPTIONS.items() if k == kind for name in options)

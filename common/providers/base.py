@@ -113,6 +113,9 @@ class ChatDelta:
     # Gemini's every chunk): a stream cut or failed before its usage is charged it, not an estimate.
     prompt_tokens: int | None = None
     system_fingerprint: str | None = None  # OpenAI-compatible: the backend configuration, as its chunks state it
+    # A reasoning model's thinking, streamed apart from the answer (`reasoning_content`): not sent
+    # on, but produced and billed by the vendor, so a stream cut meanwhile is charged for it.
+    thinking: str = ""
 
 
 @runtime_checkable

@@ -133,3 +133,17 @@ def merge_turns(turns: Iterable[tuple[str, list[T]]]) -> list[tuple[str, list[T]
         else:
             merged.append((role, list(items)))
     return merged
+
+
+def alternating(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation in OpenAI's form as a vendor that wants one system message first, then
+    user and assistant strictly alternating, takes it (Perplexity answers 400 to anything else):
+    the system messages joined into the first, consecutive turns of one role joined (texts by a
+    blank line; a turn with an image part keeps its parts). Participant names are dropped."""
+    system, turns = system_and_turns(messages, role_of, lambda m: [p for p in content_parts(m) if p])
+    joined: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    for role, parts in turns:
+        texts = [part_text(p) for p in parts]
+        content: Any = "\n\n".join(t for t in texts if t is not None) if None not in texts else parts
+        joined.append({"role": role, "content": content})
+    return joined

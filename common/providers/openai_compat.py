@@ -35,6 +35,7 @@ from common.providers.http import (
     raise_for_status,
     vendor_message,
 )
+from common.providers.messages import alternating
 
 PROVIDER = "openai-compatible"
 _OPTIONAL = (*SAMPLING_FIELDS, "user")
@@ -47,7 +48,7 @@ UNSENDABLE = ("user", "stream_options", "name")
 
 class OpenAICompatProvider:
     def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None,
-                 unsent_fields: list[str] | tuple[str, ...] = ()) -> None:
+                 unsent_fields: list[str] | tuple[str, ...] = (), alternate_turns: bool = False) -> None:
         self._client = client
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")  # parsed once, not per request
         self._api_key = api_key
@@ -55,12 +56,13 @@ class OpenAICompatProvider:
         self._optional = tuple(name for name in _OPTIONAL if name not in unsent)
         self._ask_usage = "stream_options" not in unsent
         self._drop_names = "name" in unsent
+        self._alternate = alternate_turns  # Perplexity: one system message first, then strict alternation
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     def _body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
-        messages = request.messages
+        messages = alternating(request.messages) if self._alternate else request.messages
         if self._drop_names:
             messages = [{k: v for k, v in m.items() if k != "name"} for m in messages]
         body: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens}
@@ -124,22 +126,25 @@ def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
     _raise_if_error(chunk, api_key)
     if not isinstance(chunk, dict):
         return None
-    content, refusal, finish_reason, usage_data = "", "", None, chunk.get("usage")
+    content, refusal, thinking, finish_reason, usage_data = "", "", "", None, chunk.get("usage")
     choices = chunk.get("choices") or []
     if choices:
         choice = choices[0]
         delta = choice.get("delta") or {}
         content, refusal = _content(delta.get("content")), _text(delta.get("refusal"))
+        # DeepSeek, Moonshot, Zhipu and Qwen stream a reasoning model's thinking as `reasoning_content`,
+        # OpenRouter and vLLM as `reasoning`: produced (and billed) before the first answer token
+        thinking = _text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
         finish_reason = _finish_reason(choice.get("finish_reason"))
         # Moonshot puts the stream's usage in the finish chunk's choice; Groq used to put it in x_groq
         groq = chunk.get("x_groq")
         usage_data = usage_data or choice.get("usage") or (groq.get("usage") if isinstance(groq, dict) else None)
     usage = _usage(usage_data)
-    if not content and not refusal and finish_reason is None and usage is None:
+    if not content and not refusal and not thinking and finish_reason is None and usage is None:
         return None
     fingerprint = chunk.get("system_fingerprint")
     return ChatDelta(content=content, finish_reason=finish_reason, usage=usage, refusal=refusal,
-                     system_fingerprint=fingerprint if isinstance(fingerprint, str) else None)
+                     system_fingerprint=fingerprint if isinstance(fingerprint, str) else None, thinking=thinking)
 
 
 def _text(value: Any) -> str:
@@ -159,10 +164,24 @@ def _content(value: Any) -> str:
     raise TypeError(f"content of type {type(value).__name__}")
 
 
+# OpenAI's own finish reasons pass through; a vendor's other ones are put in OpenAI's terms (an SDK
+# with strict types refuses any other value). Zhipu's "sensitive" is its safety review's cut,
+# "model_context_window_exceeded" its length limit; "network_error" and "error" say the inference
+# failed, which is a failed call (it costs nothing), not an answer.
+OPENAI_FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "function_call"})
+_VENDOR_FINISH_REASONS = {"sensitive": "content_filter", "model_context_window_exceeded": "length"}
+_FAILED_FINISH_REASONS = frozenset({"network_error", "error"})
+
+
 def _finish_reason(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise TypeError(f"finish_reason of type {type(value).__name__}")
+    if value is None or value in OPENAI_FINISH_REASONS:
+        return value  # type: ignore[no-any-return]
+    if not isinstance(value, str):
+        raise TypeError(f"finish_reason of type {type(value).__name__}")
+    if value in _FAILED_FINISH_REASONS:
+        raise UpstreamError(f"The upstream provider ({PROVIDER}) failed during the answer (finish_reason {value!r})",
+                            retryable=True)
+    return _VENDOR_FINISH_REASONS.get(value, "stop")
 
 
 def _raise_if_error(data: Any, api_key: str | None) -> None:

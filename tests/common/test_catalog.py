@@ -134,6 +134,25 @@ def test_the_built_in_mistral_provider_leaves_out_what_mistral_refuses(tmp_path:
     assert (adapter._optional, adapter._ask_usage, adapter._drop_names) == (SAMPLING_FIELDS, False, True)
 
 
+def test_the_built_in_groq_and_perplexity_providers_send_what_those_vendors_take(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groq answers 400 to a message's name; Perplexity to turns that do not alternate."""
+    catalog = _load(tmp_path, "")
+    monkeypatch.setenv("GROQ_API_KEY", "sk-test")
+    monkeypatch.setenv("PERPLEXITY_API_KEY", "sk-test")
+    providers = Providers(catalog, make_settings(tmp_path, simulate="0"), http=None)  # type: ignore[arg-type]
+    groq = providers.chat(catalog.models["helyx-3.5"])
+    perplexity = providers.chat(catalog.models["perplexity-sonar"])
+    assert isinstance(groq, OpenAICompatProvider) and isinstance(perplexity, OpenAICompatProvider)
+    assert (groq._drop_names, groq._ask_usage, groq._alternate) == (True, True, False)
+    assert (perplexity._drop_names, perplexity._alternate) == (False, True)
+
+
+def test_alternate_turns_must_be_a_boolean(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="provider perplexity: alternate_turns must be true or false"):
+        _load(tmp_path, '[providers.perplexity]\nalternate_turns = "yes"\n')
+
+
 def test_a_model_on_the_built_in_simulated_provider_says_it_is_simulated(tmp_path: Path) -> None:
     catalog = _load(tmp_path, '[models.sim]\nkind = "chat"\nrate = 1\nprovider = "simulated"\n')
     settings = make_settings(tmp_path, simulate="0")

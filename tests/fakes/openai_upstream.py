@@ -85,6 +85,10 @@ async def _stream(b: Behaviour, model: str, include_usage: bool) -> AsyncGenerat
         return _event({**base, "choices": [choice], **extra})
 
     yield chunk({"role": "assistant", "content": None if b.refusal else ""})
+    for piece in b.thinking or []:
+        if b.chunk_delay:
+            await asyncio.sleep(b.chunk_delay)
+        yield chunk({"content": None, "reasoning_content": piece})
     for sent, piece in enumerate(b.pieces() if b.refusal is None else re.findall(r"\S+\s*", b.refusal)):
         if sent == b.error_after_chunks:
             yield _event({"error": {"message": b.error_message, "type": "server_error"}})

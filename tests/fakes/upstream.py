@@ -57,6 +57,8 @@ class Behaviour:
     drop_after_chunks: int | None = None  # stream: drop the connection after N content chunks
     hang: float = 0.0  # seconds to wait before answering (until the client gives up)
     chunk_delay: float = 0.0  # seconds before each streamed chunk
+    thinking: list[str] | None = None  # OpenAI-compatible streams: a reasoning model's thinking, streamed as
+    #   `reasoning_content` pieces before the answer (DeepSeek's and Moonshot's form)
 
     def pieces(self) -> list[str]:
         return self.chunks if self.chunks is not None else re.findall(r"\S+\s*|\s+", self.answer)

@@ -122,6 +122,44 @@ async def test_a_length_finish_is_passed_through(
     assert [d.finish_reason for d in deltas if d.finish_reason] == ["length"]
 
 
+@pytest.mark.parametrize(("vendor", "openai"), [
+    ("sensitive", "content_filter"),  # Zhipu: its safety review cut the answer
+    ("model_context_window_exceeded", "length"),  # Zhipu
+    ("eos", "stop"),  # anything else outside OpenAI's list: an SDK with strict types refuses it
+])
+async def test_a_vendors_own_finish_reason_is_put_in_openais_terms(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient, vendor: str, openai: str
+) -> None:
+    openai_fake.behaviour = Behaviour(finish=vendor)
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
+    assert (await provider.complete(chat_request())).finish_reason == openai
+    deltas, _ = await collect(provider, chat_request())
+    assert [d.finish_reason for d in deltas if d.finish_reason] == [openai]
+
+
+async def test_a_finish_reason_saying_the_inference_failed_is_a_failed_call(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    """Zhipu's "network_error" ends a partial answer whose inference failed: it was passed on as a
+    finished answer, and charged; a failed call costs nothing."""
+    openai_fake.behaviour = Behaviour(finish="network_error")
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
+    with pytest.raises(UpstreamError) as caught:
+        await provider.complete(chat_request())
+    assert caught.value.retryable
+    deltas, error = await collect(provider, chat_request())
+    assert text_of(deltas) == "Hello! How can I help you today?" and isinstance(error, UpstreamError)
+    assert not any(d.finish_reason for d in deltas)
+
+
+async def test_reasoning_pieces_are_thinking_not_content(openai_fake: FakeUpstream, client: httpx.AsyncClient) -> None:
+    openai_fake.behaviour = Behaviour(thinking=["Let me ", "think."])
+    deltas, error = await collect(OpenAICompatProvider(client, openai_fake.base_url, API_KEY), chat_request())
+    assert error is None
+    assert [d.thinking for d in deltas if d.thinking] == ["Let me ", "think."]
+    assert text_of(deltas) == "Hello! How can I help you today?"
+
+
 async def test_an_error_object_mid_stream_raises_after_the_earlier_deltas(
     openai_fake: FakeUpstream, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -169,3 +207,29 @@ async def test_fields_a_strict_vendor_refuses_are_left_out_of_plain_and_streamed
     sent = openai_fake.last_request.json
     assert sent["stream"] is True and "stream_options" not in sent and "user" not in sent
     assert sent["messages"] == [{"role": "user", "content": "hi"}] and named[0]["name"] == "alice"
+
+
+async def test_alternate_turns_sends_one_system_message_then_strictly_alternating_turns(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    """Perplexity answers 400 "user and assistant roles should be alternating" otherwise (a 502 here)."""
+    image = {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}
+    messages = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Hello!", "name": "alice"},
+        {"role": "user", "content": [{"type": "text", "text": "How are you?"}]},
+        {"role": "assistant", "content": "Fine."},
+        {"role": "developer", "content": "Answer in French."},
+        {"role": "user", "content": "Look:"},
+        {"role": "user", "content": [image]},
+    ]
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY, alternate_turns=True)
+    await provider.complete(chat_request(messages=messages))
+    assert openai_fake.last_request.json["messages"] == [
+        {"role": "system", "content": "Be terse.\n\nAnswer in French."},
+        {"role": "user", "content": "Hello!\n\nHow are you?"},
+        {"role": "assistant", "content": "Fine."},
+        {"role": "user", "content": [{"type": "text", "text": "Look:"}, image]},
+    ]
+    await OpenAICompatProvider(client, openai_fake.base_url, API_KEY).complete(chat_request(messages=messages))
+    assert len(openai_fake.last_request.json["messages"]) == len(messages)  # others get the conversation as it is
