@@ -9,6 +9,9 @@
 - Penalties are sent only when non-zero: several Gemini models reject the fields outright.
 - Thinking models report `thoughtsTokenCount` apart from `candidatesTokenCount`; both are
   output the vendor bills, so both count as completion tokens.
+- A prompt Google's filters block (`promptFeedback.blockReason`, no candidates) is a 400
+  `content_filtered` to the client (as an image prompt's), nothing charged; an answer its filters
+  cut (a candidate's finishReason SAFETY and the like) finishes as `content_filter`, charged.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from common.errors import UpstreamError
+from common.errors import UpstreamError, UpstreamRejectedRequest
 from common.providers.base import (
     MAX_TOKEN_COUNT,
     ChatDelta,
@@ -119,7 +122,11 @@ class GeminiChatProvider:
         candidates = data.get("candidates") or []
         if not candidates:
             blocked = (data.get("promptFeedback") or {}).get("blockReason")
-            return "", "content_filter" if blocked else None
+            if blocked:  # the prompt itself, before any answer: refused as OpenAI refuses one, nothing charged
+                raise UpstreamRejectedRequest(
+                    f"The upstream provider ({PROVIDER}) refused the prompt: its safety filters blocked it "
+                    f"({blocked})", upstream_status=200, code="content_filtered", param="messages")
+            return "", None
         candidate = candidates[0]
         parts = (candidate.get("content") or {}).get("parts") or []
         text = "".join(p.get("text", "") for p in parts if not p.get("thought"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
-from common.errors import InvalidRequest, UpstreamError
+from common.errors import InvalidRequest, UpstreamError, UpstreamRejectedRequest
 from common.providers.base import ChatProvider, Usage
 from common.providers.gemini import GeminiChatProvider, build_body
 from common.providers.http import UpstreamClient
@@ -139,9 +141,25 @@ async def test_an_error_event_mid_stream_raises_after_the_earlier_deltas(
     assert "Internal error" not in error.message and "Internal error" in caplog.text
 
 
-async def test_a_blocked_prompt_finishes_as_content_filter() -> None:
-    blocked = {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 4}}
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=blocked))
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_blocked_prompt_is_the_clients_400_not_an_answer(stream: bool) -> None:
+    """Google's promptFeedback.blockReason, no candidates: the prompt was refused before any answer.
+    It was a 200 with empty content, charged the prompt (an image's blocked prompt is refunded)."""
+    blocked = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}, "usageMetadata": {"promptTokenCount": 4}}
+    body = json.dumps(blocked).encode()
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, content=b"data: " + body + b"\r\n\r\n" if stream else body,
+        headers={"content-type": "text/event-stream" if stream else "application/json"}))
     async with UpstreamClient(transport=transport) as mock_client:
-        result = await GeminiChatProvider(mock_client, "http://up.test/v1beta", None).complete(chat_request())
-    assert (result.content, result.finish_reason, result.usage) == ("", "content_filter", Usage(4, 0))
+        provider = GeminiChatProvider(mock_client, "http://up.test/v1beta", None)
+        if stream:
+            deltas, error = await collect(provider, chat_request())
+            assert deltas == []
+        else:
+            with pytest.raises(UpstreamRejectedRequest) as caught:
+                await provider.complete(chat_request())
+            error = caught.value
+    assert isinstance(error, UpstreamRejectedRequest)
+    assert (error.status, error.code, error.param, error.retryable) == (400, "content_filtered",
+                                                                        "messages", False)
+    assert "PROHIBITED_CONTENT" in error.message
