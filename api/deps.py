@@ -96,9 +96,16 @@ async def key_checked_in_route(request: Request) -> None:
     before the key on every route: FastAPI reads it before any dependency.)
 
     A missing or malformed key (its checksum: no I/O) is refused here and now, so an anonymous
-    client cannot have the loop validate 4 MiB of content parts (~0.5 s each) for its 401."""
+    client cannot have the loop validate 4 MiB of content parts (~0.5 s each) for its 401. The
+    checksum is no secret (anyone can make a well-formed key), so a large body's key is also looked
+    up now, before its validation: the small bodies of most chats keep their one statement."""
     accounts.refuse_malformed(bearer(request))
+    if len(await request.body()) > LOOKUP_FIRST_BYTES:  # (read already: FastAPI parsed it as JSON)
+        await authenticate(request, request.app.state.services)
     request.state.key_unchecked = True
+
+
+LOOKUP_FIRST_BYTES = 64 * 1024
 
 
 KeyCheckedInRoute = Depends(key_checked_in_route)

@@ -75,7 +75,7 @@ class Stack:
         self.gateway_port = _procs.free_port()
         self.gateway = Proc(f"gateway-{workers}w", [
             str(_procs.VENV_BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(self.gateway_port),
-            "--workers", str(workers), "--no-access-log", "--log-level", "warning",
+            "--workers", str(workers), "--no-access-log", "--log-level", "warning", *_procs.uvicorn_http(),
         ], self.env)
         _procs.wait_http(self.gateway_port, "/healthz", proc=self.gateway)
         if workers > 1:  # every worker up, not just the first
@@ -89,7 +89,7 @@ class Stack:
         self.floor_port = _procs.free_port()
         self.floor = Proc("floor", [
             str(_procs.VENV_BIN / "uvicorn"), "bench._floor_app:app", "--host", "127.0.0.1", "--port",
-            str(self.floor_port), "--no-access-log", "--log-level", "warning",
+            str(self.floor_port), "--no-access-log", "--log-level", "warning", *_procs.uvicorn_http(),
         ], self.env)
         _procs.wait_http(self.floor_port, "/healthz", proc=self.floor)
 

@@ -75,6 +75,12 @@ def flush_redis(url: str = REDIS_URL, only_db: int = 13) -> None:
 
 # --- processes ---------------------------------------------------------------------------------
 
+def uvicorn_http(tree: Path = ROOT) -> list[str]:
+    """The `--http` of `helyx serve` (api/http_protocol.py: httptools, the request head bounded), so that a
+    benchmark's uvicorn runs what production runs; nothing for a tree older than that module (bench.ab_chat)."""
+    return ["--http", "api.http_protocol:BoundedHeadProtocol"] if (tree / "api" / "http_protocol.py").exists() else []
+
+
 class Proc:
     """A child process in its own process group, with its output in WORKDIR/<name>.log."""
 

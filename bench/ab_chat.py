@@ -62,7 +62,7 @@ def main() -> None:
             port = _procs.free_port()
             proc = Proc(f"ab-{name}", [str(_procs.VENV_BIN / "uvicorn"), "api.main:app", "--app-dir", str(tree),
                                        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-                                       "--log-level", "warning"], stack.env)
+                                       "--log-level", "warning", *_procs.uvicorn_http(tree)], stack.env)
             _procs.wait_http(port, "/healthz", proc=proc)
             gateways[name] = (proc, port)
         body = {"model": "gpt-4o", "messages": MESSAGES}

@@ -58,7 +58,7 @@ class Stack:
         self.port = _procs.free_port()
         self.api = Proc("jobs-api", [str(_procs.VENV_BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1",
                                      "--port", str(self.port), "--workers", str(web_workers), "--no-access-log",
-                                     "--log-level", "warning"], self.env)
+                                     "--log-level", "warning", *_procs.uvicorn_http()], self.env)
         self.workers = Proc("helyx-worker", [_procs.HELYX, "worker", "--processes", str(worker_processes),
                                              "--threads", str(worker_threads)], self.env)
         _procs.wait_http(self.port, "/healthz", proc=self.api)

@@ -114,7 +114,8 @@ def serve(args: argparse.Namespace) -> int:
         worker = embedded.start()
         grace = _whole_seconds(settings.shutdown_grace_seconds)
         # log_config=None: uvicorn keeps to the JSON logging set up above (common.logs)
-        config = uvicorn.Config(app, timeout_graceful_shutdown=grace, log_level="warning", log_config=None)
+        config = uvicorn.Config(app, timeout_graceful_shutdown=grace, log_level="warning", log_config=None,
+                                http=HTTP_PROTOCOL)
         server = uvicorn.Server(config)
         # uvicorn raises the signal it stopped on again once it is done, with the handler it found:
         # SIGTERM's default would end the process there, cutting the running jobs short.
@@ -130,10 +131,13 @@ def serve(args: argparse.Namespace) -> int:
     # uvicorn's own lines (its start and stop, a worker process that died and was replaced) at
     # HELYX_LOG_LEVEL, in the JSON logging set up above; no access log (the API logs each request).
     # The level as a number: uvicorn's names lack WARN, FATAL and NOTSET, which logging (and the setting) take.
-    uvicorn.run("api.main:app", host=host, port=port, workers=workers,
+    uvicorn.run("api.main:app", host=host, port=port, workers=workers, http=HTTP_PROTOCOL,
                 timeout_graceful_shutdown=_whole_seconds(settings.shutdown_grace_seconds),
                 log_level=logging.getLevelName(settings.log_level), access_log=False, log_config=None)
     return 0
+
+
+HTTP_PROTOCOL = "api.http_protocol:BoundedHeadProtocol"  # httptools, with the request head bounded
 
 
 def _whole_seconds(grace: float) -> int:

@@ -158,6 +158,7 @@ def test_serve_in_the_production_shape_hands_uvicorn_the_log_level_and_a_grace_r
     assert code == 0, err
     assert given["app"] == "api.main:app" and given["port"] == port
     assert (given["log_level"], given["timeout_graceful_shutdown"], given["access_log"]) == (number, 1, False)
+    assert given["http"] == "api.http_protocol:BoundedHeadProtocol"  # request heads bounded (api.http_protocol)
     assert "warning: Redis at redis://127.0.0.1:1/0 does not answer" in err
 
 

@@ -37,3 +37,33 @@ def test_a_missing_or_malformed_key_is_refused_before_the_body_is_validated(
         assert wrong.post("/chat/completions", json=body).json()["error"]["code"] == "invalid_api_key"
         assert nobody.post("/chat/completions", json=body).json()["error"]["code"] == "missing_api_key"
     assert ran == []  # the body never reached the route: it was not validated either
+
+
+@pytest.mark.parametrize("on", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_large_bodys_well_formed_key_is_looked_up_before_the_body_is_validated(
+        make_gateway: GatewayFactory, on: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checksum is no secret: anyone can make a well-formed key, and had the loop validate
+    4 MiB of content parts for each 401 (~0.5 s, ~50 MB; found by a security review). A small
+    body keeps the one-statement path: its key is looked up in the route."""
+    from api import errors
+
+    validated: list[object] = []
+    real = errors._key_refusal
+
+    async def seen(req: object) -> object:  # reached only after the body failed validation
+        validated.append(req)
+        return await real(req)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(errors, "_key_refusal", seen)
+    gateway = make_gateway(**({"database_url": request.getfixturevalue("pg_url")} if on == "postgres" else {}))
+    account = gateway.account("free")
+    parts = [{"type": "text", "text": "a" * 200}] * 500 + [{"type": "bogus"}]  # ~115 KB
+    large = {"model": "gpt-4o", "messages": [{"role": "user", "content": parts}]}
+    small = {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "bogus"}]}]}
+    with gateway.http(keys.generate_key()) as stranger, gateway.http(account) as known:
+        assert stranger.post("/chat/completions", json=large).json()["error"]["code"] == "invalid_api_key"
+        assert validated == []  # refused before its parts were judged
+        assert stranger.post("/chat/completions", json=small).json()["error"]["code"] == "invalid_api_key"
+        assert len(validated) == 1  # a small body: judged, then its key looked up
+        answer = known.post("/chat/completions", json=large)
+    assert answer.status_code == 400 and answer.json()["error"]["param"].startswith("messages.0.content"), answer.text

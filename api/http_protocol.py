@@ -1,0 +1,85 @@
+"""uvicorn's httptools protocol with bounds on a request's head (its request line and headers).
+
+httptools sets none: a client could send headers of any size (100 lines of 1 MiB each were read
+and held, ~100 MB of the API's memory per connection, and answered 200), or send them a byte at a
+time for ever. h11, uvicorn's other parser, bounds the size (16 KiB) but parses in Python, at a
+cost on every request; here the httptools parser stays and the head is bounded around it:
+
+- at most MAX_HEAD_BYTES: counted per chunk read while a request's head is incomplete, not
+  counting the chunk its request began in (it may end a previous body), so a connection holds at
+  most one read (uvloop reads up to 256 KiB) plus MAX_HEAD_BYTES; past it, 431 and the connection
+  closed (what the client still sends meanwhile is read and dropped);
+- at most HEAD_SECONDS from a request's first byte to its last header: past it, 408 and closed.
+
+Bodies are not bounded here: the app's BodyLimitMiddleware refuses a large one (413) as it comes.
+Used by `helyx serve` (and the Procfile through it): `uvicorn --http api.http_protocol:BoundedHeadProtocol`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+MAX_HEAD_BYTES = 64 * 1024  # nginx's default allows 4 x 8 KiB header lines; browsers send ~1-2 KiB
+HEAD_SECONDS = 30.0  # a first byte to the end of the headers (nginx's client_header_timeout is 60 s)
+LINGER_SECONDS = 2.0  # a refused connection is closed this long after its answer, as nginx's lingering close
+
+
+class BoundedHeadProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = self._began = self._refused = False
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:  # what still comes is read and dropped, so that the refusal is not lost to a reset
+            return
+        self._began = False
+        super().data_received(data)
+        if self._in_head and not self._began and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(b"431 Request Header Fields Too Large", "Request headers too large.")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = self._began = True
+        self._head_bytes = 0
+        self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._end_of_head()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end_of_head()
+        super().connection_lost(exc)
+
+    def _end_of_head(self) -> None:
+        self._in_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self._refuse(b"408 Request Timeout", "Request headers not received in time.")
+
+    def _refuse(self, status: bytes, message: str) -> None:
+        """Answer (unless a response of an earlier request is under way) and close, LINGER_SECONDS
+        later: a socket closed with unread data sends a reset, which can destroy the answer before
+        the client reads it, and the client is usually still sending."""
+        self._end_of_head()
+        self._refused = True
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
+        self.logger.warning("%s: %s", message, client)
+        if self.cycle is None or self.cycle.response_complete:
+            body = message.encode("ascii")
+            self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                 b"content-length: " + str(len(body)).encode("ascii") + b"\r\n"
+                                 b"connection: close\r\n\r\n" + body)
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)

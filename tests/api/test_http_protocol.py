@@ -1,0 +1,94 @@
+"""The request head is bounded (api.http_protocol): uvicorn's httptools parser read headers of
+any size (100 lines of 1 MiB each held ~100 MB per connection, then answered 200) and waited for
+them for ever (found by a security review). Over a real socket, against a real uvicorn server."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from api import http_protocol
+from tests.integration.helpers_processes import free_port
+
+
+async def _echo(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(f"{len(await request.body())} {len(request.headers)}")
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    port = free_port()
+    config = uvicorn.Config(Starlette(routes=[Route("/", _echo, methods=["GET", "POST"])]), host="127.0.0.1",
+                            port=port, http="api.http_protocol:BoundedHeadProtocol", log_level="error",
+                            log_config=None)
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not running.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.02)
+    yield port
+    running.should_exit = True
+    thread.join(10)
+
+
+def _answer(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Everything the server sends until it closes the connection or goes quiet for `timeout`."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return received
+
+
+def _send(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused and closed: what the test wants
+        sock.sendall(data)
+
+
+def test_a_request_with_ordinary_headers_and_a_large_body_passes(server: int) -> None:
+    body = b"x" * 300_000  # in the same reads as its head: not counted as head
+    headers = b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 200) for i in range(40))  # ~8 KiB
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: t\r\n" + headers + b"content-length: %d\r\n\r\n" % len(body) + body)
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")  # and the next, on the same connection
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 200") and b"\r\n\r\n300000 42" in answer
+    assert answer.count(b"HTTP/1.1 200") == 2
+
+
+@pytest.mark.parametrize("header", [
+    b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 1024) for i in range(100)),  # many lines
+    b"x-big: " + b"v" * 4 * 1024 * 1024 + b"\r\n",  # one line of 4 MiB
+])
+def test_a_head_larger_than_the_bound_is_refused_431_and_the_connection_closed(server: int, header: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        _send(sock, b"GET / HTTP/1.1\r\nhost: t\r\n")
+        for start in range(0, len(header), 16_384):  # as a client sends it: read by read
+            _send(sock, header[start:start + 16_384])
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431 ") and answer.endswith(b"Request headers too large."), answer[:200]
+
+
+def test_a_head_that_does_not_arrive_in_time_is_refused_408(server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_protocol, "HEAD_SECONDS", 0.3)
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: t\r\nx-slow: a")  # and then nothing
+        started = time.monotonic()
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert time.monotonic() - started < 3
