@@ -25,10 +25,13 @@ Retry = Callable[..., Any]  # an actor's send_with_options
 # A worker process delivers at most half as many webhooks at once as it has threads (one at least):
 # a receiver that never answers holds a thread for a whole try, and a job canceled while queued
 # costs its submitter nothing, so without a cap one account's webhooks could take every thread
-# the media jobs need. A delivery that finds no free slot is sent again after SLOT_WAIT_MS.
+# the media jobs need. And at most one per account: else one account's silent receivers took every
+# slot, and another account's webhooks waited behind them (a free key submitting and canceling
+# jobs, at no cost). A delivery that finds no free slot is sent again after SLOT_WAIT_MS.
 SLOT_WAIT_MS = 1000
 _slots: threading.BoundedSemaphore | None = None
 _slots_lock = threading.Lock()
+_accounts_delivering: set[str] = set()
 
 
 @contextlib.contextmanager
@@ -46,18 +49,42 @@ def delivery_slot() -> Iterator[bool]:
             _slots.release()
 
 
+@contextlib.contextmanager
+def account_slot(account_id: str) -> Iterator[bool]:
+    """True (and the account's one slot held for the block) when none of its webhooks is under way
+    in this process."""
+    with _slots_lock:
+        got = account_id not in _accounts_delivering
+        _accounts_delivering.add(account_id)
+    try:
+        yield got
+    finally:
+        if got:
+            with _slots_lock:
+                _accounts_delivering.discard(account_id)
+
+
 def send_webhook(job_id: str, attempt: int = 1, retry: Retry | None = None) -> None:
     """One try of the job's webhook. A failure a retry may mend is tried again by a new message
     `retry` sends after the backoff (with `attempt + 1`), not by sleeping here: a receiver that is
     down or slow holds a worker thread for one attempt's timeout at most, never for the whole
     series. Without `retry` (a caller that cannot schedule), the tries run here, back to back."""
     engine = context.engine()
-    settings = context.settings()
     with engine.connect() as conn:
         row = conn.execute(text("SELECT account_id, webhook_url, webhook_status, status FROM jobs WHERE id = :id"),
                            {"id": job_id}).first()
     if row is None or not row.webhook_url or row.webhook_status in ("delivered", "failed"):
         return
+    with account_slot(row.account_id) as free:
+        if not free and retry is not None:  # another of the account's webhooks is under way here: later
+            retry(args=(job_id, attempt), delay=SLOT_WAIT_MS)
+            return
+        _try(job_id, row, attempt, retry)
+
+
+def _try(job_id: str, row: Any, attempt: int, retry: Retry | None) -> None:
+    engine = context.engine()
+    settings = context.settings()
     with engine.begin() as conn:  # in hand (again): the sweeper leaves it alone while the tries go on
         conn.execute(text("UPDATE jobs SET webhook_status = 'pending', webhook_pending_at = :now"
                           " WHERE id = :id AND (webhook_status IS NULL OR webhook_status = 'pending')"),

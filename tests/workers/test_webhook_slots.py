@@ -6,10 +6,13 @@ adversarial review). A delivery that finds no slot is sent again later, never dr
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from common.webhooks import DeliveryResult
+from tests.workers.helpers import Jobs
 from workers import actors, notify
 
 
@@ -46,3 +49,37 @@ def test_a_delivery_beyond_half_the_threads_is_sent_again_later_not_run(monkeypa
     assert later == [{"args": ("job_3", 2), "delay": notify.SLOT_WAIT_MS}]  # kept, with its attempt number
     actors.deliver_webhook.fn("job_4")  # the slots are free again
     assert sent_now[-1] == "job_4"
+
+
+def test_an_accounts_webhooks_go_one_at_a_time_and_never_hold_up_anothers(
+        make_jobs: Callable[..., Jobs], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A free key submitting and canceling jobs (at no cost) with webhooks to a receiver that never
+    answers took every delivery slot: another account's webhook arrived 24 s after its job ended
+    (found by a security review). Each account now has one delivery under way per process."""
+    entered, release = threading.Event(), threading.Event()
+    delivered: list[str] = []
+
+    def deliver(url: str, payload: dict[str, Any], **kwargs: Any) -> DeliveryResult:
+        delivered.append(payload["data"]["id"])
+        if payload["data"]["id"] == slow:
+            entered.set()
+            release.wait(5)
+        return DeliveryResult(True, 1, 204, None, kwargs["webhook_id"])
+
+    monkeypatch.setattr(notify, "deliver", deliver)
+    jobs = make_jobs()
+    mallory, alice = jobs.account(), jobs.account()
+    slow, second, hers = (jobs.submit(who, enqueue=False, webhook_url="https://hooks.example.com/h")
+                          for who in (mallory, mallory, alice))
+    later: list[dict[str, Any]] = []
+    busy = threading.Thread(target=notify.send_webhook, args=(slow, 1, lambda **kw: later.append(kw)))
+    busy.start()
+    assert entered.wait(5)
+    notify.send_webhook(second, 2, retry=lambda **kw: later.append(kw))  # Mallory's second: not now
+    notify.send_webhook(hers, 1, retry=lambda **kw: later.append(kw))  # Alice's: at once
+    release.set()
+    busy.join(5)
+    assert delivered == [slow, hers]
+    assert later == [{"args": (second, 2), "delay": notify.SLOT_WAIT_MS}]  # kept, with its attempt number
+    notify.send_webhook(second, 2, retry=lambda **kw: later.append(kw))  # the account's slot is free again
+    assert delivered[-1] == second
