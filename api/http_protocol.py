@@ -5,10 +5,11 @@ and held, ~100 MB of the API's memory per connection, and answered 200), or send
 time for ever. h11, uvicorn's other parser, bounds the size (16 KiB) but parses in Python, at a
 cost on every request; here the httptools parser stays and the head is bounded around it:
 
-- at most MAX_HEAD_BYTES: counted per chunk read while a request's head is incomplete, not
-  counting the chunk its request began in (it may end a previous body), so a connection holds at
-  most one read (uvloop reads up to 256 KiB) plus MAX_HEAD_BYTES; past it, 431 and the connection
-  closed (what the client still sends meanwhile is read and dropped);
+- at most MAX_HEAD_BYTES: the larger of the request line and headers parsed so far and the
+  chunks read while the head is incomplete, not counting the chunk its request began in (it may
+  end a previous body), so a connection holds at most one read (uvloop reads up to 256 KiB) plus
+  MAX_HEAD_BYTES; past it, 431 and the connection closed (what the client still sends meanwhile
+  is read and dropped);
 - at most HEAD_SECONDS from a request's first byte to its last header: past it, 408 and closed.
 
 Bodies are not bounded here: the app's BodyLimitMiddleware refuses a large one (413) as it comes.
@@ -39,9 +40,11 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             return
         self._began = False
         super().data_received(data)
-        if self._in_head and not self._began and not self.transport.is_closing():
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
+        if self._in_head and not self.transport.is_closing():
+            if not self._began:
+                self._head_bytes += len(data)
+            parsed = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
+            if max(self._head_bytes, parsed) > MAX_HEAD_BYTES:
                 self._refuse(b"431 Request Header Fields Too Large", "Request headers too large.")
 
     def on_message_begin(self) -> None:

@@ -84,6 +84,15 @@ def test_a_head_larger_than_the_bound_is_refused_431_and_the_connection_closed(s
     assert answer.startswith(b"HTTP/1.1 431 ") and answer.endswith(b"Request headers too large."), answer[:200]
 
 
+def test_many_header_lines_read_at_once_are_refused_431(server: int) -> None:
+    """All in the read their request began in (a busy server reads late): counted as parsed."""
+    head = b"GET / HTTP/1.1\r\nhost: t\r\n" + b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 1024) for i in range(100))
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        _send(sock, head)  # one send; the head is never finished
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
 def test_a_head_that_does_not_arrive_in_time_is_refused_408(server: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http_protocol, "HEAD_SECONDS", 0.3)
     with socket.create_connection(("127.0.0.1", server)) as sock:
