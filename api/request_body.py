@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from common.errors import InvalidRequest
 
@@ -35,6 +35,8 @@ async def json_or_form(request: Request) -> Any:
             return await request.json()
     except (ValueError, RecursionError):  # json.loads raises the latter on deep nesting
         raise InvalidRequest("The request body is not valid JSON or form data.", code="invalid_json") from None
+    except ClientDisconnect:  # a 400 as FastAPI's own body reading has it, not a 500 with a traceback
+        raise InvalidRequest("The client disconnected before sending the whole body.", code="body_incomplete") from None
     raise InvalidRequest(NOT_JSON_OR_FORM, code="unsupported_content_type")
 
 

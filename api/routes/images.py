@@ -44,7 +44,7 @@ async def _generate(body: ImageGenerationRequest, request: Request, principal: P
         webhook_url=body.webhook_url,
     )
     links = job_flow.linker(services, request)
-    if "respond-async" in ",".join(request.headers.getlist("prefer")).lower():  # every Prefer header counts
+    if prefers_async(request):
         record, remaining = await job_flow.read(services, principal, job_id)
         return json_response(job_view(record, links, remaining), status=202)
     last: dict[str, tuple[JobRecord, int]] = {}  # the job as last read: a 202 with it if the shutdown cuts the wait
@@ -73,3 +73,14 @@ async def _generate(body: ImageGenerationRequest, request: Request, principal: P
             raise InvalidRequest(message, code=record.row["error_code"], param="prompt")
         raise UpstreamError(message, code=record.row["error_code"] or "upstream_error")
     return json_response(job_view(record, links, remaining), status=202)  # still running: poll /jobs/{id}
+
+
+def prefers_async(request: Request) -> bool:
+    """RFC 7240: `Prefer` is a comma-separated list of preferences, each a name with an optional
+    `=value` and `;` parameters, over any number of headers; `respond-async` is one such name
+    (a substring such as `no-respond-async` is not it)."""
+    for header in request.headers.getlist("prefer"):
+        for preference in header.split(","):
+            if preference.split(";")[0].split("=")[0].strip().lower() == "respond-async":
+                return True
+    return False

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+import pytest
+
 from common import clock
 from common.signing import sign_file_url
 from tests.api.chat.helpers import assert_books_balance
@@ -54,6 +56,20 @@ def test_respond_async_counts_in_any_of_several_prefer_headers(make_media: Calla
     headers = [*account.headers.items(), ("Prefer", "wait=1"), ("Prefer", "respond-async")]
     response = media.client.post(IMAGES, headers=headers, json={"prompt": "two headers", "size": "256x256"})
     assert response.status_code == 202, response.text  # it waited for the job, reading the first one only
+
+
+@pytest.mark.parametrize(("prefer", "async_"), [
+    ("wait=5, respond-async", True), ("RESPOND-ASYNC; x=1", True), ("respond-async=1", True),
+    ("no-respond-async", False), ("respond-asyncx", False), ("return=minimal", False),
+])
+def test_respond_async_is_a_preference_named_exactly_so(make_media: Callable[..., Media], prefer: str,
+                                                         async_: bool) -> None:
+    """It was found as a substring of the headers: `respond-asyncx` answered 202 (a media review)."""
+    media = make_media(simulated_job_seconds=0.2)
+    account = media.account()
+    response = media.client.post(IMAGES, headers={**account.headers, "Prefer": prefer},
+                                 json={"prompt": "prefer", "size": "256x256"})
+    assert response.status_code == (202 if async_ else 200), response.text
 
 
 def test_another_accounts_job_and_file_are_404_never_403(media: Media) -> None:

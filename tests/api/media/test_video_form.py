@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
+from starlette.requests import Request
 
+from api.request_body import json_or_form
+from common.errors import InvalidRequest
 from tests.api.test_errors import assert_envelope
 from tests.api.test_strict_input import ledger_count
 from tests.conftest import create_test_account
@@ -84,3 +87,20 @@ def test_a_body_of_another_content_type_is_refused_as_on_the_json_routes(app_cli
     assert error["code"] == "unsupported_content_type", error
     assert ledger_count(engine, account.account_id) == entries
     assert _raw(app_client, account, body, accepted).status_code == 200, accepted
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("content_type", [b"application/json", b"multipart/form-data; boundary=xyz",
+                                          b"application/x-www-form-urlencoded"])
+async def test_a_client_that_leaves_mid_body_is_a_400_not_a_500(content_type: bytes) -> None:
+    """POST /videos read its body itself, and a client leaving mid-upload was a 500 with an ERROR
+    traceback (false 5xx alerts); FastAPI's own routes answer it as a 400 (a self-contained review)."""
+    messages = [{"type": "http.request", "body": b'{"prompt": "half', "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    request = Request({"type": "http", "method": "POST", "headers": [(b"content-type", content_type)]}, receive)
+    with pytest.raises(InvalidRequest) as caught:
+        await json_or_form(request)
+    assert caught.value.code == "body_incomplete"
