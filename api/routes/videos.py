@@ -16,8 +16,9 @@ from api.request_body import json_or_form
 from api.responses import json_response, stored_file_response
 from api.schemas.media import VideoCreateRequest
 from api.schemas.responses import VideoDeleted, VideoList, VideoView, doc, file_doc
+from api.services import Services
 from common import clock
-from common.errors import Conflict, NotFound
+from common.errors import Conflict, HelyxError, NotFound
 from common.jobs.lifecycle import cancel
 from common.jobs.recovery import forget_files
 from common.jobs.views import JobRecord, mark_deleted, video_view
@@ -44,14 +45,22 @@ def _not_gone(record: JobRecord, video_id: str) -> None:
         raise NotFound(f"Video {video_id} was deleted or has expired.", code="video_not_found", param="id")
 
 
-def _headers(record: JobRecord, view: dict[str, Any]) -> dict[str, str]:
-    """An unfinished video's `openai-poll-after-ms`, which the SDK's poller waits: half the video's
-    age, from 200 ms to 2 s. A fast one (a simulated video takes 0.3 s) is seen done within a few
-    tenths of a second, not after 2 s; one that takes minutes (Veo) is polled every 2 s."""
+def _headers(services: Services, record: JobRecord, view: dict[str, Any]) -> dict[str, str]:
+    """An unfinished video's `openai-poll-after-ms`, which the SDK's poller waits: a tenth of the
+    time a video of its model usually takes, or half its age if more, from 200 ms to 2 s. A fast one
+    (a simulated video takes 0.3 s) is seen done within a few tenths of a second; one that takes
+    minutes (Veo) is polled every 2 s. The SDK reads the header of its first retrieve only, right
+    after the create: that one must already know which kind of video it is (with the age alone it
+    said 200 ms, and a Veo video was retrieved five times a second to its end)."""
     if view["status"] not in ("queued", "in_progress"):
         return {}
     age_ms = (clock.now().timestamp() - float(record.row["created_at"])) * 1000
-    return {"openai-poll-after-ms": str(int(min(POLL_AFTER_MAX_MS, max(POLL_AFTER_MIN_MS, age_ms / 2))))}
+    try:
+        expected_ms = services.providers.expected_seconds(services.catalog.get(record.row["model"])) * 1000
+    except HelyxError:  # a model the catalog no longer has: by its age alone
+        expected_ms = 0.0
+    wait = max(age_ms / 2, expected_ms / 10)
+    return {"openai-poll-after-ms": str(int(min(POLL_AFTER_MAX_MS, max(POLL_AFTER_MIN_MS, wait))))}
 
 
 @router.post("/videos", summary="Create a video (multipart/form-data or JSON)", openapi_extra=_BODY_DOC,
@@ -68,7 +77,7 @@ async def create_video(request: Request, principal: PrincipalDep, services: Serv
         record, remaining = await job_flow.read(services, principal, job_id)
         _not_gone(record, job_id)  # an Idempotency-Key's replay of a video deleted since: 404, as GET says
     view = video_view(record, remaining)
-    return json_response(view, headers={**_headers(record, view), **rate_headers})
+    return json_response(view, headers={**_headers(services, record, view), **rate_headers})
 
 
 @router.get("/videos", summary="List videos", responses=doc(VideoList, 401, 404))
@@ -91,7 +100,7 @@ async def get_video(video_id: str, caller: CallerDep) -> Any:
     record, remaining = await job_flow.read_as(caller, video_id, "video")
     _not_gone(record, video_id)
     view = video_view(record, remaining)
-    return json_response(view, headers=_headers(record, view))
+    return json_response(view, headers=_headers(caller.services, record, view))
 
 
 @router.head("/videos/{video_id}/content", include_in_schema=False)  # HEAD undocumented: one operationId

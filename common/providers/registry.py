@@ -13,6 +13,7 @@ from common.providers.gemini_image import GeminiImageProvider
 from common.providers.http import UpstreamClient
 from common.providers.openai_compat import OpenAICompatProvider
 from common.providers.simulated import SimulatedChatProvider
+from common.providers.veo import EXPECTED_SECONDS as VEO_EXPECTED_SECONDS
 from common.providers.veo import VeoVideoProvider
 from common.settings import Settings
 
@@ -43,6 +44,13 @@ class Providers:
     def video(self, entry: ModelEntry) -> VideoProvider:
         return self._get("video", entry, _VIDEO, lambda: _simulated_media().SimulatedVideoProvider(
             self._settings.simulated_job_seconds))
+
+    def expected_seconds(self, entry: ModelEntry) -> float:
+        """About how long a video of this model takes (no adapter built: PyAV stays out of the API)."""
+        if self.is_simulated(entry):
+            return self._settings.simulated_job_seconds
+        value = self._catalog.provider_for(entry).extra.get("expected_seconds", VEO_EXPECTED_SECONDS)
+        return float(value)
 
     def _provider_kind(self, entry: ModelEntry) -> str:
         return self._catalog.provider_for(entry).kind

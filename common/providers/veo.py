@@ -43,6 +43,7 @@ from common.providers.base import MediaFile, ProgressCallback, VideoRequest
 from common.providers.google_errors import bad_response, content_filtered, json_object, operation_error, send
 
 _WHAT = "Veo video generation"
+EXPECTED_SECONDS = 90.0  # a Veo clip's usual time, for progress and polling, unless the catalog says otherwise
 _MAX_REDIRECTS = 5
 
 
@@ -98,7 +99,7 @@ class VeoVideoProvider:
         max_wait: float = 1200.0,
         *,
         durations: tuple[int, ...] = (4, 6, 8),
-        expected_seconds: float = 90.0,
+        expected_seconds: float = EXPECTED_SECONDS,
         poll_retries: int = 3,
     ) -> None:
         self._client = client

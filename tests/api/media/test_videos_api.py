@@ -267,7 +267,7 @@ def test_a_video_that_finishes_while_being_deleted_loses_its_file_and_is_404(
 def test_the_poll_interval_is_half_the_videos_age_from_200_ms_to_2_s(make_media: Callable[..., Media]) -> None:
     """The SDK's poller waits `openai-poll-after-ms`: a fixed 2 s made a 0.3 s simulated video take 2 s
     (found by an SDK review); a video of minutes is still polled every 2 s."""
-    media = make_media(simulated_job_seconds=60)
+    media = make_media(simulated_job_seconds=1)  # a tenth of it (100 ms) is under the floor: by its age
     account = media.account("plus")
     created = media.client.post("/api/v1/videos", headers=account.headers, json={"model": "vo3", "prompt": "p"})
     video_id = created.json()["id"]
@@ -282,4 +282,17 @@ def test_the_poll_interval_is_half_the_videos_age_from_200_ms_to_2_s(make_media:
 
     assert 950 <= poll_after(2.0) <= 1100
     assert poll_after(30.0) == 2000
+    media.client.post(f"/api/v1/jobs/{video_id}/cancel", headers=account.headers)
+
+
+def test_a_video_known_to_take_long_says_2_s_from_its_first_answer(make_media: Callable[..., Media]) -> None:
+    """The SDK reads the header of its first retrieve only, right after the create: by the age alone
+    that said 200 ms, and the SDK retrieved a video of minutes five times a second to its end (found
+    by a media review). A tenth of the model's usual time counts from the start."""
+    media = make_media(simulated_job_seconds=60)
+    account = media.account("plus")
+    created = media.client.post("/api/v1/videos", headers=account.headers, json={"model": "vo3", "prompt": "p"})
+    video_id = created.json()["id"]
+    retrieved = media.client.get(f"/api/v1/videos/{video_id}", headers=account.headers)
+    assert created.headers["openai-poll-after-ms"] == retrieved.headers["openai-poll-after-ms"] == "2000"
     media.client.post(f"/api/v1/jobs/{video_id}/cancel", headers=account.headers)
