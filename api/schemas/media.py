@@ -50,6 +50,19 @@ class ImageGenerationRequest(JSONBody, NullMeansDefault, StoredText):
     stream: bool | None = Field(default=None, description="not supported: only false")
     partial_images: int | None = Field(default=None, description="not supported: only 0")
     output_format: str | None = Field(default=None, description='only "png"')
+    # Hints OpenAI's image models take: checked as OpenAI checks them (a bad value was taken, and
+    # charged), then not passed on. A transparent background cannot be made: refused.
+    quality: Literal["low", "medium", "high", "xhigh", "max", "auto", "standard", "hd"] | None = None
+    style: Literal["vivid", "natural"] | None = None
+    background: Literal["opaque", "auto"] | None = Field(default=None, description='"transparent" is not supported')
+    moderation: Literal["low", "auto"] | None = None
+
+    @field_validator("background", mode="before")
+    @classmethod
+    def _no_transparency(cls, value: object) -> object:
+        if value == "transparent":
+            raise ValueError("transparent backgrounds are not supported by this gateway's image models")
+        return value
 
     @field_validator("size")
     @classmethod

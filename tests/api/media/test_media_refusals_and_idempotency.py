@@ -89,6 +89,11 @@ def test_what_the_gateway_cannot_honour_is_refused_by_name_and_costs_nothing(med
         (IMAGES, {"json": {"prompt": "x", "stream": True}}, "stream"),
         (IMAGES, {"json": {"prompt": "x", "partial_images": 2}}, "partial_images"),
         (IMAGES, {"json": {"prompt": "x", "output_format": "jpeg"}}, "output_format"),
+        (IMAGES, {"json": {"prompt": "x", "background": "transparent"}}, "background"),  # opaque images only
+        (IMAGES, {"json": {"prompt": "x", "quality": "bogus"}}, "quality"),  # taken, and charged, before
+        (IMAGES, {"json": {"prompt": "x", "style": "bogus"}}, "style"),
+        (IMAGES, {"json": {"prompt": "x", "background": "weird"}}, "background"),
+        (IMAGES, {"json": {"prompt": "x", "moderation": "bogus"}}, "moderation"),
         ("/api/v1/videos", {"json": {"model": "vo3", "prompt": "x", "input_reference": {"image_url": "https://a"}}},
          "input_reference"),
         ("/api/v1/videos", {"files": [("prompt", (None, "x")), ("model", (None, "vo3")),
@@ -104,7 +109,8 @@ def test_what_the_gateway_cannot_honour_is_refused_by_name_and_costs_nothing(med
     assert media.counts(account) == before
 
     fine = media.client.post(IMAGES, headers=account.headers, json={
-        "prompt": "x", "size": "256x256", "stream": False, "partial_images": 0, "output_format": "png"})
+        "prompt": "x", "size": "256x256", "stream": False, "partial_images": 0, "output_format": "png",
+        "quality": "hd", "style": "vivid", "background": "opaque", "moderation": "low"})
     assert fine.status_code == 200, fine.text
 
 
