@@ -120,7 +120,8 @@ async def get_video_content(
     if status != "succeeded" or not record.files:
         raise NotFound(f"Video {video_id} has no content yet (status {status}).", code="video_not_ready", param="id")
     if variant != "video":
-        raise NotFound(f"No {variant} for video {video_id}; only the video itself is stored.", param="variant")
+        raise NotFound(f"No {variant} for video {video_id}; only the video itself is stored.", param="variant",
+                       code="variant_not_available")
     stored = record.files[0]
     return stored_file_response(services.storage, stored,
                                 {"content-disposition": f'attachment; filename="{video_id}.mp4"'}, request)

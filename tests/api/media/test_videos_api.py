@@ -55,6 +55,10 @@ def test_a_video_created_as_json_polls_to_completed_and_its_content_is_an_mp4_of
     width, height, frames, seconds = mp4_facts(content.content)
     assert (width, height) == (1280, 720)
     assert frames == 32 and seconds == pytest.approx(4.0, abs=0.01)
+    for variant in ("thumbnail", "spritesheet"):  # the SDK's download_content(variant=...): not stored
+        error = error_of(media.client.get(f"/api/v1/videos/{video['id']}/content", params={"variant": variant},
+                                          headers=account.headers), 404)
+        assert (error["code"], error["param"]) == ("variant_not_available", "variant"), error
     after = assert_books_balance(media.engine, account.account_id)
     assert before.balance - after.balance == VIDEO_PRICE
 
