@@ -87,21 +87,28 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # IMMEDIATE: a transaction that writes takes the write lock at once (one that read first and
+        # then upgraded could fail with SQLITE_BUSY whatever the busy timeout). A reader's (reader())
+        # takes none: in WAL mode it reads beside the writer instead of holding every write up.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 
 
 def reader(engine: Engine) -> Engine:
-    """The engine for single-statement reads: on PostgreSQL in autocommit, which saves the BEGIN
-    and ROLLBACK round trips around each one (two of three on a hot-path lookup). SQLite is local,
-    so it keeps its own engine."""
-    if engine.dialect.name != "postgresql":
-        return engine
+    """The engine for reads (never a write through it): on PostgreSQL in autocommit, which saves
+    the BEGIN and ROLLBACK round trips around each statement (two of three on a hot-path lookup); on
+    SQLite with a plain BEGIN, which takes no write lock (every transaction here otherwise begins
+    IMMEDIATE: a /metrics scrape's table scans held every reservation and settlement up, a second
+    per scrape on a table of two million generations)."""
     cached = _readers.get(id(engine))
     if cached is None:
-        cached = _readers[id(engine)] = engine.execution_options(isolation_level="AUTOCOMMIT")
+        options = {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {_READ_ONLY: True}
+        cached = _readers[id(engine)] = engine.execution_options(**options)
     return cached
+
+
+_READ_ONLY = "helyx_read_only"
 
 
 _readers: dict[int, Engine] = {}
