@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from common import clock, credit_refusals, ledger, ledger_pg, pg_statements
 from common.db import is_postgres, reader
@@ -124,6 +124,25 @@ def expire_holds(engine: Engine) -> int:
             released += ledger.expire(conn, hold_id, now=now).applied
     if released:
         log.warning("released %d expired holds", released)
+    return released
+
+
+def release_chat_holds_of_a_past_run(engine: Engine) -> int:
+    """Self-contained start-up only, where this process is the one API: a chat's hold still open was
+    left by a run that died mid-call (killed, crashed). Nothing can settle it now, and until its
+    expiry (15 min by default) it kept its credits held, its account's next requests refused with a
+    402 saying they were "held for requests in progress". Released, charged nothing, as at its
+    expiry. Returns how many."""
+    now = clock.now().timestamp()
+    with engine.connect() as conn:
+        hold_ids = [r[0] for r in conn.execute(text("SELECT id FROM holds WHERE status = 'open' AND purpose LIKE"
+                                                    " 'chat:%' AND created_at < :now"), {"now": now})]
+    released = 0
+    for hold_id in hold_ids:
+        with engine.begin() as conn:
+            released += ledger.release(conn, hold_id, now=now).applied
+    if released:
+        log.warning("released %d chat hold(s) of calls the last run did not finish (nothing charged)", released)
     return released
 
 

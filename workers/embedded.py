@@ -10,6 +10,7 @@ from typing import Any
 
 import dramatiq
 
+from common import billing
 from common.jobs import recovery
 from workers import context, execute, sweeper
 from workers.actors import deliver_webhook, enqueue
@@ -24,6 +25,7 @@ LEFT_WEBHOOKS_SECONDS = 5.0
 
 def start() -> dramatiq.Worker:
     settings = context.settings()
+    billing.release_chat_holds_of_a_past_run(context.engine())
     pending = recovery.requeue_all_unfinished(context.engine())
     for job_id in pending:
         enqueue(job_id, sweeper._job_type(job_id))

@@ -4,6 +4,8 @@ job is finished after the restart and each is charged exactly once (SPEC §5: no
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -101,4 +103,45 @@ def test_jobs_queued_or_running_when_serve_stops_are_finished_after_a_restart_an
 
     after = assert_books_balance(engine, account.account_id)  # no hold left open
     assert before.balance - after.balance == (JOBS + 1) * IMAGE_PRICE
+    engine.dispose()
+
+
+def test_a_chat_cut_by_a_killed_serve_holds_nothing_after_the_restart(tmp_path: Path) -> None:
+    """Its hold stayed open until its expiry (15 min by default), and the account's next requests
+    got 402 "held for requests in progress" (found by a self-contained review): nothing can settle
+    it once its process is gone, and the next serve is the only API. Released at the start."""
+    data = tmp_path / "data"
+    env = base_env(database_url=f"sqlite:///{data / 'helyx.db'}", storage_dir=data / "files",
+                   simulated_chat_delay=1, hold_ttl_seconds=900)
+    engine = make_engine(env["HELYX_DATABASE_URL"])
+    upgrade(engine)
+    account = create_test_account(engine, "free")
+    before = books(engine, account.account_id)
+    body = {"model": "helyx-3.5", "messages": [{"role": "user", "content": "a long story"}], "stream": True,
+            "max_tokens": 500}
+
+    with Processes(tmp_path / "procs") as procs:
+        first = procs.serve(env)
+
+        def call() -> None:
+            with contextlib.suppress(httpx.HTTPError), httpx.Client(timeout=30, trust_env=False) as http:
+                http.post(first.api + "/chat/completions", headers=account.headers, json=body)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        deadline = time.monotonic() + 10
+        while books(engine, account.account_id).held == 0:  # under way: its credits are held
+            assert time.monotonic() < deadline, first.log()
+            time.sleep(0.02)
+        first.kill()
+        caller.join(10)
+        second = procs.serve(env, port=first.port)
+        with httpx.Client(timeout=10, trust_env=False) as http:
+            credits = http.get(second.api + "/credits", headers=account.headers).json()
+        assert credits["held"] == 0, credits
+        assert "released 1 chat hold(s)" in second.log()
+        second.terminate(timeout=15)
+
+    after = assert_books_balance(engine, account.account_id)  # no hold left open, entries sum up
+    assert after.balance == before.balance  # charged nothing: its answer never reached the client
     engine.dispose()
