@@ -261,13 +261,17 @@ def requeue(engine: Engine, job_id: str, owner: str, error_code: str, message: s
 
 
 def give_back(engine: Engine, job_id: str, owner: str) -> bool:
-    """Queue again a job its worker stopped running at a shutdown (attempts keep counting); False
-    when it was no longer ours (it finished, was canceled, or was reclaimed meanwhile)."""
+    """Queue again a job its worker stopped running at a shutdown; False when it was no longer ours
+    (it finished, was canceled, or was reclaimed meanwhile). The attempt its claim counted is
+    taken back: a stop the operator chose (a deploy, a restart) is no failure of the job's, and the
+    attempts a job may make include only three for workers that died under it (after seven
+    restarts a job failed as `worker_lost`, "crashed or killed")."""
     now = clock.now().timestamp()
     with engine.begin() as conn:
         return conn.execute(
-            text(f"UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now"
-                 f" WHERE {_OWNED}"), {"id": job_id, "owner": owner, "now": now},
+            text(f"UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now,"
+                 f" attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE {_OWNED}"),
+            {"id": job_id, "owner": owner, "now": now},
         ).rowcount == 1
 
 
