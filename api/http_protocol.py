@@ -10,7 +10,8 @@ cost on every request; here the httptools parser stays and the head is bounded a
   end a previous body), so a connection holds at most one read (uvloop reads up to 256 KiB) plus
   MAX_HEAD_BYTES; past it, 431 and the connection closed (what the client still sends meanwhile
   is read and dropped);
-- at most HEAD_SECONDS from a request's first byte to its last header: past it, 408 and closed.
+- at most HEAD_SECONDS from the first read that left a request's head incomplete to its last
+  header: past it, 408 and closed (a head read whole, as most are, sets no timer).
 
 Bodies are not bounded here: the app's BodyLimitMiddleware refuses a large one (413) as it comes.
 Used by `helyx serve` (and the Procfile through it): `uvicorn --http api.http_protocol:BoundedHeadProtocol`.
@@ -40,18 +41,19 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             return
         self._began = False
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
+        if self._in_head and not self.transport.is_closing():  # a head still incomplete (rare: most come whole)
             if not self._began:
                 self._head_bytes += len(data)
             parsed = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
             if max(self._head_bytes, parsed) > MAX_HEAD_BYTES:
                 self._refuse(b"431 Request Header Fields Too Large", "Request headers too large.")
+            elif self._head_timer is None:
+                self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_too_slow)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = self._began = True
         self._head_bytes = 0
-        self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_too_slow)
 
     def on_headers_complete(self) -> None:
         self._end_of_head()
