@@ -83,7 +83,12 @@ def serve(args: argparse.Namespace) -> int:
             lock = single_instance.claim_database(settings)
             sock = single_instance.bind(host, port)
         else:  # uvicorn binds the port itself: a taken one is one line now, not an error after "serving on"
-            single_instance.bind(host, port).close()
+            lock = single_instance.share_database(settings)
+            try:
+                single_instance.bind(host, port).close()
+            except single_instance.AlreadyServing:
+                lock.close()
+                raise
     except single_instance.AlreadyServing as exc:
         print(f"helyx: {exc}", file=sys.stderr)
         return 1
@@ -131,9 +136,10 @@ def serve(args: argparse.Namespace) -> int:
     # uvicorn's own lines (its start and stop, a worker process that died and was replaced) at
     # HELYX_LOG_LEVEL, in the JSON logging set up above; no access log (the API logs each request).
     # The level as a number: uvicorn's names lack WARN, FATAL and NOTSET, which logging (and the setting) take.
-    uvicorn.run("api.main:app", host=host, port=port, workers=workers, http=HTTP_PROTOCOL,
-                timeout_graceful_shutdown=_whole_seconds(settings.shutdown_grace_seconds),
-                log_level=logging.getLevelName(settings.log_level), access_log=False, log_config=None)
+    with lock:  # shared: no self-contained serve starts beside this one (single_instance.share_database)
+        uvicorn.run("api.main:app", host=host, port=port, workers=workers, http=HTTP_PROTOCOL,
+                    timeout_graceful_shutdown=_whole_seconds(settings.shutdown_grace_seconds),
+                    log_level=logging.getLevelName(settings.log_level), access_log=False, log_config=None)
     return 0
 
 

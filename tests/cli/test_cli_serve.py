@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from cli import single_instance
 from cli.main import main
 from common import accounts
-from common.settings import reset_settings_cache
+from common.settings import get_settings, reset_settings_cache
 from tests.cli.helpers import snapshot
 from tests.integration.helpers_processes import free_port
 
@@ -147,7 +148,15 @@ def test_serve_in_the_production_shape_hands_uvicorn_the_log_level_and_a_grace_r
     import uvicorn
 
     given: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: given.update(kwargs, app=app))
+
+    def run_uvicorn(app: str, **kwargs: Any) -> None:
+        given.update(kwargs, app=app)
+        try:  # while it runs, the database's lock is held shared: no self-contained serve beside it
+            single_instance.claim_database(get_settings()).close()
+        except single_instance.AlreadyServing:
+            given["lock_shared"] = True
+
+    monkeypatch.setattr(uvicorn, "run", run_uvicorn)
     monkeypatch.setenv("HELYX_REDIS_URL", "redis://127.0.0.1:1/0")  # not answering: a warning, not a stop
     monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
     monkeypatch.setenv("HELYX_LOG_LEVEL", level)
@@ -159,6 +168,7 @@ def test_serve_in_the_production_shape_hands_uvicorn_the_log_level_and_a_grace_r
     assert given["app"] == "api.main:app" and given["port"] == port
     assert (given["log_level"], given["timeout_graceful_shutdown"], given["access_log"]) == (number, 1, False)
     assert given["http"] == "api.http_protocol:BoundedHeadProtocol"  # request heads bounded (api.http_protocol)
+    assert given["lock_shared"]
     assert "warning: Redis at redis://127.0.0.1:1/0 does not answer" in err
 
 

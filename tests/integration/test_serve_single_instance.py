@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from cli import single_instance
 from common.db import make_engine
 from common.migrate import upgrade
-from tests.conftest import create_test_account
+from tests.conftest import create_test_account, make_settings
 from tests.integration.helpers_processes import HELYX, Processes, base_env, free_port
 from tests.integration.test_jobs_selfcontained_restart import _rows, _submit
 
@@ -99,3 +101,20 @@ def test_of_two_serves_started_together_on_one_port_the_second_stops_at_once(tmp
                     pass
                 assert first.alive() and time.monotonic() < deadline, first.log()
                 time.sleep(0.1)
+
+
+@pytest.mark.parametrize("on", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_self_contained_serve_cannot_start_beside_a_production_shape_serve(
+        tmp_path: Path, on: str, request: pytest.FixtureRequest) -> None:
+    """A self-contained serve releases every open chat hold and takes up every unfinished job as it
+    starts: one started beside a production API released the holds of its calls under way, which
+    were then answered free (found by a diff review). The production serve holds the lock shared."""
+    overrides = {"database_url": request.getfixturevalue("pg_url")} if on == "postgres" else {}
+    settings = make_settings(tmp_path, **overrides)
+    with single_instance.share_database(settings), single_instance.share_database(settings), \
+            pytest.raises(single_instance.AlreadyServing, match="already running"):  # several share it
+        single_instance.claim_database(settings)
+    with single_instance.claim_database(settings), pytest.raises(single_instance.AlreadyServing):
+        single_instance.share_database(settings)  # nor the other way round
+    with single_instance.claim_database(settings):  # each lock went with its holder
+        pass
