@@ -5,11 +5,12 @@ and held, ~100 MB of the API's memory per connection, and answered 200), or send
 time for ever. h11, uvicorn's other parser, bounds the size (16 KiB) but parses in Python, at a
 cost on every request; here the httptools parser stays and the head is bounded around it:
 
-- at most MAX_HEAD_BYTES: the larger of the request line and headers parsed so far and the
-  chunks read while the head is incomplete, not counting the chunk its request began in (it may
-  end a previous body), so a connection holds at most one read (uvloop reads up to 256 KiB) plus
-  MAX_HEAD_BYTES; past it, 431 and the connection closed (what the client still sends meanwhile
-  is read and dropped);
+- at most MAX_HEAD_BYTES: the request line and headers are added up as the parser hands them over
+  (each header with its ": " and CRLF), so a head over the bound is refused in whatever reads it
+  came; and, as httptools keeps a header to itself until it is whole, the reads that leave a head
+  unfinished are added up too (not the read its request began in, which may end a previous body:
+  a connection holds at most one read, up to 256 KiB with uvloop, beyond the bound). Past it, 431
+  and the connection closed (what the client still sends meanwhile is read and dropped);
 - at most HEAD_SECONDS from the first read that left a request's head incomplete to its last
   header: past it, 408 and closed (a head read whole, as most are, sets no timer).
 
@@ -29,11 +30,15 @@ HEAD_SECONDS = 30.0  # a first byte to the end of the headers (nginx's client_he
 LINGER_SECONDS = 2.0  # a refused connection is closed this long after its answer, as nginx's lingering close
 
 
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback: httptools stops and raises HttpParserError to uvicorn."""
+
+
 class BoundedHeadProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._in_head = self._began = self._refused = False
-        self._head_bytes = 0
+        self._in_head = self._began = self._refused = self._too_large = False
+        self._head_bytes = self._parsed_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
@@ -44,8 +49,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if self._in_head and not self.transport.is_closing():  # a head still incomplete (rare: most come whole)
             if not self._began:
                 self._head_bytes += len(data)
-            parsed = len(self.url) + sum(len(name) + len(value) for name, value in self.headers)
-            if max(self._head_bytes, parsed) > MAX_HEAD_BYTES:
+            if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(b"431 Request Header Fields Too Large", "Request headers too large.")
             elif self._head_timer is None:
                 self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_too_slow)
@@ -53,7 +57,28 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = self._began = True
-        self._head_bytes = 0
+        self._head_bytes = self._parsed_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count(self, size: int) -> None:
+        self._parsed_bytes += size
+        if self._parsed_bytes > MAX_HEAD_BYTES:
+            self._too_large = True
+            raise _HeadTooLarge
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parser error, which _count raises on purpose: then a 431."""
+        if self._too_large:
+            self._refuse(b"431 Request Header Fields Too Large", "Request headers too large.")
+        else:
+            super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self._end_of_head()
