@@ -96,8 +96,9 @@ def _running(job: ClaimedJob, owner: str) -> Iterator[None]:
 
 def cut_off_at_shutdown(enqueue: Callable[[str, str], object] | None = None) -> None:
     """Once the workers have stopped: the jobs the grace cut off are queued again at once, their
-    attempt counted, and sent with `enqueue` when given (`helyx worker`: another worker, or this one
-    restarted, takes them now; the self-contained `helyx serve` resumes them at its next start).
+    attempt given back (a stop the operator chose is no failure of the job's), and sent with
+    `enqueue` when given (`helyx worker`: another worker, or this one restarted, takes them now;
+    the self-contained `helyx serve` resumes them at its next start).
     Left `running`, each waited for its lease to lapse, counting against its account's running cap
     meanwhile. Each runs again and is charged once. A row the database does not let us write now
     is reclaimed after its lease, as a dead worker's."""
@@ -182,11 +183,12 @@ def _delete(files: list[dict[str, Any]]) -> None:
 
 def _remove_orphans(job: ClaimedJob, keep: list[str]) -> None:
     """Once a job has its outcome, files an earlier attempt stored and never recorded (its worker
-    was killed between storing and committing) are removed: no row names them, so the expiry
-    sweep, which works from rows, would never find them. No other attempt can record files now.
-    A first attempt has no earlier one: nothing to look for (the common case costs nothing)."""
-    if job.attempts > 1:
-        _remove_unrecorded(job.account_id, job.id, keep)
+    was killed, or cut off by a shutdown, between storing and committing) are removed: no row
+    names them, so the expiry sweep, which works from rows, would never find them. No other attempt
+    can record files now. Looked for after every success (a listing of the job's own directory):
+    an attempt cut off by a shutdown gives its count back (lifecycle.give_back), so the attempts
+    cannot tell a first run from a second."""
+    _remove_unrecorded(job.account_id, job.id, keep)
 
 
 def _remove_unrecorded(account_id: str, job_id: str, keep: list[str]) -> None:

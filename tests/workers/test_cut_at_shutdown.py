@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 
 from common.jobs import lifecycle
+from common.providers.simulated_media import render_png
+from common.storage import LocalStorage
 from tests.workers.test_actors_stub import JobsFactory, ScriptedImages
 from workers import execute
 from workers.actors import enqueue
@@ -37,6 +39,27 @@ def test_a_job_cut_off_at_shutdown_is_queued_again_at_once_sent_and_charged_once
     jobs.join()
     assert row["status"] == "succeeded" and row["attempts"] == 1 and provider.calls == 1
     assert jobs.kinds(job_id) == ["reserve", "settle"]
+
+
+def test_files_an_attempt_cut_off_at_shutdown_stored_and_never_recorded_are_removed(
+        make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cut attempt's count is given back, so its rerun is attempt 1 again: the orphans were looked
+    for only from attempt 2 on, and these stayed on disk with no row naming them (a diff review)."""
+    ScriptedImages().install(monkeypatch)
+    jobs = make_jobs(job_lease_seconds=600, stale_queued_seconds=3600)
+    account = jobs.account()
+    job_id = jobs.submit(account, enqueue=False)
+    assert lifecycle.claim(jobs.engine, job_id, "stopping-worker", 600, None) is not None
+    LocalStorage(jobs.settings.storage_dir).put(f"{account.account_id}/{job_id}/file_cut.png",
+                                                render_png("half done", 8, 8), "image/png")  # stored, then cut off
+    monkeypatch.setitem(execute.RUNNING, (job_id, "stopping-worker"), "image")
+    execute.cut_off_at_shutdown(lambda job, job_type: None)
+    enqueue(job_id, "image")
+    row = jobs.wait(job_id)
+    jobs.join()
+    assert row["status"] == "succeeded" and row["attempts"] == 1
+    [recorded] = jobs.files(job_id)
+    assert jobs.stored_keys() == [recorded["storage_key"]]
 
 
 def test_a_job_no_longer_ours_at_shutdown_is_left_as_it_is(make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch,
