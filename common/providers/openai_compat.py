@@ -10,6 +10,7 @@ without usage and the caller estimates it.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,6 +37,7 @@ from common.providers.http import (
     vendor_message,
 )
 from common.providers.messages import alternating
+from common.throttled_log import ThrottledWarnings
 
 PROVIDER = "openai-compatible"
 _OPTIONAL = (*SAMPLING_FIELDS, "user")
@@ -166,11 +168,15 @@ def _content(value: Any) -> str:
 
 # OpenAI's own finish reasons pass through; a vendor's other ones are put in OpenAI's terms (an SDK
 # with strict types refuses any other value). Zhipu's "sensitive" is its safety review's cut,
-# "model_context_window_exceeded" its length limit; "network_error" and "error" say the inference
-# failed, which is a failed call (it costs nothing), not an answer.
+# Zhipu's "model_context_window_exceeded" and Mistral's "model_length" a length limit; Zhipu's
+# "network_error", DeepSeek's "insufficient_system_resource" (an inference the vendor interrupted)
+# and "error" say the inference failed, which is a failed call (it costs nothing), not an answer.
+# Any other is "stop", and logged: a vendor's new value gets noticed.
 OPENAI_FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "function_call"})
-_VENDOR_FINISH_REASONS = {"sensitive": "content_filter", "model_context_window_exceeded": "length"}
-_FAILED_FINISH_REASONS = frozenset({"network_error", "error"})
+_VENDOR_FINISH_REASONS = {"sensitive": "content_filter", "model_context_window_exceeded": "length",
+                          "model_length": "length"}
+_FAILED_FINISH_REASONS = frozenset({"network_error", "insufficient_system_resource", "error"})
+_warnings = ThrottledWarnings(logging.getLogger("helyx.api"))
 
 
 def _finish_reason(value: Any) -> str | None:
@@ -181,6 +187,9 @@ def _finish_reason(value: Any) -> str | None:
     if value in _FAILED_FINISH_REASONS:
         raise UpstreamError(f"The upstream provider ({PROVIDER}) failed during the answer (finish_reason {value!r})",
                             retryable=True)
+    if value not in _VENDOR_FINISH_REASONS:
+        _warnings.warning("unknown finish_reason", "upstream %s ended an answer with an unknown finish_reason %r, "
+                          "passed on as 'stop'", PROVIDER, value[:100])
     return _VENDOR_FINISH_REASONS.get(value, "stop")
 
 

@@ -125,24 +125,28 @@ async def test_a_length_finish_is_passed_through(
 @pytest.mark.parametrize(("vendor", "openai"), [
     ("sensitive", "content_filter"),  # Zhipu: its safety review cut the answer
     ("model_context_window_exceeded", "length"),  # Zhipu
+    ("model_length", "length"),  # Mistral: the context ran out (a diff review)
     ("eos", "stop"),  # anything else outside OpenAI's list: an SDK with strict types refuses it
 ])
 async def test_a_vendors_own_finish_reason_is_put_in_openais_terms(
-    openai_fake: FakeUpstream, client: httpx.AsyncClient, vendor: str, openai: str
+    openai_fake: FakeUpstream, client: httpx.AsyncClient, vendor: str, openai: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     openai_fake.behaviour = Behaviour(finish=vendor)
     provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
     assert (await provider.complete(chat_request())).finish_reason == openai
+    assert ("unknown finish_reason 'eos'" in caplog.text) == (vendor == "eos")  # a new value gets noticed
     deltas, _ = await collect(provider, chat_request())
     assert [d.finish_reason for d in deltas if d.finish_reason] == [openai]
 
 
+@pytest.mark.parametrize("reason", ["network_error", "insufficient_system_resource"])  # Zhipu, DeepSeek
 async def test_a_finish_reason_saying_the_inference_failed_is_a_failed_call(
-    openai_fake: FakeUpstream, client: httpx.AsyncClient
+    openai_fake: FakeUpstream, client: httpx.AsyncClient, reason: str
 ) -> None:
     """Zhipu's "network_error" ends a partial answer whose inference failed: it was passed on as a
     finished answer, and charged; a failed call costs nothing."""
-    openai_fake.behaviour = Behaviour(finish="network_error")
+    openai_fake.behaviour = Behaviour(finish=reason)
     provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
     with pytest.raises(UpstreamError) as caught:
         await provider.complete(chat_request())
