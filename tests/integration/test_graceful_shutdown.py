@@ -140,7 +140,7 @@ def test_a_job_cut_off_at_the_end_of_the_grace_is_named_in_the_log_and_queued_ag
         with engine.connect() as conn:
             row = conn.execute(text("SELECT status, lease_owner, attempts FROM jobs WHERE id = :j"),
                                {"j": job_id}).one()
-            assert (row.status, row.lease_owner, row.attempts) == ("queued", None, 1), row
+            assert (row.status, row.lease_owner, row.attempts) == ("queued", None, 0), row  # attempt given back
         assert f"queued again, to run once more and be charged once: {job_id}" in api.log(100_000)
     engine.dispose()
 
