@@ -12,7 +12,11 @@ cost on every request; here the httptools parser stays and the head is bounded a
   a connection holds at most one read, up to 256 KiB with uvloop, beyond the bound). Past it, 431
   and the connection closed (what the client still sends meanwhile is read and dropped);
 - at most HEAD_SECONDS from the first read that left a request's head incomplete to its last
-  header: past it, 408 and closed (a head read whole, as most are, sets no timer).
+  header: past it, 408 and closed (a head read whole, as most are, sets no timer);
+- a chunked body's framing and trailers (what its reads hold besides the body's bytes) at most
+  MAX_HEAD_BYTES too: httptools keeps a trailer to itself until it is whole, as a header.
+A head refused while the response to an earlier request of the connection is under way (a
+pipelining client) lets that response finish; the connection closes after it.
 
 Bodies are not bounded here: the app's BodyLimitMiddleware refuses a large one (413) as it comes.
 Used by `helyx serve` (and the Procfile through it): `uvicorn --http api.http_protocol:BoundedHeadProtocol`.
@@ -37,15 +41,24 @@ class _HeadTooLarge(Exception):
 class BoundedHeadProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._in_head = self._began = self._refused = self._too_large = False
-        self._head_bytes = self._parsed_bytes = 0
+        self._in_head = self._began = self._refused = self._too_large = self._in_body = False
+        self._head_bytes = self._parsed_bytes = self._framing_bytes = self._body_read = 0
         self._head_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:  # what still comes is read and dropped, so that the refusal is not lost to a reset
             return
         self._began = False
+        in_body, self._body_read = self._in_body, 0
         super().data_received(data)
+        if in_body and self._in_body and not self.transport.is_closing():  # a read within one body
+            # What the read held besides the body's bytes: a chunked body's framing, or its trailers,
+            # which httptools keeps to itself until each is whole (bounded as a head is).
+            self._framing_bytes += len(data) - self._body_read
+            if self._framing_bytes > MAX_HEAD_BYTES:
+                self._refuse(b"431 Request Header Fields Too Large", "Request chunk framing or trailers too large.",
+                             own_body=True)
+            return
         if self._in_head and not self.transport.is_closing():  # a head still incomplete (rare: most come whole)
             if not self._began:
                 self._head_bytes += len(data)
@@ -82,7 +95,16 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._end_of_head()
+        self._in_body, self._framing_bytes = True, 0
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_read += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_of_head()
@@ -99,15 +121,22 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         if self._in_head and not self.transport.is_closing():
             self._refuse(b"408 Request Timeout", "Request headers not received in time.")
 
-    def _refuse(self, status: bytes, message: str) -> None:
-        """Answer (unless a response of an earlier request is under way) and close, LINGER_SECONDS
-        later: a socket closed with unread data sends a reset, which can destroy the answer before
-        the client reads it, and the client is usually still sending."""
+    def _refuse(self, status: bytes, message: str, *, own_body: bool = False) -> None:
+        """Answer and close, LINGER_SECONDS later: a socket closed with unread data sends a reset,
+        which can destroy the answer before the client reads it, and the client is usually still
+        sending. A head refused while the response to an earlier request of the connection is under
+        way (a pipelining client): that response is let finish, and the connection closes after it.
+        A request's own body refused (`own_body`): answered unless its response has begun."""
         self._end_of_head()
+        self._in_body = False
         self._refused = True
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
         self.logger.warning("%s: %s", message, client)
-        if self.cycle is None or self.cycle.response_complete:
+        under_way = self.cycle is not None and not self.cycle.response_complete
+        if under_way and not own_body:
+            self.cycle.keep_alive = False  # uvicorn closes the connection once that response is sent
+            return
+        if not (own_body and self.cycle.response_started):
             body = message.encode("ascii")
             self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
                                  b"content-length: " + str(len(body)).encode("ascii") + b"\r\n"

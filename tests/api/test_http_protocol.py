@@ -4,6 +4,7 @@ them for ever (found by a security review). Over a real socket, against a real u
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -25,10 +26,16 @@ async def _echo(request: Request) -> PlainTextResponse:
     return PlainTextResponse(f"{len(await request.body())} {len(request.headers)}")
 
 
+async def _slow(request: Request) -> PlainTextResponse:
+    await asyncio.sleep(1.0)
+    return PlainTextResponse("slow done")
+
+
 @pytest.fixture
 def server() -> Iterator[int]:
     port = free_port()
-    config = uvicorn.Config(Starlette(routes=[Route("/", _echo, methods=["GET", "POST"])]), host="127.0.0.1",
+    config = uvicorn.Config(Starlette(routes=[Route("/", _echo, methods=["GET", "POST"]),
+                                              Route("/slow", _slow)]), host="127.0.0.1",
                             port=port, http="api.http_protocol:BoundedHeadProtocol", log_level="error",
                             log_config=None)
     running = uvicorn.Server(config)
@@ -113,3 +120,39 @@ def test_a_head_that_does_not_arrive_in_time_is_refused_408(server: int, monkeyp
         answer = _answer(sock)
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert time.monotonic() - started < 3
+
+
+def _chunked(body: bytes, size: int) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size]) for i in range(0, len(body), size))
+
+
+def test_a_chunked_body_with_small_trailers_passes(server: int) -> None:
+    body = b"x" * 300_000
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                     + _chunked(body, 1024) + b"0\r\nx-checksum: abc\r\n\r\n")
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 200") and b"\r\n\r\n300000 " in answer, answer[:300]
+
+
+def test_a_chunked_bodys_trailers_are_bounded_as_a_head_is(server: int) -> None:
+    """httptools keeps a trailer to itself until it is whole: 64 MB of one were read and held (and
+    quadratic CPU spent), with no key, past the body limit too (found by a diff review)."""
+    trailer = b"x-t: " + b"a" * 4 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        _send(sock, b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n")
+        for start in range(0, len(trailer), 16_384):
+            _send(sock, trailer[start:start + 16_384])
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+def test_a_pipelined_head_refused_lets_the_response_under_way_finish(
+        server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal closed the connection in the middle of the earlier request's response."""
+    monkeypatch.setattr(http_protocol, "HEAD_SECONDS", 0.2)
+    monkeypatch.setattr(http_protocol, "LINGER_SECONDS", 0.1)  # well before the slow response's end
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\nGET / HTTP/1.1\r\nHo")  # the second never ends
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"slow done"), answer
