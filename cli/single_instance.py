@@ -79,12 +79,15 @@ def claim_database(settings: Settings) -> AbstractContextManager[Any]:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        try:  # had shared, the holders are production-shape serves (which write no pid)
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            holder = "a production-shape `helyx serve`"
+        except BlockingIOError:
+            handle.seek(0)
+            holder = f"another `helyx serve` (pid {handle.read().strip() or 'unknown'})"
         handle.close()
-        raise AlreadyServing(f"another `helyx serve` (pid {holder}) is already running on this database "
-                             f"({shown}); stop it first, or give this one its own "
-                             "HELYX_DATABASE_URL and HELYX_STORAGE_DIR") from None
+        raise AlreadyServing(f"{holder} is already running on this database ({shown}); stop it first, or give "
+                             "this one its own HELYX_DATABASE_URL and HELYX_STORAGE_DIR") from None
     handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()

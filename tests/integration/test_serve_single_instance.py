@@ -111,8 +111,9 @@ def test_a_self_contained_serve_cannot_start_beside_a_production_shape_serve(
     were then answered free (found by a diff review). The production serve holds the lock shared."""
     overrides = {"database_url": request.getfixturevalue("pg_url")} if on == "postgres" else {}
     settings = make_settings(tmp_path, **overrides)
+    named = "a production-shape `helyx serve`" if on == "sqlite" else "helyx serve \\(production shape\\)"
     with single_instance.share_database(settings), single_instance.share_database(settings), \
-            pytest.raises(single_instance.AlreadyServing, match="already running"):  # several share it
+            pytest.raises(single_instance.AlreadyServing, match=named):  # several share it; the refusal names them
         single_instance.claim_database(settings)
     with single_instance.claim_database(settings), pytest.raises(single_instance.AlreadyServing):
         single_instance.share_database(settings)  # nor the other way round
