@@ -31,7 +31,7 @@ from api.routes import (
     webhooks,
 )
 from api.services import Services
-from common import billing
+from common import billing, serve_lock
 from common.catalog import load_catalog
 from common.db import get_engine
 from common.gc_tuning import freeze_startup_heap, tune_for_requests
@@ -70,6 +70,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The production shape's API process holds the serve lock shared for its life (refusing to
+        # start beside a self-contained serve, which would release its calls' holds, and keeping
+        # one from starting beside it, however this process's parent ends); the self-contained
+        # serve holds it exclusively itself (cli.single_instance).
+        lock = None if settings.self_contained else await run_in_threadpool(serve_lock.share_database, settings)
         http = build_http_client(settings.upstream_connect_timeout, settings.upstream_read_timeout)
         services.extras["providers"] = Providers(services.catalog, settings, http)
         services.pg = AsyncStatements.for_engine(services.engine)  # bound to this event loop
@@ -88,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pg, services.pg = services.pg, None
             if pg is not None:
                 await pg.close_idle()
+            if lock is not None:
+                lock.close()
 
     app = FastAPI(
         title="Helyx",

@@ -14,53 +14,16 @@ import fcntl
 import os
 import socket
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
 
 from common import jobs_lock
+from common.serve_lock import AlreadyServing, lock_path, share_database
 from common.settings import Settings
 
 BACKLOG = 2048  # uvicorn's default
-
-
-class AlreadyServing(Exception):
-    """Another `helyx serve` holds this database, or the port is taken."""
-
-
-def lock_path(settings: Settings) -> Path:
-    """Beside the SQLite file (an in-memory database: in the storage directory)."""
-    database = make_url(settings.database_url).database
-    if database and database != ":memory:":
-        return Path(database + ".serve.lock")
-    return settings.storage_dir / ".serve.lock"
-
-
-def share_database(settings: Settings) -> AbstractContextManager[Any]:
-    """The production shape's `helyx serve`: the same lock, shared, for its life. A self-contained
-    serve, which releases every open chat hold and takes up every unfinished job as it starts,
-    then cannot start beside it (it released the holds of this API's calls under way, which were
-    then answered free)."""
-    shown = make_url(settings.database_url).render_as_string(hide_password=True)
-    if not settings.is_sqlite:
-        try:
-            return jobs_lock.hold(settings.database_url, shared=True, holder="helyx serve (production shape)")
-        except jobs_lock.JobsTaken as exc:
-            raise AlreadyServing(f"a self-contained `helyx serve` runs this database ({shown}): {exc}; stop it "
-                                 "first, or give this one its own HELYX_DATABASE_URL") from None
-    path = lock_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise AlreadyServing(f"a self-contained `helyx serve` (pid {holder}) runs this database ({shown}); "
-                             "stop it first, or give this one its own HELYX_DATABASE_URL") from None
-    return handle
+__all__ = ["AlreadyServing", "bind", "claim_database", "lock_path", "share_database"]
 
 
 def claim_database(settings: Settings) -> AbstractContextManager[Any]:

@@ -119,3 +119,24 @@ def test_a_self_contained_serve_cannot_start_beside_a_production_shape_serve(
         single_instance.share_database(settings)  # nor the other way round
     with single_instance.claim_database(settings):  # each lock went with its holder
         pass
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("on", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_every_production_shape_api_process_holds_the_lock_itself(
+        tmp_path: Path, on: str, request: pytest.FixtureRequest) -> None:
+    """Held by the serve's parent alone, a `--workers 2` serve whose parent was killed went on serving
+    with no lock, and a self-contained serve started beside it (found by a second diff review)."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    overrides = {"database_url": request.getfixturevalue("pg_url")} if on == "postgres" else {}
+    settings = make_settings(tmp_path, redis_url=request.getfixturevalue("redis_url"), **overrides)
+    upgrade(make_engine(settings.database_url))
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        with pytest.raises(single_instance.AlreadyServing):
+            single_instance.claim_database(settings)
+    with single_instance.claim_database(settings):  # gone with the app
+        pass

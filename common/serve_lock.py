@@ -1,0 +1,55 @@
+"""The lock a self-contained `helyx serve` holds exclusively on its database (cli.single_instance)
+and the production shape's API holds shared: a file beside a SQLite file; on PostgreSQL,
+common.jobs_lock's advisory lock, which the production workers hold shared too."""
+
+from __future__ import annotations
+
+import fcntl
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from common import jobs_lock
+from common.settings import Settings
+
+
+class AlreadyServing(Exception):
+    """Another `helyx serve` holds this database, or the port is taken."""
+
+
+def lock_path(settings: Settings) -> Path:
+    """Beside the SQLite file (an in-memory database: in the storage directory)."""
+    database = make_url(settings.database_url).database
+    if database and database != ":memory:":
+        return Path(database + ".serve.lock")
+    return settings.storage_dir / ".serve.lock"
+
+
+def share_database(settings: Settings) -> AbstractContextManager[Any]:
+    """The serve lock, shared, while the returned object stays open: held by a production-shape
+    `helyx serve` and by every API process of the production shape (api.app's lifespan), so that a
+    self-contained serve, which releases every open chat hold and takes up every unfinished job as
+    it starts, cannot start beside them (it released the holds of an API's calls under way, which
+    were then answered free; held by the serve's parent alone, its API processes went on without it
+    once that parent was killed)."""
+    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    if not settings.is_sqlite:
+        try:
+            return jobs_lock.hold(settings.database_url, shared=True, holder="helyx serve (production shape)")
+        except jobs_lock.JobsTaken as exc:
+            raise AlreadyServing(f"a self-contained `helyx serve` runs this database ({shown}): {exc}; stop it "
+                                 "first, or give this one its own HELYX_DATABASE_URL") from None
+    path = lock_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise AlreadyServing(f"a self-contained `helyx serve` (pid {holder}) runs this database ({shown}); "
+                             "stop it first, or give this one its own HELYX_DATABASE_URL") from None
+    return handle
