@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from common import jobs_lock
-from common.serve_lock import AlreadyServing, lock_path, share_database
+from common.serve_lock import AlreadyServing, lock_path, locked_file, share_database
 from common.settings import Settings
 
 BACKLOG = 2048  # uvicorn's default
@@ -36,13 +36,9 @@ def claim_database(settings: Settings) -> AbstractContextManager[Any]:
         except jobs_lock.JobsTaken as exc:
             raise AlreadyServing(f"another process is already running the jobs of this database ({shown}): {exc}; "
                                  "stop it first, or give this one its own HELYX_DATABASE_URL") from None
-    path = lock_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:  # had shared, the holders are production-shape serves (which write no pid)
+    handle, had = locked_file(settings, fcntl.LOCK_EX)
+    if not had:
+        try:  # had shared, the holders are production-shape API processes (which write no pid)
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             holder = "a production-shape `helyx serve`"
         except BlockingIOError:
@@ -50,7 +46,7 @@ def claim_database(settings: Settings) -> AbstractContextManager[Any]:
             holder = f"another `helyx serve` (pid {handle.read().strip() or 'unknown'})"
         handle.close()
         raise AlreadyServing(f"{holder} is already running on this database ({shown}); stop it first, or give "
-                             "this one its own HELYX_DATABASE_URL and HELYX_STORAGE_DIR") from None
+                             "this one its own HELYX_DATABASE_URL and HELYX_STORAGE_DIR")
     handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import fcntl
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sqlalchemy.engine import make_url
 
@@ -41,15 +41,24 @@ def share_database(settings: Settings) -> AbstractContextManager[Any]:
         except jobs_lock.JobsTaken as exc:
             raise AlreadyServing(f"a self-contained `helyx serve` runs this database ({shown}): {exc}; stop it "
                                  "first, or give this one its own HELYX_DATABASE_URL") from None
-    path = lock_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
+    handle, had = locked_file(settings, fcntl.LOCK_SH)
+    if not had:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
         raise AlreadyServing(f"a self-contained `helyx serve` (pid {holder}) runs this database ({shown}); "
-                             "stop it first, or give this one its own HELYX_DATABASE_URL") from None
+                             "stop it first, or give this one its own HELYX_DATABASE_URL")
     return handle
+
+
+def locked_file(settings: Settings, mode: int) -> tuple[TextIO, bool]:
+    """The SQLite database's lock file, open, and whether `mode` (fcntl.LOCK_SH or LOCK_EX) was had at
+    once. The kernel drops the lock with the process, however it ends."""
+    path = lock_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return handle, False
+    return handle, True
