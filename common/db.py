@@ -101,17 +101,18 @@ def reader(engine: Engine) -> Engine:
     SQLite with a plain BEGIN, which takes no write lock (every transaction here otherwise begins
     IMMEDIATE: a /metrics scrape's table scans held every reservation and settlement up, a second
     per scrape on a table of two million generations)."""
-    cached = _readers.get(id(engine))
+    # Kept on the engine itself: a cache keyed by id(engine) handed a new engine, given the id of
+    # one garbage-collected, the reader of the old one (another database; many engines come and go
+    # in the tests).
+    cached: Engine | None = getattr(engine, "_helyx_reader", None)
     if cached is None:
         options = {"isolation_level": "AUTOCOMMIT"} if engine.dialect.name == "postgresql" else {_READ_ONLY: True}
-        cached = _readers[id(engine)] = engine.execution_options(**options)
+        cached = engine.execution_options(**options)
+        engine._helyx_reader = cached  # type: ignore[attr-defined]
     return cached
 
 
 _READ_ONLY = "helyx_read_only"
-
-
-_readers: dict[int, Engine] = {}
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -57,7 +57,7 @@ def _race(engine: Engine, monkeypatch: pytest.MonkeyPatch, transition: Callable[
         original(conn, account_id, job_id)
         if threading.current_thread().name == "transition":
             locked.set()
-            go.wait(10)
+            go.wait(30)  # longer than the lock-wait deadline below
 
     monkeypatch.setattr(lifecycle, "_lock_account", pausing)
     results: dict[str, Any] = {}
