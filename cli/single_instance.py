@@ -16,10 +16,7 @@ import socket
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
-from common import jobs_lock
-from common.serve_lock import AlreadyServing, lock_path, locked_file, share_database
+from common.serve_lock import AlreadyServing, lock_path, locked_file, pg_lock, share_database, shown_url
 from common.settings import Settings
 
 BACKLOG = 2048  # uvicorn's default
@@ -29,13 +26,10 @@ __all__ = ["AlreadyServing", "bind", "claim_database", "lock_path", "share_datab
 def claim_database(settings: Settings) -> AbstractContextManager[Any]:
     """The exclusive lock, held while the returned object (a context manager) stays open. Released
     when the process ends, however it ends (a SIGKILL leaves no stale lock behind)."""
-    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    shown = shown_url(settings)
     if not settings.is_sqlite:
-        try:
-            return jobs_lock.hold(settings.database_url, shared=False, holder="helyx serve")
-        except jobs_lock.JobsTaken as exc:
-            raise AlreadyServing(f"another process is already running the jobs of this database ({shown}): {exc}; "
-                                 "stop it first, or give this one its own HELYX_DATABASE_URL") from None
+        return pg_lock(settings, shared=False, holder="helyx serve",
+                       refusal=f"another process is already running the jobs of this database ({shown})")
     handle, had = locked_file(settings, fcntl.LOCK_EX)
     if not had:
         try:  # had shared, the holders are production-shape API processes (which write no pid)

@@ -8,8 +8,9 @@ stay the single place where balances change.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from common import clock, credit_refusals, ledger, ledger_pg, pg_statements
 from common.db import is_postgres, reader
@@ -118,13 +119,8 @@ def expire_holds(engine: Engine) -> int:
     now = clock.now().timestamp()
     with engine.connect() as conn:
         hold_ids = ledger.open_expired_holds(conn, now)
-    released = 0
-    for hold_id in hold_ids:
-        with engine.begin() as conn:
-            released += ledger.expire(conn, hold_id, now=now).applied
-    if released:
-        log.warning("released %d expired holds", released)
-    return released
+    return _release_each(engine, hold_ids, lambda conn, hold_id: ledger.expire(conn, hold_id, now=now),
+                         "released %d expired holds")
 
 
 def release_chat_holds_of_a_past_run(engine: Engine) -> int:
@@ -137,12 +133,19 @@ def release_chat_holds_of_a_past_run(engine: Engine) -> int:
     with engine.connect() as conn:
         hold_ids = [r[0] for r in conn.execute(text("SELECT id FROM holds WHERE status = 'open' AND purpose LIKE"
                                                     " 'chat:%' AND created_at < :now"), {"now": now})]
+    return _release_each(engine, hold_ids, lambda conn, hold_id: ledger.release(conn, hold_id, now=now),
+                         "released %d chat hold(s) of calls the last run did not finish (nothing charged)")
+
+
+def _release_each(engine: Engine, hold_ids: list[str], resolve: Callable[[Connection, str], ledger.Settlement],
+                  logged: str) -> int:
+    """Each hold in a transaction of its own; how many were applied (logged when any)."""
     released = 0
     for hold_id in hold_ids:
         with engine.begin() as conn:
-            released += ledger.release(conn, hold_id, now=now).applied
+            released += resolve(conn, hold_id).applied
     if released:
-        log.warning("released %d chat hold(s) of calls the last run did not finish (nothing charged)", released)
+        log.warning(logged, released)
     return released
 
 

@@ -34,13 +34,10 @@ def share_database(settings: Settings) -> AbstractContextManager[Any]:
     it starts, cannot start beside them (it released the holds of an API's calls under way, which
     were then answered free; held by the serve's parent alone, its API processes went on without it
     once that parent was killed)."""
-    shown = make_url(settings.database_url).render_as_string(hide_password=True)
+    shown = shown_url(settings)
     if not settings.is_sqlite:
-        try:
-            return jobs_lock.hold(settings.database_url, shared=True, holder="helyx serve (production shape)")
-        except jobs_lock.JobsTaken as exc:
-            raise AlreadyServing(f"a self-contained `helyx serve` runs this database ({shown}): {exc}; stop it "
-                                 "first, or give this one its own HELYX_DATABASE_URL") from None
+        return pg_lock(settings, shared=True, holder="helyx serve (production shape)",
+                       refusal=f"a self-contained `helyx serve` runs this database ({shown})")
     handle, had = locked_file(settings, fcntl.LOCK_SH)
     if not had:
         handle.seek(0)
@@ -62,3 +59,16 @@ def locked_file(settings: Settings, mode: int) -> tuple[TextIO, bool]:
     except BlockingIOError:
         return handle, False
     return handle, True
+
+
+def shown_url(settings: Settings) -> str:
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def pg_lock(settings: Settings, *, shared: bool, holder: str, refusal: str) -> AbstractContextManager[Any]:
+    """common.jobs_lock's advisory lock on a PostgreSQL database; AlreadyServing (`refusal`, with
+    the holders named) when it cannot be had at once."""
+    try:
+        return jobs_lock.hold(settings.database_url, shared=shared, holder=holder)
+    except jobs_lock.JobsTaken as exc:
+        raise AlreadyServing(f"{refusal}: {exc}; stop it first, or give this one its own HELYX_DATABASE_URL") from None
