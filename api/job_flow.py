@@ -16,6 +16,8 @@ from api.services import Services
 from common import billing, clock
 from common.accounts import Principal
 from common.errors import HelyxError, InsufficientCredits, InvalidRequest
+from common.jobs import lifecycle
+from common.jobs.files import remove_unrecorded
 from common.jobs.submit import submit_job
 from common.jobs.views import (
     JobRecord,
@@ -97,6 +99,20 @@ async def submit(
     if fields is not None:  # and names the job it made
         fields.update(model=entry.id, job_id=job_id, credits_reserved=to_credits(entry.rate_micro * units))
     return job_id
+
+
+async def cancel(services: Services, principal: Principal, job_id: str) -> bool:
+    """Cancel the job (common.jobs.lifecycle.cancel: full refund; 404, or 409 once finished); True
+    when this call canceled it. Files an earlier attempt stored and never recorded (cut off
+    between the two) are removed then: a canceled job records none, and no row would lead the
+    expiry sweep to them. An attempt still running finds its lease gone and deletes its own."""
+    def cancel_and_clean() -> bool:
+        if not lifecycle.cancel(services.engine, principal.account_id, job_id):
+            return False
+        remove_unrecorded(services.storage, principal.account_id, job_id)
+        return True
+
+    return await run_in_threadpool(cancel_and_clean)
 
 
 async def page(services: Services, principal: Principal, **filters: Any) -> tuple[list[JobRecord], bool, int]:

@@ -24,6 +24,7 @@ from typing import Any
 from common import billing
 from common.errors import UpstreamError
 from common.ids import new_id
+from common.jobs import files as job_files
 from common.jobs import lifecycle
 from common.jobs.lifecycle import AccountBusy, AttemptsExhausted, ClaimedJob
 from common.providers.base import ImageRequest, MediaFile, VideoRequest
@@ -192,13 +193,7 @@ def _remove_orphans(job: ClaimedJob, keep: list[str]) -> None:
 
 
 def _remove_unrecorded(account_id: str, job_id: str, keep: list[str]) -> None:
-    try:
-        removed = context.storage().delete_prefix(f"{account_id}/{job_id}", keep=keep)
-    except OSError as exc:
-        log.warning("job %s: files of earlier attempts not removed (%s)", job_id, exc)
-        return
-    if removed:
-        log.info("job %s: removed %d file(s) an earlier attempt stored and never recorded", job_id, removed)
+    job_files.remove_unrecorded(context.storage(), account_id, job_id, keep)
 
 
 def _transition(job: ClaimedJob, to: str, **fields: Any) -> None:
@@ -314,7 +309,7 @@ def _store(job: ClaimedJob, media: list[MediaFile]) -> list[dict[str, Any]]:
     try:
         for item in media:
             file_id = new_id("file")
-            key = f"{job.account_id}/{job.id}/{file_id}{_extension(item.content_type)}"
+            key = job_files.file_key(job.account_id, job.id, file_id, _extension(item.content_type))
             size = context.storage().put(key, item.data, item.content_type)
             files.append({"id": file_id, "storage_key": key, "content_type": item.content_type, "bytes": size})
     except Exception:

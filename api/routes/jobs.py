@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from starlette.concurrency import run_in_threadpool
 
 from api import job_flow
 from api.deps import CallerDep, PrincipalDep, ServicesDep
 from api.responses import json_response
 from api.schemas.responses import JobList, JobView, doc
-from common.jobs.lifecycle import cancel
 from common.jobs.views import job_view
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -45,7 +43,7 @@ async def get_job(job_id: str, request: Request, caller: CallerDep) -> Any:
 @router.post("/jobs/{job_id}/cancel", summary="Cancel an unfinished job: full refund",
              responses=doc(JobView, 401, 404, 409))
 async def cancel_job(job_id: str, request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
-    canceled_now = await run_in_threadpool(cancel, services.engine, principal.account_id, job_id)
+    canceled_now = await job_flow.cancel(services, principal, job_id)
     record, remaining = await job_flow.read(services, principal, job_id)
     if canceled_now and record.row["webhook_url"]:  # once: a repeated cancel queued a delivery each time
         await job_flow.notify(services, job_id)

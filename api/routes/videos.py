@@ -19,7 +19,6 @@ from api.schemas.responses import VideoDeleted, VideoList, VideoView, doc, file_
 from api.services import Services
 from common import clock
 from common.errors import Conflict, HelyxError, NotFound
-from common.jobs.lifecycle import cancel
 from common.jobs.recovery import forget_files
 from common.jobs.views import JobRecord, mark_deleted, video_view
 
@@ -135,7 +134,7 @@ async def delete_video(video_id: str, principal: PrincipalDep, services: Service
     canceled_now = False
     if record.row["status"] in ("queued", "running"):
         try:  # refunded here, once: the cancel is conditional on the job being unfinished
-            canceled_now = await run_in_threadpool(cancel, services.engine, principal.account_id, video_id)
+            canceled_now = await job_flow.cancel(services, principal, video_id)
         except Conflict:  # it finished meanwhile: read its files again, to delete them below
             record, _ = await job_flow.read(services, principal, video_id, "video")
 

@@ -9,7 +9,9 @@ from datetime import timedelta
 import pytest
 
 from common import clock
+from common.jobs import lifecycle
 from common.signing import sign_file_url
+from common.storage import LocalStorage
 from tests.api.chat.helpers import assert_books_balance
 from tests.api.media.conftest import Media
 from tests.api.media.helpers import (
@@ -238,3 +240,33 @@ def test_deleting_an_unfinished_video_sends_its_webhook_at_once_and_once(make_me
     assert sent == [video.json()["id"]]
     media.jobs.join()
     assert media.jobs.kinds(video.json()["id"]) == ["reserve", "release"]
+
+
+@pytest.mark.parametrize("route", ["/api/v1/jobs/{id}/cancel", "/api/v1/videos/{id}"])
+def test_a_cancel_removes_files_an_earlier_attempt_stored_and_never_recorded(
+        make_media: Callable[..., Media], route: str) -> None:
+    """An attempt cut off between storing its file and recording it (a killed worker, a
+    shutdown's grace), then a cancel: no row names the file, so the expiry sweep never found it
+    and it stayed on disk for good. The cancel removes it; other jobs' files stay."""
+    media = make_media()
+    account = media.account("plus")
+    job_type = "video" if "videos" in route else "image"
+    kept = media.jobs.submit(account, job_type=job_type)
+    media.jobs.join()
+    assert media.jobs.job(kept)["status"] == "succeeded"
+    stored_before = media.jobs.stored_keys()
+    assert len(stored_before) == 1
+    job_id = media.jobs.submit(account, job_type=job_type, enqueue=False)
+    assert lifecycle.claim(media.engine, job_id, "cut-worker", 600, None) is not None
+    orphan = f"{account.account_id}/{job_id}/file_cut.bin"
+    LocalStorage(media.settings.storage_dir).put(orphan, b"half done", "application/octet-stream")
+    assert lifecycle.give_back(media.engine, job_id, "cut-worker")  # the shutdown put it back in the queue
+
+    method = media.client.delete if "videos" in route else media.client.post
+    response = method(route.format(id=job_id), headers=account.headers)
+
+    assert response.status_code == 200, response.text
+    assert media.jobs.job(job_id)["status"] == "canceled"
+    assert media.jobs.stored_keys() == stored_before
+    assert media.jobs.kinds(job_id) == ["reserve", "release"]
+    assert_books_balance(media.engine, account.account_id)

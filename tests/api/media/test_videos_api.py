@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from api.routes import videos as videos_route
 from common.jobs import lifecycle
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.api.media.conftest import Media
@@ -257,11 +256,13 @@ def test_a_video_that_finishes_while_being_deleted_loses_its_file_and_is_404(
     video = media.client.post("/api/v1/videos", headers=account.headers, json={"prompt": "race"}).json()
     assert video["status"] in ("queued", "in_progress")
 
-    def cancel_too_late(engine: Any, account_id: str, job_id: str) -> None:
-        media.jobs.wait(job_id)  # it succeeds between the route's read and its cancel
-        lifecycle.cancel(engine, account_id, job_id)  # 409: already finished
+    real_cancel = lifecycle.cancel
 
-    monkeypatch.setattr(videos_route, "cancel", cancel_too_late)
+    def cancel_too_late(engine: Any, account_id: str, job_id: str) -> bool:
+        media.jobs.wait(job_id)  # it succeeds between the route's read and its cancel
+        return real_cancel(engine, account_id, job_id)  # 409: already finished
+
+    monkeypatch.setattr(lifecycle, "cancel", cancel_too_late)
     assert media.client.delete(f"/api/v1/videos/{video['id']}", headers=account.headers).status_code == 200
     assert media.jobs.job(video["id"])["status"] == "succeeded"
     assert media.jobs.files(video["id"]) == [] and media.jobs.stored_keys() == []
