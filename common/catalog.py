@@ -63,6 +63,7 @@ def _unsendable(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) and v in UNSENDABLE for v in value)
 
 
+LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")  # how an `openai` provider is sent the output limit
 _SECONDS = (_seconds, f"a number of seconds above 0 and at most {DAY_SECONDS:,}")
 # Options an adapter takes beyond those (keyword arguments of its class), by provider kind and the
 # kind of model it serves, each with the check its value must pass and what that check wants.
@@ -72,7 +73,8 @@ ADAPTER_OPTIONS: dict[tuple[str, str], dict[str, tuple[Callable[[Any], bool], st
                        "poll_retries": (_tries, "a whole number from 0 to 100")},
     ("gemini", "image"): {"timeout": _SECONDS},  # common.providers.gemini_image
     ("openai", "chat"): {"unsent_fields": (_unsendable, f"a list among {', '.join(UNSENDABLE)}"),
-                         "alternate_turns": (lambda value: isinstance(value, bool), "true or false")},
+                         "alternate_turns": (lambda value: isinstance(value, bool), "true or false"),
+                         "limit_field": (lambda value: value in LIMIT_FIELDS, " or ".join(map(repr, LIMIT_FIELDS)))},
 }
 PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
     kind: tuple(name for (k, _), options in ADAPTER_OPTIONS.items() if k == kind for name in options)

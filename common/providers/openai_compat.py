@@ -50,7 +50,8 @@ UNSENDABLE = ("user", "stream_options", "name")
 
 class OpenAICompatProvider:
     def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None,
-                 unsent_fields: list[str] | tuple[str, ...] = (), alternate_turns: bool = False) -> None:
+                 unsent_fields: list[str] | tuple[str, ...] = (), alternate_turns: bool = False,
+                 limit_field: str = "max_tokens") -> None:
         self._client = client
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")  # parsed once, not per request
         self._api_key = api_key
@@ -59,6 +60,9 @@ class OpenAICompatProvider:
         self._ask_usage = "stream_options" not in unsent
         self._drop_names = "name" in unsent
         self._alternate = alternate_turns  # Perplexity: one system message first, then strict alternation
+        # OpenAI's reasoning models (o-series, gpt-5) refuse `max_tokens`, and Qwen's compatible mode
+        # retired it: the limit goes out as `max_completion_tokens` for those providers
+        self._limit_field = limit_field
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -67,7 +71,7 @@ class OpenAICompatProvider:
         messages = alternating(request.messages) if self._alternate else request.messages
         if self._drop_names:
             messages = [{k: v for k, v in m.items() if k != "name"} for m in messages]
-        body: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens}
+        body: dict[str, Any] = {"model": request.model, "messages": messages, self._limit_field: request.max_tokens}
         for name in self._optional:
             value = getattr(request, name)
             if value is not None:

@@ -148,6 +148,25 @@ def test_the_built_in_groq_and_perplexity_providers_send_what_those_vendors_take
     assert (perplexity._drop_names, perplexity._alternate) == (False, True)
 
 
+def test_the_built_in_openai_and_qwen_providers_send_the_limit_as_max_completion_tokens(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenAI's reasoning models refuse max_tokens, and Qwen's compatible mode retired it; the
+    other vendors keep the name they document."""
+    catalog = _load(tmp_path, "")
+    for env in ("OPENAI_API_KEY", "DASHSCOPE_API_KEY", "GROQ_API_KEY"):
+        monkeypatch.setenv(env, "sk-test")
+    providers = Providers(catalog, make_settings(tmp_path, simulate="0"), http=None)  # type: ignore[arg-type]
+    fields = {model: providers.chat(catalog.models[model])._limit_field  # type: ignore[union-attr]
+              for model in ("gpt-4o", "qwen-3.6-plus", "helyx-3.5")}
+    assert fields == {"gpt-4o": "max_completion_tokens", "qwen-3.6-plus": "max_completion_tokens",
+                      "helyx-3.5": "max_tokens"}
+
+
+def test_limit_field_must_name_one_of_the_two_limits(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="provider openai: limit_field must be 'max_tokens' or"):
+        _load(tmp_path, '[providers.openai]\nlimit_field = "max_output_tokens"\n')
+
+
 def test_alternate_turns_must_be_a_boolean(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="provider perplexity: alternate_turns must be true or false"):
         _load(tmp_path, '[providers.perplexity]\nalternate_turns = "yes"\n')

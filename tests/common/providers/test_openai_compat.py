@@ -237,3 +237,18 @@ async def test_alternate_turns_sends_one_system_message_then_strictly_alternatin
     ]
     await OpenAICompatProvider(client, openai_fake.base_url, API_KEY).complete(chat_request(messages=messages))
     assert len(openai_fake.last_request.json["messages"]) == len(messages)  # others get the conversation as it is
+
+
+async def test_limit_field_sends_the_output_limit_under_max_completion_tokens(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    """OpenAI's reasoning models (o-series, gpt-5) answer 400 to `max_tokens`: with the catalog
+    pointing one of them at OpenAI, every call was a 502 the caller could not fix."""
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY, limit_field="max_completion_tokens")
+    await provider.complete(chat_request(max_tokens=77))
+    sent = openai_fake.last_request.json
+    assert sent["max_completion_tokens"] == 77 and "max_tokens" not in sent
+    deltas, error = await collect(provider, chat_request(max_tokens=55))
+    assert error is None and deltas
+    sent = openai_fake.last_request.json
+    assert sent["stream"] is True and sent["max_completion_tokens"] == 55 and "max_tokens" not in sent
