@@ -90,7 +90,10 @@ def submit_job(
                     "model": model, "params": stored, "hold": hold_id, "price": price,
                     "idem": idempotency_key, "hash": body_hash, "hook": webhook_url, "now": now,
                 })
-    except (IntegrityError, psycopg.IntegrityError):
+    except (IntegrityError, psycopg.IntegrityError, InsufficientCredits):
+        # A concurrent duplicate of this key committed first: its unique key refuses ours, or its
+        # hold took what ours needed (the balance covered one); either way the answer is its job
+        # (or a 409 for a different body), as a replay after it would have.
         if not idempotency_key:
             raise
         replay = _replay(engine, principal.account_id, idempotency_key, body_hash)

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 from common import accounts, clock, ledger
 from common.accounts import Principal
 from common.errors import Conflict, InsufficientCredits
+from common.jobs import submit
 from common.jobs.submit import submit_job
 from common.money import MICRO
 from tests.api.chat.helpers import assert_books_balance, books
@@ -89,3 +90,49 @@ def test_one_idempotency_key_submitted_at_once_by_many_is_one_job_charged_once(p
     with pytest.raises(Conflict):  # the same key with another body
         submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro", params={**PARAMS, "n": 2},
                    price=80 * MICRO, tz=TZ, idempotency_key="same-key")
+
+
+@pytest.mark.parametrize("capped", [False, True], ids=["one statement", "capped key, transactional"])
+def test_duplicates_of_a_key_the_balance_covers_once_all_get_the_one_job(
+        pg_engine: Engine, monkeypatch: pytest.MonkeyPatch, capped: bool) -> None:
+    """Duplicates that passed the replay check before the first committed found its hold had
+    taken the balance: a 402 (not retryable) instead of the job that now exists (a SPEC audit)."""
+    account = create_test_account(pg_engine, "free")
+    if capped:
+        with pg_engine.begin() as conn:
+            key = accounts.create_key(conn, account.account_id, name="capped", now=clock.now().timestamp(),
+                                      daily_cap=10**6 * MICRO)
+        account = TestAccount(account.account_id, key.id, key.secret)
+    principal = _principal(pg_engine, account)
+    assert (principal.daily_cap is not None) == capped
+    price = books(pg_engine, account.account_id).available  # exactly one job's worth
+    first_look = submit._replay
+    looked = threading.Barrier(6, timeout=20)
+    waited: set[int] = set()
+
+    def replay_then_wait(*args: object) -> object:
+        found = first_look(*args)  # type: ignore[arg-type]
+        if threading.get_ident() not in waited:  # every duplicate passes its first look before any reserves
+            waited.add(threading.get_ident())
+            looked.wait()
+        return found
+
+    monkeypatch.setattr(submit, "_replay", replay_then_wait)
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def duplicate() -> None:
+        try:
+            results.append(submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro",
+                                      params=PARAMS, price=price, tz=TZ, idempotency_key="one-only").job_id)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=duplicate) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == [] and len(results) == 6 and len(set(results)) == 1
+    assert _rows(pg_engine, account.account_id) == (1, 1, 1)
+    assert_books_balance(pg_engine, account.account_id, open_holds=1)
