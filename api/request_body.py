@@ -5,7 +5,8 @@ closing boundary loses its unfinished last field silently (the field's default i
 video of another size than asked, and paid for), and bytes that are not UTF-8 are decoded as
 Latin-1 or replaced. Here a form must end with its closing boundary and be UTF-8 throughout (the
 route takes no files: an uploaded file is refused by its field's name, which the form parse
-reports), and a body of another Content-Type is refused, as the JSON routes refuse it.
+reports), each field is sent once (a repeated one lost all but its last value silently), and a
+body of another Content-Type is refused, as the JSON routes refuse it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ async def _form(request: Request, content_type: str, media_type: str) -> dict[st
         if boundary and b"--" + boundary + b"--" not in body:
             raise InvalidRequest("The multipart body ends before its closing boundary: it was cut off.",
                                  code="invalid_form")
-    fields = dict((await request.form()).items())
+    fields = _folded((await request.form()).multi_items())
     if not any(isinstance(value, UploadFile) for value in fields.values()):
         try:
             text = body.decode("utf-8")
@@ -56,3 +57,29 @@ async def _form(request: Request, content_type: str, media_type: str) -> dict[st
         except UnicodeDecodeError:
             raise InvalidRequest("The form is not valid UTF-8.", code="invalid_form") from None
     return fields
+
+
+def _folded(items: list[tuple[str, str | UploadFile]]) -> dict[str, Any]:
+    """The form's fields by name, each at most once. A nested value comes as bracketed names (the
+    OpenAI SDK sends `input_reference={"image_url": ...}` as `input_reference[image_url]`): folded
+    under its first name, so the schema sees (and refuses) the field whatever form it came in,
+    where an unknown bracketed name was ignored and the request served without it."""
+    fields: dict[str, Any] = {}
+    for name, value in items:
+        top, bracket, rest = name.partition("[")
+        if not bracket:
+            if name in fields:
+                raise _twice(name)
+            fields[name] = value
+            continue
+        nested = fields.setdefault(top, {})
+        inner = rest.removesuffix("]")
+        if not isinstance(nested, dict) or inner in nested:
+            raise _twice(top)
+        nested[inner] = value
+    return fields
+
+
+def _twice(name: str) -> InvalidRequest:
+    return InvalidRequest(f"The form field {name!r} is sent more than once; send each field once.",
+                          param=name, code="invalid_form")

@@ -20,7 +20,7 @@ from api.services import Services
 from common import clock
 from common.errors import Conflict, HelyxError, NotFound
 from common.jobs.recovery import forget_files
-from common.jobs.views import JobRecord, mark_deleted, video_view
+from common.jobs.views import VIDEO_STATUS, JobRecord, mark_deleted, video_view
 
 router = APIRouter(prefix="/api/v1", tags=["videos"])
 POLL_AFTER_MIN_MS, POLL_AFTER_MAX_MS = 200, 2000
@@ -117,7 +117,8 @@ async def get_video_content(
         ended = "was canceled" if status == "canceled" else f"failed ({code})" if code else "failed"
         raise NotFound(f"Video {video_id} has no content: it {ended}.", code="video_failed", param="id")
     if status != "succeeded" or not record.files:
-        raise NotFound(f"Video {video_id} has no content yet (status {status}).", code="video_not_ready", param="id")
+        raise NotFound(f"Video {video_id} has no content yet (status {VIDEO_STATUS[status]}).", code="video_not_ready",
+                       param="id")
     if variant != "video":
         raise NotFound(f"No {variant} for video {video_id}; only the video itself is stored.", param="variant",
                        code="variant_not_available")

@@ -37,6 +37,39 @@ def test_a_video_prompt_uploaded_as_a_file_is_named_as_one(app_client: TestClien
     assert ledger_count(engine, account.account_id) == entries
 
 
+@pytest.mark.parametrize("fields", [
+    [("prompt", (None, "start from my photo")), ("input_reference[image_url]", (None, "https://example.com/a.png"))],
+    [("prompt", (None, "start from my photo")), ("input_reference[file_id]", (None, "file-abc123"))],
+], ids=["image_url", "file_id"])
+def test_an_input_reference_sent_as_bracketed_form_fields_is_refused_not_ignored(
+        app_client: TestClient, engine: Engine, fields: list[Any]) -> None:
+    """The OpenAI SDK sends `input_reference={"image_url": ...}` as the form field
+    `input_reference[image_url]`: an unknown name, ignored, and a video made without the
+    reference was charged (found by an SDK review). JSON and uploaded files were refused already."""
+    account = create_test_account(engine, "plus")
+    entries = ledger_count(engine, account.account_id)
+    response = app_client.post("/api/v1/videos", headers=account.headers, files=fields)
+    error = assert_envelope(response, 400, "invalid_request_error", param="input_reference")
+    assert "input_reference" in error["message"], error
+    assert ledger_count(engine, account.account_id) == entries
+
+
+@pytest.mark.parametrize("fields", [
+    [("prompt", (None, "a wave")), ("prompt", (None, "a storm"))],
+    [("prompt", (None, "a wave")), ("size", (None, "1280x720")), ("size", (None, "720x1280"))],
+    [("prompt", (None, "a wave")), ("input_reference", (None, "")), ("input_reference[image_url]", (None, "x"))],
+], ids=["prompt twice", "size twice", "plain and nested"])
+def test_a_form_field_sent_twice_is_refused_not_resolved_silently(
+        app_client: TestClient, engine: Engine, fields: list[Any]) -> None:
+    """All but one of the values were dropped without a word, and the video made and charged."""
+    account = create_test_account(engine, "plus")
+    entries = ledger_count(engine, account.account_id)
+    response = app_client.post("/api/v1/videos", headers=account.headers, files=fields)
+    error = assert_envelope(response, 400, "invalid_request_error", param=fields[-1][0].partition("[")[0])
+    assert error["code"] == "invalid_form" and "more than once" in error["message"], error
+    assert ledger_count(engine, account.account_id) == entries
+
+
 def _raw(app_client: TestClient, account: Any, body: bytes, content_type: str | None) -> Any:
     headers = {**account.headers, **({"Content-Type": content_type} if content_type else {})}
     return app_client.post("/api/v1/videos", headers=headers, content=body)

@@ -301,3 +301,14 @@ def test_a_video_known_to_take_long_says_2_s_from_its_first_answer(make_media: C
     retrieved = media.client.get(f"/api/v1/videos/{video_id}", headers=account.headers)
     assert created.headers["openai-poll-after-ms"] == retrieved.headers["openai-poll-after-ms"] == "2000"
     media.client.post(f"/api/v1/jobs/{video_id}/cancel", headers=account.headers)
+
+
+def test_the_content_of_an_unfinished_video_is_404_not_ready_in_the_videos_apis_words(
+        make_media: Callable[..., Media]) -> None:
+    media = make_media(simulated_job_seconds=5)
+    account = media.account("plus")
+    video = media.client.post("/api/v1/videos", headers=account.headers, json={"prompt": "slow"}).json()
+    media.jobs.wait(video["id"], ("running",))
+    error = error_of(media.client.get(f"/api/v1/videos/{video['id']}/content", headers=account.headers), 404)
+    assert error["code"] == "video_not_ready" and "(status in_progress)" in error["message"], error
+    media.client.post(f"/api/v1/jobs/{video['id']}/cancel", headers=account.headers)
