@@ -163,6 +163,19 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     modalities: list[Any] | None = Field(default=None, description='only ["text"]')
     audio: dict[str, Any] | None = Field(default=None, description="not supported: must be empty")
     web_search_options: dict[str, Any] | None = Field(default=None, description="not supported: must be null")
+    moderation: dict[str, Any] | None = Field(default=None, description="not supported: must be null")
+    # Accepted and not passed on (README, API notes), but typed as OpenAI types them: a wrong type is
+    # the 400 OpenAI would answer, not a call served and charged as if the field were absent.
+    seed: int | None = Field(default=None, description="accepted, not passed on")
+    store: bool | None = Field(default=None, description="accepted, ignored: every call is recorded")
+    metadata: dict[str, str] | None = Field(default=None, description="accepted, ignored")
+    reasoning_effort: str | None = Field(default=None, max_length=64, description="accepted, not passed on")
+    verbosity: str | None = Field(default=None, max_length=64, description="accepted, not passed on")
+    service_tier: str | None = Field(default=None, max_length=64, description="accepted, ignored")
+    prediction: dict[str, Any] | None = Field(default=None, description="accepted, not passed on")
+    parallel_tool_calls: bool | None = Field(default=None, description="accepted, ignored: no tools are served")
+    prompt_cache_key: str | None = Field(default=None, max_length=1024, description="accepted, not passed on")
+    safety_identifier: str | None = Field(default=None, max_length=256, description="accepted, not passed on")
 
     @field_validator("n")
     @classmethod
@@ -205,6 +218,13 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     def _text_out_only(cls, value: object) -> object:
         if value and value != ["text"]:
             raise ValueError('audio output is not supported by this gateway; only modalities ["text"]')
+        return value
+
+    @field_validator("moderation")
+    @classmethod
+    def _no_moderation(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:  # a caller asking for blocking would get unmoderated output unawares
+            raise ValueError("moderation of the input or output is not supported by this gateway")
         return value
 
     @field_validator("web_search_options")

@@ -289,6 +289,7 @@ def test_null_for_an_optional_field_is_its_default(app_client: TestClient, accou
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
     ({"web_search_options": {}}, "web_search_options"),  # {} asks OpenAI's search models to search
     ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
+    ({"moderation": {"model": "omni-moderation-latest", "policy": {"input": {"mode": "block"}}}}, "moderation"),
     ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "user", "content": "go on"}]}, "messages.0.tool_calls"),
@@ -302,6 +303,31 @@ def test_a_feature_the_gateway_cannot_honour_is_refused_not_ignored(
     error = assert_envelope(response, 400, "invalid_request_error")
     assert error["param"] == param and "not supported" in error["message"], error
     assert ledger_count(engine, account.account_id) == before
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"seed": "x"}, "seed"),
+    ({"seed": 1.5}, "seed"),
+    ({"store": "yes"}, "store"),
+    ({"metadata": {"team": 7}}, "metadata.team"),
+    ({"metadata": ["a"]}, "metadata"),
+    ({"reasoning_effort": 3}, "reasoning_effort"),
+    ({"service_tier": {"tier": "flex"}}, "service_tier"),
+    ({"parallel_tool_calls": "true"}, "parallel_tool_calls"),
+    ({"prediction": "some text"}, "prediction"),
+])
+def test_a_wrongly_typed_field_that_is_accepted_and_ignored_is_still_a_400(
+        app_client: TestClient, engine: Engine, account: TestAccount, fields: dict[str, Any], param: str) -> None:
+    """`seed: "x"` was served and charged as if no seed had been sent; OpenAI answers 400 (a money review)."""
+    before = ledger_count(engine, account.account_id)
+    error = assert_envelope(app_client.post(CHAT, headers=account.headers, json=chat(**fields)), 400,
+                            "invalid_request_error")
+    assert error["param"] == param, error
+    assert ledger_count(engine, account.account_id) == before
+    fine = {"seed": 7, "store": False, "metadata": {"team": "a"}, "reasoning_effort": "low", "service_tier": "auto",
+            "parallel_tool_calls": False, "prediction": {"type": "content", "content": "x"}, "verbosity": "low",
+            "prompt_cache_key": "k", "safety_identifier": "u-1"}
+    assert app_client.post(CHAT, headers=account.headers, json=chat(**fine)).status_code == 200
 
 
 @pytest.mark.parametrize(("fields", "param", "says"), [
