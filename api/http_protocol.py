@@ -25,8 +25,10 @@ Used by `helyx serve` (and the Procfile through it): `uvicorn --http api.http_pr
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024  # nginx's default allows 4 x 8 KiB header lines; browsers send ~1-2 KiB
@@ -57,13 +59,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             self._framing_bytes += len(data) - self._body_read
             if self._framing_bytes > MAX_HEAD_BYTES:
                 self._refuse(b"431 Request Header Fields Too Large", "Request chunk framing or trailers too large.",
-                             own_body=True)
+                             "request_header_too_large", own_body=True)
             return
         if self._in_head and not self.transport.is_closing():  # a head still incomplete (rare: most come whole)
             if not self._began:
                 self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(b"431 Request Header Fields Too Large", "Request headers too large.")
+                self._refuse(b"431 Request Header Fields Too Large", "Request headers too large.",
+                             "request_header_too_large")
             elif self._head_timer is None:
                 self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_too_slow)
 
@@ -87,11 +90,16 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             raise _HeadTooLarge
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to a parser error, which _count raises on purpose: then a 431."""
+        """uvicorn's answer to a parser error, which _count raises on purpose: then a 431. Either
+        is answered in the API's error shape (uvicorn's own is plain text, without a request id)."""
         if self._too_large:
-            self._refuse(b"431 Request Header Fields Too Large", "Request headers too large.")
+            self._refuse(b"431 Request Header Fields Too Large", "Request headers too large.",
+                         "request_header_too_large")
         else:
-            super().send_400_response(msg)
+            # (uvicorn has logged it.) In a body (bad chunk framing), that request's own: answered
+            # unless its response has begun; in a head, after the response under way, if any.
+            self._refuse(b"400 Bad Request", "Invalid HTTP request received: the request is not well-formed HTTP/1.1.",
+                         "invalid_http", own_body=self._in_body, log=False)
 
     def on_headers_complete(self) -> None:
         self._end_of_head()
@@ -119,26 +127,38 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def _head_too_slow(self) -> None:
         self._head_timer = None
         if self._in_head and not self.transport.is_closing():
-            self._refuse(b"408 Request Timeout", "Request headers not received in time.")
+            self._refuse(b"408 Request Timeout", "Request headers not received in time.", "request_timeout",
+                         retry=True)
 
-    def _refuse(self, status: bytes, message: str, *, own_body: bool = False) -> None:
+    def _refuse(self, status: bytes, message: str, code: str, *, own_body: bool = False, retry: bool = False,
+                log: bool = True) -> None:
         """Answer and close, LINGER_SECONDS later: a socket closed with unread data sends a reset,
         which can destroy the answer before the client reads it, and the client is usually still
         sending. A head refused while the response to an earlier request of the connection is under
         way (a pipelining client): that response is let finish, and the connection closes after it.
-        A request's own body refused (`own_body`): answered unless its response has begun."""
+        A request's own body refused (`own_body`): answered unless its response has begun. The
+        answer is in the API's error shape, with a request id of its own (SPEC: every error, every
+        response); `retry` (a head too slow) leaves the client's retry policy to decide."""
         self._end_of_head()
         self._in_body = False
         self._refused = True
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
-        self.logger.warning("%s: %s", message, client)
+        if log:
+            self.logger.warning("%s: %s", message, client)
         under_way = self.cycle is not None and not self.cycle.response_complete
         if under_way and not own_body:
             self.cycle.keep_alive = False  # uvicorn closes the connection once that response is sent
             return
         if not (own_body and self.cycle.response_started):
-            body = message.encode("ascii")
-            self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                                 b"content-length: " + str(len(body)).encode("ascii") + b"\r\n"
-                                 b"connection: close\r\n\r\n" + body)
+            self.transport.write(_error_answer(status, message, code, retry, self.server_state.default_headers))
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+
+def _error_answer(status: bytes, message: str, code: str, retry: bool, default_headers: list[tuple[bytes, bytes]]
+                  ) -> bytes:
+    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code, "param": None}})
+    head = [b"HTTP/1.1 " + status, *(name + b": " + value for name, value in default_headers),
+            b"content-type: application/json", b"content-length: " + str(len(body)).encode("ascii"),
+            b"x-request-id: req_" + secrets.token_hex(12).encode("ascii"),
+            *([] if retry else [b"x-should-retry: false"]), b"connection: close"]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body

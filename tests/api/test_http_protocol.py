@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -88,7 +89,7 @@ def test_a_head_larger_than_the_bound_is_refused_431_and_the_connection_closed(s
         for start in range(0, len(header), 16_384):  # as a client sends it: read by read
             _send(sock, header[start:start + 16_384])
         answer = _answer(sock)
-    assert answer.startswith(b"HTTP/1.1 431 ") and answer.endswith(b"Request headers too large."), answer[:200]
+    assert _error(answer, 431) == ("request_header_too_large", "Request headers too large.")
 
 
 @pytest.mark.parametrize("ending", [b"", b"\r\n"])  # never finished, or whole
@@ -118,8 +119,37 @@ def test_a_head_that_does_not_arrive_in_time_is_refused_408(server: int, monkeyp
         sock.sendall(b"GET / HTTP/1.1\r\nhost: t\r\nx-slow: a")  # and then nothing
         started = time.monotonic()
         answer = _answer(sock)
-    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert _error(answer, 408, retry=True)[0] == "request_timeout"
     assert time.monotonic() - started < 3
+
+
+def test_a_request_that_is_not_http_is_answered_400_in_the_error_shape(server: int) -> None:
+    """uvicorn's own answer was plain text without a request id (a SPEC audit)."""
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        _send(sock, b"GARBAGE\r\n\r\n")
+        answer = _answer(sock)
+    assert _error(answer, 400)[0] == "invalid_http"
+
+
+def test_a_body_with_bad_chunk_framing_is_answered_400_and_the_connection_closed(server: int) -> None:
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        _send(sock, b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+        answer = _answer(sock)
+    assert _error(answer, 400)[0] == "invalid_http"
+
+
+def _error(answer: bytes, status: int, retry: bool = False) -> tuple[str, str]:
+    """(code, message) of a refusal in the API's error shape, after checking its status and headers."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith(f"HTTP/1.1 {status} "), answer[:300]
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close", headers
+    assert headers["x-request-id"].startswith("req_") and int(headers["content-length"]) == len(body), headers
+    assert ("x-should-retry" not in headers) if retry else headers["x-should-retry"] == "false", headers
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] is None, error
+    return error["code"], error["message"]
 
 
 def _chunked(body: bytes, size: int) -> bytes:
