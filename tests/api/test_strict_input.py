@@ -305,6 +305,18 @@ def test_a_feature_the_gateway_cannot_honour_is_refused_not_ignored(
     assert ledger_count(engine, account.account_id) == before
 
 
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_an_output_limit_above_4096_is_a_400_naming_it_and_4096_passes(
+        app_client: TestClient, engine: Engine, account: TestAccount, field: str) -> None:
+    """SPEC: max_tokens 1 to 4096. Only the lower bound was tested (a mutation review)."""
+    before = ledger_count(engine, account.account_id)
+    error = assert_envelope(app_client.post(CHAT, headers=account.headers, json=chat(**{field: 4097})), 400,
+                            "invalid_request_error")
+    assert error["param"] == field, error
+    assert ledger_count(engine, account.account_id) == before
+    assert app_client.post(CHAT, headers=account.headers, json=chat(**{field: 4096})).status_code == 200
+
+
 @pytest.mark.parametrize(("fields", "param"), [
     ({"seed": "x"}, "seed"),
     ({"seed": 1.5}, "seed"),

@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from common import clock
 from common.jobs import submit
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.api.media.conftest import Media
@@ -135,6 +137,51 @@ def test_the_same_idempotency_key_and_body_is_the_same_job_charged_once(media: M
     assert error["type"] == "conflict_error" and other.headers["x-should-retry"] == "false"
     assert media.counts(account)[:2] == (1, 1)
     assert books(media.engine, account.account_id) == after
+
+
+def test_an_idempotency_key_is_the_accounts_own(media: Media) -> None:
+    """Another account's use of the same key neither replays its job nor refuses this one."""
+    first, second = media.account(), media.account()
+    body = {"prompt": "a shared kite", "size": "256x256"}
+    made = [media.client.post(IMAGES, headers={**who.headers, **ASYNC, "Idempotency-Key": "shared"}, json=body)
+            for who in (first, second)]
+    assert [r.status_code for r in made] == [202, 202], [r.text for r in made]
+    assert made[0].json()["id"] != made[1].json()["id"]
+    assert media.counts(first)[:2] == (1, 1) and media.counts(second)[:2] == (1, 1)
+    for who, response in zip((first, second), made, strict=True):
+        assert poll_job(media, who, response.json()["id"])["helyx"]["credits_charged"] == 200
+
+
+def test_an_idempotency_key_is_released_after_24_hours(media: Media) -> None:
+    """SPEC §4: the same job within 24 h; past them the key makes a new job, charged anew."""
+    account = media.account()
+    headers = {**account.headers, **ASYNC, "Idempotency-Key": "daily"}
+    body = {"prompt": "a daily kite", "size": "256x256"}
+    with clock.frozen(clock.now()) as advance:
+        first = media.client.post(IMAGES, headers=headers, json=body).json()["id"]
+        poll_job(media, account, first)
+        advance(timedelta(hours=23, minutes=59))
+        assert media.client.post(IMAGES, headers=headers, json=body).json()["id"] == first
+        advance(timedelta(minutes=1, seconds=1))
+        again = media.client.post(IMAGES, headers=headers, json=body)
+        assert again.status_code == 202 and again.json()["id"] != first, again.text
+        assert poll_job(media, account, again.json()["id"])["helyx"]["credits_charged"] == 200
+    assert media.counts(account)[:2] == (2, 2)  # (a day passed: the allowance was reset meanwhile)
+    assert_books_balance(media.engine, account.account_id)
+
+
+def test_the_same_idempotency_key_with_another_webhook_url_is_409(media: Media) -> None:
+    """The webhook is part of the body: a retry that moved it would be told of the old job only."""
+    account = media.account()
+    headers = {**account.headers, **ASYNC, "Idempotency-Key": "hooked"}
+    body = {"prompt": "a hooked kite", "size": "256x256"}
+    first = media.client.post(IMAGES, headers=headers, json={**body, "webhook_url": "https://hooks.example.com/a"})
+    assert first.status_code == 202, first.text
+    poll_job(media, account, first.json()["id"])
+    before = books(media.engine, account.account_id)
+    moved = media.client.post(IMAGES, headers=headers, json={**body, "webhook_url": "https://hooks.example.com/b"})
+    assert error_of(moved, 409)["type"] == "conflict_error"
+    assert media.counts(account)[:2] == (1, 1) and books(media.engine, account.account_id) == before
 
 
 def test_replaying_the_key_of_a_deleted_video_is_a_404_as_its_retrieve_is(media: Media) -> None:
