@@ -12,7 +12,9 @@ cost on every request; here the httptools parser stays and the head is bounded a
   a connection holds at most one read, up to 256 KiB with uvloop, beyond the bound). Past it, 431
   and the connection closed (what the client still sends meanwhile is read and dropped);
 - at most HEAD_SECONDS from the first read that left a request's head incomplete to its last
-  header: past it, 408 and closed (a head read whole, as most are, sets no timer);
+  header: past it, 408 and closed (a head read whole, as most are, sets no timer); and at most
+  HEAD_SECONDS from a connection's opening to its first byte: past it, closed (uvicorn times out
+  only the idle time after a response);
 - a chunked body's framing and trailers (what its reads hold besides the body's bytes) at most
   MAX_HEAD_BYTES too: httptools keeps a trailer to itself until it is whole, as a header.
 A head refused while the response to an earlier request of the connection is under way (a
@@ -46,8 +48,25 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._in_head = self._began = self._refused = self._too_large = self._in_body = False
         self._head_bytes = self._parsed_bytes = self._framing_bytes = self._body_read = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._silent_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._silent_timer = self.loop.call_later(HEAD_SECONDS, self._silent_too_long)
+
+    def _silent_too_long(self) -> None:
+        """A connection that never sent a byte: closed without an answer (there is no request to
+        answer), as nginx's client_header_timeout does; uvicorn would hold it, and its socket, for ever."""
+        self._silent_timer = None
+        if not self.transport.is_closing():
+            self.logger.warning("Connection idle since it opened, closed: %s",
+                                f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client")
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._silent_timer is not None:
+            self._silent_timer.cancel()
+            self._silent_timer = None
         if self._refused:  # what still comes is read and dropped, so that the refusal is not lost to a reset
             return
         self._began = False
@@ -115,6 +134,9 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._silent_timer is not None:
+            self._silent_timer.cancel()
+            self._silent_timer = None
         self._end_of_head()
         super().connection_lost(exc)
 

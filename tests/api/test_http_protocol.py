@@ -123,6 +123,30 @@ def test_a_head_that_does_not_arrive_in_time_is_refused_408(server: int, monkeyp
     assert time.monotonic() - started < 3
 
 
+def test_a_connection_that_never_sends_a_byte_is_closed_after_the_head_timeout(
+        server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn held it for ever (its keep-alive timeout starts after a response): a client could
+    open connections and hold the API's sockets without sending anything."""
+    monkeypatch.setattr(http_protocol, "HEAD_SECONDS", 0.3)
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        started = time.monotonic()
+        assert _answer(sock) == b""  # closed, and nothing said: there was no request to answer
+    assert time.monotonic() - started < 3
+
+
+def test_a_connection_that_sends_its_request_in_time_is_served_after_the_head_timeout(
+        server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_protocol, "HEAD_SECONDS", 0.5)
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        time.sleep(0.2)
+        _send(sock, b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(0.6)  # past the timeout: the first byte came, so the idle time is uvicorn's keep-alive
+        _send(sock, b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        assert _answer(sock).startswith(b"HTTP/1.1 200")
+
+
 def test_a_request_that_is_not_http_is_answered_400_in_the_error_shape(server: int) -> None:
     """uvicorn's own answer was plain text without a request id (a SPEC audit)."""
     with socket.create_connection(("127.0.0.1", server)) as sock:
