@@ -155,7 +155,11 @@ def _queue_depth_reader(settings: Settings):  # type: ignore[no-untyped-def]
     from workers.broker import broker
 
     def depth() -> dict[str, int]:
-        return {name: queue_size(broker, name) for name in ("images", "videos", "webhooks")}
+        sizes = {}
+        for name in ("images", "videos", "webhooks"):
+            sizes[name] = queue_size(broker, name)
+            sizes[f"{name}.delayed"] = delayed_size(broker, name)
+        return sizes
 
     return depth
 
@@ -166,4 +170,15 @@ def queue_size(broker, name: str) -> int:  # type: ignore[no-untyped-def]
     if hasattr(broker, "client"):
         return int(broker.client.llen(f"{broker.namespace}:{name}"))
     queue = queues.get(name)
+    return queue.qsize() if queue is not None else 0
+
+
+def delayed_size(broker, name: str) -> int:  # type: ignore[no-untyped-def]
+    """Messages of a queue waiting for their time: a retry's backoff, or a job waiting for a free
+    running-job slot of its account (a backlog the ready queue alone shows as 0). On Redis, what a
+    worker has fetched and holds until then counts too: it is not running either."""
+    delay_queue = f"{name}.DQ"
+    if hasattr(broker, "client"):
+        return int(broker.client.hlen(f"{broker.namespace}:{delay_queue}.msgs"))
+    queue = getattr(broker, "queues", {}).get(delay_queue)
     return queue.qsize() if queue is not None else 0

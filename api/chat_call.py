@@ -20,11 +20,12 @@ from common import billing, chat_billing, clock, ledger
 from common.accounts import Principal
 from common.catalog import ModelEntry
 from common.chat_billing import Outcome, Reservation
-from common.errors import ChargeUnconfirmed, HelyxError, NotFound, ServiceUnavailable
+from common.errors import ChargeUnconfirmed, HelyxError, NotFound, ServiceUnavailable, UpstreamRejectedRequest
 from common.ledger import Settlement
 from common.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
 from common.money import MICRO
 from common.providers.base import ChatProvider, ChatRequest
+from common.providers.http import KNOWN_REFUSAL_CODES
 from common.retrying import DATABASE_DOWN, while_database_down_async
 
 log = logging.getLogger("helyx.api")
@@ -176,7 +177,7 @@ class ChatCall:
         provider = "simulated" if self.fingerprint is not None else self.entry.provider
         UPSTREAM_LATENCY.labels(provider, kind).observe(time.perf_counter() - since)
         if error is not None:
-            UPSTREAM_ERRORS.labels(provider, failure_code(error)).inc()
+            UPSTREAM_ERRORS.labels(provider, metric_code(error)).inc()
 
     @property
     def shown_fingerprint(self) -> str | None:
@@ -194,3 +195,14 @@ class ChatCall:
 def failure_code(exc: BaseException) -> str:
     """The error code a failed call's record and metric name: ours, never a Python class name."""
     return exc.code if isinstance(exc, HelyxError) else "internal_error"
+
+
+def metric_code(exc: BaseException) -> str:
+    """The code a failed call's metric is labelled with: failure_code, but a refusal's own code
+    only among those Helyx knows. A vendor's code naming a part of the request is passed on to
+    the client as the vendor gave it (common.providers.http.client_fault); as a label, any code a
+    vendor makes up would be one more time series on every scrape."""
+    code = failure_code(exc)
+    if isinstance(exc, UpstreamRejectedRequest) and code not in KNOWN_REFUSAL_CODES:
+        return UpstreamRejectedRequest.code
+    return code

@@ -194,6 +194,8 @@ async def raise_for_status(response: httpx.Response, provider: str, api_key: str
 # account's credit), and the client could do nothing about it.
 _CLIENT_FAULT_CODES = frozenset({"context_length_exceeded", "string_above_max_length", "content_policy_violation",
                                  "invalid_image", "invalid_image_url"})
+# The codes a refusal carries that Helyx itself chose (any other is a vendor's, passed on as it came).
+KNOWN_REFUSAL_CODES = _CLIENT_FAULT_CODES | {"request_too_large", "content_filtered"}
 _TOO_LONG = re.compile(r"prompt is too long|input token count.*exceeds|maximum context length", re.IGNORECASE)
 _VENDOR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _warnings = ThrottledWarnings(log)

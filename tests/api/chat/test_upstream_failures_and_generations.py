@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client import REGISTRY
 
 from common.providers.registry import Providers
 from tests.api.chat.helpers import (
@@ -93,6 +94,29 @@ def test_an_upstream_refusal_of_the_request_is_a_400_with_the_vendors_code_and_p
     assert openai_fake.request_count == 3  # one each: neither the gateway nor the SDK tried again
     after = assert_books_balance(gw.engine, account.account_id)
     assert after.balance == before.balance and after.entries == before.entries + 6  # three reserves, three releases
+
+
+def test_a_vendors_own_code_reaches_the_client_but_labels_no_metric_series_of_its_own(
+    gw: Gateway, openai_fake: FakeUpstream,
+) -> None:
+    """Any code a vendor made up became a label value: one more time series per code, on every
+    scrape (an operator review). The client still gets the vendor's code; the metric, Helyx's."""
+    codes = [f"made_up_{n}" for n in range(3)]
+    account = gw.account()
+    before = {code: _upstream_errors(code) for code in [*codes, "upstream_invalid_request", "context_length_exceeded"]}
+    with gw.http(account) as http:
+        for code in [*codes, "context_length_exceeded"]:
+            openai_fake.behaviour = Behaviour(fail_first=100, fail_status=400, error_code=code,
+                                              error_param="messages.0.content", error_message="Bad message content.")
+            response = chat(http)
+            assert response.status_code == 400 and response.json()["error"]["code"] == code, response.text
+    assert all(_upstream_errors(code) == before[code] for code in codes)
+    assert _upstream_errors("upstream_invalid_request") == before["upstream_invalid_request"] + 3
+    assert _upstream_errors("context_length_exceeded") == before["context_length_exceeded"] + 1
+
+
+def _upstream_errors(code: str) -> float:
+    return REGISTRY.get_sample_value("helyx_upstream_errors_total", {"provider": "openai", "code": code}) or 0.0
 
 
 def test_an_upstream_that_does_not_answer_in_time_is_a_504(
