@@ -12,10 +12,21 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
 from common.pg_liveness import replace_dropped_on_checkout
 
 CONNECT_TIMEOUT_SECONDS = 5  # a new PostgreSQL connection, every pool (common.pg_async too)
+# libpq's options for every pooled PostgreSQL connection (common.pg_statements and common.pg_async
+# too): a new one fails in seconds on a host that drops packets (not at the OS's TCP timeout, minutes),
+# and an open one that the network cut off is found dead within a minute (keepalives when idle, and
+# tcp_user_timeout for a statement sent and never acknowledged) instead of ~15 minutes of waiting.
+# (A server that is up but frozen still acknowledges: the API's statements have a deadline of their
+# own, common.pg_async.)
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT_SECONDS, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+    "keepalives_count": 3, "tcp_user_timeout": 30_000,
+}
 
 _engines: dict[str, Engine] = {}
 
@@ -44,9 +55,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         max_overflow=pool_size,
         pool_recycle=1800,
         pool_timeout=10,
-        # a database host that drops packets fails a connect in seconds, not at the OS's TCP
-        # timeout (minutes): a request then gets its 503, a stopping worker its fallback
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+        connect_args=PG_CONNECT_ARGS,  # a request then gets its 503, a stopping worker its fallback
     )
     replace_dropped_on_checkout(engine)
     return engine
@@ -113,6 +122,25 @@ def reader(engine: Engine) -> Engine:
 
 
 _READ_ONLY = "helyx_read_only"
+PROBE_CONNECT_SECONDS = 2
+PROBE_STATEMENT_MS = 5000
+
+
+def probe(engine: Engine) -> Engine:
+    """The engine for the readiness check and the /metrics collector's reads: on PostgreSQL a
+    new connection each time (no pool), opened within PROBE_CONNECT_SECONDS and each statement
+    limited by the server to PROBE_STATEMENT_MS. A pooled connection to a server that stopped
+    answering waited for ever (and /readyz with it, where it must say 503); a new one fails its
+    handshake in seconds. Elsewhere, the reader."""
+    if not is_postgres(engine):
+        return reader(engine)
+    cached: Engine | None = getattr(engine, "_helyx_probe", None)
+    if cached is None:
+        cached = create_engine(engine.url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={
+            **PG_CONNECT_ARGS, "connect_timeout": PROBE_CONNECT_SECONDS,
+            "options": f"-c statement_timeout={PROBE_STATEMENT_MS}"})
+        engine._helyx_probe = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def is_postgres(engine: Engine) -> bool:

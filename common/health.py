@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
+from common.db import probe
 from common.settings import Settings
 
 
 def check(settings: Settings, engine: Engine) -> dict[str, str]:
     results: dict[str, str] = {}
     try:
-        with engine.connect() as conn:
+        with probe(engine).connect() as conn:  # a new connection on PostgreSQL: answers in seconds, or fails
             conn.execute(text("SELECT 1"))
         results["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - a readiness probe reports, it does not raise

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.db import reader
+from common.db import probe
 from common.money import MICRO
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ class DatabaseCollector(Collector):
         jobs = GaugeMetricFamily("helyx_jobs", "Media jobs by state", labels=["type", "state"])
         holds = GaugeMetricFamily("helyx_open_holds", "Open credit reservations")
         held = GaugeMetricFamily("helyx_open_holds_credits", "Credits held by open reservations")
-        with reader(self._engine).connect() as conn:  # on SQLite, beside the writers, not before them
+        # on SQLite, beside the writers, not before them; on PostgreSQL a new connection, bounded in time
+        with probe(self._engine).connect() as conn:
             for model, total in conn.execute(text("SELECT model, COALESCE(SUM(credits), 0) FROM generations"
                                                   " GROUP BY model")):
                 charged.add_metric([model, "chat"], total / MICRO)
