@@ -273,8 +273,19 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         for name, fields in base.get(section, {}).items():
             merged[section][name] = dict(fields)
         for name, fields in override.get(section, {}).items():
-            merged[section].setdefault(name, {}).update(fields)
+            target = merged[section].setdefault(name, {})
+            if section == "providers" and "base_url" in fields and fields["base_url"] != target.get("base_url"):
+                for option in _OF_THE_VENDOR:  # not known to hold for whatever now answers there
+                    target.pop(option, None)
+            target.update(fields)
     return merged
+
+
+# A built-in provider's options that describe its vendor's server, not the wire protocol: a file
+# that points the provider at another server (a proxy, a local model server) starts without them
+# unless it sets them again. `limit_field` above all: a server that ignores max_completion_tokens
+# (Ollama and llama-cpp-python do) would produce without bound, and a charge stops at the hold.
+_OF_THE_VENDOR = ("limit_field",)
 
 
 def build(raw: dict[str, Any]) -> Catalog:

@@ -162,6 +162,25 @@ def test_the_built_in_openai_and_qwen_providers_send_the_limit_as_max_completion
                       "helyx-3.5": "max_tokens"}
 
 
+def test_a_provider_pointed_at_another_server_sends_max_tokens_unless_told_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-in openai's max_completion_tokens carried over to the README's own proxy example:
+    a server that ignores that name (Ollama, llama-cpp-python) then produced without bound (a diff
+    review). The same server named again, or the option set again, keeps it."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+
+    def field(toml: str) -> str:
+        catalog = _load(tmp_path, toml)
+        providers = Providers(catalog, make_settings(tmp_path, simulate="0"), http=None)  # type: ignore[arg-type]
+        return providers.chat(catalog.models["gpt-4o"])._limit_field  # type: ignore[union-attr,no-any-return]
+
+    assert field('[providers.openai]\nbase_url = "https://my-proxy.example.com/v1"\n') == "max_tokens"
+    assert field('[providers.openai]\nbase_url = "https://api.openai.com/v1"\n') == "max_completion_tokens"
+    assert field('[providers.openai]\nbase_url = "https://my-proxy.example.com/v1"\n'
+                 'limit_field = "max_completion_tokens"\n') == "max_completion_tokens"
+    assert field('[models.gpt-4o]\nrate = "0.3"\n') == "max_completion_tokens"
+
+
 def test_limit_field_must_name_one_of_the_two_limits(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="provider openai: limit_field must be 'max_tokens' or"):
         _load(tmp_path, '[providers.openai]\nlimit_field = "max_output_tokens"\n')

@@ -74,7 +74,7 @@ def test_an_unset_max_tokens_shrinks_to_the_largest_the_balance_affords(gw: Gate
     with gw.http(account) as http:
         response = chat(http)
     assert response.status_code == 200, response.text
-    assert openai_fake.last_request.json["max_completion_tokens"] == 500
+    assert openai_fake.last_request.json["max_tokens"] == 500
     hold = hold_for(gw.engine, response.json()["id"])
     assert hold["amount"] == (PROMPT + 500) * RATE
     assert hold["charged"] == USAGE * RATE == micro(response.json()["helyx"]["credits_charged"])
@@ -102,7 +102,7 @@ def test_an_unset_max_tokens_never_grows_past_the_default_when_room_is_made_mean
     with gw.http(account) as http:
         response = chat(http)
     assert response.status_code == 200, response.text
-    assert openai_fake.last_request.json["max_completion_tokens"] == default
+    assert openai_fake.last_request.json["max_tokens"] == default
     assert hold_for(gw.engine, response.json()["id"])["amount"] == (PROMPT + default) * RATE
     assert_books_balance(gw.engine, account.account_id)
 
@@ -113,8 +113,8 @@ def test_with_a_full_balance_an_unset_max_tokens_is_the_default(gw: Gateway, ope
         assert chat(http).status_code == 200
         assert chat(http, max_completion_tokens=77).status_code == 200
     first, second = list(openai_fake.requests)
-    assert first.json["max_completion_tokens"] == gw.settings.default_max_tokens
-    assert second.json["max_completion_tokens"] == 77
+    assert first.json["max_tokens"] == gw.settings.default_max_tokens
+    assert second.json["max_tokens"] == 77
 
 
 def test_when_even_the_prompt_is_unaffordable_it_is_402_and_no_upstream_is_called(
@@ -140,7 +140,7 @@ def test_when_even_the_prompt_is_unaffordable_it_is_402_and_no_upstream_is_calle
     with gw.http(account) as http:
         response = chat(http)
     assert response.status_code == 200
-    assert openai_fake.last_request.json["max_completion_tokens"] == 1
+    assert openai_fake.last_request.json["max_tokens"] == 1
     assert hold_for(gw.engine, response.json()["id"])["amount"] == (PROMPT + 1) * RATE
     assert assert_books_balance(gw.engine, account.account_id).available == (PROMPT + 1 - USAGE) * RATE
 
@@ -231,10 +231,10 @@ def test_an_unset_max_tokens_shrinks_to_what_a_keys_daily_cap_still_allows(
         assert asked_too_much.json()["error"]["param"] == "max_tokens"
         first = chat(http)
         assert first.status_code == 200, first.text
-        assert openai_fake.last_request.json["max_completion_tokens"] == 30
+        assert openai_fake.last_request.json["max_tokens"] == 30
         assert hold_for(gw.engine, first.json()["id"])["amount"] == (PROMPT + 30) * RATE
         second = chat(http)  # the first was charged its 21 tokens: the cap allows the prompt + 9 more
-        assert second.status_code == 200 and openai_fake.last_request.json["max_completion_tokens"] == 30 - USAGE
+        assert second.status_code == 200 and openai_fake.last_request.json["max_tokens"] == 30 - USAGE
         before = books(gw.engine, account.account_id)
         refused = chat(http)  # the prompt - 12 tokens left
     error = refused.json()["error"]
