@@ -165,7 +165,8 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     web_search_options: dict[str, Any] | None = Field(default=None, description="not supported: must be null")
     moderation: dict[str, Any] | None = Field(default=None, description="not supported: must be null")
     # Accepted and not passed on (README, API notes), but typed as OpenAI types them: a wrong type is
-    # the 400 OpenAI would answer, not a call served and charged as if the field were absent.
+    # the 400 OpenAI would answer, not a call served and charged as if the field were absent. The
+    # enumerated strings are left open: OpenAI adds values with new models (reasoning_effort's "max").
     seed: int | None = Field(default=None, description="accepted, not passed on")
     store: bool | None = Field(default=None, description="accepted, ignored: every call is recorded")
     metadata: dict[str, str] | None = Field(default=None, description="accepted, ignored")
