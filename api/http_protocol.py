@@ -49,6 +49,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_bytes = self._parsed_bytes = self._framing_bytes = self._body_read = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._silent_timer: asyncio.TimerHandle | None = None
+        self._earlier: Any = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -115,14 +116,15 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             self._refuse(b"431 Request Header Fields Too Large", "Request headers too large.",
                          "request_header_too_large")
         else:
-            # (uvicorn has logged it.) In a body (bad chunk framing), that request's own: answered
+            # (uvicorn has logged it, without the id.) In a body (bad chunk framing), that request's own: answered
             # unless its response has begun; in a head, after the response under way, if any.
             self._refuse(b"400 Bad Request", "Invalid HTTP request received: the request is not well-formed HTTP/1.1.",
-                         "invalid_http", own_body=self._in_body, log=False)
+                         "invalid_http", own_body=self._in_body)
 
     def on_headers_complete(self) -> None:
         self._end_of_head()
         self._in_body, self._framing_bytes = True, 0
+        self._earlier = self.cycle  # the request before this one: pipelined, it may still be answering
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -152,35 +154,56 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             self._refuse(b"408 Request Timeout", "Request headers not received in time.", "request_timeout",
                          retry=True)
 
-    def _refuse(self, status: bytes, message: str, code: str, *, own_body: bool = False, retry: bool = False,
-                log: bool = True) -> None:
+    def _refuse(self, status: bytes, message: str, code: str, *, own_body: bool = False, retry: bool = False
+                ) -> None:
         """Answer and close, LINGER_SECONDS later: a socket closed with unread data sends a reset,
         which can destroy the answer before the client reads it, and the client is usually still
         sending. A head refused while the response to an earlier request of the connection is under
-        way (a pipelining client): that response is let finish, and the connection closes after it.
-        A request's own body refused (`own_body`): answered unless its response has begun. The
-        answer is in the API's error shape, with a request id of its own (SPEC: every error, every
-        response); `retry` (a head too slow) leaves the client's retry policy to decide."""
+        way (a pipelining client): that response is let finish, and the connection closes after it
+        without a word (an answer then would be read as that response's). So too a request's own
+        body refused (`own_body`) while it waits behind an earlier response; one already running is
+        answered unless its response has begun. The answer is in the API's error shape, with the
+        request's own id when the app has given it one, else a new one, logged with the warning
+        (SPEC: every error, every response); `retry` (a head too slow) leaves the client's retry
+        policy to decide."""
         self._end_of_head()
         self._in_body = False
         self._refused = True
+        request_id = self._request_id(own_body)
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
-        if log:
-            self.logger.warning("%s: %s", message, client)
-        under_way = self.cycle is not None and not self.cycle.response_complete
-        if under_way and not own_body:
-            self.cycle.keep_alive = False  # uvicorn closes the connection once that response is sent
+        self.logger.warning("%s (%s): %s", message, request_id, client)
+        if own_body and self._unstarted(self.cycle):  # waiting behind an earlier response: dropped
+            self.pipeline = type(self.pipeline)(entry for entry in self.pipeline if entry[0] is not self.cycle)
+            earlier = self._earlier
+            if earlier is not None and not earlier.response_complete:
+                earlier.keep_alive = False  # uvicorn closes the connection once that response is sent
+                return
+        elif not own_body and self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
             return
         if not (own_body and self.cycle.response_started):
-            self.transport.write(_error_answer(status, message, code, retry, self.server_state.default_headers))
+            self.transport.write(_error_answer(status, message, code, retry, request_id,
+                                               self.server_state.default_headers))
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
+    def _unstarted(self, cycle: Any) -> bool:
+        return any(queued is cycle for queued, _ in self.pipeline)
 
-def _error_answer(status: bytes, message: str, code: str, retry: bool, default_headers: list[tuple[bytes, bytes]]
-                  ) -> bytes:
+    def _request_id(self, own_body: bool) -> str:
+        """The refused request's id, as the app's request log has it (api.middleware sets it in the
+        request's scope), when its body is what is refused; else a new one."""
+        if own_body and self.cycle is not None:
+            given = (self.cycle.scope.get("state") or {}).get("request_id")
+            if isinstance(given, str):
+                return given
+        return "req_" + secrets.token_hex(12)
+
+
+def _error_answer(status: bytes, message: str, code: str, retry: bool, request_id: str,
+                  default_headers: list[tuple[bytes, bytes]]) -> bytes:
     body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code, "param": None}})
     head = [b"HTTP/1.1 " + status, *(name + b": " + value for name, value in default_headers),
             b"content-type: application/json", b"content-length: " + str(len(body)).encode("ascii"),
-            b"x-request-id: req_" + secrets.token_hex(12).encode("ascii"),
+            b"x-request-id: " + request_id.encode("ascii"),
             *([] if retry else [b"x-should-retry: false"]), b"connection: close"]
     return b"\r\n".join(head) + b"\r\n\r\n" + body

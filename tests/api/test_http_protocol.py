@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import uvicorn
@@ -34,11 +35,16 @@ async def _slow(request: Request) -> PlainTextResponse:
 
 @pytest.fixture
 def server() -> Iterator[int]:
+    with _serving(Starlette(routes=[Route("/", _echo, methods=["GET", "POST"]), Route("/slow", _slow)])) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def _serving(app: Any) -> Iterator[int]:
+    """`app` served by uvicorn through the bounded protocol, on a free port, for the block."""
     port = free_port()
-    config = uvicorn.Config(Starlette(routes=[Route("/", _echo, methods=["GET", "POST"]),
-                                              Route("/slow", _slow)]), host="127.0.0.1",
-                            port=port, http="api.http_protocol:BoundedHeadProtocol", log_level="error",
-                            log_config=None)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http="api.http_protocol:BoundedHeadProtocol",
+                            log_level="error", log_config=None)
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
@@ -46,9 +52,11 @@ def server() -> Iterator[int]:
     while not running.started:
         assert time.monotonic() < deadline and thread.is_alive()
         time.sleep(0.02)
-    yield port
-    running.should_exit = True
-    thread.join(10)
+    try:
+        yield port
+    finally:
+        running.should_exit = True
+        thread.join(10)
 
 
 def _answer(sock: socket.socket, timeout: float = 5.0) -> bytes:
@@ -210,3 +218,37 @@ def test_a_pipelined_head_refused_lets_the_response_under_way_finish(
         sock.sendall(b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\nGET / HTTP/1.1\r\nHo")  # the second never ends
         answer = _answer(sock)
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"slow done"), answer
+
+
+def test_a_pipelined_body_with_bad_framing_lets_the_earlier_response_come_first_and_whole(
+        server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 400 was written at once, ahead of the earlier request's response: a client read it as
+    that request's answer (which the server still ran, and charged), and the response itself was
+    lost on the closed connection (a diff review)."""
+    monkeypatch.setattr(http_protocol, "LINGER_SECONDS", 0.1)  # well before the slow response's end
+    with socket.create_connection(("127.0.0.1", server)) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nhost: t\r\n\r\n"
+                     b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"slow done"), answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # and the connection closed after it, the bad request unanswered
+
+
+def test_a_body_refused_by_the_protocol_carries_the_id_the_apps_request_log_has() -> None:
+    """It made an id of its own, which no log line had: the operator could not find the request."""
+    from api.middleware import RequestIdMiddleware
+
+    async def reads_body(request: Request) -> PlainTextResponse:
+        seen.append(request.scope["state"]["request_id"])
+        return PlainTextResponse(str(len(await request.body())))
+
+    seen: list[str] = []
+    app = RequestIdMiddleware(Starlette(routes=[Route("/", reads_body, methods=["POST"])]))
+    with _serving(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        time.sleep(0.3)  # the app has its request (and its id) and waits for the rest of the body
+        _send(sock, b"zz\r\n")
+        answer = _answer(sock)
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert seen and f"x-request-id: {seen[0]}" in head, (seen, head)
+    assert _error(answer, 400)[0] == "invalid_http"
