@@ -49,7 +49,7 @@ async def _form(request: Request, content_type: str, media_type: str) -> dict[st
             raise InvalidRequest("The multipart body ends before its closing boundary: it was cut off.",
                                  code="invalid_form")
     fields = _folded((await request.form()).multi_items())
-    if not any(isinstance(value, UploadFile) for value in fields.values()):
+    if not _has_file(fields):  # a file's bytes need not be text (its field is refused by name: the schema's)
         try:
             text = body.decode("utf-8")
             if media_type == "application/x-www-form-urlencoded":
@@ -61,23 +61,45 @@ async def _form(request: Request, content_type: str, media_type: str) -> dict[st
 
 def _folded(items: list[tuple[str, str | UploadFile]]) -> dict[str, Any]:
     """The form's fields by name, each at most once. A nested value comes as bracketed names (the
-    OpenAI SDK sends `input_reference={"image_url": ...}` as `input_reference[image_url]`): folded
-    under its first name, so the schema sees (and refuses) the field whatever form it came in,
-    where an unknown bracketed name was ignored and the request served without it."""
+    OpenAI SDK sends `input_reference={"image_url": ...}` as `input_reference[image_url]`, and a
+    list as `name[]` repeated): folded under its first name, so the schema sees (and refuses) the
+    field whatever form it came in, where an unknown bracketed name was ignored and the request
+    served without it."""
     fields: dict[str, Any] = {}
     for name, value in items:
         top, bracket, rest = name.partition("[")
         if not bracket:
             if name in fields:
-                raise _twice(name)
+                raise _twice(name) if not isinstance(fields[name], dict | list) else _mixed(name)
             fields[name] = value
+            continue
+        if rest == "]":  # name[]: one item of a list
+            listed = fields.setdefault(top, [])
+            if not isinstance(listed, list):
+                raise _mixed(top)
+            listed.append(value)
             continue
         nested = fields.setdefault(top, {})
         inner = rest.removesuffix("]")
-        if not isinstance(nested, dict) or inner in nested:
+        if not isinstance(nested, dict):
+            raise _mixed(top)
+        if inner in nested:
             raise _twice(top)
         nested[inner] = value
     return fields
+
+
+def _has_file(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_has_file(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_file(v) for v in value)
+    return isinstance(value, UploadFile)
+
+
+def _mixed(name: str) -> InvalidRequest:
+    return InvalidRequest(f"The form field {name!r} is sent both as a value and as nested fields ({name}[...]);"
+                          " send one of the two.", param=name, code="invalid_form")
 
 
 def _twice(name: str) -> InvalidRequest:

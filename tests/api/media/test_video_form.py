@@ -57,8 +57,7 @@ def test_an_input_reference_sent_as_bracketed_form_fields_is_refused_not_ignored
 @pytest.mark.parametrize("fields", [
     [("prompt", (None, "a wave")), ("prompt", (None, "a storm"))],
     [("prompt", (None, "a wave")), ("size", (None, "1280x720")), ("size", (None, "720x1280"))],
-    [("prompt", (None, "a wave")), ("input_reference", (None, "")), ("input_reference[image_url]", (None, "x"))],
-], ids=["prompt twice", "size twice", "plain and nested"])
+], ids=["prompt twice", "size twice"])
 def test_a_form_field_sent_twice_is_refused_not_resolved_silently(
         app_client: TestClient, engine: Engine, fields: list[Any]) -> None:
     """All but one of the values were dropped without a word, and the video made and charged."""
@@ -67,6 +66,38 @@ def test_a_form_field_sent_twice_is_refused_not_resolved_silently(
     response = app_client.post("/api/v1/videos", headers=account.headers, files=fields)
     error = assert_envelope(response, 400, "invalid_request_error", param=fields[-1][0].partition("[")[0])
     assert error["code"] == "invalid_form" and "more than once" in error["message"], error
+    assert ledger_count(engine, account.account_id) == entries
+
+
+@pytest.mark.parametrize("fields", [
+    [("prompt", (None, "a wave")), ("input_reference", (None, "")), ("input_reference[image_url]", (None, "x"))],
+    [("prompt", (None, "a wave")), ("prompt[x]", (None, "y"))],
+    [("prompt", (None, "a wave")), ("size[]", (None, "1280x720")), ("size", (None, "720x1280"))],
+], ids=["plain then nested", "nested after plain", "list then plain"])
+def test_a_field_sent_both_as_a_value_and_nested_is_refused_saying_so(
+        app_client: TestClient, engine: Engine, fields: list[Any]) -> None:
+    account = create_test_account(engine, "plus")
+    entries = ledger_count(engine, account.account_id)
+    response = app_client.post("/api/v1/videos", headers=account.headers, files=fields)
+    error = assert_envelope(response, 400, "invalid_request_error", param=fields[-1][0].partition("[")[0])
+    assert error["code"] == "invalid_form" and "both as a value and as nested fields" in error["message"], error
+    assert ledger_count(engine, account.account_id) == entries
+
+
+def test_an_unknown_list_field_is_ignored_as_in_json_and_a_file_under_a_nested_name_is_named(
+        app_client: TestClient, engine: Engine) -> None:
+    """The SDK sends a list in a form as `name[]` repeated: it was refused as a field sent twice,
+    where the same unknown field in JSON is ignored; and a binary file under `input_reference[file]`
+    was refused as a form that is not UTF-8 rather than by its field (a diff review)."""
+    account = create_test_account(engine, "plus")
+    listed = app_client.post("/api/v1/videos", headers=account.headers,
+                             files=[("prompt", (None, "a wave")), ("tags[]", (None, "a")), ("tags[]", (None, "b"))])
+    assert listed.status_code == 200, listed.text
+    entries = ledger_count(engine, account.account_id)
+    filed = app_client.post("/api/v1/videos", headers=account.headers,
+                            files=[("prompt", (None, "a wave")), ("input_reference[file]", ("a.png", b"\x89PNG\xff\xfe",
+                                                                                         "image/png"))])
+    assert_envelope(filed, 400, "invalid_request_error", param="input_reference")
     assert ledger_count(engine, account.account_id) == entries
 
 
