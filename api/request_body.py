@@ -49,14 +49,26 @@ async def _form(request: Request, content_type: str, media_type: str) -> dict[st
             raise InvalidRequest("The multipart body ends before its closing boundary: it was cut off.",
                                  code="invalid_form")
     fields = _folded((await request.form()).multi_items())
-    if not _has_file(fields):  # a file's bytes need not be text (its field is refused by name: the schema's)
-        try:
+    try:
+        if _has_file(fields):  # a file's bytes need not be text: each text part is checked alone
+            _check_text_parts(body, parse_options_header(content_type)[1].get(b"boundary") or b"")
+        else:
             text = body.decode("utf-8")
             if media_type == "application/x-www-form-urlencoded":
                 parse_qsl(text, keep_blank_values=True, errors="strict")  # %-escapes of non-UTF-8 bytes
-        except UnicodeDecodeError:
-            raise InvalidRequest("The form is not valid UTF-8.", code="invalid_form") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest("The form is not valid UTF-8.", code="invalid_form") from None
     return fields
+
+
+def _check_text_parts(body: bytes, boundary: bytes) -> None:
+    """Each part of a multipart body that is not a file must be UTF-8 (UnicodeDecodeError): the
+    form parser would decode one that is not as Latin-1, and the request be served with a garbled
+    prompt, as when the body has no file."""
+    for part in body.split(b"--" + boundary) if boundary else ():
+        head, found, data = part.partition(b"\r\n\r\n")
+        if found and b"filename" not in head.lower():
+            data.removesuffix(b"\r\n").decode("utf-8")
 
 
 def _folded(items: list[tuple[str, str | UploadFile]]) -> dict[str, Any]:

@@ -101,6 +101,24 @@ def test_an_unknown_list_field_is_ignored_as_in_json_and_a_file_under_a_nested_n
     assert ledger_count(engine, account.account_id) == entries
 
 
+@pytest.mark.parametrize("file_field", ["foo", "foo[bar]"])
+def test_a_text_part_that_is_not_utf8_is_refused_even_beside_a_file(
+        app_client: TestClient, engine: Engine, file_field: str) -> None:
+    """A file anywhere in the form turned the UTF-8 check off, and the prompt was decoded as Latin-1,
+    served and charged garbled (a diff review)."""
+    account = create_test_account(engine, "plus")
+    entries = ledger_count(engine, account.account_id)
+    binary = (file_field, ("x.bin", b"\x00\xff\xfe binary", "application/octet-stream"))
+    response = app_client.post("/api/v1/videos", headers=account.headers,
+                               files=[("prompt", (None, b"a \xff\xfe cat")), binary])
+    error = assert_envelope(response, 400, "invalid_request_error")
+    assert error["code"] == "invalid_form" and "UTF-8" in error["message"], error
+    assert ledger_count(engine, account.account_id) == entries
+    fine = app_client.post("/api/v1/videos", headers=account.headers,
+                           files=[("prompt", (None, "a café cat".encode())), binary])
+    assert fine.status_code == 200 and fine.json()["prompt"] == "a café cat", fine.text
+
+
 def _raw(app_client: TestClient, account: Any, body: bytes, content_type: str | None) -> Any:
     headers = {**account.headers, **({"Content-Type": content_type} if content_type else {})}
     return app_client.post("/api/v1/videos", headers=headers, content=body)
