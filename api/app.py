@@ -184,4 +184,6 @@ def delayed_size(broker, name: str) -> int:  # type: ignore[no-untyped-def]
     if hasattr(broker, "client"):
         return int(broker.client.hlen(f"{broker.namespace}:{delay_queue}.msgs"))
     queue = getattr(broker, "queues", {}).get(delay_queue)
-    return queue.qsize() if queue is not None else 0
+    # in process, a worker takes a delayed message off its queue at once and holds it until its
+    # time: the queue's unfinished count (down only at the message's ack) still has it
+    return queue.unfinished_tasks if queue is not None else 0

@@ -274,11 +274,22 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
             merged[section][name] = dict(fields)
         for name, fields in override.get(section, {}).items():
             target = merged[section].setdefault(name, {})
-            if section == "providers" and "base_url" in fields and fields["base_url"] != target.get("base_url"):
+            if section == "providers" and "base_url" in fields and not _same_server(fields["base_url"],
+                                                                                   target.get("base_url")):
                 for option in _OF_THE_VENDOR:  # not known to hold for whatever now answers there
                     target.pop(option, None)
             target.update(fields)
     return merged
+
+
+def _same_server(url: Any, other: Any) -> bool:
+    """The same base URL however it is written (a trailing slash, the host's case)."""
+    def key(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        parts = urlsplit(value.strip())
+        return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), parts.query
+    return bool(key(url) == key(other))
 
 
 # A built-in provider's options that describe its vendor's server, not the wire protocol: a file

@@ -28,6 +28,20 @@ PG_CONNECT_ARGS: dict[str, Any] = {
     "keepalives_count": 3, "tcp_user_timeout": 30_000,
 }
 
+
+def pg_connect_args(url: str | URL, **overrides: Any) -> dict[str, Any]:
+    """PG_CONNECT_ARGS under what the database URL itself sets (an operator's `?keepalives_idle=120`
+    wins: a driver's keyword arguments would override it), then `overrides`; an `options` override
+    is added to the URL's own (its `-c search_path=...` kept)."""
+    query = (make_url(normalize_url(url)) if isinstance(url, str) else url).query
+    args = {name: value for name, value in PG_CONNECT_ARGS.items() if name not in query}
+    for name, value in overrides.items():
+        if name == "options" and query.get("options"):
+            own = query["options"]
+            value = f"{own if isinstance(own, str) else ' '.join(own)} {value}"
+        args[name] = value
+    return args
+
 _engines: dict[str, Engine] = {}
 
 
@@ -55,7 +69,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         max_overflow=pool_size,
         pool_recycle=1800,
         pool_timeout=10,
-        connect_args=PG_CONNECT_ARGS,  # a request then gets its 503, a stopping worker its fallback
+        connect_args=pg_connect_args(url),  # a request then gets its 503, a stopping worker its fallback
     )
     replace_dropped_on_checkout(engine)
     return engine
@@ -123,24 +137,26 @@ def reader(engine: Engine) -> Engine:
 
 _READ_ONLY = "helyx_read_only"
 PROBE_CONNECT_SECONDS = 2
-PROBE_STATEMENT_MS = 5000
+READY_STATEMENT_MS = 5_000  # the readiness check's SELECT 1
+METRICS_STATEMENT_MS = 30_000  # the /metrics collector's scans (a scrape gives up at 10 s by default)
 
 
-def probe(engine: Engine) -> Engine:
+def probe(engine: Engine, statement_ms: int) -> Engine:
     """The engine for the readiness check and the /metrics collector's reads: on PostgreSQL a
     new connection each time (no pool), opened within PROBE_CONNECT_SECONDS and each statement
-    limited by the server to PROBE_STATEMENT_MS. A pooled connection to a server that stopped
+    limited by the server to `statement_ms`. A pooled connection to a server that stopped
     answering waited for ever (and /readyz with it, where it must say 503); a new one fails its
-    handshake in seconds. Elsewhere, the reader."""
+    handshake in seconds. Their callers take one at a time (common.health, common.metrics), so
+    anonymous probes cannot open many. Elsewhere, the reader."""
     if not is_postgres(engine):
         return reader(engine)
-    cached: Engine | None = getattr(engine, "_helyx_probe", None)
-    if cached is None:
-        cached = create_engine(engine.url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={
-            **PG_CONNECT_ARGS, "connect_timeout": PROBE_CONNECT_SECONDS,
-            "options": f"-c statement_timeout={PROBE_STATEMENT_MS}"})
-        engine._helyx_probe = cached  # type: ignore[attr-defined]
-    return cached
+    probes: dict[int, Engine] = engine.__dict__.setdefault("_helyx_probes", {})
+    if statement_ms not in probes:
+        probes[statement_ms] = create_engine(
+            engine.url, poolclass=NullPool, isolation_level="AUTOCOMMIT",
+            connect_args=pg_connect_args(engine.url, connect_timeout=PROBE_CONNECT_SECONDS,
+                                         options=f"-c statement_timeout={statement_ms}"))
+    return probes[statement_ms]
 
 
 def is_postgres(engine: Engine) -> bool:

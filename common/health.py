@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from sqlalchemy import Engine, text
 
-from common.db import probe
+from common.db import READY_STATEMENT_MS, probe
 from common.settings import Settings
+
+# One database check at a time per process, its answer shared for RECENT_SECONDS: each opens a
+# connection of its own (common.db.probe), and /readyz needs no key, so many clients at once
+# would otherwise open as many (a queue of them waits for the one under way, then reads its answer).
+_PROBING = threading.Lock()
+RECENT_SECONDS = 1.0
 
 
 def check(settings: Settings, engine: Engine) -> dict[str, str]:
-    results: dict[str, str] = {}
-    try:
-        with probe(engine).connect() as conn:  # a new connection on PostgreSQL: answers in seconds, or fails
-            conn.execute(text("SELECT 1"))
-        results["database"] = "ok"
-    except Exception as exc:  # noqa: BLE001 - a readiness probe reports, it does not raise
-        results["database"] = f"error: {type(exc).__name__}"
+    results: dict[str, str] = {"database": _database(engine)}
     if settings.redis_url:
         import redis
 
@@ -27,3 +30,18 @@ def check(settings: Settings, engine: Engine) -> dict[str, str]:
     else:
         results["broker"] = "ok"  # in-process broker
     return results
+
+
+def _database(engine: Engine) -> str:
+    with _PROBING:
+        checked_at, answer = engine.__dict__.get("_helyx_ready", (float("-inf"), ""))
+        if time.monotonic() - checked_at < RECENT_SECONDS:
+            return answer  # type: ignore[no-any-return]
+        try:
+            with probe(engine, READY_STATEMENT_MS).connect() as conn:  # new on PostgreSQL: seconds, or fails
+                conn.execute(text("SELECT 1"))
+            answer = "ok"
+        except Exception as exc:  # noqa: BLE001 - a readiness probe reports, it does not raise
+            answer = f"error: {type(exc).__name__}"
+        engine.__dict__["_helyx_ready"] = (time.monotonic(), answer)
+        return answer

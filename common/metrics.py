@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.db import probe
+from common.db import METRICS_STATEMENT_MS, probe
 from common.money import MICRO
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class DatabaseCollector(Collector):
     def __init__(self, engine: Engine, queue_depth: Any = None) -> None:
         self._engine = engine
         self._queue_depth = queue_depth
+        self._reading = threading.Lock()
 
     def describe(self) -> Iterator[Metric]:
         """Names only, so registering touches no database."""
@@ -56,7 +59,11 @@ class DatabaseCollector(Collector):
         try:
             families = list(self._read())
         except SQLAlchemyError as exc:  # a scrape during a database outage reports what it can
-            log.warning("metrics: database unavailable (%s)", type(exc).__name__)
+            if isinstance(getattr(exc, "orig", None), psycopg.errors.QueryCanceled):
+                log.warning("metrics: the database's figures took longer than %d s (statement timeout); left out",
+                            METRICS_STATEMENT_MS // 1000)
+            else:
+                log.warning("metrics: database unavailable (%s)", type(exc).__name__)
             families = []
         yield from families
         if self._queue_depth is not None:
@@ -88,7 +95,7 @@ class DatabaseCollector(Collector):
         holds = GaugeMetricFamily("helyx_open_holds", "Open credit reservations")
         held = GaugeMetricFamily("helyx_open_holds_credits", "Credits held by open reservations")
         # on SQLite, beside the writers, not before them; on PostgreSQL a new connection, bounded in time
-        with probe(self._engine).connect() as conn:
+        with self._reading, probe(self._engine, METRICS_STATEMENT_MS).connect() as conn:  # one scrape at a time
             for model, total in conn.execute(text("SELECT model, COALESCE(SUM(credits), 0) FROM generations"
                                                   " GROUP BY model")):
                 charged.add_metric([model, "chat"], total / MICRO)

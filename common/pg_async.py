@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from sqlalchemy import Engine, TextClause
@@ -67,6 +68,7 @@ class AsyncStatements:
     def __init__(self, conninfo: str, size: int, *, timeout: float = 10.0, recycle: float = 1800.0,
                  statement_seconds: float | None = None) -> None:
         self.conninfo = conninfo
+        self._connect_args = pg_connect_args_of_conninfo(conninfo)
         self._slots = asyncio.Semaphore(size)
         self._idle: list[tuple[psycopg.AsyncConnection[Any], float]] = []  # (connection, opened at); LIFO
         self._timeout = timeout
@@ -162,8 +164,15 @@ class AsyncStatements:
             if not conn.closed and now - opened < self._recycle and not dropped_by_server(conn.pgconn):
                 return conn, opened
             await _close(conn)
-        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, **PG_CONNECT_ARGS)
+        conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, **self._connect_args)
         return conn, now
+
+
+def pg_connect_args_of_conninfo(conninfo: str) -> dict[str, Any]:
+    """PG_CONNECT_ARGS but those the connection string sets itself (psycopg's keyword arguments
+    would override them: an operator's `?keepalives_idle=120` wins, as common.db.pg_connect_args)."""
+    given = conninfo_to_dict(conninfo)
+    return {name: value for name, value in PG_CONNECT_ARGS.items() if name not in given}
 
 
 async def _close(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -25,7 +25,7 @@ import psycopg
 from psycopg.rows import dict_row
 from sqlalchemy import Engine, TextClause, create_engine, event
 
-from common.db import PG_CONNECT_ARGS, is_postgres, reader
+from common.db import is_postgres, pg_connect_args, reader
 from common.pg_liveness import replace_dropped_on_checkout
 
 # What a statement run here raises when the database cannot be reached (see common.retrying).
@@ -93,7 +93,7 @@ def _statements_engine(engine: Engine) -> Engine:
             statements = create_engine(
                 engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, pool_size=size,
                 max_overflow=0, pool_recycle=1800, pool_timeout=10,
-                connect_args=PG_CONNECT_ARGS,
+                connect_args=pg_connect_args(engine.url),
             )
             replace_dropped_on_checkout(statements)
             entry = _engines[engine] = (os.getpid(), statements)

@@ -176,6 +176,7 @@ def test_a_provider_pointed_at_another_server_sends_max_tokens_unless_told_other
 
     assert field('[providers.openai]\nbase_url = "https://my-proxy.example.com/v1"\n') == "max_tokens"
     assert field('[providers.openai]\nbase_url = "https://api.openai.com/v1"\n') == "max_completion_tokens"
+    assert field('[providers.openai]\nbase_url = "https://API.openai.com/v1/"\n') == "max_completion_tokens"
     assert field('[providers.openai]\nbase_url = "https://my-proxy.example.com/v1"\n'
                  'limit_field = "max_completion_tokens"\n') == "max_completion_tokens"
     assert field('[models.gpt-4o]\nrate = "0.3"\n') == "max_completion_tokens"

@@ -40,3 +40,5 @@ def test_in_process_ready_and_delayed_messages_are_counted_apart() -> None:
     _send(broker, "images", 1)
     _send(broker, "images", 4, delay=60_000)
     assert (queue_size(broker, "images"), delayed_size(broker, "images")) == (1, 4)
+    broker.queues["images.DQ"].get_nowait()  # as a worker takes one, to hold until its time: not acked yet
+    assert delayed_size(broker, "images") == 4  # (counted by the queue's size, it read 0 in `helyx serve`)
