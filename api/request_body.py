@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-from python_multipart.multipart import parse_options_header
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
@@ -64,11 +64,35 @@ async def _form(request: Request, content_type: str, media_type: str) -> dict[st
 def _check_text_parts(body: bytes, boundary: bytes) -> None:
     """Each part of a multipart body that is not a file must be UTF-8 (UnicodeDecodeError): the
     form parser would decode one that is not as Latin-1, and the request be served with a garbled
-    prompt, as when the body has no file."""
-    for part in body.split(b"--" + boundary) if boundary else ():
-        head, found, data = part.partition(b"\r\n\r\n")
-        if found and b"filename" not in head.lower():
-            data.removesuffix(b"\r\n").decode("utf-8")
+    prompt, as when the body has no file. The parts are found as the form parser finds them (the
+    same parser; a file is a part whose Content-Disposition has a `filename`)."""
+    part: dict[str, Any] = {}
+
+    def begin() -> None:
+        part.update(header=b"", disposition=b"", data=bytearray())
+
+    def header_field(data: bytes, start: int, end: int) -> None:
+        part["header"] += data[start:end]
+
+    def header_value(data: bytes, start: int, end: int) -> None:
+        if part["header"].lower() == b"content-disposition":
+            part["disposition"] += data[start:end]
+
+    def header_end() -> None:
+        part["header"] = b""
+
+    def data(chunk: bytes, start: int, end: int) -> None:
+        part["data"] += chunk[start:end]
+
+    def end() -> None:
+        if b"filename" not in parse_options_header(part["disposition"])[1]:
+            bytes(part["data"]).decode("utf-8")
+
+    parser = MultipartParser(boundary, {"on_part_begin": begin, "on_header_field": header_field,
+                                        "on_header_value": header_value, "on_header_end": header_end,
+                                        "on_part_data": data, "on_part_end": end})
+    parser.write(body)
+    parser.finalize()
 
 
 def _folded(items: list[tuple[str, str | UploadFile]]) -> dict[str, Any]:

@@ -7,9 +7,11 @@ psycopg 3; a plain `postgresql://` URL is taken to mean it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
@@ -36,9 +38,10 @@ def pg_connect_args(url: str | URL, **overrides: Any) -> dict[str, Any]:
     query = (make_url(normalize_url(url)) if isinstance(url, str) else url).query
     args = {name: value for name, value in PG_CONNECT_ARGS.items() if name not in query}
     for name, value in overrides.items():
-        if name == "options" and query.get("options"):
-            own = query["options"]
-            value = f"{own if isinstance(own, str) else ' '.join(own)} {value}"
+        if name == "options":  # added to the URL's own, else to the environment's (libpq's PGOPTIONS)
+            own = query.get("options") or os.environ.get("PGOPTIONS", "")
+            own = own if isinstance(own, str) else " ".join(own)
+            value = f"{own} {value}".strip()
         args[name] = value
     return args
 
@@ -53,10 +56,21 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def pg_connect_args_of_conninfo(conninfo: str) -> dict[str, Any]:
+    """PG_CONNECT_ARGS but those the connection string sets itself (psycopg's keyword arguments
+    would override them), as pg_connect_args does for a URL."""
+    given = conninfo_to_dict(conninfo)
+    return {name: value for name, value in PG_CONNECT_ARGS.items() if name not in given}
+
+
 def libpq_conninfo(url: str | URL) -> str:
-    """A PostgreSQL URL (SQLAlchemy's, with its driver) as psycopg connects to it directly."""
+    """A PostgreSQL URL (SQLAlchemy's, with its driver) as a libpq connection string, for psycopg
+    directly. Made key by key, not by rendering the URL again: SQLAlchemy renders a space in a
+    query value as `+`, which libpq does not decode (`?options=-c%20search_path%3Dx` reached the
+    server as `-c+search_path=x` and every connection was refused), and a password's space raw."""
     parsed = make_url(normalize_url(url)) if isinstance(url, str) else url
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    query = {name: value if isinstance(value, str) else value[-1] for name, value in parsed.query.items()}
+    return make_conninfo(**parsed.translate_connect_args(username="user", database="dbname"), **query)
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from common.db import libpq_conninfo
+from common.db import libpq_conninfo, pg_connect_args_of_conninfo
 
 # Below 2**31, so pg_locks shows it as objid with classid 0.
 LOCK_KEY = 1_214_606_680
@@ -41,9 +41,9 @@ class JobsTaken(Exception):
 def hold(database_url: str, *, shared: bool, holder: str) -> psycopg.Connection[Any]:
     """The lock, held while the returned connection stays open. Raises JobsTaken, naming the
     holders, when it cannot be had at once."""
-    conn = psycopg.connect(libpq_conninfo(database_url), autocommit=True, connect_timeout=10,
+    conn = psycopg.connect(libpq_conninfo(database_url), autocommit=True,
                            application_name=f"{holder} (pid {os.getpid()} on {socket.gethostname()})"[:63],
-                           keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+                           **pg_connect_args_of_conninfo(libpq_conninfo(database_url)))
     for setting, value in _SESSION.items():  # the server's side of the same watch; a setting it lacks is skipped
         with contextlib.suppress(psycopg.Error):
             conn.execute(f"SET {setting} = {value}")

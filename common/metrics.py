@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,22 +51,14 @@ class DatabaseCollector(Collector):
         self._engine = engine
         self._queue_depth = queue_depth
         self._reading = threading.Lock()
+        self._recent: tuple[float, list[Metric]] = (float("-inf"), [])
 
     def describe(self) -> Iterator[Metric]:
         """Names only, so registering touches no database."""
         return self._families()
 
     def collect(self) -> Iterator[Metric]:
-        try:
-            families = list(self._read())
-        except SQLAlchemyError as exc:  # a scrape during a database outage reports what it can
-            if isinstance(getattr(exc, "orig", None), psycopg.errors.QueryCanceled):
-                log.warning("metrics: the database's figures took longer than %d s (statement timeout); left out",
-                            METRICS_STATEMENT_MS // 1000)
-            else:
-                log.warning("metrics: database unavailable (%s)", type(exc).__name__)
-            families = []
-        yield from families
+        yield from self._database_families()
         if self._queue_depth is not None:
             try:
                 sizes = self._queue_depth()
@@ -87,6 +80,26 @@ class DatabaseCollector(Collector):
         if self._queue_depth is not None:
             yield GaugeMetricFamily("helyx_queue_depth", "Messages waiting in the job queues", labels=["queue"])
 
+    def _database_families(self) -> list[Metric]:
+        """One read at a time, its figures shared for RECENT_SECONDS: each read scans the tables on
+        a connection of its own, and /metrics needs no key (a burst of scrapes ran a scan each, one
+        after the other, holding the API's threads meanwhile)."""
+        with self._reading:
+            read_at, families = self._recent
+            if time.monotonic() - read_at < RECENT_SECONDS:
+                return families
+            try:
+                families = list(self._read())
+            except SQLAlchemyError as exc:  # a scrape during a database outage reports what it can
+                if isinstance(getattr(exc, "orig", None), psycopg.errors.QueryCanceled):
+                    log.warning("metrics: the database's figures took longer than %d s (statement timeout); "
+                                "left out", METRICS_STATEMENT_MS // 1000)
+                else:
+                    log.warning("metrics: database unavailable (%s)", type(exc).__name__)
+                families = []
+            self._recent = (time.monotonic(), families)
+            return families
+
     def _read(self) -> Iterator[Metric]:
         charged = CounterMetricFamily("helyx_credits_charged", "Credits charged, by model", labels=["model", "kind"])
         refunded = CounterMetricFamily("helyx_credits_refunded", "Credits refunded by failed or canceled jobs",
@@ -95,7 +108,7 @@ class DatabaseCollector(Collector):
         holds = GaugeMetricFamily("helyx_open_holds", "Open credit reservations")
         held = GaugeMetricFamily("helyx_open_holds_credits", "Credits held by open reservations")
         # on SQLite, beside the writers, not before them; on PostgreSQL a new connection, bounded in time
-        with self._reading, probe(self._engine, METRICS_STATEMENT_MS).connect() as conn:  # one scrape at a time
+        with probe(self._engine, METRICS_STATEMENT_MS).connect() as conn:
             for model, total in conn.execute(text("SELECT model, COALESCE(SUM(credits), 0) FROM generations"
                                                   " GROUP BY model")):
                 charged.add_metric([model, "chat"], total / MICRO)
@@ -116,6 +129,7 @@ class DatabaseCollector(Collector):
         yield from (charged, refunded, jobs, holds, held)
 
 
+RECENT_SECONDS = 1.0  # how long one read of the database's figures answers every scrape
 _database: DatabaseCollector | None = None
 
 

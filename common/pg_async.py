@@ -28,12 +28,11 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from sqlalchemy import Engine, TextClause
 
-from common.db import PG_CONNECT_ARGS, is_postgres, libpq_conninfo
+from common.db import is_postgres, libpq_conninfo, pg_connect_args_of_conninfo
 from common.pg_liveness import dropped_by_server
 from common.pg_statements import UNREACHABLE, psycopg_form
 
@@ -166,13 +165,6 @@ class AsyncStatements:
             await _close(conn)
         conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True, **self._connect_args)
         return conn, now
-
-
-def pg_connect_args_of_conninfo(conninfo: str) -> dict[str, Any]:
-    """PG_CONNECT_ARGS but those the connection string sets itself (psycopg's keyword arguments
-    would override them: an operator's `?keepalives_idle=120` wins, as common.db.pg_connect_args)."""
-    given = conninfo_to_dict(conninfo)
-    return {name: value for name, value in PG_CONNECT_ARGS.items() if name not in given}
 
 
 async def _close(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -55,6 +55,17 @@ def every_warning_logged_afresh() -> None:
     ThrottledWarnings.forget_all()
 
 
+@pytest.fixture(autouse=True)
+def database_figures_read_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/readyz and /metrics share one read of the database for a second (common.health,
+    common.metrics): a test that changes the database and reads again expects the change. The
+    tests of that sharing set their own interval."""
+    from common import health, metrics
+
+    monkeypatch.setattr(health, "RECENT_SECONDS", 0.0)
+    monkeypatch.setattr(metrics, "RECENT_SECONDS", 0.0)
+
+
 def service_unavailable(what: str, exc: Exception) -> None:
     """Dramatiq's rule: a missing service skips locally but fails in CI."""
     if CI:

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from common import billing, clock, webhooks
 from common.jobs import recovery
+from common.retrying import DATABASE_DOWN
 from common.settings import Settings
 from workers import context
 
@@ -109,6 +110,8 @@ def start(enqueue: Callable[[str, str], None], notify: Callable[[str], object] |
         while True:
             try:
                 sweep_once(enqueue, sweep_files=count % FILE_SWEEP_EVERY == 0, notify=notify)
+            except DATABASE_DOWN as exc:  # one line, not a traceback every few seconds, while it lasts
+                log.warning("sweep skipped: the database is unavailable (%s)", type(exc).__name__)
             except Exception:
                 log.exception("sweep failed")
             count += 1

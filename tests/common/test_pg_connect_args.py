@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.engine import make_url
 
-from common.db import PG_CONNECT_ARGS, pg_connect_args, probe
-from common.pg_async import pg_connect_args_of_conninfo
+from common.db import PG_CONNECT_ARGS, pg_connect_args, pg_connect_args_of_conninfo, probe
 
 
 def test_the_urls_own_settings_win_and_its_options_are_kept() -> None:
@@ -35,3 +34,41 @@ def test_a_probe_connection_keeps_the_urls_search_path(pg_url: str) -> None:
             assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "5s"
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.anyio
+async def test_options_with_a_space_reach_the_server_on_every_kind_of_connection(pg_url: str) -> None:
+    """SQLAlchemy renders a space in a query value as `+`, which libpq does not decode: with the
+    URL the README documents (`?options=-c%20search_path%3D...`), every direct psycopg connection
+    (the event loop's pool, the jobs lock) was refused, and `helyx serve` would not start."""
+    from sqlalchemy import text
+
+    from common import jobs_lock
+    from common.db import libpq_conninfo
+    from common.pg_async import AsyncStatements
+
+    url = make_url(pg_url).update_query_dict({"options": "-c search_path=helyx_probe_test,public"})
+    assert "options='-c search_path=helyx_probe_test,public'" in libpq_conninfo(url)
+    pool = AsyncStatements(libpq_conninfo(url), 1)
+    try:
+        [path] = await pool.first_row(text("SHOW search_path"), {}) or ("",)
+        assert path.replace(" ", "") == "helyx_probe_test,public"
+    finally:
+        await pool.close_idle()
+    held = jobs_lock.hold(url.render_as_string(hide_password=False), shared=True, holder="options test")
+    try:
+        assert held.execute("SHOW search_path").fetchone()[0].replace(" ", "") == "helyx_probe_test,public"  # type: ignore[index]
+    finally:
+        held.close()
+
+
+def test_the_environments_pgoptions_are_kept_when_the_url_sets_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=hx")
+    assert pg_connect_args("postgresql://u@h/db", options="-c statement_timeout=5000")["options"] == (
+        "-c search_path=hx -c statement_timeout=5000")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

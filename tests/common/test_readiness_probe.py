@@ -36,3 +36,31 @@ def test_many_checks_at_once_open_one_connection_and_share_its_answer(
     assert answers == ["ok"] * 20 and len(opened) == 1
     threading.Event().wait(0.6)
     assert health._database(pg_engine) == "ok" and len(opened) == 2  # an answer is shared for a moment only
+
+
+def test_a_burst_of_scrapes_reads_the_database_once(pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each scrape ran its own full scan, one after the other, each holding one of the API's
+    threads meanwhile (a diff review: 100 scrapes at once kept /readyz waiting 5.6 s)."""
+    from common import metrics
+    from common.db import METRICS_STATEMENT_MS
+
+    monkeypatch.setattr(metrics, "RECENT_SECONDS", 0.5)
+    collector = metrics.DatabaseCollector(pg_engine)
+    opened: list[int] = []
+    event.listen(probe(pg_engine, METRICS_STATEMENT_MS), "connect", lambda *_: opened.append(1))
+    start = threading.Barrier(10)
+    names: list[set[str]] = []
+
+    def scrape() -> None:
+        start.wait()
+        names.append({family.name for family in collector.collect()})
+
+    threads = [threading.Thread(target=scrape) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(names) == 10 and all("helyx_open_holds" in n for n in names) and len(opened) == 1
+    threading.Event().wait(0.6)
+    list(collector.collect())
+    assert len(opened) == 2

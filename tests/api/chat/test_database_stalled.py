@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import make_url
 
-from common import health, pg_async
+from common import pg_async
 from common.db import normalize_url
 from tests.api.chat.helpers import Gateway, GatewayFactory, assert_books_balance, books
 from tests.conftest import TestAccount
@@ -26,7 +26,6 @@ def stalled(make_gateway: GatewayFactory, pg_url: str, monkeypatch: pytest.Monke
             ) -> Iterator[tuple[Gateway, FreezableProxy, TestAccount]]:
     monkeypatch.setattr(pg_async, "STATEMENT_SECONDS", 1.0)
     monkeypatch.setattr(pg_async, "WATCH_SECONDS", 0.1)
-    monkeypatch.setattr(health, "RECENT_SECONDS", 0.0)  # each readiness check looks afresh
     url = make_url(normalize_url(pg_url))
     with freezable_proxy(url.host or "127.0.0.1", url.port or 5432, refuse_new_when_frozen=False) as proxy:
         gw = make_gateway(database_url=url.set(host="127.0.0.1", port=proxy.port).render_as_string(False),

@@ -119,6 +119,39 @@ def test_a_text_part_that_is_not_utf8_is_refused_even_beside_a_file(
     assert fine.status_code == 200 and fine.json()["prompt"] == "a café cat", fine.text
 
 
+def _part(head: bytes, data: bytes) -> bytes:
+    return b"--XyZb\r\n" + head + b"\r\n\r\n" + data + b"\r\n"
+
+
+_FILE_HEAD = b'Content-Disposition: form-data; name="foo"; filename="x.bin"\r\nContent-Type: application/octet-stream'
+_FILE = _part(_FILE_HEAD, b"\x00\xff\xfe binary")
+_TRICKY_FILE = _part(_FILE_HEAD, b"\x00\xff --XyZb\r\n\r\n\xfe binary")  # boundary-like bytes, not after a CRLF
+_GOOD_PROMPT = _part(b'Content-Disposition: form-data; name="prompt"', "a café cat".encode())
+
+
+@pytest.mark.parametrize(("prompt_part", "file_part", "epilogue", "status"), [
+    (_part(b"Content-Disposition: form-data; name=\"prompt\"; filename*=UTF-8''p.txt", b"a \xff\xfe cat"), _FILE, b"",
+     400),
+    (_part(b'Content-Disposition: form-data; name="prompt"\r\nX-Original-Filename: p', b"a \xff\xfe cat"), _FILE, b"",
+     400),
+    (_part(b'Content-Disposition: form-data; name="prompt"', b"a --XyZb \xff\xfe cat"), _FILE, b"", 400),
+    (_GOOD_PROMPT, _FILE, b"\r\n\r\n\xff\xfe", 200),
+    (_GOOD_PROMPT, _TRICKY_FILE, b"", 200),
+], ids=["filename* is no file", "a header naming a filename", "boundary text inside", "bad bytes after the end",
+        "boundary text inside a file"])
+def test_text_parts_beside_a_file_are_found_as_the_form_parser_finds_them(
+        app_client: TestClient, engine: Engine, prompt_part: bytes, file_part: bytes, epilogue: bytes,
+        status: int) -> None:
+    """The UTF-8 check split the body on the bare boundary and took any part naming a filename
+    anywhere in its head for a file: some garbled prompts passed, some valid bodies were refused."""
+    account = create_test_account(engine, "plus")
+    body = prompt_part + file_part + b"--XyZb--\r\n" + epilogue
+    response = _raw(app_client, account, body, MULTIPART)
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["error"]["code"] == "invalid_form" and "UTF-8" in response.text
+
+
 def _raw(app_client: TestClient, account: Any, body: bytes, content_type: str | None) -> Any:
     headers = {**account.headers, **({"Content-Type": content_type} if content_type else {})}
     return app_client.post("/api/v1/videos", headers=headers, content=body)
