@@ -40,7 +40,7 @@ from common.pg_async import AsyncStatements
 from common.providers.http import build_http_client
 from common.providers.registry import Providers
 from common.ratelimit import RateLimiter
-from common.retrying import DATABASE_DOWN
+from common.retrying import is_unreachable
 from common.settings import Settings, get_settings
 from common.signing import load_or_create_secret
 from common.storage import LocalStorage
@@ -137,10 +137,11 @@ async def _sweep_holds(services: Services) -> None:
         await asyncio.sleep(services.settings.hold_sweep_interval_seconds)
         try:
             await run_in_threadpool(billing.expire_holds, services.engine)
-        except DATABASE_DOWN as exc:  # one line, not a traceback each sweep, for as long as the outage lasts
-            log.warning("hold sweep skipped: the database is unavailable (%s)", type(exc).__name__)
-        except Exception:
-            log.exception("hold sweep failed")
+        except Exception as exc:
+            if not is_unreachable(exc):
+                log.exception("hold sweep failed")
+            else:  # one line, not a traceback each sweep, for as long as the outage lasts
+                log.warning("hold sweep skipped: the database is unavailable (%s)", type(exc).__name__)
 
 
 def _enqueuer():  # type: ignore[no-untyped-def]

@@ -44,7 +44,10 @@ async def json_or_form(request: Request) -> Any:
 async def _form(request: Request, content_type: str, media_type: str) -> dict[str, Any]:
     body = await request.body()  # read first: the form parser then reads these same bytes
     if media_type == "multipart/form-data":
-        boundary = parse_options_header(content_type)[1].get(b"boundary")
+        options = parse_options_header(content_type)[1]
+        if options.get(b"charset", b"utf-8").lower() not in (b"utf-8", b"utf8"):  # parts decoded by it, not UTF-8
+            raise InvalidRequest("A multipart form must be UTF-8 (its charset, if given, utf-8).", code="invalid_form")
+        boundary = options.get(b"boundary")
         if boundary and b"--" + boundary + b"--" not in body:
             raise InvalidRequest("The multipart body ends before its closing boundary: it was cut off.",
                                  code="invalid_form")
@@ -69,17 +72,18 @@ def _check_text_parts(body: bytes, boundary: bytes) -> None:
     part: dict[str, Any] = {}
 
     def begin() -> None:
-        part.update(header=b"", disposition=b"", data=bytearray())
+        part.update(header=b"", value=b"", disposition=b"", data=bytearray())
 
     def header_field(data: bytes, start: int, end: int) -> None:
         part["header"] += data[start:end]
 
     def header_value(data: bytes, start: int, end: int) -> None:
-        if part["header"].lower() == b"content-disposition":
-            part["disposition"] += data[start:end]
+        part["value"] += data[start:end]
 
     def header_end() -> None:
-        part["header"] = b""
+        if part["header"].lower() == b"content-disposition":  # the last one counts, as for the form parser
+            part["disposition"] = part["value"]
+        part["header"] = part["value"] = b""
 
     def data(chunk: bytes, start: int, end: int) -> None:
         part["data"] += chunk[start:end]

@@ -65,12 +65,14 @@ def pg_connect_args_of_conninfo(conninfo: str) -> dict[str, Any]:
 
 def libpq_conninfo(url: str | URL) -> str:
     """A PostgreSQL URL (SQLAlchemy's, with its driver) as a libpq connection string, for psycopg
-    directly. Made key by key, not by rendering the URL again: SQLAlchemy renders a space in a
-    query value as `+`, which libpq does not decode (`?options=-c%20search_path%3Dx` reached the
-    server as `-c+search_path=x` and every connection was refused), and a password's space raw."""
+    directly, with exactly the parameters SQLAlchemy's own psycopg connections get (its dialect
+    makes them: the query's host, port or user win over the URL's, several hosts are split).
+    Rendering the URL again did not: a space in a query value became `+`, which libpq does not
+    decode (`?options=-c%20search_path%3Dx` was refused), and a password's space went raw."""
     parsed = make_url(normalize_url(url)) if isinstance(url, str) else url
-    query = {name: value if isinstance(value, str) else value[-1] for name, value in parsed.query.items()}
-    return make_conninfo(**parsed.translate_connect_args(username="user", database="dbname"), **query)
+    parsed = parsed.set(drivername="postgresql+psycopg")
+    args, params = parsed.get_dialect()().create_connect_args(parsed)
+    return make_conninfo(*args, **{name: value for name, value in params.items() if value is not None})
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:

@@ -16,6 +16,23 @@ from common import pg_async, pg_statements
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, pg_async.PoolTimeout, *pg_statements.UNREACHABLE)
+# SQLSTATE classes of a server that cannot be talked to: 08 (connection exception) and 57P
+# (operator intervention: shut down, crashed, not yet accepting connections).
+_UNREACHABLE_STATES = ("08", "57P")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Of DATABASE_DOWN, whether the database itself could not be reached or answered (a lost or
+    refused connection, a full pool, a stalled server), rather than one statement failing on a
+    reachable server (a deadlock, a statement timeout, a full disk: psycopg puts those under
+    OperationalError too, and they want a traceback, not an "unavailable" line)."""
+    if isinstance(exc, (PoolTimeout, pg_async.PoolTimeout)):
+        return True
+    cause = getattr(exc, "orig", None) or exc
+    if not isinstance(cause, DATABASE_DOWN):
+        return False
+    state = getattr(cause, "sqlstate", None)
+    return state is None or state.startswith(_UNREACHABLE_STATES)
 
 
 def while_database_down(fn: Callable[..., T], *args: object, patience: float = 60.0, max_delay: float = 5.0) -> T:

@@ -24,7 +24,8 @@ _jobs_lock: list[Any] = []  # the connection that holds it, kept for the process
 
 def hold_jobs_lock() -> None:
     """On PostgreSQL; a worker process that cannot have it stops (a self-contained serve runs
-    this database's jobs), and the supervisor starts the workers again after its backoff."""
+    this database's jobs, or the database cannot be reached as the process boots), and the
+    supervisor starts the workers again after its backoff."""
     settings = get_settings()
     if settings.is_sqlite:
         return
@@ -33,6 +34,10 @@ def hold_jobs_lock() -> None:
     except jobs_lock.JobsTaken as exc:
         log.error("a self-contained helyx serve is running the jobs of this database (%s); this worker "
                   "takes none until it stops", exc)
+        sys.exit(3)
+    except Exception as exc:  # noqa: BLE001 - Dramatiq would log it and boot the worker without the lock
+        log.error("this worker cannot take the jobs lock (%s: %s); it takes no jobs without it, and is "
+                  "started again after the supervisor's backoff", type(exc).__name__, exc)
         sys.exit(3)
 
 

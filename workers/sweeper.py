@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from common import billing, clock, webhooks
 from common.jobs import recovery
-from common.retrying import DATABASE_DOWN
+from common.retrying import is_unreachable
 from common.settings import Settings
 from workers import context
 
@@ -110,10 +110,11 @@ def start(enqueue: Callable[[str, str], None], notify: Callable[[str], object] |
         while True:
             try:
                 sweep_once(enqueue, sweep_files=count % FILE_SWEEP_EVERY == 0, notify=notify)
-            except DATABASE_DOWN as exc:  # one line, not a traceback every few seconds, while it lasts
-                log.warning("sweep skipped: the database is unavailable (%s)", type(exc).__name__)
-            except Exception:
-                log.exception("sweep failed")
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    log.exception("sweep failed")
+                else:  # one line, not a traceback every few seconds, while the outage lasts
+                    log.warning("sweep skipped: the database is unavailable (%s)", type(exc).__name__)
             count += 1
             time.sleep(interval)
 

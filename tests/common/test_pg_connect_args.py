@@ -4,6 +4,8 @@ pools but not /metrics' own connections, which then read another schema's tables
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -72,3 +74,36 @@ def test_the_environments_pgoptions_are_kept_when_the_url_sets_none(monkeypatch:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_the_conninfo_has_the_parameters_sqlalchemys_own_connections_get() -> None:
+    """A key both in the URL and in its query raised TypeError (serve would not start, a worker
+    booted without its jobs lock), and several hosts were not split (a diff review)."""
+    from common.db import libpq_conninfo
+
+    assert libpq_conninfo("postgresql://postgres@localhost:5432/db?host=127.0.0.1") == (
+        "host=127.0.0.1 dbname=db user=postgres port=5432")
+    assert libpq_conninfo("postgresql://postgres@/db?host=h1:5432&host=h2:5433") == (
+        "dbname=db user=postgres host=h1,h2 port=5432,5433")
+    assert libpq_conninfo("postgresql://postgres:a%20b@127.0.0.1:5432/x?options=-c%20search_path%3Dhx") == (
+        "host=127.0.0.1 dbname=x user=postgres password='a b' port=5432 options='-c search_path=hx'")
+
+
+def test_a_worker_process_that_cannot_take_the_jobs_lock_stops_rather_than_run_without_it(
+        tmp_path: Any) -> None:
+    """Only JobsTaken stopped it: any other failure (an unreachable database as it booted, a URL
+    the lock could not use) was logged by Dramatiq and the worker ran, taking jobs, without it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {**os.environ, "HELYX_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/nowhere",
+           "HELYX_REDIS_URL": "redis://127.0.0.1:6379/15", "HELYX_STORAGE_DIR": str(tmp_path)}
+    ran = subprocess.run([sys.executable, "-c", "from workers import boot; boot.hold_jobs_lock()"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 3, ran.stderr[-2000:]
+    assert "cannot take the jobs lock" in ran.stderr + ran.stdout

@@ -137,8 +137,10 @@ _GOOD_PROMPT = _part(b'Content-Disposition: form-data; name="prompt"', "a café 
     (_part(b'Content-Disposition: form-data; name="prompt"', b"a --XyZb \xff\xfe cat"), _FILE, b"", 400),
     (_GOOD_PROMPT, _FILE, b"\r\n\r\n\xff\xfe", 200),
     (_GOOD_PROMPT, _TRICKY_FILE, b"", 200),
+    (_part(b'Content-Disposition: form-data; name="prompt"; filename="p.txt"\r\n'
+           b'Content-Disposition: form-data; name="prompt"', b"a \xff\xfe cat"), _FILE, b"", 400),
 ], ids=["filename* is no file", "a header naming a filename", "boundary text inside", "bad bytes after the end",
-        "boundary text inside a file"])
+        "boundary text inside a file", "the last of two dispositions counts"])
 def test_text_parts_beside_a_file_are_found_as_the_form_parser_finds_them(
         app_client: TestClient, engine: Engine, prompt_part: bytes, file_part: bytes, epilogue: bytes,
         status: int) -> None:
@@ -150,6 +152,19 @@ def test_text_parts_beside_a_file_are_found_as_the_form_parser_finds_them(
     assert response.status_code == status, response.text
     if status == 400:
         assert response.json()["error"]["code"] == "invalid_form" and "UTF-8" in response.text
+
+
+def test_a_multipart_form_in_another_charset_is_refused(app_client: TestClient, engine: Engine) -> None:
+    """The form parser decodes the parts by the body's charset: UTF-8 bytes of "a café cat" under
+    `charset=latin-1` were served and charged as "a cafÃ© cat" (a diff review)."""
+    account = create_test_account(engine, "plus")
+    entries = ledger_count(engine, account.account_id)
+    body = _GOOD_PROMPT + b"--XyZb--\r\n"
+    error = assert_envelope(_raw(app_client, account, body, MULTIPART + "; charset=latin-1"), 400,
+                            "invalid_request_error")
+    assert error["code"] == "invalid_form" and "UTF-8" in error["message"], error
+    assert ledger_count(engine, account.account_id) == entries
+    assert _raw(app_client, account, body, MULTIPART + "; charset=UTF-8").status_code == 200
 
 
 def _raw(app_client: TestClient, account: Any, body: bytes, content_type: str | None) -> Any:
