@@ -54,11 +54,19 @@ def while_database_down(fn: Callable[..., T], *args: object, patience: float = 6
 
 async def while_database_down_async(fn: Callable[[], Awaitable[T]], *, patience: float = 60.0,
                                     max_delay: float = 5.0) -> T:
-    """`while_database_down` for a coroutine on the event loop (common.pg_async)."""
+    """`while_database_down` for a coroutine on the event loop (common.pg_async). Each try is
+    bounded by the patience left, so the whole lasts about `patience`: checked between tries only,
+    one try on a stalled database ran its own statement deadline plus psycopg's cancellation wait
+    (a settlement's 15 s became 20-28 s under load). A try cut short by it raises
+    pg_async.StatementTimeout: whether its statement ran is unknown, as after any lost reply."""
     delay, deadline = min(0.25, max_delay), time.monotonic() + patience
     while True:
         try:
-            return await fn()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    return await fn()
+            except TimeoutError:
+                raise pg_async.StatementTimeout(f"no answer from the database within {patience:g} s") from None
         except DATABASE_DOWN as exc:
             if time.monotonic() >= deadline:
                 raise

@@ -53,3 +53,26 @@ async def test_a_statement_that_answers_in_time_is_left_alone(pg_url: str, monke
     assert await pool.first_row(text("SELECT 2 FROM pg_sleep(0.3)"), {}) == (2,)  # several watches pass meanwhile
     assert pool.idle_count == 1
     await pool.close_idle()
+
+
+async def test_a_retried_write_on_a_stalled_database_ends_within_its_patience(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The patience was checked between tries only, and one try on a stalled database ran its
+    statement deadline plus psycopg's cancellation wait: a settlement's 15 s became 20-28 s under
+    load (a load test with a frozen database)."""
+    from common.retrying import while_database_down_async
+
+    monkeypatch.setattr(pg_async, "WATCH_SECONDS", 0.1)
+    url = make_url(normalize_url(pg_url))
+    with freezable_proxy(url.host or "127.0.0.1", url.port or 5432, refuse_new_when_frozen=False) as proxy:
+        pool = AsyncStatements(libpq_conninfo(url.set(host="127.0.0.1", port=proxy.port)), 2, statement_seconds=1.0)
+        assert await pool.first_row(SELECT_1, {}) == (1,)
+        proxy.frozen.set()
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            await while_database_down_async(lambda: pool.first_row(SELECT_1, {}), patience=2.5, max_delay=0.1)
+        waited = time.monotonic() - started
+        assert 2.5 <= waited < 4, waited  # (without the bound: 1 s, then psycopg's 5-10 s, then more tries)
+        proxy.frozen.clear()
+        assert await pool.first_row(SELECT_1, {}) == (1,)
+        await pool.close_idle()
