@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from common.catalog_merge import merge
 from common.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from common.money import PLAIN_DECIMAL, to_micro
 from common.plans import PLANS, plan_allows
@@ -262,41 +263,6 @@ def _unknown(where: str, fields: dict[str, Any], known: tuple[str, ...]) -> None
     if unknown:
         raise CatalogError(f"{where}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
                            f" (known: {', '.join(known)})")
-
-
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` on top of `base`: replace mode drops base; extend merges each table's fields."""
-    if override.get("mode", "extend") == "replace":
-        return override
-    merged: dict[str, Any] = {"models": {}, "providers": {}}
-    for section in ("models", "providers"):
-        for name, fields in base.get(section, {}).items():
-            merged[section][name] = dict(fields)
-        for name, fields in override.get(section, {}).items():
-            target = merged[section].setdefault(name, {})
-            if section == "providers" and "base_url" in fields and not _same_server(fields["base_url"],
-                                                                                   target.get("base_url")):
-                for option in _OF_THE_VENDOR:  # not known to hold for whatever now answers there
-                    target.pop(option, None)
-            target.update(fields)
-    return merged
-
-
-def _same_server(url: Any, other: Any) -> bool:
-    """The same base URL however it is written (a trailing slash, the host's case)."""
-    def key(value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        parts = urlsplit(value.strip())
-        return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), parts.query
-    return bool(key(url) == key(other))
-
-
-# A built-in provider's options that describe its vendor's server, not the wire protocol: a file
-# that points the provider at another server (a proxy, a local model server) starts without them
-# unless it sets them again. `limit_field` above all: a server that ignores max_completion_tokens
-# (Ollama and llama-cpp-python do) would produce without bound, and a charge stops at the hold.
-_OF_THE_VENDOR = ("limit_field",)
 
 
 def build(raw: dict[str, Any]) -> Catalog:
