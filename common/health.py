@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 from sqlalchemy import Engine, text
 
 from common.db import READY_STATEMENT_MS, probe
 from common.settings import Settings
+from common.shared_reading import SharedReading
 
-# One database check at a time per process, its answer shared for RECENT_SECONDS: each opens a
-# connection of its own (common.db.probe), and /readyz needs no key, so many clients at once
-# would otherwise open as many (a queue of them waits for the one under way, then reads its answer).
-_PROBING = threading.Lock()
+# One database check at a time per engine, its answer shared for RECENT_SECONDS (common.shared_reading):
+# each opens a connection of its own (common.db.probe), and /readyz needs no key.
 RECENT_SECONDS = 1.0
 
 
@@ -33,15 +29,14 @@ def check(settings: Settings, engine: Engine) -> dict[str, str]:
 
 
 def _database(engine: Engine) -> str:
-    with _PROBING:
-        checked_at, answer = engine.__dict__.get("_helyx_ready", (float("-inf"), ""))
-        if time.monotonic() - checked_at < RECENT_SECONDS:
-            return answer  # type: ignore[no-any-return]
-        try:
-            with probe(engine, READY_STATEMENT_MS).connect() as conn:  # new on PostgreSQL: seconds, or fails
-                conn.execute(text("SELECT 1"))
-            answer = "ok"
-        except Exception as exc:  # noqa: BLE001 - a readiness probe reports, it does not raise
-            answer = f"error: {type(exc).__name__}"
-        engine.__dict__["_helyx_ready"] = (time.monotonic(), answer)
-        return answer
+    shared: SharedReading[str] = engine.__dict__.setdefault("_helyx_ready", SharedReading())
+    return shared.get(lambda: _check_database(engine), RECENT_SECONDS)
+
+
+def _check_database(engine: Engine) -> str:
+    try:
+        with probe(engine, READY_STATEMENT_MS).connect() as conn:  # new on PostgreSQL: seconds, or fails
+            conn.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - a readiness probe reports, it does not raise
+        return f"error: {type(exc).__name__}"

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from common.db import METRICS_STATEMENT_MS, probe
 from common.money import MICRO
+from common.shared_reading import SharedReading
 
 log = logging.getLogger(__name__)
 JOB_TYPES = ("image", "video")
@@ -50,8 +49,7 @@ class DatabaseCollector(Collector):
     def __init__(self, engine: Engine, queue_depth: Any = None) -> None:
         self._engine = engine
         self._queue_depth = queue_depth
-        self._reading = threading.Lock()
-        self._recent: tuple[float, list[Metric]] = (float("-inf"), [])
+        self._shared: SharedReading[list[Metric]] = SharedReading()
 
     def describe(self) -> Iterator[Metric]:
         """Names only, so registering touches no database."""
@@ -81,24 +79,21 @@ class DatabaseCollector(Collector):
             yield GaugeMetricFamily("helyx_queue_depth", "Messages waiting in the job queues", labels=["queue"])
 
     def _database_families(self) -> list[Metric]:
-        """One read at a time, its figures shared for RECENT_SECONDS: each read scans the tables on
-        a connection of its own, and /metrics needs no key (a burst of scrapes ran a scan each, one
-        after the other, holding the API's threads meanwhile)."""
-        with self._reading:
-            read_at, families = self._recent
-            if time.monotonic() - read_at < RECENT_SECONDS:
-                return families
-            try:
-                families = list(self._read())
-            except SQLAlchemyError as exc:  # a scrape during a database outage reports what it can
-                if isinstance(getattr(exc, "orig", None), psycopg.errors.QueryCanceled):
-                    log.warning("metrics: the database's figures took longer than %d s (statement timeout); "
-                                "left out", METRICS_STATEMENT_MS // 1000)
-                else:
-                    log.warning("metrics: database unavailable (%s)", type(exc).__name__)
-                families = []
-            self._recent = (time.monotonic(), families)
-            return families
+        """One read at a time, its figures shared for RECENT_SECONDS (common.shared_reading): each
+        read scans the tables on a connection of its own, and /metrics needs no key (a burst of
+        scrapes ran a scan each, one after the other, holding the API's threads meanwhile)."""
+        return self._shared.get(self._read_or_nothing, RECENT_SECONDS)
+
+    def _read_or_nothing(self) -> list[Metric]:
+        try:
+            return list(self._read())
+        except SQLAlchemyError as exc:  # a scrape during a database outage reports what it can
+            if isinstance(getattr(exc, "orig", None), psycopg.errors.QueryCanceled):
+                log.warning("metrics: the database's figures took longer than %d s (statement timeout); "
+                            "left out", METRICS_STATEMENT_MS // 1000)
+            else:
+                log.warning("metrics: database unavailable (%s)", type(exc).__name__)
+            return []
 
     def _read(self) -> Iterator[Metric]:
         charged = CounterMetricFamily("helyx_credits_charged", "Credits charged, by model", labels=["model", "kind"])
