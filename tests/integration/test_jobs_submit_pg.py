@@ -5,6 +5,8 @@ submit it at once, and a refusal writes nothing."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import Engine, text
@@ -19,6 +21,7 @@ from tests.api.chat.helpers import assert_books_balance, books
 from tests.conftest import TestAccount, create_test_account
 
 TZ = "Asia/Karachi"
+T = TypeVar("T")
 PARAMS = {"prompt": "a lighthouse", "n": 1, "width": 256, "height": 256}
 
 
@@ -64,24 +67,15 @@ def test_a_refused_submission_writes_nothing(pg_engine: Engine) -> None:
 def test_one_idempotency_key_submitted_at_once_by_many_is_one_job_charged_once(pg_engine: Engine) -> None:
     account = create_test_account(pg_engine, "ultra")
     principal = _principal(pg_engine, account)
-    results: list[tuple[str, bool]] = []
-    errors: list[BaseException] = []
     start = threading.Barrier(12)
 
-    def submit() -> None:
-        try:
-            start.wait()
-            made = submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro", params=PARAMS,
-                              price=40 * MICRO, tz=TZ, idempotency_key="same-key")
-            results.append((made.job_id, made.created))
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
+    def submit() -> tuple[str, bool]:
+        start.wait()
+        made = submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro", params=PARAMS,
+                          price=40 * MICRO, tz=TZ, idempotency_key="same-key")
+        return made.job_id, made.created
 
-    threads = [threading.Thread(target=submit) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    results, errors = _at_once(12, submit)
     assert errors == []
     assert len({job_id for job_id, _ in results}) == 1 and sum(created for _, created in results) == 1
     assert _rows(pg_engine, account.account_id) == (1, 1, 1)
@@ -118,21 +112,31 @@ def test_duplicates_of_a_key_the_balance_covers_once_all_get_the_one_job(
         return found
 
     monkeypatch.setattr(submit, "_replay", replay_then_wait)
-    results: list[str] = []
+
+    def duplicate() -> str:
+        return submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro",
+                          params=PARAMS, price=price, tz=TZ, idempotency_key="one-only").job_id
+
+    results, errors = _at_once(6, duplicate)
+    assert errors == [] and len(results) == 6 and len(set(results)) == 1
+    assert _rows(pg_engine, account.account_id) == (1, 1, 1)
+    assert_books_balance(pg_engine, account.account_id, open_holds=1)
+
+
+def _at_once(count: int, call: Callable[[], T]) -> tuple[list[T], list[BaseException]]:
+    """`call` in `count` threads (each synchronises as it needs); what they returned and raised."""
+    results: list[T] = []
     errors: list[BaseException] = []
 
-    def duplicate() -> None:
+    def run() -> None:
         try:
-            results.append(submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro",
-                                      params=PARAMS, price=price, tz=TZ, idempotency_key="one-only").job_id)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            results.append(call())
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller's assertion
             errors.append(exc)
 
-    threads = [threading.Thread(target=duplicate) for _ in range(6)]
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert errors == [] and len(results) == 6 and len(set(results)) == 1
-    assert _rows(pg_engine, account.account_id) == (1, 1, 1)
-    assert_books_balance(pg_engine, account.account_id, open_holds=1)
+    return results, errors
