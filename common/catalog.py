@@ -65,6 +65,23 @@ def _unsendable(value: Any) -> bool:
 
 
 LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")  # how an `openai` provider is sent the output limit
+# What Helyx itself may put in an `openai` provider's request body: `extra_body` may not set these
+# (a vendor field with a fixed value for every call must not override the caller's or the hold's)
+SENT_FIELDS = ("model", "messages", "stream", "stream_options", *LIMIT_FIELDS, *SAMPLING_FIELDS, "user")
+
+
+def _extra_body(value: Any) -> bool:
+    """A table of JSON values (TOML's dates and times are not) naming none of SENT_FIELDS."""
+    def plain(item: Any) -> bool:
+        if isinstance(item, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in item.items())
+        if isinstance(item, list):
+            return all(plain(v) for v in item)
+        return item is None or isinstance(item, str | int | float | bool)
+    return isinstance(value, dict) and not value.keys() & set(SENT_FIELDS) and plain(value)
+
+
+_EXTRA_BODY_WANTED = "a table of JSON values naming none of " + ", ".join(SENT_FIELDS)
 _SECONDS = (_seconds, f"a number of seconds above 0 and at most {DAY_SECONDS:,}")
 # Options an adapter takes beyond those (keyword arguments of its class), by provider kind and the
 # kind of model it serves, each with the check its value must pass and what that check wants.
@@ -75,7 +92,8 @@ ADAPTER_OPTIONS: dict[tuple[str, str], dict[str, tuple[Callable[[Any], bool], st
     ("gemini", "image"): {"timeout": _SECONDS},  # common.providers.gemini_image
     ("openai", "chat"): {"unsent_fields": (_unsendable, f"a list among {', '.join(UNSENDABLE)}"),
                          "alternate_turns": (lambda value: isinstance(value, bool), "true or false"),
-                         "limit_field": (lambda value: value in LIMIT_FIELDS, " or ".join(map(repr, LIMIT_FIELDS)))},
+                         "limit_field": (lambda value: value in LIMIT_FIELDS, " or ".join(map(repr, LIMIT_FIELDS))),
+                         "extra_body": (_extra_body, _EXTRA_BODY_WANTED)},
 }
 PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
     kind: tuple(name for (k, _), options in ADAPTER_OPTIONS.items() if k == kind for name in options)

@@ -40,5 +40,6 @@ def _same_server(url: Any, other: Any) -> bool:
 # A built-in provider's options that describe its vendor's server, not the wire protocol: a file
 # that points the provider at another server (a proxy, a local model server) starts without them
 # unless it sets them again. `limit_field` above all: a server that ignores max_completion_tokens
-# (Ollama and llama-cpp-python do) would produce without bound, and a charge stops at the hold.
-_OF_THE_VENDOR = ("limit_field",)
+# (Ollama and llama-cpp-python do) would produce without bound, and a charge stops at the hold;
+# `extra_body` holds the vendor's own request fields (MiniMax's `reasoning_split`).
+_OF_THE_VENDOR = ("limit_field", "extra_body")

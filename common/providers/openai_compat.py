@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -51,7 +51,7 @@ UNSENDABLE = ("user", "stream_options", "name")
 class OpenAICompatProvider:
     def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None,
                  unsent_fields: list[str] | tuple[str, ...] = (), alternate_turns: bool = False,
-                 limit_field: str = "max_tokens") -> None:
+                 limit_field: str = "max_tokens", extra_body: Mapping[str, Any] | None = None) -> None:
         self._client = client
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")  # parsed once, not per request
         self._api_key = api_key
@@ -63,6 +63,9 @@ class OpenAICompatProvider:
         # OpenAI's reasoning models (o-series, gpt-5) refuse `max_tokens`, and Qwen's compatible mode
         # retired it: the limit goes out as `max_completion_tokens` for those providers
         self._limit_field = limit_field
+        # A vendor's own request fields, sent with every call (MiniMax's `reasoning_split`); the
+        # catalog refuses any that Helyx itself sets (common.catalog.SENT_FIELDS)
+        self._extra_body = dict(extra_body or {})
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -71,7 +74,8 @@ class OpenAICompatProvider:
         messages = alternating(request.messages) if self._alternate else request.messages
         if self._drop_names:
             messages = [{k: v for k, v in m.items() if k != "name"} for m in messages]
-        body: dict[str, Any] = {"model": request.model, "messages": messages, self._limit_field: request.max_tokens}
+        body: dict[str, Any] = {**self._extra_body, "model": request.model, "messages": messages,
+                                self._limit_field: request.max_tokens}
         for name in self._optional:
             value = getattr(request, name)
             if value is not None:
@@ -139,8 +143,10 @@ def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
         delta = choice.get("delta") or {}
         content, refusal = _content(delta.get("content")), _text(delta.get("refusal"))
         # DeepSeek, Moonshot, Zhipu and Qwen stream a reasoning model's thinking as `reasoning_content`,
-        # OpenRouter and vLLM as `reasoning`: produced (and billed) before the first answer token
-        thinking = _text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
+        # OpenRouter and vLLM as `reasoning`, MiniMax (with `reasoning_split`) as `reasoning_details`:
+        # produced (and billed) before the first answer token
+        thinking = (_text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
+                    or _details_text(delta.get("reasoning_details")))
         finish_reason = _finish_reason(choice.get("finish_reason"))
         # Moonshot puts the stream's usage in the finish chunk's choice; Groq used to put it in x_groq
         groq = chunk.get("x_groq")
@@ -155,6 +161,13 @@ def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _details_text(value: Any) -> str:
+    """The text of MiniMax's `reasoning_details` ([{"type": "reasoning.text", "text": ...}])."""
+    if not isinstance(value, list):
+        return ""
+    return "".join(_text(part.get("text")) for part in value if isinstance(part, dict))
 
 
 def _content(value: Any) -> str:

@@ -187,6 +187,31 @@ def test_limit_field_must_name_one_of_the_two_limits(tmp_path: Path) -> None:
         _load(tmp_path, '[providers.openai]\nlimit_field = "max_output_tokens"\n')
 
 
+def test_the_built_in_minimax_provider_asks_for_its_thinking_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `reasoning_split` MiniMax's M2 models put their thinking in the answer's content, in
+    <think> tags (a wire review against MiniMax's OpenAI-compatible API page); pointed at another
+    server, the provider starts without it, as without limit_field."""
+    monkeypatch.setenv("MINIMAX_API_KEY", "sk-test")
+
+    def extra(toml: str) -> dict[str, object]:
+        catalog = _load(tmp_path, toml)
+        providers = Providers(catalog, make_settings(tmp_path, simulate="0"), http=None)  # type: ignore[arg-type]
+        return providers.chat(catalog.models["minimax-m2.7"])._extra_body  # type: ignore[union-attr,no-any-return]
+
+    assert extra("") == {"reasoning_split": True}
+    assert extra('[providers.minimax]\nbase_url = "https://my-proxy.example.com/v1"\n') == {}
+    assert extra('[providers.minimax]\nextra_body = { reasoning_split = false, top_k = 40 }\n') == {
+        "reasoning_split": False, "top_k": 40}
+
+
+@pytest.mark.parametrize("value", ['{ max_tokens = 10 }', '{ temperature = 0.5 }', '{ stream = false }',
+                                   '{ model = "x" }', '{ when = 2026-01-01 }', '"reasoning_split"', '[1]'])
+def test_extra_body_may_not_set_what_helyx_sends_nor_hold_a_non_json_value(tmp_path: Path, value: str) -> None:
+    with pytest.raises(CatalogError, match="provider minimax: extra_body must be a table of JSON values naming none"):
+        _load(tmp_path, f'[providers.minimax]\nextra_body = {value}\n')
+
+
 def test_alternate_turns_must_be_a_boolean(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="provider perplexity: alternate_turns must be true or false"):
         _load(tmp_path, '[providers.perplexity]\nalternate_turns = "yes"\n')

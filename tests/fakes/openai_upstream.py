@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -38,12 +39,28 @@ def build_app(fake: FakeUpstream) -> Starlette:
                      "type": _ERROR_TYPES.get(failure, "server_error"), "param": fake.behaviour.error_param,
                      "code": fake.behaviour.error_code}
             return JSONResponse({"error": error}, failure, headers=fake.error_headers())
+        behaviour = _minimax_form(fake.behaviour, split=body.get("reasoning_split") is True)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return TrackedStream(fake, _stream(fake.behaviour, body["model"], include_usage))
-        return JSONResponse(_completion(fake.behaviour, body["model"]))
+            return TrackedStream(fake, _stream(behaviour, body["model"], include_usage))
+        return JSONResponse(_completion(behaviour, body["model"]))
 
     return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])
+
+
+def _minimax_form(b: Behaviour, split: bool) -> Behaviour:
+    """MiniMax's thinking (its OpenAI-compatible API page): without `reasoning_split` it is the
+    content's start, in <think> tags; with it, `reasoning_details` (read by _completion/_stream)."""
+    if b.minimax_thinking is None or split:
+        return b
+    answer = f"<think>{b.minimax_thinking}</think>\n\n{b.answer}"
+    return dataclasses.replace(b, answer=answer, minimax_thinking=None,
+                               chunks=None if b.chunks is None else [f"<think>{b.minimax_thinking}</think>", *b.chunks])
+
+
+def _reasoning_details(text: str) -> list[dict[str, Any]]:
+    return [{"type": "reasoning.text", "id": "reasoning-text-1", "format": "MiniMax-response-v1", "index": 0,
+             "text": text}]
 
 
 def _usage(b: Behaviour) -> dict[str, Any]:
@@ -65,6 +82,8 @@ def _completion(b: Behaviour, model: str) -> dict[str, Any]:
                                              "refusal": b.refusal},
                      "logprobs": None, "finish_reason": b.finish or "stop"}],
     }
+    if b.minimax_thinking is not None:
+        data["choices"][0]["message"]["reasoning_details"] = _reasoning_details(b.minimax_thinking)
     if not b.omit_usage:
         data["usage"] = _usage(b)
     return data
@@ -89,6 +108,9 @@ async def _stream(b: Behaviour, model: str, include_usage: bool) -> AsyncGenerat
         if b.chunk_delay:
             await asyncio.sleep(b.chunk_delay)
         yield chunk({"content": None, "reasoning_content": piece})
+    if b.minimax_thinking is not None:  # MiniMax streams each piece alone, not the text so far
+        for piece in re.findall(r"\S+\s*|\s+", b.minimax_thinking):
+            yield chunk({"content": "", "reasoning_details": _reasoning_details(piece)})
     for sent, piece in enumerate(b.pieces() if b.refusal is None else re.findall(r"\S+\s*", b.refusal)):
         if sent == b.error_after_chunks:
             yield _event({"error": {"message": b.error_message, "type": "server_error"}})

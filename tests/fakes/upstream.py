@@ -59,6 +59,9 @@ class Behaviour:
     chunk_delay: float = 0.0  # seconds before each streamed chunk
     thinking: list[str] | None = None  # OpenAI-compatible streams: a reasoning model's thinking, streamed as
     #   `reasoning_content` pieces before the answer (DeepSeek's and Moonshot's form)
+    minimax_thinking: str | None = None  # OpenAI-compatible: MiniMax's M2 models' thinking, plain and streamed,
+    #   inline in the content as `<think>...</think>` unless the request says `reasoning_split: true`, then
+    #   in `reasoning_details` ([{"type": "reasoning.text", "text": ...}], each chunk's piece its own)
 
     def pieces(self) -> list[str]:
         return self.chunks if self.chunks is not None else re.findall(r"\S+\s*|\s+", self.answer)

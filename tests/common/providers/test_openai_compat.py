@@ -252,3 +252,24 @@ async def test_limit_field_sends_the_output_limit_under_max_completion_tokens(
     assert error is None and deltas
     sent = openai_fake.last_request.json
     assert sent["stream"] is True and sent["max_completion_tokens"] == 55 and "max_tokens" not in sent
+
+
+async def test_extra_body_is_sent_with_every_call_and_minimax_thinking_apart_is_not_content(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    """MiniMax's M2 models answer `<think>...</think>` first in the content unless the request says
+    `reasoning_split: true` (the built-in catalog's extra_body for it); the thinking then comes in
+    `reasoning_details`, which is thinking (not sent on), as `reasoning_content` is."""
+    openai_fake.behaviour = Behaviour(minimax_thinking="The user greets me.")
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY, extra_body={"reasoning_split": True})
+    result = await provider.complete(chat_request(max_tokens=40))
+    sent = openai_fake.last_request.json
+    assert sent["reasoning_split"] is True and sent["max_tokens"] == 40 and sent["model"] == "test-model"
+    assert result.content == "Hello! How can I help you today?"
+    deltas, error = await collect(provider, chat_request())
+    assert error is None and openai_fake.last_request.json["reasoning_split"] is True
+    assert "".join(d.thinking for d in deltas) == "The user greets me."
+    assert text_of(deltas) == "Hello! How can I help you today?"
+    # without it, the fake answers as MiniMax does: the thinking inside the content
+    unsplit = await OpenAICompatProvider(client, openai_fake.base_url, API_KEY).complete(chat_request())
+    assert unsplit.content.startswith("<think>The user greets me.</think>")
