@@ -3,7 +3,7 @@
     POST {base_url}/models/{model}:predictLongRunning          x-goog-api-key: KEY
     {"instances": [{"prompt": P}],
      "parameters": {"aspectRatio": "16:9", "durationSeconds": 8, "resolution": "720p"}}
-      → {"name": "models/veo-3.1-generate-001/operations/abc"}
+      → {"name": "models/veo-3.1-generate-preview/operations/abc"}
     GET {base_url}/{name}   every poll_interval s until "done": true (a Vertex AI operation, named
       "projects/...": POST {base_url}/{model path}:fetchPredictOperation {"operationName": name}), then either
       Gemini API: response.generateVideoResponse.generatedSamples[0].video.uri → GET it (3xx followed)
