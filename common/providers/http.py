@@ -236,6 +236,13 @@ def status_error(status: int, body: bytes, headers: httpx.Headers | dict[str, st
             f"The upstream provider ({provider}) rejected the gateway's provider credentials "
             f"(HTTP {status}); the gateway operator must fix the provider key",
             retryable=False, upstream_status=status, code="upstream_auth")
+    if status == 429 and out_of_quota(body):  # billing, not a rate: no retry brings it back
+        _warnings.warning(f"{provider} quota", "upstream %s: the gateway's provider account is out of quota or "
+                          "credit (HTTP 429): %s", provider, vendor or "no message")
+        return UpstreamHTTPError(
+            f"The upstream provider ({provider}) refused the call: the gateway's account with it is out of quota "
+            "or credit; the gateway operator must fix it", retryable=False, upstream_status=status,
+            code="upstream_quota_exhausted")
     retryable = status in (408, 409, 429) or status >= 500
     message = f"The upstream provider ({provider}) answered HTTP {status}"
     if vendor and not retryable and about_the_request(status, vendor):  # quoted, and logged
@@ -276,6 +283,23 @@ def vendor_code_and_param(body: bytes) -> tuple[str | None, str | None]:
     code, param = error.get("code"), error.get("param")
     return (code if isinstance(code, str) and _VENDOR_CODE.fullmatch(code) else None,
             param if isinstance(param, str) and 0 < len(param) <= 100 and param.isprintable() else None)
+
+
+# OpenAI's 429s that are about billing, not about a rate: a retry cannot help (its error-codes
+# page: "You exceeded your current quota, please check your plan and billing details")
+_QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "credit_balance_exhausted",
+                          "organization_spend_limit_exceeded", "project_spend_limit_exceeded"})
+
+
+def out_of_quota(body: bytes) -> bool:
+    """A 429 body saying the operator's account has no quota or credit left (its `error.type` or
+    `error.code`), which is not a rate limit: the same call fails until someone pays."""
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        return False
+    error = data.get("error") if isinstance(data, dict) else None
+    return isinstance(error, dict) and bool({error.get("type"), error.get("code")} & _QUOTA_CODES)
 
 
 def google_retry_delay(body: bytes) -> float | None:

@@ -141,6 +141,27 @@ def test_a_refusal_about_the_operators_account_is_not_quoted_to_the_client(
     assert [telling in record.getMessage() for record in caplog.records] == [True]
 
 
+@pytest.mark.parametrize("error", [
+    {"message": "You exceeded your current quota, please check your plan and billing details.",
+     "type": "insufficient_quota", "param": None, "code": "insufficient_quota"},
+    {"message": "Your credit balance is exhausted for org-acme.", "type": "invalid_request_error",
+     "code": "credit_balance_exhausted"},
+])
+def test_a_429_saying_the_operators_account_is_out_of_quota_is_not_retried(
+        error: dict[str, object], caplog: pytest.LogCaptureFixture) -> None:
+    """A wire review: every such 429 was retried with backoff and told the client "rate limited",
+    while no retry brings a quota back. The text names the operator's account: the log has it."""
+    with caplog.at_level("WARNING", logger="helyx.upstream"):
+        refused = status_error(429, json.dumps({"error": error}).encode(), {"retry-after": "1"}, "vendor", None)
+    assert (refused.status, refused.retryable, refused.code) == (502, False, "upstream_quota_exhausted")
+    assert "out of quota or credit" in refused.message and str(error["message"]) not in refused.message
+    assert [str(error["message"]) in record.getMessage() for record in caplog.records] == [True]
+    rate = status_error(429, json.dumps({"error": {"message": "Rate limit reached for requests",
+                                                   "type": "requests", "code": "rate_limit_exceeded"}}).encode(),
+                        {}, "vendor", None)
+    assert (rate.retryable, rate.code) == (True, "upstream_rate_limited")
+
+
 def test_a_refusal_about_the_request_is_quoted() -> None:
     body = {"error": {"message": "temperature: range: 0..1", "type": "invalid_request_error"}}
     assert status_error(400, json.dumps(body).encode(), {}, "vendor", None).message == (
