@@ -25,7 +25,14 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+    """The key an `Authorization: Bearer` header presents. Two such headers are a 401: a proxy in
+    front that reads the last one would vouch for another caller than the first one Helyx reads."""
+    values = request.headers.getlist("authorization")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise AuthenticationFailed("Send one Authorization header, not several.")
+    header = values[0]
     if not header:
         return None
     scheme, _, token = header.partition(" ")

@@ -56,25 +56,32 @@ async def counted(services: Services, principal: Principal) -> AsyncIterator[dic
         raise
 
 
+async def check_request(services: Services, request: Request, webhook_url: str | None) -> None:
+    """What a job request carries besides its body's fields: its Idempotency-Key and its webhook
+    URL, refused with a 400 before the request is counted against the rate limit (as a body that
+    fails validation is)."""
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
+    if webhook_url:
+        # Not in the thread pool every route shares: the user's name server may be slow on purpose
+        # (common.ssrf's own threads, given up after 2 s).
+        with contextlib.suppress(WebhookHostUnresolved):  # may resolve later: checked before every delivery
+            await check_url_in_time(webhook_url, services.settings.webhook_allow_private)
+
+
 async def submit(
     services: Services, principal: Principal, request: Request, *, job_type: str, model: str,
     params: dict[str, Any], units: int, webhook_url: str | None,
 ) -> str:
-    """Validate, gate, reserve, write the job and enqueue it; returns the job id. Call it inside
-    `counted()`: the rate limit is counted there."""
+    """Gate, reserve, write the job and enqueue it; returns the job id. Call `check_request()`
+    first, and this inside `counted()`: the rate limit is counted there."""
     settings = services.settings
     fields = getattr(request.state, "log", None)  # the request's log line (api.observability)
     if fields is not None:
         fields["model"] = model  # a refusal (403, 402) names it too
     entry = services.catalog.resolve(model, principal.plan, settings, kind=job_type)
-    if webhook_url:
-        # Not in the thread pool every route shares: the user's name server may be slow on purpose
-        # (common.ssrf's own threads, given up after 2 s).
-        with contextlib.suppress(WebhookHostUnresolved):  # may resolve later: checked before every delivery
-            await check_url_in_time(webhook_url, settings.webhook_allow_private)
     idempotency_key = request.headers.get("idempotency-key")
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
 
     def submit_and_enqueue() -> str:
         """One trip to the thread pool: the job committed, then its message sent (off the event loop:

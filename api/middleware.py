@@ -114,8 +114,10 @@ async def answer_cut_request(scope: Scope, receive: Receive, send: Send) -> None
 
 class BodyLimitMiddleware:
     """Requests refused before the app reads them: a body over `max_bytes`, declared or streamed
-    (413), and a NUL character in the path or the query (no id or filter value has one, and
-    PostgreSQL cannot take one in text: a 404 or a 400 naming the parameter, not a 500)."""
+    (413), a NUL character in the path or the query (no id or filter value has one, and
+    PostgreSQL cannot take one in text: a 404 or a 400 naming the parameter, not a 500), and a
+    compressed body (`Content-Encoding` other than identity: a 400 saying so, rather than one
+    about invalid JSON, or a body read as if the header were not there)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -127,6 +129,13 @@ class BodyLimitMiddleware:
             return
         if b"%00" in (scope.get("raw_path") or b"") or b"%00" in scope.get("query_string", b""):
             await _send_error(send, *_nul_refusal(scope))
+            return
+        encoding = _header(scope, b"content-encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            await _send_error(send, 400, {
+                "message": f"Request bodies are read as sent: Content-Encoding {encoding.strip()[:40]!r} is not "
+                           "supported; send the body uncompressed.", "type": "invalid_request_error",
+                "code": "unsupported_content_encoding", "param": "Content-Encoding"})
             return
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:

@@ -16,6 +16,8 @@ from urllib.parse import parse_qsl
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 
 from common.errors import InvalidRequest
@@ -51,7 +53,15 @@ async def _form(request: Request, content_type: str, media_type: str) -> dict[st
         if boundary and b"--" + boundary + b"--" not in body:
             raise InvalidRequest("The multipart body ends before its closing boundary: it was cut off.",
                                  code="invalid_form")
-    fields = _folded((await request.form()).multi_items())
+    try:
+        form = await request.form()
+    except MultiPartException as exc:  # the form parser's refusals (no boundary, too many fields...)
+        raise InvalidRequest(f"The form cannot be read: {exc.message}", code="invalid_form") from None
+    except StarletteHTTPException as exc:  # the same, as Starlette raises it inside an app
+        if exc.status_code != 400:
+            raise
+        raise InvalidRequest(f"The form cannot be read: {exc.detail}", code="invalid_form") from None
+    fields = _folded(form.multi_items())
     try:
         if _has_file(fields):  # a file's bytes need not be text: each text part is checked alone
             _check_text_parts(body, parse_options_header(content_type)[1].get(b"boundary") or b"")

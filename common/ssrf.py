@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ipaddress
+import re
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -108,9 +109,19 @@ def parse_url(url: str) -> httpx.URL:
         raise WebhookURLRefused("webhook_url must use http or https")
     if not parsed.raw_host:
         raise WebhookURLRefused("webhook_url has no host")
+    host = parsed.raw_host.decode("ascii", "replace")
+    if _parse_ip(host) is None and not _HOST_NAME.fullmatch(host.removesuffix(".")):
+        # never a name any server has: a 400 now, not a job whose every delivery fails
+        raise WebhookURLRefused(f"webhook_url host {host[:100]!r} is not a valid host name")
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise WebhookURLRefused("webhook_url has an invalid port")
     return parsed
+
+
+# A DNS host name as IDNA leaves it: dot-separated labels of 1 to 63 letters, digits, hyphens (not
+# first or last) and underscores (some real names have them), 253 characters in all
+_HOST_NAME = re.compile(r"(?=.{1,253}\Z)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+                        r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 def is_public_address(address: IPAddress) -> bool:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
-from api.schemas.base import OwnBody
+from api.schemas.base import NullMeansDefault, OwnBody
 from api.schemas.credits import CreditAmount, micro_of
 from api.schemas.responses import CreditsView, KeyCreated, KeyList, KeyRevoked, UsagePage, doc
 from common import accounts, billing, clock, reports
@@ -55,7 +55,10 @@ async def get_usage(
     return json_response(page)
 
 
-class KeyCreate(OwnBody):
+class KeyCreate(OwnBody, NullMeansDefault):
+    """A null is the default, as on the OpenAI routes (not on the operator's admin routes, where
+    `"plan": null` is refused rather than read as free)."""
+
     name: str = Field(default="", max_length=accounts.MAX_KEY_NAME_CHARS)
     expires_at: float | None = Field(default=None, description="unix seconds; omit for no expiry")
     daily_credit_cap: CreditAmount | None = None

@@ -211,6 +211,37 @@ def test_invalid_key_is_401(app_client: TestClient, account: TestAccount) -> Non
         assert_envelope(response, 401, "authentication_error", code="invalid_api_key")
 
 
+def test_two_authorization_headers_are_a_401_whichever_comes_first(app_client: TestClient,
+                                                                   account: TestAccount) -> None:
+    """The first one was read (a fuzz review): a proxy in front that reads the last one would
+    vouch for another caller than the one served."""
+    good, other = f"Bearer {account.api_key}", "Bearer hx-other"
+    chat = {"model": "helyx-3.5", "messages": [{"role": "user", "content": "hi"}]}
+    for pair in ([good, other], [other, good], [good, good]):
+        headers = [("Authorization", value) for value in pair]
+        assert_envelope(app_client.get("/api/v1/credits", headers=headers), 401, "authentication_error")
+        assert_envelope(app_client.post("/api/v1/chat/completions", headers=headers, json=chat), 401,
+                        "authentication_error")
+        assert_envelope(app_client.get("/api/v1/jobs/job_0", headers=headers), 401, "authentication_error")
+    assert app_client.get("/api/v1/credits", headers=[("Authorization", good)]).status_code == 200
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip", "x-unknown"])
+def test_a_compressed_body_is_refused_saying_so(app_client: TestClient, account: TestAccount, engine: Engine,
+                                                encoding: str) -> None:
+    """A gzip body was a 400 about invalid JSON, and a plain body labelled `br` was served as if the
+    header were not there (a fuzz review). Nothing is read, held or charged."""
+    before = key_count(engine)
+    response = app_client.post("/api/v1/keys", json={"name": "k"},
+                               headers={**account.headers, "Content-Encoding": encoding})
+    error = assert_envelope(response, 400, "invalid_request_error", code="unsupported_content_encoding")
+    assert error["param"] == "Content-Encoding" and "uncompressed" in error["message"], error
+    assert key_count(engine) == before
+    identity = app_client.post("/api/v1/keys", json={"name": "k"},
+                               headers={**account.headers, "Content-Encoding": "identity"})
+    assert identity.status_code == 201 and key_count(engine) == before + 1
+
+
 def test_revoked_key_is_401(app_client: TestClient, account: TestAccount, engine: Engine) -> None:
     with engine.begin() as conn:
         accounts.revoke_key(conn, account.key_id, now=clock.now().timestamp())

@@ -135,3 +135,25 @@ def test_malformed_urls_and_other_schemes_are_refused(url: str) -> None:
 def test_an_unresolvable_host_is_reported_as_such() -> None:
     with pytest.raises(WebhookHostUnresolved):
         check_url("https://nowhere.example/x", allow_private=False, resolver=resolver_for({}))
+
+
+@pytest.mark.parametrize("host", ["a..com", "-bad-.example", "bad-.example", "a" * 64 + ".com", ".com",
+                                  ("a" * 60 + ".") * 5 + "com"])
+def test_a_host_that_is_no_valid_name_is_refused_before_any_lookup(host: str) -> None:
+    """A fuzz review: such a host was looked up, and as a name that does not resolve (yet) it was
+    accepted at submission, each delivery then failing. Now a 400, whatever a resolver says."""
+    def resolver(*args: Any) -> Sequence[tuple[Any, ...]]:
+        raise AssertionError("looked up")
+    with pytest.raises(WebhookURLRefused) as refused:
+        check_url(f"https://{host}/hook", allow_private=False, resolver=resolver)
+    assert type(refused.value) is WebhookURLRefused and "not a valid host name" in refused.value.message
+
+
+def test_valid_host_names_of_every_form_are_looked_up() -> None:
+    names = ["hooks.example.com", "a" * 63 + ".example", "under_score.example", "xn--bcher-kva.example",
+             "trailing.dot.example.", "localhost-like-1.example"]
+    resolver = resolver_for({name.rstrip("."): ["93.184.215.14"] for name in names})
+    for name in names:
+        assert check_url(f"https://{name}/x", allow_private=False, resolver=resolver) == ["93.184.215.14"]
+    assert check_url("https://bücher.example/x", allow_private=False,
+                     resolver=resolver_for({"xn--bcher-kva.example": ["93.184.215.14"]})) == ["93.184.215.14"]

@@ -65,3 +65,29 @@ def test_a_failed_image_job_and_a_429_carry_them_too_and_a_malformed_body_is_not
     refused = media.client.post(IMAGES, headers=account.headers, json=IMAGE)
     assert refused.status_code == 429 and refused.headers["x-ratelimit-remaining-requests"] == "0"
     _assert_counted([failed], 2, 1)
+
+
+def test_a_bad_webhook_url_or_idempotency_key_is_refused_before_it_is_counted(
+        make_media: Callable[..., Media]) -> None:
+    """A fuzz review: these 400s used a rate-limit slot (the checks ran inside the counted block),
+    so a client looping on a misconfigured webhook locked itself out, unlike any other 400 about
+    its request. Nothing is held or made either."""
+    media = make_media(rate_limit_free=3)
+    account = media.account("free")
+    before = media.counts(account)
+    refusals = [
+        media.client.post(IMAGES, headers=account.headers, json={**IMAGE, "webhook_url": "http://127.0.0.1/"}),
+        media.client.post(IMAGES, headers=account.headers, json={**IMAGE, "webhook_url": "https://a..com/hook"}),
+        media.client.post(IMAGES, headers={**account.headers, "Idempotency-Key": "k" * 256}, json=IMAGE),
+        media.client.post("/api/v1/videos", headers=account.headers,
+                          json={"model": "vo3", "prompt": "a boat", "webhook_url": "http://10.0.0.1/"}),
+        media.client.post("/api/v1/videos", headers={**account.headers, "Idempotency-Key": ""},
+                          json={"model": "vo3", "prompt": "a boat"}),
+    ]
+    assert [r.status_code for r in refusals] == [400] * 5, [r.text for r in refusals]
+    assert [r.json()["error"]["param"] for r in refusals] == ["webhook_url", "webhook_url", "Idempotency-Key",
+                                                            "webhook_url", "Idempotency-Key"]
+    assert not any("x-ratelimit-remaining-requests" in r.headers for r in refusals)
+    assert media.counts(account) == before  # no job, hold or ledger entry
+    counted = media.client.post(IMAGES, headers=account.headers, json=IMAGE)
+    assert counted.status_code == 200 and counted.headers["x-ratelimit-remaining-requests"] == "2", counted.text

@@ -159,6 +159,23 @@ def test_a_multipart_form_in_another_charset_is_refused(app_client: TestClient, 
     assert _raw(app_client, account, body, MULTIPART + "; charset=UTF-8").status_code == 200
 
 
+@pytest.mark.parametrize(("content_type", "body"), [
+    ("multipart/form-data", b"x"),  # no boundary
+    ("multipart/form-data; boundary=XyZb",  # a part without a name
+     b"--XyZb\r\nContent-Disposition: form-data\r\n\r\na cat\r\n--XyZb--\r\n"),
+    ("multipart/form-data; boundary=XyZb", b"--XyZb\r\ngarbage without a blank line--XyZb--\r\n"),
+])
+def test_a_form_the_parser_cannot_read_is_an_invalid_form(app_client: TestClient, engine: Engine,
+                                                          content_type: str, body: bytes) -> None:
+    """A fuzz review: these were 400s with the code `invalid_request` and the parser's own words."""
+    account = create_test_account(engine, "plus")
+    entries = ledger_count(engine, account.account_id)
+    error = assert_envelope(_raw(app_client, account, body, content_type), 400, "invalid_request_error")
+    assert error["code"] == "invalid_form" and error["message"].startswith(("The form cannot be read",
+                                                                            "The multipart body ends")), error
+    assert ledger_count(engine, account.account_id) == entries
+
+
 def _raw(app_client: TestClient, account: Any, body: bytes, content_type: str | None) -> Any:
     headers = {**account.headers, **({"Content-Type": content_type} if content_type else {})}
     return app_client.post("/api/v1/videos", headers=headers, content=body)
