@@ -135,8 +135,12 @@ class Caller:
         return principal
 
 
-async def get_caller(request: Request) -> Caller:
+def caller_of(request: Request) -> Caller:
     return Caller(request, request.app.state.services, bearer(request))
+
+
+async def get_caller(request: Request) -> Caller:
+    return caller_of(request)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -55,10 +55,10 @@ async def get_usage(
     return json_response(page)
 
 
+# A null is the default, as on the OpenAI routes (not on the operator's admin routes, where
+# `"plan": null` is refused rather than read as free). No docstring: it would be the schema's
+# description in the OpenAPI document.
 class KeyCreate(OwnBody, NullMeansDefault):
-    """A null is the default, as on the OpenAI routes (not on the operator's admin routes, where
-    `"plan": null` is refused rather than read as free)."""
-
     name: str = Field(default="", max_length=accounts.MAX_KEY_NAME_CHARS)
     expires_at: float | None = Field(default=None, description="unix seconds; omit for no expiry")
     daily_credit_cap: CreditAmount | None = None

@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
 
 from api import job_flow
-from api.deps import CallerDep, PrincipalDep, ServicesDep
+from api.deps import CallerDep, PrincipalDep, ServicesDep, caller_of
+from api.lean_route import LeanRoute, served_by
 from api.responses import json_response
 from api.schemas.responses import JobList, JobView, doc
 from common.jobs.views import job_view
 
-router = APIRouter(prefix="/api/v1", tags=["jobs"])
+router = APIRouter(prefix="/api/v1", tags=["jobs"], route_class=LeanRoute)
 
 
 @router.get("/jobs", summary="The account's media jobs, newest first (or oldest first)",
@@ -33,8 +35,14 @@ async def get_jobs(
                           "last_id": data[-1]["id"] if data else None})
 
 
+async def _poll(request: Request) -> Response:
+    """GET /jobs/{job_id} without FastAPI's parameter and dependency solving (api.lean_route)."""
+    return await get_job(request.path_params["job_id"], request, caller_of(request))
+
+
 @router.get("/jobs/{job_id}", summary="One job: status, progress, result files, error",
             responses=doc(JobView, 401, 404))
+@served_by(_poll)
 async def get_job(job_id: str, request: Request, caller: CallerDep) -> Any:
     record, remaining = await job_flow.read_as(caller, job_id)
     return json_response(job_view(record, job_flow.linker(caller.services, request), remaining))

@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from api import job_flow
-from api.deps import CallerDep, PrincipalDep, ServicesDep
+from api.deps import CallerDep, PrincipalDep, ServicesDep, caller_of
+from api.lean_route import LeanRoute, served_by
 from api.request_body import json_or_form
 from api.responses import json_response, stored_file_response
 from api.schemas.media import VideoCreateRequest
@@ -22,7 +23,7 @@ from common.errors import Conflict, HelyxError, NotFound
 from common.jobs.recovery import forget_files
 from common.jobs.views import VIDEO_STATUS, JobRecord, mark_deleted, video_view
 
-router = APIRouter(prefix="/api/v1", tags=["videos"])
+router = APIRouter(prefix="/api/v1", tags=["videos"], route_class=LeanRoute)
 POLL_AFTER_MIN_MS, POLL_AFTER_MAX_MS = 200, 2000
 
 _BODY_DOC = {"requestBody": {"required": True, "content": {
@@ -94,8 +95,14 @@ async def get_videos(
                           "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
 
+async def _poll(request: Request) -> Response:
+    """GET /videos/{video_id} without FastAPI's parameter and dependency solving (api.lean_route)."""
+    return await get_video(request.path_params["video_id"], caller_of(request))
+
+
 @router.get("/videos/{video_id}", summary="Retrieve a video; unfinished ones set openai-poll-after-ms",
             responses=doc(VideoView, 401, 404))
+@served_by(_poll)
 async def get_video(video_id: str, caller: CallerDep) -> Any:
     record, remaining = await job_flow.read_as(caller, video_id, "video")
     _not_gone(record, video_id)
