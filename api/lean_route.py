@@ -1,38 +1,89 @@
 """Routes FastAPI documents from their endpoint's signature but serves through a plain handler.
 
 On every request FastAPI solves an endpoint's dependencies and validates its parameters: for a
-job or video poll that was a sixth of the Python calls of the whole request (bench/README.md,
-twenty-first round). The polled routes take one string from the path and one dependency that
-reads a header, so a handler of `(request) -> Response` can do the same directly. The endpoint
-stays as it is, for the OpenAPI document and for anything else that calls it.
+job or video poll that was a sixth of the Python calls of the whole request, for a chat about
+the same (bench/README.md, twenty-first round). The hot routes take one string from the path, or
+one JSON body, and one dependency that reads a header, so a handler of `(request) -> Response`
+can do the same directly. The endpoint stays as it is, for the OpenAPI document and for
+anything else that calls it.
 """
 
 from __future__ import annotations
 
+import email.message
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from fastapi.dependencies.utils import get_missing_field_error
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 Handler = Callable[[Request], Awaitable[Response]]
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+NO_BODY = object()  # an empty body: FastAPI's "Field required" for a required body model
 
 
 class LeanRoute(APIRoute):
-    """An APIRoute whose endpoint, marked by `served_by`, is served by its plain handler."""
+    """An APIRoute whose endpoint, marked by `served_by`, is served by the handler it names."""
 
     def get_route_handler(self) -> Callable[[Request], Any]:
-        handler: Handler | None = getattr(self.endpoint, "served_by", None)
-        return handler if handler is not None else super().get_route_handler()
+        make: Callable[[APIRoute], Handler] | None = getattr(self.endpoint, "served_by", None)
+        return make(self) if make is not None else super().get_route_handler()
 
 
-def served_by(handler: Handler) -> Callable[[Endpoint], Endpoint]:
-    """Mark an endpoint (below its route decorator) as served by `handler`, which must do what
-    FastAPI would: take the path parameters from `request.path_params` and resolve the
-    dependencies itself. Its errors reach the app's exception handlers as the endpoint's do."""
+def served_by(make: Callable[[APIRoute], Handler]) -> Callable[[Endpoint], Endpoint]:
+    """Mark an endpoint (below its route decorator) as served by `make(route)`, a handler that
+    must do what FastAPI would: take the path parameters from `request.path_params`, read and
+    validate a body (read_json_body, validated_body) and resolve the dependencies itself, in
+    FastAPI's order. Its errors reach the app's exception handlers as the endpoint's do."""
     def mark(endpoint: Endpoint) -> Endpoint:
-        endpoint.served_by = handler  # type: ignore[attr-defined]
+        endpoint.served_by = make  # type: ignore[attr-defined]
         return endpoint
     return mark
+
+
+async def read_json_body(request: Request) -> Any:
+    """The body as FastAPI reads it for a JSON body model (fastapi.routing.get_request_handler):
+    parsed for a JSON media type (`application/json`, `application/*+json`), else the bytes
+    (which then fail validation), NO_BODY when empty. JSON that does not parse is its
+    RequestValidationError; bytes that are not even text, or nested too deep, its 400. Read
+    before any dependency runs, as FastAPI does."""
+    try:
+        raw = await request.body()
+        if not raw:
+            return NO_BODY
+        content_type = request.headers.get("content-type")
+        if content_type is None:  # strict_content_type, FastAPI's default: not read as JSON
+            return raw
+        if content_type != "application/json":
+            message = email.message.Message()
+            message["content-type"] = content_type
+            subtype = message.get_content_subtype()
+            if message.get_content_maintype() != "application" or not (subtype == "json" or
+                                                                      subtype.endswith("+json")):
+                return raw
+        return await request.json()
+    except json.JSONDecodeError as exc:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
+                                       "input": {}, "ctx": {"error": exc.msg}}], body=exc.doc) from exc
+    except HTTPException:
+        raise
+    except Exception as exc:
+        raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
+
+
+def validated_body(route: APIRoute, body: Any) -> Any:
+    """The route's one body model from read_json_body's value, or FastAPI's RequestValidationError
+    (the same errors, located under "body")."""
+    field = route.body_field
+    assert field is not None, f"{route.path} has no body"
+    if body is NO_BODY:
+        raise RequestValidationError([get_missing_field_error(loc=("body",))], body=None)
+    value, errors = field.validate(body, {}, loc=("body",))
+    if errors:
+        raise RequestValidationError(errors, body=body)
+    return value

@@ -42,7 +42,7 @@ async def _poll(request: Request) -> Response:
 
 @router.get("/jobs/{job_id}", summary="One job: status, progress, result files, error",
             responses=doc(JobView, 401, 404))
-@served_by(_poll)
+@served_by(lambda route: _poll)
 async def get_job(job_id: str, request: Request, caller: CallerDep) -> Any:
     record, remaining = await job_flow.read_as(caller, job_id)
     return json_response(job_view(record, job_flow.linker(caller.services, request), remaining))

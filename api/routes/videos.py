@@ -102,7 +102,7 @@ async def _poll(request: Request) -> Response:
 
 @router.get("/videos/{video_id}", summary="Retrieve a video; unfinished ones set openai-poll-after-ms",
             responses=doc(VideoView, 401, 404))
-@served_by(_poll)
+@served_by(lambda route: _poll)
 async def get_video(video_id: str, caller: CallerDep) -> Any:
     record, remaining = await job_flow.read_as(caller, video_id, "video")
     _not_gone(record, video_id)
