@@ -28,7 +28,7 @@ from common.jobs.views import (
     poll_job_async,
 )
 from common.money import to_credits
-from common.ssrf import WebhookHostUnresolved, check_url_in_time
+from common.ssrf import WebhookHostUnresolved, check_url_in_time, check_url_shape
 
 log = logging.getLogger("helyx.api")
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -56,18 +56,17 @@ async def counted(services: Services, principal: Principal) -> AsyncIterator[dic
         raise
 
 
-async def check_request(services: Services, request: Request, webhook_url: str | None) -> None:
-    """What a job request carries besides its body's fields: its Idempotency-Key and its webhook
-    URL, refused with a 400 before the request is counted against the rate limit (as a body that
-    fails validation is)."""
+def check_request(services: Services, request: Request, webhook_url: str | None) -> None:
+    """What a job request carries besides its body's fields, as far as it can be checked without
+    I/O: its Idempotency-Key and its webhook URL's shape, refused with a 400 before the request is
+    counted against the rate limit (as a body that fails validation is). The webhook host's name
+    is looked up in `submit()`, once the request is counted: a lookup is work for the name
+    servers, and its answer (private or public) something to ration."""
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
     if webhook_url:
-        # Not in the thread pool every route shares: the user's name server may be slow on purpose
-        # (common.ssrf's own threads, given up after 2 s).
-        with contextlib.suppress(WebhookHostUnresolved):  # may resolve later: checked before every delivery
-            await check_url_in_time(webhook_url, services.settings.webhook_allow_private)
+        check_url_shape(webhook_url, services.settings.webhook_allow_private)
 
 
 async def submit(
@@ -81,6 +80,11 @@ async def submit(
     if fields is not None:
         fields["model"] = model  # a refusal (403, 402) names it too
     entry = services.catalog.resolve(model, principal.plan, settings, kind=job_type)
+    if webhook_url:
+        # Not in the thread pool every route shares: the user's name server may be slow on purpose
+        # (common.ssrf's own threads, given up after 2 s).
+        with contextlib.suppress(WebhookHostUnresolved):  # may resolve later: checked before every delivery
+            await check_url_in_time(webhook_url, settings.webhook_allow_private)
     idempotency_key = request.headers.get("idempotency-key")
 
     def submit_and_enqueue() -> str:

@@ -83,16 +83,32 @@ def check_url(url: str, allow_private: bool, resolver: Resolver = bounded_getadd
     With `allow_private` only the scheme and the URL's shape are checked (for local development
     and tests). Raises `WebhookURLRefused` (or its subclass `WebhookHostUnresolved`).
     """
-    parsed = parse_url(url)
-    host = parsed.raw_host.decode("ascii").rstrip(".").lower()
-    if not allow_private and _is_blocked_name(host):
-        raise WebhookURLRefused(f"webhook_url host {host!r} is internal")
+    parsed, host = _checked_shape(url, allow_private)
     addresses = _resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80), resolver)
     if not allow_private:
         for address in addresses:
             if not is_public_address(address):
-                raise WebhookURLRefused(f"webhook_url resolves to a non-public address ({address})")
+                # the address a name resolved to is not told: it would map the operator's network
+                raise WebhookURLRefused(f"webhook_url host {host!r} resolves to a non-public address")
     return [str(address) for address in addresses]
+
+
+def check_url_shape(url: str, allow_private: bool) -> None:
+    """check_url without the name lookup: the URL's shape, an internal name, a non-public address
+    written as such. Cheap enough to run before a request is counted against its rate limit."""
+    _checked_shape(url, allow_private)
+
+
+def _checked_shape(url: str, allow_private: bool) -> tuple[httpx.URL, str]:
+    parsed = parse_url(url)
+    host = parsed.raw_host.decode("ascii").rstrip(".").lower()
+    if not allow_private:
+        if _is_blocked_name(host):
+            raise WebhookURLRefused(f"webhook_url host {host!r} is internal")
+        literal = _parse_ip(host)
+        if literal is not None and not is_public_address(literal):
+            raise WebhookURLRefused(f"webhook_url points at a non-public address ({literal})")
+    return parsed, host
 
 
 def parse_url(url: str) -> httpx.URL:

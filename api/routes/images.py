@@ -28,7 +28,7 @@ _IMAGE_RESPONSES = {**doc(ImagesResponse, 401, 402, 403, 404, 409, 429, 502, 503
              responses=_IMAGE_RESPONSES)
 async def generate_images(body: ImageGenerationRequest, request: Request, principal: PrincipalDep,
                           services: ServicesDep) -> Any:
-    await job_flow.check_request(services, request, body.webhook_url)  # a refusal here is not counted
+    job_flow.check_request(services, request, body.webhook_url)  # a refusal here is not counted
     async with job_flow.counted(services, principal) as rate_headers:
         response = await _generate(body, request, principal, services, rate_headers)
     response.headers.update(rate_headers)

@@ -68,7 +68,7 @@ def _headers(services: Services, record: JobRecord, view: dict[str, Any]) -> dic
 async def create_video(request: Request, principal: PrincipalDep, services: ServicesDep) -> Any:
     body = await _parse(request)  # a malformed request is refused before it is counted
     width, height = (int(x) for x in body.size.split("x"))
-    await job_flow.check_request(services, request, body.webhook_url)
+    job_flow.check_request(services, request, body.webhook_url)
     async with job_flow.counted(services, principal) as rate_headers:
         job_id = await job_flow.submit(
             services, principal, request, job_type="video", model=body.model, units=1,

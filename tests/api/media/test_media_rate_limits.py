@@ -91,3 +91,31 @@ def test_a_bad_webhook_url_or_idempotency_key_is_refused_before_it_is_counted(
     assert media.counts(account) == before  # no job, hold or ledger entry
     counted = media.client.post(IMAGES, headers=account.headers, json=IMAGE)
     assert counted.status_code == 200 and counted.headers["x-ratelimit-remaining-requests"] == "2", counted.text
+
+
+def test_a_webhook_host_is_looked_up_only_once_the_request_is_counted(make_media: Callable[..., Media],
+                                                                      monkeypatch: Any) -> None:
+    """A diff review: with the lookup before the count, a key over its rate limit could have any
+    name looked up, as often as it liked, and learn from the 400 which ones resolve inside the
+    operator's network (the message named the address). Now the lookup comes after the count,
+    and the message names no address."""
+    import socket
+
+    lookups: list[str] = []
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+        lookups.append(host)
+        address = "10.9.8.7" if host.startswith("internal") else "93.184.215.14"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    media = make_media(rate_limit_free=1)
+    account = media.account("free")
+    private = media.client.post(IMAGES, headers=account.headers,
+                                json={**IMAGE, "webhook_url": "https://internal.probe.test/hook"})
+    assert private.status_code == 400 and private.json()["error"]["param"] == "webhook_url", private.text
+    assert "10.9.8.7" not in private.text and private.headers["x-ratelimit-remaining-requests"] == "0"
+    over = media.client.post(IMAGES, headers=account.headers,
+                             json={**IMAGE, "webhook_url": "https://internal-two.probe.test/hook"})
+    assert over.status_code == 429, over.text
+    assert lookups == ["internal.probe.test"]
