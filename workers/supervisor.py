@@ -39,11 +39,11 @@ from pathlib import Path
 from types import FrameType
 
 from common import logs
+from common.parent_death import stop_with
 
 log = logging.getLogger("helyx.supervisor")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
-PR_SET_PDEATHSIG = 1
 ORPHAN_GRACE_SECONDS = 30.0  # the workers' own shutdown timeout is the same by default
 
 
@@ -146,11 +146,7 @@ def _stop_with(parent: int) -> Callable[[], None]:
         # Until exec, the fork runs our handlers, which would swallow a SIGTERM: the default first.
         for sig in (*STOP_SIGNALS, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        except (OSError, AttributeError):
-            return
-        if os.getppid() != parent:  # it died before the line above: no signal will come
+        if not stop_with(parent):  # it died before the signal was armed: none will come
             os._exit(128 + signal.SIGTERM)
     return arm
 
