@@ -28,22 +28,53 @@ NO_BODY = object()  # an empty body: FastAPI's "Field required" for a required b
 
 
 class LeanRoute(APIRoute):
-    """An APIRoute whose endpoint, marked by `served_by`, is served by the handler it names."""
+    """An APIRoute whose endpoint, marked by `served_by`, is served by the handler it names,
+    but for requests FastAPI's OpenTelemetry instrumentation observes (HELYX_OPENTELEMETRY): those
+    go through FastAPI's own handler, whose spans, events and telemetry data the lean one lacks."""
 
     def get_route_handler(self) -> Callable[[Request], Any]:
-        make: Callable[[APIRoute], Handler] | None = getattr(self.endpoint, "served_by", None)
-        return make(self) if make is not None else super().get_route_handler()
+        full = super().get_route_handler()
+        lean: _Lean | None = getattr(self.endpoint, "served_by", None)
+        if lean is None:
+            return full
+        _check_lean(self, lean)
+        handler = lean.make(self)
+
+        async def handle(request: Request) -> Response:
+            if request.scope.get("fastapi.telemetry") is not None:
+                return await full(request)  # type: ignore[no-any-return]
+            return await handler(request)
+        return handle
 
 
-def served_by(make: Callable[[APIRoute], Handler]) -> Callable[[Endpoint], Endpoint]:
+class _Lean:
+    __slots__ = ("make", "runs")
+
+    def __init__(self, make: Callable[[APIRoute], Handler], runs: tuple[Callable[..., Any], ...]) -> None:
+        self.make, self.runs = make, runs
+
+
+def served_by(make: Callable[[APIRoute], Handler], *, runs: tuple[Callable[..., Any], ...]
+              ) -> Callable[[Endpoint], Endpoint]:
     """Mark an endpoint (below its route decorator) as served by `make(route)`, a handler that
     must do what FastAPI would: take the path parameters from `request.path_params`, read and
-    validate a body (read_json_body, validated_body) and resolve the dependencies itself, in
-    FastAPI's order. Its errors reach the app's exception handlers as the endpoint's do."""
+    validate a body (read_json_body, validated_body) and run the dependencies itself, in
+    FastAPI's order. `runs` names those dependencies: a route whose dependencies are not exactly
+    these (one added later to the decorator or the router) is refused at start-up rather than
+    served without it. Its errors reach the app's exception handlers as the endpoint's do."""
     def mark(endpoint: Endpoint) -> Endpoint:
-        endpoint.served_by = make  # type: ignore[attr-defined]
+        endpoint.served_by = _Lean(make, runs)  # type: ignore[attr-defined]
         return endpoint
     return mark
+
+
+def _check_lean(route: APIRoute, lean: _Lean) -> None:
+    declared = {dependency.call for dependency in route.dependant.dependencies}
+    if declared != set(lean.runs):
+        raise TypeError(f"{route.path}: its lean handler runs {sorted(map(repr, lean.runs))}, but the route "
+                        f"depends on {sorted(map(repr, declared))}")
+    if route.strict_content_type is not True and getattr(route.strict_content_type, "value", None) is not True:
+        raise TypeError(f"{route.path}: read_json_body reads bodies as strict_content_type=True does")
 
 
 async def read_json_body(request: Request) -> Any:

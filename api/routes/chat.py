@@ -29,7 +29,7 @@ def _serve(route: APIRoute) -> Handler:
 
 @router.post("/chat/completions", summary="Create a chat completion (OpenAI shape; SSE with stream=true)",
              responses=_CHAT_RESPONSES, dependencies=[KeyCheckedInRoute])
-@served_by(_serve)
+@served_by(_serve, runs=(key_checked_in_route,))
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     """The key is looked up in the route, together with the reservation (api.chat_admission)."""
     return await create_completion(request.app.state.services, request, body, getattr(request.state, "log", {}))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from api import job_flow
-from api.deps import CallerDep, PrincipalDep, ServicesDep, caller_of
+from api.deps import CallerDep, PrincipalDep, ServicesDep, caller_of, get_caller
 from api.lean_route import LeanRoute, served_by
 from api.responses import json_response
 from api.schemas.responses import JobList, JobView, doc
@@ -42,7 +42,7 @@ async def _poll(request: Request) -> Response:
 
 @router.get("/jobs/{job_id}", summary="One job: status, progress, result files, error",
             responses=doc(JobView, 401, 404))
-@served_by(lambda route: _poll)
+@served_by(lambda route: _poll, runs=(get_caller,))
 async def get_job(job_id: str, request: Request, caller: CallerDep) -> Any:
     record, remaining = await job_flow.read_as(caller, job_id)
     return json_response(job_view(record, job_flow.linker(caller.services, request), remaining))

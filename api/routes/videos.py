@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from api import job_flow
-from api.deps import CallerDep, PrincipalDep, ServicesDep, caller_of
+from api.deps import CallerDep, PrincipalDep, ServicesDep, caller_of, get_caller
 from api.lean_route import LeanRoute, served_by
 from api.request_body import json_or_form
 from api.responses import json_response, stored_file_response
@@ -102,7 +102,7 @@ async def _poll(request: Request) -> Response:
 
 @router.get("/videos/{video_id}", summary="Retrieve a video; unfinished ones set openai-poll-after-ms",
             responses=doc(VideoView, 401, 404))
-@served_by(lambda route: _poll)
+@served_by(lambda route: _poll, runs=(get_caller,))
 async def get_video(video_id: str, caller: CallerDep) -> Any:
     record, remaining = await job_flow.read_as(caller, video_id, "video")
     _not_gone(record, video_id)

@@ -50,3 +50,60 @@ def test_the_polled_routes_are_documented_from_their_endpoints(make_media: Calla
         assert [(p["name"], p["in"], p["required"]) for p in operation["parameters"]] == [(name, "path", True)]
         assert operation["security"] == [{"bearer": []}]
         assert {"200", "401", "404"} <= set(operation["responses"])
+
+
+def test_a_request_fastapis_telemetry_observes_is_served_by_fastapis_own_handler(
+        make_media: Callable[..., Media], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HELYX_OPENTELEMETRY and an SDK configured, FastAPI's handler opens its dependency and
+    endpoint spans and logs validation failures: a lean handler would drop them (a review)."""
+    import fastapi.routing
+    from fastapi.testclient import TestClient
+
+    media = make_media()
+    account = media.account("plus")
+    job_id = media.client.post(IMAGES, headers={**account.headers, **ASYNC},
+                               json={"prompt": "a kite", "size": "256x256"}).json()["id"]
+    solved: list[str] = []
+    original = fastapi.routing.solve_dependencies
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        solved.append(kwargs["request"].url.path)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counted)
+    app = media.client.app
+
+    async def observed(scope: Any, receive: Any, send: Any) -> None:  # as FastAPI's telemetry marks a request
+        if scope["type"] == "http":
+            scope["fastapi.telemetry"] = object()
+        await app(scope, receive, send)
+
+    assert media.client.get(f"/api/v1/jobs/{job_id}", headers=account.headers).status_code == 200
+    assert solved == []
+    watched = TestClient(observed)  # (no lifespan of its own: the app's has run)
+    assert watched.get(f"/api/v1/jobs/{job_id}", headers=account.headers).status_code == 200
+    chat = watched.post("/api/v1/chat/completions", headers=account.headers,
+                        json={"model": "helyx-3.5", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 200, chat.text
+    assert solved == [f"/api/v1/jobs/{job_id}", "/api/v1/chat/completions"]
+
+
+def test_a_lean_route_whose_dependencies_are_not_the_ones_its_handler_runs_is_refused() -> None:
+    from fastapi import Depends
+    from fastapi.routing import APIRouter
+
+    from api.deps import get_caller, require_admin
+    from api.lean_route import LeanRoute, served_by
+
+    async def handler(request: Any) -> Any:
+        raise AssertionError("never called")
+
+    router = APIRouter(route_class=LeanRoute)
+
+    @served_by(lambda route: handler, runs=(get_caller,))
+    async def guarded(job_id: str, caller: Any = Depends(get_caller)) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="its lean handler runs"):
+        router.add_api_route("/x/{job_id}", guarded, dependencies=[Depends(require_admin)])
+    router.add_api_route("/y/{job_id}", guarded)  # exactly the ones it runs: taken
