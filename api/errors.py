@@ -291,8 +291,8 @@ def _allowed_methods(request: Request) -> set[str]:
 
 
 def _every_route(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
-    """FastAPI (0.16x) keeps an included router whole, as one route of the app: its routes are
-    inside (they carry their router's prefix; no router is included under another prefix)."""
+    """The app's routes, and those of any router included whole (FastAPI 0.16x keeps one so, as
+    one route of the app; api.app adds its routers' routes to the app itself instead)."""
     for route in routes:
         inner = getattr(route, "original_router", None)
         if inner is not None:

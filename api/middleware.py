@@ -130,10 +130,10 @@ class BodyLimitMiddleware:
         if b"%00" in (scope.get("raw_path") or b"") or b"%00" in scope.get("query_string", b""):
             await _send_error(send, *_nul_refusal(scope))
             return
-        encoding = _header(scope, b"content-encoding")
-        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        encoding = _compression(scope)
+        if encoding is not None:
             await _send_error(send, 400, {
-                "message": f"Request bodies are read as sent: Content-Encoding {encoding.strip()[:40]!r} is not "
+                "message": f"Request bodies are read as sent: Content-Encoding {encoding[:40]!r} is not "
                            "supported; send the body uncompressed.", "type": "invalid_request_error",
                 "code": "unsupported_content_encoding", "param": "Content-Encoding"})
             return
@@ -195,6 +195,16 @@ async def _send_error(send: Send, status: int, error: dict[str, Any]) -> None:
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"x-should-retry", b"false")]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _compression(scope: Scope) -> str | None:
+    """A Content-Encoding other than identity, in any of the request's Content-Encoding headers."""
+    for key, value in scope.get("headers", ()):
+        if key == b"content-encoding":
+            for coding in value.decode("latin-1").split(","):
+                if coding.strip().lower() not in ("", "identity"):
+                    return coding.strip()
+    return None
 
 
 def _header(scope: Scope, name: bytes) -> Any:

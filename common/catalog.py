@@ -8,6 +8,7 @@ of micro-credits here, once.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -67,17 +68,24 @@ def _unsendable(value: Any) -> bool:
 LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")  # how an `openai` provider is sent the output limit
 # What Helyx itself may put in an `openai` provider's request body: `extra_body` may not set these
 # (a vendor field with a fixed value for every call must not override the caller's or the hold's)
-SENT_FIELDS = ("model", "messages", "stream", "stream_options", *LIMIT_FIELDS, *SAMPLING_FIELDS, "user")
+# `n` too (choices beyond the one the hold covers), and what changes how the answer is read
+# (tools, response formats, log probabilities, audio): the request's own checks refuse those
+SENT_FIELDS = ("model", "messages", "stream", "stream_options", *LIMIT_FIELDS, *SAMPLING_FIELDS, "user", "n",
+               "tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "top_logprobs",
+               "modalities", "audio")
 
 
 def _extra_body(value: Any) -> bool:
-    """A table of JSON values (TOML's dates and times are not) naming none of SENT_FIELDS."""
+    """A table of JSON values (TOML's dates and times are not, nor infinities and NaNs) naming
+    none of SENT_FIELDS."""
     def plain(item: Any) -> bool:
         if isinstance(item, dict):
             return all(isinstance(k, str) and plain(v) for k, v in item.items())
         if isinstance(item, list):
             return all(plain(v) for v in item)
-        return item is None or isinstance(item, str | int | float | bool)
+        if isinstance(item, float):
+            return math.isfinite(item)
+        return item is None or isinstance(item, str | int | bool)
     return isinstance(value, dict) and not value.keys() & set(SENT_FIELDS) and plain(value)
 
 

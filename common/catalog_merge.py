@@ -1,7 +1,7 @@
 """How a catalog file (HELYX_CATALOG) combines with the built-in catalog: `mode = "replace"` takes
 the file alone; `extend` (the default) merges each model's and provider's fields over the
-built-in ones, but a built-in provider pointed at another server drops the options that describe
-its vendor's server."""
+built-in ones, but a built-in provider pointed at another server (or made another kind) drops the
+options that describe its vendor's server."""
 
 from __future__ import annotations
 
@@ -19,12 +19,19 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
             merged[section][name] = dict(fields)
         for name, fields in override.get(section, {}).items():
             target = merged[section].setdefault(name, {})
-            if section == "providers" and "base_url" in fields and not _same_server(fields["base_url"],
-                                                                                   target.get("base_url")):
+            if section == "providers" and _another_server(fields, target):
                 for option in _OF_THE_VENDOR:  # not known to hold for whatever now answers there
                     target.pop(option, None)
             target.update(fields)
     return merged
+
+
+def _another_server(fields: dict[str, Any], built_in: dict[str, Any]) -> bool:
+    """Whether a file's provider fields point the built-in one at another server: a new base_url,
+    or another kind (another wire protocol, whose adapter would not even take the options)."""
+    if "kind" in fields and fields["kind"] != built_in.get("kind"):
+        return True
+    return "base_url" in fields and not _same_server(fields["base_url"], built_in.get("base_url"))
 
 
 def _same_server(url: Any, other: Any) -> bool:

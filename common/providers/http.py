@@ -9,6 +9,8 @@ Every adapter talks to its vendor through `build_http_client`'s client and maps 
     pool timeout (nothing was sent)     UpstreamError  retryable  code upstream_unreachable
     connection broken mid-response      UpstreamError  retryable
     408, 409, 429, 5xx                  UpstreamHTTPError retryable, with the upstream Retry-After
+    429 saying the account is out of    UpstreamHTTPError not retryable, code upstream_quota_exhausted
+      quota or credit (out_of_quota)
     401, 403                            UpstreamError  not retryable, code upstream_auth
     413, a context too long, ...        UpstreamRejectedRequest (a 400 to the client, the vendor's code and param;
                                         `client_fault` says which refusals are the client's to mend)
@@ -299,7 +301,8 @@ def out_of_quota(body: bytes) -> bool:
     except ValueError:
         return False
     error = data.get("error") if isinstance(data, dict) else None
-    return isinstance(error, dict) and bool({error.get("type"), error.get("code")} & _QUOTA_CODES)
+    return isinstance(error, dict) and any(isinstance(value, str) and value in _QUOTA_CODES
+                                           for value in (error.get("type"), error.get("code")))
 
 
 def google_retry_delay(body: bytes) -> float | None:

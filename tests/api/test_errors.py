@@ -237,6 +237,10 @@ def test_a_compressed_body_is_refused_saying_so(app_client: TestClient, account:
     error = assert_envelope(response, 400, "invalid_request_error", code="unsupported_content_encoding")
     assert error["param"] == "Content-Encoding" and "uncompressed" in error["message"], error
     assert key_count(engine) == before
+    two = app_client.post("/api/v1/keys", json={"name": "k"},  # any of the headers counts, not the first
+                          headers=[*account.headers.items(), ("Content-Encoding", "identity"),
+                                   ("Content-Encoding", encoding)])
+    assert_envelope(two, 400, "invalid_request_error", code="unsupported_content_encoding")
     identity = app_client.post("/api/v1/keys", json={"name": "k"},
                                headers={**account.headers, "Content-Encoding": "identity"})
     assert identity.status_code == 201 and key_count(engine) == before + 1

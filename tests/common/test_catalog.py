@@ -205,8 +205,17 @@ def test_the_built_in_minimax_provider_asks_for_its_thinking_apart(
         "reasoning_split": False, "top_k": 40}
 
 
+def test_a_built_in_provider_made_another_kind_starts_without_its_vendor_options(tmp_path: Path) -> None:
+    """A review: `kind = "simulated"` kept the inherited extra_body (or limit_field), and the
+    start stopped on a field the file never wrote."""
+    for provider in ("minimax", "openai", "qwen"):
+        catalog = _load(tmp_path, f'[providers.{provider}]\nkind = "simulated"\n')
+        assert catalog.providers[provider].kind == "simulated"
+
+
 @pytest.mark.parametrize("value", ['{ max_tokens = 10 }', '{ temperature = 0.5 }', '{ stream = false }',
-                                   '{ model = "x" }', '{ when = 2026-01-01 }', '"reasoning_split"', '[1]'])
+                                   '{ model = "x" }', '{ n = 5 }', '{ tools = [] }', '{ when = 2026-01-01 }',
+                                   '{ x = inf }', '{ x = { y = [nan] } }', '"reasoning_split"', '[1]'])
 def test_extra_body_may_not_set_what_helyx_sends_nor_hold_a_non_json_value(tmp_path: Path, value: str) -> None:
     with pytest.raises(CatalogError, match="provider minimax: extra_body must be a table of JSON values naming none"):
         _load(tmp_path, f'[providers.minimax]\nextra_body = {value}\n')

@@ -160,6 +160,9 @@ def test_a_429_saying_the_operators_account_is_out_of_quota_is_not_retried(
                                                    "type": "requests", "code": "rate_limit_exceeded"}}).encode(),
                         {}, "vendor", None)
     assert (rate.retryable, rate.code) == (True, "upstream_rate_limited")
+    for odd in ({"x": 1}, ["insufficient_quota"], 5):  # a vendor's odd body: a rate limit, not a 500 (a review)
+        body = json.dumps({"error": {"type": odd, "code": odd}}).encode()
+        assert status_error(429, body, {}, "vendor", None).code == "upstream_rate_limited"
 
 
 def test_a_refusal_about_the_request_is_quoted() -> None:
