@@ -42,6 +42,15 @@ class WebhookURLRefused(InvalidRequest):
         super().__init__(message, param="webhook_url")
 
 
+class NonPublicAddress(WebhookURLRefused):
+    """A name that resolves to a non-public address. The address is kept apart (`address`): the
+    client is not told it (it would map the operator's network), the operator's log is."""
+
+    def __init__(self, host: str, address: IPAddress) -> None:
+        super().__init__(f"webhook_url host {host!r} resolves to a non-public address")
+        self.address = address
+
+
 class WebhookHostUnresolved(WebhookURLRefused):
     """The host did not resolve. At submission a refusal; during delivery a retryable failure."""
 
@@ -88,8 +97,7 @@ def check_url(url: str, allow_private: bool, resolver: Resolver = bounded_getadd
     if not allow_private:
         for address in addresses:
             if not is_public_address(address):
-                # the address a name resolved to is not told: it would map the operator's network
-                raise WebhookURLRefused(f"webhook_url host {host!r} resolves to a non-public address")
+                raise NonPublicAddress(host, address)
     return [str(address) for address in addresses]
 
 

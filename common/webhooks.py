@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from common.ssrf import (
+    NonPublicAddress,
     Resolver,
     WebhookHostUnresolved,
     WebhookURLRefused,
@@ -99,8 +100,9 @@ def deliver(
             except WebhookHostUnresolved as exc:
                 attempts, status, error = attempt, None, exc.message
                 retry_after = None
-            except WebhookURLRefused as exc:
-                return DeliveryResult(False, attempts, status, exc.message, msg_id, final=True)
+            except WebhookURLRefused as exc:  # (the result's error is for the operator's log: it names the address)
+                reason = f"{exc.message} ({exc.address})" if isinstance(exc, NonPublicAddress) else exc.message
+                return DeliveryResult(False, attempts, status, reason, msg_id, final=True)
             else:
                 attempts = attempt
                 address = addresses[(earlier_attempts + attempt - 1) % len(addresses)]
