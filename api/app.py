@@ -138,7 +138,9 @@ def _serve_routes(app: FastAPI, router: APIRouter) -> None:
     it): ~60 us more per request for a route behind ten routers. Our routers carry their full
     prefix and have nothing else for the app to apply (no dependencies, tags or responses of the
     inclusion). One thing is lost: `app.dependency_overrides` does not reach these routes (their
-    handlers are built without the app as their overrides' provider); nothing here uses it."""
+    handlers are built without the app as their overrides' provider); nothing here uses it. Nor do
+    app-wide dependencies (`FastAPI(dependencies=...)`) reach them: refused here, not ignored."""
+    assert not app.router.dependencies, "app-wide dependencies would not run on these routes"
     app.router.routes.extend(router.routes)
 
 

@@ -15,6 +15,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from fastapi import routing
 from fastapi.dependencies.utils import get_missing_field_error
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -69,7 +70,14 @@ def served_by(make: Callable[[APIRoute], Handler], *, runs: tuple[Callable[..., 
 
 
 def _check_lean(route: APIRoute, lean: _Lean) -> None:
-    declared = {dependency.call for dependency in route.dependant.dependencies}
+    if getattr(routing, "_effective_route_context_var", None) is not None and \
+            routing._effective_route_context_var.get() is not None:
+        # built for an inclusion (include_router, with its own dependencies): add the route itself
+        raise TypeError(f"{route.path}: a lean route is served as declared, not through include_router")
+    dependant = route.dependant
+    if dependant.query_params or dependant.header_params or dependant.cookie_params:
+        raise TypeError(f"{route.path}: its lean handler reads no query, header or cookie parameter")
+    declared = {dependency.call for dependency in dependant.dependencies}
     if declared != set(lean.runs):
         raise TypeError(f"{route.path}: its lean handler runs {sorted(map(repr, lean.runs))}, but the route "
                         f"depends on {sorted(map(repr, declared))}")

@@ -1,6 +1,7 @@
 """The ASGI entry point: `uvicorn api.main:app` (the Procfile's web line)."""
 
 import multiprocessing
+import os
 import signal
 
 from api.app import create_app
@@ -11,8 +12,9 @@ from common.settings import get_settings
 # A worker process of `helyx serve --workers N` (uvicorn's multiprocess parent) stops when that
 # parent dies, even by SIGKILL: else it would serve on, unsupervised, holding the port.
 _parent = multiprocessing.parent_process()
-if _parent is not None and _parent.pid is not None and not stop_with(_parent.pid):
+if _parent is not None and _parent.pid is not None and os.getppid() == _parent.pid and not stop_with(_parent.pid):
     raise SystemExit(128 + signal.SIGTERM)  # it died before the signal was armed: none will come
+# (a child whose kernel parent is not its multiprocessing parent, a forkserver's, is left alone)
 
 logs.configure(get_settings().log_level)
 app = create_app()

@@ -113,7 +113,7 @@ def _checked_shape(url: str, allow_private: bool) -> tuple[httpx.URL, str]:
     if not allow_private:
         if _is_blocked_name(host):
             raise WebhookURLRefused(f"webhook_url host {host!r} is internal")
-        literal = _parse_ip(host)
+        literal = _parse_ip(host) or _legacy_ipv4(host)
         if literal is not None and not is_public_address(literal):
             raise WebhookURLRefused(f"webhook_url points at a non-public address ({literal})")
     return parsed, host
@@ -202,6 +202,20 @@ def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
     if not addresses:
         raise WebhookHostUnresolved(f"webhook_url host {host!r} does not resolve")
     return addresses
+
+
+_LEGACY_IPV4 = re.compile(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}")
+
+
+def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """An IPv4 address in a spelling the resolver reads as one (`2130706433`, `0x7f.1`, `127.1`),
+    which ipaddress does not: found before any lookup, as a dotted quad is."""
+    if not _LEGACY_IPV4.fullmatch(host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 def _parse_ip(text: str) -> IPAddress | None:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from common.errors import UpstreamError
-from common.providers.http import transport_error, vendor_message
+from common.providers.http import NOT_JSON, transport_error, vendor_message
 from common.providers.refusal_text import about_the_request
 from common.throttled_log import ThrottledWarnings
 
@@ -50,7 +50,7 @@ def _short(text: str, limit: int = 300) -> str:
 def google_error(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
-    except ValueError:
+    except NOT_JSON:
         return {"message": _short(response.text.strip())}
     if isinstance(body, list) and body:  # some Google fronts wrap the error object in a list
         body = body[0]
@@ -158,7 +158,7 @@ async def send(
 def json_object(response: httpx.Response, what: str) -> dict[str, Any]:
     try:
         body = response.json()
-    except ValueError as exc:
+    except NOT_JSON as exc:
         raise bad_response(what, "the body is not JSON") from exc
     if not isinstance(body, dict):
         raise bad_response(what, "the body is not a JSON object")

@@ -277,7 +277,7 @@ def vendor_code_and_param(body: bytes) -> tuple[str | None, str | None]:
     """An OpenAI-style error body's `code` (such as context_length_exceeded) and `param`, when sane."""
     try:
         data: Any = json.loads(body)
-    except ValueError:
+    except NOT_JSON:
         return None, None
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict):
@@ -298,7 +298,7 @@ def out_of_quota(body: bytes) -> bool:
     `error.code`), which is not a rate limit: the same call fails until someone pays."""
     try:
         data: Any = json.loads(body)
-    except ValueError:
+    except NOT_JSON:
         return False
     error = data.get("error") if isinstance(data, dict) else None
     return isinstance(error, dict) and any(isinstance(value, str) and value in _QUOTA_CODES
@@ -310,7 +310,7 @@ def google_retry_delay(body: bytes) -> float | None:
     "38s"); Gemini says it there, not in Retry-After."""
     try:
         data: Any = json.loads(body)
-    except ValueError:
+    except NOT_JSON:
         return None
     error = data.get("error") if isinstance(data, dict) else None
     details = error.get("details") if isinstance(error, dict) else None
@@ -323,6 +323,9 @@ def google_retry_delay(body: bytes) -> float | None:
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)s")
+# What json.loads raises for a body that is not JSON: ValueError, and RecursionError for one nested
+# deeper than the interpreter's stack (a misbehaving proxy's `[[[[...`): a vendor's body, never a 500
+NOT_JSON = (ValueError, RecursionError)
 
 
 def vendor_message(body: bytes, api_key: str | None) -> str:
@@ -331,7 +334,7 @@ def vendor_message(body: bytes, api_key: str | None) -> str:
     text = body.decode("utf-8", "replace").strip()
     try:
         data: Any = json.loads(text)
-    except ValueError:
+    except NOT_JSON:
         data = None
     if isinstance(data, list) and data:
         data = data[0]
@@ -371,7 +374,7 @@ def retry_after_seconds(headers: httpx.Headers | dict[str, str]) -> float | None
 def parse_json(raw: str | bytes, provider: str) -> Any:
     try:
         return json.loads(raw)
-    except ValueError as exc:
+    except NOT_JSON as exc:
         raise UpstreamError(f"The upstream provider ({provider}) sent malformed JSON",
                             code="upstream_bad_response") from exc
 

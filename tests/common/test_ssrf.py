@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from common.errors import InvalidRequest
-from common.ssrf import WebhookHostUnresolved, WebhookURLRefused, check_url
+from common.ssrf import WebhookHostUnresolved, WebhookURLRefused, check_url, check_url_shape
 
 
 def resolver_for(mapping: dict[str, list[str]]) -> Any:
@@ -157,3 +157,23 @@ def test_valid_host_names_of_every_form_are_looked_up() -> None:
         assert check_url(f"https://{name}/x", allow_private=False, resolver=resolver) == ["93.184.215.14"]
     assert check_url("https://bücher.example/x", allow_private=False,
                      resolver=resolver_for({"xn--bcher-kva.example": ["93.184.215.14"]})) == ["93.184.215.14"]
+
+
+LEGACY_SPELLINGS = ["http://2130706433/hook", "http://0x7f.1/hook", "http://0x7f000001/hook",
+                    "http://017700000001/hook", "http://127.1/hook", "http://0/hook", "http://10.1/hook"]
+
+
+@pytest.mark.parametrize("url", PRIVATE_LITERALS + LEGACY_SPELLINGS)
+def test_the_shape_check_refuses_every_non_public_address_written_as_one_without_a_lookup(url: str) -> None:
+    """What the API checks before a request is counted (no lookup): a non-public address in any
+    spelling the resolver would read as one (a review: `127.1` and `2130706433` passed until the
+    lookup, after the count)."""
+    with pytest.raises(WebhookURLRefused):
+        check_url_shape(url, allow_private=False)
+    check_url_shape(url, allow_private=True)
+
+
+def test_public_addresses_in_legacy_spellings_and_look_alike_names_pass_the_shape_check() -> None:
+    for url in ("http://134744072/x", "http://8.8.8.8/x", "http://1.2.3.4.5/x", "http://123abc.com/x",
+                "https://hooks.example.com/x"):
+        check_url_shape(url, allow_private=False)

@@ -107,3 +107,17 @@ def test_a_lean_route_whose_dependencies_are_not_the_ones_its_handler_runs_is_re
     with pytest.raises(TypeError, match="its lean handler runs"):
         router.add_api_route("/x/{job_id}", guarded, dependencies=[Depends(require_admin)])
     router.add_api_route("/y/{job_id}", guarded)  # exactly the ones it runs: taken
+
+    @served_by(lambda route: handler, runs=(get_caller,))
+    async def with_a_query(job_id: str, verbose: bool = False, caller: Any = Depends(get_caller)) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="no query, header or cookie parameter"):  # it would never be read
+        router.add_api_route("/z/{job_id}", with_a_query)
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    app = FastAPI()
+    app.include_router(router, dependencies=[Depends(require_admin)])  # FastAPI builds the inclusion's routes lazily
+    with pytest.raises(TypeError, match="not through include_router"):  # the inclusion's dependencies would not run
+        TestClient(app).get("/y/job_1")

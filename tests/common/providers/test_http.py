@@ -10,13 +10,14 @@ from email.utils import formatdate
 import httpx
 import pytest
 
-from common.errors import UpstreamRejectedRequest, UpstreamTimeout
+from common.errors import UpstreamError, UpstreamRejectedRequest, UpstreamTimeout
 from common.providers.http import (
     NoCookies,
     SSEEvent,
     UpstreamClient,
     build_http_client,
     iter_sse,
+    parse_json,
     retry_after_seconds,
     status_error,
     transport_error,
@@ -328,3 +329,13 @@ def test_a_refusal_naming_a_part_of_the_conversation_is_the_clients_400(status: 
     about_the_account = json.dumps({"error": {"message": "Your organization cannot use images.",
                                               "param": "messages.[0].content"}}).encode()
     assert status_error(400, about_the_account, {}, "openai", None).status == 502
+
+
+@pytest.mark.parametrize("status", [400, 429, 500, 503])
+def test_an_error_body_nested_too_deep_to_parse_is_an_upstream_error_not_a_500(status: int) -> None:
+    """json.loads raises RecursionError, not ValueError, on `[[[[...`: a misbehaving proxy's body
+    was a 500 with a traceback instead of the upstream error it is (a review)."""
+    refused = status_error(status, b"[" * 100_000, {}, "vendor", None)
+    assert refused.status in (400, 502) and refused.retryable == (status != 400)
+    with pytest.raises(UpstreamError, match="malformed JSON"):
+        parse_json(b"[" * 100_000, "vendor")
