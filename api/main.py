@@ -12,9 +12,13 @@ from common.settings import get_settings
 # A worker process of `helyx serve --workers N` (uvicorn's multiprocess parent) stops when that
 # parent dies, even by SIGKILL: else it would serve on, unsupervised, holding the port.
 _parent = multiprocessing.parent_process()
-if _parent is not None and _parent.pid is not None and os.getppid() == _parent.pid and not stop_with(_parent.pid):
-    raise SystemExit(128 + signal.SIGTERM)  # it died before the signal was armed: none will come
-# (a child whose kernel parent is not its multiprocessing parent, a forkserver's, is left alone)
+if _parent is not None and _parent.pid is not None:
+    if os.getppid() == _parent.pid:
+        if not stop_with(_parent.pid):
+            raise SystemExit(128 + signal.SIGTERM)  # it died before the signal was armed: none will come
+    elif not _parent.is_alive():  # handed to init: its supervisor died while this process started
+        raise SystemExit(128 + signal.SIGTERM)
+    # (else a forkserver's child, whose kernel parent is the forkserver: left alone)
 
 logs.configure(get_settings().log_level)
 app = create_app()

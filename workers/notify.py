@@ -109,4 +109,8 @@ def _try(job_id: str, row: Any, attempt: int, retry: Retry | None) -> None:
     status = "delivered" if result.ok else "failed"
     with engine.begin() as conn:
         conn.execute(text("UPDATE jobs SET webhook_status = :s WHERE id = :id"), {"s": status, "id": job_id})
-    log.info("webhook for job %s: %s after %d attempt(s)", job_id, status, attempt - 1 + result.attempts)
+    if result.ok:
+        log.info("webhook for job %s: delivered after %d attempt(s)", job_id, attempt - 1 + result.attempts)
+    else:  # why, for the operator (a refused address is named here, never to the client)
+        log.info("webhook for job %s: failed after %d attempt(s): %s", job_id, attempt - 1 + result.attempts,
+                 result.error)

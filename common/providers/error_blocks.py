@@ -41,11 +41,12 @@ class upstream_errors(_TranslatedErrors):
 
 class malformed_answers(_TranslatedErrors):
     """Turns the errors of reading a vendor's 2xx answer of an unexpected shape (a list where an
-    object belongs, a number where text does) into a 502 `upstream_bad_response`, not retried: the
+    object belongs, a number where text does, a value nested too deep to re-serialise) into a 502
+    `upstream_bad_response`, not retried: the
     call was made and paid for. They were 500s, which the SDK retries: three calls for one."""
 
     def translate(self, exc: BaseException) -> UpstreamError | None:
-        if isinstance(exc, AttributeError | TypeError | KeyError | IndexError | ValueError):
+        if isinstance(exc, AttributeError | TypeError | KeyError | IndexError | ValueError | RecursionError):
             return UpstreamError(f"The upstream provider ({self.provider}) sent an answer of an unexpected shape",
                                  code="upstream_bad_response")
         return None

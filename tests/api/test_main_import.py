@@ -24,3 +24,32 @@ def test_a_multiprocessing_child_imports_it_and_lives(tmp_path: Path, method: st
     child.start()
     child.join(60)
     assert child.exitcode == 0
+
+
+_ORPHAN = """
+import multiprocessing, os, sys, time
+def child(marker, storage):
+    time.sleep(1.5)  # a slow start: the supervisor dies meanwhile
+    os.environ.update(HELYX_DATABASE_URL=f"sqlite:///{storage}/helyx.db", HELYX_STORAGE_DIR=storage)
+    import api.main  # noqa: F401
+    open(marker, "w").write("imported, serving on")
+if __name__ == "__main__":
+    multiprocessing.get_context("spawn").Process(target=child, args=sys.argv[1:3]).start()
+    time.sleep(0.3)
+    os._exit(0)  # the supervisor killed before its child is up
+"""
+
+
+def test_a_child_whose_supervisor_died_while_it_started_stops_at_the_import(tmp_path: Path) -> None:
+    """Handed to init before it could arm the signal, it would serve on unsupervised (a review of
+    the first version, which checked only the kernel parent)."""
+    import subprocess
+    import sys
+    import time
+
+    script, marker = tmp_path / "orphan.py", tmp_path / "marker"
+    script.write_text(_ORPHAN)
+    subprocess.run([sys.executable, str(script), str(marker), str(tmp_path)], check=True, timeout=30,
+                   cwd=Path(__file__).resolve().parents[2])
+    time.sleep(6)  # the child's start-up: 1.5 s of sleep, then the import
+    assert not marker.exists()

@@ -97,3 +97,25 @@ def test_each_retry_of_a_webhook_is_a_message_of_its_own_not_a_sleep_in_the_work
     assert len(scheduled) == 2 and len(tries) == 3 and status() == "failed"
     notify.send_webhook(job_id, 1, retry=retry)  # a late duplicate message finds it settled
     assert len(tries) == 3
+
+
+def test_a_webhook_that_finally_fails_says_why_in_the_log(make_jobs: Callable[..., Jobs],
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The reason (for a refused address, the address) is for the operator's log; the final line
+    gave only "failed after N attempt(s)" (a review)."""
+    from common.jobs.submit import submit_job as submit
+
+    def deliver(url: str, payload: dict[str, Any], **kwargs: Any) -> DeliveryResult:
+        return DeliveryResult(False, 0, None, "webhook_url host 'hooks.example.com' resolves to a non-public "
+                              "address (10.1.2.3)", kwargs["webhook_id"], final=True)
+
+    monkeypatch.setattr(notify, "deliver", deliver)
+    jobs = make_jobs()
+    account = jobs.account("free")
+    job_id = submit(jobs.engine, jobs.principal(account), job_type="image", model="nano-banana-pro", params=PARAMS,
+                    price=IMAGE_PRICE, tz=jobs.settings.timezone, webhook_url="https://hooks.example.com/helyx").job_id
+    with caplog.at_level("INFO", logger="helyx.webhooks"):
+        notify.send_webhook(job_id, 1, retry=lambda **_: None)
+    assert any("failed after" in r.getMessage() and "10.1.2.3" in r.getMessage() for r in caplog.records), \
+        [r.getMessage() for r in caplog.records]

@@ -339,3 +339,13 @@ def test_an_error_body_nested_too_deep_to_parse_is_an_upstream_error_not_a_500(s
     assert refused.status in (400, 502) and refused.retryable == (status != 400)
     with pytest.raises(UpstreamError, match="malformed JSON"):
         parse_json(b"[" * 100_000, "vendor")
+
+
+def test_an_answer_too_deep_to_handle_is_a_bad_response_not_a_500() -> None:
+    """A stream chunk nested just under the parser's limit parsed, then failed one level deeper
+    (re-serialised for its message) with RecursionError: a 500 (a review)."""
+    from common.providers.error_blocks import malformed_answers
+
+    with pytest.raises(UpstreamError) as raised, malformed_answers("vendor"):
+        raise RecursionError("maximum recursion depth exceeded")
+    assert raised.value.code == "upstream_bad_response"
