@@ -33,9 +33,7 @@ from common.providers.http import (
     UpstreamClient,
     failure_in_body,
     iter_sse,
-    parse_json,
     raise_for_status,
-    vendor_message,
 )
 from common.providers.messages import (
     content_parts,
@@ -46,6 +44,7 @@ from common.providers.messages import (
     role_of,
     system_and_turns,
 )
+from common.providers.vendor_bodies import parse_json, vendor_message
 
 PROVIDER = "anthropic"
 API_VERSION = "2023-06-01"

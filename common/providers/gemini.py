@@ -38,10 +38,8 @@ from common.providers.http import (
     UpstreamClient,
     failure_in_body,
     iter_sse,
-    parse_json,
     raise_for_status,
     status_error,
-    vendor_message,
 )
 from common.providers.messages import (
     content_parts,
@@ -52,6 +50,7 @@ from common.providers.messages import (
     role_of,
     system_and_turns,
 )
+from common.providers.vendor_bodies import parse_json, vendor_message
 
 PROVIDER = "gemini"
 

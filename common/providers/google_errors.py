@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 
 from common.errors import UpstreamError
-from common.providers.http import NOT_JSON, transport_error, vendor_message
+from common.providers.http import transport_error
 from common.providers.refusal_text import about_the_request
+from common.providers.vendor_bodies import NOT_JSON, vendor_message
 from common.throttled_log import ThrottledWarnings
 
 log = logging.getLogger("helyx.upstream")

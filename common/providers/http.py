@@ -26,15 +26,12 @@ from __future__ import annotations
 
 import functools
 import http.cookiejar
-import json
 import logging
 import re
 import ssl
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -44,11 +41,17 @@ import orjson
 from common.errors import UpstreamError, UpstreamRejectedRequest, UpstreamTimeout
 from common.providers.aiohttp_transport import DirectAiohttpTransport
 from common.providers.refusal_text import about_the_request
+from common.providers.vendor_bodies import (
+    google_retry_delay,
+    out_of_quota,
+    retry_after_seconds,
+    vendor_code_and_param,
+    vendor_message,
+)
 from common.throttled_log import ThrottledWarnings
 
 log = logging.getLogger("helyx.upstream")
 
-_MAX_VENDOR_MESSAGE = 500
 
 
 class UpstreamHTTPError(UpstreamError):
@@ -199,7 +202,6 @@ _CLIENT_FAULT_CODES = frozenset({"context_length_exceeded", "string_above_max_le
 # The codes a refusal carries that Helyx itself chose (any other is a vendor's, passed on as it came).
 KNOWN_REFUSAL_CODES = _CLIENT_FAULT_CODES | {"request_too_large", "content_filtered"}
 _TOO_LONG = re.compile(r"prompt is too long|input token count.*exceeds|maximum context length", re.IGNORECASE)
-_VENDOR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _warnings = ThrottledWarnings(log)
 
 
@@ -271,112 +273,6 @@ def failure_in_body(provider: str, vendor: str, *, retryable: bool) -> UpstreamE
             log.warning("upstream %s failed: %s", provider, vendor)
         return UpstreamError(f"The upstream provider ({provider}) failed", retryable=retryable)
     return UpstreamError(f"The upstream provider ({provider}) failed: {vendor}", retryable=False)
-
-
-def vendor_code_and_param(body: bytes) -> tuple[str | None, str | None]:
-    """An OpenAI-style error body's `code` (such as context_length_exceeded) and `param`, when sane."""
-    try:
-        data: Any = json.loads(body)
-    except NOT_JSON:
-        return None, None
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
-        return None, None
-    code, param = error.get("code"), error.get("param")
-    return (code if isinstance(code, str) and _VENDOR_CODE.fullmatch(code) else None,
-            param if isinstance(param, str) and 0 < len(param) <= 100 and param.isprintable() else None)
-
-
-# OpenAI's 429s that are about billing, not about a rate: a retry cannot help (its error-codes
-# page: "You exceeded your current quota, please check your plan and billing details")
-_QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "credit_balance_exhausted",
-                          "organization_spend_limit_exceeded", "project_spend_limit_exceeded"})
-
-
-def out_of_quota(body: bytes) -> bool:
-    """A 429 body saying the operator's account has no quota or credit left (its `error.type` or
-    `error.code`), which is not a rate limit: the same call fails until someone pays."""
-    try:
-        data: Any = json.loads(body)
-    except NOT_JSON:
-        return False
-    error = data.get("error") if isinstance(data, dict) else None
-    return isinstance(error, dict) and any(isinstance(value, str) and value in _QUOTA_CODES
-                                           for value in (error.get("type"), error.get("code")))
-
-
-def google_retry_delay(body: bytes) -> float | None:
-    """The wait a Google error body states (google.rpc.RetryInfo `retryDelay`, a duration such as
-    "38s"); Gemini says it there, not in Retry-After."""
-    try:
-        data: Any = json.loads(body)
-    except NOT_JSON:
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    details = error.get("details") if isinstance(error, dict) else None
-    for detail in details if isinstance(details, list) else []:
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            delay = detail.get("retryDelay")
-            if isinstance(delay, str) and (match := _DURATION.fullmatch(delay.strip())):
-                return float(match.group(1))
-    return None
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)s")
-# What json.loads raises for a body that is not JSON: ValueError, and RecursionError for one nested
-# deeper than the interpreter's stack (a misbehaving proxy's `[[[[...`): a vendor's body, never a 500
-NOT_JSON = (ValueError, RecursionError)
-
-
-def vendor_message(body: bytes, api_key: str | None) -> str:
-    """The message of a vendor error body ({"error": {"message": ...}} for OpenAI, Anthropic and
-    Gemini alike; Gemini sometimes wraps it in a list), else the trimmed text; key masked."""
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        data: Any = json.loads(text)
-    except NOT_JSON:
-        data = None
-    if isinstance(data, list) and data:
-        data = data[0]
-    if isinstance(data, dict):
-        error = data.get("error", data)
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            text = error["message"]
-        elif isinstance(error, str):
-            text = error
-    if api_key:
-        text = text.replace(api_key, "***")
-    text = " ".join(text.split())
-    return text[:_MAX_VENDOR_MESSAGE]
-
-
-def retry_after_seconds(headers: httpx.Headers | dict[str, str]) -> float | None:
-    """Retry-After (seconds or an HTTP date) or OpenAI's retry-after-ms, as seconds."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    if (ms := lowered.get("retry-after-ms")) is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = lowered.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def parse_json(raw: str | bytes, provider: str) -> Any:
-    try:
-        return json.loads(raw)
-    except NOT_JSON as exc:
-        raise UpstreamError(f"The upstream provider ({provider}) sent malformed JSON",
-                            code="upstream_bad_response") from exc
 
 
 @dataclass(frozen=True, slots=True)

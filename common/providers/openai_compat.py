@@ -32,11 +32,10 @@ from common.providers.http import (
     UpstreamClient,
     failure_in_body,
     iter_sse,
-    parse_json,
     raise_for_status,
-    vendor_message,
 )
 from common.providers.messages import alternating
+from common.providers.vendor_bodies import parse_json, vendor_message
 from common.throttled_log import ThrottledWarnings
 
 PROVIDER = "openai-compatible"
@@ -64,7 +63,7 @@ class OpenAICompatProvider:
         # retired it: the limit goes out as `max_completion_tokens` for those providers
         self._limit_field = limit_field
         # A vendor's own request fields, sent with every call (MiniMax's `reasoning_split`); the
-        # catalog refuses any that Helyx itself sets (common.catalog.SENT_FIELDS)
+        # catalog refuses any that Helyx itself sets (common.catalog_options.SENT_FIELDS)
         self._extra_body = dict(extra_body or {})
 
     def _headers(self) -> dict[str, str]:

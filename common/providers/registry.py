@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.catalog import ADAPTER_OPTIONS, Catalog, ModelEntry
+from common.catalog import Catalog, ModelEntry
+from common.catalog_options import ADAPTER_OPTIONS
 from common.providers.anthropic import AnthropicProvider
 from common.providers.base import ChatProvider, ImageProvider, VideoProvider
 from common.providers.gemini import GeminiChatProvider

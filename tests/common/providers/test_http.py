@@ -17,12 +17,10 @@ from common.providers.http import (
     UpstreamClient,
     build_http_client,
     iter_sse,
-    parse_json,
-    retry_after_seconds,
     status_error,
     transport_error,
-    vendor_message,
 )
+from common.providers.vendor_bodies import parse_json, retry_after_seconds, vendor_message
 
 pytestmark = pytest.mark.anyio
 
