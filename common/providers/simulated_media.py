@@ -15,15 +15,15 @@ import random
 import textwrap
 import threading
 from collections.abc import Iterable, Iterator
+from functools import cache
+from typing import Any
 
-import av
 from PIL import Image, ImageDraw, ImageFont
 
 from common.errors import UpstreamError
 from common.providers.base import ImageRequest, MediaFile, ProgressCallback, VideoRequest
 
 FPS = 8  # low on purpose: a 4 s 1280x720 clip encodes in well under a second
-_CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
 _Color = tuple[int, int, int]
 
 
@@ -110,15 +110,25 @@ class SimulatedImageProvider:
         return files
 
 
+@cache
+def _pyav() -> tuple[Any, str]:
+    """PyAV and the codec it offers, imported at the first video: PyAV and its FFmpeg libraries
+    are ~19 MB of resident memory that a process making only images need not carry."""
+    import av
+
+    return av, "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
 class _Mp4Writer:
     """H.264 (or MPEG-4 Part 2 when PyAV lacks libx264) yuv420p in MP4, written to memory."""
 
     def __init__(self, width: int, height: int, fps: int = FPS) -> None:
+        self._av, codec = _pyav()
         self._buffer = io.BytesIO()
-        self._container = av.open(self._buffer, mode="w", format="mp4")
-        stream = self._container.add_stream(_CODEC, rate=fps)
+        self._container = self._av.open(self._buffer, mode="w", format="mp4")
+        stream = self._container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if _CODEC == "libx264":
+        if codec == "libx264":
             stream.options = {"preset": "ultrafast", "crf": "28"}
         else:
             stream.bit_rate = 1_000_000
@@ -130,7 +140,7 @@ class _Mp4Writer:
 
     def write(self, images: Iterable[Image.Image]) -> None:
         for image in images:
-            frame = av.VideoFrame.from_image(image)
+            frame = self._av.VideoFrame.from_image(image)
             frame.pts = self._pts
             self._pts += 1
             self._container.mux(self._stream.encode(frame))

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 import time
 
 import av
@@ -178,3 +180,14 @@ def test_the_caption_font_is_loaded_once_per_size_and_thread_not_per_image_or_fr
     elsewhere.start()
     elsewhere.join()
     assert [thread for _, thread in loads].count("other") == 1  # each thread its own
+
+
+def test_making_images_does_not_load_pyav() -> None:
+    """PyAV and its FFmpeg libraries (~19 MB resident) load at a process's first video only."""
+    program = ("import asyncio, sys\n"
+               "from common.providers.base import ImageRequest\n"
+               "from common.providers.simulated_media import SimulatedImageProvider\n"
+               "asyncio.run(SimulatedImageProvider().generate_images(ImageRequest('m', 'a cat', 64, 64, 2)))\n"
+               "print('av' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"
