@@ -6,6 +6,7 @@ import signal
 
 from api.app import create_app
 from common import logs
+from common.malloc_arenas import limit_malloc_arenas
 from common.parent_death import stop_with
 from common.settings import get_settings
 
@@ -20,5 +21,6 @@ if _parent is not None and _parent.pid is not None:
         raise SystemExit(128 + signal.SIGTERM)
     # (else a forkserver's child, whose kernel parent is the forkserver: left alone)
 
+limit_malloc_arenas()  # before the thread pool (and a self-contained serve's job threads) start
 logs.configure(get_settings().log_level)
 app = create_app()

@@ -13,6 +13,7 @@ import dramatiq
 
 from common import jobs_lock, logs
 from common.gc_tuning import freeze_startup_heap
+from common.malloc_arenas import limit_malloc_arenas
 from common.settings import get_settings
 from workers import execute, stop_once, sweeper
 from workers.actors import deliver_webhook, enqueue
@@ -53,6 +54,7 @@ class SweeperMiddleware(dramatiq.Middleware):
         execute.cut_off_at_shutdown(enqueue)
 
 
+limit_malloc_arenas()  # before Dramatiq starts this process's worker threads
 logs.configure(get_settings().log_level)
 stop_once.ignore_repeated_stops()
 broker.add_middleware(SweeperMiddleware())

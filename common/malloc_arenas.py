@@ -1,0 +1,37 @@
+"""Fewer glibc malloc arenas in processes that run work on many threads.
+
+glibc gives each thread that meets a locked arena a new one, up to 8 per core, and an arena keeps
+the memory it once held. A worker process runs `HELYX_WORKER_THREADS` jobs side by side, each
+thread's event loop with its own executor for blocking work: measured on 8 threads rendering
+images, 21.5 MB of growth with the default, 10 MB with two arenas, with no change in jobs/s
+(pymalloc, not malloc, serves Python's small objects, so the arenas see little contention).
+Two is the value commonly advised for threaded Python and Ruby servers.
+
+An operator's own `MALLOC_ARENA_MAX` wins (glibc has applied it already); on another libc this
+does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import platform
+
+log = logging.getLogger("helyx.memory")
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
+    """Call before the process starts its threads: an arena already made stays. True when set."""
+    if "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        done = bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError) as exc:
+        log.debug("mallopt unavailable (%s)", exc)
+        return False
+    return done
