@@ -35,6 +35,7 @@ from common.providers.http import (
     raise_for_status,
 )
 from common.providers.messages import alternating
+from common.providers.minimax_status import base_resp_error
 from common.providers.vendor_bodies import parse_json, vendor_message
 from common.throttled_log import ThrottledWarnings
 
@@ -116,6 +117,10 @@ class OpenAICompatProvider:
             async with self._client.stream_json(self._url, self._body(request, True),
                                                 self._headers()) as response:
                 await raise_for_status(response, PROVIDER, self._api_key)
+                if _media_type(response) == "application/json":  # a failure told as one body (MiniMax)
+                    _raise_if_error(parse_json(await response.aread(), PROVIDER), self._api_key)
+                    raise UpstreamError(f"The upstream provider ({PROVIDER}) answered a stream request with "
+                                        "one JSON body", code="upstream_bad_response")
                 async for event in iter_sse(response):
                     if event.data.strip() == "[DONE]":
                         return
@@ -128,6 +133,10 @@ class OpenAICompatProvider:
         if not finished:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
                                 retryable=True)
+
+
+def _media_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
 def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
@@ -211,7 +220,9 @@ def _finish_reason(value: Any) -> str | None:
 
 def _raise_if_error(data: Any, api_key: str | None) -> None:
     """OpenAI-compatible upstreams report a failure inside a 200 (often mid-stream) as
-    {"error": {...}}."""
+    {"error": {...}}; MiniMax as a failing `base_resp` (common.providers.minimax_status)."""
+    if (failure := base_resp_error(data, PROVIDER, api_key)) is not None:
+        raise failure
     if isinstance(data, dict) and data.get("error"):
         raise failure_in_body(PROVIDER, vendor_message(json.dumps(data).encode(), api_key), retryable=True)
 

@@ -39,6 +39,8 @@ def build_app(fake: FakeUpstream) -> Starlette:
                      "type": _ERROR_TYPES.get(failure, "server_error"), "param": fake.behaviour.error_param,
                      "code": fake.behaviour.error_code}
             return JSONResponse({"error": error}, failure, headers=fake.error_headers())
+        if fake.behaviour.minimax_status is not None:
+            return JSONResponse(_minimax_failure(*fake.behaviour.minimax_status, body["model"]))
         behaviour = _minimax_form(fake.behaviour, split=body.get("reasoning_split") is True)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -56,6 +58,13 @@ def _minimax_form(b: Behaviour, split: bool) -> Behaviour:
     answer = f"<think>{b.minimax_thinking}</think>\n\n{b.answer}"
     return dataclasses.replace(b, answer=answer, minimax_thinking=None,
                                chunks=None if b.chunks is None else [f"<think>{b.minimax_thinking}</think>", *b.chunks])
+
+
+def _minimax_failure(code: int, message: str, model: str) -> dict[str, Any]:
+    """MiniMax's failure inside an HTTP 200: no choices, its status in `base_resp`."""
+    return {"id": "0635c8a9c4d1", "choices": None, "created": int(time.time()), "model": model,
+            "object": "chat.completion", "usage": {"total_tokens": 0}, "input_sensitive": False,
+            "output_sensitive": False, "base_resp": {"status_code": code, "status_msg": message}}
 
 
 def _reasoning_details(text: str) -> list[dict[str, Any]]:

@@ -63,6 +63,9 @@ class Behaviour:
     #   inline in the content as `<think>...</think>` unless the request says `reasoning_split: true`, then
     #   in `reasoning_details` ([{"type": "reasoning.text", "text": ...}], each chunk's piece its own)
 
+    minimax_status: tuple[int, str] | None = None  # OpenAI-compatible: MiniMax's failure inside an HTTP 200,
+    #   `base_resp` {status_code, status_msg} with no choices; a stream request gets it as one JSON body
+
     def pieces(self) -> list[str]:
         return self.chunks if self.chunks is not None else re.findall(r"\S+\s*|\s+", self.answer)
 

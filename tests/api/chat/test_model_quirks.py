@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import openai
 import pytest
 
 from common.catalog import load_catalog
@@ -159,3 +160,30 @@ def test_a_stream_carries_the_upstreams_system_fingerprint_as_a_plain_answer_doe
     assert plain.system_fingerprint == "fp_fake"
     assert {chunk.system_fingerprint for chunk in chunks} == {"fp_fake"}
     assert {chunk.system_fingerprint for chunk in simulated} == {"helyx-simulated"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_minimax_out_of_balance_inside_a_200_is_a_502_saying_so_and_charges_nothing(
+        minimax: Gateway, openai_fake: FakeUpstream, stream: bool) -> None:
+    """MiniMax says "insufficient balance" (its status 1008) in an HTTP 200's base_resp."""
+    openai_fake.behaviour = Behaviour(minimax_status=(1008, "insufficient balance"))
+    account = minimax.account()
+    before = books(minimax.engine, account.account_id)
+    with minimax.sdk(account) as client, pytest.raises(openai.APIStatusError) as raised:
+        answer = client.chat.completions.create(model="minimax-m2.7", messages=HI, max_tokens=5, stream=stream)
+        if stream:
+            list(answer)
+    assert raised.value.status_code == 502 and raised.value.code == "upstream_quota_exhausted"
+    assert openai_fake.request_count == 1  # not retried: no retry brings the balance back
+    after = assert_books_balance(minimax.engine, account.account_id)
+    assert after.balance == before.balance
+
+
+def test_a_prompt_minimax_flags_is_a_400_and_charges_nothing(minimax: Gateway, openai_fake: FakeUpstream) -> None:
+    openai_fake.behaviour = Behaviour(minimax_status=(1026, "input new_sensitive"))
+    account = minimax.account()
+    before = books(minimax.engine, account.account_id)
+    with minimax.sdk(account) as client, pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="minimax-m2.7", messages=HI, max_tokens=5)
+    assert raised.value.code == "content_policy_violation" and raised.value.param == "messages"
+    assert assert_books_balance(minimax.engine, account.account_id).balance == before.balance

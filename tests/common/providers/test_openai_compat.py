@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from common.errors import UpstreamError
+from common.errors import UpstreamError, UpstreamRejectedRequest
 from common.providers.base import ChatProvider, Usage
 from common.providers.http import UpstreamClient
 from common.providers.openai_compat import OpenAICompatProvider
@@ -273,3 +273,83 @@ async def test_extra_body_is_sent_with_every_call_and_minimax_thinking_apart_is_
     # without it, the fake answers as MiniMax does: the thinking inside the content
     unsplit = await OpenAICompatProvider(client, openai_fake.base_url, API_KEY).complete(chat_request())
     assert unsplit.content.startswith("<think>The user greets me.</think>")
+
+
+@pytest.mark.parametrize(("status", "said", "code", "retryable"), [
+    (1008, "insufficient balance", "upstream_quota_exhausted", False),
+    (2056, "usage limit exceeded", "upstream_quota_exhausted", False),
+    (1004, "not authorized", "upstream_auth", False),
+    (2049, "invalid api key", "upstream_auth", False),
+    (1002, "rate limit", "upstream_rate_limited", True),
+    (1039, "token limit", "upstream_rate_limited", True),
+    (1000, "unknown error", "upstream_error", True),
+    (1024, "internal error", "upstream_error", True),
+    (2013, "invalid params, max_tokens out of range", "upstream_error", False),
+])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_minimax_failures_inside_a_200_are_the_errors_their_status_says(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture,
+    status: int, said: str, code: str, retryable: bool, stream: bool,
+) -> None:
+    """MiniMax answers HTTP 200 with `base_resp` {status_code, status_msg} and no choices (a stream
+    request too, as one JSON body): each was a 502 upstream_bad_response, its reason lost."""
+    openai_fake.behaviour = Behaviour(minimax_status=(status, said))
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
+    if stream:
+        deltas, error = await collect(provider, chat_request())
+        assert deltas == []
+    else:
+        with pytest.raises(UpstreamError) as raised:
+            await provider.complete(chat_request())
+        error = raised.value
+    assert isinstance(error, UpstreamError) and not isinstance(error, UpstreamRejectedRequest)
+    assert (error.code, error.retryable, error.status) == (code, retryable, 502)
+    assert str(status) in error.message and said in caplog.text  # the operator's log has MiniMax's words
+    assert (said in error.message) == (status == 2013)  # quoted to the client only when about the request
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_minimax_flagged_prompt_is_a_400_the_client_can_mend(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient, stream: bool,
+) -> None:
+    openai_fake.behaviour = Behaviour(minimax_status=(1026, "input new_sensitive"))
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
+    if stream:
+        _, error = await collect(provider, chat_request())
+    else:
+        with pytest.raises(UpstreamError) as raised:
+            await provider.complete(chat_request())
+        error = raised.value
+    assert isinstance(error, UpstreamRejectedRequest)
+    assert (error.status, error.code, error.param, error.retryable) == (400, "content_policy_violation",
+                                                                         "messages", False)
+
+
+async def test_a_minimax_answer_with_a_succeeding_base_resp_is_read_as_it_is() -> None:
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+              "base_resp": {"status_code": 0, "status_msg": ""}}
+    chunks = (b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}], '
+              b'"base_resp": {"status_code": 0, "status_msg": ""}}\n\ndata: [DONE]\n\n')
+
+    def answer_for(request: httpx.Request) -> httpx.Response:
+        if b'"stream"' in request.content:
+            return httpx.Response(200, content=chunks, headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=answer)
+
+    async with UpstreamClient(transport=httpx.MockTransport(answer_for)) as mock_client:
+        provider = OpenAICompatProvider(mock_client, "http://up.test/v1", None)
+        assert (await provider.complete(chat_request())).content == "Hi"
+        deltas, error = await collect(provider, chat_request())
+    assert error is None and text_of(deltas) == "Hi"
+
+
+async def test_a_minimax_failure_in_a_chunk_ends_the_stream_with_its_error() -> None:
+    chunks = (b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}\n\n'
+              b'data: {"choices": [], "base_resp": {"status_code": 1027, "status_msg": "output new_sensitive"}}\n\n')
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, content=chunks, headers={"content-type": "text/event-stream"}))
+    async with UpstreamClient(transport=transport) as mock_client:
+        deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    assert text_of(deltas) == "Hi"
+    assert isinstance(error, UpstreamError) and error.retryable is False and "1027" in error.message
