@@ -1,11 +1,11 @@
 """Fewer glibc malloc arenas in processes that run work on many threads.
 
-glibc gives each thread that meets a locked arena a new one, up to 8 per core, and an arena keeps
-the memory it once held. A worker process runs `HELYX_WORKER_THREADS` jobs side by side, each
-thread's event loop with its own executor for blocking work: measured on 8 threads rendering
-images, 21.5 MB of growth with the default, 10 MB with two arenas, with no change in jobs/s
-(pymalloc, not malloc, serves Python's small objects, so the arenas see little contention).
-Two is the value commonly advised for threaded Python and Ruby servers.
+glibc gives a new thread a malloc arena of its own while there are fewer than 8 per core, and an
+arena keeps the memory it once held. A worker process runs `HELYX_WORKER_THREADS` jobs side by
+side, each thread's event loop with its own executor for blocking work: 8 threads rendering images
+grew a process by 21.5 MB with the default, 10 MB with two arenas, and jobs/s measured no loss
+(pymalloc, not malloc, serves Python's small objects, so the arenas see little contention). Two
+is the value commonly advised for threaded Python and Ruby servers.
 
 An operator's own `MALLOC_ARENA_MAX` wins (glibc has applied it already); on another libc this
 does nothing.
