@@ -239,7 +239,7 @@ def install(app: FastAPI) -> None:
         """Handled here, inside the middleware, like any refusal: the request is logged and counted
         as the 503 it is. Left to the catch-all below, it was answered 503 but logged, counted and
         traced as a 500 (Starlette re-raises there after answering), once per request of an outage."""
-        if not _is_database_down(exc):
+        if not is_database_down(exc):
             raise exc  # a real failure: the catch-all's 500, with its traceback
         log.warning("database unavailable on %s: %s", request.url.path, type(exc).__name__)
         return error_response(ServiceUnavailable("The service is temporarily unavailable, try again."))
@@ -272,7 +272,7 @@ def install(app: FastAPI) -> None:
 def unexpected_error_response(exc: Exception, path: str, headers: dict[str, str] | None = None) -> Response:
     """The answer to an exception no handler took: a 503 when the database is down, else a 500
     (logged with its traceback)."""
-    if _is_database_down(exc):
+    if is_database_down(exc):
         log.error("database unavailable on %s: %s", path, exc)
         return error_response(ServiceUnavailable("The service is temporarily unavailable, try again.",
                                                  headers=headers))
@@ -324,7 +324,7 @@ def _is_nul_text(exc: Exception) -> bool:
     return "NUL (0x00)" in text or "\\u0000" in text
 
 
-def _is_database_down(exc: Exception) -> bool:
+def is_database_down(exc: Exception) -> bool:
     """A pool timeout or a lost/refused connection; any other database error is a real failure."""
     from sqlalchemy.exc import DBAPIError
 

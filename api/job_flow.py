@@ -12,10 +12,11 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Caller, after_lookup
+from api.errors import is_database_down
 from api.services import Services
 from common import billing, clock
 from common.accounts import Principal
-from common.errors import HelyxError, InsufficientCredits, InvalidRequest
+from common.errors import HelyxError, InsufficientCredits, InvalidRequest, JobAnswerFailed
 from common.jobs import lifecycle
 from common.jobs.files import remove_unrecorded
 from common.jobs.submit import submit_job
@@ -112,6 +113,27 @@ async def submit(
     return job_id
 
 
+@contextlib.asynccontextmanager
+async def answering(job_id: str, job_type: str) -> AsyncIterator[None]:
+    """Around what follows a job's submission in the request that made it (reading it back,
+    waiting for it, its files): from there on, a failure is a JobAnswerFailed that names the job
+    and tells the SDK not to retry (x-should-retry: false), since a retry would be a second job.
+    A refusal that is final already (a canceled or failed job's answer) passes as it is."""
+    try:
+        yield
+    except HelyxError as exc:
+        if not exc.client_may_retry:
+            raise
+        raise JobAnswerFailed(job_id, job_type, status=exc.status, reason=exc.message.rstrip(".")) from exc
+    except Exception as exc:
+        if is_database_down(exc):
+            log.warning("job %s: database unavailable while answering (%s)", job_id, type(exc).__name__)
+            raise JobAnswerFailed(job_id, job_type, status=503,
+                                  reason="the gateway's database is unavailable") from exc
+        log.exception("job %s: answering failed", job_id)
+        raise JobAnswerFailed(job_id, job_type, status=500, reason=f"internal error: {type(exc).__name__}") from exc
+
+
 async def cancel(services: Services, principal: Principal, job_id: str) -> bool:
     """Cancel the job (common.jobs.lifecycle.cancel: full refund; 404, or 409 once finished); True
     when this call canceled it. Files an earlier attempt stored and never recorded (cut off
@@ -171,7 +193,14 @@ async def wait_for(services: Services, principal: Principal, job_id: str, timeou
     deadline = started + timeout
     delay = 0.0
     while True:
-        record, remaining = await read(services, principal, job_id)
+        try:
+            record, remaining = await read(services, principal, job_id)
+        except Exception as exc:  # a database blip: the job runs on meanwhile; read again until the deadline
+            if not is_database_down(exc) or loop.time() >= deadline:
+                raise
+            delay = next_poll_delay(delay, loop.time() - started)
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            continue
         if seen is not None:
             seen(record, remaining)
         if record.row["status"] in TERMINAL or loop.time() >= deadline:

@@ -15,6 +15,7 @@
     ├── ServerError                 500     server_error
     ├── ServiceUnavailable          503     server_error
     │   └── ChargeUnconfirmed       503     server_error (code charge_unconfirmed, not retried)
+    ├── JobAnswerFailed             5xx     server_error (code job_answer_failed, not retried)
     └── UpstreamError               502     upstream_error
         ├── UpstreamTimeout         504     upstream_error
         └── UpstreamRejectedRequest 400     invalid_request_error (the vendor's code and param, if any)
@@ -124,6 +125,23 @@ class ChargeUnconfirmed(ServiceUnavailable):
             f"unavailable. GET /api/v1/generations/{generation_id} shows the charge once it is recorded; if no "
             "record appears, nothing is charged (the reservation is released at its expiry).")
         self.generation_id = generation_id
+
+
+class JobAnswerFailed(HelyxError):
+    """A media job was made, its credits held, but the answer to the request that made it failed
+    (the database or the file storage went away while it waited). Not to be retried: the SDK
+    sends no Idempotency-Key of its own, so its retry would make, and charge, a second job.
+    `status` is the failure's own (503 for the database, 500 otherwise)."""
+
+    type, code, retryable = "server_error", "job_answer_failed", False
+
+    def __init__(self, job_id: str, job_type: str, *, status: int, reason: str) -> None:
+        super().__init__(
+            f"The {job_type} job {job_id} was created and its credits are held until it finishes, but this "
+            f"answer failed ({reason}). GET /api/v1/jobs/{job_id} gives its outcome; sending the request again "
+            "without an Idempotency-Key makes, and charges, a second job.")
+        self.status = status
+        self.job_id = job_id
 
 
 class UpstreamError(HelyxError):

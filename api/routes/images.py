@@ -44,6 +44,13 @@ async def _generate(body: ImageGenerationRequest, request: Request, principal: P
                 "response_format": body.response_format},
         webhook_url=body.webhook_url,
     )
+    async with job_flow.answering(job_id, "image"):  # the job exists: a failure now must not be retried
+        return await _answer(body, request, principal, services, rate_headers, job_id)
+
+
+async def _answer(body: ImageGenerationRequest, request: Request, principal: Principal, services: Services,
+                  rate_headers: dict[str, str], job_id: str) -> Response:
+    """The job as made: 202 at once (Prefer: respond-async), else its images once it is done."""
     links = job_flow.linker(services, request)
     if prefers_async(request):
         record, remaining = await job_flow.read(services, principal, job_id)

@@ -75,10 +75,12 @@ async def create_video(request: Request, principal: PrincipalDep, services: Serv
             params={"prompt": body.prompt, "seconds": int(body.seconds), "width": width, "height": height},
             webhook_url=body.webhook_url,
         )
-        record, remaining = await job_flow.read(services, principal, job_id)
-        _not_gone(record, job_id)  # an Idempotency-Key's replay of a video deleted since: 404, as GET says
-    view = video_view(record, remaining)
-    return json_response(view, headers={**_headers(services, record, view), **rate_headers})
+        async with job_flow.answering(job_id, "video"):  # the job exists: a failure now must not be retried
+            record, remaining = await job_flow.read(services, principal, job_id)
+            _not_gone(record, job_id)  # an Idempotency-Key's replay of a video deleted since: 404, as GET says
+            view = video_view(record, remaining)
+            headers = _headers(services, record, view)
+    return json_response(view, headers={**headers, **rate_headers})
 
 
 @router.get("/videos", summary="List videos", responses=doc(VideoList, 401, 404))

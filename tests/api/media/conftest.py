@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq
+import openai
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
@@ -17,6 +18,7 @@ from common.catalog import load_catalog
 from common.db import get_engine
 from common.migrate import upgrade
 from common.settings import Settings
+from tests.api.chat.helpers import serve_app
 from tests.conftest import TestAccount, make_settings
 from tests.workers.helpers import Jobs, start_worker, stop_worker
 
@@ -85,3 +87,30 @@ def make_media(tmp_path: Path) -> Iterator[Callable[..., Media]]:
 @pytest.fixture
 def media(make_media: Callable[..., Media]) -> Media:
     return make_media()
+
+
+@dataclass
+class Served:
+    """The app served by uvicorn on 127.0.0.1 (for the official SDK), with a worker consuming its jobs."""
+
+    url: str
+    engine: Engine
+
+    def sdk(self, account: TestAccount, max_retries: int = 0) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/api/v1", api_key=account.api_key, max_retries=max_retries,
+                             timeout=30)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    settings = make_settings(tmp_path, **{**MEDIA_DEFAULTS, "simulated_job_seconds": 0.3})
+    engine = get_engine(settings.database_url)
+    upgrade(engine)
+    from api.app import create_app
+
+    worker = start_worker(settings)
+    try:
+        with serve_app(create_app(settings)) as url:
+            yield Served(url, engine)
+    finally:
+        stop_worker(worker)

@@ -6,47 +6,17 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import av
 import httpx
 import openai
 import pytest
 from PIL import Image
-from sqlalchemy import Engine
 
-from common.db import get_engine
-from common.migrate import upgrade
-from tests.api.chat.helpers import assert_books_balance, books, serve_app
-from tests.api.media.conftest import MEDIA_DEFAULTS
-from tests.conftest import TestAccount, create_test_account, make_settings
-from tests.workers.helpers import IMAGE_PRICE, VIDEO_PRICE, start_worker, stop_worker
-
-
-@dataclass
-class Served:
-    url: str
-    engine: Engine
-
-    def sdk(self, account: TestAccount) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/api/v1", api_key=account.api_key, max_retries=0, timeout=30)
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    settings = make_settings(tmp_path, **{**MEDIA_DEFAULTS, "simulated_job_seconds": 0.3})
-    engine = get_engine(settings.database_url)
-    upgrade(engine)
-    from api.app import create_app
-
-    worker = start_worker(settings)
-    try:
-        with serve_app(create_app(settings)) as url:
-            yield Served(url, engine)
-    finally:
-        stop_worker(worker)
+from tests.api.chat.helpers import assert_books_balance, books
+from tests.api.media.conftest import Served
+from tests.conftest import create_test_account
+from tests.workers.helpers import IMAGE_PRICE, VIDEO_PRICE
 
 
 def decode_png(data: bytes) -> Image.Image:

@@ -1,0 +1,99 @@
+"""A failure after a media job is made (its credits held) is answered so that the SDK does not
+retry: the SDK sends no Idempotency-Key of its own, so each retry made, and charged, another job
+(found by an SDK review: a storage failure under images.generate made 3 jobs, charged 3 times)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import openai
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from api import job_flow
+from api.routes import images as images_route
+from common.errors import ServiceUnavailable
+from tests.api.chat.helpers import assert_books_balance
+from tests.api.media.conftest import Served
+from tests.conftest import TestAccount, create_test_account
+from tests.workers.helpers import IMAGE_PRICE, VIDEO_PRICE
+
+
+def _jobs(served: Served, account: TestAccount) -> list[str]:
+    with served.engine.connect() as conn:
+        return list(conn.execute(text("SELECT id FROM jobs WHERE account_id = :a"), {"a": account.account_id})
+                    .scalars())
+
+
+def test_lost_files_under_images_generate_make_one_job_and_one_charge(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    def files_gone(*args: Any, **kwargs: Any) -> Any:
+        raise FileNotFoundError("the storage lost the file")
+
+    monkeypatch.setattr(images_route, "images_response", files_gone)
+    account = create_test_account(served.engine, "free")
+    before = assert_books_balance(served.engine, account.account_id).balance
+    with served.sdk(account, max_retries=2) as client, pytest.raises(openai.InternalServerError) as raised:
+        client.images.generate(model="nano-banana-pro", prompt="a fox", size="256x256",
+                               response_format="b64_json")
+    (job_id,) = _jobs(served, account)  # one job: the SDK did not retry
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert raised.value.code == "job_answer_failed" and job_id in raised.value.message
+    assert finished_status(served, job_id) == "succeeded"
+    after = assert_books_balance(served.engine, account.account_id)
+    assert before - after.balance == IMAGE_PRICE  # the job, charged once
+
+
+@pytest.mark.parametrize("failure", [ServiceUnavailable("The service is temporarily unavailable, try again."),
+                                     psycopg.OperationalError("connection to server lost")])
+def test_a_database_failure_reading_back_a_new_video_makes_one_job(
+        served: Served, monkeypatch: pytest.MonkeyPatch, failure: Exception) -> None:
+    async def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr(job_flow, "read", unreadable)
+    account = create_test_account(served.engine, "pro")
+    with served.sdk(account, max_retries=2) as client, pytest.raises(openai.InternalServerError) as raised:
+        client.videos.create(model="vo3", prompt="a fox", seconds="4")
+    (job_id,) = _jobs(served, account)
+    assert raised.value.status_code == 503 and raised.value.response.headers["x-should-retry"] == "false"
+    assert raised.value.code == "job_answer_failed" and job_id in raised.value.message
+    monkeypatch.undo()
+    assert finished_status(served, job_id) == "succeeded"
+    held_or_charged = assert_books_balance(served.engine, account.account_id)
+    assert held_or_charged.held == 0  # settled: charged VIDEO_PRICE once (the books balance)
+    with served.engine.connect() as conn:
+        assert conn.execute(text("SELECT charged FROM jobs WHERE id = :j"), {"j": job_id}).scalar_one() \
+            == VIDEO_PRICE
+
+
+def finished_status(served: Served, job_id: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        with served.engine.connect() as conn:
+            status = conn.execute(text("SELECT status FROM jobs WHERE id = :j"), {"j": job_id}).scalar_one()
+        if status in ("succeeded", "failed", "canceled") or time.monotonic() > deadline:
+            return str(status)
+        time.sleep(0.05)
+
+
+def test_images_generate_waits_through_a_database_blip_and_answers_the_images(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the job while it runs: a lost connection is read again until the wait's deadline."""
+    read, failures = job_flow.read, []
+
+    async def blinking(*args: Any, **kwargs: Any) -> Any:
+        if len(failures) < 2:
+            failures.append(1)
+            raise psycopg.OperationalError("connection to server lost")
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(job_flow, "read", blinking)
+    account = create_test_account(served.engine, "free")
+    with served.sdk(account) as client:
+        answer = client.images.generate(model="nano-banana-pro", prompt="a fox", size="256x256",
+                                        response_format="b64_json")
+    assert len(failures) == 2 and answer.data and answer.data[0].b64_json
+    assert len(_jobs(served, account)) == 1
