@@ -48,17 +48,19 @@ def _demo_key(host: str, port: int) -> None:
 
     now = clock.now().timestamp()
     with engine.begin() as conn:
-        row = conn.execute(text("SELECT id FROM accounts WHERE email = :e"), {"e": DEMO_EMAIL}).first()
+        row = conn.execute(text("SELECT id, plan FROM accounts WHERE email = :e"), {"e": DEMO_EMAIL}).first()
         if row is None:
-            account_id, key = accounts.create_account(conn, DEMO_EMAIL, "pro", day=billing.today(settings.timezone),
+            plan = "pro"
+            account_id, key = accounts.create_account(conn, DEMO_EMAIL, plan, day=billing.today(settings.timezone),
                                                       now=now)
         else:
-            account_id = row[0]
+            account_id, plan = row  # `helyx plan set` may have changed it
             conn.execute(text("UPDATE api_keys SET revoked_at = :now WHERE account_id = :a AND revoked_at IS NULL"
                               " AND name IN ('default', 'demo')"), {"a": account_id, "now": now})
             key = accounts.create_key(conn, account_id, name="demo", now=now)
     base_url = f"http://{host}:{port}/api/v1"
-    print(json.dumps({"account_id": account_id, "api_key": key.secret, "base_url": base_url}, indent=2))
+    print(json.dumps({"account_id": account_id, "plan": plan, "api_key": key.secret, "base_url": base_url},
+                     indent=2))
     print(f"\nTry:\n  curl -H 'Authorization: Bearer {key.secret}' {base_url}/credits\n", flush=True)
 
 
@@ -129,7 +131,10 @@ def serve(args: argparse.Namespace) -> int:
             with sock, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a normal stop, as in uvicorn.run
                 server.run(sockets=[sock])
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM does not cut the jobs short
-            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C does
+            # a second Ctrl-C does, even for a serve started in the background by a script (SIGINT
+            # ignored from birth: uvicorn put that back once it was done)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            with contextlib.suppress(KeyboardInterrupt):
                 embedded.stop(worker)
         return 0 if server.started else 3  # uvicorn.run's code for a failed start-up
     _empty_metrics_dir()

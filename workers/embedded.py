@@ -43,7 +43,12 @@ def stop(worker: dramatiq.Worker) -> None:
     grace = context.settings().shutdown_grace_seconds
     log.info("stopping: up to %g s for running jobs to finish", grace)
     started = time.monotonic()
-    worker.stop(timeout=int(grace * 1000))
+    try:
+        worker.stop(timeout=int(grace * 1000))
+    except KeyboardInterrupt:  # as the grace's end would: the jobs still running are given back, below
+        log.warning("stopping at once (a second Ctrl-C) after %.1f s", time.monotonic() - started)
+        execute.cut_off_at_shutdown()
+        return  # the webhooks left are the sweeper's, after the next start
     log.info("workers stopped after %.1f s", time.monotonic() - started)
     execute.cut_off_at_shutdown()
     deliver_left_webhooks(LEFT_WEBHOOKS_SECONDS)

@@ -6,6 +6,7 @@ self-contained mode a running media job finishes too, before the process exits (
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -180,4 +181,25 @@ def test_the_webhook_of_a_job_that_finishes_during_the_grace_is_sent_before_serv
         with engine.connect() as conn:
             assert conn.execute(text("SELECT webhook_status FROM jobs WHERE id = :j"),
                                 {"j": job_id}).scalar_one() == "delivered"
+    engine.dispose()
+
+
+def test_a_second_ctrl_c_gives_the_running_job_back_as_the_end_of_the_grace_does(tmp_path: Path) -> None:
+    """The second Ctrl-C's KeyboardInterrupt escaped the wait and skipped the give-back: the job
+    stayed `running` until its lease lapsed and came back with an attempt used (a new-user review)."""
+    with Processes(tmp_path / "procs") as procs:
+        api, job_id, engine = _running_video(tmp_path, procs, job_seconds=8, grace=20)
+        # to `helyx serve` alone, as a terminal's Ctrl-C (not to the test's watchdog above it, which
+        # a SIGINT would end)
+        (serve,) = (int(pid) for pid in Path(f"/proc/{api.popen.pid}/task/{api.popen.pid}/children").read_text()
+                    .split())
+        os.kill(serve, signal.SIGINT)
+        time.sleep(1.0)
+        os.kill(serve, signal.SIGINT)
+        assert api.popen.wait(30) == 0, api.log()
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT status, lease_owner, attempts FROM jobs WHERE id = :j"),
+                               {"j": job_id}).one()
+            assert (row.status, row.lease_owner, row.attempts) == ("queued", None, 0), (row, api.log(100_000))
+        assert f"queued again, to run once more and be charged once: {job_id}" in api.log(100_000)
     engine.dispose()
