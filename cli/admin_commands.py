@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ def _engine(*, create: bool = False) -> Engine:
     revision = current_revision(engine)
     if revision is None and create:
         upgrade(engine)
+        where = Path(url.database or "").resolve() if url.get_backend_name() == "sqlite" else url.render_as_string()
+        # on stderr, the JSON on stdout staying whole: from another directory, the default SQLite path is
+        # another file than the one `helyx serve` uses, and its key would be refused there
+        print(f"helyx: made a new Helyx database at {where} (HELYX_DATABASE_URL, relative to the working "
+              "directory for SQLite)", file=sys.stderr)
     elif revision is None:
         raise InvalidRequest("This database has no Helyx schema: is HELYX_DATABASE_URL the right one? "
                              "(`helyx migrate`, or `helyx account create`, makes it.)")

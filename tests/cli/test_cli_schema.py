@@ -60,9 +60,17 @@ def test_a_command_on_a_sqlite_file_that_is_not_there_refuses_and_makes_no_file(
     assert not missing.exists() and not missing.parent.exists()
 
 
-def test_account_create_makes_the_schema_of_a_new_database(run: Any, bare_db: Engine) -> None:
-    made = ok_json(run("account", "create", "first@example.com"))
+def test_account_create_makes_the_schema_of_a_new_database_and_says_where(
+        run: Any, bare_db: Engine, tmp_path: Path) -> None:
+    """Said on stderr, with the file's absolute path: run from another directory, the default
+    relative SQLite URL made a second database silently, whose key `helyx serve` refused (a
+    new-user review)."""
+    code, out, err = run("account", "create", "first@example.com")
+    made = ok_json((code, out, err))
     assert made["api_key"].startswith("hx-") and {"accounts", "alembic_version"} <= _tables(bare_db)
+    assert f"made a new Helyx database at {tmp_path / 'bare.db'}" in err, err
+    code, out, err = run("account", "create", "second@example.com")
+    assert code == 0 and "made a new" not in err, err
 
 
 def test_no_command_migrates_an_older_schema_but_migrate(run: Any, bare_db: Engine) -> None:

@@ -212,3 +212,21 @@ def test_several_api_processes_without_a_metrics_directory_are_warned_of(
     code, _, err = run("serve", "--port", str(port))
     assert code == 0, err
     assert ("2 API processes without PROMETHEUS_MULTIPROC_DIR" in err) is not multiproc_dir, err
+
+
+def test_the_demo_printout_names_the_accounts_plan_as_it_is(cli_db: Engine, capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    """The README says the demo account is on the Pro plan: the printout says so too, and after
+    `helyx plan set` it says the plan set (found by a new-user review: it named none)."""
+    import json
+
+    from cli.run_commands import _demo_key
+
+    _demo_key("127.0.0.1", 8000)
+    first = json.loads(capsys.readouterr().out.split("\n\nTry:")[0])
+    with cli_db.begin() as conn:
+        conn.execute(text("UPDATE accounts SET plan = 'ultra' WHERE id = :a"), {"a": first["account_id"]})
+    _demo_key("127.0.0.1", 8000)
+    second = json.loads(capsys.readouterr().out.split("\n\nTry:")[0])
+    assert (first["plan"], second["plan"]) == ("pro", "ultra")
+    assert set(first) == {"account_id", "plan", "api_key", "base_url"}
