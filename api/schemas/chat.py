@@ -238,7 +238,9 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     @field_validator("response_format")
     @classmethod
     def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value.get("type", "text") != "text":
+        if value is not None and "type" not in value:  # OpenAI refuses it too: its type is required
+            raise ValueError('a response_format without its type is not supported; only {"type": "text"}')
+        if value is not None and value["type"] != "text":
             raise ValueError('JSON response formats are not supported by this gateway; only {"type": "text"}')
         return value
 
