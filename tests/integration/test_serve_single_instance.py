@@ -103,6 +103,25 @@ def test_of_two_serves_started_together_on_one_port_the_second_stops_at_once(tmp
                 time.sleep(0.1)
 
 
+def _until_no_earlier_holder(database_url: str, seconds: float = 10.0) -> None:
+    """The lock of this pytest process's PostgreSQL database can still be held for a moment by an
+    earlier test's process, SIGKILLed at its end, until PostgreSQL sees its session close."""
+    if not database_url.startswith("postgresql"):
+        return
+    import psycopg
+
+    from common.db import libpq_conninfo
+    from common.jobs_lock import LOCK_KEY
+
+    deadline = time.monotonic() + seconds
+    with psycopg.connect(libpq_conninfo(database_url), autocommit=True) as conn:
+        while conn.execute("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid = %s"
+                           " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                           (LOCK_KEY,)).fetchone() != (0,):
+            assert time.monotonic() < deadline, "an earlier holder of the jobs lock is still there"
+            time.sleep(0.05)
+
+
 @pytest.mark.parametrize("on", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_a_self_contained_serve_cannot_start_beside_a_production_shape_serve(
         tmp_path: Path, on: str, request: pytest.FixtureRequest) -> None:
@@ -111,6 +130,7 @@ def test_a_self_contained_serve_cannot_start_beside_a_production_shape_serve(
     were then answered free (found by a diff review). The production serve holds the lock shared."""
     overrides = {"database_url": request.getfixturevalue("pg_url")} if on == "postgres" else {}
     settings = make_settings(tmp_path, **overrides)
+    _until_no_earlier_holder(settings.database_url)
     named = "a production-shape `helyx serve`" if on == "sqlite" else "helyx serve \\(production shape\\)"
     with single_instance.share_database(settings), single_instance.share_database(settings), \
             pytest.raises(single_instance.AlreadyServing, match=named):  # several share it; the refusal names them
@@ -133,6 +153,7 @@ def test_every_production_shape_api_process_holds_the_lock_itself(
 
     overrides = {"database_url": request.getfixturevalue("pg_url")} if on == "postgres" else {}
     settings = make_settings(tmp_path, redis_url=request.getfixturevalue("redis_url"), **overrides)
+    _until_no_earlier_holder(settings.database_url)
     upgrade(make_engine(settings.database_url))
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz").status_code == 200
