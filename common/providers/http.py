@@ -281,10 +281,17 @@ class SSEEvent:
     data: str
 
 
-async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
-    """Server-sent events from a streaming response (the `event:` and `data:` fields)."""
+_SSE_FIELDS = frozenset({"event", "data", "id", "retry"})
+MAX_STRAY_CHARS = 65_536
+
+
+async def iter_sse(response: httpx.Response, stray: list[str] | None = None) -> AsyncIterator[SSEEvent]:
+    """Server-sent events from a streaming response (the `event:` and `data:` fields). Lines that
+    are no SSE field (a JSON body sent instead of events: MiniMax's failures) are skipped, as SSE
+    has it, and kept in `stray` when given, up to MAX_STRAY_CHARS in all."""
     event: str | None = None
     data: list[str] = []
+    kept = 0
     async for line in response.aiter_lines():
         if not line:
             if data:
@@ -300,5 +307,8 @@ async def iter_sse(response: httpx.Response) -> AsyncIterator[SSEEvent]:
             event = value
         elif name == "data":
             data.append(value)
+        elif stray is not None and name not in _SSE_FIELDS and kept + len(line) <= MAX_STRAY_CHARS:
+            stray.append(line)
+            kept += len(line)
     if data:
         yield SSEEvent(event, "\n".join(data))

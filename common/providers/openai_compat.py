@@ -36,7 +36,7 @@ from common.providers.http import (
 )
 from common.providers.messages import alternating
 from common.providers.minimax_status import base_resp_error
-from common.providers.vendor_bodies import parse_json, vendor_message
+from common.providers.vendor_bodies import NOT_JSON, parse_json, vendor_message
 from common.throttled_log import ThrottledWarnings
 
 PROVIDER = "openai-compatible"
@@ -117,11 +117,10 @@ class OpenAICompatProvider:
             async with self._client.stream_json(self._url, self._body(request, True),
                                                 self._headers()) as response:
                 await raise_for_status(response, PROVIDER, self._api_key)
-                if _media_type(response) == "application/json":  # a failure told as one body (MiniMax)
-                    _raise_if_error(parse_json(await response.aread(), PROVIDER), self._api_key)
-                    raise UpstreamError(f"The upstream provider ({PROVIDER}) answered a stream request with "
-                                        "one JSON body", code="upstream_bad_response")
-                async for event in iter_sse(response):
+                stray: list[str] = []  # what is not an event: a failure told as one JSON body (MiniMax)
+                events = 0
+                async for event in iter_sse(response, stray):
+                    events += 1
                     if event.data.strip() == "[DONE]":
                         return
                     chunk = parse_json(event.data, PROVIDER)
@@ -130,13 +129,20 @@ class OpenAICompatProvider:
                     if delta is not None:
                         finished = finished or delta.finish_reason is not None
                         yield delta
+                if not events and isinstance(body := _json_or_none("\n".join(stray)), dict):
+                    _raise_if_error(body, self._api_key)
+                    raise UpstreamError(f"The upstream provider ({PROVIDER}) answered a stream request with "
+                                        "one JSON body, no events", code="upstream_bad_response")
         if not finished:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
                                 retryable=True)
 
 
-def _media_type(response: httpx.Response) -> str:
-    return response.headers.get("content-type", "").partition(";")[0].strip().lower()
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except NOT_JSON:
+        return None
 
 
 def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:

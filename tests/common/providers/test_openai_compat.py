@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -353,3 +355,35 @@ async def test_a_minimax_failure_in_a_chunk_ends_the_stream_with_its_error() -> 
         deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
     assert text_of(deltas) == "Hi"
     assert isinstance(error, UpstreamError) and error.retryable is False and "1027" in error.message
+
+
+@pytest.mark.parametrize("content_type", ["text/event-stream", "application/json", "application/json; charset=utf-8"])
+async def test_a_stream_is_read_as_events_whatever_its_content_type_says(content_type: str) -> None:
+    """Self-hosted and proxy servers label SSE application/json; such streams worked, and a
+    MiniMax change that read every application/json answer as one JSON body broke them (a diff
+    review)."""
+    sse = (b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+           b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=sse,
+                                                                   headers={"content-type": content_type}))
+    async with UpstreamClient(transport=transport) as mock_client:
+        deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    assert error is None and text_of(deltas) == "Hi"
+
+
+async def test_a_pretty_printed_json_failure_to_a_stream_request_is_its_error() -> None:
+    body = json.dumps({"choices": None, "base_resp": {"status_code": 1008, "status_msg": "insufficient balance"}},
+                      indent=2).encode()
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body,
+                                                                   headers={"content-type": "text/event-stream"}))
+    async with UpstreamClient(transport=transport) as mock_client:
+        _, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    assert isinstance(error, UpstreamError) and error.code == "upstream_quota_exhausted"
+
+
+async def test_a_stream_request_answered_with_text_that_is_no_json_ended_early() -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=b"upstream hiccup\n",
+                                                                   headers={"content-type": "text/plain"}))
+    async with UpstreamClient(transport=transport) as mock_client:
+        _, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    assert isinstance(error, UpstreamError) and error.retryable is True
