@@ -12,14 +12,15 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Caller, after_lookup
-from api.errors import is_database_down
+from api.errors import error_response, is_database_down
 from api.services import Services
 from common import billing, clock
 from common.accounts import Principal
-from common.errors import HelyxError, InsufficientCredits, InvalidRequest, JobAnswerFailed
+from common.errors import HelyxError, InsufficientCredits, InvalidRequest, JobAnswerFailed, JobUnconfirmed
+from common.ids import new_id
 from common.jobs import lifecycle
 from common.jobs.files import remove_unrecorded
-from common.jobs.submit import submit_job
+from common.jobs.submit import OutcomeUnknown, submit_job
 from common.jobs.views import (
     JobRecord,
     Linker,
@@ -87,6 +88,11 @@ async def submit(
         with contextlib.suppress(WebhookHostUnresolved):  # may resolve later: checked before every delivery
             await check_url_in_time(webhook_url, settings.webhook_allow_private)
     idempotency_key = request.headers.get("idempotency-key")
+    job_id = new_id("job")
+    # The shutdown's cut while the job's statement runs in its thread (which goes on): the job may
+    # be made, so not a 503 the SDK retries (api.middleware.answer_cut_request)
+    request.state.answer_if_cut = lambda: error_response(
+        JobUnconfirmed(job_id, job_type, "the server is shutting down and cut this request off"))
 
     def submit_and_enqueue() -> str:
         """One trip to the thread pool: the job committed, then its message sent (off the event loop:
@@ -94,7 +100,7 @@ async def submit(
         submission = submit_job(services.engine, principal, job_type=job_type, model=entry.id, params=params,
                                 price=entry.rate_micro * units, tz=settings.timezone,
                                 idempotency_key=idempotency_key, webhook_url=webhook_url,
-                                base_url=public_base(services, request))
+                                base_url=public_base(services, request), job_id=job_id)
         if submission.created:
             try:
                 services.enqueue(submission.job_id, job_type)
@@ -108,17 +114,23 @@ async def submit(
         if units > 1 and exc.param is None:  # fewer images may be affordable: the field to lower
             exc.param = "n"
         raise
+    except OutcomeUnknown as exc:
+        log.warning("job %s: the database did not confirm its submission (%s)", job_id, type(exc.__cause__).__name__)
+        raise JobUnconfirmed(job_id, job_type, "the gateway's database did not confirm it") from exc
     if fields is not None:  # and names the job it made
         fields.update(model=entry.id, job_id=job_id, credits_reserved=to_credits(entry.rate_micro * units))
     return job_id
 
 
 @contextlib.asynccontextmanager
-async def answering(job_id: str, job_type: str) -> AsyncIterator[None]:
+async def answering(request: Request, job_id: str, job_type: str) -> AsyncIterator[None]:
     """Around what follows a job's submission in the request that made it (reading it back,
     waiting for it, its files): from there on, a failure is a JobAnswerFailed that names the job
-    and tells the SDK not to retry (x-should-retry: false), since a retry would be a second job.
+    and tells the SDK not to retry (x-should-retry: false), since a retry would be a second job;
+    so is the shutdown's cut, unless the route leaves a better answer (the image route's 202).
     A refusal that is final already (a canceled or failed job's answer) passes as it is."""
+    request.state.answer_if_cut = lambda: error_response(
+        JobAnswerFailed(job_id, job_type, status=503, reason="the server is shutting down and cut this request off"))
     try:
         yield
     except HelyxError as exc:

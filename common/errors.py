@@ -16,6 +16,7 @@
     ├── ServiceUnavailable          503     server_error
     │   └── ChargeUnconfirmed       503     server_error (code charge_unconfirmed, not retried)
     ├── JobAnswerFailed             5xx     server_error (code job_answer_failed, not retried)
+    ├── JobUnconfirmed              503     server_error (code job_unconfirmed, not retried)
     └── UpstreamError               502     upstream_error
         ├── UpstreamTimeout         504     upstream_error
         └── UpstreamRejectedRequest 400     invalid_request_error (the vendor's code and param, if any)
@@ -141,6 +142,22 @@ class JobAnswerFailed(HelyxError):
             f"answer failed ({reason}). GET /api/v1/jobs/{job_id} gives its outcome; sending the request again "
             "without an Idempotency-Key makes, and charges, a second job.")
         self.status = status
+        self.job_id = job_id
+
+
+class JobUnconfirmed(HelyxError):
+    """A media job's submission whose outcome is unknown: the database did not confirm its
+    statement (the reply was lost: it may have committed), or the server's shutdown cut the
+    request while it was in flight. Not to be retried blindly: a retry without the same
+    Idempotency-Key could make, and charge, a second job."""
+
+    status, type, code, retryable = 503, "server_error", "job_unconfirmed", False
+
+    def __init__(self, job_id: str, job_type: str, reason: str) -> None:
+        super().__init__(
+            f"The {job_type} job {job_id} may or may not have been made: {reason}. GET /api/v1/jobs/{job_id} "
+            "tells: a job that exists runs and is charged once; a 404 means nothing was made or charged, and the "
+            "request can be sent again.")
         self.job_id = job_id
 
 

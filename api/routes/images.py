@@ -44,7 +44,7 @@ async def _generate(body: ImageGenerationRequest, request: Request, principal: P
                 "response_format": body.response_format},
         webhook_url=body.webhook_url,
     )
-    async with job_flow.answering(job_id, "image"):  # the job exists: a failure now must not be retried
+    async with job_flow.answering(request, job_id, "image"):  # the job exists: a failure now must not be retried
         return await _answer(body, request, principal, services, rate_headers, job_id)
 
 
@@ -60,9 +60,11 @@ async def _answer(body: ImageGenerationRequest, request: Request, principal: Pri
     def seen(record: JobRecord, remaining: int) -> None:
         last["job"] = (record, remaining)
 
+    cut_before_a_reading = request.state.answer_if_cut  # job_flow.answering's
+
     def answer_if_cut() -> Response | None:  # api.middleware.answer_cut_request
         if not last:
-            return None
+            return cut_before_a_reading()  # type: ignore[no-any-return]
         return json_response(job_view(last["job"][0], links, last["job"][1]), status=202, headers=rate_headers)
 
     request.state.answer_if_cut = answer_if_cut

@@ -75,7 +75,7 @@ async def create_video(request: Request, principal: PrincipalDep, services: Serv
             params={"prompt": body.prompt, "seconds": int(body.seconds), "width": width, "height": height},
             webhook_url=body.webhook_url,
         )
-        async with job_flow.answering(job_id, "video"):  # the job exists: a failure now must not be retried
+        async with job_flow.answering(request, job_id, "video"):  # the job exists: a failure now must not be retried
             record, remaining = await job_flow.read(services, principal, job_id)
             _not_gone(record, job_id)  # an Idempotency-Key's replay of a video deleted since: 404, as GET says
             view = video_view(record, remaining)

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from common import billing, clock, credit_refusals, ledger, ledger_pg, pg_statements
 from common.accounts import Principal
@@ -51,6 +51,16 @@ _INSERT_JOB_FROM_HOLD = (
 )
 
 
+class OutcomeUnknown(Exception):
+    """The database went away while the job's statement (or its commit) was in flight on
+    PostgreSQL: the job may have been made, or not. Nothing was sent when the connection could
+    not be had: that stays the database's own error (a retry makes nothing twice)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
     job_id: str
@@ -64,6 +74,7 @@ def request_hash(payload: dict[str, Any]) -> str:
 def submit_job(
     engine: Engine, principal: Principal, *, job_type: str, model: str, params: dict[str, Any], price: int,
     tz: str, idempotency_key: str | None = None, webhook_url: str | None = None, base_url: str | None = None,
+    job_id: str | None = None,
 ) -> Submission:
     """Reserve and write the job (or return the earlier one for this Idempotency-Key). `base_url`,
     the absolute URL the request came to, is kept in the stored params (`BASE_URL_PARAM`) for the
@@ -74,7 +85,7 @@ def submit_job(
         replay = _replay(engine, principal.account_id, idempotency_key, body_hash)
         if replay:
             return replay
-    job_id = new_id("job")
+    job_id = job_id or new_id("job")
     now = clock.now().timestamp()
     try:
         if is_postgres(engine) and principal.daily_cap is None:
@@ -83,13 +94,19 @@ def submit_job(
                 "job_idem": idempotency_key, "job_hash": body_hash, "job_hook": webhook_url,
             })
         else:
-            with engine.begin() as conn:
-                hold_id = _reserve(conn, principal, price, job_id, now, tz)
-                conn.execute(_INSERT_JOB, {
-                    "id": job_id, "aid": principal.account_id, "kid": principal.key_id, "type": job_type,
-                    "model": model, "params": stored, "hold": hold_id, "price": price,
-                    "idem": idempotency_key, "hash": body_hash, "hook": webhook_url, "now": now,
-                })
+            with engine.connect() as conn:  # a connection that cannot be had: nothing was sent
+                try:
+                    with conn.begin():
+                        hold_id = _reserve(conn, principal, price, job_id, now, tz)
+                        conn.execute(_INSERT_JOB, {
+                            "id": job_id, "aid": principal.account_id, "kid": principal.key_id, "type": job_type,
+                            "model": model, "params": stored, "hold": hold_id, "price": price,
+                            "idem": idempotency_key, "hash": body_hash, "hook": webhook_url, "now": now,
+                        })
+                except (OperationalError, InterfaceError) as exc:  # SQLite's failed commit rolled back
+                    if is_postgres(engine):
+                        raise OutcomeUnknown(job_id) from exc
+                    raise
     except (IntegrityError, psycopg.IntegrityError, InsufficientCredits):
         # A concurrent duplicate of this key committed first: its unique key refuses ours, or its
         # hold took what ours needed (the balance covered one); either way the answer is its job
@@ -119,10 +136,13 @@ def _reserve_and_insert_in_one_statement(
 ) -> None:
     """The hold, its ledger entry and the job row in one autocommit statement (PostgreSQL,
     uncapped keys): nothing is written unless all of it is."""
-    with pg_statements.connection(engine) as pg:
-        hold_id = ledger_pg.reserve(pg, account_id=principal.account_id, key_id=principal.key_id, amount=price,
-                                    purpose=f"job:{job_id}", now=now, ttl=JOB_HOLD_TTL_SECONDS,
-                                    then_insert=_INSERT_JOB_FROM_HOLD, then_params=job)
+    try:
+        with pg_statements.connection(engine) as pg:  # one that cannot be had is SQLAlchemy's error: nothing sent
+            hold_id = ledger_pg.reserve(pg, account_id=principal.account_id, key_id=principal.key_id, amount=price,
+                                        purpose=f"job:{job_id}", now=now, ttl=JOB_HOLD_TTL_SECONDS,
+                                        then_insert=_INSERT_JOB_FROM_HOLD, then_params=job)
+    except pg_statements.UNREACHABLE as exc:  # the statement sent, its reply lost: it may have committed
+        raise OutcomeUnknown(job_id) from exc
     if hold_id is None:
         with reader(engine).connect() as conn:
             refusal = credit_refusals.insufficient_error(ledger.balance(conn, principal.account_id), price)

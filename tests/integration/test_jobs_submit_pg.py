@@ -140,3 +140,53 @@ def _at_once(count: int, call: Callable[[], T]) -> tuple[list[T], list[BaseExcep
     for thread in threads:
         thread.join(60)
     return results, errors
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_a_reply_lost_after_the_statement_is_an_unknown_outcome_naming_the_job(
+        pg_engine: Engine, monkeypatch: pytest.MonkeyPatch, capped: bool) -> None:
+    """The statement committed and its reply was lost: a retry of the request would make a second
+    job (the API answers job_unconfirmed, not a 503 to retry; an SDK retry hunt found two jobs)."""
+    import psycopg
+
+    account = create_test_account(pg_engine, "pro")
+    if capped:  # the transactional path (engine.begin): the connection dies inside the transaction
+        with pg_engine.begin() as conn:
+            conn.execute(text("UPDATE api_keys SET daily_cap = :c WHERE id = :k"),
+                         {"c": 10_000 * MICRO, "k": account.key_id})
+        monkeypatch.setattr(submit, "_INSERT_JOB", text("SELECT pg_terminate_backend(pg_backend_pid())"))
+    else:
+        real_reserve = submit.ledger_pg.reserve
+
+        def committed_then_lost(*args: object, **kwargs: object) -> str | None:
+            real_reserve(*args, **kwargs)  # type: ignore[arg-type]
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        monkeypatch.setattr(submit.ledger_pg, "reserve", committed_then_lost)
+    principal = _principal(pg_engine, account)
+    with pytest.raises(submit.OutcomeUnknown) as unknown:
+        submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro", params=PARAMS,
+                   price=40 * MICRO, tz=TZ, job_id="job_0123456789abcdef01234567")
+    assert unknown.value.job_id == "job_0123456789abcdef01234567"
+    made = _rows(pg_engine, account.account_id)
+    # committed (the one statement) or rolled back (the transaction): the caller cannot tell which
+    assert made == ((0, 0, 0) if capped else (1, 1, 1))
+
+
+def test_a_connection_that_cannot_be_had_is_the_databases_own_error(
+        pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing was sent: a retry makes nothing twice, so no unknown outcome."""
+    from sqlalchemy.exc import OperationalError
+
+    from common import pg_statements
+
+    def unreachable(engine: Engine) -> object:
+        raise OperationalError("connect", {}, Exception("connection refused"))
+
+    account = create_test_account(pg_engine, "pro")
+    principal = _principal(pg_engine, account)
+    monkeypatch.setattr(pg_statements, "connection", unreachable)
+    with pytest.raises(OperationalError):
+        submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro", params=PARAMS,
+                   price=40 * MICRO, tz=TZ)
+    assert _rows(pg_engine, account.account_id) == (0, 0, 0)

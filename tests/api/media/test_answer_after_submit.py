@@ -4,6 +4,7 @@ retry: the SDK sends no Idempotency-Key of its own, so each retry made, and char
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy import text
 from api import job_flow
 from api.routes import images as images_route
 from common.errors import ServiceUnavailable
+from common.jobs.submit import OutcomeUnknown
 from tests.api.chat.helpers import assert_books_balance
 from tests.api.media.conftest import Served
 from tests.conftest import TestAccount, create_test_account
@@ -97,3 +99,72 @@ def test_images_generate_waits_through_a_database_blip_and_answers_the_images(
                                         response_format="b64_json")
     assert len(failures) == 2 and answer.data and answer.data[0].b64_json
     assert len(_jobs(served, account)) == 1
+
+
+def _cut_now() -> Any:
+    """What uvicorn does to a request still running at the end of its shutdown grace."""
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    return asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("route", ["image", "image_async", "video"])
+def test_a_shutdown_cut_after_the_job_is_made_is_not_retried(
+        served: Served, monkeypatch: pytest.MonkeyPatch, route: str) -> None:
+    """It answered 503 server_shutdown, "Please retry.", and each SDK retry made another job (an
+    SDK retry hunt): now the job is named and the SDK told not to retry."""
+    async def cut(*args: Any, **kwargs: Any) -> Any:
+        await _cut_now()
+
+    monkeypatch.setattr(job_flow, "read", cut)
+    account = create_test_account(served.engine, "pro")
+    with served.sdk(account, max_retries=2) as client, pytest.raises(openai.InternalServerError) as raised:
+        if route == "video":
+            client.videos.create(model="vo3", prompt="a fox", seconds="4")
+        else:
+            client.images.generate(model="nano-banana-pro", prompt="a fox", size="256x256",
+                                   extra_headers={"Prefer": "respond-async"} if route == "image_async" else None)
+    (job_id,) = _jobs(served, account)
+    assert raised.value.status_code == 503 and raised.value.response.headers["x-should-retry"] == "false"
+    assert raised.value.code == "job_answer_failed" and job_id in raised.value.message
+
+
+def test_a_shutdown_cut_while_the_jobs_statement_runs_says_it_may_be_made(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    real, calls = job_flow.run_in_threadpool, []
+
+    async def statement_then_cut(*args: Any, **kwargs: Any) -> Any:
+        result = await real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # the submission's trip (the statement committed in its thread meanwhile)
+            await _cut_now()
+        return result
+
+    monkeypatch.setattr(job_flow, "run_in_threadpool", statement_then_cut)
+    account = create_test_account(served.engine, "free")
+    with served.sdk(account, max_retries=2) as client, pytest.raises(openai.InternalServerError) as raised:
+        client.images.generate(model="nano-banana-pro", prompt="a fox", size="256x256")
+    (job_id,) = _jobs(served, account)
+    assert raised.value.status_code == 503 and raised.value.response.headers["x-should-retry"] == "false"
+    assert raised.value.code == "job_unconfirmed" and job_id in raised.value.message
+
+
+def test_a_submission_the_database_did_not_confirm_is_named_and_not_retried(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reply lost after the job's statement committed (common.jobs.submit.OutcomeUnknown)."""
+    real = job_flow.submit_job
+
+    def committed_then_lost(*args: Any, **kwargs: Any) -> Any:
+        made = real(*args, **kwargs)
+        raise OutcomeUnknown(made.job_id)
+
+    monkeypatch.setattr(job_flow, "submit_job", committed_then_lost)
+    account = create_test_account(served.engine, "free")
+    with served.sdk(account, max_retries=2) as client, pytest.raises(openai.InternalServerError) as raised:
+        client.images.generate(model="nano-banana-pro", prompt="a fox", size="256x256")
+    (job_id,) = _jobs(served, account)
+    assert raised.value.status_code == 503 and raised.value.response.headers["x-should-retry"] == "false"
+    assert raised.value.code == "job_unconfirmed" and job_id in raised.value.message
+    with served.engine.connect() as conn:  # made, and left for the sweeper to send (the reply was lost)
+        assert conn.execute(text("SELECT status FROM jobs WHERE id = :j"), {"j": job_id}).scalar_one() == "queued"
