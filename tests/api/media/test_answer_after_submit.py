@@ -29,6 +29,15 @@ def _jobs(served: Served, account: TestAccount) -> list[str]:
                     .scalars())
 
 
+def _the_one_job_named(served: Served, account: TestAccount, error: openai.APIStatusError, code: str,
+                       status: int) -> str:
+    """One job (the SDK did not retry), named by the error, which told the SDK not to retry."""
+    (job_id,) = _jobs(served, account)
+    assert (error.status_code, error.response.headers["x-should-retry"]) == (status, "false")
+    assert error.code == code and job_id in error.message
+    return job_id
+
+
 def test_lost_files_under_images_generate_make_one_job_and_one_charge(
         served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     def files_gone(*args: Any, **kwargs: Any) -> Any:
@@ -40,9 +49,7 @@ def test_lost_files_under_images_generate_make_one_job_and_one_charge(
     with served.sdk(account, max_retries=2) as client, pytest.raises(openai.InternalServerError) as raised:
         client.images.generate(model="nano-banana-pro", prompt="a fox", size="256x256",
                                response_format="b64_json")
-    (job_id,) = _jobs(served, account)  # one job: the SDK did not retry
-    assert raised.value.response.headers["x-should-retry"] == "false"
-    assert raised.value.code == "job_answer_failed" and job_id in raised.value.message
+    job_id = _the_one_job_named(served, account, raised.value, "job_answer_failed", 500)
     assert finished_status(served, job_id) == "succeeded"
     after = assert_books_balance(served.engine, account.account_id)
     assert before - after.balance == IMAGE_PRICE  # the job, charged once
@@ -59,9 +66,7 @@ def test_a_database_failure_reading_back_a_new_video_makes_one_job(
     account = create_test_account(served.engine, "pro")
     with served.sdk(account, max_retries=2) as client, pytest.raises(openai.InternalServerError) as raised:
         client.videos.create(model="vo3", prompt="a fox", seconds="4")
-    (job_id,) = _jobs(served, account)
-    assert raised.value.status_code == 503 and raised.value.response.headers["x-should-retry"] == "false"
-    assert raised.value.code == "job_answer_failed" and job_id in raised.value.message
+    job_id = _the_one_job_named(served, account, raised.value, "job_answer_failed", 503)
     monkeypatch.undo()
     assert finished_status(served, job_id) == "succeeded"
     held_or_charged = assert_books_balance(served.engine, account.account_id)
@@ -125,9 +130,7 @@ def test_a_shutdown_cut_after_the_job_is_made_is_not_retried(
         else:
             client.images.generate(model="nano-banana-pro", prompt="a fox", size="256x256",
                                    extra_headers={"Prefer": "respond-async"} if route == "image_async" else None)
-    (job_id,) = _jobs(served, account)
-    assert raised.value.status_code == 503 and raised.value.response.headers["x-should-retry"] == "false"
-    assert raised.value.code == "job_answer_failed" and job_id in raised.value.message
+    _the_one_job_named(served, account, raised.value, "job_answer_failed", 503)
 
 
 def test_a_shutdown_cut_while_the_jobs_statement_runs_says_it_may_be_made(
@@ -145,9 +148,7 @@ def test_a_shutdown_cut_while_the_jobs_statement_runs_says_it_may_be_made(
     account = create_test_account(served.engine, "free")
     with served.sdk(account, max_retries=2) as client, pytest.raises(openai.InternalServerError) as raised:
         client.images.generate(model="nano-banana-pro", prompt="a fox", size="256x256")
-    (job_id,) = _jobs(served, account)
-    assert raised.value.status_code == 503 and raised.value.response.headers["x-should-retry"] == "false"
-    assert raised.value.code == "job_unconfirmed" and job_id in raised.value.message
+    _the_one_job_named(served, account, raised.value, "job_unconfirmed", 503)
 
 
 def test_a_submission_the_database_did_not_confirm_is_named_and_not_retried(
@@ -163,8 +164,6 @@ def test_a_submission_the_database_did_not_confirm_is_named_and_not_retried(
     account = create_test_account(served.engine, "free")
     with served.sdk(account, max_retries=2) as client, pytest.raises(openai.InternalServerError) as raised:
         client.images.generate(model="nano-banana-pro", prompt="a fox", size="256x256")
-    (job_id,) = _jobs(served, account)
-    assert raised.value.status_code == 503 and raised.value.response.headers["x-should-retry"] == "false"
-    assert raised.value.code == "job_unconfirmed" and job_id in raised.value.message
+    job_id = _the_one_job_named(served, account, raised.value, "job_unconfirmed", 503)
     with served.engine.connect() as conn:  # made, and left for the sweeper to send (the reply was lost)
         assert conn.execute(text("SELECT status FROM jobs WHERE id = :j"), {"j": job_id}).scalar_one() == "queued"
