@@ -22,16 +22,17 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import orjson
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
+
+from api.json_bytes import json_bytes
 
 LAST_WORDS_SECONDS = 2.0  # the most a cut stream's last event may wait for a slow reader
 
 
 def sse_data(payload: Any) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+    return b"data: " + json_bytes(payload) + b"\n\n"
 
 
 SSE_DONE = b"data: [DONE]\n\n"
