@@ -111,8 +111,12 @@ class ChatCall:
             completion_tokens=usage.completion_tokens if usage else 0,
         )
         if settlement.available is None:  # resolved before (a retry after a lost reply): say what is left now
-            left = await run_in_threadpool(billing.available, self.services.engine, self.principal.account_id)
-            settlement = dataclasses.replace(settlement, available=left)
+            try:
+                left = await run_in_threadpool(billing.available, self.services.engine, self.principal.account_id)
+            except DATABASE_DOWN as exc:  # the charge is confirmed: the answer goes out, what is left unsaid
+                log.warning("chat %s: charged; the balance left could not be read (%s)", self.id, type(exc).__name__)
+            else:
+                settlement = dataclasses.replace(settlement, available=left)
         return settlement
 
     async def _settle(self, outcome: Outcome, stream: bool) -> Settlement:

@@ -207,9 +207,10 @@ def _description(entry: ModelEntry, usage: Usage | None) -> str:
     return f"{entry.id} {usage.prompt_tokens}+{usage.completion_tokens} tokens" if usage else entry.id
 
 
-def helyx_block(settlement: ledger.Settlement) -> dict[str, int | float]:
+def helyx_block(settlement: ledger.Settlement) -> dict[str, int | float | None]:
+    """`credits_remaining` is null when the balance could not be read after the charge."""
     return {
         "credits_charged": to_credits(settlement.charged),
-        "credits_remaining": to_credits(max(0, settlement.available or 0)),
+        "credits_remaining": None if settlement.available is None else to_credits(max(0, settlement.available)),
     }
 
