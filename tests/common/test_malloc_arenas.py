@@ -61,6 +61,7 @@ def test_without_the_limit_each_thread_gets_its_own_arena() -> None:
 
 def test_an_operators_malloc_arena_max_is_left_as_it_is() -> None:
     assert _arenas("limit", _env(MALLOC_ARENA_MAX="4")) == ("False", 4)
+    assert _arenas("limit", _env(GLIBC_TUNABLES="glibc.malloc.arena_max=3")) == ("False", 3)
 
 
 @pytest.mark.parametrize("entry_point", ["api.main", "workers.boot"])
