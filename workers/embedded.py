@@ -5,6 +5,7 @@ queued again, so nothing is lost across a restart."""
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from typing import Any
 
@@ -47,7 +48,11 @@ def stop(worker: dramatiq.Worker) -> None:
         worker.stop(timeout=int(grace * 1000))
     except KeyboardInterrupt:  # as the grace's end would: the jobs still running are given back, below
         log.warning("stopping at once (a second Ctrl-C) after %.1f s", time.monotonic() - started)
-        execute.cut_off_at_shutdown()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third must not cut the give-back short
+        try:
+            execute.cut_off_at_shutdown()
+        finally:
+            signal.signal(signal.SIGINT, previous)
         return  # the webhooks left are the sweeper's, after the next start
     log.info("workers stopped after %.1f s", time.monotonic() - started)
     execute.cut_off_at_shutdown()
