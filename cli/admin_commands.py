@@ -17,7 +17,7 @@ from common.db import get_engine, normalize_url
 from common.errors import InvalidRequest
 from common.migrate import SchemaNewerThanRelease, current_revision, head_revision, is_current, is_known, upgrade
 from common.money import PLAIN_DECIMAL, to_credits, to_micro
-from common.settings import get_settings
+from common.settings import get_settings, shown_url
 
 
 def _engine(*, create: bool = False) -> Engine:
@@ -34,7 +34,8 @@ def _engine(*, create: bool = False) -> Engine:
     revision = current_revision(engine)
     if revision is None and create:
         upgrade(engine)
-        where = Path(url.database or "").resolve() if url.get_backend_name() == "sqlite" else url.render_as_string()
+        where = (Path(url.database or "").resolve() if url.get_backend_name() == "sqlite"
+                 else shown_url(url.render_as_string()))  # no password, in the URL's user part or its query
         # on stderr, the JSON on stdout staying whole: from another directory, the default SQLite path is
         # another file than the one `helyx serve` uses, and its key would be refused there
         print(f"helyx: made a new Helyx database at {where} (HELYX_DATABASE_URL, relative to the working "

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from common import jobs_lock
 from common.settings import Settings
+from common.settings import shown_url as settings_shown_url
 
 
 class AlreadyServing(Exception):
@@ -62,7 +63,8 @@ def locked_file(settings: Settings, mode: int) -> tuple[TextIO, bool]:
 
 
 def shown_url(settings: Settings) -> str:
-    return make_url(settings.database_url).render_as_string(hide_password=True)
+    """The database URL for a message: no password, in its user part or in its query."""
+    return settings_shown_url(make_url(settings.database_url).render_as_string(hide_password=True))
 
 
 def pg_lock(settings: Settings, *, shared: bool, holder: str, refusal: str) -> AbstractContextManager[Any]:

@@ -271,13 +271,15 @@ class Settings(BaseSettings):
 
 
 def shown_url(url: str) -> str:
-    """A URL for an error message: whatever stands between `//user:` and the last `@` masked (a
-    refusal lands in service and CI logs). By pattern, not by parsing: a refused URL may be
-    malformed, and a generated password may hold `/`, `#` or `?`, which end urlsplit's netloc."""
-    return _PASSWORD.sub(r"\1***@", url)
+    """A URL for an error message: whatever stands between `//user:` and the last `@` masked, and
+    a `password=` in its query (libpq takes one there) (a refusal lands in service and CI logs).
+    By pattern, not by parsing: a refused URL may be malformed, and a generated password may hold
+    `/`, `#` or `?`, which end urlsplit's netloc."""
+    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
 
 
 _PASSWORD = re.compile(r"^(.*?//[^:/@]*:).*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 def misspelt_names(env_file: str | Path = ".env") -> list[tuple[str, str, bool]]:

@@ -195,3 +195,13 @@ def test_the_hosts_own_zone_is_refused_for_the_billing_day(monkeypatch: pytest.M
     with pytest.raises(ValidationError) as refused:
         Settings(_env_file=None)  # type: ignore[call-arg]
     assert "each host's own zone" in str(refused.value)
+
+
+def test_a_password_in_a_urls_query_is_masked_too() -> None:
+    """libpq takes `?password=`; a refusal or a start-up line printed it (a diff review)."""
+    from common.settings import shown_url
+
+    shown = shown_url("postgresql://app@db/helyx?sslmode=require&password=TopSecretPW&x=1")
+    assert shown == "postgresql://app@db/helyx?sslmode=require&password=***&x=1"
+    assert shown_url("postgresql://app:TopSecretPW@db/helyx?PASSWORD=TopSecretPW") == \
+        "postgresql://app:***@db/helyx?PASSWORD=***"
