@@ -199,22 +199,27 @@ async def read_as(caller: Caller, job_id: str, job_type: str | None = None) -> t
 async def wait_for(services: Services, principal: Principal, job_id: str, timeout: float,
                    seen: Callable[[JobRecord, int], None] | None = None) -> tuple[JobRecord, int]:
     """Poll the job row until it finishes or `timeout` passes (a short, growing interval); `seen`
-    is told each reading."""
+    is told each reading. Through a database outage it reads again until the deadline, and then
+    answers the last reading, if any (the job still running, as far as it knows)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + timeout
     delay = 0.0
+    last: tuple[JobRecord, int] | None = None
     while True:
         try:
             record, remaining = await read(services, principal, job_id)
         except Exception as exc:  # a database blip: the job runs on meanwhile; read again until the deadline
             if not is_database_down(exc) or loop.time() >= deadline:
+                if last is not None and is_database_down(exc):
+                    return last
                 raise
             delay = next_poll_delay(delay, loop.time() - started)
             await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             continue
         if seen is not None:
             seen(record, remaining)
+        last = record, remaining
         if record.row["status"] in TERMINAL or loop.time() >= deadline:
             return record, remaining
         delay = next_poll_delay(delay, loop.time() - started)
