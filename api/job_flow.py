@@ -91,8 +91,8 @@ async def submit(
     job_id = new_id("job")
     # The shutdown's cut while the job's statement runs in its thread (which goes on): the job may
     # be made, so not a 503 the SDK retries (api.middleware.answer_cut_request)
-    request.state.answer_if_cut = lambda: error_response(
-        JobUnconfirmed(job_id, job_type, "the server is shutting down and cut this request off"))
+    request.state.answer_if_cut = lambda: error_response(JobUnconfirmed(
+        job_id, job_type, "the server is shutting down and cut this request off", idempotent=bool(idempotency_key)))
 
     def submit_and_enqueue() -> str:
         """One trip to the thread pool: the job committed, then its message sent (off the event loop:
@@ -116,7 +116,8 @@ async def submit(
         raise
     except OutcomeUnknown as exc:
         log.warning("job %s: the database did not confirm its submission (%s)", job_id, type(exc.__cause__).__name__)
-        raise JobUnconfirmed(job_id, job_type, "the gateway's database did not confirm it") from exc
+        raise JobUnconfirmed(job_id, job_type, "the gateway's database did not confirm it",
+                             idempotent=bool(idempotency_key)) from exc
     if fields is not None:  # and names the job it made
         fields.update(model=entry.id, job_id=job_id, credits_reserved=to_credits(entry.rate_micro * units))
     return job_id
@@ -129,21 +130,25 @@ async def answering(request: Request, job_id: str, job_type: str) -> AsyncIterat
     and tells the SDK not to retry (x-should-retry: false), since a retry would be a second job;
     so is the shutdown's cut, unless the route leaves a better answer (the image route's 202).
     A refusal that is final already (a canceled or failed job's answer) passes as it is."""
-    request.state.answer_if_cut = lambda: error_response(
-        JobAnswerFailed(job_id, job_type, status=503, reason="the server is shutting down and cut this request off"))
+    idempotent = bool(request.headers.get("idempotency-key"))  # a retry with it returns this job
+    request.state.answer_if_cut = lambda: error_response(JobAnswerFailed(
+        job_id, job_type, status=503, reason="the server is shutting down and cut this request off",
+        idempotent=idempotent))
     try:
         yield
     except HelyxError as exc:
         if not exc.client_may_retry:
             raise
-        raise JobAnswerFailed(job_id, job_type, status=exc.status, reason=exc.message.rstrip(".")) from exc
+        raise JobAnswerFailed(job_id, job_type, status=exc.status, reason=exc.message.rstrip("."),
+                              idempotent=idempotent) from exc
     except Exception as exc:
         if is_database_down(exc):
             log.warning("job %s: database unavailable while answering (%s)", job_id, type(exc).__name__)
-            raise JobAnswerFailed(job_id, job_type, status=503,
-                                  reason="the gateway's database is unavailable") from exc
+            raise JobAnswerFailed(job_id, job_type, status=503, reason="the gateway's database is unavailable",
+                                  idempotent=idempotent) from exc
         log.exception("job %s: answering failed", job_id)
-        raise JobAnswerFailed(job_id, job_type, status=500, reason=f"internal error: {type(exc).__name__}") from exc
+        raise JobAnswerFailed(job_id, job_type, status=500, reason=f"internal error: {type(exc).__name__}",
+                              idempotent=idempotent) from exc
 
 
 async def cancel(services: Services, principal: Principal, job_id: str) -> bool:

@@ -130,35 +130,38 @@ class ChargeUnconfirmed(ServiceUnavailable):
 
 class JobAnswerFailed(HelyxError):
     """A media job was made, its credits held, but the answer to the request that made it failed
-    (the database or the file storage went away while it waited). Not to be retried: the SDK
-    sends no Idempotency-Key of its own, so its retry would make, and charge, a second job.
-    `status` is the failure's own (503 for the database, 500 otherwise)."""
+    (the database or the file storage went away while it waited, or the shutdown cut it). Not to
+    be retried unless the request carried an Idempotency-Key (`idempotent`): the SDK sends none
+    of its own, so its retry would make, and charge, a second job; with the caller's key, which the
+    SDK sends again on its retries, a retry returns this job. `status`: 503 for the database or a
+    shutdown, 500 otherwise."""
 
-    type, code, retryable = "server_error", "job_answer_failed", False
+    type, code = "server_error", "job_answer_failed"
 
-    def __init__(self, job_id: str, job_type: str, *, status: int, reason: str) -> None:
+    def __init__(self, job_id: str, job_type: str, *, status: int, reason: str, idempotent: bool = False) -> None:
+        then = ("Sending the request again with the same Idempotency-Key returns it." if idempotent else
+                "Sending the request again without an Idempotency-Key makes, and charges, a second job.")
         super().__init__(
-            f"The {job_type} job {job_id} was created and its credits are held until it finishes, but this "
-            f"answer failed ({reason}). GET /api/v1/jobs/{job_id} gives its outcome; sending the request again "
-            "without an Idempotency-Key makes, and charges, a second job.")
-        self.status = status
-        self.job_id = job_id
+            f"The {job_type} job {job_id} was made (and is charged once, if it succeeds), but this answer failed "
+            f"({reason}). GET /api/v1/jobs/{job_id} gives its state. {then}")
+        self.status, self.retryable, self.job_id = status, idempotent, job_id
 
 
 class JobUnconfirmed(HelyxError):
     """A media job's submission whose outcome is unknown: the database did not confirm its
     statement (the reply was lost: it may have committed), or the server's shutdown cut the
-    request while it was in flight. Not to be retried blindly: a retry without the same
-    Idempotency-Key could make, and charge, a second job."""
+    request while it was in flight. Not to be retried blindly, unless the request carried an
+    Idempotency-Key (`idempotent`: a retry then returns the job if it was made, or makes it)."""
 
-    status, type, code, retryable = 503, "server_error", "job_unconfirmed", False
+    status, type, code = 503, "server_error", "job_unconfirmed"
 
-    def __init__(self, job_id: str, job_type: str, reason: str) -> None:
-        super().__init__(
-            f"The {job_type} job {job_id} may or may not have been made: {reason}. GET /api/v1/jobs/{job_id} "
-            "tells: a job that exists runs and is charged once; a 404 means nothing was made or charged, and the "
-            "request can be sent again.")
-        self.job_id = job_id
+    def __init__(self, job_id: str, job_type: str, reason: str, *, idempotent: bool = False) -> None:
+        then = ("Send the request again with the same Idempotency-Key: it returns the job if it was made, "
+                "charged once, or makes it." if idempotent else
+                f"GET /api/v1/jobs/{job_id} tells: a job that exists runs and is charged once; a 404 that lasts a "
+                "minute means nothing was made or charged, and the request can be sent again.")
+        super().__init__(f"The {job_type} job {job_id} may or may not have been made: {reason}. {then}")
+        self.retryable, self.job_id = idempotent, job_id
 
 
 class UpstreamError(HelyxError):

@@ -26,6 +26,7 @@ from common.accounts import Principal
 from common.db import is_postgres, reader
 from common.errors import Conflict, InsufficientCredits
 from common.ids import new_id
+from common.retrying import is_unreachable
 
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
 # Keys of the stored params JSON that are ours, not the user's: never shown (JobRecord.params) and
@@ -95,16 +96,17 @@ def submit_job(
             })
         else:
             with engine.connect() as conn:  # a connection that cannot be had: nothing was sent
+                transaction = conn.begin()  # a failure before the COMMIT rolls it all back: the error as it is
+                hold_id = _reserve(conn, principal, price, job_id, now, tz)
+                conn.execute(_INSERT_JOB, {
+                    "id": job_id, "aid": principal.account_id, "kid": principal.key_id, "type": job_type,
+                    "model": model, "params": stored, "hold": hold_id, "price": price,
+                    "idem": idempotency_key, "hash": body_hash, "hook": webhook_url, "now": now,
+                })
                 try:
-                    with conn.begin():
-                        hold_id = _reserve(conn, principal, price, job_id, now, tz)
-                        conn.execute(_INSERT_JOB, {
-                            "id": job_id, "aid": principal.account_id, "kid": principal.key_id, "type": job_type,
-                            "model": model, "params": stored, "hold": hold_id, "price": price,
-                            "idem": idempotency_key, "hash": body_hash, "hook": webhook_url, "now": now,
-                        })
+                    transaction.commit()
                 except (OperationalError, InterfaceError) as exc:  # SQLite's failed commit rolled back
-                    if is_postgres(engine):
+                    if is_postgres(engine) and is_unreachable(exc):
                         raise OutcomeUnknown(job_id) from exc
                     raise
     except (IntegrityError, psycopg.IntegrityError, InsufficientCredits):
@@ -141,8 +143,10 @@ def _reserve_and_insert_in_one_statement(
             hold_id = ledger_pg.reserve(pg, account_id=principal.account_id, key_id=principal.key_id, amount=price,
                                         purpose=f"job:{job_id}", now=now, ttl=JOB_HOLD_TTL_SECONDS,
                                         then_insert=_INSERT_JOB_FROM_HOLD, then_params=job)
-    except pg_statements.UNREACHABLE as exc:  # the statement sent, its reply lost: it may have committed
-        raise OutcomeUnknown(job_id) from exc
+    except pg_statements.UNREACHABLE as exc:
+        if is_unreachable(exc):  # the statement sent, its reply lost: it may have committed
+            raise OutcomeUnknown(job_id) from exc
+        raise  # refused by a reachable server (a lock or statement timeout, a deadlock): nothing written
     if hold_id is None:
         with reader(engine).connect() as conn:
             refusal = credit_refusals.insufficient_error(ledger.balance(conn, principal.account_id), price)

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 
 from common import accounts, clock, ledger
 from common.accounts import Principal
+from common.db import make_engine
 from common.errors import Conflict, InsufficientCredits
 from common.jobs import submit
 from common.jobs.submit import submit_job
@@ -145,16 +146,32 @@ def _at_once(count: int, call: Callable[[], T]) -> tuple[list[T], list[BaseExcep
 @pytest.mark.parametrize("capped", [False, True])
 def test_a_reply_lost_after_the_statement_is_an_unknown_outcome_naming_the_job(
         pg_engine: Engine, monkeypatch: pytest.MonkeyPatch, capped: bool) -> None:
-    """The statement committed and its reply was lost: a retry of the request would make a second
-    job (the API answers job_unconfirmed, not a 503 to retry; an SDK retry hunt found two jobs)."""
+    """The statement (or the transaction's COMMIT) committed and its reply was lost: a retry of the
+    request would make a second job (the API answers job_unconfirmed, not a 503 to retry; an SDK
+    retry hunt found two jobs)."""
     import psycopg
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.exc import OperationalError
 
     account = create_test_account(pg_engine, "pro")
-    if capped:  # the transactional path (engine.begin): the connection dies inside the transaction
+    if capped:  # the transactional path: its COMMIT goes through, the reply does not come back
         with pg_engine.begin() as conn:
             conn.execute(text("UPDATE api_keys SET daily_cap = :c WHERE id = :k"),
                          {"c": 10_000 * MICRO, "k": account.key_id})
-        monkeypatch.setattr(submit, "_INSERT_JOB", text("SELECT pg_terminate_backend(pg_backend_pid())"))
+        real_begin = Connection.begin
+
+        class ReplyLost:
+            def __init__(self, transaction: object) -> None:
+                self.transaction = transaction
+
+            def commit(self) -> None:
+                self.transaction.commit()  # type: ignore[attr-defined]
+                raise OperationalError("COMMIT", {}, psycopg.OperationalError("server closed the connection"))
+
+        def begin_with_a_lost_commit_reply(self: Connection) -> object:
+            return ReplyLost(real_begin(self))
+
+        monkeypatch.setattr(Connection, "begin", begin_with_a_lost_commit_reply)
     else:
         real_reserve = submit.ledger_pg.reserve
 
@@ -167,10 +184,37 @@ def test_a_reply_lost_after_the_statement_is_an_unknown_outcome_naming_the_job(
     with pytest.raises(submit.OutcomeUnknown) as unknown:
         submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro", params=PARAMS,
                    price=40 * MICRO, tz=TZ, job_id="job_0123456789abcdef01234567")
+    monkeypatch.undo()
     assert unknown.value.job_id == "job_0123456789abcdef01234567"
-    made = _rows(pg_engine, account.account_id)
-    # committed (the one statement) or rolled back (the transaction): the caller cannot tell which
-    assert made == ((0, 0, 0) if capped else (1, 1, 1))
+    assert _rows(pg_engine, account.account_id) == (1, 1, 1)  # committed: unknown to the caller
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_a_statement_a_reachable_server_refused_is_its_own_error_not_an_unknown_outcome(
+        pg_engine: Engine, capped: bool) -> None:
+    """A lock timeout (or a statement timeout, a deadlock) rolls the statement back: nothing was
+    made, and the retryable 503 it was is right (a review of the first version)."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    account = create_test_account(pg_engine, "pro")
+    if capped:
+        with pg_engine.begin() as conn:
+            conn.execute(text("UPDATE api_keys SET daily_cap = :c WHERE id = :k"),
+                         {"c": 10_000 * MICRO, "k": account.key_id})
+    principal = _principal(pg_engine, account)
+    impatient = make_engine(pg_engine.url.update_query_dict({"options": "-c lock_timeout=200"})
+                            .render_as_string(hide_password=False))
+    try:
+        with pg_engine.begin() as locker:
+            locker.execute(text("SELECT 1 FROM accounts WHERE id = :a FOR UPDATE"), {"a": account.account_id})
+            with pytest.raises((psycopg.OperationalError, OperationalError)) as refused:
+                submit_job(impatient, principal, job_type="image", model="nano-banana-pro", params=PARAMS,
+                           price=40 * MICRO, tz=TZ)
+    finally:
+        impatient.dispose()
+    assert not isinstance(refused.value, submit.OutcomeUnknown)
+    assert _rows(pg_engine, account.account_id) == (0, 0, 0)
 
 
 def test_a_connection_that_cannot_be_had_is_the_databases_own_error(

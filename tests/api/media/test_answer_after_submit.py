@@ -167,3 +167,25 @@ def test_a_submission_the_database_did_not_confirm_is_named_and_not_retried(
     job_id = _the_one_job_named(served, account, raised.value, "job_unconfirmed", 503)
     with served.engine.connect() as conn:  # made, and left for the sweeper to send (the reply was lost)
         assert conn.execute(text("SELECT status FROM jobs WHERE id = :j"), {"j": job_id}).scalar_one() == "queued"
+
+
+def test_with_the_callers_idempotency_key_the_sdk_retries_and_gets_the_one_job(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK sends the caller's headers again on its retries: with an Idempotency-Key a retry
+    returns the job made, charged once, so the failure is left retryable (a review of the first
+    version, which told the SDK not to)."""
+    read, failures = job_flow.read, []
+
+    async def fails_once(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise psycopg.OperationalError("connection to server lost")
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(job_flow, "read", fails_once)
+    account = create_test_account(served.engine, "pro")
+    with served.sdk(account, max_retries=2) as client:
+        video = client.videos.create(model="vo3", prompt="a fox", seconds="4",
+                                     extra_headers={"Idempotency-Key": "fox-video-1"})
+    (job_id,) = _jobs(served, account)
+    assert video.id == job_id and failures == [1]
