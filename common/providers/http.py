@@ -282,6 +282,28 @@ class SSEEvent:
 
 
 _SSE_FIELDS = frozenset({"event", "data", "id", "retry"})
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+async def sse_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The body's lines as SSE ends them: CRLF, CR or LF only. httpx's aiter_lines splits on
+    everything str.splitlines does, U+2028, U+2029 and U+0085 too, which JSON carries raw inside
+    strings (serde, pydantic and Node servers send them so): a chunk holding one was cut in two,
+    and its halves read as malformed JSON (a review found it)."""
+    pending = ""
+    async for text in response.aiter_text():
+        pending += text
+        held = "\r" if pending.endswith("\r") else ""  # perhaps the first half of a CRLF
+        lines = _LINE_END.split(pending[:-1] if held else pending)
+        pending = lines.pop() + held
+        for line in lines:
+            yield line
+    if pending:
+        lines = _LINE_END.split(pending)
+        if lines[-1] == "":
+            lines.pop()
+        for line in lines:
+            yield line
 MAX_STRAY_CHARS = 65_536
 
 
@@ -292,7 +314,7 @@ async def iter_sse(response: httpx.Response, stray: list[str] | None = None) -> 
     event: str | None = None
     data: list[str] = []
     kept = 0
-    async for line in response.aiter_lines():
+    async for line in sse_lines(response):
         if not line:
             if data:
                 yield SSEEvent(event, "\n".join(data))

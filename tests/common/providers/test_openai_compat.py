@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -387,3 +388,26 @@ async def test_a_stream_request_answered_with_text_that_is_no_json_ended_early()
     async with UpstreamClient(transport=transport) as mock_client:
         _, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
     assert isinstance(error, UpstreamError) and error.retryable is True
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085", "\x0b", "\x1c"])
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", "\r"])
+async def test_a_streamed_answer_holding_unicode_line_separators_is_read_whole(separator: str, line_end: str) -> None:
+    """JSON holds U+2028, U+2029 and U+0085 raw in strings; SSE ends lines at CR, LF or CRLF only.
+    Read with httpx's aiter_lines (str.splitlines), such a chunk was cut in two: malformed JSON."""
+    def chunk(content: str | None, finish: str | None = None) -> str:
+        delta = {} if content is None else {"content": content}
+        event = json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}, ensure_ascii=False)
+        return f"data: {event}{line_end}{line_end}"
+
+    body = (chunk(f"a{separator}b") + chunk(None, "stop") + f"data: [DONE]{line_end}{line_end}").encode()
+
+    async def in_pieces() -> Any:  # bytes split everywhere, a CR apart from its LF included
+        for i in range(0, len(body), 3):
+            yield body[i:i + 3]
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, content=in_pieces(), headers={"content-type": "text/event-stream"}))
+    async with UpstreamClient(transport=transport) as mock_client:
+        deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    assert error is None and text_of(deltas) == f"a{separator}b"
