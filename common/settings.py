@@ -279,7 +279,7 @@ def shown_url(url: str) -> str:
 
 
 _PASSWORD = re.compile(r"^(.*?//[^:/@]*:).*@")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
 
 
 def misspelt_names(env_file: str | Path = ".env") -> list[tuple[str, str, bool]]:

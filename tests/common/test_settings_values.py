@@ -205,3 +205,4 @@ def test_a_password_in_a_urls_query_is_masked_too() -> None:
     assert shown == "postgresql://app@db/helyx?sslmode=require&password=***&x=1"
     assert shown_url("postgresql://app:TopSecretPW@db/helyx?PASSWORD=TopSecretPW") == \
         "postgresql://app:***@db/helyx?PASSWORD=***"
+    assert shown_url("postgresql://db/helyx?sslpassword=TopSecretPW") == "postgresql://db/helyx?sslpassword=***"
