@@ -290,15 +290,18 @@ async def sse_lines(response: httpx.Response) -> AsyncIterator[str]:
     everything str.splitlines does, U+2028, U+2029 and U+0085 too, which JSON carries raw inside
     strings (serde, pydantic and Node servers send them so): a chunk holding one was cut in two,
     and its halves read as malformed JSON (a review found it)."""
-    pending = ""
+    pieces: list[str] = []  # the line begun: joined once it ends (a long line in many reads stays linear)
     async for text in response.aiter_text():
-        pending += text
+        if "\n" not in text and "\r" not in text:
+            pieces.append(text)
+            continue
+        pending = "".join(pieces) + text
         held = "\r" if pending.endswith("\r") else ""  # perhaps the first half of a CRLF
         lines = _LINE_END.split(pending[:-1] if held else pending)
-        pending = lines.pop() + held
+        pieces = [lines.pop() + held]
         for line in lines:
             yield line
-    if pending:
+    if pending := "".join(pieces):
         lines = _LINE_END.split(pending)
         if lines[-1] == "":
             lines.pop()
