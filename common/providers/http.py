@@ -307,6 +307,8 @@ async def sse_lines(response: httpx.Response) -> AsyncIterator[str]:
             lines.pop()
         for line in lines:
             yield line
+
+
 MAX_STRAY_CHARS = 65_536
 
 
