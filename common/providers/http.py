@@ -289,7 +289,9 @@ async def sse_lines(response: httpx.Response) -> AsyncIterator[str]:
     """The body's lines as SSE ends them: CRLF, CR or LF only. httpx's aiter_lines splits on
     everything str.splitlines does, U+2028, U+2029 and U+0085 too, which JSON carries raw inside
     strings (serde, pydantic and Node servers send them so): a chunk holding one was cut in two,
-    and its halves read as malformed JSON (a review found it)."""
+    and its halves read as malformed JSON (a review found it). A BOM before the first line made
+    that line no field, and a stream's first event was lost."""
+    response.encoding = "utf-8-sig"  # SSE is UTF-8 whatever the header says, a leading BOM skipped (WHATWG)
     pieces: list[str] = []  # the line begun: joined once it ends (a long line in many reads stays linear)
     async for text in response.aiter_text():
         if "\n" not in text and "\r" not in text:

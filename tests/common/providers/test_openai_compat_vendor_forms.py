@@ -152,3 +152,18 @@ async def test_a_streamed_answer_holding_unicode_line_separators_is_read_whole(s
     async with UpstreamClient(transport=transport) as mock_client:
         deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
     assert error is None and text_of(deltas) == f"a{separator}b"
+
+
+@pytest.mark.parametrize("charset", ["", "; charset=iso-8859-1"])
+async def test_a_stream_starting_with_a_bom_keeps_its_first_event_and_is_read_as_utf8(charset: str) -> None:
+    """SSE (WHATWG): a leading U+FEFF is skipped and the stream is UTF-8 whatever its header says.
+    The BOM made the first line no field: a vendor's first text was lost (a review)."""
+    first = json.dumps({"choices": [{"index": 0, "delta": {"content": "Héllo"}, "finish_reason": None}]},
+                       ensure_ascii=False)
+    last = json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    body = "\ufeff".encode() + f"data: {first}\n\ndata: {last}\n\ndata: [DONE]\n\n".encode()
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, content=body, headers={"content-type": f"text/event-stream{charset}"}))
+    async with UpstreamClient(transport=transport) as mock_client:
+        deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    assert error is None and text_of(deltas) == "Héllo"
