@@ -25,6 +25,7 @@ from typing import Any
 
 from common.errors import UpstreamError, UpstreamRejectedRequest
 from common.providers.refusal_text import about_the_request
+from common.providers.vendor_bodies import shown_vendor_text
 from common.throttled_log import ThrottledWarnings
 
 log = logging.getLogger("helyx.upstream")
@@ -42,8 +43,7 @@ def base_resp_error(data: Any, provider: str, api_key: str | None) -> UpstreamEr
     code = status.get("status_code") if isinstance(status, dict) else None
     if type(code) is not int or code == 0:
         return None
-    said = status.get("status_msg") if isinstance(status.get("status_msg"), str) else ""
-    said = " ".join((said.replace(api_key, "***") if api_key else said).split())[:500]
+    said = shown_vendor_text(status.get("status_msg") if isinstance(status.get("status_msg"), str) else "", api_key)
     told = f"{provider} status {code}"
     if code in RETRY_LATER or code in RATE_LIMITED:
         _warnings.warning(told, "upstream %s failed (status %d): %s", provider, code, said or "no message")

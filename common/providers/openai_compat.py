@@ -36,7 +36,7 @@ from common.providers.http import (
 )
 from common.providers.messages import alternating
 from common.providers.minimax_status import base_resp_error
-from common.providers.vendor_bodies import NOT_JSON, parse_json, vendor_message
+from common.providers.vendor_bodies import json_or_none, parse_json, vendor_message
 from common.throttled_log import ThrottledWarnings
 
 PROVIDER = "openai-compatible"
@@ -129,20 +129,13 @@ class OpenAICompatProvider:
                     if delta is not None:
                         finished = finished or delta.finish_reason is not None
                         yield delta
-                if not events and isinstance(body := _json_or_none("\n".join(stray)), dict):
+                if not events and isinstance(body := json_or_none("\n".join(stray)), dict):
                     _raise_if_error(body, self._api_key)
                     raise UpstreamError(f"The upstream provider ({PROVIDER}) answered a stream request with "
                                         "one JSON body, no events", code="upstream_bad_response")
         if not finished:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
                                 retryable=True)
-
-
-def _json_or_none(text: str) -> Any:
-    try:
-        return json.loads(text) if text else None
-    except NOT_JSON:
-        return None
 
 
 def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:

@@ -34,12 +34,25 @@ def parse_json(raw: str | bytes, provider: str) -> Any:
                             code="upstream_bad_response") from exc
 
 
-def _error_object(body: bytes) -> dict[str, Any] | None:
-    """The `error` object of a JSON error body ({"error": {...}}), or None."""
+def json_or_none(raw: str | bytes) -> Any:
+    """The JSON value of `raw`, or None when it is none (or empty)."""
     try:
-        data: Any = json.loads(body)
+        return json.loads(raw) if raw else None
     except NOT_JSON:
         return None
+
+
+def shown_vendor_text(text: str, api_key: str | None) -> str:
+    """A vendor's words as they may be logged or quoted: the provider key masked, whitespace
+    collapsed, at most MAX_VENDOR_MESSAGE characters."""
+    if api_key:
+        text = text.replace(api_key, "***")
+    return " ".join(text.split())[:MAX_VENDOR_MESSAGE]
+
+
+def _error_object(body: bytes) -> dict[str, Any] | None:
+    """The `error` object of a JSON error body ({"error": {...}}), or None."""
+    data = json_or_none(body)
     error = data.get("error") if isinstance(data, dict) else None
     return error if isinstance(error, dict) else None
 
@@ -79,10 +92,7 @@ def vendor_message(body: bytes, api_key: str | None) -> str:
     """The message of a vendor error body ({"error": {"message": ...}} for OpenAI, Anthropic and
     Gemini alike; Gemini sometimes wraps it in a list), else the trimmed text; key masked."""
     text = body.decode("utf-8", "replace").strip()
-    try:
-        data: Any = json.loads(text)
-    except NOT_JSON:
-        data = None
+    data = json_or_none(text)
     if isinstance(data, list) and data:
         data = data[0]
     if isinstance(data, dict):
@@ -91,10 +101,7 @@ def vendor_message(body: bytes, api_key: str | None) -> str:
             text = error["message"]
         elif isinstance(error, str):
             text = error
-    if api_key:
-        text = text.replace(api_key, "***")
-    text = " ".join(text.split())
-    return text[:MAX_VENDOR_MESSAGE]
+    return shown_vendor_text(text, api_key)
 
 
 def retry_after_seconds(headers: httpx.Headers | dict[str, str]) -> float | None:
