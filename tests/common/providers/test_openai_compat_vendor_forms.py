@@ -11,12 +11,21 @@ import httpx
 import pytest
 
 from common.errors import UpstreamError, UpstreamRejectedRequest
+from common.providers.base import ChatDelta
 from common.providers.http import UpstreamClient
 from common.providers.openai_compat import OpenAICompatProvider
 from tests.common.providers.helpers import API_KEY, chat_request, collect, text_of
 from tests.fakes import Behaviour, FakeUpstream
 
 pytestmark = pytest.mark.anyio
+
+
+async def _streamed(content: Any, content_type: str) -> tuple[list[ChatDelta], UpstreamError | None]:
+    """The adapter's deltas (and error) for a stream request answered 200 with `content`."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(
+        200, content=content, headers={"content-type": content_type}))
+    async with UpstreamClient(transport=transport) as mock_client:
+        return await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
 
 
 @pytest.mark.parametrize(("status", "said", "code", "retryable"), [
@@ -91,10 +100,7 @@ async def test_a_minimax_answer_with_a_succeeding_base_resp_is_read_as_it_is() -
 async def test_a_minimax_failure_in_a_chunk_ends_the_stream_with_its_error() -> None:
     chunks = (b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}\n\n'
               b'data: {"choices": [], "base_resp": {"status_code": 1027, "status_msg": "output new_sensitive"}}\n\n')
-    transport = httpx.MockTransport(lambda request: httpx.Response(
-        200, content=chunks, headers={"content-type": "text/event-stream"}))
-    async with UpstreamClient(transport=transport) as mock_client:
-        deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    deltas, error = await _streamed(chunks, "text/event-stream")
     assert text_of(deltas) == "Hi"
     assert isinstance(error, UpstreamError) and error.retryable is False and "1027" in error.message
 
@@ -106,28 +112,19 @@ async def test_a_stream_is_read_as_events_whatever_its_content_type_says(content
     review)."""
     sse = (b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
            b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=sse,
-                                                                   headers={"content-type": content_type}))
-    async with UpstreamClient(transport=transport) as mock_client:
-        deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    deltas, error = await _streamed(sse, content_type)
     assert error is None and text_of(deltas) == "Hi"
 
 
 async def test_a_pretty_printed_json_failure_to_a_stream_request_is_its_error() -> None:
     body = json.dumps({"choices": None, "base_resp": {"status_code": 1008, "status_msg": "insufficient balance"}},
                       indent=2).encode()
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body,
-                                                                   headers={"content-type": "text/event-stream"}))
-    async with UpstreamClient(transport=transport) as mock_client:
-        _, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    _, error = await _streamed(body, "text/event-stream")
     assert isinstance(error, UpstreamError) and error.code == "upstream_quota_exhausted"
 
 
 async def test_a_stream_request_answered_with_text_that_is_no_json_ended_early() -> None:
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=b"upstream hiccup\n",
-                                                                   headers={"content-type": "text/plain"}))
-    async with UpstreamClient(transport=transport) as mock_client:
-        _, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    _, error = await _streamed(b"upstream hiccup\n", "text/plain")
     assert isinstance(error, UpstreamError) and error.retryable is True
 
 
@@ -147,10 +144,7 @@ async def test_a_streamed_answer_holding_unicode_line_separators_is_read_whole(s
         for i in range(0, len(body), 3):
             yield body[i:i + 3]
 
-    transport = httpx.MockTransport(lambda request: httpx.Response(
-        200, content=in_pieces(), headers={"content-type": "text/event-stream"}))
-    async with UpstreamClient(transport=transport) as mock_client:
-        deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    deltas, error = await _streamed(in_pieces(), "text/event-stream")
     assert error is None and text_of(deltas) == f"a{separator}b"
 
 
@@ -162,8 +156,5 @@ async def test_a_stream_starting_with_a_bom_keeps_its_first_event_and_is_read_as
                        ensure_ascii=False)
     last = json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     body = "\ufeff".encode() + f"data: {first}\n\ndata: {last}\n\ndata: [DONE]\n\n".encode()
-    transport = httpx.MockTransport(lambda request: httpx.Response(
-        200, content=body, headers={"content-type": f"text/event-stream{charset}"}))
-    async with UpstreamClient(transport=transport) as mock_client:
-        deltas, error = await collect(OpenAICompatProvider(mock_client, "http://up.test/v1", None), chat_request())
+    deltas, error = await _streamed(body, f"text/event-stream{charset}")
     assert error is None and text_of(deltas) == "Héllo"
