@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from typing import Any
 
 import psycopg
@@ -30,6 +31,9 @@ from common.db import libpq_conninfo, pg_connect_args_of_conninfo
 
 # Below 2**31, so pg_locks shows it as objid with classid 0.
 LOCK_KEY = 1_214_606_680
+# A process that just ended released its lock, but PostgreSQL drops it only as that session's backend
+# exits, a moment after the client closed it: a restart, or the next holder in a test, saw it still taken.
+RELEASE_GRACE_SECONDS = 1.0
 _SESSION = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10, "tcp_keepalives_count": 3,
             "idle_session_timeout": 0}
 
@@ -48,12 +52,19 @@ def hold(database_url: str, *, shared: bool, holder: str) -> psycopg.Connection[
         with contextlib.suppress(psycopg.Error):
             conn.execute(f"SET {setting} = {value}")
     take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
-    row = conn.execute(f"SELECT {take}(%s::bigint)", (LOCK_KEY,)).fetchone()
-    if row is None or not row[0]:
-        holders = _holders(conn)
-        conn.close()
-        raise JobsTaken(", ".join(holders) or "another process")
+    deadline = time.monotonic() + RELEASE_GRACE_SECONDS
+    while not _took(conn, take):
+        if time.monotonic() >= deadline:
+            holders = _holders(conn)
+            conn.close()
+            raise JobsTaken(", ".join(holders) or "another process")
+        time.sleep(0.05)
     return conn
+
+
+def _took(conn: psycopg.Connection[Any], take: str) -> bool:
+    row = conn.execute(f"SELECT {take}(%s::bigint)", (LOCK_KEY,)).fetchone()
+    return row is not None and bool(row[0])
 
 
 def _holders(conn: psycopg.Connection[Any]) -> list[str]:
