@@ -15,7 +15,7 @@ from common import jobs_lock, logs
 from common.gc_tuning import freeze_startup_heap
 from common.malloc_arenas import limit_malloc_arenas
 from common.settings import get_settings
-from workers import execute, stop_once, sweeper
+from workers import execute, notify, stop_once, sweeper
 from workers.actors import deliver_webhook, enqueue
 from workers.broker import broker
 
@@ -45,6 +45,7 @@ def hold_jobs_lock() -> None:
 class SweeperMiddleware(dramatiq.Middleware):
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         hold_jobs_lock()
+        notify.size_slots(worker.worker_threads)  # the real thread count, not HELYX_WORKER_THREADS
         freeze_startup_heap()  # everything is imported and no worker thread has started yet
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:

@@ -34,6 +34,14 @@ _slots_lock = threading.Lock()
 _accounts_delivering: set[str] = set()
 
 
+def size_slots(worker_threads: int) -> None:
+    """Size the slots from the threads this process really runs (Dramatiq's `--threads`, which
+    `helyx worker --threads N` sets without touching HELYX_WORKER_THREADS): half of them, one at least."""
+    global _slots
+    with _slots_lock:
+        _slots = threading.BoundedSemaphore(max(1, worker_threads // 2))
+
+
 @contextlib.contextmanager
 def delivery_slot() -> Iterator[bool]:
     """True (and the slot held for the block) when this process may deliver one more webhook now."""

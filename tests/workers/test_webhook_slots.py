@@ -83,3 +83,22 @@ def test_an_accounts_webhooks_go_one_at_a_time_and_never_hold_up_anothers(
     assert later == [{"args": (second, 2), "delay": notify.SLOT_WAIT_MS}]  # kept, with its attempt number
     notify.send_webhook(second, 2, retry=lambda **kw: later.append(kw))  # the account's slot is free again
     assert delivered[-1] == second
+
+
+def test_the_slots_follow_the_threads_dramatiq_runs_not_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`helyx worker --threads 4` passes 4 to Dramatiq only: HELYX_WORKER_THREADS stays 8, and
+    slots sized from it (4) let webhooks take every thread (a review: 8 image jobs waited up to
+    18 s behind receivers that never answer, 2.3 s without them)."""
+    settings = type("S", (), {"worker_threads": 8})()
+    monkeypatch.setattr(notify.context, "settings", lambda: settings)
+    monkeypatch.setattr(notify, "_slots", None)
+    worker = type("W", (), {"worker_threads": 4})()
+    from workers.boot import SweeperMiddleware
+
+    monkeypatch.setattr("workers.boot.hold_jobs_lock", lambda: None)
+    monkeypatch.setattr("workers.boot.freeze_startup_heap", lambda: None)
+    SweeperMiddleware().before_worker_boot(None, worker)  # type: ignore[arg-type]
+    taken = []
+    with notify.delivery_slot() as first, notify.delivery_slot() as second, notify.delivery_slot() as third:
+        taken = [first, second, third]
+    assert taken == [True, True, False]
