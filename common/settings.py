@@ -141,6 +141,16 @@ class Settings(BaseSettings):
         if in_memory:  # each connection (and each process) would see a database of its own
             raise ValueError(f"{shown_url(value)!r} is an in-memory SQLite database, gone with the process and not "
                              "shared by its threads; give a file (sqlite:///path/helyx.db)")
+        if backend == "postgresql":
+            import psycopg
+            from psycopg.conninfo import conninfo_to_dict, timeout_from_conninfo
+
+            from common.db import libpq_conninfo
+
+            try:  # libpq's own parse, offline: an unknown option (`?sslmod=`) was a traceback at the first connect
+                timeout_from_conninfo(conninfo_to_dict(libpq_conninfo(value)))  # (psycopg reads connect_timeout)
+            except psycopg.ProgrammingError as exc:
+                raise ValueError(f"{shown_url(value)!r}: {str(exc).strip()}") from None
         return value
 
     @field_validator("storage_dir", mode="before")
@@ -172,6 +182,18 @@ class Settings(BaseSettings):
     def _redis(cls, value: str | None) -> str | None:
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"{shown_url(value)!r} is not a Redis URL (redis://host:6379/0)")
+        if value:
+            from redis.connection import parse_url
+
+            try:  # what redis-py (and Dramatiq's broker) will make of it: a bad port or option raised deep inside
+                parse_url(value)
+            except ValueError as exc:
+                raise ValueError(f"{shown_url(value)!r}: {exc}") from None
+            path = urlsplit(value).path.strip("/")
+            if value.startswith(("redis://", "rediss://")) and path and not path.isdigit():
+                # redis-py ignores a database number it cannot read and uses database 0 (another deployment's?)
+                raise ValueError(f"{shown_url(value)!r}: the database number {path!r} is not a number "
+                                 "(redis://host:6379/0)")
         return value or None
 
     @field_validator("public_url")

@@ -206,3 +206,33 @@ def test_a_password_in_a_urls_query_is_masked_too() -> None:
     assert shown_url("postgresql://app:TopSecretPW@db/helyx?PASSWORD=TopSecretPW") == \
         "postgresql://app:***@db/helyx?PASSWORD=***"
     assert shown_url("postgresql://db/helyx?sslpassword=TopSecretPW") == "postgresql://db/helyx?sslpassword=***"
+
+
+@pytest.mark.parametrize(("raw", "said"), [
+    ("redis://127.0.0.1:6379/4x", "is not a number"),  # redis-py used database 0 without a word
+    ("redis://127.0.0.1:6379/abc", "is not a number"),
+    ("redis://127.0.0.1:notaport/4", "Port could not be cast"),  # a traceback at the first connection
+    ("redis://127.0.0.1:6379/4?socket_timeout=abc", "socket_timeout"),
+])
+def test_a_redis_url_redis_py_cannot_read_as_written_stops_the_start(monkeypatch: pytest.MonkeyPatch, raw: str,
+                                                                     said: str) -> None:
+    monkeypatch.setenv("HELYX_REDIS_URL", raw)
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert said in str(refused.value)
+
+
+@pytest.mark.parametrize("raw", ["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://h:6379/15",
+                                 "rediss://u:pw@h:6380/2", "unix:///run/redis.sock?db=3"])
+def test_the_redis_urls_redis_py_reads_are_accepted(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("HELYX_REDIS_URL", raw)
+    assert Settings(_env_file=None).redis_url == raw  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(("query", "said"), [("sslmod=require", "sslmod"), ("connect_timeout=abc", "connect_timeout")])
+def test_a_postgresql_url_libpq_refuses_stops_the_start(monkeypatch: pytest.MonkeyPatch, query: str, said: str) -> None:
+    """It was a traceback of a hundred lines at the first connection, from every command."""
+    monkeypatch.setenv("HELYX_DATABASE_URL", f"postgresql://postgres@127.0.0.1:5432/helyx?{query}")
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert said in str(refused.value)
