@@ -1,14 +1,14 @@
 """`helyx`: the command line (SPEC §5).
 
-    helyx serve [--demo] [--host H] [--port P]     the API (self-contained without HELYX_REDIS_URL)
+    helyx serve [--demo] [--host H] [--port P] [--workers N]   the API (self-contained without HELYX_REDIS_URL)
     helyx worker [--processes N] [--threads N]     Dramatiq workers for the media queues
     helyx migrate                                  bring the database schema up to date
     helyx account create EMAIL --plan PLAN         prints {"account_id", "api_key", ...}
-    helyx key create ACCOUNT_ID [--name N]         prints the new key
+    helyx key create ACCOUNT_ID [--name N] [--daily-cap CREDITS]   prints the new key
     helyx key revoke KEY_ID
     helyx credits grant ACCOUNT_ID AMOUNT [--reference R]
     helyx plan set ACCOUNT_ID PLAN
-    helyx usage ACCOUNT_ID [--limit N]
+    helyx usage ACCOUNT_ID [--limit N] [--after CURSOR]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from common.db import DatabaseUnusable
 from common.errors import HelyxError
 from common.migrate import SchemaNewerThanRelease
 from common.plans import PLANS
+from common.reports import MAX_PAGE
 from common.settings import Settings, misspelt_names
 
 
@@ -51,6 +52,14 @@ def _cursor(text: str) -> int:
     value = _integer(text)
     if not 0 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"must be a next_cursor the previous page printed, not {value}")
+    return value
+
+
+def _limit(text: str) -> int:
+    """A page size, as `GET /usage` takes it (common.reports): refused here, naming the flag."""
+    value = _integer(text)
+    if not 1 <= value <= MAX_PAGE:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_PAGE}, not {value}")
     return value
 
 
@@ -118,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     usage = sub.add_parser("usage", help="show an account's credits and recent ledger")
     usage.add_argument("account_id")
-    usage.add_argument("--limit", type=int, default=20)
+    usage.add_argument("--limit", type=_limit, default=20, help="entries per page, 1-500 (default 20)")
     usage.add_argument("--after", type=_cursor, default=None, help="the next_cursor the previous page printed")
     usage.set_defaults(func=admin_commands.usage)
     return parser

@@ -88,6 +88,7 @@ _USAGE_QUERY = (
 )
 
 
+MAX_PAGE = 500  # entries per page of GET /usage and `helyx usage`
 _OWN_KEY = text("SELECT 1 FROM api_keys WHERE id = :kid AND account_id = :aid")
 
 
@@ -96,8 +97,8 @@ def list_usage(
     until: float | None = None, limit: int = 50, after: int | None = None,
 ) -> dict[str, Any]:
     """Newest first; `after` is the `next_cursor` of the previous page."""
-    if not 1 <= limit <= 500:
-        raise InvalidRequest("limit must be between 1 and 500.", param="limit")
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}.", param="limit")
     clauses = ["e.account_id = :aid"]
     params: dict[str, Any] = {"aid": account_id, "n": limit + 1}
     for clause, name, value in (

@@ -39,7 +39,7 @@ async def get_usage(
                                          description="unix seconds, inclusive")] = None,
     until: Annotated[float | None, Query(ge=0, le=1e11, allow_inf_nan=False,
                                          description="unix seconds, exclusive")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=reports.MAX_PAGE)] = 50,
     after: Annotated[int | None, Query(ge=0, le=2**62, description="next_cursor of the previous page")] = None,
     cursor: Annotated[int | None, Query(ge=0, le=2**62, include_in_schema=False)] = None,
 ) -> Any:

@@ -151,7 +151,7 @@ def test_help_on_every_command_exits_0(run: Any, command: list[str]) -> None:
         (["key", "create", "{account}", "--daily-cap", "0.5000001"], "--daily-cap: 0.5000001 credits is finer"),
         (["key", "revoke", "key_missing"], "No API key key_missing"),
         (["usage", "acct_missing"], "No account acct_missing"),
-        (["usage", "{account}", "--limit", "0"], "limit must be between"),
+        (["usage", "{account}", "--limit", "0"], "--limit: must be 1 to 500"),
         (["usage", "{account}", "--after", "99999999999999999999"], "--after: must be a next_cursor"),  # overflowed
         (["usage", "{account}", "--after", "-1"], "--after: must be a next_cursor"),
         (["credits", "grant", "{account}"], "the following arguments are required: amount"),
