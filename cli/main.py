@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -79,6 +80,7 @@ def _port(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="helyx", description="Helyx: an OpenAI-compatible AI API gateway.")
+    parser.add_argument("--version", action="version", version=f"helyx {importlib.metadata.version('helyx')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the API (and, self-contained, the workers)")

@@ -72,10 +72,11 @@ def serve(args: argparse.Namespace) -> int:
     port = args.port or settings.port
     workers = args.workers or settings.web_workers
     if settings.self_contained and workers > 1:
-        print("helyx: the self-contained mode runs one process; set HELYX_REDIS_URL for more", file=sys.stderr)
+        print(f"helyx: error: {'--workers' if args.workers else 'HELYX_WEB_WORKERS'} {workers}: the self-contained "
+              "mode runs one process; set HELYX_REDIS_URL (the production shape) for more", file=sys.stderr)
         return 2
     if args.demo and not settings.self_contained:  # a Pro account with a fresh key, on the operator's providers
-        print("helyx: --demo is for the self-contained mode; in production create accounts with "
+        print("helyx: error: --demo is for the self-contained mode; in production create accounts with "
               "`helyx account create`", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)

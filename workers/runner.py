@@ -19,8 +19,8 @@ from common.settings import get_settings
 def run(processes: int | None = None, threads: int | None = None) -> int:
     settings = get_settings()
     if not settings.redis_url:
-        print("helyx worker needs HELYX_REDIS_URL; in the self-contained mode `helyx serve` runs the workers",
-              file=sys.stderr)
+        print("helyx: error: `helyx worker` needs HELYX_REDIS_URL; in the self-contained mode `helyx serve` "
+              "runs the workers", file=sys.stderr)
         return 2
     upgrade(get_engine(settings.database_url))
     dramatiq = [

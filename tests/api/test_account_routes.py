@@ -191,6 +191,13 @@ def test_healthz_and_readyz(app_client: TestClient) -> None:
     assert ready.json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_the_probes_answer_head_as_load_balancers_send_it(app_client: TestClient, path: str) -> None:
+    """A monitor probing with HEAD got 405 and reported the service down (an operator review)."""
+    probe = app_client.head(path)
+    assert probe.status_code == 200 and probe.content == b""
+
+
 def test_readyz_is_503_when_the_database_cannot_be_opened(app_client: TestClient, tmp_path: Path) -> None:
     from common.db import make_engine
 
@@ -207,4 +214,7 @@ def test_readyz_is_503_when_the_database_cannot_be_opened(app_client: TestClient
     assert ready.status_code == 503
     assert ready.json()["status"] == "unavailable"
     assert ready.json()["checks"]["database"].startswith("error")
+    error = ready.json()["error"]  # the envelope every error has (SPEC §2), beside the checks
+    assert (error["type"], error["code"], error["param"]) == ("server_error", "service_unavailable", None), error
+    assert error["message"].startswith("Not ready: database: error") and "broker" not in error["message"], error
     assert app_client.get("/readyz").status_code == 200

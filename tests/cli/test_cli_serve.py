@@ -3,6 +3,7 @@ database or Redis, a broken catalog, misspelt settings, the log level handed to 
 
 from __future__ import annotations
 
+import importlib.metadata
 import socket
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,44 @@ def test_demo_is_refused_in_the_production_shape_and_creates_nothing(
     before = snapshot(cli_db)
     code, out, err = run("serve", "--demo", "--port", "1")
     assert (code, out) == (2, "")
-    assert err.startswith("helyx: --demo is for the self-contained mode"), err
+    assert err.startswith("helyx: error: --demo is for the self-contained mode"), err
     assert snapshot(cli_db) == before
+
+
+@pytest.mark.parametrize(("argv", "env", "named"), [
+    (["serve", "--workers", "2", "--port", "1"], {}, "--workers 2"),
+    (["serve", "--port", "1"], {"HELYX_WEB_WORKERS": "2"}, "HELYX_WEB_WORKERS 2"),
+])
+def test_more_than_one_process_is_refused_in_the_self_contained_mode_naming_what_asked_for_it(
+        cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str],
+        named: str) -> None:
+    """It said only "the self-contained mode runs one process", whether a flag or a setting asked
+    for more (an operator review)."""
+    monkeypatch.delenv("HELYX_REDIS_URL", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_settings_cache()
+    before = snapshot(cli_db)
+    code, out, err = run(*argv)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"helyx: error: {named}: the self-contained mode runs one process"), err
+    assert snapshot(cli_db) == before
+
+
+def test_version_names_the_installed_release(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out == f"helyx {importlib.metadata.version('helyx')}\n"
+
+
+def test_a_worker_without_redis_is_refused_in_one_line(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HELYX_REDIS_URL", raising=False)
+    reset_settings_cache()
+    code, out, err = run("worker")
+    assert (code, out) == (2, "")
+    assert err == "helyx: error: `helyx worker` needs HELYX_REDIS_URL; in the self-contained mode `helyx serve` " \
+                  "runs the workers\n", err
 
 
 def test_an_unreachable_database_is_one_line_not_a_traceback(run: Any, monkeypatch: pytest.MonkeyPatch,
