@@ -7,7 +7,7 @@ strings ('2026-11-22') in the configured zone. Ids are prefixed random strings.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, String, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -116,6 +116,9 @@ class Generation(SQLModel, table=True):
     created_at: float
 
 
+_WAITING = text("status = 'queued' AND attempts = 0")
+
+
 class Job(SQLModel, table=True):
     """A media job; its row is the truth, the broker only dispatches its id."""
 
@@ -124,6 +127,8 @@ class Job(SQLModel, table=True):
         UniqueConstraint("account_id", "idempotency_key", name="uq_jobs_idempotency"),
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
         Index("ix_jobs_account_created", "account_id", "created_at"),
+        # the claim's oldest waiting job (migration 0005)
+        Index("ix_jobs_waiting", "account_id", "type", "created_at", postgresql_where=_WAITING, sqlite_where=_WAITING),
     )
 
     id: str = Field(primary_key=True)

@@ -80,6 +80,12 @@ def run_job(job_id: str, *, requeue: Requeue, notify: Notify) -> None:
         return
     if job is None:
         return  # finished, canceled, or running under a live lease elsewhere
+    if job.id != job_id:  # an older job of the account took the slot: this one waits, its message sent again
+        try:
+            requeue(args=(job_id,), delay=0)
+        except Exception as exc:  # noqa: BLE001 - the older job runs all the same; the sweeper sends this one
+            log.warning("job %s waits for a slot, its message not sent again (%s); the sweeper sends it",
+                        job_id, type(exc).__name__)
     with _running(job, owner):
         _run_claimed(job, owner, requeue, notify)
 

@@ -31,7 +31,8 @@ log = logging.getLogger("helyx.worker")
 _RUNNABLE = "(status = 'queued' OR (status = 'running' AND lease_until < :now))"
 _RUNNING_COUNT = ("(SELECT COUNT(*) FROM jobs r WHERE r.account_id = :aid AND r.status = 'running'"
                   " AND r.lease_until >= :now)")
-_CURRENT = text("SELECT j.account_id, j.status, j.lease_until, j.attempts, a.plan, h.status AS hold_status"
+_CURRENT = text("SELECT j.account_id, j.type, j.created_at, j.status, j.lease_until, j.attempts, a.plan,"
+                " h.status AS hold_status"
                 " FROM jobs j JOIN accounts a ON a.id = j.account_id LEFT JOIN holds h ON h.id = j.hold_id"
                 " WHERE j.id = :id")
 # The account row locked before the job row is (one lock order for every transition); SQLite's
@@ -45,6 +46,15 @@ _CLAIM_RETURNING = " RETURNING account_id, type, model, params, attempts, hold_i
 _CLAIM = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE}{_CLAIM_RETURNING}")
 _CLAIM_UNDER_CAP = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE} AND {_RUNNING_COUNT} < :cap"
                         f"{_CLAIM_RETURNING}")
+# Under a cap, a slot goes to the account's oldest job of the type that waits for its first run
+# (attempts 0: a job retried after an error keeps its backoff), whichever of its messages comes:
+# each waiting job's message tries again every second, so the oldest used to start at random,
+# its wait unbounded while the account kept submitting (a jobs review).
+_OLDEST_WAITING = text(
+    "SELECT j.id FROM jobs j JOIN holds h ON h.id = j.hold_id WHERE j.account_id = :aid AND j.type = :type"
+    " AND j.status = 'queued' AND j.attempts = 0 AND h.status = 'open'"
+    " AND (j.created_at < :created OR (j.created_at = :created AND j.id < :id)) ORDER BY j.created_at, j.id LIMIT 1"
+)
 # A runnable job whose claim the cap refused waits for a free slot: queued again (a dead worker's
 # lapsed lease included), with enqueued_at now, because the caller re-sends its message. No count
 # here: one that a requeue lowered since the claim's own would leave the job queued with no message.
@@ -108,19 +118,25 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     `enqueued_at` now, since the caller sends its message again (otherwise the sweeper would take
     a waiting job for lost, or for a dead worker's, and add a message copy on every sweep).
 
+    Under a cap, the account's oldest job of the same type waiting for its first run is claimed in
+    this one's place, if there is one: the returned job is then that one, and this one waits
+    queued, its `enqueued_at` now, for the caller to send its message again.
+
     A job that already had `max_attempts` claims is not run again: only a worker that died
     running it (a lapsed lease, or a restart of the self-contained mode) leaves a job runnable
     with its attempts used up, and a job that kills its worker every time (out of memory, a
     crash in a native library) would otherwise be reclaimed forever, its hold open. It is failed
     with a full refund instead (AttemptsExhausted).
 
-    Four round trips on PostgreSQL (five when the account is busy): BEGIN, the job with its
-    account's plan (locking the account row, which serializes one account's claims), the claim
-    itself with the running count as its condition (a statement of its own, so it counts what
-    committed while we waited for the lock), COMMIT."""
+    Four round trips on PostgreSQL (five when the account is busy, one more under a cap for a job
+    waiting for its first run: the oldest one waiting): BEGIN, the job with its account's plan
+    (locking the account row, which serializes one account's claims), the claim itself with the
+    running count as its condition (a statement of its own, so it counts what committed while we
+    waited for the lock), COMMIT."""
     now = clock.now().timestamp()
     params = {"id": job_id, "owner": owner, "until": now + lease_seconds, "now": now}
     busy: str | None = None
+    claimed_id = job_id
     with engine.begin() as conn:
         current = conn.execute(_CURRENT_LOCKED if conn.dialect.name == "postgresql" else _CURRENT,
                                {"id": job_id}).first()
@@ -143,16 +159,21 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
             row = conn.execute(_CLAIM, params).first()
         else:
             capped = {**params, "aid": current.account_id, "cap": cap}
-            row = conn.execute(_CLAIM_UNDER_CAP, capped).first()
+            if current.status == "queued" and current.attempts == 0:
+                claimed_id = conn.execute(_OLDEST_WAITING, {**capped, "type": current.type,
+                                                            "created": current.created_at}).scalar() or job_id
+            row = conn.execute(_CLAIM_UNDER_CAP, {**capped, "id": claimed_id}).first()
             if row is None and conn.execute(_WAIT_FOR_SLOT, capped).rowcount == 1:
                 busy = current.account_id
+            elif row is not None and claimed_id != job_id:
+                conn.execute(_WAIT_FOR_SLOT, capped)  # queued as it was: its message is sent again
     if busy is not None:
         raise AccountBusy(busy)
     if exhausted:
         _fail_exhausted(engine, job_id, current.account_id, current.attempts, lapsed=lapsed)
     if row is None:
         return None
-    return ClaimedJob(job_id, row.account_id, row.type, row.model, json.loads(row.params), row.attempts,
+    return ClaimedJob(claimed_id, row.account_id, row.type, row.model, json.loads(row.params), row.attempts,
                       row.hold_id, row.price, row.webhook_url)
 
 

@@ -231,6 +231,27 @@ def test_the_running_jobs_cap_keeps_extra_jobs_queued_never_rejected_and_all_of_
     assert before.balance - after.balance == 5 * IMAGE_PRICE and after.available == 0
 
 
+def test_capped_jobs_start_in_the_order_they_were_submitted(make_jobs: JobsFactory,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each waiting job's message tries again every BUSY_RETRY_MS, and whichever came first used to
+    take the freed slot: a Plus account's jobs started in the order 1, 2, 4, 8, 6, 3, 7, 5 (a jobs
+    review). The oldest waiting job now takes it, whichever message comes."""
+    async def slow(call: int, request: ImageRequest) -> list[MediaFile]:
+        await asyncio.sleep(0.1)
+        return pngs(request)
+
+    ScriptedImages(slow).install(monkeypatch)
+    monkeypatch.setattr(execute, "BUSY_RETRY_MS", 20)
+    jobs = make_jobs(threads=6, jobs_running_free=1)
+    account = jobs.account("free")  # 1,000 credits: five images
+    ids = [jobs.submit(account, prompt=f"kite {i}") for i in range(5)]
+    jobs.join()
+    rows = [jobs.job(job_id) for job_id in ids]
+    assert [r["status"] for r in rows] == ["succeeded"] * 5
+    started = sorted(range(5), key=lambda i: rows[i]["started_at"])
+    assert started == [0, 1, 2, 3, 4], [(i, rows[i]["started_at"]) for i in range(5)]
+
+
 def _statuses_at_once(jobs: Jobs, ids: list[str]) -> list[str]:
     """Every job's status from one statement (one consistent snapshot of the table)."""
     marks = ", ".join(f":j{n}" for n in range(len(ids)))
