@@ -103,7 +103,7 @@ def test_a_worker_process_that_cannot_take_the_jobs_lock_stops_rather_than_run_w
         port = closed.getsockname()[1]
     env = {**os.environ, "HELYX_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/nowhere",
            "HELYX_REDIS_URL": "redis://127.0.0.1:6379/15", "HELYX_STORAGE_DIR": str(tmp_path)}
-    ran = subprocess.run([sys.executable, "-c", "from workers import boot; boot.hold_jobs_lock()"],
-                         env=env, capture_output=True, text=True, timeout=60)
+    boot = "from workers import boot, process_middleware; process_middleware.hold_jobs_lock()"  # as a worker boots
+    ran = subprocess.run([sys.executable, "-c", boot], env=env, capture_output=True, text=True, timeout=60)
     assert ran.returncode == 3, ran.stderr[-2000:]
     assert "cannot take the jobs lock" in ran.stderr + ran.stdout

@@ -93,10 +93,10 @@ def test_the_slots_follow_the_threads_dramatiq_runs_not_the_setting(monkeypatch:
     monkeypatch.setattr(notify.context, "settings", lambda: settings)
     monkeypatch.setattr(notify, "_slots", None)
     worker = type("W", (), {"worker_threads": 4})()
-    from workers.boot import SweeperMiddleware
+    from workers.process_middleware import SweeperMiddleware  # not workers.boot: it registers and configures
 
-    monkeypatch.setattr("workers.boot.hold_jobs_lock", lambda: None)
-    monkeypatch.setattr("workers.boot.freeze_startup_heap", lambda: None)
+    monkeypatch.setattr("workers.process_middleware.hold_jobs_lock", lambda: None)
+    monkeypatch.setattr("workers.process_middleware.freeze_startup_heap", lambda: None)
     SweeperMiddleware().before_worker_boot(None, worker)  # type: ignore[arg-type]
     taken = []
     with notify.delivery_slot() as first, notify.delivery_slot() as second, notify.delivery_slot() as third:
