@@ -116,7 +116,7 @@ class Generation(SQLModel, table=True):
     created_at: float
 
 
-_WAITING = text("status = 'queued' AND attempts = 0")
+_WAITING = text("status = 'queued' AND attempts = 0 AND enqueued_at > created_at")
 
 
 class Job(SQLModel, table=True):
@@ -127,7 +127,7 @@ class Job(SQLModel, table=True):
         UniqueConstraint("account_id", "idempotency_key", name="uq_jobs_idempotency"),
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),
         Index("ix_jobs_account_created", "account_id", "created_at"),
-        # the claim's oldest waiting job (migration 0005)
+        # the claim's oldest job waiting for a slot (migration 0005)
         Index("ix_jobs_waiting", "account_id", "type", "created_at", postgresql_where=_WAITING, sqlite_where=_WAITING),
     )
 

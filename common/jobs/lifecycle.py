@@ -46,13 +46,17 @@ _CLAIM_RETURNING = " RETURNING account_id, type, model, params, attempts, hold_i
 _CLAIM = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE}{_CLAIM_RETURNING}")
 _CLAIM_UNDER_CAP = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE} AND {_RUNNING_COUNT} < :cap"
                         f"{_CLAIM_RETURNING}")
-# Under a cap, a slot goes to the account's oldest job of the type that waits for its first run
-# (attempts 0: a job retried after an error keeps its backoff), whichever of its messages comes:
-# each waiting job's message tries again every second, so the oldest used to start at random,
-# its wait unbounded while the account kept submitting (a jobs review).
+# Under a cap, a slot goes to the account's oldest job of the type that waits for a slot for its
+# first run, whichever waiting job's message comes: each one's message tries again every second,
+# so the oldest used to start at random, its wait unbounded while the account kept submitting (a
+# jobs review). Waiting: sent again (enqueued_at after created_at: refused by the cap, or passed
+# over, or found by the sweeper) and never run (attempts 0: a job retried after an error keeps its
+# backoff). A job whose first message is still on its way is not waiting: without the cap's
+# pressure every claim takes its own job, as before (a burst took older ones in their place, then
+# sent its own again, and its jobs/s fell by a third). Migration 0005 indexes exactly these rows.
 _OLDEST_WAITING = text(
     "SELECT j.id FROM jobs j JOIN holds h ON h.id = j.hold_id WHERE j.account_id = :aid AND j.type = :type"
-    " AND j.status = 'queued' AND j.attempts = 0 AND h.status = 'open'"
+    " AND j.status = 'queued' AND j.attempts = 0 AND j.enqueued_at > j.created_at AND h.status = 'open'"
     " AND (j.created_at < :created OR (j.created_at = :created AND j.id < :id)) ORDER BY j.created_at, j.id LIMIT 1"
 )
 # A runnable job whose claim the cap refused waits for a free slot: queued again (a dead worker's
@@ -118,8 +122,8 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     `enqueued_at` now, since the caller sends its message again (otherwise the sweeper would take
     a waiting job for lost, or for a dead worker's, and add a message copy on every sweep).
 
-    Under a cap, the account's oldest job of the same type waiting for its first run is claimed in
-    this one's place, if there is one: the returned job is then that one, and this one waits
+    Under a cap, the account's oldest job of the same type waiting for a slot for its first run is
+    claimed in this one's place, if there is one: the returned job is then that one, and this one waits
     queued, its `enqueued_at` now, for the caller to send its message again.
 
     A job that already had `max_attempts` claims is not run again: only a worker that died
@@ -129,7 +133,7 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     with a full refund instead (AttemptsExhausted).
 
     Four round trips on PostgreSQL (five when the account is busy, one more under a cap for a job
-    waiting for its first run: the oldest one waiting): BEGIN, the job with its account's plan
+    that never ran: the oldest one waiting for a slot): BEGIN, the job with its account's plan
     (locking the account row, which serializes one account's claims), the claim itself with the
     running count as its condition (a statement of its own, so it counts what committed while we
     waited for the lock), COMMIT."""

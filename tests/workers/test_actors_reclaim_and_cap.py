@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -235,21 +236,36 @@ def test_capped_jobs_start_in_the_order_they_were_submitted(make_jobs: JobsFacto
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Each waiting job's message tries again every BUSY_RETRY_MS, and whichever came first used to
     take the freed slot: a Plus account's jobs started in the order 1, 2, 4, 8, 6, 3, 7, 5 (a jobs
-    review). The oldest waiting job now takes it, whichever message comes."""
+    review). The oldest job waiting for the slot now takes it, whichever message comes."""
+    first_may_end = threading.Event()
+
     async def slow(call: int, request: ImageRequest) -> list[MediaFile]:
-        await asyncio.sleep(0.1)
+        if call == 1:
+            await asyncio.to_thread(first_may_end.wait, 20)
+        await asyncio.sleep(0.05)
         return pngs(request)
 
     ScriptedImages(slow).install(monkeypatch)
     monkeypatch.setattr(execute, "BUSY_RETRY_MS", 20)
     jobs = make_jobs(threads=6, jobs_running_free=1)
     account = jobs.account("free")  # 1,000 credits: five images
-    ids = [jobs.submit(account, prompt=f"kite {i}") for i in range(5)]
+    ids = [jobs.submit(account, prompt="kite 0")]
+    _until(lambda: jobs.job(ids[0])["status"] == "running")
+    ids += [jobs.submit(account, prompt=f"kite {i}") for i in range(1, 5)]
+    _until(lambda: all(jobs.job(j)["enqueued_at"] > jobs.job(j)["created_at"] for j in ids[1:]))  # all waiting
+    first_may_end.set()
     jobs.join()
     rows = [jobs.job(job_id) for job_id in ids]
     assert [r["status"] for r in rows] == ["succeeded"] * 5
     started = sorted(range(5), key=lambda i: rows[i]["started_at"])
     assert started == [0, 1, 2, 3, 4], [(i, rows[i]["started_at"]) for i in range(5)]
+
+
+def _until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "never came to pass"
+        time.sleep(0.01)
 
 
 def _statuses_at_once(jobs: Jobs, ids: list[str]) -> list[str]:

@@ -54,8 +54,9 @@ def test_a_freed_slot_goes_to_the_oldest_waiting_job_and_the_newer_one_waits_for
     account = _funded(engine, 4)
     running, oldest, middle, newest = (_job(engine, account) for _ in range(4))
     assert lifecycle.claim(engine, running, "w1", 60, 1) is not None
-    with pytest.raises(lifecycle.AccountBusy):  # the cap is full: the newest waits, as before
-        lifecycle.claim(engine, newest, "w2", 60, 1)
+    for job_id in (oldest, middle, newest):
+        with pytest.raises(lifecycle.AccountBusy):  # the cap is full: each waits for a slot, as before
+            lifecycle.claim(engine, job_id, "w2", 60, 1)
     assert lifecycle.requeue(engine, running, "w1", "x", "a slot frees")  # back in the queue after an error
 
     before = _rows(engine, account)
@@ -73,17 +74,46 @@ def test_a_freed_slot_goes_to_the_oldest_waiting_job_and_the_newer_one_waits_for
 
 
 @pytest.mark.parametrize("db", ENGINES)
+def test_an_older_job_whose_first_message_is_on_its_way_is_not_taken_in_its_place(
+        db: str, request: pytest.FixtureRequest) -> None:
+    """Without the cap's pressure every claim takes its own job: a burst of jobs, each message a
+    moment behind the next one's, took older jobs in their place and sent each message again (a
+    third fewer jobs/s in bench.jobs, with a cap far above the load)."""
+    engine = _engine(db, request)
+    account = _funded(engine, 2)
+    older, newer = _job(engine, account), _job(engine, account)
+    claimed = lifecycle.claim(engine, newer, "w1", 60, 10_000)
+    assert claimed is not None and claimed.id == newer
+    assert _rows(engine, account)[older][:2] == ("queued", 0)
+
+
+@pytest.mark.parametrize("db", ENGINES)
 def test_without_an_older_waiting_job_of_its_type_the_job_named_is_claimed(
         db: str, request: pytest.FixtureRequest) -> None:
     """A video waiting longer does not take an image's slot (another queue, another time limit);
     a canceled older job is no longer waiting."""
     engine = _engine(db, request)
-    account = _funded(engine, 3)
+    account = _funded(engine, 4)
+    blocker = _job(engine, account)
     video, canceled, image = _job(engine, account, "video"), _job(engine, account), _job(engine, account)
-    lifecycle.cancel(engine, account.account_id, canceled)
+    assert lifecycle.claim(engine, blocker, "w0", 60, 1) is not None
+    for job_id in (video, canceled):  # both wait for a slot ...
+        with pytest.raises(lifecycle.AccountBusy):
+            lifecycle.claim(engine, job_id, "w0", 60, 1)
+    lifecycle.cancel(engine, account.account_id, canceled)  # ... until one is canceled
     claimed = lifecycle.claim(engine, image, "w1", 60, 2)
     assert claimed is not None and claimed.id == image
     assert _rows(engine, account)[video][:2] == ("queued", 0)
+
+
+def _waiting_and_fresh(engine: Engine, account: TestAccount) -> tuple[str, str]:
+    """An older job the cap refused (it waits for a slot) and a newer one; the slot free again."""
+    blocker, oldest, newest = _job(engine, account), _job(engine, account), _job(engine, account)
+    assert lifecycle.claim(engine, blocker, "w0", 60, 1) is not None
+    with pytest.raises(lifecycle.AccountBusy):
+        lifecycle.claim(engine, oldest, "w0", 60, 1)
+    lifecycle.cancel(engine, account.account_id, blocker)
+    return oldest, newest
 
 
 def _worker_at_cap_1(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -98,8 +128,8 @@ def _worker_at_cap_1(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[st
 
 def test_the_worker_runs_the_older_job_and_sends_the_newer_ones_message_again(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    account = _funded(engine, 2)
-    oldest, newest = _job(engine, account), _job(engine, account)
+    account = _funded(engine, 3)
+    oldest, newest = _waiting_and_fresh(engine, account)
     ran = _worker_at_cap_1(engine, monkeypatch)
     sent: list[dict[str, Any]] = []
     execute.run_job(newest, requeue=lambda **kw: sent.append(kw), notify=lambda job_id: None)
@@ -108,8 +138,8 @@ def test_the_worker_runs_the_older_job_and_sends_the_newer_ones_message_again(
 
 def test_a_broker_that_cannot_take_the_message_again_leaves_the_job_to_the_sweeper(
         engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    account = _funded(engine, 2)
-    oldest, newest = _job(engine, account), _job(engine, account)
+    account = _funded(engine, 3)
+    oldest, newest = _waiting_and_fresh(engine, account)
     ran = _worker_at_cap_1(engine, monkeypatch)
 
     def broker_down(**kwargs: Any) -> None:

@@ -1,7 +1,7 @@
-"""ix_jobs_waiting: an account's jobs waiting for their first run, oldest first, for the claim that
-gives a freed slot of the running-jobs cap to the oldest (common.jobs.lifecycle._OLDEST_WAITING).
-Partial (queued, never run): small however long the account's history, which the claim would
-otherwise walk through on ix_jobs_account_created from its first job on.
+"""ix_jobs_waiting: an account's jobs waiting for a slot of the running-jobs cap for their first
+run (queued, never run, sent again), oldest first, for the claim that gives a freed slot to the
+oldest (common.jobs.lifecycle._OLDEST_WAITING). Partial: small however long the account's history,
+which the claim would otherwise walk through on ix_jobs_account_created from its first job on.
 
 On PostgreSQL CREATE INDEX blocks writes to `jobs` while it reads the table; it waits at most
 15 s for its lock, then fails rather than queue every job statement behind it; run it again.
@@ -21,7 +21,7 @@ down_revision = '0004'
 branch_labels = None
 depends_on = None
 
-WAITING = sa.text("status = 'queued' AND attempts = 0")
+WAITING = sa.text("status = 'queued' AND attempts = 0 AND enqueued_at > created_at")
 
 
 def upgrade() -> None:
