@@ -56,6 +56,17 @@ def keyed_providers(catalog: Catalog, settings: Settings) -> list[str]:
                    if p.kind != "simulated" and settings.provider_secret(p.api_key_env) is not None})
 
 
+def placeholder_warning(catalog: Catalog, settings: Settings) -> str | None:
+    """A line for the operator when a provider key holds "..." (`sk-...` pasted from an example):
+    it counts as a key, so its provider's models are real, not simulated, and every call fails."""
+    names = sorted({p.api_key_env for p in catalog.providers.values() if p.kind != "simulated" and p.api_key_env
+                    and "..." in (settings.provider_secret(p.api_key_env) or "")})
+    if not names:
+        return None
+    return (f"warning: {', '.join(names)} look(s) like a placeholder (it holds '...'): a set key makes its "
+            "provider's models real (not simulated), and their calls fail with it; unset it or give the real key")
+
+
 def offline_warning(catalog: Catalog, settings: Settings) -> str | None:
     """A line for the operator when no provider has a key and nothing is simulated: every model
     would answer 404 model_offline, which a first production start gave without a word."""

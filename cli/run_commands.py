@@ -106,6 +106,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"helyx: {warning}", file=sys.stderr, flush=True)
     if (warning := preflight.offline_warning(catalog, settings)) is not None:
         print(f"helyx: {warning}", file=sys.stderr, flush=True)
+    if (warning := preflight.placeholder_warning(catalog, settings)) is not None:
+        print(f"helyx: {warning}", file=sys.stderr, flush=True)
     if not settings.self_contained and workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         print(f"helyx: warning: {workers} API processes without PROMETHEUS_MULTIPROC_DIR: each /metrics scrape "
               "shows the request counters of whichever process answers it; set it to a directory of its own "

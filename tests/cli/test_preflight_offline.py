@@ -52,3 +52,19 @@ def test_no_warning_when_a_model_is_on_the_simulated_provider(no_provider_keys: 
     production = Settings(_env_file=None, simulate="0", redis_url="redis://127.0.0.1:6379/0",  # type: ignore[call-arg]
                           catalog=str(catalog_file))
     assert preflight.offline_warning(load_catalog(production), production) is None
+
+
+def test_a_key_that_is_a_placeholder_is_named_without_its_value(no_provider_keys: list[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export OPENAI_API_KEY=sk-... GEMINI_API_KEY=...` pasted from the README made those models real,
+    even with HELYX_SIMULATE=1: every call then failed with a 502 (a new user's walkthrough)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-...")
+    monkeypatch.setenv("GEMINI_API_KEY", "...")
+    monkeypatch.setenv("GROQ_API_KEY", "gsk-real-looking-key")
+    simulated = settings("1")
+    warning = preflight.placeholder_warning(load_catalog(simulated), simulated)
+    assert warning is not None and warning.startswith("warning: GEMINI_API_KEY, OPENAI_API_KEY look(s) like"), warning
+    assert "sk-..." not in warning and "GROQ" not in warning
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real")
+    monkeypatch.delenv("GEMINI_API_KEY")
+    assert preflight.placeholder_warning(load_catalog(simulated), simulated) is None
