@@ -10,12 +10,22 @@ from common import clock
 
 
 def stale_queued(engine: Engine, older_than: float, limit: int = 500) -> list[str]:
-    """Queued jobs whose message may be lost; their enqueued_at is bumped so the next sweep waits."""
+    """Queued jobs whose message may be lost; their enqueued_at is bumped so the next sweep waits.
+
+    On PostgreSQL one statement that skips the rows another transaction holds: a claim locks two
+    job rows (the oldest waiting job it takes, then its own job), and a sweep that locked them one
+    by one, in its own order, deadlocked with it (the claim's job then lost its message)."""
     now = clock.now().timestamp()
+    params = {"cutoff": now - older_than, "n": limit, "now": now}
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            return [r[0] for r in conn.execute(text(
+                "UPDATE jobs SET enqueued_at = :now WHERE id IN (SELECT id FROM jobs WHERE status = 'queued'"
+                " AND enqueued_at < :cutoff ORDER BY enqueued_at LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING id"),
+                params)]
         rows = conn.execute(
             text("SELECT id FROM jobs WHERE status = 'queued' AND enqueued_at < :cutoff ORDER BY enqueued_at"
-                 " LIMIT :n"), {"cutoff": now - older_than, "n": limit},
+                 " LIMIT :n"), params,
         ).all()
         ids = [r[0] for r in rows]
         for job_id in ids:

@@ -232,3 +232,28 @@ def test_a_job_whose_attempts_were_used_up_by_dead_workers_is_failed_and_refunde
     assert _kinds(pg_engine, job_id) == ["reserve", "release"]
     after = assert_books_balance(pg_engine, account.account_id, open_holds=0)
     assert after.balance == before.balance and after.held == 0 and after.available == before.available + PRICE
+
+
+def test_the_stale_queue_sweep_skips_a_job_a_claim_holds_and_never_deadlocks_with_it(pg_engine: Engine) -> None:
+    """A claim that takes the oldest waiting job in its own job's place locks two job rows; the
+    sweep locked stale rows one by one in its own order, and the two deadlocked (a diff review).
+    The sweep now skips what another transaction holds, at once; its next pass takes it."""
+    from common.jobs import recovery
+
+    account = create_test_account(pg_engine, "pro")
+    with pg_engine.begin() as conn:
+        ledger.grant(conn, account.account_id, 3 * PRICE, now=clock.now().timestamp())
+    held, free = _job(pg_engine, account), _job(pg_engine, account)
+    with pg_engine.begin() as conn:  # both stale: no message for a long while
+        conn.execute(text("UPDATE jobs SET enqueued_at = enqueued_at - 3600 WHERE account_id = :a"),
+                     {"a": account.account_id})
+    claim = pg_engine.connect()
+    try:
+        claim.begin()
+        claim.execute(text("SELECT id FROM jobs WHERE id = :j FOR UPDATE"), {"j": held})  # as a claim holds it
+        swept = _race(lambda: recovery.stale_queued(pg_engine, 60), lambda: None)[0]
+        assert swept == [free], swept  # at once, without the held one
+    finally:
+        claim.rollback()
+        claim.close()
+    assert recovery.stale_queued(pg_engine, 60) == [held]  # the next pass
