@@ -3,7 +3,8 @@
     helyx serve [--demo] [--host H] [--port P] [--workers N]   the API (self-contained without HELYX_REDIS_URL)
     helyx worker [--processes N] [--threads N]     Dramatiq workers for the media queues
     helyx migrate                                  bring the database schema up to date
-    helyx account create EMAIL --plan PLAN         prints {"account_id", "api_key", ...}
+    helyx --version                                the installed release
+    helyx account create EMAIL [--plan PLAN]       prints {"account_id", "api_key", ...} (plan: free)
     helyx key create ACCOUNT_ID [--name N] [--daily-cap CREDITS]   prints the new key
     helyx key revoke KEY_ID
     helyx credits grant ACCOUNT_ID AMOUNT [--reference R]

@@ -69,7 +69,7 @@ def shown_url(settings: Settings) -> str:
 
 def pg_lock(settings: Settings, *, shared: bool, holder: str, refusal: str) -> AbstractContextManager[Any]:
     """common.jobs_lock's advisory lock on a PostgreSQL database; AlreadyServing (`refusal`, with
-    the holders named) when it cannot be had at once."""
+    the holders named) when it cannot be had within jobs_lock's grace for a holder just ended (1 s)."""
     try:
         return jobs_lock.hold(settings.database_url, shared=shared, holder=holder)
     except jobs_lock.JobsTaken as exc:

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ServicesDep
 from api.responses import json_response
-from api.schemas.responses import Health, Ready, doc
+from api.schemas.responses import Health, NotReady, Ready, doc
 from common import health
 from common.errors import ServiceUnavailable
 
@@ -25,7 +25,8 @@ async def healthz() -> dict[str, str]:
 
 
 @router.head("/readyz", include_in_schema=False)
-@router.get("/readyz", summary="Database and broker are reachable", responses=doc(Ready, 503))
+@router.get("/readyz", summary="Database and broker are reachable",
+            responses={**doc(Ready), 503: {"model": NotReady, "description": "Not ready: what failed"}})
 async def readyz(services: ServicesDep) -> Any:
     """A 503 carries the error envelope every error has (SPEC §2) beside the checks."""
     checks = await run_in_threadpool(health.check, services.settings, services.engine)

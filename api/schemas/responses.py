@@ -346,6 +346,13 @@ class Ready(BaseModel):
     checks: dict[str, str]
 
 
+class NotReady(ErrorEnvelope):
+    """/readyz's 503: the error envelope, with the checks beside it."""
+
+    status: Literal["unavailable"]
+    checks: dict[str, str]
+
+
 _ERRORS = {
     400: "Invalid request", 401: "Missing, invalid, revoked or expired key", 402: "Insufficient credits",
     403: "The model needs a higher plan", 404: "Not found", 409: "Conflict", 413: "Body too large",

@@ -132,8 +132,9 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     crash in a native library) would otherwise be reclaimed forever, its hold open. It is failed
     with a full refund instead (AttemptsExhausted).
 
-    Four round trips on PostgreSQL (five when the account is busy, one more under a cap for a job
-    that never ran: the oldest one waiting for a slot): BEGIN, the job with its account's plan
+    Four round trips on PostgreSQL (five when the account is busy; under a cap, one more for a job
+    that never ran, to find the oldest one waiting for a slot, and one more again when that one is
+    taken in its place, to put it back to wait): BEGIN, the job with its account's plan
     (locking the account row, which serializes one account's claims), the claim itself with the
     running count as its condition (a statement of its own, so it counts what committed while we
     waited for the lock), COMMIT."""
