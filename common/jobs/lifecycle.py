@@ -31,8 +31,25 @@ log = logging.getLogger("helyx.worker")
 _RUNNABLE = "(status = 'queued' OR (status = 'running' AND lease_until < :now))"
 _RUNNING_COUNT = ("(SELECT COUNT(*) FROM jobs r WHERE r.account_id = :aid AND r.status = 'running'"
                   " AND r.lease_until >= :now)")
-_CURRENT = text("SELECT j.account_id, j.type, j.created_at, j.status, j.lease_until, j.attempts, a.plan,"
-                " h.status AS hold_status"
+# Under a cap, a slot goes to the account's oldest job of the type that waits for a slot for its
+# first run, whichever waiting job's message comes: each one's message tries again every second,
+# so the oldest used to start at random, its wait unbounded while the account kept submitting (a
+# jobs review). Waiting: sent again (enqueued_at after created_at: refused by the cap, or passed
+# over, or found by the sweeper) and never run (attempts 0: a job retried after an error keeps its
+# backoff). A job whose first message is still on its way is not waiting: without the cap's
+# pressure every claim takes its own job, as before (a burst took older ones in their place, then
+# sent its own again, and its jobs/s fell by a third). Migration 0005 indexes exactly these rows.
+# Read in the claim's first statement (a statement of its own cost 3-5 % of bench.jobs' jobs/s).
+# That statement's snapshot is its start's: one that waited for the account lock may name a job
+# another claim took meanwhile; the claim of it then fails, and this job waits for its next try.
+_OLDEST_WAITING = (
+    "SELECT w.id FROM jobs w JOIN holds wh ON wh.id = w.hold_id WHERE w.account_id = j.account_id"
+    " AND w.type = j.type AND w.status = 'queued' AND w.attempts = 0 AND w.enqueued_at > w.created_at"
+    " AND wh.status = 'open' AND (w.created_at < j.created_at OR (w.created_at = j.created_at AND w.id < j.id))"
+    " ORDER BY w.created_at, w.id LIMIT 1"
+)
+_CURRENT = text("SELECT j.account_id, j.status, j.lease_until, j.attempts, a.plan, h.status AS hold_status,"
+                f" ({_OLDEST_WAITING}) AS oldest_waiting"
                 " FROM jobs j JOIN accounts a ON a.id = j.account_id LEFT JOIN holds h ON h.id = j.hold_id"
                 " WHERE j.id = :id")
 # The account row locked before the job row is (one lock order for every transition); SQLite's
@@ -46,19 +63,6 @@ _CLAIM_RETURNING = " RETURNING account_id, type, model, params, attempts, hold_i
 _CLAIM = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE}{_CLAIM_RETURNING}")
 _CLAIM_UNDER_CAP = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE} AND {_RUNNING_COUNT} < :cap"
                         f"{_CLAIM_RETURNING}")
-# Under a cap, a slot goes to the account's oldest job of the type that waits for a slot for its
-# first run, whichever waiting job's message comes: each one's message tries again every second,
-# so the oldest used to start at random, its wait unbounded while the account kept submitting (a
-# jobs review). Waiting: sent again (enqueued_at after created_at: refused by the cap, or passed
-# over, or found by the sweeper) and never run (attempts 0: a job retried after an error keeps its
-# backoff). A job whose first message is still on its way is not waiting: without the cap's
-# pressure every claim takes its own job, as before (a burst took older ones in their place, then
-# sent its own again, and its jobs/s fell by a third). Migration 0005 indexes exactly these rows.
-_OLDEST_WAITING = text(
-    "SELECT j.id FROM jobs j JOIN holds h ON h.id = j.hold_id WHERE j.account_id = :aid AND j.type = :type"
-    " AND j.status = 'queued' AND j.attempts = 0 AND j.enqueued_at > j.created_at AND h.status = 'open'"
-    " AND (j.created_at < :created OR (j.created_at = :created AND j.id < :id)) ORDER BY j.created_at, j.id LIMIT 1"
-)
 # A runnable job whose claim the cap refused waits for a free slot: queued again (a dead worker's
 # lapsed lease included), with enqueued_at now, because the caller re-sends its message. No count
 # here: one that a requeue lowered since the claim's own would leave the job queued with no message.
@@ -132,9 +136,8 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     crash in a native library) would otherwise be reclaimed forever, its hold open. It is failed
     with a full refund instead (AttemptsExhausted).
 
-    Four round trips on PostgreSQL (five when the account is busy; under a cap, one more for a job
-    that never ran, to find the oldest one waiting for a slot, and one more again when that one is
-    taken in its place, to put it back to wait): BEGIN, the job with its account's plan
+    Four round trips on PostgreSQL (five when the account is busy, or when an older job is taken in
+    this one's place, to put this one back to wait): BEGIN, the job with its account's plan
     (locking the account row, which serializes one account's claims), the claim itself with the
     running count as its condition (a statement of its own, so it counts what committed while we
     waited for the lock), COMMIT."""
@@ -164,9 +167,8 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
             row = conn.execute(_CLAIM, params).first()
         else:
             capped = {**params, "aid": current.account_id, "cap": cap}
-            if current.status == "queued" and current.attempts == 0:
-                claimed_id = conn.execute(_OLDEST_WAITING, {**capped, "type": current.type,
-                                                            "created": current.created_at}).scalar() or job_id
+            if current.status == "queued" and current.attempts == 0 and current.oldest_waiting:
+                claimed_id = current.oldest_waiting
             row = conn.execute(_CLAIM_UNDER_CAP, {**capped, "id": claimed_id}).first()
             if row is None and conn.execute(_WAIT_FOR_SLOT, capped).rowcount == 1:
                 busy = current.account_id
