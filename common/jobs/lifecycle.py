@@ -39,17 +39,18 @@ _RUNNING_COUNT = ("(SELECT COUNT(*) FROM jobs r WHERE r.account_id = :aid AND r.
 # backoff). A job whose first message is still on its way is not waiting: without the cap's
 # pressure every claim takes its own job, as before (a burst took older ones in their place, then
 # sent its own again, and its jobs/s fell by a third). Migration 0005 indexes exactly these rows.
-# Read in the claim's first statement (a statement of its own cost 3-5 % of bench.jobs' jobs/s).
-# That statement's snapshot is its start's: one that waited for the account lock may name a job
-# another claim took meanwhile; the claim of it then fails, and this job waits for its next try.
+# Read in the claim's own UPDATE (no round trip of its own: that cost 3-5 % of bench.jobs' jobs/s),
+# not in the first statement: that one's snapshot is its start's, before it waited for the account
+# lock, so the claims queued on that lock all named the same job, the first took it and the others
+# were refused as busy with slots free. The UPDATE starts once the lock is held: it sees them all.
 _OLDEST_WAITING = (
-    "SELECT w.id FROM jobs w JOIN holds wh ON wh.id = w.hold_id WHERE w.account_id = j.account_id"
-    " AND w.type = j.type AND w.status = 'queued' AND w.attempts = 0 AND w.enqueued_at > w.created_at"
-    " AND wh.status = 'open' AND (w.created_at < j.created_at OR (w.created_at = j.created_at AND w.id < j.id))"
+    "SELECT w.id FROM jobs w JOIN holds wh ON wh.id = w.hold_id WHERE w.account_id = :aid"
+    " AND w.type = :type AND w.status = 'queued' AND w.attempts = 0 AND w.enqueued_at > w.created_at"
+    " AND wh.status = 'open' AND (w.created_at < :created OR (w.created_at = :created AND w.id < :id))"
     " ORDER BY w.created_at, w.id LIMIT 1"
 )
-_CURRENT = text("SELECT j.account_id, j.status, j.lease_until, j.attempts, a.plan, h.status AS hold_status,"
-                f" ({_OLDEST_WAITING}) AS oldest_waiting"
+_CURRENT = text("SELECT j.account_id, j.type, j.created_at, j.status, j.lease_until, j.attempts, a.plan,"
+                " h.status AS hold_status"
                 " FROM jobs j JOIN accounts a ON a.id = j.account_id LEFT JOIN holds h ON h.id = j.hold_id"
                 " WHERE j.id = :id")
 # The account row locked before the job row is (one lock order for every transition); SQLite's
@@ -59,10 +60,12 @@ _CLAIM_SET = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = :owner, lease_until = :until,"
     " started_at = COALESCE(started_at, :now)"
 )
-_CLAIM_RETURNING = " RETURNING account_id, type, model, params, attempts, hold_id, price, webhook_url"
+_CLAIM_RETURNING = " RETURNING id, account_id, type, model, params, attempts, hold_id, price, webhook_url"
 _CLAIM = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE}{_CLAIM_RETURNING}")
 _CLAIM_UNDER_CAP = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE} AND {_RUNNING_COUNT} < :cap"
                         f"{_CLAIM_RETURNING}")
+_CLAIM_OLDEST_UNDER_CAP = text(f"{_CLAIM_SET} WHERE id = COALESCE(({_OLDEST_WAITING}), :id) AND {_RUNNABLE}"
+                               f" AND {_RUNNING_COUNT} < :cap{_CLAIM_RETURNING}")
 # A runnable job whose claim the cap refused waits for a free slot: queued again (a dead worker's
 # lapsed lease included), with enqueued_at now, because the caller re-sends its message. No count
 # here: one that a requeue lowered since the claim's own would leave the job queued with no message.
@@ -167,9 +170,12 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
             row = conn.execute(_CLAIM, params).first()
         else:
             capped = {**params, "aid": current.account_id, "cap": cap}
-            if current.status == "queued" and current.attempts == 0 and current.oldest_waiting:
-                claimed_id = current.oldest_waiting
-            row = conn.execute(_CLAIM_UNDER_CAP, {**capped, "id": claimed_id}).first()
+            if current.status == "queued" and current.attempts == 0:
+                row = conn.execute(_CLAIM_OLDEST_UNDER_CAP,
+                                   {**capped, "type": current.type, "created": current.created_at}).first()
+            else:
+                row = conn.execute(_CLAIM_UNDER_CAP, capped).first()
+            claimed_id = row.id if row is not None else job_id
             if row is None and conn.execute(_WAIT_FOR_SLOT, capped).rowcount == 1:
                 busy = current.account_id
             elif row is not None and claimed_id != job_id:

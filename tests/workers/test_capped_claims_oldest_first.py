@@ -157,11 +157,13 @@ def test_the_oldest_waiting_job_is_found_on_the_partial_index_not_the_accounts_h
     """On ix_jobs_account_created the claim walked every job the account ever had, from its first
     (migration 0005). PostgreSQL is told to avoid table scans: an empty table is cheaper to scan."""
     engine = _engine(db, request)
-    values = {"id": "job_x"}  # the claim's first statement reads the oldest waiting job
+    values = {"id": "job_x", "aid": "acct_x", "type": "image", "created": 1.0, "owner": "w", "until": 2.0, "now": 1.0,
+              "cap": 1}  # the claim's own UPDATE reads the oldest waiting job
     with engine.begin() as conn:
         if db == "sqlite":
-            plan = str(conn.execute(text("EXPLAIN QUERY PLAN " + lifecycle._CURRENT.text), values).all())
+            plan = str(conn.execute(text("EXPLAIN QUERY PLAN " + lifecycle._CLAIM_OLDEST_UNDER_CAP.text),
+                                    values).all())
         else:
             conn.execute(text("SET LOCAL enable_seqscan = off"))
-            plan = str(conn.execute(text("EXPLAIN " + lifecycle._CURRENT_LOCKED.text), values).all())
+            plan = str(conn.execute(text("EXPLAIN " + lifecycle._CLAIM_OLDEST_UNDER_CAP.text), values).all())
     assert "ix_jobs_waiting" in plan, plan

@@ -257,3 +257,33 @@ def test_the_stale_queue_sweep_skips_a_job_a_claim_holds_and_never_deadlocks_wit
         claim.rollback()
         claim.close()
     assert recovery.stale_queued(pg_engine, 60) == [held]  # the next pass
+
+
+def test_claims_that_waited_for_the_account_lock_each_take_a_waiting_job_while_slots_are_free(
+        pg_engine: Engine) -> None:
+    """The oldest waiting job is read once the account lock is held: claims queued on that lock
+    (behind a submission's reservation, another claim) do not all name the same job, the first
+    taking it and the others refused as busy with the cap's slots free."""
+    account = create_test_account(pg_engine, "pro")
+    jobs = [_job(pg_engine, account) for _ in range(6)]
+    with pg_engine.begin() as conn:  # each waited for a slot once (refused by the cap)
+        conn.execute(text("UPDATE jobs SET enqueued_at = created_at + 1 WHERE account_id = :a"),
+                     {"a": account.account_id})
+    results: dict[str, Any] = {}
+
+    def claim(job_id: str) -> None:
+        try:
+            results[job_id] = lifecycle.claim(pg_engine, job_id, f"w-{job_id}", 60, 4)
+        except Exception as exc:  # noqa: BLE001 (the error is the result under test)
+            results[job_id] = exc
+
+    with pg_engine.connect() as holder, holder.begin():
+        holder.execute(text("SELECT 1 FROM accounts WHERE id = :a FOR UPDATE"), {"a": account.account_id})
+        threads = [threading.Thread(target=claim, args=(job_id,)) for job_id in jobs[3:]]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # the three claims wait for the account lock
+    for thread in threads:
+        thread.join(timeout=20)
+    assert not any(isinstance(r, Exception) for r in results.values()), results
+    assert sorted(r.id for r in results.values()) == sorted(jobs[:3])  # the three oldest, one each
