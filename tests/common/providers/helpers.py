@@ -31,6 +31,19 @@ async def collect(provider: ChatProvider, request: ChatRequest) -> tuple[list[Ch
     return deltas, None
 
 
+async def failure_of(provider: ChatProvider, request: ChatRequest, *,
+                     stream: bool) -> tuple[list[ChatDelta], UpstreamError | None]:
+    """The same call made streamed (`collect`) or not: what it produced, and the error it ended with
+    (a call that is not streamed produces nothing before its error, or returns: then None)."""
+    if stream:
+        return await collect(provider, request)
+    try:
+        await provider.complete(request)
+    except UpstreamError as exc:
+        return [], exc
+    return [], None
+
+
 def text_of(deltas: list[ChatDelta]) -> str:
     return "".join(d.content for d in deltas)
 

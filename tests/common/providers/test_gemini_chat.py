@@ -11,7 +11,7 @@ from common.errors import InvalidRequest, UpstreamError, UpstreamRejectedRequest
 from common.providers.base import ChatProvider, Usage
 from common.providers.gemini import GeminiChatProvider, build_body
 from common.providers.http import UpstreamClient
-from tests.common.providers.helpers import API_KEY, chat_request, collect, text_of
+from tests.common.providers.helpers import API_KEY, chat_request, collect, failure_of, text_of
 from tests.fakes import Behaviour, FakeUpstream
 
 pytestmark = pytest.mark.anyio
@@ -152,13 +152,8 @@ async def test_a_blocked_prompt_is_the_clients_400_not_an_answer(stream: bool) -
         headers={"content-type": "text/event-stream" if stream else "application/json"}))
     async with UpstreamClient(transport=transport) as mock_client:
         provider = GeminiChatProvider(mock_client, "http://up.test/v1beta", None)
-        if stream:
-            deltas, error = await collect(provider, chat_request())
-            assert deltas == []
-        else:
-            with pytest.raises(UpstreamRejectedRequest) as caught:
-                await provider.complete(chat_request())
-            error = caught.value
+        deltas, error = await failure_of(provider, chat_request(), stream=stream)
+        assert deltas == []
     assert isinstance(error, UpstreamRejectedRequest)
     assert (error.status, error.code, error.param, error.retryable) == (400, "content_filtered",
                                                                         "messages", False)

@@ -14,7 +14,7 @@ from common.errors import UpstreamError, UpstreamRejectedRequest
 from common.providers.base import ChatDelta
 from common.providers.http import UpstreamClient
 from common.providers.openai_compat import OpenAICompatProvider
-from tests.common.providers.helpers import API_KEY, chat_request, collect, text_of
+from tests.common.providers.helpers import API_KEY, chat_request, collect, failure_of, text_of
 from tests.fakes import Behaviour, FakeUpstream
 
 pytestmark = pytest.mark.anyio
@@ -48,13 +48,8 @@ async def test_minimax_failures_inside_a_200_are_the_errors_their_status_says(
     request too, as one JSON body): each was a 502 upstream_bad_response, its reason lost."""
     openai_fake.behaviour = Behaviour(minimax_status=(status, said))
     provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
-    if stream:
-        deltas, error = await collect(provider, chat_request())
-        assert deltas == []
-    else:
-        with pytest.raises(UpstreamError) as raised:
-            await provider.complete(chat_request())
-        error = raised.value
+    deltas, error = await failure_of(provider, chat_request(), stream=stream)
+    assert deltas == []
     assert isinstance(error, UpstreamError) and not isinstance(error, UpstreamRejectedRequest)
     assert (error.code, error.retryable, error.status) == (code, retryable, 502)
     assert str(status) in error.message and said in caplog.text  # the operator's log has MiniMax's words
@@ -67,12 +62,7 @@ async def test_a_minimax_flagged_prompt_is_a_400_the_client_can_mend(
 ) -> None:
     openai_fake.behaviour = Behaviour(minimax_status=(1026, "input new_sensitive"))
     provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
-    if stream:
-        _, error = await collect(provider, chat_request())
-    else:
-        with pytest.raises(UpstreamError) as raised:
-            await provider.complete(chat_request())
-        error = raised.value
+    _, error = await failure_of(provider, chat_request(), stream=stream)
     assert isinstance(error, UpstreamRejectedRequest)
     assert (error.status, error.code, error.param, error.retryable) == (400, "content_policy_violation",
                                                                          "messages", False)
