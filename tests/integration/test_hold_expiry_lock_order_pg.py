@@ -37,11 +37,15 @@ def _expired_job(engine: Engine) -> tuple[str, str]:
 
 
 def _wait_for_a_lock_wait(engine: Engine, seconds: float = 20.0) -> None:  # a busy shared machine: not 5 s
+    """Each look in a transaction of its own: a backend's view of pg_stat_activity holds still for
+    its whole transaction, so a loop inside one saw only its first look, and failed whenever the
+    expiry had not reached its lock by then (on a loaded machine: two runs of four, in one session)."""
     deadline = time.monotonic() + seconds
     with engine.connect() as conn:
         while time.monotonic() < deadline:
             waiting = conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
                                         " AND wait_event_type = 'Lock'")).scalar_one()
+            conn.rollback()
             if waiting:
                 return
             time.sleep(0.02)
