@@ -9,10 +9,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 
 from common import accounts, billing, clock
 from common.db import make_engine, normalize_url
@@ -181,3 +182,19 @@ def app_client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
 @pytest.fixture
 def account(engine: Engine) -> TestAccount:
     return create_test_account(engine, "free")
+
+
+@contextlib.contextmanager
+def statements_sent(engine: Engine) -> Iterator[list[str]]:
+    """Every statement sent through `engine` (SQLAlchemy's own, not common.pg_statements') while
+    the block runs."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -23,8 +23,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from common import clock, ledger, ledger_pg
+from common import clock, ledger, ledger_pg, pg_statements
+from common.db import is_postgres
 from common.errors import Conflict, NotFound
+from common.jobs import lifecycle_pg
+from common.pg_statements import psycopg_form
 
 log = logging.getLogger("helyx.worker")
 
@@ -73,6 +76,7 @@ _WAIT_FOR_SLOT = text(
     "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now"
     f" WHERE id = :id AND {_RUNNABLE}"
 )
+_LOCK_ACCOUNT = text("SELECT 1 FROM accounts WHERE id = :aid FOR UPDATE")
 _OWNED = "id = :id AND status = 'running' AND lease_owner = :owner"
 # (an earlier attempt's error, kept while it was retried, is no error of a job that succeeded)
 _SUCCEED_SET = ("UPDATE jobs SET status = 'succeeded', progress = 100, finished_at = :now, charged = price,"
@@ -86,6 +90,10 @@ _SUCCEED_WITH_FILES = text(
     " SELECT f.id, :aid, j.id, f.storage_key, f.content_type, f.bytes, :now, :exp FROM j,"
     " jsonb_to_recordset(CAST(:files AS jsonb)) AS f(id text, storage_key text, content_type text, bytes integer)"
 )
+
+_PG = lifecycle_pg.Statements(*(psycopg_form(s.text) for s in (
+    _CURRENT_LOCKED, _CLAIM, _CLAIM_UNDER_CAP, _CLAIM_OLDEST_UNDER_CAP, _WAIT_FOR_SLOT, _LOCK_ACCOUNT,
+    _SUCCEED_WITH_FILES)))
 
 
 class AccountBusy(Exception):
@@ -139,13 +147,23 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     crash in a native library) would otherwise be reclaimed forever, its hold open. It is failed
     with a full refund instead (AttemptsExhausted).
 
-    Four round trips on PostgreSQL (five when the account is busy, or when an older job is taken in
-    this one's place, to put this one back to wait): BEGIN, the job with its account's plan
-    (locking the account row, which serializes one account's claims), the claim itself with the
-    running count as its condition (a statement of its own, so it counts what committed while we
-    waited for the lock), COMMIT."""
+    The statements: BEGIN, the job with its account's plan (locking the account row, which
+    serializes one account's claims), the claim itself with the running count as its condition (a
+    statement of its own, so it counts what committed while we waited for the lock), the wait for a
+    slot when the cap refused it or an older job took its place, COMMIT. On PostgreSQL they go in
+    two round trips (common.jobs.lifecycle_pg), which leaves what is rare (a job no longer
+    runnable, used-up attempts, a lapsed hold) to the general path below, one round trip each."""
     now = clock.now().timestamp()
     params = {"id": job_id, "owner": owner, "until": now + lease_seconds, "now": now}
+    if is_postgres(engine):  # the common case in two round trips (common.jobs.lifecycle_pg)
+        cap_of = running_cap if callable(running_cap) else lambda _plan: running_cap
+        with pg_statements.connection(engine) as pg:
+            fast = lifecycle_pg.claim(pg, _PG, params, cap_of, max_attempts)
+        if fast is not None:
+            row, busy_account = fast
+            if row is None:
+                raise AccountBusy(busy_account)
+            return _claimed(row)
     busy: str | None = None
     claimed_id = job_id
     with engine.begin() as conn:
@@ -186,7 +204,11 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
         _fail_exhausted(engine, job_id, current.account_id, current.attempts, lapsed=lapsed)
     if row is None:
         return None
-    return ClaimedJob(claimed_id, row.account_id, row.type, row.model, json.loads(row.params), row.attempts,
+    return _claimed(row)
+
+
+def _claimed(row: Any) -> ClaimedJob:
+    return ClaimedJob(row.id, row.account_id, row.type, row.model, json.loads(row.params), row.attempts,
                       row.hold_id, row.price, row.webhook_url)
 
 
@@ -223,7 +245,7 @@ def _lock_account(conn: Connection, account_id: str, job_id: str | None = None) 
         if job_id is not None:  # a refund gives the key's daily cap back: the ledger's order is key, then account
             conn.execute(text("SELECT 1 FROM api_keys WHERE id = (SELECT key_id FROM jobs WHERE id = :jid) FOR UPDATE"),
                          {"jid": job_id})
-        conn.execute(text("SELECT 1 FROM accounts WHERE id = :aid FOR UPDATE"), {"aid": account_id})
+        conn.execute(_LOCK_ACCOUNT, {"aid": account_id})
 
 
 def renew(engine: Engine, job_id: str, owner: str, lease_seconds: float, progress: int | None = None) -> bool:
@@ -244,11 +266,18 @@ def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, A
             day: str | None = None) -> bool:
     """Record the result files and settle the price, once. False when the job was no longer ours
     (nothing is written then; the caller removes the files it stored). On PostgreSQL: BEGIN, the
-    account lock, the job row with its files, the settlement (common.ledger_pg), COMMIT. `day`,
+    account lock, the job row with its files, the settlement (common.ledger_pg), COMMIT, in two
+    round trips (common.jobs.lifecycle_pg) unless the settlement needs the general ledger. `day`,
     today's billing day, makes the charge come out of today's allowance (ledger.settle)."""
     now = clock.now().timestamp()
     values = {"id": job.id, "owner": owner, "now": now, "exp": now + ttl_seconds, "aid": job.account_id,
               "result": json.dumps([f["id"] for f in files])}
+    if files and is_postgres(engine):  # the common case in two round trips (common.jobs.lifecycle_pg)
+        with pg_statements.connection(engine) as pg:
+            done = lifecycle_pg.succeed(pg, _PG, {**values, "files": json.dumps(files)}, len(files), job.hold_id,
+                                        job.price, _description(job), day)
+        if done is not None:
+            return done
     with engine.begin() as conn:
         _lock_account(conn, job.account_id)
         if files and conn.dialect.name == "postgresql":  # inserted only if the job row was still ours
@@ -267,13 +296,17 @@ def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, A
 
 
 def _settle(conn: Connection, job: ClaimedJob, now: float, day: str | None) -> ledger.Settlement:
-    description = f"{job.type} {job.model} job {job.id}"
+    description = _description(job)
     if conn.dialect.name == "postgresql":  # one statement, unless capped, resolved, or yesterday's allowance
         done = ledger_pg.resolve(conn.connection.driver_connection, job.hold_id, job.price, now=now,
                                  description=description, day=day)
         if done is not None:
             return done
     return ledger.settle(conn, job.hold_id, job.price, now=now, description=description, day=day)
+
+
+def _description(job: ClaimedJob) -> str:
+    return f"{job.type} {job.model} job {job.id}"
 
 
 def has_result(engine: Engine, job_id: str, file_ids: list[str]) -> bool:

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 
 from common import accounts, keys
 from common.errors import AuthenticationFailed
-from tests.conftest import TestAccount
+from tests.conftest import TestAccount, statements_sent
 
 KEY_SHAPE = re.compile(r"^hx-[0-9A-Za-z]{46}$")
 NOW = 1_773_100_000.0
@@ -112,14 +112,8 @@ def test_authenticate_refuses_malformed_keys_without_touching_the_database(prese
 
 @pytest.fixture
 def statements(engine: Engine) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    yield seen
-    event.remove(engine, "before_cursor_execute", count)
+    with statements_sent(engine) as seen:
+        yield seen
 
 
 def test_malformed_keys_run_no_query_while_well_formed_ones_do(

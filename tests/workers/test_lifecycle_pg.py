@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, event, text
 
 from common import accounts, clock, ledger
-from common.jobs import lifecycle
+from common.jobs import lifecycle, lifecycle_pg
 from common.jobs.submit import submit_job
 from tests.api.chat.helpers import assert_books_balance
 from tests.conftest import TestAccount, create_test_account
@@ -181,11 +181,13 @@ def test_a_success_writes_the_job_its_files_and_one_settlement_and_a_lost_lease_
 
 
 def test_a_claim_the_cap_refused_always_waits_with_its_message_even_if_a_slot_frees_meanwhile(
-        pg_engine: Engine) -> None:
+        pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """The account is at its cap when the claim counts, and a slot frees (another job requeued,
     which takes no account lock) before the job is put back to wait: the claim must still say
     AccountBusy, so its message is sent again. Returning None would drop the message and leave
-    the job queued until the stale-queue sweep."""
+    the job queued until the stale-queue sweep. On the general path (the pipelined one sends the
+    wait with the claim and reads AccountBusy from the wait's own count: it has no such window)."""
+    monkeypatch.setattr(lifecycle_pg, "claim", lambda *args, **kwargs: None)
     account = create_test_account(pg_engine, "pro")
     with pg_engine.begin() as conn:
         ledger.grant(conn, account.account_id, 2 * PRICE, now=clock.now().timestamp())
