@@ -30,6 +30,17 @@ from common.pg_liveness import replace_dropped_on_checkout
 
 # What a statement run here raises when the database cannot be reached (see common.retrying).
 UNREACHABLE: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+# Of those, the SQLSTATE classes of a server that cannot be talked to: 08 (connection exception)
+# and 57P (operator intervention: shut down, crashed, not yet accepting connections). Without a
+# SQLSTATE the error is the client's own (a lost socket).
+UNREACHABLE_STATES = ("08", "57P")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Of UNREACHABLE, a connection lost or refused, not one statement failing on a reachable
+    server (a deadlock, a statement or lock timeout: psycopg calls those OperationalError too)."""
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith(UNREACHABLE_STATES)
 
 _engines: weakref.WeakKeyDictionary[Engine, tuple[int, Engine]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -40,17 +51,31 @@ def connection(engine: Engine) -> Iterator[psycopg.Connection]:
     """An autocommit psycopg connection to the engine's PostgreSQL database, back to the pool after.
 
     A connection the database dropped is thrown away with every idle one (the server may have
-    restarted), as SQLAlchemy itself does on a disconnect."""
+    restarted), as SQLAlchemy itself does on a disconnect. The pool does not reset what it gets
+    back, so a connection an error or an interrupt (Dramatiq's time limit lands at any bytecode,
+    in psycopg's own bookkeeping too) left other than idle and out of pipeline mode is thrown
+    away: its next user would hang on it or misread its answers."""
     statements = _statements_engine(engine)
     pooled = statements.raw_connection()
     try:
         yield pooled.driver_connection  # type: ignore[misc]
-    except UNREACHABLE:
+    except UNREACHABLE as exc:
         pooled.invalidate()
-        statements.dispose()
+        if connection_lost(exc):
+            statements.dispose()
+        raise
+    except BaseException as exc:
+        if not isinstance(exc, Exception) or not _clean(pooled.driver_connection):
+            pooled.invalidate()
         raise
     finally:
         pooled.close()
+
+
+def _clean(conn: psycopg.Connection) -> bool:
+    pgconn = conn.pgconn
+    return (not conn.closed and pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            and pgconn.pipeline_status == psycopg.pq.PipelineStatus.OFF)
 
 
 def first_row(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> tuple[Any, ...] | None:

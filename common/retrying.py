@@ -16,9 +16,6 @@ from common import pg_async, pg_statements
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, pg_async.PoolTimeout, *pg_statements.UNREACHABLE)
-# SQLSTATE classes of a server that cannot be talked to: 08 (connection exception) and 57P
-# (operator intervention: shut down, crashed, not yet accepting connections).
-_UNREACHABLE_STATES = ("08", "57P")
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -31,8 +28,7 @@ def is_unreachable(exc: BaseException) -> bool:
     cause = getattr(exc, "orig", None) or exc
     if not isinstance(cause, DATABASE_DOWN):
         return False
-    state = getattr(cause, "sqlstate", None)
-    return state is None or state.startswith(_UNREACHABLE_STATES)
+    return pg_statements.connection_lost(cause)
 
 
 def while_database_down(fn: Callable[..., T], *args: object, patience: float = 60.0, max_delay: float = 5.0) -> T:

@@ -130,11 +130,17 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def pg_engine(pg_url: str) -> Iterator[Engine]:
-    engine = make_engine(pg_url, pool_size=40)
+def emptied_pg_engine(pg_url: str, pool_size: int) -> Engine:
+    """An engine on the session's database, every table of it emptied."""
+    engine = make_engine(pg_url, pool_size=pool_size)
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE accounts, api_keys, holds, ledger_entries, generations, jobs, files CASCADE"))
+    return engine
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    engine = emptied_pg_engine(pg_url, pool_size=40)
     yield engine
     engine.dispose()
 

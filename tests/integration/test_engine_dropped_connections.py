@@ -6,9 +6,11 @@ descriptor is above 1023 (which select() cannot take)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
@@ -63,3 +65,32 @@ def test_a_live_connection_is_kept_when_its_descriptor_is_above_1023(engine: Eng
     finally:
         for fd in held:
             os.close(fd)
+
+
+def _pooled_pids(engine: Engine, count: int) -> set[int]:
+    """Check `count` statements connections out at once and give them back: their backends' pids."""
+    with contextlib.ExitStack() as stack:
+        connections = [stack.enter_context(pg_statements.connection(engine)) for _ in range(count)]
+        return {c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in connections}  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("error", "pool_kept"), [
+    (psycopg.errors.DeadlockDetected("deadlock detected"), True),  # 40P01: the server answered
+    (psycopg.errors.LockNotAvailable("lock timeout"), True),  # 55P03
+    (psycopg.OperationalError("the connection was lost"), False),  # no SQLSTATE: the client's own
+    (psycopg.errors.AdminShutdown("terminating connection"), False),  # 57P01
+])
+def test_a_statement_s_error_throws_away_its_connection_but_the_pool_only_when_the_server_is_gone(
+        engine: Engine, error: Exception, pool_kept: bool) -> None:
+    pids = _pooled_pids(engine, 2)
+    with pytest.raises(type(error)), pg_statements.connection(engine):
+        raise error
+    assert _pooled_pids(engine, 1) <= pids if pool_kept else not _pooled_pids(engine, 2) & pids
+
+
+def test_an_interrupt_throws_away_the_connection_it_held(engine: Engine) -> None:
+    """Dramatiq's time limit may land inside psycopg's own bookkeeping: that connection is never reused."""
+    with pytest.raises(KeyboardInterrupt), pg_statements.connection(engine) as pg:
+        pid = pg.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        raise KeyboardInterrupt
+    assert pid not in _pooled_pids(engine, 2)

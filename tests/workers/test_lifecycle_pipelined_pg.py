@@ -162,3 +162,22 @@ def test_a_claim_refused_by_the_cap_waits_for_a_slot_and_says_busy(pg_engine: En
                                 " FROM jobs WHERE id = :id"), {"id": waiting}).mappings().one()
     assert dict(row) == {"status": "queued", "attempts": 0, "lease_owner": None, "waits": True}
     assert _open_transactions(pg_engine) == 0
+
+
+def test_an_error_of_our_own_mid_pipeline_is_raised_as_itself_and_writes_nothing(pg_engine: Engine) -> None:
+    """The running cap's function fails between the pipeline's statements (an unknown plan): its
+    own error comes out (not a database error, which would be retried as an outage), the claim's
+    transaction is rolled back, and the next claim on the pool works."""
+    account = _funded(pg_engine)
+    job_id = _job(pg_engine, account.api_key)
+
+    def unknown_plan(plan: str) -> int:
+        raise KeyError(plan)
+
+    with pytest.raises(KeyError):
+        lifecycle.claim(pg_engine, job_id, "worker-1", 30, unknown_plan)
+
+    assert _row(pg_engine, job_id) == {"status": "queued", "charged": 0, "attempts": 0, "hold": "open", "files": 0}
+    assert _open_transactions(pg_engine) == 0
+    job = lifecycle.claim(pg_engine, job_id, "worker-1", 30, lambda plan: 4)
+    assert job is not None and job.attempts == 1

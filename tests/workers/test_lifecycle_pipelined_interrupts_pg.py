@@ -1,0 +1,277 @@
+"""The pipelined claim and success on PostgreSQL (common.jobs.lifecycle_pg) when things go wrong
+mid-way: an interrupt (Dramatiq's TimeLimitExceeded, a BaseException raised asynchronously in the
+worker thread) landing inside psycopg's pipeline bookkeeping, a reply lost after COMMIT, rolled
+back pipelines. common.pg_statements' pool does not reset what it gets back: a connection left in
+pipeline mode, or with psycopg's pipeline still attached, made its next user (a chat reservation
+here) hang forever holding the account's row lock, or misread its answer (a review found both).
+
+The interrupt is delivered with sys.settrace at one chosen line of psycopg (as
+PyThreadState_SetAsyncExc would at that bytecode)."""
+
+from __future__ import annotations
+
+import contextlib
+import linecache
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from common import accounts, billing, clock, ledger, ledger_pg, pg_statements, retrying
+from common.db import make_engine
+from common.jobs import lifecycle
+from common.jobs.submit import submit_job
+from common.money import MICRO
+from tests.conftest import create_test_account, emptied_pg_engine
+
+pytestmark = pytest.mark.postgres
+PRICE = 3 * MICRO
+TZ = "Asia/Karachi"
+
+
+class TimeLimitExceeded(BaseException):  # as dramatiq.middleware.time_limit's (an Interrupt)
+    pass
+
+
+@pytest.fixture
+def one(pg_url: str) -> Iterator[Engine]:
+    """An engine whose pg_statements pool has ONE connection: the next user gets the same one."""
+    engine = emptied_pg_engine(pg_url, pool_size=1)
+    yield engine
+    with engine.connect() as conn:  # free whatever a hung probe holds
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    engine.dispose()
+
+
+def _interrupted_at(path_part: str, source_part: str, fn: Callable[[], Any], occurrence: int = 1) -> BaseException:
+    seen = 0
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal seen
+        if "/psycopg/" not in frame.f_code.co_filename:
+            return tracer if event == "call" else None
+        if event == "line" and frame.f_code.co_filename.endswith(path_part) and \
+                source_part in linecache.getline(frame.f_code.co_filename, frame.f_lineno):
+            seen += 1
+            if seen == occurrence:
+                raise TimeLimitExceeded(f"{path_part}: {source_part}")
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001
+        return exc
+    finally:
+        sys.settrace(None)
+    raise AssertionError("the interrupt point was not reached")
+
+
+def _setup(engine: Engine) -> tuple[str, str, str]:
+    account = create_test_account(engine, "pro")
+    with engine.begin() as conn:
+        ledger.grant(conn, account.account_id, 100 * PRICE, now=clock.now().timestamp())
+    principal = accounts.authenticate(engine, account.api_key, now=clock.now().timestamp())
+    job_id = submit_job(engine, principal, job_type="image", model="nano-banana-pro", price=PRICE, tz=TZ,
+                        params={"prompt": "x", "n": 1, "width": 256, "height": 256}).job_id
+    return account.account_id, account.api_key, job_id
+
+
+def _reserve_in_thread(engine: Engine, account_id: str, seconds: float = 5.0) -> tuple[bool, list[Any]]:
+    """The next user of the pool: a chat reservation (ledger_pg.reserve, autocommit, one statement)."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            with pg_statements.connection(engine) as pg:
+                out.append(ledger_pg.reserve(pg, account_id=account_id, key_id=None, amount=1, purpose="chat",
+                                             now=clock.now().timestamp(), ttl=60))
+        except BaseException as exc:  # noqa: BLE001
+            out.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return worker.is_alive(), out
+
+
+def _account_row_locked(engine: Engine, account_id: str) -> bool:
+    with engine.begin() as conn:
+        try:
+            conn.execute(text("SELECT 1 FROM accounts WHERE id = :a FOR UPDATE NOWAIT"), {"a": account_id})
+            return False
+        except Exception:  # noqa: BLE001 - LockNotAvailable
+            return True
+
+
+def _transition(engine: Engine, job_id: str, name: str) -> Callable[[], Any]:
+    """The job's claim, or (claimed first) its success: what the interrupt is to land in."""
+    if name == "claim":
+        return lambda: lifecycle.claim(engine, job_id, "w", 30, lambda plan: 4)
+    job = lifecycle.claim(engine, job_id, "w", 30, lambda plan: 4)
+    assert job is not None
+    files = [{"id": f"file_{job_id}", "storage_key": "k", "content_type": "image/png", "bytes": 1}]
+    return lambda: lifecycle.succeed(engine, job, "w", files, 3600, billing.today(TZ))
+
+
+@pytest.mark.parametrize("transition", ["claim", "succeed"])
+def test_an_interrupt_as_the_pipeline_exits_does_not_reach_the_next_user_of_the_connection(
+        one: Engine, transition: str) -> None:
+    account_id, _, job_id = _setup(one)
+    act = _transition(one, job_id, transition)
+
+    exc = _interrupted_at("_pipeline_base.py", "self.pgconn.exit_pipeline_mode()", act)
+    assert isinstance(exc, TimeLimitExceeded)
+    with one.connect() as conn:  # the transaction itself was ended: nothing is open on the server
+        assert conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                 " AND state LIKE 'idle in transaction%'")).scalar_one() == 0
+
+    hung, out = _reserve_in_thread(one, account_id)
+    locked = _account_row_locked(one, account_id)
+    assert not hung, (f"the next user of the pooled connection hangs (libpq left in pipeline mode); "
+                      f"meanwhile the account row is locked: {locked}")
+    assert out and isinstance(out[0], str)
+
+
+@pytest.mark.parametrize("transition", ["claim", "succeed"])
+def test_an_interrupt_in_the_pipeline_s_cleanup_does_not_reach_the_next_user_either(
+        one: Engine, transition: str) -> None:
+    account_id, _, job_id = _setup(one)
+    act = _transition(one, job_id, transition)
+
+    exc = _interrupted_at("psycopg/connection.py", "if pipeline.level == 0:", act)
+    assert isinstance(exc, TimeLimitExceeded)
+
+    with one.connect() as conn:
+        held_before = conn.execute(text("SELECT held FROM accounts WHERE id = :a"), {"a": account_id}).scalar_one()
+    hung, out = _reserve_in_thread(one, account_id)
+    with one.connect() as conn:
+        held_after = conn.execute(text("SELECT held FROM accounts WHERE id = :a"), {"a": account_id}).scalar_one()
+    assert not hung
+    # 100 * PRICE granted, one job's PRICE held: a 1-credit reservation must succeed
+    assert isinstance(out[0], str), (f"the next user's reservation answered {out[0]!r} (psycopg's pipeline "
+                                     f"left attached to the pooled connection); held {held_before} -> {held_after}")
+
+
+def test_an_interrupt_while_the_pipeline_syncs_is_raised_as_itself(one: Engine) -> None:
+    """psycopg's pipeline exit puts OperationalError('cannot exit pipeline mode while busy') in its
+    place, which common.retrying takes for an outage: workers.execute would retry the success
+    through while_database_down (the time limit swallowed) and pg_statements dispose its pool."""
+    _account_id, _, job_id = _setup(one)
+    job = lifecycle.claim(one, job_id, "w", 30, lambda plan: 4)
+    assert job is not None
+    files = [{"id": f"file_{job_id}", "storage_key": "k", "content_type": "image/png", "bytes": 1}]
+
+    exc = _interrupted_at("_pipeline_base.py", "yield from self._fetch_gen(flush=True)",
+                          lambda: lifecycle.succeed(one, job, "w", files, 3600, billing.today(TZ)))
+
+    assert isinstance(exc, TimeLimitExceeded), (
+        f"raised {type(exc).__name__}: {exc} (is_unreachable: {retrying.is_unreachable(exc)}, "
+        f"in DATABASE_DOWN: {isinstance(exc, retrying.DATABASE_DOWN)})")
+
+
+class _CuttingProxy:
+    """127.0.0.1:<port> -> PostgreSQL; once armed, the first client packet with COMMIT in it is
+    forwarded, then (the server having had time to commit) both sides are cut: a lost reply."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        self.armed = False
+        self.cut = False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target_port = target_port
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any, upstream: bool) -> None:
+        import socket
+        import time
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if upstream and self.armed and b"COMMIT" in data:
+                    self.armed, self.cut = False, True
+                    time.sleep(0.3)
+                    for sock in (src, dst):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    return
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_reply_lost_after_the_success_s_commit_is_seen_as_an_outage_and_has_result_wins(pg_url: str) -> None:
+    """The COMMIT reaches the server and commits, the reply is lost (the connection cut): the
+    success raises an error of DATABASE_DOWN that is_unreachable, the retry (as workers.execute
+    does) finds the job no longer ours, has_result says it is our own commit: charged once."""
+    from sqlalchemy.engine import make_url
+
+    from tests.api.chat.helpers import assert_books_balance
+
+    url = make_url(pg_url)
+    proxy = _CuttingProxy(url.port or 5432)
+    one = make_engine(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False), pool_size=1)
+    try:
+        with one.begin() as conn:
+            conn.execute(text("TRUNCATE accounts, api_keys, holds, ledger_entries, generations, jobs, files CASCADE"))
+        account_id, _, job_id = _setup(one)
+        job = lifecycle.claim(one, job_id, "w", 30, lambda plan: 4)
+        assert job is not None
+        files = [{"id": f"file_{job_id}", "storage_key": "k", "content_type": "image/png", "bytes": 1}]
+        before = assert_books_balance(one, account_id, open_holds=1)
+
+        def succeed() -> bool:
+            return lifecycle.succeed(one, job, "w", files, 3600, billing.today(TZ))
+
+        proxy.armed = True
+        with pytest.raises(retrying.DATABASE_DOWN) as lost:
+            succeed()
+        assert proxy.cut and retrying.is_unreachable(lost.value), repr(lost.value)
+        with one.connect() as conn:
+            assert conn.execute(text("SELECT status FROM jobs WHERE id = :id"),
+                                {"id": job_id}).scalar_one() == "succeeded"
+        won = retrying.while_database_down(succeed) or lifecycle.has_result(one, job_id, [f["id"] for f in files])
+        assert won
+        after = assert_books_balance(one, account_id)
+        assert before.balance - after.balance == PRICE
+        with one.connect() as conn:
+            assert conn.execute(text("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'settle'")).scalar_one() == 1
+    finally:
+        one.dispose()
+        proxy.close()
+
+
+def test_repeated_rolled_back_pipelines_keep_prepared_statements_usable(one: Engine) -> None:
+    """psycopg prepares a statement at its 5th use; the pipelined success's ROLLBACK (a job no
+    longer ours) must not leave the cache naming statements the server lost."""
+    _account_id, api_key, _ = _setup(one)
+    principal = accounts.authenticate(one, api_key, now=clock.now().timestamp())
+    for _i in range(8):
+        job_id = submit_job(one, principal, job_type="image", model="nano-banana-pro", price=PRICE, tz=TZ,
+                            params={"prompt": "x", "n": 1, "width": 256, "height": 256}).job_id
+        job = lifecycle.claim(one, job_id, "w", 30, lambda plan: 100)
+        assert job is not None
+        files = [{"id": f"file_{job_id}", "storage_key": "k", "content_type": "image/png", "bytes": 1}]
+        assert lifecycle.succeed(one, job, "other-owner", files, 3600, billing.today(TZ)) is False  # ROLLBACK
+        assert lifecycle.succeed(one, job, "w", files, 3600, billing.today(TZ)) is True
