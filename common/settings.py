@@ -30,7 +30,8 @@ JOB_HARD_LIMIT_SECONDS = 2 * 3600  # Dramatiq's time limit on the job actors (wo
 
 class Settings(BaseSettings):
     # allow_inf_nan: an infinite lease or timeout would be a job never reclaimed, a call never ended
-    model_config = SettingsConfigDict(env_prefix="HELYX_", env_file=".env", extra="ignore", allow_inf_nan=False)
+    model_config = SettingsConfigDict(env_prefix="HELYX_", env_file=".env", extra="ignore", allow_inf_nan=False,
+                                      hide_input_in_errors=True)  # a refused value may be a secret: never echoed
     _dotenv: dict[str, str] = PrivateAttr(default_factory=dict)  # the .env file's lines (provider keys)
 
     # Storage of truth and files

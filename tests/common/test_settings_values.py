@@ -178,6 +178,21 @@ def test_a_refused_url_is_shown_without_its_password(monkeypatch: pytest.MonkeyP
     assert "TopSecretPW" not in message and ":***@" in message, message
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("admin_token", "hunter2-secret"),  # too short (16 needed)
+    ("secret_key", "hunter2-secret"),
+    ("database_url", "postgresql://helyx:hunter2-secret@db/helyx?x=%zz"),
+    ("database_url", "mysql://helyx:hunter2-secret@db/helyx"),
+    ("redis_url", "redis://:hunter2-secret@redis:99999/0"),
+])
+def test_a_refused_setting_never_echoes_its_secret(field: str, value: str) -> None:
+    """The whole error, as `uvicorn api.main:app` and `dramatiq workers.actors` print it at start-up:
+    pydantic added `input_value='...'` to it, the raw token or URL (found by a security review)."""
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, **{field: value})  # type: ignore[arg-type, call-arg]
+    assert "hunter2-secret" not in str(refused.value)
+
+
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&cache=shared&uri=true",
                                  "sqlite:///file::memory:?uri=true"])
 def test_an_in_memory_sqlite_database_stops_the_start(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
