@@ -16,6 +16,7 @@ import concurrent.futures
 import ipaddress
 import re
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,15 +76,55 @@ async def check_url_in_time(url: str, allow_private: bool) -> None:
         raise WebhookHostUnresolved(f"webhook_url host did not resolve within {DNS_TIMEOUT_SECONDS:g} s") from None
 
 
-def bounded_getaddrinfo(host: str, port: int, family: int = 0, type_: int = 0) -> Sequence[tuple[Any, ...]]:
+MAX_LOOKUPS_RUNNING = 64
+# A lookup given up after DNS_TIMEOUT_SECONDS goes on in its thread until the name server (or the
+# libc resolver's own timeouts, ~10 s and more) ends it. In a fixed pool those abandoned lookups
+# were the pool: four of them (one account's webhooks naming a name server that never answers,
+# given up one after another as its one delivery slot allows) and every other account's lookup
+# waited in the queue, was given up unstarted and counted as a failed attempt. Each lookup now runs
+# on a thread of its own, at most MAX_LOOKUPS_RUNNING at once, and an owner (the account) whose
+# last lookup was abandoned and is still running gets no other until it ends: one slow name server
+# holds one thread per account, never the others' lookups.
+_lookups_running = threading.BoundedSemaphore(MAX_LOOKUPS_RUNNING)
+_owners_abandoned: set[str] = set()
+_owners_lock = threading.Lock()
+
+
+def bounded_getaddrinfo(host: str, port: int, family: int = 0, type_: int = 0, *,
+                        owner: str | None = None) -> Sequence[tuple[Any, ...]]:
     """socket.getaddrinfo, given up after DNS_TIMEOUT_SECONDS (socket.gaierror: a host that does
-    not resolve). A lookup still waiting for a thread when it is given up never starts."""
-    future = _DNS_POOL.submit(socket.getaddrinfo, host, port, family, type_)
-    try:
-        return future.result(timeout=DNS_TIMEOUT_SECONDS)
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        raise socket.gaierror(f"no answer from the name server within {DNS_TIMEOUT_SECONDS:g} s") from None
+    not resolve). `owner`: whose lookup it is (an account id); while one of its lookups that was
+    given up still runs, its next ones fail at once instead of taking another thread."""
+    with _owners_lock:
+        if owner is not None and owner in _owners_abandoned:
+            raise socket.gaierror("an earlier lookup of this owner still waits on its name server")
+    if not _lookups_running.acquire(timeout=DNS_TIMEOUT_SECONDS):
+        raise socket.gaierror("too many name lookups under way")
+    done = threading.Event()
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, family, type_))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            outcome.append(exc)
+        finally:
+            with _owners_lock:
+                done.set()
+                if owner is not None:
+                    _owners_abandoned.discard(owner)
+            _lookups_running.release()
+
+    threading.Thread(target=run, name="webhook-dns", daemon=True).start()
+    if not done.wait(DNS_TIMEOUT_SECONDS):
+        with _owners_lock:
+            if not done.is_set():
+                if owner is not None:
+                    _owners_abandoned.add(owner)
+                raise socket.gaierror(f"no answer from the name server within {DNS_TIMEOUT_SECONDS:g} s")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]  # type: ignore[no-any-return]
 
 
 def check_url(url: str, allow_private: bool, resolver: Resolver = bounded_getaddrinfo) -> list[str]:

@@ -5,6 +5,7 @@ changes the job or its money."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from sqlalchemy import text
 
 from common import clock
 from common.jobs.views import Linker, job_view, load_job
+from common.ssrf import bounded_getaddrinfo
 from common.webhook_secrets import account_webhook_secret
 from common.webhooks import delay_before_retry, deliver
 from workers import context
@@ -108,6 +110,7 @@ def _try(job_id: str, row: Any, attempt: int, retry: Retry | None) -> None:
         allow_private=settings.webhook_allow_private, timeout=settings.webhook_timeout_seconds,
         max_attempts=1 if retry is not None else settings.webhook_max_attempts,
         backoff=settings.webhook_backoff_seconds, webhook_id=f"msg_{job_id}", earlier_attempts=attempt - 1,
+        resolver=functools.partial(bounded_getaddrinfo, owner=row.account_id),  # one slow name server per account
     )
     if not result.ok and not result.final and retry is not None and attempt < settings.webhook_max_attempts:
         delay = delay_before_retry(settings.webhook_backoff_seconds, attempt, result.retry_after)

@@ -11,24 +11,30 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from starlette.concurrency import run_in_threadpool
 
 from common import ssrf
 from common.ssrf import WebhookHostUnresolved, bounded_getaddrinfo, check_url_in_time
+from common.webhooks import deliver
 
 SLOW = 1.0
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+PUBLIC = "93.184.215.14"  # never connected to: deliveries here go through an httpx.MockTransport
 
 
 @pytest.fixture
 def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     real = socket.getaddrinfo
 
-    def lookup(host: str, *args: Any, **kwargs: Any) -> Any:
+    def lookup(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
         if host.endswith(".slowdns.test"):
             time.sleep(SLOW)
             raise socket.gaierror("gave up")
-        return real(host, *args, **kwargs)
+        if host == "hooks.example.com":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC, port))]
+        return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
     monkeypatch.setattr(ssrf, "DNS_TIMEOUT_SECONDS", 0.3)
@@ -60,3 +66,41 @@ def test_a_delivery_gives_up_a_slow_lookup_in_time() -> None:
     with pytest.raises(socket.gaierror):
         bounded_getaddrinfo("w.slowdns.test", 80, 0, socket.SOCK_STREAM)
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.usefixtures("slow_dns")
+def test_one_account_s_slow_name_server_does_not_fail_another_account_s_webhook(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An account's deliveries one after another, as its one delivery slot allows, each given up
+    while its lookup went on: they held the resolver's four threads, and another account's lookup
+    waited behind them, was given up unstarted and counted as a failed attempt (a security review)."""
+    monkeypatch.setattr(ssrf, "DNS_TIMEOUT_SECONDS", 0.1)  # four given up well within one slow lookup
+    for i in range(4):
+        attacker = deliver(f"http://w{i}.slowdns.test/hook", {"n": i}, secret=SECRET, allow_private=False,
+                           timeout=1.0, max_attempts=1)
+        assert not attacker.ok
+    seen: list[httpx.Request] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    with httpx.Client(transport=httpx.MockTransport(receiver)) as client:
+        victim = deliver("https://hooks.example.com/hook", {"job": "victim"}, secret=SECRET, allow_private=False,
+                         timeout=1.0, max_attempts=1, client=client)
+    assert victim.ok, victim.error
+    assert [r.url.host for r in seen] == [PUBLIC]
+
+
+@pytest.mark.usefixtures("slow_dns")
+def test_an_account_whose_lookup_was_given_up_gets_no_second_thread_until_it_ends() -> None:
+    with pytest.raises(socket.gaierror):
+        bounded_getaddrinfo("w1.slowdns.test", 80, 0, socket.SOCK_STREAM, owner="acct_attacker")
+    started = time.monotonic()
+    with pytest.raises(socket.gaierror):
+        bounded_getaddrinfo("w2.slowdns.test", 80, 0, socket.SOCK_STREAM, owner="acct_attacker")
+    assert time.monotonic() - started < 0.1  # refused at once: no second thread
+    assert bounded_getaddrinfo("hooks.example.com", 443, 0, socket.SOCK_STREAM, owner="acct_victim")
+    time.sleep(SLOW)  # the attacker's lookup ends: its next one runs again
+    with pytest.raises(socket.gaierror, match="within"):
+        bounded_getaddrinfo("w3.slowdns.test", 80, 0, socket.SOCK_STREAM, owner="acct_attacker")
