@@ -176,7 +176,10 @@ def test_an_interrupt_while_the_pipeline_syncs_is_raised_as_itself(one: Engine) 
 
 class _CuttingProxy:
     """127.0.0.1:<port> -> PostgreSQL; once armed, the first client packet with COMMIT in it is
-    forwarded, then (the server having had time to commit) both sides are cut: a lost reply."""
+    forwarded, nothing the server sends that connection after it reaches the client, and (the
+    server having had time to commit) both sides are cut: a lost reply, whatever the packets'
+    timing (forwarding the server's answers meanwhile let the reply through, one run in three, when
+    the client's COMMIT and Sync came in one packet)."""
 
     def __init__(self, target_port: int) -> None:
         import socket
@@ -195,17 +198,23 @@ class _CuttingProxy:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+            cut = threading.Event()  # this connection's: its replies are dropped from the COMMIT on
+            threading.Thread(target=self._pump, args=(client, server, True, cut), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False, cut), daemon=True).start()
 
-    def _pump(self, src: Any, dst: Any, upstream: bool) -> None:
+    def _pump(self, src: Any, dst: Any, upstream: bool, cut: threading.Event) -> None:
         import socket
         import time
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
-                if upstream and self.armed and b"COMMIT" in data:
+                if not upstream and cut.is_set():
+                    return  # the COMMIT's reply never reaches the client, even with its Sync in the same packet
+                cutting = upstream and self.armed and b"COMMIT" in data
+                if cutting:  # before the send: the server may answer at once
                     self.armed, self.cut = False, True
+                    cut.set()
+                dst.sendall(data)
+                if cutting:
                     time.sleep(0.3)
                     for sock in (src, dst):
                         sock.shutdown(socket.SHUT_RDWR)
