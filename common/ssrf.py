@@ -17,6 +17,7 @@ import ipaddress
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -86,21 +87,28 @@ MAX_LOOKUPS_RUNNING = 64
 # last lookup was abandoned and is still running gets no other until it ends: one slow name server
 # holds one thread per account, never the others' lookups.
 _lookups_running = threading.BoundedSemaphore(MAX_LOOKUPS_RUNNING)
-_owners_abandoned: set[str] = set()
+_owners_abandoned: dict[str, int] = {}  # owner: its lookups given up and still running
 _owners_lock = threading.Lock()
+
+
+def lookup_pending(owner: str) -> bool:
+    """Whether one of `owner`'s lookups was given up and still runs: its next would fail at once."""
+    with _owners_lock:
+        return owner in _owners_abandoned
 
 
 def bounded_getaddrinfo(host: str, port: int, family: int = 0, type_: int = 0, *,
                         owner: str | None = None) -> Sequence[tuple[Any, ...]]:
-    """socket.getaddrinfo, given up after DNS_TIMEOUT_SECONDS (socket.gaierror: a host that does
-    not resolve). `owner`: whose lookup it is (an account id); while one of its lookups that was
-    given up still runs, its next ones fail at once instead of taking another thread."""
-    with _owners_lock:
-        if owner is not None and owner in _owners_abandoned:
-            raise socket.gaierror("an earlier lookup of this owner still waits on its name server")
+    """socket.getaddrinfo, given up after DNS_TIMEOUT_SECONDS in all (socket.gaierror: a host that
+    does not resolve). `owner`: whose lookup it is (an account id); while one of its lookups that
+    was given up still runs, its next ones fail at once instead of taking another thread."""
+    deadline = time.monotonic() + DNS_TIMEOUT_SECONDS
+    if owner is not None and lookup_pending(owner):
+        raise socket.gaierror("an earlier lookup of this owner still waits on its name server")
     if not _lookups_running.acquire(timeout=DNS_TIMEOUT_SECONDS):
         raise socket.gaierror("too many name lookups under way")
     done = threading.Event()
+    abandoned = threading.Event()  # set (under _owners_lock) when the caller gave this lookup up
     outcome: list[Any] = []
 
     def run() -> None:
@@ -111,16 +119,23 @@ def bounded_getaddrinfo(host: str, port: int, family: int = 0, type_: int = 0, *
         finally:
             with _owners_lock:
                 done.set()
-                if owner is not None:
-                    _owners_abandoned.discard(owner)
+                if owner is not None and abandoned.is_set():  # only its own mark: not another lookup's
+                    left = _owners_abandoned.pop(owner) - 1
+                    if left:
+                        _owners_abandoned[owner] = left
             _lookups_running.release()
 
-    threading.Thread(target=run, name="webhook-dns", daemon=True).start()
-    if not done.wait(DNS_TIMEOUT_SECONDS):
+    try:
+        threading.Thread(target=run, name="webhook-dns", daemon=True).start()
+    except BaseException:
+        _lookups_running.release()
+        raise
+    if not done.wait(max(0.0, deadline - time.monotonic())):
         with _owners_lock:
             if not done.is_set():
+                abandoned.set()
                 if owner is not None:
-                    _owners_abandoned.add(owner)
+                    _owners_abandoned[owner] = _owners_abandoned.get(owner, 0) + 1
                 raise socket.gaierror(f"no answer from the name server within {DNS_TIMEOUT_SECONDS:g} s")
     if isinstance(outcome[0], BaseException):
         raise outcome[0]

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from common import clock
 from common.jobs.views import Linker, job_view, load_job
-from common.ssrf import bounded_getaddrinfo
+from common.ssrf import bounded_getaddrinfo, lookup_pending
 from common.webhook_secrets import account_webhook_secret
 from common.webhooks import delay_before_retry, deliver
 from workers import context
@@ -86,7 +86,10 @@ def send_webhook(job_id: str, attempt: int = 1, retry: Retry | None = None) -> N
     if row is None or not row.webhook_url or row.webhook_status in ("delivered", "failed"):
         return
     with account_slot(row.account_id) as free:
-        if not free and retry is not None:  # another of the account's webhooks is under way here: later
+        # Later, the attempt not spent: another of the account's webhooks is under way here, or a
+        # lookup of its that was given up still runs (this one's would fail at once: a series of
+        # tries lasts less than a name server that never answers keeps a lookup).
+        if retry is not None and (not free or lookup_pending(row.account_id)):
             retry(args=(job_id, attempt), delay=SLOT_WAIT_MS)
             return
         _try(job_id, row, attempt, retry)

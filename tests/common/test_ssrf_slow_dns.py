@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -104,3 +105,46 @@ def test_an_account_whose_lookup_was_given_up_gets_no_second_thread_until_it_end
     time.sleep(SLOW)  # the attacker's lookup ends: its next one runs again
     with pytest.raises(socket.gaierror, match="within"):
         bounded_getaddrinfo("w3.slowdns.test", 80, 0, socket.SOCK_STREAM, owner="acct_attacker")
+
+
+def test_a_concurrent_lookup_ending_does_not_clear_a_given_up_one_s_mark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two lookups of one account at once: the fast one ends after the slow one was given up, and
+    must not clear the slow one's mark (every end used to): the account would get a second thread
+    while its first is still held (a review)."""
+    monkeypatch.setattr(ssrf, "DNS_TIMEOUT_SECONDS", 0.2)
+    release = threading.Event()
+    slow_running: list[str] = []
+
+    def lookup(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host.startswith("slow"):
+            slow_running.append(host)
+            release.wait(5)
+            raise socket.gaierror("gave up")
+        time.sleep(0.15)  # ends (at ~0.25 s) after the slow one was given up (at 0.2 s)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    given_up: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            bounded_getaddrinfo("slow1.test", 80, owner="acct_a")
+        except socket.gaierror as exc:
+            given_up.append(exc)
+
+    first = threading.Thread(target=slow)
+    first.start()
+    time.sleep(0.1)
+    try:
+        assert bounded_getaddrinfo("fast.test", 80, owner="acct_a")
+        first.join(5)
+        assert given_up and ssrf.lookup_pending("acct_a")
+        with pytest.raises(socket.gaierror, match="still waits"):
+            bounded_getaddrinfo("slow2.test", 80, owner="acct_a")
+        assert slow_running == ["slow1.test"]  # one thread for the account, never two
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while ssrf.lookup_pending("acct_a") and time.monotonic() < deadline:  # the slow lookup ends: the mark goes
+        time.sleep(0.01)
+    assert not ssrf.lookup_pending("acct_a")

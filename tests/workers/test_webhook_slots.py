@@ -102,3 +102,30 @@ def test_the_slots_follow_the_threads_dramatiq_runs_not_the_setting(monkeypatch:
     with notify.delivery_slot() as first, notify.delivery_slot() as second, notify.delivery_slot() as third:
         taken = [first, second, third]
     assert taken == [True, True, False]
+
+
+def test_a_delivery_of_an_account_whose_lookup_still_runs_waits_without_spending_an_attempt(
+        make_jobs: Callable[..., Jobs], monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a lookup of the account's that was given up still runs (a name server that never
+    answers keeps it ~10 s and more), its next lookups fail at once: tried now, the account's
+    webhook to a healthy host would spend its whole series (1+2+4+8 s) and be marked failed for
+    good (a review). It is sent again later with the same attempt number; another account's goes."""
+    delivered: list[str] = []
+
+    def deliver(url: str, payload: dict[str, Any], **kwargs: Any) -> DeliveryResult:
+        delivered.append(payload["data"]["id"])
+        return DeliveryResult(True, 1, 204, None, kwargs["webhook_id"])
+
+    monkeypatch.setattr(notify, "deliver", deliver)
+    jobs = make_jobs()
+    mallory, alice = jobs.account(), jobs.account()
+    hers_too, hers = (jobs.submit(who, enqueue=False, webhook_url="https://hooks.example.com/h")
+                      for who in (mallory, alice))
+    monkeypatch.setattr(notify, "lookup_pending", lambda account_id: account_id == mallory.account_id)
+    later: list[dict[str, Any]] = []
+
+    notify.send_webhook(hers_too, 3, retry=lambda **kw: later.append(kw))
+    notify.send_webhook(hers, 1, retry=lambda **kw: later.append(kw))
+
+    assert delivered == [hers]
+    assert later == [{"args": (hers_too, 3), "delay": notify.SLOT_WAIT_MS}]
