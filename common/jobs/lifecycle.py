@@ -91,9 +91,10 @@ _SUCCEED_WITH_FILES = text(
     " jsonb_to_recordset(CAST(:files AS jsonb)) AS f(id text, storage_key text, content_type text, bytes integer)"
 )
 
-_PG = lifecycle_pg.Statements(*(psycopg_form(s.text) for s in (
-    _CURRENT_LOCKED, _CLAIM, _CLAIM_UNDER_CAP, _CLAIM_OLDEST_UNDER_CAP, _WAIT_FOR_SLOT, _LOCK_ACCOUNT,
-    _SUCCEED_WITH_FILES)))
+_PG = lifecycle_pg.Statements(**{name: psycopg_form(statement.text) for name, statement in {
+    "current_locked": _CURRENT_LOCKED, "claim": _CLAIM, "claim_under_cap": _CLAIM_UNDER_CAP,
+    "claim_oldest_under_cap": _CLAIM_OLDEST_UNDER_CAP, "wait_for_slot": _WAIT_FOR_SLOT,
+    "lock_account": _LOCK_ACCOUNT, "succeed_with_files": _SUCCEED_WITH_FILES}.items()})
 
 
 class AccountBusy(Exception):

@@ -185,8 +185,9 @@ def test_a_claim_the_cap_refused_always_waits_with_its_message_even_if_a_slot_fr
     """The account is at its cap when the claim counts, and a slot frees (another job requeued,
     which takes no account lock) before the job is put back to wait: the claim must still say
     AccountBusy, so its message is sent again. Returning None would drop the message and leave
-    the job queued until the stale-queue sweep. On the general path (the pipelined one sends the
-    wait with the claim and reads AccountBusy from the wait's own count: it has no such window)."""
+    the job queued until the stale-queue sweep. On the general path, whose statements a hook can
+    come between; the pipelined one has the same window on the server, between its claim and its
+    wait, and decides AccountBusy the same way, from the wait's own count."""
     monkeypatch.setattr(lifecycle_pg, "claim", lambda *args, **kwargs: None)
     account = create_test_account(pg_engine, "pro")
     with pg_engine.begin() as conn:
