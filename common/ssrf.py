@@ -105,7 +105,7 @@ def bounded_getaddrinfo(host: str, port: int, family: int = 0, type_: int = 0, *
     deadline = time.monotonic() + DNS_TIMEOUT_SECONDS
     if owner is not None and lookup_pending(owner):
         raise socket.gaierror("an earlier lookup of this owner still waits on its name server")
-    if not _lookups_running.acquire(timeout=DNS_TIMEOUT_SECONDS):
+    if not _lookups_running.acquire(timeout=max(0.0, deadline - time.monotonic())):
         raise socket.gaierror("too many name lookups under way")
     done = threading.Event()
     abandoned = threading.Event()  # set (under _owners_lock) when the caller gave this lookup up
