@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.rows import namedtuple_row
 
 from common import ledger_pg
@@ -100,29 +99,16 @@ def succeed(pg: psycopg.Connection, sql: Statements, values: dict[str, Any], fil
 @contextlib.contextmanager
 def _pipelined(pg: psycopg.Connection) -> Iterator[psycopg.Pipeline]:
     """A pipeline whose transaction the caller opens and ends with statements of its own, so that
-    COMMIT travels with what precedes it. A statement's error leaves the pipeline cleanly: its
-    transaction is rolled back before the connection goes back to its pool, which does not reset
-    connections (common.pg_statements). An interrupt (Dramatiq's time limit) may land anywhere in
-    psycopg's pipeline bookkeeping: the connection is closed then (the pool replaces it), and the
-    interrupt raised as itself where psycopg put "cannot exit pipeline mode while busy" (an
-    OperationalError, read as an outage by common.retrying) in its place, as it does for one that
-    lands in a sync."""
+    COMMIT travels with what precedes it. A connection an error or an interrupt (Dramatiq's time
+    limit) leaves in a transaction or in pipeline mode is thrown away by common.pg_statements; here
+    only the error is put right: psycopg's pipeline exit puts "cannot exit pipeline mode while busy"
+    (an OperationalError without a SQLSTATE, read as an outage by common.retrying) in the place of
+    an interrupt, or of an error of ours, that came first. That one is raised as itself."""
     try:
         with pg.pipeline() as pipeline:
             yield pipeline
-    except Exception as exc:
-        first = exc.__context__ if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None else None
-        if first is not None and not isinstance(first, psycopg.Error):  # psycopg's own error, raised as it exited
-            pg.close()
+    except psycopg.OperationalError as exc:
+        first = exc.__context__ if exc.sqlstate is None else None
+        if first is not None and not isinstance(first, psycopg.Error):
             raise first from None
-        if not pg.closed and pg.pgconn.pipeline_status != PipelineStatus.OFF:
-            pg.close()
-        elif not pg.closed and pg.info.transaction_status != TransactionStatus.IDLE:
-            try:
-                pg.rollback()
-            except psycopg.Error:
-                pg.close()
-        raise
-    except BaseException:
-        pg.close()
         raise
