@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,20 @@ pytest_plugins = ["tests.fakes.fixtures"]
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("HELYX_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _zone_near_noon() -> str:
+    """A fixed-offset zone whose local time is about noon as the tests start.
+
+    The billing day of the tests' accounts and gateways is that zone's date, so no daily reset can
+    refill an allowance in the middle of a test that counts what the balance affords (CI once ran
+    a 50-affordable burst across Karachi's midnight, 19:00 UTC, and 108 calls went through).
+    Tests of the reset itself freeze the clock and name their zone."""
+    offset = 12 - datetime.now(UTC).hour  # -11 .. +12 hours, all valid Etc/GMT zones
+    return "UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"  # POSIX sign: Etc/GMT-5 is UTC+5
+
+
+TEST_TZ = _zone_near_noon()
 
 
 def _redis_urls() -> tuple[str, str]:
@@ -82,6 +97,8 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "simulated_job_seconds": 0.0,
         "upstream_backoff_seconds": 0.01,
     }
+    if "HELYX_TIMEZONE" not in os.environ:  # a test that sets it means it
+        values["timezone"] = TEST_TZ
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]
 
@@ -169,7 +186,7 @@ class TestAccount:
         return {"Authorization": f"Bearer {self.api_key}"}
 
 
-def create_test_account(engine: Engine, plan: str = "free", tz: str = "Asia/Karachi") -> TestAccount:
+def create_test_account(engine: Engine, plan: str = "free", tz: str = TEST_TZ) -> TestAccount:
     with engine.begin() as conn:
         account_id, key = accounts.create_account(
             conn, f"{uuid.uuid4().hex[:12]}@example.com", plan, day=billing.today(tz), now=clock.now().timestamp()

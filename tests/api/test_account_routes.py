@@ -13,13 +13,21 @@ from sqlalchemy import Engine, text
 
 from common import accounts, billing, clock, ledger
 from common.money import MICRO
+from common.settings import Settings
 from tests.api.account_helpers import NOON
-from tests.conftest import TestAccount, create_test_account
+from tests.conftest import TestAccount, create_test_account, make_settings
+
+PKT = "Asia/Karachi"  # the zone this module's frozen times are reckoned in (the product's default)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path, timezone=PKT)
 
 
 def charge(engine: Engine, account_id: str, key_id: str | None, credits: int) -> None:
     hold_id = billing.reserve(engine, account_id=account_id, key_id=key_id, amount=credits * MICRO, purpose="t",
-                              ttl=60, tz="Asia/Karachi")
+                              ttl=60, tz=PKT)
     billing.settle(engine, hold_id, credits * MICRO)
 
 
@@ -28,7 +36,7 @@ def charge(engine: Engine, account_id: str, key_id: str | None, credits: int) ->
 
 def test_credits_of_a_fresh_free_account(app_client: TestClient, engine: Engine) -> None:
     with clock.frozen(NOON):
-        account = create_test_account(engine, "free")
+        account = create_test_account(engine, "free", tz=PKT)
         response = app_client.get("/api/v1/credits", headers=account.headers)
     assert response.status_code == 200
     assert response.json() == {
@@ -47,12 +55,12 @@ def test_credits_of_a_fresh_free_account(app_client: TestClient, engine: Engine)
 
 def test_credits_after_spending_granting_and_holding(app_client: TestClient, engine: Engine) -> None:
     with clock.frozen(datetime(2031, 3, 10, 20, 0, tzinfo=UTC)):  # already 2031-03-11 in Karachi
-        account = create_test_account(engine, "plus")
+        account = create_test_account(engine, "plus", tz=PKT)
         with engine.begin() as conn:
             ledger.grant(conn, account.account_id, 25 * MICRO + 500_000, now=clock.now().timestamp())
         charge(engine, account.account_id, account.key_id, 1200)
         billing.reserve(engine, account_id=account.account_id, key_id=None, amount=300 * MICRO, purpose="t",
-                        ttl=60, tz="Asia/Karachi")
+                        ttl=60, tz=PKT)
         body = app_client.get("/api/v1/credits", headers=account.headers).json()
     assert (body["plan"], body["daily_allowance"], body["used_today"], body["allowance_remaining"]) == (
         "plus", 5000, 1200, 3800)
@@ -64,7 +72,7 @@ def test_used_today_counts_top_up_spending_and_is_not_moved_by_a_plan_change(
         app_client: TestClient, engine: Engine) -> None:
     """used_today is what was charged since the billing day began, whatever paid for it."""
     with clock.frozen(datetime(2031, 3, 10, 20, 0, tzinfo=UTC)) as advance:  # 01:00 on 2031-03-11 in Karachi
-        account = create_test_account(engine, "pro")
+        account = create_test_account(engine, "pro", tz=PKT)
         with engine.begin() as conn:
             ledger.grant(conn, account.account_id, 5000 * MICRO, now=clock.now().timestamp())
         charge(engine, account.account_id, account.key_id, 1824)
@@ -75,7 +83,7 @@ def test_used_today_counts_top_up_spending_and_is_not_moved_by_a_plan_change(
         assert (credits()["used_today"], credits()["allowance_remaining"]) == (1824, 8176)
         for plan in ("free", "pro"):  # a round trip moves the allowance, not what was used
             with engine.begin() as conn:
-                ledger.change_plan(conn, account.account_id, plan, billing.today("Asia/Karachi"),
+                ledger.change_plan(conn, account.account_id, plan, billing.today(PKT),
                                    now=clock.now().timestamp())
             assert credits()["used_today"] == 1824
         left = credits()["allowance_remaining"]
@@ -94,7 +102,7 @@ def test_used_today_counts_top_up_spending_and_is_not_moved_by_a_plan_change(
 def busy_account(engine: Engine) -> tuple[TestAccount, str, list[float]]:
     """An account with entries from two keys and grants, one second apart; returns the second key and
     the times at which each batch was written."""
-    account = create_test_account(engine, "plus")
+    account = create_test_account(engine, "plus", tz=PKT)
     with engine.begin() as conn:
         second_key = accounts.create_key(conn, account.account_id, name="second", now=NOON.timestamp()).id
     times = []
@@ -170,7 +178,7 @@ def test_usage_never_shows_another_account(
     app_client: TestClient, engine: Engine, busy_account: tuple[TestAccount, str, list[float]]
 ) -> None:
     account, _, _ = busy_account
-    other = create_test_account(engine, "free")
+    other = create_test_account(engine, "free", tz=PKT)
     foreign = app_client.get(f"/api/v1/usage?key_id={account.key_id}", headers=other.headers)
     assert foreign.status_code == 404  # another account's key reads as unknown, not as "no usage"
     assert foreign.json()["error"] == {"message": f"No API key {account.key_id}", "type": "not_found_error",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,7 +14,7 @@ from sqlalchemy import Engine, text
 from common import billing, clock
 from common.money import MICRO
 from tests.common.test_ledger import assert_books_balance
-from tests.conftest import ADMIN_TOKEN, TestAccount, make_settings
+from tests.conftest import ADMIN_TOKEN, TEST_TZ, TestAccount, make_settings
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -163,10 +164,10 @@ def test_list_accounts_pages_through_every_account(app_client: TestClient) -> No
 def test_the_list_shows_todays_allowance_before_an_accounts_first_request_of_the_day(
         app_client: TestClient, engine: Engine) -> None:
     """As GET /credits does: the allowance row resets lazily, on the account's first request."""
-    with clock.frozen(datetime(2031, 3, 10, 18, 0, tzinfo=UTC)) as advance:  # 23:00 in Karachi
+    with clock.frozen(datetime(2031, 3, 10, 23, 0, tzinfo=ZoneInfo(TEST_TZ))) as advance:  # 23:00 where billed
         account = create(app_client, "spent@example.com", "free")
         hold = billing.reserve(engine, account_id=account["account_id"], key_id=account["key_id"],
-                               amount=1000 * MICRO, purpose="chat:x", ttl=60, tz="Asia/Karachi")
+                               amount=1000 * MICRO, purpose="chat:x", ttl=60, tz=TEST_TZ)
         billing.settle(engine, hold, 1000 * MICRO)
         listed = app_client.get("/admin/accounts", headers=ADMIN).json()["data"]
         assert [a["allowance_remaining"] for a in listed] == [0]
@@ -182,7 +183,7 @@ def test_the_list_shows_todays_allowance_before_an_accounts_first_request_of_the
 def test_set_plan_changes_today_allowance(app_client: TestClient, engine: Engine) -> None:
     body = create(app_client, "upgrade@example.com", "free")
     hold_id = billing.reserve(engine, account_id=body["account_id"], key_id=None, amount=250 * MICRO, purpose="t",
-                              ttl=60, tz="Asia/Karachi")
+                              ttl=60, tz=TEST_TZ)
     billing.settle(engine, hold_id, 250 * MICRO)
     response = app_client.post(f"/admin/accounts/{body['account_id']}/plan", json={"plan": "pro"}, headers=ADMIN)
     assert response.status_code == 200

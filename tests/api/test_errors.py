@@ -18,7 +18,7 @@ from sqlalchemy import Engine, text
 from common import accounts, billing, clock, keys
 from common.errors import PermissionDenied, RateLimited, ServiceUnavailable
 from common.settings import Settings
-from tests.conftest import ADMIN_TOKEN, TestAccount, make_settings
+from tests.conftest import ADMIN_TOKEN, TEST_TZ, TestAccount, make_settings
 
 LIMIT = 4096
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -277,7 +277,7 @@ def probe_routes(app_client: TestClient, account: TestAccount, engine: Engine) -
 
     def quota() -> None:
         billing.reserve(engine, account_id=account.account_id, key_id=None, amount=10**15, purpose="probe",
-                        ttl=60, tz="Asia/Karachi")
+                        ttl=60, tz=TEST_TZ)
 
     def forbidden() -> None:
         raise PermissionDenied("This model needs the Plus plan or higher.")

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, text
 from common import accounts, billing, clock
 from common.errors import Conflict
 from tests.api.account_helpers import NOON, key_ids
-from tests.conftest import TestAccount, create_test_account
+from tests.conftest import TEST_TZ, TestAccount, create_test_account
 
 
 def test_create_list_use_and_delete_a_key(app_client: TestClient, engine: Engine, account: TestAccount) -> None:
@@ -73,7 +73,7 @@ def test_a_key_shows_what_its_daily_cap_leaves_today(app_client: TestClient, eng
     capped = created["id"]
     with engine.begin() as conn:
         conn.execute(text("UPDATE api_keys SET cap_used = :u, cap_day = :d WHERE id = :k"),
-                     {"u": 2_500_000, "d": billing.today("Asia/Karachi"), "k": capped})
+                     {"u": 2_500_000, "d": billing.today(TEST_TZ), "k": capped})
     views = {k["id"]: k for k in app_client.get("/api/v1/keys", headers=account.headers).json()["data"]}
     assert (views[capped]["daily_credit_cap"], views[capped]["daily_credit_cap_remaining"]) == (10, 7.5)
     assert views[account.key_id]["daily_credit_cap_remaining"] is None

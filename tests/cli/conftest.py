@@ -15,6 +15,7 @@ from common.db import dispose_engines, make_engine
 from common.migrate import upgrade
 from common.settings import reset_settings_cache
 from tests.cli.helpers import ok_json
+from tests.conftest import TEST_TZ
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def cli_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     monkeypatch.setenv("HELYX_DATABASE_URL", url)
     monkeypatch.delenv("HELYX_REDIS_URL", raising=False)
-    monkeypatch.setenv("HELYX_TIMEZONE", "Asia/Karachi")
+    monkeypatch.setenv("HELYX_TIMEZONE", TEST_TZ)
     reset_settings_cache()
     engine = make_engine(url)
     upgrade(engine)

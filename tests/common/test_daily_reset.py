@@ -62,6 +62,12 @@ def all_at_once(calls: list[Callable[[], Any]]) -> list[Any]:
         return list(pool.map(run, calls))
 
 
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """The product's default zone, named: the tests' own default is a zone near noon."""
+    return make_settings(tmp_path, timezone=PKT)
+
+
 @pytest.fixture(autouse=True)
 def books_balance(engine: Engine) -> Iterator[None]:
     yield
@@ -71,7 +77,7 @@ def books_balance(engine: Engine) -> Iterator[None]:
 
 def test_midnight_pkt_resets_the_allowance_exactly_once(app_client: TestClient, engine: Engine) -> None:
     with clock.frozen(MIDNIGHT_PKT - timedelta(seconds=1)) as advance:
-        account = create_test_account(engine, "free")
+        account = create_test_account(engine, "free", tz=PKT)
         with engine.begin() as conn:
             ledger.grant(conn, account.account_id, 50 * MICRO, now=clock.now().timestamp())
         assert charge(engine, account, 300) == 300 * MICRO  # at 18:59:59 UTC: lands on 2031-03-10
@@ -112,7 +118,7 @@ def test_midnight_pkt_resets_the_allowance_exactly_once(app_client: TestClient, 
 
 def test_nothing_resets_a_second_before_midnight(app_client: TestClient, engine: Engine) -> None:
     with clock.frozen(MIDNIGHT_PKT - timedelta(hours=23)) as advance:
-        account = create_test_account(engine, "free")
+        account = create_test_account(engine, "free", tz=PKT)
         charge(engine, account, 400)
         advance(timedelta(hours=23) - timedelta(microseconds=1))  # 18:59:59.999999 UTC
         assert app_client.get("/api/v1/credits", headers=account.headers).json()["allowance_remaining"] == 600
@@ -122,7 +128,7 @@ def test_nothing_resets_a_second_before_midnight(app_client: TestClient, engine:
 
 def test_a_hold_open_across_midnight_is_charged_to_the_day_it_settles(engine: Engine) -> None:
     with clock.frozen(MIDNIGHT_PKT - timedelta(seconds=1)) as advance:
-        account = create_test_account(engine, "free")
+        account = create_test_account(engine, "free", tz=PKT)
         charge(engine, account, 900)
         hold_id = billing.reserve(engine, account_id=account.account_id, key_id=account.key_id,
                                   amount=100 * MICRO, purpose="test", ttl=900, tz=PKT)

@@ -25,6 +25,8 @@ from types import TracebackType
 
 import httpx
 
+from tests.conftest import TEST_TZ
+
 VENV_BIN = Path(sys.executable).parent
 HELYX = str(VENV_BIN / "helyx")
 # Provider keys the built-in catalog names: never inherited, so every model is simulated.
@@ -60,9 +62,10 @@ def free_port() -> int:
 
 def base_env(**helyx: object) -> dict[str, str]:
     """The parent's environment without any HELYX_* or provider key, plus the given HELYX_ values
-    (keyword `database_url` becomes HELYX_DATABASE_URL)."""
+    (keyword `database_url` becomes HELYX_DATABASE_URL); the tests' time zone unless one is given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELYX_") and k not in _PROVIDER_KEYS}
     env["PYTHONUNBUFFERED"] = "1"
+    env["HELYX_TIMEZONE"] = TEST_TZ
     env.update({f"HELYX_{k.upper()}": str(v) for k, v in helyx.items() if v is not None})
     return env
 

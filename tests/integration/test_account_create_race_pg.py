@@ -10,6 +10,7 @@ from sqlalchemy import Engine, text
 
 from common import accounts, billing, clock
 from common.errors import Conflict
+from tests.conftest import TEST_TZ
 
 SPELLINGS = ["dup0@example.com", "DUP0@example.com", "Dup0@Example.com", "dUp0@example.COM"] * 3
 
@@ -24,7 +25,7 @@ def test_one_mailbox_created_at_once_in_any_letter_case_is_one_account(pg_engine
         start.wait()
         try:
             with pg_engine.begin() as conn:
-                made.append(accounts.create_account(conn, email, "free", day=billing.today("Asia/Karachi"),
+                made.append(accounts.create_account(conn, email, "free", day=billing.today(TEST_TZ),
                                                     now=clock.now().timestamp())[0])
         except Conflict as exc:
             refused.append(exc)

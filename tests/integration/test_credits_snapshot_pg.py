@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from common import billing, reports
 from common.money import MICRO
-from tests.conftest import create_test_account
+from tests.conftest import TEST_TZ, create_test_account
 
 pytestmark = pytest.mark.postgres
 
@@ -20,7 +20,7 @@ def test_a_settlement_between_the_two_reads_is_in_both_or_in_neither(pg_engine: 
     allowance or the holds (a review saw 155 of 873 polls contradict themselves under load)."""
     account = create_test_account(pg_engine, "ultra")
     hold_id = billing.reserve(pg_engine, account_id=account.account_id, key_id=account.key_id, amount=7 * MICRO,
-                              purpose="t", ttl=60, tz="Asia/Karachi")
+                              purpose="t", ttl=60, tz=TEST_TZ)
     read_balance = reports.ledger.balance
 
     def balance_then_a_settlement(conn: Any, account_id: str) -> Any:
@@ -29,8 +29,8 @@ def test_a_settlement_between_the_two_reads_is_in_both_or_in_neither(pg_engine: 
         return seen
 
     monkeypatch.setattr(reports.ledger, "balance", balance_then_a_settlement)
-    summary = reports.credits_summary(pg_engine, account.account_id, "Asia/Karachi")
+    summary = reports.credits_summary(pg_engine, account.account_id, TEST_TZ)
     assert (summary["used_today"], summary["held"], summary["allowance_remaining"]) == (0, 7, 25_000)
     monkeypatch.undo()
-    after = reports.credits_summary(pg_engine, account.account_id, "Asia/Karachi")
+    after = reports.credits_summary(pg_engine, account.account_id, TEST_TZ)
     assert (after["used_today"], after["held"], after["allowance_remaining"]) == (7, 0, 24_993)

@@ -19,9 +19,9 @@ from common import accounts, billing, clock
 from common.jobs import lifecycle
 from common.jobs.submit import submit_job
 from common.money import MICRO
-from tests.conftest import create_test_account
+from tests.conftest import TEST_TZ, create_test_account
 
-TZ = "Asia/Karachi"
+TZ = TEST_TZ
 PRICE = 200 * MICRO
 
 

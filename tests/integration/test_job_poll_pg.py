@@ -17,7 +17,7 @@ from common.jobs.submit import submit_job
 from common.jobs.views import list_jobs, load_job, load_job_and_balance, poll_job_async
 from common.money import MICRO
 from common.pg_async import AsyncStatements
-from tests.conftest import TestAccount, create_test_account
+from tests.conftest import TEST_TZ, TestAccount, create_test_account
 
 pytestmark = pytest.mark.postgres
 
@@ -27,7 +27,7 @@ PARAMS = {"prompt": "a lighthouse", "n": 2, "width": 256, "height": 256}
 def _job(engine: Engine, account: TestAccount, *, files: int = 0) -> str:
     principal = accounts.authenticate(engine, account.api_key, now=clock.now().timestamp())
     job = submit_job(engine, principal, job_type="image", model="nano-banana-pro", params=PARAMS, price=40 * MICRO,
-                     tz="Asia/Karachi")
+                     tz=TEST_TZ)
     if files:
         ids = [f"file_{job.job_id}_{i}" for i in reversed(range(files))]  # the result's order, not the ids'
         with engine.begin() as conn:

@@ -11,9 +11,9 @@ from common import accounts, billing, clock
 from common.jobs import lifecycle
 from common.jobs.submit import submit_job
 from common.money import MICRO
-from tests.conftest import create_test_account
+from tests.conftest import TEST_TZ, create_test_account
 
-TZ = "Asia/Karachi"
+TZ = TEST_TZ
 
 
 def test_cancels_and_capped_reserves_on_one_key_race_without_deadlock(pg_engine: Engine) -> None:

@@ -28,7 +28,7 @@ from common import accounts, clock
 from common.db import make_engine
 from common.jobs.submit import submit_job
 from tests.api.chat.helpers import assert_books_balance, books, leave_available
-from tests.conftest import ADMIN_TOKEN, REDIS_TEST_URL, TestAccount, create_test_account, service_unavailable
+from tests.conftest import ADMIN_TOKEN, REDIS_TEST_URL, TEST_TZ, TestAccount, create_test_account, service_unavailable
 from tests.fakes.gemini_image_upstream import FakeGeminiImageUpstream
 from tests.fakes.server import serve
 from tests.integration.helpers_processes import Proc, Processes, base_env, wait_dramatiq_workers
@@ -251,7 +251,7 @@ def test_one_message_sent_three_times_through_redis_charges_once(e2e: Stack) -> 
     principal = accounts.authenticate(e2e.engine, account.api_key, now=clock.now().timestamp())
     submission = submit_job(e2e.engine, principal, job_type="image", model="nano-banana-pro",
                             params={"prompt": "once", "n": 1, "width": 256, "height": 256, "response_format": "url"},
-                            price=IMAGE_PRICE, tz="Asia/Karachi")
+                            price=IMAGE_PRICE, tz=TEST_TZ)
     sender = RedisBroker(url=e2e.redis_url)
     try:
         message = dramatiq.Message(queue_name="images", actor_name="run_image_job", args=(submission.job_id,),

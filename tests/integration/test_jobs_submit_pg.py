@@ -19,9 +19,9 @@ from common.jobs import submit
 from common.jobs.submit import submit_job
 from common.money import MICRO
 from tests.api.chat.helpers import assert_books_balance, books
-from tests.conftest import TestAccount, create_test_account
+from tests.conftest import TEST_TZ, TestAccount, create_test_account
 
-TZ = "Asia/Karachi"
+TZ = TEST_TZ
 T = TypeVar("T")
 PARAMS = {"prompt": "a lighthouse", "n": 1, "width": 256, "height": 256}
 

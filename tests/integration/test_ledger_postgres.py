@@ -17,9 +17,10 @@ from common.db import make_engine
 from common.errors import Conflict, InsufficientCredits
 from common.money import MICRO
 from tests.common.test_ledger import assert_books_balance
-from tests.conftest import create_test_account
+from tests.conftest import TEST_TZ, create_test_account
 
-TZ = "Asia/Karachi"
+TZ = TEST_TZ
+PKT = "Asia/Karachi"  # the midnight test freezes the clock at its midnight
 AFFORDABLE = 50
 AMOUNT = 1000 * MICRO // AFFORDABLE  # a free account's day buys exactly 50 of these
 MAIN_ATTEMPTS, MAIN_THREADS = 100, 32
@@ -165,13 +166,13 @@ def test_capped_key_reserves_and_settles_racing_each_other_never_deadlock(pg_eng
 def test_concurrent_requests_at_midnight_reset_once(pg_engine: Engine) -> None:
     midnight = datetime(2026, 3, 10, 19, 0, tzinfo=UTC)
     with clock.frozen(midnight - timedelta(minutes=5)) as advance:
-        account = create_test_account(pg_engine, "pro")
+        account = create_test_account(pg_engine, "pro", tz=PKT)
         hold_id = billing.reserve(pg_engine, account_id=account.account_id, key_id=None, amount=4000 * MICRO,
-                                  purpose="t", ttl=900, tz=TZ)
+                                  purpose="t", ttl=900, tz=PKT)
         billing.settle(pg_engine, hold_id, 4000 * MICRO)
         advance(timedelta(minutes=5))
         errors = run_threads(24, lambda _: billing.apply_daily_reset(pg_engine, account.account_id, "2026-03-10",
-                                                                     TZ))
+                                                                     PKT))
     assert errors == []
     with pg_engine.connect() as conn:
         resets = conn.execute(text("SELECT reference FROM ledger_entries WHERE account_id = :a AND kind = 'reset'"

@@ -56,7 +56,7 @@ class Jobs:
     accounts: dict[str, Principal] = field(default_factory=dict)
 
     def account(self, plan: str = "free") -> TestAccount:
-        return create_test_account(self.engine, plan)
+        return create_test_account(self.engine, plan, tz=self.settings.timezone)
 
     def principal(self, account: TestAccount) -> Principal:
         return accounts.authenticate(self.engine, account.api_key, now=clock.now().timestamp())

@@ -381,7 +381,7 @@ def test_a_job_that_finishes_after_midnight_is_paid_from_the_new_days_allowance(
     """The daily reset is lazy (the account's next request runs it): a worker settling first must
     not charge what is left of the day that ended (then reset to full: the job would be free)."""
     ScriptedImages().install(monkeypatch)
-    jobs = make_jobs()
+    jobs = make_jobs(timezone="Asia/Karachi")
     midnight_pkt = datetime(2031, 3, 10, 19, 0, tzinfo=UTC)
     with clock.frozen(midnight_pkt - timedelta(seconds=1)) as advance:
         account = jobs.account("free")  # 1,000 credits a day

@@ -14,7 +14,7 @@ from common import accounts, clock, ledger
 from common.jobs import lifecycle
 from common.jobs.submit import submit_job
 from tests.api.chat.helpers import assert_books_balance
-from tests.conftest import TestAccount, create_test_account
+from tests.conftest import TEST_TZ, TestAccount, create_test_account
 from workers import execute
 
 PRICE = 200_000_000
@@ -37,7 +37,7 @@ def _job(engine: Engine, account: TestAccount, job_type: str = "image") -> str:
     params: dict[str, Any] = ({"prompt": "p", "n": 1, "width": 256, "height": 256} if job_type == "image"
                               else {"prompt": "p", "seconds": 4, "width": 1280, "height": 720})
     return submit_job(engine, principal, job_type=job_type, model="nano-banana-pro" if job_type == "image" else "vo3",
-                      price=PRICE, tz="Asia/Karachi", params=params).job_id
+                      price=PRICE, tz=TEST_TZ, params=params).job_id
 
 
 def _rows(engine: Engine, account: TestAccount) -> dict[str, tuple[str, int, float | None]]:

@@ -16,7 +16,7 @@ from common import accounts, clock, ledger
 from common.jobs import lifecycle, lifecycle_pg
 from common.jobs.submit import submit_job
 from tests.api.chat.helpers import assert_books_balance
-from tests.conftest import TestAccount, create_test_account
+from tests.conftest import TEST_TZ, TestAccount, create_test_account
 
 pytestmark = pytest.mark.postgres
 PRICE = 200_000_000
@@ -24,7 +24,7 @@ PRICE = 200_000_000
 
 def _job(engine: Engine, account: TestAccount) -> str:
     principal = accounts.authenticate(engine, account.api_key, now=clock.now().timestamp())
-    return submit_job(engine, principal, job_type="image", model="nano-banana-pro", price=PRICE, tz="Asia/Karachi",
+    return submit_job(engine, principal, job_type="image", model="nano-banana-pro", price=PRICE, tz=TEST_TZ,
                       params={"prompt": "race", "n": 1, "width": 256, "height": 256}).job_id
 
 

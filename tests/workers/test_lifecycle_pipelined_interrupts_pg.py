@@ -25,11 +25,11 @@ from common.db import make_engine
 from common.jobs import lifecycle
 from common.jobs.submit import submit_job
 from common.money import MICRO
-from tests.conftest import create_test_account, emptied_pg_engine
+from tests.conftest import TEST_TZ, create_test_account, emptied_pg_engine
 
 pytestmark = pytest.mark.postgres
 PRICE = 3 * MICRO
-TZ = "Asia/Karachi"
+TZ = TEST_TZ
 
 
 class TimeLimitExceeded(BaseException):  # as dramatiq.middleware.time_limit's (an Interrupt)

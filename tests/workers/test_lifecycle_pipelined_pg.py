@@ -16,11 +16,11 @@ from common.jobs import lifecycle
 from common.jobs.submit import submit_job
 from common.money import MICRO
 from tests.api.chat.helpers import assert_books_balance
-from tests.conftest import TestAccount, create_test_account, statements_sent
+from tests.conftest import TEST_TZ, TestAccount, create_test_account, statements_sent
 
 pytestmark = pytest.mark.postgres
 PRICE = 3 * MICRO
-TZ = "Asia/Karachi"
+TZ = TEST_TZ
 
 
 @pytest.fixture

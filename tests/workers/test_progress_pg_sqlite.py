@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 from common import accounts, clock
 from common.jobs import lifecycle
 from common.jobs.submit import submit_job
-from tests.conftest import create_test_account
+from tests.conftest import TEST_TZ, create_test_account
 
 
 def _progress(engine: Engine, job_id: str) -> int:
@@ -23,7 +23,7 @@ def test_renewals_never_lower_the_recorded_progress(db: str, request: pytest.Fix
     engine: Engine = request.getfixturevalue("engine" if db == "sqlite" else "pg_engine")
     account = create_test_account(engine, "ultra")
     principal = accounts.authenticate(engine, account.api_key, now=clock.now().timestamp())
-    job_id = submit_job(engine, principal, job_type="video", model="vo3", price=2_000_000_000, tz="Asia/Karachi",
+    job_id = submit_job(engine, principal, job_type="video", model="vo3", price=2_000_000_000, tz=TEST_TZ,
                         params={"prompt": "p", "seconds": 4, "width": 1280, "height": 720}).job_id
     assert lifecycle.claim(engine, job_id, "first", lease_seconds=60, running_cap=None) is not None
     assert lifecycle.renew(engine, job_id, "first", 60, progress=60)

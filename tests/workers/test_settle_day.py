@@ -38,7 +38,7 @@ def test_each_try_of_a_success_takes_the_billing_day_of_its_own_time(
             return real(*args)
 
         monkeypatch.setattr(lifecycle, "succeed", down_until_midnight)
-        jobs = make_jobs()
+        jobs = make_jobs(timezone="Asia/Karachi")
         account = jobs.account("plus")
         job_id = jobs.submit(account)
         row = jobs.wait(job_id)

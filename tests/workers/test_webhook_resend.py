@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 from common import accounts, clock
 from common.jobs import lifecycle, recovery
 from common.jobs.submit import submit_job
-from tests.conftest import TestAccount
+from tests.conftest import TEST_TZ, TestAccount
 
 LONGEST = 300.0
 
@@ -23,7 +23,7 @@ def _canceled_job_with_a_webhook(engine: Engine, account: TestAccount) -> str:
     principal = accounts.authenticate(engine, account.api_key, now=clock.now().timestamp())
     job_id = submit_job(engine, principal, job_type="image", model="nano-banana-pro",
                         params={"prompt": "p", "n": 1, "width": 256, "height": 256}, price=200_000_000,
-                        tz="Asia/Karachi", webhook_url="https://hooks.example.com/helyx").job_id
+                        tz=TEST_TZ, webhook_url="https://hooks.example.com/helyx").job_id
     lifecycle.cancel(engine, account.account_id, job_id)
     return job_id
 
@@ -44,7 +44,7 @@ def test_jobs_without_a_webhook_are_never_picked(engine: Engine, account: TestAc
     principal = accounts.authenticate(engine, account.api_key, now=clock.now().timestamp())
     job_id = submit_job(engine, principal, job_type="image", model="nano-banana-pro",
                         params={"prompt": "p", "n": 1, "width": 256, "height": 256}, price=200_000_000,
-                        tz="Asia/Karachi").job_id
+                        tz=TEST_TZ).job_id
     lifecycle.cancel(engine, account.account_id, job_id)
     with clock.frozen(clock.now() + timedelta(seconds=3600)):
         assert _unsent(engine) == []

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 
 from common import billing, clock, ledger
 from common.settings import Settings
-from tests.conftest import TestAccount, create_test_account
+from tests.conftest import TEST_TZ, TestAccount, create_test_account
 from tests.fakes.server import serve
 
 FAKE_PROVIDER_KEY = "sk-fake-provider-key-0123456789"  # what the gateway sends to a fake upstream
@@ -136,7 +136,7 @@ def generation_row(engine: Engine, generation_id: str) -> dict[str, Any] | None:
 def spend(engine: Engine, account_id: str, micro: int) -> None:
     """Use up `micro` micro-credits through the ledger (a hold settled in full), as a call would."""
     hold = billing.reserve(engine, account_id=account_id, key_id=None, amount=micro, purpose="test:spend",
-                           ttl=60, tz="Asia/Karachi")
+                           ttl=60, tz=TEST_TZ)
     billing.settle(engine, hold, micro, description="test spend")
 
 

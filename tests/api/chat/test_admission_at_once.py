@@ -32,11 +32,11 @@ from tests.api.chat.helpers import (
     holds,
     leave_available,
 )
-from tests.conftest import TestAccount, create_test_account
+from tests.conftest import TEST_TZ, TestAccount, create_test_account
 
 pytestmark = pytest.mark.postgres
 MESSAGES = [{"role": "user", "content": "Say something about ledgers."}]
-TZ = "Asia/Karachi"
+TZ = TEST_TZ
 ALL_PLANS = ("free", "plus", "pro", "ultra")
 
 
