@@ -84,9 +84,9 @@ async def submit(
     entry = services.catalog.resolve(model, principal.plan, settings, kind=job_type)
     if webhook_url:
         # Not in the thread pool every route shares: the user's name server may be slow on purpose
-        # (common.ssrf's own threads, given up after 2 s).
+        # (a lookup thread of its own, given up after 2 s; one such at a time per account).
         with contextlib.suppress(WebhookHostUnresolved):  # may resolve later: checked before every delivery
-            await check_url_in_time(webhook_url, settings.webhook_allow_private)
+            await check_url_in_time(webhook_url, settings.webhook_allow_private, owner=principal.account_id)
     idempotency_key = request.headers.get("idempotency-key")
     job_id = new_id("job")
     # The shutdown's cut while the job's statement runs in its thread (which goes on): the job may

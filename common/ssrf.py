@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ipaddress
 import re
 import socket
@@ -58,34 +59,18 @@ class WebhookHostUnresolved(WebhookURLRefused):
 
 
 DNS_TIMEOUT_SECONDS = 2.0
-# Webhook hosts are the users' to choose, so are their name servers: one that answers slowly would
-# hold whatever thread waits for it. Lookups run on these threads of their own, each waited for at
-# most DNS_TIMEOUT_SECONDS, so a slow name server ties up this pool, never the API's thread pool
-# (shared by every route) nor a worker thread (shared by the media jobs).
-_DNS_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
-
-
-async def check_url_in_time(url: str, allow_private: bool) -> None:
-    """check_url for the event loop, on the resolver's own threads: WebhookHostUnresolved when the
-    name server has not answered within DNS_TIMEOUT_SECONDS (a lookup still waiting for a thread
-    then never starts)."""
-    lookup = asyncio.get_running_loop().run_in_executor(_DNS_POOL, check_url, url, allow_private,
-                                                        socket.getaddrinfo)
-    try:
-        await asyncio.wait_for(lookup, DNS_TIMEOUT_SECONDS)
-    except TimeoutError:
-        raise WebhookHostUnresolved(f"webhook_url host did not resolve within {DNS_TIMEOUT_SECONDS:g} s") from None
-
-
 MAX_LOOKUPS_RUNNING = 64
-# A lookup given up after DNS_TIMEOUT_SECONDS goes on in its thread until the name server (or the
-# libc resolver's own timeouts, ~10 s and more) ends it. In a fixed pool those abandoned lookups
-# were the pool: four of them (one account's webhooks naming a name server that never answers,
-# given up one after another as its one delivery slot allows) and every other account's lookup
-# waited in the queue, was given up unstarted and counted as a failed attempt. Each lookup now runs
-# on a thread of its own, at most MAX_LOOKUPS_RUNNING at once, and an owner (the account) whose
-# last lookup was abandoned and is still running gets no other until it ends: one slow name server
-# holds one thread per account, never the others' lookups.
+# Webhook hosts are the users' to choose, so are their name servers: one that answers slowly
+# would hold whatever thread waits for it. So each lookup runs on a thread of its own (at most
+# MAX_LOOKUPS_RUNNING at once), never on the API's thread pool (shared by every route) nor a
+# worker's thread (shared by the media jobs), and its caller gives it up after DNS_TIMEOUT_SECONDS.
+# A lookup given up goes on in its thread until the name server (or the libc resolver's own
+# timeouts, ~10 s and more) ends it. In a fixed pool those abandoned lookups were the pool: four of
+# them (one account's webhooks naming a name server that never answers) and every other account's
+# lookup waited in the queue, was given up unstarted (a delivery counted it as a failed attempt; a
+# submission accepted its URL unchecked). An owner (the account) whose last lookup was given up
+# and still runs gets no other until it ends: one slow name server holds one thread per account,
+# never the others' lookups.
 _lookups_running = threading.BoundedSemaphore(MAX_LOOKUPS_RUNNING)
 _owners_abandoned: dict[str, int] = {}  # owner: its lookups given up and still running
 _owners_lock = threading.Lock()
@@ -97,49 +82,92 @@ def lookup_pending(owner: str) -> bool:
         return owner in _owners_abandoned
 
 
-def bounded_getaddrinfo(host: str, port: int, family: int = 0, type_: int = 0, *,
-                        owner: str | None = None) -> Sequence[tuple[Any, ...]]:
-    """socket.getaddrinfo, given up after DNS_TIMEOUT_SECONDS in all (socket.gaierror: a host that
-    does not resolve). `owner`: whose lookup it is (an account id); while one of its lookups that
-    was given up still runs, its next ones fail at once instead of taking another thread."""
-    deadline = time.monotonic() + DNS_TIMEOUT_SECONDS
+def _start_lookup(work: Callable[[], Any], owner: str | None,
+                  slot_wait: float) -> tuple[concurrent.futures.Future[Any], Callable[[], bool]]:
+    """Run `work` on a lookup thread of its own, waiting at most `slot_wait` seconds for one
+    (socket.gaierror when none frees, or while `owner` has a lookup given up and still running).
+    Returns its future and `give_up()`, which marks the lookup abandoned and returns True, or
+    returns False when it has ended meanwhile (its future then holds the outcome)."""
     if owner is not None and lookup_pending(owner):
         raise socket.gaierror("an earlier lookup of this owner still waits on its name server")
-    if not _lookups_running.acquire(timeout=max(0.0, deadline - time.monotonic())):
+    if not (_lookups_running.acquire(timeout=slot_wait) if slot_wait > 0 else _lookups_running.acquire(False)):
         raise socket.gaierror("too many name lookups under way")
-    done = threading.Event()
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
     abandoned = threading.Event()  # set (under _owners_lock) when the caller gave this lookup up
-    outcome: list[Any] = []
 
     def run() -> None:
+        outcome: tuple[Any, BaseException | None]
         try:
-            outcome.append(socket.getaddrinfo(host, port, family, type_))
+            outcome = (work(), None)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-            outcome.append(exc)
-        finally:
-            with _owners_lock:
-                done.set()
-                if owner is not None and abandoned.is_set():  # only its own mark: not another lookup's
-                    left = _owners_abandoned.pop(owner) - 1
-                    if left:
-                        _owners_abandoned[owner] = left
-            _lookups_running.release()
+            outcome = (None, exc)
+        with _owners_lock:
+            if outcome[1] is None:
+                future.set_result(outcome[0])
+            else:
+                future.set_exception(outcome[1])
+            if owner is not None and abandoned.is_set():  # only its own mark: not another lookup's
+                left = _owners_abandoned.pop(owner) - 1
+                if left:
+                    _owners_abandoned[owner] = left
+        _lookups_running.release()
+
+    def give_up() -> bool:
+        with _owners_lock:
+            if future.done():
+                return False
+            abandoned.set()
+            if owner is not None:
+                _owners_abandoned[owner] = _owners_abandoned.get(owner, 0) + 1
+            return True
 
     try:
         threading.Thread(target=run, name="webhook-dns", daemon=True).start()
     except BaseException:
         _lookups_running.release()
         raise
-    if not done.wait(max(0.0, deadline - time.monotonic())):
-        with _owners_lock:
-            if not done.is_set():
-                abandoned.set()
-                if owner is not None:
-                    _owners_abandoned[owner] = _owners_abandoned.get(owner, 0) + 1
-                raise socket.gaierror(f"no answer from the name server within {DNS_TIMEOUT_SECONDS:g} s")
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return outcome[0]  # type: ignore[no-any-return]
+    return future, give_up
+
+
+def bounded_getaddrinfo(host: str, port: int, family: int = 0, type_: int = 0, *,
+                        owner: str | None = None) -> Sequence[tuple[Any, ...]]:
+    """socket.getaddrinfo, given up after DNS_TIMEOUT_SECONDS in all (socket.gaierror: a host that
+    does not resolve). `owner`: whose lookup it is (an account id); while one of its lookups that
+    was given up still runs, its next ones fail at once instead of taking another thread."""
+    deadline = time.monotonic() + DNS_TIMEOUT_SECONDS
+    future, give_up = _start_lookup(lambda: socket.getaddrinfo(host, port, family, type_), owner,
+                                    DNS_TIMEOUT_SECONDS)
+    try:
+        return future.result(timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[no-any-return]
+    except concurrent.futures.TimeoutError:
+        if give_up():
+            raise socket.gaierror(f"no answer from the name server within {DNS_TIMEOUT_SECONDS:g} s") from None
+        return future.result()  # type: ignore[no-any-return]  # it ended as it was given up
+
+
+async def check_url_in_time(url: str, allow_private: bool, owner: str | None = None) -> None:
+    """check_url for the event loop, on a lookup thread of its own (`bounded_getaddrinfo`'s rules,
+    `owner` included): WebhookHostUnresolved when the name server has not answered within
+    DNS_TIMEOUT_SECONDS, or no lookup thread is free at once."""
+    try:
+        future, give_up = _start_lookup(lambda: check_url(url, allow_private, socket.getaddrinfo), owner, 0.0)
+    except socket.gaierror as exc:
+        raise WebhookHostUnresolved(f"webhook_url host was not looked up ({exc})") from None
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
+
+    def wake(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(ended.set)
+
+    future.add_done_callback(wake)
+    try:
+        await asyncio.wait_for(ended.wait(), DNS_TIMEOUT_SECONDS)
+    except TimeoutError:
+        if give_up():
+            raise WebhookHostUnresolved(
+                f"webhook_url host did not resolve within {DNS_TIMEOUT_SECONDS:g} s") from None
+    future.result()
 
 
 def check_url(url: str, allow_private: bool, resolver: Resolver = bounded_getaddrinfo) -> list[str]:

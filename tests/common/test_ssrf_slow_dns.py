@@ -17,7 +17,13 @@ import pytest
 from starlette.concurrency import run_in_threadpool
 
 from common import ssrf
-from common.ssrf import WebhookHostUnresolved, bounded_getaddrinfo, check_url_in_time
+from common.ssrf import (
+    NonPublicAddress,
+    WebhookHostUnresolved,
+    WebhookURLRefused,
+    bounded_getaddrinfo,
+    check_url_in_time,
+)
 from common.webhooks import deliver
 
 SLOW = 1.0
@@ -148,3 +154,46 @@ def test_a_concurrent_lookup_ending_does_not_clear_a_given_up_one_s_mark(monkeyp
     while ssrf.lookup_pending("acct_a") and time.monotonic() < deadline:  # the slow lookup ends: the mark goes
         time.sleep(0.01)
     assert not ssrf.lookup_pending("acct_a")
+
+
+@pytest.mark.usefixtures("slow_dns")
+def test_one_account_s_slow_name_server_does_not_leave_another_account_s_submission_unchecked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At submission the lookups ran on a pool of four threads: one account's slow lookups held
+    them, and another account's check waited in the queue, was given up unstarted, and its job
+    was accepted with a webhook host never looked up (a private address found only at delivery).
+    Now each lookup has a thread of its own, and an account whose lookup was given up waits for it
+    to end before it gets another."""
+    real = socket.getaddrinfo
+
+    def lookup(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "intranet.example.com":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+
+    async def scenario() -> tuple[list[BaseException | None], BaseException | None, float, BaseException | None]:
+        slow = [asyncio.create_task(check_url_in_time(f"http://w{i}.slowdns.test/hook", False, owner="acct_slow"))
+                for i in range(8)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        try:
+            await check_url_in_time("https://intranet.example.com/hook", False, owner="acct_other")
+            other: BaseException | None = None
+        except WebhookURLRefused as exc:
+            other = exc
+        took = time.monotonic() - started
+        results = await asyncio.gather(*slow, return_exceptions=True)
+        try:  # the slow account's lookups were given up and still run: its next is refused at once
+            await check_url_in_time("http://again.slowdns.test/hook", False, owner="acct_slow")
+            again: BaseException | None = None
+        except WebhookURLRefused as exc:
+            again = exc
+        return results, other, took, again
+
+    results, other, took, again = asyncio.run(scenario())
+    assert isinstance(other, NonPublicAddress), other  # looked up, and refused: not given up unstarted
+    assert took < 0.2, took
+    assert all(isinstance(r, WebhookHostUnresolved) and "within" in str(r) for r in results), results
+    assert isinstance(again, WebhookHostUnresolved) and "not looked up" in str(again), again
