@@ -8,7 +8,6 @@ interleaving in which the opposite order (hold first) deadlocks."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from common.jobs import lifecycle
 from common.jobs.submit import submit_job
 from common.money import MICRO
 from tests.conftest import TEST_TZ, create_test_account
+from tests.integration.races_books import wait_for_a_lock_wait
 
 TZ = TEST_TZ
 PRICE = 200 * MICRO
@@ -34,22 +34,6 @@ def _expired_job(engine: Engine) -> tuple[str, str]:
         conn.execute(text("UPDATE holds SET expires_at = :t WHERE purpose = :p"),
                      {"t": clock.now().timestamp() - 1, "p": f"job:{job_id}"})
     return account.account_id, job_id
-
-
-def _wait_for_a_lock_wait(engine: Engine, seconds: float = 20.0) -> None:  # a busy shared machine: not 5 s
-    """Each look in a transaction of its own: a backend's view of pg_stat_activity holds still for
-    its whole transaction, so a loop inside one saw only its first look, and failed whenever the
-    expiry had not reached its lock by then (on a loaded machine: two runs of four, in one session)."""
-    deadline = time.monotonic() + seconds
-    with engine.connect() as conn:
-        while time.monotonic() < deadline:
-            waiting = conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
-                                        " AND wait_event_type = 'Lock'")).scalar_one()
-            conn.rollback()
-            if waiting:
-                return
-            time.sleep(0.02)
-    raise AssertionError("the expiry never waited on a lock")
 
 
 def _race(engine: Engine, monkeypatch: pytest.MonkeyPatch, transition: Callable[[], Any]) -> dict[str, Any]:
@@ -78,7 +62,7 @@ def _race(engine: Engine, monkeypatch: pytest.MonkeyPatch, transition: Callable[
     expirer = threading.Thread(target=run, args=("expired", lambda: billing.expire_holds(engine)))
     expirer.start()
     try:
-        _wait_for_a_lock_wait(engine)
+        wait_for_a_lock_wait(engine)
     except AssertionError as exc:  # say what the expiry did instead (it failed once in CI, unexplained)
         raise AssertionError(f"{exc}; results so far: {results}; expirer alive: {expirer.is_alive()}") from None
     finally:
