@@ -4,7 +4,9 @@ when absent, failing under CI=true), the app with a TestClient, and account help
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,6 +64,37 @@ def _redis_urls() -> tuple[str, str]:
 
 REDIS_TEST_URL, FAULTS_REDIS_URL = _redis_urls()
 ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+class _LimiterClock:
+    """The clock of the in-process rate limiter (`limits`' MemoryStorage, used by every gateway
+    without Redis). Its sliding-window counters are aligned on the wall clock's minutes, and at
+    hh:mm:00 the weighted count drops by one (floor(previous * (60 - e) / 60) = previous - 1), so a
+    test whose burst straddled a minute saw limit + 1 requests pass. Each test starts one second
+    into a fresh minute of this clock, which then follows real time: 59 s of headroom, whatever the
+    wall clock says. It only ever moves forward (an app kept across tests sees time pass)."""
+
+    def __init__(self) -> None:
+        self.source = time.time
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return self.source() + self.offset
+
+    def start_of_a_minute(self) -> None:
+        now = self.time()
+        self.offset += (math.floor(now / 60) + 1) * 60 + 1 - now  # hh:mm:01 of the next minute
+
+
+LIMITER_CLOCK = _LimiterClock()
+
+
+@pytest.fixture(autouse=True)
+def rate_limit_windows_start_with_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    from limits.aio.storage import memory
+
+    monkeypatch.setattr(memory, "time", LIMITER_CLOCK)
+    LIMITER_CLOCK.start_of_a_minute()
 
 
 @pytest.fixture(autouse=True)
