@@ -167,6 +167,9 @@ async def check_url_in_time(url: str, allow_private: bool, owner: str | None = N
         if give_up():
             raise WebhookHostUnresolved(
                 f"webhook_url host did not resolve within {DNS_TIMEOUT_SECONDS:g} s") from None
+    except asyncio.CancelledError:  # the client left: its lookup still holds a thread, as one given up does
+        give_up()
+        raise
     future.result()
 
 

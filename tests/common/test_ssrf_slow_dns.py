@@ -6,6 +6,7 @@ another account's GET /credits wait 7.7 s (found by an adversarial review)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -197,3 +198,21 @@ def test_one_account_s_slow_name_server_does_not_leave_another_account_s_submiss
     assert took < 0.2, took
     assert all(isinstance(r, WebhookHostUnresolved) and "within" in str(r) for r in results), results
     assert isinstance(again, WebhookHostUnresolved) and "not looked up" in str(again), again
+
+
+@pytest.mark.usefixtures("slow_dns")
+def test_a_submission_cut_off_during_its_lookup_counts_as_a_lookup_given_up() -> None:
+    """A client that leaves while its webhook host is looked up leaves the lookup's thread busy:
+    the account gets no other until it ends, as when the lookup is given up (else leaving at once,
+    again and again, would take a thread each time)."""
+    async def scenario() -> bool:
+        lookup = asyncio.create_task(check_url_in_time("http://w.slowdns.test/hook", False, owner="acct_leaver"))
+        await asyncio.sleep(0.05)
+        lookup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lookup
+        return ssrf.lookup_pending("acct_leaver")
+
+    assert asyncio.run(scenario())
+    time.sleep(SLOW)
+    assert not ssrf.lookup_pending("acct_leaver")  # its lookup ended: the account's mark with it
