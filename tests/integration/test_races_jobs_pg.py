@@ -68,6 +68,14 @@ def test_a_job_whose_hold_expired_while_it_ran_succeeds_free_and_records_the_tru
 FILES = [{"id": "", "storage_key": "k", "content_type": "image/png", "bytes": 1}]
 
 
+def _cancel_or_finished(engine: Engine, account_id: str, job_id: str) -> bool | str:
+    """The cancel's outcome, or "finished" when the job had ended first (its 409)."""
+    try:
+        return lifecycle.cancel(engine, account_id, job_id)
+    except Conflict:
+        return "finished"
+
+
 def _files(job_id: str) -> list[dict[str, Any]]:
     return [{**FILES[0], "id": f"file_{job_id}_{random.getrandbits(32):x}"}]
 
@@ -103,10 +111,7 @@ def test_cancels_racing_claims_successes_and_failures_settle_each_job_exactly_on
         def cancel() -> Any:
             barrier.wait()
             time.sleep(random.random() / 100)
-            try:
-                return lifecycle.cancel(pg_engine, account.account_id, job_id)
-            except Conflict:
-                return "finished"
+            return _cancel_or_finished(pg_engine, account.account_id, job_id)
 
         results = run_threads(worker, redelivered, cancel)
         assert not any(isinstance(r, Exception) for r in results), results
@@ -142,10 +147,7 @@ def test_a_cancel_racing_the_reclaim_of_a_lapsed_lease_and_the_old_workers_late_
 
     def cancel() -> Any:
         barrier.wait()
-        try:
-            return lifecycle.cancel(pg_engine, principal.account_id, job_id)
-        except Conflict:
-            return "finished"
+        return _cancel_or_finished(pg_engine, principal.account_id, job_id)
 
     results = run_threads(reclaim, late, cancel)
     assert not any(isinstance(r, Exception) for r in results), results

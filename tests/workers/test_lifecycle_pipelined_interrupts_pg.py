@@ -26,6 +26,7 @@ from common.jobs import lifecycle
 from common.jobs.submit import submit_job
 from common.money import MICRO
 from tests.conftest import TEST_TZ, create_test_account, emptied_pg_engine
+from tests.integration.races_books import open_transactions
 
 pytestmark = pytest.mark.postgres
 PRICE = 3 * MICRO
@@ -126,9 +127,7 @@ def test_an_interrupt_as_the_pipeline_exits_does_not_reach_the_next_user_of_the_
 
     exc = _interrupted_at("_pipeline_base.py", "self.pgconn.exit_pipeline_mode()", act)
     assert isinstance(exc, TimeLimitExceeded)
-    with one.connect() as conn:  # the transaction itself was ended: nothing is open on the server
-        assert conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
-                                 " AND state LIKE 'idle in transaction%'")).scalar_one() == 0
+    assert open_transactions(one) == 0  # the transaction itself was ended: nothing is open on the server
 
     hung, out = _reserve_in_thread(one, account_id)
     locked = _account_row_locked(one, account_id)

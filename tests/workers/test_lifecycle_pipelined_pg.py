@@ -4,7 +4,6 @@ happens leave no transaction open on the pooled connection (that pool does not r
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from common.jobs.submit import submit_job
 from common.money import MICRO
 from tests.api.chat.helpers import assert_books_balance
 from tests.conftest import TEST_TZ, TestAccount, create_test_account, statements_sent
+from tests.integration.races_books import open_transactions
 
 pytestmark = pytest.mark.postgres
 PRICE = 3 * MICRO
@@ -57,20 +57,6 @@ def _row(engine: Engine, job_id: str) -> dict[str, Any]:
         return dict(row.mappings().one())
 
 
-def _open_transactions(engine: Engine, patience: float = 5.0) -> int:
-    """Sessions of this database idle in a transaction, once any that is ending has ended: a
-    connection thrown away with its transaction open (common.pg_statements) shows so until its
-    backend has read the close, a moment later (CI saw one once). One left open in the pool stays."""
-    deadline = time.monotonic() + patience
-    while True:
-        with engine.connect() as conn:  # a look per transaction: the view holds still within one
-            count = int(conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
-                                          " AND state LIKE 'idle in transaction%'")).scalar_one())
-        if count == 0 or time.monotonic() > deadline:
-            return count
-        time.sleep(0.02)
-
-
 def test_a_claim_and_its_success_send_no_statement_through_sqlalchemy(pg_engine: Engine,
                                                                        statements: list[str]) -> None:
     account = _funded(pg_engine)
@@ -87,7 +73,7 @@ def test_a_claim_and_its_success_send_no_statement_through_sqlalchemy(pg_engine:
                                        "files": 1}
     after = assert_books_balance(pg_engine, account.account_id)
     assert before.balance - after.balance == PRICE
-    assert _open_transactions(pg_engine) == 0
+    assert open_transactions(pg_engine) == 0
 
 
 def test_a_success_after_the_job_was_canceled_writes_nothing(pg_engine: Engine) -> None:
@@ -103,7 +89,7 @@ def test_a_success_after_the_job_was_canceled_writes_nothing(pg_engine: Engine) 
     assert _row(pg_engine, job_id) == {"status": "canceled", "charged": 0, "attempts": 1, "hold": "released",
                                        "files": 0}
     assert assert_books_balance(pg_engine, account.account_id) == before
-    assert _open_transactions(pg_engine) == 0
+    assert open_transactions(pg_engine) == 0
 
 
 def test_a_capped_key_s_job_settles_through_the_general_path(pg_engine: Engine, statements: list[str]) -> None:
@@ -130,7 +116,7 @@ def test_a_capped_key_s_job_settles_through_the_general_path(pg_engine: Engine, 
         kinds = [r[0] for r in conn.execute(text("SELECT kind FROM ledger_entries WHERE hold_id = :h ORDER BY id"),
                                             {"h": job.hold_id})]
     assert kinds == ["reserve", "settle"]
-    assert _open_transactions(pg_engine) == 0
+    assert open_transactions(pg_engine) == 0
 
 
 def test_a_statement_that_fails_mid_pipeline_rolls_back_and_leaves_the_connection_clean(pg_engine: Engine) -> None:
@@ -148,7 +134,7 @@ def test_a_statement_that_fails_mid_pipeline_rolls_back_and_leaves_the_connectio
         lifecycle.succeed(pg_engine, two, "worker-2", _files(second, "file_taken"), 3600, billing.today(TZ))
 
     assert _row(pg_engine, second) == {"status": "running", "charged": 0, "attempts": 1, "hold": "open", "files": 0}
-    assert _open_transactions(pg_engine) == 0
+    assert open_transactions(pg_engine) == 0
     for _ in range(3):  # every pooled connection it could have been
         assert lifecycle.renew(pg_engine, second, "worker-2", 30)
     assert lifecycle.succeed(pg_engine, two, "worker-2", _files(second), 3600, billing.today(TZ)) is True
@@ -170,7 +156,7 @@ def test_a_claim_refused_by_the_cap_waits_for_a_slot_and_says_busy(pg_engine: En
         row = conn.execute(text("SELECT status, attempts, lease_owner, enqueued_at > created_at AS waits"
                                 " FROM jobs WHERE id = :id"), {"id": waiting}).mappings().one()
     assert dict(row) == {"status": "queued", "attempts": 0, "lease_owner": None, "waits": True}
-    assert _open_transactions(pg_engine) == 0
+    assert open_transactions(pg_engine) == 0
 
 
 def test_an_error_of_our_own_mid_pipeline_is_raised_as_itself_and_writes_nothing(pg_engine: Engine) -> None:
@@ -187,6 +173,6 @@ def test_an_error_of_our_own_mid_pipeline_is_raised_as_itself_and_writes_nothing
         lifecycle.claim(pg_engine, job_id, "worker-1", 30, unknown_plan)
 
     assert _row(pg_engine, job_id) == {"status": "queued", "charged": 0, "attempts": 0, "hold": "open", "files": 0}
-    assert _open_transactions(pg_engine) == 0
+    assert open_transactions(pg_engine) == 0
     job = lifecycle.claim(pg_engine, job_id, "worker-1", 30, lambda plan: 4)
     assert job is not None and job.attempts == 1

@@ -19,6 +19,7 @@ from common import billing
 from tests.api.chat.helpers import Gateway, assert_books_balance, books, generation_row, hold_for, wait_for
 from tests.conftest import TestAccount
 from tests.fakes import Behaviour, FakeUpstream
+from tests.integration.races_books import wait_for_a_lock_wait
 
 pytestmark = pytest.mark.postgres
 RATE = 200_000  # gpt-4o, micro-credits per token
@@ -28,12 +29,6 @@ BODY = {"model": "gpt-4o", "messages": MESSAGES, "stream": True}
 @pytest.fixture
 def gw(upstream_gateway: Callable[..., Gateway], openai_fake: FakeUpstream, pg_url: str) -> Gateway:
     return upstream_gateway(openai=openai_fake, database_url=pg_url, upstream_retries=0)
-
-
-def _lock_waits(gw: Gateway) -> int:
-    with gw.engine.connect() as conn:
-        return int(conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
-                                     " AND wait_event_type = 'Lock'")).scalar_one())
 
 
 def _account_locked(gw: Gateway, account: TestAccount) -> Any:
@@ -66,7 +61,7 @@ def test_a_client_leaving_while_its_finished_stream_waits_to_be_settled_is_charg
                     blocker = _account_locked(gw, account)
                 if len(seen) == 12:  # every content chunk; the finish chunk waits for the settlement
                     break
-        wait_for(lambda: _lock_waits(gw), timeout=10.0)  # the settlement is waiting for the row
+        wait_for_a_lock_wait(gw.engine, 10.0)  # the settlement is waiting for the row
     # the client has gone; a moment for the server to notice, then the row is free
     time.sleep(0.5)
     assert blocker is not None
