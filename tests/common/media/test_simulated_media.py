@@ -60,6 +60,20 @@ async def test_n_images_are_all_different() -> None:
     assert len({_image(f.data).tobytes() for f in files}) == 4  # the pixels differ, not just metadata
 
 
+def test_the_png_is_the_rgb_picture_in_one_byte_a_pixel_with_anti_aliased_text() -> None:
+    """The PNG is drawn in palette mode (encoding three RGB channels was half an image's CPU):
+    the same picture as the RGB rendering a video starts from, with its caption's grey edges."""
+    from common.providers.simulated_media import render_image, render_png
+
+    png = _image(render_png("a lighthouse at night", 256, 128))
+    assert png.mode == "P"
+    assert png.convert("RGB").tobytes() == render_image("a lighthouse at night", 256, 128).tobytes()
+    band = png.convert("RGB").crop((0, 100, 256, 128))
+    greys = {rgb for _, rgb in band.getcolors(256 * 128) or [] if rgb[0] == rgb[1] == rgb[2]}
+    assert {(0, 0, 0), (255, 255, 255)} <= greys
+    assert len(greys) > 4  # the text's edges are smoothed, not a black and white cut-out
+
+
 async def test_the_image_delay_is_spent_and_can_be_cancelled() -> None:
     provider = SimulatedImageProvider(delay=0.3)
     started = time.monotonic()
