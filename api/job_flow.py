@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -20,10 +21,11 @@ from common.errors import HelyxError, InsufficientCredits, InvalidRequest, JobAn
 from common.ids import new_id
 from common.jobs import lifecycle
 from common.jobs.files import remove_unrecorded
-from common.jobs.submit import OutcomeUnknown, submit_job
+from common.jobs.submit import OutcomeUnknown, Submission, submit_job
 from common.jobs.views import (
     JobRecord,
     Linker,
+    as_written,
     list_jobs,
     load_job_and_balance,
     load_job_and_balance_async,
@@ -71,12 +73,20 @@ def check_request(services: Services, request: Request, webhook_url: str | None)
         check_url_shape(webhook_url, services.settings.webhook_allow_private)
 
 
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    job_id: str
+    # The job and the available credits as its statement wrote them (PostgreSQL, an uncapped key's
+    # new job); None when they must be read (common.jobs.submit.Submission.row).
+    as_written: tuple[JobRecord, int] | None
+
+
 async def submit(
     services: Services, principal: Principal, request: Request, *, job_type: str, model: str,
     params: dict[str, Any], units: int, webhook_url: str | None,
-) -> str:
-    """Gate, reserve, write the job and enqueue it; returns the job id. Call `check_request()`
-    first, and this inside `counted()`: the rate limit is counted there."""
+) -> Submitted:
+    """Gate, reserve, write the job and enqueue it. Call `check_request()` first, and this inside
+    `counted()`: the rate limit is counted there."""
     settings = services.settings
     fields = getattr(request.state, "log", None)  # the request's log line (api.observability)
     if fields is not None:
@@ -94,7 +104,7 @@ async def submit(
     request.state.answer_if_cut = lambda: error_response(JobUnconfirmed(
         job_id, job_type, "the server is shutting down and cut this request off", idempotent=bool(idempotency_key)))
 
-    def submit_and_enqueue() -> str:
+    def submit_and_enqueue() -> Submission:
         """One trip to the thread pool: the job committed, then its message sent (off the event loop:
         a send to an unanswering Redis blocks until the broker's socket timeout)."""
         submission = submit_job(services.engine, principal, job_type=job_type, model=entry.id, params=params,
@@ -106,10 +116,10 @@ async def submit(
                 services.enqueue(submission.job_id, job_type)
             except Exception:
                 log.exception("enqueue of %s failed; the sweeper will retry it", submission.job_id)
-        return submission.job_id
+        return submission
 
     try:
-        job_id = await run_in_threadpool(submit_and_enqueue)
+        submission = await run_in_threadpool(submit_and_enqueue)
     except InsufficientCredits as exc:
         if units > 1 and exc.param is None:  # fewer images may be affordable: the field to lower
             exc.param = "n"
@@ -119,8 +129,17 @@ async def submit(
         raise JobUnconfirmed(job_id, job_type, "the gateway's database did not confirm it",
                              idempotent=bool(idempotency_key)) from exc
     if fields is not None:  # and names the job it made
-        fields.update(model=entry.id, job_id=job_id, credits_reserved=to_credits(entry.rate_micro * units))
-    return job_id
+        fields.update(model=entry.id, job_id=submission.job_id, credits_reserved=to_credits(entry.rate_micro * units))
+    return Submitted(submission.job_id, None if submission.row is None else as_written(submission.row))
+
+
+async def first_reading(services: Services, principal: Principal, submitted: Submitted) -> tuple[JobRecord, int]:
+    """The job as the submission's answer shows it: as its statement wrote it, when it returned
+    that (a worker may have started it since: the answer says queued, as it was when made), else
+    read."""
+    if submitted.as_written is not None:
+        return submitted.as_written
+    return await read(services, principal, submitted.job_id)
 
 
 @contextlib.asynccontextmanager

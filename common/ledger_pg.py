@@ -38,13 +38,14 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from common import ledger
 from common.ids import new_id
 
 _RESERVE_HEAD = (
     "WITH a AS (UPDATE accounts SET held = held + %(amt)s WHERE id = %(aid)s AND allowance + topup - held >= %(amt)s"
-    " RETURNING id),"
+    " RETURNING id, allowance + topup - held AS available),"
     " h AS (INSERT INTO holds (id, account_id, key_id, amount, status, purpose, key_cap_day, created_at, expires_at)"
     " SELECT %(hid)s, a.id, %(kid)s, %(amt)s, 'open', %(purpose)s, NULL, %(now)s, %(expires)s FROM a RETURNING id)"
 )
@@ -109,15 +110,26 @@ _RESOLVE_SQL = {  # (with a generation record, checking the allowance's day)
 
 def reserve(
     conn: psycopg.Connection, *, account_id: str, key_id: str | None, amount: int, purpose: str, now: float,
-    ttl: float, then_insert: str | None = None, then_params: dict[str, Any] | None = None,
+    ttl: float,
 ) -> str | None:
-    """An uncapped hold in one statement; None when the balance cannot cover it (nothing written).
-
-    `then_insert` is a row that must exist exactly when the hold does (a job): an
-    `INSERT ... SELECT ... FROM h` that runs in the same statement, `h.id` being the new hold's id;
-    if it fails (a unique key), nothing of the statement is written."""
-    hold_id, sql, params = _reserve_statement(account_id, key_id, amount, purpose, now, ttl, then_insert, then_params)
+    """An uncapped hold in one statement; None when the balance cannot cover it (nothing written)."""
+    hold_id, sql, params = _reserve_statement(account_id, key_id, amount, purpose, now, ttl, None, None)
     return hold_id if conn.execute(sql, params).rowcount == 1 else None
+
+
+def reserve_and_insert(
+    conn: psycopg.Connection, *, account_id: str, key_id: str | None, amount: int, purpose: str, now: float,
+    ttl: float, insert: str, insert_params: dict[str, Any],
+) -> tuple[str, dict[str, Any]] | None:
+    """`reserve`, with a row that must exist exactly when the hold does (a job) written in the same
+    statement: `insert` is an `INSERT ... SELECT ... FROM h ... RETURNING ...`, where `h.id` is the
+    new hold's id and `(SELECT available FROM a)` the account's available credits once it is held.
+    If the insert fails (a unique key), nothing of the statement is written. The hold's id and
+    the row the insert returned (its columns by name); None when the balance cannot cover the hold."""
+    hold_id, sql, params = _reserve_statement(account_id, key_id, amount, purpose, now, ttl, insert, insert_params)
+    with conn.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute(sql, params).fetchone()
+    return None if row is None else (hold_id, row)
 
 
 async def reserve_async(
@@ -168,15 +180,15 @@ async def resolve_async(
 
 def _reserve_statement(
     account_id: str, key_id: str | None, amount: int, purpose: str, now: float, ttl: float,
-    then_insert: str | None, then_params: dict[str, Any] | None,
+    insert: str | None, insert_params: dict[str, Any] | None,
 ) -> tuple[str, str, dict[str, Any]]:
     if amount <= 0:
         raise ValueError("a hold must be positive")
     hold_id = new_id("hold")
-    sql = _RESERVE if then_insert is None else f"{_RESERVE_HEAD}, e AS ({_RESERVE_ENTRY}) {then_insert}"
+    sql = _RESERVE if insert is None else f"{_RESERVE_HEAD}, e AS ({_RESERVE_ENTRY}) {insert}"
     return hold_id, sql, {
         "aid": account_id, "kid": key_id, "amt": amount, "hid": hold_id, "purpose": purpose, "now": now,
-        "expires": now + ttl, "ref": f"reserve:{hold_id}", **(then_params or {}),
+        "expires": now + ttl, "ref": f"reserve:{hold_id}", **(insert_params or {}),
     }
 
 

@@ -38,22 +38,23 @@ async def generate_images(body: ImageGenerationRequest, request: Request, princi
 async def _generate(body: ImageGenerationRequest, request: Request, principal: Principal,
                     services: Services, rate_headers: dict[str, str]) -> Response:
     width, height = parse_size(body.size)
-    job_id = await job_flow.submit(
+    submitted = await job_flow.submit(
         services, principal, request, job_type="image", model=body.model, units=body.n,
         params={"prompt": body.prompt, "n": body.n, "width": width, "height": height,
                 "response_format": body.response_format},
         webhook_url=body.webhook_url,
     )
-    async with job_flow.answering(request, job_id, "image"):  # the job exists: a failure now must not be retried
-        return await _answer(body, request, principal, services, rate_headers, job_id)
+    async with job_flow.answering(request, submitted.job_id, "image"):  # the job exists: a failure must not be retried
+        return await _answer(body, request, principal, services, rate_headers, submitted)
 
 
 async def _answer(body: ImageGenerationRequest, request: Request, principal: Principal, services: Services,
-                  rate_headers: dict[str, str], job_id: str) -> Response:
+                  rate_headers: dict[str, str], submitted: job_flow.Submitted) -> Response:
     """The job as made: 202 at once (Prefer: respond-async), else its images once it is done."""
     links = job_flow.linker(services, request)
+    job_id = submitted.job_id
     if prefers_async(request):
-        record, remaining = await job_flow.read(services, principal, job_id)
+        record, remaining = await job_flow.first_reading(services, principal, submitted)
         return json_response(job_view(record, links, remaining), status=202)
     last: dict[str, tuple[JobRecord, int]] = {}  # the job as last read: a 202 with it if the shutdown cuts the wait
 

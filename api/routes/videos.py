@@ -70,13 +70,14 @@ async def create_video(request: Request, principal: PrincipalDep, services: Serv
     width, height = (int(x) for x in body.size.split("x"))
     job_flow.check_request(services, request, body.webhook_url)
     async with job_flow.counted(services, principal) as rate_headers:
-        job_id = await job_flow.submit(
+        submitted = await job_flow.submit(
             services, principal, request, job_type="video", model=body.model, units=1,
             params={"prompt": body.prompt, "seconds": int(body.seconds), "width": width, "height": height},
             webhook_url=body.webhook_url,
         )
+        job_id = submitted.job_id
         async with job_flow.answering(request, job_id, "video"):  # the job exists: a failure now must not be retried
-            record, remaining = await job_flow.read(services, principal, job_id)
+            record, remaining = await job_flow.first_reading(services, principal, submitted)
             _not_gone(record, job_id)  # an Idempotency-Key's replay of a video deleted since: 404, as GET says
             view = video_view(record, remaining)
             headers = _headers(services, record, view)

@@ -43,12 +43,26 @@ _INSERT_JOB = text(
 )
 
 
-# The same row, written in the reservation's own statement on PostgreSQL (common.ledger_pg).
+# A job row's columns as every read of it names them (common.jobs.views). Named, not `*`: the reads
+# run as server-side prepared statements (psycopg prepares a repeated query), and PostgreSQL
+# refuses a prepared `SELECT *` once a migration adds a column ("cached plan must not change
+# result type"), until the process restarts.
+JOB_COLUMNS = (
+    "id, account_id, key_id, type, model, params, status, progress, attempts, lease_owner, lease_until, hold_id,"
+    " price, charged, error_code, error_message, result, idempotency_key, request_hash, webhook_url,"
+    " webhook_status, webhook_pending_at, created_at, enqueued_at, started_at, finished_at, expires_at"
+)
+AVAILABLE_COLUMN = "account_available"  # the account's available credits, beside a job row read with them
+
+# The same row, written in the reservation's own statement on PostgreSQL (common.ledger_pg), and
+# returned as it was written, with the credits the account has left once it is held: what the
+# submission's answer shows, without a read after it.
 _INSERT_JOB_FROM_HOLD = (
     "INSERT INTO jobs (id, account_id, key_id, type, model, params, status, progress, attempts, hold_id, price,"
     " charged, idempotency_key, request_hash, webhook_url, created_at, enqueued_at)"
     " SELECT %(job_id)s, %(aid)s, %(kid)s, %(job_type)s, %(job_model)s, %(job_params)s, 'queued', 0, 0, h.id,"
     " %(amt)s, 0, %(job_idem)s, %(job_hash)s, %(job_hook)s, %(now)s, %(now)s FROM h"
+    f" RETURNING {JOB_COLUMNS}, (SELECT available FROM a) AS {AVAILABLE_COLUMN}"
 )
 
 
@@ -66,6 +80,9 @@ class OutcomeUnknown(Exception):
 class Submission:
     job_id: str
     created: bool  # False when an idempotent replay returned an earlier job
+    # The job row as its statement wrote it, with AVAILABLE_COLUMN (PostgreSQL, an uncapped key);
+    # None when it must be read (SQLite, a capped key, a replay).
+    row: dict[str, Any] | None = None
 
 
 def request_hash(payload: dict[str, Any]) -> str:
@@ -88,9 +105,10 @@ def submit_job(
             return replay
     job_id = job_id or new_id("job")
     now = clock.now().timestamp()
+    written: dict[str, Any] | None = None
     try:
         if is_postgres(engine) and principal.daily_cap is None:
-            _reserve_and_insert_in_one_statement(engine, principal, price, job_id, now, tz, {
+            written = _reserve_and_insert_in_one_statement(engine, principal, price, job_id, now, tz, {
                 "job_id": job_id, "job_type": job_type, "job_model": model, "job_params": stored,
                 "job_idem": idempotency_key, "job_hash": body_hash, "job_hook": webhook_url,
             })
@@ -119,7 +137,7 @@ def submit_job(
         if replay is None:
             raise
         return replay
-    return Submission(job_id, created=True)
+    return Submission(job_id, created=True, row=written)
 
 
 def _reserve(conn: Connection, principal: Principal, price: int, job_id: str, now: float, tz: str) -> str:
@@ -135,22 +153,24 @@ def _reserve(conn: Connection, principal: Principal, price: int, job_id: str, no
 
 def _reserve_and_insert_in_one_statement(
     engine: Engine, principal: Principal, price: int, job_id: str, now: float, tz: str, job: dict[str, Any],
-) -> None:
+) -> dict[str, Any]:
     """The hold, its ledger entry and the job row in one autocommit statement (PostgreSQL,
-    uncapped keys): nothing is written unless all of it is."""
+    uncapped keys): nothing is written unless all of it is. The row as written, with
+    AVAILABLE_COLUMN."""
     try:
         with pg_statements.connection(engine) as pg:  # one that cannot be had is SQLAlchemy's error: nothing sent
-            hold_id = ledger_pg.reserve(pg, account_id=principal.account_id, key_id=principal.key_id, amount=price,
-                                        purpose=f"job:{job_id}", now=now, ttl=JOB_HOLD_TTL_SECONDS,
-                                        then_insert=_INSERT_JOB_FROM_HOLD, then_params=job)
+            made = ledger_pg.reserve_and_insert(
+                pg, account_id=principal.account_id, key_id=principal.key_id, amount=price, purpose=f"job:{job_id}",
+                now=now, ttl=JOB_HOLD_TTL_SECONDS, insert=_INSERT_JOB_FROM_HOLD, insert_params=job)
     except pg_statements.UNREACHABLE as exc:
         if is_unreachable(exc):  # the statement sent, its reply lost: it may have committed
             raise OutcomeUnknown(job_id) from exc
         raise  # refused by a reachable server (a lock or statement timeout, a deadlock): nothing written
-    if hold_id is None:
+    if made is None:
         with reader(engine).connect() as conn:
             refusal = credit_refusals.insufficient_error(ledger.balance(conn, principal.account_id), price)
         raise billing.with_reset_time(refusal, tz)
+    return made[1]
 
 
 def _replay(engine: Engine, account_id: str, key: str, body_hash: str) -> Submission | None:

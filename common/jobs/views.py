@@ -19,7 +19,7 @@ from common import accounts, clock, pg_statements
 from common.accounts import Principal
 from common.db import reader
 from common.errors import NotFound
-from common.jobs.submit import BASE_URL_PARAM, PRIVATE_PARAM_PREFIX
+from common.jobs.submit import AVAILABLE_COLUMN, BASE_URL_PARAM, JOB_COLUMNS, PRIVATE_PARAM_PREFIX
 from common.money import to_credits
 from common.pg_async import AsyncStatements
 from common.signing import sign_file_url
@@ -70,18 +70,10 @@ class JobRecord:
         return self.stored_params.get(BASE_URL_PARAM)
 
 
-# Columns named, not `*`: these run as server-side prepared statements (psycopg prepares a
-# repeated query), and PostgreSQL refuses a prepared `SELECT *` once a migration adds a column
-# ("cached plan must not change result type"), until the process restarts.
-_JOB_COLUMNS = (
-    "id, account_id, key_id, type, model, params, status, progress, attempts, lease_owner, lease_until, hold_id,"
-    " price, charged, error_code, error_message, result, idempotency_key, request_hash, webhook_url,"
-    " webhook_status, webhook_pending_at, created_at, enqueued_at, started_at, finished_at, expires_at"
-)
 _FILE_COLUMNS = "id, account_id, job_id, storage_key, content_type, bytes, created_at, expires_at"
 _JOB_WITH_BALANCE = text(
-    "SELECT " + ", ".join(f"j.{c.strip()}" for c in _JOB_COLUMNS.split(","))
-    + ", a.allowance + a.topup - a.held AS account_available FROM jobs j JOIN accounts a ON a.id = j.account_id"
+    "SELECT " + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+    + f", a.allowance + a.topup - a.held AS {AVAILABLE_COLUMN} FROM jobs j JOIN accounts a ON a.id = j.account_id"
     " WHERE j.id = :id AND j.account_id = :aid"
 )
 _FILES = text(f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id = :id ORDER BY id")
@@ -95,8 +87,8 @@ _FILES_JSON = (
 )
 _POLL = text(
     "SELECT " + ", ".join(f"{c} AS {a}" for c, a in zip(accounts.PRINCIPAL_COLUMNS, _PRINCIPAL_ALIASES, strict=True))
-    + ", " + ", ".join(f"j.{c.strip()}" for c in _JOB_COLUMNS.split(","))
-    + ", a.allowance + a.topup - a.held AS account_available, " + _FILES_JSON
+    + ", " + ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+    + f", a.allowance + a.topup - a.held AS {AVAILABLE_COLUMN}, " + _FILES_JSON
     + " FROM api_keys k JOIN accounts a ON a.id = k.account_id"
     " LEFT JOIN jobs j ON j.id = :id AND j.account_id = k.account_id WHERE k.key_hash = :h"
 )
@@ -150,6 +142,14 @@ async def poll_job_async(pg: AsyncStatements, presented: str | None, job_id: str
     return principal, _record(job, files, result_ids), available
 
 
+def as_written(row: dict[str, Any]) -> tuple[JobRecord, int]:
+    """A new job as its submission's statement returned it (common.jobs.submit.Submission.row): no
+    files yet, and the account's available credits once its hold was made."""
+    job = dict(row)
+    available = int(job.pop(AVAILABLE_COLUMN))
+    return JobRecord(job, []), available
+
+
 def _found(rows: list[dict[str, Any]], job_id: str, job_type: str | None) -> tuple[dict[str, Any], int, list[str]]:
     """The job row (another account's, or one of another type, is 404), the account's available
     credits, and the ids of its result files."""
@@ -157,7 +157,7 @@ def _found(rows: list[dict[str, Any]], job_id: str, job_type: str | None) -> tup
         raise NotFound(f"No {job_type or 'job'} with id {job_id}.", code=f"{job_type or 'job'}_not_found",
                        param="id")
     row = rows[0]
-    available = int(row.pop("account_available"))
+    available = int(row.pop(AVAILABLE_COLUMN))
     return row, available, json.loads(row["result"]) if row["result"] else []
 
 
@@ -196,7 +196,7 @@ def list_jobs(engine: Engine, account_id: str, *, job_type: str | None, limit: i
                                code="job_not_found", param="after")
             clauses.append(f"(created_at {compare} :pivot OR (created_at = :pivot AND id {compare} :after))")
             params.update(pivot=pivot, after=after)
-        rows = conn.execute(text(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)}"
+        rows = conn.execute(text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)}"
                                  f" ORDER BY created_at {direction}, id {direction} LIMIT :n"), params).mappings().all()
         page = [dict(r) for r in rows[:limit]]
         files: dict[str, list[dict[str, Any]]] = defaultdict(list)

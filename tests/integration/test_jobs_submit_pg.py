@@ -173,13 +173,13 @@ def test_a_reply_lost_after_the_statement_is_an_unknown_outcome_naming_the_job(
 
         monkeypatch.setattr(Connection, "begin", begin_with_a_lost_commit_reply)
     else:
-        real_reserve = submit.ledger_pg.reserve
+        real_reserve = submit.ledger_pg.reserve_and_insert
 
-        def committed_then_lost(*args: object, **kwargs: object) -> str | None:
+        def committed_then_lost(*args: object, **kwargs: object) -> object:
             real_reserve(*args, **kwargs)  # type: ignore[arg-type]
             raise psycopg.OperationalError("server closed the connection unexpectedly")
 
-        monkeypatch.setattr(submit.ledger_pg, "reserve", committed_then_lost)
+        monkeypatch.setattr(submit.ledger_pg, "reserve_and_insert", committed_then_lost)
     principal = _principal(pg_engine, account)
     with pytest.raises(submit.OutcomeUnknown) as unknown:
         submit_job(pg_engine, principal, job_type="image", model="nano-banana-pro", params=PARAMS,
