@@ -33,8 +33,8 @@ def _job(engine: Engine, plan: str = "ultra", *, idem: str | None = None, capped
     account = account or create_test_account(engine, plan)
     if capped:
         with engine.begin() as conn:
-            conn.execute(text("UPDATE api_keys SET daily_cap = :c WHERE id = :k"),
-                         {"c": 10 * PRICE, "k": account.key_id})
+            conn.execute(text("UPDATE api_keys SET daily_cap = :c WHERE id = :k"),  # room for every job a
+                         {"c": 100 * PRICE, "k": account.key_id})  # test makes (the cancel race: 16, most charged)
     principal = accounts.authenticate(engine, account.api_key, now=clock.now().timestamp())
     job_id = submit_job(engine, principal, job_type="image", model="nano-banana-pro", params=PARAMS, price=PRICE,
                         tz=TZ, idempotency_key=idem).job_id
