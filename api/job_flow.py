@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -73,18 +72,10 @@ def check_request(services: Services, request: Request, webhook_url: str | None)
         check_url_shape(webhook_url, services.settings.webhook_allow_private)
 
 
-@dataclass(frozen=True, slots=True)
-class Submitted:
-    job_id: str
-    # The job and the available credits as its statement wrote them (PostgreSQL, an uncapped key's
-    # new job); None when they must be read (common.jobs.submit.Submission.row).
-    as_written: tuple[JobRecord, int] | None
-
-
 async def submit(
     services: Services, principal: Principal, request: Request, *, job_type: str, model: str,
     params: dict[str, Any], units: int, webhook_url: str | None,
-) -> Submitted:
+) -> Submission:
     """Gate, reserve, write the job and enqueue it. Call `check_request()` first, and this inside
     `counted()`: the rate limit is counted there."""
     settings = services.settings
@@ -130,16 +121,16 @@ async def submit(
                              idempotent=bool(idempotency_key)) from exc
     if fields is not None:  # and names the job it made
         fields.update(model=entry.id, job_id=submission.job_id, credits_reserved=to_credits(entry.rate_micro * units))
-    return Submitted(submission.job_id, None if submission.row is None else as_written(submission.row))
+    return submission
 
 
-async def first_reading(services: Services, principal: Principal, submitted: Submitted) -> tuple[JobRecord, int]:
+async def first_reading(services: Services, principal: Principal, submission: Submission) -> tuple[JobRecord, int]:
     """The job as the submission's answer shows it: as its statement wrote it, when it returned
     that (a worker may have started it since: the answer says queued, as it was when made), else
     read."""
-    if submitted.as_written is not None:
-        return submitted.as_written
-    return await read(services, principal, submitted.job_id)
+    if submission.row is not None:
+        return as_written(submission.row)
+    return await read(services, principal, submission.job_id)
 
 
 @contextlib.asynccontextmanager

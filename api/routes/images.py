@@ -16,6 +16,7 @@ from api.schemas.responses import ImagesResponse, JobView, doc
 from api.services import Services
 from common.accounts import Principal
 from common.errors import Conflict, InvalidRequest, UpstreamError
+from common.jobs.submit import Submission
 from common.jobs.views import JobRecord, images_response, job_view
 
 router = APIRouter(prefix="/api/v1", tags=["images"])
@@ -49,7 +50,7 @@ async def _generate(body: ImageGenerationRequest, request: Request, principal: P
 
 
 async def _answer(body: ImageGenerationRequest, request: Request, principal: Principal, services: Services,
-                  rate_headers: dict[str, str], submitted: job_flow.Submitted) -> Response:
+                  rate_headers: dict[str, str], submitted: Submission) -> Response:
     """The job as made: 202 at once (Prefer: respond-async), else its images once it is done."""
     links = job_flow.linker(services, request)
     job_id = submitted.job_id
