@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -150,7 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(lost for _, _, lost in misspelt):  # the setting meant is unset: the typo's value would be lost
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that left (`| head`) is met here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _reader_left()
     except HelyxError as exc:
         print(f"helyx: error: {exc.message}", file=sys.stderr)
         return 2
@@ -182,6 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_left() -> int:
+    """The output's reader closed it (`helyx usage ... | head`): stop quietly, as a command killed
+    by SIGPIPE does (status 141), with nothing more written to the closed pipe at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

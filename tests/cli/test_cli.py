@@ -3,17 +3,21 @@ clear message on stderr and changes nothing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from common import accounts, keys
 from common.db import dispose_engines
 from common.errors import AuthenticationFailed
 from common.settings import reset_settings_cache
 from tests.cli.helpers import ok_json, snapshot
+from tests.conftest import TEST_TZ
 
 # ---------------------------------------------------------------- the commands
 
@@ -216,3 +220,24 @@ def test_a_dotenv_that_is_not_utf8_is_one_line(run: Any, tmp_path: Path, monkeyp
     code, out, err = run("usage", "acct_x")
     assert (code, out) == (2, "") and err == ("helyx: error: invalid configuration: .env is not UTF-8 text (saved as "
                                               "UTF-16 by an editor?)\n")
+
+
+def test_a_reader_that_leaves_early_stops_the_command_quietly(tmp_path: Path) -> None:
+    """`helyx usage ... | head`: the pipe's reader gone, the command ends as one killed by SIGPIPE
+    would (141), without a traceback; what it did is done."""
+    env = {**os.environ, "HELYX_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "HELYX_TIMEZONE": TEST_TZ}
+    env.pop("HELYX_REDIS_URL", None)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "cli.main", "account", "create", "pipe@example.com"],
+                              stdout=write_end, stderr=subprocess.PIPE, env=env, cwd=tmp_path, timeout=60,
+                              check=False)
+    finally:
+        os.close(write_end)
+    assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, done.stderr.decode()
+    assert done.returncode == 141
+    engine = create_engine(env["HELYX_DATABASE_URL"])
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT email FROM accounts")).scalars().all() == ["pipe@example.com"]
+    engine.dispose()
