@@ -115,7 +115,12 @@ class Stack:
         with self.connect(autocommit=True) as conn:
             db = conn.execute("SELECT xact_commit, tup_inserted, tup_updated, tup_deleted FROM pg_stat_database "
                               "WHERE datname = %s", (DB,)).fetchone()
-            wal = conn.execute("SELECT wal_records, wal_bytes, wal_sync FROM pg_stat_wal").fetchone()
+            wal = conn.execute("SELECT wal_records, wal_bytes FROM pg_stat_wal").fetchone()
+            # the flushes are counted in pg_stat_io from PostgreSQL 18
+            flushes = conn.execute("SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_io WHERE object = 'wal'"
+                                   if conn.info.server_version >= 180000 else
+                                   "SELECT wal_sync FROM pg_stat_wal").fetchone()
+            wal = (*wal, *flushes)
         names = ["commits", "rows inserted", "rows updated", "rows deleted", "WAL records", "WAL bytes", "WAL flushes"]
         return dict(zip(names, [float(v) for v in (*db, *wal)], strict=True))
 
