@@ -5,17 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
-from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
-from api.schemas.base import NullMeansDefault, OwnBody
-from api.schemas.credits import CreditAmount, micro_of
+from api.schemas.credits import micro_of
+from api.schemas.keys import KeyCreate, key_created
 from api.schemas.responses import CreditsView, KeyCreated, KeyList, KeyRevoked, UsagePage, doc
 from common import accounts, billing, clock, reports
 from common.errors import InvalidRequest
-from common.money import to_credits
 
 router = APIRouter(prefix="/api/v1", tags=["account"])
 
@@ -55,15 +53,6 @@ async def get_usage(
     return json_response(page)
 
 
-# A null is the default, as on the OpenAI routes (not on the operator's admin routes, where
-# `"plan": null` is refused rather than read as free). No docstring: it would be the schema's
-# description in the OpenAPI document.
-class KeyCreate(OwnBody, NullMeansDefault):
-    name: str = Field(default="", max_length=accounts.MAX_KEY_NAME_CHARS)
-    expires_at: float | None = Field(default=None, description="unix seconds; omit for no expiry")
-    daily_credit_cap: CreditAmount | None = None
-
-
 @router.get("/keys", summary="The account's API keys (never their secrets), oldest first",
             responses=doc(KeyList, 401, 404))
 async def list_keys(
@@ -88,14 +77,7 @@ async def create_key(principal: PrincipalDep, services: ServicesDep,
             return accounts.create_key(conn, principal.account_id, name=body.name, now=clock.now().timestamp(),
                                        expires_at=body.expires_at, daily_cap=cap, count_recent=True)
 
-    key = await run_in_threadpool(create)
-    return json_response(
-        {"id": key.id, "object": "api_key", "key": key.secret, "name": key.name, "prefix": key.prefix,
-         "created_at": key.created_at, "expires_at": key.expires_at,
-         "daily_credit_cap": to_credits(key.daily_cap) if key.daily_cap is not None else None,
-         "daily_credit_cap_remaining": to_credits(key.daily_cap) if key.daily_cap is not None else None},
-        status=201,
-    )
+    return json_response(key_created(await run_in_threadpool(create)), status=201)
 
 
 @router.delete("/keys/{key_id}", summary="Revoke a key; it fails on the very next request",

@@ -1,10 +1,10 @@
-"""Operator routes behind HELYX_ADMIN_TOKEN: accounts, plans, credit grants."""
+"""Operator routes behind HELYX_ADMIN_TOKEN: accounts, plans, credit grants, keys."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
@@ -12,7 +12,16 @@ from api.deps import ServicesDep, require_admin
 from api.responses import json_response
 from api.schemas.base import OwnBody
 from api.schemas.credits import CreditAmount, micro_of
-from api.schemas.responses import AccountCreated, AccountList, CreditsView, GrantResult, doc
+from api.schemas.keys import AdminKeyCreate, key_created
+from api.schemas.responses import (
+    AccountCreated,
+    AccountList,
+    CreditsView,
+    GrantResult,
+    KeyCreated,
+    KeyRevoked,
+    doc,
+)
 from common import accounts, billing, clock, ledger, reports
 from common.plans import PLANS
 
@@ -83,3 +92,32 @@ async def grant_credits(account_id: str, body: CreditGrant, services: ServicesDe
     applied = await run_in_threadpool(grant)
     summary = await run_in_threadpool(reports.credits_summary, services.engine, account_id, services.settings.timezone)
     return json_response({**summary, "granted": applied})
+
+
+@router.post("/accounts/{account_id}/keys", status_code=201,
+             summary="Create a key for an account; its secret is shown only in this response",
+             responses=doc(KeyCreated, 401, 404, 409, status=201))
+async def create_key(account_id: str, services: ServicesDep,
+                     body: Annotated[AdminKeyCreate | None, Body()] = None) -> Any:
+    """As the account's own POST /api/v1/keys, for an account that has lost or revoked its every
+    key. Only the active keys count towards the account's limit (as with `helyx key create`)."""
+    body = body or AdminKeyCreate()
+
+    def create() -> accounts.NewKey:
+        cap = micro_of(body.daily_credit_cap) if body.daily_credit_cap is not None else None
+        with services.engine.begin() as conn:
+            return accounts.create_key(conn, account_id, name=body.name, now=clock.now().timestamp(),
+                                       expires_at=body.expires_at, daily_cap=cap)
+
+    return json_response(key_created(await run_in_threadpool(create)), status=201)
+
+
+@router.delete("/keys/{key_id}", summary="Revoke any account's key; it fails on its very next request",
+               responses=doc(KeyRevoked, 401, 404))
+async def revoke_key(key_id: str, services: ServicesDep) -> Any:
+    def revoke() -> None:
+        with services.engine.begin() as conn:
+            accounts.revoke_key(conn, key_id, now=clock.now().timestamp())
+
+    await run_in_threadpool(revoke)
+    return json_response({"id": key_id, "object": "api_key", "revoked": True})

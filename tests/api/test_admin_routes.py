@@ -35,7 +35,8 @@ def create(client: TestClient, email: str, plan: str | None = None) -> dict[str,
 
 
 ROUTES = [("get", "/admin/accounts"), ("post", "/admin/accounts"), ("post", "/admin/accounts/acct_x/plan"),
-          ("post", "/admin/accounts/acct_x/credits")]
+          ("post", "/admin/accounts/acct_x/credits"), ("post", "/admin/accounts/acct_x/keys"),
+          ("delete", "/admin/keys/key_x")]
 BAD_CREDENTIALS = [{}, {"Authorization": "Bearer wrong-token"}, {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
                    {"Authorization": f"Bearer {ADMIN_TOKEN[:-1]}"}, {"Authorization": ADMIN_TOKEN},
                    {"Authorization": f"Basic {ADMIN_TOKEN}"}]
@@ -248,3 +249,61 @@ def test_grant_to_an_unknown_account_is_404(app_client: TestClient, engine: Engi
     response = app_client.post("/admin/accounts/acct_missing/credits", json={"amount": 5}, headers=ADMIN)
     assert response.status_code == 404
     assert count(engine, "ledger_entries") == 0
+
+
+# ---------------------------------------------------------------- keys
+
+
+def test_an_account_that_revoked_its_every_key_gets_a_new_one_from_the_operator(
+        app_client: TestClient, engine: Engine) -> None:
+    body = create(app_client, "lockedout@example.com", "plus")
+    own = {"Authorization": f"Bearer {body['api_key']}"}
+    assert app_client.delete(f"/api/v1/keys/{body['key_id']}", headers=own).status_code == 200
+    assert app_client.get("/api/v1/credits", headers=own).status_code == 401  # no key left
+    made = app_client.post(f"/admin/accounts/{body['account_id']}/keys", headers=ADMIN,
+                           json={"name": "recovery", "daily_credit_cap": 12.5, "expires_at": 4_000_000_000})
+    assert made.status_code == 201, made.text
+    key = made.json()
+    assert key["object"] == "api_key" and key["key"].startswith("hx-") and key["name"] == "recovery"
+    assert key["daily_credit_cap"] == key["daily_credit_cap_remaining"] == 12.5
+    assert key["expires_at"] == 4_000_000_000 and key["key"].startswith(key["prefix"])
+    new = {"Authorization": f"Bearer {key['key']}"}
+    assert app_client.get("/api/v1/credits", headers=new).json()["plan"] == "plus"
+    listed = app_client.get("/api/v1/keys", headers=new).json()["data"]
+    assert [k["id"] for k in listed if k["revoked_at"] is None] == [key["id"]]
+    assert count(engine, "api_keys", "account_id = :a", a=body["account_id"]) == 2
+    assert app_client.post(f"/admin/accounts/{body['account_id']}/keys", headers=ADMIN).status_code == 201  # no body
+
+
+def test_the_operator_revokes_any_accounts_key(app_client: TestClient) -> None:
+    body = create(app_client, "leaked@example.com")
+    own = {"Authorization": f"Bearer {body['api_key']}"}
+    assert app_client.get("/api/v1/credits", headers=own).status_code == 200
+    revoked = app_client.delete(f"/admin/keys/{body['key_id']}", headers=ADMIN)
+    assert revoked.status_code == 200 and revoked.json() == {"id": body["key_id"], "object": "api_key",
+                                                             "revoked": True}
+    assert app_client.get("/api/v1/credits", headers=own).json()["error"]["code"] == "revoked_api_key"
+    assert app_client.delete(f"/admin/keys/{body['key_id']}", headers=ADMIN).status_code == 200  # twice: harmless
+    missing = app_client.delete("/admin/keys/key_missing", headers=ADMIN)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "key_not_found"
+
+
+@pytest.mark.parametrize("payload, param", [
+    ({"name": None}, "name"), ({"name": "x" * 101}, "name"), ({"name": "a\tb"}, "name"),
+    ({"daily_credit_cap": 0}, "daily_credit_cap"), ({"daily_credit_cap": -1}, "daily_credit_cap"),
+    ({"daily_credit_cap": "5"}, "daily_credit_cap"), ({"expires_at": 1.0}, "expires_at"),
+    ({"expires_in": 3600}, "expires_in"),
+])
+def test_bad_key_input_is_400_with_param_and_makes_no_key(app_client: TestClient, engine: Engine,
+                                                          payload: dict[str, Any], param: str) -> None:
+    body = create(app_client, "badkey@example.com")
+    response = app_client.post(f"/admin/accounts/{body['account_id']}/keys", json=payload, headers=ADMIN)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert count(engine, "api_keys") == 1
+
+
+def test_a_key_for_an_unknown_account_is_404(app_client: TestClient, engine: Engine) -> None:
+    response = app_client.post("/admin/accounts/acct_missing/keys", json={}, headers=ADMIN)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "account_not_found"
+    assert count(engine, "api_keys") == 0
