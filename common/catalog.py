@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from common.catalog_merge import merge
-from common.catalog_options import ADAPTER_OPTIONS, PROVIDER_KINDS, PROVIDER_OPTIONS
+from common.catalog_options import ADAPTER_OPTIONS, PROVIDER_FIELDS, PROVIDER_KINDS, PROVIDER_OPTIONS
 from common.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from common.money import PLAIN_DECIMAL, to_micro
 from common.plans import PLANS, plan_allows
@@ -40,7 +40,6 @@ MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "
 # The sampling fields a chat model's upstream may refuse or fix itself (catalog: unsupported_params, fixed_params).
 WITHHOLDABLE = SAMPLING_FIELDS
 FIXABLE = ("temperature", "top_p")
-PROVIDER_FIELDS = ("kind", "base_url", "api_key_env")
 # The kinds of model each provider kind's adapters serve (common.providers.registry).
 SERVES: dict[str, tuple[str, ...]] = {"openai": ("chat",), "anthropic": ("chat",), "gemini": ("chat", "image"),
                                       "veo": ("video",), "simulated": KINDS}
@@ -49,6 +48,8 @@ SERVES: dict[str, tuple[str, ...]] = {"openai": ("chat",), "anthropic": ("chat",
 FIXED_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}  # as a request may set them
 MAX_IMAGE_TOKENS = 10_000  # with MAX_RATE, a prompt of image links (~45 bytes each) still fits a BIGINT hold
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_MODEL_ID_CHARS = 200  # what a request's `model` may hold (api.schemas)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class CatalogError(ValueError):
@@ -265,6 +266,9 @@ def _model(model_id: str, fields: dict[str, Any], providers: dict[str, ProviderC
             raise CatalogError(f"model {model_id}: missing {field}")
         return fields[field]
 
+    if not 0 < len(model_id) <= MAX_MODEL_ID_CHARS or _CONTROL.search(model_id):
+        raise CatalogError(f"model {model_id!r}: an id must be 1 to {MAX_MODEL_ID_CHARS} characters, without "
+                           "control characters (no request could name it)")
     _unknown(f"model {model_id}", fields, MODEL_FIELDS)
     kind, min_plan, provider = need("kind"), fields.get("min_plan", "free"), need("provider")
     if kind not in KINDS:
@@ -275,13 +279,14 @@ def _model(model_id: str, fields: dict[str, Any], providers: dict[str, ProviderC
         raise CatalogError(f"model {model_id}: unknown provider {provider}")
     served = SERVES[providers[provider].kind]
     if kind not in served:
-        raise CatalogError(f"model {model_id}: a {kind} model, but provider {provider} ({providers[provider].kind})"
-                           f" serves {' and '.join(served)} models only")
+        article = "an" if kind == "image" else "a"
+        raise CatalogError(f"model {model_id}: {article} {kind} model, but provider {provider} "
+                           f"({providers[provider].kind}) serves {' and '.join(served)} models only")
     for text_field in ("name", "description", "upstream_model"):
         if text_field in fields and not (isinstance(fields[text_field], str) and fields[text_field].strip()):
             raise CatalogError(f"model {model_id}: {text_field} must be a non-empty string")
+    raw_rate = need("rate")
     try:
-        raw_rate = need("rate")
         if isinstance(raw_rate, bool) or not isinstance(raw_rate, str | int | float):
             raise ValueError(raw_rate)
         if isinstance(raw_rate, str) and not PLAIN_DECIMAL.fullmatch(raw_rate.strip()):  # "1_000", "1e3": typos

@@ -1,12 +1,14 @@
 """How a catalog file (HELYX_CATALOG) combines with the built-in catalog: `mode = "replace"` takes
 the file alone; `extend` (the default) merges each model's and provider's fields over the
-built-in ones, but a built-in provider pointed at another server (or made another kind) drops the
-options that describe its vendor's server."""
+built-in ones, but a built-in provider pointed at another server drops the options that describe
+its vendor's server, and one made another kind drops every option of its own."""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlsplit
+
+from common.catalog_options import PROVIDER_FIELDS
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -19,19 +21,22 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
             merged[section][name] = dict(fields)
         for name, fields in override.get(section, {}).items():
             target = merged[section].setdefault(name, {})
-            if section == "providers" and _another_server(fields, target):
-                for option in _OF_THE_VENDOR:  # not known to hold for whatever now answers there
+            if section == "providers":
+                for option in _dropped(fields, target):  # not known to hold for whatever now answers there
                     target.pop(option, None)
             target.update(fields)
     return merged
 
 
-def _another_server(fields: dict[str, Any], built_in: dict[str, Any]) -> bool:
-    """Whether a file's provider fields point the built-in one at another server: a new base_url,
-    or another kind (another wire protocol, whose adapter would not even take the options)."""
+def _dropped(fields: dict[str, Any], built_in: dict[str, Any]) -> tuple[str, ...]:
+    """The built-in provider's options a file's fields for it leave out: made another kind (another
+    wire protocol, whose adapter would not even take them), all of them; pointed at another server
+    (a new base_url), those that describe its vendor's server."""
     if "kind" in fields and fields["kind"] != built_in.get("kind"):
-        return True
-    return "base_url" in fields and not _same_server(fields["base_url"], built_in.get("base_url"))
+        return tuple(option for option in built_in if option not in PROVIDER_FIELDS)
+    if "base_url" in fields and not _same_server(fields["base_url"], built_in.get("base_url")):
+        return _OF_THE_VENDOR
+    return ()
 
 
 def _same_server(url: Any, other: Any) -> bool:

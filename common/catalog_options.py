@@ -13,6 +13,7 @@ from common.providers.openai_compat import UNSENDABLE
 from common.settings import DAY_SECONDS
 
 PROVIDER_KINDS = ("openai", "anthropic", "gemini", "veo", "simulated")
+PROVIDER_FIELDS = ("kind", "base_url", "api_key_env")  # every provider's; the options below come on top
 
 
 def _seconds(value: Any) -> bool:

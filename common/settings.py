@@ -280,11 +280,13 @@ class Settings(BaseSettings):
 
     def provider_secret(self, env_name: str | None) -> str | None:
         """The provider key named by the catalog, or None when unset or empty: from the
-        environment, else from the same `.env` file the HELYX_ settings were read from."""
+        environment, else from the same `.env` file the HELYX_ settings were read from. Set in the
+        environment, even empty, it wins, as a HELYX_ setting does: `OPENAI_API_KEY= helyx serve`
+        simulates (or takes offline) a provider whose key `.env` holds."""
         if not env_name:
             return None
-        value = (os.environ.get(env_name) or self._dotenv.get(env_name) or "").strip()
-        return value or None
+        value = os.environ[env_name] if env_name in os.environ else self._dotenv.get(env_name, "")
+        return value.strip() or None
 
     def __init__(self, **values: object) -> None:
         env_file = values.get("_env_file", self.model_config.get("env_file"))

@@ -58,6 +58,9 @@ def test_provider_keys_are_read_from_the_same_env_file_as_the_settings(
     assert settings.provider_secret("EMPTY_KEY") is None and settings.provider_secret("NOT_THERE") is None
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")  # the environment wins, as for HELYX_*
     assert settings.provider_secret("OPENAI_API_KEY") == "sk-from-the-environment"
+    for blank in ("", "  "):  # set empty in the environment, it wins too: the provider has no key
+        monkeypatch.setenv("OPENAI_API_KEY", blank)
+        assert settings.provider_secret("OPENAI_API_KEY") is None
     assert Settings(_env_file=None).provider_secret("ANTHROPIC_API_KEY_NOT_SET") is None  # type: ignore[call-arg]
 
 
