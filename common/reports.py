@@ -169,13 +169,13 @@ def list_accounts(engine: Engine, tz: str, *, limit: int = 100, after: str | Non
         raise InvalidRequest("limit must be between 1 and 1000.", param="limit")
     query = "SELECT id, email, plan, allowance, allowance_day, topup, held, created_at FROM accounts"
     params: dict[str, Any] = {"n": limit + 1}
-    if after:
-        query += " WHERE id > :after"
+    if after:  # oldest first: an account made during a walk comes on a later page, never before the cursor
+        query += " WHERE (created_at, id) > (SELECT created_at, id FROM accounts WHERE id = :after)"
         params["after"] = after
     with reader(engine).connect() as conn:
         if after and conn.execute(text("SELECT 1 FROM accounts WHERE id = :a"), {"a": after}).first() is None:
             raise NotFound(f"No account {after} to list after.", code="account_not_found", param="after")
-        rows = conn.execute(text(query + " ORDER BY id LIMIT :n"), params).all()
+        rows = conn.execute(text(query + " ORDER BY created_at, id LIMIT :n"), params).all()
     page, today = rows[:limit], billing.today(tz)
     return {
         "object": "list",
