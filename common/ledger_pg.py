@@ -120,16 +120,16 @@ def reserve(
 def reserve_and_insert(
     conn: psycopg.Connection, *, account_id: str, key_id: str | None, amount: int, purpose: str, now: float,
     ttl: float, insert: str, insert_params: dict[str, Any],
-) -> tuple[str, dict[str, Any]] | None:
+) -> dict[str, Any] | None:
     """`reserve`, with a row that must exist exactly when the hold does (a job) written in the same
     statement: `insert` is an `INSERT ... SELECT ... FROM h ... RETURNING ...`, where `h.id` is the
     new hold's id and `(SELECT available FROM a)` the account's available credits once it is held.
-    If the insert fails (a unique key), nothing of the statement is written. The hold's id and
-    the row the insert returned (its columns by name); None when the balance cannot cover the hold."""
-    hold_id, sql, params = _reserve_statement(account_id, key_id, amount, purpose, now, ttl, insert, insert_params)
+    If the insert fails (a unique key), nothing of the statement is written. The row the insert
+    returned (its columns by name; it names its hold); None when the balance cannot cover the hold."""
+    _, sql, params = _reserve_statement(account_id, key_id, amount, purpose, now, ttl, insert, insert_params)
     with conn.cursor(row_factory=dict_row) as cursor:
-        row = cursor.execute(sql, params).fetchone()
-    return None if row is None else (hold_id, row)
+        row: dict[str, Any] | None = cursor.execute(sql, params).fetchone()
+    return row
 
 
 async def reserve_async(

@@ -170,7 +170,7 @@ def _reserve_and_insert_in_one_statement(
         with reader(engine).connect() as conn:
             refusal = credit_refusals.insufficient_error(ledger.balance(conn, principal.account_id), price)
         raise billing.with_reset_time(refusal, tz)
-    return made[1]
+    return made
 
 
 def _replay(engine: Engine, account_id: str, key: str, body_hash: str) -> Submission | None:
