@@ -9,7 +9,6 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, ServicesDep
 from api.responses import json_response
-from api.schemas.credits import micro_of
 from api.schemas.keys import KeyCreate, key_created
 from api.schemas.responses import CreditsView, KeyCreated, KeyList, KeyRevoked, UsagePage, doc
 from common import accounts, billing, clock, reports
@@ -70,14 +69,8 @@ async def list_keys(
 async def create_key(principal: PrincipalDep, services: ServicesDep,
                      body: Annotated[KeyCreate | None, Body()] = None) -> Any:
     body = body or KeyCreate()  # every field is optional: so is the body
-
-    def create() -> accounts.NewKey:
-        cap = micro_of(body.daily_credit_cap) if body.daily_credit_cap is not None else None
-        with services.engine.begin() as conn:
-            return accounts.create_key(conn, principal.account_id, name=body.name, now=clock.now().timestamp(),
-                                       expires_at=body.expires_at, daily_cap=cap, count_recent=True)
-
-    return json_response(key_created(await run_in_threadpool(create)), status=201)
+    key = await run_in_threadpool(body.create, services.engine, principal.account_id, count_recent=True)
+    return json_response(key_created(key), status=201)
 
 
 @router.delete("/keys/{key_id}", summary="Revoke a key; it fails on the very next request",

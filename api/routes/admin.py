@@ -102,14 +102,8 @@ async def create_key(account_id: str, services: ServicesDep,
     """As the account's own POST /api/v1/keys, for an account that has lost or revoked its every
     key. Only the active keys count towards the account's limit (as with `helyx key create`)."""
     body = body or AdminKeyCreate()
-
-    def create() -> accounts.NewKey:
-        cap = micro_of(body.daily_credit_cap) if body.daily_credit_cap is not None else None
-        with services.engine.begin() as conn:
-            return accounts.create_key(conn, account_id, name=body.name, now=clock.now().timestamp(),
-                                       expires_at=body.expires_at, daily_cap=cap)
-
-    return json_response(key_created(await run_in_threadpool(create)), status=201)
+    key = await run_in_threadpool(body.create, services.engine, account_id, count_recent=False)
+    return json_response(key_created(key), status=201)
 
 
 @router.delete("/keys/{key_id}", summary="Revoke any account's key; it fails on its very next request",

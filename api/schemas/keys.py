@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
+from sqlalchemy import Engine
 
 from api.schemas.base import NullMeansDefault, OwnBody
-from api.schemas.credits import CreditAmount
-from common import accounts
+from api.schemas.credits import CreditAmount, micro_of
+from common import accounts, clock
 from common.money import to_credits
 
 
@@ -17,6 +18,13 @@ class AdminKeyCreate(OwnBody):
     name: str = Field(default="", max_length=accounts.MAX_KEY_NAME_CHARS)
     expires_at: float | None = Field(default=None, description="unix seconds; omit for no expiry")
     daily_credit_cap: CreditAmount | None = None
+
+    def create(self, engine: Engine, account_id: str, *, count_recent: bool) -> accounts.NewKey:
+        """The key this body asks for (see accounts.create_key for `count_recent`)."""
+        cap = micro_of(self.daily_credit_cap) if self.daily_credit_cap is not None else None
+        with engine.begin() as conn:
+            return accounts.create_key(conn, account_id, name=self.name, now=clock.now().timestamp(),
+                                       expires_at=self.expires_at, daily_cap=cap, count_recent=count_recent)
 
 
 # A null is the default, as on the OpenAI routes (not on the operator's admin routes, where
