@@ -230,12 +230,18 @@ def cmdline(pid: int) -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by `pid`."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds used so far by `pid`."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
     except (OSError, ValueError, IndexError):
-        return 0.0
+        return 0.0, 0.0
 
 
 # --- numbers -----------------------------------------------------------------------------------

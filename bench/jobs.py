@@ -157,6 +157,7 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
         spy = profile_gil(stack.worker_pids()[0], args.profile_seconds, out)
         api_spy = profile_gil(stack.api.pid, args.profile_seconds, api_out)
     before = {p: _procs.cpu_seconds(p) for p in [stack.api.pid, *_procs.children(stack.api.pid), *stack.worker_pids()]}
+    kernel_before = {p: _procs.cpu_split(p)[1] for p in before}
     services = {p: _procs.cpu_seconds(p) for p in _procs.pids_named("postgres", "redis-server")}
     machine = _procs.machine_cpu()
     counters = stack.pg_counters()
@@ -169,6 +170,7 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     done_at = stack.wait_done(ids, args.timeout)
     busy = _procs.busy_percent(machine, _procs.machine_cpu())
     cpu = {p: _procs.cpu_seconds(p) - c for p, c in before.items()}
+    kernel = {p: _procs.cpu_split(p)[1] - c for p, c in kernel_before.items()}
     # a backend opened during the burst counts whole (it started in it); one that ended is lost
     service_cpu = {p: _procs.cpu_seconds(p) - services.get(p, 0.0)
                    for p in _procs.pids_named("postgres", "redis-server")}
@@ -197,6 +199,9 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
          f"{_procs.pct(queue_wait, 50):.1f} / {_procs.pct(queue_wait, 99):.1f}"],
         ["API CPU ms per job (all uvicorn processes)", api_cpu / max(1, len(lat)) * 1e3],
         ["workers CPU ms per job (all worker processes)", worker_cpu / max(1, len(lat)) * 1e3],
+        ["  of which system (kernel) time, ms per job: API / workers",
+         f"{sum(v for p, v in kernel.items() if p not in stack.worker_pids()) / max(1, len(lat)) * 1e3:.2f} / "
+         f"{sum(v for p, v in kernel.items() if p in stack.worker_pids()) / max(1, len(lat)) * 1e3:.2f}"],
         ["PostgreSQL CPU ms per job (its processes)",
          sum(v for p, v in service_cpu.items() if p not in redis_pids) / max(1, len(lat)) * 1e3],
         ["Redis CPU ms per job", sum(v for p, v in service_cpu.items() if p in redis_pids) / max(1, len(lat)) * 1e3],
