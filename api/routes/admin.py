@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Header, Query
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +23,7 @@ from api.schemas.responses import (
     doc,
 )
 from common import accounts, billing, clock, ledger, reports
+from common.errors import InvalidRequest
 from common.plans import PLANS
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -82,16 +83,34 @@ async def set_plan(account_id: str, body: PlanSet, services: ServicesDep) -> Any
                                                  services.settings.timezone))
 
 
-@router.post("/accounts/{account_id}/credits", summary="Grant top-up credits", responses=doc(GrantResult, 401, 404))
-async def grant_credits(account_id: str, body: CreditGrant, services: ServicesDep) -> Any:
+@router.post("/accounts/{account_id}/credits", summary="Grant top-up credits",
+             responses=doc(GrantResult, 400, 401, 404, 409))
+async def grant_credits(account_id: str, body: CreditGrant, services: ServicesDep,
+                        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> Any:
+    """`Idempotency-Key` is the grant's reference when the body names none: an operator's script
+    that sends the grant again after a lost answer (a timeout, a dropped connection) grants once."""
+    reference = _grant_reference(body.reference, idempotency_key)
+
     def grant() -> bool:
         with services.engine.begin() as conn:
             return ledger.grant(conn, account_id, micro_of(body.amount), now=clock.now().timestamp(),
-                                reference=body.reference)
+                                reference=reference)
 
     applied = await run_in_threadpool(grant)
     summary = await run_in_threadpool(reports.credits_summary, services.engine, account_id, services.settings.timezone)
     return json_response({**summary, "granted": applied})
+
+
+def _grant_reference(in_body: str | None, header: str | None) -> str | None:
+    if header is None:
+        return in_body
+    if not (header.strip() and len(header) <= ledger.MAX_REFERENCE_CHARS):
+        raise InvalidRequest(f"Idempotency-Key must be 1 to {ledger.MAX_REFERENCE_CHARS} characters, not blank.",
+                             param="Idempotency-Key")
+    if in_body is not None and in_body != header:
+        raise InvalidRequest("The body's reference and the Idempotency-Key header name two different grants; "
+                             "send one of them, or the same value in both.", param="Idempotency-Key")
+    return header
 
 
 @router.post("/accounts/{account_id}/keys", status_code=201,

@@ -233,6 +233,39 @@ def test_grant_credits_is_idempotent_with_a_reference(app_client: TestClient, en
     assert topup == 12_500_001
 
 
+def test_an_idempotency_key_makes_a_grant_sent_again_grant_once(app_client: TestClient, engine: Engine) -> None:
+    """An operator's script that sends the grant again after a lost answer: the header is the reference."""
+    body = create(app_client, "idem-grant@example.com")
+    url = f"/admin/accounts/{body['account_id']}/credits"
+    keyed = {**ADMIN, "Idempotency-Key": "top-up-2026-12-07"}
+    first = app_client.post(url, json={"amount": 7}, headers=keyed)
+    again = app_client.post(url, json={"amount": 7}, headers=keyed)
+    both = app_client.post(url, json={"amount": 7, "reference": "top-up-2026-12-07"}, headers=keyed)
+    assert [(r.status_code, r.json()["granted"], r.json()["topup_balance"]) for r in (first, again, both)] == [
+        (200, True, 7), (200, False, 7), (200, False, 7)]
+    other_amount = app_client.post(url, json={"amount": 8}, headers=keyed)
+    assert other_amount.status_code == 409
+    assert (other_amount.json()["error"]["code"], other_amount.json()["error"]["param"]) == (
+        "reference_reused", "reference")
+    with engine.connect() as conn:
+        refs = conn.execute(text("SELECT reference FROM ledger_entries WHERE kind = 'grant'")).scalars().all()
+        assert_books_balance(conn)
+    assert refs == ["grant:top-up-2026-12-07"]
+
+
+@pytest.mark.parametrize(("key", "reference"), [("", None), ("  ", None), ("k" * 201, None), ("one", "another")])
+def test_a_bad_idempotency_key_on_a_grant_is_400_and_grants_nothing(
+        app_client: TestClient, engine: Engine, key: str, reference: str | None) -> None:
+    body = create(app_client, "idem-bad@example.com")
+    payload: dict[str, Any] = {"amount": 5} if reference is None else {"amount": 5, "reference": reference}
+    response = app_client.post(f"/admin/accounts/{body['account_id']}/credits", json=payload,
+                               headers={**ADMIN, "Idempotency-Key": key})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "Idempotency-Key"
+    assert count(engine, "ledger_entries", "kind = 'grant'") == 0
+    assert count(engine, "accounts", "topup = 0") == 1
+
+
 @pytest.mark.parametrize(
     "payload",
     [{"amount": 0}, {"amount": -5}, {"amount": "lots"}, {"amount": None}, {}, {"amount": 10**10},
