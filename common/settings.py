@@ -99,9 +99,9 @@ class Settings(BaseSettings):
     signed_url_ttl_seconds: int = Field(default=3600, ge=1, le=MAX_SIGNED_URL_TTL_SECONDS)
     worker_processes: int = Field(default=2, ge=1)
     worker_threads: int = Field(default=8, ge=1)
-    # The longest wait of an idle Dramatiq consumer between polls of Redis; a send wakes idle
-    # consumers at once (workers.wakeable_broker), so this bounds only delayed retries and missed
-    # wake-ups (Dramatiq's default is 1,000 ms).
+    # The longest wait of an idle Dramatiq consumer between polls of Redis; a message reaching its
+    # queue wakes it at once (workers.wakeable_broker), so this bounds only how soon a delayed
+    # message come due is moved to its queue (Dramatiq's default is 1,000 ms).
     worker_poll_ms: int = Field(default=50, ge=1, le=DAY_SECONDS * 1000)
     jobs_running_free: int = Field(default=1, ge=1)  # 0 would queue the plan's jobs for ever
     jobs_running_plus: int = Field(default=2, ge=1)

@@ -1,54 +1,46 @@
-"""Dramatiq's Redis broker, with idle consumers woken the moment a message is sent.
+"""Dramatiq's Redis broker, with idle consumers woken the moment a message reaches their queue.
 
 Dramatiq's Redis consumer has no blocking fetch: an idle one sleeps and polls again (up to the
 worker timeout, HELYX_WORKER_POLL_MS), so a job sent to idle workers waited half that interval
 on average before anyone looked (about 19 of the 27 ms a 256x256 image took at light load).
 
 Here the consumer's own poll is kept (its fetch, ack and requeue logic is Dramatiq's, unchanged),
-but when a poll finds the queue empty it waits in a BLPOP on a per-queue wake-up list instead of
-sleeping, and every immediate send pushes a token onto that list (trimmed to one: a token only
-says "look now"). A token pushed while nobody waits is found by the next idle consumer, which
-then polls once for nothing; a lost token (Redis flushed) only means the old poll interval. Delayed messages (retry
-backoff) are not woken: their delay queue is polled as before. A consumer whose threads are all
-busy does not poll at all (nor wait for tokens): it looks again every few milliseconds, so a
-finished message is acknowledged and replaced at once.
+but when a poll finds the queue empty it waits on the queue's own list instead of sleeping:
+`BLMOVE queue queue RIGHT RIGHT` blocks until the list holds a message id, then moves the last id
+to the end of the same list, which leaves the list as it was. Whatever puts a message there wakes
+it: a send (Dramatiq's script pushes the id), a delayed message come due, a dead worker's message
+put back by Dramatiq's maintenance. A send is Dramatiq's one script call, nothing more (a wake-up
+token pushed after it, on a list of its own, was a second round trip per job for the API).
+Every consumer waiting on the queue wakes; one fetches the message, the others find the queue
+empty and wait again. A consumer whose threads are all busy does not poll at all (nor wait): it
+looks again every few milliseconds, so a finished message is acknowledged and replaced at once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
 import redis
-from dramatiq import Consumer, Message
+from dramatiq import Consumer
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
 
 log = logging.getLogger(__name__)
-WAKE_PREFIX = "helyx:wake:"
-OWN_POLL_MS = 1  # the consumer's own idle sleep; the real wait is the BLPOP (idle) or BUSY_PAUSE
+OWN_POLL_MS = 1  # the consumer's own idle sleep; the real wait is on the queue's list, or BUSY_PAUSE
 BUSY_PAUSE_SECONDS = 0.005  # every thread has a message: look again soon for acks and free threads
-
-
-def wake_key(queue_name: str) -> str:
-    return WAKE_PREFIX + queue_name
 
 
 class WakeableRedisBroker(RedisBroker):
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
-        """`timeout` (the worker timeout, ms) becomes the longest wait for a wake-up token."""
+        """`timeout` (the worker timeout, ms) becomes the longest wait on an empty queue."""
         return _WakeableConsumer(self, queue_name, prefetch, OWN_POLL_MS, idle_wait_ms=timeout)
 
-    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
-        sent = super().enqueue(message, delay=delay)
-        if delay is None:
-            key = wake_key(message.queue_name)
-            try:
-                self.client.pipeline(transaction=False).lpush(key, 1).ltrim(key, 0, 0).execute()
-            except redis.RedisError as exc:  # the message is sent; a consumer finds it at its next poll
-                log.warning("wake-up for queue %s not sent (%s)", message.queue_name, type(exc).__name__)
-        return sent
+    def queue_key(self, queue_name: str) -> str:
+        """The list of a queue's message ids, as Dramatiq's dispatch script names it."""
+        return f"{self.namespace}:{queue_name}"
 
 
 class _WakeableConsumer(_RedisConsumer):  # type: ignore[misc]
@@ -56,17 +48,37 @@ class _WakeableConsumer(_RedisConsumer):  # type: ignore[misc]
                  idle_wait_ms: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)
         self._idle_wait = max(0.001, idle_wait_ms / 1000)
+        self._key = broker.queue_key(queue_name)
+
+    _blmove = True  # False once Redis said it has no BLMOVE (6.2+)
 
     def __next__(self) -> Any:
         message = super().__next__()
         if message is None:
             if self.outstanding_message_count >= self.prefetch:
-                # Busy, so it did not fetch: a token would not help, and the worker's acks and the
-                # next fetch wait for this thread to come back.
+                # Busy, so it did not fetch: waiting for a message would not help, and the worker's
+                # acks and the next fetch wait for this thread to come back.
                 time.sleep(BUSY_PAUSE_SECONDS)
                 return None
-            try:  # it fetched and the queue was empty: wait for a send, at most the worker timeout
-                self.broker.client.blpop([wake_key(self.queue_name)], timeout=self._idle_wait)
+            try:  # it fetched and the queue was empty: wait for a message, at most the worker timeout
+                self._wait()
             except redis.ConnectionError as exc:  # as Dramatiq's own consumer reports a lost Redis
                 raise ConnectionClosed(exc) from None
         return message
+
+    def _wait(self) -> None:
+        client = self.broker.client
+        if self._blmove:
+            try:
+                client.blmove(self._key, self._key, self._idle_wait, "RIGHT", "RIGHT")
+                return
+            except redis.ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                log.warning("Redis before 6.2 (no BLMOVE): idle consumers wait with BRPOPLPUSH, which may "
+                            "take a message sent during a fetch out of its turn")
+                type(self)._blmove = False
+        # The same wait, but it moves the last id to the front: only a list that was not empty when the
+        # wait began (a send between the fetch and the wait) has its order changed. Whole seconds:
+        # Redis before 6.0 takes no fraction.
+        client.brpoplpush(self._key, self._key, math.ceil(self._idle_wait))

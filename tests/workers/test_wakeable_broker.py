@@ -1,6 +1,6 @@
-"""On real Redis: a send wakes an idle consumer at once (rather than after its poll interval), the
-wake-up list never holds more than one token, a delayed send wakes nobody, and the messages
-themselves still go through Dramatiq's own fetch and ack."""
+"""On real Redis: a send wakes an idle consumer at once (rather than after its poll interval), a
+send is Dramatiq's one script call and nothing more, a waiting consumer leaves its queue as it
+was, and the messages themselves still go through Dramatiq's own fetch and ack."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import Any
 import dramatiq
 import pytest
 import redis
+from dramatiq.common import dq_name
 
-from workers.wakeable_broker import WakeableRedisBroker, wake_key
+from workers import wakeable_broker
+from workers.wakeable_broker import WakeableRedisBroker
 
 pytestmark = pytest.mark.redis
 
@@ -56,15 +58,87 @@ def test_a_send_wakes_an_idle_consumer_at_once(broker: WakeableRedisBroker) -> N
     assert broker.client.llen(f"dramatiq:{QUEUE}") == 0  # fetched and acknowledged by Dramatiq's own code
 
 
-def test_the_wake_up_list_holds_at_most_one_token_and_a_delayed_send_adds_none(
-        broker: WakeableRedisBroker, redis_url: str) -> None:
+def _wake_on_send(broker: WakeableRedisBroker, queue: str, send: Any) -> tuple[float, Any]:
+    """Start a consumer of `queue` waiting, `send()`, and return how long it took to get the message."""
+    consumer = broker.consume(queue, prefetch=1, timeout=IDLE_WAIT_MS)
+    received: list[Any] = []
+
+    def consume() -> None:
+        while not received:
+            message = next(consumer)
+            if message is not None:
+                received.append(message)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    time.sleep(0.3)  # the consumer has found nothing and waits on the queue's list
+    sent_at = time.monotonic()
+    send()
+    thread.join(timeout=5)
+    assert received, "the consumer was not woken"
+    consumer.ack(received[0])
+    return time.monotonic() - sent_at, received[0]
+
+
+def test_a_send_is_one_round_trip(broker: WakeableRedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dramatiq's script only: no wake-up of our own after it (a second round trip per job)."""
+    writes: list[Any] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        writes.append(command)
+        return send(self, command, *args, **kwargs)
+
+    broker.enqueue(_message(0))  # Dramatiq loads its script on its first call
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    broker.enqueue(_message(1))
+    assert len(writes) == 1, writes
+    assert b"EVALSHA" in b"".join(writes[0]) if isinstance(writes[0], list) else b"EVALSHA" in writes[0]
+
+
+def test_a_waiting_consumer_leaves_its_queue_as_it_was(broker: WakeableRedisBroker, redis_url: str) -> None:
+    consumer = broker.consume(QUEUE, prefetch=3, timeout=IDLE_WAIT_MS)
+    received: list[Any] = []
+
+    def consume() -> None:
+        while len(received) < 3:
+            message = next(consumer)
+            if message is not None:
+                received.append(message)
+
     client = redis.Redis.from_url(redis_url)
-    for n in range(5):
-        broker.enqueue(_message(n))
-    assert client.lrange(wake_key(QUEUE), 0, -1) == [b"1"]
-    client.delete(wake_key(QUEUE))
-    broker.enqueue(_message(9), delay=60_000)
-    assert client.llen(wake_key(QUEUE)) == 0
+    before = {key for key in client.keys("*")}
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    time.sleep(0.3)  # waiting on the empty list
+    sent = [broker.enqueue(_message(n)) for n in range(3)]
+    thread.join(timeout=5)
+    assert [m.args for m in received] == [(0,), (1,), (2,)]  # in the order sent, each once
+    assert [m.message_id for m in received] == [m.message_id for m in sent]
+    for message in received:
+        consumer.ack(message)
+    assert client.llen(broker.queue_key(QUEUE)) == 0
+    assert not {key for key in client.keys("*") if b"wake" in key} - before  # no list of our own
+
+
+def test_a_delayed_message_wakes_the_consumer_of_the_delay_queue(broker: WakeableRedisBroker) -> None:
+    took, message = _wake_on_send(broker, dq_name(QUEUE), lambda: broker.enqueue(_message(5), delay=50))
+    assert took < 1.0, took
+    assert message.args == (5,)
+
+
+def test_without_blmove_an_idle_consumer_still_wakes(broker: WakeableRedisBroker, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Redis before 6.2 has no BLMOVE: the wait falls back to BRPOPLPUSH on the same list."""
+    def unknown(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ResponseError("unknown command 'BLMOVE', with args beginning with: ")
+
+    monkeypatch.setattr(broker.client, "blmove", unknown)
+    monkeypatch.setattr(wakeable_broker._WakeableConsumer, "_blmove", True)
+    took, message = _wake_on_send(broker, QUEUE, lambda: broker.enqueue(_message(6)))
+    assert took < 1.0, took
+    assert message.args == (6,)
+    assert "BRPOPLPUSH" in caplog.text
 
 
 def test_an_idle_consumer_without_a_send_waits_its_poll_interval(broker: WakeableRedisBroker) -> None:
@@ -86,20 +160,3 @@ def test_a_busy_consumer_does_not_wait_for_tokens(broker: WakeableRedisBroker) -
     assert next(consumer) is None  # busy: prefetch 1, one message not yet acknowledged
     assert time.monotonic() - started < 1.0
     consumer.ack(held)
-
-
-def test_a_wake_up_that_cannot_be_sent_does_not_fail_the_send(broker: WakeableRedisBroker,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The token is only a hint: the message is in the queue, so the send succeeds regardless."""
-    def broken_pipeline(*args: Any, **kwargs: Any) -> Any:
-        raise redis.ConnectionError("wake-up list unreachable")
-
-    monkeypatch.setattr(broker.client, "pipeline", broken_pipeline)
-    broker.enqueue(_message(7))
-    consumer = broker.consume(QUEUE, prefetch=1, timeout=200)
-    message = None
-    deadline = time.monotonic() + 5
-    while message is None and time.monotonic() < deadline:
-        message = next(consumer)
-    assert message is not None and message.args == (7,)
-    consumer.ack(message)
