@@ -67,6 +67,12 @@ _EXPIRE_HOLD = text(_RESOLVE_SET + " AND expires_at < :now" + _RESOLVE_RETURNING
 # The deficit counts only on the billing day it was set for (a reset by an older process, which
 # knows nothing of it, leaves it behind): see common.models.Account.
 MAX_REFERENCE_CHARS = 200  # the admin API's limit, for the CLI as well
+
+
+def usable_reference(reference: str) -> bool:
+    """A grant's reference: 1 to MAX_REFERENCE_CHARS characters, not blank (an empty one, an unset
+    variable in `--reference "$INVOICE"`, would grant again on a replay)."""
+    return bool(reference.strip()) and len(reference) <= MAX_REFERENCE_CHARS
 DEFICIT_TODAY = "(CASE WHEN deficit_day = allowance_day THEN allowance_deficit ELSE 0 END)"
 _ACCOUNT_SETTLE = text(
     "UPDATE accounts SET"
@@ -240,8 +246,7 @@ def grant(
     same reference for another amount or account is a Conflict (a typo must not pass as a replay)."""
     if amount <= 0:
         raise InvalidRequest("A grant must be a positive amount of credits.", param="amount")
-    if reference is not None and not (reference.strip() and len(reference) <= MAX_REFERENCE_CHARS):
-        # An empty one (an unset variable in `--reference "$INVOICE"`) would grant again on a replay.
+    if reference is not None and not usable_reference(reference):
         raise InvalidRequest(f"A grant's reference, when given, is 1 to {MAX_REFERENCE_CHARS} characters, "
                              "not blank.", param="reference")
     ref = f"grant:{reference}" if reference is not None else f"grant:{new_id('g')}"

@@ -104,7 +104,7 @@ async def grant_credits(account_id: str, body: CreditGrant, services: ServicesDe
 def _grant_reference(in_body: str | None, header: str | None) -> str | None:
     if header is None:
         return in_body
-    if not (header.strip() and len(header) <= ledger.MAX_REFERENCE_CHARS):
+    if not ledger.usable_reference(header):  # its own param, or the 400 would name the body's field
         raise InvalidRequest(f"Idempotency-Key must be 1 to {ledger.MAX_REFERENCE_CHARS} characters, not blank.",
                              param="Idempotency-Key")
     if in_body is not None and in_body != header:
