@@ -156,8 +156,8 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     if args.profile and (_procs.VENV_BIN / "py-spy").exists() and stack.worker_pids():
         spy = profile_gil(stack.worker_pids()[0], args.profile_seconds, out)
         api_spy = profile_gil(stack.api.pid, args.profile_seconds, api_out)
-    before = {p: _procs.cpu_seconds(p) for p in [stack.api.pid, *_procs.children(stack.api.pid), *stack.worker_pids()]}
-    kernel_before = {p: _procs.cpu_split(p)[1] for p in before}
+    split_before = {p: _procs.cpu_split(p) for p in [stack.api.pid, *_procs.children(stack.api.pid),
+                                                     *stack.worker_pids()]}
     services = {p: _procs.cpu_seconds(p) for p in _procs.pids_named("postgres", "redis-server")}
     machine = _procs.machine_cpu()
     counters = stack.pg_counters()
@@ -169,8 +169,9 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     refused = [r for r in res if r[2] != 202]
     done_at = stack.wait_done(ids, args.timeout)
     busy = _procs.busy_percent(machine, _procs.machine_cpu())
-    cpu = {p: _procs.cpu_seconds(p) - c for p, c in before.items()}
-    kernel = {p: _procs.cpu_split(p)[1] - c for p, c in kernel_before.items()}
+    split_after = {p: _procs.cpu_split(p) for p in split_before}
+    cpu = {p: sum(split_after[p]) - sum(c) for p, c in split_before.items()}
+    kernel = {p: split_after[p][1] - c[1] for p, c in split_before.items()}
     # a backend opened during the burst counts whole (it started in it); one that ended is lost
     service_cpu = {p: _procs.cpu_seconds(p) - services.get(p, 0.0)
                    for p in _procs.pids_named("postgres", "redis-server")}
