@@ -34,11 +34,9 @@ def _engine(*, create: bool = False) -> Engine:
     revision = current_revision(engine)
     if revision is None and create:
         upgrade(engine)
-        where = (Path(url.database or "").resolve() if url.get_backend_name() == "sqlite"
-                 else shown_url(url.render_as_string()))  # no password, in the URL's user part or its query
         # on stderr, the JSON on stdout staying whole: from another directory, the default SQLite path is
         # another file than the one `helyx serve` uses, and its key would be refused there
-        print(f"helyx: made a new Helyx database at {where} (HELYX_DATABASE_URL, relative to the working "
+        print(f"helyx: made a new Helyx database at {_shown_database()} (HELYX_DATABASE_URL, relative to the working "
               "directory for SQLite)", file=sys.stderr)
     elif revision is None:
         raise InvalidRequest("This database has no Helyx schema: is HELYX_DATABASE_URL the right one? "
@@ -51,6 +49,23 @@ def _engine(*, create: bool = False) -> Engine:
     return engine
 
 
+def _shown_database() -> str:
+    """The database these commands use, as an operator can check it: a SQLite file's absolute
+    path, a server's URL without its password (in the user part or the query)."""
+    url = make_url(normalize_url(get_settings().database_url))
+    if url.get_backend_name() == "sqlite":
+        return str(Path(url.database or "").resolve())
+    return shown_url(url.render_as_string())
+
+
+def _say_where_the_key_works() -> None:
+    """On stderr (stdout is the JSON): a key works only against an API on this database, and a
+    shell without the deployment's settings (HELYX_DATABASE_URL, or its .env) writes to the
+    default SQLite file, whose keys the production API refuses as unknown."""
+    print(f"helyx: the key is in the database at {_shown_database()}; it works against an API that uses that "
+          "database", file=sys.stderr)
+
+
 def _print(payload: Any) -> None:
     print(json.dumps(payload, indent=2))
 
@@ -61,6 +76,7 @@ def account_create(args: argparse.Namespace) -> int:
         account_id, key = accounts.create_account(conn, args.email, args.plan, day=billing.today(tz),
                                                   now=clock.now().timestamp())
     _print({"account_id": account_id, "api_key": key.secret, "key_id": key.id, "plan": args.plan})
+    _say_where_the_key_works()
     return 0
 
 
@@ -70,6 +86,7 @@ def key_create(args: argparse.Namespace) -> int:
         key = accounts.create_key(conn, args.account_id, name=args.name, now=clock.now().timestamp(), daily_cap=cap)
     _print({"key_id": key.id, "api_key": key.secret, "account_id": args.account_id, "name": key.name,
             "daily_credit_cap": to_credits(cap) if cap is not None else None})
+    _say_where_the_key_works()
     return 0
 
 

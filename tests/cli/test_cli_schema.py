@@ -73,6 +73,21 @@ def test_account_create_makes_the_schema_of_a_new_database_and_says_where(
     assert code == 0 and "made a new" not in err, err
 
 
+def test_a_command_that_prints_a_key_says_which_database_holds_it(
+        run: Any, bare_db: Engine, tmp_path: Path) -> None:
+    """A second shell without the deployment's exports wrote the account to the default SQLite
+    file, exit 0 and nothing said: its key was then refused by the production API (a new-user
+    review). Said on stderr, the JSON on stdout left whole."""
+    where = f"the key is in the database at {tmp_path / 'bare.db'}"
+    made = ok_json(run("account", "create", "first@example.com"))
+    code, out, err = run("account", "create", "second@example.com")
+    assert code == 0 and where in err, err
+    code, out, err = run("key", "create", made["account_id"])
+    assert ok_json((code, out, err))["api_key"].startswith("hx-") and where in err, err
+    code, out, err = run("usage", made["account_id"])
+    assert code == 0 and "the key is in" not in err, err
+
+
 def test_no_command_migrates_an_older_schema_but_migrate(run: Any, bare_db: Engine) -> None:
     """A newer release's `helyx usage` ran its migrations (one rewrites the ledger under a lock)."""
     from alembic import command

@@ -133,7 +133,9 @@ def test_a_misspelt_setting_stops_every_command_naming_the_setting_meant(
     (tmp_path / ".env").write_text("HELYX_RATE_LIMIT_FREE=5\n", "utf-8")
     code, _, err = run("account", "create", "typo@example.com")
     assert code == 0 and err.splitlines() == [
-        "helyx: warning: HELYX_DATABSE_URL is not a setting (did you mean HELYX_DATABASE_URL?)"]
+        "helyx: warning: HELYX_DATABSE_URL is not a setting (did you mean HELYX_DATABASE_URL?)",
+        f"helyx: the key is in the database at {cli_db.url.database}; it works against an API that uses that "
+        "database"]
 
 
 def test_serve_in_the_production_shape_on_a_taken_port_is_one_line_before_serving(
