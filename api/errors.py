@@ -171,6 +171,8 @@ def _sentence(text: str) -> str:
 
 _SERVED = ("/api/v1/chat/completions, /models, /images/generations, /videos, /jobs, /files/{id}/content, "
            "/generations/{id}, /credits, /usage, /keys and /webhooks/secret")
+_ADMIN_SERVED = ("The admin API serves /admin/accounts, /admin/accounts/{id}/plan, /admin/accounts/{id}/credits, "
+                 "/admin/accounts/{id}/keys and /admin/keys/{id}, when HELYX_ADMIN_TOKEN is set")
 _SHOWN_PATH_CHARS = 200
 
 
@@ -179,8 +181,11 @@ def unknown_route(request: Request) -> NotFound:
     NotFoundError, like an unknown model."""
     path = request.url.path
     shown = path if len(path) <= _SHOWN_PATH_CHARS else path[:_SHOWN_PATH_CHARS] + "..."
-    return NotFound(f"Unknown route: this gateway does not serve {request.method} {shown}. It serves {_SERVED} "
-                    "(the OpenAPI description is at /openapi.json).", code="unknown_route")
+    # The same words whether the admin API is on or off: its 404s never tell which (api.deps.require_admin).
+    served = (_ADMIN_SERVED if path == "/admin" or path.startswith("/admin/")
+              else f"It serves {_SERVED} (the OpenAPI description is at /openapi.json)")
+    return NotFound(f"Unknown route: this gateway does not serve {request.method} {shown}. {served}.",
+                    code="unknown_route")
 
 
 def http_error(exc: StarletteHTTPException) -> HelyxError:

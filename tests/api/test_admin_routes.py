@@ -81,6 +81,24 @@ def test_without_a_configured_token_the_admin_routes_do_not_exist(tmp_path: Path
         engine.dispose()
 
 
+def test_an_unknown_admin_path_names_the_admin_routes_in_the_same_words_on_or_off(
+        app_client: TestClient, tmp_path: Path) -> None:
+    """An operator's typo under /admin was answered with the list of /api/v1 routes. The 404 now
+    names the admin routes and the setting that serves them, in words that do not say whether the
+    admin API is on (its routes are absent when it is off, as any unknown path)."""
+    from api.app import create_app
+
+    on = app_client.get("/admin/acounts", headers=ADMIN)
+    with TestClient(create_app(make_settings(tmp_path, admin_token=None))) as client:
+        off = client.get("/admin/acounts", headers=ADMIN)
+    for response in (on, off):
+        error = response.json()["error"]
+        assert (response.status_code, error["code"]) == (404, "unknown_route"), response.text
+        assert "GET /admin/acounts" in error["message"] and "/admin/accounts/{id}/credits" in error["message"]
+        assert "HELYX_ADMIN_TOKEN" in error["message"] and "/api/v1/chat/completions" not in error["message"]
+    assert on.json() == off.json()
+
+
 # ---------------------------------------------------------------- accounts
 
 
