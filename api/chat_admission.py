@@ -91,6 +91,7 @@ def _at_once_plan(services: Services, token: str | None, body: ChatCompletionReq
         entry = services.catalog.usable(body.model, settings, kind="chat")
         entry.refuse_unsupported(body.given)
         entry.refuse_images(messages)
+        entry.refuse_final_assistant_turn(messages)
         services.providers.chat(entry).refuse_unsendable(messages, entry.upstream_stop(body.stop))  # nor one it refuses
     except HelyxError:
         return None

@@ -53,6 +53,7 @@ async def _counted(services: Services, request: Request, admission: Admission, b
         entry = services.catalog.resolve(body.model, principal.plan, settings, kind="chat")
         entry.refuse_unsupported(body.given)
         entry.refuse_images(messages)
+        entry.refuse_final_assistant_turn(messages)
         provider = services.providers.chat(entry)  # before reserving: a provider that cannot be built holds nothing
         provider.refuse_unsendable(messages, entry.upstream_stop(body.stop))  # nor a conversation it refuses
     except BaseException:

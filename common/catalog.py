@@ -24,7 +24,7 @@ from common.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from common.money import PLAIN_DECIMAL, to_micro
 from common.plans import PLANS, plan_allows
 from common.providers.base import SAMPLING_FIELDS, ProviderConfig
-from common.providers.messages import content_parts, part_image_url
+from common.providers.messages import content_parts, part_image_url, role_of
 from common.settings import Settings
 from common.tokens import TOKENS_PER_IMAGE
 
@@ -36,7 +36,7 @@ UNITS = {"chat": "token", "image": "image", "video": "video"}
 MAX_RATE = {"chat": Decimal(1000), "image": Decimal(10**9), "video": Decimal(10**9)}
 MODES = ("extend", "replace")
 MODEL_FIELDS = ("name", "description", "kind", "rate", "min_plan", "provider", "upstream_model", "unsupported_params",
-                "fixed_params", "image_tokens", "temperature_range", "vision")
+                "fixed_params", "image_tokens", "temperature_range", "vision", "final_assistant_turn")
 # The sampling fields a chat model's upstream may refuse or fix itself (catalog: unsupported_params, fixed_params).
 WITHHOLDABLE = SAMPLING_FIELDS
 FIXABLE = ("temperature", "top_p")
@@ -75,6 +75,9 @@ class ModelEntry:
     # The temperatures the upstream takes, when narrower than a request's 0 to 2: sent clamped into it.
     temperature_range: tuple[float, float] | None = None
     vision: bool = True  # whether the upstream model takes image parts (False: a 400 of ours before the hold)
+    # Whether the upstream takes a conversation whose last turn is the assistant's (a prefill, to
+    # Anthropic); False: a 400 of ours before the hold, where the vendor's 400 came after it as a 502.
+    final_assistant_turn: bool = True
 
     withheld: frozenset[str] = field(init=False)  # both, never sent
 
@@ -112,6 +115,19 @@ class ModelEntry:
                     raise InvalidRequest(f"The model '{self.id}' does not take images; send text only, or choose a "
                                          "model that takes images.", param=f"messages.{index}.content.{number}",
                                          code="images_not_supported")
+
+    def refuse_final_assistant_turn(self, messages: list[dict[str, Any]]) -> None:
+        """A 400 of ours for a conversation that ends with an assistant turn (system messages
+        aside), for a model whose upstream refuses one (Anthropic's Claude 4.6 and later, Mistral,
+        Perplexity): OpenAI answers it, so clients send one (a trimmed history, a "continue")."""
+        if self.final_assistant_turn:
+            return
+        last = next((index for index in range(len(messages) - 1, -1, -1)
+                     if role_of(messages[index]) != "system"), None)
+        if last is not None and role_of(messages[last]) == "assistant":
+            raise InvalidRequest(f"The model '{self.id}' does not take a conversation that ends with an assistant "
+                                 "turn (its provider refuses one); end it with a user turn.",
+                                 param=f"messages.{last}", code="final_assistant_turn_not_supported")
 
     def upstream_temperature(self, temperature: float | None) -> float | None:
         """The temperature to send: none when withheld, else the request's clamped into the model's range."""
@@ -328,12 +344,13 @@ def _sampling_limits(model_id: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prompt_and_range(model_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """A chat model's `image_tokens`, `temperature_range` and `vision`, checked."""
+    """A chat model's `image_tokens`, `temperature_range`, `vision` and `final_assistant_turn`, checked."""
     chosen: dict[str, Any] = {}
-    if "vision" in fields:
-        if not isinstance(fields["vision"], bool):
-            raise CatalogError(f"model {model_id}: vision must be true or false")
-        chosen["vision"] = fields["vision"]
+    for flag in ("vision", "final_assistant_turn"):
+        if flag in fields:
+            if not isinstance(fields[flag], bool):
+                raise CatalogError(f"model {model_id}: {flag} must be true or false")
+            chosen[flag] = fields[flag]
     if "image_tokens" in fields:
         value = fields["image_tokens"]
         if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_IMAGE_TOKENS):
@@ -348,5 +365,6 @@ def _prompt_and_range(model_id: str, fields: dict[str, Any]) -> dict[str, Any]:
                                f" from {low:g} to {high:g}")
         chosen["temperature_range"] = (float(value[0]), float(value[1]))
     if chosen and fields.get("kind") != "chat":
-        raise CatalogError(f"model {model_id}: image_tokens, temperature_range and vision are for chat models only")
+        raise CatalogError(f"model {model_id}: image_tokens, temperature_range, vision and final_assistant_turn are "
+                           "for chat models only")
     return chosen

@@ -97,9 +97,14 @@ def test_a_file_extends_field_by_field_or_replaces(tmp_path: Path) -> None:
     ('[models.gpt-4o]\ntemperature_range = [0, 3]\n', "model gpt-4o: temperature_range must be [lowest, highest]"),
     ('[models.gpt-4o]\ntemperature_range = [0.5]\n', "model gpt-4o: temperature_range must be [lowest, highest]"),
     ('[models.gpt-4o]\ntemperature_range = "0-1"\n', "model gpt-4o: temperature_range must be [lowest, highest]"),
-    ('[models.vo3]\nimage_tokens = 100\n', "model vo3: image_tokens, temperature_range and vision are for chat models"),
-    ('[models.vo3]\nvision = false\n', "model vo3: image_tokens, temperature_range and vision are for chat models"),
+    ('[models.vo3]\nimage_tokens = 100\n', "model vo3: image_tokens, temperature_range, vision and "
+     "final_assistant_turn are for chat models"),
+    ('[models.vo3]\nvision = false\n', "model vo3: image_tokens, temperature_range, vision and "
+     "final_assistant_turn are for chat models"),
+    ('[models.vo3]\nfinal_assistant_turn = false\n', "model vo3: image_tokens, temperature_range, vision and "
+     "final_assistant_turn are for chat models"),
     ('[models.gpt-4o]\nvision = "no"\n', "model gpt-4o: vision must be true or false"),
+    ('[models.gpt-4o]\nfinal_assistant_turn = 0\n', "model gpt-4o: final_assistant_turn must be true or false"),
     # a model no request could name (a review: they started, listed as available, and every call was a 400)
     ('[models.""]\nkind = "chat"\nrate = 1\nprovider = "openai"\n', "model '': an id must be 1 to 200 characters"),
     (f'[models.{"m" * 201}]\nkind = "chat"\nrate = 1\nprovider = "openai"\n', f"model '{'m' * 201}': an id must"),

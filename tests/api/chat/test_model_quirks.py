@@ -6,8 +6,10 @@ of the vendors' documentation against the adapters):
   tokens for one image (2,576 px on the long edge, ⌈w/28⌉ × ⌈h/28⌉): the hold allows 4,800 per
   image, so a charge from the upstream's usage is not cut down to a hold sized for 1,600.
 - Anthropic refuses a stop sequence of whitespace only (a 400 of ours, before the hold) and a final
-  assistant turn (a prefill) that ends in whitespace (sent right-stripped).
-- MiniMax takes a temperature above 0 and at most 1: one outside is sent clamped into that range.
+  assistant turn (a prefill) that ends in whitespace (sent right-stripped); Claude 4.6 and later
+  refuse any prefill (a 400 of ours for claude-4.7, before the hold).
+- MiniMax takes a temperature above 0 and at most 1, Zhipu one from 0 to 1: one outside is sent
+  clamped into that range.
 """
 
 from __future__ import annotations
@@ -128,24 +130,53 @@ def test_a_prefill_ending_in_whitespace_is_sent_right_stripped(claude: Gateway, 
     assert sent[0]["content"] == [{"type": "text", "text": "Write a haiku."}]  # other turns as they came
 
 
+def test_claude_4_7_is_never_sent_a_conversation_ending_with_an_assistant_turn(
+        claude: Gateway, anthropic_fake: FakeUpstream) -> None:
+    """Anthropic answers 400 to a prefill on Claude 4.6 and later (its migration guide): a 502
+    after the hold. A 400 of ours now, naming the turn; claude-3-5-sonnet still takes one (above)."""
+    account = claude.account("plus")
+    before = books(claude.engine, account.account_id)
+    messages = [*HI, {"role": "assistant", "content": "Hello! How can I help?"}]
+    with claude.sdk(account) as client, pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="claude-4.7", messages=messages, max_tokens=20)
+    assert refused.value.body["param"] == "messages.1"  # type: ignore[index]
+    assert refused.value.code == "final_assistant_turn_not_supported"
+    assert anthropic_fake.request_count == 0 and books(claude.engine, account.account_id) == before
+
+
 @pytest.fixture
-def minimax(make_gateway: Callable[..., Gateway], openai_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory,
-            monkeypatch: pytest.MonkeyPatch) -> Gateway:
-    path = tmp_path_factory.mktemp("minimax") / "catalog.toml"
-    path.write_text(f'[providers.minimax]\nbase_url = "{openai_fake.base_url}"\n', "utf-8")
-    monkeypatch.setenv("MINIMAX_API_KEY", "sk-fake-minimax")
-    return make_gateway(catalog=path)
+def vendor(make_gateway: Callable[..., Gateway], openai_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory,
+           monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Gateway]:
+    """A gateway whose OpenAI-compatible `provider` is the fake, with a key."""
+    def make(provider: str) -> Gateway:
+        path = tmp_path_factory.mktemp(provider) / "catalog.toml"
+        path.write_text(f'[providers.{provider}]\nbase_url = "{openai_fake.base_url}"\n', "utf-8")
+        monkeypatch.setenv(f"{provider.upper()}_API_KEY", f"sk-fake-{provider}")
+        return make_gateway(catalog=path)
+    return make
 
 
-@pytest.mark.parametrize(("given", "sent"), [(None, 0.7), (0, 0.01), (0.5, 0.5), (1.0, 1.0), (1.7, 1.0)])
-def test_minimax_is_sent_a_temperature_it_takes(minimax: Gateway, openai_fake: FakeUpstream,
-                                                given: float | None, sent: float) -> None:
+@pytest.fixture
+def minimax(vendor: Callable[[str], Gateway]) -> Gateway:
+    return vendor("minimax")
+
+
+@pytest.mark.parametrize(("model", "upstream", "given", "sent"), [
+    ("minimax-m2.7", "MiniMax-M2.7", None, 0.7), ("minimax-m2.7", "MiniMax-M2.7", 0, 0.01),
+    ("minimax-m2.7", "MiniMax-M2.7", 0.5, 0.5), ("minimax-m2.7", "MiniMax-M2.7", 1.0, 1.0),
+    ("minimax-m2.7", "MiniMax-M2.7", 1.7, 1.0),
+    ("glm-5.1-pro", "glm-5.1", 0, 0.0), ("glm-5.1-pro", "glm-5.1", 0.9, 0.9), ("glm-5.1-pro", "glm-5.1", 1.7, 1.0),
+])
+def test_a_vendor_with_a_narrower_range_is_sent_a_temperature_it_takes(
+        vendor: Callable[[str], Gateway], openai_fake: FakeUpstream, model: str, upstream: str,
+        given: float | None, sent: float) -> None:
+    gateway = vendor("minimax" if model.startswith("minimax") else "zhipu")
     extra = {} if given is None else {"temperature": given}
-    with minimax.sdk(minimax.account()) as client:
-        completion = client.chat.completions.create(model="minimax-m2.7", messages=HI, max_tokens=5, **extra)
+    with gateway.sdk(gateway.account()) as client:
+        completion = client.chat.completions.create(model=model, messages=HI, max_tokens=5, **extra)
     assert completion.choices[0].message.content
     assert openai_fake.last_request.json["temperature"] == sent
-    assert openai_fake.last_request.json["model"] == "MiniMax-M2.7"
+    assert openai_fake.last_request.json["model"] == upstream
 
 
 def test_a_stream_carries_the_upstreams_system_fingerprint_as_a_plain_answer_does(

@@ -119,3 +119,32 @@ def test_an_image_for_a_model_that_takes_none_is_a_400_naming_the_part_that_hold
     assert openai_fake.request_count == 1  # gpt-4o (helyx-3.5 is simulated here: no Groq key)
     assert ledger_rows(gateway.engine, account.account_id) == rows + 2  # gpt-4o's hold and settlement only
     assert assert_books_balance(gateway.engine, account.account_id).balance < before.balance
+
+
+@pytest.mark.parametrize("model", ["claude-4.7", "perplexity-sonar", "mixtral-8x22b"])
+def test_a_conversation_ending_with_an_assistant_turn_is_a_400_that_holds_nothing_where_the_vendor_refuses_one(
+        gateway: Gateway, openai_fake: FakeUpstream, model: str) -> None:
+    """OpenAI answers a conversation whose last turn is the assistant's, and clients send one (a
+    trimmed history, a "continue"); Anthropic's Claude 4.6 and later (a prefill), Perplexity and
+    Mistral answer 400, which came after the hold as a 502 (found by a wire-format review)."""
+    account = gateway.account("plus")
+    with gateway.sdk(account) as client:  # the key is known: its next request may go in at once (PostgreSQL)
+        client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=5)
+    before, rows = books(gateway.engine, account.account_id), ledger_rows(gateway.engine, account.account_id)
+    said = {"role": "assistant", "content": "Hello! How can I help?"}
+    with gateway.http(account) as http:
+        for messages in ([*HI, said], [*HI, said, {"role": "system", "content": "Be brief."}]):
+            answer = http.post("/chat/completions", json={"model": model, "messages": messages, "max_tokens": 5})
+            error = answer.json()["error"]
+            assert answer.status_code == 400, answer.text
+            assert (error["param"], error["code"]) == ("messages.1", "final_assistant_turn_not_supported"), error
+            assert model in error["message"]
+        assert ledger_rows(gateway.engine, account.account_id) == rows  # nothing held, nothing released
+        assert books(gateway.engine, account.account_id) == before
+        ends_with_user = http.post("/chat/completions", json={"model": model, "max_tokens": 5,
+                                                              "messages": [*HI, said, *HI]})
+        assert ends_with_user.status_code == 200, ends_with_user.text
+        openai = http.post("/chat/completions", json={"model": "gpt-4o", "messages": [*HI, said], "max_tokens": 5})
+        assert openai.status_code == 200, openai.text  # a model whose vendor takes one: sent as it came
+    assert openai_fake.last_request.json["messages"][-1] == said
+    assert_books_balance(gateway.engine, account.account_id)
