@@ -36,6 +36,7 @@ from common.accounts import Principal, principal_from_row
 from common.catalog import ModelEntry
 from common.chat_billing import Reservation
 from common.errors import AuthenticationFailed, HelyxError, InvalidRequest
+from common.providers.base import ChatProvider
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,20 @@ class _AtOnce:
     prompt_estimate: int
 
 
+def servable_by(services: Services, entry: ModelEntry, body: ChatCompletionRequest,
+                messages: list[dict[str, Any]]) -> ChatProvider:
+    """The provider that serves the request, once the checks of it against the model and that
+    provider have passed (no I/O): a field, an image part or a conversation they refuse is a 400
+    of ours before anything is held, not the vendor's error after the hold. A provider that cannot
+    be built holds nothing either. Both paths run these, in the same order."""
+    entry.refuse_unsupported(body.given)
+    entry.refuse_images(messages)
+    entry.refuse_final_assistant_turn(messages)
+    provider = services.providers.chat(entry)
+    provider.refuse_unsendable(messages, entry.upstream_stop(body.stop))
+    return provider
+
+
 def _at_once_plan(services: Services, token: str | None, body: ChatCompletionRequest,
                   messages: list[dict[str, Any]], prompt_estimate: int) -> _AtOnce | None:
     """What the at-once path needs, or None when it does not apply. No I/O: whatever would be an
@@ -89,10 +104,7 @@ def _at_once_plan(services: Services, token: str | None, body: ChatCompletionReq
     try:
         check_limits(messages, settings.max_messages, settings.max_message_chars)
         entry = services.catalog.usable(body.model, settings, kind="chat")
-        entry.refuse_unsupported(body.given)
-        entry.refuse_images(messages)
-        entry.refuse_final_assistant_turn(messages)
-        services.providers.chat(entry).refuse_unsendable(messages, entry.upstream_stop(body.stop))  # nor one it refuses
+        servable_by(services, entry, body, messages)
     except HelyxError:
         return None
     wanted = body.requested_max_tokens if body.requested_max_tokens is not None else settings.default_max_tokens

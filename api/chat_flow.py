@@ -51,11 +51,7 @@ async def _counted(services: Services, request: Request, admission: Admission, b
     reservation = admission.reservation
     try:
         entry = services.catalog.resolve(body.model, principal.plan, settings, kind="chat")
-        entry.refuse_unsupported(body.given)
-        entry.refuse_images(messages)
-        entry.refuse_final_assistant_turn(messages)
-        provider = services.providers.chat(entry)  # before reserving: a provider that cannot be built holds nothing
-        provider.refuse_unsendable(messages, entry.upstream_stop(body.stop))  # nor a conversation it refuses
+        provider = chat_admission.servable_by(services, entry, body, messages)  # before reserving
     except BaseException:
         if reservation is not None:  # made at once, on checks these repeat: never expected to happen
             await chat_admission.release(services, reservation.hold_id)
