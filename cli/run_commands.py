@@ -16,10 +16,12 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
+from api import serve_process
 from cli import preflight, single_instance
 from common import accounts, billing, clock, logs
-from common.db import get_engine
+from common.db import dispose_engines, get_engine
 from common.migrate import current_revision, upgrade
 from common.settings import get_settings
 
@@ -65,8 +67,6 @@ def _demo_key(host: str, port: int) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
@@ -116,6 +116,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"helyx: not simulated, as their keys are set: the models of {', '.join(real)} call the provider "
               "(and spend on its account); unset the key to simulate them", file=sys.stderr, flush=True)
     if settings.self_contained:
+        import uvicorn
+
         from api.main import app  # imported first, so its start-up heap is frozen before any job runs
         from common.gc_tuning import freeze_startup_heap
         from workers import embedded  # the media workers, as threads of this process
@@ -125,7 +127,7 @@ def serve(args: argparse.Namespace) -> int:
         grace = _whole_seconds(settings.shutdown_grace_seconds)
         # log_config=None: uvicorn keeps to the JSON logging set up above (common.logs)
         config = uvicorn.Config(app, timeout_graceful_shutdown=grace, log_level="warning", log_config=None,
-                                http=HTTP_PROTOCOL)
+                                http=serve_process.HTTP_PROTOCOL)
         server = uvicorn.Server(config)
         # uvicorn raises the signal it stopped on again once it is done, with the handler it found:
         # SIGTERM's default would end the process there, cutting the running jobs short.
@@ -141,17 +143,28 @@ def serve(args: argparse.Namespace) -> int:
                 embedded.stop(worker)
         return 0 if server.started else 3  # uvicorn.run's code for a failed start-up
     _empty_metrics_dir()
-    # uvicorn's own lines (its start and stop, a worker process that died and was replaced) at
-    # HELYX_LOG_LEVEL, in the JSON logging set up above; no access log (the API logs each request).
-    # The level as a number: uvicorn's names lack WARN, FATAL and NOTSET, which logging (and the setting) take.
-    with lock:  # shared: no self-contained serve starts beside this one (single_instance.share_database)
-        uvicorn.run("api.main:app", host=host, port=port, workers=workers, http=HTTP_PROTOCOL,
-                    timeout_graceful_shutdown=_whole_seconds(settings.shutdown_grace_seconds),
-                    log_level=logging.getLevelName(settings.log_level), access_log=False, log_config=None)
+    with lock:  # closed here only if the exec failed (or a test replaced it)
+        _become_the_api(lock, serve_process.command_line(
+            host=host, port=port, workers=workers, grace_seconds=_whole_seconds(settings.shutdown_grace_seconds),
+            log_level=settings.log_level))
     return 0
 
 
-HTTP_PROTOCOL = "api.http_protocol:BoundedHeadProtocol"  # httptools, with the request head bounded
+def _become_the_api(lock: Any, args: list[str]) -> None:
+    """Replace this process with the API's (api.serve_process): same pid, so a process manager's
+    signals reach uvicorn. The serve lock stays held across the exec, its descriptor inherited (the
+    kernel drops it as that process ends), so no self-contained serve can start in between."""
+    lock_fd = lock.fileno()
+    os.set_inheritable(lock_fd, True)
+    dispose_engines()  # the migration's pooled connections: closed, not cut by the exec
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    exec_process(sys.executable, [sys.executable, "-m", "api.serve_process", *args])
+
+
+def exec_process(path: str, argv: list[str]) -> None:
+    """os.execv (a seam for tests, which must not lose their own process)."""
+    os.execv(path, argv)
 
 
 def _whole_seconds(grace: float) -> int:

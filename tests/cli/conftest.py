@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from cli import run_commands
 from cli.main import main
 from common.db import dispose_engines, make_engine
 from common.migrate import upgrade
@@ -32,6 +33,15 @@ def cli_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
     engine.dispose()
     dispose_engines()
     reset_settings_cache()
+
+
+@pytest.fixture(autouse=True)
+def execs(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """What a production-shape `helyx serve` would have exec'd (cli.run_commands.exec_process):
+    in-process, the exec would replace pytest's own process."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(run_commands, "exec_process", lambda path, argv: calls.append(argv))
+    return calls
 
 
 @pytest.fixture

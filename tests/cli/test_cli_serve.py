@@ -179,23 +179,33 @@ def test_serve_demo_can_start_more_often_than_an_account_has_keys(cli_db: Engine
 
 
 @pytest.mark.parametrize(("level", "number"), [("WARN", 30), ("INFO", 20), ("fatal", 50), ("NOTSET", 0)])
-def test_serve_in_the_production_shape_hands_uvicorn_the_log_level_and_a_grace_rounded_up(
+def test_serve_in_the_production_shape_becomes_the_api_process_with_the_log_level_and_a_grace_rounded_up(
     cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, level: str, number: int,
 ) -> None:
-    """A log level logging takes but uvicorn's names lack (WARN) stopped the start with a KeyError;
-    a grace of 0.5 s reached uvicorn as none (found by a diff review)."""
+    """`helyx serve` replaces itself with api.serve_process, which hands uvicorn the settings. A log
+    level logging takes but uvicorn's names lack (WARN) stopped the start with a KeyError; a grace of
+    0.5 s reached uvicorn as none (found by a diff review)."""
+    import os
+    import sys
+
     import uvicorn
 
-    given: dict[str, Any] = {}
+    from api import serve_process
+    from cli import run_commands
 
-    def run_uvicorn(app: str, **kwargs: Any) -> None:
-        given.update(kwargs, app=app)
-        try:  # while it runs, the database's lock is held shared: no self-contained serve beside it
+    lock_file = str(single_instance.lock_path(get_settings()))
+    seen: dict[str, Any] = {}
+
+    def exec_process(path: str, argv: list[str]) -> None:
+        seen.update(path=path, argv=argv)
+        try:  # at the exec, the database's lock is held shared: no self-contained serve beside it
             single_instance.claim_database(get_settings()).close()
         except single_instance.AlreadyServing:
-            given["lock_shared"] = True
+            seen["lock_shared"] = True
+        seen["lock_inherited"] = [fd for fd in map(int, os.listdir("/proc/self/fd"))
+                                  if _path_of(fd) == lock_file and os.get_inheritable(fd)]
 
-    monkeypatch.setattr(uvicorn, "run", run_uvicorn)
+    monkeypatch.setattr(run_commands, "exec_process", exec_process)
     monkeypatch.setenv("HELYX_REDIS_URL", "redis://127.0.0.1:1/0")  # not answering: a warning, not a stop
     monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
     monkeypatch.setenv("HELYX_LOG_LEVEL", level)
@@ -204,11 +214,26 @@ def test_serve_in_the_production_shape_hands_uvicorn_the_log_level_and_a_grace_r
     port = free_port()
     code, _, err = run("serve", "--port", str(port))
     assert code == 0, err
-    assert given["app"] == "api.main:app" and given["port"] == port
+    assert "warning: Redis at redis://127.0.0.1:1/0 does not answer" in err
+    assert seen["path"] == sys.executable and seen["argv"][:3] == [sys.executable, "-m", "api.serve_process"]
+    assert seen["lock_shared"] and len(seen["lock_inherited"]) == 1  # the exec keeps it
+
+    given: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: given.update(kwargs, app=app))
+    assert serve_process.main(seen["argv"][3:]) == 0
+    assert given["app"] == "api.main:app" and (given["host"], given["port"], given["workers"]) == ("127.0.0.1", port, 1)
     assert (given["log_level"], given["timeout_graceful_shutdown"], given["access_log"]) == (number, 1, False)
     assert given["http"] == "api.http_protocol:BoundedHeadProtocol"  # request heads bounded (api.http_protocol)
-    assert given["lock_shared"]
-    assert "warning: Redis at redis://127.0.0.1:1/0 does not answer" in err
+    assert given["log_config"] is None  # uvicorn's lines in the JSON logging (common.logs)
+
+
+def _path_of(fd: int) -> str:
+    import os
+
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
 
 
 def test_a_serve_starting_removes_only_the_metrics_files_of_processes_that_are_gone(
@@ -234,11 +259,9 @@ def test_a_serve_starting_removes_only_the_metrics_files_of_processes_that_are_g
 @pytest.mark.parametrize("multiproc_dir", [False, True])
 def test_several_api_processes_without_a_metrics_directory_are_warned_of(
     cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, multiproc_dir: bool,
+    execs: list[list[str]],
 ) -> None:
     """Each scrape showed one process's request counters, and nothing said so at start."""
-    import uvicorn
-
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
     monkeypatch.setenv("HELYX_REDIS_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
     monkeypatch.setenv("HELYX_WEB_WORKERS", "2")
@@ -251,6 +274,7 @@ def test_several_api_processes_without_a_metrics_directory_are_warned_of(
     code, _, err = run("serve", "--port", str(port))
     assert code == 0, err
     assert ("2 API processes without PROMETHEUS_MULTIPROC_DIR" in err) is not multiproc_dir, err
+    assert execs[0][execs[0].index("--workers") + 1] == "2"  # uvicorn's supervisor, then, in api.serve_process
 
 
 def test_the_demo_printout_names_the_accounts_plan_as_it_is(cli_db: Engine, capsys: pytest.CaptureFixture[str]
