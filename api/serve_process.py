@@ -21,13 +21,13 @@ HTTP_PROTOCOL = "api.http_protocol:BoundedHeadProtocol"  # httptools, with the r
 
 
 def command_line(*, host: str, port: int, workers: int, grace_seconds: int, log_level: str) -> list[str]:
-    """The arguments `main` takes (after `python -m api.serve_process`)."""
+    """The arguments `main` takes (after `python -P -m api.serve_process`)."""
     return ["--host", host, "--port", str(port), "--workers", str(workers), "--grace-seconds", str(grace_seconds),
             "--log-level", log_level]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m api.serve_process", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -P -m api.serve_process", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--workers", type=int, required=True)

@@ -144,9 +144,14 @@ def serve(args: argparse.Namespace) -> int:
         return 0 if server.started else 3  # uvicorn.run's code for a failed start-up
     _empty_metrics_dir()
     with lock:  # closed here only if the exec failed (or a test replaced it)
-        _become_the_api(lock, serve_process.command_line(
-            host=host, port=port, workers=workers, grace_seconds=_whole_seconds(settings.shutdown_grace_seconds),
-            log_level=settings.log_level))
+        try:
+            _become_the_api(lock, serve_process.command_line(
+                host=host, port=port, workers=workers,
+                grace_seconds=_whole_seconds(settings.shutdown_grace_seconds), log_level=settings.log_level))
+        except OSError as exc:  # the venv's python replaced or removed under a running deploy
+            print(f"helyx: error: cannot start the API process ({sys.executable}): {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
@@ -159,7 +164,9 @@ def _become_the_api(lock: Any, args: list[str]) -> None:
     dispose_engines()  # the migration's pooled connections: closed, not cut by the exec
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    exec_process(sys.executable, [sys.executable, "-m", "api.serve_process", *args])
+    # -P: the working directory stays off sys.path (a `secrets.py` there, or a checkout newer than
+    # the installed package, would be imported instead), as it is for the `helyx` script itself
+    exec_process(sys.executable, [sys.executable, "-P", "-m", "api.serve_process", *args])
 
 
 def exec_process(path: str, argv: list[str]) -> None:

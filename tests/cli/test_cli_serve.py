@@ -215,16 +215,38 @@ def test_serve_in_the_production_shape_becomes_the_api_process_with_the_log_leve
     code, _, err = run("serve", "--port", str(port))
     assert code == 0, err
     assert "warning: Redis at redis://127.0.0.1:1/0 does not answer" in err
-    assert seen["path"] == sys.executable and seen["argv"][:3] == [sys.executable, "-m", "api.serve_process"]
+    assert seen["path"] == sys.executable and seen["argv"][:4] == [sys.executable, "-P", "-m", "api.serve_process"]
     assert seen["lock_shared"] and len(seen["lock_inherited"]) == 1  # the exec keeps it
 
     given: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: given.update(kwargs, app=app))
-    assert serve_process.main(seen["argv"][3:]) == 0
+    assert serve_process.main(seen["argv"][4:]) == 0
     assert given["app"] == "api.main:app" and (given["host"], given["port"], given["workers"]) == ("127.0.0.1", port, 1)
     assert (given["log_level"], given["timeout_graceful_shutdown"], given["access_log"]) == (number, 1, False)
     assert given["http"] == "api.http_protocol:BoundedHeadProtocol"  # request heads bounded (api.http_protocol)
     assert given["log_config"] is None  # uvicorn's lines in the JSON logging (common.logs)
+
+
+def test_an_exec_that_fails_is_one_line_and_leaves_the_lock_free(
+    cli_db: Engine, run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The venv's python replaced under a running deploy: it was a traceback (found by a review)."""
+    import sys
+
+    from cli import run_commands
+
+    def exec_process(path: str, argv: list[str]) -> None:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(run_commands, "exec_process", exec_process)
+    monkeypatch.setenv("HELYX_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
+    reset_settings_cache()
+    code, out, err = run("serve", "--port", str(free_port()))
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1] == (f"helyx: error: cannot start the API process ({sys.executable}): "
+                                    "No such file or directory"), err
+    single_instance.claim_database(get_settings()).close()  # the serve's shared lock went with the failure
 
 
 def _path_of(fd: int) -> str:

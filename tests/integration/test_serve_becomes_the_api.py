@@ -1,7 +1,7 @@
 """`helyx serve` in the production shape replaces itself (exec) with the API process once its checks
 and the migration are done: the process a process manager started is the one that serves (its
-signals reach uvicorn), a fresh image without the CLI and Alembic, and the serve lock taken before the
-exec is still held after it, until the process ends."""
+signals reach uvicorn), a fresh image with neither the CLI and Alembic nor the working directory on
+its path, and the serve lock taken before the exec is still held after it, until the process ends."""
 
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def test_the_serve_process_becomes_the_api_and_keeps_the_serve_lock_until_it_end
                                                                                   ) -> None:
     env = base_env(database_url=pg_url, redis_url=isolated_redis_url(), simulate=1, storage_dir=tmp_path / "files",
                    secret_key="exec-test-signing-secret-0123456789")
+    # -P keeps the working directory off the API process's sys.path, as it is off the `helyx` script's
+    (tmp_path / "secrets.py").write_text("raise SystemExit('the working directory was on sys.path')\n", "utf-8")
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
@@ -61,7 +63,7 @@ def test_the_serve_process_becomes_the_api_and_keeps_the_serve_lock_until_it_end
         _wait_ready(popen, f"http://127.0.0.1:{port}", log)
         with open(f"/proc/{popen.pid}/cmdline", "rb") as f:
             argv = f.read().decode().split("\0")
-        assert argv[1:3] == ["-m", "api.serve_process"], argv  # a fresh image: none of the CLI's modules
+        assert argv[1:4] == ["-P", "-m", "api.serve_process"], argv  # a fresh image: none of the CLI's modules
         # the lock taken before the exec (its descriptor inherited) and the API's own (api.app's lifespan)
         assert _lock_sessions_of(pg_url, popen.pid) == 2
         assert httpx.get(f"http://127.0.0.1:{port}/api/v1/models", timeout=5, trust_env=False).status_code == 401
