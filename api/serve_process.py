@@ -3,9 +3,10 @@ checks and the migration are done.
 
 The serving process then holds only what the API needs. Serving from the CLI's own process, it also
 held the CLI, Alembic and the start-up checks: 129 MB under load with one web process against 114
-MB for the same app started on its own (bench/README, thirty-second round), over the 120 MB a
-process is allowed. With `--workers` above 1 this is uvicorn's supervisor, which never imports the
-app, so it stays small too.
+MB for the same app started on its own (bench/README, thirty-second round), against a target of
+120 MB per process. With `--workers` above 1 this is uvicorn's supervisor, which never imports the
+app, and its worker processes, which import this module as their main one (multiprocessing's
+spawn; they imported the `helyx` script, and with it the CLI, before), so all of them are smaller.
 
 Everything comes in argv (cli.run_commands builds it): the settings were read and checked there.
 """

@@ -159,8 +159,7 @@ def _become_the_api(lock: Any, args: list[str]) -> None:
     """Replace this process with the API's (api.serve_process): same pid, so a process manager's
     signals reach uvicorn. The serve lock stays held across the exec, its descriptor inherited (the
     kernel drops it as that process ends), so no self-contained serve can start in between."""
-    lock_fd = lock.fileno()
-    os.set_inheritable(lock_fd, True)
+    os.set_inheritable(lock.fileno(), True)
     dispose_engines()  # the migration's pooled connections: closed, not cut by the exec
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
