@@ -64,15 +64,9 @@ _RESOLVE_RETURNING = " RETURNING account_id, key_id, amount, charged, key_cap_da
 _RESOLVE_HOLD = text(_RESOLVE_SET + _RESOLVE_RETURNING)
 # An expiry re-checks the expiry: the hold's call may have moved it on since the sweeper listed it.
 _EXPIRE_HOLD = text(_RESOLVE_SET + " AND expires_at < :now" + _RESOLVE_RETURNING)
+MAX_REFERENCE_CHARS = 200  # the admin API's limit, for the CLI as well
 # The deficit counts only on the billing day it was set for (a reset by an older process, which
 # knows nothing of it, leaves it behind): see common.models.Account.
-MAX_REFERENCE_CHARS = 200  # the admin API's limit, for the CLI as well
-
-
-def usable_reference(reference: str) -> bool:
-    """A grant's reference: 1 to MAX_REFERENCE_CHARS characters, not blank (an empty one, an unset
-    variable in `--reference "$INVOICE"`, would grant again on a replay)."""
-    return bool(reference.strip()) and len(reference) <= MAX_REFERENCE_CHARS
 DEFICIT_TODAY = "(CASE WHEN deficit_day = allowance_day THEN allowance_deficit ELSE 0 END)"
 _ACCOUNT_SETTLE = text(
     "UPDATE accounts SET"
@@ -236,6 +230,12 @@ def _reclaim(conn: Connection, account_id: str, allowance: int, topup: int, held
     _entry(conn, account_id, None, "plan", -reclaim, 0, f"reclaim:{cause}", None,
            "allowance kept for open holds over a plan change or reset, reclaimed", now)
     return reclaim
+
+
+def usable_reference(reference: str) -> bool:
+    """A grant's reference: 1 to MAX_REFERENCE_CHARS characters, not blank (an empty one, an unset
+    variable in `--reference "$INVOICE"`, would grant again on a replay)."""
+    return bool(reference.strip()) and len(reference) <= MAX_REFERENCE_CHARS
 
 
 def grant(
