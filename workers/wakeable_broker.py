@@ -12,8 +12,18 @@ it: a send (Dramatiq's script pushes the id), a delayed message come due, a dead
 put back by Dramatiq's maintenance. A send is Dramatiq's one script call, nothing more (a wake-up
 token pushed after it, on a list of its own, was a second round trip per job for the API).
 Every consumer waiting on the queue wakes; one fetches the message, the others find the queue
-empty and wait again. A consumer whose threads are all busy does not poll at all (nor wait): it
-looks again every few milliseconds, so a finished message is acknowledged and replaced at once.
+empty and wait again.
+
+A fetch is Dramatiq's dispatch script (~65 us of Redis CPU, and the client's share), so it is
+sent only when it can bring something. A consumer whose last fetch emptied the queue waits on the
+list before it fetches again (the wait returns at once if a message came meanwhile), and one whose
+wait ended with nothing goes back to waiting rather than fetching an empty queue: until then every
+idle consumer (six per worker process: images, videos, webhooks and their delay queues) fetched
+once per poll interval, about 1.3 fetch scripts per image job during bench.jobs' burst besides the
+job's own. Once a fetch could take messages, a consumer whose threads are busy waits until a
+quarter of its prefetch is free and then takes them in one fetch, instead of one per finished job.
+Whatever it does, a consumer still fetches at least once a second: each fetch also renews its
+process's heartbeat, by which Dramatiq tells a live worker from a dead one.
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ from dramatiq.errors import ConnectionClosed
 
 log = logging.getLogger(__name__)
 OWN_POLL_MS = 1  # the consumer's own idle sleep; the real wait is on the queue's list, or BUSY_PAUSE
-BUSY_PAUSE_SECONDS = 0.005  # every thread has a message: look again soon for acks and free threads
+BUSY_PAUSE_SECONDS = 0.005  # too little room to fetch: look again soon for acks and free threads
+REFILL_FRACTION = 4  # fetch once this fraction of the prefetch is free (Dramatiq: 2 x threads)
+FETCH_AT_LEAST_EVERY_SECONDS = 1.0  # the heartbeat (Dramatiq's timeout here: 30 s, workers.broker)
 
 
 class WakeableRedisBroker(RedisBroker):
@@ -49,29 +61,44 @@ class _WakeableConsumer(_RedisConsumer):  # type: ignore[misc]
         super().__init__(broker, queue_name, prefetch, timeout)
         self._idle_wait = max(0.001, idle_wait_ms / 1000)
         self._key = broker.queue_key(queue_name)
+        self._refill = max(1, prefetch // REFILL_FRACTION)
+        self._drained = False  # the last fetch left the queue empty: wait on its list before the next
+        self._fetched_at = time.monotonic()
 
     _blmove = True  # False once Redis said it has no BLMOVE (6.2+)
 
     def __next__(self) -> Any:
-        message = super().__next__()
-        if message is None:
-            if self.outstanding_message_count >= self.prefetch:
-                # Busy, so it did not fetch: waiting for a message would not help, and the worker's
-                # acks and the next fetch wait for this thread to come back.
-                time.sleep(BUSY_PAUSE_SECONDS)
-                return None
-            try:  # it fetched and the queue was empty: wait for a message, at most the worker timeout
-                self._wait()
-            except redis.ConnectionError as exc:  # as Dramatiq's own consumer reports a lost Redis
-                raise ConnectionClosed(exc) from None
+        room = 0 if self.message_cache else self.prefetch - self.outstanding_message_count
+        if room > 0 and time.monotonic() - self._fetched_at < FETCH_AT_LEAST_EVERY_SECONDS:
+            if room < self._refill and not self._drained:
+                room = 0  # messages are waiting: take them in one fetch once more threads are free
+            elif self._drained and not self._waited():
+                return None  # nothing reached the queue: no fetch (the worker loops back)
+        if not self.message_cache and room <= 0:
+            # Busy, or too little room to be worth a fetch: the worker's acks and the next fetch wait
+            # for this thread to come back.
+            time.sleep(BUSY_PAUSE_SECONDS)
+            return None
+        message = super().__next__()  # a fetch when the cache is empty: Dramatiq's own
+        if room > 0:
+            self._fetched_at = time.monotonic()
+            self._drained = message is None or len(self.message_cache) + 1 < room
+            if message is None:  # it fetched and the queue was empty: wait for a message now
+                self._drained = not self._waited()
         return message
 
-    def _wait(self) -> None:
+    def _waited(self) -> bool:
+        try:
+            return self._wait()
+        except redis.ConnectionError as exc:  # as Dramatiq's own consumer reports a lost Redis
+            raise ConnectionClosed(exc) from None
+
+    def _wait(self) -> bool:
+        """Until the queue's list holds a message (True) or the idle wait is over (False)."""
         client = self.broker.client
         if self._blmove:
             try:
-                client.blmove(self._key, self._key, self._idle_wait, "RIGHT", "RIGHT")
-                return
+                return client.blmove(self._key, self._key, self._idle_wait, "RIGHT", "RIGHT") is not None
             except redis.ResponseError as exc:
                 if "unknown command" not in str(exc).lower():
                     raise
@@ -81,4 +108,4 @@ class _WakeableConsumer(_RedisConsumer):  # type: ignore[misc]
         # The same wait, but it moves the last id to the front: only a list that was not empty when the
         # wait began (a send between the fetch and the wait) has its order changed. Whole seconds:
         # Redis before 6.0 takes no fraction.
-        client.brpoplpush(self._key, self._key, math.ceil(self._idle_wait))
+        return client.brpoplpush(self._key, self._key, math.ceil(self._idle_wait)) is not None

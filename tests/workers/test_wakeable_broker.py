@@ -161,3 +161,83 @@ def test_a_busy_consumer_does_not_wait_for_tokens(broker: WakeableRedisBroker) -
     assert next(consumer) is None  # busy: prefetch 1, one message not yet acknowledged
     assert time.monotonic() - started < 1.0
     consumer.ack(held)
+
+
+def _count_fetches(broker: WakeableRedisBroker, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every fetch (Dramatiq's dispatch script) the broker's consumers send from now on."""
+    fetches: list[int] = []
+    fetch = broker.do_fetch  # (Dramatiq's RedisBroker makes its do_* commands on attribute access)
+
+    def counted(queue_name: str, count: int) -> Any:
+        fetches.append(count)
+        return fetch(queue_name, count)
+
+    monkeypatch.setattr(broker, "do_fetch", counted, raising=False)
+    return fetches
+
+
+def test_an_idle_consumer_waits_without_fetching(broker: WakeableRedisBroker,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a fetch found the queue empty, a consumer whose wait ends with nothing waits again: it
+    used to fetch once per poll interval (six idle consumers per worker process)."""
+    fetches = _count_fetches(broker, monkeypatch)
+    consumer = broker.consume(QUEUE, prefetch=8, timeout=20)
+    started = time.monotonic()
+    for _ in range(6):  # (Redis ends a blocking wait at its next tick, ~100 ms: 6 calls stay within the second)
+        assert next(consumer) is None
+    assert 6 * 0.015 < time.monotonic() - started < wakeable_broker.FETCH_AT_LEAST_EVERY_SECONDS
+    assert len(fetches) == 1, fetches
+
+
+def test_an_idle_consumer_still_fetches_for_its_heartbeat(broker: WakeableRedisBroker,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fetch renews the process's heartbeat: without one for Dramatiq's heartbeat timeout,
+    another worker would take this one for dead and put its unacknowledged messages back."""
+    monkeypatch.setattr(wakeable_broker, "FETCH_AT_LEAST_EVERY_SECONDS", 0.2)
+    fetches = _count_fetches(broker, monkeypatch)
+    consumer = broker.consume(QUEUE, prefetch=8, timeout=20)
+    deadline = time.monotonic() + 1.0
+    calls = 0
+    while time.monotonic() < deadline:
+        assert next(consumer) is None
+        calls += 1
+    assert 3 <= len(fetches) < calls, (fetches, calls)
+
+
+def test_a_busy_consumer_fetches_a_batch_once_a_quarter_of_its_prefetch_is_free(
+        broker: WakeableRedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    for n in range(20):
+        broker.enqueue(_message(n))
+    fetches = _count_fetches(broker, monkeypatch)
+    consumer = broker.consume(QUEUE, prefetch=8, timeout=IDLE_WAIT_MS)
+    held = [next(consumer) for _ in range(8)]
+    assert [m.args for m in held] == [(n,) for n in range(8)]
+    assert fetches == [8]
+    consumer.ack(held.pop(0))
+    started = time.monotonic()
+    assert next(consumer) is None  # one free: not worth a fetch while 7 wait or run
+    assert time.monotonic() - started < 1.0
+    assert fetches == [8]
+    consumer.ack(held.pop(0))
+    taken = [next(consumer), next(consumer)]  # two free (a quarter of 8): both in one fetch
+    assert [m.args for m in taken] == [(8,), (9,)]
+    assert fetches == [8, 2]
+
+
+def test_a_consumer_that_emptied_its_queue_waits_before_it_fetches_again(
+        broker: WakeableRedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker.enqueue(_message(1))
+    fetches = _count_fetches(broker, monkeypatch)
+    consumer = broker.consume(QUEUE, prefetch=8, timeout=200)
+    first = next(consumer)
+    assert first is not None and first.args == (1,)
+    started = time.monotonic()
+    assert next(consumer) is None  # the fetch took one of eight: the queue is empty, no fetch to know it
+    assert 0.15 < time.monotonic() - started < 2.0
+    assert fetches == [8]
+    threading.Timer(0.1, lambda: broker.enqueue(_message(2))).start()
+    second = None
+    while second is None:
+        second = next(consumer)
+    assert second.args == (2,)
+    assert fetches == [8, 7]
