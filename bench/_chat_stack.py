@@ -45,29 +45,12 @@ class Stack:
         made = _procs.run_json([_procs.HELYX, "account", "create", "chat@bench.local", "--plan", "ultra"], self.env)
         self.account_id, self.key = made["account_id"], made["api_key"]
         _procs.run_json([_procs.HELYX, "credits", "grant", self.account_id, "100000000"], self.env)
-        self.many_keys = self._more_accounts(63)
+        self.many_keys = [self.key, *_procs.more_accounts(self.db_url, 63, "chat")]
         self.gateway: Proc | None = None
         self.gateway_port = 0
         self.app = "api.main:app"
         self.floor: Proc | None = None
         self.floor_port = 0
-
-    def _more_accounts(self, n: int) -> list[str]:
-        """`n` more ultra accounts (in-process, faster than n CLI runs): with the CLI's account, the
-        c=64 'many accounts' load gives each connection its own account (no hot ledger row)."""
-        from common import accounts, billing, clock, ledger
-        from common.db import make_engine
-
-        engine = make_engine(self.db_url)
-        now, keys = clock.now().timestamp(), [self.key]
-        with engine.begin() as conn:
-            for i in range(n):
-                account_id, key = accounts.create_account(conn, f"chat{i}@bench.local", "ultra",
-                                                          day=billing.today("Asia/Karachi"), now=now)
-                ledger.grant(conn, account_id, 10**14, now=now)
-                keys.append(key.secret)
-        engine.dispose()
-        return keys
 
     def start_gateway(self, workers: int, app: str | None = None) -> None:
         self.stop_gateway()

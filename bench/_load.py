@@ -202,10 +202,11 @@ def main() -> None:
 
 def submit(spec: dict[str, Any]) -> dict[str, Any]:
     """`count` POSTs spread over `connections` threads, each on its own keep-alive connection; returns
-    per request (send time, answer time, status, job id) with times on this host's wall clock."""
+    per request (send time, answer time, status, job id) with times on this host's wall clock.
+    With `raws` (a list) instead of `raw`, the requests take them in turn (one per account)."""
     import threading
 
-    raw = spec["raw"].encode("latin-1")
+    raws = [r.encode("latin-1") for r in spec.get("raws") or [spec["raw"]]]
     results: list[tuple[float, float, int, str]] = []
     lock = threading.Lock()
     left = [spec["count"]]
@@ -218,6 +219,7 @@ def submit(spec: dict[str, Any]) -> dict[str, Any]:
                 if left[0] <= 0:
                     break
                 left[0] -= 1
+                raw = raws[left[0] % len(raws)]
             sent = time.time()
             status, _, _, body = conn.request(raw)
             job_id = json.loads(body).get("id", "") if status in (200, 202) else body[:200].decode(errors="replace")

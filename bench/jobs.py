@@ -5,7 +5,8 @@
     .venv/bin/python -m bench.jobs --jobs 300 --no-profile
 
 Set-up: HELYX_SIMULATE=1, HELYX_SIMULATED_JOB_SECONDS=0, images of `--size` (default 256x256),
-an ultra account (`helyx account create` + `helyx credits grant`), HELYX_JOBS_RUNNING_ULTRA raised
+an ultra account (`helyx account create` + `helyx credits grant`; with `--accounts N`, N-1 more,
+and the burst's submissions take their keys in turn), HELYX_JOBS_RUNNING_ULTRA raised
 to 10,000 so the per-account running cap never throttles the benchmark, rate limits raised; the
 API is `uvicorn api.main:app` (`--web-workers`, default 1), the workers `helyx worker --processes 2`
 (8 threads each, the default).
@@ -18,7 +19,10 @@ Measured:
   * light load: one job at a time, polled with GET /jobs/{id} every 2 ms: server-side and
     client-observed submit->succeeded;
   * GET /jobs/{id} requests/s at c=64 (wrk), beside GET /healthz (the framework's floor);
-  * peak RSS of every worker process; optionally a py-spy profile of one worker process.
+  * peak RSS of every worker process; optionally a py-spy profile of one worker process;
+  * the job floor (`--floor`, on by default; bench/_job_floor.py): the same burst once the
+    gateway's processes have stopped, through the same web stack, broker, PNG and storage with
+    every database statement cut out (no key lookup, rate limit, hold, job row, claim or success).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 
 from bench import _procs
 from bench._drivers import run_load, run_wrk
+from bench._job_floor import run_floor
 from bench._procs import Proc
 from bench._profile import ANCHORS, GENERIC, summarize_profile
 
@@ -41,7 +46,7 @@ DB = "helyx_bench_jobs"
 
 
 class Stack:
-    def __init__(self, web_workers: int, worker_processes: int, worker_threads: int) -> None:
+    def __init__(self, web_workers: int, worker_processes: int, worker_threads: int, accounts: int = 1) -> None:
         self.db_url = _procs.fresh_pg_database(DB)
         _procs.flush_redis()
         big = "1000000000"
@@ -55,6 +60,7 @@ class Stack:
         made = _procs.run_json([_procs.HELYX, "account", "create", "jobs@bench.local", "--plan", "ultra"], self.env)
         self.account_id, self.key = made["account_id"], made["api_key"]
         _procs.run_json([_procs.HELYX, "credits", "grant", self.account_id, "100000000"], self.env)
+        self.keys = [self.key, *_procs.more_accounts(self.db_url, accounts - 1, "jobs")]
         self.port = _procs.free_port()
         self.api = Proc("jobs-api", [str(_procs.VENV_BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1",
                                      "--port", str(self.port), "--workers", str(web_workers), "--no-access-log",
@@ -72,10 +78,11 @@ class Stack:
         return [p for p in _procs.children(self.workers.pid) if ("dramatiq" in _procs.cmdline(p)
                 or "multiprocessing" in _procs.cmdline(p)) and not _procs.children(p)]
 
-    def raw_submit(self, size: str) -> str:
+    def raw_submit(self, size: str, key: str | None = None) -> str:
         body = json.dumps({"model": "nano-banana-pro", "prompt": "a lighthouse at dawn", "size": size})
         return (f"POST /api/v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                f"Authorization: Bearer {self.key}\r\nContent-Type: application/json\r\nPrefer: respond-async\r\n"
+                f"Authorization: Bearer {key or self.key}\r\nContent-Type: application/json\r\n"
+                "Prefer: respond-async\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n{body}")
 
     def raw_get(self, path: str) -> str:
@@ -162,7 +169,8 @@ def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list
     machine = _procs.machine_cpu()
     counters = stack.pg_counters()
     t0 = time.time()
-    res = run_load("submit", {"port": stack.port, "raw": stack.raw_submit(args.size), "count": args.jobs,
+    res = run_load("submit", {"port": stack.port, "raws": [stack.raw_submit(args.size, k) for k in stack.keys],
+                              "count": args.jobs,
                               "connections": args.submitters, "max_seconds": 300})["results"]
     t_submitted = time.time()
     ids = [r[3] for r in res if r[2] == 202]
@@ -334,6 +342,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--size", default="256x256")
     parser.add_argument("--submitters", type=int, default=16, help="concurrent submitting connections")
+    parser.add_argument("--accounts", type=int, default=1, help="the burst's jobs spread over this many accounts "
+                        "(1: every claim and settlement queues on one account's row)")
     parser.add_argument("--light-jobs", type=int, default=50)
     parser.add_argument("--web-workers", type=int, default=1)
     parser.add_argument("--worker-processes", type=int, default=2)
@@ -342,6 +352,8 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=8.0)
     parser.add_argument("--load-rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300.0, help="for the burst to finish")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="the same burst again through the job floor (bench/_job_floor.py), after the gateway")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--keep-profile", help="copy py-spy's raw stacks here (.api: the API in the burst,"
@@ -352,14 +364,15 @@ def main() -> None:
     note = _procs.machine_note()
     print(f"# bench.jobs: {note}", flush=True)
     _procs.wait_for_postgres()
-    stack = Stack(args.web_workers, args.worker_processes, args.worker_threads)
+    stack = Stack(args.web_workers, args.worker_processes, args.worker_threads, args.accounts)
     tables = []
     try:
         warm = run_load("light", {"port": stack.port, "submit_raw": stack.raw_submit(args.size),
                                   "poll_raw": stack.raw_get("/api/v1/jobs/JOB_ID"), "count": 5, "interval": 0.01,
                                   "gap": 0.0})["jobs"]
         burst_rows, profile_tables = burst(stack, args)
-        tables.append(_procs.table(f"burst: {args.jobs} image jobs ({args.size}), {args.submitters} submitters, "
+        tables.append(_procs.table(f"burst: {args.jobs} image jobs ({args.size}) of {args.accounts} account(s), "
+                                   f"{args.submitters} submitters, "
                                    f"{args.worker_processes} worker processes x {args.worker_threads} threads, "
                                    f"{args.web_workers} API process(es)", ["measure", "value"], burst_rows))
         tables += profile_tables
@@ -371,6 +384,15 @@ def main() -> None:
         mem += [["dramatiq main process", p, *_procs.memory_mb(p)]
                 for p in _procs.children(stack.workers.pid) if p not in stack.worker_pids()]
         mem.append(["helyx worker (supervisor)", stack.workers.pid, *_procs.memory_mb(stack.workers.pid)])
+        if args.floor:
+            stack.workers.stop(timeout=15)
+            stack.api.stop()
+            floor = run_floor(stack.env, args.jobs, args.size, args.submitters, args.worker_processes,
+                              args.worker_threads, args.timeout)
+            gateway_rate = next(r[1] for r in burst_rows if r[0].startswith("jobs/s end to end"))
+            floor += [["ratio: gateway jobs/s / floor jobs/s", gateway_rate / floor[2][1]]]
+            tables.append(_procs.table("the job floor: the same burst with every database statement cut out "
+                                       "(bench/_job_floor.py)", ["measure", "value"], floor))
     finally:
         stack.stop()
     tables.append(_procs.table(f"polling at c={args.connections} (wrk, {args.load_rounds} x {args.load_seconds:g} s, "
