@@ -32,13 +32,13 @@ def run_floor(env: dict[str, str], jobs: int, size: str, submitters: int, proces
     try:
         _procs.wait_http(port, "/healthz", proc=api)
         deadline = time.monotonic() + 60
-        while len(_leaves(workers.pid)) < processes and time.monotonic() < deadline:
+        while len(_procs.dramatiq_workers(workers.pid)) < processes and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(2)  # the worker processes' consumers up
         body = json.dumps({"model": "nano-banana-pro", "prompt": "a lighthouse at dawn", "size": size})
         raw = (f"POST /api/v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}")
-        worker_pids = _leaves(workers.pid)
+        worker_pids = _procs.dramatiq_workers(workers.pid)
         api_pids = [api.pid, *_procs.children(api.pid)]
         cpu = {p: _procs.cpu_seconds(p) for p in [*worker_pids, *api_pids, *_procs.pids_named("redis-server")]}
         machine = _procs.machine_cpu()
@@ -71,8 +71,3 @@ def run_floor(env: dict[str, str], jobs: int, size: str, submitters: int, proces
         ["floor: machine busy %", busy],
         ["floor: machine CPU ms per job", busy / 100 * (os.cpu_count() or 1) * (done_at - t0) / n * 1e3],
     ]
-
-
-def _leaves(pid: int) -> list[int]:
-    """Dramatiq's worker processes: the leaves under its main process."""
-    return [p for p in _procs.children(pid) if not _procs.children(p)]

@@ -239,6 +239,13 @@ def pids_named(*names: str) -> list[int]:
     return found
 
 
+def dramatiq_workers(pid: int) -> list[int]:
+    """The processes that run jobs under `pid` (`helyx worker`, or Dramatiq's CLI itself): the
+    leaves among Dramatiq's processes (its main process, and a supervisor, only watch them)."""
+    return [p for p in children(pid) if ("dramatiq" in cmdline(p) or "multiprocessing" in cmdline(p))
+            and not children(p)]
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -39,8 +39,9 @@ from typing import Any
 from bench import _procs
 from bench._drivers import run_load, run_wrk
 from bench._job_floor import run_floor
+from bench._jobs_profile import API_ANCHORS, profile_gil, summarize
 from bench._procs import Proc
-from bench._profile import ANCHORS, GENERIC, summarize_profile
+from bench._profile import GENERIC
 
 DB = "helyx_bench_jobs"
 
@@ -75,8 +76,7 @@ class Stack:
     def worker_pids(self) -> list[int]:
         """The processes that run jobs: the leaves under `helyx worker` (its supervisor and
         Dramatiq's main process only watch them)."""
-        return [p for p in _procs.children(self.workers.pid) if ("dramatiq" in _procs.cmdline(p)
-                or "multiprocessing" in _procs.cmdline(p)) and not _procs.children(p)]
+        return _procs.dramatiq_workers(self.workers.pid)
 
     def raw_submit(self, size: str, key: str | None = None) -> str:
         body = json.dumps({"model": "nano-banana-pro", "prompt": "a lighthouse at dawn", "size": size})
@@ -135,25 +135,6 @@ class Stack:
         self.workers.stop(timeout=15)
         self.api.stop()
         _procs.drop_pg_database(DB)
-
-
-WORKER_PHASES = [
-    ("render PNG (simulated provider)", r"^(render_png|render_image|_png|_draw_caption) \("),
-    ("claim (job + plan with account lock, capped UPDATE)", r"^claim \(.*common/jobs/lifecycle"),
-    ("succeed (job row + file row + settle)", r"^succeed \(.*common/jobs/lifecycle"),
-    ("store the file", r"^_store \(|common/storage\.py"),
-    ("lease heartbeat", r"^_heartbeat \("),
-    ("per-job asyncio.run + httpx client + providers", r"^_produce \(|^build_http_client|/asyncio/runners|/httpx/"),
-    ("webhook actor / notify", r"workers/notify\.py|deliver_webhook"),
-    ("sweeper thread", r"workers/sweeper\.py|common/jobs/recovery\.py"),
-    ("dramatiq (consume, ack, middleware)", r"/dramatiq/"),
-    ("redis-py", r"/redis/"),
-]
-
-
-def summarize(path: Path, anchors: list[tuple[str, str]] = WORKER_PHASES,
-              generic: list[tuple[str, str]] | None = None) -> list[list[Any]]:
-    return summarize_profile(path, anchors, generic or [])[0]
 
 
 def burst(stack: Stack, args: argparse.Namespace) -> tuple[list[list[Any]], list[str]]:
@@ -291,24 +272,6 @@ def light(stack: Stack, args: argparse.Namespace) -> list[list[Any]]:
         ["of which queued ms (row: started - created)", _procs.pct(queued, 50), _procs.pct(queued, 99)],
         ["submit->succeeded ms (client: POST sent -> poll saw it)", _procs.pct(client, 50), _procs.pct(client, 99)],
     ]
-
-
-API_ANCHORS = [
-    ("load_job (job + files queries)", r"^load_job \("),
-    ("available (balance query)", r"^available \(/common/billing"),
-    ("job_view + signed URLs", r"^(job_view|_file_view|url|sign_file_url) \("),
-    ("submit_job (reserve + job row)", r"^submit_job \("),
-    ("enqueue (Dramatiq -> Redis)", r"^enqueue \(/workers/|/dramatiq/"),
-    *ANCHORS,
-]
-
-
-def profile_gil(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy, GIL-holding samples only: a thread waiting on a socket or in time.sleep is not CPU
-    (without --gil py-spy counted a worker's BLPOP and busy pauses as active, ~25 % of samples)."""
-    return subprocess.Popen([str(_procs.VENV_BIN / "py-spy"), "record", "--pid", str(pid), "--duration",
-                             str(int(seconds)), "--rate", "200", "--gil", "--format", "raw", "--output", str(out),
-                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def polls(stack: Stack, args: argparse.Namespace, job_id: str) -> list[list[Any]]:
