@@ -14,6 +14,7 @@ import sys
 from common.db import get_engine
 from common.migrate import upgrade
 from common.settings import get_settings
+from workers.wakeable_broker import FETCH_AT_LEAST_EVERY_SECONDS
 
 
 def run(processes: int | None = None, threads: int | None = None) -> int:
@@ -30,7 +31,10 @@ def run(processes: int | None = None, threads: int | None = None) -> int:
         "--worker-shutdown-timeout", str(int(settings.shutdown_grace_seconds * 1000)),
     ]
     # Dramatiq reads this exact lowercase name when it is imported (dramatiq.worker.WORKER_TIMEOUT).
-    os.environ["dramatiq_worker_timeout"] = str(max(1, settings.worker_poll_ms))  # noqa: SIM112
+    # At most the consumers' heartbeat interval: no idle wait is longer (workers.wakeable_broker), and
+    # an idle worker thread waits this long for a message, which a graceful stop would wait out.
+    poll_ms = min(max(1, settings.worker_poll_ms), int(FETCH_AT_LEAST_EVERY_SECONDS * 1000))
+    os.environ["dramatiq_worker_timeout"] = str(poll_ms)  # noqa: SIM112
     # Exec'd (same pid) rather than called: the long-lived supervisor then holds neither this
     # process's imports nor the migration's database connection.
     argv = [sys.executable, "-m", "workers.supervisor", "--log-level", settings.log_level, "--", *dramatiq]

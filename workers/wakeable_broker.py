@@ -22,8 +22,9 @@ idle consumer (six per worker process: images, videos, webhooks and their delay 
 once per poll interval, and bench.jobs' burst sent ~4.2 fetch scripts per image job, ~0.9 of which
 brought one. Once a fetch could take messages, a consumer whose threads are busy waits until a
 quarter of its prefetch is free and then takes them in one fetch, instead of one per finished job.
-Whatever it does, a consumer still fetches at least once a second: each fetch also renews its
-process's heartbeat, by which Dramatiq tells a live worker from a dead one.
+Whatever it does, a consumer still fetches at least once a second (a wait ends by then, whatever
+HELYX_WORKER_POLL_MS says): each fetch also renews its process's heartbeat, by which Dramatiq tells
+a live worker from a dead one.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ FETCH_AT_LEAST_EVERY_SECONDS = 1.0  # the heartbeat (Dramatiq's timeout here: 30
 
 class WakeableRedisBroker(RedisBroker):
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
-        """`timeout` (the worker timeout, ms) becomes the longest wait on an empty queue."""
+        """`timeout` (the worker timeout, ms) becomes the longest wait on an empty queue (and no
+        wait outlasts the next heartbeat fetch)."""
         return _WakeableConsumer(self, queue_name, prefetch, OWN_POLL_MS, idle_wait_ms=timeout)
 
     def queue_key(self, queue_name: str) -> str:
@@ -90,15 +92,21 @@ class _WakeableConsumer(_RedisConsumer):  # type: ignore[misc]
     def _waited(self) -> bool:
         try:
             return self._wait()
-        except redis.ConnectionError as exc:  # as Dramatiq's own consumer reports a lost Redis
+        # As Dramatiq's own consumer reports a lost Redis; a timeout too: the wait is shorter than
+        # the socket's timeout, so a Redis that let it run out is one that stopped answering.
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise ConnectionClosed(exc) from None
 
     def _wait(self) -> bool:
-        """Until the queue's list holds a message (True) or the idle wait is over (False)."""
+        """Until the queue's list holds a message (True) or the idle wait is over (False). Never
+        past the next heartbeat fetch: a longer wait would put it off, and one as long as the
+        client's socket timeout (5 s, workers.broker) would fail as a lost Redis."""
         client = self.broker.client
+        until_fetch = FETCH_AT_LEAST_EVERY_SECONDS - (time.monotonic() - self._fetched_at)
+        timeout = max(0.001, min(self._idle_wait, until_fetch))  # (0 would be no timeout at all)
         if self._blmove:
             try:
-                return client.blmove(self._key, self._key, self._idle_wait, "RIGHT", "RIGHT") is not None
+                return client.blmove(self._key, self._key, timeout, "RIGHT", "RIGHT") is not None
             except redis.ResponseError as exc:
                 if "unknown command" not in str(exc).lower():
                     raise
@@ -108,4 +116,4 @@ class _WakeableConsumer(_RedisConsumer):  # type: ignore[misc]
         # The same wait, but it moves the last id to the front: only a list that was not empty when the
         # wait began (a send between the fetch and the wait) has its order changed. Whole seconds:
         # Redis before 6.0 takes no fraction.
-        return client.brpoplpush(self._key, self._key, math.ceil(self._idle_wait)) is not None
+        return client.brpoplpush(self._key, self._key, math.ceil(timeout)) is not None

@@ -33,6 +33,21 @@ def test_helyx_worker_execs_the_supervisor_over_dramatiqs_cli(monkeypatch: pytes
     assert os.environ["dramatiq_worker_timeout"] == "30"  # noqa: SIM112 - Dramatiq's own lowercase name
 
 
+def test_a_poll_interval_above_a_second_acts_as_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No idle consumer waits longer (workers.wakeable_broker), and Dramatiq's idle worker threads
+    wait this long for a message, which a graceful stop would wait out."""
+    settings = Settings(redis_url="redis://127.0.0.1:6379/15", worker_poll_ms=60_000)
+    monkeypatch.setattr(runner, "get_settings", lambda: settings)
+    monkeypatch.setattr(runner, "upgrade", lambda engine: None)
+    monkeypatch.setattr(runner, "get_engine", lambda url: object())
+    monkeypatch.setattr(runner.os, "execv", lambda path, argv: None)
+    monkeypatch.setenv("dramatiq_worker_timeout", "unset")
+
+    runner.run()
+
+    assert os.environ["dramatiq_worker_timeout"] == "1000"  # noqa: SIM112
+
+
 def test_without_redis_the_worker_explains_and_stops(monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[Any]) -> None:
     monkeypatch.setattr(runner, "get_settings", lambda: Settings(redis_url=None))

@@ -241,3 +241,33 @@ def test_a_consumer_that_emptied_its_queue_waits_before_it_fetches_again(
         second = next(consumer)
     assert second.args == (2,)
     assert fetches == [8, 7]
+
+
+def test_a_poll_interval_longer_than_the_socket_timeout_never_outwaits_it(redis_url: str) -> None:
+    """HELYX_WORKER_POLL_MS may be set above the client's socket timeout (5 s, workers.broker):
+    an idle wait that long failed as a lost Redis, and Dramatiq restarted the consumer, logging a
+    critical error, every few seconds. A wait ends by the next heartbeat fetch instead."""
+    made = WakeableRedisBroker(url=redis_url, socket_timeout=2)
+    made.declare_queue(QUEUE)
+    try:
+        consumer = made.consume(QUEUE, prefetch=1, timeout=4_000)
+        for _ in range(3):
+            started = time.monotonic()
+            assert next(consumer) is None
+            assert time.monotonic() - started < 1.5
+    finally:
+        made.close()
+
+
+def test_a_redis_that_stops_answering_during_a_wait_is_a_lost_connection(
+        broker: WakeableRedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reported as Dramatiq's own consumer reports a lost Redis (it restarts the consumer), not as
+    an unexpected error."""
+    consumer = broker.consume(QUEUE, prefetch=1, timeout=200)
+
+    def paused(*args: Any) -> None:
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    monkeypatch.setattr(broker.client, "blmove", paused)
+    with pytest.raises(dramatiq.errors.ConnectionClosed):
+        next(consumer)
