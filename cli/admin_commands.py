@@ -51,11 +51,13 @@ def _engine(*, create: bool = False) -> Engine:
 
 def _shown_database() -> str:
     """The database these commands use, as an operator can check it: a SQLite file's absolute
-    path, a server's URL without its password (in the user part or the query)."""
-    url = make_url(normalize_url(get_settings().database_url))
+    path, a server's URL as HELYX_DATABASE_URL has it (not the driver's form Helyx connects with)
+    without its password (in the user part or the query)."""
+    configured = get_settings().database_url
+    url = make_url(normalize_url(configured))
     if url.get_backend_name() == "sqlite":
         return str(Path(url.database or "").resolve())
-    return shown_url(url.render_as_string())
+    return shown_url(configured)
 
 
 def _say_where_the_key_works() -> None:

@@ -141,3 +141,23 @@ def test_a_sqlite_path_that_cannot_be_a_database_is_one_line(run: Any, tmp_path:
     finally:
         dispose_engines()
         reset_settings_cache()
+
+
+@pytest.mark.parametrize("configured", [
+    "postgresql://helyx:s3cret@db.example:5432/helyx?sslmode=require",
+    "postgres://helyx:s3cret@db.example/helyx?password=s3cret",
+])
+def test_a_servers_database_is_shown_as_configured_without_its_password(
+        configured: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As HELYX_DATABASE_URL has it: the driver's form Helyx connects with (postgresql+psycopg://)
+    is not what the operator wrote, and compared with their own setting looked like another one
+    (a new-user review)."""
+    from cli import admin_commands
+
+    monkeypatch.setenv("HELYX_DATABASE_URL", configured)
+    reset_settings_cache()
+    try:
+        shown = admin_commands._shown_database()
+    finally:
+        reset_settings_cache()
+    assert shown == configured.replace("s3cret", "***"), shown
