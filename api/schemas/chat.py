@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, field_validator
 
@@ -29,8 +30,15 @@ class ImageURL(JSONBody):
     @field_validator("url")
     @classmethod
     def _sendable(cls, url: str) -> str:
-        """A data URL a vendor would refuse is refused here, before credits are held for it."""
-        problem = data_url_problem(url) if url.startswith("data:") else None
+        """A URL no vendor would take (a data URL that is not base64 image bytes, anything but an
+        http(s) URL with a host or a data URL) is refused here, before credits are held for it."""
+        if url.startswith("data:"):
+            problem = data_url_problem(url)
+        else:
+            parts = urlsplit(url)
+            problem = None if parts.scheme in ("http", "https") and parts.hostname else (
+                "An image URL is an http(s) URL (https://...) or a base64 data URL "
+                "(data:image/png;base64,...).")
         if problem is not None:
             raise ValueError(problem)
         return url

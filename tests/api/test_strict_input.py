@@ -168,8 +168,25 @@ def test_an_image_data_url_no_vendor_takes_is_400_before_anything_is_held(
                             {"a": account.account_id}).scalar_one() == 0
 
 
+@pytest.mark.parametrize("url", ["notaurl", "ftp://example.com/a.png", "https://", "file:///etc/passwd",
+                                 "//example.com/a.png"])
+def test_an_image_url_that_is_no_web_or_data_url_is_400_before_anything_is_held(
+    app_client: TestClient, account: TestAccount, engine: Engine, url: str
+) -> None:
+    """The simulated provider took any string and the call was charged; a real vendor refuses it,
+    after the hold (a reserve and a release in the ledger; a contract probe)."""
+    entries = ledger_count(engine, account.account_id)
+    content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+    error = assert_envelope(app_client.post(CHAT, json=chat(messages=[{"role": "user", "content": content}]),
+                                            headers=account.headers), 400, "invalid_request_error",
+                            param="messages.0.content.1.image_url.url")
+    assert "http(s) URL" in error["message"], error
+    assert ledger_count(engine, account.account_id) == entries
+
+
 def test_a_base64_image_data_url_and_a_web_url_pass(app_client: TestClient, account: TestAccount) -> None:
-    for url in ("data:image/png;base64,iVBORw0KGgo=", "data:image/jpeg;base64,/9j/4AAQ-_", "https://example.com/a.png"):
+    for url in ("data:image/png;base64,iVBORw0KGgo=", "data:image/jpeg;base64,/9j/4AAQ-_", "https://example.com/a.png",
+                "http://203.0.113.7:8080/a.png?sig=x", "HTTPS://example.com/A.PNG", "https://exämple.com/a.png"):
         content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
         response = app_client.post(CHAT, json=chat(model="gpt-4o", messages=[{"role": "user", "content": content}]),
                                    headers=account.headers)
