@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -15,7 +15,9 @@ from common import pg_async, pg_statements
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout, pg_async.PoolTimeout, *pg_statements.UNREACHABLE)
+# Annotated: mypy infers tuple[type, ...] for a tuple spliced with *, which `except` and isinstance cannot use.
+DATABASE_DOWN: Final[tuple[type[Exception], ...]] = (
+    OperationalError, InterfaceError, PoolTimeout, pg_async.PoolTimeout, *pg_statements.UNREACHABLE)
 
 
 def is_unreachable(exc: BaseException) -> bool:
