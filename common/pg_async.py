@@ -143,12 +143,12 @@ class AsyncStatements:
 
     async def first_row(self, statement: TextClause, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         async with self.connection() as conn:
-            cursor = await conn.execute(psycopg_form(statement.text), params)  # type: ignore[arg-type]
+            cursor = await conn.execute(psycopg_form(statement.text), params)
             return await cursor.fetchone()
 
     async def all_mappings(self, statement: TextClause, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         async with self.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(psycopg_form(statement.text), params)  # type: ignore[arg-type]
+            await cursor.execute(psycopg_form(statement.text), params)
             return await cursor.fetchall()
 
     async def close_idle(self) -> None:

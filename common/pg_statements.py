@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -58,14 +58,16 @@ def connection(engine: Engine) -> Iterator[psycopg.Connection]:
     statements = _statements_engine(engine)
     pooled = statements.raw_connection()
     try:
-        yield pooled.driver_connection  # type: ignore[misc]
+        # cast: driver_connection is typed Optional (None once invalidated); a connection just
+        # checked out of this psycopg engine's pool is live and psycopg's.
+        yield cast(psycopg.Connection, pooled.driver_connection)
     except UNREACHABLE as exc:
         pooled.invalidate()
         if connection_lost(exc):
             statements.dispose()
         raise
     except BaseException as exc:
-        if not isinstance(exc, Exception) or not _clean(pooled.driver_connection):
+        if not isinstance(exc, Exception) or not _clean(cast(psycopg.Connection, pooled.driver_connection)):
             pooled.invalidate()
         raise
     finally:
@@ -85,7 +87,7 @@ def first_row(engine: Engine, statement: TextClause, params: Mapping[str, Any]) 
             row = conn.execute(statement, params).first()
         return None if row is None else tuple(row)
     with connection(engine) as conn:
-        return conn.execute(psycopg_form(statement.text), params).fetchone()  # type: ignore[arg-type]
+        return conn.execute(psycopg_form(statement.text), params).fetchone()
 
 
 def all_mappings(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -93,8 +95,8 @@ def all_mappings(engine: Engine, statement: TextClause, params: Mapping[str, Any
     if not is_postgres(engine):
         with reader(engine).connect() as conn:
             return [dict(row) for row in conn.execute(statement, params).mappings()]
-    with connection(engine) as conn, conn.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(psycopg_form(statement.text), params).fetchall()  # type: ignore[arg-type]
+    with connection(engine) as pg, pg.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(psycopg_form(statement.text), params).fetchall()
 
 
 @lru_cache(maxsize=256)

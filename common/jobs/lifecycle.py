@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, Engine, text
 
@@ -28,6 +28,9 @@ from common.db import is_postgres
 from common.errors import Conflict, NotFound
 from common.jobs import lifecycle_pg
 from common.pg_statements import psycopg_form
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger("helyx.worker")
 
@@ -299,8 +302,10 @@ def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, A
 def _settle(conn: Connection, job: ClaimedJob, now: float, day: str | None) -> ledger.Settlement:
     description = _description(job)
     if conn.dialect.name == "postgresql":  # one statement, unless capped, resolved, or yesterday's allowance
-        done = ledger_pg.resolve(conn.connection.driver_connection, job.hold_id, job.price, now=now,
-                                 description=description, day=day)
+        # cast: SQLAlchemy types driver_connection Optional (None once invalidated); this
+        # connection is checked out and live, and on PostgreSQL its driver is psycopg.
+        driver = cast("psycopg.Connection", conn.connection.driver_connection)
+        done = ledger_pg.resolve(driver, job.hold_id, job.price, now=now, description=description, day=day)
         if done is not None:
             return done
     return ledger.settle(conn, job.hold_id, job.price, now=now, description=description, day=day)

@@ -50,7 +50,8 @@ def claim(pg: psycopg.Connection, sql: Statements, params: dict[str, Any], runni
     with pg.cursor(row_factory=namedtuple_row) as cur:
         with _pipelined(pg):
             pg.execute("BEGIN")
-            current = cur.execute(sql.current_locked, {"id": params["id"]}).fetchone()
+            # Any: a namedtuple_row row's fields are the query's columns, which mypy cannot see.
+            current: Any = cur.execute(sql.current_locked, {"id": params["id"]}).fetchone()
             if current is None or not (current.status == "queued" or (
                     current.status == "running" and current.lease_until < params["now"])) or (
                     current.hold_status not in ("open", None)) or (
