@@ -13,7 +13,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -288,7 +288,7 @@ class Settings(BaseSettings):
         value = os.environ[env_name] if env_name in os.environ else self._dotenv.get(env_name, "")
         return value.strip() or None
 
-    def __init__(self, **values: object) -> None:
+    def __init__(self, **values: Any) -> None:
         env_file = values.get("_env_file", self.model_config.get("env_file"))
         super().__init__(**values)
         if isinstance(env_file, str | Path) and Path(env_file).is_file():
