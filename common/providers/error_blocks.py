@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Literal
 
 import httpx
 
@@ -22,7 +23,7 @@ class _TranslatedErrors:
         return None
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+                 tb: TracebackType | None) -> Literal[False]:
         translated = self.translate(exc) if exc is not None else None
         if translated is not None:
             raise translated from exc

@@ -205,7 +205,7 @@ _TOO_LONG = re.compile(r"prompt is too long|input token count.*exceeds|maximum c
 _warnings = ThrottledWarnings(log)
 
 
-def client_fault(status: int, body: bytes, vendor: str) -> tuple[str, str | None] | None:
+def client_fault(status: int, body: bytes, vendor: str) -> tuple[str | None, str | None] | None:
     """The (code, param) of a refusal that is the client's to mend, or None: a body too large, a
     context too long (OpenAI-compatible vendors say so by code, Anthropic and Gemini in words), or
     one whose `param` names a part of the conversation (an image part for a model without vision).
