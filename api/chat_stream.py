@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -80,7 +80,7 @@ async def _unless_the_client_leaves(
 
 
 async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDelta],
-                  end: StreamEnd) -> AsyncIterator[bytes]:
+                  end: StreamEnd) -> AsyncGenerator[bytes, None]:
     """Pass chunks on as they arrive; settle exactly once however the stream ends.
 
     The last chunk carries `usage` and `helyx` (SPEC §4). With `include_usage` it is a chunk of
@@ -145,7 +145,7 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
                                       "type": error.type, "code": error.code, "param": None},
                             "helyx": chat_billing.helyx_block(settlement)})
             return
-        last = {"usage": outcome.usage.openai_view() if outcome.usage else None,
+        last: dict[str, Any] = {"usage": outcome.usage.openai_view() if outcome.usage else None,
                 "helyx": {**chat_billing.helyx_block(settlement), "generation_id": call.id}}
         if held is not None:
             yield call.chunk(*held, **last)
