@@ -13,17 +13,19 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from common.serve_lock import AlreadyServing, lock_path, locked_file, pg_lock, share_database, shown_url
 from common.settings import Settings
+
+if TYPE_CHECKING:
+    import psycopg
 
 BACKLOG = 2048  # uvicorn's default
 __all__ = ["AlreadyServing", "bind", "claim_database", "lock_path", "share_database"]
 
 
-def claim_database(settings: Settings) -> AbstractContextManager[Any]:
+def claim_database(settings: Settings) -> TextIO | psycopg.Connection[Any]:
     """The exclusive lock, held while the returned object (a context manager) stays open. Released
     when the process ends, however it ends (a SIGKILL leaves no stale lock behind)."""
     shown = shown_url(settings)

@@ -5,15 +5,17 @@ common.jobs_lock's advisory lock, which the production workers hold shared too."
 from __future__ import annotations
 
 import fcntl
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sqlalchemy.engine import make_url
 
 from common import jobs_lock
 from common.settings import Settings
 from common.settings import shown_url as settings_shown_url
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class AlreadyServing(Exception):
@@ -28,7 +30,7 @@ def lock_path(settings: Settings) -> Path:
     return settings.storage_dir / ".serve.lock"
 
 
-def share_database(settings: Settings) -> AbstractContextManager[Any]:
+def share_database(settings: Settings) -> TextIO | psycopg.Connection[Any]:
     """The serve lock, shared, while the returned object stays open: held by a production-shape
     `helyx serve` and by every API process of the production shape (api.app's lifespan), so that a
     self-contained serve, which releases every open chat hold and takes up every unfinished job as
@@ -67,7 +69,7 @@ def shown_url(settings: Settings) -> str:
     return settings_shown_url(make_url(settings.database_url).render_as_string(hide_password=True))
 
 
-def pg_lock(settings: Settings, *, shared: bool, holder: str, refusal: str) -> AbstractContextManager[Any]:
+def pg_lock(settings: Settings, *, shared: bool, holder: str, refusal: str) -> psycopg.Connection[Any]:
     """common.jobs_lock's advisory lock on a PostgreSQL database; AlreadyServing (`refusal`, with
     the holders named) when it cannot be had within jobs_lock's grace for a holder just ended (1 s)."""
     try:
