@@ -115,7 +115,7 @@ def extract_image(body: dict[str, Any]) -> bytes:
             if match:
                 return _b64decode(match.group(2))
             texts.append(text)
-    reasons = {c.get("finishReason") for c in body.get("candidates") or [] if isinstance(c, dict)}
+    reasons: set[Any] = {c.get("finishReason") for c in body.get("candidates") or [] if isinstance(c, dict)}
     blocked = reasons & BLOCKING_FINISH_REASONS
     if blocked:
         raise content_filtered(f"{_WHAT}: the provider withheld the image ({', '.join(sorted(blocked))})")

@@ -39,7 +39,8 @@ INPUT_FLAGGED = 1026
 
 def base_resp_error(data: Any, provider: str, api_key: str | None) -> UpstreamError | None:
     """The error a body's failing `base_resp` stands for, or None (no base_resp, or status 0)."""
-    status = data.get("base_resp") if isinstance(data, dict) else None
+    # Any: a JSON value, or None; the code below is an int only when it is a dict.
+    status: Any = data.get("base_resp") if isinstance(data, dict) else None
     code = status.get("status_code") if isinstance(status, dict) else None
     if type(code) is not int or code == 0:
         return None

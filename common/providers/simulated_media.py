@@ -235,7 +235,12 @@ class SimulatedVideoProvider:
                 on_progress(second * 100 // seconds)
             await asyncio.sleep(self.delay / seconds)
             frames = range(second * FPS, (second + 1) * FPS)
-            await asyncio.to_thread(lambda r=frames: writer.write(drawer.frames(r.start, r.stop)))
+
+            # A def, not a lambda: mypy cannot infer a lambda with a default argument passed to to_thread.
+            def write_chunk(r: range = frames) -> None:
+                writer.write(drawer.frames(r.start, r.stop))
+
+            await asyncio.to_thread(write_chunk)
         data = await asyncio.to_thread(writer.finish)
         if on_progress is not None:
             on_progress(100)
