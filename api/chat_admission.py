@@ -22,7 +22,7 @@ goes on as in turn, from the principal the statement read.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from fastapi import Request
@@ -86,7 +86,8 @@ def servable_by(services: Services, entry: ModelEntry, body: ChatCompletionReque
     entry.refuse_images(messages)
     entry.refuse_final_assistant_turn(messages)
     provider = services.providers.chat(entry)
-    provider.refuse_unsendable(messages, entry.upstream_stop(body.stop))
+    # cast: the field's type is what the client may send; its validator (_stop) makes a lone string a list.
+    provider.refuse_unsendable(messages, entry.upstream_stop(cast("list[str] | None", body.stop)))
     return provider
 
 

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 from sqlalchemy import text
 
@@ -82,7 +83,7 @@ def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True,
     unsent = (recovery.unsent_webhooks(engine, WEBHOOK_GRACE_SECONDS, longest_delivery(settings))
               if notify is not None else [])
     for job_id in unsent:
-        notify(job_id)
+        cast("Callable[[str], object]", notify)(job_id)  # cast: not None, unsent is [] without notify
     released = billing.expire_holds(engine)
     removed = _sweep_files() if sweep_files else 0
     return {"requeued": len(lost), "reclaimed": len(dead), "holds_released": released, "files_removed": removed,
