@@ -157,7 +157,7 @@ async def _sweep_holds(services: Services) -> None:
                 log.warning("hold sweep skipped: the database is unavailable (%s)", type(exc).__name__)
 
 
-def _enqueuer():  # type: ignore[no-untyped-def]
+def _enqueuer():
     """The API only sends: it imports the actor handles (and so the one broker set-up)."""
     from workers.actors import deliver_webhook, enqueue
 
@@ -168,7 +168,7 @@ def _register_collector(services: Services) -> None:
     use_database_collector(DatabaseCollector(services.engine, _queue_depth_reader(services.settings)))
 
 
-def _queue_depth_reader(settings: Settings):  # type: ignore[no-untyped-def]
+def _queue_depth_reader(settings: Settings):
     from workers.broker import broker
 
     def depth() -> dict[str, int]:
@@ -181,7 +181,7 @@ def _queue_depth_reader(settings: Settings):  # type: ignore[no-untyped-def]
     return depth
 
 
-def queue_size(broker, name: str) -> int:  # type: ignore[no-untyped-def]
+def queue_size(broker, name: str) -> int:
     """Waiting messages (not yet delivered) in a Dramatiq queue, Redis or in-process."""
     queues = getattr(broker, "queues", {})
     if hasattr(broker, "client"):
@@ -190,7 +190,7 @@ def queue_size(broker, name: str) -> int:  # type: ignore[no-untyped-def]
     return queue.qsize() if queue is not None else 0
 
 
-def delayed_size(broker, name: str) -> int:  # type: ignore[no-untyped-def]
+def delayed_size(broker, name: str) -> int:
     """Messages of a queue waiting for their time: a retry's backoff, or a job waiting for a free
     running-job slot of its account (a backlog the ready queue alone shows as 0). On Redis, what a
     worker has fetched and holds until then counts too: it is not running either."""

@@ -18,7 +18,7 @@ from common.errors import AuthenticationFailed
 
 async def get_services(request: Request) -> Services:
     """Async on purpose: FastAPI runs a plain `def` dependency in the thread pool, a hop per request."""
-    return request.app.state.services  # type: ignore[no-any-return]
+    return request.app.state.services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

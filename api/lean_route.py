@@ -43,7 +43,7 @@ class LeanRoute(APIRoute):
 
         async def handle(request: Request) -> Response:
             if request.scope.get("fastapi.telemetry") is not None:
-                return await full(request)  # type: ignore[no-any-return]
+                return await full(request)
             return await handler(request)
         return handle
 

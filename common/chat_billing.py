@@ -116,7 +116,7 @@ def estimated_usage(messages: list[dict[str, Any]], produced: str, provider: obj
     produced so far; bounded later by the hold."""
     usage_of = getattr(provider, "usage_of", None)
     if usage_of is not None:
-        return usage_of(messages, produced)  # type: ignore[no-any-return]
+        return usage_of(messages, produced)
     return Usage(estimate_used_prompt_tokens(messages), estimate_completion_tokens(produced) if produced else 0)
 
 

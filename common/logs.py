@@ -17,11 +17,11 @@ from pythonjsonlogger.json import JsonFormatter
 _configured = False
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time of each record, not the stream it was at
     configuration (a test's captured stderr, closed once that test ends)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

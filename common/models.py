@@ -11,7 +11,7 @@ from sqlalchemy import BigInteger, CheckConstraint, Column, Index, Integer, Stri
 from sqlmodel import Field, SQLModel
 
 
-def _money(default: int = 0, nullable: bool = False) -> Column:  # type: ignore[type-arg]
+def _money(default: int = 0, nullable: bool = False) -> Column:
     return Column(BigInteger, nullable=nullable, default=default if not nullable else None)
 
 

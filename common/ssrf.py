@@ -138,11 +138,11 @@ def bounded_getaddrinfo(host: str, port: int, family: int = 0, type_: int = 0, *
     future, give_up = _start_lookup(lambda: socket.getaddrinfo(host, port, family, type_), owner,
                                     DNS_TIMEOUT_SECONDS)
     try:
-        return future.result(timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[no-any-return]
+        return future.result(timeout=max(0.0, deadline - time.monotonic()))
     except concurrent.futures.TimeoutError:
         if give_up():
             raise socket.gaierror(f"no answer from the name server within {DNS_TIMEOUT_SECONDS:g} s") from None
-        return future.result()  # type: ignore[no-any-return]  # it ended as it was given up
+        return future.result()  # it ended as it was given up
 
 
 async def check_url_in_time(url: str, allow_private: bool, owner: str | None = None) -> None:

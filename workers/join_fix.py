@@ -24,4 +24,4 @@ def join_all(joinables: Iterable[Any], timeout: float) -> None:
 
 def install() -> None:
     """Replace the join that Worker.stop uses (it imported the function by name)."""
-    dramatiq.worker.join_all = join_all  # type: ignore[attr-defined]
+    dramatiq.worker.join_all = join_all

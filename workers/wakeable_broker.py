@@ -57,7 +57,7 @@ class WakeableRedisBroker(RedisBroker):
         return f"{self.namespace}:{queue_name}"
 
 
-class _WakeableConsumer(_RedisConsumer):  # type: ignore[misc]
+class _WakeableConsumer(_RedisConsumer):
     def __init__(self, broker: WakeableRedisBroker, queue_name: str, prefetch: int, timeout: int, *,
                  idle_wait_ms: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)

@@ -66,7 +66,7 @@ async def _answer(body: ImageGenerationRequest, request: Request, principal: Pri
 
     def answer_if_cut() -> Response | None:  # api.middleware.answer_cut_request
         if not last:
-            return cut_before_a_reading()  # type: ignore[no-any-return]
+            return cut_before_a_reading()
         return json_response(job_view(last["job"][0], links, last["job"][1]), status=202, headers=rate_headers)
 
     request.state.answer_if_cut = answer_if_cut

@@ -62,7 +62,7 @@ class JobRecord:
 
     @property
     def stored_params(self) -> dict[str, Any]:
-        return json.loads(self.row["params"])  # type: ignore[no-any-return]
+        return json.loads(self.row["params"])
 
     @property
     def base_url(self) -> str | None:

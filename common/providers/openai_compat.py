@@ -205,7 +205,7 @@ _warnings = ThrottledWarnings(logging.getLogger("helyx.api"))
 
 def _finish_reason(value: Any) -> str | None:
     if value is None or value in OPENAI_FINISH_REASONS:
-        return value  # type: ignore[no-any-return]
+        return value
     if not isinstance(value, str):
         raise TypeError(f"finish_reason of type {type(value).__name__}")
     if value in _FAILED_FINISH_REASONS:
