@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
 .venv/bin/ruff check .
+.venv/bin/mypy
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/pytest "$@"
 fi
