@@ -9,7 +9,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import cast
 
 from sqlalchemy import text
 
@@ -80,10 +79,11 @@ def sweep_once(enqueue: Callable[[str, str], None], sweep_files: bool = True,
         RESENT.sent(job, now)
     for job_id in lost:
         enqueue(job_id, _job_type(job_id))
-    unsent = (recovery.unsent_webhooks(engine, WEBHOOK_GRACE_SECONDS, longest_delivery(settings))
-              if notify is not None else [])
-    for job_id in unsent:
-        cast("Callable[[str], object]", notify)(job_id)  # cast: not None, unsent is [] without notify
+    unsent: list[str] = []
+    if notify is not None:
+        unsent = recovery.unsent_webhooks(engine, WEBHOOK_GRACE_SECONDS, longest_delivery(settings))
+        for job_id in unsent:
+            notify(job_id)
     released = billing.expire_holds(engine)
     removed = _sweep_files() if sweep_files else 0
     return {"requeued": len(lost), "reclaimed": len(dead), "holds_released": released, "files_removed": removed,
