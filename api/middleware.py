@@ -138,7 +138,8 @@ class BodyLimitMiddleware:
                 "code": "unsupported_content_encoding", "param": "Content-Encoding"})
             return
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isascii() and declared.isdigit() and (
+                len(declared.lstrip("0")) > 18 or int(declared) > self.max_bytes):
             await _send_413(send, self.max_bytes)
             return
         seen = 0

@@ -192,7 +192,7 @@ def _empty_metrics_dir() -> None:
 
 
 def _process_alive(pid: str) -> bool:
-    if not pid.isdigit():
+    if not (pid.isascii() and pid.isdigit()):
         return False
     try:
         os.kill(int(pid), 0)

@@ -191,7 +191,7 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{shown_url(value)!r}: {exc}") from None
             path = urlsplit(value).path.strip("/")
-            if value.startswith(("redis://", "rediss://")) and path and not path.isdigit():
+            if value.startswith(("redis://", "rediss://")) and path and not (path.isascii() and path.isdigit()):
                 # redis-py ignores a database number it cannot read and uses database 0 (another deployment's?)
                 raise ValueError(f"{shown_url(value)!r}: the database number {path!r} is not a number "
                                  "(redis://host:6379/0)")

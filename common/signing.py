@@ -43,6 +43,12 @@ def sign_file_url(base_path: str, file_id: str, expires_at: int, secret: bytes) 
     return f"{path}?expires={int(expires_at)}&signature={signature}"
 
 
+def expiry_of(expires: str | None) -> int | None:
+    """A link's `expires` value as the timestamp it names, or None when it names none (at most 12
+    ASCII digits: `int()` also reads other scripts' digits and refuses thousands of them)."""
+    return int(expires) if expires is not None and _EXPIRES_RE.fullmatch(expires) else None
+
+
 def verify_file_signature(
     file_id: str, expires: str | int | None, signature: str | None, secret: bytes, now: int
 ) -> bool:
@@ -50,9 +56,10 @@ def verify_file_signature(
     if isinstance(expires, bool) or expires is None or not isinstance(signature, str):
         return False
     if isinstance(expires, str):
-        if not _EXPIRES_RE.fullmatch(expires):
+        parsed = expiry_of(expires)
+        if parsed is None:
             return False
-        expires = int(expires)
+        expires = parsed
     if expires < 0 or now >= expires:
         return False
     if not _SIGNATURE_RE.fullmatch(signature):

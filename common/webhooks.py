@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import socket
 import threading
@@ -206,9 +207,13 @@ def _retryable(status: int) -> bool:
 
 
 def _retry_after(value: str | None) -> float | None:
-    if value is None or not value.strip().isdigit():
-        return None  # the HTTP-date form is rare for webhooks; fall back to our own backoff
-    return float(value.strip())
+    """Seconds, as ASCII digits (a header is read as Latin-1, and `float()` refuses the `²` that
+    `isdigit()` takes); the HTTP-date form is rare for webhooks: our own backoff then."""
+    seconds = value.strip() if value is not None else ""
+    return float(seconds) if _SECONDS.fullmatch(seconds) else None
+
+
+_SECONDS = re.compile(r"[0-9]{1,9}")
 
 
 def delay_before_retry(backoff: float, attempt: int, retry_after: float | None) -> float:

@@ -14,7 +14,7 @@ from api.schemas.responses import file_doc
 from common import clock
 from common.errors import AuthenticationFailed, NotFound
 from common.jobs.views import find_file
-from common.signing import verify_file_signature
+from common.signing import expiry_of, verify_file_signature
 
 router = APIRouter(prefix="/api/v1", tags=["files"])
 _FILE_RESPONSES = file_doc("image/png", "image/jpeg", "image/webp", "video/mp4")
@@ -40,7 +40,8 @@ async def file_content(file_id: str, request: Request, services: ServicesDep,
 
 
 def _refused_link(expires: str | None, now: int) -> AuthenticationFailed:
-    if expires is not None and expires.isdigit() and int(expires) <= now:
+    expires_at = expiry_of(expires)
+    if expires_at is not None and expires_at <= now:
         return AuthenticationFailed("This file link has expired: fetch the job (or video) again for a fresh "
                                     "link, or send the owner's API key.", code="expired_link")
     return AuthenticationFailed("This file link's signature is not valid: use the link exactly as the job "

@@ -164,6 +164,33 @@ def test_oversized_body_by_content_length_is_413(app_client: TestClient, account
     assert key_count(engine) == before
 
 
+@pytest.mark.parametrize(("declared", "status"), [(b"\xb2", 200), ("9" * 5_000, 413), ("0" * 30 + "5", 200)])
+def test_a_content_length_is_read_as_ascii_digits_only(declared: bytes | str, status: int) -> None:
+    """Straight at the middleware (the HTTP server in front refuses such headers itself): `²`
+    passed `isdigit()` and failed `int()`, as did 5,000 digits; leading zeros are still a number."""
+    import asyncio
+
+    from api.middleware import BodyLimitMiddleware
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    raw = declared if isinstance(declared, bytes) else declared.encode()
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/keys", "raw_path": b"/api/v1/keys",
+             "query_string": b"", "headers": [(b"content-length", raw)]}
+    asyncio.run(BodyLimitMiddleware(app, 1024)(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == status
+
+
 def test_oversized_body_streamed_without_content_length_is_413(
     app_client: TestClient, account: TestAccount, engine: Engine
 ) -> None:

@@ -229,6 +229,7 @@ def test_a_password_in_a_urls_query_is_masked_too() -> None:
 @pytest.mark.parametrize(("raw", "said"), [
     ("redis://127.0.0.1:6379/4x", "is not a number"),  # redis-py used database 0 without a word
     ("redis://127.0.0.1:6379/abc", "is not a number"),
+    ("redis://127.0.0.1:6379/\u00b2", "is not a number"),  # a digit to isdigit(), not to redis-py's int()
     ("redis://127.0.0.1:notaport/4", "Port could not be cast"),  # a traceback at the first connection
     ("redis://127.0.0.1:6379/4?socket_timeout=abc", "socket_timeout"),
 ])

@@ -129,6 +129,16 @@ def test_a_client_error_stops_but_429_is_retried_after_the_time_asked(receiver: 
     assert sleeps == [3.0]
 
 
+@pytest.mark.parametrize("asked", ["\u00b2", "1" * 5_000, "-3", "3.5"])
+def test_a_retry_after_that_is_no_number_of_seconds_leaves_the_backoff_ours(receiver: Receiver, asked: str) -> None:
+    """`²` (a Latin-1 header byte) passed `isdigit()` and then failed `float()`: the delivery raised,
+    its row stayed pending and the sweeper sent it again for ever (a security review)."""
+    receiver.script = [(503, {"retry-after": asked}, 0.0), (200, {}, 0.0)]
+    result, sleeps = send(receiver.url)
+    assert (result.ok, result.attempts) == (True, 2)
+    assert sleeps == [0.5]
+
+
 def test_attempts_stop_at_the_maximum(receiver: Receiver) -> None:
     receiver.script = [(500, {}, 0.0)] * 5
     result, sleeps = send(receiver.url, max_attempts=2)

@@ -108,6 +108,14 @@ def test_a_file_whose_bytes_are_gone_is_404_file_not_found_not_a_500(media: Medi
         assert media.client.head(url, headers=account.headers).status_code == 404
 
 
+@pytest.mark.parametrize("expires", ["%C2%B2", "9" * 5_000, "%EF%BC%91", "-1", ""])
+def test_an_expires_value_that_is_no_timestamp_is_an_invalid_signature(media: Media, expires: str) -> None:
+    """`²` (or a fullwidth digit) passed `isdigit()` and then failed `int()`, and so did 5,000 digits:
+    an anonymous request was a 500 with a traceback in the log (a security review)."""
+    path = f"/api/v1/files/file_000000000000000000000000/content?expires={expires}&signature=x"
+    assert error_of(media.client.get(path), 401)["code"] == "invalid_signature"
+
+
 def test_a_file_id_cannot_be_probed_without_a_key(media: Media) -> None:
     """Without a valid signature or key the answer is 401 whether or not the file exists."""
     owner = media.account()
