@@ -7,19 +7,19 @@ import dramatiq
 from common.settings import JOB_HARD_LIMIT_SECONDS
 from workers.broker import broker
 from workers.execute import run_job
-from workers.notify import SLOT_WAIT_MS, delivery_slot, send_webhook
+from workers.notify import delivery_slot, send_webhook, wait_for_a_slot
 
 # A backstop above the per-type limits enforced inside run_job (settings *_job_time_limit).
 _HARD_LIMIT_MS = JOB_HARD_LIMIT_SECONDS * 1000
 
 
 @dramatiq.actor(broker=broker, queue_name="webhooks", max_retries=0, time_limit=_HARD_LIMIT_MS)
-def deliver_webhook(job_id: str, attempt: int = 1) -> None:
+def deliver_webhook(job_id: str, attempt: int = 1, waited: int = 0) -> None:
     with delivery_slot() as free:
         if not free:  # as many deliveries under way as this process allows: the jobs keep their threads
-            deliver_webhook.send_with_options(args=(job_id, attempt), delay=SLOT_WAIT_MS)
+            wait_for_a_slot(job_id, attempt, waited, retry=deliver_webhook.send_with_options)
             return
-        send_webhook(job_id, attempt, retry=deliver_webhook.send_with_options)
+        send_webhook(job_id, attempt, retry=deliver_webhook.send_with_options, waited=waited)
 
 
 @dramatiq.actor(broker=broker, queue_name="images", max_retries=0, time_limit=_HARD_LIMIT_MS)

@@ -29,7 +29,7 @@ def test_a_delivery_beyond_half_the_threads_is_sent_again_later_not_run(monkeypa
     sent_now: list[str] = []
     later: list[dict[str, Any]] = []
 
-    def slow_send(job_id: str, attempt: int, retry: Any) -> None:  # a receiver that does not answer
+    def slow_send(job_id: str, attempt: int, retry: Any, waited: int = 0) -> None:  # a receiver that does not answer
         sent_now.append(job_id)
         if job_id.startswith("held"):
             entered.wait(5)
@@ -37,6 +37,8 @@ def test_a_delivery_beyond_half_the_threads_is_sent_again_later_not_run(monkeypa
 
     monkeypatch.setattr(actors, "send_webhook", slow_send)
     monkeypatch.setattr(actors.deliver_webhook, "send_with_options", lambda **kw: later.append(kw))
+    kept: list[str] = []
+    monkeypatch.setattr(notify, "keep_in_hand", lambda job_id, row=None: kept.append(job_id))
     held = [threading.Thread(target=actors.deliver_webhook.fn, args=(f"held{i}",)) for i in range(2)]
     for thread in held:
         thread.start()
@@ -46,7 +48,8 @@ def test_a_delivery_beyond_half_the_threads_is_sent_again_later_not_run(monkeypa
     for thread in held:
         thread.join(5)
     assert sorted(sent_now) == ["held0", "held1"]  # job_3 was not run
-    assert later == [{"args": ("job_3", 2), "delay": notify.SLOT_WAIT_MS}]  # kept, with its attempt number
+    assert later == [{"args": ("job_3", 2, 1), "delay": notify.SLOT_WAIT_MS}]  # kept, with its attempt number
+    assert kept == ["job_3"]  # its row marked in hand: the sweeper does not send it a second message
     actors.deliver_webhook.fn("job_4")  # the slots are free again
     assert sent_now[-1] == "job_4"
 
@@ -80,7 +83,7 @@ def test_an_accounts_webhooks_go_one_at_a_time_and_never_hold_up_anothers(
     release.set()
     busy.join(5)
     assert delivered == [slow, hers]
-    assert later == [{"args": (second, 2), "delay": notify.SLOT_WAIT_MS}]  # kept, with its attempt number
+    assert later == [{"args": (second, 2, 1), "delay": notify.SLOT_WAIT_MS}]  # kept, with its attempt number
     notify.send_webhook(second, 2, retry=lambda **kw: later.append(kw))  # the account's slot is free again
     assert delivered[-1] == second
 
@@ -128,4 +131,4 @@ def test_a_delivery_of_an_account_whose_lookup_still_runs_waits_without_spending
     notify.send_webhook(hers, 1, retry=lambda **kw: later.append(kw))
 
     assert delivered == [hers]
-    assert later == [{"args": (hers_too, 3), "delay": notify.SLOT_WAIT_MS}]
+    assert later == [{"args": (hers_too, 3, 1), "delay": notify.SLOT_WAIT_MS}]
