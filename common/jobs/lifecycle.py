@@ -247,8 +247,9 @@ def _lock_account(conn: Connection, account_id: str, job_id: str | None = None) 
     and a cancel or late finish of the same job then queue up instead of deadlocking."""
     if conn.dialect.name == "postgresql":
         if job_id is not None:  # a refund gives the key's daily cap back: the ledger's order is key, then account
-            conn.execute(text("SELECT 1 FROM api_keys WHERE id = (SELECT key_id FROM jobs WHERE id = :jid) FOR UPDATE"),
-                         {"jid": job_id})
+            conn.execute(text("SELECT 1 FROM api_keys WHERE id = (SELECT key_id FROM jobs WHERE id = :jid"
+                              " AND account_id = :aid) FOR UPDATE"),  # (another account's job: no lock of its key)
+                         {"jid": job_id, "aid": account_id})
         conn.execute(_LOCK_ACCOUNT, {"aid": account_id})
 
 
