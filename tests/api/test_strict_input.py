@@ -156,13 +156,7 @@ def test_an_image_data_url_no_vendor_takes_is_400_before_anything_is_held(
 ) -> None:
     """Vendors take base64 image bytes only; such a URL used to be found out inside the provider
     call, after the hold: a reserve and a release in the ledger and a failed generation record."""
-    entries = ledger_count(engine, account.account_id)
-    content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
-    error = assert_envelope(app_client.post(CHAT, json=chat(messages=[{"role": "user", "content": content}]),
-                                            headers=account.headers), 400, "invalid_request_error",
-                            param="messages.0.content.1.image_url.url")
-    assert "base64" in error["message"], error
-    assert ledger_count(engine, account.account_id) == entries
+    assert "base64" in _image_url_refused_before_the_hold(app_client, account, engine, url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT COUNT(*) FROM generations WHERE account_id = :a"),
                             {"a": account.account_id}).scalar_one() == 0
@@ -175,13 +169,19 @@ def test_an_image_url_that_is_no_web_or_data_url_is_400_before_anything_is_held(
 ) -> None:
     """The simulated provider took any string and the call was charged; a real vendor refuses it,
     after the hold (a reserve and a release in the ledger; a contract probe)."""
+    assert "http(s) URL" in _image_url_refused_before_the_hold(app_client, account, engine, url)
+
+
+def _image_url_refused_before_the_hold(app_client: TestClient, account: TestAccount, engine: Engine,
+                                       url: str) -> str:
+    """A chat whose image part has `url`: a 400 naming that part, and no ledger entry. Its message."""
     entries = ledger_count(engine, account.account_id)
     content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
     error = assert_envelope(app_client.post(CHAT, json=chat(messages=[{"role": "user", "content": content}]),
                                             headers=account.headers), 400, "invalid_request_error",
                             param="messages.0.content.1.image_url.url")
-    assert "http(s) URL" in error["message"], error
     assert ledger_count(engine, account.account_id) == entries
+    return str(error["message"])
 
 
 def test_a_base64_image_data_url_and_a_web_url_pass(app_client: TestClient, account: TestAccount) -> None:
