@@ -18,6 +18,7 @@ def _money(default: int = 0, nullable: bool = False) -> Column:
 class Account(SQLModel, table=True):
     __tablename__ = "accounts"
     __table_args__ = (
+        Index("ix_accounts_created", "created_at", "id"),  # the admin list, oldest first (migration 0006)
         CheckConstraint("allowance >= 0", name="ck_accounts_allowance"),
         CheckConstraint("topup >= 0", name="ck_accounts_topup"),
         CheckConstraint("held >= 0", name="ck_accounts_held"),
@@ -117,6 +118,8 @@ class Generation(SQLModel, table=True):
 
 
 _WAITING = text("status = 'queued' AND attempts = 0 AND enqueued_at > created_at")
+_WEBHOOK_UNSENT = text("webhook_url IS NOT NULL AND status IN ('succeeded', 'failed', 'canceled')"
+                       " AND (webhook_status IS NULL OR webhook_status = 'pending')")
 
 
 class Job(SQLModel, table=True):
@@ -129,6 +132,8 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_account_created", "account_id", "created_at"),
         # the claim's oldest job waiting for a slot (migration 0005)
         Index("ix_jobs_waiting", "account_id", "type", "created_at", postgresql_where=_WAITING, sqlite_where=_WAITING),
+        # the sweeper's look for unsent webhooks (migration 0006)
+        Index("ix_jobs_webhook_unsent", "finished_at", postgresql_where=_WEBHOOK_UNSENT, sqlite_where=_WEBHOOK_UNSENT),
     )
 
     id: str = Field(primary_key=True)

@@ -194,7 +194,8 @@ def list_jobs(engine: Engine, account_id: str, *, job_type: str | None, limit: i
             if pivot is None:  # an unknown id and another account's read the same
                 raise NotFound(f"No job {after} to list after (give the last_id of the previous page).",
                                code="job_not_found", param="after")
-            clauses.append(f"(created_at {compare} :pivot OR (created_at = :pivot AND id {compare} :after))")
+            # (one row comparison: the index's created_at bounds the scan; as an OR, it only filtered it)
+            clauses.append(f"(created_at, id) {compare} (:pivot, :after)")
             params.update(pivot=pivot, after=after)
         rows = conn.execute(text(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)}"
                                  f" ORDER BY created_at {direction}, id {direction} LIMIT :n"), params).mappings().all()

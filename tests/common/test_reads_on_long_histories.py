@@ -1,0 +1,156 @@
+"""Reads that run often, or that any key holder can ask for, are served by an index bounded by
+what they look for, not by a walk through the tables' whole history (a scale review: on a
+database of 300,000 jobs and 3 million ledger entries, the webhook sweep read every job every few
+seconds, and a usage page with `until` walked every account's entries).
+
+Each plan is asked for with table scans discouraged: on the tests' few rows a scan is the cheaper
+plan, and what is checked is that the index can serve the statement (a partial index only serves
+a query whose terms imply its own). A usage page's plan is not checked here: on a few rows
+PostgreSQL reads them through the account's index and sorts them, however the page is ordered;
+its order by time, which lets a large ledger's plan stop at the page, is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, text
+
+from common import clock, ledger, reports
+from common.errors import NotFound
+from common.jobs import recovery
+from common.jobs.views import list_jobs
+from tests.conftest import TestAccount, create_test_account
+
+ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def _engine(db: str, request: pytest.FixtureRequest) -> Engine:
+    return request.getfixturevalue("engine" if db == "sqlite" else "pg_engine")
+
+
+def _plan(engine: Engine, statement: str, params: dict[str, Any]) -> str:
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            return str(conn.execute(text("EXPLAIN QUERY PLAN " + statement), params).all())
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        return "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + statement), params))
+
+
+@pytest.mark.postgres
+def test_the_sweepers_look_for_unsent_webhooks_reads_its_partial_index(pg_engine: Engine) -> None:
+    """(On SQLite, the self-contained mode's, the planner keeps to the status index.)"""
+    statement = f"SELECT id FROM jobs WHERE {recovery._UNSENT} LIMIT :n"
+    plan = _plan(pg_engine, statement, {"cutoff": 1.0, "stale": 1.0, "n": 200})
+    assert "ix_jobs_webhook_unsent" in plan, plan
+
+
+@pytest.mark.parametrize("db", ENGINES)
+def test_the_admin_account_list_reads_accounts_in_order_of_creation(db: str, request: pytest.FixtureRequest) -> None:
+    engine = _engine(db, request)
+    statement = ("SELECT id FROM accounts WHERE (created_at, id) > (SELECT created_at, id FROM accounts"
+                 " WHERE id = :after) ORDER BY created_at, id LIMIT :n")
+    assert "ix_accounts_created" in _plan(engine, statement, {"after": "acct_x", "n": 101})
+
+
+def _insert_jobs(engine: Engine, account: TestAccount, count: int) -> None:
+    """Jobs job_00, job_01, ... made two at a time (pairs share their created_at)."""
+    with engine.begin() as conn:
+        for i in range(count):
+            conn.execute(text(
+                "INSERT INTO jobs (id, account_id, key_id, type, model, params, status, price, charged, created_at,"
+                " enqueued_at, attempts, progress, hold_id) VALUES (:id, :aid, :kid, 'image', 'nano-banana-pro', '{}',"
+                " 'queued', 1, 0, :t, :t, 0, 0, 'hold_none')"),
+                {"id": f"job_{i:02d}", "aid": account.account_id, "kid": account.key_id, "t": 100.0 + i // 2})
+
+
+def _statements_of(engine: Engine, call: Callable[[], object]) -> list[tuple[str, Any]]:
+    """The statements `call` runs on `engine` (its reader's included), as sent, with their parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", grab)
+    try:
+        call()
+    finally:
+        event.remove(engine, "before_cursor_execute", grab)
+    return seen
+
+
+def _driver_plan(engine: Engine, statement: str, parameters: Any) -> str:
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        return "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
+
+
+@pytest.mark.postgres
+def test_a_page_of_jobs_after_a_cursor_is_bounded_by_the_index_not_filtered(pg_engine: Engine) -> None:
+    """As an OR, the cursor's condition filtered every job of the account newer than it, so a
+    walk through an account's jobs grew with the square of their number."""
+    account = create_test_account(pg_engine, "plus")
+    _insert_jobs(pg_engine, account, 2)
+    ran = _statements_of(pg_engine, lambda: list_jobs(pg_engine, account.account_id, job_type=None, limit=1,
+                                                      after="job_01"))
+    statement, parameters = next((s, p) for s, p in ran if "ORDER BY created_at" in s)
+    plan = _driver_plan(pg_engine, statement, parameters)
+    assert any("created_at" in line for line in plan.splitlines() if "Index Cond" in line), plan
+
+
+@pytest.mark.parametrize("db", ENGINES)
+def test_usage_with_until_pages_by_time_through_every_entry_once_ties_included(
+        db: str, request: pytest.FixtureRequest) -> None:
+    """Newest first by time, ties (one transaction's entries share its time) by id; `after`
+    continues from the entry it names, which must be one of the account's."""
+    engine = _engine(db, request)
+    account = create_test_account(engine, "plus")
+    other = create_test_account(engine, "plus")
+    base = clock.now().timestamp()
+    with engine.begin() as conn:
+        for i in range(7):  # three entries at each of 7 times (a grant each, in one transaction)
+            for j in range(3):
+                ledger.grant(conn, account.account_id, 1_000_000 * (i + 1), now=base + i, reference=f"g{i}-{j}")
+        ledger.grant(conn, other.account_id, 5_000_000, now=base + 3.5, reference="theirs")
+    with engine.connect() as conn:
+        expected = [r.id for r in conn.execute(text(
+            "SELECT id FROM ledger_entries WHERE account_id = :aid AND created_at < :until"
+            " ORDER BY created_at DESC, id DESC"), {"aid": account.account_id, "until": base + 5})]
+    assert len(expected) == 1 + 5 * 3  # the account's first entry (its allowance's reset), the grants before until
+
+    seen: list[int] = []
+    after = None
+    for _ in range(10):
+        page = reports.list_usage(engine, account.account_id, until=base + 5, limit=4, after=after)
+        seen += [entry["id"] for entry in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["next_cursor"]
+    assert seen == expected
+    assert all(entry["created_at"] < base + 5 for entry in page["data"])
+
+    theirs = reports.list_usage(engine, other.account_id, limit=1)["data"][0]["id"]
+    with pytest.raises(NotFound) as refused:
+        reports.list_usage(engine, account.account_id, until=base + 5, after=theirs)
+    assert (refused.value.code, refused.value.param) == ("usage_entry_not_found", "after")
+    # without `until` the cursor is an id bound, as before: the export walk is unchanged
+    assert reports.list_usage(engine, account.account_id, after=expected[0] + 1, limit=1)["data"][0]["id"] > 0
+
+
+@pytest.mark.parametrize("db", ENGINES)
+def test_a_page_of_jobs_after_a_cursor_still_takes_ties_by_id(db: str, request: pytest.FixtureRequest) -> None:
+    engine = _engine(db, request)
+    account = create_test_account(engine, "plus")
+    _insert_jobs(engine, account, 6)
+    for order, expected in (("desc", [f"job_{i:02d}" for i in range(5, -1, -1)]),
+                            ("asc", [f"job_{i:02d}" for i in range(6)])):
+        seen: list[str] = []
+        after = None
+        while True:
+            records, more = list_jobs(engine, account.account_id, job_type=None, limit=1, after=after, order=order)
+            seen += [r.row["id"] for r in records]
+            if not more:
+                break
+            after = seen[-1]
+        assert seen == expected, order
