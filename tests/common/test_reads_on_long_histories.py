@@ -109,15 +109,17 @@ def test_usage_with_until_pages_by_time_through_every_entry_once_ties_included(
     other = create_test_account(engine, "plus")
     base = clock.now().timestamp()
     with engine.begin() as conn:
-        for i in range(7):  # three entries at each of 7 times (a grant each, in one transaction)
+        for i in (3, 0, 6, 1, 5, 2, 4):  # three entries at each of 7 times, written out of time order
             for j in range(3):
                 ledger.grant(conn, account.account_id, 1_000_000 * (i + 1), now=base + i, reference=f"g{i}-{j}")
         ledger.grant(conn, other.account_id, 5_000_000, now=base + 3.5, reference="theirs")
     with engine.connect() as conn:
-        expected = [r.id for r in conn.execute(text(
-            "SELECT id FROM ledger_entries WHERE account_id = :aid AND created_at < :until"
-            " ORDER BY created_at DESC, id DESC"), {"aid": account.account_id, "until": base + 5})]
+        rows = conn.execute(text("SELECT id, created_at FROM ledger_entries WHERE account_id = :aid"),
+                            {"aid": account.account_id}).all()
+    expected = [r.id for r in sorted(rows, key=lambda r: (r.created_at, r.id), reverse=True) if r.created_at < base + 5]
+    by_id = sorted((r.id for r in rows), reverse=True)
     assert len(expected) == 1 + 5 * 3  # the account's first entry (its allowance's reset), the grants before until
+    assert expected != [i for i in by_id if i in expected]  # time order is not id order here
 
     seen: list[int] = []
     after = None
@@ -128,14 +130,14 @@ def test_usage_with_until_pages_by_time_through_every_entry_once_ties_included(
             break
         after = page["next_cursor"]
     assert seen == expected
-    assert all(entry["created_at"] < base + 5 for entry in page["data"])
 
     theirs = reports.list_usage(engine, other.account_id, limit=1)["data"][0]["id"]
     with pytest.raises(NotFound) as refused:
         reports.list_usage(engine, account.account_id, until=base + 5, after=theirs)
     assert (refused.value.code, refused.value.param) == ("usage_entry_not_found", "after")
-    # without `until` the cursor is an id bound, as before: the export walk is unchanged
-    assert reports.list_usage(engine, account.account_id, after=expected[0] + 1, limit=1)["data"][0]["id"] > 0
+    # without `until`, pages stay in id order and the cursor an id bound: the export walk is unchanged
+    page = reports.list_usage(engine, account.account_id, after=by_id[2], limit=100)
+    assert [entry["id"] for entry in page["data"]] == by_id[3:]
 
 
 @pytest.mark.parametrize("db", ENGINES)
