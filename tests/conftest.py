@@ -8,11 +8,11 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,6 +23,8 @@ from common.db import make_engine, normalize_url
 from common.migrate import upgrade
 from common.settings import Settings
 from common.throttled_log import ThrottledWarnings
+
+T = TypeVar("T")
 
 pytest_plugins = ["tests.fakes.fixtures"]
 
@@ -244,10 +246,23 @@ def account(engine: Engine) -> TestAccount:
 def statements_sent(engine: Engine) -> Iterator[list[str]]:
     """Every statement sent through `engine` (SQLAlchemy's own, not common.pg_statements') while
     the block runs."""
-    seen: list[str] = []
+    with _sent(engine, lambda statement, _parameters: statement) as seen:
+        yield seen
 
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
+
+@contextlib.contextmanager
+def statements_and_parameters_sent(engine: Engine) -> Iterator[list[tuple[str, Any]]]:
+    """As statements_sent, each with its parameters, as the driver got them."""
+    with _sent(engine, lambda statement, parameters: (statement, parameters)) as seen:
+        yield seen
+
+
+@contextlib.contextmanager
+def _sent(engine: Engine, entry: Callable[[str, Any], T]) -> Iterator[list[T]]:
+    seen: list[T] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append(entry(statement, parameters))
 
     event.listen(engine, "before_cursor_execute", record)
     try:

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, text
 
 from common import clock, ledger, reports
 from common.errors import NotFound
 from common.jobs import recovery
 from common.jobs.views import list_jobs
-from tests.conftest import TEST_TZ, TestAccount, create_test_account
+from tests.conftest import TEST_TZ, TestAccount, create_test_account, statements_and_parameters_sent
 
 ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -42,17 +42,8 @@ def _insert_jobs(engine: Engine, account: TestAccount, count: int) -> None:
 
 
 def _statements_of(engine: Engine, call: Callable[[], object]) -> list[tuple[str, Any]]:
-    """The statements `call` runs on `engine` (its reader's included), as sent, with their parameters."""
-    seen: list[tuple[str, Any]] = []
-
-    def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
-        seen.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", grab)
-    try:
+    with statements_and_parameters_sent(engine) as seen:
         call()
-    finally:
-        event.remove(engine, "before_cursor_execute", grab)
     return seen
 
 
