@@ -71,13 +71,57 @@ def reported_usage(prompt_tokens: int | None, completion_tokens: int | None, *, 
     return Usage(prompt_tokens, completion_tokens, cached, reasoning)
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call of one of the request's function tools, as the model made it, in OpenAI's terms:
+    `arguments` is JSON text (the model's own; not guaranteed to be valid JSON)."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def openai_view(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call, as OpenAI streams it: the first piece of call `index`
+    (0, 1, ... in the order the model made them) carries its `id` and `name`; any piece may carry
+    the next fragment of its `arguments` JSON text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+    def openai_view(self) -> dict[str, Any]:
+        function: dict[str, Any] = {"arguments": self.arguments}
+        if self.name is not None:
+            function = {"name": self.name, **function}
+        shown: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            shown.update(id=self.id, type="function")
+        shown["function"] = function
+        return shown
+
+
 @dataclass(slots=True)
 class ChatRequest:
     """A validated chat request in OpenAI terms; `model` is the *upstream* model name.
 
-    `messages` are OpenAI chat messages: {"role": "system"|"user"|"assistant", "content": str or
-    a list of content parts such as {"type": "text", "text": ...} or
-    {"type": "image_url", "image_url": {"url": ...}}}.
+    `messages` are OpenAI chat messages: {"role": "system"|"user"|"assistant"|"tool", "content": str,
+    None, or a list of content parts such as {"type": "text", "text": ...} or
+    {"type": "image_url", "image_url": {"url": ...}}}. An assistant message may carry
+    "tool_calls" ([{"id", "type": "function", "function": {"name", "arguments"}}], its content
+    then possibly None); a "tool" message answers one of them: {"role": "tool", "tool_call_id",
+    "content"}. The request's validation (api.schemas.chat) guarantees every tool message answers
+    a call of the assistant message before it, and every such call is answered.
+
+    `tools` are OpenAI function tools ([{"type": "function", "function": {"name", "description"?,
+    "parameters"?}}]) or None; `tool_choice` is None (the vendor's default: "auto" when there are
+    tools), "none", "auto", "required" or {"type": "function", "function": {"name": ...}} naming
+    one of them; `parallel_tool_calls` None (the vendor's default) or a bool.
     """
 
     model: str
@@ -89,6 +133,9 @@ class ChatRequest:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     user: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(slots=True)
@@ -98,6 +145,7 @@ class ChatResult:
     usage: Usage | None  # None when the upstream did not report usage
     system_fingerprint: str | None = None
     refusal: str | None = None  # OpenAI's: the model declined, saying why here (content then empty)
+    tool_calls: list[ToolCall] = field(default_factory=list)  # content may be empty then
 
 
 @dataclass(slots=True)
@@ -116,14 +164,16 @@ class ChatDelta:
     # A reasoning model's thinking, streamed apart from the answer (`reasoning_content`): not sent
     # on, but produced and billed by the vendor, so a stream cut meanwhile is charged for it.
     thinking: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 @runtime_checkable
 class ChatProvider(Protocol):
-    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None) -> None:
-        """A 400 (InvalidRequest, before anything is held) for a conversation, or stop sequences
-        (the ones that would be sent), this vendor refuses outright that the request's validation
-        let through; nothing for what it takes."""
+    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None,
+                          tools: list[dict[str, Any]] | None = None) -> None:
+        """A 400 (InvalidRequest, before anything is held) for a conversation, stop sequences
+        (the ones that would be sent) or tools this vendor refuses outright that the request's
+        validation let through; nothing for what it takes."""
         ...
 
     async def complete(self, request: ChatRequest) -> ChatResult: ...

@@ -7,11 +7,13 @@ adapters only translate.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from common.errors import InvalidRequest
+from common.providers.base import ToolCall
 
 T = TypeVar("T")
 
@@ -60,11 +62,37 @@ def message_text(message: dict[str, Any], separator: str = "") -> str:
 
 
 def role_of(message: dict[str, Any]) -> str:
-    """system | user | assistant; OpenAI's newer `developer` role counts as system."""
+    """system | user | assistant; OpenAI's newer `developer` role counts as system, and a `tool`
+    message (a function's result) as user: Anthropic and Gemini take results in a user turn."""
     role = message.get("role")
     if role in ("system", "developer"):
         return "system"
     return "assistant" if role == "assistant" else "user"
+
+
+def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:
+    """An assistant message's tool calls (api.schemas.chat validated their shape); [] for none."""
+    return [ToolCall(call["id"], call["function"]["name"], call["function"]["arguments"])
+            for call in message.get("tool_calls") or ()]
+
+
+def tool_names_by_id(messages: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Each tool call's function name by the call's id, over the whole conversation: what a tool
+    message answers, for vendors that name the function in the result (Gemini)."""
+    return {call.id: call.name for message in messages for call in tool_calls_of(message)}
+
+
+def tools_json_text(tools: list[dict[str, Any]] | None, tool_choice: object = None) -> str:
+    """The tool definitions (and a named tool_choice) as JSON text: what a token estimate counts."""
+    if not tools:
+        return ""
+    return json.dumps(tools, ensure_ascii=False) + (json.dumps(tool_choice) if isinstance(tool_choice, dict) else "")
+
+
+def tool_calls_text(calls: Iterable[ToolCall]) -> str:
+    """The text a model produced for its tool calls (names and arguments): what a completion
+    estimate counts when the vendor reported no usage."""
+    return "".join(call.name + call.arguments for call in calls)
 
 
 def parse_data_url(url: str) -> tuple[str, str] | None:
@@ -94,9 +122,10 @@ def data_url_problem(url: str) -> str | None:
 
 
 def has_content(messages: Iterable[dict[str, Any]]) -> bool:
-    """Whether any message carries text (not only blanks) or an image."""
-    return any(((text := part_text(part)) is not None and text.strip()) or part_image_url(part) is not None
-               for message in messages for part in content_parts(message))
+    """Whether any message carries text (not only blanks), an image, a tool call or a tool's result."""
+    return any(message.get("tool_calls") or message.get("role") == "tool" or any(
+        ((text := part_text(part)) is not None and text.strip()) or part_image_url(part) is not None
+        for part in content_parts(message)) for message in messages)
 
 
 def refuse_empty_conversation(messages: list[dict[str, Any]], vendor: str) -> None:
