@@ -65,6 +65,10 @@ class Behaviour:
 
     minimax_status: tuple[int, str] | None = None  # OpenAI-compatible: MiniMax's failure inside an HTTP 200,
     #   `base_resp` {status_code, status_msg} with no choices; a stream request gets it as one JSON body
+    tool_calls: list[tuple[str, dict[str, Any]]] | None = None  # the model calls these function tools
+    #   ((name, arguments) each, in order) after `answer` (which may be ""), in each vendor's own form: plain and
+    #   streamed (the arguments' JSON text in several pieces where the vendor streams it so); its finish reason
+    #   then says so (OpenAI "tool_calls", Anthropic "tool_use"; Gemini's stays STOP)
 
     def pieces(self) -> list[str]:
         return self.chunks if self.chunks is not None else re.findall(r"\S+\s*|\s+", self.answer)
