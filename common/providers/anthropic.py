@@ -9,6 +9,10 @@
 - Current Claude models refuse `temperature` and `top_p` together. `top_p` 1 (or unset) is a
   no-op and is not sent; a caller who narrows top_p below 1 asked for nucleus sampling, so then
   top_p is sent instead of temperature.
+- Function tools: definitions, tool_choice and parallel_tool_calls become `tools` and
+  `tool_choice`; an assistant's tool calls become tool_use blocks after its text, tool messages
+  tool_result blocks first in their user turn; tool_use blocks come back as tool calls, streamed
+  as OpenAI streams them. The details are common.providers.anthropic_tools'.
 """
 
 from __future__ import annotations
@@ -19,6 +23,15 @@ from typing import Any
 import httpx
 
 from common.errors import InvalidRequest, UpstreamError
+from common.providers.anthropic_tools import (
+    StreamedToolCalls,
+    answer_tool_calls,
+    block_rank,
+    refuse_unsendable_tools,
+    tool_fields,
+    tool_result_block,
+    tool_use_blocks,
+)
 from common.providers.base import (
     MAX_TOKEN_COUNT,
     ChatDelta,
@@ -69,8 +82,10 @@ class AnthropicProvider:
             headers["x-api-key"] = self._api_key
         return headers
 
-    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None) -> None:
+    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None,
+                          tools: list[dict[str, Any]] | None = None) -> None:
         refuse_empty_conversation(messages, "Anthropic")
+        refuse_unsendable_tools(messages, tools)
         if stop and any(not sequence.strip() for sequence in stop):  # Anthropic's 400 otherwise, after a hold
             raise InvalidRequest("Anthropic's models take no stop sequence of whitespace only (such as \"\\n\").",
                                  param="stop")
@@ -87,15 +102,16 @@ class AnthropicProvider:
         if data.get("type") == "error":
             raise self._event_error(data)
         with malformed_answers(PROVIDER):
-            text = "".join(block.get("text", "") for block in data.get("content") or []
-                           if block.get("type") == "text")
+            content = data.get("content") or []
+            text = "".join(block.get("text", "") for block in content if block.get("type") == "text")
             return ChatResult(content=text, finish_reason=_finish(data.get("stop_reason")),
-                              usage=_usage(data.get("usage")))
+                              usage=_usage(data.get("usage")), tool_calls=answer_tool_calls(content))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         inputs: dict[str, Any] = {}  # the three prompt counts, as last reported
         completion_tokens: int | None = 0
         finish_reason: str | None = None
+        tool_calls = StreamedToolCalls()
         with upstream_errors(PROVIDER), malformed_answers(PROVIDER):
             async with self._client.stream_json(self._url, build_body(request, stream=True),
                                                 self._headers()) as response:
@@ -111,12 +127,6 @@ class AnthropicProvider:
                         usage = (data.get("message") or {}).get("usage") or {}
                         inputs = {key: usage.get(key) for key in _INPUT_COUNTS}
                         completion_tokens = token_count(usage.get("output_tokens"), absent=0)
-                    elif kind == "content_block_delta":
-                        delta = data.get("delta") or {}
-                        if delta.get("type") == "text_delta" and delta.get("text"):
-                            if not isinstance(delta["text"], str):
-                                raise TypeError("a text_delta's text is not a string")
-                            yield ChatDelta(content=delta["text"], prompt_tokens=_prompt_tokens(inputs))
                     elif kind == "message_delta":
                         finish_reason = _finish((data.get("delta") or {}).get("stop_reason"))
                         usage = data.get("usage") or {}
@@ -126,6 +136,10 @@ class AnthropicProvider:
                         inputs.update({key: usage[key] for key in _INPUT_COUNTS if usage.get(key) is not None})
                     elif kind == "message_stop":
                         break
+                    elif text := _text_delta(kind, data):
+                        yield ChatDelta(content=text, prompt_tokens=_prompt_tokens(inputs))
+                    elif (call := tool_calls.read(kind, data)) is not None:
+                        yield ChatDelta(tool_calls=[call], prompt_tokens=_prompt_tokens(inputs))
         if finish_reason is None:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
                                 retryable=True)
@@ -142,6 +156,8 @@ class AnthropicProvider:
 def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     """The Messages API body for an OpenAI-shaped request."""
     system, turns = system_and_turns(request.messages, role_of, _blocks)
+    for _, blocks in turns:
+        blocks.sort(key=block_rank)
     body: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens,
@@ -159,6 +175,7 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         body["temperature"] = min(max(request.temperature, 0.0), 1.0)
     if request.user:
         body["metadata"] = {"user_id": request.user}
+    body.update(tool_fields(request))
     if stream:
         body["stream"] = True
     return body
@@ -166,7 +183,9 @@ def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
 
 def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     """Anthropic content blocks for one message; empty or blank text is dropped (Anthropic
-    rejects a text block without a non-blank character)."""
+    rejects a text block without a non-blank character). A tool message is its tool_result."""
+    if message.get("role") == "tool":
+        return [tool_result_block(message)]
     blocks: list[dict[str, Any]] = []
     for part in content_parts(message):
         text = part_text(part)
@@ -177,7 +196,7 @@ def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
             source = ({"type": "base64", "media_type": inline[0], "data": inline[1]} if inline
                       else {"type": "url", "url": url})
             blocks.append({"type": "image", "source": source})
-    return blocks
+    return blocks + tool_use_blocks(message)
 
 
 def _strip_trailing_space(blocks: list[dict[str, Any]]) -> None:
@@ -185,6 +204,16 @@ def _strip_trailing_space(blocks: list[dict[str, Any]]) -> None:
     "...:"): the answer continues from the same words."""
     if blocks and blocks[-1]["type"] == "text":
         blocks[-1] = {**blocks[-1], "text": blocks[-1]["text"].rstrip()}
+
+
+def _text_delta(kind: str | None, data: dict[str, Any]) -> str:
+    """The text of a text_delta event ("" for any other event)."""
+    delta = (data.get("delta") or {}) if kind == "content_block_delta" else {}
+    if delta.get("type") != "text_delta" or not delta.get("text"):
+        return ""
+    if not isinstance(delta["text"], str):
+        raise TypeError("a text_delta's text is not a string")
+    return delta["text"]
 
 
 def _finish(stop_reason: str | None) -> str:
