@@ -3,6 +3,12 @@
 A stream sends message_start, content_block_start, ping, content_block_delta × N,
 content_block_stop, message_delta and message_stop, as Anthropic does; `error_after_chunks`
 sends an `event: error` (overloaded_error) mid-stream, `drop_after_chunks` aborts the connection.
+
+`tool_calls` adds a tool_use block per call after the text (no text block when the answer is
+""), stop_reason "tool_use". Streamed, each block starts with `input: {}` and its input's JSON
+text follows in input_json_delta fragments (the first one empty, as Anthropic sends it); the
+text pieces and the JSON fragments are the chunks `error_after_chunks` and `drop_after_chunks`
+count. The request received is in `fake.last_request.json`.
 """
 
 from __future__ import annotations
@@ -34,20 +40,41 @@ def build_app(fake: FakeUpstream) -> Starlette:
                                 headers={**fake.error_headers(), "request-id": "req_fake"})
         if body.get("stream"):
             return TrackedStream(fake, _stream(fake.behaviour, body["model"]))
-        return JSONResponse(_message(fake.behaviour, body["model"], [_text(fake.behaviour.answer)]))
+        return JSONResponse(_message(fake.behaviour, body["model"], _content(fake.behaviour)))
 
     return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+
+
+_FRAGMENT_CHARS = 7  # a streamed input's JSON text comes in pieces this long, cut anywhere
 
 
 def _text(text: str) -> dict[str, str]:
     return {"type": "text", "text": text}
 
 
+def _has_text(b: Behaviour) -> bool:
+    return bool(b.answer) or not b.tool_calls
+
+
+def _tool_use(number: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_use", "id": f"toolu_fake{number}", "name": name, "input": arguments}
+
+
+def _content(b: Behaviour) -> list[dict[str, Any]]:
+    """A plain answer's content blocks: the text, then a tool_use block per call."""
+    text = [_text(b.answer)] if _has_text(b) else []
+    return text + [_tool_use(n, name, arguments) for n, (name, arguments) in enumerate(b.tool_calls or ())]
+
+
+def _stop_reason(b: Behaviour) -> str:
+    return b.finish or ("tool_use" if b.tool_calls else "end_turn")
+
+
 def _message(b: Behaviour, model: str, content: list[dict[str, Any]], *, final: bool = True,
              output_tokens: int | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": content,
-        "stop_reason": (b.finish or "end_turn") if final else None, "stop_sequence": None,
+        "stop_reason": _stop_reason(b) if final else None, "stop_sequence": None,
     }
     if not b.omit_usage:
         data["usage"] = {"input_tokens": b.prompt_tokens,
@@ -61,22 +88,46 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
 
 
+# A content event: its name, its data, and whether it is a chunk (a piece of text or of JSON).
+_ContentEvent = tuple[str, dict[str, Any], bool]
+
+
+def _content_events(b: Behaviour) -> Iterator[_ContentEvent]:
+    """The content blocks as stream events: started, their deltas, stopped."""
+    blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []  # each block as started, and its deltas
+    if _has_text(b):
+        blocks.append((_text(""), [{"type": "text_delta", "text": piece} for piece in b.pieces()]))
+    for number, (name, arguments) in enumerate(b.tool_calls or ()):
+        text = json.dumps(arguments, ensure_ascii=False)
+        fragments = [""] + [text[i:i + _FRAGMENT_CHARS] for i in range(0, len(text), _FRAGMENT_CHARS)]
+        blocks.append((_tool_use(number, name, {}),
+                       [{"type": "input_json_delta", "partial_json": fragment} for fragment in fragments]))
+    for index, (started, deltas) in enumerate(blocks):
+        yield "content_block_start", {"index": index, "content_block": started}, False
+        for delta in deltas:
+            chunk = delta["type"] == "text_delta" or bool(delta["partial_json"])  # not the empty first fragment
+            yield "content_block_delta", {"index": index, "delta": delta}, chunk
+        yield "content_block_stop", {"index": index}, False
+
+
 async def _stream(b: Behaviour, model: str) -> AsyncGenerator[bytes, None]:
     yield _event("message_start", {"message": _message(b, model, [], final=False, output_tokens=1)})
-    yield _event("content_block_start", {"index": 0, "content_block": _text("")})
-    yield _event("ping", {})
-    for sent, piece in enumerate(b.pieces()):
-        if sent == b.error_after_chunks:
+    sent = 0
+    for position, (name, data, chunk) in enumerate(_content_events(b)):
+        if chunk and sent == b.error_after_chunks:
             error = {"type": "overloaded_error", "message": b.error_message}
             yield _event("error", {"error": error})
             return
-        if sent == b.drop_after_chunks:
+        if chunk and sent == b.drop_after_chunks:
             await drop_connection()
-        if b.chunk_delay:
+        if chunk and b.chunk_delay:
             await asyncio.sleep(b.chunk_delay)
-        yield _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
-    yield _event("content_block_stop", {"index": 0})
-    delta: dict[str, Any] = {"delta": {"stop_reason": b.finish or "end_turn", "stop_sequence": None}}
+        yield _event(name, data)
+        if chunk:
+            sent += 1
+        if position == 0:
+            yield _event("ping", {})
+    delta: dict[str, Any] = {"delta": {"stop_reason": _stop_reason(b), "stop_sequence": None}}
     if not b.omit_usage:
         delta["usage"] = {"output_tokens": b.completion_tokens}
         if b.delta_input_tokens:  # cumulative counts; a count left out is unchanged
