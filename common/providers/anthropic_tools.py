@@ -61,7 +61,7 @@ def tool_fields(request: ChatRequest) -> dict[str, Any]:
     if not called:
         return {}
     return {"tools": [{"name": name, "input_schema": dict(_EMPTY_SCHEMA)} for name in called],
-            "tool_choice": _CHOICES["none"]}
+            "tool_choice": dict(_CHOICES["none"])}
 
 
 def _definition(function: dict[str, Any]) -> dict[str, Any]:
