@@ -6,6 +6,9 @@
 - System messages become `systemInstruction`; user/assistant become user/model turns, merged so
   they alternate. Images: data: URLs go inline (`inlineData`), http(s) URLs as `fileData` (the
   Gemini API fetches public and signed URLs itself).
+- Function tools, tool calls and their results: see common.providers.gemini_tools (Gemini's
+  calls carry thought signatures, which travel back inside the OpenAI call ids we return). An
+  answer with function calls finishes as `tool_calls` (Gemini says STOP).
 - Penalties are sent only when non-zero: several Gemini models reject the fields outright.
 - Thinking models report `thoughtsTokenCount` apart from `candidatesTokenCount`; both are
   output the vendor bills, so both count as completion tokens.
@@ -28,11 +31,21 @@ from common.providers.base import (
     ChatDelta,
     ChatRequest,
     ChatResult,
+    ToolCall,
+    ToolCallDelta,
     Usage,
     reported_usage,
     token_count,
 )
 from common.providers.error_blocks import malformed_answers, upstream_errors
+from common.providers.gemini_tools import (
+    call_parts,
+    calls_in,
+    refuse_unsendable_tools,
+    response_part,
+    tool_config,
+    tools_field,
+)
 from common.providers.google_errors import google_error, is_bad_key
 from common.providers.http import (
     UpstreamClient,
@@ -49,6 +62,7 @@ from common.providers.messages import (
     refuse_empty_conversation,
     role_of,
     system_and_turns,
+    tool_names_by_id,
 )
 from common.providers.vendor_bodies import parse_json, vendor_message
 
@@ -75,8 +89,10 @@ class GeminiChatProvider:
                 raise status_error(401, response.content, response.headers, PROVIDER, self._api_key)
         await raise_for_status(response, PROVIDER, self._api_key)
 
-    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None) -> None:
+    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None,
+                          tools: list[dict[str, Any]] | None = None) -> None:
         refuse_empty_conversation(messages, "Gemini")
+        refuse_unsendable_tools(messages, tools)
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         with upstream_errors(PROVIDER):
@@ -85,13 +101,14 @@ class GeminiChatProvider:
             await self._check(response)
             data = parse_json(response.content, PROVIDER)
         with malformed_answers(PROVIDER):
-            content, finish_reason = self._read_chunk(data)
-            return ChatResult(content=content, finish_reason=finish_reason or "stop",
-                              usage=_usage(data.get("usageMetadata")))
+            content, calls, finish_reason = self._read_chunk(data)
+            return ChatResult(content=content, finish_reason=_with_calls(finish_reason or "stop", bool(calls)),
+                              usage=_usage(data.get("usageMetadata")), tool_calls=calls)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
         finish_reason: str | None = None
         usage: Usage | None = None
+        calls_made = 0  # OpenAI numbers a stream's calls from 0, across its chunks
         url = self._url(request.model, "streamGenerateContent")
         with upstream_errors(PROVIDER), malformed_answers(PROVIDER):
             async with self._client.stream_json(url, build_body(request), self._headers(),
@@ -99,19 +116,21 @@ class GeminiChatProvider:
                 await self._check(response)
                 async for event in iter_sse(response):
                     data = parse_json(event.data, PROVIDER)
-                    content, finish = self._read_chunk(data)
+                    content, calls, finish = self._read_chunk(data)
                     finish_reason = finish or finish_reason
                     usage = _usage(data.get("usageMetadata")) or usage  # cumulative: last wins
-                    if content:
-                        yield ChatDelta(content=content, prompt_tokens=_prompt_count(data.get("usageMetadata")))
+                    if content or calls:
+                        yield ChatDelta(content=content, prompt_tokens=_prompt_count(data.get("usageMetadata")),
+                                        tool_calls=_deltas(calls, calls_made))
+                        calls_made += len(calls)
         # Gemini has no end-of-stream marker: a stream is complete once a finishReason came.
         if finish_reason is None:
             raise UpstreamError(f"The upstream provider ({PROVIDER}) ended the stream early",
                                 retryable=True)
-        yield ChatDelta(finish_reason=finish_reason, usage=usage)
+        yield ChatDelta(finish_reason=_with_calls(finish_reason, calls_made > 0), usage=usage)
 
-    def _read_chunk(self, data: Any) -> tuple[str, str | None]:
-        """(text, finish reason in OpenAI terms or None) of one GenerateContentResponse."""
+    def _read_chunk(self, data: Any) -> tuple[str, list[ToolCall], str | None]:
+        """(text, function calls, finish reason in OpenAI terms or None) of one GenerateContentResponse."""
         if not isinstance(data, dict):
             raise UpstreamError(f"The upstream provider ({PROVIDER}) sent an unexpected body",
                                 code="upstream_bad_response")
@@ -125,17 +144,18 @@ class GeminiChatProvider:
                 raise UpstreamRejectedRequest(
                     f"The upstream provider ({PROVIDER}) refused the prompt: its safety filters blocked it "
                     f"({blocked})", upstream_status=200, code="content_filtered", param="messages")
-            return "", None
+            return "", [], None
         candidate = candidates[0]
         parts = (candidate.get("content") or {}).get("parts") or []
         text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
-        return text, _finish(candidate.get("finishReason"))
+        return text, calls_in(parts), _finish(candidate.get("finishReason"))
 
 
 def build_body(request: ChatRequest) -> dict[str, Any]:
     """The generateContent body for an OpenAI-shaped request."""
+    names = tool_names_by_id(request.messages)
     system, turns = system_and_turns(request.messages, lambda m: "model" if role_of(m) == "assistant" else "user",
-                                     _parts)
+                                     lambda m: _parts(m, names))
     config: dict[str, Any] = {"maxOutputTokens": request.max_tokens}
     if request.temperature is not None:
         config["temperature"] = request.temperature
@@ -153,10 +173,18 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
     }
     if system:
         body["systemInstruction"] = {"parts": [{"text": system}]}
+    if request.tools:
+        body["tools"] = tools_field(request.tools)
+        if (choice := tool_config(request.tool_choice)) is not None:
+            body["toolConfig"] = choice
     return body
 
 
-def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+def _parts(message: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
+    """A message's Gemini parts: its text and images, then an assistant's function calls; a tool
+    message is its function's response."""
+    if message.get("role") == "tool":
+        return [response_part(message, names)]
     parts: list[dict[str, Any]] = []
     for part in content_parts(message):
         text = part_text(part)
@@ -169,7 +197,17 @@ def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
             else:
                 mime = mimetypes.guess_type(url.split("?", 1)[0])[0] or "image/jpeg"
                 parts.append({"fileData": {"mimeType": mime, "fileUri": url}})
-    return parts
+    return parts + call_parts(message)
+
+
+def _deltas(calls: list[ToolCall], first_index: int) -> list[ToolCallDelta]:
+    """A chunk's calls as stream pieces: Gemini sends each call whole, so one piece per call."""
+    return [ToolCallDelta(first_index + k, call.id, call.name, call.arguments) for k, call in enumerate(calls)]
+
+
+def _with_calls(finish_reason: str, called: bool) -> str:
+    """OpenAI's `tool_calls` for an answer that called functions and ended normally (Gemini: STOP)."""
+    return "tool_calls" if called and finish_reason == "stop" else finish_reason
 
 
 def _finish(reason: str | None) -> str | None:
