@@ -5,11 +5,17 @@ end marker: the last chunk carries finishReason and the full usageMetadata).
 `drop_after_chunks` aborts the connection mid-stream; `error_after_chunks` sends an error object
 as a data event. With `error_reason="API_KEY_INVALID"` and fail_status 400 it answers a bad key
 the way Google does (400 INVALID_ARGUMENT, not 401).
+
+`tool_calls` are answered as Gemini 3 answers them: `functionCall` parts after the text, the first
+carrying a `thoughtSignature` (SIGNATURE_PREFIX and the function's name, base64), finishReason
+STOP; streamed, each call whole in a chunk of its own. Like Gemini 3, the fake answers 400 to a
+request whose model turn has function calls without a signature on the first of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
@@ -26,16 +32,29 @@ _STATUSES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_D
              404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 
 
+SIGNATURE_PREFIX = b"fake-thought:"
+
+
+def signature_for(name: str) -> str:
+    """The thought signature the fake gives a call of `name` (base64, as Google sends bytes)."""
+    return base64.b64encode(SIGNATURE_PREFIX + name.encode()).decode()
+
+
 def build_app(fake: FakeUpstream) -> Starlette:
     async def models(request: Request) -> Response:
         model, _, method = request.path_params["target"].partition(":")
-        _, failure = await fake.receive_request(request)
+        body, failure = await fake.receive_request(request)
         if failure is not None:
             return JSONResponse(_error(fake.behaviour, failure), failure, headers=fake.error_headers())
+        if (unsigned := _unsigned_call(body)) is not None:
+            return JSONResponse(_invalid(f"Function call is missing a thought_signature in functionCall parts "
+                                         f"(function call `{unsigned}`)."), 400)
         if method == "streamGenerateContent" and request.query_params.get("alt") == "sse":
             return TrackedStream(fake, _stream(fake.behaviour, model))
         if method == "generateContent":
-            return JSONResponse(_response(fake.behaviour, model, fake.behaviour.answer, final=True))
+            b = fake.behaviour
+            text = [{"text": b.answer}] if b.answer or not b.tool_calls else []
+            return JSONResponse(_response(b, model, text + _call_parts(b), final=True))
         return JSONResponse(_error(fake.behaviour, 404), 404)
 
     return Starlette(routes=[Route("/v1beta/models/{target:path}", models, methods=["POST"])])
@@ -50,8 +69,30 @@ def _error(b: Behaviour, status: int) -> dict[str, Any]:
     return {"error": error}
 
 
-def _response(b: Behaviour, model: str, text: str, *, final: bool) -> dict[str, Any]:
-    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+def _invalid(message: str) -> dict[str, Any]:
+    return {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}}
+
+
+def _unsigned_call(body: Any) -> str | None:
+    """The name of a function call that Gemini 3 would refuse for want of a thought signature: the
+    first call of a model turn, sent back without one."""
+    for content in (body or {}).get("contents") or ():
+        calls = [part for part in content.get("parts") or () if "functionCall" in part]
+        if content.get("role") == "model" and calls and not calls[0].get("thoughtSignature"):
+            return str(calls[0]["functionCall"].get("name"))
+    return None
+
+
+def _call_parts(b: Behaviour) -> list[dict[str, Any]]:
+    """The `tool_calls` knob's calls as Gemini's functionCall parts; the first one signed."""
+    parts: list[dict[str, Any]] = [{"functionCall": {"name": name, "args": args}} for name, args in b.tool_calls or ()]
+    if parts:
+        parts[0]["thoughtSignature"] = signature_for(parts[0]["functionCall"]["name"])
+    return parts
+
+
+def _response(b: Behaviour, model: str, parts: list[dict[str, Any]], *, final: bool) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
     if final:
         candidate["finishReason"] = b.finish or "STOP"
     data: dict[str, Any] = {"candidates": [candidate], "modelVersion": model, "responseId": "fake"}
@@ -71,8 +112,10 @@ def _event(data: dict[str, Any]) -> bytes:
 
 
 async def _stream(b: Behaviour, model: str) -> AsyncGenerator[bytes, None]:
-    pieces = b.pieces() or [""]
-    for sent, piece in enumerate(pieces):
+    """Each text piece in a chunk, then each function call whole in one of its own."""
+    texts = [[{"text": piece}] for piece in b.pieces()]
+    chunks = texts + [[call] for call in _call_parts(b)] or [[{"text": ""}]]
+    for sent, parts in enumerate(chunks):
         if sent == b.error_after_chunks:
             yield _event(_error(b, 500))
             return
@@ -80,7 +123,7 @@ async def _stream(b: Behaviour, model: str) -> AsyncGenerator[bytes, None]:
             await drop_connection()
         if b.chunk_delay:
             await asyncio.sleep(b.chunk_delay)
-        yield _event(_response(b, model, piece, final=sent == len(pieces) - 1))
+        yield _event(_response(b, model, parts, final=sent == len(chunks) - 1))
 
 
 @contextmanager
