@@ -4,7 +4,10 @@
 adapter POSTs to `{base_url}/chat/completions`. A stream asks for `include_usage`, so its last
 chunk (with empty `choices`) carries the usage (Moonshot's is in the finish chunk's choice, Groq's
 older one in `x_groq`: both read too); an upstream that ignores the option yields a stream
-without usage and the caller estimates it.
+without usage and the caller estimates it. Function tools go as they came (`tools`, `tool_choice`,
+`parallel_tool_calls` when the caller set it; the conversation's tool calls and results are
+OpenAI's own form), and the calls come back as they are, streamed pieces by their `index` (a
+vendor that leaves it out gets one per new call id).
 """
 
 from __future__ import annotations
@@ -16,13 +19,15 @@ from typing import Any
 
 import httpx
 
-from common.errors import UpstreamError
+from common.errors import InvalidRequest, UpstreamError
 from common.providers.base import (
     MAX_TOKEN_COUNT,
     SAMPLING_FIELDS,
     ChatDelta,
     ChatRequest,
     ChatResult,
+    ToolCall,
+    ToolCallDelta,
     Usage,
     reported_usage,
     token_count,
@@ -80,14 +85,28 @@ class OpenAICompatProvider:
             value = getattr(request, name)
             if value is not None:
                 body[name] = value
+        if request.tools:
+            body["tools"] = request.tools
+            for name in ("tool_choice", "parallel_tool_calls"):
+                if (value := getattr(request, name)) is not None:
+                    body[name] = value
         if stream:
             body["stream"] = True
             if self._ask_usage:
                 body["stream_options"] = {"include_usage": True}
         return body
 
-    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None) -> None:
-        """The request's validation is OpenAI's own: what it lets through is sent as it is."""
+    def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None,
+                          tools: list[dict[str, Any]] | None = None) -> None:
+        """The request's validation is OpenAI's own: what it lets through is sent as it is. But a
+        vendor whose turns must alternate (Perplexity) has no function tools, and its joined turns
+        would lose a conversation's tool calls: refused before anything is held."""
+        if self._alternate and tools:
+            raise InvalidRequest("This model's provider takes no function tools; leave tools out.", param="tools",
+                                 code="unsupported_parameter")
+        if self._alternate and any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):
+            raise InvalidRequest("This model's provider takes no tool calls or tool results in the conversation.",
+                                 param="messages", code="unsupported_parameter")
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         with upstream_errors(PROVIDER):
@@ -109,6 +128,7 @@ class OpenAICompatProvider:
                 usage=_usage(data.get("usage")),
                 system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
                 refusal=_text(message.get("refusal")) or None,
+                tool_calls=[_tool_call(call) for call in message.get("tool_calls") or ()],
             )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
@@ -119,13 +139,14 @@ class OpenAICompatProvider:
                 await raise_for_status(response, PROVIDER, self._api_key)
                 stray: list[str] = []  # what is not an event: a failure told as one JSON body (MiniMax)
                 events = 0
+                indexes = _CallIndexes()
                 async for event in iter_sse(response, stray):
                     events += 1
                     if event.data.strip() == "[DONE]":
                         return
                     chunk = parse_json(event.data, PROVIDER)
                     with malformed_answers(PROVIDER):
-                        delta = _chunk_delta(chunk, self._api_key)
+                        delta = _chunk_delta(chunk, self._api_key, indexes)
                     if delta is not None:
                         finished = finished or delta.finish_reason is not None
                         yield delta
@@ -138,17 +159,19 @@ class OpenAICompatProvider:
                                 retryable=True)
 
 
-def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
+def _chunk_delta(chunk: Any, api_key: str | None, indexes: _CallIndexes) -> ChatDelta | None:
     """The delta one stream chunk carries, or None for a chunk with nothing for us (role-only)."""
     _raise_if_error(chunk, api_key)
     if not isinstance(chunk, dict):
         return None
     content, refusal, thinking, finish_reason, usage_data = "", "", "", None, chunk.get("usage")
+    tool_calls: list[ToolCallDelta] = []
     choices = chunk.get("choices") or []
     if choices:
         choice = choices[0]
         delta = choice.get("delta") or {}
         content, refusal = _content(delta.get("content")), _text(delta.get("refusal"))
+        tool_calls = [indexes.piece(piece) for piece in delta.get("tool_calls") or ()]
         # DeepSeek, Moonshot, Zhipu and Qwen stream a reasoning model's thinking as `reasoning_content`,
         # OpenRouter and vLLM as `reasoning`, MiniMax (with `reasoning_split`) as `reasoning_details`:
         # produced (and billed) before the first answer token
@@ -159,11 +182,53 @@ def _chunk_delta(chunk: Any, api_key: str | None) -> ChatDelta | None:
         groq = chunk.get("x_groq")
         usage_data = usage_data or choice.get("usage") or (groq.get("usage") if isinstance(groq, dict) else None)
     usage = _usage(usage_data)
-    if not content and not refusal and not thinking and finish_reason is None and usage is None:
+    if not content and not refusal and not thinking and not tool_calls and finish_reason is None and usage is None:
         return None
     fingerprint = chunk.get("system_fingerprint")
     return ChatDelta(content=content, finish_reason=finish_reason, usage=usage, refusal=refusal,
-                     system_fingerprint=fingerprint if isinstance(fingerprint, str) else None, thinking=thinking)
+                     system_fingerprint=fingerprint if isinstance(fingerprint, str) else None, thinking=thinking,
+                     tool_calls=tool_calls)
+
+
+def _tool_call(call: Any) -> ToolCall:
+    """A tool call of a plain answer. Arguments sent as an object, not JSON text (some OpenAI-
+    compatible servers do), are written as JSON text; anything else malformed raises TypeError."""
+    function = call["function"]
+    return ToolCall(_string(call["id"]), _string(function["name"]), _arguments(function.get("arguments")))
+
+
+class _CallIndexes:
+    """Which call each streamed piece belongs to: its `index`, or for a vendor that sends none, a
+    new call for each new id (a piece without either continues the last call)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, int] = {}
+        self._last = -1
+
+    def piece(self, piece: Any) -> ToolCallDelta:
+        function = piece.get("function") or {}
+        call_id, name = piece.get("id"), function.get("name")
+        index = piece.get("index")
+        if index is None:
+            known = isinstance(call_id, str)
+            index = self._by_id.setdefault(call_id, len(self._by_id)) if known else max(self._last, 0)
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise TypeError(f"a tool call's index of type {type(index).__name__}")
+        self._last = index
+        return ToolCallDelta(index, _string(call_id) if call_id is not None else None,
+                             _string(name) if name is not None else None, _arguments(function.get("arguments")))
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"a tool call's field of type {type(value).__name__}")
+    return value
+
+
+def _arguments(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _text(value: Any) -> str:

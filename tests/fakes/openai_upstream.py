@@ -83,13 +83,25 @@ def _usage(b: Behaviour) -> dict[str, Any]:
     return usage
 
 
+def _calls(b: Behaviour) -> list[dict[str, Any]]:
+    """Behaviour.tool_calls as OpenAI's message.tool_calls (arguments as JSON text)."""
+    return [{"id": f"call_fake{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+            for i, (name, args) in enumerate(b.tool_calls or ())]
+
+
+def _finish(b: Behaviour) -> str:
+    return b.finish or ("tool_calls" if b.tool_calls else "stop")
+
+
 def _completion(b: Behaviour, model: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": None if b.refusal or (b.tool_calls and not b.answer)
+                               else b.answer, "refusal": b.refusal}
+    if b.tool_calls:
+        message["tool_calls"] = _calls(b)
     data: dict[str, Any] = {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
         "model": model, "system_fingerprint": "fp_fake",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": None if b.refusal else b.answer,
-                                             "refusal": b.refusal},
-                     "logprobs": None, "finish_reason": b.finish or "stop"}],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(b)}],
     }
     if b.minimax_thinking is not None:
         data["choices"][0]["message"]["reasoning_details"] = _reasoning_details(b.minimax_thinking)
@@ -129,17 +141,23 @@ async def _stream(b: Behaviour, model: str, include_usage: bool) -> AsyncGenerat
         if b.chunk_delay:
             await asyncio.sleep(b.chunk_delay)
         yield chunk({"refusal": piece} if b.refusal else {"content": piece})
+    for index, call in enumerate(_calls(b)):  # OpenAI's form: id and name first, then the arguments in pieces
+        yield chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                     "function": {"name": call["function"]["name"], "arguments": ""}}]})
+        arguments = call["function"]["arguments"]
+        for start in range(0, len(arguments), 5):
+            yield chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments[start:start + 5]}}]})
     # Mistral's stream always ends with its usage, in the finish chunk, asked for or not
     usage = _usage(b) if (include_usage or b.usage_in == "finish") and not b.omit_usage else None
     if usage and b.usage_in == "finish":
-        yield _event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": b.finish or "stop"}],
+        yield _event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(b)}],
                       "usage": usage})
     elif usage and b.usage_in == "choice":
-        yield chunk({}, b.finish or "stop", usage=usage)
+        yield chunk({}, _finish(b), usage=usage)
     elif usage and b.usage_in == "x_groq":
-        yield chunk({}, b.finish or "stop", x_groq={"id": "req_fake", "usage": usage})
+        yield chunk({}, _finish(b), x_groq={"id": "req_fake", "usage": usage})
     else:
-        yield chunk({}, b.finish or "stop")
+        yield chunk({}, _finish(b))
         if usage:
             yield _event({**base, "choices": [], "usage": usage})
     yield _event("[DONE]")
