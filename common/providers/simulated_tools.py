@@ -1,0 +1,90 @@
+"""Function tools in the simulated provider: when it calls one, which, and with what arguments.
+
+Deterministic, like its answers. With tools offered (and tool_choice not "none") it calls one
+when the conversation ends with the user's turn, or always when tool_choice is "required" or
+names a tool; after the tools' results (the conversation ends with tool messages) it answers in
+text, so a client's usual loop (call, run the tools, send the results, read the answer) ends.
+The tool: the one named, else the one whose name and description share the most words with the
+user's last message (the first on a tie). Its arguments: every required property of its
+`parameters` schema (every property when none is required), each a value of the schema's type:
+the first of an `enum`, the user's question for a string, 1 for a number, true, [] or {}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from common.providers.base import ChatRequest, ToolCall
+from common.providers.messages import message_text, role_of
+
+_WORD = re.compile(r"[a-z0-9]+")
+_QUESTION_CHARS = 200
+_SAMPLE_BY_TYPE: dict[str, Any] = {"integer": 1, "number": 1, "boolean": True, "array": [], "object": {},
+                                   "null": None}
+
+
+def tool_call_for(request: ChatRequest) -> ToolCall | None:
+    """The call the simulated model makes for this request, or None when it answers in text."""
+    tools = [tool["function"] for tool in request.tools or ()]
+    choice = request.tool_choice
+    if not tools or choice == "none":
+        return None
+    last = next((m for m in reversed(request.messages) if role_of(m) != "system"), None)
+    forced = choice == "required" or isinstance(choice, dict)
+    if not forced and (last is None or last.get("role") != "user"):
+        return None
+    question = _question(request.messages)
+    if isinstance(choice, dict):
+        tool = next(t for t in tools if t["name"] == choice["function"]["name"])
+    else:
+        tool = max(tools, key=lambda t: _shared_words(question, t))  # max keeps the first of equals
+    arguments = json.dumps(_arguments(tool.get("parameters") or {}, question), ensure_ascii=False)
+    digest = hashlib.sha256(repr([(m.get("role"), message_text(m)) for m in request.messages]).encode())
+    return ToolCall("call_" + digest.hexdigest()[:24], tool["name"], arguments)
+
+
+def results_answered(messages: list[dict[str, Any]]) -> str | None:
+    """The sentence a text answer after tool results begins with (None when the conversation does
+    not end with them): which functions returned what, in short."""
+    results: list[str] = []
+    names = {call["id"]: call["function"]["name"] for m in messages for call in m.get("tool_calls") or ()}
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        gist = " ".join(message_text(message, " ").split()[:12])
+        results.append(f"{names.get(message['tool_call_id'], 'a tool')} returned “{gist}”")
+    return "Of the tools you ran, " + "; ".join(reversed(results)) + "." if results else None
+
+
+def _question(messages: list[dict[str, Any]]) -> str:
+    return next((message_text(m, " ") for m in reversed(messages) if m.get("role") == "user"), "")[:_QUESTION_CHARS]
+
+
+def _shared_words(question: str, tool: dict[str, Any]) -> int:
+    asked = set(_WORD.findall(question.lower()))
+    described = _WORD.findall((tool["name"].replace("_", " ") + " " + (tool.get("description") or "")).lower())
+    return len(asked & set(described))
+
+
+def _arguments(schema: dict[str, Any], question: str) -> dict[str, Any]:
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return {}
+    required = schema.get("required")
+    names = [n for n in required if n in properties] if isinstance(required, list) and required else list(properties)
+    return {name: _sample(properties[name], question) for name in names}
+
+
+def _sample(schema: Any, question: str) -> Any:
+    """A value of the property's schema: its enum's first, else a value of its (first non-null) type."""
+    if not isinstance(schema, dict):
+        return question
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    return _SAMPLE_BY_TYPE.get(kind, question) if isinstance(kind, str) else question
