@@ -87,7 +87,7 @@ def servable_by(services: Services, entry: ModelEntry, body: ChatCompletionReque
     entry.refuse_final_assistant_turn(messages)
     provider = services.providers.chat(entry)
     # cast: the field's type is what the client may send; its validator (_stop) makes a lone string a list.
-    provider.refuse_unsendable(messages, entry.upstream_stop(cast("list[str] | None", body.stop)))
+    provider.refuse_unsendable(messages, entry.upstream_stop(cast("list[str] | None", body.stop)), body.tool_dicts())
     return provider
 
 

@@ -23,6 +23,7 @@ from common.catalog import WITHHOLDABLE
 from common.chat_billing import Outcome
 from common.errors import HelyxError
 from common.providers.base import ChatRequest
+from common.providers.messages import tool_calls_text
 from common.providers.retry import call_with_retries
 from common.providers.simulated import SYSTEM_FINGERPRINT
 from common.tokens import estimate_prompt_tokens
@@ -33,7 +34,8 @@ async def create_completion(services: Services, request: Request, body: ChatComp
     log_fields["model"] = body.model  # a refusal (403, 402) names it too; the settlement sets it again
     messages = body.message_dicts()
     call_id = "chatcmpl-" + secrets.token_hex(12)
-    prompt_estimate = estimate_prompt_tokens(messages, image_tokens=services.catalog.image_tokens_for(body.model))
+    prompt_estimate = estimate_prompt_tokens(messages, image_tokens=services.catalog.image_tokens_for(body.model),
+                                             tools=body.tool_dicts(), tool_choice=body.tool_choice_value())
     admission = await chat_admission.admit(services, request, body, messages, prompt_estimate=prompt_estimate,
                                            purpose=f"chat:{call_id}")
     try:
@@ -76,7 +78,9 @@ async def _counted(services: Services, request: Request, admission: Admission, b
         ChatRequest(model=entry.upstream_model, messages=messages, max_tokens=reservation.max_tokens,
                     user=body.user, **{name: None if name in entry.withheld else getattr(body, name)
                                        for name in WITHHOLDABLE if name != "temperature"},
-                    temperature=entry.upstream_temperature(body.temperature)),
+                    temperature=entry.upstream_temperature(body.temperature), tools=body.tool_dicts(),
+                    tool_choice=body.tool_choice_value(),
+                    parallel_tool_calls=body.parallel_tool_calls if body.tools else None),
         reservation, call_id, int(started), started,
         SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, admission.rate_headers, log_fields,
         include_usage=body.stream_options is not None and body.stream_options.include_usage,
@@ -96,17 +100,21 @@ async def _complete(call: ChatCall) -> Response:
         backoff=settings.upstream_backoff_seconds), stream=False)
     usage, estimated = result.usage, False
     if usage is None:
-        usage, estimated = chat_billing.estimated_usage(call.request.messages, result.content + (result.refusal or ""),
-                                                        call.provider), True
+        produced = result.content + (result.refusal or "") + tool_calls_text(result.tool_calls)
+        usage, estimated = chat_billing.estimated_usage(call.request.messages, produced, call.provider,
+                                                        call.request.tools), True
     with anyio.CancelScope(shield=True):
         settlement = await call.finish(Outcome(call.id, "succeeded", usage, usage_estimated=estimated), stream=False)
-    refused = result.refusal is not None and not result.content  # a refusal has no content, as at OpenAI
+    # A refusal has no content, as at OpenAI; nor have tool calls without text
+    contentless = (result.refusal is not None or result.tool_calls) and not result.content
+    message: dict[str, Any] = {"role": "assistant", "content": None if contentless else result.content,
+                               "refusal": result.refusal}
+    if result.tool_calls:
+        message["tool_calls"] = [tool_call.openai_view() for tool_call in result.tool_calls]
     return json_response({
         "id": call.id, "object": "chat.completion", "created": call.created, "model": call.entry.id,
         "system_fingerprint": result.system_fingerprint or call.fingerprint,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": None if refused else result.content,
-                                             "refusal": result.refusal},
-                     "logprobs": None, "finish_reason": result.finish_reason}],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": result.finish_reason}],
         "usage": usage.openai_view(),
         "helyx": {**chat_billing.helyx_block(settlement), "generation_id": call.id},
     }, headers=call.headers)

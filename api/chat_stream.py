@@ -44,8 +44,7 @@ async def stream(call: ChatCall, request: Request) -> Response:
 
     async def abandoned() -> None:
         await _aclose(stream)
-        await _cut_off(call, end, None, first.usage, [first.content + first.refusal + first.thinking],
-                       first.prompt_tokens)
+        await _cut_off(call, end, None, first.usage, [_produced(first)], first.prompt_tokens)
 
     return EventStreamResponse(_events(call, first, stream, end), headers=call.headers, on_unstarted=abandoned,
                                end=end)
@@ -100,20 +99,22 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
         try:
             quiet_since = time.monotonic()
             while delta is not None:
-                produced.append(delta.content + delta.refusal + delta.thinking)
+                produced.append(_produced(delta))
                 usage = delta.usage or usage
                 prompt_tokens = delta.prompt_tokens if delta.prompt_tokens is not None else prompt_tokens
                 if delta.thinking and role_sent and time.monotonic() - quiet_since >= THINKING_KEEPALIVE_SECONDS:
                     quiet_since = time.monotonic()  # the model is thinking: a comment keeps idle-timing proxies open
                     yield SSE_THINKING
-                if delta.content or delta.refusal or delta.finish_reason or not role_sent:
+                if delta.content or delta.refusal or delta.tool_calls or delta.finish_reason or not role_sent:
                     quiet_since = time.monotonic()
                     payload: dict[str, Any] = {} if role_sent else {"role": "assistant"}
                     role_sent = True
-                    if delta.content or not delta.refusal:
+                    if delta.content or not (delta.refusal or delta.tool_calls):
                         payload["content"] = delta.content
                     if delta.refusal:  # OpenAI's refusal, streamed apart from the content
                         payload["refusal"] = delta.refusal
+                    if delta.tool_calls:  # OpenAI's form: the first piece of a call names it, the rest add arguments
+                        payload["tool_calls"] = [piece.openai_view() for piece in delta.tool_calls]
                     if delta.finish_reason and not call.include_usage and held is None:
                         held = (payload, delta.finish_reason)
                     else:
@@ -206,10 +207,16 @@ def _stream_outcome(call: ChatCall, status: str, usage: Usage | None, produced: 
     """The vendor's usage; without it, the estimate, with the prompt's count the vendor stated, if it did."""
     if usage is not None:
         return Outcome(call.id, status, usage, error_code=code)
-    estimate = chat_billing.estimated_usage(call.request.messages, "".join(produced), call.provider)
+    estimate = chat_billing.estimated_usage(call.request.messages, "".join(produced), call.provider, call.request.tools)
     if prompt_tokens is not None:
         estimate = Usage(prompt_tokens, estimate.completion_tokens)
     return Outcome(call.id, status, estimate, usage_estimated=True, error_code=code)
+
+
+def _produced(delta: ChatDelta) -> str:
+    """The text a delta says was produced: what a stream cut without usage is charged for."""
+    return delta.content + delta.refusal + delta.thinking + "".join(
+        (piece.name or "") + piece.arguments for piece in delta.tool_calls)
 
 
 async def _aclose(stream: AsyncIterator[ChatDelta]) -> None:

@@ -109,15 +109,16 @@ def _explain(exc: InsufficientCredits, what: str, affordable: int, asked: int,
     return InsufficientCredits(f"{detail} {exc.message}", code=exc.code, param=field)
 
 
-def estimated_usage(messages: list[dict[str, Any]], produced: str, provider: object = None) -> Usage:
+def estimated_usage(messages: list[dict[str, Any]], produced: str, provider: object = None,
+                    tools: list[dict[str, Any]] | None = None) -> Usage:
     """Usage for a call whose upstream reported none, or none to trust (a cut stream, a negative
     or fractional count): the provider's own count where it can make one offline (the simulated
     provider), else common.tokens' estimate of the prompt, its images included, and of the text
     produced so far; bounded later by the hold."""
     usage_of = getattr(provider, "usage_of", None)
     if usage_of is not None:
-        return usage_of(messages, produced)
-    return Usage(estimate_used_prompt_tokens(messages), estimate_completion_tokens(produced) if produced else 0)
+        return usage_of(messages, produced, tools)
+    return Usage(estimate_used_prompt_tokens(messages, tools), estimate_completion_tokens(produced) if produced else 0)
 
 
 async def reserve_chat_async(

@@ -20,6 +20,12 @@ a 1024x1024 image at high detail (Anthropic counts ~1,400 for that size, Gemini 
 stays capped at the hold. A provider that can count offline counts instead
 (common.chat_billing.estimated_usage: the simulated provider, by its own rule).
 
+Function tools: their definitions are counted as their JSON text (vendors render them into the
+prompt in a form of their own, about as long or shorter: OpenAI's TypeScript-like namespace, Gemini's
+declarations), plus TOKENS_FOR_TOOLS for the instructions a vendor adds when tools are given
+(Anthropic documents 346 tokens for its current models' tool-use system prompt). An earlier turn's
+tool calls count their id, name and arguments, a tool message its call's id, as text.
+
 The simulated provider's counts never exceed `estimate_prompt_tokens` (common.providers.simulated).
 """
 
@@ -29,23 +35,34 @@ import json
 import math
 from typing import Any
 
-from common.providers.messages import content_parts, part_image_url, part_text
+from common.providers.messages import (
+    content_parts,
+    part_image_url,
+    part_text,
+    tool_turn_text,
+    tools_json_text,
+)
 
 TOKENS_PER_MESSAGE = 4
 TOKENS_PER_REPLY = 3
 TOKENS_PER_IMAGE = 1600
 TOKENS_PER_IMAGE_USED = 765  # an estimate of what was used, not an upper bound
 TOKENS_PER_MESSAGE_USED = 3
+TOKENS_FOR_TOOLS = 600  # a vendor's own instructions for tool use (Anthropic: 346), with room to spare
+TOKENS_PER_TOOL_CALL = 8  # the framing of one call in an earlier turn
 
 
-def estimate_prompt_tokens(messages: list[dict[str, Any]], *, image_tokens: int = TOKENS_PER_IMAGE) -> int:
-    """An upper bound of the prompt tokens the chat upstream will report for `messages`, given the
-    most one image part costs there (the catalog's `image_tokens` of the model)."""
-    total = TOKENS_PER_REPLY
+def estimate_prompt_tokens(messages: list[dict[str, Any]], *, image_tokens: int = TOKENS_PER_IMAGE,
+                           tools: list[dict[str, Any]] | None = None, tool_choice: object = None) -> int:
+    """An upper bound of the prompt tokens the chat upstream will report for `messages` (and the
+    function `tools` offered), given the most one image part costs there (the catalog's
+    `image_tokens` of the model)."""
+    total = TOKENS_PER_REPLY + (_bytes(tools_json_text(tools, tool_choice)) + TOKENS_FOR_TOOLS if tools else 0)
     for message in messages:
         total += TOKENS_PER_MESSAGE
         if isinstance(message.get("name"), str):
             total += _bytes(message["name"])
+        total += _bytes(tool_turn_text(message)) + TOKENS_PER_TOOL_CALL * len(message.get("tool_calls") or ())
         for part in content_parts(message):
             text = part_text(part)
             if text is not None:
@@ -57,13 +74,14 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]], *, image_tokens: int 
     return total
 
 
-def estimate_used_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """The prompt tokens of a call whose upstream reported no usage (a cut stream): the text as
-    `estimate_completion_tokens` counts it, TOKENS_PER_MESSAGE_USED per message, TOKENS_PER_IMAGE_USED per image."""
-    total = 0
+def estimate_used_prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
+    """The prompt tokens of a call whose upstream reported no usage (a cut stream): the text (the
+    tools' definitions and the turns' tool calls included) as `estimate_completion_tokens` counts
+    it, TOKENS_PER_MESSAGE_USED per message, TOKENS_PER_IMAGE_USED per image."""
+    total = estimate_completion_tokens(tools_json_text(tools))
     for message in messages:
         parts = content_parts(message)
-        text = "".join(t for part in parts if (t := part_text(part)) is not None)
+        text = "".join(t for part in parts if (t := part_text(part)) is not None) + tool_turn_text(message)
         images = sum(1 for part in parts if part_text(part) is None and part_image_url(part) is not None)
         total += estimate_completion_tokens(text) + TOKENS_PER_MESSAGE_USED + images * TOKENS_PER_IMAGE_USED
     return total

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler, field_validator
 
 from api.schemas.base import JSONBody, NullMeansDefault
+from common.providers.base import MAX_TOOL_CALL_ID
 from common.providers.messages import data_url_problem
 
 
@@ -97,31 +98,53 @@ class UserMessage(_Message):
     content: Content | ContentParts
 
 
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for a function's name (Anthropic's and Gemini's allow it)
+MAX_TOOLS = 128  # OpenAI's limit
+MAX_TOOL_CALLS = 128  # in one assistant message
+ToolName = Annotated[str, Field(pattern=TOOL_NAME_PATTERN)]
+ToolCallId = Annotated[str, Field(min_length=1, max_length=MAX_TOOL_CALL_ID)]
+
+
+class CalledFunction(JSONBody):
+    name: ToolName
+    arguments: str = Field(max_length=MAX_CONTENT_CHARS)  # JSON text, as the model wrote it
+
+
+class AssistantToolCall(JSONBody):
+    """An earlier turn's call of a function tool, as the SDK passes the model's message back."""
+
+    id: ToolCallId
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class AssistantMessage(_Message):
     role: Literal["assistant"]
     # An earlier turn's refusal, where OpenAI's answer had one instead of content (the SDK's message
     # passed back as it came): sent on as that turn's text.
     refusal: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
-    # An earlier turn's tool calls: refused, as `tools` is, rather than dropped on the way upstream.
-    tool_calls: list[Any] | None = Field(default=None, description="not supported: must be empty")
-    function_call: Any = Field(default=None, description="not supported")
+    tool_calls: Annotated[list[AssistantToolCall], Field(max_length=MAX_TOOL_CALLS, fail_fast=True)] | None = None
+    # The legacy form of an earlier turn's call (OpenAI's deprecated `functions`): refused, as
+    # `functions` is, rather than dropped on the way upstream.
+    function_call: Any = Field(default=None, description="not supported: use tool_calls")
     content: Content | AssistantParts | None = Field(default=None, validate_default=True)  # checked after those
 
     @field_validator("content")
     @classmethod
     def _content_or_refusal(cls, content: object, info: ValidationInfo) -> object:
-        """OpenAI takes an assistant turn without content only with tool calls, which are refused
-        here: one with neither would be sent on and refused upstream, after a hold."""
+        """OpenAI takes an assistant turn without content only with tool calls: one with neither
+        would be sent on and refused upstream, after a hold."""
         refused_calls = not {"tool_calls", "function_call"} <= info.data.keys()  # that error says it all
-        if content is None and not info.data.get("refusal") and not refused_calls:
-            raise ValueError("an assistant message needs content (or an earlier turn's refusal)")
+        if content is None and not info.data.get("refusal") and not info.data.get("tool_calls") \
+                and not refused_calls:
+            raise ValueError("an assistant message needs content, tool_calls or an earlier turn's refusal")
         return content
 
-    @field_validator("tool_calls", "function_call")
+    @field_validator("function_call")
     @classmethod
-    def _no_tool_calls(cls, value: object) -> object:
+    def _no_function_call(cls, value: object) -> object:
         if value:
-            raise ValueError("tool and function calling are not supported by this gateway")
+            raise ValueError("the legacy function_call is not supported by this gateway: use tool_calls")
         return value
 
     def as_dict(self) -> dict[str, Any]:
@@ -131,10 +154,45 @@ class AssistantMessage(_Message):
         elif isinstance(data["content"], list):  # a refusal part is sent on as that turn's text
             data["content"] = [{"type": "text", "text": p["refusal"]} if p["type"] == "refusal" else p
                                for p in data["content"]]
+        if self.tool_calls:
+            data["tool_calls"] = [call.model_dump() for call in self.tool_calls]
         return data
 
 
-ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+class ToolMessage(JSONBody):
+    """A function tool's result, answering one call of the assistant message before it."""
+
+    role: Literal["tool"]
+    tool_call_id: ToolCallId
+    content: Content | TextParts
+
+    def as_dict(self) -> dict[str, Any]:
+        content = self.content if isinstance(self.content, str) else [p.model_dump() for p in self.content]
+        return {"role": "tool", "tool_call_id": self.tool_call_id, "content": content}
+
+
+class FunctionDefinition(JSONBody):
+    name: ToolName
+    description: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
+    parameters: dict[str, Any] | None = None  # a JSON Schema object, passed on as it is
+    strict: bool | None = None
+
+
+class ToolDefinition(JSONBody):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(JSONBody):
+    name: ToolName
+
+
+class NamedToolChoice(JSONBody):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
 StopSequence = Annotated[str, Field(min_length=1)]
 MAX_STOP = 4
 STOP_RULE = f"expected a non-empty string or an array of at most {MAX_STOP} non-empty strings"
@@ -158,12 +216,13 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = Field(default=None, max_length=256)
     n: int = Field(default=1, description="only 1 is supported", json_schema_extra={"minimum": 1, "maximum": 1})
+    tools: Annotated[list[ToolDefinition], Field(max_length=MAX_TOOLS, fail_fast=True)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # Not supported: refused when used, rather than ignored (a caller relying on them would get
     # plain text and never know why); accepted when empty, null or "none", as SDKs may send them.
-    tools: list[Any] | None = Field(default=None, description="not supported: must be empty")
-    functions: list[Any] | None = Field(default=None, description="not supported: must be empty")
-    tool_choice: Any = Field(default=None, description='not supported: only "none"')
-    function_call: Any = Field(default=None, description='not supported: only "none"')
+    functions: list[Any] | None = Field(default=None, description="not supported (the legacy form): use tools")
+    function_call: Any = Field(default=None, description='not supported (the legacy form): use tool_choice')
     response_format: dict[str, Any] | None = Field(default=None, description='only {"type": "text"}')
     logprobs: bool | None = Field(default=None, description="not supported: only false")
     top_logprobs: int | None = Field(default=None, description="not supported: only 0")
@@ -182,7 +241,6 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     verbosity: str | None = Field(default=None, max_length=64, description="accepted, not passed on")
     service_tier: str | None = Field(default=None, max_length=64, description="accepted, ignored")
     prediction: dict[str, Any] | None = Field(default=None, description="accepted, not passed on")
-    parallel_tool_calls: bool | None = Field(default=None, description="accepted, ignored: no tools are served")
     prompt_cache_key: str | None = Field(default=None, max_length=1024, description="accepted, not passed on")
     safety_identifier: str | None = Field(default=None, max_length=256, description="accepted, not passed on")
 
@@ -208,19 +266,41 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
             raise ValueError("log probabilities and logit bias are not supported by this gateway")
         return value
 
-    @field_validator("tools", "functions")
+    @field_validator("functions")
     @classmethod
-    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+    def _no_functions(cls, value: list[Any] | None) -> list[Any] | None:
         if value:
-            raise ValueError("tool and function calling are not supported by this gateway")
+            raise ValueError("the legacy functions are not supported by this gateway: send them as tools")
         return value
 
-    @field_validator("tool_choice", "function_call")
+    @field_validator("function_call")
     @classmethod
-    def _no_tool_choice(cls, value: object) -> object:
+    def _no_function_call(cls, value: object) -> object:
         if value not in (None, "none"):
-            raise ValueError('tool and function calling are not supported by this gateway; only "none" is accepted')
+            raise ValueError('the legacy function_call is not supported by this gateway: use tool_choice')
         return value
+
+    @field_validator("tools")
+    @classmethod
+    def _distinct_names(cls, tools: list[ToolDefinition] | None) -> list[ToolDefinition] | None:
+        names = [tool.function.name for tool in tools or ()]
+        if len(set(names)) != len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise ValueError(f"two tools are named {twice!r}: each function needs its own name")
+        return tools
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, choice: object, info: ValidationInfo) -> object:
+        """As OpenAI answers it: a choice other than "none" needs tools, and a named one, one of them."""
+        if "tools" not in info.data:  # the tools' own error says it all
+            return choice
+        names = {tool.function.name for tool in info.data["tools"] or ()}
+        if choice not in (None, "none") and not names:
+            raise ValueError("tool_choice is only allowed when tools are given")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not among the tools")
+        return choice
 
     @field_validator("modalities", "audio")
     @classmethod
@@ -263,6 +343,32 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
                 raise ValueError(f"at most {MAX_PARTS_PER_REQUEST} content parts in all the messages, not {parts}")
         return messages
 
+    @field_validator("messages")
+    @classmethod
+    def _tool_results_answer_calls(cls, messages: list[Any]) -> list[Any]:
+        """OpenAI's rule, which Anthropic's and Gemini's APIs hold too: the tool messages right
+        after an assistant message with tool_calls answer those calls, each one once, and only
+        there; refused here rather than by the vendor after a hold."""
+        open_calls: set[str] | None = None  # the calls still to answer, while in a run of tool results
+        for index, message in enumerate(messages):
+            if isinstance(message, ToolMessage):
+                if open_calls is None or message.tool_call_id not in open_calls:
+                    raise ValueError(f"message {index} (role tool) answers tool call {message.tool_call_id!r}, which "
+                                     "is not an unanswered call of the assistant message before it")
+                open_calls.discard(message.tool_call_id)
+                continue
+            if open_calls:
+                raise ValueError(f"message {index}: the tool calls {sorted(open_calls)} of the assistant message "
+                                 "before it need their results (role tool messages) first")
+            calls = [call.id for call in message.tool_calls or ()] if isinstance(message, AssistantMessage) else []
+            if len(set(calls)) != len(calls):
+                raise ValueError(f"message {index} has two tool calls with one id")
+            open_calls = set(calls) if calls else None
+        if open_calls:
+            raise ValueError(f"the tool calls {sorted(open_calls)} of the last assistant message need their "
+                             "results (role tool messages) after it")
+        return messages
+
     @field_validator("stop", mode="wrap")
     @classmethod
     def _stop(cls, value: object, handler: ValidatorFunctionWrapHandler) -> list[str] | None:
@@ -290,3 +396,13 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict() for m in self.messages]
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        """The function tools as sent on (None for none: an empty list asks for nothing)."""
+        return [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
+
+    def tool_choice_value(self) -> str | dict[str, Any] | None:
+        """tool_choice as sent on; None without tools (a "none" then asks for nothing)."""
+        if not self.tools or self.tool_choice is None:
+            return None
+        return self.tool_choice if isinstance(self.tool_choice, str) else self.tool_choice.model_dump()

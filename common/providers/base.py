@@ -71,6 +71,11 @@ def reported_usage(prompt_tokens: int | None, completion_tokens: int | None, *, 
     return Usage(prompt_tokens, completion_tokens, cached, reasoning)
 
 
+# The longest tool call id a request may send back: room for the thought signature a Gemini id
+# carries (common.providers.gemini_tools), whose length Google does not fix.
+MAX_TOOL_CALL_ID = 16_384
+
+
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     """A call of one of the request's function tools, as the model made it, in OpenAI's terms:

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from common.errors import InvalidRequest
-from common.providers.base import ToolCall
+from common.providers.base import MAX_TOOL_CALL_ID, ToolCall
 from common.providers.messages import message_text, tool_calls_of
 
 # Google's rule for a function's name (FunctionDeclaration.name): OpenAI's names may also start with
@@ -37,9 +37,9 @@ from common.providers.messages import message_text, tool_calls_of
 FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
 # The documented value for a function call whose signature is unknown (thought-signatures FAQ).
 SKIP_SIGNATURE = "skip_thought_signature_validator"
-# api.schemas.chat's ToolCallId max_length: a longer id would be refused when the client sends it
-# back, so a signature that does not fit is dropped (its call then gets SKIP_SIGNATURE).
-MAX_CALL_ID = 512
+# The longest id a request may send back (api.schemas.chat): a signature that does not fit is
+# dropped (its call then gets SKIP_SIGNATURE) rather than make the next request a 400.
+MAX_CALL_ID = MAX_TOOL_CALL_ID
 
 _CARRIER = "call_gsig_"  # an id that carries a signature or Gemini's id; plain ids are call_<hex>
 _VERSION = 1

@@ -95,6 +95,13 @@ def tool_calls_text(calls: Iterable[ToolCall]) -> str:
     return "".join(call.name + call.arguments for call in calls)
 
 
+def tool_turn_text(message: dict[str, Any]) -> str:
+    """What a message says of tool calls besides its content: its calls (names, arguments, ids),
+    or the id of the call it answers. Counted as text by the token estimates."""
+    calls, answered = tool_calls_of(message), message.get("tool_call_id")
+    return tool_calls_text(calls) + "".join(call.id for call in calls) + (answered if isinstance(answered, str) else "")
+
+
 def parse_data_url(url: str) -> tuple[str, str] | None:
     """(media type, base64 data) for a base64 `data:` URL; None for any other URL.
 

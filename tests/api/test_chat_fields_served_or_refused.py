@@ -1,5 +1,6 @@
 """Chat fields the gateway serves or refuses (SPEC §4): null is a field's default; a feature it
-cannot honour (tools, logprobs, audio...) is refused, not ignored; several choices, or stream
+cannot honour (the legacy functions, logprobs, audio...) is refused, not ignored (function tools
+are served: tests/api/chat/test_tools.py); several choices, or stream
 options without a stream, are refused as OpenAI refuses them; an assistant turn needs content;
 Helyx's own routes refuse an unknown field. Each refusal is a 400 naming the field, and nothing is
 held or written. Split from test_strict_input.py, which keeps the strict reading of types."""
@@ -27,9 +28,7 @@ def test_null_for_an_optional_field_is_its_default(app_client: TestClient, accou
 
 
 @pytest.mark.parametrize(("fields", "param"), [
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
     ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
-    ({"tool_choice": "auto"}, "tool_choice"),
     ({"function_call": {"name": "f"}}, "function_call"),
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"response_format": {}}, "response_format"),  # no type: OpenAI's 400 too (an SDK review found it a 200)
@@ -41,9 +40,6 @@ def test_null_for_an_optional_field_is_its_default(app_client: TestClient, accou
     ({"web_search_options": {}}, "web_search_options"),  # {} asks OpenAI's search models to search
     ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
     ({"moderation": {"model": "omni-moderation-latest", "policy": {"input": {"mode": "block"}}}}, "moderation"),
-    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-        {"role": "user", "content": "go on"}]}, "messages.0.tool_calls"),
     ({"messages": [{"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}},
                    {"role": "user", "content": "go on"}]}, "messages.0.function_call"),
 ])

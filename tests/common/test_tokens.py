@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from common.providers.simulated import simulated_prompt_tokens
-from common.tokens import estimate_completion_tokens, estimate_prompt_tokens
+from common.tokens import (
+    TOKENS_FOR_TOOLS,
+    TOKENS_PER_TOOL_CALL,
+    estimate_completion_tokens,
+    estimate_prompt_tokens,
+    estimate_used_prompt_tokens,
+)
 
 
 def test_a_prompt_costs_its_utf8_bytes_plus_four_per_message_plus_three() -> None:
@@ -68,3 +75,24 @@ _message = st.builds(lambda role, content: {"role": role, "content": content},
 @example([{"role": "user", "content": [{"type": "text", "text": "é"}] * 40}])
 def test_the_simulated_provider_never_counts_more_than_the_estimate(messages: list[dict[str, Any]]) -> None:
     assert simulated_prompt_tokens(messages) <= estimate_prompt_tokens(messages)
+
+
+def test_function_tools_and_a_conversations_tool_calls_count_in_the_bound_and_in_the_used_estimate() -> None:
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    tools_bytes = len(json.dumps(tools))
+    question = [{"role": "user", "content": "hi"}]
+    assert estimate_prompt_tokens(question, tools=tools) == estimate_prompt_tokens(question) + tools_bytes + \
+        TOKENS_FOR_TOOLS
+    named = {"type": "function", "function": {"name": "lookup"}}
+    assert estimate_prompt_tokens(question, tools=tools, tool_choice=named) == estimate_prompt_tokens(
+        question, tools=tools) + len(json.dumps(named))
+    assert estimate_prompt_tokens(question, tools=[]) == estimate_prompt_tokens(question)
+    calls = [*question, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": 1}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+    # the call's id, name and arguments and the result's call id, with a call's framing
+    added = len("c1lookup" + '{"q": 1}') + TOKENS_PER_TOOL_CALL + len("c1" + "ok") + 2 * 4
+    assert estimate_prompt_tokens(calls) == estimate_prompt_tokens(question) + added
+    assert estimate_used_prompt_tokens(question, tools) == estimate_used_prompt_tokens(question) + \
+        estimate_completion_tokens(json.dumps(tools))
+    assert estimate_used_prompt_tokens(calls) > estimate_used_prompt_tokens(question) + 2 * 3

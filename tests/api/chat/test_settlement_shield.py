@@ -21,8 +21,8 @@ from common.providers.base import ChatDelta, Usage
 class _Call(SimpleNamespace):
     def __init__(self) -> None:
         super().__init__(id="chatcmpl-test", created=0, entry=SimpleNamespace(id="gpt-4o"), fingerprint=None,
-                         request=SimpleNamespace(messages=[{"role": "user", "content": "hi"}]), include_usage=False,
-                         provider=None)
+                         request=SimpleNamespace(messages=[{"role": "user", "content": "hi"}], tools=None),
+                         include_usage=False, provider=None)
         self.finished: list[str] = []
         self.codes: list[str | None] = []
         self.settling = anyio.Event()

@@ -160,7 +160,7 @@ def test_another_vendors_or_a_mangled_id_carries_nothing(foreign: str) -> None:
 
 def test_a_signature_too_long_to_come_back_is_dropped_and_replaced_by_the_placeholder() -> None:
     """api.schemas.chat refuses longer call ids: carrying it would break the client's next request."""
-    long_signature = base64.b64encode(bytes(range(256)) * 2).decode()
+    long_signature = base64.b64encode(bytes(range(256)) * (MAX_CALL_ID // 256 + 1)).decode()
     calls = calls_in([{"functionCall": {"name": "get_time", "args": {}}, "thoughtSignature": long_signature}])
     assert len(calls[0].id) <= MAX_CALL_ID and carried_by(calls[0].id) == Carried(None, None)
     body = build_body(chat_request(messages=[
