@@ -293,3 +293,36 @@ def _only_generation(gw: Gateway, account: TestAccount) -> str | None:
                             {"a": account.account_id}).all()
     assert len(rows) <= 1
     return rows[0][0] if rows else None
+
+
+def test_a_client_leaving_mid_tool_call_is_charged_for_the_call_so_far(
+    make_gateway: GatewayFactory, database: dict[str, str],
+) -> None:
+    """A streamed tool call is produced text too: its name and the arguments sent so far are
+    charged (by the simulated provider's rule), and the tools count in the prompt."""
+    gw = make_gateway(simulated_chat_delay=0.2, **database)
+    account = gw.account()
+    before = books(gw.engine, account.account_id)
+    tools = [{"type": "function", "function": {"name": "write_story", "parameters": {
+        "type": "object", "properties": {"topic": {"type": "string"}}, "required": ["topic"]}}}]
+
+    messages = [{"role": "user", "content": "Write me a very long story about a lighthouse " * 4}]
+    seen: list[dict[str, Any]] = []
+    with gw.http(account) as http, http.stream("POST", "/chat/completions",
+                                               json={**BODY, "messages": messages, "tools": tools}) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+                if len(seen) == 4:  # the call's name, then three pieces of its 200-odd characters of arguments
+                    break
+    generation_id = seen[0]["id"]
+    pieces = [p for c in seen for p in c["choices"][0]["delta"].get("tool_calls") or ()]
+    received = "".join(p["function"].get("name", "") + p["function"]["arguments"] for p in pieces)
+    assert pieces[0]["function"]["name"] == "write_story" and len(pieces) >= 3
+
+    assert_cancelled_and_settled(gw, account, generation_id, before.balance)
+    record = generation_row(gw.engine, generation_id)
+    assert record["prompt_tokens"] == simulated_prompt_tokens(messages, tools) > simulated_prompt_tokens(messages)
+    # what the client read, and at most the one piece on its way as it left
+    assert simulated_tokens(received) <= record["completion_tokens"] <= simulated_tokens(received) + 5

@@ -13,7 +13,7 @@ import pytest
 
 from common.providers.simulated import simulated_prompt_tokens, simulated_tokens
 from common.tokens import TOKENS_FOR_TOOLS, estimate_completion_tokens, estimate_prompt_tokens
-from tests.api.chat.helpers import Gateway, assert_books_balance, books, generation_row, hold_for
+from tests.api.chat.helpers import Gateway, GatewayFactory, assert_books_balance, books, generation_row, hold_for
 from tests.api.chat.test_adapters_through_gateway import ADAPTERS
 from tests.api.chat.test_sdk import RATE_MICRO, assert_nothing_moved, micro
 from tests.fakes import Behaviour, FakeUpstream
@@ -68,9 +68,13 @@ def test_the_simulated_model_calls_the_matching_tool_and_the_call_is_charged_wit
     assert hold["amount"] >= prompt_bound * RATE_MICRO["gpt-4o"]  # the tools were in the hold
 
 
-def test_the_sdks_tool_loop_ends_with_an_answer_that_uses_the_results(gateway: Gateway) -> None:
-    """The usual client loop: the model's message appended as the SDK returned it, then the results."""
+def test_the_sdks_tool_loop_ends_with_an_answer_that_uses_the_results(make_gateway: GatewayFactory,
+                                                                      database: dict[str, str]) -> None:
+    """The usual client loop: the model's message appended as the SDK returned it, then the
+    results; both answers charged exactly, on each database."""
+    gateway = make_gateway(**database)
     account = gateway.account()
+    before = books(gateway.engine, account.account_id)
     with gateway.sdk(account) as client:
         first = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, tools=TOOLS)
         message = first.choices[0].message
@@ -82,7 +86,10 @@ def test_the_sdks_tool_loop_ends_with_an_answer_that_uses_the_results(gateway: G
     assert answer.choices[0].finish_reason == "stop"
     assert answer.choices[0].message.tool_calls is None
     assert "get_weather returned “Sunny, 21 C”" in answer.choices[0].message.content
-    assert_books_balance(gateway.engine, account.account_id)
+    after = assert_books_balance(gateway.engine, account.account_id)
+    charged = [micro(reply.model_extra["helyx"]["credits_charged"]) for reply in (first, answer)]
+    assert charged == [reply.usage.total_tokens * RATE_MICRO["gpt-4o"] for reply in (first, answer)]
+    assert before.balance - after.balance == sum(charged)
 
 
 @pytest.mark.parametrize(("choice", "called"), [
