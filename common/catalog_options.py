@@ -39,8 +39,8 @@ LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")  # how an `openai` provid
 # `n` too (choices beyond the one the hold covers), and what changes how the answer is read
 # (tools, response formats, log probabilities, audio): the request's own checks refuse those
 SENT_FIELDS = ("model", "messages", "stream", "stream_options", *LIMIT_FIELDS, *SAMPLING_FIELDS, "user", "n",
-               "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "response_format", "logprobs", "top_logprobs",
-               "modalities", "audio")
+               "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "response_format",
+               "logprobs", "top_logprobs", "modalities", "audio")
 
 
 def _extra_body(value: Any) -> bool:
