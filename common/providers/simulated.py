@@ -14,12 +14,16 @@ exceed `common.tokens.estimate_prompt_tokens`, so a reservation always covers th
 `max_tokens` is honoured by cutting the answer (then the call's arguments) to 4 × max_tokens
 characters (finish "length"); `stop` sequences cut the answer too (finish "stop"). With function
 tools it may call one instead of answering (common.providers.simulated_tools; finish "tool_calls").
+With a JSON response_format the answer is JSON: {"answer": "..."} in JSON mode, a value of the
+schema when one is given (its required properties, each of its type: simulated_tools.sample_of).
+Cut by max_tokens, it is cut JSON, as a real model's would be.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import re
 from collections.abc import AsyncIterator
@@ -27,7 +31,7 @@ from typing import Any
 
 from common.providers.base import ChatDelta, ChatRequest, ChatResult, ToolCall, ToolCallDelta, Usage
 from common.providers.messages import message_text, role_of, tool_calls_text, tool_turn_text, tools_json_text
-from common.providers.simulated_tools import results_answered, tool_call_for
+from common.providers.simulated_tools import results_answered, sample_of, tool_call_for
 
 SYSTEM_FINGERPRINT = "helyx-simulated"
 WORDS_PER_CHUNK = 3
@@ -69,13 +73,26 @@ def simulated_answer(messages: list[dict[str, Any]]) -> str:
             "so no upstream provider was called; a real model would answer in full here.")
 
 
+def _text_or_json(request: ChatRequest) -> str:
+    """The answer, or with a JSON response_format the answer as JSON: {"answer": ...} in JSON mode,
+    a value of the schema (simulated_tools.sample_of) for a schema."""
+    answer = simulated_answer(request.messages)
+    if request.response_format is None:
+        return answer
+    schema = (request.response_format.get("json_schema") or {}).get("schema")
+    question = next((message_text(m, " ") for m in reversed(request.messages) if m.get("role") == "user"), "")
+    return json.dumps(sample_of(schema, question[:200]) if schema else {"answer": answer}, ensure_ascii=False)
+
+
 class SimulatedChatProvider:
+    json_output = True
+
     def __init__(self, delay: float = 0.0) -> None:
         self._delay = delay
 
     def _answer(self, request: ChatRequest) -> tuple[str, str, Usage, ToolCall | None]:
         call = tool_call_for(request)
-        content, finish_reason = ("", "tool_calls") if call else (simulated_answer(request.messages), "stop")
+        content, finish_reason = ("", "tool_calls") if call else (_text_or_json(request), "stop")
         cuts = [i for s in request.stop or [] if s and (i := content.find(s)) >= 0]
         if cuts:
             content = content[: min(cuts)]

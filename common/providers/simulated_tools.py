@@ -7,7 +7,8 @@ text, so a client's usual loop (call, run the tools, send the results, read the 
 The tool: the one named, else the one whose name and description share the most words with the
 user's last message (the first on a tie). Its arguments: every required property of its
 `parameters` schema (every property when none is required), each a value of the schema's type:
-the first of an `enum`, the user's question for a string, 1 for a number, true, [] or {}.
+the first of an `enum`, the user's question for a string, 1 for a number, true, [], or an object
+of its own properties by the same rule (`sample_of`, which a JSON answer's schema uses too).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from common.providers.messages import message_text, role_of
 
 _WORD = re.compile(r"[a-z0-9]+")
 _QUESTION_CHARS = 200
-_SAMPLE_BY_TYPE: dict[str, Any] = {"integer": 1, "number": 1, "boolean": True, "array": [], "object": {},
-                                   "null": None}
+_SAMPLE_BY_TYPE: dict[str, Any] = {"integer": 1, "number": 1, "boolean": True, "array": [], "null": None}
+_MAX_DEPTH = 16  # a schema that refers to itself ends as a string there
 
 
 def tool_call_for(request: ChatRequest) -> ToolCall | None:
@@ -70,21 +71,35 @@ def _shared_words(question: str, tool: dict[str, Any]) -> int:
 
 
 def _arguments(schema: dict[str, Any], question: str) -> dict[str, Any]:
-    properties = schema.get("properties")
-    if not isinstance(properties, dict):
-        return {}
-    required = schema.get("required")
-    names = [n for n in required if n in properties] if isinstance(required, list) and required else list(properties)
-    return {name: _sample(properties[name], question) for name in names}
+    value = sample_of(schema, question)
+    return value if isinstance(value, dict) else {}
 
 
-def _sample(schema: Any, question: str) -> Any:
-    """A value of the property's schema: its enum's first, else a value of its (first non-null) type."""
-    if not isinstance(schema, dict):
+def sample_of(schema: Any, question: str, root: Any = None, depth: int = 0) -> Any:
+    """A value of a JSON Schema, by the rule in the module's docstring: an object's required
+    properties (all when none is), each a value of its own schema; `$ref`s to the root's `$defs`
+    (how pydantic writes nested models) followed, `anyOf`/`oneOf` their first non-null choice."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict) or depth > _MAX_DEPTH:
         return question
+    if isinstance(ref := schema.get("$ref"), str) and ref.startswith("#/$defs/") and isinstance(root, dict):
+        return sample_of((root.get("$defs") or {}).get(ref.removeprefix("#/$defs/")), question, root, depth + 1)
+    for key in ("anyOf", "oneOf", "allOf"):
+        choices = [c for c in schema.get(key) or () if not (isinstance(c, dict) and c.get("type") == "null")]
+        if choices:
+            return sample_of(choices[0], question, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
     if isinstance(schema.get("enum"), list) and schema["enum"]:
         return schema["enum"][0]
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or (kind is None and isinstance(schema.get("properties"), dict)):
+        found = schema.get("properties")
+        properties: dict[str, Any] = found if isinstance(found, dict) else {}
+        required = schema.get("required")
+        names = [n for n in required if n in properties] if isinstance(required, list) and required else list(
+            properties)
+        return {name: sample_of(properties[name], question, root, depth + 1) for name in names}
     return _SAMPLE_BY_TYPE.get(kind, question) if isinstance(kind, str) else question
