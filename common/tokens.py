@@ -53,11 +53,13 @@ TOKENS_PER_TOOL_CALL = 8  # the framing of one call in an earlier turn
 
 
 def estimate_prompt_tokens(messages: list[dict[str, Any]], *, image_tokens: int = TOKENS_PER_IMAGE,
-                           tools: list[dict[str, Any]] | None = None, tool_choice: object = None) -> int:
+                           tools: list[dict[str, Any]] | None = None, tool_choice: object = None,
+                           response_format: dict[str, Any] | None = None) -> int:
     """An upper bound of the prompt tokens the chat upstream will report for `messages` (and the
-    function `tools` offered), given the most one image part costs there (the catalog's
-    `image_tokens` of the model)."""
+    function `tools` offered, and a JSON `response_format` with its schema, counted as its JSON
+    text), given the most one image part costs there (the catalog's `image_tokens` of the model)."""
     total = TOKENS_PER_REPLY + (_bytes(tools_json_text(tools, tool_choice)) + TOKENS_FOR_TOOLS if tools else 0)
+    total += _bytes(json.dumps(response_format, ensure_ascii=False)) if response_format else 0
     for message in messages:
         total += TOKENS_PER_MESSAGE
         if isinstance(message.get("name"), str):

@@ -9,7 +9,7 @@ from pydantic import Field, ValidationError, ValidationInfo, ValidatorFunctionWr
 
 from api.schemas.base import JSONBody, NullMeansDefault
 from common.providers.base import MAX_TOOL_CALL_ID
-from common.providers.messages import data_url_problem
+from common.providers.messages import data_url_problem, message_text
 
 
 class TextPart(JSONBody):
@@ -183,6 +183,37 @@ class ToolDefinition(JSONBody):
     function: FunctionDefinition
 
 
+class JSONSchemaFormat(JSONBody):
+    name: ToolName  # OpenAI's rule for a schema's name is a function's
+    description: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # a JSON Schema, passed on as it is
+    strict: bool | None = None
+
+
+class ResponseFormat(JSONBody):
+    """The answer's format: text (the default), any JSON object, or JSON following a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _with_its_type(cls, value: JSONSchemaFormat | None, info: ValidationInfo) -> JSONSchemaFormat | None:
+        if value is not None and info.data.get("type") != "json_schema":
+            raise ValueError('json_schema goes only with "type": "json_schema"')
+        return value
+
+    def sent(self) -> dict[str, Any] | None:
+        """OpenAI's form as sent on; None for text (nothing to ask for)."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        if self.json_schema is None:
+            raise ValueError('"type": "json_schema" needs its json_schema')
+        return {"type": "json_schema", "json_schema": self.json_schema.model_dump(exclude_none=True, by_alias=True)}
+
+
 class NamedFunction(JSONBody):
     name: ToolName
 
@@ -223,7 +254,7 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     # plain text and never know why); accepted when empty, null or "none", as SDKs may send them.
     functions: list[Any] | None = Field(default=None, description="not supported (the legacy form): use tools")
     function_call: Any = Field(default=None, description='not supported (the legacy form): use tool_choice')
-    response_format: dict[str, Any] | None = Field(default=None, description='only {"type": "text"}')
+    response_format: ResponseFormat | None = None
     logprobs: bool | None = Field(default=None, description="not supported: only false")
     top_logprobs: int | None = Field(default=None, description="not supported: only 0")
     logit_bias: dict[str, Any] | None = Field(default=None, description="not supported: must be empty")
@@ -325,11 +356,18 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
 
     @field_validator("response_format")
     @classmethod
-    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and "type" not in value:  # OpenAI refuses it too: its type is required
-            raise ValueError('a response_format without its type is not supported; only {"type": "text"}')
-        if value is not None and value["type"] != "text":
-            raise ValueError('JSON response formats are not supported by this gateway; only {"type": "text"}')
+    def _json_asked_for(cls, value: ResponseFormat | None, info: ValidationInfo) -> ResponseFormat | None:
+        """OpenAI's own 400s: a schema format needs its schema's name; JSON mode needs the word
+        "JSON" somewhere in the messages (a model told to answer in JSON without being asked may
+        write whitespace until its limit)."""
+        if value is None:
+            return value
+        value.sent()  # raises for a json_schema type without its json_schema
+        messages = info.data.get("messages")
+        if value.type == "json_object" and messages is not None and not any(
+                "json" in message_text(m.as_dict(), " ").lower() for m in messages):
+            raise ValueError("'messages' must contain the word 'json' in some form to use a response_format of "
+                             "type 'json_object'")
         return value
 
     @field_validator("messages", mode="before")
@@ -400,6 +438,9 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     def tool_dicts(self) -> list[dict[str, Any]] | None:
         """The function tools as sent on (None for none: an empty list asks for nothing)."""
         return [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
+
+    def response_format_value(self) -> dict[str, Any] | None:
+        return self.response_format.sent() if self.response_format is not None else None
 
     def tool_choice_value(self) -> str | dict[str, Any] | None:
         """tool_choice as sent on; None without tools (a "none" then asks for nothing)."""

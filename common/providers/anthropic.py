@@ -70,6 +70,8 @@ _RETRYABLE_ERRORS = {"api_error", "overloaded_error", "rate_limit_error", "timeo
 
 
 class AnthropicProvider:
+    json_output = False  # the Messages API has no JSON mode (its structured outputs need a beta header)
+
     def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None) -> None:
         self._client = client
         root = base_url.rstrip("/")

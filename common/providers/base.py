@@ -126,7 +126,9 @@ class ChatRequest:
     `tools` are OpenAI function tools ([{"type": "function", "function": {"name", "description"?,
     "parameters"?}}]) or None; `tool_choice` is None (the vendor's default: "auto" when there are
     tools), "none", "auto", "required" or {"type": "function", "function": {"name": ...}} naming
-    one of them; `parallel_tool_calls` None (the vendor's default) or a bool.
+    one of them; `parallel_tool_calls` None (the vendor's default) or a bool. `response_format`
+    is None (text) or OpenAI's {"type": "json_object"} or {"type": "json_schema", "json_schema":
+    {"name", "description"?, "schema"?, "strict"?}}, for a provider whose `json_output` is true.
     """
 
     model: str
@@ -141,6 +143,7 @@ class ChatRequest:
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -174,6 +177,10 @@ class ChatDelta:
 
 @runtime_checkable
 class ChatProvider(Protocol):
+    # Whether the vendor can be asked for JSON answers (`ChatRequest.response_format`); a request
+    # that asks one that cannot is a 400 before anything is held.
+    json_output: bool
+
     def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None,
                           tools: list[dict[str, Any]] | None = None) -> None:
         """A 400 (InvalidRequest, before anything is held) for a conversation, stop sequences

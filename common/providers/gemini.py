@@ -70,6 +70,8 @@ PROVIDER = "gemini"
 
 
 class GeminiChatProvider:
+    json_output = True  # generationConfig's responseMimeType, with responseJsonSchema for a schema
+
     def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None) -> None:
         self._client = client
         self._base = base_url.rstrip("/")
@@ -167,6 +169,11 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
         config["presencePenalty"] = request.presence_penalty
     if request.frequency_penalty:
         config["frequencyPenalty"] = request.frequency_penalty
+    if request.response_format is not None:  # JSON mode; a schema goes as it came, as a tool's parameters do
+        config["responseMimeType"] = "application/json"
+        schema = (request.response_format.get("json_schema") or {}).get("schema")
+        if schema:
+            config["responseJsonSchema"] = schema
     body: dict[str, Any] = {
         "contents": [{"role": role, "parts": parts} for role, parts in turns],
         "generationConfig": config,

@@ -54,6 +54,8 @@ UNSENDABLE = ("user", "stream_options", "name")
 
 
 class OpenAICompatProvider:
+    json_output = True  # response_format goes as it came (a vendor without it answers its own 400)
+
     def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None,
                  unsent_fields: list[str] | tuple[str, ...] = (), alternate_turns: bool = False,
                  limit_field: str = "max_tokens", extra_body: Mapping[str, Any] | None = None) -> None:
@@ -85,6 +87,8 @@ class OpenAICompatProvider:
             value = getattr(request, name)
             if value is not None:
                 body[name] = value
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
         if request.tools:
             body["tools"] = request.tools
             for name in ("tool_choice", "parallel_tool_calls"):
