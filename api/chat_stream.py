@@ -108,9 +108,11 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
                 if delta.content or delta.refusal or delta.tool_calls or delta.finish_reason or not role_sent:
                     quiet_since = time.monotonic()
                     payload: dict[str, Any] = {} if role_sent else {"role": "assistant"}
-                    role_sent = True
-                    if delta.content or not (delta.refusal or delta.tool_calls):
+                    # OpenAI's finish chunk has an empty delta: with "content": "" there, the SDK's
+                    # stream helper made a tool-call answer's content "" instead of None
+                    if delta.content or not (delta.refusal or delta.tool_calls or (delta.finish_reason and role_sent)):
                         payload["content"] = delta.content
+                    role_sent = True
                     if delta.refusal:  # OpenAI's refusal, streamed apart from the content
                         payload["refusal"] = delta.refusal
                     if delta.tool_calls:  # OpenAI's form: the first piece of a call names it, the rest add arguments

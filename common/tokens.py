@@ -23,8 +23,10 @@ stays capped at the hold. A provider that can count offline counts instead
 Function tools: their definitions are counted as their JSON text (vendors render them into the
 prompt in a form of their own, about as long or shorter: OpenAI's TypeScript-like namespace, Gemini's
 declarations), plus TOKENS_FOR_TOOLS for the instructions a vendor adds when tools are given
-(Anthropic documents 346 tokens for its current models' tool-use system prompt). An earlier turn's
-tool calls count their id, name and arguments, a tool message its call's id, as text.
+(Anthropic documents 346 tokens for its current models' tool-use system prompt), also for a
+conversation with earlier tool calls and no tools (Anthropic's adapter declares the called
+functions then). An earlier turn's tool calls count their id, name and arguments, a tool message
+its call's id, as text.
 
 The simulated provider's counts never exceed `estimate_prompt_tokens` (common.providers.simulated).
 """
@@ -58,7 +60,11 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]], *, image_tokens: int 
     """An upper bound of the prompt tokens the chat upstream will report for `messages` (and the
     function `tools` offered, and a JSON `response_format` with its schema, counted as its JSON
     text), given the most one image part costs there (the catalog's `image_tokens` of the model)."""
-    total = TOKENS_PER_REPLY + (_bytes(tools_json_text(tools, tool_choice)) + TOKENS_FOR_TOOLS if tools else 0)
+    total = TOKENS_PER_REPLY + _bytes(tools_json_text(tools, tool_choice))
+    if tools or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):
+        # a conversation with tool calls and no tools is sent to Anthropic with the called
+        # functions declared (common.providers.anthropic_tools), and its tool-use prompt with them
+        total += TOKENS_FOR_TOOLS
     total += _bytes(json.dumps(response_format, ensure_ascii=False)) if response_format else 0
     for message in messages:
         total += TOKENS_PER_MESSAGE

@@ -177,6 +177,15 @@ class FunctionDefinition(JSONBody):
     parameters: dict[str, Any] | None = None  # a JSON Schema object, passed on as it is
     strict: bool | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _an_objects_schema(cls, parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Every vendor takes a function's arguments as an object (OpenAI, Anthropic and Gemini
+        refuse any other schema): refused here, not by the vendor after the hold."""
+        if parameters and parameters.get("type", "object") != "object":
+            raise ValueError('a function\'s parameters are the JSON Schema of an object ("type": "object")')
+        return parameters
+
 
 class ToolDefinition(JSONBody):
     type: Literal["function"]

@@ -90,9 +90,12 @@ def test_function_tools_and_a_conversations_tool_calls_count_in_the_bound_and_in
     calls = [*question, {"role": "assistant", "content": None, "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": 1}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
-    # the call's id, name and arguments and the result's call id, with a call's framing
+    # the call's id, name and arguments and the result's call id, with a call's framing; and the tool-use
+    # allowance without tools too (Anthropic's adapter declares the called functions: a review found the
+    # hold short of Anthropic's charge there)
     added = len("c1lookup" + '{"q": 1}') + TOKENS_PER_TOOL_CALL + len("c1" + "ok") + 2 * 4
-    assert estimate_prompt_tokens(calls) == estimate_prompt_tokens(question) + added
+    assert estimate_prompt_tokens(calls) == estimate_prompt_tokens(question) + added + TOKENS_FOR_TOOLS
+    assert estimate_prompt_tokens(calls, tools=tools) == estimate_prompt_tokens(calls) + tools_bytes
     assert estimate_used_prompt_tokens(question, tools) == estimate_used_prompt_tokens(question) + \
         estimate_completion_tokens(json.dumps(tools))
     assert estimate_used_prompt_tokens(calls) > estimate_used_prompt_tokens(question) + 2 * 3

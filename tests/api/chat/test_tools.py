@@ -123,12 +123,24 @@ def test_a_streamed_tool_call_comes_in_pieces_that_make_the_plain_call(gateway: 
     assert all(p.id is None and p.function.name is None for p in pieces[1:])
     arguments = "".join(p.function.arguments or "" for p in pieces)
     assert arguments == plain.choices[0].message.tool_calls[0].function.arguments
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert finishes == ["tool_calls"]
+    finishes = [c.choices[0] for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [f.finish_reason for f in finishes] == ["tool_calls"]
+    assert finishes[0].delta.content is None and not finishes[0].delta.tool_calls  # OpenAI's empty delta
     usage = chunks[-1].usage
     assert usage is not None and usage.total_tokens == plain.usage.total_tokens
     after = assert_books_balance(gateway.engine, account.account_id)
     assert mid.balance - after.balance == before.balance - mid.balance == usage.total_tokens * RATE_MICRO["gpt-4o"]
+
+
+def test_the_sdks_stream_helper_reads_a_tool_call_answer_as_openais(gateway: Gateway) -> None:
+    """Its final message has content None, not "" (a finish chunk with "content": "" made it ""; a review)."""
+    account = gateway.account()
+    with gateway.sdk(account) as client, client.chat.completions.stream(model="gpt-4o", messages=MESSAGES,
+                                                                         tools=TOOLS) as stream:
+        final = stream.get_final_completion()
+    message = final.choices[0].message
+    assert message.content is None and message.tool_calls[0].function.name == "get_weather"
+    assert json.loads(message.tool_calls[0].function.arguments)["city"] == QUESTION
 
 
 # --- a real adapter: the OpenAI-compatible upstream ------------------------------------------------
@@ -210,6 +222,8 @@ def test_tool_calls_without_usage_are_charged_for_their_text(fake_gateway: tuple
     ({"tools": [{"type": "function", "function": {"name": "get weather"}}]}, "tools.0", "should match pattern"),
     ({"tools": [{"type": "retrieval"}]}, "tools.0.type", "function"),
     ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice", ""),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools.0",
+     "the JSON Schema of an object"),  # every vendor refuses it, after the hold (a review)
 ])
 def test_a_malformed_tool_request_is_a_400_naming_it_and_holds_nothing(
         gateway: Gateway, fields: dict[str, Any], param: str, says: str) -> None:
