@@ -7,7 +7,8 @@ text, so a client's usual loop (call, run the tools, send the results, read the 
 The tool: the one named, else the one whose name and description share the most words with the
 user's last message (the first on a tie). Its arguments: every required property of its
 `parameters` schema (every property when none is required), each a value of the schema's type:
-the first of an `enum`, the user's question for a string, 1 for a number, true, [], or an object
+the first of an `enum`, for a string the question's last capitalised word after its first (a name:
+"What is the weather in Paris?" gives "Paris"), else the question; 1 for a number, true, [], or an object
 of its own properties by the same rule (`sample_of`, which a JSON answer's schema uses too).
 """
 
@@ -22,6 +23,7 @@ from common.providers.base import ChatRequest, ToolCall
 from common.providers.messages import message_text, role_of
 
 _WORD = re.compile(r"[a-z0-9]+")
+_NAME_WORD = re.compile(r"[^\W\d_][\w'-]*")
 _QUESTION_CHARS = 200
 _SAMPLE_BY_TYPE: dict[str, Any] = {"integer": 1, "number": 1, "boolean": True, "array": [], "null": None}
 _MAX_DEPTH = 16  # a schema that refers to itself ends as a string there
@@ -42,7 +44,7 @@ def tool_call_for(request: ChatRequest) -> ToolCall | None:
         tool = next(t for t in tools if t["name"] == choice["function"]["name"])
     else:
         tool = max(tools, key=lambda t: _shared_words(question, t))  # max keeps the first of equals
-    arguments = json.dumps(_arguments(tool.get("parameters") or {}, question), ensure_ascii=False)
+    arguments = json.dumps(_arguments(tool.get("parameters") or {}, string_value(question)), ensure_ascii=False)
     digest = hashlib.sha256(repr([(m.get("role"), message_text(m)) for m in request.messages]).encode())
     return ToolCall("call_" + digest.hexdigest()[:24], tool["name"], arguments)
 
@@ -62,6 +64,14 @@ def results_answered(messages: list[dict[str, Any]]) -> str | None:
 
 def _question(messages: list[dict[str, Any]]) -> str:
     return next((message_text(m, " ") for m in reversed(messages) if m.get("role") == "user"), "")[:_QUESTION_CHARS]
+
+
+def string_value(question: str) -> str:
+    """What a string argument or field gets: the question's last capitalised word after its first
+    (most often the name it is about), else the whole question."""
+    names = _NAME_WORD.findall(question)[1:]
+    capitalised = [word for word in names if word[0].isupper()]
+    return capitalised[-1] if capitalised else question
 
 
 def _shared_words(question: str, tool: dict[str, Any]) -> int:

@@ -306,7 +306,7 @@ def test_a_client_leaving_mid_tool_call_is_charged_for_the_call_so_far(
     tools = [{"type": "function", "function": {"name": "write_story", "parameters": {
         "type": "object", "properties": {"topic": {"type": "string"}}, "required": ["topic"]}}}]
 
-    messages = [{"role": "user", "content": "Write me a very long story about a lighthouse " * 4}]
+    messages = [{"role": "user", "content": "write me a very long story about a lighthouse " * 4}]  # no name in it
     seen: list[dict[str, Any]] = []
     with gw.http(account) as http, http.stream("POST", "/chat/completions",
                                                json={**BODY, "messages": messages, "tools": tools}) as response:

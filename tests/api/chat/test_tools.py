@@ -54,7 +54,7 @@ def test_the_simulated_model_calls_the_matching_tool_and_the_call_is_charged_wit
     (call,) = choice.message.tool_calls
     assert call.type == "function" and call.id.startswith("call_")
     assert call.function.name == "get_weather"  # its name and description share words with the question
-    assert json.loads(call.function.arguments) == {"city": QUESTION, "unit": "celsius"}  # the required ones
+    assert json.loads(call.function.arguments) == {"city": "Paris", "unit": "celsius"}  # the required ones
     usage = completion.usage
     assert usage.prompt_tokens == simulated_prompt_tokens(MESSAGES, TOOLS) > simulated_prompt_tokens(MESSAGES)
     assert usage.completion_tokens == simulated_tokens(call.function.name + call.function.arguments)
@@ -140,7 +140,7 @@ def test_the_sdks_stream_helper_reads_a_tool_call_answer_as_openais(gateway: Gat
         final = stream.get_final_completion()
     message = final.choices[0].message
     assert message.content is None and message.tool_calls[0].function.name == "get_weather"
-    assert json.loads(message.tool_calls[0].function.arguments)["city"] == QUESTION
+    assert json.loads(message.tool_calls[0].function.arguments)["city"] == "Paris"
 
 
 # --- a real adapter: the OpenAI-compatible upstream ------------------------------------------------

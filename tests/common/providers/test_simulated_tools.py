@@ -42,15 +42,15 @@ def request(messages: list[dict[str, Any]] = ASK, **fields: Any) -> ChatRequest:
 def test_it_calls_the_tool_that_shares_most_words_with_the_question_and_fills_the_required_arguments() -> None:
     call = tool_call_for(request())
     assert call is not None and call.name == "search_flights"
-    assert json.loads(call.arguments) == {"origin": "Find flights from Oslo", "day": "mon"}
+    assert json.loads(call.arguments) == {"origin": "Oslo", "day": "mon"}
     assert call.id.startswith("call_") and call == tool_call_for(request())  # deterministic
 
 
 def test_without_required_properties_every_property_gets_a_value_of_its_type() -> None:
     call = tool_call_for(request([{"role": "user", "content": "stock price of ACME"}]))
     assert call is not None and call.name == "stock_price"
-    assert json.loads(call.arguments) == {"symbol": "stock price of ACME", "exact": True, "limit": 1, "tags": [],
-                                          "extra": {}, "anything": "stock price of ACME"}
+    assert json.loads(call.arguments) == {"symbol": "ACME", "exact": True, "limit": 1, "tags": [],
+                                          "extra": {}, "anything": "ACME"}
 
 
 def test_a_tie_goes_to_the_first_tool_and_a_tool_without_parameters_gets_no_arguments() -> None:
