@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+MAX_CONTENT_CHARS = 200_000  # the longest text a chat body's field holds (a message's, a tool's description)
+
 
 class JSONBody(BaseModel):
     """A JSON request body: unknown fields ignored (the OpenAI SDKs send extras), JSON types strict.
