@@ -87,8 +87,8 @@ def servable_by(services: Services, entry: ModelEntry, body: ChatCompletionReque
     entry.refuse_final_assistant_turn(messages)
     provider = services.providers.chat(entry)
     # cast: the field's type is what the client may send; its validator (_stop) makes a lone string a list.
-    provider.refuse_unsendable(messages, entry.upstream_stop(cast("list[str] | None", body.stop)), body.tool_dicts())
-    if body.response_format_value() is not None and not provider.json_output:
+    provider.refuse_unsendable(messages, entry.upstream_stop(cast("list[str] | None", body.stop)), body.sent_tools)
+    if body.sent_response_format is not None and not provider.json_output:
         raise InvalidRequest(f"The model '{entry.id}' cannot be asked for JSON answers; leave response_format out "
                              "(or ask for JSON in the prompt).", param="response_format", code="unsupported_parameter")
     return provider

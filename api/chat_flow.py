@@ -35,8 +35,8 @@ async def create_completion(services: Services, request: Request, body: ChatComp
     messages = body.message_dicts()
     call_id = "chatcmpl-" + secrets.token_hex(12)
     prompt_estimate = estimate_prompt_tokens(messages, image_tokens=services.catalog.image_tokens_for(body.model),
-                                             tools=body.tool_dicts(), tool_choice=body.tool_choice_value(),
-                                             response_format=body.response_format_value())
+                                             tools=body.sent_tools, tool_choice=body.sent_tool_choice,
+                                             response_format=body.sent_response_format)
     admission = await chat_admission.admit(services, request, body, messages, prompt_estimate=prompt_estimate,
                                            purpose=f"chat:{call_id}")
     try:
@@ -79,8 +79,8 @@ async def _counted(services: Services, request: Request, admission: Admission, b
         ChatRequest(model=entry.upstream_model, messages=messages, max_tokens=reservation.max_tokens,
                     user=body.user, **{name: None if name in entry.withheld else getattr(body, name)
                                        for name in WITHHOLDABLE if name != "temperature"},
-                    temperature=entry.upstream_temperature(body.temperature), tools=body.tool_dicts(),
-                    tool_choice=body.tool_choice_value(), response_format=body.response_format_value(),
+                    temperature=entry.upstream_temperature(body.temperature), tools=body.sent_tools,
+                    tool_choice=body.sent_tool_choice, response_format=body.sent_response_format,
                     parallel_tool_calls=body.parallel_tool_calls if body.tools else None),
         reservation, call_id, int(started), started,
         SYSTEM_FINGERPRINT if services.providers.is_simulated(entry) else None, admission.rate_headers, log_fields,

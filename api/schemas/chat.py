@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -351,14 +352,18 @@ class ChatCompletionRequest(JSONBody, NullMeansDefault):
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict() for m in self.messages]
 
-    def tool_dicts(self) -> list[dict[str, Any]] | None:
-        """The function tools as sent on (None for none: an empty list asks for nothing)."""
+    @cached_property
+    def sent_tools(self) -> list[dict[str, Any]] | None:
+        """The function tools as sent on (None for none: an empty list asks for nothing). Cached:
+        the hold's estimate, the provider's checks and the call each read it."""
         return [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
 
-    def response_format_value(self) -> dict[str, Any] | None:
+    @cached_property
+    def sent_response_format(self) -> dict[str, Any] | None:
         return self.response_format.sent() if self.response_format is not None else None
 
-    def tool_choice_value(self) -> str | dict[str, Any] | None:
+    @property
+    def sent_tool_choice(self) -> str | dict[str, Any] | None:
         """tool_choice as sent on; None without tools (a "none" then asks for nothing)."""
         if not self.tools or self.tool_choice is None:
             return None

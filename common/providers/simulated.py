@@ -31,7 +31,7 @@ from typing import Any
 
 from common.providers.base import ChatDelta, ChatRequest, ChatResult, ToolCall, ToolCallDelta, Usage
 from common.providers.messages import message_text, role_of, tool_calls_text, tool_turn_text, tools_json_text
-from common.providers.simulated_tools import results_answered, sample_of, string_value, tool_call_for
+from common.providers.simulated_tools import last_question, results_answered, sample_of, string_value, tool_call_for
 
 SYSTEM_FINGERPRINT = "helyx-simulated"
 WORDS_PER_CHUNK = 3
@@ -80,9 +80,8 @@ def _text_or_json(request: ChatRequest) -> str:
     if request.response_format is None:
         return answer
     schema = (request.response_format.get("json_schema") or {}).get("schema")
-    question = next((message_text(m, " ") for m in reversed(request.messages) if m.get("role") == "user"), "")
-    return json.dumps(sample_of(schema, string_value(question[:200])) if schema else {"answer": answer},
-                      ensure_ascii=False)
+    value = sample_of(schema, string_value(last_question(request.messages))) if schema else {"answer": answer}
+    return json.dumps(value, ensure_ascii=False)
 
 
 class SimulatedChatProvider:

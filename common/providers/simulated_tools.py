@@ -39,7 +39,7 @@ def tool_call_for(request: ChatRequest) -> ToolCall | None:
     forced = choice == "required" or isinstance(choice, dict)
     if not forced and (last is None or last.get("role") != "user"):
         return None
-    question = _question(request.messages)
+    question = last_question(request.messages)
     if isinstance(choice, dict):
         tool = next(t for t in tools if t["name"] == choice["function"]["name"])
     else:
@@ -62,7 +62,8 @@ def results_answered(messages: list[dict[str, Any]]) -> str | None:
     return "Of the tools you ran, " + "; ".join(reversed(results)) + "." if results else None
 
 
-def _question(messages: list[dict[str, Any]]) -> str:
+def last_question(messages: list[dict[str, Any]]) -> str:
+    """The user's last message as text (its first characters): what a call's arguments come from."""
     return next((message_text(m, " ") for m in reversed(messages) if m.get("role") == "user"), "")[:_QUESTION_CHARS]
 
 
