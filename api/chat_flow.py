@@ -101,7 +101,7 @@ async def _complete(call: ChatCall) -> Response:
         backoff=settings.upstream_backoff_seconds), stream=False)
     usage, estimated = result.usage, False
     if usage is None:
-        produced = result.content + (result.refusal or "") + tool_calls_text(result.tool_calls)
+        produced = result.content + (result.refusal or "") + result.reasoning + tool_calls_text(result.tool_calls)
         usage, estimated = chat_billing.estimated_usage(call.request.messages, produced, call.provider,
                                                         call.request.tools), True
     with anyio.CancelScope(shield=True):
@@ -112,6 +112,8 @@ async def _complete(call: ChatCall) -> Response:
                                "refusal": result.refusal}
     if result.tool_calls:
         message["tool_calls"] = [tool_call.openai_view() for tool_call in result.tool_calls]
+    if result.reasoning:  # DeepSeek's and Moonshot's name for it; the SDK keeps it on the message
+        message["reasoning_content"] = result.reasoning
     return json_response({
         "id": call.id, "object": "chat.completion", "created": call.created, "model": call.entry.id,
         "system_fingerprint": result.system_fingerprint or call.fingerprint,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -24,10 +23,6 @@ from common.providers.base import ChatDelta, Usage
 from common.providers.retry import open_stream_with_retries
 
 log = logging.getLogger("helyx.api")
-# While a reasoning model thinks (its thinking is not sent on), an SSE comment at most this often:
-# SDKs skip comments, and a proxy's idle timeout does not cut the stream.
-THINKING_KEEPALIVE_SECONDS = 10.0
-SSE_THINKING = b": thinking\n\n"
 
 
 async def stream(call: ChatCall, request: Request) -> Response:
@@ -97,22 +92,21 @@ async def _events(call: ChatCall, first: ChatDelta, stream: AsyncIterator[ChatDe
         role_sent = False
         error: UpstreamError | None = None
         try:
-            quiet_since = time.monotonic()
             while delta is not None:
                 produced.append(_produced(delta))
                 usage = delta.usage or usage
                 prompt_tokens = delta.prompt_tokens if delta.prompt_tokens is not None else prompt_tokens
-                if delta.thinking and role_sent and time.monotonic() - quiet_since >= THINKING_KEEPALIVE_SECONDS:
-                    quiet_since = time.monotonic()  # the model is thinking: a comment keeps idle-timing proxies open
-                    yield SSE_THINKING
-                if delta.content or delta.refusal or delta.tool_calls or delta.finish_reason or not role_sent:
-                    quiet_since = time.monotonic()
+                if (delta.content or delta.refusal or delta.thinking or delta.tool_calls or delta.finish_reason
+                        or not role_sent):
                     payload: dict[str, Any] = {} if role_sent else {"role": "assistant"}
                     # OpenAI's finish chunk has an empty delta: with "content": "" there, the SDK's
                     # stream helper made a tool-call answer's content "" instead of None
-                    if delta.content or not (delta.refusal or delta.tool_calls or (delta.finish_reason and role_sent)):
+                    if delta.content or not (delta.refusal or delta.thinking or delta.tool_calls
+                                             or (delta.finish_reason and role_sent)):
                         payload["content"] = delta.content
                     role_sent = True
+                    if delta.thinking:  # a reasoning model's thinking, as DeepSeek and Moonshot stream it
+                        payload["reasoning_content"] = delta.thinking
                     if delta.refusal:  # OpenAI's refusal, streamed apart from the content
                         payload["refusal"] = delta.refusal
                     if delta.tool_calls:  # OpenAI's form: the first piece of a call names it, the rest add arguments

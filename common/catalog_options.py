@@ -67,7 +67,8 @@ ADAPTER_OPTIONS: dict[tuple[str, str], dict[str, tuple[Callable[[Any], bool], st
     ("openai", "chat"): {"unsent_fields": (_unsendable, f"a list among {', '.join(UNSENDABLE)}"),
                          "alternate_turns": (lambda value: isinstance(value, bool), "true or false"),
                          "limit_field": (lambda value: value in LIMIT_FIELDS, " or ".join(map(repr, LIMIT_FIELDS))),
-                         "extra_body": (_extra_body, _EXTRA_BODY_WANTED)},
+                         "extra_body": (_extra_body, _EXTRA_BODY_WANTED),
+                         "replay_reasoning": (lambda value: isinstance(value, bool), "true or false")},
 }
 PROVIDER_OPTIONS: dict[str, tuple[str, ...]] = {
     kind: tuple(name for (k, _), options in ADAPTER_OPTIONS.items() if k == kind for name in options)

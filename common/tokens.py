@@ -28,6 +28,10 @@ conversation with earlier tool calls and no tools (Anthropic's adapter declares 
 functions then). An earlier turn's tool calls count their id, name and arguments, a tool message
 its call's id, as text.
 
+An assistant turn's `reasoning_content` (the thinking sent back with it) counts in the bound, as
+text: a vendor that asks for it reads it (OpenAI-compatible `replay_reasoning`); it is left out of
+`estimate_used_prompt_tokens`, whose estimate errs low (the other vendors never see it).
+
 The simulated provider's counts never exceed `estimate_prompt_tokens` (common.providers.simulated).
 """
 
@@ -71,6 +75,8 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]], *, image_tokens: int 
         if isinstance(message.get("name"), str):
             total += _bytes(message["name"])
         total += _bytes(tool_turn_text(message)) + TOKENS_PER_TOOL_CALL * len(message.get("tool_calls") or ())
+        if isinstance(reasoning := message.get("reasoning_content"), str):
+            total += _bytes(reasoning)
         for part in content_parts(message):
             text = part_text(part)
             if text is not None:

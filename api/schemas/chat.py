@@ -112,6 +112,10 @@ class AssistantMessage(_Message):
     # An earlier turn's refusal, where OpenAI's answer had one instead of content (the SDK's message
     # passed back as it came): sent on as that turn's text.
     refusal: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
+    # The thinking a reasoning model's answer came with (the response's `reasoning_content`), sent
+    # back with the turn (the SDK's message object carries it): a vendor whose thinking models need
+    # it in a tool loop gets it (catalog `replay_reasoning`), no other does.
+    reasoning_content: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
     tool_calls: Annotated[list[AssistantToolCall], Field(max_length=MAX_TOOL_CALLS, fail_fast=True)] | None = None
     # The legacy form of an earlier turn's call (OpenAI's deprecated `functions`): refused, as
     # `functions` is, rather than dropped on the way upstream.
@@ -145,6 +149,8 @@ class AssistantMessage(_Message):
                                for p in data["content"]]
         if self.tool_calls:
             data["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.reasoning_content:
+            data["reasoning_content"] = self.reasoning_content
         return data
 
 

@@ -119,9 +119,11 @@ class ChatRequest:
     None, or a list of content parts such as {"type": "text", "text": ...} or
     {"type": "image_url", "image_url": {"url": ...}}}. An assistant message may carry
     "tool_calls" ([{"id", "type": "function", "function": {"name", "arguments"}}], its content
-    then possibly None); a "tool" message answers one of them: {"role": "tool", "tool_call_id",
-    "content"}. The request's validation (api.schemas.chat) guarantees every tool message answers
-    a call of the assistant message before it, and every such call is answered.
+    then possibly None), and "reasoning_content", the thinking the vendor returned with that turn
+    (ChatResult.reasoning; sent back only to a vendor that asks for it); a "tool" message answers
+    one of them: {"role": "tool", "tool_call_id", "content"}. The request's validation
+    (api.schemas.chat) guarantees every tool message answers a call of the assistant message before
+    it, and every such call is answered.
 
     `tools` are OpenAI function tools ([{"type": "function", "function": {"name", "description"?,
     "parameters"?}}]) or None; `tool_choice` is None (the vendor's default: "auto" when there are
@@ -154,6 +156,10 @@ class ChatResult:
     system_fingerprint: str | None = None
     refusal: str | None = None  # OpenAI's: the model declined, saying why here (content then empty)
     tool_calls: list[ToolCall] = field(default_factory=list)  # content may be empty then
+    # A reasoning model's thinking, where the vendor returns it apart from the answer (DeepSeek's and
+    # Moonshot's `reasoning_content`): shown to the caller under that name, who sends it back with the
+    # turn (a thinking model's tool loop needs it: ChatRequest's messages, `reasoning_content`).
+    reasoning: str = ""
 
 
 @dataclass(slots=True)
@@ -169,8 +175,9 @@ class ChatDelta:
     # Gemini's every chunk): a stream cut or failed before its usage is charged it, not an estimate.
     prompt_tokens: int | None = None
     system_fingerprint: str | None = None  # OpenAI-compatible: the backend configuration, as its chunks state it
-    # A reasoning model's thinking, streamed apart from the answer (`reasoning_content`): not sent
-    # on, but produced and billed by the vendor, so a stream cut meanwhile is charged for it.
+    # A reasoning model's thinking, streamed apart from the answer: sent on as `reasoning_content`
+    # (ChatResult.reasoning), and produced and billed by the vendor, so a stream cut meanwhile is
+    # charged for it.
     thinking: str = ""
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
 

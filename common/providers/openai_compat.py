@@ -7,7 +7,9 @@ older one in `x_groq`: both read too); an upstream that ignores the option yield
 without usage and the caller estimates it. Function tools go as they came (`tools`, `tool_choice`,
 `parallel_tool_calls` when the caller set it; the conversation's tool calls and results are
 OpenAI's own form), and the calls come back as they are, streamed pieces by their `index` (a
-vendor that leaves it out gets one per new call id).
+vendor that leaves it out gets one per new call id). A reasoning model's thinking comes back as
+`reasoning_content` (whatever the vendor's field); an earlier turn's goes back to a vendor whose
+thinking models need it in a tool loop (`replay_reasoning`: Moonshot, Zhipu), and to no other.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ _OPTIONAL = (*SAMPLING_FIELDS, "user")
 # message's participant name; without `stream_options` a stream's usage is the vendor's own
 # (Mistral sends it in its last chunk) or, absent, estimated.
 UNSENDABLE = ("user", "stream_options", "name")
+REASONING = "reasoning_content"  # an assistant turn's thinking, as the caller sends it back
 
 
 class OpenAICompatProvider:
@@ -58,7 +61,8 @@ class OpenAICompatProvider:
 
     def __init__(self, client: UpstreamClient, base_url: str, api_key: str | None,
                  unsent_fields: list[str] | tuple[str, ...] = (), alternate_turns: bool = False,
-                 limit_field: str = "max_tokens", extra_body: Mapping[str, Any] | None = None) -> None:
+                 limit_field: str = "max_tokens", extra_body: Mapping[str, Any] | None = None,
+                 replay_reasoning: bool = False) -> None:
         self._client = client
         self._url = httpx.URL(base_url.rstrip("/") + "/chat/completions")  # parsed once, not per request
         self._api_key = api_key
@@ -73,14 +77,20 @@ class OpenAICompatProvider:
         # A vendor's own request fields, sent with every call (MiniMax's `reasoning_split`); the
         # catalog refuses any that Helyx itself sets (common.catalog_options.SENT_FIELDS)
         self._extra_body = dict(extra_body or {})
+        # Moonshot's thinking models refuse a replayed tool-call turn without its `reasoning_content`
+        # (a 400), Zhipu's ask for it; others never see the field (OpenAI's own may refuse it)
+        self._replay_reasoning = replay_reasoning
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     def _body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
-        messages = alternating(request.messages) if self._alternate else request.messages
-        if self._drop_names:
-            messages = [{k: v for k, v in m.items() if k != "name"} for m in messages]
+        messages = request.messages
+        dropped = ({"name"} if self._drop_names else set()) | (set() if self._replay_reasoning else {REASONING})
+        if any(dropped & m.keys() for m in messages):
+            messages = [{k: v for k, v in m.items() if k not in dropped} for m in messages]
+        if self._alternate:
+            messages = alternating(messages)
         body: dict[str, Any] = {**self._extra_body, "model": request.model, "messages": messages,
                                 self._limit_field: request.max_tokens}
         for name in self._optional:
@@ -133,6 +143,7 @@ class OpenAICompatProvider:
                 system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
                 refusal=_text(message.get("refusal")) or None,
                 tool_calls=[_tool_call(call) for call in message.get("tool_calls") or ()],
+                reasoning=_reasoning(message),
             )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
@@ -176,11 +187,7 @@ def _chunk_delta(chunk: Any, api_key: str | None, indexes: _CallIndexes) -> Chat
         delta = choice.get("delta") or {}
         content, refusal = _content(delta.get("content")), _text(delta.get("refusal"))
         tool_calls = [indexes.piece(piece) for piece in delta.get("tool_calls") or ()]
-        # DeepSeek, Moonshot, Zhipu and Qwen stream a reasoning model's thinking as `reasoning_content`,
-        # OpenRouter and vLLM as `reasoning`, MiniMax (with `reasoning_split`) as `reasoning_details`:
-        # produced (and billed) before the first answer token
-        thinking = (_text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
-                    or _details_text(delta.get("reasoning_details")))
+        thinking = _reasoning(delta)
         finish_reason = _finish_reason(choice.get("finish_reason"))
         # Moonshot puts the stream's usage in the finish chunk's choice; Groq used to put it in x_groq
         groq = chunk.get("x_groq")
@@ -237,6 +244,14 @@ def _arguments(value: Any) -> str:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _reasoning(message: dict[str, Any]) -> str:
+    """A message's or delta's thinking. DeepSeek, Moonshot, Zhipu and Qwen send a reasoning model's
+    thinking as `reasoning_content`, OpenRouter and vLLM as `reasoning`, MiniMax (with
+    `reasoning_split`) as `reasoning_details`: produced (and billed) before the first answer token."""
+    return (_text(message.get(REASONING)) or _text(message.get("reasoning"))
+            or _details_text(message.get("reasoning_details")))
 
 
 def _details_text(value: Any) -> str:

@@ -39,6 +39,10 @@ def build_app(fake: FakeUpstream) -> Starlette:
                      "type": _ERROR_TYPES.get(failure, "server_error"), "param": fake.behaviour.error_param,
                      "code": fake.behaviour.error_code}
             return JSONResponse({"error": error}, failure, headers=fake.error_headers())
+        if fake.behaviour.require_reasoning and (index := _turn_without_reasoning(body["messages"])) is not None:
+            error = {"message": "thinking is enabled but reasoning_content is missing in assistant tool call "
+                                f"message at index {index}", "type": "invalid_request_error"}
+            return JSONResponse({"error": error}, 400)
         if fake.behaviour.minimax_status is not None:
             return JSONResponse(_minimax_failure(*fake.behaviour.minimax_status, body["model"]))
         behaviour = _minimax_form(fake.behaviour, split=body.get("reasoning_split") is True)
@@ -48,6 +52,12 @@ def build_app(fake: FakeUpstream) -> Starlette:
         return JSONResponse(_completion(behaviour, body["model"]))
 
     return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])
+
+
+def _turn_without_reasoning(messages: list[dict[str, Any]]) -> int | None:
+    """The index of the first assistant turn with tool calls and no `reasoning_content` (Moonshot's check)."""
+    return next((i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("tool_calls")
+                 and not m.get("reasoning_content")), None)
 
 
 def _minimax_form(b: Behaviour, split: bool) -> Behaviour:
@@ -105,6 +115,8 @@ def _completion(b: Behaviour, model: str) -> dict[str, Any]:
     }
     if b.minimax_thinking is not None:
         data["choices"][0]["message"]["reasoning_details"] = _reasoning_details(b.minimax_thinking)
+    if b.thinking is not None:
+        message["reasoning_content"] = "".join(b.thinking)
     if not b.omit_usage:
         data["usage"] = _usage(b)
     return data

@@ -57,8 +57,10 @@ class Behaviour:
     drop_after_chunks: int | None = None  # stream: drop the connection after N content chunks
     hang: float = 0.0  # seconds to wait before answering (until the client gives up)
     chunk_delay: float = 0.0  # seconds before each streamed chunk
-    thinking: list[str] | None = None  # OpenAI-compatible streams: a reasoning model's thinking, streamed as
-    #   `reasoning_content` pieces before the answer (DeepSeek's and Moonshot's form)
+    thinking: list[str] | None = None  # OpenAI-compatible: a reasoning model's thinking, as `reasoning_content`
+    #   (DeepSeek's and Moonshot's form): streamed in these pieces before the answer, joined in a plain answer
+    require_reasoning: bool = False  # OpenAI-compatible: Moonshot's thinking models, which answer 400 to an
+    #   assistant turn with tool calls sent back without its `reasoning_content`
     minimax_thinking: str | None = None  # OpenAI-compatible: MiniMax's M2 models' thinking, plain and streamed,
     #   inline in the content as `<think>...</think>` unless the request says `reasoning_split: true`, then
     #   in `reasoning_details` ([{"type": "reasoning.text", "text": ...}], each chunk's piece its own)

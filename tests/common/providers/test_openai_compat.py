@@ -158,10 +158,46 @@ async def test_a_finish_reason_saying_the_inference_failed_is_a_failed_call(
 
 async def test_reasoning_pieces_are_thinking_not_content(openai_fake: FakeUpstream, client: httpx.AsyncClient) -> None:
     openai_fake.behaviour = Behaviour(thinking=["Let me ", "think."])
-    deltas, error = await collect(OpenAICompatProvider(client, openai_fake.base_url, API_KEY), chat_request())
+    provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY)
+    deltas, error = await collect(provider, chat_request())
     assert error is None
     assert [d.thinking for d in deltas if d.thinking] == ["Let me ", "think."]
     assert text_of(deltas) == "Hello! How can I help you today?"
+    result = await provider.complete(chat_request())  # a plain answer's `reasoning_content`
+    assert result.reasoning == "Let me think." and result.content == "Hello! How can I help you today?"
+
+
+def _thinking_turn() -> list[dict[str, object]]:
+    call = {"id": "functions.get_weather:0", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    return [{"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [call], "reasoning_content": "I should look."},
+            {"role": "tool", "tool_call_id": call["id"], "content": "Sunny"}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_earlier_turns_reasoning_goes_back_only_to_a_vendor_that_wants_it(
+    openai_fake: FakeUpstream, client: httpx.AsyncClient, stream: bool,
+) -> None:
+    """Moonshot's thinking models refuse a tool-call turn sent back without its `reasoning_content`
+    (the fake answers that 400 too); a vendor not marked `replay_reasoning` never gets the field."""
+    openai_fake.behaviour = Behaviour(require_reasoning=True)
+    request = chat_request(messages=_thinking_turn())
+
+    async def call(provider: OpenAICompatProvider) -> None:
+        if stream:
+            _, error = await collect(provider, request)
+            if error is not None:
+                raise error
+        else:
+            await provider.complete(request)
+
+    with pytest.raises(UpstreamError):
+        await call(OpenAICompatProvider(client, openai_fake.base_url, API_KEY))
+    assert "reasoning_content" not in openai_fake.last_request.json["messages"][1]
+    await call(OpenAICompatProvider(client, openai_fake.base_url, API_KEY, replay_reasoning=True))
+    assert openai_fake.last_request.json["messages"][1]["reasoning_content"] == "I should look."
+    assert request.messages[1]["reasoning_content"] == "I should look."  # the request itself is left as it came
 
 
 async def test_an_error_object_mid_stream_raises_after_the_earlier_deltas(
@@ -259,13 +295,13 @@ async def test_extra_body_is_sent_with_every_call_and_minimax_thinking_apart_is_
 ) -> None:
     """MiniMax's M2 models answer `<think>...</think>` first in the content unless the request says
     `reasoning_split: true` (the built-in catalog's extra_body for it); the thinking then comes in
-    `reasoning_details`, which is thinking (not sent on), as `reasoning_content` is."""
+    `reasoning_details`, which is thinking (shown apart, as `reasoning_content` is), not content."""
     openai_fake.behaviour = Behaviour(minimax_thinking="The user greets me.")
     provider = OpenAICompatProvider(client, openai_fake.base_url, API_KEY, extra_body={"reasoning_split": True})
     result = await provider.complete(chat_request(max_tokens=40))
     sent = openai_fake.last_request.json
     assert sent["reasoning_split"] is True and sent["max_tokens"] == 40 and sent["model"] == "test-model"
-    assert result.content == "Hello! How can I help you today?"
+    assert result.content == "Hello! How can I help you today?" and result.reasoning == "The user greets me."
     deltas, error = await collect(provider, chat_request())
     assert error is None and openai_fake.last_request.json["reasoning_split"] is True
     assert "".join(d.thinking for d in deltas) == "The user greets me."
