@@ -9,12 +9,17 @@ sends an `event: error` (overloaded_error) mid-stream, `drop_after_chunks` abort
 text follows in input_json_delta fragments (the first one empty, as Anthropic sends it); the
 text pieces and the JSON fragments are the chunks `error_after_chunks` and `drop_after_chunks`
 count. The request received is in `fake.last_request.json`.
+
+Like Anthropic, the fake answers 400 (invalid_request_error, Anthropic's words) to a request whose
+tool_use ids repeat in the conversation or break Anthropic's pattern, or whose tool_result block
+names no tool_use of the assistant message right before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,11 +43,42 @@ def build_app(fake: FakeUpstream) -> Starlette:
             error = {"type": _ERROR_TYPES.get(failure, "api_error"), "message": fake.behaviour.error_message}
             return JSONResponse({"type": "error", "error": error}, failure,
                                 headers={**fake.error_headers(), "request-id": "req_fake"})
+        if (problem := _tool_block_problem(body)) is not None:
+            return JSONResponse({"type": "error", "error": {"type": "invalid_request_error", "message": problem}}, 400)
         if body.get("stream"):
             return TrackedStream(fake, _stream(fake.behaviour, body["model"]))
         return JSONResponse(_message(fake.behaviour, body["model"], _content(fake.behaviour)))
 
     return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+
+
+_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
+
+
+def _tool_block_problem(body: Any) -> str | None:
+    """Anthropic's refusal of the conversation's tool blocks, or None: a tool_use id that is not of
+    its alphabet or is used twice in the conversation, a tool_result that answers no tool_use of the
+    message before it."""
+    used: set[str] = set()
+    previous: set[str] = set()  # the tool_use ids of the message before
+    for index, message in enumerate((body or {}).get("messages") or ()):
+        content = message.get("content")
+        blocks = [block for block in content if isinstance(block, dict)] if isinstance(content, list) else []
+        own: set[str] = set()
+        for position, block in enumerate(blocks):
+            where = f"messages.{index}.content.{position}"
+            if block.get("type") == "tool_use":
+                if not _TOOL_USE_ID.fullmatch(str(block.get("id"))):
+                    return f"{where}.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'"
+                if block["id"] in used:
+                    return f"{where}: `tool_use` ids must be unique"
+                used.add(block["id"])
+                own.add(block["id"])
+            elif block.get("type") == "tool_result" and block.get("tool_use_id") not in previous:
+                return (f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: {block.get('tool_use_id')}. "
+                        "Each `tool_result` block must have a corresponding `tool_use` block in the previous message.")
+        previous = own
+    return None
 
 
 _FRAGMENT_CHARS = 7  # a streamed input's JSON text comes in pieces this long, cut anywhere

@@ -301,6 +301,34 @@ async def test_the_answers_calls_sent_back_with_their_results_reach_anthropic_as
     assert [block["tool_use_id"] for block in sent[2]["content"]] == ["toolu_fake0", "toolu_fake1"]
 
 
+@pytest.mark.parametrize(("messages", "refusal"), [
+    ([{"role": "user", "content": "Time?"},
+      {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "now", "input": {}}]},
+      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "noon"}]},
+      {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "now", "input": {}}]},
+      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "one"}]}],
+     "messages.3.content.0: `tool_use` ids must be unique"),
+    ([{"role": "user", "content": "Time?"},
+      {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "now", "input": {}}]},
+      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t2", "content": "noon"}]}],
+     "messages.2.content.0: unexpected `tool_use_id`"),
+    ([{"role": "user", "content": "Time?"},
+      {"role": "assistant", "content": [{"type": "tool_use", "id": "functions.now:0", "name": "now", "input": {}}]},
+      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "functions.now:0", "content": "noon"}]}],
+     "messages.1.content.0.tool_use.id: String should match pattern"),
+])
+async def test_the_fake_refuses_tool_blocks_anthropic_refuses(
+    anthropic_fake: FakeUpstream, client: httpx.AsyncClient, messages: list[dict[str, Any]], refusal: str
+) -> None:
+    """What makes the tests above able to fail: the fake checks what Anthropic checks."""
+    body = {"model": "m", "max_tokens": 9, "messages": messages,
+            "tools": [{"name": "now", "input_schema": {"type": "object"}}]}
+    response = await client.post(f"{anthropic_fake.base_url}/v1/messages", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert response.json()["error"]["message"].startswith(refusal)
+
+
 @pytest.mark.parametrize("cut", ["error_after_chunks", "drop_after_chunks"])
 async def test_a_stream_cut_in_the_middle_of_a_tool_call_raises_after_its_first_pieces(
     anthropic_fake: FakeUpstream, client: httpx.AsyncClient, cut: str
