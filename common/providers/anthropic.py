@@ -11,8 +11,9 @@
   top_p is sent instead of temperature.
 - Function tools: definitions, tool_choice and parallel_tool_calls become `tools` and
   `tool_choice`; an assistant's tool calls become tool_use blocks after its text, tool messages
-  tool_result blocks first in their user turn; tool_use blocks come back as tool calls, streamed
-  as OpenAI streams them. The details are common.providers.anthropic_tools'.
+  tool_result blocks first in their user turn (a call id reused in a later turn sent as another
+  id, as Anthropic takes each once); tool_use blocks come back as tool calls, streamed as OpenAI
+  streams them. The details are common.providers.anthropic_tools'.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from common.providers.anthropic_tools import (
     tool_fields,
     tool_result_block,
     tool_use_blocks,
+    with_unique_call_ids,
 )
 from common.providers.base import (
     MAX_TOKEN_COUNT,
@@ -157,7 +159,7 @@ class AnthropicProvider:
 
 def build_body(request: ChatRequest, *, stream: bool) -> dict[str, Any]:
     """The Messages API body for an OpenAI-shaped request."""
-    system, turns = system_and_turns(request.messages, role_of, _blocks)
+    system, turns = system_and_turns(with_unique_call_ids(request.messages), role_of, _blocks)
     for _, blocks in turns:
         blocks.sort(key=block_rank)
     body: dict[str, Any] = {

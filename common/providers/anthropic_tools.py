@@ -7,6 +7,10 @@ to Anthropic's blocks and fields, and its tool_use blocks (plain and streamed) b
   id Anthropic would refuse (its ids match `[a-zA-Z0-9_-]+`; other vendors' may not, such as
   Kimi's "functions.get_weather:0") is sent as a derived one, the same in its tool_use and its
   tool_result blocks.
+- Anthropic refuses a tool_use id used twice in a conversation; OpenAI's rule is only that a turn's
+  results answer that turn's calls, and vendors that number calls per turn reuse ids. A call id
+  already used earlier is sent with its message's position added, and a result names the id of
+  the call it answers: the one of its id in the nearest assistant message before it.
 - Anthropic refuses tool_use and tool_result blocks in a request without `tools`, which OpenAI
   takes: the called functions are then declared (no schema) with tool_choice none, so the model
   reads the earlier calls and makes none, as it would on OpenAI.
@@ -24,7 +28,7 @@ from typing import Any
 
 from common.errors import InvalidRequest
 from common.providers.base import ChatRequest, ToolCall, ToolCallDelta
-from common.providers.messages import message_text, tool_calls_of
+from common.providers.messages import message_text, role_of, tool_calls_of
 from common.providers.vendor_bodies import NOT_JSON
 
 _NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # Anthropic's rule for a tool's name (OpenAI's too)
@@ -117,6 +121,39 @@ def anthropic_id(call_id: str) -> str:
         return call_id
     digest = hashlib.sha256(call_id.encode()).hexdigest()[:16]
     return f"{_NOT_ID_CHARS.sub('_', call_id)}_{digest}"
+
+
+def with_unique_call_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation with its call ids as Anthropic gets them: each of its alphabet
+    (anthropic_id) and used once; a tool message's id that of the call it answers, the call of that
+    id in the nearest assistant message before it. An id's first use is sent as anthropic_id makes
+    it, and a repeat's id depends only on the messages up to it, so a conversation that grows sends
+    its earlier turns unchanged (as Anthropic's prompt cache needs)."""
+    used: set[str] = set()
+    sent: dict[str, str] = {}  # the calls of the nearest assistant message: the client's id -> the id sent
+    rewritten: list[dict[str, Any]] = []
+    for position, message in enumerate(messages):
+        if message.get("role") == "tool":
+            call_id = message["tool_call_id"]
+            message = {**message, "tool_call_id": sent.get(call_id) or anthropic_id(call_id)}
+        elif role_of(message) == "assistant":
+            sent = {call.id: _unused_id(anthropic_id(call.id), position, used) for call in tool_calls_of(message)}
+            if sent:
+                calls = [{**call, "id": sent[call["id"]]} for call in message["tool_calls"]]
+                message = {**message, "tool_calls": calls}
+        rewritten.append(message)
+    return rewritten
+
+
+def _unused_id(block_id: str, position: int, used: set[str]) -> str:
+    """`block_id` if no call before took it, else it with the position of its message (and a count,
+    should a client's own id have taken that too); recorded in `used`."""
+    unused, count = block_id, 1
+    while unused in used:
+        unused = f"{block_id}_m{position}" + (f"_{count}" if count > 1 else "")
+        count += 1
+    used.add(unused)
+    return unused
 
 
 def tool_use_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:

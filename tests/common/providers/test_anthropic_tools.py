@@ -4,6 +4,7 @@ it refuses, and tool calls read from the fake Messages API over HTTP, plain and 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -163,6 +164,58 @@ def test_call_ids_anthropic_refuses_are_sent_as_the_same_derived_id_in_both_bloc
     assert all(set(block_id) <= set("abcdefghijklmnopqrstuvwxyz0123456789_-") for block_id in used)
 
 
+def tool_blocks(body: dict[str, Any], kind: str, key: str) -> list[list[str]]:
+    """Per message sent, the `key` of each of its blocks of type `kind`."""
+    return [[block[key] for block in message["content"] if block["type"] == kind] for message in body["messages"]]
+
+
+def test_a_call_id_reused_in_later_turns_is_sent_once_and_each_result_answers_its_own_turns_call() -> None:
+    """Vendors that number calls per turn (Kimi's "functions.get_weather:0") reuse an id in the next
+    turn; Anthropic refuses a tool_use id that repeats in the conversation."""
+    body = body_for(tools=[WEATHER, TIME], messages=[
+        {"role": "user", "content": "Weather in Paris, Oslo, then the time?"},
+        asking(call("functions.get_weather:0", "get_weather", '{"city": "Paris"}'), call("c", "get_time", "{}")),
+        result("c", "noon"), result("functions.get_weather:0", "Sun"),
+        asking(call("functions.get_weather:0", "get_weather", '{"city": "Oslo"}')),
+        result("functions.get_weather:0", "Snow"),
+        {"role": "user", "content": "And now?"},
+        asking(call("c", "get_time", "{}"), call("functions.get_weather:0", "get_weather", '{"city": "Oslo"}')),
+        result("functions.get_weather:0", "Rain"), result("c", "one"),
+    ])
+    used = tool_blocks(body, "tool_use", "id")
+    answered = tool_blocks(body, "tool_result", "tool_use_id")
+    assert [len(ids) for ids in used] == [0, 2, 0, 1, 0, 2, 0]
+    every_id = [block_id for ids in used for block_id in ids]
+    assert len(set(every_id)) == len(every_id) == 5
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]+", block_id) for block_id in every_id)
+    first = body_for(tools=[WEATHER, TIME], messages=[
+        {"role": "user", "content": "Weather?"},
+        asking(call("functions.get_weather:0", "get_weather", "{}"), call("c", "get_time", "{}")),
+    ])
+    assert used[1] == tool_blocks(first, "tool_use", "id")[1]  # a first use is sent as it was before
+    assert answered[2] == [used[1][1], used[1][0]]  # each result the id of its own turn's call, in its order
+    assert answered[4] == used[3]
+    assert answered[6] == [used[5][1], used[5][0]]
+    results = [block["content"] for message in body["messages"] for block in message["content"]
+               if block["type"] == "tool_result"]
+    assert results == ["noon", "Sun", "Snow", "Rain", "one"]
+
+
+def test_the_ids_a_reused_call_id_gets_depend_only_on_the_conversation_before_it() -> None:
+    """A conversation that grows sends its earlier turns as it did (Anthropic's prompt cache reads a
+    prefix), and a client's id that happens to look like a derived one does not make a repeat."""
+    turns = [asking(call("call_0", "get_time", "{}")), result("call_0", "noon"),
+             asking(call("call_0", "get_time", "{}")), result("call_0", "one"),
+             asking(call("call_0_m3", "get_time", "{}"), call("call_0", "get_time", "{}")),
+             result("call_0_m3", "two"), result("call_0", "three")]
+    question = {"role": "user", "content": "Time?"}
+    shorter = tool_blocks(body_for(tools=[TIME], messages=[question, *turns[:4]]), "tool_use", "id")
+    longer = tool_blocks(body_for(tools=[TIME], messages=[question, *turns]), "tool_use", "id")
+    assert longer[:len(shorter)] == shorter
+    every_id = [block_id for ids in longer for block_id in ids]
+    assert every_id[0] == "call_0" and len(set(every_id)) == len(every_id) == 4
+
+
 def test_a_history_of_tool_calls_without_tools_declares_them_and_lets_none_be_called() -> None:
     """Anthropic refuses tool_use and tool_result blocks in a request without tools; OpenAI answers
     it, calling nothing."""
@@ -299,6 +352,29 @@ async def test_the_answers_calls_sent_back_with_their_results_reach_anthropic_as
     assert sent[1]["content"] == [{"type": "tool_use", "id": f"toolu_fake{n}", "name": name, "input": arguments}
                                   for n, (name, arguments) in enumerate(CALLS)]
     assert [block["tool_use_id"] for block in sent[2]["content"]] == ["toolu_fake0", "toolu_fake1"]
+
+
+async def test_a_tool_loop_whose_vendor_numbers_calls_per_answer_goes_on_at_anthropic(
+    anthropic_fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    """The fake numbers each answer's calls from toolu_fake0, as vendors that number calls per turn
+    do: the third request holds two calls of that id, which the fake, as Anthropic, refuses."""
+    provider = AnthropicProvider(client, anthropic_fake.base_url, API_KEY)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Weather in Paris, then the time?"}]
+    for (name, arguments), answer in zip(CALLS, ["18°C", "14:05"], strict=True):
+        anthropic_fake.behaviour = Behaviour(answer="", tool_calls=[(name, arguments)])
+        reply = await provider.complete(chat_request(tools=[WEATHER, TIME], messages=messages))
+        messages += [asking(*[c.openai_view() for c in reply.tool_calls]), result(reply.tool_calls[0].id, answer)]
+    assert [m["tool_calls"][0]["id"] for m in messages if m.get("tool_calls")] == ["toolu_fake0", "toolu_fake0"]
+    anthropic_fake.behaviour = Behaviour(answer="18°C, 14:05.")
+    request = chat_request(tools=[WEATHER, TIME], messages=messages)
+    assert (await provider.complete(request)).content == "18°C, 14:05."
+    deltas, error = await collect(provider, request)
+    assert error is None and text_of(deltas) == "18°C, 14:05."
+    sent = anthropic_fake.last_request.json
+    used = tool_blocks(sent, "tool_use", "id")
+    assert used[1] == ["toolu_fake0"] and len(set(used[1] + used[3])) == 2
+    assert tool_blocks(sent, "tool_result", "tool_use_id")[2::2] == [used[1], used[3]]
 
 
 @pytest.mark.parametrize(("messages", "refusal"), [
