@@ -10,6 +10,13 @@ the way Google does (400 INVALID_ARGUMENT, not 401).
 carrying a `thoughtSignature` (SIGNATURE_PREFIX and the function's name, base64), finishReason
 STOP; streamed, each call whole in a chunk of its own. Like Gemini 3, the fake answers 400 to a
 request whose model turn has function calls without a signature on the first of them.
+
+It answers 400 too to a turn of function calls not followed by their responses as Gemini takes
+them: a user Content of functionResponse parts only, one per call (Gemini's words for these two),
+each named after a call of that turn (FunctionResponse.name "matches FunctionCall.name", Google's
+reference says) and, when it has an id, after the call of that id. Newer models refuse a
+functionResponse Content with other parts (text, images) beside the responses with a misleading
+"Requests ending with a model turn are not supported."; older ones took it: the fake is strict.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import base64
 import json
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from typing import Any
 
 from starlette.applications import Starlette
@@ -49,6 +57,8 @@ def build_app(fake: FakeUpstream) -> Starlette:
         if (unsigned := _unsigned_call(body)) is not None:
             return JSONResponse(_invalid(f"Function call is missing a thought_signature in functionCall parts "
                                          f"(function call `{unsigned}`)."), 400)
+        if (problem := _response_turn_problem(body)) is not None:
+            return JSONResponse(_invalid(problem), 400)
         if method == "streamGenerateContent" and request.query_params.get("alt") == "sse":
             return TrackedStream(fake, _stream(fake.behaviour, model))
         if method == "generateContent":
@@ -80,6 +90,40 @@ def _unsigned_call(body: Any) -> str | None:
         calls = [part for part in content.get("parts") or () if "functionCall" in part]
         if content.get("role") == "model" and calls and not calls[0].get("thoughtSignature"):
             return str(calls[0]["functionCall"].get("name"))
+    return None
+
+
+def _response_turn_problem(body: Any) -> str | None:
+    """Why Gemini refuses the conversation's function responses, or None: see the module's docstring."""
+    contents = (body or {}).get("contents") or []
+    for before, content in pairwise([{}, *contents]):
+        calls = [part["functionCall"] for part in before.get("parts") or () if "functionCall" in part]
+        parts = content.get("parts") or []
+        responses = [part["functionResponse"] for part in parts if "functionResponse" in part]
+        if responses and (before.get("role") != "model" or not calls):
+            return "Please ensure that function response turn comes immediately after a function call turn."
+        if calls and len(responses) != len(calls):
+            return ("Please ensure that the number of function response parts is equal to the number of function "
+                    "call parts of the function call turn.")
+        if responses and len(responses) != len(parts):
+            return "Requests ending with a model turn are not supported."
+        if (mismatch := _unmatched_response(calls, responses)) is not None:
+            return mismatch
+    return None
+
+
+def _unmatched_response(calls: list[dict[str, Any]], responses: list[dict[str, Any]]) -> str | None:
+    """Responses not named after the calls of their turn (and, when they have an id, after the call
+    of that id), or None."""
+    call_names = sorted(str(call.get("name")) for call in calls)
+    response_names = sorted(str(response.get("name")) for response in responses)
+    if response_names != call_names:
+        return f"The functionResponse names {response_names} are not those of the function call turn {call_names}."
+    named = {call["id"]: call.get("name") for call in calls if call.get("id")}
+    for response in responses:
+        if response.get("id") and named.get(response["id"]) != response.get("name"):
+            return (f"The functionResponse of id {response['id']!r} is named {response.get('name')!r}, not after "
+                    "the function call of that id.")
     return None
 
 

@@ -318,6 +318,43 @@ async def test_the_next_turn_sends_the_signature_back_and_gemini_3_takes_it(
         {"functionResponse": {"name": "get_weather", "response": {"sky": "sunny"}}}]
 
 
+def model_turn(*calls: tuple[str, str | None]) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = []
+    for name, gemini_id in calls:
+        parts.append({"functionCall": {"name": name, "args": {}} | ({"id": gemini_id} if gemini_id else {}),
+                      "thoughtSignature": SKIP_SIGNATURE})
+    return {"role": "model", "parts": parts}
+
+
+def responses(*answers: tuple[str, str | None], text: str | None = None) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [
+        {"functionResponse": {"name": name, "response": {"output": "x"}} | ({"id": gemini_id} if gemini_id else {})}
+        for name, gemini_id in answers]
+    return {"role": "user", "parts": parts + ([{"text": text}] if text else [])}
+
+
+@pytest.mark.parametrize(("contents", "refusal"), [
+    ([model_turn(("get_time", None)), responses(("get_time", None), text="Thanks")], "Requests ending with a model"),
+    ([model_turn(("get_time", None), ("get_weather", None)), responses(("get_time", None))], "the number of function"),
+    ([model_turn(("get_time", None)), responses(("get_weather", None))], "The functionResponse names"),
+    ([model_turn(("get_time", "a"), ("get_weather", "b")), responses(("get_time", "b"), ("get_weather", "a"))],
+     "The functionResponse of id 'b'"),
+    ([model_turn(("get_time", None)), responses(("get_time", None)), responses(("get_time", None))],
+     "function response turn comes immediately after a function call turn"),
+])
+async def test_the_fake_refuses_function_responses_gemini_refuses(
+    gemini_fake: FakeUpstream, client: httpx.AsyncClient, contents: list[dict[str, Any]], refusal: str
+) -> None:
+    """What makes the tests above able to fail: the fake checks a turn's responses as Gemini does."""
+    body = {"contents": [{"role": "user", "parts": [{"text": "Time?"}]}, *contents]}
+    response = await client.post(f"{gemini_fake.base_url}/models/m:generateContent", json=body)
+    assert response.status_code == 400
+    assert refusal in response.json()["error"]["message"]
+    fixed = [{"role": "user", "parts": [{"text": "Time?"}]}, model_turn(("get_time", "a"), ("get_weather", None)),
+             responses(("get_weather", None), ("get_time", "a")), {"role": "user", "parts": [{"text": "Thanks"}]}]
+    assert (await client.post(f"{gemini_fake.base_url}/models/m:generateContent", json={"contents": fixed})).is_success
+
+
 async def test_the_fake_refuses_a_call_sent_back_without_a_signature(
     gemini_fake: FakeUpstream, client: httpx.AsyncClient
 ) -> None:
