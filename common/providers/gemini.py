@@ -41,6 +41,7 @@ from common.providers.error_blocks import malformed_answers, upstream_errors
 from common.providers.gemini_tools import (
     call_parts,
     calls_in,
+    naming_results,
     refuse_unsendable_tools,
     response_part,
     tool_config,
@@ -62,7 +63,6 @@ from common.providers.messages import (
     refuse_empty_conversation,
     role_of,
     system_and_turns,
-    tool_names_by_id,
 )
 from common.providers.vendor_bodies import parse_json, vendor_message
 
@@ -155,9 +155,8 @@ class GeminiChatProvider:
 
 def build_body(request: ChatRequest) -> dict[str, Any]:
     """The generateContent body for an OpenAI-shaped request."""
-    names = tool_names_by_id(request.messages)
-    system, turns = system_and_turns(request.messages, lambda m: "model" if role_of(m) == "assistant" else "user",
-                                     lambda m: _parts(m, names))
+    system, turns = system_and_turns(naming_results(request.messages),
+                                     lambda m: "model" if role_of(m) == "assistant" else "user", _parts)
     config: dict[str, Any] = {"maxOutputTokens": request.max_tokens}
     if request.temperature is not None:
         config["temperature"] = request.temperature
@@ -187,11 +186,11 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
     return body
 
 
-def _parts(message: dict[str, Any], names: dict[str, str]) -> list[dict[str, Any]]:
+def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
     """A message's Gemini parts: its text and images, then an assistant's function calls; a tool
     message is its function's response."""
     if message.get("role") == "tool":
-        return [response_part(message, names)]
+        return [response_part(message)]
     parts: list[dict[str, Any]] = []
     for part in content_parts(message):
         text = part_text(part)

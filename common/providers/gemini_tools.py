@@ -6,8 +6,9 @@
   Gemini counterpart and is not sent; nor is `parallel_tool_calls` (Gemini has no such switch).
 - `tool_choice`: auto → AUTO, required → ANY, a named function → ANY limited to it, none → NONE.
 - A call's result goes back as a `functionResponse` part (in a user turn) named after the call's
-  function; its `response` is the result itself when that is JSON text of an object, else
-  `{"output": text}` (Google's documented key for a function's output).
+  function, the call of its id in the nearest assistant message before it (vendors that number
+  calls per turn reuse ids across turns); its `response` is the result itself when that is JSON
+  text of an object, else `{"output": text}` (Google's documented key for a function's output).
 - Thought signatures: Gemini 3 gives a function call a `thoughtSignature` and answers 400 to a
   later turn that does not send it back on that call's part. We keep no state, so the signature
   (and Gemini's own call id, if it gave one) travels inside the OpenAI call id we return, which
@@ -30,7 +31,7 @@ import orjson
 
 from common.errors import InvalidRequest
 from common.providers.base import MAX_TOOL_CALL_ID, ToolCall
-from common.providers.messages import message_text, tool_calls_of
+from common.providers.messages import answered_calls, message_text, tool_calls_of
 
 # Google's rule for a function's name (FunctionDeclaration.name): OpenAI's names may also start with
 # a digit or a dash, which Gemini refuses.
@@ -95,13 +96,22 @@ def call_parts(message: dict[str, Any]) -> list[dict[str, Any]]:
     return parts
 
 
-def response_part(message: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    """A tool message as a `functionResponse` part; `names` maps call ids to function names."""
-    call_id = message["tool_call_id"]
+def naming_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation with each tool message naming the function of the call it answers in
+    `name` (as OpenAI's older function messages did), None when it answers none."""
+    return [{**message, "name": call.name if call is not None else None} if message.get("role") == "tool" else message
+            for message, call in zip(messages, answered_calls(messages), strict=True)]
+
+
+def response_part(message: dict[str, Any]) -> dict[str, Any]:
+    """A tool message named by naming_results as a `functionResponse` part."""
+    call_id, name = message["tool_call_id"], message["name"]
+    if name is None:  # api.schemas.chat_tools.check_tool_turns refuses such a conversation first
+        raise InvalidRequest(f"A tool message answers tool call {call_id!r}, which is not a call of the assistant "
+                             "message before it.", param="messages")
     text = message_text(message)
     result = _json_object(text)
-    function_response: dict[str, Any] = {"name": names[call_id],
-                                         "response": result if result is not None else {"output": text}}
+    function_response: dict[str, Any] = {"name": name, "response": result if result is not None else {"output": text}}
     if gemini_id := carried_by(call_id).gemini_id:
         function_response["id"] = gemini_id
     return {"functionResponse": function_response}

@@ -76,10 +76,21 @@ def tool_calls_of(message: dict[str, Any]) -> list[ToolCall]:
             for call in message.get("tool_calls") or ()]
 
 
-def tool_names_by_id(messages: Iterable[dict[str, Any]]) -> dict[str, str]:
-    """Each tool call's function name by the call's id, over the whole conversation: what a tool
-    message answers, for vendors that name the function in the result (Gemini)."""
-    return {call.id: call.name for message in messages for call in tool_calls_of(message)}
+def answered_calls(messages: Iterable[dict[str, Any]]) -> list[ToolCall | None]:
+    """Per message, the tool call it answers: for a tool message the call of its tool_call_id in the
+    nearest assistant message before it, else (and for a call not there) None. A call id is one only
+    within its turn: vendors that number calls per turn (Kimi's "functions.get_weather:0") use it
+    again in a later turn, for another call."""
+    answered: list[ToolCall | None] = []
+    calls: dict[str, ToolCall] = {}  # the nearest assistant message's, by id
+    for message in messages:
+        if message.get("role") == "tool":
+            answered.append(calls.get(message.get("tool_call_id", "")))
+            continue
+        if role_of(message) == "assistant":
+            calls = {call.id: call for call in tool_calls_of(message)}
+        answered.append(None)
+    return answered
 
 
 def tools_json_text(tools: list[dict[str, Any]] | None, tool_choice: object = None) -> str:

@@ -105,6 +105,38 @@ def test_a_conversation_with_calls_and_results_becomes_function_calls_and_respon
     ]
 
 
+def asking(*calls: dict[str, Any]) -> dict[str, Any]:
+    return {"role": "assistant", "content": None, "tool_calls": list(calls)}
+
+
+def result(call_id: str, content: str) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+def response_names(body: dict[str, Any]) -> list[list[str]]:
+    """Per Content sent, the name of each of its functionResponse parts."""
+    return [[part["functionResponse"]["name"] for part in content["parts"] if "functionResponse" in part]
+            for content in body["contents"]]
+
+
+def test_a_call_id_reused_in_later_turns_names_each_response_after_its_own_turns_call() -> None:
+    """Vendors that number calls per turn reuse an id in the next turn (a conversation begun there
+    may go on with a Gemini model): a result answers the call of its id in the turn before it."""
+    body = build_body(chat_request(tools=TOOLS, messages=[
+        {"role": "user", "content": "Weather in Paris, then the time?"},
+        asking(function_call("get_weather", {"city": "Paris"}, "call_0"), function_call("get_time", {}, "call_1")),
+        result("call_1", "noon"), result("call_0", "Sun"),
+        asking(function_call("get_time", {}, "call_0")), result("call_0", "14:05"),
+        asking(function_call("get_weather", {"city": "Oslo"}, "call_1"), function_call("get_time", {}, "call_0")),
+        result("call_0", "15:00"), result("call_1", "Snow"),
+    ]))
+    assert response_names(body) == [[], [], ["get_time", "get_weather"], [], ["get_time"], [],
+                                    ["get_time", "get_weather"]]
+    outputs = [part["functionResponse"]["response"]["output"] for content in body["contents"]
+               for part in content["parts"] if "functionResponse" in part]
+    assert outputs == ["noon", "Sun", "14:05", "15:00", "Snow"]
+
+
 # Thought signatures and Gemini's call ids, carried in our call ids.
 
 def test_a_thought_signature_comes_back_on_its_call_through_the_call_id() -> None:
