@@ -7,8 +7,9 @@
   they alternate. Images: data: URLs go inline (`inlineData`), http(s) URLs as `fileData` (the
   Gemini API fetches public and signed URLs itself).
 - Function tools, tool calls and their results: see common.providers.gemini_tools (Gemini's
-  calls carry thought signatures, which travel back inside the OpenAI call ids we return). An
-  answer with function calls finishes as `tool_calls` (Gemini says STOP).
+  calls carry thought signatures, which travel back inside the OpenAI call ids we return; a
+  turn's results go in a user Content of their own). An answer with function calls finishes as
+  `tool_calls` (Gemini says STOP).
 - Penalties are sent only when non-zero: several Gemini models reject the fields outright.
 - Thinking models report `thoughtsTokenCount` apart from `candidatesTokenCount`; both are
   output the vendor bills, so both count as completion tokens.
@@ -46,6 +47,7 @@ from common.providers.gemini_tools import (
     response_part,
     tool_config,
     tools_field,
+    turn_contents,
 )
 from common.providers.google_errors import google_error, is_bad_key
 from common.providers.http import (
@@ -174,7 +176,7 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
         if schema:
             config["responseJsonSchema"] = schema
     body: dict[str, Any] = {
-        "contents": [{"role": role, "parts": parts} for role, parts in turns],
+        "contents": [content for role, parts in turns for content in turn_contents(role, parts)],
         "generationConfig": config,
     }
     if system:

@@ -9,6 +9,10 @@
   function, the call of its id in the nearest assistant message before it (vendors that number
   calls per turn reuse ids across turns); its `response` is the result itself when that is JSON
   text of an object, else `{"output": text}` (Google's documented key for a function's output).
+  A turn's results go in a user Content of their own, and what the user says after them (text,
+  images) in the next one: newer models refuse a Content that mixes functionResponse parts with
+  others (400 "Requests ending with a model turn are not supported.", reported for
+  gemini-3.1-flash-lite and gemini-3.6-flash and later); two user Contents in a row they take.
 - Thought signatures: Gemini 3 gives a function call a `thoughtSignature` and answers 400 to a
   later turn that does not send it back on that call's part. We keep no state, so the signature
   (and Gemini's own call id, if it gave one) travels inside the OpenAI call id we return, which
@@ -115,6 +119,17 @@ def response_part(message: dict[str, Any]) -> dict[str, Any]:
     if gemini_id := carried_by(call_id).gemini_id:
         function_response["id"] = gemini_id
     return {"functionResponse": function_response}
+
+
+def turn_contents(role: str, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A merged turn as Contents: one, unless it holds function responses and other parts; then the
+    responses in the first (all of them: Gemini takes a turn's responses in one Content) and the
+    other parts, in their order, in a second."""
+    responses = [part for part in parts if "functionResponse" in part]
+    others = [part for part in parts if "functionResponse" not in part]
+    if not responses or not others:
+        return [{"role": role, "parts": parts}]
+    return [{"role": role, "parts": responses}, {"role": role, "parts": others}]
 
 
 def calls_in(parts: list[Any]) -> list[ToolCall]:

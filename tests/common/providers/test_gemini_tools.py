@@ -96,8 +96,8 @@ def test_a_conversation_with_calls_and_results_becomes_function_calls_and_respon
         {"role": "user", "parts": [
             {"functionResponse": {"name": "get_time", "response": {"output": "10:42"}}},
             {"functionResponse": {"name": "get_weather", "response": {"sky": "clear", "celsius": 21}}},
-            {"text": "Thanks. Tomorrow?"},
         ]},
+        {"role": "user", "parts": [{"text": "Thanks. Tomorrow?"}]},  # apart from the results: see below
         {"role": "model", "parts": [
             {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}, "thoughtSignature": SKIP_SIGNATURE},
         ]},
@@ -135,6 +135,27 @@ def test_a_call_id_reused_in_later_turns_names_each_response_after_its_own_turns
     outputs = [part["functionResponse"]["response"]["output"] for content in body["contents"]
                for part in content["parts"] if "functionResponse" in part]
     assert outputs == ["noon", "Sun", "14:05", "15:00", "Snow"]
+
+
+def test_a_users_words_after_tool_results_go_in_a_content_of_their_own() -> None:
+    """Newer Gemini models refuse a Content that mixes functionResponse parts with others (a
+    misleading "Requests ending with a model turn are not supported."): the results' Content holds
+    the responses alone, the user's text and images follow in the next one."""
+    image = {"type": "image_url", "image_url": {"url": "https://img.test/sky.png"}}
+    body = build_body(chat_request(tools=TOOLS, messages=[
+        {"role": "user", "content": "Weather?"},
+        asking(function_call("get_weather", {"city": "Oslo"}, "c1"), function_call("get_time", {}, "c2")),
+        result("c1", "Snow"), result("c2", "noon"),
+        {"role": "user", "content": [{"type": "text", "text": "Thanks. And this sky?"}, image]},
+        {"role": "user", "content": "Be brief."},
+    ]))
+    assert body["contents"][2:] == [
+        {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"output": "Snow"}}},
+                                   {"functionResponse": {"name": "get_time", "response": {"output": "noon"}}}]},
+        {"role": "user", "parts": [{"text": "Thanks. And this sky?"},
+                                   {"fileData": {"mimeType": "image/png", "fileUri": "https://img.test/sky.png"}},
+                                   {"text": "Be brief."}]},
+    ]
 
 
 # Thought signatures and Gemini's call ids, carried in our call ids.
@@ -348,6 +369,38 @@ async def test_the_next_turn_sends_the_signature_back_and_gemini_3_takes_it(
     assert results["parts"] == [
         {"functionResponse": {"name": "get_time", "response": {"output": "noon"}}},
         {"functionResponse": {"name": "get_weather", "response": {"sky": "sunny"}}}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_conversation_begun_with_a_vendor_that_numbers_calls_per_turn_goes_on_at_gemini(
+    gemini_fake: FakeUpstream, client: httpx.AsyncClient, stream: bool
+) -> None:
+    """Two turns whose calls share an id ("call_0", of two functions), then the user's words and a
+    Gemini call; the fake, as Gemini, refuses a response not named after its turn's call and a
+    response Content with the user's text in it."""
+    provider = provider_for(gemini_fake, client)
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Weather in Paris, then the time?"},
+        asking(function_call("get_weather", {"city": "Paris"}, "call_0")), result("call_0", "18°C"),
+        asking(function_call("get_time", {}, "call_0")), result("call_0", "14:05"),
+        {"role": "user", "content": "Thanks. And in Oslo?"},
+    ]
+    gemini_fake.behaviour = Behaviour(answer="", tool_calls=[("get_weather", {"city": "Oslo"})])
+    reply = await provider.complete(chat_request(tools=TOOLS, messages=messages))
+    messages += [asking(*[c.openai_view() for c in reply.tool_calls]), result(reply.tool_calls[0].id, "Snow")]
+    gemini_fake.behaviour = Behaviour(answer="Snow in Oslo.")
+    request = chat_request(tools=TOOLS, messages=messages)
+    if stream:
+        deltas, error = await collect(provider, request)
+        assert error is None and text_of(deltas) == "Snow in Oslo."
+    else:
+        assert (await provider.complete(request)).content == "Snow in Oslo."
+    sent = gemini_fake.last_request.json
+    assert [content["role"] for content in sent["contents"]] == ["user", "model", "user", "model", "user", "user",
+                                                                 "model", "user"]
+    assert response_names(sent) == [[], [], ["get_weather"], [], ["get_time"], [], [], ["get_weather"]]
+    assert sent["contents"][5]["parts"] == [{"text": "Thanks. And in Oslo?"}]
+    assert sent["contents"][6]["parts"][0]["thoughtSignature"] == signature_for("get_weather")
 
 
 def model_turn(*calls: tuple[str, str | None]) -> dict[str, Any]:
