@@ -8,12 +8,13 @@ from typing import Any
 from common.catalog import Catalog, ModelEntry
 from common.catalog_options import ADAPTER_OPTIONS
 from common.providers.anthropic import AnthropicProvider
-from common.providers.base import ChatProvider, ImageProvider, VideoProvider
+from common.providers.base import ChatProvider, ImageProvider, ProviderConfig, VideoProvider
 from common.providers.gemini import GeminiChatProvider
 from common.providers.gemini_image import GeminiImageProvider
 from common.providers.http import UpstreamClient
 from common.providers.openai_compat import OpenAICompatProvider
 from common.providers.simulated import SimulatedChatProvider
+from common.providers.stand_in import SimulatedStandIn
 from common.providers.veo import EXPECTED_SECONDS as VEO_EXPECTED_SECONDS
 from common.providers.veo import VeoVideoProvider
 from common.settings import Settings
@@ -36,7 +37,15 @@ class Providers:
         return not self._catalog.is_configured(entry, self._settings) or self._provider_kind(entry) == "simulated"
 
     def chat(self, entry: ModelEntry) -> ChatProvider:
-        return self._get("chat", entry, _CHAT, lambda: SimulatedChatProvider(self._settings.simulated_chat_delay))
+        return self._get("chat", entry, _CHAT, lambda: self._simulated_chat(entry))
+
+    def _simulated_chat(self, entry: ModelEntry) -> ChatProvider:
+        """The simulated model; standing in for a vendor's, it refuses what that vendor refuses."""
+        delay = self._settings.simulated_chat_delay
+        config = self._catalog.provider_for(entry)
+        if config.kind not in _CHAT:  # a `simulated` provider
+            return SimulatedChatProvider(delay)
+        return SimulatedStandIn(self._adapter("chat", config, _CHAT, None), delay)
 
     def image(self, entry: ModelEntry) -> ImageProvider:
         return self._get("image", entry, _IMAGE, lambda: _simulated_media().SimulatedImageProvider(
@@ -65,11 +74,14 @@ class Providers:
             elif config.kind not in classes:
                 raise ValueError(f"provider {config.name} ({config.kind}) cannot serve {role} models")
             else:
-                secret = self._settings.provider_secret(config.api_key_env)
-                options = ADAPTER_OPTIONS.get((config.kind, role), {})  # gemini's timeout is its image adapter's
-                extra = {name: value for name, value in config.extra.items() if name in options}
-                self._cache[key] = classes[config.kind](self._http, config.base_url, secret, **extra)
+                self._cache[key] = self._adapter(role, config, classes, self._settings.provider_secret(
+                    config.api_key_env))
         return self._cache[key]
+
+    def _adapter(self, role: str, config: ProviderConfig, classes: dict[str, Any], secret: str | None) -> Any:
+        options = ADAPTER_OPTIONS.get((config.kind, role), {})  # gemini's timeout is its image adapter's
+        extra = {name: value for name, value in config.extra.items() if name in options}
+        return classes[config.kind](self._http, config.base_url, secret, **extra)
 
 
 def _simulated_media() -> Any:
