@@ -369,7 +369,7 @@ def expire(conn: Connection, hold_id: str, *, now: float) -> Settlement:
 
 def open_expired_holds(conn: Connection, now: float, limit: int = 500) -> list[str]:
     rows = conn.execute(
-        text("SELECT id FROM holds WHERE status = 'open' AND expires_at < :now ORDER BY expires_at LIMIT :n"),
+        text("SELECT id FROM holds WHERE status = 'open' AND expires_at < :now ORDER BY expires_at, id LIMIT :n"),
         {"now": now, "n": limit},
     )
     return [r[0] for r in rows]
