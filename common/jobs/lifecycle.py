@@ -9,8 +9,9 @@ late message can neither run a job twice at once nor settle it twice:
 A running job holds a lease (`lease_owner`, `lease_until`) that its worker renews; a worker
 that died stops renewing and the sweeper hands the job back to the queue. Every transition out
 of `running` requires the caller to still own the lease, and the money moves in the same
-transaction as the state. On PostgreSQL every transition that touches both locks the account row
-before the job row (one lock order, no deadlocks).
+transaction as the state. On PostgreSQL every transition that moves money locks the account row
+before the job row (one lock order, no deadlocks); a claim, which moves none, takes the account's
+claim lock (a transaction-level advisory lock) before the job row instead.
 """
 
 from __future__ import annotations
@@ -59,9 +60,13 @@ _CURRENT = text("SELECT j.account_id, j.type, j.created_at, j.status, j.lease_un
                 " h.status AS hold_status"
                 " FROM jobs j JOIN accounts a ON a.id = j.account_id LEFT JOIN holds h ON h.id = j.hold_id"
                 " WHERE j.id = :id")
-# The account row locked before the job row is (one lock order for every transition); SQLite's
-# BEGIN IMMEDIATE already serializes.
-_CURRENT_LOCKED = text(f"{_CURRENT.text} FOR UPDATE OF a")
+# One account's claims serialize on its claim lock, taken before the job row's: each one's running
+# count then sees what the one before it committed. Not the account row, on which the account's
+# reservations and settlements queue: with the claims there too, one account's jobs/s fell by a
+# tenth (bench.jobs; bench/README, thirty-seventh round). Nothing that takes the job row first
+# takes this lock, so it adds no lock cycle. SQLite's BEGIN IMMEDIATE already serializes.
+_CLAIM_LOCK = "pg_advisory_xact_lock(hashtextextended('helyx.claims:' || j.account_id, 0))"
+_CURRENT_LOCKED = text(_CURRENT.text.replace(" FROM jobs j", f", {_CLAIM_LOCK} IS NULL AS locked FROM jobs j", 1))
 _CLAIM_SET = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = :owner, lease_until = :until,"
     " started_at = COALESCE(started_at, :now)"
@@ -151,7 +156,7 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     crash in a native library) would otherwise be reclaimed forever, its hold open. It is failed
     with a full refund instead (AttemptsExhausted).
 
-    The statements: BEGIN, the job with its account's plan (locking the account row, which
+    The statements: BEGIN, the job with its account's plan (taking the account's claim lock, which
     serializes one account's claims), the claim itself with the running count as its condition (a
     statement of its own, so it counts what committed while we waited for the lock), the wait for a
     slot when the cap refused it or an older job took its place, COMMIT. On PostgreSQL they go in
@@ -240,11 +245,10 @@ def _fail_exhausted(engine: Engine, job_id: str, account_id: str, attempts: int,
 
 
 def _lock_account(conn: Connection, account_id: str, job_id: str | None = None) -> None:
-    """Serialize claims of one account's jobs (PostgreSQL; SQLite's BEGIN IMMEDIATE already does).
-
-    Every transition that moves money (succeed, fail, cancel) takes this lock first too, so all of
-    them lock the account row before the job row: a claim waiting for the account's running slot
-    and a cancel or late finish of the same job then queue up instead of deadlocking."""
+    """Lock the account row before the job row (PostgreSQL; SQLite's BEGIN IMMEDIATE already
+    serializes), the one lock order of every transition that moves money (succeed, fail, cancel):
+    a claim waiting for the account's running slot and a cancel or late finish of the same job then
+    queue up instead of deadlocking."""
     if conn.dialect.name == "postgresql":
         if job_id is not None:  # a refund gives the key's daily cap back: the ledger's order is key, then account
             conn.execute(text("SELECT 1 FROM api_keys WHERE id = (SELECT key_id FROM jobs WHERE id = :jid"

@@ -145,6 +145,53 @@ def test_concurrent_claims_of_one_account_never_exceed_its_running_cap(pg_engine
     assert all(statuses[j] == "running" for j, r in results.items() if r is None)
 
 
+_SLOW_CLAIMS = """
+CREATE FUNCTION helyx_test_slow_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'running' AND OLD.status = 'queued' THEN PERFORM pg_sleep(0.1); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER helyx_test_slow_claim BEFORE UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION helyx_test_slow_claim();
+"""
+
+
+def test_claims_of_one_account_count_each_other_however_long_each_takes_to_commit(pg_engine: Engine) -> None:
+    """Each claim's UPDATE sleeps 0.1 s after its running count was read (a trigger), so claims
+    that did not wait for each other would all read a count below the cap and all run: the claims
+    of one account must be serialized (the cap's lock), each counting what the one before it
+    committed. Eight at once under a cap of two: two run, six wait."""
+    account = create_test_account(pg_engine, "pro")
+    with pg_engine.begin() as conn:
+        ledger.grant(conn, account.account_id, 8 * PRICE, now=clock.now().timestamp())
+    ids = [_job(pg_engine, account) for _ in range(8)]
+    barrier = threading.Barrier(len(ids))
+    results: dict[str, Any] = {}
+
+    def claim(job_id: str) -> None:
+        barrier.wait()
+        try:
+            results[job_id] = lifecycle.claim(pg_engine, job_id, f"worker-{job_id}", 30, lambda _plan: 2)
+        except lifecycle.AccountBusy as exc:
+            results[job_id] = exc
+
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(_SLOW_CLAIMS)
+    try:
+        threads = [threading.Thread(target=claim, args=(job_id,)) for job_id in ids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+    finally:
+        with pg_engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER helyx_test_slow_claim ON jobs; DROP FUNCTION helyx_test_slow_claim()")
+    with pg_engine.connect() as conn:
+        running = conn.execute(text("SELECT count(*) FROM jobs WHERE account_id = :a AND status = 'running'"),
+                               {"a": account.account_id}).scalar_one()
+    assert running == 2, results
+    assert len([r for r in results.values() if isinstance(r, lifecycle.ClaimedJob)]) == 2
+
+
 def _files(job_id: str, n: int) -> list[dict[str, Any]]:
     return [{"id": f"file-{job_id}-{i}", "storage_key": f"k/{job_id}/{i}.png", "content_type": "image/png",
              "bytes": 100 + i} for i in range(n)]
