@@ -47,9 +47,10 @@ _RUNNING_COUNT = ("(SELECT COUNT(*) FROM jobs r WHERE r.account_id = :aid AND r.
 # pressure every claim takes its own job, as before (a burst took older ones in their place, then
 # sent its own again, and its jobs/s fell by a third). Migration 0005 indexes exactly these rows.
 # Read in the claim's own UPDATE (no round trip of its own: that cost 3-5 % of bench.jobs' jobs/s),
-# not in the first statement: that one's snapshot is its start's, before it waited for the account
-# lock, so the claims queued on that lock all named the same job, the first took it and the others
-# were refused as busy with slots free. The UPDATE starts once the lock is held: it sees them all.
+# which starts once the account's claim lock is held: it sees every claim before it. (Read in a
+# statement that began before the lock's wait, as the job's read once did, the claims queued on the
+# lock all named the same job, the first took it and the others were refused as busy with slots
+# free.)
 _OLDEST_WAITING = (
     "SELECT w.id FROM jobs w JOIN holds wh ON wh.id = w.hold_id WHERE w.account_id = :aid"
     " AND w.type = :type AND w.status = 'queued' AND w.attempts = 0 AND w.enqueued_at > w.created_at"
@@ -60,13 +61,15 @@ _CURRENT = text("SELECT j.account_id, j.type, j.created_at, j.status, j.lease_un
                 " h.status AS hold_status"
                 " FROM jobs j JOIN accounts a ON a.id = j.account_id LEFT JOIN holds h ON h.id = j.hold_id"
                 " WHERE j.id = :id")
-# One account's claims serialize on its claim lock, taken before the job row's: each one's running
-# count then sees what the one before it committed. Not the account row, on which the account's
-# reservations and settlements queue: with the claims there too, one account's jobs/s fell by a
-# tenth (bench.jobs; bench/README, thirty-seventh round). Nothing that takes the job row first
-# takes this lock, so it adds no lock cycle. SQLite's BEGIN IMMEDIATE already serializes.
-_CLAIM_LOCK = "pg_advisory_xact_lock(hashtextextended('helyx.claims:' || j.account_id, 0))"
-_CURRENT_LOCKED = text(_CURRENT.text.replace(" FROM jobs j", f", {_CLAIM_LOCK} IS NULL AS locked FROM jobs j", 1))
+# One account's claims serialize on its claim lock (a transaction advisory lock), taken in a
+# statement of its own before the job is read: what the claim reads (the job, the account's plan)
+# and counts then includes what the claim before it, or a plan change meanwhile, committed. Not
+# the account row, on which the account's reservations and settlements queue: with the claims
+# there too, one account's jobs/s fell by a tenth (bench.jobs; bench/README, thirty-seventh round).
+# Nothing that holds a job row waits for this lock, so it adds no lock cycle. SQLite's BEGIN
+# IMMEDIATE already serializes.
+_CLAIM_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('helyx.claims:' || account_id, 0))"
+                   " FROM jobs WHERE id = :id")
 _CLAIM_SET = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = :owner, lease_until = :until,"
     " started_at = COALESCE(started_at, :now)"
@@ -100,7 +103,7 @@ _SUCCEED_WITH_FILES = text(
 )
 
 _PG = lifecycle_pg.Statements(**{name: psycopg_form(statement.text) for name, statement in {
-    "current_locked": _CURRENT_LOCKED, "claim": _CLAIM, "claim_under_cap": _CLAIM_UNDER_CAP,
+    "claim_lock": _CLAIM_LOCK, "current": _CURRENT, "claim": _CLAIM, "claim_under_cap": _CLAIM_UNDER_CAP,
     "claim_oldest_under_cap": _CLAIM_OLDEST_UNDER_CAP, "wait_for_slot": _WAIT_FOR_SLOT,
     "lock_account": _LOCK_ACCOUNT, "succeed_with_files": _SUCCEED_WITH_FILES}.items()})
 
@@ -156,9 +159,9 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     crash in a native library) would otherwise be reclaimed forever, its hold open. It is failed
     with a full refund instead (AttemptsExhausted).
 
-    The statements: BEGIN, the job with its account's plan (taking the account's claim lock, which
-    serializes one account's claims), the claim itself with the running count as its condition (a
-    statement of its own, so it counts what committed while we waited for the lock), the wait for a
+    The statements: BEGIN, the account's claim lock (which serializes one account's claims), the
+    job with its account's plan, the claim itself with the running count as its condition (each a
+    statement begun after the lock's wait, so it counts what committed meanwhile), the wait for a
     slot when the cap refused it or an older job took its place, COMMIT. On PostgreSQL they go in
     two round trips (common.jobs.lifecycle_pg), which leaves what is rare (a job no longer
     runnable, used-up attempts, a lapsed hold) to the general path below, one round trip each."""
@@ -176,8 +179,9 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     busy: str | None = None
     claimed_id = job_id
     with engine.begin() as conn:
-        current = conn.execute(_CURRENT_LOCKED if conn.dialect.name == "postgresql" else _CURRENT,
-                               {"id": job_id}).first()
+        if conn.dialect.name == "postgresql":
+            conn.execute(_CLAIM_LOCK, {"id": job_id})
+        current = conn.execute(_CURRENT, {"id": job_id}).first()
         if current is None:  # the API wrote it to another database: this worker is mis-pointed
             log.warning("a message for job %s, which this worker's database does not have: is HELYX_DATABASE_URL "
                         "the API's? (a worker on another database that shares the API's Redis takes its jobs' "
@@ -246,9 +250,9 @@ def _fail_exhausted(engine: Engine, job_id: str, account_id: str, attempts: int,
 
 def _lock_account(conn: Connection, account_id: str, job_id: str | None = None) -> None:
     """Lock the account row before the job row (PostgreSQL; SQLite's BEGIN IMMEDIATE already
-    serializes), the one lock order of every transition that moves money (succeed, fail, cancel):
-    a claim waiting for the account's running slot and a cancel or late finish of the same job then
-    queue up instead of deadlocking."""
+    serializes), the one lock order of every transition that moves money (succeed, fail, cancel),
+    so two of them on one account's jobs queue up instead of deadlocking. (A claim takes the
+    account's claim lock instead, which nothing holding a job row waits for.)"""
     if conn.dialect.name == "postgresql":
         if job_id is not None:  # a refund gives the key's daily cap back: the ledger's order is key, then account
             conn.execute(text("SELECT 1 FROM api_keys WHERE id = (SELECT key_id FROM jobs WHERE id = :jid"

@@ -1,6 +1,6 @@
 """The two transitions every job makes, claim and succeed, in two round trips each on PostgreSQL.
 
-Through SQLAlchemy a claim was four round trips (BEGIN, the job with its account's claim lock, the
+Through SQLAlchemy a claim was five round trips (BEGIN, the account's claim lock, the job, the
 claim, COMMIT) and a success five (BEGIN, the account lock, the job row with its files, the
 settlement, COMMIT), each statement waiting for the answer to the one before, with the lock (on
 which all of one account's claims, or its successes, queue) held across all but the first.
@@ -9,8 +9,9 @@ pipeline mode: what needs no answer is sent with what follows, COMMIT included, 
 held across one round trip, and the client skips SQLAlchemy's per-statement work (bench.transitions:
 a third less client CPU per job, a tenth less PostgreSQL CPU, a fifth more jobs per second on one
 account). Same statements, same order, same outcomes as common.jobs.lifecycle, whose docstrings
-hold the rules; what is rare (a job no longer runnable, used-up attempts, a lapsed hold, a
-settlement that needs the general ledger) is left to it.
+hold the rules (but for the claim's commit, which does not wait for its WAL flush: _NO_FLUSH);
+what is rare (a job no longer runnable, used-up attempts, a lapsed hold, a settlement that needs
+the general ledger) is left to it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ _NO_FLUSH = "SET LOCAL synchronous_commit = off"
 class Statements:
     """common.jobs.lifecycle's statements, in psycopg's placeholder form."""
 
-    current_locked: str
+    claim_lock: str
+    current: str
     claim: str
     claim_under_cap: str
     claim_oldest_under_cap: str
@@ -60,7 +62,8 @@ def claim(pg: psycopg.Connection, sql: Statements, params: dict[str, Any], runni
             pg.execute("BEGIN")
             pg.execute(_NO_FLUSH)
             # Any: a namedtuple_row row's fields are the query's columns, which mypy cannot see.
-            current: Any = cur.execute(sql.current_locked, {"id": params["id"]}).fetchone()
+            pg.execute(sql.claim_lock, {"id": params["id"]})
+            current: Any = cur.execute(sql.current, {"id": params["id"]}).fetchone()
             if current is None or not (current.status == "queued" or (
                     current.status == "running" and current.lease_until < params["now"])) or (
                     current.hold_status not in ("open", None)) or (

@@ -185,11 +185,37 @@ def test_claims_of_one_account_count_each_other_however_long_each_takes_to_commi
     finally:
         with pg_engine.begin() as conn:
             conn.exec_driver_sql("DROP TRIGGER helyx_test_slow_claim ON jobs; DROP FUNCTION helyx_test_slow_claim()")
+    assert not any(thread.is_alive() for thread in threads)
     with pg_engine.connect() as conn:
         running = conn.execute(text("SELECT count(*) FROM jobs WHERE account_id = :a AND status = 'running'"),
                                {"a": account.account_id}).scalar_one()
     assert running == 2, results
     assert len([r for r in results.values() if isinstance(r, lifecycle.ClaimedJob)]) == 2
+
+
+def test_a_claim_that_waited_for_the_claim_lock_reads_the_plan_committed_meanwhile(pg_engine: Engine) -> None:
+    """The job and its account's plan are read after the lock's wait: a downgrade committed while
+    the claim waited sets the cap it is held to."""
+    account = create_test_account(pg_engine, "pro")
+    with pg_engine.begin() as conn:
+        ledger.grant(conn, account.account_id, PRICE, now=clock.now().timestamp())
+    job_id = _job(pg_engine, account)
+    plans: list[str] = []
+    holder = pg_engine.connect()
+    holder.begin()
+    holder.execute(lifecycle._CLAIM_LOCK, {"id": job_id})  # another claim of the account's, in progress
+    thread = threading.Thread(target=lambda: lifecycle.claim(pg_engine, job_id, "worker-1", 30,
+                                                             lambda plan: plans.append(plan) or 4))
+    thread.start()
+    time.sleep(0.3)
+    with pg_engine.begin() as conn:
+        ledger.change_plan(conn, account.account_id, "plus", clock.now().date().isoformat(),
+                           now=clock.now().timestamp())
+    holder.rollback()
+    holder.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert plans == ["plus"]
 
 
 def _files(job_id: str, n: int) -> list[dict[str, Any]]:
