@@ -36,7 +36,8 @@ async def create_completion(services: Services, request: Request, body: ChatComp
     call_id = "chatcmpl-" + secrets.token_hex(12)
     prompt_estimate = estimate_prompt_tokens(messages, image_tokens=services.catalog.image_tokens_for(body.model),
                                              tools=body.sent_tools, tool_choice=body.sent_tool_choice,
-                                             response_format=body.sent_response_format)
+                                             response_format=body.sent_response_format,
+                                             reasoning=services.catalog.replays_reasoning(body.model))
     admission = await chat_admission.admit(services, request, body, messages, prompt_estimate=prompt_estimate,
                                            purpose=f"chat:{call_id}")
     try:
@@ -101,7 +102,8 @@ async def _complete(call: ChatCall) -> Response:
         backoff=settings.upstream_backoff_seconds), stream=False)
     usage, estimated = result.usage, False
     if usage is None:
-        produced = result.content + (result.refusal or "") + result.reasoning + tool_calls_text(result.tool_calls)
+        produced = result.content + (result.refusal or "") + (result.reasoning or "") + tool_calls_text(
+            result.tool_calls)
         usage, estimated = chat_billing.estimated_usage(call.request.messages, produced, call.provider,
                                                         call.request.tools), True
     with anyio.CancelScope(shield=True):
@@ -112,7 +114,7 @@ async def _complete(call: ChatCall) -> Response:
                                "refusal": result.refusal}
     if result.tool_calls:
         message["tool_calls"] = [tool_call.openai_view() for tool_call in result.tool_calls]
-    if result.reasoning:  # DeepSeek's and Moonshot's name for it; the SDK keeps it on the message
+    if result.reasoning is not None:  # DeepSeek's and Moonshot's name; the SDK keeps it on the message
         message["reasoning_content"] = result.reasoning
     return json_response({
         "id": call.id, "object": "chat.completion", "created": call.created, "model": call.entry.id,

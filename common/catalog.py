@@ -164,6 +164,12 @@ class Catalog:
         entry = self.models.get(model_id)
         return TOKENS_PER_IMAGE if entry is None else entry.image_tokens
 
+    def replays_reasoning(self, model_id: str) -> bool:
+        """Whether the model's vendor reads an earlier turn's `reasoning_content` (an `openai`
+        provider's `replay_reasoning`): the hold's prompt bound counts it then."""
+        entry = self.models.get(model_id)
+        return entry is not None and self.providers[entry.provider].extra.get("replay_reasoning") is True
+
     def provider_for(self, entry: ModelEntry) -> ProviderConfig:
         return self.providers[entry.provider]
 

@@ -118,7 +118,8 @@ def estimated_usage(messages: list[dict[str, Any]], produced: str, provider: obj
     usage_of = getattr(provider, "usage_of", None)
     if usage_of is not None:
         return usage_of(messages, produced, tools)
-    return Usage(estimate_used_prompt_tokens(messages, tools), estimate_completion_tokens(produced) if produced else 0)
+    used = estimate_used_prompt_tokens(messages, tools, reasoning=getattr(provider, "replays_reasoning", False))
+    return Usage(used, estimate_completion_tokens(produced) if produced else 0)
 
 
 async def reserve_chat_async(

@@ -28,9 +28,9 @@ conversation with earlier tool calls and no tools (Anthropic's adapter declares 
 functions then). An earlier turn's tool calls count their id, name and arguments, a tool message
 its call's id, as text.
 
-An assistant turn's `reasoning_content` (the thinking sent back with it) counts in the bound, as
-text: a vendor that asks for it reads it (OpenAI-compatible `replay_reasoning`); it is left out of
-`estimate_used_prompt_tokens`, whose estimate errs low (the other vendors never see it).
+An assistant turn's `reasoning_content` (the thinking sent back with it) counts, as text, for a
+model whose vendor reads it (`reasoning=True`: the catalog's `replay_reasoning`); every other
+vendor gets the conversation without it.
 
 The simulated provider's counts never exceed `estimate_prompt_tokens` (common.providers.simulated).
 """
@@ -60,7 +60,7 @@ TOKENS_PER_TOOL_CALL = 8  # the framing of one call in an earlier turn
 
 def estimate_prompt_tokens(messages: list[dict[str, Any]], *, image_tokens: int = TOKENS_PER_IMAGE,
                            tools: list[dict[str, Any]] | None = None, tool_choice: object = None,
-                           response_format: dict[str, Any] | None = None) -> int:
+                           response_format: dict[str, Any] | None = None, reasoning: bool = False) -> int:
     """An upper bound of the prompt tokens the chat upstream will report for `messages` (and the
     function `tools` offered, and a JSON `response_format` with its schema, counted as its JSON
     text), given the most one image part costs there (the catalog's `image_tokens` of the model)."""
@@ -75,8 +75,8 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]], *, image_tokens: int 
         if isinstance(message.get("name"), str):
             total += _bytes(message["name"])
         total += _bytes(tool_turn_text(message)) + TOKENS_PER_TOOL_CALL * len(message.get("tool_calls") or ())
-        if isinstance(reasoning := message.get("reasoning_content"), str):
-            total += _bytes(reasoning)
+        if reasoning and isinstance(thought := message.get("reasoning_content"), str):
+            total += _bytes(thought)
         for part in content_parts(message):
             text = part_text(part)
             if text is not None:
@@ -88,7 +88,8 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]], *, image_tokens: int 
     return total
 
 
-def estimate_used_prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
+def estimate_used_prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                                reasoning: bool = False) -> int:
     """The prompt tokens of a call whose upstream reported no usage (a cut stream): the text (the
     tools' definitions and the turns' tool calls included) as `estimate_completion_tokens` counts
     it, TOKENS_PER_MESSAGE_USED per message, TOKENS_PER_IMAGE_USED per image."""
@@ -96,6 +97,8 @@ def estimate_used_prompt_tokens(messages: list[dict[str, Any]], tools: list[dict
     for message in messages:
         parts = content_parts(message)
         text = "".join(t for part in parts if (t := part_text(part)) is not None) + tool_turn_text(message)
+        if reasoning and isinstance(thought := message.get("reasoning_content"), str):
+            text += thought
         images = sum(1 for part in parts if part_text(part) is None and part_image_url(part) is not None)
         total += estimate_completion_tokens(text) + TOKENS_PER_MESSAGE_USED + images * TOKENS_PER_IMAGE_USED
     return total

@@ -64,6 +64,7 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 MAX_MESSAGES = 256
+MAX_REASONING_CHARS = 4 * 1024 * 1024  # HELYX_MAX_BODY_BYTES' default bounds it before this does
 Content = Annotated[str, Field(max_length=MAX_CONTENT_CHARS)]
 
 
@@ -114,8 +115,9 @@ class AssistantMessage(_Message):
     refusal: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
     # The thinking a reasoning model's answer came with (the response's `reasoning_content`), sent
     # back with the turn (the SDK's message object carries it): a vendor whose thinking models need
-    # it in a tool loop gets it (catalog `replay_reasoning`), no other does.
-    reasoning_content: str | None = Field(default=None, max_length=MAX_CONTENT_CHARS)
+    # it in a tool loop gets it (catalog `replay_reasoning`), no other does. Bounded by what a body
+    # may carry, not by a message's text: it is Helyx's own answer, which can think at length.
+    reasoning_content: str | None = Field(default=None, max_length=MAX_REASONING_CHARS)
     tool_calls: Annotated[list[AssistantToolCall], Field(max_length=MAX_TOOL_CALLS, fail_fast=True)] | None = None
     # The legacy form of an earlier turn's call (OpenAI's deprecated `functions`): refused, as
     # `functions` is, rather than dropped on the way upstream.
@@ -126,10 +128,12 @@ class AssistantMessage(_Message):
     @classmethod
     def _content_or_refusal(cls, content: object, info: ValidationInfo) -> object:
         """OpenAI takes an assistant turn without content only with tool calls: one with neither
-        would be sent on and refused upstream, after a hold."""
+        would be sent on and refused upstream, after a hold. A turn of thinking alone (a stream cut
+        at its length limit before the answer began, as the SDK puts it together) is sent with empty
+        content (as_dict)."""
         refused_calls = not {"tool_calls", "function_call"} <= info.data.keys()  # that error says it all
         if content is None and not info.data.get("refusal") and not info.data.get("tool_calls") \
-                and not refused_calls:
+                and info.data.get("reasoning_content") is None and not refused_calls:
             raise ValueError("an assistant message needs content, tool_calls or an earlier turn's refusal")
         return content
 
@@ -143,13 +147,13 @@ class AssistantMessage(_Message):
     def as_dict(self) -> dict[str, Any]:
         data = super().as_dict()
         if data["content"] is None:
-            data["content"] = self.refusal
+            data["content"] = self.refusal if self.refusal is not None or self.tool_calls else ""
         elif isinstance(data["content"], list):  # a refusal part is sent on as that turn's text
             data["content"] = [{"type": "text", "text": p["refusal"]} if p["type"] == "refusal" else p
                                for p in data["content"]]
         if self.tool_calls:
             data["tool_calls"] = [call.model_dump() for call in self.tool_calls]
-        if self.reasoning_content:
+        if self.reasoning_content is not None:  # an empty one too: DeepSeek wants it on a tool-call turn
             data["reasoning_content"] = self.reasoning_content
         return data
 

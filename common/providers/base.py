@@ -159,7 +159,7 @@ class ChatResult:
     # A reasoning model's thinking, where the vendor returns it apart from the answer (DeepSeek's and
     # Moonshot's `reasoning_content`): shown to the caller under that name, who sends it back with the
     # turn (a thinking model's tool loop needs it: ChatRequest's messages, `reasoning_content`).
-    reasoning: str = ""
+    reasoning: str | None = None  # None: the vendor sent no thinking field
 
 
 @dataclass(slots=True)

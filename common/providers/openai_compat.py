@@ -79,14 +79,14 @@ class OpenAICompatProvider:
         self._extra_body = dict(extra_body or {})
         # Moonshot's thinking models refuse a replayed tool-call turn without its `reasoning_content`
         # (a 400), Zhipu's ask for it; others never see the field (OpenAI's own may refuse it)
-        self._replay_reasoning = replay_reasoning
+        self.replays_reasoning = replay_reasoning  # read by the estimate of a cut stream's prompt
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     def _body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         messages = request.messages
-        dropped = ({"name"} if self._drop_names else set()) | (set() if self._replay_reasoning else {REASONING})
+        dropped = ({"name"} if self._drop_names else set()) | (set() if self.replays_reasoning else {REASONING})
         if any(dropped & m.keys() for m in messages):
             messages = [{k: v for k, v in m.items() if k not in dropped} for m in messages]
         if self._alternate:
@@ -143,7 +143,7 @@ class OpenAICompatProvider:
                 system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
                 refusal=_text(message.get("refusal")) or None,
                 tool_calls=[_tool_call(call) for call in message.get("tool_calls") or ()],
-                reasoning=_reasoning(message),
+                reasoning=_reasoning(message) if _has_reasoning(message) else None,
             )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatDelta]:
@@ -252,6 +252,12 @@ def _reasoning(message: dict[str, Any]) -> str:
     `reasoning_split`) as `reasoning_details`: produced (and billed) before the first answer token."""
     return (_text(message.get(REASONING)) or _text(message.get("reasoning"))
             or _details_text(message.get("reasoning_details")))
+
+
+def _has_reasoning(message: dict[str, Any]) -> bool:
+    """Whether a message carries a thinking field at all (an empty one too: DeepSeek wants a
+    tool-call turn's `reasoning_content` back even when empty)."""
+    return any(message.get(name) is not None for name in (REASONING, "reasoning", "reasoning_details"))
 
 
 def _details_text(value: Any) -> str:

@@ -101,12 +101,16 @@ def test_function_tools_and_a_conversations_tool_calls_count_in_the_bound_and_in
     assert estimate_used_prompt_tokens(calls) > estimate_used_prompt_tokens(question) + 2 * 3
 
 
-def test_an_earlier_turns_thinking_counts_in_the_bound_but_not_in_the_used_estimate() -> None:
-    """`reasoning_content` goes back to a vendor that asks for it (the bound must cover it) and to
-    no other (the estimate of what was used, which errs low, leaves it out)."""
+def test_an_earlier_turns_thinking_counts_only_for_a_vendor_that_reads_it() -> None:
+    """`reasoning_content` goes back to a vendor that asks for it (`reasoning=True`: the bound and
+    the estimate of what was used count it) and to no other (neither does)."""
     turn = {"role": "assistant", "content": "Sunny."}
     thought = "Thinking about the weather — 天気"
     with_thought = [{"role": "user", "content": "hi"}, {**turn, "reasoning_content": thought}]
     without = [{"role": "user", "content": "hi"}, turn]
-    assert estimate_prompt_tokens(with_thought) == estimate_prompt_tokens(without) + len(thought.encode())
+    assert estimate_prompt_tokens(with_thought, reasoning=True) == estimate_prompt_tokens(without) + len(
+        thought.encode())
+    assert estimate_prompt_tokens(with_thought) == estimate_prompt_tokens(without)
+    assert estimate_used_prompt_tokens(with_thought, reasoning=True) == estimate_used_prompt_tokens(
+        [{"role": "user", "content": "hi"}, {**turn, "content": "Sunny." + thought}])
     assert estimate_used_prompt_tokens(with_thought) == estimate_used_prompt_tokens(without)

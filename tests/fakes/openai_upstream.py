@@ -55,9 +55,10 @@ def build_app(fake: FakeUpstream) -> Starlette:
 
 
 def _turn_without_reasoning(messages: list[dict[str, Any]]) -> int | None:
-    """The index of the first assistant turn with tool calls and no `reasoning_content` (Moonshot's check)."""
+    """The index of the first assistant turn with tool calls and no `reasoning_content` field
+    (Moonshot's and DeepSeek's check: an empty one is there)."""
     return next((i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get("tool_calls")
-                 and not m.get("reasoning_content")), None)
+                 and m.get("reasoning_content") is None), None)
 
 
 def _minimax_form(b: Behaviour, split: bool) -> Behaviour:

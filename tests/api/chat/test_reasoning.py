@@ -9,10 +9,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from api.schemas.base import MAX_CONTENT_CHARS
-from tests.api.chat.helpers import FAKE_PROVIDER_KEY, Gateway, GatewayFactory, assert_books_balance, books
+from tests.api.chat.helpers import (
+    FAKE_PROVIDER_KEY,
+    Gateway,
+    GatewayFactory,
+    assert_books_balance,
+    books,
+    grant,
+    hold_for,
+)
 from tests.api.chat.test_sdk import micro
 from tests.api.chat.test_tools import MESSAGES, WEATHER
 from tests.fakes import Behaviour, FakeUpstream
@@ -32,8 +41,8 @@ def kimi(make_gateway: GatewayFactory, openai_fake: FakeUpstream, database: dict
 
 
 def _calling(**more: Any) -> Behaviour:
-    return Behaviour(answer="", thinking=THINKING, tool_calls=[("get_weather", {"city": "Paris"})],
-                     require_reasoning=True, prompt_tokens=50, completion_tokens=30, **more)
+    return Behaviour(**{"answer": "", "thinking": THINKING, "tool_calls": [("get_weather", {"city": "Paris"})],
+                        "require_reasoning": True, "prompt_tokens": 50, "completion_tokens": 30, **more})
 
 
 def test_the_sdks_tool_loop_on_a_thinking_kimi_model_sends_the_thinking_back(
@@ -107,11 +116,11 @@ def test_a_vendor_without_replay_never_gets_the_thinking_sent_back(
     assert openai_fake.last_request.json["messages"][1] == {"role": "assistant", "content": "Earlier."}
 
 
-@pytest.mark.parametrize("bad", [{"reasoning_content": 5}, {"reasoning_content": "x" * (MAX_CONTENT_CHARS + 1)}])
-def test_a_malformed_reasoning_content_is_a_400_that_holds_nothing(gateway: Gateway, bad: dict[str, Any]) -> None:
+@pytest.mark.parametrize("bad", [5, ["thought"]])
+def test_a_malformed_reasoning_content_is_a_400_that_holds_nothing(gateway: Gateway, bad: Any) -> None:
     account = gateway.account()
     before = books(gateway.engine, account.account_id)
-    turn = {"role": "assistant", "content": "Earlier.", **bad}
+    turn = {"role": "assistant", "content": "Earlier.", "reasoning_content": bad}
     with gateway.http(account) as http:
         response = http.post("/chat/completions", json={
             "model": "gpt-4o", "messages": [*MESSAGES, turn, {"role": "user", "content": "And?"}]})
@@ -119,3 +128,61 @@ def test_a_malformed_reasoning_content_is_a_400_that_holds_nothing(gateway: Gate
     assert response.status_code == 400, response.text
     assert json.loads(response.text)["error"]["param"].startswith("messages.1")
     assert assert_books_balance(gateway.engine, account.account_id) == before
+
+
+def test_an_empty_thinking_is_shown_and_sent_back_as_it_came(kimi: Gateway, openai_fake: FakeUpstream) -> None:
+    """A thinking model may call a tool without a thought: its `reasoning_content: ""` is the
+    vendor's, and DeepSeek (Moonshot too, by the fake) wants it back on the tool-call turn."""
+    openai_fake.behaviour = _calling(thinking=[])
+    account = kimi.account()
+    with kimi.sdk(account) as client:
+        first = client.chat.completions.create(model="kimi-k2.6", messages=MESSAGES, tools=[WEATHER])
+        message = first.choices[0].message
+        assert message.model_extra["reasoning_content"] == ""
+        (call,) = message.tool_calls
+        openai_fake.behaviour = Behaviour(answer="Sunny.", require_reasoning=True)
+        client.chat.completions.create(model="kimi-k2.6", tools=[WEATHER], messages=[
+            *MESSAGES, message, {"role": "tool", "tool_call_id": call.id, "content": "Sunny"}])
+
+    assert openai_fake.last_request.json["messages"][1]["reasoning_content"] == ""
+
+
+def test_a_stream_cut_at_its_limit_while_thinking_can_be_sent_back(kimi: Gateway, openai_fake: FakeUpstream) -> None:
+    """The SDK puts such a turn together as thinking with no content: it goes on, as empty text."""
+    openai_fake.behaviour = Behaviour(thinking=THINKING, chunks=[], finish="length")
+    account = kimi.account()
+    with kimi.sdk(account) as client:
+        with client.chat.completions.stream(model="kimi-k2.6", messages=MESSAGES, max_tokens=16) as stream:
+            with pytest.raises(openai.LengthFinishReasonError):  # the helper's own refusal of a cut answer
+                stream.get_final_completion()
+            message = stream.current_completion_snapshot.choices[0].message
+        assert message.content is None and message.model_extra["reasoning_content"] == "".join(THINKING)
+        openai_fake.behaviour = Behaviour(answer="Go on, then.")
+        answer = client.chat.completions.create(model="kimi-k2.6", messages=[
+            *MESSAGES, message, {"role": "user", "content": "Go on."}])
+
+    assert answer.choices[0].message.content == "Go on, then."
+    sent = openai_fake.last_request.json["messages"][1]
+    assert sent == {"role": "assistant", "content": "", "reasoning_content": "".join(THINKING)}
+
+
+def test_the_hold_counts_a_turns_thinking_only_for_a_vendor_that_reads_it(
+        kimi: Gateway, openai_fake: FakeUpstream) -> None:
+    """Longer than a message's text may be (Helyx's own answers think at length), and counted in
+    the hold's prompt bound for Kimi, whose vendor reads it, not for gpt-4o, whose vendor never
+    gets it."""
+    account = kimi.account()
+    grant(kimi.engine, account.account_id, 1_000_000 * 1_000_000)
+    thought = "t" * (MAX_CONTENT_CHARS + 1)
+    holds = {}
+    with kimi.http(account) as http:
+        for model in ("kimi-k2.6", "gpt-4o"):
+            for reasoning in ("", thought):
+                turn = {"role": "assistant", "content": "Earlier.", "reasoning_content": reasoning}
+                response = http.post("/chat/completions", json={"model": model, "max_tokens": 10, "messages": [
+                    *MESSAGES, turn, {"role": "user", "content": "And?"}]})
+                assert response.status_code == 200, response.text
+                holds[model, bool(reasoning)] = hold_for(kimi.engine, response.json()["id"])["amount"]
+
+    assert holds["kimi-k2.6", True] - holds["kimi-k2.6", False] == len(thought) * KIMI_RATE_MICRO
+    assert holds["gpt-4o", True] == holds["gpt-4o", False]
