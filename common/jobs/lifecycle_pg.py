@@ -55,8 +55,8 @@ def claim(pg: psycopg.Connection, sql: Statements, params: dict[str, Any], runni
     (the claimed row, or None when the cap refused it and the job waits for a slot; the job's
     account), or None, nothing written, to leave the decision to common.jobs.lifecycle.claim (a
     job gone, done, leased or to be failed, or one that stopped being runnable since the lock).
-    Two round trips: BEGIN with the job read and its account's claim lock taken; the claim, the
-    wait for a slot and COMMIT (not waiting for its flush)."""
+    Two round trips: BEGIN, the account's claim lock, then the job read; the claim, the wait for a
+    slot and COMMIT (not waiting for its flush)."""
     with pg.cursor(row_factory=namedtuple_row) as cur:
         with _pipelined(pg):
             pg.execute("BEGIN")
