@@ -3,13 +3,16 @@
 Through SQLAlchemy a claim was five round trips (BEGIN, the account's claim lock, the job, the
 claim, COMMIT) and a success five (BEGIN, the account lock, the job row with its files, the
 settlement, COMMIT), each statement waiting for the answer to the one before, with the lock (on
-which all of one account's claims, or its successes, queue) held across all but the first.
+which all of one account's claims, or its successes, queue) held across all but the first. Here a
+success's settlement goes first: its statement locks the account row before anything else
+(common.ledger_pg), so it is the account lock, and the job row comes after it, in the one lock
+order of every transition that moves money (common.jobs.lifecycle._lock_account).
 Here the same statements run on an autocommit psycopg connection (common.pg_statements) in
 pipeline mode: what needs no answer is sent with what follows, COMMIT included, so the lock is
 held across one round trip, and the client skips SQLAlchemy's per-statement work (bench.transitions:
 a third less client CPU per job, a tenth less PostgreSQL CPU, a fifth more jobs per second on one
 account). Same statements, same order, same outcomes as common.jobs.lifecycle, whose docstrings
-hold the rules (but for the claim's commit, which does not wait for its WAL flush: _NO_FLUSH);
+hold the rules (but for the claim's commit, which does not wait for its WAL flush: below);
 what is rare (a job no longer runnable, used-up attempts, a lapsed hold, a settlement that needs
 the general ledger) is left to it.
 """
@@ -26,26 +29,25 @@ from psycopg.rows import namedtuple_row
 
 from common import ledger_pg
 
-# A claim commits without waiting for its WAL flush: one a crash loses leaves the job as it was
+# A claim commits without waiting for its WAL flush (set by its lock's statement, the pipelined
+# `claim_lock`, for its own transaction): one a crash loses leaves the job as it was
 # (queued, or a dead worker's lapsed lease) for the sweeper to send again, and the success that
 # follows it flushes it too (the WAL is one sequence); what its worker started meanwhile is done
 # again, as after a worker's death (a real provider's call billed twice, in a database crash
 # within ~0.6 s of the claim: wal_writer_delay's three rounds). The account's claim lock is then held
 # without the flush's wait (a WAL flush fewer per job in bench.jobs: 2.4 to 1.8).
-_NO_FLUSH = "SET LOCAL synchronous_commit = off"
 
 
 @dataclass(frozen=True, slots=True)
 class Statements:
     """common.jobs.lifecycle's statements, in psycopg's placeholder form."""
 
-    claim_lock: str
+    claim_lock: str  # the claim lock, its transaction set not to wait for its flush
     current: str
     claim: str
     claim_under_cap: str
     claim_oldest_under_cap: str
     wait_for_slot: str
-    lock_account: str
     succeed_with_files: str
 
 
@@ -55,12 +57,11 @@ def claim(pg: psycopg.Connection, sql: Statements, params: dict[str, Any], runni
     (the claimed row, or None when the cap refused it and the job waits for a slot; the job's
     account), or None, nothing written, to leave the decision to common.jobs.lifecycle.claim (a
     job gone, done, leased or to be failed, or one that stopped being runnable since the lock).
-    Two round trips: BEGIN, the account's claim lock, then the job read; the claim, the wait for a
-    slot and COMMIT (not waiting for its flush)."""
+    Two round trips: BEGIN, the account's claim lock (setting the commit not to wait for its
+    flush), then the job read; the claim, the wait for a slot and COMMIT."""
     with pg.cursor(row_factory=namedtuple_row) as cur:
         with _pipelined(pg):
             pg.execute("BEGIN")
-            pg.execute(_NO_FLUSH)
             # Any: a namedtuple_row row's fields are the query's columns, which mypy cannot see.
             pg.execute(sql.claim_lock, {"id": params["id"]})
             current: Any = cur.execute(sql.current, {"id": params["id"]}).fetchone()
@@ -92,16 +93,17 @@ def claim(pg: psycopg.Connection, sql: Statements, params: dict[str, Any], runni
 def succeed(pg: psycopg.Connection, sql: Statements, values: dict[str, Any], file_count: int, hold_id: str,
             price: int, description: str, day: str | None) -> bool | None:
     """The job row, its files and its settlement in one transaction, in two round trips: BEGIN,
-    the account lock, the row with its files and the one-statement settlement together; then
-    COMMIT, or ROLLBACK. True when done; False when the job was no longer ours (nothing written);
+    the one-statement settlement (which locks the account row first) and the row with its files
+    together; then COMMIT, or ROLLBACK. True when done; False when the job was no longer ours (nothing written);
     None, nothing written, when the settlement needs the general ledger (a capped key, an
     allowance deficit, a day change, a lapsed hold), for common.jobs.lifecycle.succeed to do."""
     with _pipelined(pg) as pipeline:
         pg.execute("BEGIN")
-        pg.execute(sql.lock_account, {"aid": values["aid"]})
-        written = pg.execute(sql.succeed_with_files, values)
-        # Sent with the row whether or not the row was ours: rolled back below if it was not.
+        # Sent before the row whether or not the row is ours: rolled back below if it was not. It
+        # locks the account row first, unless the account is the general ledger's case (then the
+        # row is locked alone and rolled back at once: nothing is waited for while it is held).
         settled = ledger_pg.send_resolve(pg, hold_id, price, now=values["now"], description=description, day=day)
+        written = pg.execute(sql.succeed_with_files, values)
         pipeline.sync()
         settlement = ledger_pg.settlement_of(hold_id, settled) if written.rowcount == file_count else None
         done = settlement is not None and settlement.charged == price
