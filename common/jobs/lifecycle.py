@@ -70,10 +70,8 @@ _CURRENT = text("SELECT j.account_id, j.type, j.created_at, j.status, j.lease_un
 # IMMEDIATE already serializes.
 _CLAIM_LOCK_OF = "pg_advisory_xact_lock(hashtextextended('helyx.claims:' || account_id, 0))"
 _CLAIM_LOCK = text(f"SELECT {_CLAIM_LOCK_OF} FROM jobs WHERE id = :id")
-# The pipelined claim's (common.jobs.lifecycle_pg): the lock, and its transaction set not to wait
-# for the WAL flush (`true`: this transaction only), in one statement instead of two.
-_CLAIM_LOCK_UNFLUSHED = text(f"SELECT {_CLAIM_LOCK_OF}, set_config('synchronous_commit', 'off', true)"
-                             " FROM jobs WHERE id = :id")
+_UNFLUSHED = "set_config('synchronous_commit', 'off', true)"  # (`true`: for this transaction only)
+_CLAIM_LOCK_UNFLUSHED = text(f"SELECT {_CLAIM_LOCK_OF}, {_UNFLUSHED} FROM jobs WHERE id = :id")  # lifecycle_pg's
 _CLAIM_SET = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = :owner, lease_until = :until,"
     " started_at = COALESCE(started_at, :now)"
