@@ -1,11 +1,11 @@
 """Every error is the OpenAI envelope {"error": {message, type, code, param}} (SPEC §2): validation
-(400, never FastAPI's 422), routing (404, 405), body size (413), authentication (401); errors a
-retry cannot mend say `x-should-retry: false`; every response carries `x-request-id`."""
+(400, never FastAPI's 422), routing (404, 405), authentication (401); errors a retry cannot mend
+say `x-should-retry: false`; every response carries `x-request-id`. Body size (413):
+test_errors_body_size.py."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -149,75 +149,6 @@ def test_a_405_to_head_names_the_methods_there_are(app_client: TestClient, accou
     """Its body is dropped, as HEAD's is, but the Allow header was empty."""
     response = app_client.head("/api/v1/credits", headers=account.headers)
     assert response.status_code == 405 and response.headers["allow"] == "GET"
-
-
-# ---------------------------------------------------------------- 413
-
-
-def test_oversized_body_by_content_length_is_413(app_client: TestClient, account: TestAccount, engine: Engine
-                                                  ) -> None:
-    before = key_count(engine)
-    body = b'{"name": "' + b"x" * LIMIT + b'"}'
-    response = app_client.post("/api/v1/keys", content=body, headers={
-        **account.headers, "content-type": "application/json"})
-    assert_envelope(response, 413, "invalid_request_error", code="payload_too_large")
-    assert key_count(engine) == before
-
-
-@pytest.mark.parametrize(("declared", "status"), [(b"\xb2", 200), ("9" * 5_000, 413), ("0" * 30 + "5", 200)])
-def test_a_content_length_is_read_as_ascii_digits_only(declared: bytes | str, status: int) -> None:
-    """Straight at the middleware (the HTTP server in front refuses such headers itself): `²`
-    passed `isdigit()` and failed `int()`, as did 5,000 digits; leading zeros are still a number."""
-    import asyncio
-
-    from api.middleware import BodyLimitMiddleware
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    raw = declared if isinstance(declared, bytes) else declared.encode()
-    scope = {"type": "http", "method": "POST", "path": "/api/v1/keys", "raw_path": b"/api/v1/keys",
-             "query_string": b"", "headers": [(b"content-length", raw)]}
-    asyncio.run(BodyLimitMiddleware(app, 1024)(scope, receive, send))  # type: ignore[arg-type]
-    assert sent[0]["status"] == status
-
-
-def test_oversized_body_streamed_without_content_length_is_413(
-    app_client: TestClient, account: TestAccount, engine: Engine
-) -> None:
-    before = key_count(engine)
-
-    def chunks() -> Iterator[bytes]:
-        yield b'{"name": "'
-        for _ in range(8):
-            yield b"x" * 1024
-        yield b'"}'
-
-    response = app_client.post("/api/v1/keys", content=chunks(), headers={
-        **account.headers, "content-type": "application/json"})
-    assert "content-length" not in response.request.headers
-    assert response.request.headers.get("transfer-encoding") == "chunked"
-    assert_envelope(response, 413, "invalid_request_error", code="payload_too_large")
-    assert key_count(engine) == before
-
-
-def test_a_streamed_body_under_the_limit_is_accepted(app_client: TestClient, account: TestAccount) -> None:
-    def chunks() -> Iterator[bytes]:
-        yield b'{"name": '
-        yield b'"streamed"}'
-
-    response = app_client.post("/api/v1/keys", content=chunks(), headers={
-        **account.headers, "content-type": "application/json"})
-    assert response.status_code == 201, response.text
 
 
 # ---------------------------------------------------------------- 401
