@@ -4,7 +4,9 @@ happens leave no transaction open on the pooled connection (that pool does not r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import date, timedelta
 from typing import Any
 
 import psycopg
@@ -12,10 +14,11 @@ import pytest
 from sqlalchemy import Engine, text
 
 from common import accounts, billing, clock, ledger
-from common.jobs import lifecycle
+from common.jobs import lifecycle, lifecycle_pg
 from common.jobs.submit import submit_job
 from common.money import MICRO
-from tests.api.chat.helpers import assert_books_balance
+from common.plans import daily_allowance_micro
+from tests.api.chat.helpers import Books, assert_books_balance, books
 from tests.conftest import TEST_TZ, TestAccount, create_test_account, statements_sent
 from tests.integration.races_books import open_transactions
 
@@ -38,9 +41,9 @@ def _funded(engine: Engine) -> TestAccount:
     return account
 
 
-def _job(engine: Engine, secret: str) -> str:
+def _job(engine: Engine, secret: str, price: int = PRICE) -> str:
     principal = accounts.authenticate(engine, secret, now=clock.now().timestamp())
-    return submit_job(engine, principal, job_type="image", model="nano-banana-pro", price=PRICE, tz=TZ,
+    return submit_job(engine, principal, job_type="image", model="nano-banana-pro", price=price, tz=TZ,
                       params={"prompt": "pipelined", "n": 1, "width": 256, "height": 256}).job_id
 
 
@@ -55,6 +58,34 @@ def _row(engine: Engine, job_id: str) -> dict[str, Any]:
                                 " (SELECT COUNT(*) FROM files f WHERE f.job_id = j.id) AS files"
                                 " FROM jobs j JOIN holds h ON h.id = j.hold_id WHERE j.id = :id"), {"id": job_id})
         return dict(row.mappings().one())
+
+
+def _owner_and_kinds(engine: Engine, job_id: str) -> tuple[str | None, list[str]]:
+    """The job's lease owner, and the kinds of its hold's ledger rows in order."""
+    with engine.connect() as conn:
+        owner = conn.execute(text("SELECT lease_owner FROM jobs WHERE id = :id"), {"id": job_id}).scalar_one()
+        kinds = [r[0] for r in conn.execute(text("SELECT e.kind FROM ledger_entries e JOIN jobs j ON j.hold_id ="
+                                                 " e.hold_id WHERE j.id = :id ORDER BY e.id"), {"id": job_id})]
+    return owner, kinds
+
+
+def _pipelined_answers(engine: Engine, monkeypatch: pytest.MonkeyPatch, statements: list[str], account_id: str,
+                       job_id: str) -> list[tuple[bool | None, Books, dict[str, Any]]]:
+    """What each pipelined success (common.jobs.lifecycle_pg.succeed) answered, with the books and
+    the job as it left them, before common.jobs.lifecycle.succeed acts on the answer (these reads
+    are not counted in `statements`)."""
+    seen: list[tuple[bool | None, Books, dict[str, Any]]] = []
+    pipelined = lifecycle_pg.succeed
+
+    def watched(*args: Any, **kwargs: Any) -> bool | None:
+        done = pipelined(*args, **kwargs)
+        sent = len(statements)
+        seen.append((done, books(engine, account_id), _row(engine, job_id)))
+        del statements[sent:]
+        return done
+
+    monkeypatch.setattr(lifecycle_pg, "succeed", watched)
+    return seen
 
 
 def test_a_claim_and_its_success_send_no_statement_through_sqlalchemy(pg_engine: Engine,
@@ -176,3 +207,118 @@ def test_an_error_of_our_own_mid_pipeline_is_raised_as_itself_and_writes_nothing
     assert open_transactions(pg_engine) == 0
     job = lifecycle.claim(pg_engine, job_id, "worker-1", 30, lambda plan: 4)
     assert job is not None and job.attempts == 1
+
+
+def test_a_late_success_of_a_job_another_worker_claimed_again_is_rolled_back_and_charges_nothing(
+        pg_engine: Engine, statements: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stalled worker's lease lapsed and another worker claimed the job again, its hold still
+    open. The stalled worker's settlement (sent first) settles the hold inside the transaction and
+    its job row's update then matches nothing: all of it is rolled back, False, decided in the
+    pipeline. The job goes on under the new worker, whose success charges it once."""
+    account = _funded(pg_engine)
+    job_id = _job(pg_engine, account.api_key)
+    stalled = lifecycle.claim(pg_engine, job_id, "stalled-worker", 0.05, lambda plan: 4)
+    assert stalled is not None
+    time.sleep(0.1)  # its lease lapses
+    again = lifecycle.claim(pg_engine, job_id, "worker-2", 30, lambda plan: 4)
+    assert again is not None and again.attempts == 2 and again.hold_id == stalled.hold_id
+    before = assert_books_balance(pg_engine, account.account_id, open_holds=1)
+    answers = _pipelined_answers(pg_engine, monkeypatch, statements, account.account_id, job_id)
+    statements.clear()
+
+    assert lifecycle.succeed(pg_engine, stalled, "stalled-worker", _files(job_id, "file_stalled"), 3600,
+                             billing.today(TZ)) is False
+
+    running = {"status": "running", "charged": 0, "attempts": 2, "hold": "open", "files": 0}
+    assert answers == [(False, before, running)]
+    assert statements == []  # the general path had nothing to do
+    assert _row(pg_engine, job_id) == running
+    assert _owner_and_kinds(pg_engine, job_id) == ("worker-2", ["reserve"])
+    assert assert_books_balance(pg_engine, account.account_id, open_holds=1) == before
+    assert open_transactions(pg_engine) == 0
+
+    assert lifecycle.succeed(pg_engine, again, "worker-2", _files(job_id), 3600, billing.today(TZ)) is True
+    assert _row(pg_engine, job_id) == {"status": "succeeded", "charged": PRICE, "attempts": 2, "hold": "settled",
+                                       "files": 1}
+    assert _owner_and_kinds(pg_engine, job_id) == (None, ["reserve", "settle"])
+    assert before.balance - assert_books_balance(pg_engine, account.account_id).balance == PRICE
+
+
+@pytest.mark.parametrize("case", ["allowance deficit", "day change"])
+def test_a_success_the_one_statement_settlement_stands_aside_for_is_rolled_back_then_written_once(
+        pg_engine: Engine, statements: list[str], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """The settlement's statement locks and settles nothing for an account with an allowance
+    deficit (a downgrade under the job's hold) or whose allowance is still an earlier billing
+    day's (the reset is lazy): the job row updated after it is rolled back with it (None, nothing
+    written), and the general path does it all once (for a day change, the new day's reset first:
+    the charge comes out of the new day's allowance)."""
+    today = billing.today(TZ)
+    if case == "allowance deficit":
+        account, price, day = create_test_account(pg_engine, "ultra"), 2_000 * MICRO, today
+        job_id = _job(pg_engine, account.api_key, price)
+        with pg_engine.begin() as conn:  # 2,000 held on a 1,000-a-day plan: 1,000 of deficit
+            ledger.change_plan(conn, account.account_id, "free", today, now=clock.now().timestamp())
+        allowance_after = 0
+    else:
+        account, price, day = _funded(pg_engine), PRICE, (date.fromisoformat(today) + timedelta(days=1)).isoformat()
+        with pg_engine.begin() as conn:  # some of today's allowance spent: tomorrow's must pay
+            spent = ledger.reserve(conn, account_id=account.account_id, key_id=None, amount=700 * MICRO,
+                                   purpose="t", now=clock.now().timestamp(), ttl=600)
+            ledger.settle(conn, spent, 700 * MICRO, now=clock.now().timestamp())
+        job_id = _job(pg_engine, account.api_key)
+        allowance_after = daily_allowance_micro("pro") - PRICE
+    job = lifecycle.claim(pg_engine, job_id, "worker-1", 30, lambda plan: 4)
+    assert job is not None
+    before = assert_books_balance(pg_engine, account.account_id, open_holds=1)
+    answers = _pipelined_answers(pg_engine, monkeypatch, statements, account.account_id, job_id)
+    statements.clear()
+
+    assert lifecycle.succeed(pg_engine, job, "worker-1", _files(job_id), 3600, day) is True
+
+    assert answers == [(None, before, {"status": "running", "charged": 0, "attempts": 1, "hold": "open",
+                                       "files": 0})]
+    assert statements  # the general path ran
+    assert _row(pg_engine, job_id) == {"status": "succeeded", "charged": price, "attempts": 1, "hold": "settled",
+                                       "files": 1}
+    assert _owner_and_kinds(pg_engine, job_id) == (None, ["reserve", "settle"])
+    after = assert_books_balance(pg_engine, account.account_id)
+    with pg_engine.connect() as conn:
+        allowance_day = conn.execute(text("SELECT allowance_day FROM accounts WHERE id = :a"),
+                                     {"a": account.account_id}).scalar_one()
+    assert (after.allowance, allowance_day) == (allowance_after, day)
+    assert open_transactions(pg_engine) == 0
+
+
+_SETTING_SEEN = """
+CREATE TABLE helyx_test_commit_setting (status text, setting text, backend integer);
+CREATE FUNCTION helyx_test_commit_setting() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO helyx_test_commit_setting
+        VALUES (NEW.status, current_setting('synchronous_commit'), pg_backend_pid());
+    RETURN NEW;
+END $$;
+CREATE TRIGGER helyx_test_commit_setting BEFORE UPDATE ON jobs FOR EACH ROW
+    EXECUTE FUNCTION helyx_test_commit_setting();
+"""
+
+
+def test_a_claim_commits_without_waiting_for_its_flush_and_the_success_after_it_waits(pg_engine: Engine) -> None:
+    """The claim's lock statement sets synchronous_commit off for the claim's own transaction
+    (set_config's `true`): the job's success, next on the same pooled connection, commits waiting
+    for its flush (which covers the claim's too)."""
+    account = _funded(pg_engine)
+    job_id = _job(pg_engine, account.api_key)
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql(_SETTING_SEEN)
+    try:
+        job = lifecycle.claim(pg_engine, job_id, "worker-1", 30, lambda plan: 4)
+        assert job is not None
+        assert lifecycle.succeed(pg_engine, job, "worker-1", _files(job_id), 3600, billing.today(TZ)) is True
+        with pg_engine.connect() as conn:
+            seen = conn.execute(text("SELECT status, setting, backend FROM helyx_test_commit_setting")).all()
+    finally:
+        with pg_engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER helyx_test_commit_setting ON jobs;"
+                                 " DROP FUNCTION helyx_test_commit_setting(); DROP TABLE helyx_test_commit_setting")
+    assert [(status, setting) for status, setting, _ in seen] == [("running", "off"), ("succeeded", "on")]
+    assert len({backend for *_, backend in seen}) == 1  # one connection: the setting ended with the claim
