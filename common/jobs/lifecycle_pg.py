@@ -101,7 +101,9 @@ def succeed(pg: psycopg.Connection, sql: Statements, values: dict[str, Any], fil
         pg.execute("BEGIN")
         # Sent before the row whether or not the row is ours: rolled back below if it was not. It
         # locks the account row first, unless the account is the general ledger's case (then the
-        # row is locked alone and rolled back at once: nothing is waited for while it is held).
+        # row is locked alone and rolled back at once: nothing is waited for while it is held. A
+        # foreign key from files to accounts would change that: its check on the insert waits for
+        # the account row, which a cancel holds while it waits for this job row).
         settled = ledger_pg.send_resolve(pg, hold_id, price, now=values["now"], description=description, day=day)
         written = pg.execute(sql.succeed_with_files, values)
         pipeline.sync()
