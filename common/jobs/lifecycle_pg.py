@@ -3,18 +3,17 @@
 Through SQLAlchemy a claim was five round trips (BEGIN, the account's claim lock, the job, the
 claim, COMMIT) and a success five (BEGIN, the account lock, the job row with its files, the
 settlement, COMMIT), each statement waiting for the answer to the one before, with the lock (on
-which all of one account's claims, or its successes, queue) held across all but the first. Here a
-success's settlement goes first: its statement locks the account row before anything else
-(common.ledger_pg), so it is the account lock, and the job row comes after it, in the one lock
-order of every transition that moves money (common.jobs.lifecycle._lock_account).
+which all of one account's claims, or its successes, queue) held across all but the first.
 Here the same statements run on an autocommit psycopg connection (common.pg_statements) in
 pipeline mode: what needs no answer is sent with what follows, COMMIT included, so the lock is
 held across one round trip, and the client skips SQLAlchemy's per-statement work (bench.transitions:
 a third less client CPU per job, a tenth less PostgreSQL CPU, a fifth more jobs per second on one
-account). Same statements, same order, same outcomes as common.jobs.lifecycle, whose docstrings
-hold the rules (but for the claim's commit, which does not wait for its WAL flush: below);
-what is rare (a job no longer runnable, used-up attempts, a lapsed hold, a settlement that needs
-the general ledger) is left to it.
+account). A success sends its settlement first: that statement locks the account row before
+anything else (common.ledger_pg), so it serves as the account lock, and the job row comes after
+it, in the one lock order of every transition that moves money (lifecycle._lock_account). The
+outcomes are common.jobs.lifecycle's, whose docstrings hold the rules (but for the claim's commit,
+which does not wait for its WAL flush: below); what is rare (a job no longer runnable, used-up
+attempts, a lapsed hold, a settlement that needs the general ledger) is left to it.
 """
 
 from __future__ import annotations
@@ -94,8 +93,8 @@ def succeed(pg: psycopg.Connection, sql: Statements, values: dict[str, Any], fil
             price: int, description: str, day: str | None) -> bool | None:
     """The job row, its files and its settlement in one transaction, in two round trips: BEGIN,
     the one-statement settlement (which locks the account row first) and the row with its files
-    together; then COMMIT, or ROLLBACK. True when done; False when the job was no longer ours (nothing written);
-    None, nothing written, when the settlement needs the general ledger (a capped key, an
+    together; then COMMIT, or ROLLBACK. True when done; False when the job was no longer ours
+    (nothing written); None, nothing written, when the settlement needs the general ledger (a capped key, an
     allowance deficit, a day change, a lapsed hold), for common.jobs.lifecycle.succeed to do."""
     with _pipelined(pg) as pipeline:
         pg.execute("BEGIN")
