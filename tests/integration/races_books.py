@@ -65,8 +65,9 @@ def past_its_expiry(engine: Engine, hold_id: str) -> None:
                      {"t": clock.now().timestamp() - 1, "h": hold_id})
 
 
-def wait_for_a_lock_wait(engine: Engine, seconds: float = 20.0) -> None:  # a busy shared machine: not 5 s
-    """Until some backend of this database waits on a lock. Each look in a transaction of its own:
+def wait_for_a_lock_wait(engine: Engine, seconds: float = 20.0, *, count: int = 1
+                         ) -> None:  # a busy shared machine: not 5 s
+    """Until `count` backends of this database wait on a lock. Each look in a transaction of its own:
     a backend's view of pg_stat_activity holds still for its whole transaction, so a loop inside
     one saw only its first look (and failed on a loaded machine)."""
     deadline = time.monotonic() + seconds
@@ -75,10 +76,10 @@ def wait_for_a_lock_wait(engine: Engine, seconds: float = 20.0) -> None:  # a bu
             waiting = conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
                                         " AND wait_event_type = 'Lock'")).scalar_one()
             conn.rollback()
-            if waiting:
+            if waiting >= count:
                 return
             time.sleep(0.02)
-    raise AssertionError("nothing ever waited on a lock")
+    raise AssertionError(f"fewer than {count} backends ever waited on a lock at once")
 
 
 def run_threads(*work: Callable[[], Any], timeout: float = 60.0) -> list[Any]:

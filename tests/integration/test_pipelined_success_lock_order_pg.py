@@ -11,7 +11,6 @@ row before the account row deadlocks."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
@@ -25,7 +24,7 @@ from common.jobs import lifecycle
 from common.jobs.submit import submit_job
 from common.money import MICRO
 from tests.conftest import TEST_TZ, create_test_account
-from tests.integration.races_books import assert_books, open_transactions
+from tests.integration.races_books import assert_books, open_transactions, wait_for_a_lock_wait
 
 pytestmark = pytest.mark.postgres
 TZ = TEST_TZ
@@ -40,21 +39,6 @@ BEGIN
 END $$;
 CREATE TRIGGER helyx_test_gated_success BEFORE UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION helyx_test_gated_success();
 """
-
-
-def _lock_waits(engine: Engine, count: int, seconds: float = 20.0) -> None:
-    """Until `count` backends of this database wait on a lock (a look per transaction: a backend's
-    view of pg_stat_activity holds still for its whole transaction)."""
-    deadline = time.monotonic() + seconds
-    with engine.connect() as conn:
-        while time.monotonic() < deadline:
-            waiting = conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
-                                        " AND wait_event_type = 'Lock'")).scalar_one()
-            conn.rollback()
-            if waiting >= count:
-                return
-            time.sleep(0.02)
-    raise AssertionError(f"fewer than {count} lock waits in {seconds} s")
 
 
 def _cancel_or_finished(engine: Engine, account_id: str, job_id: str) -> bool | str:
@@ -85,9 +69,9 @@ def _gated_race(engine: Engine, success: Callable[[], Any], cancel: Callable[[],
         gate.execute(text("SELECT pg_advisory_lock(:g)"), {"g": GATE})
         gate.commit()
         threads[0].start()
-        _lock_waits(engine, 1)  # the success, at the gate
+        wait_for_a_lock_wait(engine, count=1)  # the success, at the gate
         threads[1].start()
-        _lock_waits(engine, 2)  # and the cancel, behind a row the success holds
+        wait_for_a_lock_wait(engine, count=2)  # and the cancel, behind a row the success holds
     finally:
         gate.execute(text("SELECT pg_advisory_unlock(:g)"), {"g": GATE})
         gate.commit()
