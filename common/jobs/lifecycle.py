@@ -28,87 +28,26 @@ from common import clock, ledger, ledger_pg, pg_statements
 from common.db import is_postgres
 from common.errors import Conflict, NotFound
 from common.jobs import lifecycle_pg
-from common.pg_statements import psycopg_form
+from common.jobs.transition_sql import (
+    CLAIM,
+    CLAIM_LOCK,
+    CLAIM_OLDEST_UNDER_CAP,
+    CLAIM_UNDER_CAP,
+    CURRENT,
+    INSERT_FILE,
+    LOCK_ACCOUNT,
+    OWNED,
+    PIPELINED,
+    RUNNABLE,
+    SUCCEED,
+    SUCCEED_WITH_FILES,
+    WAIT_FOR_SLOT,
+)
 
 if TYPE_CHECKING:
     import psycopg
 
 log = logging.getLogger("helyx.worker")
-
-_RUNNABLE = "(status = 'queued' OR (status = 'running' AND lease_until < :now))"
-_RUNNING_COUNT = ("(SELECT COUNT(*) FROM jobs r WHERE r.account_id = :aid AND r.status = 'running'"
-                  " AND r.lease_until >= :now)")
-# Under a cap, a slot goes to the account's oldest job of the type that waits for a slot for its
-# first run, whichever waiting job's message comes: each one's message tries again every second,
-# so the oldest used to start at random, its wait unbounded while the account kept submitting (a
-# jobs review). Waiting: sent again (enqueued_at after created_at: refused by the cap, or passed
-# over, or found by the sweeper) and never run (attempts 0: a job retried after an error keeps its
-# backoff). A job whose first message is still on its way is not waiting: without the cap's
-# pressure every claim takes its own job, as before (a burst took older ones in their place, then
-# sent its own again, and its jobs/s fell by a third). Migration 0005 indexes exactly these rows.
-# Read in the claim's own UPDATE (no round trip of its own: that cost 3-5 % of bench.jobs' jobs/s),
-# which starts once the account's claim lock is held: it sees every claim before it. (Read in a
-# statement that began before the lock's wait, as the job's read once did, the claims queued on the
-# lock all named the same job, the first took it and the others were refused as busy with slots
-# free.)
-_OLDEST_WAITING = (
-    "SELECT w.id FROM jobs w JOIN holds wh ON wh.id = w.hold_id WHERE w.account_id = :aid"
-    " AND w.type = :type AND w.status = 'queued' AND w.attempts = 0 AND w.enqueued_at > w.created_at"
-    " AND wh.status = 'open' AND (w.created_at < :created OR (w.created_at = :created AND w.id < :id))"
-    " ORDER BY w.created_at, w.id LIMIT 1"
-)
-_CURRENT = text("SELECT j.account_id, j.type, j.created_at, j.status, j.lease_until, j.attempts, a.plan,"
-                " h.status AS hold_status"
-                " FROM jobs j JOIN accounts a ON a.id = j.account_id LEFT JOIN holds h ON h.id = j.hold_id"
-                " WHERE j.id = :id")
-# One account's claims serialize on its claim lock (a transaction advisory lock), taken in a
-# statement of its own before the job is read: what the claim reads (the job, the account's plan)
-# and counts then includes what the claim before it, or a plan change meanwhile, committed. Not
-# the account row, on which the account's reservations and settlements queue: with the claims
-# there too, one account's jobs/s fell by a tenth (bench.jobs; bench/README, thirty-seventh round).
-# Nothing that holds a job row waits for this lock, so it adds no lock cycle. SQLite's BEGIN
-# IMMEDIATE already serializes.
-_CLAIM_LOCK_OF = "pg_advisory_xact_lock(hashtextextended('helyx.claims:' || account_id, 0))"
-_CLAIM_LOCK = text(f"SELECT {_CLAIM_LOCK_OF} FROM jobs WHERE id = :id")
-_UNFLUSHED = "set_config('synchronous_commit', 'off', true)"  # (`true`: for this transaction only)
-_CLAIM_LOCK_UNFLUSHED = text(f"SELECT {_CLAIM_LOCK_OF}, {_UNFLUSHED} FROM jobs WHERE id = :id")  # lifecycle_pg's
-_CLAIM_SET = (
-    "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = :owner, lease_until = :until,"
-    " started_at = COALESCE(started_at, :now)"
-)
-_CLAIM_RETURNING = " RETURNING id, account_id, type, model, params, attempts, hold_id, price, webhook_url"
-_CLAIM = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE}{_CLAIM_RETURNING}")
-_CLAIM_UNDER_CAP = text(f"{_CLAIM_SET} WHERE id = :id AND {_RUNNABLE} AND {_RUNNING_COUNT} < :cap"
-                        f"{_CLAIM_RETURNING}")
-_CLAIM_OLDEST_UNDER_CAP = text(f"{_CLAIM_SET} WHERE id = COALESCE(({_OLDEST_WAITING}), :id) AND {_RUNNABLE}"
-                               f" AND {_RUNNING_COUNT} < :cap{_CLAIM_RETURNING}")
-# A runnable job whose claim the cap refused waits for a free slot: queued again (a dead worker's
-# lapsed lease included), with enqueued_at now, because the caller re-sends its message. No count
-# here: one that a requeue lowered since the claim's own would leave the job queued with no message.
-_WAIT_FOR_SLOT = text(
-    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now"
-    f" WHERE id = :id AND {_RUNNABLE}"
-)
-_LOCK_ACCOUNT = text("SELECT 1 FROM accounts WHERE id = :aid FOR UPDATE")
-_OWNED = "id = :id AND status = 'running' AND lease_owner = :owner"
-# (an earlier attempt's error, kept while it was retried, is no error of a job that succeeded)
-_SUCCEED_SET = ("UPDATE jobs SET status = 'succeeded', progress = 100, finished_at = :now, charged = price,"
-                " expires_at = :exp, result = :result, lease_owner = NULL, lease_until = NULL,"
-                f" error_code = NULL, error_message = NULL WHERE {_OWNED}")
-_SUCCEED = text(_SUCCEED_SET)
-_FILE_COLUMNS = "INSERT INTO files (id, account_id, job_id, storage_key, content_type, bytes, created_at, expires_at)"
-_INSERT_FILE = text(f"{_FILE_COLUMNS} VALUES (:fid, :aid, :id, :key, :ctype, :bytes, :now, :exp)")
-_SUCCEED_WITH_FILES = text(
-    f"WITH j AS ({_SUCCEED_SET} RETURNING id) {_FILE_COLUMNS}"
-    " SELECT f.id, :aid, j.id, f.storage_key, f.content_type, f.bytes, :now, :exp FROM j,"
-    " jsonb_to_recordset(CAST(:files AS jsonb)) AS f(id text, storage_key text, content_type text, bytes integer)"
-)
-
-_PG = lifecycle_pg.Statements(**{name: psycopg_form(statement.text) for name, statement in {
-    "claim_lock": _CLAIM_LOCK_UNFLUSHED, "current": _CURRENT, "claim": _CLAIM, "claim_under_cap": _CLAIM_UNDER_CAP,
-    "claim_oldest_under_cap": _CLAIM_OLDEST_UNDER_CAP, "wait_for_slot": _WAIT_FOR_SLOT,
-    "succeed_with_files": _SUCCEED_WITH_FILES}.items()})
-
 
 class AccountBusy(Exception):
     """The account already runs as many jobs as its plan allows: the job stays queued."""
@@ -172,7 +111,7 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     if is_postgres(engine):  # the common case in two round trips (common.jobs.lifecycle_pg)
         cap_of = running_cap if callable(running_cap) else lambda _plan: running_cap
         with pg_statements.connection(engine) as pg:
-            fast = lifecycle_pg.claim(pg, _PG, params, cap_of, max_attempts)
+            fast = lifecycle_pg.claim(pg, PIPELINED, params, cap_of, max_attempts)
         if fast is not None:
             row, busy_account = fast
             if row is None:
@@ -182,8 +121,8 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     claimed_id = job_id
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            conn.execute(_CLAIM_LOCK, {"id": job_id})
-        current = conn.execute(_CURRENT, {"id": job_id}).first()
+            conn.execute(CLAIM_LOCK, {"id": job_id})
+        current = conn.execute(CURRENT, {"id": job_id}).first()
         if current is None:  # the API wrote it to another database: this worker is mis-pointed
             log.warning("a message for job %s, which this worker's database does not have: is HELYX_DATABASE_URL "
                         "the API's? (a worker on another database that shares the API's Redis takes its jobs' "
@@ -200,19 +139,19 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
         if exhausted:
             row = None
         elif cap is None:
-            row = conn.execute(_CLAIM, params).first()
+            row = conn.execute(CLAIM, params).first()
         else:
             capped = {**params, "aid": current.account_id, "cap": cap}
             if current.status == "queued" and current.attempts == 0:
-                row = conn.execute(_CLAIM_OLDEST_UNDER_CAP,
+                row = conn.execute(CLAIM_OLDEST_UNDER_CAP,
                                    {**capped, "type": current.type, "created": current.created_at}).first()
             else:
-                row = conn.execute(_CLAIM_UNDER_CAP, capped).first()
+                row = conn.execute(CLAIM_UNDER_CAP, capped).first()
             claimed_id = row.id if row is not None else job_id
-            if row is None and conn.execute(_WAIT_FOR_SLOT, capped).rowcount == 1:
+            if row is None and conn.execute(WAIT_FOR_SLOT, capped).rowcount == 1:
                 busy = current.account_id
             elif row is not None and claimed_id != job_id:
-                conn.execute(_WAIT_FOR_SLOT, capped)  # queued as it was: its message is sent again
+                conn.execute(WAIT_FOR_SLOT, capped)  # queued as it was: its message is sent again
     if busy is not None:
         raise AccountBusy(busy)
     if exhausted:
@@ -240,7 +179,7 @@ def _fail_exhausted(engine: Engine, job_id: str, account_id: str, attempts: int,
         _lock_account(conn, account_id, job_id)
         row = conn.execute(
             text("UPDATE jobs SET status = 'failed', finished_at = :now, error_code = :code, error_message = :msg,"
-                 f" lease_owner = NULL, lease_until = NULL WHERE id = :id AND {_RUNNABLE} AND attempts = :attempts"
+                 f" lease_owner = NULL, lease_until = NULL WHERE id = :id AND {RUNNABLE} AND attempts = :attempts"
                  " RETURNING hold_id, webhook_url"),
             {"id": job_id, "now": now, "code": code, "msg": message, "attempts": attempts},
         ).first()
@@ -260,7 +199,7 @@ def _lock_account(conn: Connection, account_id: str, job_id: str | None = None) 
             conn.execute(text("SELECT 1 FROM api_keys WHERE id = (SELECT key_id FROM jobs WHERE id = :jid"
                               " AND account_id = :aid) FOR UPDATE"),  # (another account's job: no lock of its key)
                          {"jid": job_id, "aid": account_id})
-        conn.execute(_LOCK_ACCOUNT, {"aid": account_id})
+        conn.execute(LOCK_ACCOUNT, {"aid": account_id})
 
 
 def renew(engine: Engine, job_id: str, owner: str, lease_seconds: float, progress: int | None = None) -> bool:
@@ -271,7 +210,7 @@ def renew(engine: Engine, job_id: str, owner: str, lease_seconds: float, progres
     sets = "lease_until = :until" + (
         ", progress = CASE WHEN progress > :progress THEN progress ELSE :progress END" if progress is not None else "")
     with engine.begin() as conn:
-        updated = conn.execute(text(f"UPDATE jobs SET {sets} WHERE {_OWNED}"),
+        updated = conn.execute(text(f"UPDATE jobs SET {sets} WHERE {OWNED}"),
                                {"id": job_id, "owner": owner, "until": now + lease_seconds,
                                 "progress": progress}).rowcount
     return updated == 1
@@ -281,27 +220,28 @@ def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, A
             day: str | None = None) -> bool:
     """Record the result files and settle the price, once. False when the job was no longer ours
     (nothing is written then; the caller removes the files it stored). On PostgreSQL: BEGIN, the
-    account lock, the job row with its files, the settlement (common.ledger_pg), COMMIT, in two
-    round trips (common.jobs.lifecycle_pg) unless the settlement needs the general ledger. `day`,
-    today's billing day, makes the charge come out of today's allowance (ledger.settle)."""
+    settlement (common.ledger_pg, the account row locked first), the job row with its files,
+    COMMIT, in one round trip (common.jobs.lifecycle_pg) unless the settlement needs the general
+    ledger. `day`, today's billing day, makes the charge come out of today's allowance
+    (ledger.settle)."""
     now = clock.now().timestamp()
     values = {"id": job.id, "owner": owner, "now": now, "exp": now + ttl_seconds, "aid": job.account_id,
               "result": json.dumps([f["id"] for f in files])}
-    if files and is_postgres(engine):  # the common case in two round trips (common.jobs.lifecycle_pg)
+    if files and is_postgres(engine):  # the common case in one round trip (common.jobs.lifecycle_pg)
         with pg_statements.connection(engine) as pg:
-            done = lifecycle_pg.succeed(pg, _PG, {**values, "files": json.dumps(files)}, len(files), job.hold_id,
+            done = lifecycle_pg.succeed(pg, PIPELINED, {**values, "files": json.dumps(files)}, len(files), job.hold_id,
                                         job.price, _description(job), day)
         if done is not None:
             return done
     with engine.begin() as conn:
         _lock_account(conn, job.account_id)
         if files and conn.dialect.name == "postgresql":  # inserted only if the job row was still ours
-            written = conn.execute(_SUCCEED_WITH_FILES, {**values, "files": json.dumps(files)}).rowcount == len(files)
+            written = conn.execute(SUCCEED_WITH_FILES, {**values, "files": json.dumps(files)}).rowcount == len(files)
         else:
-            written = conn.execute(_SUCCEED, values).rowcount == 1
+            written = conn.execute(SUCCEED, values).rowcount == 1
             for f in files if written else []:
-                conn.execute(_INSERT_FILE, {**values, "fid": f["id"], "key": f["storage_key"],
-                                            "ctype": f["content_type"], "bytes": f["bytes"]})
+                conn.execute(INSERT_FILE, {**values, "fid": f["id"], "key": f["storage_key"],
+                                           "ctype": f["content_type"], "bytes": f["bytes"]})
         if not written:
             return False  # nothing was written
         settlement = _settle(conn, job, now, day)
@@ -339,7 +279,7 @@ def requeue(engine: Engine, job_id: str, owner: str, error_code: str, message: s
     with engine.begin() as conn:
         return conn.execute(
             text(f"UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now,"
-                 f" error_code = :code, error_message = :msg WHERE {_OWNED}"),
+                 f" error_code = :code, error_message = :msg WHERE {OWNED}"),
             {"id": job_id, "owner": owner, "now": now, "code": error_code, "msg": message[:1000]},
         ).rowcount == 1
 
@@ -354,7 +294,7 @@ def give_back(engine: Engine, job_id: str, owner: str) -> bool:
     with engine.begin() as conn:
         return conn.execute(
             text(f"UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now,"
-                 f" attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE {_OWNED}"),
+                 f" attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE {OWNED}"),
             {"id": job_id, "owner": owner, "now": now},
         ).rowcount == 1
 
@@ -366,7 +306,7 @@ def fail(engine: Engine, job: ClaimedJob, owner: str, error_code: str, message: 
         _lock_account(conn, job.account_id, job.id)
         updated = conn.execute(
             text(f"UPDATE jobs SET status = 'failed', finished_at = :now, error_code = :code, error_message = :msg,"
-                 f" lease_owner = NULL, lease_until = NULL WHERE {_OWNED}"),
+                 f" lease_owner = NULL, lease_until = NULL WHERE {OWNED}"),
             {"id": job.id, "owner": owner, "now": now, "code": error_code, "msg": message[:1000]},
         ).rowcount
         if updated != 1:

@@ -1,19 +1,22 @@
-"""The two transitions every job makes, claim and succeed, in two round trips each on PostgreSQL.
+"""The two transitions every job makes on PostgreSQL: a claim in two round trips, a success in one.
 
 Through SQLAlchemy a claim was five round trips (BEGIN, the account's claim lock, the job, the
 claim, COMMIT) and a success five (BEGIN, the account lock, the job row with its files, the
 settlement, COMMIT), each statement waiting for the answer to the one before, with the lock (on
 which all of one account's claims, or its successes, queue) held across all but the first.
 Here the same statements run on an autocommit psycopg connection (common.pg_statements) in
-pipeline mode: what needs no answer is sent with what follows, COMMIT included, so the lock is
-held across one round trip, and the client skips SQLAlchemy's per-statement work (bench.transitions:
-a third less client CPU per job, a tenth less PostgreSQL CPU, a fifth more jobs per second on one
-account). A success sends its settlement first: that statement locks the account row before
-anything else (common.ledger_pg), so it serves as the account lock, and the job row comes after
-it, in the one lock order of every transition that moves money (lifecycle._lock_account). The
-outcomes are common.jobs.lifecycle's, whose docstrings hold the rules (but for the claim's commit,
-which does not wait for its WAL flush: below); what is rare (a job no longer runnable, used-up
-attempts, a lapsed hold, a settlement that needs the general ledger) is left to it.
+pipeline mode: what needs no answer is sent with what follows, COMMIT included, and the client
+skips SQLAlchemy's per-statement work (bench.transitions: a third less client CPU per job, a tenth
+less PostgreSQL CPU, a fifth more jobs per second on one account). A claim's lock is held across
+one round trip (what it claims depends on the job it reads). A success needs no answer before its
+COMMIT: it sends its settlement first, a statement that locks the account row before anything
+else (common.ledger_pg), so it serves as the account lock, and the job row comes after it, in the
+one lock order of every transition that moves money (lifecycle._lock_account); the row's
+statement writes only what that settlement allows (common.jobs.transition_sql.SUCCEED_SETTLED_HERE),
+so the account row is held for the server's time alone. The outcomes are common.jobs.lifecycle's,
+whose docstrings hold the rules (but for the claim's commit, which does not wait for its WAL
+flush: below); what is rare (a job no longer runnable, used-up attempts, a lapsed hold, a
+settlement that needs the general ledger) is left to it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ from common import ledger_pg
 # without the flush's wait (a WAL flush fewer per job in bench.jobs: 2.4 to 1.8).
 
 
+# What the success's row statement fails with when its settlement settled a job no longer ours
+# (a worker whose lease lapsed, the job claimed again, its hold still open): a value no integer
+# reads, so the transaction is aborted and rolled back.
+NOT_OURS = "helyx-settled-a-job-not-ours"
+
+
 @dataclass(frozen=True, slots=True)
 class Statements:
     """common.jobs.lifecycle's statements, in psycopg's placeholder form."""
@@ -47,7 +56,7 @@ class Statements:
     claim_under_cap: str
     claim_oldest_under_cap: str
     wait_for_slot: str
-    succeed_with_files: str
+    succeed_settled_here: str
 
 
 def claim(pg: psycopg.Connection, sql: Statements, params: dict[str, Any], running_cap: Callable[[str], int | None],
@@ -91,25 +100,37 @@ def claim(pg: psycopg.Connection, sql: Statements, params: dict[str, Any], runni
 
 def succeed(pg: psycopg.Connection, sql: Statements, values: dict[str, Any], file_count: int, hold_id: str,
             price: int, description: str, day: str | None) -> bool | None:
-    """The job row, its files and its settlement in one transaction, in two round trips: BEGIN,
-    the one-statement settlement (which locks the account row first) and the row with its files
-    together; then COMMIT, or ROLLBACK. True when done; False when the job was no longer ours
-    (nothing written); None, nothing written, when the settlement needs the general ledger (a capped key, an
-    allowance deficit, a day change, a lapsed hold), for common.jobs.lifecycle.succeed to do."""
-    with _pipelined(pg) as pipeline:
-        pg.execute("BEGIN")
-        # Sent before the row whether or not the row is ours: rolled back below if it was not. It
-        # locks the account row first, unless the account is the general ledger's case (then the
-        # row is locked alone and rolled back at once: nothing is waited for while it is held. A
-        # foreign key from files to accounts would change that: its check on the insert waits for
-        # the account row, which a cancel holds while it waits for this job row).
-        settled = ledger_pg.send_resolve(pg, hold_id, price, now=values["now"], description=description, day=day)
-        written = pg.execute(sql.succeed_with_files, values)
-        pipeline.sync()
-        settlement = ledger_pg.settlement_of(hold_id, settled) if written.rowcount == file_count else None
-        done = settlement is not None and settlement.charged == price
-        pg.execute("COMMIT" if done else "ROLLBACK")
-    return True if done else None if written.rowcount == file_count else False
+    """The job row, its files and its settlement in one transaction, in ONE round trip: BEGIN, the
+    one-statement settlement (which locks the account row first), the row with its files (written
+    only if that settlement settled the hold at the price), COMMIT. True when done; False when the
+    job was no longer ours though its hold was open (the row's statement fails on purpose, so the
+    settlement is rolled back; a second round trip); None when the settlement stood aside (a capped
+    key, an allowance deficit, a day change, a hold no longer open): nothing written, for
+    common.jobs.lifecycle.succeed to do, or to find the job no longer ours.
+
+    COMMIT goes with the statements, not after their answers, so the account row is held for the
+    server's own time only: one account's submissions and successes queue on it, and a worker
+    thread's next turn at the GIL, among its busy neighbours', used to come first."""
+    params = {**values, "hid": hold_id, "price": price, "n": file_count}
+    try:
+        with _pipelined(pg) as pipeline:
+            pg.execute("BEGIN")
+            # The settlement before the row, whether or not the row is ours (rolled back if not). It
+            # locks the account row first, unless the account is the general ledger's case (then the
+            # row is locked alone and committed unchanged: nothing is waited for while it is held. A
+            # foreign key from files to accounts would change that: its check on the insert waits
+            # for the account row, which a cancel holds while it waits for this job row).
+            ledger_pg.send_resolve(pg, hold_id, price, now=values["now"], description=description, day=day)
+            written = pg.execute(sql.succeed_settled_here, params)
+            pg.execute("COMMIT")
+            pipeline.sync()
+            row = written.fetchone()
+    except psycopg.errors.InvalidTextRepresentation as exc:
+        if NOT_OURS not in str(exc):
+            raise
+        pg.execute("ROLLBACK")
+        return False
+    return True if row is not None and row[0] == file_count else None
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from common import accounts, clock, ledger
-from common.jobs import lifecycle
+from common.jobs import lifecycle, transition_sql
 from common.jobs.submit import submit_job
 from tests.api.chat.helpers import assert_books_balance
 from tests.conftest import TEST_TZ, TestAccount, create_test_account
@@ -161,9 +161,9 @@ def test_the_oldest_waiting_job_is_found_on_the_partial_index_not_the_accounts_h
               "cap": 1}  # the claim's own UPDATE reads the oldest waiting job
     with engine.begin() as conn:
         if db == "sqlite":
-            plan = str(conn.execute(text("EXPLAIN QUERY PLAN " + lifecycle._CLAIM_OLDEST_UNDER_CAP.text),
+            plan = str(conn.execute(text("EXPLAIN QUERY PLAN " + transition_sql.CLAIM_OLDEST_UNDER_CAP.text),
                                     values).all())
         else:
             conn.execute(text("SET LOCAL enable_seqscan = off"))
-            plan = str(conn.execute(text("EXPLAIN " + lifecycle._CLAIM_OLDEST_UNDER_CAP.text), values).all())
+            plan = str(conn.execute(text("EXPLAIN " + transition_sql.CLAIM_OLDEST_UNDER_CAP.text), values).all())
     assert "ix_jobs_waiting" in plan, plan

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, event, text
 
 from common import accounts, clock, ledger
-from common.jobs import lifecycle, lifecycle_pg
+from common.jobs import lifecycle, lifecycle_pg, transition_sql
 from common.jobs.submit import submit_job
 from tests.api.chat.helpers import assert_books_balance
 from tests.conftest import TEST_TZ, TestAccount, create_test_account
@@ -203,7 +203,7 @@ def test_a_claim_that_waited_for_the_claim_lock_reads_the_plan_committed_meanwhi
     plans: list[str] = []
     holder = pg_engine.connect()
     holder.begin()
-    holder.execute(lifecycle._CLAIM_LOCK, {"id": job_id})  # another claim of the account's, in progress
+    holder.execute(transition_sql.CLAIM_LOCK, {"id": job_id})  # another claim of the account's, in progress
     thread = threading.Thread(target=lambda: lifecycle.claim(pg_engine, job_id, "worker-1", 30,
                                                              lambda plan: plans.append(plan) or 4))
     thread.start()

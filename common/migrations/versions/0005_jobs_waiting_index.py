@@ -1,6 +1,6 @@
 """ix_jobs_waiting: an account's jobs waiting for a slot of the running-jobs cap for their first
 run (queued, never run, sent again), oldest first, for the claim that gives a freed slot to the
-oldest (common.jobs.lifecycle._OLDEST_WAITING). Partial: small however long the account's history,
+oldest (common.jobs.transition_sql.OLDEST_WAITING). Partial: small however long the account's history,
 which the claim would otherwise walk through on ix_jobs_account_created from its first job on.
 
 On PostgreSQL CREATE INDEX blocks writes to `jobs` while it reads the table; it waits at most
