@@ -125,7 +125,8 @@ def test_a_success_after_the_job_was_canceled_writes_nothing(pg_engine: Engine) 
 
 def test_a_capped_key_s_job_settles_through_the_general_path(pg_engine: Engine, statements: list[str]) -> None:
     """The one-statement settlement leaves capped holds to the general ledger: the pipelined
-    transaction rolls back (its job row with it) and the general path does it all, once."""
+    transaction commits nothing (its row statement leaves the job row alone) and the general path
+    does it all, once."""
     account = _funded(pg_engine)
     with pg_engine.begin() as conn:
         key = accounts.create_key(conn, account.account_id, name="capped", now=clock.now().timestamp(),
@@ -245,11 +246,11 @@ def test_a_late_success_of_a_job_another_worker_claimed_again_is_rolled_back_and
 
 
 @pytest.mark.parametrize("case", ["allowance deficit", "day change"])
-def test_a_success_the_one_statement_settlement_stands_aside_for_is_rolled_back_then_written_once(
+def test_a_success_the_one_statement_settlement_stands_aside_for_writes_nothing_then_is_written_once(
         pg_engine: Engine, statements: list[str], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     """The settlement's statement locks and settles nothing for an account with an allowance
     deficit (a downgrade under the job's hold) or whose allowance is still an earlier billing
-    day's (the reset is lazy): the job row updated after it is rolled back with it (None, nothing
+    day's (the reset is lazy): the row statement after it leaves the job row alone (None, nothing
     written), and the general path does it all once (for a day change, the new day's reset first:
     the charge comes out of the new day's allowance)."""
     today = billing.today(TZ)
@@ -346,3 +347,32 @@ def test_a_success_commits_in_its_first_round_trip(pg_engine: Engine, monkeypatc
     assert after_each_sync == ["IDLE"]
     assert _row(pg_engine, job_id) == {"status": "succeeded", "charged": PRICE, "attempts": 1, "hold": "settled",
                                        "files": 1}
+
+
+def test_a_success_whose_hold_the_sweeper_expired_writes_nothing_in_the_pipeline(
+        pg_engine: Engine, statements: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hold of a job still running under its lease expired (the sweeper released it): the
+    settlement stands aside, the pipelined transaction commits nothing (None; the job row is not
+    written without a settlement of this very transaction: a hold no longer open is no sign of one),
+    and the general path records the success once, charging nothing (no hold left to charge)."""
+    account = _funded(pg_engine)
+    job_id = _job(pg_engine, account.api_key)
+    job = lifecycle.claim(pg_engine, job_id, "worker-1", 30, lambda plan: 4)
+    assert job is not None
+    with pg_engine.begin() as conn:
+        conn.execute(text("UPDATE holds SET expires_at = 0 WHERE id = :h"), {"h": job.hold_id})
+    assert billing.expire_holds(pg_engine) == 1
+    before = assert_books_balance(pg_engine, account.account_id)
+    answers = _pipelined_answers(pg_engine, monkeypatch, statements, account.account_id, job_id)
+    statements.clear()
+
+    assert lifecycle.succeed(pg_engine, job, "worker-1", _files(job_id), 3600, billing.today(TZ)) is True
+
+    assert answers == [(None, before, {"status": "running", "charged": 0, "attempts": 1, "hold": "expired",
+                                       "files": 0})]
+    assert statements  # the general path ran
+    assert _row(pg_engine, job_id) == {"status": "succeeded", "charged": 0, "attempts": 1, "hold": "expired",
+                                       "files": 1}
+    assert _owner_and_kinds(pg_engine, job_id) == (None, ["reserve", "expire"])
+    assert assert_books_balance(pg_engine, account.account_id) == before
+    assert open_transactions(pg_engine) == 0
