@@ -15,6 +15,7 @@ import linecache
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from common.db import make_engine
 from common.jobs import lifecycle
 from common.jobs.submit import submit_job
 from common.money import MICRO
+from tests.api.chat.helpers import assert_books_balance
 from tests.conftest import TEST_TZ, create_test_account, emptied_pg_engine
 from tests.integration.races_books import open_transactions
 
@@ -283,3 +285,57 @@ def test_repeated_rolled_back_pipelines_keep_prepared_statements_usable(one: Eng
         files = [{"id": f"file_{job_id}", "storage_key": "k", "content_type": "image/png", "bytes": 1}]
         assert lifecycle.succeed(one, job, "other-owner", files, 3600, billing.today(TZ)) is False  # ROLLBACK
         assert lifecycle.succeed(one, job, "w", files, 3600, billing.today(TZ)) is True
+
+
+
+def _row_statement_plans(engine: Engine) -> tuple[int, int]:
+    """(generic, custom) plans the success's row statement (transition_sql.SUCCEED_SETTLED_HERE) ran
+    on as a prepared statement of the pool's one connection; (0, 0) while it is not prepared."""
+    with pg_statements.connection(engine) as pg:
+        row = pg.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                         " WHERE statement LIKE 'WITH s AS (SELECT EXISTS (SELECT 1 FROM holds%%'").fetchone()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
+@pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
+def test_the_prepared_row_statement_fails_on_purpose_only_for_a_job_no_longer_ours(one: Engine, mode: str) -> None:
+    """psycopg prepares the row statement at its 6th use on a connection. On a generic plan (its
+    parameters unknown) and on a custom one (their values folded in), its deliberate error fires
+    for a job no longer ours (all rolled back), never when the settlement stood aside (an earlier
+    day's allowance: the general path settles) or settled our job."""
+    account_id, api_key, first = _setup(one)
+    assert lifecycle.cancel(one, account_id, first)  # (its hold released: the books count one hold at a time)
+    principal = accounts.authenticate(one, api_key, now=clock.now().timestamp())
+    with pg_statements.connection(one) as pg:
+        pg.execute(f"SET plan_cache_mode = {mode}")  # the pool's one connection, for the engine's life
+    today = billing.today(TZ)
+    tomorrow = (date.fromisoformat(today) + timedelta(days=1)).isoformat()
+    index = 0 if mode == "force_generic_plan" else 1
+    for turn in ["ours"] * 6 + ["aside", "not ours"]:
+        job_id = submit_job(one, principal, job_type="image", model="nano-banana-pro", price=PRICE, tz=TZ,
+                            params={"prompt": "x", "n": 1, "width": 256, "height": 256}).job_id
+        job = lifecycle.claim(one, job_id, "w", 30, lambda plan: 100)
+        assert job is not None
+        files = [{"id": f"file_{job_id}", "storage_key": "k", "content_type": "image/png", "bytes": 1}]
+        before, plans = assert_books_balance(one, account_id, open_holds=1), _row_statement_plans(one)
+        owner, day = ("other", today) if turn == "not ours" else ("w", tomorrow if turn == "aside" else today)
+
+        assert lifecycle.succeed(one, job, owner, files, 3600, day) is (turn != "not ours"), turn
+
+        if turn != "ours":  # run as the prepared statement, on a plan of the mode's kind
+            assert plans[index] > 0, (turn, plans)
+        if turn == "aside":
+            assert _row_statement_plans(one)[index] == plans[index] + 1
+        with one.connect() as conn:
+            row = conn.execute(text("SELECT j.status, j.charged, h.status, (SELECT array_agg(-e.amount) FROM"
+                                    " ledger_entries e WHERE e.hold_id = h.id AND e.kind = 'settle')"
+                                    " FROM jobs j JOIN holds h ON h.id = j.hold_id WHERE j.id = :j"),
+                               {"j": job_id}).one()
+        if turn == "not ours":
+            assert tuple(row) == ("running", 0, "open", None)
+            assert assert_books_balance(one, account_id, open_holds=1) == before
+        else:  # charged once (the aside's balance also gained the next day's reset)
+            assert tuple(row) == ("succeeded", PRICE, "settled", [PRICE])
+            assert_books_balance(one, account_id)
+    assert lifecycle.succeed(one, job, "w", files, 3600, tomorrow) is True  # the connection is clean after
+    assert open_transactions(one) == 0
