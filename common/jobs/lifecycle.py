@@ -43,6 +43,7 @@ from common.jobs.transition_sql import (
     SUCCEED_WITH_FILES,
     WAIT_FOR_SLOT,
 )
+from common.plans import PLANS
 
 if TYPE_CHECKING:
     import psycopg
@@ -104,14 +105,15 @@ def claim(engine: Engine, job_id: str, owner: str, lease_seconds: float,
     job with its account's plan, the claim itself with the running count as its condition (each a
     statement begun after the lock's wait, so it counts what committed meanwhile), the wait for a
     slot when the cap refused it or an older job took its place, COMMIT. On PostgreSQL they go in
-    two round trips (common.jobs.lifecycle_pg), which leaves what is rare (a job no longer
-    runnable, used-up attempts, a lapsed hold) to the general path below, one round trip each."""
+    one round trip (common.jobs.lifecycle_pg, the decisions made in SQL), which leaves what is
+    rare (a job no longer runnable, used-up attempts, a lapsed hold) to the general path below,
+    one round trip each."""
     now = clock.now().timestamp()
     params = {"id": job_id, "owner": owner, "until": now + lease_seconds, "now": now}
-    if is_postgres(engine):  # the common case in two round trips (common.jobs.lifecycle_pg)
-        cap_of = running_cap if callable(running_cap) else lambda _plan: running_cap
+    if is_postgres(engine):  # the common case in one round trip (common.jobs.lifecycle_pg)
+        caps = {plan: running_cap(plan) if callable(running_cap) else running_cap for plan in PLANS}
         with pg_statements.connection(engine) as pg:
-            fast = lifecycle_pg.claim(pg, PIPELINED, params, cap_of, max_attempts)
+            fast = lifecycle_pg.claim(pg, PIPELINED, params, caps, max_attempts)
         if fast is not None:
             row, busy_account = fast
             if row is None:

@@ -22,7 +22,8 @@ settlement that needs the general ledger) is left to it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,54 +49,37 @@ NOT_OURS = "helyx-settled-a-job-not-ours"
 
 @dataclass(frozen=True, slots=True)
 class Statements:
-    """common.jobs.lifecycle's statements, in psycopg's placeholder form."""
+    """common.jobs.transition_sql's statements, in psycopg's placeholder form."""
 
     claim_lock: str  # the claim lock, its transaction set not to wait for its flush
-    current: str
     claim: str
-    claim_under_cap: str
-    claim_oldest_under_cap: str
     wait_for_slot: str
     succeed_settled_here: str
 
 
-def claim(pg: psycopg.Connection, sql: Statements, params: dict[str, Any], running_cap: Callable[[str], int | None],
+def claim(pg: psycopg.Connection, sql: Statements, params: dict[str, Any], caps: dict[str, int | None],
           max_attempts: int | None) -> tuple[Any, str] | None:
-    """The claim's common case: the job runnable with attempts left and its hold open. Returns
-    (the claimed row, or None when the cap refused it and the job waits for a slot; the job's
-    account), or None, nothing written, to leave the decision to common.jobs.lifecycle.claim (a
-    job gone, done, leased or to be failed, or one that stopped being runnable since the lock).
-    Two round trips: BEGIN, the account's claim lock (setting the commit not to wait for its
-    flush), then the job read; the claim, the wait for a slot and COMMIT."""
+    """The claim's common case: the job runnable with attempts left and its hold open, its plan
+    one of `caps` (each plan's running cap; None: no cap). Returns (the claimed row, which under a
+    cap may be the account's oldest job waiting for a slot; or None when the cap refused the job
+    and it waits for a slot; the job's account), or None, nothing written, to leave the decision
+    to common.jobs.lifecycle.claim (a job gone, done, leased or to be failed). One round trip:
+    BEGIN, the account's claim lock (setting the commit not to wait for its flush), the claim,
+    the wait for a slot, COMMIT: the lock is held for the server's time only."""
+    values = {**params, "caps": json.dumps(caps), "max_attempts": max_attempts}
     with pg.cursor(row_factory=namedtuple_row) as cur:
-        with _pipelined(pg):
+        with _pipelined(pg):  # (its exit sends it all, with a Sync, and reads every answer)
             pg.execute("BEGIN")
-            # Any: a namedtuple_row row's fields are the query's columns, which mypy cannot see.
             pg.execute(sql.claim_lock, {"id": params["id"]})
-            current: Any = cur.execute(sql.current, {"id": params["id"]}).fetchone()
-            if current is None or not (current.status == "queued" or (
-                    current.status == "running" and current.lease_until < params["now"])) or (
-                    current.hold_status not in ("open", None)) or (
-                    max_attempts is not None and current.attempts >= max_attempts):
-                pg.execute("ROLLBACK")
-                return None
-            cap = running_cap(current.plan)
-            waits = None
-            if cap is None:
-                cur.execute(sql.claim, params)
-            else:
-                capped = {**params, "aid": current.account_id, "cap": cap, "type": current.type,
-                          "created": current.created_at}
-                first_run = current.status == "queued" and current.attempts == 0
-                cur.execute(sql.claim_oldest_under_cap if first_run else sql.claim_under_cap, capped)
-                # A no-op when the claim took this job (running now, its lease ahead); otherwise the
-                # cap refused it, or an older job took its place, and it waits for a slot.
-                waits = pg.execute(sql.wait_for_slot, capped)
+            cur.execute(sql.claim, values)
+            waits = pg.execute(sql.wait_for_slot, values)
             pg.execute("COMMIT")
-        row = cur.fetchone()
-    if row is None and (waits is None or waits.rowcount != 1):
-        return None  # no longer runnable (a race since the lock): nothing was written
-    return row, current.account_id
+        # Any: a namedtuple_row row's fields are the query's columns, which mypy cannot see.
+        row: Any = cur.fetchone()
+    waiting = waits.fetchone()
+    if row is not None:
+        return row, row.account_id
+    return None if waiting is None else (None, waiting[0])
 
 
 def succeed(pg: psycopg.Connection, sql: Statements, values: dict[str, Any], file_count: int, hold_id: str,
@@ -113,7 +97,7 @@ def succeed(pg: psycopg.Connection, sql: Statements, values: dict[str, Any], fil
     thread's next turn at the GIL, among its busy neighbours', used to come first."""
     params = {**values, "hid": hold_id, "price": price, "n": file_count}
     try:
-        with _pipelined(pg) as pipeline:
+        with _pipelined(pg):  # (its exit sends it all, with a Sync, and reads every answer)
             pg.execute("BEGIN")
             # The settlement before the row, whether or not the row is ours (rolled back if not). It
             # locks the account row first, unless the account is the general ledger's case (then the
@@ -123,13 +107,12 @@ def succeed(pg: psycopg.Connection, sql: Statements, values: dict[str, Any], fil
             ledger_pg.send_resolve(pg, hold_id, price, now=values["now"], description=description, day=day)
             written = pg.execute(sql.succeed_settled_here, params)
             pg.execute("COMMIT")
-            pipeline.sync()
-            row = written.fetchone()
     except psycopg.errors.InvalidTextRepresentation as exc:
         if NOT_OURS not in str(exc):
             raise
         pg.execute("ROLLBACK")
         return False
+    row = written.fetchone()
     return True if row is not None and row[0] == file_count else None
 
 

@@ -64,6 +64,40 @@ WAIT_FOR_SLOT = text(
     f" WHERE id = :id AND {RUNNABLE}"
 )
 LOCK_ACCOUNT = text("SELECT 1 FROM accounts WHERE id = :aid FOR UPDATE")
+# lifecycle_pg's claim: after its lock's statement, the claim and the wait for a slot go without
+# waiting for an answer, so what the general path decides in Python is decided here, and whatever
+# it does not cover goes back to it untouched (`ELIGIBLE` false: a job gone, done, leased or lapsed,
+# its attempts used up, a plan `:caps` does not name). `:caps` maps each plan to its running cap (a
+# JSON object; null: no cap), `:max_attempts` is null for no limit. The same rules as the general
+# path: the cap counted in the claim's statement, begun once the lock is held; under a cap, a
+# first run gives its slot to the account's oldest job waiting for one (OLDEST_WAITING).
+_CAP_OF_PLAN = "CAST(CAST(:caps AS jsonb) ->> {plan} AS integer)"
+ELIGIBLE = (
+    "COALESCE((SELECT h.status FROM holds h WHERE h.id = {job}.hold_id), 'open') = 'open'"
+    " AND (CAST(:max_attempts AS integer) IS NULL OR {job}.attempts < :max_attempts)"
+    " AND CAST(:caps AS jsonb) -> {plan} IS NOT NULL"
+)
+_OLDEST_WAITING_OF_C = (OLDEST_WAITING.replace(":aid", "c.aid").replace(":type", "c.type")
+                        .replace(":created", "c.created"))
+_CLAIMABLE = (
+    "WITH c AS (SELECT j.account_id AS aid, j.type, j.created_at AS created,"
+    f" j.status = 'queued' AND j.attempts = 0 AS first_run, {_CAP_OF_PLAN.format(plan='a.plan')} AS cap"
+    " FROM jobs j JOIN accounts a ON a.id = j.account_id"
+    f" WHERE j.id = :id AND {RUNNABLE.replace('status', 'j.status').replace('lease_until', 'j.lease_until')}"
+    f" AND {ELIGIBLE.format(job='j', plan='a.plan')}),"
+    " t AS (SELECT CASE WHEN c.cap IS NOT NULL AND c.first_run"
+    f" THEN COALESCE(({_OLDEST_WAITING_OF_C}), :id) ELSE :id END AS target FROM c"
+    f" WHERE c.cap IS NULL OR {RUNNING_COUNT.replace(':aid', 'c.aid')} < c.cap)"
+)
+CLAIM_PIPELINED = text(f"{_CLAIMABLE} {CLAIM_SET} FROM t WHERE jobs.id = t.target AND {RUNNABLE}{CLAIM_RETURNING}")
+# Sent after it: a no-op when the claim took this job (no longer runnable); otherwise, if the job
+# is eligible and its plan capped, the cap refused it or an older job took its place: it waits.
+_JOB_PLAN = "(SELECT a.plan FROM accounts a WHERE a.id = jobs.account_id)"
+WAIT_FOR_SLOT_PIPELINED = text(
+    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now"
+    f" WHERE id = :id AND {RUNNABLE} AND {ELIGIBLE.format(job='jobs', plan=_JOB_PLAN)}"
+    f" AND {_CAP_OF_PLAN.format(plan=_JOB_PLAN)} IS NOT NULL RETURNING account_id"
+)
 OWNED = "id = :id AND status = 'running' AND lease_owner = :owner"
 # (an earlier attempt's error, kept while it was retried, is no error of a job that succeeded)
 SUCCEED_SET = ("UPDATE jobs SET status = 'succeeded', progress = 100, finished_at = :now, charged = price,"
@@ -89,6 +123,5 @@ SUCCEED_SETTLED_HERE = text(
 )
 
 PIPELINED = lifecycle_pg.Statements(**{name: psycopg_form(statement.text) for name, statement in {
-    "claim_lock": CLAIM_LOCK_UNFLUSHED, "current": CURRENT, "claim": CLAIM, "claim_under_cap": CLAIM_UNDER_CAP,
-    "claim_oldest_under_cap": CLAIM_OLDEST_UNDER_CAP, "wait_for_slot": WAIT_FOR_SLOT,
+    "claim_lock": CLAIM_LOCK_UNFLUSHED, "claim": CLAIM_PIPELINED, "wait_for_slot": WAIT_FOR_SLOT_PIPELINED,
     "succeed_settled_here": SUCCEED_SETTLED_HERE}.items()})

@@ -192,9 +192,9 @@ def test_a_claim_refused_by_the_cap_waits_for_a_slot_and_says_busy(pg_engine: En
 
 
 def test_an_error_of_our_own_mid_pipeline_is_raised_as_itself_and_writes_nothing(pg_engine: Engine) -> None:
-    """The running cap's function fails between the pipeline's statements (an unknown plan): its
-    own error comes out (not a database error, which would be retried as an outage), the claim's
-    transaction is rolled back, and the next claim on the pool works."""
+    """The running cap's function fails (an unknown plan): its own error comes out (not a database
+    error, which would be retried as an outage), nothing is written, and the next claim on the
+    pool works. (Its caps are all asked before the claim's pipeline opens.)"""
     account = _funded(pg_engine)
     job_id = _job(pg_engine, account.api_key)
 
@@ -323,30 +323,6 @@ def test_a_claim_commits_without_waiting_for_its_flush_and_the_success_after_it_
                                  " DROP FUNCTION helyx_test_commit_setting(); DROP TABLE helyx_test_commit_setting")
     assert [(status, setting) for status, setting, _ in seen] == [("running", "off"), ("succeeded", "on")]
     assert len({backend for *_, backend in seen}) == 1  # one connection: the setting ended with the claim
-
-
-def test_a_success_commits_in_its_first_round_trip(pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """BEGIN, the settlement, the row and COMMIT go in one sync: when its answers are in, the
-    transaction is over (so the account row was held for the server's time only), and the
-    pipeline has nothing left to send."""
-    account = _funded(pg_engine)
-    job_id = _job(pg_engine, account.api_key)
-    job = lifecycle.claim(pg_engine, job_id, "worker-1", 30, lambda plan: 4)
-    assert job is not None
-    after_each_sync: list[str] = []
-    sync = psycopg.Pipeline.sync
-
-    def watched(pipeline: psycopg.Pipeline) -> None:
-        sync(pipeline)
-        after_each_sync.append(pipeline._conn.info.transaction_status.name)
-
-    monkeypatch.setattr(psycopg.Pipeline, "sync", watched)
-
-    assert lifecycle.succeed(pg_engine, job, "worker-1", _files(job_id), 3600, billing.today(TZ)) is True
-
-    assert after_each_sync == ["IDLE"]
-    assert _row(pg_engine, job_id) == {"status": "succeeded", "charged": PRICE, "attempts": 1, "hold": "settled",
-                                       "files": 1}
 
 
 def test_a_success_whose_hold_the_sweeper_expired_writes_nothing_in_the_pipeline(
