@@ -8,7 +8,10 @@ path first), one through the general path alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -179,3 +182,64 @@ def test_a_plan_the_caps_do_not_name_is_left_to_the_general_path_untouched(pg_en
 
     assert answer is None
     assert _state(pg_engine, roles) == before
+
+
+# The claim's statement, made to sleep once it has its snapshot, in the job's read (c).
+_SLEEPING = " WHERE (SELECT true FROM pg_sleep(1)) AND j.id = "
+
+
+@pytest.mark.xfail(strict=True, reason="the wait for a slot reads the job in a snapshot of its own, after the"
+                   " claim's: a job that became runnable between them is set to wait, AccountBusy, with a slot free")
+def test_a_job_its_worker_requeued_during_a_duplicate_claim_is_not_set_to_wait_with_a_slot_free(
+        pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second message's claim of a job running under its worker's live lease reads it leased;
+    its worker requeues it (an error, to retry after a backoff) before the claim's wait for a
+    slot. The general path, in either order, leaves the job alone (read leased: None) or claims
+    it (read queued, a slot free), never AccountBusy with a slot free: that sends its message
+    again at once (the backoff cut short) and rewrites its enqueued_at. (Before ad1fbb3 the
+    pipelined claim read the job in one statement and decided on that read: it left the job to
+    the general path, which claimed it.)"""
+    account = create_test_account(pg_engine, "pro")
+    with pg_engine.begin() as conn:
+        ledger.grant(conn, account.account_id, 10 * PRICE, now=clock.now().timestamp())
+    job_id = _submit(pg_engine, account.api_key)
+    assert lifecycle.claim(pg_engine, job_id, "worker-1", 30, 4) is not None
+    sleeping = PIPELINED.claim.replace(" WHERE j.id = ", _SLEEPING)
+    assert sleeping.count("pg_sleep") == 1
+    monkeypatch.setattr(lifecycle, "PIPELINED", dataclasses.replace(PIPELINED, claim=sleeping))
+    outcome: list[Any] = []
+
+    def duplicate() -> None:
+        try:
+            outcome.append(lifecycle.claim(pg_engine, job_id, "worker-2", 30, 4))
+        except lifecycle.AccountBusy as busy:
+            outcome.append(busy)
+
+    thread = threading.Thread(target=duplicate)
+    thread.start()
+    _wait_for_a_sleeping_statement(pg_engine)  # the claim's statement has its snapshot: the job leased
+    assert lifecycle.requeue(pg_engine, job_id, "worker-1", "provider_error", "to retry after a backoff")
+    with pg_engine.connect() as conn:
+        requeued_at = conn.execute(text("SELECT enqueued_at FROM jobs WHERE id = :id"), {"id": job_id}).scalar_one()
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+
+    assert len(outcome) == 1 and not isinstance(outcome[0], lifecycle.AccountBusy), outcome
+    claimed = outcome[0] is not None and outcome[0].id == job_id  # (by the general path, after the pipeline's None)
+    assert claimed or outcome[0] is None, outcome
+    with pg_engine.connect() as conn:
+        row = conn.execute(text("SELECT status, enqueued_at FROM jobs WHERE id = :id"), {"id": job_id}).one()
+    assert tuple(row) == ("running" if claimed else "queued", requeued_at)
+
+
+def _wait_for_a_sleeping_statement(engine: Engine, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    with engine.connect() as conn:
+        while time.monotonic() < deadline:
+            sleeping = conn.execute(text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                         " AND wait_event = 'PgSleep'")).scalar_one()
+            conn.rollback()  # (a look per transaction: the view holds still within one)
+            if sleeping:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the claim's statement never slept")
