@@ -53,7 +53,6 @@ class Statements:
 
     claim_lock: str  # the claim lock, its transaction set not to wait for its flush
     claim: str
-    wait_for_slot: str
     succeed_settled_here: str
 
 
@@ -64,22 +63,21 @@ def claim(pg: psycopg.Connection, sql: Statements, params: dict[str, Any], caps:
     cap may be the account's oldest job waiting for a slot; or None when the cap refused the job
     and it waits for a slot; the job's account), or None, nothing written, to leave the decision
     to common.jobs.lifecycle.claim (a job gone, done, leased or to be failed). One round trip:
-    BEGIN, the account's claim lock (setting the commit not to wait for its flush), the claim,
-    the wait for a slot, COMMIT: the lock is held for the server's time only."""
+    BEGIN, the account's claim lock (setting the commit not to wait for its flush), the claim
+    with its wait for a slot (one statement, so one read of the job decides both), COMMIT: the
+    lock is held for the server's time only."""
     values = {**params, "caps": json.dumps(caps), "max_attempts": max_attempts}
     with pg.cursor(row_factory=namedtuple_row) as cur:
         with _pipelined(pg):  # (its exit sends it all, with a Sync, and reads every answer)
             pg.execute("BEGIN")
             pg.execute(sql.claim_lock, {"id": params["id"]})
             cur.execute(sql.claim, values)
-            waits = pg.execute(sql.wait_for_slot, values)
             pg.execute("COMMIT")
         # Any: a namedtuple_row row's fields are the query's columns, which mypy cannot see.
         row: Any = cur.fetchone()
-    waiting = waits.fetchone()
-    if row is not None:
-        return row, row.account_id
-    return None if waiting is None else (None, waiting[0])
+    if row is None:
+        return None
+    return (None if row.waits else row), row.account_id
 
 
 def succeed(pg: psycopg.Connection, sql: Statements, values: dict[str, Any], file_count: int, hold_id: str,

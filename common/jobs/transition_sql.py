@@ -64,7 +64,7 @@ WAIT_FOR_SLOT = text(
     f" WHERE id = :id AND {RUNNABLE}"
 )
 LOCK_ACCOUNT = text("SELECT 1 FROM accounts WHERE id = :aid FOR UPDATE")
-# lifecycle_pg's claim: after its lock's statement, the claim and the wait for a slot go without
+# lifecycle_pg's claim: after its lock's statement, the claim with its wait for a slot goes without
 # waiting for an answer, so what the general path decides in Python is decided here, and whatever
 # it does not cover goes back to it untouched (`ELIGIBLE` false: a job gone, done, leased or lapsed,
 # its attempts used up, a plan `:caps` does not name). `:caps` maps each plan to its running cap (a
@@ -89,14 +89,19 @@ _CLAIMABLE = (
     f" THEN COALESCE(({_OLDEST_WAITING_OF_C}), :id) ELSE :id END AS target FROM c"
     f" WHERE c.cap IS NULL OR {RUNNING_COUNT.replace(':aid', 'c.aid')} < c.cap)"
 )
-CLAIM_PIPELINED = text(f"{_CLAIMABLE} {CLAIM_SET} FROM t WHERE jobs.id = t.target AND {RUNNABLE}{CLAIM_RETURNING}")
-# Sent after it: a no-op when the claim took this job (no longer runnable); otherwise, if the job
-# is eligible and its plan capped, the cap refused it or an older job took its place: it waits.
-_JOB_PLAN = "(SELECT a.plan FROM accounts a WHERE a.id = jobs.account_id)"
-WAIT_FOR_SLOT_PIPELINED = text(
-    "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now"
-    f" WHERE id = :id AND {RUNNABLE} AND {ELIGIBLE.format(job='jobs', plan=_JOB_PLAN)}"
-    f" AND {_CAP_OF_PLAN.format(plan=_JOB_PLAN)} IS NOT NULL RETURNING account_id"
+# The wait for a slot in the same statement (one snapshot: it acts only on the job the claim's read
+# found eligible, never on one that became runnable since, e.g. requeued by its worker): a no-op
+# when the claim took this job; otherwise, the plan capped, the cap refused it or an older job took
+# its place, and it waits. Answers the claimed row, or the waiting job's account (`waits`).
+_RUNNABLE_JOBS = RUNNABLE.replace("status", "jobs.status").replace("lease_until", "jobs.lease_until")
+_CLAIMED_COLUMNS = "id, account_id, type, model, params, attempts, hold_id, price, webhook_url"
+CLAIM_PIPELINED = text(
+    f"{_CLAIMABLE}, claimed AS ({CLAIM_SET} FROM t WHERE jobs.id = t.target AND {RUNNABLE}{CLAIM_RETURNING}),"
+    " waited AS (UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, enqueued_at = :now"
+    f" FROM c WHERE jobs.id = :id AND c.cap IS NOT NULL AND {_RUNNABLE_JOBS}"
+    " AND NOT EXISTS (SELECT 1 FROM claimed WHERE claimed.id = :id) RETURNING jobs.account_id)"
+    f" SELECT {_CLAIMED_COLUMNS}, false AS waits FROM claimed"
+    " UNION ALL SELECT NULL, account_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true FROM waited"
 )
 OWNED = "id = :id AND status = 'running' AND lease_owner = :owner"
 # (an earlier attempt's error, kept while it was retried, is no error of a job that succeeded)
@@ -123,5 +128,5 @@ SUCCEED_SETTLED_HERE = text(
 )
 
 PIPELINED = lifecycle_pg.Statements(**{name: psycopg_form(statement.text) for name, statement in {
-    "claim_lock": CLAIM_LOCK_UNFLUSHED, "claim": CLAIM_PIPELINED, "wait_for_slot": WAIT_FOR_SLOT_PIPELINED,
+    "claim_lock": CLAIM_LOCK_UNFLUSHED, "claim": CLAIM_PIPELINED,
     "succeed_settled_here": SUCCEED_SETTLED_HERE}.items()})

@@ -1,5 +1,5 @@
 """The pipelined claim on PostgreSQL (common.jobs.lifecycle_pg.claim, its rules in SQL:
-transition_sql.CLAIM_PIPELINED and WAIT_FOR_SLOT_PIPELINED) against the general path
+transition_sql.CLAIM_PIPELINED, its wait for a slot included) against the general path
 (common.jobs.lifecycle.claim, the reference), case by case: for every job state, hold, attempts
 limit and running cap, it either does exactly what the general path does (the same outcome, the
 same writes) or writes nothing and leaves the decision to the general path. Each case is built
@@ -188,17 +188,14 @@ def test_a_plan_the_caps_do_not_name_is_left_to_the_general_path_untouched(pg_en
 _SLEEPING = " WHERE (SELECT true FROM pg_sleep(1)) AND j.id = "
 
 
-@pytest.mark.xfail(strict=True, reason="the wait for a slot reads the job in a snapshot of its own, after the"
-                   " claim's: a job that became runnable between them is set to wait, AccountBusy, with a slot free")
 def test_a_job_its_worker_requeued_during_a_duplicate_claim_is_not_set_to_wait_with_a_slot_free(
         pg_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second message's claim of a job running under its worker's live lease reads it leased;
     its worker requeues it (an error, to retry after a backoff) before the claim's wait for a
     slot. The general path, in either order, leaves the job alone (read leased: None) or claims
     it (read queued, a slot free), never AccountBusy with a slot free: that sends its message
-    again at once (the backoff cut short) and rewrites its enqueued_at. (Before ad1fbb3 the
-    pipelined claim read the job in one statement and decided on that read: it left the job to
-    the general path, which claimed it.)"""
+    again at once (the backoff cut short) and rewrites its enqueued_at. The claim and its wait
+    are one statement: one read of the job decides both."""
     account = create_test_account(pg_engine, "pro")
     with pg_engine.begin() as conn:
         ledger.grant(conn, account.account_id, 10 * PRICE, now=clock.now().timestamp())

@@ -1,8 +1,8 @@
-"""The pipelined claim's statements (transition_sql.CLAIM_PIPELINED, WAIT_FOR_SLOT_PIPELINED) as
-psycopg prepares them, at their sixth use on a connection: keyed by their parameters' types, so a
-`max_attempts` of None (sent untyped; `CAST(:max_attempts AS integer)` types it) and an int (sent
-as a smallint) are two prepared statements, each right on a generic plan (its parameters unknown)
-and on a custom one; so is `:caps`, a JSON object whose caps may be null."""
+"""The pipelined claim's statement (transition_sql.CLAIM_PIPELINED) as psycopg prepares it, at its
+sixth use on a connection: keyed by its parameters' types, so a `max_attempts` of None (sent
+untyped; `CAST(:max_attempts AS integer)` types it) and an int (sent as a smallint) are two
+prepared statements, each right on a generic plan (its parameters unknown) and on a custom one; so
+is `:caps`, a JSON object whose caps may be null."""
 
 from __future__ import annotations
 
