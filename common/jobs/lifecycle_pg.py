@@ -1,4 +1,4 @@
-"""The two transitions every job makes on PostgreSQL: a claim in two round trips, a success in one.
+"""The two transitions every job makes on PostgreSQL, a claim and a success, in one round trip each.
 
 Through SQLAlchemy a claim was five round trips (BEGIN, the account's claim lock, the job, the
 claim, COMMIT) and a success five (BEGIN, the account lock, the job row with its files, the
@@ -7,16 +7,18 @@ which all of one account's claims, or its successes, queue) held across all but 
 Here the same statements run on an autocommit psycopg connection (common.pg_statements) in
 pipeline mode: what needs no answer is sent with what follows, COMMIT included, and the client
 skips SQLAlchemy's per-statement work (bench.transitions: a third less client CPU per job, a tenth
-less PostgreSQL CPU, a fifth more jobs per second on one account). A claim's lock is held across
-one round trip (what it claims depends on the job it reads). A success needs no answer before its
-COMMIT: it sends its settlement first, a statement that locks the account row before anything
-else (common.ledger_pg), so it serves as the account lock, and the job row comes after it, in the
-one lock order of every transition that moves money (lifecycle._lock_account); the row's
-statement writes only what that settlement allows (common.jobs.transition_sql.SUCCEED_SETTLED_HERE),
-so the account row is held for the server's time alone. The outcomes are common.jobs.lifecycle's,
-whose docstrings hold the rules (but for the claim's commit, which does not wait for its WAL
-flush: below); what is rare (a job no longer runnable, used-up attempts, a lapsed hold, a
-settlement that needs the general ledger) is left to it.
+less PostgreSQL CPU, a fifth more jobs per second on one account). Neither waits for an answer
+before its COMMIT: what the general path decides in Python on what it reads, they decide in SQL
+(common.jobs.transition_sql), so the locks they take (the account's claim lock, the account row)
+are held for the server's time alone. A claim's decisions read the job in one statement, begun
+once its lock is held. A success sends its settlement first, a statement that locks the account
+row before anything else (common.ledger_pg), so it serves as the account lock, and the job row
+comes after it, in the one lock order of every transition that moves money
+(lifecycle._lock_account); the row's statement writes only what that settlement allows
+(transition_sql.SUCCEED_SETTLED_HERE). The outcomes are common.jobs.lifecycle's, whose
+docstrings hold the rules (but for the claim's commit, which does not wait for its WAL flush:
+below); what is rare (a job no longer runnable, used-up attempts, a lapsed hold, a settlement
+that needs the general ledger) is left to it.
 """
 
 from __future__ import annotations
