@@ -101,22 +101,16 @@ def test_a_late_finish_racing_a_reclaim_of_the_same_job_does_not_deadlock(
     assert_books_balance(pg_engine, account.account_id)
 
 
-def test_concurrent_claims_of_one_account_never_exceed_its_running_cap(pg_engine: Engine) -> None:
-    """Twelve workers claim twelve jobs of one account at once, its plan allowing four: exactly
-    four run, the other eight wait queued, each with its message sent again. The running count is read after the
-    account lock is held, so claims that committed meanwhile are counted."""
-    account = create_test_account(pg_engine, "pro")
-    with pg_engine.begin() as conn:
-        ledger.grant(conn, account.account_id, 12 * PRICE, now=clock.now().timestamp())
-    ids = [_job(pg_engine, account) for _ in range(12)]
+def _claimed_at_once(engine: Engine, ids: list[str], cap: Callable[[str], int | None]) -> dict[str, Any]:
+    """Each job claimed by a worker of its own, all at once: each job's ClaimedJob, None or
+    AccountBusy."""
     barrier = threading.Barrier(len(ids))
     results: dict[str, Any] = {}
 
     def claim(job_id: str) -> None:
         barrier.wait()
         try:
-            results[job_id] = lifecycle.claim(pg_engine, job_id, f"worker-{job_id}", 30,
-                                              lambda plan: 4 if plan == "pro" else 0)  # (the plan's own)
+            results[job_id] = lifecycle.claim(engine, job_id, f"worker-{job_id}", 30, cap)
         except lifecycle.AccountBusy as exc:
             results[job_id] = exc
 
@@ -125,6 +119,20 @@ def test_concurrent_claims_of_one_account_never_exceed_its_running_cap(pg_engine
         thread.start()
     for thread in threads:
         thread.join(timeout=20)
+    assert not any(thread.is_alive() for thread in threads)
+    return results
+
+
+def test_concurrent_claims_of_one_account_never_exceed_its_running_cap(pg_engine: Engine) -> None:
+    """Twelve workers claim twelve jobs of one account at once, its plan allowing four: exactly
+    four run, the other eight wait queued, each with its message sent again. The running count is read after the
+    account lock is held, so claims that committed meanwhile are counted."""
+    account = create_test_account(pg_engine, "pro")
+    with pg_engine.begin() as conn:
+        ledger.grant(conn, account.account_id, 12 * PRICE, now=clock.now().timestamp())
+    ids = [_job(pg_engine, account) for _ in range(12)]
+
+    results = _claimed_at_once(pg_engine, ids, lambda plan: 4 if plan == "pro" else 0)  # (the plan's own)
     # A claim may take an older waiting job in its job's place (oldest first), its own job then
     # waiting with its message sent again; the older job's own message then finds it taken (None).
     claimed = [r.id for r in results.values() if isinstance(r, lifecycle.ClaimedJob)]
@@ -162,28 +170,13 @@ def test_claims_of_one_account_count_each_other_however_long_each_takes_to_commi
     with pg_engine.begin() as conn:
         ledger.grant(conn, account.account_id, 8 * PRICE, now=clock.now().timestamp())
     ids = [_job(pg_engine, account) for _ in range(8)]
-    barrier = threading.Barrier(len(ids))
-    results: dict[str, Any] = {}
-
-    def claim(job_id: str) -> None:
-        barrier.wait()
-        try:
-            results[job_id] = lifecycle.claim(pg_engine, job_id, f"worker-{job_id}", 30, lambda _plan: 2)
-        except lifecycle.AccountBusy as exc:
-            results[job_id] = exc
-
     with pg_engine.begin() as conn:
         conn.exec_driver_sql(_SLOW_CLAIMS)
     try:
-        threads = [threading.Thread(target=claim, args=(job_id,)) for job_id in ids]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=20)
+        results = _claimed_at_once(pg_engine, ids, lambda _plan: 2)
     finally:
         with pg_engine.begin() as conn:
             conn.exec_driver_sql("DROP TRIGGER helyx_test_slow_claim ON jobs; DROP FUNCTION helyx_test_slow_claim()")
-    assert not any(thread.is_alive() for thread in threads)
     with pg_engine.connect() as conn:
         running = conn.execute(text("SELECT count(*) FROM jobs WHERE account_id = :a AND status = 'running'"),
                                {"a": account.account_id}).scalar_one()
