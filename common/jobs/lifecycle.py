@@ -228,17 +228,17 @@ def succeed(engine: Engine, job: ClaimedJob, owner: str, files: list[dict[str, A
     (ledger.settle)."""
     now = clock.now().timestamp()
     values = {"id": job.id, "owner": owner, "now": now, "exp": now + ttl_seconds, "aid": job.account_id,
-              "result": json.dumps([f["id"] for f in files])}
+              "result": json.dumps([f["id"] for f in files]), "files": json.dumps(files)}
     if files and is_postgres(engine):  # the common case in one round trip (common.jobs.lifecycle_pg)
         with pg_statements.connection(engine) as pg:
-            done = lifecycle_pg.succeed(pg, PIPELINED, {**values, "files": json.dumps(files)}, len(files), job.hold_id,
-                                        job.price, _description(job), day)
+            done = lifecycle_pg.succeed(pg, PIPELINED, values, len(files), job.hold_id, job.price,
+                                        _description(job), day)
         if done is not None:
             return done
     with engine.begin() as conn:
         _lock_account(conn, job.account_id)
         if files and conn.dialect.name == "postgresql":  # inserted only if the job row was still ours
-            written = conn.execute(SUCCEED_WITH_FILES, {**values, "files": json.dumps(files)}).rowcount == len(files)
+            written = conn.execute(SUCCEED_WITH_FILES, values).rowcount == len(files)
         else:
             written = conn.execute(SUCCEED, values).rowcount == 1
             for f in files if written else []:
