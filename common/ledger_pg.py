@@ -150,23 +150,8 @@ def resolve(
     one statement; None when it did nothing (capped or already resolved hold, an allowance deficit,
     or, with `day` (today's billing day), an account whose allowance is still an earlier day's). `kind` is
     "settle" or "release", as common.ledger records them; by default, settle when there is a charge."""
-    return settlement_of(hold_id, send_resolve(conn, hold_id, charge, now=now, description=description,
-                                               generation=generation, kind=kind, day=day))
-
-
-def send_resolve(
-    conn: psycopg.Connection, hold_id: str, charge: int, *, now: float, description: str,
-    generation: dict[str, Any] | None = None, kind: str | None = None, day: str | None = None,
-) -> psycopg.Cursor[Any]:
-    """`resolve`'s statement, its answer not waited for (in pipeline mode: sent with what follows);
-    `settlement_of` reads it."""
-    sql, params = _resolve_statement(hold_id, charge, now, description, generation, kind, day)
-    return conn.execute(sql, params)
-
-
-def settlement_of(hold_id: str, sent: psycopg.Cursor[Any]) -> ledger.Settlement | None:
-    """What `send_resolve`'s statement did, as `resolve` answers it."""
-    return _settlement(hold_id, sent.fetchone())
+    sql, params = resolve_statement(hold_id, charge, now, description, generation, kind, day)
+    return _settlement(hold_id, conn.execute(sql, params).fetchone())
 
 
 async def resolve_async(
@@ -174,7 +159,7 @@ async def resolve_async(
     generation: dict[str, Any] | None = None, kind: str | None = None, day: str | None = None,
 ) -> ledger.Settlement | None:
     """`resolve` on an async connection (the API's event loop, common.pg_async)."""
-    sql, params = _resolve_statement(hold_id, charge, now, description, generation, kind, day)
+    sql, params = resolve_statement(hold_id, charge, now, description, generation, kind, day)
     return _settlement(hold_id, await (await conn.execute(sql, params)).fetchone())
 
 
@@ -192,10 +177,12 @@ def _reserve_statement(
     }
 
 
-def _resolve_statement(
+def resolve_statement(
     hold_id: str, charge: int, now: float, description: str, generation: dict[str, Any] | None, kind: str | None,
     day: str | None,
 ) -> tuple[str, dict[str, Any]]:
+    """`resolve`'s statement (psycopg's form) and its parameters, for a caller that sends it with
+    others (common.jobs.lifecycle_pg)."""
     kind = kind or ("settle" if charge > 0 else "release")
     status = {"settle": "settled", "release": "released"}[kind]
     return _RESOLVE_SQL[generation is not None, day is not None], {

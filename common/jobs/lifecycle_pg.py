@@ -4,10 +4,11 @@ Through SQLAlchemy a claim was five round trips (BEGIN, the account's claim lock
 claim, COMMIT) and a success five (BEGIN, the account lock, the job row with its files, the
 settlement, COMMIT), each statement waiting for the answer to the one before, with the lock (on
 which all of one account's claims, or its successes, queue) held across all but the first.
-Here the same statements run on an autocommit psycopg connection (common.pg_statements) in
-pipeline mode: what needs no answer is sent with what follows, COMMIT included, and the client
-skips SQLAlchemy's per-statement work (bench.transitions: a third less client CPU per job, a tenth
-less PostgreSQL CPU, a fifth more jobs per second on one account). Neither waits for an answer
+Here the same statements run on an autocommit psycopg connection (common.pg_statements), each
+transaction, COMMIT included, sent as one Query message of prepared statements (common.pg_batch;
+psycopg's pipeline mode, which did the same, cost the client three times the CPU), and the client
+skips SQLAlchemy's per-statement work (bench.transitions: against the general path, a third of the
+client CPU per job and twice the jobs per second on one account). Neither waits for an answer
 before its COMMIT: what the general path decides in Python on what it reads, they decide in SQL
 (common.jobs.transition_sql), so the locks they take (the account's claim lock, the account row)
 are held for the server's time alone. A claim's decisions read the job in one statement, begun
@@ -23,16 +24,14 @@ that needs the general ledger) is left to it.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg.rows import namedtuple_row
 
-from common import ledger_pg
+from common import ledger_pg, pg_batch
 
 # A claim commits without waiting for its WAL flush (set by its lock's statement, the pipelined
 # `claim_lock`, for its own transaction): one a crash loses leaves the job as it was
@@ -69,14 +68,11 @@ def claim(pg: psycopg.Connection, sql: Statements, params: dict[str, Any], caps:
     with its wait for a slot (one statement, so one read of the job decides both), COMMIT: the
     lock is held for the server's time only."""
     values = {**params, "caps": json.dumps(caps), "max_attempts": max_attempts}
-    with pg.cursor(row_factory=namedtuple_row) as cur:
-        with _pipelined(pg):  # (its exit sends it all, with a Sync, and reads every answer)
-            pg.execute("BEGIN")
-            pg.execute(sql.claim_lock, {"id": params["id"]})
-            cur.execute(sql.claim, values)
-            pg.execute("COMMIT")
-        # Any: a namedtuple_row row's fields are the query's columns, which mypy cannot see.
-        row: Any = cur.fetchone()
+    cursor = pg_batch.run(pg, [("BEGIN", None), (pg_batch.prepared(sql.claim_lock), {"id": params["id"]}),
+                               (pg_batch.prepared(sql.claim), values), ("COMMIT", None)])
+    cursor.row_factory = namedtuple_row
+    # Any: a namedtuple_row row's fields are the query's columns, which mypy cannot see.
+    row: Any = cursor.set_result(2).fetchone()
     if row is None:
         return None
     return (None if row.waits else row), row.account_id
@@ -94,41 +90,23 @@ def succeed(pg: psycopg.Connection, sql: Statements, values: dict[str, Any], fil
 
     COMMIT goes with the statements, not after their answers, so the account row is held for the
     server's own time only: one account's submissions and successes queue on it, and a worker
-    thread's next turn at the GIL, among its busy neighbours', used to come first."""
+    thread's next turn at the GIL, among its busy neighbours', used to come first.
+
+    The settlement goes before the row, whether or not the row is ours (rolled back if not). It
+    locks the account row first, unless the account is the general ledger's case (then the row is
+    locked alone and committed unchanged: nothing is waited for while it is held. A foreign key
+    from files to accounts would change that: its check on the insert waits for the account row,
+    which a cancel holds while it waits for this job row)."""
+    settle_sql, settle_params = ledger_pg.resolve_statement(hold_id, price, values["now"], description, None, None,
+                                                            day)
     params = {**values, "hid": hold_id, "price": price, "n": file_count}
     try:
-        with _pipelined(pg):  # (its exit sends it all, with a Sync, and reads every answer)
-            pg.execute("BEGIN")
-            # The settlement before the row, whether or not the row is ours (rolled back if not). It
-            # locks the account row first, unless the account is the general ledger's case (then the
-            # row is locked alone and committed unchanged: nothing is waited for while it is held. A
-            # foreign key from files to accounts would change that: its check on the insert waits
-            # for the account row, which a cancel holds while it waits for this job row).
-            ledger_pg.send_resolve(pg, hold_id, price, now=values["now"], description=description, day=day)
-            written = pg.execute(sql.succeed_settled_here, params)
-            pg.execute("COMMIT")
+        cursor = pg_batch.run(pg, [("BEGIN", None), (pg_batch.prepared(settle_sql), settle_params),
+                                   (pg_batch.prepared(sql.succeed_settled_here), params), ("COMMIT", None)])
     except psycopg.errors.InvalidTextRepresentation as exc:
         if NOT_OURS not in str(exc):
             raise
-        pg.execute("ROLLBACK")
+        pg_batch.rollback(pg)
         return False
-    row = written.fetchone()
+    row = cursor.set_result(2).fetchone()
     return True if row is not None and row[0] == file_count else None
-
-
-@contextlib.contextmanager
-def _pipelined(pg: psycopg.Connection) -> Iterator[psycopg.Pipeline]:
-    """A pipeline whose transaction the caller opens and ends with statements of its own, so that
-    COMMIT travels with what precedes it. A connection an error or an interrupt (Dramatiq's time
-    limit) leaves in a transaction or in pipeline mode is thrown away by common.pg_statements; here
-    only the error is put right: psycopg's pipeline exit puts "cannot exit pipeline mode while busy"
-    (an OperationalError without a SQLSTATE, read as an outage by common.retrying) in the place of
-    an interrupt, or of an error of ours, that came first. That one is raised as itself."""
-    try:
-        with pg.pipeline() as pipeline:
-            yield pipeline
-    except psycopg.OperationalError as exc:
-        first = exc.__context__ if exc.sqlstate is None else None
-        if first is not None and not isinstance(first, psycopg.Error):
-            raise first from None
-        raise

@@ -1,6 +1,6 @@
 """The SQL of a job's transitions (common.jobs.lifecycle), in SQLAlchemy's form, and the pipelined
-ones in psycopg's (common.jobs.lifecycle_pg): what each statement reads, locks and guards is said
-beside it."""
+ones (common.jobs.lifecycle_pg, which sends each transaction as one message) in psycopg's: what each
+statement reads, locks and guards is said beside it."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""The pipelined claim's statement (transition_sql.CLAIM_PIPELINED) as psycopg prepares it, at its
-sixth use on a connection: keyed by its parameters' types, so a `max_attempts` of None (sent
-untyped; `CAST(:max_attempts AS integer)` types it) and an int (sent as a smallint) are two
-prepared statements, each right on a generic plan (its parameters unknown) and on a custom one; so
-is `:caps`, a JSON object whose caps may be null."""
+"""The pipelined claim's statement (transition_sql.CLAIM_PIPELINED) as it is prepared on a
+connection (common.pg_batch: SQL PREPARE, its parameters' types inferred from the statement,
+`CAST(:max_attempts AS integer)` typing that one) and run with a `max_attempts` of None and of an
+int alike: right on a generic plan (its parameters unknown) and on a custom one; so is `:caps`, a
+JSON object whose caps may be null."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _claimed_statements(engine: Engine) -> list[tuple[str, int, int]]:
     pool's one connection."""
     with pg_statements.connection(engine) as pg:
         rows = pg.execute("SELECT parameter_types::text, generic_plans, custom_plans FROM pg_prepared_statements"
-                          " WHERE statement LIKE 'WITH c AS (SELECT j.account_id AS aid%%'"
+                          " WHERE statement LIKE 'PREPARE hx\\_% AS WITH c AS (SELECT j.account_id AS aid%'"
                           " ORDER BY parameter_types::text").fetchall()
     return [(str(types), int(generic), int(custom)) for types, generic, custom in rows]
 
@@ -87,5 +87,5 @@ def test_the_prepared_claim_decides_alike_with_and_without_an_attempts_limit(one
 
     assert [outcome for _turn, outcome in seen] == [EXPECTED[turn] for turn, _outcome in seen]
     prepared = _claimed_statements(one)
-    assert len(prepared) == 2, prepared  # max_attempts None, and an int
+    assert len(prepared) == 1, prepared  # one statement, for max_attempts None and an int
     assert all((generic if mode == "force_generic_plan" else custom) > 0 for _types, generic, custom in prepared)

@@ -55,7 +55,7 @@ def _interrupted_at(path_part: str, source_part: str, fn: Callable[[], Any], occ
 
     def tracer(frame: Any, event: str, arg: Any) -> Any:
         nonlocal seen
-        if "/psycopg/" not in frame.f_code.co_filename:
+        if "/psycopg/" not in frame.f_code.co_filename and "/common/" not in frame.f_code.co_filename:
             return tracer if event == "call" else None
         if event == "line" and frame.f_code.co_filename.endswith(path_part) and \
                 source_part in linecache.getline(frame.f_code.co_filename, frame.f_lineno):
@@ -121,58 +121,83 @@ def _transition(engine: Engine, job_id: str, name: str) -> Callable[[], Any]:
     return lambda: lifecycle.succeed(engine, job, "w", files, 3600, billing.today(TZ))
 
 
-@pytest.mark.parametrize("transition", ["claim", "succeed"])
-def test_an_interrupt_as_the_pipeline_exits_does_not_reach_the_next_user_of_the_connection(
-        one: Engine, transition: str) -> None:
-    account_id, _, job_id = _setup(one)
-    act = _transition(one, job_id, transition)
-
-    exc = _interrupted_at("_pipeline_base.py", "self.pgconn.exit_pipeline_mode()", act)
-    assert isinstance(exc, TimeLimitExceeded)
-    assert open_transactions(one) == 0  # the transaction itself was ended: nothing is open on the server
-
-    hung, out = _reserve_in_thread(one, account_id)
-    locked = _account_row_locked(one, account_id)
-    assert not hung, (f"the next user of the pooled connection hangs (libpq left in pipeline mode); "
-                      f"meanwhile the account row is locked: {locked}")
-    assert out and isinstance(out[0], str)
-
-
-@pytest.mark.parametrize("transition", ["claim", "succeed"])
-def test_an_interrupt_in_the_pipeline_s_cleanup_does_not_reach_the_next_user_either(
-        one: Engine, transition: str) -> None:
-    account_id, _, job_id = _setup(one)
-    act = _transition(one, job_id, transition)
-
-    exc = _interrupted_at("psycopg/connection.py", "if pipeline.level == 0:", act)
-    assert isinstance(exc, TimeLimitExceeded)
-
-    with one.connect() as conn:
-        held_before = conn.execute(text("SELECT held FROM accounts WHERE id = :a"), {"a": account_id}).scalar_one()
-    hung, out = _reserve_in_thread(one, account_id)
-    with one.connect() as conn:
-        held_after = conn.execute(text("SELECT held FROM accounts WHERE id = :a"), {"a": account_id}).scalar_one()
-    assert not hung
-    # 100 * PRICE granted, one job's PRICE held: a 1-credit reservation must succeed
-    assert isinstance(out[0], str), (f"the next user's reservation answered {out[0]!r} (psycopg's pipeline "
-                                     f"left attached to the pooled connection); held {held_before} -> {held_after}")
-
-
-def test_an_interrupt_while_the_pipeline_syncs_is_raised_as_itself(one: Engine) -> None:
-    """psycopg's pipeline exit puts OperationalError('cannot exit pipeline mode while busy') in its
-    place, which common.retrying takes for an outage: workers.execute would retry the success
-    through while_database_down (the time limit swallowed) and pg_statements dispose its pool."""
-    _account_id, _, job_id = _setup(one)
-    job = lifecycle.claim(one, job_id, "w", 30, lambda plan: 4)
+def _warmed_up(engine: Engine, api_key: str) -> None:
+    """A job claimed and succeeded first: the transitions' statements are prepared on the pool's one
+    connection, so what follows sends only its transaction (one execute)."""
+    principal = accounts.authenticate(engine, api_key, now=clock.now().timestamp())
+    job_id = submit_job(engine, principal, job_type="image", model="nano-banana-pro", price=PRICE, tz=TZ,
+                        params={"prompt": "x", "n": 1, "width": 256, "height": 256}).job_id
+    job = lifecycle.claim(engine, job_id, "w", 30, lambda plan: 4)
     assert job is not None
     files = [{"id": f"file_{job_id}", "storage_key": "k", "content_type": "image/png", "bytes": 1}]
+    assert lifecycle.succeed(engine, job, "w", files, 3600, billing.today(TZ)) is True
 
-    exc = _interrupted_at("_pipeline_base.py", "yield from self._fetch_gen(flush=True)",
-                          lambda: lifecycle.succeed(one, job, "w", files, 3600, billing.today(TZ)))
+
+def _next_user_unharmed(engine: Engine, account_id: str) -> None:
+    assert open_transactions(engine) == 0  # nothing is left open on the server
+    hung, out = _reserve_in_thread(engine, account_id)
+    locked = _account_row_locked(engine, account_id)
+    assert not hung, f"the next user of the pooled connection hangs; meanwhile the account row is locked: {locked}"
+    # 100 * PRICE granted, one job's PRICE held at most: a 1-credit reservation must succeed
+    assert out and isinstance(out[0], str), f"the next user's reservation answered {out[0]!r}"
+
+
+@pytest.mark.parametrize("transition", ["claim", "succeed"])
+def test_an_interrupt_once_the_transaction_is_answered_is_raised_as_itself_and_spares_the_next_user(
+        one: Engine, transition: str) -> None:
+    """The interrupt lands after the server answered the whole transaction, COMMIT included, before
+    the cursor takes the answer: the last point it can land at (the send and the wait are psycopg's
+    C code). It is raised as itself, not as an error common.retrying takes for an outage (as
+    psycopg's pipeline mode once put in its place), and the connection's next user is unharmed."""
+    account_id, api_key, job_id = _setup(one)
+    _warmed_up(one, api_key)
+    act = _transition(one, job_id, transition)
+
+    exc = _interrupted_at("_cursor_base.py", "self._check_results(results)", act)
 
     assert isinstance(exc, TimeLimitExceeded), (
         f"raised {type(exc).__name__}: {exc} (is_unreachable: {retrying.is_unreachable(exc)}, "
         f"in DATABASE_DOWN: {isinstance(exc, retrying.DATABASE_DOWN)})")
+    _next_user_unharmed(one, account_id)
+
+
+@pytest.mark.parametrize("transition", ["claim", "succeed"])
+def test_an_interrupt_between_a_prepare_and_its_mark_leaves_the_statement_usable(one: Engine, transition: str) -> None:
+    """common.pg_batch marks a statement prepared on a connection once its PREPARE is answered; an
+    interrupt in between makes the next PREPARE of it a duplicate, which is taken for what it says:
+    the transition works on that connection afterwards, as does every other user of it."""
+    account_id, api_key, job_id = _setup(one)
+    act = _transition(one, job_id, transition)
+
+    exc = _interrupted_at("common/pg_batch.py", "names.add(statement.name)", act)
+    assert isinstance(exc, TimeLimitExceeded)
+
+    assert act() is not None  # the claim's job (claimed again: the interrupt came before its transaction), or True
+    _next_user_unharmed(one, account_id)
+    _warmed_up(one, api_key)
+
+
+def test_an_interrupt_before_the_rollback_of_a_job_no_longer_ours_frees_the_account_row(one: Engine) -> None:
+    """The success of a job no longer ours fails on purpose in its transaction, the settlement done
+    and the account row locked; an interrupt before its ROLLBACK leaves the connection in a failed
+    transaction: thrown away (common.pg_statements), which ends it: the row is free, nothing charged."""
+    account_id, api_key, job_id = _setup(one)
+    _warmed_up(one, api_key)
+    job = lifecycle.claim(one, job_id, "w", 30, lambda plan: 4)
+    assert job is not None
+    files = [{"id": f"file_{job_id}", "storage_key": "k", "content_type": "image/png", "bytes": 1}]
+    before = assert_books_balance(one, account_id, open_holds=1)
+
+    exc = _interrupted_at("common/jobs/lifecycle_pg.py", "pg_batch.rollback(pg)",
+                          lambda: lifecycle.succeed(one, job, "someone-else", files, 3600, billing.today(TZ)))
+
+    assert isinstance(exc, TimeLimitExceeded)
+    _next_user_unharmed(one, account_id)
+    with one.connect() as conn:
+        assert conn.execute(text("SELECT status, charged FROM jobs WHERE id = :id"), {"id": job_id}).one() == \
+            ("running", 0)
+    after = assert_books_balance(one, account_id, open_holds=2)  # the job's hold, and the next user's 1 credit
+    assert after.balance == before.balance
 
 
 class _CuttingProxy:
@@ -272,9 +297,10 @@ def test_a_reply_lost_after_the_success_s_commit_is_seen_as_an_outage_and_has_re
         proxy.close()
 
 
-def test_repeated_rolled_back_pipelines_keep_prepared_statements_usable(one: Engine) -> None:
-    """psycopg prepares a statement at its 5th use; the pipelined success's ROLLBACK (a job no
-    longer ours) must not leave the cache naming statements the server lost."""
+def test_repeated_rolled_back_successes_keep_prepared_statements_usable(one: Engine) -> None:
+    """The pipelined success's ROLLBACK (a job no longer ours) must not leave common.pg_batch
+    naming statements the server lost (a PREPARE outlives the transactions after it; psycopg's
+    own cache of what it prepared goes through the same ROLLBACK)."""
     _account_id, api_key, _ = _setup(one)
     principal = accounts.authenticate(one, api_key, now=clock.now().timestamp())
     for _i in range(8):
@@ -292,14 +318,14 @@ def _row_statement_plans(engine: Engine) -> tuple[int, int]:
     """(generic, custom) plans the success's row statement (transition_sql.SUCCEED_SETTLED_HERE) ran
     on as a prepared statement of the pool's one connection; (0, 0) while it is not prepared."""
     with pg_statements.connection(engine) as pg:
-        row = pg.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-                         " WHERE statement LIKE 'WITH s AS (SELECT EXISTS (SELECT 1 FROM holds%%'").fetchone()
+        row = pg.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement"
+                         " LIKE 'PREPARE hx\\_% AS WITH s AS (SELECT EXISTS (SELECT 1 FROM holds%'").fetchone()
     return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
 
 @pytest.mark.parametrize("mode", ["force_generic_plan", "force_custom_plan"])
 def test_the_prepared_row_statement_fails_on_purpose_only_for_a_job_no_longer_ours(one: Engine, mode: str) -> None:
-    """psycopg prepares the row statement at its 6th use on a connection. On a generic plan (its
+    """The row statement is prepared on the connection (common.pg_batch). On a generic plan (its
     parameters unknown) and on a custom one (their values folded in), its deliberate error fires
     for a job no longer ours (all rolled back), never when the settlement stood aside (an earlier
     day's allowance: the general path settles) or settled our job."""

@@ -5,6 +5,7 @@ and its next turn at the GIL."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -13,56 +14,93 @@ from sqlalchemy import Engine
 
 from common import billing
 from common.jobs import lifecycle
+from tests.conftest import emptied_pg_engine
 from tests.workers.test_lifecycle_pipelined_pg import PRICE, TZ, _files, _funded, _job, _row
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def status_after_each_round_trip(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """One entry each time psycopg's pipeline has fetched answers (after a Sync, or a fetch that
-    flushed what was sent so far): one per round trip, each the transaction status that the
-    server's last Sync answer reported (a fetch without a Sync does not change it)."""
+def one(pg_url: str) -> Iterator[Engine]:
+    """An engine whose pg_statements pool has ONE connection: every transition uses the same one."""
+    engine = emptied_pg_engine(pg_url, pool_size=1)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """One entry each time a psycopg connection waits for the server (Connection.wait: every
+    execute, fetch and pipeline sync sends and reads through it), the transaction status its
+    answer left. The test clears it before the call it counts."""
     seen: list[str] = []
-    fetch = psycopg.Pipeline._fetch_gen
+    wait = psycopg.Connection.wait
 
-    def watched(pipeline: psycopg.Pipeline, *, flush: bool) -> Any:
-        waiting = bool(pipeline.result_queue)
-        yield from fetch(pipeline, flush=flush)
-        if waiting:
-            seen.append(pipeline._conn.info.transaction_status.name)
+    def watched(conn: psycopg.Connection[Any], gen: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return wait(conn, gen, *args, **kwargs)
+        finally:
+            seen.append(conn.info.transaction_status.name)
 
-    monkeypatch.setattr(psycopg.Pipeline, "_fetch_gen", watched)
+    monkeypatch.setattr(psycopg.Connection, "wait", watched)
     return seen
 
 
-@pytest.mark.parametrize("cap", [None, 4])
-def test_a_claim_and_its_commit_go_in_one_round_trip(pg_engine: Engine, status_after_each_round_trip: list[str],
-                                                     cap: int | None) -> None:
-    """BEGIN, the claim lock, the claim, the wait for a slot and COMMIT go in one sync, with or
-    without a running cap: the claim lock was held for the server's time only."""
-    account = _funded(pg_engine)
-    job_id = _job(pg_engine, account.api_key)
-
-    job = lifecycle.claim(pg_engine, job_id, "worker-1", 30, lambda plan: cap)
-
-    assert job is not None and job.id == job_id
-    assert status_after_each_round_trip == ["IDLE"]
-    assert _row(pg_engine, job_id)["status"] == "running"
-
-
-def test_a_success_and_its_commit_go_in_one_round_trip(pg_engine: Engine,
-                                                       status_after_each_round_trip: list[str]) -> None:
-    """BEGIN, the settlement, the row and COMMIT go in one sync: when its answers are in, the
-    transaction is over (so the account row was held for the server's time only)."""
-    account = _funded(pg_engine)
-    job_id = _job(pg_engine, account.api_key)
-    job = lifecycle.claim(pg_engine, job_id, "worker-1", 30, lambda plan: 4)
+def _warmed_up(engine: Engine, secret: str, cap: int | None) -> None:
+    """A first job claimed and succeeded: the transitions' statements prepared on the connection
+    (a connection's first use of each sends its PREPARE, a round trip of its own, once)."""
+    job_id = _job(engine, secret)
+    job = lifecycle.claim(engine, job_id, "worker-1", 30, lambda plan: cap)
     assert job is not None
-    status_after_each_round_trip.clear()
+    assert lifecycle.succeed(engine, job, "worker-1", _files(job_id), 3600, billing.today(TZ)) is True
 
-    assert lifecycle.succeed(pg_engine, job, "worker-1", _files(job_id), 3600, billing.today(TZ)) is True
 
-    assert status_after_each_round_trip == ["IDLE"]
-    assert _row(pg_engine, job_id) == {"status": "succeeded", "charged": PRICE, "attempts": 1, "hold": "settled",
-                                       "files": 1}
+@pytest.mark.parametrize("cap", [None, 4])
+def test_a_claim_and_its_commit_go_in_one_round_trip(one: Engine, round_trips: list[str], cap: int | None) -> None:
+    """BEGIN, the claim lock, the claim with its wait for a slot, and COMMIT go in one round trip,
+    with or without a running cap: the claim lock was held for the server's time only."""
+    account = _funded(one)
+    _warmed_up(one, account.api_key, cap)
+    job_id = _job(one, account.api_key)
+    round_trips.clear()
+
+    job = lifecycle.claim(one, job_id, "worker-1", 30, lambda plan: cap)
+
+    assert round_trips == ["IDLE"]
+    assert job is not None and job.id == job_id
+    assert _row(one, job_id)["status"] == "running"
+
+
+def test_a_success_and_its_commit_go_in_one_round_trip(one: Engine, round_trips: list[str]) -> None:
+    """BEGIN, the settlement, the row and COMMIT go in one round trip: when its answer is in, the
+    transaction is over (so the account row was held for the server's time only)."""
+    account = _funded(one)
+    _warmed_up(one, account.api_key, 4)
+    job_id = _job(one, account.api_key)
+    job = lifecycle.claim(one, job_id, "worker-1", 30, lambda plan: 4)
+    assert job is not None
+    round_trips.clear()
+
+    assert lifecycle.succeed(one, job, "worker-1", _files(job_id), 3600, billing.today(TZ)) is True
+
+    assert round_trips == ["IDLE"]
+    assert _row(one, job_id) == {"status": "succeeded", "charged": PRICE, "attempts": 1, "hold": "settled",
+                                 "files": 1}
+
+
+def test_a_connection_s_first_transition_prepares_its_statements_once(one: Engine, round_trips: list[str]) -> None:
+    """A fresh connection's first claim and success each send their statements' PREPAREs first
+    (two each, a round trip apiece), then the transaction; later ones send only the transaction."""
+    account = _funded(one)
+    job_ids = [_job(one, account.api_key) for _ in range(2)]
+    counts = []
+    for job_id in job_ids:
+        round_trips.clear()
+        job = lifecycle.claim(one, job_id, "worker-1", 30, lambda plan: None)
+        assert job is not None
+        claim_trips = len(round_trips)
+        round_trips.clear()
+        assert lifecycle.succeed(one, job, "worker-1", _files(job_id), 3600, billing.today(TZ)) is True
+        counts.append((claim_trips, len(round_trips)))
+
+    assert counts == [(3, 3), (1, 1)]
