@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from common import billing
+from common import billing, pg_statements
 from common.jobs import lifecycle
 from tests.conftest import emptied_pg_engine
 from tests.workers.test_lifecycle_pipelined_pg import PRICE, TZ, _files, _funded, _job, _row
@@ -104,3 +104,32 @@ def test_a_connection_s_first_transition_prepares_its_statements_once(one: Engin
         counts.append((claim_trips, len(round_trips)))
 
     assert counts == [(3, 3), (1, 1)]
+
+
+def test_a_success_no_longer_ours_keeps_the_connection_s_prepared_statements(one: Engine,
+                                                                             round_trips: list[str]) -> None:
+    """Its ROLLBACK goes out of psycopg's sight (common.pg_batch.rollback): with statements of its
+    own prepared on the connection, psycopg answers a ROLLBACK it sees with DEALLOCATE ALL, which
+    drops the transitions' too, and the next transition pays for preparing them again."""
+    account = _funded(one)
+    with pg_statements.connection(one) as pg:
+        for _ in range(6):  # psycopg prepares a statement of its own at its sixth use
+            pg.execute("SELECT count(*) FROM jobs WHERE attempts > %s", [0])
+    _warmed_up(one, account.api_key, None)
+    prepared = _prepared_names(one)
+    assert any(name.startswith("_pg3_") for name in prepared) and any(name.startswith("hx_") for name in prepared)
+    job_id = _job(one, account.api_key)
+    job = lifecycle.claim(one, job_id, "worker-1", 30, lambda plan: None)
+    assert job is not None
+
+    assert lifecycle.succeed(one, job, "someone-else", _files(job_id), 3600, billing.today(TZ)) is False
+
+    assert _prepared_names(one) == prepared
+    round_trips.clear()
+    assert lifecycle.succeed(one, job, "worker-1", _files(job_id), 3600, billing.today(TZ)) is True
+    assert round_trips == ["IDLE"]
+
+
+def _prepared_names(engine: Engine) -> set[str]:
+    with pg_statements.connection(engine) as pg:
+        return {row[0] for row in pg.execute("SELECT name FROM pg_prepared_statements")}
