@@ -163,14 +163,18 @@ def test_an_interrupt_once_the_transaction_is_answered_is_raised_as_itself_and_s
 
 @pytest.mark.parametrize("transition", ["claim", "succeed"])
 def test_an_interrupt_between_a_prepare_and_its_mark_leaves_the_statement_usable(one: Engine, transition: str) -> None:
-    """common.pg_batch marks a statement prepared on a connection once its PREPARE is answered; an
-    interrupt in between makes the next PREPARE of it a duplicate, which is taken for what it says:
-    the transition works on that connection afterwards, as does every other user of it."""
+    """common.pg_batch marks a statement prepared on a connection once its PREPARE is answered. The
+    interrupt in between, not an Exception, has common.pg_statements throw the connection away (its
+    session, and what it prepared, with it): the transition prepares its statements again on the
+    next one and works, as does every other user of the pool. (On a connection kept after such a
+    gap the next PREPARE would be a duplicate, taken for what it says: test_pg_batch_pg.)"""
     account_id, api_key, job_id = _setup(one)
     act = _transition(one, job_id, transition)
 
     exc = _interrupted_at("common/pg_batch.py", "names.add(statement.name)", act)
     assert isinstance(exc, TimeLimitExceeded)
+    with pg_statements.connection(one) as pg:  # a new session: nothing of the interrupted one's
+        assert pg.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
 
     assert act() is not None  # the claim's job (claimed again: the interrupt came before its transaction), or True
     _next_user_unharmed(one, account_id)
