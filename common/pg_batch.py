@@ -76,8 +76,9 @@ def run(pg: psycopg.Connection, steps: Sequence[Step]) -> psycopg.ClientCursor[A
     (`cursor.set_result(n)` moves to the n-th). Raises what the first failing step raised.
 
     A statement the session no longer has (a `DEALLOCATE ALL` since: psycopg sends one after a
-    ROLLBACK or DDL it runs itself, see `rollback`) fails the batch before anything in it took
-    effect; it is then prepared again and the batch sent once more."""
+    ROLLBACK or DDL it runs itself, see `rollback`) fails the batch, which then commits nothing (a
+    batch is one transaction, its COMMIT last: both callers' are BEGIN ... COMMIT); its statements
+    are prepared again and the batch sent once more."""
     try:
         return _send(pg, steps)
     except psycopg.errors.InvalidSqlStatementName:
