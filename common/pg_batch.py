@@ -2,7 +2,7 @@
 
 A transaction whose statements need no answer before the next (BEGIN, its statements, COMMIT)
 goes in one round trip either way, through psycopg's pipeline mode or as one Query message. The
-pipeline costs the client about three times the CPU (a generator turn, a wait on the socket and a
+pipeline costs the client two to three times the CPU (a generator turn, a wait on the socket and a
 write for every statement, and the pipeline's bookkeeping: bench/README, fortieth round); in a
 worker process whose eight threads share one GIL, that was a tenth of the GIL's time. Here the
 whole transaction is one string, sent in one `execute`.

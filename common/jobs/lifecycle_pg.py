@@ -6,7 +6,7 @@ settlement, COMMIT), each statement waiting for the answer to the one before, wi
 which all of one account's claims, or its successes, queue) held across all but the first.
 Here the same statements run on an autocommit psycopg connection (common.pg_statements), each
 transaction, COMMIT included, sent as one Query message of prepared statements (common.pg_batch;
-psycopg's pipeline mode, which did the same, cost the client three times the CPU), and the client
+psycopg's pipeline mode, which did the same, cost the client two to three times the CPU), and the client
 skips SQLAlchemy's per-statement work (bench.transitions: against the general path, a third of the
 client CPU per job and twice the jobs per second on one account). Neither waits for an answer
 before its COMMIT: what the general path decides in Python on what it reads, they decide in SQL
