@@ -9,11 +9,12 @@ from typing import Any
 
 import dramatiq
 import pytest
+from sqlalchemy import Engine
 
 from common.catalog import load_catalog
 from common.db import get_engine
 from common.migrate import upgrade
-from tests.conftest import make_settings
+from tests.conftest import emptied_pg_engine, make_settings
 from tests.workers.helpers import Jobs, start_worker, stop_worker
 
 JOB_DEFAULTS: dict[str, Any] = {
@@ -46,3 +47,12 @@ def make_jobs(tmp_path: Path) -> Iterator[Callable[..., Jobs]]:
     yield make
     for worker in workers:
         stop_worker(worker)
+
+
+@pytest.fixture
+def one(pg_url: str) -> Iterator[Engine]:
+    """An engine (on PostgreSQL) whose pg_statements pool has ONE connection: every claim and
+    success uses the same one, and the next user gets it."""
+    engine = emptied_pg_engine(pg_url, pool_size=1)
+    yield engine
+    engine.dispose()

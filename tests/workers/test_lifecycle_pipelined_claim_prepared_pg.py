@@ -6,8 +6,6 @@ JSON object whose caps may be null."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine, text
 
@@ -15,7 +13,7 @@ from common import accounts, clock, ledger, pg_statements
 from common.jobs import lifecycle
 from common.jobs.submit import submit_job
 from common.money import MICRO
-from tests.conftest import TEST_TZ, create_test_account, emptied_pg_engine
+from tests.conftest import TEST_TZ, create_test_account
 
 pytestmark = pytest.mark.postgres
 PRICE = 3 * MICRO
@@ -36,14 +34,6 @@ EXPECTED = {
     "no attempts limit, no slot": "busy",
     "attempts left, no slot": "busy",
 }
-
-
-@pytest.fixture
-def one(pg_url: str) -> Iterator[Engine]:
-    """An engine whose pg_statements pool has ONE connection: every claim uses the same one."""
-    engine = emptied_pg_engine(pg_url, pool_size=1)
-    yield engine
-    engine.dispose()
 
 
 def _claimed_statements(engine: Engine) -> list[tuple[str, int, int]]:

@@ -5,7 +5,6 @@ and its next turn at the GIL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -14,18 +13,9 @@ from sqlalchemy import Engine
 
 from common import billing, pg_statements
 from common.jobs import lifecycle
-from tests.conftest import emptied_pg_engine
 from tests.workers.test_lifecycle_pipelined_pg import PRICE, TZ, _files, _funded, _job, _row
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def one(pg_url: str) -> Iterator[Engine]:
-    """An engine whose pg_statements pool has ONE connection: every transition uses the same one."""
-    engine = emptied_pg_engine(pg_url, pool_size=1)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
