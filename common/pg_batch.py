@@ -78,14 +78,19 @@ def run(pg: psycopg.Connection, steps: Sequence[Step]) -> psycopg.ClientCursor[A
     A statement the session no longer has (a `DEALLOCATE ALL` since: psycopg sends one after a
     ROLLBACK or DDL it runs itself, see `rollback`) fails the batch, which then commits nothing (a
     batch is one transaction, its COMMIT last: both callers' are BEGIN ... COMMIT); its statements
-    are prepared again and the batch sent once more."""
+    are prepared again and the batch sent once more. That resend is safe only because a batch ends
+    its transaction: one that leaves it open is rolled back and refused (ProgrammingError)."""
     try:
-        return _send(pg, steps)
+        cursor = _send(pg, steps)
     except psycopg.errors.InvalidSqlStatementName:
         if pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             rollback(pg)
         _prepared_on.pop(pg, None)
-        return _send(pg, steps)
+        cursor = _send(pg, steps)
+    if pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        rollback(pg)
+        raise psycopg.ProgrammingError("a pg_batch batch must end its transaction (COMMIT last); rolled back")
+    return cursor
 
 
 def rollback(pg: psycopg.Connection) -> None:

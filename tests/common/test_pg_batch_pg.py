@@ -121,3 +121,17 @@ def test_a_statement_prepared_but_not_marked_is_taken_as_prepared(pg: psycopg.Co
 
     assert cursor.set_result(2).fetchone()[0] == "marked late"
     assert pg.info.transaction_status.name == "IDLE"
+
+
+def test_a_batch_that_leaves_its_transaction_open_is_rolled_back_and_refused(pg: psycopg.Connection[Any]) -> None:
+    """The resend after a lost statement is safe only for a batch that ends its transaction: one
+    without its COMMIT would leave its writes pending on a connection the pool hands out again."""
+    pg_batch.run(pg, _transaction("kept"))
+    prepared = _prepared_names(pg)
+
+    with pytest.raises(psycopg.ProgrammingError, match="must end its transaction"):
+        pg_batch.run(pg, _transaction("left open")[:-1])
+
+    assert pg.info.transaction_status.name == "IDLE"
+    assert pg.execute("SELECT name FROM batch_t ORDER BY id").fetchall() == [("kept",)]
+    assert _prepared_names(pg) == prepared
