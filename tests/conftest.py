@@ -183,7 +183,9 @@ def pg_url() -> Iterator[str]:
 
 
 def emptied_pg_engine(pg_url: str, pool_size: int) -> Engine:
-    """An engine on the session's database, every table of it emptied."""
+    """An engine on the session's database, every table of it emptied. For tests that start worker
+    processes on it too: their sweeper runs any stale queued job it finds, an earlier test's
+    included (one ran against the hang test's fake and made its call count 2)."""
     engine = make_engine(pg_url, pool_size=pool_size)
     with engine.begin() as conn:
         conn.execute(text("TRUNCATE accounts, api_keys, holds, ledger_entries, generations, jobs, files CASCADE"))

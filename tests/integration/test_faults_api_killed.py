@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.db import make_engine
 from tests.api.chat.helpers import assert_books_balance, books, generation_row, hold_for
-from tests.conftest import create_test_account
+from tests.conftest import create_test_account, emptied_pg_engine
 from tests.integration.faults import assert_each_hold_resolved_once, entries_by_hold, isolated_redis_url
 from tests.integration.helpers_processes import Processes, base_env, wait_dramatiq_workers
 
@@ -28,7 +27,7 @@ CHUNK_DELAY = 0.4  # per streamed chunk of the simulated model: the stream lasts
 def test_an_api_killed_mid_stream_charges_nothing_and_its_hold_is_expired_by_the_sweeper(
         pg_url: str, tmp_path: Path) -> None:
     redis_url = isolated_redis_url()
-    engine = make_engine(pg_url, pool_size=4)
+    engine = emptied_pg_engine(pg_url, pool_size=4)
     account = create_test_account(engine, "free")
     before = books(engine, account.account_id)
     env = base_env(database_url=pg_url, redis_url=redis_url, simulate=1, storage_dir=tmp_path / "files",

@@ -20,9 +20,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from common.db import make_engine
 from tests.api.chat.helpers import assert_books_balance, books
-from tests.conftest import PG_ADMIN_URL, create_test_account
+from tests.conftest import PG_ADMIN_URL, create_test_account, emptied_pg_engine
 from tests.fakes.gemini_image_upstream import FakeGeminiImageUpstream
 from tests.fakes.server import serve
 from tests.integration.faults import (
@@ -66,7 +65,7 @@ def test_a_postgres_restart_mid_settlement_settles_every_job_once_and_answers_50
     redis_url = isolated_redis_url()
     slow = FakeGeminiImageUpstream()
     slow.hang = SLOW_SECONDS
-    engine = make_engine(pg_url, pool_size=8)
+    engine = emptied_pg_engine(pg_url, pool_size=8)
     jobs_account = create_test_account(engine, "ultra")  # 8 jobs may run at once
     chat_account = create_test_account(engine, "pro")
     before = {a.account_id: books(engine, a.account_id) for a in (jobs_account, chat_account)}

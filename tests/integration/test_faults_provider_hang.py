@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.db import make_engine
 from tests.api.chat.helpers import assert_books_balance, books
-from tests.conftest import create_test_account
+from tests.conftest import create_test_account, emptied_pg_engine
 from tests.fakes.gemini_image_upstream import FakeGeminiImageUpstream
 from tests.fakes.server import serve
 from tests.integration.faults import (
@@ -38,7 +37,7 @@ def test_a_provider_hanging_past_the_time_limit_fails_the_job_refunded_and_never
     upstream = FakeGeminiImageUpstream()
     upstream.hang = HANG
     redis_url = isolated_redis_url()
-    engine = make_engine(pg_url, pool_size=4)
+    engine = emptied_pg_engine(pg_url, pool_size=4)
     account = create_test_account(engine, "free")
     before = books(engine, account.account_id)
     try:

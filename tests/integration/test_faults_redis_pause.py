@@ -23,9 +23,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from common.db import make_engine
 from tests.api.chat.helpers import assert_books_balance, books
-from tests.conftest import TestAccount, create_test_account
+from tests.conftest import TestAccount, create_test_account, emptied_pg_engine
 from tests.integration.faults import (
     LOAD_CLIENT_TIMEOUT,
     Call,
@@ -117,7 +116,7 @@ class HeldSubmission:
 def test_a_frozen_redis_fails_requests_fast_with_503_and_every_accepted_job_is_charged_once(
         pg_url: str, tmp_path: Path) -> None:
     redis_url = isolated_redis_url()
-    engine = make_engine(pg_url, pool_size=8)
+    engine = emptied_pg_engine(pg_url, pool_size=8)
     chat_accounts = [create_test_account(engine, "pro") for _ in range(CHAT_THREADS)]
     image_accounts = [create_test_account(engine, "ultra") for _ in range(IMAGE_THREADS + 1)]
     held_account = image_accounts.pop()

@@ -25,10 +25,17 @@ from PIL import Image
 from sqlalchemy import Engine, text
 
 from common import accounts, clock
-from common.db import make_engine
 from common.jobs.submit import submit_job
 from tests.api.chat.helpers import assert_books_balance, books, leave_available
-from tests.conftest import ADMIN_TOKEN, REDIS_TEST_URL, TEST_TZ, TestAccount, create_test_account, service_unavailable
+from tests.conftest import (
+    ADMIN_TOKEN,
+    REDIS_TEST_URL,
+    TEST_TZ,
+    TestAccount,
+    create_test_account,
+    emptied_pg_engine,
+    service_unavailable,
+)
 from tests.fakes.gemini_image_upstream import FakeGeminiImageUpstream
 from tests.fakes.server import serve
 from tests.integration.helpers_processes import Proc, Processes, base_env, wait_dramatiq_workers
@@ -118,7 +125,7 @@ def stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
     tmp = tmp_path_factory.mktemp("e2e")
     broken = FakeGeminiImageUpstream()
     broken.fail_status, broken.fail_times = 503, -1
-    engine = make_engine(pg_url, pool_size=10)
+    engine = emptied_pg_engine(pg_url, pool_size=10)
     with serve(broken.app) as broken_url, Processes(tmp / "procs") as procs:
         catalog = tmp / "catalog.toml"
         catalog.write_text(

@@ -20,9 +20,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from common.db import make_engine
 from tests.api.chat.helpers import Books, assert_books_balance, books
-from tests.conftest import TestAccount, create_test_account
+from tests.conftest import TestAccount, create_test_account, emptied_pg_engine
 from tests.integration.faults import isolated_redis_url, job_rows, wait_jobs
 from tests.integration.helpers_processes import Proc, Processes, base_env, wait_dramatiq_workers
 from workers.supervisor import Backoff
@@ -90,7 +89,7 @@ def deployment(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                    secret_key="supervision-signing-secret-0123456789", simulated_job_seconds=JOB_SECONDS,
                    job_lease_seconds=LEASE_SECONDS, sweep_interval_seconds=1, stale_queued_seconds=30,
                    shutdown_grace_seconds=GRACE_SECONDS, rate_limit_pro=100_000)
-    engine = make_engine(pg_url)
+    engine = emptied_pg_engine(pg_url, pool_size=10)
     with Processes(tmp / "procs") as procs:
         yield Deployment(procs, env, procs.serve(env), engine, redis_url)
     engine.dispose()
