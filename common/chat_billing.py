@@ -85,12 +85,14 @@ def reserve_chat(
                 room, what, held = cap_left, "This key's daily credit cap", ""
             # never more than wanted: holds released since the first try may have made room for all of it
             affordable = min(wanted, room // entry.rate_micro - prompt_estimate)
-            if max_tokens is not None:
-                raise _explain(exc, what, affordable, max_tokens, prompt_estimate, max_tokens_field) from None
             if affordable < 1:
                 break
+            if max_tokens is not None:
+                raise _explain(exc, what, affordable, max_tokens, max_tokens_field) from None
             tokens = affordable  # another request of the account may take this room first: look again
-    need = (prompt_estimate + 1) * entry.rate_micro  # what the smallest answer needs, not the default's hold
+    # What the smallest answer needs, not the hold of the max_tokens asked for (or of the default's):
+    # a smaller limit would not help, the prompt is what does not fit.
+    need = (prompt_estimate + 1) * entry.rate_micro
     raise billing.with_reset_time(InsufficientCredits(
         f"{what} cannot cover this prompt (up to {prompt_estimate} tokens) and one token of answer: that "
         f"needs {credits_text(need)} credits, and {credits_text(max(0, room))} are available{held}.", code=refusal.code,
@@ -100,12 +102,8 @@ def reserve_chat(
 _SHRINK_TRIES = 3
 
 
-def _explain(exc: InsufficientCredits, what: str, affordable: int, asked: int,
-             prompt: int, field: str) -> InsufficientCredits:
-    if affordable < 1:  # a smaller limit would not help: the prompt is what does not fit
-        detail, field = f"{what} cannot cover this prompt (up to {prompt} tokens) and one token of answer.", "messages"
-    else:
-        detail = f"{what} affords at most {field}={affordable} for this prompt, not {asked}."
+def _explain(exc: InsufficientCredits, what: str, affordable: int, asked: int, field: str) -> InsufficientCredits:
+    detail = f"{what} affords at most {field}={affordable} for this prompt, not {asked}."
     return InsufficientCredits(f"{detail} {exc.message}", code=exc.code, param=field)
 
 

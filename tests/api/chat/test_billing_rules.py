@@ -188,11 +188,12 @@ def test_a_keys_daily_cap_bounds_its_chats_and_refuses_past_it(gw: Gateway) -> N
         second = chat(http, max_tokens=10)
     assert (second.status_code, second.json()["error"]["code"]) == (402, "key_daily_cap_reached")
     left = hold - USAGE * RATE
+    # what the prompt and one token need, not the hold of the max_tokens asked for (found by a README walkthrough)
     assert second.json()["error"]["message"] == (
-        f"This key's daily credit cap cannot cover this prompt (up to {PROMPT} tokens) and one token of answer. "
-        f"This API key's daily "
-        f"credit cap has {to_credits(left)} credits left today; this request needs {to_credits(hold)}. The key's "
+        f"This key's daily credit cap cannot cover this prompt (up to {PROMPT} tokens) and one token of answer: "
+        f"that needs {to_credits((PROMPT + 1) * RATE)} credits, and {to_credits(left)} are available. The key's "
         f"daily cap and the daily allowance reset at {resets_at(gw.settings.timezone)}.")
+    assert second.json()["error"]["param"] == "messages"
     assert hold_for(gw.engine, first.json()["id"])["charged"] == USAGE * RATE
     assert assert_books_balance(gw.engine, account.account_id) == before
 
