@@ -24,6 +24,7 @@ from common.errors import UpstreamError
 from common.providers.base import ImageRequest, MediaFile, ProgressCallback, VideoRequest
 
 FPS = 8  # low on purpose: a 4 s 1280x720 clip encodes in well under a second
+PROGRESS_STEP_SECONDS = 0.5  # a slow simulated video's progress moves at least this often
 _Color = tuple[int, int, int]
 
 
@@ -228,12 +229,15 @@ class SimulatedVideoProvider:
             )
         drawer = await asyncio.to_thread(_FrameDrawer, request.prompt, width, height)
         writer = await asyncio.to_thread(_Mp4Writer, width, height)
-        # One chunk per second of video: progress and the delay advance between chunks. If the
-        # task is cancelled mid-chunk, the writer is simply dropped (the thread still owns it).
+        # One chunk per second of video: progress and the delay advance between chunks, the delay in
+        # steps of at most PROGRESS_STEP_SECONDS (a 4 s clip with a 30 s delay read 0 % for 7.5 s).
+        # If the task is cancelled mid-chunk, the writer is simply dropped (the thread still owns it).
+        steps = max(1, math.ceil(self.delay / seconds / PROGRESS_STEP_SECONDS))
         for second in range(seconds):
-            if on_progress is not None:
-                on_progress(second * 100 // seconds)
-            await asyncio.sleep(self.delay / seconds)
+            for step in range(steps):
+                if on_progress is not None:
+                    on_progress((second * steps + step) * 100 // (seconds * steps))
+                await asyncio.sleep(self.delay / seconds / steps)
             frames = range(second * FPS, (second + 1) * FPS)
 
             # A def, not a lambda: mypy cannot infer a lambda with a default argument passed to to_thread.

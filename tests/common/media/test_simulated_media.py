@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from common.errors import UpstreamError
+from common.providers import simulated_media
 from common.providers.base import ImageProvider, ImageRequest, VideoProvider, VideoRequest
 from common.providers.simulated_media import FPS, SimulatedImageProvider, SimulatedVideoProvider
 
@@ -129,6 +130,29 @@ async def test_video_progress_rises_to_100() -> None:
     assert seen == sorted(seen)
     assert len(seen) >= 4
     assert all(0 <= p <= 100 for p in seen)
+
+
+async def test_a_slow_videos_progress_moves_at_least_every_half_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its delay in steps, each after a new progress value: a 4 s clip with a 30 s delay read 0 %
+    for its first 7.5 s (found by a README walkthrough)."""
+    events: list[tuple[str, float]] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded_sleep(seconds: float) -> None:
+        events.append(("sleep", seconds))
+        await real_sleep(0)
+
+    monkeypatch.setattr(simulated_media.asyncio, "sleep", recorded_sleep)
+    await SimulatedVideoProvider(delay=30).generate_video(
+        VideoRequest("sim", "p", 4, 64, 36), on_progress=lambda value: events.append(("progress", value)))
+    sleeps = [seconds for kind, seconds in events if kind == "sleep"]
+    assert sum(sleeps) == pytest.approx(30)
+    assert max(sleeps) <= simulated_media.PROGRESS_STEP_SECONDS
+    values = [value for kind, value in events if kind == "progress"]
+    assert values == sorted(set(values)) and values[-1] == 100
+    # a new value before every step of the delay
+    kinds = [kind for kind, _ in events]
+    assert kinds[:-1] == ["progress", "sleep"] * len(sleeps)
 
 
 async def test_a_video_job_can_be_cancelled_mid_way() -> None:
