@@ -33,6 +33,8 @@ ALLOWED_SCHEMES = frozenset({"http", "https"})
 BLOCKED_NAMES = frozenset({"localhost", "metadata", "metadata.google.internal", "metadata.goog"})
 BLOCKED_SUFFIXES = (".localhost", ".internal", ".local", ".home.arpa")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# Not yet in every Python's `ipaddress` tables (3.11's predate it): IPv6 documentation, RFC 9637
+_NOT_GLOBAL = (_CGNAT, ipaddress.ip_network("3fff::/20"))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
@@ -241,7 +243,7 @@ def is_public_address(address: IPAddress) -> bool:
         embedded = _embedded_ipv4(address)
         if embedded is not None:
             return is_public_address(embedded)
-    if address in _CGNAT:
+    if any(address in network for network in _NOT_GLOBAL if network.version == address.version):
         return False
     flags = (
         address.is_loopback,

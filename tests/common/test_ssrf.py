@@ -50,6 +50,8 @@ PRIVATE_LITERALS = [
     "http://240.0.0.1/hook",
     "http://255.255.255.255/hook",
     "http://192.0.2.1/hook",
+    "http://[2001:db8::1]/hook",  # IPv6 documentation
+    "http://[3fff::1]/hook",  # IPv6 documentation, RFC 9637 (found by a security review)
     "http://[2002:7f00:1::]/hook",  # 6to4 wrapping 127.0.0.1
     "http://[64:ff9b::a00:1]/hook",  # NAT64 wrapping 10.0.0.1
     "https://127.0.0.1./hook",
