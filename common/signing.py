@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 SECRET_FILE_NAME = ".signing-key"
 _PURPOSE = b"helyx-file-v1"
-_EXPIRES_RE = re.compile(r"[0-9]{1,12}")
+_EXPIRES_RE = re.compile(r"0|[1-9][0-9]{0,11}")  # as the link writes it: another spelling is another link
 _SIGNATURE_RE = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 bytes, urlsafe base64 without padding
 
 

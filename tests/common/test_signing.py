@@ -61,6 +61,7 @@ def test_tampering_with_any_part_fails() -> None:
     flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
     assert not verify_file_signature("file_abc", expires, flipped, SECRET, now=NOW)
     assert not verify_file_signature("file_abc", str(NOW + 6000), signature, SECRET, now=NOW)
+    assert not verify_file_signature("file_abc", "0" + expires, signature, SECRET, now=NOW)  # (a security review)
     assert not verify_file_signature("file_xyz", expires, signature, SECRET, now=NOW)
     assert not verify_file_signature("file_abc", expires, signature, b"other-secret", now=NOW)
 
