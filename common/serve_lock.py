@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from sqlalchemy.engine import make_url
 
 from common import jobs_lock
+from common.db import DatabaseUnusable
 from common.settings import Settings
 from common.settings import shown_url as settings_shown_url
 
@@ -55,8 +56,12 @@ def locked_file(settings: Settings, mode: int) -> tuple[TextIO, bool]:
     """The SQLite database's lock file, open, and whether `mode` (fcntl.LOCK_SH or LOCK_EX) was had at
     once. The kernel drops the lock with the process, however it ends."""
     path = lock_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+")
+    except OSError as exc:  # a file where a directory of the path should be, no permission: one line, not a traceback
+        raise DatabaseUnusable(f"the serve lock beside the SQLite file, {path}, cannot be made: "
+                               f"{exc.strerror or exc}") from exc
     try:
         fcntl.flock(handle, mode | fcntl.LOCK_NB)
     except BlockingIOError:

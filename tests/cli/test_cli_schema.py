@@ -127,12 +127,15 @@ def test_a_sqlite_path_that_cannot_be_a_database_is_one_line(run: Any, tmp_path:
     (tmp_path / "afile").write_text("hello")
     path = tmp_path / "afile" / "h.db" if problem == "parent_is_a_file" else tmp_path / "afile"
     monkeypatch.setenv("HELYX_DATABASE_URL", f"sqlite:///{path}")
+    monkeypatch.setenv("HELYX_STORAGE_DIR", str(tmp_path / "files"))
     monkeypatch.delenv("HELYX_REDIS_URL", raising=False)
     reset_settings_cache()
     try:
         commands = [["account", "create", "x@example.com"], ["migrate"]]
         if problem == "not_a_database":  # (usage says at once that there is no file at a path through a file)
             commands.append(["usage", "acct_x"])
+        else:  # serve: its lock file beside the database came first, in a traceback (an operator review)
+            commands.append(["serve", "--port", "1"])
         for argv in commands:
             code, out, err = run(*argv)
             assert (code, out) == (1, ""), (argv, code, err)
