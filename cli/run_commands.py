@@ -93,7 +93,7 @@ def serve(args: argparse.Namespace) -> int:
                 lock.close()
                 raise
     except single_instance.AlreadyServing as exc:
-        print(f"helyx: {exc}", file=sys.stderr)
+        print(f"helyx: error: {exc}", file=sys.stderr)
         return 1
     upgrade(get_engine(settings.database_url))
     if args.demo:

@@ -150,7 +150,7 @@ def test_serve_in_the_production_shape_on_a_taken_port_is_one_line_before_servin
         port = taken.getsockname()[1]
         code, out, err = run("serve", "--port", str(port))
     assert (code, out) == (1, "")
-    assert err.strip() == f"helyx: cannot listen on 127.0.0.1:{port}: Address already in use", err
+    assert err.strip() == f"helyx: error: cannot listen on 127.0.0.1:{port}: Address already in use", err
 
 
 def test_a_storage_directory_that_is_a_file_is_named_as_such(

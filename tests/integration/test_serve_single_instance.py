@@ -48,6 +48,7 @@ def test_a_second_serve_on_the_same_database_stops_at_once_and_takes_no_running_
         second = procs.start("second", [HELYX, "serve", "--host", "127.0.0.1", "--port", str(free_port())],
                              env)
         assert _exit_of(second) == 1
+        assert "helyx: error: another `helyx serve` (pid" in second.log()  # prefixed as every refusal
         assert "already running on this database" in second.log()
         assert re.search(r"\(pid \d+\)", second.log()), second.log()  # the holder, named
 
