@@ -169,11 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:  # the settings (HELYX_* variables, .env)
         if exc.title != Settings.__name__:
             raise
+        lines: dict[str, None] = {}  # in order, each once: two bad items of one list are one line
         for error in exc.errors():
             # a list's item index is no part of the variable's name (HELYX_CORS_ORIGINS, not ..._0)
             name = "HELYX_" + "_".join(str(part) for part in error["loc"] if not isinstance(part, int)).upper()
-            print(f"helyx: error: invalid configuration: {name}: {error['msg'].removeprefix('Value error, ')}",
-                  file=sys.stderr)
+            lines[f"helyx: error: invalid configuration: {name}: {error['msg'].removeprefix('Value error, ')}"] = None
+        print("\n".join(lines), file=sys.stderr)
         return 2
     except SchemaNewerThanRelease as exc:  # serve, worker, migrate on a database a newer release migrated
         print(f"helyx: error: {exc}", file=sys.stderr)

@@ -130,6 +130,9 @@ class Settings(BaseSettings):
             backend = url.get_backend_name()
         except ArgumentError:
             url, backend = None, ""
+        except ValueError:  # (SQLAlchemy's int() of the port, whose message named no setting's terms)
+            raise ValueError(f"{shown_url(value)!r}: its port is not a number "
+                             "(postgresql://user@host:5432/db)") from None
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"{shown_url(value)!r} is not a SQLite or PostgreSQL URL (sqlite:///path/helyx.db, "
                              "postgresql://user@host:5432/db)")

@@ -195,6 +195,9 @@ def test_bad_arguments_exit_non_zero_with_a_message_and_change_nothing(
         ("HELYX_ADMIN_TOKEN", "a", "HELYX_ADMIN_TOKEN: too short: at least 16 characters"),
         ("HELYX_CORS_ORIGINS", "[not json", "HELYX_CORS_ORIGINS: "),
         ("HELYX_CORS_ORIGINS", "[1]", "HELYX_CORS_ORIGINS: "),  # an item's index made it HELYX_CORS_ORIGINS_0
+        ("HELYX_CORS_ORIGINS", "[1,2]", "HELYX_CORS_ORIGINS: "),  # one line, not one per item (an operator review)
+        ("HELYX_DATABASE_URL", "postgresql://u:pw@127.0.0.1:notaport/x",
+         "HELYX_DATABASE_URL: 'postgresql://u:***@127.0.0.1:notaport/x': its port is not a number"),
     ],
 )
 def test_a_bad_setting_stops_every_command_with_one_line_naming_it(
