@@ -14,7 +14,7 @@ import math
 import random
 import textwrap
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import cache
 from typing import Any
 
@@ -215,8 +215,9 @@ class _FrameDrawer:
 class SimulatedVideoProvider:
     """A real MP4 of exactly `seconds` x FPS frames at the requested (even) size."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.delay = delay
+        self._sleep = sleep  # (a test counts the steps of the delay with its own)
 
     async def generate_video(
         self, request: VideoRequest, on_progress: ProgressCallback | None = None
@@ -237,7 +238,7 @@ class SimulatedVideoProvider:
             for step in range(steps):
                 if on_progress is not None:
                     on_progress((second * steps + step) * 100 // (seconds * steps))
-                await asyncio.sleep(self.delay / seconds / steps)
+                await self._sleep(self.delay / seconds / steps)
             frames = range(second * FPS, (second + 1) * FPS)
 
             # A def, not a lambda: mypy cannot infer a lambda with a default argument passed to to_thread.
