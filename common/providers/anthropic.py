@@ -50,12 +50,14 @@ from common.providers.http import (
     iter_sse,
     raise_for_status,
 )
+from common.providers.image_types import ANTHROPIC_IMAGE_TYPES
 from common.providers.messages import (
     content_parts,
     parse_data_url,
     part_image_url,
     part_text,
     refuse_empty_conversation,
+    refuse_image_types,
     role_of,
     system_and_turns,
 )
@@ -89,6 +91,7 @@ class AnthropicProvider:
     def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None,
                           tools: list[dict[str, Any]] | None = None) -> None:
         refuse_empty_conversation(messages, "Anthropic")
+        refuse_image_types(messages, ANTHROPIC_IMAGE_TYPES, "Anthropic")
         refuse_unsendable_tools(messages, tools)
         if stop and any(not sequence.strip() for sequence in stop):  # Anthropic's 400 otherwise, after a hold
             raise InvalidRequest("Anthropic's models take no stop sequence of whitespace only (such as \"\\n\").",

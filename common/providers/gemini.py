@@ -57,12 +57,14 @@ from common.providers.http import (
     raise_for_status,
     status_error,
 )
+from common.providers.image_types import GEMINI_IMAGE_TYPES
 from common.providers.messages import (
     content_parts,
     parse_data_url,
     part_image_url,
     part_text,
     refuse_empty_conversation,
+    refuse_image_types,
     role_of,
     system_and_turns,
 )
@@ -96,6 +98,7 @@ class GeminiChatProvider:
     def refuse_unsendable(self, messages: list[dict[str, Any]], stop: list[str] | None = None,
                           tools: list[dict[str, Any]] | None = None) -> None:
         refuse_empty_conversation(messages, "Gemini")
+        refuse_image_types(messages, GEMINI_IMAGE_TYPES, "Gemini")
         refuse_unsendable_tools(messages, tools)
 
     async def complete(self, request: ChatRequest) -> ChatResult:

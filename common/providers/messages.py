@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from common.errors import InvalidRequest
 from common.providers.base import ToolCall
+from common.providers.image_types import media_type
 
 T = TypeVar("T")
 
@@ -125,7 +126,20 @@ def parse_data_url(url: str) -> tuple[str, str] | None:
         raise InvalidRequest(problem, param="messages")
     match = _DATA_URL.match(url)
     assert match is not None
-    return match.group("mime") or "image/png", match.group("data")
+    return media_type(match.group("mime"), match.group("data")), match.group("data")
+
+
+def refuse_image_types(messages: list[dict[str, Any]], accepted: frozenset[str], vendor: str) -> None:
+    """A 400 naming the first inline image of a type the vendor refuses (its refusal came after the
+    hold, as a 502). An image by URL is the vendor's to fetch and judge."""
+    for index, message in enumerate(messages):
+        for number, part in enumerate(content_parts(message)):
+            url = part_image_url(part)
+            inline = parse_data_url(url) if url is not None else None
+            if inline is not None and inline[0] not in accepted:
+                raise InvalidRequest(f"{vendor} takes images as {', '.join(sorted(accepted))}, not {inline[0]}; "
+                                     "convert it, or choose another model.",
+                                     param=f"messages.{index}.content.{number}", code="unsupported_image_type")
 
 
 def data_url_problem(url: str) -> str | None:

@@ -1,0 +1,45 @@
+"""What an inline image (a base64 `data:` URL) is, by its bytes where they say it.
+
+Anthropic refuses an image whose bytes do not match the media type sent with it, and clients label
+images loosely (`image/jpg`, a PNG sent as `image/jpeg`, no type at all), which OpenAI takes. So the
+type sent on is the one the first bytes show for the formats vendors take, else the declared one
+(lower-cased, `image/jpg` read as `image/jpeg`), else `image/png`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
+
+ANTHROPIC_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})  # its base64 source
+GEMINI_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
+
+
+def media_type(declared: str | None, data: str) -> str:
+    """The type to send an inline image's base64 `data` under (see the module docstring)."""
+    head = _head(data)
+    for signature, kind in _SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if not declared:
+        return "image/png"
+    declared = declared.lower()
+    return _ALIASES.get(declared, declared)
+
+
+def _head(data: str) -> bytes:
+    """The first 12 bytes (16 base64 characters), in either alphabet; b"" when they do not decode."""
+    try:
+        return base64.b64decode(data[:16].replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
