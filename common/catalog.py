@@ -24,7 +24,7 @@ from common.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from common.money import PLAIN_DECIMAL, to_micro
 from common.plans import PLANS, plan_allows
 from common.providers.base import SAMPLING_FIELDS, ProviderConfig
-from common.providers.messages import content_parts, part_image_url, role_of
+from common.providers.messages import image_parts, role_of
 from common.settings import Settings
 from common.tokens import TOKENS_PER_IMAGE
 
@@ -109,12 +109,10 @@ class ModelEntry:
         vendor's refusal would come after the hold, as a 502 unless it names the part)."""
         if self.vision:
             return
-        for index, message in enumerate(messages):
-            for number, part in enumerate(content_parts(message)):
-                if part_image_url(part) is not None:
-                    raise InvalidRequest(f"The model '{self.id}' does not take images; send text only, or choose a "
-                                         "model that takes images.", param=f"messages.{index}.content.{number}",
-                                         code="images_not_supported")
+        first = next(image_parts(messages), None)
+        if first is not None:
+            raise InvalidRequest(f"The model '{self.id}' does not take images; send text only, or choose a "
+                                 "model that takes images.", param=first[0], code="images_not_supported")
 
     def refuse_final_assistant_turn(self, messages: list[dict[str, Any]]) -> None:
         """A 400 of ours for a conversation that ends with an assistant turn (system messages

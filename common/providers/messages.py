@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from common.errors import InvalidRequest
@@ -129,17 +129,34 @@ def parse_data_url(url: str) -> tuple[str, str] | None:
     return media_type(match.group("mime"), match.group("data")), match.group("data")
 
 
-def refuse_image_types(messages: list[dict[str, Any]], accepted: frozenset[str], vendor: str) -> None:
-    """A 400 naming the first inline image of a type the vendor refuses (its refusal came after the
-    hold, as a 502). An image by URL is the vendor's to fetch and judge."""
+def image_parts(messages: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    """(`messages.N.content.M`, URL) of every image part, in order: what a refusal of one names."""
     for index, message in enumerate(messages):
         for number, part in enumerate(content_parts(message)):
             url = part_image_url(part)
-            inline = parse_data_url(url) if url is not None else None
-            if inline is not None and inline[0] not in accepted:
-                raise InvalidRequest(f"{vendor} takes images as {', '.join(sorted(accepted))}, not {inline[0]}; "
-                                     "convert it, or choose another model.",
-                                     param=f"messages.{index}.content.{number}", code="unsupported_image_type")
+            if url is not None:
+                yield f"messages.{index}.content.{number}", url
+
+
+def inline_image_type(url: str) -> str | None:
+    """The type `parse_data_url` sends an inline image under, from its label and first bytes only
+    (not the whole data again); None for an image by URL, or a data URL the request's validation
+    refuses (api.schemas.chat)."""
+    match = _DATA_URL.match(url) if url.startswith("data:") else None
+    if match is None:
+        return None
+    start = match.start("data")
+    return media_type(match.group("mime"), url[start:start + 16])
+
+
+def refuse_image_types(messages: list[dict[str, Any]], accepted: frozenset[str], vendor: str) -> None:
+    """A 400 naming the first inline image of a type the vendor refuses (its refusal came after the
+    hold, as a 502). An image by URL is the vendor's to fetch and judge."""
+    for param, url in image_parts(messages):
+        kind = inline_image_type(url)
+        if kind is not None and kind not in accepted:
+            raise InvalidRequest(f"{vendor} takes images as {', '.join(sorted(accepted))}, not {kind}; "
+                                 "convert it, or choose another model.", param=param, code="unsupported_image_type")
 
 
 def data_url_problem(url: str) -> str | None:
