@@ -13,6 +13,13 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh test
 .venv/bin/ruff check .
 .venv/bin/mypy
+# Two runs at once on one machine break each other (the exclusive tests restart the PostgreSQL both
+# use; both flush the same Redis databases): they take turns, holding this lock until pytest ends.
+exec 9>"${TMPDIR:-/tmp}/helyx-test-suite.lock"
+if command -v flock >/dev/null && ! flock -n 9; then
+  echo "scripts/test.sh: another test run on this machine holds ${TMPDIR:-/tmp}/helyx-test-suite.lock; waiting (30 min at most)" >&2
+  flock -w 1800 9 || { echo "scripts/test.sh: still held after 30 min; giving up" >&2; exit 1; }
+fi
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/pytest "$@"
 fi
