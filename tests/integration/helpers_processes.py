@@ -54,10 +54,27 @@ sys.exit(child.returncode if child.returncode >= 0 else 128 - child.returncode)
 MAX_SECONDS = 600.0
 
 
+# A port handed to a process to bind seconds later (after its imports) must not be taken meanwhile:
+# bind(0) and every outgoing connection draw from the kernel's ephemeral range (32768-60999 here),
+# so the ports come from below it, a slice of its own for each pytest-xdist process.
+_PORT_SLICE = 500
+_PORTS_FROM = 10_000 + _PORT_SLICE * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_next_port = [os.getpid() % _PORT_SLICE]  # another run's ports may linger in TIME_WAIT: start elsewhere
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port of 127.0.0.1 free now that no other test of this run can be given or take by chance."""
+    for _ in range(_PORT_SLICE):
+        port = _PORTS_FROM + _next_port[0] % _PORT_SLICE
+        _next_port[0] += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port in {_PORTS_FROM}-{_PORTS_FROM + _PORT_SLICE - 1}")
 
 
 def base_env(**helyx: object) -> dict[str, str]:
