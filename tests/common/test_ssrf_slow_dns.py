@@ -33,11 +33,14 @@ PUBLIC = "93.184.215.14"  # never connected to: deliveries here go through an ht
 
 
 @pytest.fixture
-def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Names under .slowdns.test answer after SLOW s with an error; yields the slow names looked up."""
     real = socket.getaddrinfo
+    looked_up: list[str] = []
 
     def lookup(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
         if host.endswith(".slowdns.test"):
+            looked_up.append(host)
             time.sleep(SLOW)
             raise socket.gaierror("gave up")
         if host == "hooks.example.com":
@@ -46,7 +49,7 @@ def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
     monkeypatch.setattr(ssrf, "DNS_TIMEOUT_SECONDS", 0.3)
-    yield
+    yield looked_up
     time.sleep(SLOW)  # the resolver's threads still in a slow lookup: free again for the next test
 
 
@@ -100,14 +103,14 @@ def test_one_account_s_slow_name_server_does_not_fail_another_account_s_webhook(
     assert [r.url.host for r in seen] == [PUBLIC]
 
 
-@pytest.mark.usefixtures("slow_dns")
-def test_an_account_whose_lookup_was_given_up_gets_no_second_thread_until_it_ends() -> None:
+def test_an_account_whose_lookup_was_given_up_gets_no_second_thread_until_it_ends(slow_dns: list[str]) -> None:
     with pytest.raises(socket.gaierror):
         bounded_getaddrinfo("w1.slowdns.test", 80, 0, socket.SOCK_STREAM, owner="acct_attacker")
     started = time.monotonic()
     with pytest.raises(socket.gaierror):
         bounded_getaddrinfo("w2.slowdns.test", 80, 0, socket.SOCK_STREAM, owner="acct_attacker")
-    assert time.monotonic() - started < 0.1  # refused at once: no second thread
+    assert slow_dns == ["w1.slowdns.test"]  # refused without a second thread looking it up...
+    assert time.monotonic() - started < ssrf.DNS_TIMEOUT_SECONDS  # ...and without waiting out a lookup's timeout
     assert bounded_getaddrinfo("hooks.example.com", 443, 0, socket.SOCK_STREAM, owner="acct_victim")
     _until_its_lookup_ends("acct_attacker")  # then its next one runs again
     with pytest.raises(socket.gaierror, match="within"):
@@ -118,16 +121,16 @@ def test_a_concurrent_lookup_ending_does_not_clear_a_given_up_one_s_mark(monkeyp
     """Two lookups of one account at once: the fast one ends after the slow one was given up, and
     must not clear the slow one's mark (every end used to): the account would get a second thread
     while its first is still held (a review)."""
-    monkeypatch.setattr(ssrf, "DNS_TIMEOUT_SECONDS", 0.2)
-    release = threading.Event()
+    monkeypatch.setattr(ssrf, "DNS_TIMEOUT_SECONDS", 2.0)
+    release, slow_given_up = threading.Event(), threading.Event()
     slow_running: list[str] = []
 
     def lookup(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
         if host.startswith("slow"):
             slow_running.append(host)
-            release.wait(5)
+            release.wait(10)
             raise socket.gaierror("gave up")
-        time.sleep(0.15)  # ends (at ~0.25 s) after the slow one was given up (at 0.2 s)
+        assert slow_given_up.wait(5)  # ends after the slow one was given up, within its own 2 s
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC, port))]
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
@@ -138,10 +141,15 @@ def test_a_concurrent_lookup_ending_does_not_clear_a_given_up_one_s_mark(monkeyp
             bounded_getaddrinfo("slow1.test", 80, owner="acct_a")
         except socket.gaierror as exc:
             given_up.append(exc)
+            slow_given_up.set()
 
     first = threading.Thread(target=slow)
     first.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while not slow_running:  # the slow lookup under way...
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.5)  # ...for a while: the fast one starts well inside the slow one's 2 s, and so ends inside its own
     try:
         assert bounded_getaddrinfo("fast.test", 80, owner="acct_a")
         first.join(5)

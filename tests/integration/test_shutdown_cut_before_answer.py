@@ -25,7 +25,7 @@ ORIGIN = "https://app.example.com"  # a browser's: the cut answer carries the CO
 
 def _cut(tmp_path: Path, path: str, body: dict[str, Any], **settings: object) -> tuple[httpx.Response | None, Path,
                                                                                          str, dict[str, str]]:
-    """POST `body` to a `helyx serve` whose grace is 1 s, SIGTERM it 0.5 s later: (the answer,
+    """POST `body` to a `helyx serve` whose grace is 1 s, SIGTERM it once the request holds its cost: (the answer,
     the database, the server's log, the environment)."""
     db = tmp_path / "helyx.db"
     env = base_env(database_url=f"sqlite:///{db}", storage_dir=tmp_path / "files", shutdown_grace_seconds=1,
@@ -43,7 +43,10 @@ def _cut(tmp_path: Path, path: str, body: dict[str, Any], **settings: object) ->
 
         sender = threading.Thread(target=send)
         sender.start()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 15  # the request under way (its hold open), however slow the machine
+        while _rows(db, "SELECT COUNT(*) FROM holds WHERE status = 'open'") != [(1,)]:
+            assert time.monotonic() < deadline and sender.is_alive(), (answers, api.log())
+            time.sleep(0.05)
         api.signal_group(signal.SIGTERM)
         sender.join(30)
         assert api.popen.wait(30) == 0, api.log()

@@ -34,13 +34,14 @@ def test_a_job_whose_worker_died_is_reclaimed_after_its_lease_and_charged_once(
     before = books(jobs.engine, account.account_id)
 
     job_id = jobs.submit(account, enqueue=False)
-    dead = lifecycle.claim(jobs.engine, job_id, "dead-worker", 0.3, None)  # claimed, then never renewed
+    # claimed, then never renewed; its lease long enough that no pause of a busy machine lapses it too soon
+    dead = lifecycle.claim(jobs.engine, job_id, "dead-worker", 60, None)
     assert dead is not None and jobs.job(job_id)["status"] == "running"
     jobs.send(job_id)  # a live lease: the worker must leave it alone
     jobs.join()
     assert jobs.job(job_id)["status"] == "running" and provider.calls == 0
 
-    time.sleep(0.4)
+    _lapse_lease(jobs, job_id)
     assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 1
     row = jobs.wait(job_id)
     jobs.join()
@@ -52,6 +53,13 @@ def test_a_job_whose_worker_died_is_reclaimed_after_its_lease_and_charged_once(
     assert jobs.kinds(job_id) == ["reserve", "settle"]
     after = assert_books_balance(jobs.engine, account.account_id)
     assert before.balance - after.balance == IMAGE_PRICE
+
+
+def _lapse_lease(jobs: Jobs, job_id: str) -> None:
+    """The dead owner's lease runs out (the clock of its row set back rather than the test waiting for it)."""
+    with jobs.engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET lease_until = :until WHERE id = :id"),
+                     {"until": clock.now().timestamp() - 1, "id": job_id})
 
 
 def test_files_a_killed_attempt_stored_and_never_recorded_are_removed_once_the_job_succeeds(
@@ -169,9 +177,11 @@ def test_a_reclaimed_job_with_attempts_left_runs_again(make_jobs: JobsFactory,
 
 def test_a_stalled_attempt_that_lost_its_job_deletes_only_its_own_files_not_the_winners(
         make_jobs: JobsFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    thawed = threading.Event()
+
     async def freeze_first(call: int, request: ImageRequest) -> list[MediaFile]:
-        if call == 1:
-            time.sleep(1.5)  # the whole thread stalls (as a frozen process): no lease renewal either
+        if call == 1:  # the whole thread stalls (as a frozen process): no lease renewal either
+            assert thawed.wait(30)  # until the winner has finished, however slow the machine
         return pngs(request)
 
     provider = ScriptedImages(freeze_first).install(monkeypatch)
@@ -185,6 +195,7 @@ def test_a_stalled_attempt_that_lost_its_job_deletes_only_its_own_files_not_the_
     assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 1
     row = jobs.wait(job_id)
     assert row["status"] == "succeeded" and row["attempts"] == 2
+    thawed.set()
     jobs.join()  # the stalled attempt wakes, stores its result, loses the job and cleans up
 
     assert provider.calls == 2

@@ -35,22 +35,39 @@ def _kinds(engine: Engine, job_id: str) -> list[str]:
         return [r[0] for r in rows]
 
 
-def _race(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
-    """Run `first`, then `second` 0.15 s later, each in its own thread; their results or errors."""
+def _race(first: Callable[[], Any], second: Callable[[], Any], *, engine: Engine | None = None,
+          after: str = "UPDATE jobs SET status") -> tuple[Any, Any]:
+    """Run `first` and `second`, each in its own thread: their results or errors. With `engine`,
+    `second` starts once `first` has run a statement beginning with `after` there (so its
+    transaction holds what that locked), however late its thread gets going; else both at once."""
     results: list[Any] = [None, None]
+    first_locked = threading.Event()
+    first_thread: list[threading.Thread] = []
 
-    def run(index: int, fn: Callable[[], Any], delay: float) -> None:
-        time.sleep(delay)
+    def mark(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if threading.current_thread() in first_thread and statement.lstrip().startswith(after):
+            first_locked.set()
+
+    def run(index: int, fn: Callable[[], Any]) -> None:
+        if index == 1 and engine is not None:
+            assert first_locked.wait(10), f"the first never ran {after!r}"
         try:
             results[index] = fn()
         except Exception as exc:  # noqa: BLE001 (the error is the result under test)
             results[index] = exc
 
-    threads = [threading.Thread(target=run, args=(0, first, 0.0)), threading.Thread(target=run, args=(1, second, 0.15))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=20)
+    threads = [threading.Thread(target=run, args=(0, first)), threading.Thread(target=run, args=(1, second))]
+    first_thread.append(threads[0])
+    if engine is not None:
+        event.listen(engine, "after_cursor_execute", mark)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+    finally:
+        if engine is not None:
+            event.remove(engine, "after_cursor_execute", mark)
     assert not any(t.is_alive() for t in threads)
     return results[0], results[1]
 
@@ -73,7 +90,7 @@ def test_a_cancel_racing_a_capped_claim_of_the_same_job_does_not_deadlock(
     _slow_ledger(monkeypatch, "release")
 
     canceled, claimed = _race(lambda: lifecycle.cancel(pg_engine, account.account_id, job_id),
-                              lambda: lifecycle.claim(pg_engine, job_id, "worker-1", 10, 4))
+                              lambda: lifecycle.claim(pg_engine, job_id, "worker-1", 10, 4), engine=pg_engine)
 
     assert not isinstance(canceled, Exception), canceled
     assert claimed is None, claimed  # the job was canceled first: nothing to run
@@ -93,7 +110,7 @@ def test_a_late_finish_racing_a_reclaim_of_the_same_job_does_not_deadlock(
     _slow_ledger(monkeypatch, "settle")
 
     finished, reclaimed = _race(lambda: lifecycle.succeed(pg_engine, stalled, "stalled-worker", [], 3600),
-                                lambda: lifecycle.claim(pg_engine, job_id, "worker-2", 10, 4))
+                                lambda: lifecycle.claim(pg_engine, job_id, "worker-2", 10, 4), engine=pg_engine)
 
     assert finished is True, finished  # it still held the job: its result counts
     assert reclaimed is None, reclaimed  # and there is nothing left to reclaim
