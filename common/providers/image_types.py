@@ -18,6 +18,7 @@ _SIGNATURES = (
     (b"GIF89a", "image/gif"),
 )
 _ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
+SNIFFED_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})  # what the first bytes tell
 
 ANTHROPIC_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})  # its base64 source
 GEMINI_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
@@ -25,16 +26,40 @@ GEMINI_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/
 
 def media_type(declared: str | None, data: str) -> str:
     """The type to send an inline image's base64 `data` under (see the module docstring)."""
+    return sniffed_type(data) or declared_type(declared) or "image/png"
+
+
+def sniffed_type(data: str) -> str | None:
+    """The type the first bytes of base64 `data` show, if one of SNIFFED_TYPES."""
     head = _head(data)
     for signature, kind in _SIGNATURES:
         if head.startswith(signature):
             return kind
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
+    return None
+
+
+def declared_type(declared: str | None) -> str | None:
+    """A data URL's label, lower-cased, `image/jpg` read as `image/jpeg`; None for none."""
     if not declared:
-        return "image/png"
+        return None
     declared = declared.lower()
     return _ALIASES.get(declared, declared)
+
+
+def refusal(declared: str | None, data: str, accepted: frozenset[str]) -> str | None:
+    """Why a vendor that takes `accepted` would refuse this inline image (the end of a sentence), or
+    None. Bytes that are none of SNIFFED_TYPES are refused when labelled as one of them, or not at
+    all: whatever they are, the vendor would be sent a type they do not match."""
+    kind = sniffed_type(data)
+    if kind is None:
+        label = declared_type(declared)
+        if label is None or label in SNIFFED_TYPES:
+            said = f" (labelled {label})" if label else ""
+            return f"and this one's bytes are not a PNG, JPEG, GIF or WebP image{said}"
+        kind = label
+    return None if kind in accepted else f"not {kind}"
 
 
 def _head(data: str) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from common.errors import InvalidRequest
 from common.providers.base import ToolCall
-from common.providers.image_types import media_type
+from common.providers.image_types import media_type, refusal
 
 T = TypeVar("T")
 
@@ -138,24 +138,24 @@ def image_parts(messages: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
                 yield f"messages.{index}.content.{number}", url
 
 
-def inline_image_type(url: str) -> str | None:
-    """The type `parse_data_url` sends an inline image under, from its label and first bytes only
-    (not the whole data again); None for an image by URL, or a data URL the request's validation
-    refuses (api.schemas.chat)."""
+def inline_image_refusal(url: str, accepted: frozenset[str]) -> str | None:
+    """Why a vendor that takes `accepted` would refuse this inline image (image_types.refusal), from
+    its label and first bytes only (not the whole data again); None for an image by URL, or a data
+    URL the request's validation refuses (api.schemas.chat)."""
     match = _DATA_URL.match(url) if url.startswith("data:") else None
     if match is None:
         return None
     start = match.start("data")
-    return media_type(match.group("mime"), url[start:start + 16])
+    return refusal(match.group("mime"), url[start:start + 16], accepted)
 
 
 def refuse_image_types(messages: list[dict[str, Any]], accepted: frozenset[str], vendor: str) -> None:
-    """A 400 naming the first inline image of a type the vendor refuses (its refusal came after the
+    """A 400 naming the first inline image the vendor would refuse (its refusal came after the
     hold, as a 502). An image by URL is the vendor's to fetch and judge."""
     for param, url in image_parts(messages):
-        kind = inline_image_type(url)
-        if kind is not None and kind not in accepted:
-            raise InvalidRequest(f"{vendor} takes images as {', '.join(sorted(accepted))}, not {kind}; "
+        why = inline_image_refusal(url, accepted)
+        if why is not None:
+            raise InvalidRequest(f"{vendor} takes images as {', '.join(sorted(accepted))}, {why}; "
                                  "convert it, or choose another model.", param=param, code="unsupported_image_type")
 
 

@@ -21,6 +21,7 @@ JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(20)
 GIF = b"GIF89a\x01\x00\x01\x00" + bytes(20)
 WEBP = b"RIFF\x1a\x00\x00\x00WEBPVP8 " + bytes(20)
 BMP = b"BM" + bytes(30)
+HEIC = b"\x00\x00\x00\x18ftypheic" + bytes(20)
 
 
 def data_url(declared: str, data: bytes) -> str:
@@ -39,7 +40,7 @@ def asking_about(url: str) -> list[dict[str, object]]:
     ("", JPEG, "image/jpeg"),
     ("image/png", GIF, "image/gif"),
     ("image/png", WEBP, "image/webp"),
-    ("IMAGE/HEIC", b"\x00\x00\x00\x18ftypheic" + bytes(20), "image/heic"),  # not recognised: the label, lower-cased
+    ("IMAGE/HEIC", HEIC, "image/heic"),  # not recognised: the label, lower-cased
     ("image/JPG", b"??", "image/jpeg"),
     ("", b"??", "image/png"),
 ])
@@ -54,15 +55,23 @@ def vendors(upstream_gateway: Callable[..., Gateway], anthropic_fake: FakeUpstre
     return upstream_gateway(anthropic=anthropic_fake, gemini=gemini_fake)
 
 
-@pytest.mark.parametrize(("model", "url", "refused"), [
-    ("claude-3-5-sonnet", data_url("image/bmp", BMP), "image/bmp"),
-    ("claude-3-5-sonnet", data_url("image/heic", b"\x00\x00\x00\x18ftypheic" + bytes(20)), "image/heic"),
-    ("gemini-1-5-pro", data_url("image/gif", GIF), "image/gif"),
-    ("gemini-1-5-pro", data_url("image/png", GIF), "image/gif"),  # a GIF labelled png is still a GIF
+NOT_RECOGNISED = "and this one's bytes are not a PNG, JPEG, GIF or WebP image"
+
+
+@pytest.mark.parametrize(("model", "url", "said"), [
+    ("claude-3-5-sonnet", data_url("image/bmp", BMP), "not image/bmp"),
+    ("claude-3-5-sonnet", data_url("image/heic", HEIC), "not image/heic"),
+    ("gemini-1-5-pro", data_url("image/gif", GIF), "not image/gif"),
+    ("gemini-1-5-pro", data_url("image/png", GIF), "not image/gif"),  # a GIF labelled png is still a GIF
+    # bytes labelled as a type they are not (a review): the vendor's 400 came after the hold
+    ("claude-3-5-sonnet", data_url("image/png", BMP), NOT_RECOGNISED + " (labelled image/png)"),
+    ("claude-3-5-sonnet", data_url("image/webp", BMP), NOT_RECOGNISED + " (labelled image/webp)"),
+    ("claude-3-5-sonnet", data_url("", BMP), NOT_RECOGNISED + ";"),
+    ("gemini-1-5-pro", data_url("image/jpeg", HEIC), NOT_RECOGNISED + " (labelled image/jpeg)"),
 ])
 def test_an_image_type_the_vendor_refuses_is_a_400_naming_the_part_that_holds_nothing(
         vendors: Gateway, anthropic_fake: FakeUpstream, gemini_fake: FakeUpstream,
-        model: str, url: str, refused: str) -> None:
+        model: str, url: str, said: str) -> None:
     account = vendors.account()
     before, rows = books(vendors.engine, account.account_id), ledger_rows(vendors.engine, account.account_id)
     with vendors.http(account) as http:
@@ -70,7 +79,7 @@ def test_an_image_type_the_vendor_refuses_is_a_400_naming_the_part_that_holds_no
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert (error["param"], error["code"]) == ("messages.0.content.1", "unsupported_image_type"), error
-    assert f"not {refused}" in error["message"], error
+    assert said in error["message"], error
     assert anthropic_fake.request_count == 0 and gemini_fake.request_count == 0
     assert assert_books_balance(vendors.engine, account.account_id) == before
     assert ledger_rows(vendors.engine, account.account_id) == rows
@@ -94,3 +103,12 @@ def test_gemini_is_sent_the_type_the_bytes_show(vendors: Gateway, gemini_fake: F
                                        max_tokens=5)
     parts = gemini_fake.last_request.json["contents"][0]["parts"]
     assert [p["inlineData"]["mimeType"] for p in parts if "inlineData" in p] == ["image/webp"]
+
+
+def test_gemini_takes_an_image_labelled_as_a_type_it_takes_whose_bytes_are_not_recognised(
+        vendors: Gateway, gemini_fake: FakeUpstream) -> None:
+    with vendors.sdk(vendors.account("pro")) as client:
+        client.chat.completions.create(model="gemini-1-5-pro", messages=asking_about(data_url("image/HEIC", HEIC)),  # type: ignore[arg-type]
+                                       max_tokens=5)
+    parts = gemini_fake.last_request.json["contents"][0]["parts"]
+    assert [p["inlineData"]["mimeType"] for p in parts if "inlineData" in p] == ["image/heic"]
