@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         except ArgumentError:
             url, backend = None, ""
         except ValueError:  # (SQLAlchemy's int() of the port, whose message named no setting's terms)
-            raise ValueError(f"{shown_url(value)!r}: its port is not a number "
+            raise ValueError(f"{shown_url(value)!r}: {_unparsed_authority(value)} "
                              "(postgresql://user@host:5432/db)") from None
         if backend not in ("sqlite", "postgresql"):
             raise ValueError(f"{shown_url(value)!r} is not a SQLite or PostgreSQL URL (sqlite:///path/helyx.db, "
@@ -304,6 +304,17 @@ def shown_url(url: str) -> str:
     By pattern, not by parsing: a refused URL may be malformed, and a generated password may hold
     `/`, `#` or `?`, which end urlsplit's netloc."""
     return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
+
+
+def _unparsed_authority(url: str) -> str:
+    """What SQLAlchemy's failed int() of a URL's port most likely means (by pattern, as shown_url)."""
+    rest = url.split("//", 1)[-1]
+    userinfo, _, host = rest.rpartition("@")
+    if "@" in userinfo:  # SQLAlchemy ends the password at the first @: the rest became host and port
+        return "an @ in its user name or password must be written %40"
+    if host.startswith("[") and "]" not in host.split("/", 1)[0]:
+        return "its IPv6 host has no closing ]"
+    return "its port is not a number"
 
 
 _PASSWORD = re.compile(r"^(.*?//[^:/@]*:).*@")

@@ -198,6 +198,11 @@ def test_bad_arguments_exit_non_zero_with_a_message_and_change_nothing(
         ("HELYX_CORS_ORIGINS", "[1,2]", "HELYX_CORS_ORIGINS: "),  # one line, not one per item (an operator review)
         ("HELYX_DATABASE_URL", "postgresql://u:pw@127.0.0.1:notaport/x",
          "HELYX_DATABASE_URL: 'postgresql://u:***@127.0.0.1:notaport/x': its port is not a number"),
+        ("HELYX_DATABASE_URL", "postgresql://u:p@ss:w@127.0.0.1:5432/x",  # a generated password's @ (a review)
+         "HELYX_DATABASE_URL: 'postgresql://u:***@127.0.0.1:5432/x': an @ in its user name or password must be "
+         "written %40"),
+        ("HELYX_DATABASE_URL", "postgresql://u@[::1/x", "HELYX_DATABASE_URL: 'postgresql://u@[::1/x': its IPv6 host"
+         " has no closing ]"),
     ],
 )
 def test_a_bad_setting_stops_every_command_with_one_line_naming_it(
