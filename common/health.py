@@ -19,7 +19,8 @@ def check(settings: Settings, engine: Engine) -> dict[str, str]:
         import redis
 
         try:
-            redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1).ping()
+            with redis.Redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1) as client:
+                client.ping()  # (closed at once, not when collected)
             results["broker"] = "ok"
         except Exception as exc:  # noqa: BLE001 - a readiness probe reports, it does not raise
             results["broker"] = f"error: {type(exc).__name__}"
