@@ -87,9 +87,15 @@ def reserve_chat(
             affordable = min(wanted, room // entry.rate_micro - prompt_estimate)
             if affordable < 1:
                 break
-            if max_tokens is not None:
+            if max_tokens is not None and affordable < max_tokens:
                 raise _explain(exc, what, affordable, max_tokens, max_tokens_field) from None
             tokens = affordable  # another request of the account may take this room first: look again
+    else:
+        # Each try was refused, yet the room read after it would have taken it: other requests of the
+        # account held and released meanwhile. What the last try was told was true when it was told.
+        raise billing.with_reset_time(InsufficientCredits(
+            f"{refusal.message} Other requests of this account are holding credits at the same moment; try again.",
+            code=refusal.code), tz) from None
     # What the smallest answer needs, not the hold of the max_tokens asked for (or of the default's):
     # a smaller limit would not help, the prompt is what does not fit.
     need = (prompt_estimate + 1) * entry.rate_micro
