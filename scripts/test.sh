@@ -10,16 +10,19 @@
 # PostgreSQL or freeze Redis under everyone's feet. With arguments, they go to one plain pytest run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Two runs at once on one machine break each other (the exclusive tests restart the PostgreSQL both
+# use; both flush the same Redis databases; in one clone, both install into .venv): they take turns,
+# holding this lock until pytest ends. One path for every user (not $TMPDIR), opened read-only, so a
+# lock file another user made serves as well.
+lock=/tmp/helyx-test-suite.lock
+(umask 000 && touch "$lock") 2>/dev/null || true
+if command -v flock >/dev/null && exec 9<"$lock" && ! flock -n 9; then
+  echo "scripts/test.sh: another test run on this machine holds $lock; waiting (30 min at most)" >&2
+  flock -w 1800 9 || { echo "scripts/test.sh: still held after 30 min; giving up" >&2; exit 1; }
+fi
 bash scripts/install.sh test
 .venv/bin/ruff check .
 .venv/bin/mypy
-# Two runs at once on one machine break each other (the exclusive tests restart the PostgreSQL both
-# use; both flush the same Redis databases): they take turns, holding this lock until pytest ends.
-exec 9>"${TMPDIR:-/tmp}/helyx-test-suite.lock"
-if command -v flock >/dev/null && ! flock -n 9; then
-  echo "scripts/test.sh: another test run on this machine holds ${TMPDIR:-/tmp}/helyx-test-suite.lock; waiting (30 min at most)" >&2
-  flock -w 1800 9 || { echo "scripts/test.sh: still held after 30 min; giving up" >&2; exit 1; }
-fi
 if [ "$#" -gt 0 ]; then
   exec .venv/bin/pytest "$@"
 fi
