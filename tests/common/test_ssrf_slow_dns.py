@@ -109,7 +109,7 @@ def test_an_account_whose_lookup_was_given_up_gets_no_second_thread_until_it_end
     started = time.monotonic()
     with pytest.raises(socket.gaierror):
         bounded_getaddrinfo("w2.slowdns.test", 80, 0, socket.SOCK_STREAM, owner="acct_attacker")
-    assert slow_dns == ["w1.slowdns.test"]  # refused without a second thread looking it up...
+    assert "w2.slowdns.test" not in slow_dns  # refused without a second thread looking it up...
     assert time.monotonic() - started < ssrf.DNS_TIMEOUT_SECONDS  # ...and without waiting out a lookup's timeout
     assert bounded_getaddrinfo("hooks.example.com", 443, 0, socket.SOCK_STREAM, owner="acct_victim")
     _until_its_lookup_ends("acct_attacker")  # then its next one runs again

@@ -62,8 +62,21 @@ _PORTS_FROM = 10_000 + _PORT_SLICE * int(os.environ.get("PYTEST_XDIST_WORKER", "
 _next_port = [os.getpid() % _PORT_SLICE]  # another run's ports may linger in TIME_WAIT: start elsewhere
 
 
+def _ephemeral_from() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+
 def free_port() -> int:
-    """A port of 127.0.0.1 free now that no other test of this run can be given or take by chance."""
+    """A port of 127.0.0.1 free now that no other test of this run can be given or take by chance
+    (on a kernel whose ephemeral range starts too low for the slice: one it gives, as before)."""
+    if _ephemeral_from() < _PORTS_FROM + _PORT_SLICE:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
     for _ in range(_PORT_SLICE):
         port = _PORTS_FROM + _next_port[0] % _PORT_SLICE
         _next_port[0] += 1

@@ -60,9 +60,9 @@ def _stream_then_sigterm(tmp_path: Path, grace: float) -> tuple[list[str], bool,
 
 
 def _refuses_while_streaming(api: Proc, chunks: list[str]) -> bool:
-    """Whether the server refused a new connection while the stream was still going (uvicorn
-    closes its listener on its next tick after the signal: asked again until then, bounded)."""
-    deadline = time.monotonic() + 10
+    """Whether the server refused a new connection within 2 s of the signal, the stream still going
+    (uvicorn closes its listener on its next tick, every 0.1 s: asked again until then)."""
+    deadline = time.monotonic() + 2
     while time.monotonic() < deadline and "[DONE]" not in chunks:
         try:
             httpx.get(api.url + "/healthz", timeout=2)
@@ -84,7 +84,7 @@ def _books(db: Path) -> dict[str, Any]:
 
 def test_sigterm_lets_an_in_flight_stream_finish_and_settle(tmp_path: Path) -> None:
     chunks, refused, code, api, db = _stream_then_sigterm(tmp_path, grace=20)
-    assert refused, "a new connection was accepted after SIGTERM"
+    assert refused, "new connections were still accepted 2 s after SIGTERM"
     assert chunks[-1] == "[DONE]", chunks[-3:]
     final = json.loads(chunks[-2])
     assert final["usage"]["completion_tokens"] > 0 and final["helyx"]["credits_charged"] > 0

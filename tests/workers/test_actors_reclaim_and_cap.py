@@ -190,12 +190,14 @@ def test_a_stalled_attempt_that_lost_its_job_deletes_only_its_own_files_not_the_
     before = books(jobs.engine, account.account_id)
 
     job_id = jobs.submit(account)
-    assert provider.started.wait(5)
-    time.sleep(0.7)  # the stalled attempt's lease has lapsed
-    assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 1
-    row = jobs.wait(job_id)
-    assert row["status"] == "succeeded" and row["attempts"] == 2
-    thawed.set()
+    try:
+        assert provider.started.wait(5)
+        time.sleep(0.7)  # the stalled attempt's lease has lapsed
+        assert sweeper.sweep_once(enqueue, sweep_files=False)["reclaimed"] == 1
+        row = jobs.wait(job_id)
+        assert row["status"] == "succeeded" and row["attempts"] == 2
+    finally:
+        thawed.set()  # (also when a check above failed: the stalled thread would hold the teardown 30 s)
     jobs.join()  # the stalled attempt wakes, stores its result, loses the job and cleans up
 
     assert provider.calls == 2
