@@ -144,13 +144,13 @@ def test_a_connection_that_never_sends_a_byte_is_closed_after_the_head_timeout(
 
 def test_a_connection_that_sends_its_request_in_time_is_served_after_the_head_timeout(
         server: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http_protocol, "HEAD_SECONDS", 0.5)
+    monkeypatch.setattr(http_protocol, "HEAD_SECONDS", 1.5)
     with socket.create_connection(("127.0.0.1", server)) as sock:
-        time.sleep(0.2)
+        time.sleep(0.2)  # (well inside the head timeout, however late this thread wakes)
         _send(sock, b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
         sock.settimeout(5)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-        time.sleep(0.6)  # past the timeout: the first byte came, so the idle time is uvicorn's keep-alive
+        time.sleep(1.6)  # past the timeout: the first byte came, so the idle time is uvicorn's keep-alive
         _send(sock, b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
         assert _answer(sock).startswith(b"HTTP/1.1 200")
 
@@ -246,7 +246,10 @@ def test_a_body_refused_by_the_protocol_carries_the_id_the_apps_request_log_has(
     app = RequestIdMiddleware(Starlette(routes=[Route("/", reads_body, methods=["POST"])]))
     with _serving(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        time.sleep(0.3)  # the app has its request (and its id) and waits for the rest of the body
+        deadline = time.monotonic() + 10  # the app has its request (and its id) and waits for the rest of the body
+        while not seen:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         _send(sock, b"zz\r\n")
         answer = _answer(sock)
     head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()

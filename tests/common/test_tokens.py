@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from common.providers.simulated import simulated_prompt_tokens
@@ -71,6 +71,7 @@ _message = st.builds(lambda role, content: {"role": role, "content": content},
 
 
 @given(st.lists(_message, max_size=8))
+@settings(deadline=None)  # a busy machine's pause in one example is no flaw of the bound
 @example([{"role": "user", "content": [{"type": "text", "text": ""}] * 40}])
 @example([{"role": "user", "content": [{"type": "text", "text": "é"}] * 40}])
 def test_the_simulated_provider_never_counts_more_than_the_estimate(messages: list[dict[str, Any]]) -> None:

@@ -147,8 +147,8 @@ def test_attempts_stop_at_the_maximum(receiver: Receiver) -> None:
 
 
 def test_timeouts_are_retried(receiver: Receiver) -> None:
-    receiver.script = [(200, {}, 1.0)]
-    result, _ = send(receiver.url, timeout=0.2, max_attempts=2)
+    receiver.script = [(200, {}, 4.0)]  # the second attempt is answered at once, with 2 s to spare for a busy machine
+    result, _ = send(receiver.url, timeout=2.0, max_attempts=2)
     assert (result.ok, result.attempts, result.status) == (True, 2, 200)
 
 
