@@ -26,6 +26,7 @@ from common.ssrf import (
     check_url_in_time,
 )
 from common.webhooks import deliver
+from tests.waiting import until
 
 SLOW = 1.0
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -145,10 +146,7 @@ def test_a_concurrent_lookup_ending_does_not_clear_a_given_up_one_s_mark(monkeyp
 
     first = threading.Thread(target=slow)
     first.start()
-    deadline = time.monotonic() + 5
-    while not slow_running:  # the slow lookup under way...
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    until(lambda: slow_running, seconds=5)  # the slow lookup under way...
     time.sleep(1.0)  # ...half its 2 s: the fast one starts 1 s before it is given up, and ends 1 s inside its own
     try:
         assert bounded_getaddrinfo("fast.test", 80, owner="acct_a")

@@ -19,6 +19,7 @@ from tests.conftest import create_test_account, fresh_pg_database
 from tests.integration.faults import isolated_redis_url
 from tests.integration.helpers_processes import HELYX, Proc, Processes, base_env, free_port
 from tests.integration.test_jobs_selfcontained_restart import _rows, _submit
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -45,13 +46,6 @@ def _exit_of(proc: Proc, timeout: float = 30.0) -> int:
     return int(proc.popen.returncode)
 
 
-def _until(condition, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 def test_a_second_serve_with_its_own_storage_stops_at_once_and_takes_no_running_job(
         database: str, tmp_path: Path) -> None:
     engine = make_engine(database)
@@ -60,7 +54,7 @@ def test_a_second_serve_with_its_own_storage_stops_at_once_and_takes_no_running_
         with Processes(tmp_path / "procs") as procs:
             first = procs.serve(_serve_env(database, tmp_path / "one"))
             job_id = _submit(first, account, "a lighthouse")["id"]
-            _until(lambda: _rows(engine, [job_id])[0]["status"] == "running", "the job never ran")
+            until(lambda: _rows(engine, [job_id])[0]["status"] == "running", "the job never ran", seconds=30, every=0.1)
 
             second = _second_serve(procs, _serve_env(database, tmp_path / "two"))
             assert _exit_of(second) == 1
@@ -69,7 +63,8 @@ def test_a_second_serve_with_its_own_storage_stops_at_once_and_takes_no_running_
             assert re.search(rf"helyx serve \(pid \d+ on {re.escape(socket.gethostname())}\)", log), log
             assert "serving on" not in log  # nothing started: no worker, no demo key
 
-            _until(lambda: _rows(engine, [job_id])[0]["status"] in ("succeeded", "failed"), "the job never ended")
+            until(lambda: _rows(engine, [job_id])[0]["status"] in ("succeeded", "failed"), "the job never ended",
+                  seconds=30, every=0.1)
             row = _rows(engine, [job_id])[0]
             assert row["status"] == "succeeded" and row["attempts"] == 1, row  # never taken from the first
             assert first.alive()
@@ -92,7 +87,7 @@ def test_production_workers_and_a_self_contained_serve_never_run_one_databases_j
                     return bool(conn.execute(text(
                         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                         " AND application_name LIKE 'helyx worker (pid %'")).scalar())
-            _until(held_by_a_worker, f"the worker never took the lock:\n{worker.log()}", timeout=40)
+            until(held_by_a_worker, f"the worker never took the lock:\n{worker.log()}", seconds=40, every=0.1)
         finally:
             engine.dispose()
 
@@ -104,8 +99,8 @@ def test_production_workers_and_a_self_contained_serve_never_run_one_databases_j
         worker.kill()  # PostgreSQL drops a killed session's lock
         served = procs.serve(_serve_env(database, tmp_path / "alone"))  # the lock went with the worker
         late = procs.worker(worker_env, processes=1, threads=1)
-        _until(lambda: "a self-contained helyx serve is running the jobs of this database" in late.log(),
-               f"a worker started beside the serve:\n{late.log()}", timeout=40)
+        until(lambda: "a self-contained helyx serve is running the jobs of this database" in late.log(),
+              f"a worker started beside the serve:\n{late.log()}", seconds=40, every=0.1)
         assert served.alive()
 
 

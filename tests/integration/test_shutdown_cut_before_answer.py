@@ -19,6 +19,7 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from tests.integration.helpers_processes import HELYX, Processes, base_env
+from tests.waiting import until
 
 ORIGIN = "https://app.example.com"  # a browser's: the cut answer carries the CORS headers a normal one does
 
@@ -43,10 +44,10 @@ def _cut(tmp_path: Path, path: str, body: dict[str, Any], **settings: object) ->
 
         sender = threading.Thread(target=send)
         sender.start()
-        deadline = time.monotonic() + 15  # the request under way (its hold open), however slow the machine
-        while _rows(db, "SELECT COUNT(*) FROM holds WHERE status = 'open'") != [(1,)]:
-            assert time.monotonic() < deadline and sender.is_alive(), (answers, api.log())
-            time.sleep(0.05)
+        # the request under way (its hold open), however slow the machine
+        until(lambda: _rows(db, "SELECT COUNT(*) FROM holds WHERE status = 'open'") == [(1,)] or not sender.is_alive(),
+              lambda: (answers, api.log()), seconds=15, every=0.05)
+        assert sender.is_alive(), (answers, api.log())
         api.signal_group(signal.SIGTERM)
         sender.join(30)
         assert api.popen.wait(30) == 0, api.log()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +19,7 @@ from common.providers.base import ImageRequest, MediaFile
 from common.providers.simulated_media import render_png
 from common.storage import LocalStorage
 from tests.api.chat.helpers import assert_books_balance, books
+from tests.waiting import until
 from tests.workers.helpers import IMAGE_PRICE, Jobs
 from tests.workers.test_actors_stub import JobsFactory, ScriptedImages, _decode, pngs
 from workers import execute, sweeper
@@ -263,22 +263,15 @@ def test_capped_jobs_start_in_the_order_they_were_submitted(make_jobs: JobsFacto
     jobs = make_jobs(threads=6, jobs_running_free=1)
     account = jobs.account("free")  # 1,000 credits: five images
     ids = [jobs.submit(account, prompt="kite 0")]
-    _until(lambda: jobs.job(ids[0])["status"] == "running")
+    until(lambda: jobs.job(ids[0])["status"] == "running")
     ids += [jobs.submit(account, prompt=f"kite {i}") for i in range(1, 5)]
-    _until(lambda: all(jobs.job(j)["enqueued_at"] > jobs.job(j)["created_at"] for j in ids[1:]))  # all waiting
+    until(lambda: all(jobs.job(j)["enqueued_at"] > jobs.job(j)["created_at"] for j in ids[1:]))  # all waiting
     first_may_end.set()
     jobs.join()
     rows = [jobs.job(job_id) for job_id in ids]
     assert [r["status"] for r in rows] == ["succeeded"] * 5
     started = sorted(range(5), key=lambda i: rows[i]["started_at"])
     assert started == [0, 1, 2, 3, 4], [(i, rows[i]["started_at"]) for i in range(5)]
-
-
-def _until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "never came to pass"
-        time.sleep(0.01)
 
 
 def _statuses_at_once(jobs: Jobs, ids: list[str]) -> list[str]:
