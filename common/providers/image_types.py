@@ -17,8 +17,9 @@ _SIGNATURES = (
     (b"GIF87a", "image/gif"),
     (b"GIF89a", "image/gif"),
 )
+_WEBP = "image/webp"  # RIFF....WEBP: a signature with a gap (sniffed_type)
 _ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
-SNIFFED_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})  # what the first bytes tell
+SNIFFED_TYPES = frozenset({kind for _, kind in _SIGNATURES} | {_WEBP})  # what the first bytes tell
 
 ANTHROPIC_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})  # its base64 source
 GEMINI_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
@@ -36,7 +37,7 @@ def sniffed_type(data: str) -> str | None:
         if head.startswith(signature):
             return kind
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
+        return _WEBP
     return None
 
 
