@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from common.db import PG_CONNECT_ARGS, pg_connect_args, pg_connect_args_of_conninfo, probe
+from tests.ports import refusing_port
 
 
 def test_the_urls_own_settings_win_and_its_options_are_kept() -> None:
@@ -94,16 +95,13 @@ def test_a_worker_process_that_cannot_take_the_jobs_lock_stops_rather_than_run_w
     """Only JobsTaken stopped it: any other failure (an unreachable database as it booted, a URL
     the lock could not use) was logged by Dramatiq and the worker ran, taking jobs, without it."""
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as closed:  # a port nobody listens on
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    env = {**os.environ, "HELYX_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/nowhere",
-           "HELYX_REDIS_URL": "redis://127.0.0.1:6379/15", "HELYX_STORAGE_DIR": str(tmp_path)}
     boot = "from workers import boot, process_middleware; process_middleware.hold_jobs_lock()"  # as a worker boots
-    ran = subprocess.run([sys.executable, "-c", boot], env=env, capture_output=True, text=True, timeout=60)
+    with refusing_port() as port:
+        env = {**os.environ, "HELYX_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/nowhere",
+               "HELYX_REDIS_URL": "redis://127.0.0.1:6379/15", "HELYX_STORAGE_DIR": str(tmp_path)}
+        ran = subprocess.run([sys.executable, "-c", boot], env=env, capture_output=True, text=True, timeout=60)
     assert ran.returncode == 3, ran.stderr[-2000:]
     assert "cannot take the jobs lock" in ran.stderr + ran.stdout

@@ -15,6 +15,7 @@ import pytest
 from common.webhook_signing import WebhookVerificationError, generate_secret, verify
 from common.webhooks import DeliveryResult, deliver
 from tests.common.test_ssrf import resolver_for
+from tests.ports import refusing_port
 
 SECRET = generate_secret()
 PAYLOAD = {"type": "job.succeeded", "data": {"id": "job_1", "status": "succeeded", "note": "café"}}
@@ -185,10 +186,8 @@ def test_a_receiver_that_dribbles_its_answer_is_cut_at_the_timeout_in_all() -> N
 
 
 def test_connection_errors_are_retried() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result, sleeps = send(f"http://127.0.0.1:{port}/hook", max_attempts=3)
+    with refusing_port() as port:
+        result, sleeps = send(f"http://127.0.0.1:{port}/hook", max_attempts=3)
     assert (result.ok, result.attempts, result.status) == (False, 3, None)
     assert result.error is not None and "ConnectError" in result.error
     assert sleeps == [0.5, 1.0]

@@ -73,7 +73,7 @@ def test_a_chat_and_a_job_poll_are_503_in_bounded_time_when_the_database_stalls(
         assert poll.status_code == 503 and waited < 20, (poll.text, waited)
     proxy.frozen.clear()
     time.sleep(0.5)  # what the proxy held reaches the server now: the reservation may run (and lapse)
-    held = books(gw.engine, account.account_id).open_holds
-    assert held in (0, 1)  # one, if the reservation ran after all: it lapses at its expiry, charged nothing
-    after = assert_books_balance(gw.engine, account.account_id, open_holds=held)
+    # One open hold, if the reservation ran after all: it lapses at its expiry, charged nothing.
+    # (One read: the held statement may still land between two.)
+    after = assert_books_balance(gw.engine, account.account_id, open_holds=(0, 1))
     assert after.balance == before.balance

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import httpx
@@ -16,6 +15,7 @@ from common.providers.http import UpstreamHTTPError, build_http_client
 from common.providers.openai_compat import OpenAICompatProvider
 from tests.common.providers.helpers import API_KEY, chat_request, collect, text_of
 from tests.fakes import Behaviour, FakeUpstream
+from tests.ports import refusing_port
 
 pytestmark = pytest.mark.anyio
 
@@ -111,10 +111,7 @@ async def test_an_unreachable_upstream_is_retryable(
     vendor: tuple[FakeUpstream, Any], client: httpx.AsyncClient, mode: str
 ) -> None:
     _, provider_class = vendor
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.raises(UpstreamError) as caught:
+    with refusing_port() as port, pytest.raises(UpstreamError) as caught:
         await call(provider_class(client, f"http://127.0.0.1:{port}", API_KEY), mode)
     assert caught.value.retryable is True
     assert caught.value.code == "upstream_unreachable"
