@@ -142,7 +142,7 @@ def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) 
     try:
         media = runtime.current().run(lambda rt: _produce(job, owner, rt))
     except LeaseLost:
-        _transition(job, "abandoned", reason="lease lost (canceled or reclaimed)")
+        _abandoned(job, "while producing")
         return
     except UpstreamError as exc:
         _failed(job, owner, exc, requeue, notify)
@@ -155,7 +155,7 @@ def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) 
     try:
         files = _store_with_retries(job, owner, media)
     except LeaseLost:
-        _transition(job, "abandoned", reason="lease lost while storing (canceled or reclaimed)")
+        _abandoned(job, "while storing")
         return
     except Exception as exc:  # noqa: BLE001 - any storage error; not an interrupt (Dramatiq's time limit)
         _failed(job, owner, UpstreamError(f"The result could not be stored ({type(exc).__name__}); the job was "
@@ -180,7 +180,7 @@ def _run_claimed(job: ClaimedJob, owner: str, requeue: Requeue, notify: Notify) 
             notify(job.id)
     else:
         _delete(files)
-        _transition(job, "abandoned", reason="its result came after the job was canceled or reclaimed; discarded")
+        _abandoned(job, "when its result came; the result is discarded")
 
 
 def _delete(files: list[dict[str, Any]]) -> None:
@@ -202,11 +202,26 @@ def _remove_unrecorded(account_id: str, job_id: str, keep: list[str]) -> None:
     job_files.remove_unrecorded(context.storage(), account_id, job_id, keep)
 
 
-def _transition(job: ClaimedJob, to: str, **fields: Any) -> None:
+def _transition(job: ClaimedJob, to: str, level: int | None = None, **fields: Any) -> None:
     """One structured log line per job state change."""
-    level = logging.WARNING if to in ("failed", "abandoned") else logging.INFO
+    if level is None:
+        level = logging.WARNING if to in ("failed", "abandoned") else logging.INFO
     log.log(level, "job transition", extra={"job_id": job.id, "account_id": job.account_id, "type": job.type,
                                             "model": job.model, "attempt": job.attempts, "to": to, **fields})
+
+
+def _abandoned(job: ClaimedJob, when: str) -> None:
+    """The attempt found the job no longer its own (`when`). Its owner canceled it: an ordinary
+    event, at INFO (every cancel of a running job logged a WARNING, an operator review found). Else
+    another worker took it over after this attempt's lease lapsed, or it ended meanwhile: a WARNING."""
+    try:
+        now = lifecycle.status(context.engine(), job.id)
+    except DATABASE_DOWN:
+        now = None
+    if now == "canceled":
+        _transition(job, "abandoned", logging.INFO, reason=f"canceled by its owner; noticed {when}")
+    else:
+        _transition(job, "abandoned", reason=f"no longer this attempt's ({now or 'status unknown'}); noticed {when}")
 
 
 def _failed(job: ClaimedJob, owner: str, exc: UpstreamError, requeue: Requeue, notify: Notify) -> None:

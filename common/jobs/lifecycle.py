@@ -275,6 +275,12 @@ def has_result(engine: Engine, job_id: str, file_ids: list[str]) -> bool:
     return row is not None and row.status == "succeeded" and json.loads(row.result or "[]") == file_ids
 
 
+def status(engine: Engine, job_id: str) -> str | None:
+    """The job's status now (None: no such job)."""
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT status FROM jobs WHERE id = :id"), {"id": job_id}).scalar()
+
+
 def requeue(engine: Engine, job_id: str, owner: str, error_code: str, message: str) -> bool:
     """Give a job back to the queue after a transient failure (attempts keeps counting)."""
     now = clock.now().timestamp()
