@@ -4,18 +4,15 @@ a README walkthrough), a job taken over by another worker is worth an operator's
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 from collections.abc import Callable
 
 import pytest
 from sqlalchemy import text
 
 from common.jobs import lifecycle
-from common.providers.base import ImageRequest, MediaFile
 from tests.workers.helpers import Jobs
-from tests.workers.test_actors_stub import ScriptedImages, pngs
+from tests.workers.scripted_images import ScriptedImages, held_until_released
 
 
 def _abandoned_lines(caplog: pytest.LogCaptureFixture, job_id: str) -> list[logging.LogRecord]:
@@ -23,22 +20,9 @@ def _abandoned_lines(caplog: pytest.LogCaptureFixture, job_id: str) -> list[logg
             and getattr(r, "to", None) == "abandoned"]
 
 
-def _running_until_released() -> tuple[threading.Event, Callable[[int, ImageRequest], object]]:
-    release = threading.Event()
-
-    async def held(call: int, request: ImageRequest) -> list[MediaFile]:
-        for _ in range(1000):  # at most 10 s
-            if release.is_set():
-                break
-            await asyncio.sleep(0.01)
-        return pngs(request)
-
-    return release, held
-
-
 def test_a_job_its_owner_canceled_is_logged_at_info(make_jobs: Callable[..., Jobs], monkeypatch: pytest.MonkeyPatch,
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    release, held = _running_until_released()
+    release, held = held_until_released()
     provider = ScriptedImages(held).install(monkeypatch)
     jobs = make_jobs(job_lease_seconds=30)  # no renewal meanwhile: the attempt learns it when its result comes
     account = jobs.account()
@@ -56,7 +40,7 @@ def test_a_job_its_owner_canceled_is_logged_at_info(make_jobs: Callable[..., Job
 
 def test_a_job_another_worker_took_over_is_logged_as_a_warning(
         make_jobs: Callable[..., Jobs], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    release, held = _running_until_released()
+    release, held = held_until_released()
     provider = ScriptedImages(held).install(monkeypatch)
     jobs = make_jobs(job_lease_seconds=30)
     account = jobs.account()

@@ -21,7 +21,8 @@ from common.storage import LocalStorage
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.waiting import until
 from tests.workers.helpers import IMAGE_PRICE, Jobs
-from tests.workers.test_actors_stub import JobsFactory, ScriptedImages, _decode, pngs
+from tests.workers.scripted_images import ScriptedImages, pngs
+from tests.workers.test_actors_stub import JobsFactory, _decode
 from workers import execute, sweeper
 from workers.actors import enqueue
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
@@ -19,56 +17,14 @@ from common import billing, clock, ledger
 from common.errors import UpstreamError
 from common.jobs import lifecycle
 from common.money import MICRO
-from common.providers import simulated_media
 from common.providers.base import ImageRequest, MediaFile
-from common.providers.simulated_media import render_png
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.fakes.gemini_image_upstream import FakeGeminiImageUpstream
 from tests.fakes.server import serve
 from tests.workers.helpers import IMAGE_PRICE, Jobs
+from tests.workers.scripted_images import ScriptedImages, held_until_released, pngs
 
 JobsFactory = Callable[..., Jobs]
-
-
-class ScriptedImages:
-    """Stands in for the simulated image provider. `behaviour(call, request)` is awaited for each
-    call and returns the files (or raises); calls, concurrency and cancellations are counted."""
-
-    def __init__(self, behaviour: Callable[[int, ImageRequest], Any] | None = None) -> None:
-        self.behaviour = behaviour
-        self.calls = 0
-        self.running = 0
-        self.max_running = 0
-        self.cancelled = 0
-        self.started = threading.Event()
-        self._lock = threading.Lock()
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> ScriptedImages:
-        monkeypatch.setattr(simulated_media, "SimulatedImageProvider", lambda delay: self)
-        return self
-
-    async def generate_images(self, request: ImageRequest) -> list[MediaFile]:
-        with self._lock:
-            self.calls += 1
-            call = self.calls
-            self.running += 1
-            self.max_running = max(self.max_running, self.running)
-        self.started.set()
-        try:
-            if self.behaviour is not None:
-                return await self.behaviour(call, request)  # type: ignore[no-any-return]
-            return pngs(request)
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        finally:
-            with self._lock:
-                self.running -= 1
-
-
-def pngs(request: ImageRequest) -> list[MediaFile]:
-    return [MediaFile(render_png(request.prompt, request.width, request.height, i), "image/png")
-            for i in range(request.n)]
 
 
 @pytest.fixture(scope="module")
@@ -347,15 +303,7 @@ def test_a_job_canceled_while_running_is_refunded_and_its_worker_stops_at_the_ne
 
 def test_a_result_that_arrives_after_cancel_is_discarded(make_jobs: JobsFactory,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    gate = threading.Event()
-
-    async def gated(call: int, request: ImageRequest) -> list[MediaFile]:
-        for _ in range(1000):  # at most 10 s
-            if gate.is_set():
-                break
-            await asyncio.sleep(0.01)
-        return pngs(request)
-
+    gate, gated = held_until_released()
     provider = ScriptedImages(gated).install(monkeypatch)
     jobs = make_jobs(job_lease_seconds=30)  # the heartbeat would not notice the cancel in time
     account = jobs.account()

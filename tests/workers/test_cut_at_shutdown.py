@@ -9,7 +9,8 @@ import pytest
 from common.jobs import lifecycle
 from common.providers.simulated_media import render_png
 from common.storage import LocalStorage
-from tests.workers.test_actors_stub import JobsFactory, ScriptedImages
+from tests.workers.scripted_images import ScriptedImages
+from tests.workers.test_actors_stub import JobsFactory
 from workers import execute
 from workers.actors import enqueue
 

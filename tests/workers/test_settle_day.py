@@ -17,7 +17,7 @@ from common.jobs import lifecycle
 from common.money import MICRO
 from tests.api.chat.helpers import assert_books_balance
 from tests.workers.helpers import Jobs
-from tests.workers.test_actors_stub import ScriptedImages
+from tests.workers.scripted_images import ScriptedImages
 
 JobsFactory = Callable[..., Jobs]
 BEFORE_MIDNIGHT = datetime(2031, 3, 10, 18, 59, 59, tzinfo=UTC)  # 23:59:59 in Karachi

@@ -17,7 +17,7 @@ from common.jobs import lifecycle
 from common.storage import LocalStorage
 from tests.api.chat.helpers import assert_books_balance, books
 from tests.workers.helpers import Jobs
-from tests.workers.test_actors_stub import ScriptedImages
+from tests.workers.scripted_images import ScriptedImages
 from workers import execute, sweeper
 from workers.actors import enqueue
 

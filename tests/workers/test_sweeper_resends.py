@@ -10,7 +10,8 @@ import pytest
 
 from common import clock
 from common.jobs import lifecycle
-from tests.workers.test_actors_stub import JobsFactory, ScriptedImages
+from tests.workers.scripted_images import ScriptedImages
+from tests.workers.test_actors_stub import JobsFactory
 from workers import sweeper
 
 
