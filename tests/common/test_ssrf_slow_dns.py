@@ -28,30 +28,50 @@ from common.ssrf import (
 from common.webhooks import deliver
 from tests.waiting import until
 
-SLOW = 1.0
+BLOCKED = 10.0  # the longest a slow lookup blocks, if the test never lets it end
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PUBLIC = "93.184.215.14"  # never connected to: deliveries here go through an httpx.MockTransport
 
 
+class SlowDNS:
+    """Names under .slowdns.test block until `release` is set, then fail: a lookup given up is
+    given up while its lookup still runs, whatever the machine's speed (not a race with a sleep)."""
+
+    def __init__(self) -> None:
+        self.looked_up: list[str] = []
+        self.release = threading.Event()
+        self.running = 0
+        self._lock = threading.Lock()
+
+    def lookup(self, host: str) -> None:
+        with self._lock:
+            self.looked_up.append(host)
+            self.running += 1
+        try:
+            self.release.wait(BLOCKED)
+            raise socket.gaierror("gave up")
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
 @pytest.fixture
-def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Names under .slowdns.test answer after SLOW s with an error; yields the slow names looked up."""
+def slow_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowDNS]:
     real = socket.getaddrinfo
-    looked_up: list[str] = []
+    slow = SlowDNS()
 
     def lookup(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
         if host.endswith(".slowdns.test"):
-            looked_up.append(host)
-            time.sleep(SLOW)
-            raise socket.gaierror("gave up")
+            slow.lookup(host)
         if host == "hooks.example.com":
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC, port))]
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
     monkeypatch.setattr(ssrf, "DNS_TIMEOUT_SECONDS", 0.3)
-    yield looked_up
-    time.sleep(SLOW)  # the resolver's threads still in a slow lookup: free again for the next test
+    yield slow
+    slow.release.set()  # the resolver's threads still in a slow lookup: free again for the next test
+    until(lambda: slow.running == 0, "a slow lookup's thread never ended", seconds=BLOCKED)
 
 
 @pytest.mark.usefixtures("slow_dns")
@@ -69,7 +89,7 @@ def test_slow_lookups_are_given_up_and_never_hold_the_shared_thread_pool() -> No
     results, probe = asyncio.run(scenario())
     assert probe < 0.2, probe
     assert all(isinstance(r, WebhookHostUnresolved) for r in results), results
-    assert time.monotonic() - started < SLOW  # each given up after 0.3 s, not when its lookup ends
+    assert time.monotonic() - started < BLOCKED / 2  # each given up after 0.3 s, while its lookup still ran
 
 
 @pytest.mark.usefixtures("slow_dns")
@@ -77,7 +97,7 @@ def test_a_delivery_gives_up_a_slow_lookup_in_time() -> None:
     started = time.monotonic()
     with pytest.raises(socket.gaierror):
         bounded_getaddrinfo("w.slowdns.test", 80, 0, socket.SOCK_STREAM)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < BLOCKED / 2  # given up (0.3 s), its lookup still blocked
 
 
 @pytest.mark.usefixtures("slow_dns")
@@ -86,7 +106,7 @@ def test_one_account_s_slow_name_server_does_not_fail_another_account_s_webhook(
     """An account's deliveries one after another, as its one delivery slot allows, each given up
     while its lookup went on: they held the resolver's four threads, and another account's lookup
     waited behind them, was given up unstarted and counted as a failed attempt (a security review)."""
-    monkeypatch.setattr(ssrf, "DNS_TIMEOUT_SECONDS", 0.1)  # four given up well within one slow lookup
+    monkeypatch.setattr(ssrf, "DNS_TIMEOUT_SECONDS", 0.1)  # four given up, their lookups all still blocked
     for i in range(4):
         attacker = deliver(f"http://w{i}.slowdns.test/hook", {"n": i}, secret=SECRET, allow_private=False,
                            timeout=1.0, max_attempts=1)
@@ -104,16 +124,16 @@ def test_one_account_s_slow_name_server_does_not_fail_another_account_s_webhook(
     assert [r.url.host for r in seen] == [PUBLIC]
 
 
-def test_an_account_whose_lookup_was_given_up_gets_no_second_thread_until_it_ends(slow_dns: list[str]) -> None:
+def test_an_account_whose_lookup_was_given_up_gets_no_second_thread_until_it_ends(slow_dns: SlowDNS) -> None:
     with pytest.raises(socket.gaierror):
         bounded_getaddrinfo("w1.slowdns.test", 80, 0, socket.SOCK_STREAM, owner="acct_attacker")
     started = time.monotonic()
     with pytest.raises(socket.gaierror):
         bounded_getaddrinfo("w2.slowdns.test", 80, 0, socket.SOCK_STREAM, owner="acct_attacker")
-    assert "w2.slowdns.test" not in slow_dns  # refused without a second thread looking it up...
+    assert "w2.slowdns.test" not in slow_dns.looked_up  # refused without a second thread looking it up...
     assert time.monotonic() - started < ssrf.DNS_TIMEOUT_SECONDS  # ...and without waiting out a lookup's timeout
     assert bounded_getaddrinfo("hooks.example.com", 443, 0, socket.SOCK_STREAM, owner="acct_victim")
-    _until_its_lookup_ends("acct_attacker")  # then its next one runs again
+    _until_its_lookup_ends(slow_dns, "acct_attacker")  # then its next one runs again
     with pytest.raises(socket.gaierror, match="within"):
         bounded_getaddrinfo("w3.slowdns.test", 80, 0, socket.SOCK_STREAM, owner="acct_attacker")
 
@@ -206,8 +226,7 @@ def test_one_account_s_slow_name_server_does_not_leave_another_account_s_submiss
     assert isinstance(again, WebhookHostUnresolved) and "not looked up" in str(again), again
 
 
-@pytest.mark.usefixtures("slow_dns")
-def test_a_submission_cut_off_during_its_lookup_counts_as_a_lookup_given_up() -> None:
+def test_a_submission_cut_off_during_its_lookup_counts_as_a_lookup_given_up(slow_dns: SlowDNS) -> None:
     """A client that leaves while its webhook host is looked up leaves the lookup's thread busy:
     the account gets no other until it ends, as when the lookup is given up (else leaving at once,
     again and again, would take a thread each time)."""
@@ -220,13 +239,14 @@ def test_a_submission_cut_off_during_its_lookup_counts_as_a_lookup_given_up() ->
         return ssrf.lookup_pending("acct_leaver")
 
     assert asyncio.run(scenario())
-    _until_its_lookup_ends("acct_leaver")  # the account's mark goes with it
+    _until_its_lookup_ends(slow_dns, "acct_leaver")  # the account's mark goes with it
 
 
-def _until_its_lookup_ends(owner: str) -> None:
-    """The slow lookup ends SLOW after it began, and its thread then clears the account's mark;
-    how soon that thread runs after it depends on the machine's load, so wait for it (bounded)."""
-    deadline = time.monotonic() + SLOW + 5
-    while ssrf.lookup_pending(owner) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not ssrf.lookup_pending(owner)
+def _until_its_lookup_ends(slow_dns: SlowDNS, owner: str) -> None:
+    """Let the slow lookups end; their threads then clear the account's mark, as soon as the
+    machine runs them (waited for, bounded). Slow names block again afterwards."""
+    assert ssrf.lookup_pending(owner)  # (still marked while its lookup is blocked)
+    slow_dns.release.set()
+    until(lambda: not ssrf.lookup_pending(owner), f"{owner}'s lookup mark stayed", seconds=5)
+    until(lambda: slow_dns.running == 0, "a slow lookup's thread never ended", seconds=5)
+    slow_dns.release.clear()
