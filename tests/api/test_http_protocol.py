@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from api import http_protocol
 from tests.integration.helpers_processes import free_port
+from tests.waiting import until
 
 
 async def _echo(request: Request) -> PlainTextResponse:
@@ -246,10 +247,7 @@ def test_a_body_refused_by_the_protocol_carries_the_id_the_apps_request_log_has(
     app = RequestIdMiddleware(Starlette(routes=[Route("/", reads_body, methods=["POST"])]))
     with _serving(app) as port, socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        deadline = time.monotonic() + 10  # the app has its request (and its id) and waits for the rest of the body
-        while not seen:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        until(lambda: seen, "the app never had the request", seconds=10)  # it waits for the rest of the body
         _send(sock, b"zz\r\n")
         answer = _answer(sock)
     head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()

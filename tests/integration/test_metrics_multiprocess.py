@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from tests.integration.faults import isolated_redis_url
 from tests.integration.helpers_processes import HELYX, Processes, base_env, free_port, wait_ready
+from tests.waiting import until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -59,9 +59,7 @@ def test_every_scrape_sums_the_requests_of_every_worker_process(pg_url: str, tmp
             return float(found.group(1)) if found else 0.0
 
         # a process counts a request just after its last byte is sent: the last may land a moment after its answer
-        deadline = time.monotonic() + 10
-        while scrape() != sent and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until(lambda: scrape() == sent, lambda: f"scraped {scrape()}, sent {sent}", seconds=10, every=0.05)
         scraped = [scrape() for _ in range(12)]
     assert scraped == [sent] * 12
 
